@@ -1,0 +1,137 @@
+//! File I/O behind a small type: positioned writes and reads, sync, and the
+//! crash-safe "write temp, fsync, rename, fsync directory" protocol.
+//!
+//! Format code never touches files; volume code never calls `std::fs`
+//! directly for data it must not lose.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// An open file that remembers its path for error messages.
+#[derive(Debug)]
+pub(crate) struct VolumeFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl VolumeFile {
+    /// Opens an existing file for reading and writing.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(VolumeFile {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Writes all of `buf` at `offset` (pwrite: no shared cursor, so writers
+    /// of disjoint ranges do not serialise on the file).
+    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Current length of the file.
+    pub(crate) fn len(&self) -> Result<u64> {
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len())
+    }
+
+    /// Truncates (or extends) the file to `len` bytes and syncs the change.
+    pub(crate) fn truncate(&self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// fdatasync: file contents and the size needed to read them back.
+    pub(crate) fn sync_data(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Writes `contents` to `path` so that after a crash the file holds either
+/// the old contents or the new, never a mix:
+///
+/// 1. write everything to `path.tmp`;
+/// 2. fsync the temp file, so its bytes are on disk before its name is;
+/// 3. rename it over `path` (atomic on POSIX file systems);
+/// 4. fsync the directory, so the rename itself is durable.
+///
+/// A failure at any step removes the temp file.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        file.write_all(contents).map_err(|e| Error::io(&tmp, e))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        sync_parent(path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The temp name used while `path` is being written.
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// fsyncs the directory holding `path`, making creations and renames in it durable.
+pub(crate) fn sync_parent(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Bytes available to unprivileged users on the file system holding `path`.
+pub fn available_space(path: &Path) -> Result<u64> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        CString::new(path.as_os_str().as_bytes()).map_err(|e| Error::io(path, e.into()))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points to
+    // writable memory of the right type; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()));
+    }
+    // SAFETY: statvfs returned 0, so it initialised the whole struct.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field widths differ between targets
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}

@@ -1,0 +1,220 @@
+//! The in-memory needle index: needle id -> record offset, in about 4 bytes a
+//! needle.
+//!
+//! The directory hands out needle ids in dense ranges owned by one volume, so
+//! a volume's ids are mostly consecutive. The index keeps those in a plain
+//! vector of 32-bit offsets (in 8-byte units) indexed by `id - base`, with 0
+//! meaning "absent" (offset 0 is the superblock, so no record lives there).
+//! Ids that do not fit the dense window (below its base, or far past its end)
+//! go to a hash map, so the index is correct for any 64-bit id and only the
+//! memory cost changes.
+//!
+//! The index stores only the record offset: the record's header, one mmap
+//! read away, holds its lengths, so a lookup plus one slice is still O(1).
+
+use std::collections::HashMap;
+
+use crate::format::ALIGNMENT;
+use crate::types::NeedleId;
+
+/// Slack allowed past the end of the dense window before an id spills to the
+/// sparse map: a fixed amount plus half the window, so that holes left by
+/// abandoned uploads cost little while the vector stays at least 2/3 full.
+const DENSE_FIXED_SLACK: u64 = 4096;
+
+/// Needle id -> record offset.
+#[derive(Debug, Default)]
+pub struct NeedleIndex {
+    base: u64,
+    dense: Vec<u32>,
+    sparse: HashMap<u64, u32>,
+    len: usize,
+}
+
+impl NeedleIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of needles in the index.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if the index holds no needle.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reserves room for `additional` more dense entries.
+    pub fn reserve(&mut self, additional: usize) {
+        self.dense.reserve_exact(additional);
+    }
+
+    /// Releases spare capacity (after a bulk load).
+    pub fn shrink_to_fit(&mut self) {
+        self.dense.shrink_to_fit();
+        self.sparse.shrink_to_fit();
+    }
+
+    /// Record offset of `id`, if present.
+    #[inline]
+    pub fn get(&self, id: NeedleId) -> Option<u64> {
+        if let Some(slot) = self.dense_slot(id)
+            && slot != 0
+        {
+            return Some(slot as u64 * ALIGNMENT);
+        }
+        // An id may sit in the sparse map even inside the dense window, if it
+        // was inserted before the window grew over it.
+        if self.sparse.is_empty() {
+            return None;
+        }
+        self.sparse.get(&id.0).map(|slot| *slot as u64 * ALIGNMENT)
+    }
+
+    fn dense_slot(&self, id: NeedleId) -> Option<u32> {
+        let rel = id.0.checked_sub(self.base)?;
+        self.dense.get(usize::try_from(rel).ok()?).copied()
+    }
+
+    /// Maps `id` to `offset`, returning the previous offset.
+    ///
+    /// `offset` must be a non-zero multiple of 8 below 32 GiB
+    /// ([`crate::format::MAX_VOLUME_SIZE`]); larger offsets are a caller bug.
+    pub fn insert(&mut self, id: NeedleId, offset: u64) -> Option<u64> {
+        debug_assert!(offset > 0 && offset.is_multiple_of(ALIGNMENT));
+        let slot = (offset / ALIGNMENT) as u32;
+        if self.dense.is_empty() && self.sparse.is_empty() {
+            self.base = id.0;
+        }
+        let dense_len = self.dense.len() as u64;
+        let previous = match id.0.checked_sub(self.base) {
+            Some(rel) if rel < dense_len => {
+                let previous = std::mem::replace(&mut self.dense[rel as usize], slot);
+                if previous != 0 {
+                    previous
+                } else {
+                    self.sparse.remove(&id.0).unwrap_or(0)
+                }
+            }
+            Some(rel) if rel - dense_len < DENSE_FIXED_SLACK + dense_len / 2 => {
+                self.dense.resize(rel as usize, 0);
+                self.dense.push(slot);
+                self.sparse.remove(&id.0).unwrap_or(0)
+            }
+            _ => self.sparse.insert(id.0, slot).unwrap_or(0),
+        };
+        if previous == 0 {
+            self.len += 1;
+            None
+        } else {
+            Some(previous as u64 * ALIGNMENT)
+        }
+    }
+
+    /// Removes `id`, returning its offset.
+    pub fn remove(&mut self, id: NeedleId) -> Option<u64> {
+        let mut previous = 0;
+        if let Some(rel) = id.0.checked_sub(self.base)
+            && rel < self.dense.len() as u64
+        {
+            previous = std::mem::replace(&mut self.dense[rel as usize], 0);
+        }
+        if previous == 0 {
+            previous = self.sparse.remove(&id.0).unwrap_or(0);
+        }
+        if previous == 0 {
+            None
+        } else {
+            self.len -= 1;
+            Some(previous as u64 * ALIGNMENT)
+        }
+    }
+
+    /// Every (id, offset) in the index, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (NeedleId, u64)> + '_ {
+        let dense = self
+            .dense
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| **slot != 0)
+            .map(|(rel, slot)| (NeedleId(self.base + rel as u64), *slot as u64 * ALIGNMENT));
+        let sparse = self
+            .sparse
+            .iter()
+            .map(|(id, slot)| (NeedleId(*id), *slot as u64 * ALIGNMENT));
+        dense.chain(sparse)
+    }
+
+    /// Heap bytes held by the index (capacity, not just length).
+    pub fn memory_bytes(&self) -> usize {
+        // A std HashMap (hashbrown) slot holds the key/value pair plus one
+        // control byte; capacity() is the usable part of the buckets.
+        let sparse_bucket = std::mem::size_of::<(u64, u32)>() + 1;
+        self.dense.capacity() * std::mem::size_of::<u32>()
+            + self.sparse.capacity() * sparse_bucket * 8 / 7
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn dense_ids_cost_about_four_bytes() {
+        let mut index = NeedleIndex::new();
+        let n = 1_000_000u64;
+        index.reserve(n as usize);
+        for i in 0..n {
+            index.insert(NeedleId(5_000_000 + i), (i + 1) * 8);
+        }
+        assert_eq!(index.len(), n as usize);
+        let per_needle = index.memory_bytes() as f64 / n as f64;
+        assert!(per_needle <= 4.5, "{per_needle} bytes per needle");
+        assert_eq!(index.get(NeedleId(5_000_000)), Some(8));
+        assert_eq!(index.get(NeedleId(4_999_999)), None);
+    }
+
+    #[test]
+    fn grown_without_reserve_stays_under_ten_bytes() {
+        let mut index = NeedleIndex::new();
+        for i in 0..300_000u64 {
+            // Every tenth id is skipped, as an abandoned upload would leave it.
+            if i % 10 != 3 {
+                index.insert(NeedleId(1 << 40 | i), (i + 1) * 8);
+            }
+        }
+        let per_needle = index.memory_bytes() as f64 / index.len() as f64;
+        assert!(per_needle <= 10.0, "{per_needle} bytes per needle");
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_like_a_hash_map(ops in proptest::collection::vec(
+            (any::<bool>(), prop_oneof![0u64..64, any::<u64>(), (1u64 << 63)..(1u64 << 63) + 10_000], 1u64..1000),
+            0..400,
+        )) {
+            let mut index = NeedleIndex::new();
+            let mut model = HashMap::new();
+            for (insert, id, off) in ops {
+                if insert {
+                    prop_assert_eq!(index.insert(NeedleId(id), off * 8), model.insert(id, off * 8));
+                } else {
+                    prop_assert_eq!(index.remove(NeedleId(id)), model.remove(&id));
+                }
+                prop_assert_eq!(index.len(), model.len());
+            }
+            for (id, off) in &model {
+                prop_assert_eq!(index.get(NeedleId(*id)), Some(*off));
+            }
+            let mut listed: Vec<_> = index.iter().map(|(id, off)| (id.0, off)).collect();
+            listed.sort_unstable();
+            let mut expected: Vec<_> = model.into_iter().collect();
+            expected.sort_unstable();
+            prop_assert_eq!(listed, expected);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! hayloft's storage engine: append-only volumes of needles with O(1) reads.
+//!
+//! No networking here; the volume server wraps this crate.
+//!
+//! # Layout
+//!
+//! - [`format`]: the on-disk format (superblock, needle records, index
+//!   entries) as pure encode/decode functions, with byte tables.
+//! - [`index`]: the in-memory needle index, about 4 bytes a needle.
+//! - [`volume`]: one volume: group-committed appends, zero-copy mmap reads,
+//!   tombstone deletes, seal, scrub.
+//! - [`recovery`]: what opening a volume does after a crash.
+//! - [`store`]: all volumes of a server across its hot and warm disks.
+//! - `file`, `mapped`, [`meta`]: file I/O, the memory map, the volume state file.
+//!
+//! The invariants this crate keeps (see ARCHITECTURE.md): an acknowledged
+//! write is never lost or read back wrong; every record carries checksums
+//! that recovery, scrub and verifying reads check; files are append-only.
+
+pub mod error;
+mod file;
+pub mod format;
+pub mod index;
+mod mapped;
+pub mod meta;
+pub mod recovery;
+pub mod store;
+pub mod types;
+pub mod volume;
+
+pub use error::{Error, Result};
+pub use file::available_space;
+pub use format::NeedleMeta;
+pub use recovery::RecoveryReport;
+pub use store::{Location, Store, StoreConfig};
+pub use types::{Cookie, NeedleId, Tier, VolumeId};
+pub use volume::{
+    Durability, Needle, NeedleWrite, NeedleWriter, ScrubReport, Volume, VolumeConfig, VolumeStats,
+    WriteReceipt,
+};

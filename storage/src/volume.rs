@@ -1,0 +1,917 @@
+//! One volume: an append-only data file of needles, its index file, and the
+//! in-memory index that makes reads O(1).
+//!
+//! # Locks
+//!
+//! - `state` (`RwLock`): the in-memory index and byte counters. Readers hold it
+//!   for one hash/vector lookup; writers take it once per durable batch.
+//! - `writer` (`Mutex`): the append cursor and the batch of writes waiting to
+//!   become durable. Held only to reserve a range or enqueue a finished write,
+//!   never during I/O, so writers `pwrite` their disjoint ranges in parallel.
+//! - `sync` (`Mutex` + `Condvar`): the group-commit state. One writer at a
+//!   time becomes the leader, releases the lock, fsyncs for everybody
+//!   waiting, then wakes them.
+//! - `index_file` (`Mutex`): the index file's append cursor.
+//!
+//! Lock order: `writer` before `state`. No lock is held across an fsync
+//! except `index_file` (which only the sync leader uses).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::file::{VolumeFile, sync_parent, tmp_path, write_atomically};
+use crate::format::{
+    self, ALIGNMENT, FLAG_TOMBSTONE, INDEX_ENTRY_LEN, INDEX_HEADER_LEN, IndexEntry, IndexHeader,
+    MAX_DATA_LEN, NEEDLE_HEADER_LEN, NeedleHeader, NeedleMeta, SUPERBLOCK_LEN, Superblock,
+};
+use crate::index::NeedleIndex;
+use crate::mapped::{MappedFile, mapped_bytes};
+use crate::meta::VolumeMeta;
+use crate::recovery::{self, RecoveryReport};
+use crate::types::{Cookie, NeedleId, Tier, VolumeId};
+
+/// When a write counts as acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After an fsync that covers it. Concurrent writers share one fsync
+    /// (group commit).
+    Always,
+    /// After the next periodic fsync: writers wait up to this long so that
+    /// more of them share each fsync.
+    Batched(Duration),
+    /// At once, before any fsync: a crash of the machine (not of the process)
+    /// may lose recent writes. The index file still only records synced
+    /// needles, and data is synced every [`NEVER_SYNC_EVERY`] writes.
+    Never,
+}
+
+/// In [`Durability::Never`] mode, sync after this many unsynced writes so that
+/// recovery work and the pending-index memory stay bounded.
+pub const NEVER_SYNC_EVERY: usize = 65_536;
+
+/// Default maximum size of a volume's data file.
+pub const DEFAULT_MAX_VOLUME_SIZE: u64 = 30 << 30;
+
+/// How a volume behaves; the same for every volume of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeConfig {
+    /// Largest size of the data file, at most [`format::MAX_VOLUME_SIZE`].
+    pub max_size: u64,
+    /// When writes are acknowledged.
+    pub durability: Durability,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        VolumeConfig {
+            max_size: DEFAULT_MAX_VOLUME_SIZE,
+            durability: Durability::Always,
+        }
+    }
+}
+
+/// A blob to write, with everything stored beside it.
+#[derive(Debug, Clone)]
+pub struct NeedleWrite<'a> {
+    /// The needle's id (from the directory).
+    pub id: NeedleId,
+    /// The needle's cookie (random, from the directory).
+    pub cookie: Cookie,
+    /// The blob.
+    pub data: &'a [u8],
+    /// Content type, file name, times.
+    pub meta: NeedleMeta,
+}
+
+/// What a successful write returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// Offset of the record in the data file.
+    pub offset: u64,
+    /// Length of the record, padding included.
+    pub record_len: u64,
+    /// The record's CRC-32 (the basis of the HTTP ETag).
+    pub checksum: u32,
+}
+
+/// A needle read from a volume. `data` is a zero-copy slice of the mapped
+/// data file that stays valid however long it is held.
+#[derive(Debug, Clone)]
+pub struct Needle {
+    /// The needle's id.
+    pub id: NeedleId,
+    /// The blob.
+    pub data: Bytes,
+    /// Content type, file name, times.
+    pub meta: NeedleMeta,
+    /// The stored record CRC-32.
+    pub checksum: u32,
+}
+
+/// A volume's size and garbage, for placement, compaction and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeStats {
+    /// The volume.
+    pub id: VolumeId,
+    /// Where it lives.
+    pub tier: Tier,
+    /// True if read-only.
+    pub sealed: bool,
+    /// Live needles.
+    pub needles: u64,
+    /// Bytes of live records.
+    pub live_bytes: u64,
+    /// Bytes of deleted or overwritten records, tombstones, and skipped ranges.
+    pub garbage_bytes: u64,
+    /// Size of the data file.
+    pub file_bytes: u64,
+    /// The configured maximum size.
+    pub max_size: u64,
+    /// Heap bytes held by the in-memory index.
+    pub index_memory_bytes: u64,
+}
+
+/// The result of a scrub: every live needle read back and checksummed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Needles checked.
+    pub checked: u64,
+    /// Needles whose bytes failed validation.
+    pub corrupt: Vec<NeedleId>,
+}
+
+pub(crate) struct ReadState {
+    pub(crate) index: NeedleIndex,
+    pub(crate) live_bytes: u64,
+    pub(crate) garbage_bytes: u64,
+}
+
+impl ReadState {
+    pub(crate) fn new() -> Self {
+        ReadState {
+            index: NeedleIndex::new(),
+            live_bytes: 0,
+            garbage_bytes: 0,
+        }
+    }
+
+    /// Applies one durable write or delete to the index and counters.
+    pub(crate) fn apply(&mut self, entry: &IndexEntry, map: &MappedFile) {
+        let replaced = if entry.tombstone {
+            self.garbage_bytes += entry.record_len;
+            self.index.remove(entry.needle_id)
+        } else {
+            self.live_bytes += entry.record_len;
+            self.index.insert(entry.needle_id, entry.offset)
+        };
+        if let Some(old) = replaced {
+            let old_len = record_len_at(map, old).unwrap_or(0);
+            self.live_bytes = self.live_bytes.saturating_sub(old_len);
+            self.garbage_bytes += old_len;
+        }
+    }
+}
+
+fn record_len_at(map: &MappedFile, offset: u64) -> Option<u64> {
+    let header = NeedleHeader::decode(map.slice(offset, NEEDLE_HEADER_LEN as u64)?).ok()?;
+    Some(header.record_len())
+}
+
+struct WriterState {
+    /// Next free offset in the data file.
+    end: u64,
+    /// Sequence number of the last write enqueued.
+    commit_seq: u64,
+    /// Writes enqueued but not yet durable, in commit order.
+    pending: Vec<IndexEntry>,
+    sealed: bool,
+}
+
+struct SyncState {
+    /// Every write with a sequence number up to this is durable.
+    durable_seq: u64,
+    /// A leader is fsyncing.
+    syncing: bool,
+    /// An fsync failed: refuse writes until reopened.
+    poisoned: bool,
+    last_sync: Instant,
+}
+
+struct IndexFile {
+    file: VolumeFile,
+    end: u64,
+}
+
+/// One open volume.
+pub struct Volume {
+    id: VolumeId,
+    tier: Tier,
+    dir: PathBuf,
+    config: VolumeConfig,
+    data: VolumeFile,
+    map: Arc<MappedFile>,
+    state: RwLock<ReadState>,
+    writer: Mutex<WriterState>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    index_file: Mutex<IndexFile>,
+    meta: Mutex<VolumeMeta>,
+    recovery: RecoveryReport,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("id", &self.id)
+            .field("tier", &self.tier)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Paths of a volume's files in `dir`.
+pub fn volume_paths(dir: &Path, id: VolumeId) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join(format!("{id}.dat")),
+        dir.join(format!("{id}.idx")),
+        dir.join(format!("{id}.meta")),
+    )
+}
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Volume {
+    /// Creates a new, empty volume in `dir`.
+    ///
+    /// Crash safety: the index and meta files are written first, then the
+    /// data file under a temp name, fsynced and renamed into place, then the
+    /// directory is fsynced. A volume exists once its `.dat` does, and a
+    /// `.dat` is never seen without a valid superblock.
+    pub fn create(
+        dir: &Path,
+        id: VolumeId,
+        tier: Tier,
+        collection: &str,
+        config: VolumeConfig,
+    ) -> Result<Volume> {
+        validate_config(&config, dir)?;
+        let (dat, idx, meta) = volume_paths(dir, id);
+        if dat.exists() {
+            return Err(Error::VolumeExists(id));
+        }
+        write_atomically(&idx, &IndexHeader { volume_id: id }.encode())?;
+        VolumeMeta::new(collection).store(&meta)?;
+        let superblock = Superblock {
+            volume_id: id,
+            created_at: now_unix(),
+        };
+        write_atomically(&dat, &superblock.encode())?;
+        Volume::open(dir, id, tier, config)
+    }
+
+    /// Opens an existing volume, recovering from any crash: loads the index
+    /// file, scans the data file past the last indexed record, cuts off a
+    /// torn tail, and rebuilds the index file if it is missing or corrupt.
+    pub fn open(dir: &Path, id: VolumeId, tier: Tier, config: VolumeConfig) -> Result<Volume> {
+        validate_config(&config, dir)?;
+        let (dat_path, idx_path, meta_path) = volume_paths(dir, id);
+        let _ = std::fs::remove_file(tmp_path(&dat_path));
+        let _ = std::fs::remove_file(tmp_path(&idx_path));
+        let meta = VolumeMeta::load(&meta_path)?.unwrap_or_else(|| VolumeMeta::new(""));
+        let data = VolumeFile::open(&dat_path)?;
+        let file_len = data.len()?;
+        let mut superblock = [0u8; SUPERBLOCK_LEN];
+        if file_len < SUPERBLOCK_LEN as u64 {
+            return Err(bad_file(&dat_path, "shorter than a superblock"));
+        }
+        data.read_at(&mut superblock, 0)?;
+        let superblock = Superblock::decode(&superblock)
+            .map_err(|e| bad_file(&dat_path, &format!("bad superblock: {e}")))?;
+        if superblock.volume_id != id {
+            return Err(bad_file(
+                &dat_path,
+                &format!("superblock says volume {}", superblock.volume_id),
+            ));
+        }
+        let map = MappedFile::map(data.file(), file_len, config.max_size, &dat_path)?;
+        let recovered = recovery::recover(id, &data, &map, &idx_path)?;
+        if !recovered.report.is_clean() {
+            tracing::warn!(volume = %id, report = ?recovered.report, "volume recovered");
+        }
+        let index_file = VolumeFile::open(&idx_path)?;
+        let end = map.readable_len();
+        Ok(Volume {
+            id,
+            tier,
+            dir: dir.to_owned(),
+            config,
+            data,
+            map,
+            state: RwLock::new(recovered.state),
+            writer: Mutex::new(WriterState {
+                end,
+                commit_seq: 0,
+                pending: Vec::new(),
+                sealed: meta.sealed,
+            }),
+            sync: Mutex::new(SyncState {
+                durable_seq: 0,
+                syncing: false,
+                poisoned: false,
+                last_sync: Instant::now(),
+            }),
+            synced: Condvar::new(),
+            index_file: Mutex::new(IndexFile {
+                file: index_file,
+                end: recovered.index_file_len,
+            }),
+            meta: Mutex::new(meta),
+            recovery: recovered.report,
+        })
+    }
+
+    /// The volume's id.
+    pub fn id(&self) -> VolumeId {
+        self.id
+    }
+
+    /// The tier the volume's files are on.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// The directory holding the volume's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The collection the volume belongs to.
+    pub fn collection(&self) -> String {
+        self.meta.lock().collection.clone()
+    }
+
+    /// What recovery found when the volume was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Reads a needle: one index lookup and one slice of the map, no copy and
+    /// no checksum (the bytes were checksummed when written and are served
+    /// from the local page cache; see [`Volume::read_verified`]).
+    pub fn read(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
+        let offset = self
+            .state
+            .read()
+            .index
+            .get(id)
+            .ok_or(Error::NeedleNotFound {
+                volume: self.id,
+                needle: id,
+            })?;
+        let header = self.header_at(offset, id)?;
+        if header.cookie != cookie {
+            return Err(Error::WrongCookie {
+                volume: self.id,
+                needle: id,
+            });
+        }
+        let record = self
+            .map
+            .slice(offset, header.record_len())
+            .ok_or(self.corrupt(offset, "record past end of file"))?;
+        let crc_at = header.checksum_offset();
+        let meta =
+            NeedleMeta::decode(&record[NEEDLE_HEADER_LEN + header.data_len as usize..crc_at])
+                .map_err(|_| self.corrupt(offset, "unreadable metadata"))?;
+        if meta.expires_at.is_some_and(|t| t <= now_unix()) {
+            return Err(Error::Expired {
+                volume: self.id,
+                needle: id,
+            });
+        }
+        let mut checksum = [0u8; 4];
+        checksum.copy_from_slice(&record[crc_at..crc_at + 4]);
+        let data = mapped_bytes(
+            &self.map,
+            offset + NEEDLE_HEADER_LEN as u64,
+            header.data_len as u64,
+        )
+        .ok_or(self.corrupt(offset, "record past end of file"))?;
+        Ok(Needle {
+            id,
+            data,
+            meta,
+            checksum: u32::from_le_bytes(checksum),
+        })
+    }
+
+    /// Reads a needle and verifies its checksum: corrupt bytes are an
+    /// [`Error::Corrupt`], never data.
+    pub fn read_verified(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
+        let needle = self.read(id, cookie)?;
+        let offset = self
+            .state
+            .read()
+            .index
+            .get(id)
+            .ok_or(Error::NeedleNotFound {
+                volume: self.id,
+                needle: id,
+            })?;
+        self.verify_record(offset)?;
+        Ok(needle)
+    }
+
+    fn header_at(&self, offset: u64, id: NeedleId) -> Result<NeedleHeader> {
+        let bytes = self
+            .map
+            .slice(offset, NEEDLE_HEADER_LEN as u64)
+            .ok_or(self.corrupt(offset, "header past end of file"))?;
+        let header =
+            NeedleHeader::decode(bytes).map_err(|_| self.corrupt(offset, "bad needle header"))?;
+        if header.needle_id != id || header.is_tombstone() {
+            return Err(self.corrupt(offset, "index points at another record"));
+        }
+        Ok(header)
+    }
+
+    fn verify_record(&self, offset: u64) -> Result<format::DecodedNeedle<'_>> {
+        let header_bytes = self
+            .map
+            .slice(offset, NEEDLE_HEADER_LEN as u64)
+            .ok_or(self.corrupt(offset, "header past end of file"))?;
+        let header = NeedleHeader::decode(header_bytes)
+            .map_err(|_| self.corrupt(offset, "bad needle header"))?;
+        let record = self
+            .map
+            .slice(offset, header.record_len())
+            .ok_or(self.corrupt(offset, "record past end of file"))?;
+        format::decode_needle(record).map_err(|_| self.corrupt(offset, "checksum mismatch"))
+    }
+
+    fn corrupt(&self, offset: u64, reason: &'static str) -> Error {
+        tracing::error!(volume = %self.id, offset, reason, "corrupt needle");
+        Error::Corrupt {
+            volume: self.id,
+            offset,
+            reason,
+        }
+    }
+
+    /// Reads back and checksums every live needle.
+    pub fn scrub(&self) -> ScrubReport {
+        let entries: Vec<(NeedleId, u64)> = self.state.read().index.iter().collect();
+        let mut report = ScrubReport::default();
+        for (id, offset) in entries {
+            report.checked += 1;
+            match self.verify_record(offset) {
+                Ok(decoded) if decoded.header.needle_id == id => {}
+                _ => report.corrupt.push(id),
+            }
+        }
+        report.corrupt.sort_unstable();
+        report
+    }
+
+    /// Ids of all live needles, in no particular order.
+    pub fn needle_ids(&self) -> Vec<NeedleId> {
+        self.state.read().index.iter().map(|(id, _)| id).collect()
+    }
+
+    /// Writes a whole blob and returns once it is durable (per the volume's
+    /// [`Durability`]). The record is encoded in memory and written with one
+    /// `pwrite`; use [`Volume::begin_write`] for blobs too big for memory.
+    pub fn write(&self, write: &NeedleWrite<'_>) -> Result<WriteReceipt> {
+        check_data_len(write.data.len() as u64)?;
+        write
+            .meta
+            .validate()
+            .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
+        let mut record = Vec::new();
+        let checksum = format::encode_needle(
+            &mut record,
+            0,
+            write.id,
+            write.cookie,
+            write.data,
+            &write.meta,
+        )
+        .map_err(|_| Error::InvalidNeedle("does not fit the needle format"))?;
+        self.append_record(write.id, &record, false)
+            .map(|(offset, record_len)| WriteReceipt {
+                offset,
+                record_len,
+                checksum,
+            })
+    }
+
+    /// Deletes a needle by appending a tombstone; returns once durable.
+    pub fn delete(&self, id: NeedleId, cookie: Cookie) -> Result<()> {
+        let offset = self
+            .state
+            .read()
+            .index
+            .get(id)
+            .ok_or(Error::NeedleNotFound {
+                volume: self.id,
+                needle: id,
+            })?;
+        let header = self.header_at(offset, id)?;
+        if header.cookie != cookie {
+            return Err(Error::WrongCookie {
+                volume: self.id,
+                needle: id,
+            });
+        }
+        let meta = NeedleMeta {
+            last_modified: now_unix(),
+            ..NeedleMeta::default()
+        };
+        let mut record = Vec::new();
+        format::encode_needle(&mut record, FLAG_TOMBSTONE, id, cookie, &[], &meta)
+            .map_err(|_| Error::InvalidNeedle("tombstone"))?;
+        self.append_record(id, &record, true).map(|_| ())
+    }
+
+    fn append_record(&self, id: NeedleId, record: &[u8], tombstone: bool) -> Result<(u64, u64)> {
+        let len = record.len() as u64;
+        let offset = self.reserve(len)?;
+        if let Err(e) = self.data.write_at(record, offset) {
+            self.abandon(offset, len);
+            return Err(e);
+        }
+        self.map.extend_readable(offset + len);
+        let seq = self.enqueue(IndexEntry {
+            needle_id: id,
+            offset,
+            record_len: len,
+            tombstone,
+        });
+        self.wait_durable(seq)?;
+        Ok((offset, len))
+    }
+
+    /// Starts a streamed write of a blob of `data_len` bytes: reserves its
+    /// place in the data file and writes the header. Feed the data with
+    /// [`NeedleWriter::write`], then call [`NeedleWriter::finish`]. Dropping
+    /// the writer before `finish` abandons the write (its bytes become garbage).
+    pub fn begin_write(
+        self: &Arc<Self>,
+        id: NeedleId,
+        cookie: Cookie,
+        data_len: u64,
+        meta: NeedleMeta,
+    ) -> Result<NeedleWriter> {
+        check_data_len(data_len)?;
+        meta.validate()
+            .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
+        let header = NeedleHeader {
+            flags: 0,
+            metadata_len: meta.encoded_len() as u16,
+            needle_id: id,
+            cookie,
+            data_len: data_len as u32,
+        };
+        let record_len = header.record_len();
+        let offset = self.reserve(record_len)?;
+        let header_bytes = header.encode();
+        if let Err(e) = self.data.write_at(&header_bytes, offset) {
+            self.abandon(offset, record_len);
+            return Err(e);
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header_bytes);
+        Ok(NeedleWriter {
+            volume: Arc::clone(self),
+            header,
+            meta,
+            offset,
+            written: 0,
+            hasher,
+            finished: false,
+        })
+    }
+
+    /// Reserves `len` bytes at the end of the data file.
+    fn reserve(&self, len: u64) -> Result<u64> {
+        if self.sync.lock().poisoned {
+            return Err(Error::Poisoned(self.id));
+        }
+        let mut writer = self.writer.lock();
+        if writer.sealed {
+            return Err(Error::Sealed(self.id));
+        }
+        if writer.end + len > self.config.max_size.min(self.map.capacity()) {
+            return Err(Error::VolumeFull {
+                volume: self.id,
+                needed: len,
+                max_size: self.config.max_size,
+            });
+        }
+        let offset = writer.end;
+        writer.end += len;
+        Ok(offset)
+    }
+
+    /// Gives back a reservation whose write failed or was abandoned.
+    ///
+    /// If nothing was reserved after it, the file is cut back to where the
+    /// reservation began, so no stale partial bytes (which may hold anything
+    /// an uploader sent) stay behind for recovery to scan. Otherwise the range
+    /// stays as a hole: its header, written first, lets recovery skip it whole.
+    fn abandon(&self, offset: u64, len: u64) {
+        let mut writer = self.writer.lock();
+        if writer.end == offset + len && self.data.truncate(offset).is_ok() {
+            writer.end = offset;
+        } else {
+            self.state.write().garbage_bytes += len;
+        }
+    }
+
+    /// Queues a written record for the next sync; returns its sequence number.
+    fn enqueue(&self, entry: IndexEntry) -> u64 {
+        let mut writer = self.writer.lock();
+        writer.commit_seq += 1;
+        writer.pending.push(entry);
+        if self.config.durability == Durability::Never {
+            // Visible at once; the index file catches up at the next sync.
+            self.state.write().apply(&entry, &self.map);
+        }
+        writer.commit_seq
+    }
+
+    /// Blocks until the write with sequence number `seq` is durable, leading
+    /// a group commit if no other writer is.
+    fn wait_durable(&self, seq: u64) -> Result<()> {
+        let interval = match self.config.durability {
+            Durability::Never => {
+                if self.writer.lock().pending.len() >= NEVER_SYNC_EVERY {
+                    self.sync_now()?;
+                }
+                return Ok(());
+            }
+            Durability::Always => Duration::ZERO,
+            Durability::Batched(interval) => interval,
+        };
+        let mut sync = self.sync.lock();
+        loop {
+            if sync.durable_seq >= seq {
+                return Ok(());
+            }
+            if sync.poisoned {
+                return Err(Error::Poisoned(self.id));
+            }
+            if sync.syncing {
+                self.synced.wait(&mut sync);
+                continue;
+            }
+            sync.syncing = true;
+            let due = sync.last_sync + interval;
+            let result = parking_lot::MutexGuard::unlocked(&mut sync, || {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                self.flush_batch(true)
+            });
+            sync.syncing = false;
+            sync.last_sync = Instant::now();
+            match result {
+                Ok(target) => sync.durable_seq = sync.durable_seq.max(target),
+                Err(e) => {
+                    tracing::error!(volume = %self.id, error = %e, "fsync failed; volume is now read-only");
+                    sync.poisoned = true;
+                }
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    /// Makes every enqueued write durable: fsync the data file, then append
+    /// the batch's entries to the index file, then (if `apply`) publish them
+    /// to readers. Only the group-commit leader or a caller holding
+    /// `sync.syncing` runs this, so batches reach the index file in order.
+    fn flush_batch(&self, apply: bool) -> Result<u64> {
+        let (target, batch) = {
+            let mut writer = self.writer.lock();
+            (writer.commit_seq, std::mem::take(&mut writer.pending))
+        };
+        if batch.is_empty() {
+            return Ok(target);
+        }
+        // Data first: an index entry must never point at bytes that a power
+        // cut could still lose.
+        self.data.sync_data()?;
+        {
+            let mut buf = Vec::with_capacity(batch.len() * INDEX_ENTRY_LEN);
+            for entry in &batch {
+                entry.encode(&mut buf);
+            }
+            let mut index_file = self.index_file.lock();
+            let at = index_file.end;
+            index_file.file.write_at(&buf, at)?;
+            index_file.end += buf.len() as u64;
+        }
+        if apply {
+            let mut state = self.state.write();
+            for entry in &batch {
+                state.apply(entry, &self.map);
+            }
+        }
+        Ok(target)
+    }
+
+    /// Makes every write so far durable, whatever the durability mode.
+    pub fn sync_now(&self) -> Result<()> {
+        let mut sync = self.sync.lock();
+        while sync.syncing {
+            self.synced.wait(&mut sync);
+        }
+        if sync.poisoned {
+            return Err(Error::Poisoned(self.id));
+        }
+        sync.syncing = true;
+        let apply = self.config.durability != Durability::Never;
+        let result = parking_lot::MutexGuard::unlocked(&mut sync, || {
+            let target = self.flush_batch(apply)?;
+            self.index_file.lock().file.sync_data()?;
+            Ok(target)
+        });
+        sync.syncing = false;
+        let outcome = match result {
+            Ok(target) => {
+                sync.durable_seq = sync.durable_seq.max(target);
+                Ok(())
+            }
+            Err(e) => {
+                sync.poisoned = true;
+                Err(e)
+            }
+        };
+        self.synced.notify_all();
+        outcome
+    }
+
+    /// Makes the volume read-only, durably.
+    pub fn seal(&self) -> Result<()> {
+        self.writer.lock().sealed = true;
+        self.sync_now()?;
+        let (_, _, meta_path) = volume_paths(&self.dir, self.id);
+        let mut meta = self.meta.lock();
+        if !meta.sealed {
+            let mut sealed = meta.clone();
+            sealed.sealed = true;
+            sealed.sealed_at = Some(now_unix());
+            sealed.store(&meta_path)?;
+            *meta = sealed;
+        }
+        Ok(())
+    }
+
+    /// True if the volume is read-only.
+    pub fn is_sealed(&self) -> bool {
+        self.writer.lock().sealed
+    }
+
+    /// Syncs everything; the volume stays usable (closing is dropping it).
+    pub fn close(&self) -> Result<()> {
+        self.sync_now()?;
+        sync_parent(self.data.path())
+    }
+
+    /// Size, garbage and index memory.
+    pub fn stats(&self) -> VolumeStats {
+        let sealed = self.is_sealed();
+        let state = self.state.read();
+        VolumeStats {
+            id: self.id,
+            tier: self.tier,
+            sealed,
+            needles: state.index.len() as u64,
+            live_bytes: state.live_bytes,
+            garbage_bytes: state.garbage_bytes,
+            file_bytes: self.map.readable_len(),
+            max_size: self.config.max_size,
+            index_memory_bytes: state.index.memory_bytes() as u64,
+        }
+    }
+}
+
+/// A streamed write in progress; see [`Volume::begin_write`].
+pub struct NeedleWriter {
+    volume: Arc<Volume>,
+    header: NeedleHeader,
+    meta: NeedleMeta,
+    offset: u64,
+    written: u64,
+    hasher: crc32fast::Hasher,
+    finished: bool,
+}
+
+impl NeedleWriter {
+    /// Bytes of data received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends the next chunk of data.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        let declared = self.header.data_len as u64;
+        if self.written + chunk.len() as u64 > declared {
+            return Err(Error::LengthMismatch {
+                needle: self.header.needle_id,
+                declared,
+                received: self.written + chunk.len() as u64,
+            });
+        }
+        let at = self.offset + NEEDLE_HEADER_LEN as u64 + self.written;
+        self.volume.data.write_at(chunk, at)?;
+        self.hasher.update(chunk);
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the metadata and checksum and returns once the needle is durable.
+    pub fn finish(mut self) -> Result<WriteReceipt> {
+        let declared = self.header.data_len as u64;
+        if self.written != declared {
+            return Err(Error::LengthMismatch {
+                needle: self.header.needle_id,
+                declared,
+                received: self.written,
+            });
+        }
+        let record_len = self.header.record_len();
+        let tail_at = NEEDLE_HEADER_LEN as u64 + declared;
+        let mut tail = Vec::with_capacity((record_len - tail_at) as usize);
+        self.meta.encode(&mut tail);
+        self.hasher.update(&tail);
+        let checksum = self.hasher.clone().finalize();
+        tail.extend_from_slice(&checksum.to_le_bytes());
+        tail.resize((record_len - tail_at) as usize, 0);
+        let volume = Arc::clone(&self.volume);
+        volume.data.write_at(&tail, self.offset + tail_at)?;
+        volume.map.extend_readable(self.offset + record_len);
+        self.finished = true;
+        let seq = volume.enqueue(IndexEntry {
+            needle_id: self.header.needle_id,
+            offset: self.offset,
+            record_len,
+            tombstone: false,
+        });
+        volume.wait_durable(seq)?;
+        Ok(WriteReceipt {
+            offset: self.offset,
+            record_len,
+            checksum,
+        })
+    }
+}
+
+impl Drop for NeedleWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.volume.abandon(self.offset, self.header.record_len());
+        }
+    }
+}
+
+fn check_data_len(len: u64) -> Result<()> {
+    if len > MAX_DATA_LEN {
+        return Err(Error::InvalidNeedle("blob larger than 4 GiB - 1"));
+    }
+    Ok(())
+}
+
+fn validate_config(config: &VolumeConfig, dir: &Path) -> Result<()> {
+    if config.max_size > format::MAX_VOLUME_SIZE || config.max_size < (SUPERBLOCK_LEN as u64) {
+        return Err(bad_file(
+            dir,
+            &format!(
+                "max volume size must be between {SUPERBLOCK_LEN} bytes and 32 GiB, not {}",
+                config.max_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn bad_file(path: &Path, reason: &str) -> Error {
+    Error::BadFile {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+// The index file header's length is the first entry's offset.
+const _: () = assert!(INDEX_HEADER_LEN == INDEX_ENTRY_LEN);
+const _: () = assert!((SUPERBLOCK_LEN as u64).is_multiple_of(ALIGNMENT));
