@@ -42,15 +42,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut needle = first + t;
                 loop {
                     let data = content(needle);
-                    volume.write(&NeedleWrite {
-                        id: NeedleId(needle),
-                        cookie: Cookie(needle as u32 ^ 0xabcd),
-                        data: &data,
-                        meta: NeedleMeta {
-                            content_type: "application/octet-stream".into(),
-                            ..NeedleMeta::default()
-                        },
-                    })?;
+                    let meta = NeedleMeta {
+                        content_type: "application/octet-stream".into(),
+                        ..NeedleMeta::default()
+                    };
+                    let cookie = Cookie(needle as u32 ^ 0xabcd);
+                    if t == 0 {
+                        // One thread streams in small chunks, so that kills
+                        // also land in the middle of a record.
+                        let mut writer = volume.begin_write(
+                            NeedleId(needle),
+                            cookie,
+                            data.len() as u64,
+                            meta,
+                        )?;
+                        for chunk in data.chunks(1024) {
+                            writer.write(chunk)?;
+                        }
+                        writer.finish()?;
+                    } else {
+                        volume.write(&NeedleWrite {
+                            id: NeedleId(needle),
+                            cookie,
+                            data: &data,
+                            meta,
+                        })?;
+                    }
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{needle}");
                     let _ = out.flush();
