@@ -4,6 +4,8 @@
 //! acknowledged must read back byte-for-byte, and every needle the volume
 //! returns at all must be intact.
 
+#![allow(clippy::unwrap_used)] // test helpers may panic on setup failures
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

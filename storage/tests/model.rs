@@ -1,6 +1,8 @@
 //! Model-based test: random puts, deletes, reads, reopens and torn tails
 //! against a `HashMap` of what must be readable.
 
+#![allow(clippy::unwrap_used)] // test helpers may panic on setup failures
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! Behaviour of one volume: reads, writes, deletes, bad input, corruption and
 //! recovery.
 
+#![allow(clippy::unwrap_used)] // test helpers may panic on setup failures
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
