@@ -1,0 +1,377 @@
+//! The write path of a volume: reserve, pwrite, group commit.
+//!
+//! See the lock notes in the parent module. The protocol, step by step, is in
+//! ARCHITECTURE.md ("Writing (group commit)").
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Durability, NEVER_SYNC_EVERY, NeedleWrite, Volume, WriteReceipt, now_unix};
+use crate::error::{Error, Result};
+use crate::format::{
+    self, FLAG_TOMBSTONE, INDEX_ENTRY_LEN, IndexEntry, MAX_DATA_LEN, NEEDLE_HEADER_LEN,
+    NeedleHeader, NeedleMeta,
+};
+use crate::types::{Cookie, NeedleId};
+
+impl Volume {
+    /// Writes a whole blob and returns once it is durable (per the volume's
+    /// [`Durability`]). The record is encoded in memory and written with one
+    /// `pwrite`; use [`Volume::begin_write`] for blobs too big for memory.
+    pub fn write(&self, write: &NeedleWrite<'_>) -> Result<WriteReceipt> {
+        check_data_len(write.data.len() as u64)?;
+        write
+            .meta
+            .validate()
+            .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
+        let mut record = Vec::new();
+        let checksum = format::encode_needle(
+            &mut record,
+            0,
+            write.id,
+            write.cookie,
+            write.data,
+            &write.meta,
+        )
+        .map_err(|_| Error::InvalidNeedle("does not fit the needle format"))?;
+        self.append_record(write.id, &record, false)
+            .map(|(offset, record_len)| WriteReceipt {
+                offset,
+                record_len,
+                checksum,
+            })
+    }
+
+    /// Deletes a needle by appending a tombstone; returns once durable.
+    pub fn delete(&self, id: NeedleId, cookie: Cookie) -> Result<()> {
+        let offset = self
+            .state
+            .read()
+            .index
+            .get(id)
+            .ok_or(Error::NeedleNotFound {
+                volume: self.id,
+                needle: id,
+            })?;
+        let header = self.header_at(offset, id)?;
+        if header.cookie != cookie {
+            return Err(Error::WrongCookie {
+                volume: self.id,
+                needle: id,
+            });
+        }
+        let meta = NeedleMeta {
+            last_modified: now_unix(),
+            ..NeedleMeta::default()
+        };
+        let mut record = Vec::new();
+        format::encode_needle(&mut record, FLAG_TOMBSTONE, id, cookie, &[], &meta)
+            .map_err(|_| Error::InvalidNeedle("tombstone"))?;
+        self.append_record(id, &record, true).map(|_| ())
+    }
+
+    fn append_record(&self, id: NeedleId, record: &[u8], tombstone: bool) -> Result<(u64, u64)> {
+        let len = record.len() as u64;
+        let offset = self.reserve(len)?;
+        if let Err(e) = self.data.write_at(record, offset) {
+            self.abandon(offset, len);
+            return Err(e);
+        }
+        self.map.extend_readable(offset + len);
+        let seq = self.enqueue(IndexEntry {
+            needle_id: id,
+            offset,
+            record_len: len,
+            tombstone,
+        });
+        self.wait_durable(seq)?;
+        Ok((offset, len))
+    }
+
+    /// Starts a streamed write of a blob of `data_len` bytes: reserves its
+    /// place in the data file and writes the header. Feed the data with
+    /// [`NeedleWriter::write`], then call [`NeedleWriter::finish`]. Dropping
+    /// the writer before `finish` abandons the write (its bytes become garbage).
+    pub fn begin_write(
+        self: &Arc<Self>,
+        id: NeedleId,
+        cookie: Cookie,
+        data_len: u64,
+        meta: NeedleMeta,
+    ) -> Result<NeedleWriter> {
+        check_data_len(data_len)?;
+        meta.validate()
+            .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
+        let header = NeedleHeader {
+            flags: 0,
+            metadata_len: meta.encoded_len() as u16,
+            needle_id: id,
+            cookie,
+            data_len: data_len as u32,
+        };
+        let record_len = header.record_len();
+        let offset = self.reserve(record_len)?;
+        let header_bytes = header.encode();
+        if let Err(e) = self.data.write_at(&header_bytes, offset) {
+            self.abandon(offset, record_len);
+            return Err(e);
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header_bytes);
+        Ok(NeedleWriter {
+            volume: Arc::clone(self),
+            header,
+            meta,
+            offset,
+            written: 0,
+            hasher,
+            finished: false,
+        })
+    }
+
+    /// Reserves `len` bytes at the end of the data file.
+    fn reserve(&self, len: u64) -> Result<u64> {
+        if self.sync.lock().poisoned {
+            return Err(Error::Poisoned(self.id));
+        }
+        let mut writer = self.writer.lock();
+        if writer.sealed {
+            return Err(Error::Sealed(self.id));
+        }
+        if writer.end + len > self.config.max_size.min(self.map.capacity()) {
+            return Err(Error::VolumeFull {
+                volume: self.id,
+                needed: len,
+                max_size: self.config.max_size,
+            });
+        }
+        let offset = writer.end;
+        writer.end += len;
+        Ok(offset)
+    }
+
+    /// Gives back a reservation whose write failed or was abandoned.
+    ///
+    /// If nothing was reserved after it, the file is cut back to where the
+    /// reservation began, so no stale partial bytes (which may hold anything
+    /// an uploader sent) stay behind for recovery to scan. Otherwise the range
+    /// stays as a hole: its header, written first, lets recovery skip it whole.
+    fn abandon(&self, offset: u64, len: u64) {
+        let mut writer = self.writer.lock();
+        if writer.end == offset + len && self.data.truncate(offset).is_ok() {
+            writer.end = offset;
+        } else {
+            self.state.write().garbage_bytes += len;
+        }
+    }
+
+    /// Queues a written record for the next sync; returns its sequence number.
+    fn enqueue(&self, entry: IndexEntry) -> u64 {
+        let mut writer = self.writer.lock();
+        writer.commit_seq += 1;
+        writer.pending.push(entry);
+        if self.config.durability == Durability::Never {
+            // Visible at once; the index file catches up at the next sync.
+            self.state.write().apply(&entry, &self.map);
+        }
+        writer.commit_seq
+    }
+
+    /// Blocks until the write with sequence number `seq` is durable, leading
+    /// a group commit if no other writer is.
+    fn wait_durable(&self, seq: u64) -> Result<()> {
+        let interval = match self.config.durability {
+            Durability::Never => {
+                if self.writer.lock().pending.len() >= NEVER_SYNC_EVERY {
+                    self.sync_now()?;
+                }
+                return Ok(());
+            }
+            Durability::Always => Duration::ZERO,
+            Durability::Batched(interval) => interval,
+        };
+        let mut sync = self.sync.lock();
+        loop {
+            if sync.durable_seq >= seq {
+                return Ok(());
+            }
+            if sync.poisoned {
+                return Err(Error::Poisoned(self.id));
+            }
+            if sync.syncing {
+                self.synced.wait(&mut sync);
+                continue;
+            }
+            sync.syncing = true;
+            let due = sync.last_sync + interval;
+            let result = parking_lot::MutexGuard::unlocked(&mut sync, || {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                self.flush_batch(true)
+            });
+            sync.syncing = false;
+            sync.last_sync = Instant::now();
+            match result {
+                Ok(target) => sync.durable_seq = sync.durable_seq.max(target),
+                Err(e) => {
+                    tracing::error!(volume = %self.id, error = %e, "fsync failed; volume is now read-only");
+                    sync.poisoned = true;
+                }
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    /// Makes every enqueued write durable: fsync the data file, then append
+    /// the batch's entries to the index file, then (if `apply`) publish them
+    /// to readers. Only the group-commit leader or a caller holding
+    /// `sync.syncing` runs this, so batches reach the index file in order.
+    fn flush_batch(&self, apply: bool) -> Result<u64> {
+        let (target, batch) = {
+            let mut writer = self.writer.lock();
+            (writer.commit_seq, std::mem::take(&mut writer.pending))
+        };
+        if batch.is_empty() {
+            return Ok(target);
+        }
+        // Data first: an index entry must never point at bytes that a power
+        // cut could still lose.
+        self.data.sync_data()?;
+        {
+            let mut buf = Vec::with_capacity(batch.len() * INDEX_ENTRY_LEN);
+            for entry in &batch {
+                entry.encode(&mut buf);
+            }
+            let mut index_file = self.index_file.lock();
+            let at = index_file.end;
+            index_file.file.write_at(&buf, at)?;
+            index_file.end += buf.len() as u64;
+        }
+        if apply {
+            let mut state = self.state.write();
+            for entry in &batch {
+                state.apply(entry, &self.map);
+            }
+        }
+        Ok(target)
+    }
+
+    /// Makes every write so far durable, whatever the durability mode.
+    pub fn sync_now(&self) -> Result<()> {
+        let mut sync = self.sync.lock();
+        while sync.syncing {
+            self.synced.wait(&mut sync);
+        }
+        if sync.poisoned {
+            return Err(Error::Poisoned(self.id));
+        }
+        sync.syncing = true;
+        let apply = self.config.durability != Durability::Never;
+        let result = parking_lot::MutexGuard::unlocked(&mut sync, || {
+            let target = self.flush_batch(apply)?;
+            self.index_file.lock().file.sync_data()?;
+            Ok(target)
+        });
+        sync.syncing = false;
+        let outcome = match result {
+            Ok(target) => {
+                sync.durable_seq = sync.durable_seq.max(target);
+                Ok(())
+            }
+            Err(e) => {
+                sync.poisoned = true;
+                Err(e)
+            }
+        };
+        self.synced.notify_all();
+        outcome
+    }
+}
+
+/// A streamed write in progress; see [`Volume::begin_write`].
+pub struct NeedleWriter {
+    volume: Arc<Volume>,
+    header: NeedleHeader,
+    meta: NeedleMeta,
+    offset: u64,
+    written: u64,
+    hasher: crc32fast::Hasher,
+    finished: bool,
+}
+
+impl NeedleWriter {
+    /// Bytes of data received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends the next chunk of data.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        let declared = self.header.data_len as u64;
+        if self.written + chunk.len() as u64 > declared {
+            return Err(Error::LengthMismatch {
+                needle: self.header.needle_id,
+                declared,
+                received: self.written + chunk.len() as u64,
+            });
+        }
+        let at = self.offset + NEEDLE_HEADER_LEN as u64 + self.written;
+        self.volume.data.write_at(chunk, at)?;
+        self.hasher.update(chunk);
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the metadata and checksum and returns once the needle is durable.
+    pub fn finish(mut self) -> Result<WriteReceipt> {
+        let declared = self.header.data_len as u64;
+        if self.written != declared {
+            return Err(Error::LengthMismatch {
+                needle: self.header.needle_id,
+                declared,
+                received: self.written,
+            });
+        }
+        let record_len = self.header.record_len();
+        let tail_at = NEEDLE_HEADER_LEN as u64 + declared;
+        let mut tail = Vec::with_capacity((record_len - tail_at) as usize);
+        self.meta.encode(&mut tail);
+        self.hasher.update(&tail);
+        let checksum = self.hasher.clone().finalize();
+        tail.extend_from_slice(&checksum.to_le_bytes());
+        tail.resize((record_len - tail_at) as usize, 0);
+        let volume = Arc::clone(&self.volume);
+        volume.data.write_at(&tail, self.offset + tail_at)?;
+        volume.map.extend_readable(self.offset + record_len);
+        self.finished = true;
+        let seq = volume.enqueue(IndexEntry {
+            needle_id: self.header.needle_id,
+            offset: self.offset,
+            record_len,
+            tombstone: false,
+        });
+        volume.wait_durable(seq)?;
+        Ok(WriteReceipt {
+            offset: self.offset,
+            record_len,
+            checksum,
+        })
+    }
+}
+
+impl Drop for NeedleWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.volume.abandon(self.offset, self.header.record_len());
+        }
+    }
+}
+
+fn check_data_len(len: u64) -> Result<()> {
+    if len > MAX_DATA_LEN {
+        return Err(Error::InvalidNeedle("blob larger than 4 GiB - 1"));
+    }
+    Ok(())
+}
