@@ -33,7 +33,7 @@ pub use file::available_space;
 pub use format::NeedleMeta;
 pub use recovery::RecoveryReport;
 pub use store::{Location, Store, StoreConfig};
-pub use types::{Cookie, NeedleId, Tier, VolumeId};
+pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
     Durability, Needle, NeedleWrite, NeedleWriter, ScrubReport, Volume, VolumeConfig, VolumeStats,
     WriteReceipt,

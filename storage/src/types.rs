@@ -79,3 +79,88 @@ impl FromStr for Tier {
         }
     }
 }
+
+/// A blob's public id: its needle id and cookie, written as the needle id in
+/// lower-case hex followed by the cookie as exactly 8 hex digits
+/// (`"70000002a" + "1b2c3d4e"` = `"70000002a1b2c3d4e"`): short and URL-safe.
+///
+/// The directory allocates needle ids as `volume id << 32 | sequence`, so the
+/// volume is the needle id's top 32 bits and a bare needle id resolves to its
+/// volume without a lookup table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlobId {
+    /// The needle.
+    pub needle: NeedleId,
+    /// Its cookie.
+    pub cookie: Cookie,
+}
+
+impl BlobId {
+    /// The volume holding the blob.
+    pub fn volume(&self) -> VolumeId {
+        volume_of(self.needle)
+    }
+}
+
+/// The volume a needle id was allocated from (its top 32 bits).
+pub fn volume_of(needle: NeedleId) -> VolumeId {
+    VolumeId((needle.0 >> 32) as u32)
+}
+
+/// The needle id with sequence number `seq` in `volume`.
+pub fn needle_in(volume: VolumeId, seq: u32) -> NeedleId {
+    NeedleId(u64::from(volume.0) << 32 | u64::from(seq))
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}{:08x}", self.needle.0, self.cookie.0)
+    }
+}
+
+/// Error parsing a [`BlobId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed blob id {0:?}: expected 9 to 24 hex digits (needle id, then an 8-digit cookie)")]
+pub struct ParseBlobIdError(pub String);
+
+impl FromStr for BlobId {
+    type Err = ParseBlobIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseBlobIdError(s.chars().take(64).collect());
+        if !(9..=24).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let (needle, cookie) = s.split_at(s.len() - 8);
+        Ok(BlobId {
+            needle: NeedleId(u64::from_str_radix(needle, 16).map_err(|_| bad())?),
+            cookie: Cookie(u32::from_str_radix(cookie, 16).map_err(|_| bad())?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn blob_ids_round_trip(needle in any::<u64>(), cookie in any::<u32>()) {
+            let id = BlobId { needle: NeedleId(needle), cookie: Cookie(cookie) };
+            let text = id.to_string();
+            prop_assert!(text.len() <= 24);
+            prop_assert_eq!(text.parse::<BlobId>(), Ok(id));
+        }
+    }
+
+    #[test]
+    fn malformed_blob_ids_are_rejected() {
+        for bad in ["", "12345678", "xyz123456789", "1234567890abcdef1234567890", "12345678-9", "../etc/passwd"] {
+            assert!(bad.parse::<BlobId>().is_err(), "{bad}");
+        }
+        let id: BlobId = "70000002a1b2c3d4e".parse().unwrap();
+        assert_eq!(id.volume(), VolumeId(7));
+        assert_eq!(id.needle, needle_in(VolumeId(7), 0x2a));
+        assert_eq!(id.cookie, Cookie(0x1b2c3d4e));
+    }
+}
