@@ -155,7 +155,14 @@ mod tests {
 
     #[test]
     fn malformed_blob_ids_are_rejected() {
-        for bad in ["", "12345678", "xyz123456789", "1234567890abcdef1234567890", "12345678-9", "../etc/passwd"] {
+        for bad in [
+            "",
+            "12345678",
+            "xyz123456789",
+            "1234567890abcdef1234567890",
+            "12345678-9",
+            "../etc/passwd",
+        ] {
             assert!(bad.parse::<BlobId>().is_err(), "{bad}");
         }
         let id: BlobId = "70000002a1b2c3d4e".parse().unwrap();
