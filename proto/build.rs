@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hayloft/v1/volume.proto",
     ];
     tonic_prost_build::configure()
-        .bytes(".hayloft.v1.WriteRequest.part.chunk")
+        .bytes(".hayloft.v1.WriteRequest.chunk")
         .bytes(".hayloft.v1.ReadResponse.chunk")
         .compile_protos(&protos, &["."])?;
     for proto in protos {

@@ -3,9 +3,10 @@
 # Debian machine. Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-# System packages the build links against (none yet beyond the Rust toolchain;
-# later parts add RocksDB and libclang here).
-APT_PACKAGES=()
+# System packages the build links against: Debian's RocksDB (the directory's
+# database; linking it takes seconds where compiling the bundled C++ takes
+# 17 minutes) and libclang (bindgen generates the RocksDB bindings with it).
+APT_PACKAGES=(librocksdb-dev libclang-dev)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -1,2 +1,128 @@
-//! The directory server: the map from needle ids to volumes and volume
-//! servers. Not built yet (issue "Directory and volume servers over gRPC").
+//! The directory server: the map from needle ids to volumes to volume servers.
+//!
+//! # Layout
+//!
+//! - [`DirectoryConfig`]: the daemon's configuration (TOML, with defaults).
+//! - [`Directory`]: binds the gRPC port, then serves until shutdown.
+//! - `cluster`: the in-memory cluster map and the allocators.
+//! - `db`: its persistence in RocksDB (schema in the module docs).
+//! - `service`: the `hayloft.v1.Directory` gRPC service.
+//!
+//! Needle ids are `volume id << 32 | sequence`: each volume owns a range, so
+//! a bare needle id resolves to its volume. Sequences are reserved in blocks
+//! with a synced RocksDB write before any id in the block is handed out, so
+//! no id is handed out twice across crashes and restarts.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+mod cluster;
+pub mod db;
+mod error;
+mod service;
+
+pub use cluster::{Cluster, NEEDLE_BLOCK};
+pub use error::{Error, Result};
+pub use service::{DirectoryService, MAX_ASSIGN_COUNT};
+
+/// Configuration of a directory server. Every field has a default, so an
+/// empty file (or none) works.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// gRPC listen address. Default `127.0.0.1:9330`.
+    pub listen: SocketAddr,
+    /// Where the RocksDB database lives. Default `./data/directory`.
+    pub data_dir: PathBuf,
+    /// How often volume servers send heartbeats. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub pulse: Duration,
+    /// A volume server is dead (no new ids go to it) after this long without a
+    /// heartbeat. Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// Keep at least this many writable volumes per collection, creating
+    /// more ahead of need. Default 2.
+    pub min_writable_volumes: usize,
+    /// A volume stops taking new ids once its data file reaches this
+    /// fraction of its maximum size. Default 0.95.
+    pub volume_full_ratio: f64,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            listen: default_listen(),
+            data_dir: PathBuf::from("data/directory"),
+            pulse: Duration::from_secs(5),
+            dead_after: Duration::from_secs(15),
+            min_writable_volumes: 2,
+            volume_full_ratio: 0.95,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9330))
+}
+
+/// A directory server bound to its port, ready to serve.
+pub struct Directory {
+    cluster: Arc<Cluster>,
+    listener: TcpListener,
+    config: DirectoryConfig,
+}
+
+impl Directory {
+    /// Opens the database and binds the listen address.
+    pub async fn bind(config: DirectoryConfig) -> Result<Directory> {
+        let db = {
+            let path = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || db::Db::open(&path)).await??
+        };
+        let cluster = Arc::new(Cluster::load(db, config.clone())?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::Io(PathBuf::from(config.listen.to_string()), e))?;
+        Ok(Directory {
+            cluster,
+            listener,
+            config,
+        })
+    }
+
+    /// The address it listens on (useful when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` completes, then drains requests and flushes
+    /// the database.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let service = DirectoryService::new(
+            Arc::clone(&self.cluster),
+            self.config.pulse.as_secs().max(1) as u32,
+            self.config.min_writable_volumes,
+        );
+        tracing::info!(addr = %self.local_addr(), "directory serving");
+        tonic::transport::Server::builder()
+            .add_service(
+                hayloft_proto::directory_server::DirectoryServer::new(service)
+                    .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                shutdown,
+            )
+            .await?;
+        self.cluster.flush()?;
+        tracing::info!("directory stopped");
+        Ok(())
+    }
+}

@@ -246,7 +246,8 @@ pub fn volume_paths(dir: &Path, id: VolumeId) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-pub(crate) fn now_unix() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -275,7 +276,7 @@ impl Volume {
         VolumeMeta::new(collection).store(&meta)?;
         let superblock = Superblock {
             volume_id: id,
-            created_at: now_unix(),
+            created_at: now_unix_secs(),
         };
         write_atomically(&dat, &superblock.encode())?;
         Volume::open(dir, id, tier, config)
@@ -390,12 +391,12 @@ impl Volume {
         let record = self
             .map
             .slice(offset, header.record_len())
-            .ok_or(self.corrupt(offset, "record past end of file"))?;
+            .ok_or_else(|| self.corrupt(offset, "record past end of file"))?;
         let crc_at = header.checksum_offset();
         let meta =
             NeedleMeta::decode(&record[NEEDLE_HEADER_LEN + header.data_len as usize..crc_at])
                 .map_err(|_| self.corrupt(offset, "unreadable metadata"))?;
-        if meta.expires_at.is_some_and(|t| t <= now_unix()) {
+        if meta.expires_at.is_some_and(|t| t <= now_unix_secs()) {
             return Err(Error::Expired {
                 volume: self.id,
                 needle: id,
@@ -408,7 +409,7 @@ impl Volume {
             offset + NEEDLE_HEADER_LEN as u64,
             header.data_len as u64,
         )
-        .ok_or(self.corrupt(offset, "record past end of file"))?;
+        .ok_or_else(|| self.corrupt(offset, "record past end of file"))?;
         Ok(Needle {
             id,
             data,
@@ -438,7 +439,7 @@ impl Volume {
         let bytes = self
             .map
             .slice(offset, NEEDLE_HEADER_LEN as u64)
-            .ok_or(self.corrupt(offset, "header past end of file"))?;
+            .ok_or_else(|| self.corrupt(offset, "header past end of file"))?;
         let header =
             NeedleHeader::decode(bytes).map_err(|_| self.corrupt(offset, "bad needle header"))?;
         if header.needle_id != id || header.is_tombstone() {
@@ -451,13 +452,13 @@ impl Volume {
         let header_bytes = self
             .map
             .slice(offset, NEEDLE_HEADER_LEN as u64)
-            .ok_or(self.corrupt(offset, "header past end of file"))?;
+            .ok_or_else(|| self.corrupt(offset, "header past end of file"))?;
         let header = NeedleHeader::decode(header_bytes)
             .map_err(|_| self.corrupt(offset, "bad needle header"))?;
         let record = self
             .map
             .slice(offset, header.record_len())
-            .ok_or(self.corrupt(offset, "record past end of file"))?;
+            .ok_or_else(|| self.corrupt(offset, "record past end of file"))?;
         format::decode_needle(record).map_err(|_| self.corrupt(offset, "checksum mismatch"))
     }
 
@@ -499,7 +500,7 @@ impl Volume {
         if !meta.sealed {
             let mut sealed = meta.clone();
             sealed.sealed = true;
-            sealed.sealed_at = Some(now_unix());
+            sealed.sealed_at = Some(now_unix_secs());
             sealed.store(&meta_path)?;
             *meta = sealed;
         }

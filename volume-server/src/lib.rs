@@ -1,2 +1,295 @@
-//! The volume server: serves the storage engine over gRPC and HTTP. Not built
-//! yet (issue "Directory and volume servers over gRPC").
+//! The volume server: the storage engine over gRPC, the HTTP origin for the
+//! CDN, and heartbeats to the directory.
+//!
+//! # Layout
+//!
+//! - [`VolumeServerConfig`]: the daemon's configuration (TOML, with defaults).
+//! - [`VolumeServer`]: opens the store, binds both ports, serves until shutdown.
+//! - [`grpc`]: the `hayloft.v1.Volume` service (streamed writes and reads).
+//! - [`http`]: `GET`/`HEAD /<blob id>` with ranges and conditional requests.
+//! - `heartbeat`: reports volumes and free space to the directory.
+//! - `error`: storage errors as gRPC codes and HTTP statuses, in one place.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use hayloft_storage::{Durability, Location, Store, StoreConfig, Tier, VolumeConfig};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub mod error;
+pub mod grpc;
+mod heartbeat;
+pub mod http;
+pub mod status;
+
+/// When writes are acknowledged, as written in configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// After an fsync shared by concurrent writers (group commit).
+    Always,
+    /// After the next periodic fsync (`batch_interval`).
+    Batched,
+    /// At once; fsync later (a machine crash may lose recent writes).
+    Never,
+}
+
+/// Configuration of a volume server. Every field has a default, so an empty
+/// file (or none) works.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumeServerConfig {
+    /// Stable id the directory knows this server by. Default: the advertised
+    /// gRPC address.
+    pub server_id: String,
+    /// gRPC listen address. Default `127.0.0.1:9331`.
+    pub grpc_listen: SocketAddr,
+    /// HTTP origin listen address. Default `127.0.0.1:9380`.
+    pub http_listen: SocketAddr,
+    /// gRPC address to advertise to the directory, if not the bound one.
+    pub public_grpc_addr: Option<String>,
+    /// HTTP address to advertise to the directory, if not the bound one.
+    pub public_http_addr: Option<String>,
+    /// The directory's gRPC address. Default `127.0.0.1:9330`.
+    pub directory: String,
+    /// Directories for hot (SSD) volumes. Default `["data/hot"]`.
+    pub hot_dirs: Vec<PathBuf>,
+    /// Directories for warm (HDD) volumes. Default `["data/warm"]`.
+    pub warm_dirs: Vec<PathBuf>,
+    /// Largest size of a volume's data file (at most 32 GiB). Default `30GiB`.
+    pub max_volume_size: ByteSize,
+    /// When writes are acknowledged. Default `always`.
+    pub durability: DurabilityMode,
+    /// fsync interval with `durability = "batched"`. Default `2ms`.
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// Largest blob accepted. Default `4GiB` (the format's limit is 4 GiB - 1).
+    pub max_upload_size: ByteSize,
+    /// `Cache-Control: public, max-age=...` for blobs. Default `365d`.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_age: Duration,
+    /// Heartbeat interval (the directory may ask for another). Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub pulse: Duration,
+}
+
+impl Default for VolumeServerConfig {
+    fn default() -> Self {
+        VolumeServerConfig {
+            server_id: String::new(),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 9331)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9380)),
+            public_grpc_addr: None,
+            public_http_addr: None,
+            directory: "127.0.0.1:9330".into(),
+            hot_dirs: vec![PathBuf::from("data/hot")],
+            warm_dirs: vec![PathBuf::from("data/warm")],
+            max_volume_size: ByteSize::gib(30),
+            durability: DurabilityMode::Always,
+            batch_interval: Duration::from_millis(2),
+            max_upload_size: ByteSize::gib(4),
+            cache_max_age: Duration::from_secs(365 * 24 * 3600),
+            pulse: Duration::from_secs(5),
+        }
+    }
+}
+
+impl VolumeServerConfig {
+    fn store_config(&self) -> StoreConfig {
+        let locations = self
+            .hot_dirs
+            .iter()
+            .map(|path| Location {
+                path: path.clone(),
+                tier: Tier::Hot,
+            })
+            .chain(self.warm_dirs.iter().map(|path| Location {
+                path: path.clone(),
+                tier: Tier::Warm,
+            }))
+            .collect();
+        StoreConfig {
+            locations,
+            volume: VolumeConfig {
+                max_size: self.max_volume_size.as_u64(),
+                durability: match self.durability {
+                    DurabilityMode::Always => Durability::Always,
+                    DurabilityMode::Batched => Durability::Batched(self.batch_interval),
+                    DurabilityMode::Never => Durability::Never,
+                },
+            },
+        }
+    }
+}
+
+/// Why a volume server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error("opening volumes: {0}")]
+    Store(#[from] hayloft_storage::Error),
+    /// A port could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// A volume server with its store open and its ports bound.
+pub struct VolumeServer {
+    config: VolumeServerConfig,
+    store: Arc<Store>,
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+impl VolumeServer {
+    /// Opens (and recovers) every volume, then binds both ports.
+    pub async fn bind(config: VolumeServerConfig) -> Result<VolumeServer, StartError> {
+        let store_config = config.store_config();
+        let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+            .await
+            .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
+        for failed in store.failed_volumes() {
+            tracing::error!(volume = %failed.id, path = %failed.path.display(), error = %failed.error,
+                "volume not served");
+        }
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let grpc = bind(config.grpc_listen).await?;
+        let http = bind(config.http_listen).await?;
+        Ok(VolumeServer {
+            config,
+            store: Arc::new(store),
+            grpc,
+            http,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.grpc_listen)
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.config.http_listen)
+    }
+
+    /// The store (for tests and the embedded server).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Serves gRPC and HTTP and sends heartbeats until `shutdown` completes;
+    /// then drains requests and syncs every volume.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let advertised = hayloft_proto::ServerLocation {
+            server_id: String::new(),
+            grpc_addr: self
+                .config
+                .public_grpc_addr
+                .clone()
+                .unwrap_or_else(|| self.grpc_addr().to_string()),
+            http_addr: self
+                .config
+                .public_http_addr
+                .clone()
+                .unwrap_or_else(|| self.http_addr().to_string()),
+        };
+        let advertised = hayloft_proto::ServerLocation {
+            server_id: if self.config.server_id.is_empty() {
+                advertised.grpc_addr.clone()
+            } else {
+                self.config.server_id.clone()
+            },
+            ..advertised
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let wait_stop = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let heartbeat_now = Arc::new(tokio::sync::Notify::new());
+        let heartbeat = tokio::spawn(heartbeat::run(
+            Arc::clone(&self.store),
+            self.config.directory.clone(),
+            advertised.clone(),
+            self.config.pulse,
+            Arc::clone(&heartbeat_now),
+            wait_stop(),
+        ));
+
+        let service = grpc::VolumeService::new(
+            Arc::clone(&self.store),
+            self.config
+                .max_upload_size
+                .as_u64()
+                .min(hayloft_storage::format::MAX_DATA_LEN),
+            heartbeat_now,
+        );
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(
+                hayloft_proto::volume_server::VolumeServer::new(service)
+                    .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+                wait_stop(),
+            );
+        let http_state = Arc::new(http::HttpState {
+            store: Arc::clone(&self.store),
+            cache_control: http::cache_control(self.config.cache_max_age),
+        });
+        let listener = axum::serve::ListenerExt::tap_io(self.http, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let http_server = axum::serve(listener, http::router(http_state))
+            .with_graceful_shutdown(wait_stop())
+            .into_future();
+        tracing::info!(server = %advertised.server_id, grpc = %advertised.grpc_addr,
+            http = %advertised.http_addr, "volume server serving");
+
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+        let _ = heartbeat.await;
+        let store = Arc::clone(&self.store);
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        grpc_result?;
+        http_result.map_err(StartError::Http)?;
+        match closed {
+            Ok(result) => result?,
+            Err(e) => return Err(StartError::Http(std::io::Error::other(e))),
+        }
+        tracing::info!("volume server stopped; volumes synced");
+        Ok(())
+    }
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Durability, NEVER_SYNC_EVERY, NeedleWrite, Volume, WriteReceipt, now_unix};
+use super::{Durability, NEVER_SYNC_EVERY, NeedleWrite, Volume, WriteReceipt, now_unix_secs};
 use crate::error::{Error, Result};
 use crate::format::{
     self, FLAG_TOMBSTONE, INDEX_ENTRY_LEN, IndexEntry, MAX_DATA_LEN, NEEDLE_HEADER_LEN,
@@ -61,7 +61,7 @@ impl Volume {
             });
         }
         let meta = NeedleMeta {
-            last_modified: now_unix(),
+            last_modified: now_unix_secs(),
             ..NeedleMeta::default()
         };
         let mut record = Vec::new();

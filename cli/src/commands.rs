@@ -1,0 +1,219 @@
+//! The client commands: `put`, `get`, `rm`, `status`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use clap::Args;
+use hayloft_client::{Client, UploadOptions};
+use hayloft_proto::{Tier, VolumeState};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Args)]
+pub struct Connection {
+    /// The directory's gRPC address.
+    #[arg(long, env = "HAYLOFT_DIRECTORY", default_value = "127.0.0.1:9330")]
+    directory: String,
+}
+
+impl Connection {
+    async fn client(&self) -> anyhow::Result<Client> {
+        Client::connect(&self.directory)
+            .await
+            .with_context(|| format!("connecting to the directory at {}", self.directory))
+    }
+}
+
+#[derive(Args)]
+pub struct PutArgs {
+    /// Files to upload.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Also print each blob's HTTP URL.
+    #[arg(long)]
+    url: bool,
+    /// Collection to write into.
+    #[arg(long, default_value = "")]
+    collection: String,
+    /// Content type (default: guessed from the file name).
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Expire the blobs after this long, e.g. "30d".
+    #[arg(long)]
+    ttl: Option<humantime_serde::re::humantime::Duration>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn put(args: PutArgs) -> anyhow::Result<()> {
+    let client = args.connection.client().await?;
+    for file in &args.files {
+        let options = UploadOptions {
+            content_type: args.content_type.clone().unwrap_or_else(|| {
+                mime_guess::from_path(file)
+                    .first_raw()
+                    .unwrap_or("application/octet-stream")
+                    .to_owned()
+            }),
+            file_name: file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            collection: args.collection.clone(),
+            ttl: args.ttl.map(Duration::from),
+        };
+        let uploaded = client
+            .upload_file(file, &options)
+            .await
+            .with_context(|| format!("uploading {}", file.display()))?;
+        if args.url {
+            println!("{}\t{}", uploaded.blob_id, uploaded.url);
+        } else {
+            println!("{}", uploaded.blob_id);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// The blob id.
+    id: String,
+    /// Write to this file instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let client = args.connection.client().await?;
+    match &args.output {
+        Some(path) => {
+            // Write to a temp name and rename, so a failed download leaves no
+            // partial file under the requested name.
+            let tmp = path.with_extension("hayloft-partial");
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let result = client.download_to(&args.id, &mut file).await;
+            match result {
+                Ok(_) => {
+                    file.sync_all().await?;
+                    tokio::fs::rename(&tmp, path).await?;
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e).with_context(|| format!("downloading {}", args.id));
+                }
+            }
+        }
+        None => {
+            let mut stdout = tokio::io::stdout();
+            client
+                .download_to(&args.id, &mut stdout)
+                .await
+                .with_context(|| format!("downloading {}", args.id))?;
+            stdout.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Blob ids to delete.
+    #[arg(required = true)]
+    ids: Vec<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
+    let client = args.connection.client().await?;
+    for id in &args.ids {
+        client
+            .delete(id)
+            .await
+            .with_context(|| format!("deleting {id}"))?;
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+fn tier_name(tier: i32) -> &'static str {
+    match Tier::try_from(tier) {
+        Ok(Tier::Hot) => "hot",
+        Ok(Tier::Warm) => "warm",
+        Ok(Tier::Cold) => "cold",
+        _ => "?",
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match VolumeState::try_from(state) {
+        Ok(VolumeState::Writable) => "writable",
+        Ok(VolumeState::Sealed) => "sealed",
+        Ok(VolumeState::Moving) => "moving",
+        Ok(VolumeState::Cold) => "cold",
+        Ok(VolumeState::Restoring) => "restoring",
+        _ => "?",
+    }
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = args.connection.client().await?;
+    let status = client.status().await?;
+    println!("SERVERS");
+    println!(
+        "{:<16} {:<22} {:<22} {:<6} {:>12} {:>12}",
+        "ID", "GRPC", "HTTP", "ALIVE", "FREE HOT", "FREE WARM"
+    );
+    for server in &status.servers {
+        let location = server.location.clone().unwrap_or_default();
+        println!(
+            "{:<16} {:<22} {:<22} {:<6} {:>12} {:>12}",
+            location.server_id,
+            location.grpc_addr,
+            location.http_addr,
+            if server.alive { "yes" } else { "NO" },
+            ByteSize(server.free_hot_bytes).to_string(),
+            ByteSize(server.free_warm_bytes).to_string(),
+        );
+    }
+    println!();
+    println!("VOLUMES");
+    println!(
+        "{:>6} {:<12} {:<5} {:<9} {:<16} {:>9} {:>11} {:>11} {:>8}",
+        "ID", "COLLECTION", "TIER", "STATE", "SERVER", "NEEDLES", "SIZE", "GARBAGE", "GARBAGE%"
+    );
+    for volume in &status.volumes {
+        let stats = volume.status.clone().unwrap_or_default();
+        let ratio = if stats.file_bytes > 0 {
+            100.0 * stats.garbage_bytes as f64 / stats.file_bytes as f64
+        } else {
+            0.0
+        };
+        println!(
+            "{:>6} {:<12} {:<5} {:<9} {:<16} {:>9} {:>11} {:>11} {:>7.1}%",
+            stats.volume_id,
+            if stats.collection.is_empty() {
+                "-"
+            } else {
+                &stats.collection
+            },
+            tier_name(stats.tier),
+            state_name(volume.state),
+            volume.server_id,
+            stats.needles,
+            ByteSize(stats.file_bytes).to_string(),
+            ByteSize(stats.garbage_bytes).to_string(),
+            ratio,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The server roles: `hayloft server`, `hayloft directory`, `hayloft volume`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use hayloft_directory::{Directory, DirectoryConfig};
+use hayloft_volume::{VolumeServer, VolumeServerConfig};
+use serde::de::DeserializeOwned;
+
+/// Loads a TOML configuration file, or the defaults without one.
+pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: draining requests and syncing volumes");
+}
+
+/// The configurations of the embedded `hayloft server`.
+pub fn embedded_configs(
+    data_dir: &Path,
+    directory_listen: SocketAddr,
+    grpc_listen: SocketAddr,
+    http_listen: SocketAddr,
+) -> (DirectoryConfig, VolumeServerConfig) {
+    let directory = DirectoryConfig {
+        listen: directory_listen,
+        data_dir: data_dir.join("directory"),
+        ..DirectoryConfig::default()
+    };
+    let volume = VolumeServerConfig {
+        server_id: "local".into(),
+        grpc_listen,
+        http_listen,
+        hot_dirs: vec![data_dir.join("hot")],
+        warm_dirs: vec![data_dir.join("warm")],
+        ..VolumeServerConfig::default()
+    };
+    (directory, volume)
+}
+
+/// Runs the directory and a volume server in this process until a signal.
+pub async fn server(
+    (directory_config, mut volume_config): (DirectoryConfig, VolumeServerConfig),
+) -> anyhow::Result<()> {
+    let data_dir = directory_config
+        .data_dir
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let directory = Directory::bind(directory_config)
+        .await
+        .context("starting the directory")?;
+    volume_config.directory = directory.local_addr().to_string();
+    let volume = VolumeServer::bind(volume_config)
+        .await
+        .context("starting the volume server")?;
+    println!("hayloft server: data in {}", data_dir.display());
+    println!("  directory (gRPC)  {}", directory.local_addr());
+    println!("  volume    (gRPC)  {}", volume.grpc_addr());
+    println!(
+        "  origin    (HTTP)  http://{}/<blob id>",
+        volume.http_addr()
+    );
+    println!("try: hayloft put FILE --url; hayloft status");
+
+    let (stop_volume, volume_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_directory, directory_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut volume_task = tokio::spawn(volume.serve(async {
+        let _ = volume_stopped.await;
+    }));
+    let mut directory_task = tokio::spawn(directory.serve(async {
+        let _ = directory_stopped.await;
+    }));
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = &mut volume_task => {
+            result?.context("volume server")?;
+            anyhow::bail!("volume server stopped unexpectedly");
+        }
+        result = &mut directory_task => {
+            result?.context("directory")?;
+            anyhow::bail!("directory stopped unexpectedly");
+        }
+    }
+    // The volume server stops first, so its volumes are synced while the
+    // directory still answers.
+    let _ = stop_volume.send(());
+    volume_task.await?.context("volume server")?;
+    let _ = stop_directory.send(());
+    directory_task.await?.context("directory")?;
+    Ok(())
+}
+
+/// Runs a directory server until a signal.
+pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
+    let directory = Directory::bind(config)
+        .await
+        .context("starting the directory")?;
+    println!("directory listening on {}", directory.local_addr());
+    directory.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Runs a volume server until a signal.
+pub async fn volume(config: VolumeServerConfig) -> anyhow::Result<()> {
+    let volume = VolumeServer::bind(config)
+        .await
+        .context("starting the volume server")?;
+    println!("volume server gRPC listening on {}", volume.grpc_addr());
+    println!("volume server HTTP listening on {}", volume.http_addr());
+    volume.serve(shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The `hayloft` command.
+//!
+//! `main` only parses arguments and hands over to [`daemons`] (the server
+//! roles) or [`commands`] (the client commands).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+mod commands;
+mod daemons;
+
+/// hayloft: a Haystack-style blob store with hot, warm and cold tiers.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "HAYLOFT_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Directory and volume server in one process: the zero-configuration
+    /// default (data under ./data, listening on localhost).
+    Server(ServerArgs),
+    /// A directory server, for deployments with several volume servers.
+    Directory(DirectoryArgs),
+    /// A volume server.
+    Volume(VolumeArgs),
+    /// Upload files; prints one blob id per file.
+    Put(commands::PutArgs),
+    /// Download a blob to stdout or a file.
+    Get(commands::GetArgs),
+    /// Delete blobs.
+    Rm(commands::RmArgs),
+    /// Show the cluster's servers and volumes.
+    Status(commands::StatusArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Where everything is stored.
+    #[arg(long, default_value = "data", env = "HAYLOFT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Directory gRPC address.
+    #[arg(long, default_value = "127.0.0.1:9330")]
+    directory_listen: SocketAddr,
+    /// Volume server gRPC address.
+    #[arg(long, default_value = "127.0.0.1:9331")]
+    grpc_listen: SocketAddr,
+    /// HTTP origin address.
+    #[arg(long, default_value = "127.0.0.1:9380")]
+    http_listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct DirectoryArgs {
+    /// TOML configuration file (see README); flags and environment override it.
+    #[arg(long, env = "HAYLOFT_DIRECTORY_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "HAYLOFT_DIRECTORY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Where the RocksDB database lives.
+    #[arg(long, env = "HAYLOFT_DIRECTORY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Heartbeat interval asked of volume servers, e.g. "5s".
+    #[arg(long)]
+    pulse: Option<humantime_serde::re::humantime::Duration>,
+    /// A volume server is dead after this long without heartbeats, e.g. "15s".
+    #[arg(long)]
+    dead_after: Option<humantime_serde::re::humantime::Duration>,
+}
+
+#[derive(Args)]
+struct VolumeArgs {
+    /// TOML configuration file (see README); flags and environment override it.
+    #[arg(long, env = "HAYLOFT_VOLUME_CONFIG")]
+    config: Option<PathBuf>,
+    /// Stable id of this server.
+    #[arg(long, env = "HAYLOFT_SERVER_ID")]
+    server_id: Option<String>,
+    /// gRPC listen address.
+    #[arg(long, env = "HAYLOFT_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP origin listen address.
+    #[arg(long, env = "HAYLOFT_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// The directory's gRPC address.
+    #[arg(long, env = "HAYLOFT_DIRECTORY")]
+    directory: Option<String>,
+    /// Shorthand for hot_dirs = [DIR/hot], warm_dirs = [DIR/warm].
+    #[arg(long, env = "HAYLOFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest blob accepted, e.g. "1GiB".
+    #[arg(long)]
+    max_upload_size: Option<bytesize::ByteSize>,
+    /// Largest volume, e.g. "30GiB".
+    #[arg(long)]
+    max_volume_size: Option<bytesize::ByteSize>,
+    /// Heartbeat interval, e.g. "5s".
+    #[arg(long)]
+    pulse: Option<humantime_serde::re::humantime::Duration>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hayloft")
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => {
+                daemons::server(daemons::embedded_configs(
+                    &args.data_dir,
+                    args.directory_listen,
+                    args.grpc_listen,
+                    args.http_listen,
+                ))
+                .await
+            }
+            Command::Directory(args) => {
+                let mut config: hayloft_directory::DirectoryConfig =
+                    daemons::load_config(args.config.as_deref())?;
+                if let Some(listen) = args.listen {
+                    config.listen = listen;
+                }
+                if let Some(dir) = args.data_dir {
+                    config.data_dir = dir;
+                }
+                if let Some(pulse) = args.pulse {
+                    config.pulse = pulse.into();
+                }
+                if let Some(dead_after) = args.dead_after {
+                    config.dead_after = dead_after.into();
+                }
+                daemons::directory(config).await
+            }
+            Command::Volume(args) => {
+                let mut config: hayloft_volume::VolumeServerConfig =
+                    daemons::load_config(args.config.as_deref())?;
+                if let Some(id) = args.server_id {
+                    config.server_id = id;
+                }
+                if let Some(addr) = args.grpc_listen {
+                    config.grpc_listen = addr;
+                }
+                if let Some(addr) = args.http_listen {
+                    config.http_listen = addr;
+                }
+                if let Some(directory) = args.directory {
+                    config.directory = directory;
+                }
+                if let Some(dir) = args.data_dir {
+                    config.hot_dirs = vec![dir.join("hot")];
+                    config.warm_dirs = vec![dir.join("warm")];
+                }
+                if let Some(size) = args.max_upload_size {
+                    config.max_upload_size = size;
+                }
+                if let Some(size) = args.max_volume_size {
+                    config.max_volume_size = size;
+                }
+                if let Some(pulse) = args.pulse {
+                    config.pulse = pulse.into();
+                }
+                daemons::volume(config).await
+            }
+            Command::Put(args) => commands::put(args).await,
+            Command::Get(args) => commands::get(args).await,
+            Command::Rm(args) => commands::rm(args).await,
+            Command::Status(args) => commands::status(args).await,
+        }
+    })
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,471 @@
+//! A Rust client for hayloft.
+//!
+//! - [`Client::upload`] / [`Client::upload_file`]: assign an id at the
+//!   directory, stream the bytes to the volume server it names; retried with
+//!   a fresh id if that server is down, full or sealed.
+//! - [`Client::download`] / [`Client::download_to`]: look the volume up
+//!   (cached) and stream the blob back; a stale location is looked up again.
+//! - [`Client::delete`], [`Client::stat`], [`Client::status`].
+//!
+//! Large blobs stream in [`hayloft_proto::CHUNK_BYTES`] chunks both ways, so
+//! memory stays bounded whatever their size.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, BoxStream, StreamExt};
+use hayloft_proto::directory_client::DirectoryClient;
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::write_request::Part;
+use hayloft_proto::{
+    AssignRequest, BlobInfo, DeleteRequest, LookupRequest, ReadRequest, ServerLocation,
+    StatRequest, StatusRequest, StatusResponse, WriteHeader, WriteRequest,
+};
+use hayloft_storage::BlobId;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+/// What can go wrong in a client call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// A server could not be reached.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The blob id is malformed.
+    #[error(transparent)]
+    BlobId(#[from] hayloft_storage::types::ParseBlobIdError),
+    /// The directory knows no server for the volume.
+    #[error("no server holds volume {0}")]
+    NoLocation(u32),
+}
+
+impl Error {
+    /// The gRPC code, if the server answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Status(status) => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+/// Result with the client [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to store an upload.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    /// MIME type to serve it with.
+    pub content_type: String,
+    /// File name for `Content-Disposition`.
+    pub file_name: String,
+    /// Collection to write into.
+    pub collection: String,
+    /// Expire the blob after this long.
+    pub ttl: Option<Duration>,
+}
+
+/// A stored blob.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// Its id.
+    pub blob_id: String,
+    /// Its size.
+    pub size: u64,
+    /// Its strong ETag (quoted).
+    pub etag: String,
+    /// Its URL on the volume server's HTTP origin.
+    pub url: String,
+}
+
+/// Attempts per upload (each with a fresh id) and per download.
+const ATTEMPTS: usize = 4;
+
+/// A hayloft client. Cheap to share: clone-free, all methods take `&self`.
+pub struct Client {
+    directory: DirectoryClient<Channel>,
+    channels: Mutex<HashMap<String, Channel>>,
+    locations: Mutex<HashMap<u32, Vec<ServerLocation>>>,
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Endpoint::from_shared(uri)
+        .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+        .map_err(|source| Error::Connect {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Should an upload try again with a new id on another volume?
+fn retry_upload(error: &Error) -> bool {
+    matches!(
+        error.code(),
+        Some(
+            Code::Unavailable
+                | Code::ResourceExhausted
+                | Code::FailedPrecondition
+                | Code::NotFound
+                | Code::Unknown
+                | Code::Cancelled
+        )
+    ) || matches!(error, Error::Connect { .. })
+}
+
+impl Client {
+    /// Connects to the directory at `addr` ("host:port").
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let channel = endpoint(addr)?
+            .connect()
+            .await
+            .map_err(|source| Error::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        Ok(Client {
+            directory: DirectoryClient::new(channel)
+                .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
+            channels: Mutex::new(HashMap::new()),
+            locations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn volume_client(&self, addr: &str) -> Result<VolumeClient<Channel>> {
+        let channel = {
+            let mut channels = self.channels.lock();
+            match channels.get(addr) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let channel = endpoint(addr)?.connect_lazy();
+                    channels.insert(addr.to_owned(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(VolumeClient::new(channel)
+            .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// Uploads bytes held in memory.
+    pub async fn upload(&self, data: Bytes, options: &UploadOptions) -> Result<Uploaded> {
+        let size = data.len() as u64;
+        self.upload_from(size, options, move || {
+            let data = data.clone();
+            let chunks = (0..data.len().div_ceil(hayloft_proto::CHUNK_BYTES))
+                .map(move |i| {
+                    let start = i * hayloft_proto::CHUNK_BYTES;
+                    Ok(data.slice(start..(start + hayloft_proto::CHUNK_BYTES).min(data.len())))
+                })
+                .collect::<Vec<_>>();
+            Box::pin(stream::iter(chunks))
+        })
+        .await
+    }
+
+    /// Uploads a file, streaming it in chunks (bounded memory for any size).
+    pub async fn upload_file(&self, path: &Path, options: &UploadOptions) -> Result<Uploaded> {
+        let size = tokio::fs::metadata(path).await?.len();
+        let path = path.to_owned();
+        self.upload_from(size, options, move || file_chunks(path.clone()))
+            .await
+    }
+
+    /// Uploads `size` bytes from a source that can be restarted (`chunks` is
+    /// called again for each attempt).
+    async fn upload_from(
+        &self,
+        size: u64,
+        options: &UploadOptions,
+        chunks: impl Fn() -> BoxStream<'static, std::io::Result<Bytes>> + Send + Sync,
+    ) -> Result<Uploaded> {
+        let mut last_error = None;
+        for attempt in 0..ATTEMPTS {
+            let assigned = self
+                .directory
+                .clone()
+                .assign(AssignRequest {
+                    count: 1,
+                    collection: options.collection.clone(),
+                    tier: 0,
+                    ttl_seconds: options.ttl.map_or(0, |t| t.as_secs().max(1)),
+                })
+                .await?
+                .into_inner();
+            let (Some(blob), Some(location)) = (assigned.blobs.first(), assigned.locations.first())
+            else {
+                return Err(Error::Status(tonic::Status::internal(
+                    "assign returned no id",
+                )));
+            };
+            let header = WriteHeader {
+                blob_id: blob.blob_id.clone(),
+                size,
+                content_type: options.content_type.clone(),
+                file_name: options.file_name.clone(),
+                expires_at: assigned.expires_at,
+                last_modified: 0,
+            };
+            let (errors_tx, mut errors_rx) = tokio::sync::oneshot::channel();
+            let requests = write_requests(header, chunks(), errors_tx);
+            let result = match self.volume_client(&location.grpc_addr) {
+                Ok(mut client) => client.write(requests).await.map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            if let Ok(local) = errors_rx.try_recv() {
+                return Err(Error::Io(local));
+            }
+            match result {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    return Ok(Uploaded {
+                        url: format!("http://{}/{}", location.http_addr, response.blob_id),
+                        blob_id: response.blob_id,
+                        size: response.size,
+                        etag: response.etag,
+                    });
+                }
+                Err(error) if retry_upload(&error) && attempt + 1 < ATTEMPTS => {
+                    tracing::warn!(server = %location.server_id, %error, attempt, "upload failed; retrying with a new id");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or(Error::NoLocation(0)))
+    }
+
+    /// Where a volume lives (cached until a read through it fails).
+    async fn locate(&self, volume: u32, refresh: bool) -> Result<Vec<ServerLocation>> {
+        if !refresh && let Some(found) = self.locations.lock().get(&volume) {
+            return Ok(found.clone());
+        }
+        let response = self
+            .directory
+            .clone()
+            .lookup(LookupRequest {
+                volume_ids: vec![volume],
+                blob_ids: vec![],
+            })
+            .await?
+            .into_inner();
+        let locations = response
+            .volumes
+            .into_iter()
+            .find(|v| v.volume_id == volume)
+            .map(|v| v.locations)
+            .filter(|l| !l.is_empty())
+            .ok_or(Error::NoLocation(volume))?;
+        self.locations.lock().insert(volume, locations.clone());
+        Ok(locations)
+    }
+
+    /// Runs `call` against a server holding the blob's volume, looking the
+    /// volume up again if the cached server is unreachable.
+    async fn with_volume<T, F, Fut>(&self, blob_id: &str, call: F) -> Result<T>
+    where
+        F: Fn(VolumeClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let volume = blob_id.parse::<BlobId>()?.volume().0;
+        let mut refresh = false;
+        loop {
+            let locations = self.locate(volume, refresh).await?;
+            let mut last_error = None;
+            for location in &locations {
+                match call(self.volume_client(&location.grpc_addr)?).await {
+                    Err(e) if matches!(e.code(), Some(Code::Unavailable | Code::Unknown)) => {
+                        last_error = Some(e)
+                    }
+                    other => return other,
+                }
+            }
+            if refresh {
+                return Err(last_error.unwrap_or(Error::NoLocation(volume)));
+            }
+            refresh = true;
+        }
+    }
+
+    /// Downloads a blob into memory.
+    pub async fn download(&self, blob_id: &str) -> Result<(BlobInfo, Bytes)> {
+        let mut buffer = Vec::new();
+        let info = self.download_to(blob_id, &mut buffer).await?;
+        Ok((info, Bytes::from(buffer)))
+    }
+
+    /// Streams a blob into `out` chunk by chunk (bounded memory).
+    pub async fn download_to(
+        &self,
+        blob_id: &str,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<BlobInfo> {
+        self.download_range_to(blob_id, 0, 0, out).await
+    }
+
+    /// Streams `length` bytes (0 = to the end) from `offset` into `out`.
+    pub async fn download_range_to(
+        &self,
+        blob_id: &str,
+        offset: u64,
+        length: u64,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<BlobInfo> {
+        let mut stream = self
+            .with_volume(blob_id, |mut client| async move {
+                Ok(client
+                    .read(ReadRequest {
+                        blob_id: blob_id.to_owned(),
+                        offset,
+                        length,
+                    })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        let mut info = None;
+        while let Some(message) = stream.message().await? {
+            if message.info.is_some() {
+                info = message.info;
+            }
+            out.write_all(&message.chunk).await?;
+        }
+        out.flush().await?;
+        info.ok_or_else(|| Error::Status(tonic::Status::internal("read returned no metadata")))
+    }
+
+    /// A blob's metadata.
+    pub async fn stat(&self, blob_id: &str) -> Result<BlobInfo> {
+        self.with_volume(blob_id, |mut client| async move {
+            client
+                .stat(StatRequest {
+                    blob_id: blob_id.to_owned(),
+                })
+                .await?
+                .into_inner()
+                .info
+                .ok_or_else(|| Error::Status(tonic::Status::internal("stat returned no metadata")))
+        })
+        .await
+    }
+
+    /// Deletes a blob.
+    pub async fn delete(&self, blob_id: &str) -> Result<()> {
+        self.with_volume(blob_id, |mut client| async move {
+            client
+                .delete(DeleteRequest {
+                    blob_id: blob_id.to_owned(),
+                })
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The cluster's servers and volumes.
+    pub async fn status(&self) -> Result<StatusResponse> {
+        Ok(self
+            .directory
+            .clone()
+            .status(StatusRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
+/// The messages of one `Write` call: the header, then the chunks.
+///
+/// A task reads the source into a channel of two messages, so memory stays
+/// bounded and the stream handed to tonic is `Sync` whatever the source is.
+/// A local read error ends the stream early (so the server discards the
+/// partial blob) and is handed back through `errors`.
+fn write_requests(
+    header: WriteHeader,
+    mut chunks: BoxStream<'static, std::io::Result<Bytes>>,
+    errors: tokio::sync::oneshot::Sender<std::io::Error>,
+) -> ReceiverStream<WriteRequest> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        if tx
+            .send(WriteRequest {
+                part: Some(Part::Header(header)),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    if tx
+                        .send(WriteRequest {
+                            part: Some(Part::Chunk(chunk)),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = errors.send(e);
+                    return;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A file's contents as a stream of chunks.
+fn file_chunks(path: std::path::PathBuf) -> BoxStream<'static, std::io::Result<Bytes>> {
+    let state = (None::<tokio::fs::File>, path, false);
+    Box::pin(stream::unfold(state, |(file, path, done)| async move {
+        if done {
+            return None;
+        }
+        let mut file = match file {
+            Some(file) => file,
+            None => match tokio::fs::File::open(&path).await {
+                Ok(file) => file,
+                Err(e) => return Some((Err(e), (None, path, true))),
+            },
+        };
+        let mut buffer = BytesMut::with_capacity(hayloft_proto::CHUNK_BYTES);
+        while buffer.len() < hayloft_proto::CHUNK_BYTES {
+            match file.read_buf(&mut buffer).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Some((Err(e), (None, path, true))),
+            }
+        }
+        if buffer.is_empty() {
+            None
+        } else {
+            Some((Ok(buffer.freeze()), (Some(file), path, false)))
+        }
+    }))
+}

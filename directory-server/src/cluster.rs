@@ -1,0 +1,372 @@
+//! The directory's in-memory view of the cluster, backed by [`Db`].
+//!
+//! One `parking_lot::Mutex` guards it: every operation is a few map lookups
+//! plus, rarely, one RocksDB write (a needle high-water mark every
+//! [`NEEDLE_BLOCK`] ids, a new volume). No `.await` happens while it is held.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hayloft_proto::{
+    AssignedBlob, HeartbeatRequest, ServerLocation, ServerStatus, StatusResponse, Tier,
+    VolumeLocation, VolumeRecord, VolumeState, VolumeStatus,
+};
+use hayloft_storage::types::needle_in;
+use hayloft_storage::{BlobId, Cookie, VolumeId};
+use parking_lot::Mutex;
+use rand::Rng;
+
+use crate::DirectoryConfig;
+use crate::db::{Db, ServerRow, VolumeRow};
+use crate::error::{Error, Result};
+
+/// Needle ids are reserved in the database this many at a time, so
+/// allocation costs one synced write per block rather than per upload.
+pub const NEEDLE_BLOCK: u64 = 100_000;
+
+/// Largest sequence number in a volume (needle ids are `volume << 32 | seq`).
+const MAX_SEQ: u64 = u32::MAX as u64;
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct VolumeEntry {
+    row: VolumeRow,
+    /// Next sequence number to hand out (from `needle_high_water` at start).
+    next_seq: u64,
+}
+
+struct Inner {
+    servers: HashMap<String, ServerRow>,
+    /// Volume ids reserved by [`Cluster::plan_new_volume`] whose creation is
+    /// in flight: heartbeats may report them before they are registered.
+    creating: HashSet<u32>,
+    volumes: BTreeMap<u32, VolumeEntry>,
+    next_volume_id: u32,
+    round_robin: usize,
+}
+
+/// The cluster map.
+pub struct Cluster {
+    db: Db,
+    config: DirectoryConfig,
+    inner: Mutex<Inner>,
+}
+
+/// A volume to create: its id, and the server to create it on.
+pub struct NewVolume {
+    /// The id reserved for it.
+    pub volume_id: u32,
+    /// Where to create it.
+    pub server: ServerLocation,
+}
+
+impl Cluster {
+    /// Loads the cluster from the database.
+    pub fn load(db: Db, config: DirectoryConfig) -> Result<Cluster> {
+        let snapshot = db.load()?;
+        let volumes = snapshot
+            .volumes
+            .into_iter()
+            .map(|row| {
+                let entry = VolumeEntry {
+                    next_seq: row.needle_high_water.max(1),
+                    row,
+                };
+                (entry.row.id, entry)
+            })
+            .collect();
+        let servers = snapshot
+            .servers
+            .into_iter()
+            .filter_map(|row| Some((row.location.as_ref()?.server_id.clone(), row)))
+            .collect();
+        Ok(Cluster {
+            db,
+            config,
+            inner: Mutex::new(Inner {
+                servers,
+                creating: HashSet::new(),
+                volumes,
+                next_volume_id: snapshot.next_volume_id.max(1),
+                round_robin: 0,
+            }),
+        })
+    }
+
+    fn alive(&self, server: &ServerRow) -> bool {
+        now_unix().saturating_sub(server.last_heartbeat) <= self.config.dead_after.as_secs()
+    }
+
+    fn writable(&self, inner: &Inner, entry: &VolumeEntry, collection: &str, count: u64) -> bool {
+        let row = &entry.row;
+        row.collection == collection
+            && row.state == VolumeState::Writable as i32
+            && entry.next_seq + count <= MAX_SEQ
+            && inner
+                .servers
+                .get(&row.server_id)
+                .is_some_and(|s| self.alive(s))
+            && row.status.as_ref().is_none_or(|s| {
+                !s.sealed
+                    && (s.file_bytes as f64) < s.max_bytes as f64 * self.config.volume_full_ratio
+            })
+    }
+
+    /// Number of writable volumes in a collection.
+    pub fn writable_count(&self, collection: &str) -> usize {
+        let inner = self.inner.lock();
+        inner
+            .volumes
+            .values()
+            .filter(|e| self.writable(&inner, e, collection, 1))
+            .count()
+    }
+
+    /// Hands out `count` blob ids in a writable volume of `collection`, or
+    /// `None` if there is no such volume.
+    pub fn assign(
+        &self,
+        collection: &str,
+        count: u32,
+    ) -> Result<Option<(Vec<AssignedBlob>, ServerLocation)>> {
+        let count = u64::from(count);
+        let mut inner = self.inner.lock();
+        let candidates: Vec<u32> = inner
+            .volumes
+            .values()
+            .filter(|e| self.writable(&inner, e, collection, count))
+            .map(|e| e.row.id)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        inner.round_robin = inner.round_robin.wrapping_add(1);
+        let volume_id = candidates[inner.round_robin % candidates.len()];
+        let server = {
+            let entry = &inner.volumes[&volume_id];
+            inner.servers[&entry.row.server_id]
+                .location
+                .clone()
+                .unwrap_or_default()
+        };
+        let entry = inner
+            .volumes
+            .get_mut(&volume_id)
+            .ok_or(Error::Corrupt("volume vanished"))?;
+        let first = entry.next_seq;
+        if first + count > entry.row.needle_high_water {
+            // Persist the new mark before handing out any id below it: after
+            // a crash, allocation resumes above every id ever handed out.
+            let mut row = entry.row.clone();
+            row.needle_high_water = (first + count + NEEDLE_BLOCK).min(MAX_SEQ + 1);
+            self.db.put_volume(&row, true)?;
+            entry.row = row;
+        }
+        entry.next_seq += count;
+        let mut rng = rand::rng();
+        let blobs = (first..first + count)
+            .map(|seq| {
+                let needle = needle_in(VolumeId(volume_id), seq as u32);
+                let cookie = Cookie(rng.random());
+                AssignedBlob {
+                    blob_id: BlobId { needle, cookie }.to_string(),
+                    volume_id,
+                    needle_id: needle.0,
+                    cookie: cookie.0,
+                }
+            })
+            .collect();
+        Ok(Some((blobs, server)))
+    }
+
+    /// Reserves a volume id and picks the live server with the most free
+    /// space on `tier` to create it on.
+    pub fn plan_new_volume(&self, tier: Tier) -> Result<NewVolume> {
+        let mut inner = self.inner.lock();
+        let server = inner
+            .servers
+            .values()
+            .filter(|s| self.alive(s))
+            .max_by_key(|s| match tier {
+                Tier::Warm => s.free_warm_bytes,
+                _ => s.free_hot_bytes,
+            })
+            .and_then(|s| s.location.clone())
+            .ok_or_else(|| Error::Unavailable("no volume server is alive".into()))?;
+        let volume_id = inner.next_volume_id;
+        let next = volume_id
+            .checked_add(1)
+            .ok_or_else(|| Error::Unavailable("volume ids exhausted".into()))?;
+        self.db.put_next_volume_id(next)?;
+        inner.next_volume_id = next;
+        inner.creating.insert(volume_id);
+        Ok(NewVolume { volume_id, server })
+    }
+
+    /// Records a volume that a server has just created.
+    pub fn register_volume(
+        &self,
+        volume_id: u32,
+        collection: &str,
+        tier: Tier,
+        server_id: &str,
+    ) -> Result<()> {
+        let row = VolumeRow {
+            id: volume_id,
+            collection: collection.to_owned(),
+            tier: tier as i32,
+            state: VolumeState::Writable as i32,
+            server_id: server_id.to_owned(),
+            needle_high_water: 1,
+            created_at: now_unix(),
+            status: None,
+        };
+        let mut inner = self.inner.lock();
+        self.db.put_volume(&row, true)?;
+        inner.creating.remove(&volume_id);
+        inner
+            .volumes
+            .insert(volume_id, VolumeEntry { row, next_seq: 1 });
+        Ok(())
+    }
+
+    /// Forgets a volume id whose creation failed (the id is never reused).
+    pub fn abandon_volume(&self, volume_id: u32) {
+        self.inner.lock().creating.remove(&volume_id);
+    }
+
+    /// Applies a heartbeat: the server is alive, at this address, with these
+    /// volumes.
+    pub fn heartbeat(&self, request: HeartbeatRequest) -> Result<()> {
+        let location = request
+            .server
+            .ok_or_else(|| Error::InvalidArgument("heartbeat without server".into()))?;
+        if location.server_id.is_empty() {
+            return Err(Error::InvalidArgument("heartbeat without server id".into()));
+        }
+        let server = ServerRow {
+            location: Some(location.clone()),
+            last_heartbeat: now_unix(),
+            free_hot_bytes: request.free_hot_bytes,
+            free_warm_bytes: request.free_warm_bytes,
+        };
+        let mut inner = self.inner.lock();
+        let mut changed = Vec::new();
+        for status in request.volumes {
+            if inner.creating.contains(&status.volume_id) {
+                // Reported between its creation and its registration.
+                continue;
+            }
+            let entry = inner.volumes.entry(status.volume_id).or_insert_with(|| {
+                // A volume the directory has no record of (copied in by an
+                // operator, or created before the database was lost). Which of
+                // its needle ids were handed out is unknown, so it is served
+                // read-only and never takes new ids.
+                tracing::warn!(volume = status.volume_id, server = %location.server_id,
+                    "adopting unknown volume as sealed");
+                VolumeEntry {
+                    row: VolumeRow {
+                        id: status.volume_id,
+                        collection: status.collection.clone(),
+                        tier: status.tier,
+                        state: VolumeState::Sealed as i32,
+                        server_id: location.server_id.clone(),
+                        needle_high_water: MAX_SEQ + 1,
+                        created_at: now_unix(),
+                        status: None,
+                    },
+                    next_seq: MAX_SEQ + 1,
+                }
+            });
+            let row = &mut entry.row;
+            if status.sealed && row.state == VolumeState::Writable as i32 {
+                row.state = VolumeState::Sealed as i32;
+            }
+            row.server_id = location.server_id.clone();
+            row.tier = status.tier;
+            row.status = Some(status);
+            changed.push(row.clone());
+        }
+        self.db.put_heartbeat(&server, &changed)?;
+        inner.servers.insert(location.server_id, server);
+        Ok(())
+    }
+
+    /// Where each volume lives, for volume ids and blob/needle ids.
+    pub fn lookup(&self, volume_ids: &[u32], blob_ids: &[String]) -> Result<Vec<VolumeLocation>> {
+        let mut wanted: Vec<u32> = volume_ids.to_vec();
+        for id in blob_ids {
+            let blob = match id.parse::<BlobId>() {
+                Ok(blob) => blob.volume().0,
+                Err(_) => u64::from_str_radix(id, 16)
+                    .map(|needle| (needle >> 32) as u32)
+                    .map_err(|_| {
+                        Error::InvalidArgument(format!("malformed blob or needle id {id:?}"))
+                    })?,
+            };
+            wanted.push(blob);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let inner = self.inner.lock();
+        Ok(wanted
+            .into_iter()
+            .filter_map(|id| inner.volumes.get(&id))
+            .map(|entry| VolumeLocation {
+                volume_id: entry.row.id,
+                tier: entry.row.tier,
+                state: entry.row.state,
+                locations: inner
+                    .servers
+                    .get(&entry.row.server_id)
+                    .and_then(|s| s.location.clone())
+                    .into_iter()
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Everything, for operators.
+    pub fn status(&self) -> StatusResponse {
+        let inner = self.inner.lock();
+        let mut servers: Vec<ServerStatus> = inner
+            .servers
+            .values()
+            .map(|s| ServerStatus {
+                location: s.location.clone(),
+                alive: self.alive(s),
+                last_heartbeat: s.last_heartbeat,
+                free_hot_bytes: s.free_hot_bytes,
+                free_warm_bytes: s.free_warm_bytes,
+            })
+            .collect();
+        servers.sort_by(|a, b| {
+            let id = |s: &ServerStatus| s.location.as_ref().map(|l| l.server_id.clone());
+            id(a).cmp(&id(b))
+        });
+        let volumes = inner
+            .volumes
+            .values()
+            .map(|e| VolumeRecord {
+                status: Some(e.row.status.clone().unwrap_or_else(|| VolumeStatus {
+                    volume_id: e.row.id,
+                    collection: e.row.collection.clone(),
+                    tier: e.row.tier,
+                    ..VolumeStatus::default()
+                })),
+                state: e.row.state,
+                server_id: e.row.server_id.clone(),
+            })
+            .collect();
+        StatusResponse { servers, volumes }
+    }
+
+    /// Flushes the database (on shutdown).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()
+    }
+}

@@ -1,0 +1,194 @@
+//! The `hayloft.v1.Directory` gRPC service.
+
+use std::sync::Arc;
+
+use hayloft_proto::directory_server::Directory;
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::{
+    AssignRequest, AssignResponse, CreateVolumeRequest, HeartbeatRequest, HeartbeatResponse,
+    LookupRequest, LookupResponse, StatusRequest, StatusResponse, Tier,
+};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Cluster, now_unix};
+use crate::error::{Error, Result};
+
+/// Most ids one `Assign` hands out.
+pub const MAX_ASSIGN_COUNT: u32 = 10_000;
+
+/// The directory service.
+pub struct DirectoryService {
+    cluster: Arc<Cluster>,
+    pulse_seconds: u32,
+    min_writable_volumes: usize,
+    /// Serialises volume creation, so that a burst of assigns on an empty
+    /// collection creates one volume, not one each.
+    grow: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl DirectoryService {
+    /// A service over `cluster`.
+    pub fn new(cluster: Arc<Cluster>, pulse_seconds: u32, min_writable_volumes: usize) -> Self {
+        DirectoryService {
+            cluster,
+            pulse_seconds,
+            min_writable_volumes,
+            grow: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+/// Creates one volume of `collection` on the live server with the most free
+/// space, unless (re-checked under the lock) enough writable ones exist.
+async fn grow(
+    cluster: Arc<Cluster>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    collection: String,
+    tier: Tier,
+    wanted: usize,
+) -> Result<()> {
+    let _guard = lock.lock().await;
+    if cluster.writable_count(&collection) >= wanted {
+        return Ok(());
+    }
+    let plan = {
+        let cluster = Arc::clone(&cluster);
+        tokio::task::spawn_blocking(move || cluster.plan_new_volume(tier)).await??
+    };
+    let server_id = plan.server.server_id.clone();
+    tracing::info!(volume = plan.volume_id, server = %server_id, collection, "creating volume");
+    let created = async {
+        let mut client = VolumeClient::connect(format!("http://{}", plan.server.grpc_addr))
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!("volume server {server_id} unreachable: {e}"))
+            })?;
+        client
+            .create_volume(CreateVolumeRequest {
+                volume_id: plan.volume_id,
+                collection: collection.clone(),
+                tier: tier as i32,
+            })
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "volume server {server_id} could not create volume {}: {}",
+                    plan.volume_id,
+                    e.message()
+                ))
+            })
+    }
+    .await;
+    if let Err(e) = created {
+        cluster.abandon_volume(plan.volume_id);
+        return Err(e);
+    }
+    tokio::task::spawn_blocking(move || {
+        cluster.register_volume(plan.volume_id, &collection, tier, &server_id)
+    })
+    .await?
+}
+
+#[tonic::async_trait]
+impl Directory for DirectoryService {
+    async fn assign(
+        &self,
+        request: Request<AssignRequest>,
+    ) -> Result<Response<AssignResponse>, Status> {
+        let request = request.into_inner();
+        let count = request.count.max(1);
+        if count > MAX_ASSIGN_COUNT {
+            return Err(Status::invalid_argument(format!(
+                "count {count} is over the limit of {MAX_ASSIGN_COUNT}"
+            )));
+        }
+        let tier = match Tier::try_from(request.tier) {
+            Ok(Tier::Warm) => Tier::Warm,
+            Ok(Tier::Hot | Tier::Unspecified) => Tier::Hot,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "new volumes can only be hot or warm",
+                ));
+            }
+        };
+        let expires_at = match request.ttl_seconds {
+            0 => 0,
+            ttl => now_unix().saturating_add(ttl),
+        };
+        for attempt in 0..3 {
+            let assigned = {
+                let cluster = Arc::clone(&self.cluster);
+                let collection = request.collection.clone();
+                tokio::task::spawn_blocking(move || cluster.assign(&collection, count))
+                    .await
+                    .map_err(Error::from)??
+            };
+            if let Some((blobs, location)) = assigned {
+                if self.cluster.writable_count(&request.collection) < self.min_writable_volumes {
+                    // Grow ahead of need, off the request path.
+                    let task = grow(
+                        Arc::clone(&self.cluster),
+                        Arc::clone(&self.grow),
+                        request.collection.clone(),
+                        tier,
+                        self.min_writable_volumes,
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = task.await {
+                            tracing::warn!(error = %e, "background volume creation failed");
+                        }
+                    });
+                }
+                return Ok(Response::new(AssignResponse {
+                    blobs,
+                    locations: vec![location],
+                    expires_at,
+                }));
+            }
+            tracing::debug!(attempt, collection = %request.collection, "no writable volume, growing");
+            grow(
+                Arc::clone(&self.cluster),
+                Arc::clone(&self.grow),
+                request.collection.clone(),
+                tier,
+                1,
+            )
+            .await?;
+        }
+        Err(Status::unavailable(
+            "no writable volume could be found or created",
+        ))
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let request = request.into_inner();
+        let volumes = self
+            .cluster
+            .lookup(&request.volume_ids, &request.blob_ids)?;
+        Ok(Response::new(LookupResponse { volumes }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let cluster = Arc::clone(&self.cluster);
+        let request = request.into_inner();
+        tokio::task::spawn_blocking(move || cluster.heartbeat(request))
+            .await
+            .map_err(Error::from)??;
+        Ok(Response::new(HeartbeatResponse {
+            pulse_seconds: self.pulse_seconds,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.cluster.status()))
+    }
+}

@@ -1,0 +1,413 @@
+//! End-to-end: a directory and two volume servers as separate processes,
+//! driven with the Rust client (gRPC) and reqwest (HTTP).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hayloft_client::{Client, UploadOptions};
+use hayloft_storage::BlobId;
+use reqwest::StatusCode;
+use reqwest::header;
+use support::{Cluster, content};
+
+fn options(name: &str) -> UploadOptions {
+    UploadOptions {
+        content_type: "image/png".into(),
+        file_name: name.into(),
+        ..UploadOptions::default()
+    }
+}
+
+/// Which volume server's HTTP port serves a blob (from the directory).
+async fn http_url(cluster: &Cluster, client: &Client, blob_id: &str) -> String {
+    let volume = blob_id.parse::<BlobId>().unwrap().volume().0;
+    let status = client.status().await.unwrap();
+    let record = status
+        .volumes
+        .iter()
+        .find(|v| v.status.as_ref().unwrap().volume_id == volume)
+        .unwrap();
+    let index: usize = record.server_id.trim_start_matches("vs").parse().unwrap();
+    format!("{}/{blob_id}", cluster.http_base(index))
+}
+
+async fn upload_many(
+    client: &Arc<Client>,
+    count: u64,
+    seed_base: u64,
+) -> Vec<(String, u64, usize)> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let client = Arc::clone(client);
+        let semaphore = Arc::clone(&semaphore);
+        tasks.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire().await.unwrap();
+            let seed = seed_base + i;
+            let len = 1 + (seed as usize * 7919) % 8192;
+            let uploaded = client
+                .upload(
+                    Bytes::from(content(seed, len)),
+                    &options(&format!("{seed}.png")),
+                )
+                .await
+                .unwrap();
+            (uploaded.blob_id, seed, len)
+        }));
+    }
+    let mut blobs = Vec::new();
+    for task in tasks {
+        blobs.push(task.await.unwrap());
+    }
+    blobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_read_over_grpc_and_http_then_delete() {
+    let cluster = Cluster::start(2, &[]).await;
+    let client = Arc::new(cluster.client().await);
+
+    let small = upload_many(&client, 2000, 0).await;
+    let mut large = Vec::new();
+    for (seed, len) in [
+        (1_000_001u64, 3 << 20),
+        (1_000_002, 17 << 20 | 12345),
+        (1_000_003, 40 << 20),
+    ] {
+        let uploaded = client
+            .upload(Bytes::from(content(seed, len)), &options("video.mp4"))
+            .await
+            .unwrap();
+        large.push((uploaded.blob_id, seed, len));
+    }
+    let ids: HashSet<_> = small
+        .iter()
+        .chain(&large)
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    assert_eq!(ids.len(), 2003, "blob ids must be unique");
+
+    // Every blob reads back over gRPC and over HTTP.
+    let http = reqwest::Client::new();
+    cluster.wait_alive(2).await;
+    for (blob_id, seed, len) in small.iter().chain(&large) {
+        let (info, bytes) = client.download(blob_id).await.unwrap();
+        assert_eq!(info.size as usize, *len);
+        assert_eq!(
+            &bytes[..],
+            &content(*seed, *len)[..],
+            "gRPC read of {blob_id}"
+        );
+        let url = http_url(&cluster, &client, blob_id).await;
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "image/png");
+        assert_eq!(
+            response.headers()[header::ETAG].to_str().unwrap(),
+            info.etag
+        );
+        assert_eq!(
+            &response.bytes().await.unwrap()[..],
+            &content(*seed, *len)[..],
+            "HTTP read of {blob_id}"
+        );
+    }
+
+    // HTTP semantics on one large blob.
+    let (blob_id, seed, len) = &large[1];
+    let expected = content(*seed, *len);
+    let url = http_url(&cluster, &client, blob_id).await;
+    let full = http.get(&url).send().await.unwrap();
+    let etag = full.headers()[header::ETAG].clone();
+    let last_modified = full.headers()[header::LAST_MODIFIED].clone();
+    assert_eq!(full.headers()[header::ACCEPT_RANGES], "bytes");
+    assert_eq!(
+        full.headers()[header::CACHE_CONTROL],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(
+        full.headers()[header::CONTENT_DISPOSITION],
+        "inline; filename=\"video.mp4\"; filename*=UTF-8''video.mp4"
+    );
+
+    // Range across a chunk boundary.
+    let ranged = http
+        .get(&url)
+        .header(header::RANGE, "bytes=1048570-1048585")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        ranged.headers()[header::CONTENT_RANGE].to_str().unwrap(),
+        format!("bytes 1048570-1048585/{len}")
+    );
+    assert_eq!(
+        &ranged.bytes().await.unwrap()[..],
+        &expected[1048570..=1048585]
+    );
+    let suffix = http
+        .get(&url)
+        .header(header::RANGE, "bytes=-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&suffix.bytes().await.unwrap()[..], &expected[len - 10..]);
+    let unsatisfiable = http
+        .get(&url)
+        .header(header::RANGE, format!("bytes={len}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsatisfiable.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        unsatisfiable.headers()[header::CONTENT_RANGE]
+            .to_str()
+            .unwrap(),
+        format!("bytes */{len}")
+    );
+
+    // Conditional requests.
+    let not_modified = http
+        .get(&url)
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert!(not_modified.bytes().await.unwrap().is_empty());
+    let not_modified = http
+        .get(&url)
+        .header(header::IF_MODIFIED_SINCE, last_modified.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    let changed = http
+        .get(&url)
+        .header(header::IF_NONE_MATCH, "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let stale_range = http
+        .get(&url)
+        .header(header::RANGE, "bytes=0-9")
+        .header(header::IF_RANGE, "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stale_range.status(),
+        StatusCode::OK,
+        "If-Range mismatch serves the whole blob"
+    );
+    let fresh_range = http
+        .get(&url)
+        .header(header::RANGE, "bytes=0-9")
+        .header(header::IF_RANGE, etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh_range.status(), StatusCode::PARTIAL_CONTENT);
+    let failed = http
+        .get(&url)
+        .header(header::IF_MATCH, "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), StatusCode::PRECONDITION_FAILED);
+
+    // HEAD: headers, no body.
+    let head = http.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        head.headers()[header::CONTENT_LENGTH].to_str().unwrap(),
+        len.to_string()
+    );
+    assert!(head.bytes().await.unwrap().is_empty());
+    // The file-name form of the URL.
+    let named = http
+        .get(format!("{url}/video.mp4"))
+        .header(header::RANGE, "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&named.bytes().await.unwrap()[..], &expected[..4]);
+
+    // A wrong cookie is exactly a missing blob.
+    let blob: BlobId = blob_id.parse().unwrap();
+    let wrong = BlobId {
+        cookie: hayloft_storage::Cookie(blob.cookie.0 ^ 1),
+        ..blob
+    };
+    let wrong_url = url.replace(blob_id, &wrong.to_string());
+    let missing = BlobId {
+        needle: hayloft_storage::NeedleId(blob.needle.0 + 1_000_000),
+        ..blob
+    };
+    let missing_url = url.replace(blob_id, &missing.to_string());
+    let wrong_response = http.get(&wrong_url).send().await.unwrap();
+    let missing_response = http.get(&missing_url).send().await.unwrap();
+    assert_eq!(wrong_response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(missing_response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        wrong_response.bytes().await.unwrap(),
+        missing_response.bytes().await.unwrap()
+    );
+    let grpc_wrong = client.download(&wrong.to_string()).await.unwrap_err();
+    assert_eq!(grpc_wrong.code(), Some(tonic::Code::NotFound));
+
+    // Deletes are visible at once, over both protocols.
+    for (blob_id, _, _) in small.iter().take(50) {
+        let url = http_url(&cluster, &client, blob_id).await;
+        client.delete(blob_id).await.unwrap();
+        assert_eq!(
+            http.get(&url).send().await.unwrap().status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            client.stat(blob_id).await.unwrap_err().code(),
+            Some(tonic::Code::NotFound)
+        );
+    }
+    // The others are untouched.
+    for (blob_id, seed, len) in small.iter().skip(50).take(50) {
+        assert_eq!(
+            &client.download(blob_id).await.unwrap().1[..],
+            &content(*seed, *len)[..]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarts_keep_everything_and_never_reuse_an_id() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let client = Arc::new(cluster.client().await);
+    let before = upload_many(&client, 300, 10_000).await;
+    drop(client);
+
+    // Graceful restart of everything.
+    cluster.directory.take().unwrap().stop();
+    for volume in &mut cluster.volumes {
+        volume.take().unwrap().stop();
+    }
+    cluster.start_directory();
+    cluster.start_volume(0);
+    cluster.start_volume(1);
+    cluster.wait_alive(2).await;
+    let client = Arc::new(cluster.client().await);
+    for (blob_id, seed, len) in &before {
+        assert_eq!(
+            &client.download(blob_id).await.unwrap().1[..],
+            &content(*seed, *len)[..]
+        );
+    }
+    let after_restart = upload_many(&client, 300, 20_000).await;
+
+    // A directory crash (SIGKILL) must not make it hand out an id twice.
+    cluster.directory.take().unwrap().kill();
+    cluster.start_directory();
+    cluster.wait_alive(2).await;
+    let client = Arc::new(cluster.client().await);
+    let after_crash = upload_many(&client, 300, 30_000).await;
+
+    let mut needles = HashSet::new();
+    for (blob_id, _, _) in before.iter().chain(&after_restart).chain(&after_crash) {
+        let needle = blob_id.parse::<BlobId>().unwrap().needle;
+        assert!(
+            needles.insert(needle),
+            "needle id {needle} handed out twice"
+        );
+    }
+    for (blob_id, seed, len) in before.iter().chain(&after_restart).chain(&after_crash) {
+        assert_eq!(
+            &client.download(blob_id).await.unwrap().1[..],
+            &content(*seed, *len)[..]
+        );
+    }
+}
+
+/// Peak anonymous (heap) memory of a process, sampled until `done`.
+async fn sample_rss_anon(pid: i32, done: Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    let mut peak = 0;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(line) = status.lines().find(|l| l.starts_with("RssAnon:"))
+        {
+            let kib: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(kib * 1024);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    peak
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_gib_blob_streams_both_ways_in_bounded_memory() {
+    use std::io::Write;
+    let cluster = Cluster::start(1, &[]).await;
+    let client = cluster.client().await;
+    let size: u64 = 1 << 30;
+    let source = cluster.root.path().join("big.bin");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&source).unwrap());
+        for block in 0..size >> 20 {
+            file.write_all(&content(block, 1 << 20)).unwrap();
+        }
+    }
+    let pid = cluster.volumes[0].as_ref().unwrap().pid();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_rss_anon(pid, Arc::clone(&done)));
+    let uploaded = client
+        .upload_file(&source, &options("big.bin"))
+        .await
+        .unwrap();
+    assert_eq!(uploaded.size, size);
+
+    // Download over gRPC into a file, and compare block by block.
+    let target = cluster.root.path().join("back.bin");
+    let mut out = tokio::fs::File::create(&target).await.unwrap();
+    let info = client
+        .download_to(&uploaded.blob_id, &mut out)
+        .await
+        .unwrap();
+    drop(out);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap();
+    assert_eq!(info.size, size);
+    let mut back = std::fs::File::open(&target).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    for n in 0..size >> 20 {
+        std::io::Read::read_exact(&mut back, &mut block).unwrap();
+        assert!(block == content(n, 1 << 20), "block {n} differs");
+    }
+    assert!(
+        peak < 256 << 20,
+        "volume server heap peaked at {} MiB while moving 1 GiB",
+        peak >> 20
+    );
+
+    // And a range at the far end over HTTP.
+    let url = format!("{}/{}", cluster.http_base(0), uploaded.blob_id);
+    let tail = reqwest::Client::new()
+        .get(&url)
+        .header(header::RANGE, "bytes=-100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        &tail.bytes().await.unwrap()[..],
+        &content((size >> 20) - 1, 1 << 20)[(1 << 20) - 100..]
+    );
+}

@@ -1,0 +1,368 @@
+//! End-to-end faults: a volume server killed mid-upload, bad input of every
+//! kind, and the CLI.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream;
+use hayloft_client::UploadOptions;
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::write_request::Part;
+use hayloft_proto::{ReadRequest, StatRequest, WriteHeader, WriteRequest};
+use hayloft_storage::BlobId;
+use parking_lot_free::Acked;
+use reqwest::StatusCode;
+use support::{BIN, Cluster, content};
+use tonic::Code;
+
+mod parking_lot_free {
+    /// Acknowledged uploads, shared between uploader tasks.
+    pub type Acked = std::sync::Arc<std::sync::Mutex<Vec<(String, u64, usize)>>>;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_uploads_loses_no_acknowledged_blob() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let client = Arc::new(cluster.client().await);
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut uploaders = Vec::new();
+    for worker in 0..16u64 {
+        let client = Arc::clone(&client);
+        let acked = Arc::clone(&acked);
+        let stop = Arc::clone(&stop);
+        uploaders.push(tokio::spawn(async move {
+            let mut seed = worker << 32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seed += 1;
+                let len = 100 + (seed as usize % 50_000);
+                let data = Bytes::from(content(seed, len));
+                if let Ok(uploaded) = client.upload(data, &UploadOptions::default()).await {
+                    acked.lock().unwrap().push((uploaded.blob_id, seed, len));
+                }
+            }
+        }));
+    }
+    // Let uploads run, then crash the volume server mid-stream.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.volumes[0].take().unwrap().kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for uploader in uploaders {
+        uploader.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "only {} uploads before the kill",
+        acked.len()
+    );
+
+    cluster.start_volume(0);
+    cluster.wait_http(0).await;
+    let http = reqwest::Client::new();
+    for (blob_id, seed, len) in &acked {
+        let response = http
+            .get(format!("{}/{blob_id}", cluster.http_base(0)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "acknowledged blob {blob_id} lost"
+        );
+        assert_eq!(
+            &response.bytes().await.unwrap()[..],
+            &content(*seed, *len)[..]
+        );
+    }
+    // And the server takes new uploads after recovery.
+    cluster.wait_alive(1).await;
+    let client = cluster.client().await;
+    let uploaded = client
+        .upload(Bytes::from_static(b"after"), &UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        &client.download(&uploaded.blob_id).await.unwrap().1[..],
+        b"after"
+    );
+}
+
+fn header(blob_id: &str, size: u64) -> WriteRequest {
+    WriteRequest {
+        part: Some(Part::Header(WriteHeader {
+            blob_id: blob_id.into(),
+            size,
+            ..WriteHeader::default()
+        })),
+    }
+}
+
+fn chunk(bytes: &[u8]) -> WriteRequest {
+    WriteRequest {
+        part: Some(Part::Chunk(Bytes::copy_from_slice(bytes))),
+    }
+}
+
+async fn raw_write(
+    volume: &mut VolumeClient<tonic::transport::Channel>,
+    messages: Vec<WriteRequest>,
+) -> Code {
+    match volume.write(stream::iter(messages)).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_clear_errors_and_loses_nothing() {
+    let cluster = Cluster::start(1, &["--max-upload-size", "1MiB"]).await;
+    let client = cluster.client().await;
+    let kept = client
+        .upload(Bytes::from(content(7, 5000)), &UploadOptions::default())
+        .await
+        .unwrap();
+    let blob: BlobId = kept.blob_id.parse().unwrap();
+    let mut volume = VolumeClient::connect(format!("http://{}", cluster.grpc_addr(0)))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = cluster.http_base(0);
+
+    // Malformed blob ids.
+    for bad in [
+        "",
+        "xyz",
+        "12345678",
+        "0123456789abcdef0123456789",
+        "../../etc/passwd",
+    ] {
+        let read = volume
+            .read(ReadRequest {
+                blob_id: bad.into(),
+                offset: 0,
+                length: 0,
+            })
+            .await;
+        assert_eq!(
+            read.err().map(|s| s.code()),
+            Some(Code::InvalidArgument),
+            "read {bad:?}"
+        );
+        let stat = volume
+            .stat(StatRequest {
+                blob_id: bad.into(),
+            })
+            .await;
+        assert_eq!(
+            stat.err().map(|s| s.code()),
+            Some(Code::InvalidArgument),
+            "stat {bad:?}"
+        );
+        assert_eq!(
+            raw_write(&mut volume, vec![header(bad, 1), chunk(b"x")]).await,
+            Code::InvalidArgument
+        );
+    }
+    for bad in ["xyz", "12345678", "zzzzzzzzzzzz"] {
+        let response = http.get(format!("{base}/{bad}")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "GET /{bad}");
+    }
+
+    // A fresh id in the same volume (past anything the directory handed out).
+    let fresh = |n: u64| {
+        BlobId {
+            needle: hayloft_storage::NeedleId(blob.needle.0 + 50_000 + n),
+            cookie: blob.cookie,
+        }
+        .to_string()
+    };
+    // No header, or a header after data.
+    assert_eq!(
+        raw_write(&mut volume, vec![chunk(b"data")]).await,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        raw_write(
+            &mut volume,
+            vec![header(&fresh(1), 4), chunk(b"da"), header(&fresh(1), 4)]
+        )
+        .await,
+        Code::InvalidArgument
+    );
+    // Truncated streams, small and streamed-to-disk sizes alike: nothing stored.
+    assert_eq!(
+        raw_write(&mut volume, vec![header(&fresh(2), 1000), chunk(&[1; 500])]).await,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        raw_write(
+            &mut volume,
+            vec![header(&fresh(3), 1 << 20), chunk(&[1; 300_000])]
+        )
+        .await,
+        Code::InvalidArgument
+    );
+    // More bytes than declared.
+    assert_eq!(
+        raw_write(&mut volume, vec![header(&fresh(4), 10), chunk(&[1; 11])]).await,
+        Code::InvalidArgument
+    );
+    // Over the configured limit (1 MiB here).
+    assert_eq!(
+        raw_write(
+            &mut volume,
+            vec![header(&fresh(5), (1 << 20) + 1), chunk(&[0; 10])]
+        )
+        .await,
+        Code::OutOfRange
+    );
+    for n in 1..=5 {
+        let read = volume
+            .read(ReadRequest {
+                blob_id: fresh(n),
+                offset: 0,
+                length: 0,
+            })
+            .await;
+        assert_eq!(
+            read.err().map(|s| s.code()),
+            Some(Code::NotFound),
+            "blob {n} must not exist"
+        );
+    }
+    // Unknown volume.
+    let elsewhere = BlobId {
+        needle: hayloft_storage::types::needle_in(hayloft_storage::VolumeId(999), 1),
+        cookie: blob.cookie,
+    };
+    assert_eq!(
+        raw_write(
+            &mut volume,
+            vec![header(&elsewhere.to_string(), 1), chunk(b"x")]
+        )
+        .await,
+        Code::NotFound
+    );
+    let read = volume
+        .read(ReadRequest {
+            blob_id: elsewhere.to_string(),
+            offset: 0,
+            length: 0,
+        })
+        .await;
+    assert_eq!(read.err().map(|s| s.code()), Some(Code::NotFound));
+    assert_eq!(
+        http.get(format!("{base}/{elsewhere}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    // A read range past the end.
+    let read = volume
+        .read(ReadRequest {
+            blob_id: kept.blob_id.clone(),
+            offset: 5001,
+            length: 0,
+        })
+        .await;
+    assert_eq!(read.err().map(|s| s.code()), Some(Code::OutOfRange));
+    // The client reports an oversized file clearly.
+    let too_big = client
+        .upload(
+            Bytes::from(vec![0u8; (1 << 20) + 1]),
+            &UploadOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.code(), Some(Code::OutOfRange));
+
+    // Nothing was lost, and the server still works.
+    assert_eq!(
+        &client.download(&kept.blob_id).await.unwrap().1[..],
+        &content(7, 5000)[..]
+    );
+    let after = client
+        .upload(Bytes::from_static(b"still fine"), &UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        &client.download(&after.blob_id).await.unwrap().1[..],
+        b"still fine"
+    );
+}
+
+fn hayloft(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "hayloft {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_put_get_rm_status() {
+    let cluster = Cluster::start(1, &[]).await;
+    let dir = cluster.root.path();
+    let photo = dir.join("cat photo.jpg");
+    std::fs::write(&photo, content(1, 100_000)).unwrap();
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, b"remember the milk\n").unwrap();
+
+    let put = hayloft(
+        &cluster,
+        &[
+            "put",
+            photo.to_str().unwrap(),
+            notes.to_str().unwrap(),
+            "--url",
+        ],
+    );
+    let lines: Vec<String> = String::from_utf8(put.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let (photo_id, photo_url) = lines[0].split_once('\t').unwrap();
+    let (notes_id, _) = lines[1].split_once('\t').unwrap();
+
+    let out = dir.join("back.jpg");
+    hayloft(&cluster, &["get", photo_id, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), content(1, 100_000));
+    let stdout = hayloft(&cluster, &["get", notes_id]).stdout;
+    assert_eq!(stdout, b"remember the milk\n");
+
+    let response = reqwest::get(photo_url).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "image/jpeg");
+
+    tokio::time::sleep(Duration::from_millis(1200)).await; // one heartbeat
+    let status = String::from_utf8(hayloft(&cluster, &["status"]).stdout).unwrap();
+    assert!(status.contains("vs0"), "{status}");
+    assert!(status.contains("writable"), "{status}");
+
+    hayloft(&cluster, &["rm", notes_id]);
+    let missing = Command::new(BIN)
+        .args(["get", notes_id])
+        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}

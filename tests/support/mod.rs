@@ -1,0 +1,243 @@
+//! Starting and stopping real `hayloft` processes for end-to-end tests.
+//!
+//! Every test gets its own temp directory and its own ports (picked free on
+//! 127.0.0.1), so tests run in parallel without sharing anything.
+
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hayloft_client::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hayloft");
+
+/// A free port on 127.0.0.1 (bound, read, released: fine for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, then wait: the graceful path.
+    pub fn stop(mut self) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "process exited with {status} after SIGTERM"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("process did not stop within 20 s of SIGTERM");
+    }
+
+    /// SIGKILL: the crash path.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[String], log: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start hayloft");
+    Proc { child }
+}
+
+/// Ports of one volume server.
+#[derive(Clone, Copy)]
+pub struct VolumePorts {
+    pub grpc: u16,
+    pub http: u16,
+}
+
+/// A directory and volume servers, each a separate `hayloft` process.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub directory_port: u16,
+    pub directory: Option<Proc>,
+    pub volume_ports: Vec<VolumePorts>,
+    pub volumes: Vec<Option<Proc>>,
+    pub volume_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts a directory and `volume_servers` volume servers, and waits
+    /// until the directory sees them all alive.
+    pub async fn start(volume_servers: usize, volume_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster {
+            root: tempfile::Builder::new()
+                .prefix("hayloft-e2e")
+                .disable_cleanup(std::env::var_os("HAYLOFT_KEEP_TEST_DIRS").is_some())
+                .tempdir()
+                .expect("temp dir"),
+            directory_port: free_port(),
+            directory: None,
+            volume_ports: (0..volume_servers)
+                .map(|_| VolumePorts {
+                    grpc: free_port(),
+                    http: free_port(),
+                })
+                .collect(),
+            volumes: (0..volume_servers).map(|_| None).collect(),
+            volume_args: volume_args.iter().map(|s| s.to_string()).collect(),
+        };
+        cluster.start_directory();
+        for i in 0..volume_servers {
+            cluster.start_volume(i);
+        }
+        cluster.wait_alive(volume_servers).await;
+        cluster
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.path().to_owned()
+    }
+
+    pub fn directory_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.directory_port)
+    }
+
+    pub fn start_directory(&mut self) {
+        let args = [
+            "directory".to_string(),
+            "--listen".into(),
+            self.directory_addr(),
+            "--data-dir".into(),
+            self.root.path().join("directory").display().to_string(),
+            "--pulse".into(),
+            "1s".into(),
+            "--dead-after".into(),
+            "4s".into(),
+        ];
+        self.directory = Some(spawn(&args, &self.root.path().join("directory.log")));
+    }
+
+    pub fn start_volume(&mut self, i: usize) {
+        let ports = self.volume_ports[i];
+        let mut args = vec![
+            "volume".to_string(),
+            "--server-id".into(),
+            format!("vs{i}"),
+            "--grpc-listen".into(),
+            format!("127.0.0.1:{}", ports.grpc),
+            "--http-listen".into(),
+            format!("127.0.0.1:{}", ports.http),
+            "--directory".into(),
+            self.directory_addr(),
+            "--data-dir".into(),
+            self.root
+                .path()
+                .join(format!("vs{i}"))
+                .display()
+                .to_string(),
+            "--pulse".into(),
+            "1s".into(),
+        ];
+        args.extend(self.volume_args.iter().cloned());
+        self.volumes[i] = Some(spawn(&args, &self.root.path().join(format!("vs{i}.log"))));
+    }
+
+    pub fn http_base(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.volume_ports[i].http)
+    }
+
+    pub fn grpc_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.volume_ports[i].grpc)
+    }
+
+    /// Connects a client, retrying while the directory starts.
+    pub async fn client(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&self.directory_addr()).await {
+                Ok(client) => return client,
+                Err(e) if Instant::now() > deadline => panic!("directory not reachable: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits until the directory reports `count` live volume servers.
+    pub async fn wait_alive(&self, count: usize) {
+        let client = self.client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(status) = client.status().await
+                && status.servers.iter().filter(|s| s.alive).count() >= count
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "volume servers did not register; logs in {}",
+                self.log_dir().display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until volume server `i` answers on its HTTP port.
+    pub async fn wait_http(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.volume_ports[i].http))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "volume server {i} did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Deterministic pseudo-random content for a seed.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

@@ -1,0 +1,321 @@
+//! The `hayloft.v1.Volume` gRPC service over the store.
+//!
+//! Blocking storage calls (appends, fsync waits, volume creation) run on
+//! tokio's blocking pool; reads of the mmap run inline (they touch resident
+//! pages, and the body is sent as zero-copy slices).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hayloft_proto::volume_server::Volume;
+use hayloft_proto::write_request::Part;
+use hayloft_proto::{
+    BlobInfo, CreateVolumeRequest, CreateVolumeResponse, DeleteRequest, DeleteResponse,
+    ListVolumesRequest, ListVolumesResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
+    Tier as ProtoTier, WriteHeader, WriteRequest, WriteResponse,
+};
+use hayloft_storage::volume::now_unix_secs;
+use hayloft_storage::{BlobId, Error, NeedleMeta, NeedleWrite, Store, Tier, VolumeId};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{etag, grpc_status};
+use crate::status::volume_status;
+
+/// Blobs up to this size are gathered in memory and written with one
+/// `pwrite`; larger ones are streamed to the volume chunk by chunk.
+const SMALL_BLOB: u64 = 1 << 20;
+
+/// The volume service.
+pub struct VolumeService {
+    store: Arc<Store>,
+    max_upload_bytes: u64,
+    /// Wakes the heartbeat task (after a volume is created or fills up).
+    heartbeat_now: Arc<tokio::sync::Notify>,
+}
+
+impl VolumeService {
+    /// A service over `store`.
+    pub fn new(
+        store: Arc<Store>,
+        max_upload_bytes: u64,
+        heartbeat_now: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        VolumeService {
+            store,
+            max_upload_bytes,
+            heartbeat_now,
+        }
+    }
+
+    fn failed(&self, error: Error, blob: Option<BlobId>) -> Status {
+        if let Error::VolumeFull { volume, .. } = error {
+            // Stop the directory handing out ids in it as soon as possible.
+            let store = Arc::clone(&self.store);
+            let notify = Arc::clone(&self.heartbeat_now);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.seal(volume) {
+                    tracing::warn!(%volume, error = %e, "could not seal full volume");
+                }
+                notify.notify_one();
+            });
+        }
+        grpc_status(&error, blob)
+    }
+
+    async fn write_small(
+        &self,
+        volume: Arc<hayloft_storage::Volume>,
+        blob: BlobId,
+        header: &WriteHeader,
+        meta: NeedleMeta,
+        stream: &mut Streaming<WriteRequest>,
+    ) -> Result<hayloft_storage::WriteReceipt, Status> {
+        let mut data = Vec::with_capacity(header.size as usize);
+        while let Some(chunk) = next_chunk(stream).await? {
+            if data.len() as u64 + chunk.len() as u64 > header.size {
+                return Err(too_long(header.size));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        if data.len() as u64 != header.size {
+            return Err(truncated(data.len() as u64, header.size));
+        }
+        tokio::task::spawn_blocking(move || {
+            volume.write(&NeedleWrite {
+                id: blob.needle,
+                cookie: blob.cookie,
+                data: &data,
+                meta,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| self.failed(e, Some(blob)))
+    }
+
+    async fn write_streamed(
+        &self,
+        volume: Arc<hayloft_storage::Volume>,
+        blob: BlobId,
+        header: &WriteHeader,
+        meta: NeedleMeta,
+        stream: &mut Streaming<WriteRequest>,
+    ) -> Result<hayloft_storage::WriteReceipt, Status> {
+        let size = header.size;
+        let mut writer = blocking(move || volume.begin_write(blob.needle, blob.cookie, size, meta))
+            .await?
+            .map_err(|e| self.failed(e, Some(blob)))?;
+        // On any early return the writer is dropped, which abandons the
+        // record (its bytes become garbage, or are cut off if last).
+        while let Some(chunk) = next_chunk(stream).await? {
+            if writer.written() + chunk.len() as u64 > size {
+                return Err(too_long(size));
+            }
+            writer = blocking(move || writer.write(&chunk).map(|()| writer))
+                .await?
+                .map_err(|e| self.failed(e, Some(blob)))?;
+        }
+        if writer.written() != size {
+            return Err(truncated(writer.written(), size));
+        }
+        blocking(move || writer.finish())
+            .await?
+            .map_err(|e| self.failed(e, Some(blob)))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("storage task failed: {e}")))
+}
+
+async fn next_chunk(stream: &mut Streaming<WriteRequest>) -> Result<Option<Bytes>, Status> {
+    match stream.message().await? {
+        None => Ok(None),
+        Some(WriteRequest {
+            part: Some(Part::Chunk(chunk)),
+        }) => Ok(Some(chunk)),
+        Some(_) => Err(Status::invalid_argument(
+            "only the first message may carry a header",
+        )),
+    }
+}
+
+fn too_long(size: u64) -> Status {
+    Status::invalid_argument(format!("more bytes than the {size} declared in the header"))
+}
+
+fn truncated(received: u64, size: u64) -> Status {
+    Status::invalid_argument(format!(
+        "truncated upload: the stream ended after {received} of {size} bytes; nothing was stored"
+    ))
+}
+
+fn parse_blob_id(text: &str) -> Result<BlobId, Status> {
+    text.parse::<BlobId>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Metadata served for a blob.
+pub fn blob_info(blob: BlobId, needle: &hayloft_storage::Needle) -> BlobInfo {
+    BlobInfo {
+        blob_id: blob.to_string(),
+        size: needle.data.len() as u64,
+        content_type: needle.meta.content_type.clone(),
+        file_name: needle.meta.file_name.clone(),
+        last_modified: needle.meta.last_modified,
+        expires_at: needle.meta.expires_at.unwrap_or(0),
+        etag: etag(needle.checksum, needle.data.len() as u64),
+    }
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Volume for VolumeService {
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(WriteRequest {
+                part: Some(Part::Header(header)),
+            }) => header,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must carry the header",
+                ));
+            }
+        };
+        let blob = parse_blob_id(&header.blob_id)?;
+        if header.size > self.max_upload_bytes {
+            return Err(Status::out_of_range(format!(
+                "blob of {} bytes is over this server's upload limit of {} bytes",
+                header.size, self.max_upload_bytes
+            )));
+        }
+        let volume = self
+            .store
+            .volume(blob.volume())
+            .map_err(|e| grpc_status(&e, None))?;
+        let meta = NeedleMeta {
+            content_type: header.content_type.clone(),
+            file_name: header.file_name.clone(),
+            last_modified: match header.last_modified {
+                0 => now_unix_secs(),
+                t => t,
+            },
+            expires_at: (header.expires_at != 0).then_some(header.expires_at),
+        };
+        meta.validate()
+            .map_err(|_| Status::invalid_argument("content type or file name too long"))?;
+        let receipt = if header.size <= SMALL_BLOB {
+            self.write_small(volume, blob, &header, meta, &mut stream)
+                .await?
+        } else {
+            self.write_streamed(volume, blob, &header, meta, &mut stream)
+                .await?
+        };
+        Ok(Response::new(WriteResponse {
+            blob_id: blob.to_string(),
+            size: header.size,
+            etag: etag(receipt.checksum, header.size),
+        }))
+    }
+
+    type ReadStream = ReadStream;
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let request = request.into_inner();
+        let blob = parse_blob_id(&request.blob_id)?;
+        let needle = self
+            .store
+            .read(blob.volume(), blob.needle, blob.cookie)
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let size = needle.data.len() as u64;
+        if request.offset > size || (request.offset == size && size > 0) {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of the {size}-byte blob",
+                request.offset
+            )));
+        }
+        let end = match request.length {
+            0 => size,
+            length => request.offset.saturating_add(length).min(size),
+        };
+        let info = blob_info(blob, &needle);
+        let data = needle.data.slice(request.offset as usize..end as usize);
+        let chunk_len = hayloft_proto::CHUNK_BYTES;
+        let chunks = data.len().div_ceil(chunk_len).max(1);
+        let mut info = Some(info);
+        let stream = tokio_stream::iter((0..chunks).map(move |i| {
+            let start = i * chunk_len;
+            let stop = (start + chunk_len).min(data.len());
+            Ok(ReadResponse {
+                info: info.take(),
+                chunk: data.slice(start..stop),
+            })
+        }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let blob = parse_blob_id(&request.get_ref().blob_id)?;
+        let store = Arc::clone(&self.store);
+        blocking(move || store.delete(blob.volume(), blob.needle, blob.cookie))
+            .await?
+            .map_err(|e| self.failed(e, Some(blob)))?;
+        Ok(Response::new(DeleteResponse {}))
+    }
+
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let blob = parse_blob_id(&request.get_ref().blob_id)?;
+        let needle = self
+            .store
+            .read(blob.volume(), blob.needle, blob.cookie)
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        Ok(Response::new(StatResponse {
+            info: Some(blob_info(blob, &needle)),
+        }))
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let request = request.into_inner();
+        let tier = match ProtoTier::try_from(request.tier) {
+            Ok(ProtoTier::Warm) => Tier::Warm,
+            Ok(ProtoTier::Hot | ProtoTier::Unspecified) => Tier::Hot,
+            _ => return Err(Status::invalid_argument("volumes are created hot or warm")),
+        };
+        if request.volume_id == 0 {
+            return Err(Status::invalid_argument("volume id 0 is reserved"));
+        }
+        let store = Arc::clone(&self.store);
+        let id = VolumeId(request.volume_id);
+        blocking(move || store.create_volume(id, tier, &request.collection))
+            .await?
+            .map_err(|e| grpc_status(&e, None))?;
+        tracing::info!(volume = %id, %tier, "volume created");
+        self.heartbeat_now.notify_one();
+        Ok(Response::new(CreateVolumeResponse {}))
+    }
+
+    async fn list_volumes(
+        &self,
+        _request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let store = Arc::clone(&self.store);
+        let volumes =
+            blocking(move || store.volumes().iter().map(|v| volume_status(v)).collect()).await?;
+        Ok(Response::new(ListVolumesResponse { volumes }))
+    }
+}

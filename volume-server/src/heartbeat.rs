@@ -1,0 +1,92 @@
+//! Heartbeats: every pulse (and at once when a volume is created or fills
+//! up), report this server's volumes and free space to the directory.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hayloft_proto::directory_client::DirectoryClient;
+use hayloft_proto::{HeartbeatRequest, ServerLocation};
+use hayloft_storage::{Store, Tier, available_space};
+use tonic::transport::Channel;
+
+use crate::status::volume_status;
+
+fn free_bytes(store: &Store, tier: Tier) -> u64 {
+    store
+        .locations()
+        .iter()
+        .filter(|l| l.tier == tier)
+        .map(|l| available_space(&l.path).unwrap_or(0))
+        .sum()
+}
+
+fn request(store: &Store, server: &ServerLocation) -> HeartbeatRequest {
+    HeartbeatRequest {
+        server: Some(server.clone()),
+        volumes: store.volumes().iter().map(|v| volume_status(v)).collect(),
+        free_hot_bytes: free_bytes(store, Tier::Hot),
+        free_warm_bytes: free_bytes(store, Tier::Warm),
+    }
+}
+
+/// Sends heartbeats until `stop` completes. Failures are logged and retried
+/// at the next pulse: a directory that is down must not stop the server
+/// from serving reads and writes to ids already handed out.
+pub(crate) async fn run(
+    store: Arc<Store>,
+    directory: String,
+    server: ServerLocation,
+    mut pulse: Duration,
+    now: Arc<tokio::sync::Notify>,
+    stop: impl Future<Output = ()>,
+) {
+    let mut client: Option<DirectoryClient<Channel>> = None;
+    let mut warned = false;
+    tokio::pin!(stop);
+    loop {
+        let beat = {
+            let store = Arc::clone(&store);
+            let server = server.clone();
+            tokio::task::spawn_blocking(move || request(&store, &server)).await
+        };
+        if let Ok(beat) = beat {
+            if client.is_none() {
+                client = DirectoryClient::connect(format!("http://{directory}"))
+                    .await
+                    .ok();
+            }
+            let sent = match client.as_mut() {
+                Some(c) => c
+                    .heartbeat(beat)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| e.to_string()),
+                None => Err("directory unreachable".to_string()),
+            };
+            match sent {
+                Ok(reply) => {
+                    if warned {
+                        tracing::info!(%directory, "directory reachable again");
+                    }
+                    warned = false;
+                    if reply.pulse_seconds > 0 {
+                        pulse = pulse.min(Duration::from_secs(u64::from(reply.pulse_seconds)));
+                    }
+                }
+                Err(error) => {
+                    if !warned {
+                        tracing::warn!(%directory, %error, "heartbeat failed; will retry");
+                    }
+                    warned = true;
+                    client = None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(pulse) => {}
+            _ = now.notified() => {}
+        }
+    }
+}
