@@ -6,8 +6,9 @@
 setup:
 	@bash scripts/setup.sh
 
+# The embedded default: directory + volume server, data under ./data.
 run: setup
-	cargo run --release -p hayloft-storage --example demo
+	cargo run -p hayloft -- server
 
 # nextest (installed with the toolchain here) runs each test in its own
 # process and ends with one summary line; plain cargo test is the fallback.

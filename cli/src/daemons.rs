@@ -138,3 +138,31 @@ pub async fn volume(config: VolumeServerConfig) -> anyhow::Result<()> {
     volume.serve(shutdown_signal()).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_configs_parse_to_the_defaults() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let directory: DirectoryConfig = load_config(Some(&root.join("directory.example.toml"))).unwrap();
+        let defaults = DirectoryConfig::default();
+        assert_eq!(directory.listen, defaults.listen);
+        assert_eq!(directory.dead_after, defaults.dead_after);
+        let volume: VolumeServerConfig = load_config(Some(&root.join("volume.example.toml"))).unwrap();
+        let defaults = VolumeServerConfig::default();
+        assert_eq!(volume.max_volume_size, defaults.max_volume_size);
+        assert_eq!(volume.cache_max_age, defaults.cache_max_age);
+        assert_eq!(volume.hot_dirs, defaults.hot_dirs);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_typo = 3\n").unwrap();
+        let error = load_config::<DirectoryConfig>(Some(&path)).unwrap_err();
+        assert!(format!("{error:#}").contains("listen_typo"), "{error:#}");
+    }
+}
