@@ -371,7 +371,10 @@ async fn cli_put_get_rm_status() {
 async fn a_dead_volume_server_gets_no_new_uploads() {
     let mut cluster = Cluster::start(2, &[]).await;
     let client = cluster.client().await;
-    let first = client.upload(Bytes::from_static(b"first"), &UploadOptions::default()).await.unwrap();
+    let first = client
+        .upload(Bytes::from_static(b"first"), &UploadOptions::default())
+        .await
+        .unwrap();
     let server_of = |status: &hayloft_proto::StatusResponse, blob_id: &str| {
         let volume = blob_id.parse::<BlobId>().unwrap().volume().0;
         status
@@ -390,17 +393,27 @@ async fn a_dead_volume_server_gets_no_new_uploads() {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let status = client.status().await.unwrap();
-        let server = status.servers.iter().find(|s| s.location.as_ref().unwrap().server_id == holder).unwrap();
+        let server = status
+            .servers
+            .iter()
+            .find(|s| s.location.as_ref().unwrap().server_id == holder)
+            .unwrap();
         if !server.alive {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "server never marked dead");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never marked dead"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // ... and uploads go to the live server, on new volumes if need be.
     for n in 0..20u64 {
         let data = Bytes::from(content(n, 1000));
-        let uploaded = client.upload(data.clone(), &UploadOptions::default()).await.unwrap();
+        let uploaded = client
+            .upload(data.clone(), &UploadOptions::default())
+            .await
+            .unwrap();
         let status = client.status().await.unwrap();
         assert_ne!(server_of(&status, &uploaded.blob_id), holder);
         assert_eq!(client.download(&uploaded.blob_id).await.unwrap().1, data);

@@ -146,11 +146,13 @@ mod tests {
     #[test]
     fn example_configs_parse_to_the_defaults() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
-        let directory: DirectoryConfig = load_config(Some(&root.join("directory.example.toml"))).unwrap();
+        let directory: DirectoryConfig =
+            load_config(Some(&root.join("directory.example.toml"))).unwrap();
         let defaults = DirectoryConfig::default();
         assert_eq!(directory.listen, defaults.listen);
         assert_eq!(directory.dead_after, defaults.dead_after);
-        let volume: VolumeServerConfig = load_config(Some(&root.join("volume.example.toml"))).unwrap();
+        let volume: VolumeServerConfig =
+            load_config(Some(&root.join("volume.example.toml"))).unwrap();
         let defaults = VolumeServerConfig::default();
         assert_eq!(volume.max_volume_size, defaults.max_volume_size);
         assert_eq!(volume.cache_max_age, defaults.cache_max_age);
