@@ -69,6 +69,11 @@ pub enum Error {
     #[error("volume {0} failed an earlier fsync and is read-only until reopened")]
     Poisoned(VolumeId),
 
+    /// The volume is already compacting, or writers could not be paused for
+    /// a compaction's swap in time (the compaction rolled back; retry later).
+    #[error("volume {0} is busy: a compaction is running or could not pause writers")]
+    Busy(VolumeId),
+
     /// The blob or its metadata does not fit the needle format.
     #[error("invalid needle: {0}")]
     InvalidNeedle(&'static str),

@@ -35,6 +35,6 @@ pub use recovery::RecoveryReport;
 pub use store::{Location, Store, StoreConfig};
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
-    Durability, Needle, NeedleWrite, NeedleWriter, ScrubReport, Volume, VolumeConfig, VolumeStats,
-    WriteReceipt,
+    CompactOptions, CompactReport, Durability, Needle, NeedleWrite, NeedleWriter, ScrubReport,
+    Volume, VolumeConfig, VolumeStats, WriteReceipt,
 };

@@ -29,7 +29,7 @@ use crate::format::{
 };
 use crate::mapped::MappedFile;
 use crate::types::VolumeId;
-use crate::volume::ReadState;
+use crate::volume::{Files, ReadState};
 
 /// A range of the data file that recovery skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,14 +73,10 @@ pub(crate) struct Recovered {
     pub(crate) report: RecoveryReport,
 }
 
-pub(crate) fn recover(
-    id: VolumeId,
-    data: &VolumeFile,
-    map: &Arc<MappedFile>,
-    idx_path: &Path,
-) -> Result<Recovered> {
+pub(crate) fn recover(id: VolumeId, files: &Arc<Files>, idx_path: &Path) -> Result<Recovered> {
+    let (data, map) = (&files.data, &files.map);
     let mut report = RecoveryReport::default();
-    let mut state = ReadState::new();
+    let mut state = ReadState::new(Arc::clone(files));
     let (scan_from, index_len) = match load_index(id, map, idx_path, &mut state) {
         Ok(loaded) => {
             report.index_entries_loaded = loaded.entries;
@@ -89,7 +85,7 @@ pub(crate) fn recover(
         Err(reason) => {
             tracing::warn!(volume = %id, reason, "rebuilding index file from data file");
             report.index_rebuilt = Some(reason);
-            state = ReadState::new();
+            state = ReadState::new(Arc::clone(files));
             (SUPERBLOCK_LEN as u64, INDEX_HEADER_LEN as u64)
         }
     };
@@ -186,7 +182,7 @@ fn load_index(
         if entry.offset < SUPERBLOCK_LEN as u64 || entry.record_len < min_record || end > data_len {
             return Err("index entry points outside the data file");
         }
-        state.apply(&entry, map);
+        state.apply(&entry);
         loaded.indexed_end = loaded.indexed_end.max(end);
         loaded.entries += 1;
         last = Some(entry);
@@ -254,7 +250,7 @@ fn scan(
     while pos < end {
         match parse_at(map, pos, end) {
             Parsed::Record(entry) => {
-                state.apply(&entry, map);
+                state.apply(&entry);
                 scanned.push(entry);
                 pos += entry.record_len;
             }

@@ -34,8 +34,10 @@ use crate::mapped::{MappedFile, mapped_bytes};
 use crate::meta::VolumeMeta;
 use crate::recovery::{self, RecoveryReport};
 
+mod compact;
 mod write;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
+pub use compact::{CompactOptions, CompactReport};
 pub use write::NeedleWriter;
 
 /// When a write counts as acknowledged.
@@ -148,23 +150,40 @@ pub struct ScrubReport {
     pub corrupt: Vec<NeedleId>,
 }
 
+/// The data file and its map: swapped as one by compaction.
+pub(crate) struct Files {
+    pub(crate) data: VolumeFile,
+    pub(crate) map: Arc<MappedFile>,
+}
+
+/// What readers see, behind one lock so that an index offset is always
+/// read through the map of the file it belongs to.
 pub(crate) struct ReadState {
     pub(crate) index: NeedleIndex,
+    pub(crate) files: Arc<Files>,
     pub(crate) live_bytes: u64,
     pub(crate) garbage_bytes: u64,
+    /// While a compaction runs: every write and delete applied since it
+    /// took its snapshot, for it to catch up with.
+    pub(crate) compaction_log: Option<Vec<IndexEntry>>,
 }
 
 impl ReadState {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(files: Arc<Files>) -> Self {
         ReadState {
             index: NeedleIndex::new(),
+            files,
             live_bytes: 0,
             garbage_bytes: 0,
+            compaction_log: None,
         }
     }
 
     /// Applies one durable write or delete to the index and counters.
-    pub(crate) fn apply(&mut self, entry: &IndexEntry, map: &MappedFile) {
+    pub(crate) fn apply(&mut self, entry: &IndexEntry) {
+        if let Some(log) = &mut self.compaction_log {
+            log.push(*entry);
+        }
         let replaced = if entry.tombstone {
             self.garbage_bytes += entry.record_len;
             self.index.remove(entry.needle_id)
@@ -173,19 +192,19 @@ impl ReadState {
             self.index.insert(entry.needle_id, entry.offset)
         };
         if let Some(old) = replaced {
-            let old_len = record_len_at(map, old).unwrap_or(0);
+            let old_len = record_len_at(&self.files.map, old).unwrap_or(0);
             self.live_bytes = self.live_bytes.saturating_sub(old_len);
             self.garbage_bytes += old_len;
         }
     }
 }
 
-fn record_len_at(map: &MappedFile, offset: u64) -> Option<u64> {
+pub(crate) fn record_len_at(map: &MappedFile, offset: u64) -> Option<u64> {
     let header = NeedleHeader::decode(map.slice(offset, NEEDLE_HEADER_LEN as u64)?).ok()?;
     Some(header.record_len())
 }
 
-struct WriterState {
+pub(crate) struct WriterState {
     /// Next free offset in the data file.
     end: u64,
     /// Sequence number of the last write enqueued.
@@ -193,6 +212,13 @@ struct WriterState {
     /// Writes enqueued but not yet durable, in commit order.
     pending: Vec<IndexEntry>,
     sealed: bool,
+    /// Reservations not yet enqueued or abandoned (all writes, and streamed
+    /// ones alone): compaction waits for these before swapping files.
+    in_flight: usize,
+    streams_in_flight: usize,
+    /// Set by compaction: new reservations (all, or streamed ones) wait.
+    paused: bool,
+    streams_paused: bool,
 }
 
 struct SyncState {
@@ -216,10 +242,14 @@ pub struct Volume {
     tier: Tier,
     dir: PathBuf,
     config: VolumeConfig,
-    data: VolumeFile,
-    map: Arc<MappedFile>,
     state: RwLock<ReadState>,
     writer: Mutex<WriterState>,
+    /// Signalled when `paused`, `streams_paused` or the in-flight counts change.
+    writer_changed: Condvar,
+    /// True while a compaction runs (one at a time).
+    compacting: std::sync::atomic::AtomicBool,
+    /// Bytes a running compaction has copied, and will copy.
+    compaction_progress: (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64),
     sync: Mutex<SyncState>,
     synced: Condvar,
     index_file: Mutex<IndexFile>,
@@ -287,6 +317,7 @@ impl Volume {
     /// torn tail, and rebuilds the index file if it is missing or corrupt.
     pub fn open(dir: &Path, id: VolumeId, tier: Tier, config: VolumeConfig) -> Result<Volume> {
         validate_config(&config, dir)?;
+        compact::settle_interrupted(dir, id)?;
         let (dat_path, idx_path, meta_path) = volume_paths(dir, id);
         let _ = std::fs::remove_file(tmp_path(&dat_path));
         let _ = std::fs::remove_file(tmp_path(&idx_path));
@@ -307,26 +338,32 @@ impl Volume {
             ));
         }
         let map = MappedFile::map(data.file(), file_len, config.max_size, &dat_path)?;
-        let recovered = recovery::recover(id, &data, &map, &idx_path)?;
+        let files = Arc::new(Files { data, map });
+        let recovered = recovery::recover(id, &files, &idx_path)?;
         if !recovered.report.is_clean() {
             tracing::warn!(volume = %id, report = ?recovered.report, "volume recovered");
         }
         let index_file = VolumeFile::open(&idx_path)?;
-        let end = map.readable_len();
+        let end = files.map.readable_len();
         Ok(Volume {
             id,
             tier,
             dir: dir.to_owned(),
             config,
-            data,
-            map,
             state: RwLock::new(recovered.state),
             writer: Mutex::new(WriterState {
                 end,
                 commit_seq: 0,
                 pending: Vec::new(),
                 sealed: meta.sealed,
+                in_flight: 0,
+                streams_in_flight: 0,
+                paused: false,
+                streams_paused: false,
             }),
+            writer_changed: Condvar::new(),
+            compacting: std::sync::atomic::AtomicBool::new(false),
+            compaction_progress: Default::default(),
             sync: Mutex::new(SyncState {
                 durable_seq: 0,
                 syncing: false,
@@ -372,24 +409,23 @@ impl Volume {
     /// no checksum (the bytes were checksummed when written and are served
     /// from the local page cache; see [`Volume::read_verified`]).
     pub fn read(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
-        let offset = self
-            .state
-            .read()
-            .index
-            .get(id)
-            .ok_or(Error::NeedleNotFound {
-                volume: self.id,
-                needle: id,
-            })?;
-        let header = self.header_at(offset, id)?;
+        let (offset, files) = {
+            let state = self.state.read();
+            (state.index.get(id), Arc::clone(&state.files))
+        };
+        let offset = offset.ok_or(Error::NeedleNotFound {
+            volume: self.id,
+            needle: id,
+        })?;
+        let map = &files.map;
+        let header = self.header_at(map, offset, id)?;
         if header.cookie != cookie {
             return Err(Error::WrongCookie {
                 volume: self.id,
                 needle: id,
             });
         }
-        let record = self
-            .map
+        let record = map
             .slice(offset, header.record_len())
             .ok_or_else(|| self.corrupt(offset, "record past end of file"))?;
         let crc_at = header.checksum_offset();
@@ -405,7 +441,7 @@ impl Volume {
         let mut checksum = [0u8; 4];
         checksum.copy_from_slice(&record[crc_at..crc_at + 4]);
         let data = mapped_bytes(
-            &self.map,
+            map,
             offset + NEEDLE_HEADER_LEN as u64,
             header.data_len as u64,
         )
@@ -422,22 +458,25 @@ impl Volume {
     /// [`Error::Corrupt`], never data.
     pub fn read_verified(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
         let needle = self.read(id, cookie)?;
-        let offset = self
-            .state
-            .read()
-            .index
-            .get(id)
-            .ok_or(Error::NeedleNotFound {
-                volume: self.id,
-                needle: id,
-            })?;
-        self.verify_record(offset)?;
+        // The data slice points into the record; verify that very record.
+        let (offset, files) = {
+            let state = self.state.read();
+            (state.index.get(id), Arc::clone(&state.files))
+        };
+        let offset = offset.ok_or(Error::NeedleNotFound {
+            volume: self.id,
+            needle: id,
+        })?;
+        let decoded = self.verify_record(&files.map, offset)?;
+        if decoded.checksum != needle.checksum || decoded.data != &needle.data[..] {
+            // Compacted or rewritten between the two lookups: read again.
+            return self.read_verified(id, cookie);
+        }
         Ok(needle)
     }
 
-    fn header_at(&self, offset: u64, id: NeedleId) -> Result<NeedleHeader> {
-        let bytes = self
-            .map
+    fn header_at(&self, map: &MappedFile, offset: u64, id: NeedleId) -> Result<NeedleHeader> {
+        let bytes = map
             .slice(offset, NEEDLE_HEADER_LEN as u64)
             .ok_or_else(|| self.corrupt(offset, "header past end of file"))?;
         let header =
@@ -448,15 +487,17 @@ impl Volume {
         Ok(header)
     }
 
-    fn verify_record(&self, offset: u64) -> Result<format::DecodedNeedle<'_>> {
-        let header_bytes = self
-            .map
+    pub(crate) fn verify_record<'m>(
+        &self,
+        map: &'m MappedFile,
+        offset: u64,
+    ) -> Result<format::DecodedNeedle<'m>> {
+        let header_bytes = map
             .slice(offset, NEEDLE_HEADER_LEN as u64)
             .ok_or_else(|| self.corrupt(offset, "header past end of file"))?;
         let header = NeedleHeader::decode(header_bytes)
             .map_err(|_| self.corrupt(offset, "bad needle header"))?;
-        let record = self
-            .map
+        let record = map
             .slice(offset, header.record_len())
             .ok_or_else(|| self.corrupt(offset, "record past end of file"))?;
         format::decode_needle(record).map_err(|_| self.corrupt(offset, "checksum mismatch"))
@@ -473,11 +514,14 @@ impl Volume {
 
     /// Reads back and checksums every live needle.
     pub fn scrub(&self) -> ScrubReport {
-        let entries: Vec<(NeedleId, u64)> = self.state.read().index.iter().collect();
+        let (entries, files): (Vec<(NeedleId, u64)>, _) = {
+            let state = self.state.read();
+            (state.index.iter().collect(), Arc::clone(&state.files))
+        };
         let mut report = ScrubReport::default();
         for (id, offset) in entries {
             report.checked += 1;
-            match self.verify_record(offset) {
+            match self.verify_record(&files.map, offset) {
                 Ok(decoded) if decoded.header.needle_id == id => {}
                 _ => report.corrupt.push(id),
             }
@@ -515,7 +559,8 @@ impl Volume {
     /// Syncs everything; the volume stays usable (closing is dropping it).
     pub fn close(&self) -> Result<()> {
         self.sync_now()?;
-        sync_parent(self.data.path())
+        let files = Arc::clone(&self.state.read().files);
+        sync_parent(files.data.path())
     }
 
     /// Size, garbage and index memory.
@@ -529,7 +574,7 @@ impl Volume {
             needles: state.index.len() as u64,
             live_bytes: state.live_bytes,
             garbage_bytes: state.garbage_bytes,
-            file_bytes: self.map.readable_len(),
+            file_bytes: state.files.map.readable_len(),
             max_size: self.config.max_size,
             index_memory_bytes: state.index.memory_bytes() as u64,
         }

@@ -10,7 +10,8 @@ use std::path::Path;
 use hayloft_storage::format::encode_needle;
 use hayloft_storage::volume::volume_paths;
 use hayloft_storage::{
-    Cookie, Durability, NeedleId, NeedleMeta, NeedleWrite, Tier, Volume, VolumeConfig, VolumeId,
+    CompactOptions, Cookie, Durability, NeedleId, NeedleMeta, NeedleWrite, Tier, Volume,
+    VolumeConfig, VolumeId,
 };
 use proptest::prelude::*;
 
@@ -39,6 +40,8 @@ enum Op {
     TornGarbage {
         bytes: Vec<u8>,
     },
+    /// Compact the volume.
+    Compact,
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -51,6 +54,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => (id, 0usize..200).prop_map(|(id, keep)| Op::TornRecord { id, keep }),
         1 => proptest::collection::vec(any::<u8>(), 1..100).prop_map(|bytes| Op::TornGarbage { bytes }),
+        2 => Just(Op::Compact),
     ]
 }
 
@@ -132,6 +136,15 @@ proptest! {
                     record.truncate(keep.min(record.len() - 1));
                     append_to_data_file(dir.path(), &record);
                     volume = Volume::open(dir.path(), VID, Tier::Hot, config()).unwrap();
+                    check_all(&volume, &model)?;
+                }
+                Op::Compact => {
+                    let before = volume.stats();
+                    let report = volume.compact(&CompactOptions::default()).unwrap();
+                    let after = volume.stats();
+                    prop_assert_eq!(after.garbage_bytes, 0);
+                    prop_assert_eq!(after.live_bytes, before.live_bytes);
+                    prop_assert_eq!(report.bytes_after, after.file_bytes);
                     check_all(&volume, &model)?;
                 }
                 Op::TornGarbage { bytes } => {

@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Durability, NEVER_SYNC_EVERY, NeedleWrite, Volume, WriteReceipt, now_unix_secs};
+use super::{
+    Durability, Files, NEVER_SYNC_EVERY, NeedleWrite, Volume, WriteReceipt, WriterState,
+    now_unix_secs,
+};
 use crate::error::{Error, Result};
 use crate::format::{
     self, FLAG_TOMBSTONE, INDEX_ENTRY_LEN, IndexEntry, MAX_DATA_LEN, NEEDLE_HEADER_LEN,
@@ -44,16 +47,15 @@ impl Volume {
 
     /// Deletes a needle by appending a tombstone; returns once durable.
     pub fn delete(&self, id: NeedleId, cookie: Cookie) -> Result<()> {
-        let offset = self
-            .state
-            .read()
-            .index
-            .get(id)
-            .ok_or(Error::NeedleNotFound {
-                volume: self.id,
-                needle: id,
-            })?;
-        let header = self.header_at(offset, id)?;
+        let (offset, files) = {
+            let state = self.state.read();
+            (state.index.get(id), Arc::clone(&state.files))
+        };
+        let offset = offset.ok_or(Error::NeedleNotFound {
+            volume: self.id,
+            needle: id,
+        })?;
+        let header = self.header_at(&files.map, offset, id)?;
         if header.cookie != cookie {
             return Err(Error::WrongCookie {
                 volume: self.id,
@@ -72,18 +74,21 @@ impl Volume {
 
     fn append_record(&self, id: NeedleId, record: &[u8], tombstone: bool) -> Result<(u64, u64)> {
         let len = record.len() as u64;
-        let offset = self.reserve(len)?;
-        if let Err(e) = self.data.write_at(record, offset) {
-            self.abandon(offset, len);
+        let (offset, files) = self.reserve(len, false)?;
+        if let Err(e) = files.data.write_at(record, offset) {
+            self.abandon(&files, offset, len, false);
             return Err(e);
         }
-        self.map.extend_readable(offset + len);
-        let seq = self.enqueue(IndexEntry {
-            needle_id: id,
-            offset,
-            record_len: len,
-            tombstone,
-        });
+        files.map.extend_readable(offset + len);
+        let seq = self.enqueue(
+            IndexEntry {
+                needle_id: id,
+                offset,
+                record_len: len,
+                tombstone,
+            },
+            false,
+        );
         self.wait_durable(seq)?;
         Ok((offset, len))
     }
@@ -110,16 +115,17 @@ impl Volume {
             data_len: data_len as u32,
         };
         let record_len = header.record_len();
-        let offset = self.reserve(record_len)?;
+        let (offset, files) = self.reserve(record_len, true)?;
         let header_bytes = header.encode();
-        if let Err(e) = self.data.write_at(&header_bytes, offset) {
-            self.abandon(offset, record_len);
+        if let Err(e) = files.data.write_at(&header_bytes, offset) {
+            self.abandon(&files, offset, record_len, true);
             return Err(e);
         }
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&header_bytes);
         Ok(NeedleWriter {
             volume: Arc::clone(self),
+            files,
             header,
             meta,
             offset,
@@ -129,16 +135,21 @@ impl Volume {
         })
     }
 
-    /// Reserves `len` bytes at the end of the data file.
-    fn reserve(&self, len: u64) -> Result<u64> {
+    /// Reserves `len` bytes at the end of the data file, and returns the
+    /// files to write them to. Waits while a compaction swaps files.
+    fn reserve(&self, len: u64, streamed: bool) -> Result<(u64, Arc<Files>)> {
         if self.sync.lock().poisoned {
             return Err(Error::Poisoned(self.id));
         }
         let mut writer = self.writer.lock();
+        while writer.paused || (streamed && writer.streams_paused) {
+            self.writer_changed.wait(&mut writer);
+        }
         if writer.sealed {
             return Err(Error::Sealed(self.id));
         }
-        if writer.end + len > self.config.max_size.min(self.map.capacity()) {
+        let files = Arc::clone(&self.state.read().files);
+        if writer.end + len > self.config.max_size.min(files.map.capacity()) {
             return Err(Error::VolumeFull {
                 volume: self.id,
                 needed: len,
@@ -147,7 +158,21 @@ impl Volume {
         }
         let offset = writer.end;
         writer.end += len;
-        Ok(offset)
+        writer.in_flight += 1;
+        if streamed {
+            writer.streams_in_flight += 1;
+        }
+        Ok((offset, files))
+    }
+
+    fn release(&self, writer: &mut WriterState, streamed: bool) {
+        writer.in_flight -= 1;
+        if streamed {
+            writer.streams_in_flight -= 1;
+        }
+        if writer.paused || writer.streams_paused {
+            self.writer_changed.notify_all();
+        }
     }
 
     /// Gives back a reservation whose write failed or was abandoned.
@@ -156,24 +181,26 @@ impl Volume {
     /// reservation began, so no stale partial bytes (which may hold anything
     /// an uploader sent) stay behind for recovery to scan. Otherwise the range
     /// stays as a hole: its header, written first, lets recovery skip it whole.
-    fn abandon(&self, offset: u64, len: u64) {
+    fn abandon(&self, files: &Files, offset: u64, len: u64, streamed: bool) {
         let mut writer = self.writer.lock();
-        if writer.end == offset + len && self.data.truncate(offset).is_ok() {
+        if writer.end == offset + len && files.data.truncate(offset).is_ok() {
             writer.end = offset;
         } else {
             self.state.write().garbage_bytes += len;
         }
+        self.release(&mut writer, streamed);
     }
 
     /// Queues a written record for the next sync; returns its sequence number.
-    fn enqueue(&self, entry: IndexEntry) -> u64 {
+    fn enqueue(&self, entry: IndexEntry, streamed: bool) -> u64 {
         let mut writer = self.writer.lock();
         writer.commit_seq += 1;
         writer.pending.push(entry);
         if self.config.durability == Durability::Never {
             // Visible at once; the index file catches up at the next sync.
-            self.state.write().apply(&entry, &self.map);
+            self.state.write().apply(&entry);
         }
+        self.release(&mut writer, streamed);
         writer.commit_seq
     }
 
@@ -237,8 +264,10 @@ impl Volume {
             return Ok(target);
         }
         // Data first: an index entry must never point at bytes that a power
-        // cut could still lose.
-        self.data.sync_data()?;
+        // cut could still lose. (Compaction swaps files only while it holds
+        // the sync role, so these are the files the batch was written to.)
+        let files = Arc::clone(&self.state.read().files);
+        files.data.sync_data()?;
         {
             let mut buf = Vec::with_capacity(batch.len() * INDEX_ENTRY_LEN);
             for entry in &batch {
@@ -252,7 +281,7 @@ impl Volume {
         if apply {
             let mut state = self.state.write();
             for entry in &batch {
-                state.apply(entry, &self.map);
+                state.apply(entry);
             }
         }
         Ok(target)
@@ -293,6 +322,7 @@ impl Volume {
 /// A streamed write in progress; see [`Volume::begin_write`].
 pub struct NeedleWriter {
     volume: Arc<Volume>,
+    files: Arc<Files>,
     header: NeedleHeader,
     meta: NeedleMeta,
     offset: u64,
@@ -318,7 +348,7 @@ impl NeedleWriter {
             });
         }
         let at = self.offset + NEEDLE_HEADER_LEN as u64 + self.written;
-        self.volume.data.write_at(chunk, at)?;
+        self.files.data.write_at(chunk, at)?;
         self.hasher.update(chunk);
         self.written += chunk.len() as u64;
         Ok(())
@@ -343,15 +373,18 @@ impl NeedleWriter {
         tail.extend_from_slice(&checksum.to_le_bytes());
         tail.resize((record_len - tail_at) as usize, 0);
         let volume = Arc::clone(&self.volume);
-        volume.data.write_at(&tail, self.offset + tail_at)?;
-        volume.map.extend_readable(self.offset + record_len);
+        self.files.data.write_at(&tail, self.offset + tail_at)?;
+        self.files.map.extend_readable(self.offset + record_len);
         self.finished = true;
-        let seq = volume.enqueue(IndexEntry {
-            needle_id: self.header.needle_id,
-            offset: self.offset,
-            record_len,
-            tombstone: false,
-        });
+        let seq = volume.enqueue(
+            IndexEntry {
+                needle_id: self.header.needle_id,
+                offset: self.offset,
+                record_len,
+                tombstone: false,
+            },
+            true,
+        );
         volume.wait_durable(seq)?;
         Ok(WriteReceipt {
             offset: self.offset,
@@ -364,7 +397,8 @@ impl NeedleWriter {
 impl Drop for NeedleWriter {
     fn drop(&mut self) {
         if !self.finished {
-            self.volume.abandon(self.offset, self.header.record_len());
+            self.volume
+                .abandon(&self.files, self.offset, self.header.record_len(), true);
         }
     }
 }
