@@ -18,7 +18,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    async fn client(&self) -> anyhow::Result<Client> {
+    pub async fn client(&self) -> anyhow::Result<Client> {
         Client::connect(&self.directory)
             .await
             .with_context(|| format!("connecting to the directory at {}", self.directory))
@@ -188,7 +188,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!();
     println!("VOLUMES");
     println!(
-        "{:>6} {:<12} {:<5} {:<9} {:<16} {:>9} {:>11} {:>11} {:>8}",
+        "{:>6} {:<12} {:<5} {:<10} {:<16} {:>9} {:>11} {:>11} {:>8}",
         "ID", "COLLECTION", "TIER", "STATE", "SERVER", "NEEDLES", "SIZE", "GARBAGE", "GARBAGE%"
     );
     for volume in &status.volumes {
@@ -199,7 +199,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             0.0
         };
         println!(
-            "{:>6} {:<12} {:<5} {:<9} {:<16} {:>9} {:>11} {:>11} {:>7.1}%",
+            "{:>6} {:<12} {:<5} {:<10} {:<16} {:>9} {:>11} {:>11} {:>7.1}%",
             stats.volume_id,
             if stats.collection.is_empty() {
                 "-"
@@ -207,7 +207,15 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 &stats.collection
             },
             tier_name(stats.tier),
-            state_name(volume.state),
+            &if stats.compacting {
+                format!(
+                    "compact{:>2}%",
+                    (100 * stats.compaction_copied_bytes / stats.compaction_total_bytes.max(1))
+                        .min(99)
+                )
+            } else {
+                state_name(volume.state).to_owned()
+            },
             volume.server_id,
             stats.needles,
             ByteSize(stats.file_bytes).to_string(),

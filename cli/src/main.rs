@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 mod commands;
+mod compact;
 mod daemons;
 
 /// hayloft: a Haystack-style blob store with hot, warm and cold tiers.
@@ -39,6 +40,8 @@ enum Command {
     Rm(commands::RmArgs),
     /// Show the cluster's servers and volumes.
     Status(commands::StatusArgs),
+    /// Reclaim the space of deleted blobs, while volumes keep serving.
+    Compact(compact::CompactArgs),
 }
 
 #[derive(Args)]
@@ -105,6 +108,15 @@ struct VolumeArgs {
     /// Heartbeat interval, e.g. "5s".
     #[arg(long)]
     pulse: Option<humantime_serde::re::humantime::Duration>,
+    /// Compact automatically at this garbage ratio (0 = on demand only).
+    #[arg(long)]
+    compaction_threshold: Option<f64>,
+    /// How often to look for volumes to compact, e.g. "1m".
+    #[arg(long)]
+    compaction_check_interval: Option<humantime_serde::re::humantime::Duration>,
+    /// Skip volumes with less garbage than this, e.g. "1MiB".
+    #[arg(long)]
+    compaction_min_garbage: Option<bytesize::ByteSize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -170,12 +182,22 @@ fn main() -> anyhow::Result<()> {
                 if let Some(pulse) = args.pulse {
                     config.pulse = pulse.into();
                 }
+                if let Some(threshold) = args.compaction_threshold {
+                    config.compaction_threshold = threshold;
+                }
+                if let Some(interval) = args.compaction_check_interval {
+                    config.compaction_check_interval = interval.into();
+                }
+                if let Some(bytes) = args.compaction_min_garbage {
+                    config.compaction_min_garbage = bytes;
+                }
                 daemons::volume(config).await
             }
             Command::Put(args) => commands::put(args).await,
             Command::Get(args) => commands::get(args).await,
             Command::Rm(args) => commands::rm(args).await,
             Command::Status(args) => commands::status(args).await,
+            Command::Compact(args) => compact::compact(args).await,
         }
     })
 }

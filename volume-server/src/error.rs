@@ -29,6 +29,7 @@ pub fn grpc_status(error: &Error, blob: Option<BlobId>) -> tonic::Status {
         _ if is_disk_full(error) => Status::resource_exhausted(format!("disk full: {error}")),
         Error::Sealed(_) => Status::failed_precondition(error.to_string()),
         Error::Poisoned(_) => Status::unavailable(error.to_string()),
+        Error::Busy(_) => Status::aborted(error.to_string()),
         Error::InvalidNeedle(_) | Error::LengthMismatch { .. } => {
             Status::invalid_argument(error.to_string())
         }

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use hayloft_proto::volume_server::Volume;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
-    BlobInfo, CreateVolumeRequest, CreateVolumeResponse, DeleteRequest, DeleteResponse,
-    ListVolumesRequest, ListVolumesResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
-    Tier as ProtoTier, WriteHeader, WriteRequest, WriteResponse,
+    BlobInfo, CompactProgress, CompactRequest, CreateVolumeRequest, CreateVolumeResponse,
+    DeleteRequest, DeleteResponse, ListVolumesRequest, ListVolumesResponse, ReadRequest,
+    ReadResponse, StatRequest, StatResponse, Tier as ProtoTier, WriteHeader, WriteRequest,
+    WriteResponse,
 };
 use hayloft_storage::volume::now_unix_secs;
 use hayloft_storage::{BlobId, Error, NeedleMeta, NeedleWrite, Store, Tier, VolumeId};
@@ -31,6 +32,7 @@ const SMALL_BLOB: u64 = 1 << 20;
 pub struct VolumeService {
     store: Arc<Store>,
     max_upload_bytes: u64,
+    compaction_rate: u64,
     /// Wakes the heartbeat task (after a volume is created or fills up).
     heartbeat_now: Arc<tokio::sync::Notify>,
 }
@@ -40,11 +42,13 @@ impl VolumeService {
     pub fn new(
         store: Arc<Store>,
         max_upload_bytes: u64,
+        compaction_rate: u64,
         heartbeat_now: Arc<tokio::sync::Notify>,
     ) -> Self {
         VolumeService {
             store,
             max_upload_bytes,
+            compaction_rate,
             heartbeat_now,
         }
     }
@@ -173,6 +177,7 @@ pub fn blob_info(blob: BlobId, needle: &hayloft_storage::Needle) -> BlobInfo {
 }
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+type CompactStream = tokio_stream::wrappers::ReceiverStream<Result<CompactProgress, Status>>;
 
 #[tonic::async_trait]
 impl Volume for VolumeService {
@@ -307,6 +312,30 @@ impl Volume for VolumeService {
         tracing::info!(volume = %id, %tier, "volume created");
         self.heartbeat_now.notify_one();
         Ok(Response::new(CreateVolumeResponse {}))
+    }
+
+    type CompactStream = CompactStream;
+
+    async fn compact(
+        &self,
+        request: Request<CompactRequest>,
+    ) -> Result<Response<CompactStream>, Status> {
+        let request = request.into_inner();
+        if !(0.0..=1.0).contains(&request.min_garbage_ratio) {
+            return Err(Status::invalid_argument(
+                "min_garbage_ratio must be between 0 and 1",
+            ));
+        }
+        if !request.all && request.volume_ids.is_empty() {
+            return Err(Status::invalid_argument("name volumes, or set all"));
+        }
+        let stream = crate::compaction::compact_stream(
+            Arc::clone(&self.store),
+            request,
+            self.compaction_rate,
+        )?;
+        self.heartbeat_now.notify_one();
+        Ok(Response::new(stream))
     }
 
     async fn list_volumes(

@@ -21,6 +21,7 @@ use hayloft_storage::{Durability, Location, Store, StoreConfig, Tier, VolumeConf
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub mod compaction;
 pub mod error;
 pub mod grpc;
 mod heartbeat;
@@ -76,6 +77,17 @@ pub struct VolumeServerConfig {
     /// Heartbeat interval (the directory may ask for another). Default `5s`.
     #[serde(with = "humantime_serde")]
     pub pulse: Duration,
+    /// Compact a volume automatically once garbage / data file size reaches
+    /// this (0 = only on demand). Default 0.3.
+    pub compaction_threshold: f64,
+    /// How often to check for volumes past the threshold. Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub compaction_check_interval: Duration,
+    /// Compaction copy rate limit, so foreground latency holds (0 =
+    /// unlimited). Default `64MiB` (a second).
+    pub compaction_rate: ByteSize,
+    /// Skip volumes with less garbage than this. Default `1MiB`.
+    pub compaction_min_garbage: ByteSize,
 }
 
 impl Default for VolumeServerConfig {
@@ -95,6 +107,10 @@ impl Default for VolumeServerConfig {
             max_upload_size: ByteSize::gib(4),
             cache_max_age: Duration::from_secs(365 * 24 * 3600),
             pulse: Duration::from_secs(5),
+            compaction_threshold: 0.3,
+            compaction_check_interval: Duration::from_secs(60),
+            compaction_rate: ByteSize::mib(64),
+            compaction_min_garbage: ByteSize::mib(1),
         }
     }
 }
@@ -248,8 +264,19 @@ impl VolumeServer {
                 .max_upload_size
                 .as_u64()
                 .min(hayloft_storage::format::MAX_DATA_LEN),
+            self.config.compaction_rate.as_u64(),
             heartbeat_now,
         );
+        let scheduler = tokio::spawn(compaction::run_scheduler(
+            Arc::clone(&self.store),
+            compaction::CompactionSettings {
+                threshold: self.config.compaction_threshold,
+                interval: self.config.compaction_check_interval,
+                bytes_per_sec: self.config.compaction_rate.as_u64(),
+                min_garbage_bytes: self.config.compaction_min_garbage.as_u64(),
+            },
+            wait_stop(),
+        ));
         let grpc_server = tonic::transport::Server::builder()
             .add_service(
                 hayloft_proto::volume_server::VolumeServer::new(service)
@@ -281,6 +308,7 @@ impl VolumeServer {
         });
         let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
         let _ = heartbeat.await;
+        let _ = scheduler.await;
         let store = Arc::clone(&self.store);
         let closed = tokio::task::spawn_blocking(move || store.close()).await;
         grpc_result?;

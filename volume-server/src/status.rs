@@ -15,6 +15,7 @@ pub fn proto_tier(tier: Tier) -> ProtoTier {
 /// A volume's stats as reported to the directory and operators.
 pub fn volume_status(volume: &Volume) -> VolumeStatus {
     let stats = volume.stats();
+    let progress = volume.compaction_progress();
     VolumeStatus {
         volume_id: stats.id.0,
         collection: volume.collection(),
@@ -26,5 +27,8 @@ pub fn volume_status(volume: &Volume) -> VolumeStatus {
         file_bytes: stats.file_bytes,
         max_bytes: stats.max_size,
         index_memory_bytes: stats.index_memory_bytes,
+        compacting: progress.is_some(),
+        compaction_copied_bytes: progress.map_or(0, |p| p.0),
+        compaction_total_bytes: progress.map_or(0, |p| p.1),
     }
 }
