@@ -399,6 +399,13 @@ impl Volume {
             }
         }
         failpoint("compact-after-catch-up");
+        // Sync the bulk of the copy now, so the fsync inside the writer pause
+        // only covers the last catch-up.
+        target.data.flush().map_err(|e| Error::io(&cpd, e))?;
+        target
+            .data_file
+            .sync_data()
+            .map_err(|e| Error::io(&cpd, e))?;
 
         // 4. Quiesce: streamed uploads first (small writes go on meanwhile).
         let pause_started = self.quiesce(options.quiesce_timeout, |volume| {
