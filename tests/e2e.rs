@@ -13,7 +13,7 @@ use hayloft_client::{Client, UploadOptions};
 use hayloft_storage::BlobId;
 use reqwest::StatusCode;
 use reqwest::header;
-use support::{Cluster, content};
+use support::{Cluster, content, server_index, server_of};
 
 fn options(name: &str) -> UploadOptions {
     UploadOptions {
@@ -25,14 +25,8 @@ fn options(name: &str) -> UploadOptions {
 
 /// Which volume server's HTTP port serves a blob (from the directory).
 async fn http_url(cluster: &Cluster, client: &Client, blob_id: &str) -> String {
-    let volume = blob_id.parse::<BlobId>().unwrap().volume().0;
     let status = client.status().await.unwrap();
-    let record = status
-        .volumes
-        .iter()
-        .find(|v| v.status.as_ref().unwrap().volume_id == volume)
-        .unwrap();
-    let index: usize = record.server_id.trim_start_matches("vs").parse().unwrap();
+    let index = server_index(&server_of(&status, blob_id));
     format!("{}/{blob_id}", cluster.http_base(index))
 }
 

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +12,7 @@ use hayloft_client::{Client, UploadOptions};
 use hayloft_proto::ListVolumesRequest;
 use hayloft_proto::volume_client::VolumeClient;
 use reqwest::StatusCode;
-use support::{BIN, Cluster, content};
+use support::{Cluster, content, hayloft};
 
 async fn fill_and_delete(
     client: &Client,
@@ -79,19 +78,6 @@ async fn check_reads(cluster: &Cluster, kept: &[(String, u64)], deleted: &[Strin
             "{blob_id} came back"
         );
     }
-}
-
-fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN)
-        .args(args)
-        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,7 @@ pub struct FailedVolume {
 pub struct Store {
     config: StoreConfig,
     volumes: RwLock<HashMap<VolumeId, Arc<Volume>>>,
+    creating: parking_lot::Mutex<()>,
     failed: Vec<FailedVolume>,
 }
 
@@ -95,6 +96,7 @@ impl Store {
         Ok(Store {
             config,
             volumes: RwLock::new(volumes),
+            creating: parking_lot::Mutex::new(()),
             failed,
         })
     }
@@ -111,8 +113,10 @@ impl Store {
 
     /// Creates an empty volume on the location of `tier` with the most free space.
     pub fn create_volume(&self, id: VolumeId, tier: Tier, collection: &str) -> Result<Arc<Volume>> {
-        let mut volumes = self.volumes.write();
-        if volumes.contains_key(&id) || self.failed.iter().any(|f| f.id == id) {
+        // One creation at a time, outside the map lock (creation fsyncs), so
+        // reads of other volumes never wait for it.
+        let _creating = self.creating.lock();
+        if self.volumes.read().contains_key(&id) || self.failed.iter().any(|f| f.id == id) {
             return Err(Error::VolumeExists(id));
         }
         let location = self
@@ -132,7 +136,7 @@ impl Store {
             collection,
             self.config.volume,
         )?);
-        volumes.insert(id, Arc::clone(&volume));
+        self.volumes.write().insert(id, Arc::clone(&volume));
         Ok(volume)
     }
 

@@ -409,6 +409,18 @@ impl Volume {
     /// no checksum (the bytes were checksummed when written and are served
     /// from the local page cache; see [`Volume::read_verified`]).
     pub fn read(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
+        self.read_needle(id, cookie, false)
+    }
+
+    /// Reads a needle and verifies its checksum: corrupt bytes are an
+    /// [`Error::Corrupt`], never data.
+    pub fn read_verified(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
+        self.read_needle(id, cookie, true)
+    }
+
+    /// Finds a live needle: its offset, the files it is in, and its header,
+    /// with the cookie checked.
+    fn find(&self, id: NeedleId, cookie: Cookie) -> Result<(u64, Arc<Files>, NeedleHeader)> {
         let (offset, files) = {
             let state = self.state.read();
             (state.index.get(id), Arc::clone(&state.files))
@@ -417,13 +429,21 @@ impl Volume {
             volume: self.id,
             needle: id,
         })?;
-        let map = &files.map;
-        let header = self.header_at(map, offset, id)?;
+        let header = self.header_at(&files.map, offset, id)?;
         if header.cookie != cookie {
             return Err(Error::WrongCookie {
                 volume: self.id,
                 needle: id,
             });
+        }
+        Ok((offset, files, header))
+    }
+
+    fn read_needle(&self, id: NeedleId, cookie: Cookie, verify: bool) -> Result<Needle> {
+        let (offset, files, header) = self.find(id, cookie)?;
+        let map = &files.map;
+        if verify {
+            self.verify_record(map, offset)?;
         }
         let record = map
             .slice(offset, header.record_len())
@@ -452,27 +472,6 @@ impl Volume {
             meta,
             checksum: u32::from_le_bytes(checksum),
         })
-    }
-
-    /// Reads a needle and verifies its checksum: corrupt bytes are an
-    /// [`Error::Corrupt`], never data.
-    pub fn read_verified(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
-        let needle = self.read(id, cookie)?;
-        // The data slice points into the record; verify that very record.
-        let (offset, files) = {
-            let state = self.state.read();
-            (state.index.get(id), Arc::clone(&state.files))
-        };
-        let offset = offset.ok_or(Error::NeedleNotFound {
-            volume: self.id,
-            needle: id,
-        })?;
-        let decoded = self.verify_record(&files.map, offset)?;
-        if decoded.checksum != needle.checksum || decoded.data != &needle.data[..] {
-            // Compacted or rewritten between the two lookups: read again.
-            return self.read_verified(id, cookie);
-        }
-        Ok(needle)
     }
 
     fn header_at(&self, map: &MappedFile, offset: u64, id: NeedleId) -> Result<NeedleHeader> {

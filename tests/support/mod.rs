@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hayloft_client::Client;
+use hayloft_proto::StatusResponse;
+use hayloft_storage::BlobId;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hayloft");
 
@@ -240,4 +242,38 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
             state as u8
         })
         .collect()
+}
+
+/// The id of the server holding a blob's volume, per the directory.
+pub fn server_of(status: &StatusResponse, blob_id: &str) -> String {
+    let volume = blob_id.parse::<BlobId>().expect("blob id").volume().0;
+    status
+        .volumes
+        .iter()
+        .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))
+        .expect("volume in the directory")
+        .server_id
+        .clone()
+}
+
+/// The index of a test server id ("vs3" -> 3).
+pub fn server_index(server_id: &str) -> usize {
+    server_id
+        .trim_start_matches("vs")
+        .parse()
+        .expect("test server id")
+}
+
+/// Runs the `hayloft` command against the cluster: (success, stdout + stderr).
+pub fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .output()
+        .expect("run hayloft");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
 }

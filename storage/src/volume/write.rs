@@ -47,21 +47,7 @@ impl Volume {
 
     /// Deletes a needle by appending a tombstone; returns once durable.
     pub fn delete(&self, id: NeedleId, cookie: Cookie) -> Result<()> {
-        let (offset, files) = {
-            let state = self.state.read();
-            (state.index.get(id), Arc::clone(&state.files))
-        };
-        let offset = offset.ok_or(Error::NeedleNotFound {
-            volume: self.id,
-            needle: id,
-        })?;
-        let header = self.header_at(&files.map, offset, id)?;
-        if header.cookie != cookie {
-            return Err(Error::WrongCookie {
-                volume: self.id,
-                needle: id,
-            });
-        }
+        self.find(id, cookie)?;
         let meta = NeedleMeta {
             last_modified: now_unix_secs(),
             ..NeedleMeta::default()
