@@ -395,3 +395,79 @@ async fn a_dead_volume_server_gets_no_new_uploads() {
         assert_eq!(client.download(&uploaded.blob_id).await.unwrap().1, data);
     }
 }
+
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_requests_are_made() {
+    let cluster = Cluster::start(1, &[]).await;
+    let client = cluster.client().await;
+    let volume_port = cluster.volume_ports[0].metrics;
+    let uploaded = client
+        .upload(Bytes::from(content(1, 10_000)), &UploadOptions::default())
+        .await
+        .unwrap();
+    let before = scrape(volume_port).await;
+    for _ in 0..3 {
+        client.download(&uploaded.blob_id).await.unwrap();
+        reqwest::get(format!("{}/{}", cluster.http_base(0), uploaded.blob_id))
+            .await
+            .unwrap();
+    }
+    reqwest::get(format!("{}/{}", cluster.http_base(0), "0000000100000000"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await; // a pulse updates the gauges
+    let after = scrape(volume_port).await;
+    let reads = r#"hayloft_volume_requests_total{op="grpc_read",status="OK"}"#;
+    assert_eq!(
+        sample(&after, reads) - sample(&before, reads),
+        3.0,
+        "{after}"
+    );
+    let gets = r#"hayloft_volume_requests_total{op="http_get",status="200"}"#;
+    assert_eq!(sample(&after, gets) - sample(&before, gets), 3.0);
+    assert!(
+        sample(
+            &after,
+            r#"hayloft_volume_requests_total{op="http_get",status="404"}"#
+        ) >= 1.0
+    );
+    let out = r#"hayloft_volume_bytes_out_total{protocol="http"}"#;
+    assert_eq!(sample(&after, out) - sample(&before, out), 30_000.0);
+    assert!(sample(&after, r#"hayloft_volume_bytes_in_total{protocol="grpc"}"#) >= 10_000.0);
+    assert!(after.contains("hayloft_volume_request_duration_seconds_bucket"));
+    assert!(sample(&after, "hayloft_needles") >= 1.0);
+    assert!(sample(&after, "hayloft_index_memory_bytes") > 0.0);
+    assert!(sample(&after, r#"hayloft_disk_free_bytes{tier="hot"}"#) > 0.0);
+    assert!(sample(&after, r#"hayloft_volumes{tier="hot",state="writable"}"#) >= 1.0);
+
+    let directory = scrape(cluster.directory_metrics_port).await;
+    assert!(
+        sample(
+            &directory,
+            r#"hayloft_directory_requests_total{op="assign",status="OK"}"#
+        ) >= 1.0
+    );
+    assert!(sample(&directory, "hayloft_directory_ids_assigned_total") >= 1.0);
+    assert_eq!(
+        sample(&directory, r#"hayloft_directory_servers{alive="true"}"#),
+        1.0
+    );
+}

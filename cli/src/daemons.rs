@@ -18,6 +18,46 @@ pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Installs the Prometheus exporter for this process and serves `/metrics`
+/// on `addr`; returns the bound address.
+pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    // Latency buckets from 100 µs to 10 s.
+    let buckets = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&buckets)
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let local = listener.local_addr()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(local)
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -48,10 +88,13 @@ pub fn embedded_configs(
     directory_listen: SocketAddr,
     grpc_listen: SocketAddr,
     http_listen: SocketAddr,
+    metrics_listen: SocketAddr,
 ) -> (DirectoryConfig, VolumeServerConfig) {
+    // One process, one metrics endpoint (carried by the directory's config).
     let directory = DirectoryConfig {
         listen: directory_listen,
         data_dir: data_dir.join("directory"),
+        metrics_listen: Some(metrics_listen),
         ..DirectoryConfig::default()
     };
     let volume = VolumeServerConfig {
@@ -60,6 +103,7 @@ pub fn embedded_configs(
         http_listen,
         hot_dirs: vec![data_dir.join("hot")],
         warm_dirs: vec![data_dir.join("warm")],
+        metrics_listen: None,
         ..VolumeServerConfig::default()
     };
     (directory, volume)
@@ -74,6 +118,10 @@ pub async fn server(
         .parent()
         .map(Path::to_owned)
         .unwrap_or_default();
+    let metrics = match directory_config.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr).await?),
+        None => None,
+    };
     let directory = Directory::bind(directory_config)
         .await
         .context("starting the directory")?;
@@ -88,6 +136,9 @@ pub async fn server(
         "  origin    (HTTP)  http://{}/<blob id>",
         volume.http_addr()
     );
+    if let Some(metrics) = metrics {
+        println!("  metrics   (HTTP)  http://{metrics}/metrics");
+    }
     println!("try: hayloft put FILE --url; hayloft status");
 
     let (stop_volume, volume_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -120,21 +171,35 @@ pub async fn server(
 
 /// Runs a directory server until a signal.
 pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
+    let metrics = config.metrics_listen;
     let directory = Directory::bind(config)
         .await
         .context("starting the directory")?;
     println!("directory listening on {}", directory.local_addr());
+    if let Some(addr) = metrics {
+        println!(
+            "directory metrics on http://{}/metrics",
+            serve_metrics(addr).await?
+        );
+    }
     directory.serve(shutdown_signal()).await?;
     Ok(())
 }
 
 /// Runs a volume server until a signal.
 pub async fn volume(config: VolumeServerConfig) -> anyhow::Result<()> {
+    let metrics = config.metrics_listen;
     let volume = VolumeServer::bind(config)
         .await
         .context("starting the volume server")?;
     println!("volume server gRPC listening on {}", volume.grpc_addr());
     println!("volume server HTTP listening on {}", volume.http_addr());
+    if let Some(addr) = metrics {
+        println!(
+            "volume server metrics on http://{}/metrics",
+            serve_metrics(addr).await?
+        );
+    }
     volume.serve(shutdown_signal()).await?;
     Ok(())
 }

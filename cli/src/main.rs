@@ -58,6 +58,9 @@ struct ServerArgs {
     /// HTTP origin address.
     #[arg(long, default_value = "127.0.0.1:9380")]
     http_listen: SocketAddr,
+    /// Prometheus /metrics address.
+    #[arg(long, default_value = "127.0.0.1:9390")]
+    metrics_listen: SocketAddr,
 }
 
 #[derive(Args)]
@@ -77,6 +80,9 @@ struct DirectoryArgs {
     /// A volume server is dead after this long without heartbeats, e.g. "15s".
     #[arg(long)]
     dead_after: Option<humantime_serde::re::humantime::Duration>,
+    /// Prometheus /metrics address.
+    #[arg(long, env = "HAYLOFT_DIRECTORY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -117,6 +123,9 @@ struct VolumeArgs {
     /// Skip volumes with less garbage than this, e.g. "1MiB".
     #[arg(long)]
     compaction_min_garbage: Option<bytesize::ByteSize>,
+    /// Prometheus /metrics address.
+    #[arg(long, env = "HAYLOFT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -134,6 +143,7 @@ fn main() -> anyhow::Result<()> {
                     args.directory_listen,
                     args.grpc_listen,
                     args.http_listen,
+                    args.metrics_listen,
                 ))
                 .await
             }
@@ -151,6 +161,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Some(dead_after) = args.dead_after {
                     config.dead_after = dead_after.into();
+                }
+                if let Some(addr) = args.metrics_listen {
+                    config.metrics_listen = Some(addr);
                 }
                 daemons::directory(config).await
             }
@@ -190,6 +203,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Some(bytes) = args.compaction_min_garbage {
                     config.compaction_min_garbage = bytes;
+                }
+                if let Some(addr) = args.metrics_listen {
+                    config.metrics_listen = Some(addr);
                 }
                 daemons::volume(config).await
             }

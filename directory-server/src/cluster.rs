@@ -365,6 +365,51 @@ impl Cluster {
         StatusResponse { servers, volumes }
     }
 
+    /// Updates the cluster gauges: `hayloft_directory_servers{alive}`,
+    /// `hayloft_directory_volumes{tier,state}`, `hayloft_directory_bytes{tier}`.
+    pub fn update_gauges(&self) {
+        let inner = self.inner.lock();
+        let alive = inner.servers.values().filter(|s| self.alive(s)).count();
+        metrics::gauge!("hayloft_directory_servers", "alive" => "true").set(alive as f64);
+        metrics::gauge!("hayloft_directory_servers", "alive" => "false")
+            .set((inner.servers.len() - alive) as f64);
+        let mut volumes: HashMap<(i32, i32), u64> = HashMap::new();
+        let mut bytes: HashMap<i32, u64> = HashMap::new();
+        for entry in inner.volumes.values() {
+            *volumes
+                .entry((entry.row.tier, entry.row.state))
+                .or_default() += 1;
+            *bytes.entry(entry.row.tier).or_default() +=
+                entry.row.status.as_ref().map_or(0, |s| s.file_bytes);
+        }
+        for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
+            let name = tier
+                .as_str_name()
+                .trim_start_matches("TIER_")
+                .to_ascii_lowercase();
+            for state in [
+                VolumeState::Writable,
+                VolumeState::Sealed,
+                VolumeState::Moving,
+                VolumeState::Cold,
+                VolumeState::Restoring,
+            ] {
+                let state_name = state
+                    .as_str_name()
+                    .trim_start_matches("VOLUME_STATE_")
+                    .to_ascii_lowercase();
+                let count = volumes
+                    .get(&(tier as i32, state as i32))
+                    .copied()
+                    .unwrap_or(0);
+                metrics::gauge!("hayloft_directory_volumes", "tier" => name.clone(), "state" => state_name)
+                    .set(count as f64);
+            }
+            metrics::gauge!("hayloft_directory_bytes", "tier" => name)
+                .set(bytes.get(&(tier as i32)).copied().unwrap_or(0) as f64);
+        }
+    }
+
     /// Flushes the database (on shutdown).
     pub fn flush(&self) -> Result<()> {
         self.db.flush()

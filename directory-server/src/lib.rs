@@ -53,6 +53,8 @@ pub struct DirectoryConfig {
     /// A volume stops taking new ids once its data file reaches this
     /// fraction of its maximum size. Default 0.95.
     pub volume_full_ratio: f64,
+    /// Where to serve Prometheus `/metrics`. Default `127.0.0.1:9339`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for DirectoryConfig {
@@ -64,6 +66,7 @@ impl Default for DirectoryConfig {
             dead_after: Duration::from_secs(15),
             min_writable_volumes: 2,
             volume_full_ratio: 0.95,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9339))),
         }
     }
 }

@@ -89,9 +89,8 @@ async fn grow(
     .await?
 }
 
-#[tonic::async_trait]
-impl Directory for DirectoryService {
-    async fn assign(
+impl DirectoryService {
+    async fn assign_inner(
         &self,
         request: Request<AssignRequest>,
     ) -> Result<Response<AssignResponse>, Status> {
@@ -139,6 +138,8 @@ impl Directory for DirectoryService {
                         }
                     });
                 }
+                metrics::counter!("hayloft_directory_ids_assigned_total")
+                    .increment(blobs.len() as u64);
                 return Ok(Response::new(AssignResponse {
                     blobs,
                     locations: vec![location],
@@ -160,7 +161,7 @@ impl Directory for DirectoryService {
         ))
     }
 
-    async fn lookup(
+    async fn lookup_inner(
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
@@ -171,24 +172,84 @@ impl Directory for DirectoryService {
         Ok(Response::new(LookupResponse { volumes }))
     }
 
-    async fn heartbeat(
+    async fn heartbeat_inner(
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let cluster = Arc::clone(&self.cluster);
         let request = request.into_inner();
-        tokio::task::spawn_blocking(move || cluster.heartbeat(request))
-            .await
-            .map_err(Error::from)??;
+        tokio::task::spawn_blocking(move || {
+            cluster.heartbeat(request)?;
+            cluster.update_gauges();
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(Error::from)??;
         Ok(Response::new(HeartbeatResponse {
             pulse_seconds: self.pulse_seconds,
         }))
     }
 
-    async fn status(
+    async fn status_inner(
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         Ok(Response::new(self.cluster.status()))
     }
+}
+
+/// Every call is timed and counted by operation and gRPC code
+/// (`hayloft_directory_requests_total`, `hayloft_directory_request_duration_seconds`).
+#[tonic::async_trait]
+impl Directory for DirectoryService {
+    async fn assign(
+        &self,
+        request: Request<AssignRequest>,
+    ) -> Result<Response<AssignResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.assign_inner(request).await;
+        observe("assign", &result, started);
+        result
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.lookup_inner(request).await;
+        observe("lookup", &result, started);
+        result
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.heartbeat_inner(request).await;
+        observe("heartbeat", &result, started);
+        result
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.status_inner(request).await;
+        observe("status", &result, started);
+        result
+    }
+}
+
+fn observe<T>(op: &'static str, result: &Result<T, Status>, started: std::time::Instant) {
+    let status = match result {
+        Ok(_) => "OK".to_owned(),
+        Err(status) => format!("{:?}", status.code()),
+    };
+    metrics::counter!("hayloft_directory_requests_total", "op" => op, "status" => status)
+        .increment(1);
+    metrics::histogram!("hayloft_directory_request_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
 }

@@ -87,12 +87,14 @@ fn spawn(args: &[String], log: &Path) -> Proc {
 pub struct VolumePorts {
     pub grpc: u16,
     pub http: u16,
+    pub metrics: u16,
 }
 
 /// A directory and volume servers, each a separate `hayloft` process.
 pub struct Cluster {
     pub root: tempfile::TempDir,
     pub directory_port: u16,
+    pub directory_metrics_port: u16,
     pub directory: Option<Proc>,
     pub volume_ports: Vec<VolumePorts>,
     pub volumes: Vec<Option<Proc>>,
@@ -110,11 +112,13 @@ impl Cluster {
                 .tempdir()
                 .expect("temp dir"),
             directory_port: free_port(),
+            directory_metrics_port: free_port(),
             directory: None,
             volume_ports: (0..volume_servers)
                 .map(|_| VolumePorts {
                     grpc: free_port(),
                     http: free_port(),
+                    metrics: free_port(),
                 })
                 .collect(),
             volumes: (0..volume_servers).map(|_| None).collect(),
@@ -147,6 +151,8 @@ impl Cluster {
             "1s".into(),
             "--dead-after".into(),
             "4s".into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", self.directory_metrics_port),
         ];
         self.directory = Some(spawn(&args, &self.root.path().join("directory.log")));
     }
@@ -171,6 +177,8 @@ impl Cluster {
                 .to_string(),
             "--pulse".into(),
             "1s".into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", ports.metrics),
         ];
         args.extend(self.volume_args.iter().cloned());
         self.volumes[i] = Some(spawn(&args, &self.root.path().join(format!("vs{i}.log"))));

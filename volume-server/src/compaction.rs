@@ -46,10 +46,12 @@ async fn compact_one(
     volume: Arc<Volume>,
     bytes_per_sec: u64,
 ) -> Result<hayloft_storage::CompactReport, String> {
-    tokio::task::spawn_blocking(move || volume.compact(&options(bytes_per_sec)))
+    let result = tokio::task::spawn_blocking(move || volume.compact(&options(bytes_per_sec)))
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    crate::metrics::compaction_finished(&result);
+    result
 }
 
 /// Checks every `interval` for volumes past the threshold and compacts them

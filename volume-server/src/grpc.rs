@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use hayloft_proto::volume_server::Volume;
@@ -22,6 +23,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{etag, grpc_status};
+use crate::metrics;
 use crate::status::volume_status;
 
 /// Blobs up to this size are gathered in memory and written with one
@@ -179,9 +181,8 @@ pub fn blob_info(blob: BlobId, needle: &hayloft_storage::Needle) -> BlobInfo {
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 type CompactStream = tokio_stream::wrappers::ReceiverStream<Result<CompactProgress, Status>>;
 
-#[tonic::async_trait]
-impl Volume for VolumeService {
-    async fn write(
+impl VolumeService {
+    async fn write_inner(
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
@@ -225,6 +226,7 @@ impl Volume for VolumeService {
             self.write_streamed(volume, blob, &header, meta, &mut stream)
                 .await?
         };
+        metrics::bytes_in("grpc", header.size);
         Ok(Response::new(WriteResponse {
             blob_id: blob.to_string(),
             size: header.size,
@@ -232,9 +234,10 @@ impl Volume for VolumeService {
         }))
     }
 
-    type ReadStream = ReadStream;
-
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+    async fn read_inner(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
         let request = request.into_inner();
         let blob = parse_blob_id(&request.blob_id)?;
         let needle = self
@@ -254,6 +257,7 @@ impl Volume for VolumeService {
         };
         let info = blob_info(blob, &needle);
         let data = needle.data.slice(request.offset as usize..end as usize);
+        metrics::bytes_out("grpc", data.len() as u64);
         let chunk_len = hayloft_proto::CHUNK_BYTES;
         let chunks = data.len().div_ceil(chunk_len).max(1);
         let mut info = Some(info);
@@ -268,7 +272,7 @@ impl Volume for VolumeService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn delete(
+    async fn delete_inner(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
@@ -280,7 +284,10 @@ impl Volume for VolumeService {
         Ok(Response::new(DeleteResponse {}))
     }
 
-    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+    async fn stat_inner(
+        &self,
+        request: Request<StatRequest>,
+    ) -> Result<Response<StatResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
         let needle = self
             .store
@@ -291,7 +298,7 @@ impl Volume for VolumeService {
         }))
     }
 
-    async fn create_volume(
+    async fn create_volume_inner(
         &self,
         request: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
@@ -314,9 +321,7 @@ impl Volume for VolumeService {
         Ok(Response::new(CreateVolumeResponse {}))
     }
 
-    type CompactStream = CompactStream;
-
-    async fn compact(
+    async fn compact_inner(
         &self,
         request: Request<CompactRequest>,
     ) -> Result<Response<CompactStream>, Status> {
@@ -338,7 +343,7 @@ impl Volume for VolumeService {
         Ok(Response::new(stream))
     }
 
-    async fn list_volumes(
+    async fn list_volumes_inner(
         &self,
         _request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
@@ -346,5 +351,76 @@ impl Volume for VolumeService {
         let volumes =
             blocking(move || store.volumes().iter().map(|v| volume_status(v)).collect()).await?;
         Ok(Response::new(ListVolumesResponse { volumes }))
+    }
+}
+
+/// Every call is timed and counted by operation and gRPC code.
+#[tonic::async_trait]
+impl Volume for VolumeService {
+    type ReadStream = ReadStream;
+    type CompactStream = CompactStream;
+
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let started = Instant::now();
+        let result = self.write_inner(request).await;
+        metrics::observe("grpc_write", &metrics::grpc_code(&result), started);
+        result
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let started = Instant::now();
+        let result = self.read_inner(request).await;
+        metrics::observe("grpc_read", &metrics::grpc_code(&result), started);
+        result
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let started = Instant::now();
+        let result = self.delete_inner(request).await;
+        metrics::observe("grpc_delete", &metrics::grpc_code(&result), started);
+        result
+    }
+
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let started = Instant::now();
+        let result = self.stat_inner(request).await;
+        metrics::observe("grpc_stat", &metrics::grpc_code(&result), started);
+        result
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let started = Instant::now();
+        let result = self.create_volume_inner(request).await;
+        metrics::observe("grpc_create_volume", &metrics::grpc_code(&result), started);
+        result
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let started = Instant::now();
+        let result = self.list_volumes_inner(request).await;
+        metrics::observe("grpc_list_volumes", &metrics::grpc_code(&result), started);
+        result
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactRequest>,
+    ) -> Result<Response<CompactStream>, Status> {
+        let started = Instant::now();
+        let result = self.compact_inner(request).await;
+        metrics::observe("grpc_compact", &metrics::grpc_code(&result), started);
+        result
     }
 }

@@ -48,7 +48,11 @@ pub(crate) async fn run(
         let beat = {
             let store = Arc::clone(&store);
             let server = server.clone();
-            tokio::task::spawn_blocking(move || request(&store, &server)).await
+            tokio::task::spawn_blocking(move || {
+                crate::metrics::update_store_gauges(&store);
+                request(&store, &server)
+            })
+            .await
         };
         if let Ok(beat) = beat {
             if client.is_none() {

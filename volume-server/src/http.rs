@@ -69,6 +69,27 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap) -> Response {
+    let started = std::time::Instant::now();
+    let response = respond(state, blob_id, method, headers);
+    let op = if method == Method::HEAD {
+        "http_head"
+    } else {
+        "http_get"
+    };
+    crate::metrics::observe(op, response.status().as_str(), started);
+    if method == Method::GET
+        && let Some(length) = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    {
+        crate::metrics::bytes_out("http", length);
+    }
+    response
+}
+
+fn respond(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap) -> Response {
     let Ok(blob) = blob_id.parse::<BlobId>() else {
         return plain(StatusCode::BAD_REQUEST, "malformed blob id\n");
     };

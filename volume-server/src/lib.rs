@@ -26,6 +26,7 @@ pub mod error;
 pub mod grpc;
 mod heartbeat;
 pub mod http;
+pub mod metrics;
 pub mod status;
 
 /// When writes are acknowledged, as written in configuration.
@@ -88,6 +89,9 @@ pub struct VolumeServerConfig {
     pub compaction_rate: ByteSize,
     /// Skip volumes with less garbage than this. Default `1MiB`.
     pub compaction_min_garbage: ByteSize,
+    /// Where to serve Prometheus `/metrics` (not on the CDN-facing port).
+    /// Default `127.0.0.1:9389`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for VolumeServerConfig {
@@ -111,6 +115,7 @@ impl Default for VolumeServerConfig {
             compaction_check_interval: Duration::from_secs(60),
             compaction_rate: ByteSize::mib(64),
             compaction_min_garbage: ByteSize::mib(1),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9389))),
         }
     }
 }

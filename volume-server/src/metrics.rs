@@ -1,0 +1,113 @@
+//! The volume server's Prometheus metrics (through the `metrics` facade; the
+//! process installs the exporter and serves `/metrics`).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `hayloft_volume_requests_total` | counter | `op`, `status` |
+//! | `hayloft_volume_request_duration_seconds` | histogram | `op` |
+//! | `hayloft_volume_bytes_in_total` / `_bytes_out_total` | counter | `protocol` |
+//! | `hayloft_volumes` | gauge | `tier`, `state` |
+//! | `hayloft_volume_used_bytes` / `_garbage_bytes` / `_live_bytes` | gauge | `tier` |
+//! | `hayloft_disk_free_bytes` | gauge | `tier` |
+//! | `hayloft_index_memory_bytes`, `hayloft_needles` | gauge | |
+//! | `hayloft_compactions_running`, `hayloft_compaction_copied_bytes`, `hayloft_compaction_total_bytes` | gauge | |
+//! | `hayloft_compaction_reclaimed_bytes_total`, `hayloft_compactions_total` | counter | `result` (on the latter) |
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hayloft_storage::{Store, Tier, available_space};
+
+/// Records one request: its outcome and how long it took.
+pub fn observe(op: &'static str, status: &str, started: Instant) {
+    metrics::counter!("hayloft_volume_requests_total", "op" => op, "status" => status.to_owned())
+        .increment(1);
+    metrics::histogram!("hayloft_volume_request_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The gRPC code name of a result, for the `status` label.
+pub fn grpc_code<T>(result: &Result<T, tonic::Status>) -> String {
+    match result {
+        Ok(_) => "OK".to_owned(),
+        Err(status) => format!("{:?}", status.code()),
+    }
+}
+
+/// Bytes received (uploads).
+pub fn bytes_in(protocol: &'static str, bytes: u64) {
+    metrics::counter!("hayloft_volume_bytes_in_total", "protocol" => protocol).increment(bytes);
+}
+
+/// Bytes sent (downloads).
+pub fn bytes_out(protocol: &'static str, bytes: u64) {
+    metrics::counter!("hayloft_volume_bytes_out_total", "protocol" => protocol).increment(bytes);
+}
+
+/// Updates the gauges that describe the store (called every pulse).
+pub fn update_store_gauges(store: &Store) {
+    let mut volumes: BTreeMap<(&'static str, &'static str), f64> = BTreeMap::new();
+    let mut per_tier: BTreeMap<&'static str, (u64, u64, u64)> = BTreeMap::new();
+    let (mut index, mut needles, mut compacting, mut copied, mut total) = (0, 0, 0, 0, 0);
+    for volume in store.volumes() {
+        let stats = volume.stats();
+        let tier = stats.tier.as_str();
+        let state = if volume.is_compacting() {
+            "compacting"
+        } else if stats.sealed {
+            "sealed"
+        } else {
+            "writable"
+        };
+        *volumes.entry((tier, state)).or_default() += 1.0;
+        let entry = per_tier.entry(tier).or_default();
+        entry.0 += stats.file_bytes;
+        entry.1 += stats.live_bytes;
+        entry.2 += stats.garbage_bytes;
+        index += stats.index_memory_bytes;
+        needles += stats.needles;
+        if let Some((done, all)) = volume.compaction_progress() {
+            compacting += 1;
+            copied += done;
+            total += all;
+        }
+    }
+    for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
+        for state in ["writable", "sealed", "compacting"] {
+            let count = volumes.get(&(tier.as_str(), state)).copied().unwrap_or(0.0);
+            metrics::gauge!("hayloft_volumes", "tier" => tier.as_str(), "state" => state)
+                .set(count);
+        }
+        let (used, live, garbage) = per_tier.get(tier.as_str()).copied().unwrap_or_default();
+        metrics::gauge!("hayloft_volume_used_bytes", "tier" => tier.as_str()).set(used as f64);
+        metrics::gauge!("hayloft_volume_live_bytes", "tier" => tier.as_str()).set(live as f64);
+        metrics::gauge!("hayloft_volume_garbage_bytes", "tier" => tier.as_str())
+            .set(garbage as f64);
+    }
+    for tier in [Tier::Hot, Tier::Warm] {
+        let free: u64 = store
+            .locations()
+            .iter()
+            .filter(|l| l.tier == tier)
+            .map(|l| available_space(&l.path).unwrap_or(0))
+            .sum();
+        metrics::gauge!("hayloft_disk_free_bytes", "tier" => tier.as_str()).set(free as f64);
+    }
+    metrics::gauge!("hayloft_index_memory_bytes").set(index as f64);
+    metrics::gauge!("hayloft_needles").set(needles as f64);
+    metrics::gauge!("hayloft_compactions_running").set(compacting as f64);
+    metrics::gauge!("hayloft_compaction_copied_bytes").set(copied as f64);
+    metrics::gauge!("hayloft_compaction_total_bytes").set(total as f64);
+}
+
+/// Records a finished compaction.
+pub fn compaction_finished(result: &Result<hayloft_storage::CompactReport, String>) {
+    match result {
+        Ok(report) => {
+            metrics::counter!("hayloft_compactions_total", "result" => "ok").increment(1);
+            metrics::counter!("hayloft_compaction_reclaimed_bytes_total")
+                .increment(report.reclaimed());
+        }
+        Err(_) => metrics::counter!("hayloft_compactions_total", "result" => "error").increment(1),
+    }
+}
