@@ -471,3 +471,45 @@ async fn metrics_move_as_requests_are_made() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_follows_an_upload_from_directory_to_volume_server() {
+    let cluster = Cluster::start(1, &[]).await;
+    let client = cluster.client().await;
+    let options = UploadOptions {
+        request_id: Some("e2e-trace-0042".into()),
+        ..UploadOptions::default()
+    };
+    let uploaded = client
+        .upload(Bytes::from_static(b"traced"), &options)
+        .await
+        .unwrap();
+    assert_eq!(uploaded.request_id, "e2e-trace-0042");
+    // HTTP reads carry (and echo) the header too.
+    let response = reqwest::Client::new()
+        .get(format!("{}/{}", cluster.http_base(0), uploaded.blob_id))
+        .header("x-request-id", "e2e-trace-0043")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "e2e-trace-0043");
+    let logged = |name: &str, id: &str| {
+        let log = std::fs::read_to_string(cluster.root.path().join(name)).unwrap();
+        log.lines()
+            .filter(|line| line.contains(id))
+            .all(|line| line.starts_with('{'))
+            && log.contains(&format!("\"request_id\":\"{id}\""))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(logged("directory.log", "e2e-trace-0042")
+        && logged("vs0.log", "e2e-trace-0042")
+        && logged("vs0.log", "e2e-trace-0043"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request ids not in both servers' JSON logs (see {})",
+            cluster.root.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -62,6 +62,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             collection: args.collection.clone(),
             ttl: args.ttl.map(Duration::from),
+            request_id: None,
         };
         let uploaded = client
             .upload_file(file, &options)

@@ -79,6 +79,9 @@ pub struct UploadOptions {
     pub collection: String,
     /// Expire the blob after this long.
     pub ttl: Option<Duration>,
+    /// Id to log this upload under on every server (`x-request-id`);
+    /// a random one if `None`.
+    pub request_id: Option<String>,
 }
 
 /// A stored blob.
@@ -92,6 +95,8 @@ pub struct Uploaded {
     pub etag: String,
     /// Its URL on the volume server's HTTP origin.
     pub url: String,
+    /// The id the servers logged the upload under.
+    pub request_id: String,
 }
 
 /// Attempts per upload (each with a fresh id) and per download.
@@ -201,18 +206,21 @@ impl Client {
         chunks: impl Fn() -> BoxStream<'static, std::io::Result<Bytes>> + Send + Sync,
     ) -> Result<Uploaded> {
         let mut last_error = None;
+        let request_id = options
+            .request_id
+            .clone()
+            .unwrap_or_else(hayloft_proto::new_request_id);
         for attempt in 0..ATTEMPTS {
-            let assigned = self
-                .directory
-                .clone()
-                .assign(AssignRequest {
+            let assign = with_request_id(
+                AssignRequest {
                     count: 1,
                     collection: options.collection.clone(),
                     tier: 0,
                     ttl_seconds: options.ttl.map_or(0, |t| t.as_secs().max(1)),
-                })
-                .await?
-                .into_inner();
+                },
+                &request_id,
+            );
+            let assigned = self.directory.clone().assign(assign).await?.into_inner();
             let (Some(blob), Some(location)) = (assigned.blobs.first(), assigned.locations.first())
             else {
                 return Err(Error::Status(tonic::Status::internal(
@@ -230,7 +238,10 @@ impl Client {
             let (errors_tx, mut errors_rx) = tokio::sync::oneshot::channel();
             let requests = write_requests(header, chunks(), errors_tx);
             let result = match self.volume_client(&location.grpc_addr) {
-                Ok(mut client) => client.write(requests).await.map_err(Error::from),
+                Ok(mut client) => client
+                    .write(with_request_id(requests, &request_id))
+                    .await
+                    .map_err(Error::from),
                 Err(e) => Err(e),
             };
             if let Ok(local) = errors_rx.try_recv() {
@@ -244,6 +255,7 @@ impl Client {
                         blob_id: response.blob_id,
                         size: response.size,
                         etag: response.etag,
+                        request_id,
                     });
                 }
                 Err(error) if retry_upload(&error) && attempt + 1 < ATTEMPTS => {
@@ -393,6 +405,17 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// A request carrying `x-request-id`.
+fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = request_id.parse() {
+        request
+            .metadata_mut()
+            .insert(hayloft_proto::REQUEST_ID, value);
+    }
+    request
 }
 
 /// The messages of one `Write` call: the header, then the chunks.

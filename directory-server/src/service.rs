@@ -9,6 +9,7 @@ use hayloft_proto::{
     LookupRequest, LookupResponse, StatusRequest, StatusResponse, Tier,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::cluster::{Cluster, now_unix};
 use crate::error::{Error, Result};
@@ -207,8 +208,16 @@ impl Directory for DirectoryService {
         request: Request<AssignRequest>,
     ) -> Result<Response<AssignResponse>, Status> {
         let started = std::time::Instant::now();
-        let result = self.assign_inner(request).await;
+        let span = request_span("assign", request.metadata());
+        let result = self.assign_inner(request).instrument(span.clone()).await;
         observe("assign", &result, started);
+        span.in_scope(|| {
+            tracing::debug!(
+                ok = result.is_ok(),
+                micros = started.elapsed().as_micros() as u64,
+                "request done"
+            )
+        });
         result
     }
 
@@ -217,8 +226,16 @@ impl Directory for DirectoryService {
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
         let started = std::time::Instant::now();
-        let result = self.lookup_inner(request).await;
+        let span = request_span("lookup", request.metadata());
+        let result = self.lookup_inner(request).instrument(span.clone()).await;
         observe("lookup", &result, started);
+        span.in_scope(|| {
+            tracing::debug!(
+                ok = result.is_ok(),
+                micros = started.elapsed().as_micros() as u64,
+                "request done"
+            )
+        });
         result
     }
 
@@ -227,8 +244,16 @@ impl Directory for DirectoryService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let started = std::time::Instant::now();
-        let result = self.heartbeat_inner(request).await;
+        let span = request_span("heartbeat", request.metadata());
+        let result = self.heartbeat_inner(request).instrument(span.clone()).await;
         observe("heartbeat", &result, started);
+        span.in_scope(|| {
+            tracing::debug!(
+                ok = result.is_ok(),
+                micros = started.elapsed().as_micros() as u64,
+                "request done"
+            )
+        });
         result
     }
 
@@ -237,10 +262,25 @@ impl Directory for DirectoryService {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let started = std::time::Instant::now();
-        let result = self.status_inner(request).await;
+        let span = request_span("status", request.metadata());
+        let result = self.status_inner(request).instrument(span.clone()).await;
         observe("status", &result, started);
+        span.in_scope(|| {
+            tracing::debug!(
+                ok = result.is_ok(),
+                micros = started.elapsed().as_micros() as u64,
+                "request done"
+            )
+        });
         result
     }
+}
+
+/// A span carrying the request id the client sent in `x-request-id` (or a
+/// new one), shared with the volume server's logs of the same upload.
+fn request_span(op: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let id = hayloft_proto::request_id(metadata);
+    tracing::info_span!("request", op, request_id = %id)
 }
 
 fn observe<T>(op: &'static str, result: &Result<T, Status>, started: std::time::Instant) {

@@ -18,3 +18,28 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// Size of the data chunks clients and servers stream.
 pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// The gRPC metadata key and HTTP header that carries a request's id from
+/// the client through the directory to the volume server, so that the logs
+/// of one upload or read can be found on every server it touched.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A fresh random request id (16 hex digits).
+pub fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(now);
+    format!("{:016x}", hasher.finish())
+}
+
+/// The request id in `metadata`, or a new one.
+pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(new_request_id, str::to_owned)
+}

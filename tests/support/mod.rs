@@ -72,9 +72,15 @@ fn spawn(args: &[String], log: &Path) -> Proc {
         .append(true)
         .open(log)
         .expect("open log");
+    // JSON logs with the per-request debug lines, as an operator tracing a
+    // request would run them.
     let child = Command::new(BIN)
+        .arg("--log-json")
         .args(args)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            "info,hayloft_volume=debug,hayloft_directory=debug",
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

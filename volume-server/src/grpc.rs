@@ -21,6 +21,7 @@ use hayloft_storage::volume::now_unix_secs;
 use hayloft_storage::{BlobId, Error, NeedleMeta, NeedleWrite, Store, Tier, VolumeId};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::error::{etag, grpc_status};
 use crate::metrics;
@@ -354,6 +355,13 @@ impl VolumeService {
     }
 }
 
+/// A span for one request, carrying its id (from `x-request-id`, or a new
+/// one), so that every log line about it can be found from either server.
+pub fn request_span(op: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let id = hayloft_proto::request_id(metadata);
+    tracing::info_span!("request", op, request_id = %id)
+}
+
 /// Every call is timed and counted by operation and gRPC code.
 #[tonic::async_trait]
 impl Volume for VolumeService {
@@ -365,15 +373,21 @@ impl Volume for VolumeService {
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         let started = Instant::now();
-        let result = self.write_inner(request).await;
-        metrics::observe("grpc_write", &metrics::grpc_code(&result), started);
+        let span = request_span("grpc_write", request.metadata());
+        let result = self.write_inner(request).instrument(span.clone()).await;
+        let code = metrics::grpc_code(&result);
+        metrics::observe("grpc_write", &code, started);
+        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
         let started = Instant::now();
-        let result = self.read_inner(request).await;
-        metrics::observe("grpc_read", &metrics::grpc_code(&result), started);
+        let span = request_span("grpc_read", request.metadata());
+        let result = self.read_inner(request).instrument(span.clone()).await;
+        let code = metrics::grpc_code(&result);
+        metrics::observe("grpc_read", &code, started);
+        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
 
@@ -382,15 +396,21 @@ impl Volume for VolumeService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let started = Instant::now();
-        let result = self.delete_inner(request).await;
-        metrics::observe("grpc_delete", &metrics::grpc_code(&result), started);
+        let span = request_span("grpc_delete", request.metadata());
+        let result = self.delete_inner(request).instrument(span.clone()).await;
+        let code = metrics::grpc_code(&result);
+        metrics::observe("grpc_delete", &code, started);
+        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let started = Instant::now();
-        let result = self.stat_inner(request).await;
-        metrics::observe("grpc_stat", &metrics::grpc_code(&result), started);
+        let span = request_span("grpc_stat", request.metadata());
+        let result = self.stat_inner(request).instrument(span.clone()).await;
+        let code = metrics::grpc_code(&result);
+        metrics::observe("grpc_stat", &code, started);
+        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
 
@@ -399,8 +419,14 @@ impl Volume for VolumeService {
         request: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
         let started = Instant::now();
-        let result = self.create_volume_inner(request).await;
-        metrics::observe("grpc_create_volume", &metrics::grpc_code(&result), started);
+        let span = request_span("grpc_create_volume", request.metadata());
+        let result = self
+            .create_volume_inner(request)
+            .instrument(span.clone())
+            .await;
+        let code = metrics::grpc_code(&result);
+        metrics::observe("grpc_create_volume", &code, started);
+        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
 
@@ -409,8 +435,14 @@ impl Volume for VolumeService {
         request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let started = Instant::now();
-        let result = self.list_volumes_inner(request).await;
-        metrics::observe("grpc_list_volumes", &metrics::grpc_code(&result), started);
+        let span = request_span("grpc_list_volumes", request.metadata());
+        let result = self
+            .list_volumes_inner(request)
+            .instrument(span.clone())
+            .await;
+        let code = metrics::grpc_code(&result);
+        metrics::observe("grpc_list_volumes", &code, started);
+        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
 
@@ -419,8 +451,11 @@ impl Volume for VolumeService {
         request: Request<CompactRequest>,
     ) -> Result<Response<CompactStream>, Status> {
         let started = Instant::now();
-        let result = self.compact_inner(request).await;
-        metrics::observe("grpc_compact", &metrics::grpc_code(&result), started);
+        let span = request_span("grpc_compact", request.metadata());
+        let result = self.compact_inner(request).instrument(span.clone()).await;
+        let code = metrics::grpc_code(&result);
+        metrics::observe("grpc_compact", &code, started);
+        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
 }

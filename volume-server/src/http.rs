@@ -70,13 +70,28 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 
 fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap) -> Response {
     let started = std::time::Instant::now();
-    let response = respond(state, blob_id, method, headers);
     let op = if method == Method::HEAD {
         "http_head"
     } else {
         "http_get"
     };
+    // The CDN's request id (or a new one) names this request in the logs and
+    // is echoed back.
+    let request_id = headers
+        .get(hayloft_proto::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(hayloft_proto::new_request_id, str::to_owned);
+    let span = tracing::info_span!("request", op, request_id = %request_id);
+    let mut response = span.in_scope(|| respond(state, blob_id, method, headers));
     crate::metrics::observe(op, response.status().as_str(), started);
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "request done"
+        )
+    });
     if method == Method::GET
         && let Some(length) = response
             .headers()
@@ -85,6 +100,11 @@ fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap)
             .and_then(|v| v.parse::<u64>().ok())
     {
         crate::metrics::bytes_out("http", length);
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(hayloft_proto::REQUEST_ID, value);
     }
     response
 }
