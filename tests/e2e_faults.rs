@@ -513,3 +513,46 @@ async fn a_request_id_follows_an_upload_from_directory_to_volume_server() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_bench_runs_every_phase() {
+    let cluster = Cluster::start(1, &[]).await;
+    // A smoke test: figures are not asserted, only that every phase ran
+    // requests without errors and the JSON is well formed.
+    let (ok, out) = hayloft(
+        &cluster,
+        &[
+            "bench",
+            "--duration",
+            "700ms",
+            "--concurrency",
+            "4",
+            "--sizes",
+            "4KiB,1MiB",
+            "--json",
+        ],
+    );
+    assert!(ok, "{out}");
+    let json = &out[out.find('[').unwrap()..=out.rfind(']').unwrap()];
+    let phases: Vec<std::collections::HashMap<String, serde_json::Value>> =
+        serde_json::from_str(json).unwrap();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "upload 4.0 KiB",
+            "upload 1.0 MiB",
+            "http read (uniform)",
+            "http read (zipf)",
+            "mixed 90% read / 10% upload"
+        ]
+    );
+    for phase in &phases {
+        assert!(phase["requests"].as_u64().unwrap() > 0, "{phase:?}");
+        assert_eq!(phase["errors"].as_u64().unwrap(), 0, "{phase:?}");
+        assert!(phase["p99_ms"].as_f64().unwrap() >= phase["p50_ms"].as_f64().unwrap());
+    }
+}

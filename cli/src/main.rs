@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod commands;
 mod compact;
 mod daemons;
@@ -42,6 +43,8 @@ enum Command {
     Status(commands::StatusArgs),
     /// Reclaim the space of deleted blobs, while volumes keep serving.
     Compact(compact::CompactArgs),
+    /// Load a running cluster: uploads, HTTP reads (uniform, Zipf), mixed.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -214,6 +217,7 @@ fn main() -> anyhow::Result<()> {
             Command::Rm(args) => commands::rm(args).await,
             Command::Status(args) => commands::status(args).await,
             Command::Compact(args) => compact::compact(args).await,
+            Command::Bench(args) => bench::bench(args).await,
         }
     })
 }
