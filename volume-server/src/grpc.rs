@@ -376,7 +376,7 @@ impl Volume for VolumeService {
         let span = request_span("grpc_write", request.metadata());
         let result = self.write_inner(request).instrument(span.clone()).await;
         let code = metrics::grpc_code(&result);
-        metrics::observe("grpc_write", &code, started);
+        metrics::observe_grpc("grpc_write", &code, started);
         span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
@@ -386,7 +386,7 @@ impl Volume for VolumeService {
         let span = request_span("grpc_read", request.metadata());
         let result = self.read_inner(request).instrument(span.clone()).await;
         let code = metrics::grpc_code(&result);
-        metrics::observe("grpc_read", &code, started);
+        metrics::observe_grpc("grpc_read", &code, started);
         span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
@@ -399,7 +399,7 @@ impl Volume for VolumeService {
         let span = request_span("grpc_delete", request.metadata());
         let result = self.delete_inner(request).instrument(span.clone()).await;
         let code = metrics::grpc_code(&result);
-        metrics::observe("grpc_delete", &code, started);
+        metrics::observe_grpc("grpc_delete", &code, started);
         span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
@@ -409,7 +409,7 @@ impl Volume for VolumeService {
         let span = request_span("grpc_stat", request.metadata());
         let result = self.stat_inner(request).instrument(span.clone()).await;
         let code = metrics::grpc_code(&result);
-        metrics::observe("grpc_stat", &code, started);
+        metrics::observe_grpc("grpc_stat", &code, started);
         span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
@@ -425,7 +425,7 @@ impl Volume for VolumeService {
             .instrument(span.clone())
             .await;
         let code = metrics::grpc_code(&result);
-        metrics::observe("grpc_create_volume", &code, started);
+        metrics::observe_grpc("grpc_create_volume", &code, started);
         span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
@@ -441,7 +441,7 @@ impl Volume for VolumeService {
             .instrument(span.clone())
             .await;
         let code = metrics::grpc_code(&result);
-        metrics::observe("grpc_list_volumes", &code, started);
+        metrics::observe_grpc("grpc_list_volumes", &code, started);
         span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }
@@ -454,7 +454,7 @@ impl Volume for VolumeService {
         let span = request_span("grpc_compact", request.metadata());
         let result = self.compact_inner(request).instrument(span.clone()).await;
         let code = metrics::grpc_code(&result);
-        metrics::observe("grpc_compact", &code, started);
+        metrics::observe_grpc("grpc_compact", &code, started);
         span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
         result
     }

@@ -75,16 +75,27 @@ fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap)
     } else {
         "http_get"
     };
-    // The CDN's request id (or a new one) names this request in the logs and
-    // is echoed back.
+    // The CDN's request id, if it sends one, names this request in the logs
+    // and is echoed back. The span is at debug level: at the default level it
+    // costs nothing on this hot path.
     let request_id = headers
         .get(hayloft_proto::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(hayloft_proto::new_request_id, str::to_owned);
-    let span = tracing::info_span!("request", op, request_id = %request_id);
+        .cloned();
+    let span = tracing::debug_span!(
+        "request",
+        op,
+        request_id = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    );
     let mut response = span.in_scope(|| respond(state, blob_id, method, headers));
-    crate::metrics::observe(op, response.status().as_str(), started);
+    crate::metrics::observe(
+        op,
+        crate::metrics::http_status_label(response.status()),
+        started,
+    );
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
@@ -101,7 +112,7 @@ fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap)
     {
         crate::metrics::bytes_out("http", length);
     }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Some(value) = request_id {
         response
             .headers_mut()
             .insert(hayloft_proto::REQUEST_ID, value);

@@ -19,11 +19,33 @@ use std::time::Instant;
 use hayloft_storage::{Store, Tier, available_space};
 
 /// Records one request: its outcome and how long it took.
-pub fn observe(op: &'static str, status: &str, started: Instant) {
-    metrics::counter!("hayloft_volume_requests_total", "op" => op, "status" => status.to_owned())
-        .increment(1);
+pub fn observe(op: &'static str, status: metrics::SharedString, started: Instant) {
+    metrics::counter!("hayloft_volume_requests_total", "op" => op, "status" => status).increment(1);
     metrics::histogram!("hayloft_volume_request_duration_seconds", "op" => op)
         .record(started.elapsed().as_secs_f64());
+}
+
+/// Records one gRPC request.
+pub fn observe_grpc(op: &'static str, code: &str, started: Instant) {
+    observe(op, metrics::SharedString::from(code.to_owned()), started);
+}
+
+/// The `status` label of an HTTP response, without allocating for the
+/// statuses the origin sends.
+pub fn http_status_label(status: http::StatusCode) -> metrics::SharedString {
+    let label = match status.as_u16() {
+        200 => "200",
+        206 => "206",
+        304 => "304",
+        400 => "400",
+        404 => "404",
+        412 => "412",
+        416 => "416",
+        500 => "500",
+        503 => "503",
+        _ => return metrics::SharedString::from(status.as_str().to_owned()),
+    };
+    metrics::SharedString::const_str(label)
 }
 
 /// The gRPC code name of a result, for the `status` label.
