@@ -16,12 +16,39 @@ use hayloft_storage::BlobId;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hayloft");
 
-/// A free port on 127.0.0.1 (bound, read, released: fine for tests).
+/// A free port on 127.0.0.1 for a server to bind later.
+///
+/// Picked below Linux's ephemeral range (32768 and up), so that neither
+/// `bind(0)` nor the source port of some outgoing connection can take it
+/// between this check and the server's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
+}
+
+/// The last lines of every log in `dir`, for a failure message.
+fn log_tails(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {}\n", path.display()));
+            for line in &lines[lines.len().saturating_sub(8)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// A child process, killed when dropped.
@@ -222,8 +249,8 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "volume servers did not register; logs in {}",
-                self.log_dir().display()
+                "volume servers did not register:\n{}",
+                log_tails(&self.log_dir())
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
