@@ -100,6 +100,18 @@ impl Recorder {
     }
 }
 
+/// One timed HTTP GET of a whole blob.
+async fn http_get(http: &reqwest::Client, url: &str, recorder: &Recorder) {
+    let started = Instant::now();
+    match http.get(url).send().await {
+        Ok(response) if response.status().is_success() => match response.bytes().await {
+            Ok(body) => recorder.ok(started, body.len() as u64),
+            Err(_) => recorder.error(),
+        },
+        _ => recorder.error(),
+    }
+}
+
 /// Runs `work` on `concurrency` tasks until `duration` passes.
 async fn run_phase<F, Fut>(concurrency: usize, duration: Duration, work: F) -> Duration
 where
@@ -197,18 +209,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 } else {
                     rng.random_range(0..urls.len())
                 };
-                async move {
-                    let started = Instant::now();
-                    match http.get(&urls[index]).send().await {
-                        Ok(response) if response.status().is_success() => {
-                            match response.bytes().await {
-                                Ok(body) => recorder.ok(started, body.len() as u64),
-                                Err(_) => recorder.error(),
-                            }
-                        }
-                        _ => recorder.error(),
-                    }
-                }
+                async move { http_get(&http, &urls[index], &recorder).await }
             })
             .await;
             results.push(recorder.result(format!("http read ({distribution})"), elapsed));
@@ -240,15 +241,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         Err(_) => recorder.error(),
                     }
                 } else {
-                    match http.get(&urls[index]).send().await {
-                        Ok(response) if response.status().is_success() => {
-                            match response.bytes().await {
-                                Ok(body) => recorder.ok(started, body.len() as u64),
-                                Err(_) => recorder.error(),
-                            }
-                        }
-                        _ => recorder.error(),
-                    }
+                    http_get(&http, &urls[index], &recorder).await;
                 }
             }
         })

@@ -207,72 +207,32 @@ impl Directory for DirectoryService {
         &self,
         request: Request<AssignRequest>,
     ) -> Result<Response<AssignResponse>, Status> {
-        let started = std::time::Instant::now();
         let span = request_span("assign", request.metadata());
-        let result = self.assign_inner(request).instrument(span.clone()).await;
-        observe("assign", &result, started);
-        span.in_scope(|| {
-            tracing::debug!(
-                ok = result.is_ok(),
-                micros = started.elapsed().as_micros() as u64,
-                "request done"
-            )
-        });
-        result
+        traced("assign", span, self.assign_inner(request)).await
     }
 
     async fn lookup(
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
-        let started = std::time::Instant::now();
         let span = request_span("lookup", request.metadata());
-        let result = self.lookup_inner(request).instrument(span.clone()).await;
-        observe("lookup", &result, started);
-        span.in_scope(|| {
-            tracing::debug!(
-                ok = result.is_ok(),
-                micros = started.elapsed().as_micros() as u64,
-                "request done"
-            )
-        });
-        result
+        traced("lookup", span, self.lookup_inner(request)).await
     }
 
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let started = std::time::Instant::now();
         let span = request_span("heartbeat", request.metadata());
-        let result = self.heartbeat_inner(request).instrument(span.clone()).await;
-        observe("heartbeat", &result, started);
-        span.in_scope(|| {
-            tracing::debug!(
-                ok = result.is_ok(),
-                micros = started.elapsed().as_micros() as u64,
-                "request done"
-            )
-        });
-        result
+        traced("heartbeat", span, self.heartbeat_inner(request)).await
     }
 
     async fn status(
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let started = std::time::Instant::now();
         let span = request_span("status", request.metadata());
-        let result = self.status_inner(request).instrument(span.clone()).await;
-        observe("status", &result, started);
-        span.in_scope(|| {
-            tracing::debug!(
-                ok = result.is_ok(),
-                micros = started.elapsed().as_micros() as u64,
-                "request done"
-            )
-        });
-        result
+        traced("status", span, self.status_inner(request)).await
     }
 }
 
@@ -281,6 +241,25 @@ impl Directory for DirectoryService {
 fn request_span(op: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
     let id = hayloft_proto::request_id(metadata);
     tracing::info_span!("request", op, request_id = %id)
+}
+
+/// Runs one call inside its request span, then counts and times it.
+async fn traced<T>(
+    op: &'static str,
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = std::time::Instant::now();
+    let result = call.instrument(span.clone()).await;
+    observe(op, &result, started);
+    span.in_scope(|| {
+        tracing::debug!(
+            ok = result.is_ok(),
+            micros = started.elapsed().as_micros() as u64,
+            "request done"
+        )
+    });
+    result
 }
 
 fn observe<T>(op: &'static str, result: &Result<T, Status>, started: std::time::Instant) {

@@ -362,6 +362,23 @@ pub fn request_span(op: &'static str, metadata: &tonic::metadata::MetadataMap) -
     tracing::info_span!("request", op, request_id = %id)
 }
 
+/// Runs one call inside its request span, then counts and times it by
+/// operation and gRPC code.
+async fn traced<T>(
+    op: &'static str,
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = call.instrument(span.clone()).await;
+    let code = metrics::grpc_code(&result);
+    metrics::observe_grpc(op, &code, started);
+    span.in_scope(|| {
+        tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done")
+    });
+    result
+}
+
 /// Every call is timed and counted by operation and gRPC code.
 #[tonic::async_trait]
 impl Volume for VolumeService {
@@ -372,90 +389,54 @@ impl Volume for VolumeService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let started = Instant::now();
         let span = request_span("grpc_write", request.metadata());
-        let result = self.write_inner(request).instrument(span.clone()).await;
-        let code = metrics::grpc_code(&result);
-        metrics::observe_grpc("grpc_write", &code, started);
-        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
-        result
+        traced("grpc_write", span, self.write_inner(request)).await
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
-        let started = Instant::now();
         let span = request_span("grpc_read", request.metadata());
-        let result = self.read_inner(request).instrument(span.clone()).await;
-        let code = metrics::grpc_code(&result);
-        metrics::observe_grpc("grpc_read", &code, started);
-        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
-        result
+        traced("grpc_read", span, self.read_inner(request)).await
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let started = Instant::now();
         let span = request_span("grpc_delete", request.metadata());
-        let result = self.delete_inner(request).instrument(span.clone()).await;
-        let code = metrics::grpc_code(&result);
-        metrics::observe_grpc("grpc_delete", &code, started);
-        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
-        result
+        traced("grpc_delete", span, self.delete_inner(request)).await
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
-        let started = Instant::now();
         let span = request_span("grpc_stat", request.metadata());
-        let result = self.stat_inner(request).instrument(span.clone()).await;
-        let code = metrics::grpc_code(&result);
-        metrics::observe_grpc("grpc_stat", &code, started);
-        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
-        result
+        traced("grpc_stat", span, self.stat_inner(request)).await
     }
 
     async fn create_volume(
         &self,
         request: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
-        let started = Instant::now();
         let span = request_span("grpc_create_volume", request.metadata());
-        let result = self
-            .create_volume_inner(request)
-            .instrument(span.clone())
-            .await;
-        let code = metrics::grpc_code(&result);
-        metrics::observe_grpc("grpc_create_volume", &code, started);
-        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
-        result
+        traced(
+            "grpc_create_volume",
+            span,
+            self.create_volume_inner(request),
+        )
+        .await
     }
 
     async fn list_volumes(
         &self,
         request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
-        let started = Instant::now();
         let span = request_span("grpc_list_volumes", request.metadata());
-        let result = self
-            .list_volumes_inner(request)
-            .instrument(span.clone())
-            .await;
-        let code = metrics::grpc_code(&result);
-        metrics::observe_grpc("grpc_list_volumes", &code, started);
-        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
-        result
+        traced("grpc_list_volumes", span, self.list_volumes_inner(request)).await
     }
 
     async fn compact(
         &self,
         request: Request<CompactRequest>,
     ) -> Result<Response<CompactStream>, Status> {
-        let started = Instant::now();
         let span = request_span("grpc_compact", request.metadata());
-        let result = self.compact_inner(request).instrument(span.clone()).await;
-        let code = metrics::grpc_code(&result);
-        metrics::observe_grpc("grpc_compact", &code, started);
-        span.in_scope(|| tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done"));
-        result
+        traced("grpc_compact", span, self.compact_inner(request)).await
     }
 }
