@@ -49,8 +49,9 @@ pub(crate) async fn run(
             let store = Arc::clone(&store);
             let server = server.clone();
             tokio::task::spawn_blocking(move || {
-                crate::metrics::update_store_gauges(&store);
-                request(&store, &server)
+                let beat = request(&store, &server);
+                crate::metrics::update_store_gauges(&beat);
+                beat
             })
             .await
         };

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use hayloft_storage::{Store, Tier, available_space};
+use hayloft_storage::Tier;
 
 /// Records one request: its outcome and how long it took.
 pub fn observe(op: &'static str, status: metrics::SharedString, started: Instant) {
@@ -66,32 +66,38 @@ pub fn bytes_out(protocol: &'static str, bytes: u64) {
     metrics::counter!("hayloft_volume_bytes_out_total", "protocol" => protocol).increment(bytes);
 }
 
-/// Updates the gauges that describe the store (called every pulse).
-pub fn update_store_gauges(store: &Store) {
+/// Updates the gauges that describe the store from the heartbeat just
+/// built (every pulse), so the volumes and disks are read once, not twice.
+pub fn update_store_gauges(beat: &hayloft_proto::HeartbeatRequest) {
+    use hayloft_proto::Tier as ProtoTier;
+    let tier_name = |tier: i32| match ProtoTier::try_from(tier) {
+        Ok(ProtoTier::Warm) => Tier::Warm.as_str(),
+        Ok(ProtoTier::Cold) => Tier::Cold.as_str(),
+        _ => Tier::Hot.as_str(),
+    };
     let mut volumes: BTreeMap<(&'static str, &'static str), f64> = BTreeMap::new();
     let mut per_tier: BTreeMap<&'static str, (u64, u64, u64)> = BTreeMap::new();
     let (mut index, mut needles, mut compacting, mut copied, mut total) = (0, 0, 0, 0, 0);
-    for volume in store.volumes() {
-        let stats = volume.stats();
-        let tier = stats.tier.as_str();
-        let state = if volume.is_compacting() {
+    for status in &beat.volumes {
+        let tier = tier_name(status.tier);
+        let state = if status.compacting {
             "compacting"
-        } else if stats.sealed {
+        } else if status.sealed {
             "sealed"
         } else {
             "writable"
         };
         *volumes.entry((tier, state)).or_default() += 1.0;
         let entry = per_tier.entry(tier).or_default();
-        entry.0 += stats.file_bytes;
-        entry.1 += stats.live_bytes;
-        entry.2 += stats.garbage_bytes;
-        index += stats.index_memory_bytes;
-        needles += stats.needles;
-        if let Some((done, all)) = volume.compaction_progress() {
+        entry.0 += status.file_bytes;
+        entry.1 += status.live_bytes;
+        entry.2 += status.garbage_bytes;
+        index += status.index_memory_bytes;
+        needles += status.needles;
+        if status.compacting {
             compacting += 1;
-            copied += done;
-            total += all;
+            copied += status.compaction_copied_bytes;
+            total += status.compaction_total_bytes;
         }
     }
     for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
@@ -106,15 +112,10 @@ pub fn update_store_gauges(store: &Store) {
         metrics::gauge!("hayloft_volume_garbage_bytes", "tier" => tier.as_str())
             .set(garbage as f64);
     }
-    for tier in [Tier::Hot, Tier::Warm] {
-        let free: u64 = store
-            .locations()
-            .iter()
-            .filter(|l| l.tier == tier)
-            .map(|l| available_space(&l.path).unwrap_or(0))
-            .sum();
-        metrics::gauge!("hayloft_disk_free_bytes", "tier" => tier.as_str()).set(free as f64);
-    }
+    metrics::gauge!("hayloft_disk_free_bytes", "tier" => Tier::Hot.as_str())
+        .set(beat.free_hot_bytes as f64);
+    metrics::gauge!("hayloft_disk_free_bytes", "tier" => Tier::Warm.as_str())
+        .set(beat.free_warm_bytes as f64);
     metrics::gauge!("hayloft_index_memory_bytes").set(index as f64);
     metrics::gauge!("hayloft_needles").set(needles as f64);
     metrics::gauge!("hayloft_compactions_running").set(compacting as f64);
