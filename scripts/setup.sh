@@ -6,7 +6,9 @@ set -euo pipefail
 # System packages the build links against: Debian's RocksDB (the directory's
 # database; linking it takes seconds where compiling the bundled C++ takes
 # 17 minutes) and libclang (bindgen generates the RocksDB bindings with it).
-APT_PACKAGES=(librocksdb-dev libclang-dev)
+# python3-venv: the cold-tier tests run against moto, a real S3-compatible
+# server from PyPI (it emulates Glacier restores), installed below.
+APT_PACKAGES=(librocksdb-dev libclang-dev python3 python3-venv)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -21,3 +23,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95+ (rustup)" >&2; exit 1; }
+
+# moto (S3 server for the cold-tier tests) in a venv inside the checkout;
+# tests start it on loopback themselves (tests/support/mod.rs).
+MOTO_VENV="${HAYLOFT_MOTO_VENV:-.ci/venv}"
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  echo "setup: installing moto[server] into $MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q 'moto[server]==5.2.5'
+fi

@@ -189,8 +189,18 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!();
     println!("VOLUMES");
     println!(
-        "{:>6} {:<12} {:<5} {:<10} {:<16} {:>9} {:>11} {:>11} {:>8}",
-        "ID", "COLLECTION", "TIER", "STATE", "SERVER", "NEEDLES", "SIZE", "GARBAGE", "GARBAGE%"
+        "{:>6} {:<12} {:<5} {:<12} {:<10} {:<16} {:>9} {:>11} {:>11} {:>8} {:>10}",
+        "ID",
+        "COLLECTION",
+        "TIER",
+        "CLASS",
+        "STATE",
+        "SERVER",
+        "NEEDLES",
+        "SIZE",
+        "GARBAGE",
+        "GARBAGE%",
+        "READS/DAY"
     );
     for volume in &status.volumes {
         let stats = volume.status.clone().unwrap_or_default();
@@ -200,7 +210,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             0.0
         };
         println!(
-            "{:>6} {:<12} {:<5} {:<10} {:<16} {:>9} {:>11} {:>11} {:>7.1}%",
+            "{:>6} {:<12} {:<5} {:<12} {:<10} {:<16} {:>9} {:>11} {:>11} {:>7.1}% {:>10.0}",
             stats.volume_id,
             if stats.collection.is_empty() {
                 "-"
@@ -208,6 +218,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 &stats.collection
             },
             tier_name(stats.tier),
+            if stats.storage_class.is_empty() {
+                "-"
+            } else {
+                &stats.storage_class
+            },
             &if stats.compacting {
                 format!(
                     "compact{:>2}%",
@@ -222,6 +237,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             ByteSize(stats.file_bytes).to_string(),
             ByteSize(stats.garbage_bytes).to_string(),
             ratio,
+            stats.reads_per_day,
         );
     }
     Ok(())

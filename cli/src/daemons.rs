@@ -104,6 +104,11 @@ pub fn embedded_configs(
         hot_dirs: vec![data_dir.join("hot")],
         warm_dirs: vec![data_dir.join("warm")],
         metrics_listen: None,
+        // The cold tier of the embedded default is a local directory behind
+        // the same interface as S3, so nothing else needs installing.
+        cold: Some(hayloft_tiering::ObjectStoreConfig::Local {
+            path: data_dir.join("cold"),
+        }),
         ..VolumeServerConfig::default()
     };
     (directory, volume)
@@ -112,6 +117,8 @@ pub fn embedded_configs(
 /// Runs the directory and a volume server in this process until a signal.
 pub async fn server(
     (directory_config, mut volume_config): (DirectoryConfig, VolumeServerConfig),
+    policy: hayloft_tiering::Policy,
+    tier_interval: std::time::Duration,
 ) -> anyhow::Result<()> {
     let data_dir = directory_config
         .data_dir
@@ -146,9 +153,19 @@ pub async fn server(
     let mut volume_task = tokio::spawn(volume.serve(async {
         let _ = volume_stopped.await;
     }));
+    let directory_addr = directory.local_addr().to_string();
     let mut directory_task = tokio::spawn(directory.serve(async {
         let _ = directory_stopped.await;
     }));
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(hayloft_tiering::worker::run(
+        directory_addr,
+        policy,
+        tier_interval,
+        async {
+            let _ = worker_stopped.await;
+        },
+    ));
     tokio::select! {
         _ = shutdown_signal() => {}
         result = &mut volume_task => {
@@ -160,8 +177,11 @@ pub async fn server(
             anyhow::bail!("directory stopped unexpectedly");
         }
     }
-    // The volume server stops first, so its volumes are synced while the
-    // directory still answers.
+    // The worker stops first (moves run on in the volume server and resume
+    // after a restart); then the volume server, so its volumes are synced
+    // while the directory still answers.
+    let _ = stop_worker.send(());
+    let _ = worker.await;
     let _ = stop_volume.send(());
     volume_task.await?.context("volume server")?;
     let _ = stop_directory.send(());

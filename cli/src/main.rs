@@ -12,6 +12,7 @@ mod bench;
 mod commands;
 mod compact;
 mod daemons;
+mod tier;
 
 /// hayloft: a Haystack-style blob store with hot, warm and cold tiers.
 #[derive(Parser)]
@@ -45,6 +46,8 @@ enum Command {
     Compact(compact::CompactArgs),
     /// Load a running cluster: uploads, HTTP reads (uniform, Zipf), mixed.
     Bench(bench::BenchArgs),
+    /// Tier moves: plan, run, status, restore, move, and the tiering worker.
+    Tier(tier::TierArgs),
 }
 
 #[derive(Args)]
@@ -64,6 +67,13 @@ struct ServerArgs {
     /// Prometheus /metrics address.
     #[arg(long, default_value = "127.0.0.1:9390")]
     metrics_listen: SocketAddr,
+    /// Lifecycle policy of the built-in tiering worker (default: the
+    /// built-in policy; see `hayloft tier plan`).
+    #[arg(long, env = "HAYLOFT_TIER_POLICY")]
+    policy: Option<PathBuf>,
+    /// Time between tiering rounds.
+    #[arg(long, default_value = "10m")]
+    tier_interval: humantime_serde::re::humantime::Duration,
 }
 
 #[derive(Args)]
@@ -141,13 +151,18 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => {
-                daemons::server(daemons::embedded_configs(
-                    &args.data_dir,
-                    args.directory_listen,
-                    args.grpc_listen,
-                    args.http_listen,
-                    args.metrics_listen,
-                ))
+                let policy = tier::load_policy(args.policy.as_deref())?;
+                daemons::server(
+                    daemons::embedded_configs(
+                        &args.data_dir,
+                        args.directory_listen,
+                        args.grpc_listen,
+                        args.http_listen,
+                        args.metrics_listen,
+                    ),
+                    policy,
+                    args.tier_interval.into(),
+                )
                 .await
             }
             Command::Directory(args) => {
@@ -218,6 +233,7 @@ fn main() -> anyhow::Result<()> {
             Command::Status(args) => commands::status(args).await,
             Command::Compact(args) => compact::compact(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Tier(args) => tier::tier(args).await,
         }
     })
 }

@@ -286,6 +286,18 @@ impl Cluster {
             if status.sealed && row.state == VolumeState::Writable as i32 {
                 row.state = VolumeState::Sealed as i32;
             }
+            // Tier moves: the server says when a volume is moving, cold or
+            // restoring; otherwise a sealed volume is just sealed.
+            let reported = VolumeState::try_from(status.state).unwrap_or_default();
+            match reported {
+                VolumeState::Moving | VolumeState::Cold | VolumeState::Restoring => {
+                    row.state = reported as i32;
+                }
+                _ if status.sealed && row.state != VolumeState::Writable as i32 => {
+                    row.state = VolumeState::Sealed as i32;
+                }
+                _ => {}
+            }
             row.server_id = location.server_id.clone();
             row.tier = status.tier;
             row.status = Some(status);
@@ -294,6 +306,15 @@ impl Cluster {
         self.db.put_heartbeat(&server, &changed)?;
         inner.servers.insert(location.server_id, server);
         Ok(())
+    }
+
+    /// Drops a volume that was deleted (retention) from the map. Its id is
+    /// never reused: the next volume id is persisted separately.
+    pub fn forget_volume(&self, volume_id: u32) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        let known = inner.volumes.remove(&volume_id).is_some();
+        self.db.delete_volume(volume_id)?;
+        Ok(known)
     }
 
     /// Where each volume lives, for volume ids and blob/needle ids.

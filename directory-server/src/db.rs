@@ -144,6 +144,12 @@ impl Db {
         Ok(())
     }
 
+    /// Deletes a volume row, durably.
+    pub fn delete_volume(&self, id: u32) -> Result<()> {
+        self.db.delete_opt(volume_key(id), &synced())?;
+        Ok(())
+    }
+
     /// Writes a server row and volume stats in one batch (not synced: the
     /// next heartbeat refreshes them).
     pub fn put_heartbeat(&self, server: &ServerRow, volumes: &[VolumeRow]) -> Result<()> {

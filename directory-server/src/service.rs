@@ -5,8 +5,9 @@ use std::sync::Arc;
 use hayloft_proto::directory_server::Directory;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
-    AssignRequest, AssignResponse, CreateVolumeRequest, HeartbeatRequest, HeartbeatResponse,
-    LookupRequest, LookupResponse, StatusRequest, StatusResponse, Tier,
+    AssignRequest, AssignResponse, CreateVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse,
+    HeartbeatRequest, HeartbeatResponse, LookupRequest, LookupResponse, StatusRequest,
+    StatusResponse, Tier,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -197,6 +198,22 @@ impl DirectoryService {
     ) -> Result<Response<StatusResponse>, Status> {
         Ok(Response::new(self.cluster.status()))
     }
+
+    async fn forget_volume_inner(
+        &self,
+        request: Request<ForgetVolumeRequest>,
+    ) -> Result<Response<ForgetVolumeResponse>, Status> {
+        let id = request.get_ref().volume_id;
+        let cluster = Arc::clone(&self.cluster);
+        let known = tokio::task::spawn_blocking(move || cluster.forget_volume(id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        if !known {
+            return Err(Status::not_found(format!("volume {id} is not in the map")));
+        }
+        tracing::info!(volume = id, "volume forgotten");
+        Ok(Response::new(ForgetVolumeResponse {}))
+    }
 }
 
 /// Every call is timed and counted by operation and gRPC code
@@ -233,6 +250,14 @@ impl Directory for DirectoryService {
     ) -> Result<Response<StatusResponse>, Status> {
         let span = request_span("status", request.metadata());
         traced("status", span, self.status_inner(request)).await
+    }
+
+    async fn forget_volume(
+        &self,
+        request: Request<ForgetVolumeRequest>,
+    ) -> Result<Response<ForgetVolumeResponse>, Status> {
+        let span = request_span("forget_volume", request.metadata());
+        traced("forget_volume", span, self.forget_volume_inner(request)).await
     }
 }
 

@@ -74,6 +74,16 @@ pub enum Error {
     #[error("volume {0} is busy: a compaction is running or could not pause writers")]
     Busy(VolumeId),
 
+    /// The volume was moved to another disk or tier while the operation
+    /// waited; look the volume up again and retry.
+    #[error("volume {0} moved; look it up again")]
+    Moved(VolumeId),
+
+    /// The volume's data is in the cold tier (object storage): its needles
+    /// are read with a ranged GET by the server, not from a local file.
+    #[error("volume {0} is in cold storage")]
+    Cold(VolumeId),
+
     /// The blob or its metadata does not fit the needle format.
     #[error("invalid needle: {0}")]
     InvalidNeedle(&'static str),

@@ -17,22 +17,26 @@
 //! write is never lost or read back wrong; every record carries checksums
 //! that recovery, scrub and verifying reads check; files are append-only.
 
+pub mod cold;
 pub mod error;
 mod file;
 pub mod format;
 pub mod index;
 mod mapped;
 pub mod meta;
+pub mod moves;
 pub mod recovery;
 pub mod store;
 pub mod types;
 pub mod volume;
 
+pub use cold::{ColdManifest, ColdVolume};
 pub use error::{Error, Result};
 pub use file::available_space;
 pub use format::NeedleMeta;
+pub use moves::MoveJob;
 pub use recovery::RecoveryReport;
-pub use store::{Location, Store, StoreConfig};
+pub use store::{Handle, Location, Store, StoreConfig};
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
     CompactOptions, CompactReport, Durability, Needle, NeedleWrite, NeedleWriter, ScrubReport,

@@ -6,11 +6,34 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::cold::{ColdManifest, ColdVolume, cold_paths, read_index_file, write_index_file};
 use crate::error::{Error, Result};
-use crate::file::available_space;
+use crate::file::{available_space, sync_parent};
 use crate::format::NeedleMeta;
+use crate::moves::{self, MoveJob, Throttle, moving_paths};
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
-use crate::volume::{Needle, NeedleWrite, Volume, VolumeConfig, VolumeStats, WriteReceipt};
+use crate::volume::{
+    Needle, NeedleWrite, Volume, VolumeConfig, VolumeStats, WriteReceipt, volume_paths,
+};
+
+/// A volume of the store: local files, or an object in the cold tier.
+#[derive(Debug, Clone)]
+pub enum Handle {
+    /// Data file on a local disk.
+    Local(Arc<Volume>),
+    /// Data file in object storage; index on a local disk.
+    Cold(Arc<ColdVolume>),
+}
+
+impl Handle {
+    /// Size, garbage and index memory.
+    pub fn stats(&self) -> VolumeStats {
+        match self {
+            Handle::Local(v) => v.stats(),
+            Handle::Cold(c) => c.stats(),
+        }
+    }
+}
 
 /// A directory holding volumes, on a disk of one tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +73,10 @@ pub struct FailedVolume {
 #[derive(Debug)]
 pub struct Store {
     config: StoreConfig,
-    volumes: RwLock<HashMap<VolumeId, Arc<Volume>>>,
+    volumes: RwLock<HashMap<VolumeId, Handle>>,
     creating: parking_lot::Mutex<()>,
     failed: Vec<FailedVolume>,
+    pending_moves: parking_lot::Mutex<Vec<MoveJob>>,
 }
 
 impl Store {
@@ -68,18 +92,31 @@ impl Store {
         }
         let mut volumes = HashMap::new();
         let mut failed = Vec::new();
+        let mut pending_moves = Vec::new();
         for location in &config.locations {
             std::fs::create_dir_all(&location.path).map_err(|e| Error::io(&location.path, e))?;
-            for id in volume_ids_in(&location.path)? {
+        }
+        // Interrupted moves first: they decide which copy of a volume counts.
+        for location in &config.locations {
+            pending_moves.extend(moves::settle(&location.path)?);
+        }
+        for location in &config.locations {
+            for (id, cold) in volume_ids_in(&location.path)? {
                 if volumes.contains_key(&id) {
                     return Err(Error::BadFile {
                         path: location.path.clone(),
                         reason: format!("volume {id} exists in two locations"),
                     });
                 }
-                match Volume::open(&location.path, id, location.tier, config.volume) {
-                    Ok(volume) => {
-                        volumes.insert(id, Arc::new(volume));
+                let opened = if cold {
+                    ColdVolume::open(&location.path, id).map(|c| Handle::Cold(Arc::new(c)))
+                } else {
+                    Volume::open(&location.path, id, location.tier, config.volume)
+                        .map(|v| Handle::Local(Arc::new(v)))
+                };
+                match opened {
+                    Ok(handle) => {
+                        volumes.insert(id, handle);
                     }
                     Err(error) => {
                         tracing::error!(volume = %id, path = %location.path.display(), %error,
@@ -98,7 +135,14 @@ impl Store {
             volumes: RwLock::new(volumes),
             creating: parking_lot::Mutex::new(()),
             failed,
+            pending_moves: parking_lot::Mutex::new(pending_moves),
         })
+    }
+
+    /// Moves that were under way when the store was last closed and that the
+    /// server must resume (see [`moves::settle`]); returned once.
+    pub fn take_pending_moves(&self) -> Vec<MoveJob> {
+        std::mem::take(&mut *self.pending_moves.lock())
     }
 
     /// Volumes that failed to open at start.
@@ -136,12 +180,14 @@ impl Store {
             collection,
             self.config.volume,
         )?);
-        self.volumes.write().insert(id, Arc::clone(&volume));
+        self.volumes
+            .write()
+            .insert(id, Handle::Local(Arc::clone(&volume)));
         Ok(volume)
     }
 
-    /// The open volume with this id.
-    pub fn volume(&self, id: VolumeId) -> Result<Arc<Volume>> {
+    /// The volume with this id, local or cold.
+    pub fn handle(&self, id: VolumeId) -> Result<Handle> {
         self.volumes
             .read()
             .get(&id)
@@ -149,10 +195,61 @@ impl Store {
             .ok_or(Error::VolumeNotFound(id))
     }
 
-    /// Every open volume, by id.
+    /// The local volume with this id ([`Error::Cold`] if it is cold).
+    pub fn volume(&self, id: VolumeId) -> Result<Arc<Volume>> {
+        match self.handle(id)? {
+            Handle::Local(v) => Ok(v),
+            Handle::Cold(_) => Err(Error::Cold(id)),
+        }
+    }
+
+    /// The cold volume with this id.
+    pub fn cold_volume(&self, id: VolumeId) -> Result<Arc<ColdVolume>> {
+        match self.handle(id)? {
+            Handle::Cold(c) => Ok(c),
+            Handle::Local(_) => Err(Error::VolumeNotFound(id)),
+        }
+    }
+
+    /// Every local volume, by id.
     pub fn volumes(&self) -> Vec<Arc<Volume>> {
-        let mut all: Vec<_> = self.volumes.read().values().cloned().collect();
+        let mut all: Vec<_> = self
+            .volumes
+            .read()
+            .values()
+            .filter_map(|h| match h {
+                Handle::Local(v) => Some(Arc::clone(v)),
+                Handle::Cold(_) => None,
+            })
+            .collect();
         all.sort_by_key(|v| v.id());
+        all
+    }
+
+    /// Every volume, local and cold, by id.
+    pub fn handles(&self) -> Vec<Handle> {
+        let mut all: Vec<_> = self
+            .volumes
+            .read()
+            .iter()
+            .map(|(id, h)| (*id, h.clone()))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all.into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// Every cold volume, by id.
+    pub fn cold_volumes(&self) -> Vec<Arc<ColdVolume>> {
+        let mut all: Vec<_> = self
+            .volumes
+            .read()
+            .values()
+            .filter_map(|h| match h {
+                Handle::Cold(c) => Some(Arc::clone(c)),
+                Handle::Local(_) => None,
+            })
+            .collect();
+        all.sort_by_key(|c| c.id());
         all
     }
 
@@ -193,9 +290,281 @@ impl Store {
         self.volume(volume)?.seal()
     }
 
-    /// Stats of every volume, by id.
+    /// Stats of every volume, local and cold, by id.
     pub fn stats(&self) -> Vec<VolumeStats> {
-        self.volumes().iter().map(|v| v.stats()).collect()
+        let mut all: Vec<_> = self.volumes.read().values().map(Handle::stats).collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    /// The tier of the location `dir` (hot if it is not one of ours).
+    pub fn tier_of(&self, dir: &Path) -> Tier {
+        self.config
+            .locations
+            .iter()
+            .find(|l| l.path == dir)
+            .map_or(Tier::Hot, |l| l.tier)
+    }
+
+    /// The location of `tier` with the most free space, if it has `needed` bytes free.
+    pub fn location_for(&self, tier: Tier, needed: u64) -> Result<&Location> {
+        let location = self
+            .config
+            .locations
+            .iter()
+            .filter(|l| l.tier == tier)
+            .max_by_key(|l| available_space(&l.path).unwrap_or(0))
+            .ok_or_else(|| Error::BadFile {
+                path: PathBuf::new(),
+                reason: format!("no {tier} location configured"),
+            })?;
+        let available = available_space(&location.path)?;
+        if available < needed {
+            return Err(Error::NoSpace {
+                path: location.path.clone(),
+                needed,
+                available,
+            });
+        }
+        Ok(location)
+    }
+
+    /// Moves a local volume to a location of `tier`: seal, persist the job,
+    /// copy (throttled), verify, switch, delete the source. Reads go on from
+    /// the source until the switch; deletes wait only for the final copy of
+    /// the bytes appended since the bulk copy. `progress` counts bytes copied.
+    pub fn move_local(
+        &self,
+        id: VolumeId,
+        tier: Tier,
+        bytes_per_sec: u64,
+        progress: &std::sync::atomic::AtomicU64,
+    ) -> Result<()> {
+        let volume = self.volume(id)?;
+        if volume.tier() == tier {
+            return Ok(());
+        }
+        volume.seal()?;
+        let from = volume.dir().to_owned();
+        let bulk_len = volume.data_len();
+        let to = self.location_for(tier, bulk_len + (64 << 20))?.path.clone();
+        let job = MoveJob::Local {
+            volume: id.0,
+            from: from.clone(),
+            to: to.clone(),
+            to_tier: tier,
+        };
+        job.store()?;
+        let result =
+            self.copy_and_switch(&volume, &from, &to, tier, bulk_len, bytes_per_sec, progress);
+        match result {
+            Ok(()) => {
+                moves::remove_volume_files(&from, id)?;
+                job.remove()
+            }
+            Err(e) => {
+                let (dat, idx, meta) = moving_paths(&to, id);
+                for path in [dat, idx, meta] {
+                    let _ = std::fs::remove_file(path);
+                }
+                job.remove()?;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_and_switch(
+        &self,
+        volume: &Arc<Volume>,
+        from: &Path,
+        to: &Path,
+        tier: Tier,
+        bulk_len: u64,
+        bytes_per_sec: u64,
+        progress: &std::sync::atomic::AtomicU64,
+    ) -> Result<()> {
+        let id = volume.id();
+        let (src_dat, src_idx, src_meta) = volume_paths(from, id);
+        let (dst_dat, dst_idx, dst_meta) = volume_paths(to, id);
+        let (mov_dat, mov_idx, mov_meta) = moving_paths(to, id);
+        let mut throttle = Throttle::new(bytes_per_sec);
+        let mut out = std::fs::File::create(&mov_dat).map_err(|e| Error::io(&mov_dat, e))?;
+        let bulk_crc = moves::copy_range(&src_dat, &mut out, 0, bulk_len, &mut throttle, progress)?;
+        out.sync_all().map_err(|e| Error::io(&mov_dat, e))?;
+        if moves::crc_of(&mov_dat, 0, bulk_len)? != bulk_crc {
+            return Err(Error::Corrupt {
+                volume: id,
+                offset: 0,
+                reason: "copy differs from the source",
+            });
+        }
+        // Final copy with deletes held: the tail appended since, and the index.
+        let final_len = volume.pause(std::time::Duration::from_secs(30))?;
+        let result = (|| {
+            let tail = final_len - bulk_len;
+            let tail_crc = moves::copy_range(
+                &src_dat,
+                &mut out,
+                bulk_len,
+                tail,
+                &mut Throttle::new(0),
+                progress,
+            )?;
+            out.sync_all().map_err(|e| Error::io(&mov_dat, e))?;
+            if moves::crc_of(&mov_dat, bulk_len, tail)? != tail_crc {
+                return Err(Error::Corrupt {
+                    volume: id,
+                    offset: bulk_len,
+                    reason: "copy differs from the source",
+                });
+            }
+            let entries = read_index_file(&src_idx, id)?;
+            write_index_file(&mov_idx, id, &entries)?;
+            std::fs::copy(&src_meta, &mov_meta).map_err(|e| Error::io(&src_meta, e))?;
+            std::fs::File::open(&mov_meta)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&mov_meta, e))?;
+            std::fs::rename(&mov_idx, &dst_idx).map_err(|e| Error::io(&dst_idx, e))?;
+            std::fs::rename(&mov_meta, &dst_meta).map_err(|e| Error::io(&dst_meta, e))?;
+            sync_parent(&dst_idx)?;
+            // The commit point.
+            std::fs::rename(&mov_dat, &dst_dat).map_err(|e| Error::io(&dst_dat, e))?;
+            sync_parent(&dst_dat)?;
+            Volume::open(to, id, tier, self.config.volume)
+        })();
+        match result {
+            Ok(moved) => {
+                self.volumes
+                    .write()
+                    .insert(id, Handle::Local(Arc::new(moved)));
+                volume.retire();
+                Ok(())
+            }
+            Err(e) => {
+                if !dst_dat.exists() {
+                    let _ = std::fs::remove_file(&dst_idx);
+                    let _ = std::fs::remove_file(&dst_meta);
+                }
+                volume.resume();
+                Err(e)
+            }
+        }
+    }
+
+    /// Switches a local volume whose data file was uploaded and verified to
+    /// cold: with deletes held, writes its index as `.cidx` and the manifest
+    /// (the commit point), then serves it cold and removes the local data.
+    pub fn commit_to_cold(
+        &self,
+        id: VolumeId,
+        manifest: &ColdManifest,
+        job: &MoveJob,
+    ) -> Result<()> {
+        let volume = self.volume(id)?;
+        let dir = volume.dir().to_owned();
+        let (manifest_path, cidx, _) = cold_paths(&dir, id);
+        let (_, idx, _) = volume_paths(&dir, id);
+        volume.pause(std::time::Duration::from_secs(30))?;
+        let result = (|| {
+            let entries = read_index_file(&idx, id)?;
+            write_index_file(&cidx, id, &entries)?;
+            manifest.store(&manifest_path)?;
+            ColdVolume::open(&dir, id)
+        })();
+        match result {
+            Ok(cold) => {
+                self.volumes
+                    .write()
+                    .insert(id, Handle::Cold(Arc::new(cold)));
+                volume.retire();
+                drop(volume);
+                let (dat, idx, _) = volume_paths(&dir, id);
+                crate::cold::remove_if_exists(&dat)?;
+                sync_parent(&dat)?;
+                crate::cold::remove_if_exists(&idx)?;
+                job.remove()
+            }
+            Err(e) => {
+                if !manifest_path.exists() {
+                    let _ = std::fs::remove_file(&cidx);
+                }
+                volume.resume();
+                Err(e)
+            }
+        }
+    }
+
+    /// Switches a cold volume whose data file was downloaded (to
+    /// `<id>.dat.moving`) and verified back to local: with cold deletes held,
+    /// writes its index, opens it, replays the deletes made while cold, then
+    /// removes the manifest (the commit point). The caller deletes the
+    /// object and the job afterwards.
+    pub fn commit_from_cold(&self, id: VolumeId) -> Result<()> {
+        let cold = self.cold_volume(id)?;
+        let dir = cold.dir().to_owned();
+        let tier = self.tier_of(&dir);
+        let (dat, idx, _) = volume_paths(&dir, id);
+        let (downloaded, _, _) = moving_paths(&dir, id);
+        let (_, cidx, _) = cold_paths(&dir, id);
+        let object_len = cold.manifest().object_len;
+        let result = cold.with_deletes_held(|| {
+            let entries: Vec<_> = read_index_file(&cidx, id)?
+                .into_iter()
+                .filter(|e| e.offset + e.record_len <= object_len)
+                .collect();
+            write_index_file(&idx, id, &entries)?;
+            std::fs::rename(&downloaded, &dat).map_err(|e| Error::io(&dat, e))?;
+            sync_parent(&dat)?;
+            let volume = Volume::open(&dir, id, tier, self.config.volume)?;
+            let live: std::collections::HashSet<NeedleId> = cold.needle_ids().into_iter().collect();
+            for needle in volume.needle_ids() {
+                if !live.contains(&needle) {
+                    volume.delete_replayed(needle)?;
+                }
+            }
+            volume.seal()?;
+            // The commit point.
+            ColdVolume::remove_files(&dir, id)?;
+            Ok(volume)
+        });
+        match result {
+            Ok(volume) => {
+                self.volumes
+                    .write()
+                    .insert(id, Handle::Local(Arc::new(volume)));
+                Ok(())
+            }
+            Err(e) => {
+                if cold_paths(&dir, id).0.exists() {
+                    let _ = std::fs::remove_file(&dat);
+                    let _ = std::fs::remove_file(&idx);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a volume and its local files for good (expiry). For a cold
+    /// volume the caller deletes the object.
+    pub fn delete_volume(&self, id: VolumeId) -> Result<Handle> {
+        let handle = self
+            .volumes
+            .write()
+            .remove(&id)
+            .ok_or(Error::VolumeNotFound(id))?;
+        match &handle {
+            Handle::Local(volume) => {
+                volume.retire();
+                moves::remove_volume_files(volume.dir(), id)?;
+            }
+            Handle::Cold(cold) => {
+                ColdVolume::remove_files(cold.dir(), id)?;
+                let (_, _, meta) = volume_paths(cold.dir(), id);
+                crate::cold::remove_if_exists(&meta)?;
+            }
+        }
+        Ok(handle)
     }
 
     /// Syncs every volume. Called on shutdown.
@@ -211,19 +580,26 @@ impl Store {
     }
 }
 
-/// Ids of the volumes (`<id>.dat` files) in a directory.
-fn volume_ids_in(dir: &Path) -> Result<Vec<VolumeId>> {
+/// Ids of the volumes in a directory: local ones (`<id>.dat`, false) and
+/// cold ones (`<id>.cold`, true).
+fn volume_ids_in(dir: &Path) -> Result<Vec<(VolumeId, bool)>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".dat")) else {
+        let Some(name) = name.to_str() else { continue };
+        let (stem, cold) = if let Some(stem) = name.strip_suffix(".dat") {
+            (stem, false)
+        } else if let Some(stem) = name.strip_suffix(".cold") {
+            (stem, true)
+        } else {
             continue;
         };
         if let Ok(id) = stem.parse::<u32>() {
-            ids.push(VolumeId(id));
+            ids.push((VolumeId(id), cold));
         }
     }
     ids.sort();
+    ids.dedup_by_key(|(id, _)| *id);
     Ok(ids)
 }

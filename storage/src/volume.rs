@@ -219,6 +219,9 @@ pub(crate) struct WriterState {
     /// Set by compaction: new reservations (all, or streamed ones) wait.
     paused: bool,
     streams_paused: bool,
+    /// Set when a move replaced this volume: every write and delete gets
+    /// [`Error::Moved`] and goes to the volume's new home.
+    retired: bool,
 }
 
 struct SyncState {
@@ -360,6 +363,7 @@ impl Volume {
                 streams_in_flight: 0,
                 paused: false,
                 streams_paused: false,
+                retired: false,
             }),
             writer_changed: Condvar::new(),
             compacting: std::sync::atomic::AtomicBool::new(false),
@@ -548,6 +552,73 @@ impl Volume {
             *meta = sealed;
         }
         Ok(())
+    }
+
+    /// Holds back every new write and delete, waits up to `timeout` for the
+    /// ones in flight, and makes everything durable: the files stop changing
+    /// until [`Volume::resume`] or [`Volume::retire`]. A move calls this for
+    /// its final copy. Returns the data file's length.
+    pub fn pause(&self, timeout: Duration) -> Result<u64> {
+        if let Err(e) = self.quiesce(timeout, |_| Ok(())) {
+            self.resume();
+            return Err(e);
+        }
+        if let Err(e) = self.sync_now() {
+            self.resume();
+            return Err(e);
+        }
+        Ok(self.state.read().files.map.readable_len())
+    }
+
+    /// Lets writes and deletes held by [`Volume::pause`] go on.
+    pub fn resume(&self) {
+        let mut writer = self.writer.lock();
+        writer.paused = false;
+        writer.streams_paused = false;
+        self.writer_changed.notify_all();
+    }
+
+    /// Marks the volume as replaced by a move: held and future writes and
+    /// deletes fail with [`Error::Moved`]; reads go on from the open map.
+    pub fn retire(&self) {
+        let mut writer = self.writer.lock();
+        writer.retired = true;
+        self.writer_changed.notify_all();
+    }
+
+    /// Length of the data file's durable part.
+    pub fn data_len(&self) -> u64 {
+        self.state.read().files.map.readable_len()
+    }
+
+    /// When the volume was sealed, Unix seconds.
+    pub fn sealed_at(&self) -> Option<u64> {
+        self.meta.lock().sealed_at
+    }
+
+    /// When every live needle of the volume will have expired, Unix seconds;
+    /// `None` if some needle never expires (or the volume is empty and writable).
+    /// Reads each live needle's metadata from the map.
+    pub fn expires_at(&self) -> Option<u64> {
+        let (offsets, files): (Vec<u64>, _) = {
+            let state = self.state.read();
+            (
+                state.index.iter().map(|(_, o)| o).collect(),
+                Arc::clone(&state.files),
+            )
+        };
+        if offsets.is_empty() {
+            return self.is_sealed().then(now_unix_secs);
+        }
+        let mut latest = 0;
+        for offset in offsets {
+            let header =
+                NeedleHeader::decode(files.map.slice(offset, NEEDLE_HEADER_LEN as u64)?).ok()?;
+            let start = offset + NEEDLE_HEADER_LEN as u64 + u64::from(header.data_len);
+            let meta_bytes = files.map.slice(start, u64::from(header.metadata_len))?;
+            latest = latest.max(NeedleMeta::decode(meta_bytes).ok()?.expires_at?);
+        }
+        Some(latest)
     }
 
     /// True if the volume is read-only.

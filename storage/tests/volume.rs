@@ -188,7 +188,7 @@ fn full_volume_rejects_writes_clearly() {
 }
 
 #[test]
-fn sealed_volume_is_read_only_across_reopen() {
+fn sealed_volume_refuses_writes_but_takes_deletes_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let volume = create(dir.path());
     put(&volume, 1, b"kept");
@@ -205,11 +205,27 @@ fn sealed_volume_is_read_only_across_reopen() {
     drop(volume);
     let volume = reopen(dir.path());
     assert!(volume.is_sealed());
-    assert!(matches!(
-        volume.delete(NeedleId(1), Cookie(2)),
-        Err(Error::Sealed(_))
-    ));
     assert_eq!(get(&volume, 1).unwrap(), b"kept");
+    // Sealing stops new blobs, not deletes: a full volume's blobs can still
+    // be deleted (and compaction reclaims them).
+    put_err_is_sealed(&volume);
+    volume.delete(NeedleId(1), Cookie(2)).unwrap();
+    assert!(get(&volume, 1).is_err());
+    drop(volume);
+    let volume = reopen(dir.path());
+    assert!(get(&volume, 1).is_err());
+}
+
+fn put_err_is_sealed(volume: &Volume) {
+    let err = volume
+        .write(&NeedleWrite {
+            id: NeedleId(5),
+            cookie: Cookie(3),
+            data: b"no",
+            meta: NeedleMeta::default(),
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Sealed(_)));
 }
 
 #[test]

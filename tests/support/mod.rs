@@ -57,6 +57,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -94,6 +99,10 @@ impl Drop for Proc {
 }
 
 fn spawn(args: &[String], log: &Path) -> Proc {
+    spawn_with_env(args, log, &[])
+}
+
+fn spawn_with_env(args: &[String], log: &Path, env: &[(String, String)]) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -108,6 +117,7 @@ fn spawn(args: &[String], log: &Path) -> Proc {
             "RUST_LOG",
             "info,hayloft_volume=debug,hayloft_directory=debug",
         )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -132,12 +142,23 @@ pub struct Cluster {
     pub volume_ports: Vec<VolumePorts>,
     pub volumes: Vec<Option<Proc>>,
     pub volume_args: Vec<String>,
+    /// Environment of volume server processes (failpoints).
+    pub volume_env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Starts a directory and `volume_servers` volume servers, and waits
     /// until the directory sees them all alive.
     pub async fn start(volume_servers: usize, volume_args: &[&str]) -> Cluster {
+        Cluster::start_with_env(volume_servers, volume_args, &[]).await
+    }
+
+    /// [`Cluster::start`] with environment variables for the volume servers.
+    pub async fn start_with_env(
+        volume_servers: usize,
+        volume_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let mut cluster = Cluster {
             root: tempfile::Builder::new()
                 .prefix("hayloft-e2e")
@@ -156,6 +177,10 @@ impl Cluster {
                 .collect(),
             volumes: (0..volume_servers).map(|_| None).collect(),
             volume_args: volume_args.iter().map(|s| s.to_string()).collect(),
+            volume_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         cluster.start_directory();
         for i in 0..volume_servers {
@@ -214,7 +239,11 @@ impl Cluster {
             format!("127.0.0.1:{}", ports.metrics),
         ];
         args.extend(self.volume_args.iter().cloned());
-        self.volumes[i] = Some(spawn(&args, &self.root.path().join(format!("vs{i}.log"))));
+        self.volumes[i] = Some(spawn_with_env(
+            &args,
+            &self.root.path().join(format!("vs{i}.log")),
+            &self.volume_env,
+        ));
     }
 
     pub fn http_base(&self, i: usize) -> String {
@@ -317,4 +346,105 @@ pub fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr),
     )
+}
+
+/// A real S3-compatible server (moto, installed by `scripts/setup.sh`) on a
+/// loopback port, stopped when dropped. It keeps everything in memory: a
+/// restart on the same port is an S3 that lost everything.
+pub struct S3Server {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Where `scripts/setup.sh` installs moto.
+fn moto_bin() -> PathBuf {
+    if let Some(venv) = std::env::var_os("HAYLOFT_MOTO_VENV") {
+        return PathBuf::from(venv).join("bin/moto_server");
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/venv/bin/moto_server")
+}
+
+impl S3Server {
+    pub async fn start(log_dir: &Path) -> S3Server {
+        let mut server = S3Server {
+            port: free_port(),
+            child: None,
+            log: log_dir.join("moto.log"),
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub async fn restart(&mut self) {
+        let bin = moto_bin();
+        assert!(
+            bin.exists(),
+            "{} missing: run `bash scripts/setup.sh` (make test does)",
+            bin.display()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("moto log");
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start moto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}/moto-api/", self.endpoint());
+        loop {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "moto did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Creates a bucket (moto does not check signatures).
+    pub async fn create_bucket(&self, bucket: &str) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint()))
+            .send()
+            .await
+            .expect("create bucket");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+
+    /// A volume server configuration whose cold tier is this server.
+    pub fn volume_config(&self, extra: &str) -> String {
+        format!(
+            "tier_part_size = \"5MiB\"\nrestore_retry_after = \"2s\"\nrestore_poll = \"200ms\"\n\
+             read_window = \"1m\"\n{extra}\n[cold]\ntype = \"s3\"\nendpoint = \"{}\"\n\
+             access_key_id = \"test\"\nsecret_access_key = \"test\"\ntimeout = \"5s\"\n",
+            self.endpoint()
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -1,2 +1,10 @@
-//! The tiering worker: moves volumes hot -> warm -> cold by a lifecycle
-//! policy. Not built yet (issue "Tiering").
+//! hayloft's tiering: the cold tier's object stores ([`object`]), the
+//! lifecycle policy ([`policy`]), and the worker that applies it
+//! ([`worker`]).
+
+pub mod object;
+pub mod policy;
+pub mod worker;
+
+pub use object::{ObjectError, ObjectStore, ObjectStoreConfig};
+pub use policy::{Action, Plan, Policy};

@@ -13,9 +13,10 @@ use hayloft_proto::volume_server::Volume;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
     BlobInfo, CompactProgress, CompactRequest, CreateVolumeRequest, CreateVolumeResponse,
-    DeleteRequest, DeleteResponse, ListVolumesRequest, ListVolumesResponse, ReadRequest,
-    ReadResponse, StatRequest, StatResponse, Tier as ProtoTier, WriteHeader, WriteRequest,
-    WriteResponse,
+    DeleteRequest, DeleteResponse, DeleteVolumeRequest, DeleteVolumeResponse, ListMovesRequest,
+    ListMovesResponse, ListVolumesRequest, ListVolumesResponse, MoveVolumeRequest,
+    MoveVolumeResponse, ReadRequest, ReadResponse, StatRequest, StatResponse, Tier as ProtoTier,
+    WriteHeader, WriteRequest, WriteResponse,
 };
 use hayloft_storage::volume::now_unix_secs;
 use hayloft_storage::{BlobId, Error, NeedleMeta, NeedleWrite, Store, Tier, VolumeId};
@@ -25,7 +26,8 @@ use tracing::Instrument;
 
 use crate::error::{etag, grpc_status};
 use crate::metrics;
-use crate::status::volume_status;
+use crate::status::all_statuses;
+use crate::tier::{ColdReadError, MoveError, Tiering};
 
 /// Blobs up to this size are gathered in memory and written with one
 /// `pwrite`; larger ones are streamed to the volume chunk by chunk.
@@ -38,6 +40,37 @@ pub struct VolumeService {
     compaction_rate: u64,
     /// Wakes the heartbeat task (after a volume is created or fills up).
     heartbeat_now: Arc<tokio::sync::Notify>,
+    tiering: Arc<Tiering>,
+}
+
+/// The gRPC status of a failed cold read: archived and unreachable are
+/// UNAVAILABLE, with a `retry-after` (seconds) for archived ones.
+fn cold_status(error: ColdReadError, blob: BlobId) -> Status {
+    match error {
+        ColdReadError::Storage(e) => grpc_status(&e, Some(blob)),
+        ColdReadError::Archived(after) => {
+            let mut status = Status::unavailable(format!(
+                "blob {blob} is archived; a restore is under way, retry after {} s",
+                after.as_secs()
+            ));
+            if let Ok(value) = after.as_secs().max(1).to_string().parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            status
+        }
+        ColdReadError::Unavailable(reason) => {
+            Status::unavailable(format!("cold storage unreachable: {reason}"))
+        }
+    }
+}
+
+fn move_status(error: MoveError) -> Status {
+    match error {
+        MoveError::Storage(e) => grpc_status(&e, None),
+        MoveError::Invalid(reason) => Status::failed_precondition(reason),
+        MoveError::Object(e) => Status::unavailable(e.to_string()),
+        MoveError::Mismatch(reason) => Status::data_loss(reason),
+    }
 }
 
 impl VolumeService {
@@ -47,12 +80,32 @@ impl VolumeService {
         max_upload_bytes: u64,
         compaction_rate: u64,
         heartbeat_now: Arc<tokio::sync::Notify>,
+        tiering: Arc<Tiering>,
     ) -> Self {
         VolumeService {
             store,
             max_upload_bytes,
             compaction_rate,
             heartbeat_now,
+            tiering,
+        }
+    }
+
+    /// Reads a needle, locally or with one ranged GET for a cold volume.
+    async fn read_needle(&self, blob: BlobId) -> Result<hayloft_storage::Needle, Status> {
+        self.tiering.reads.record(blob.volume());
+        match self.store.read(blob.volume(), blob.needle, blob.cookie) {
+            Err(Error::Cold(volume)) => {
+                let cold = self
+                    .store
+                    .cold_volume(volume)
+                    .map_err(|e| grpc_status(&e, Some(blob)))?;
+                self.tiering
+                    .read_cold(&cold, blob.needle, blob.cookie)
+                    .await
+                    .map_err(|e| cold_status(e, blob))
+            }
+            other => other.map_err(|e| grpc_status(&e, Some(blob))),
         }
     }
 
@@ -241,10 +294,7 @@ impl VolumeService {
     ) -> Result<Response<ReadStream>, Status> {
         let request = request.into_inner();
         let blob = parse_blob_id(&request.blob_id)?;
-        let needle = self
-            .store
-            .read(blob.volume(), blob.needle, blob.cookie)
-            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let needle = self.read_needle(blob).await?;
         let size = needle.data.len() as u64;
         if request.offset > size || (request.offset == size && size > 0) {
             return Err(Status::out_of_range(format!(
@@ -278,11 +328,30 @@ impl VolumeService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
-        let store = Arc::clone(&self.store);
-        blocking(move || store.delete(blob.volume(), blob.needle, blob.cookie))
-            .await?
-            .map_err(|e| self.failed(e, Some(blob)))?;
-        Ok(Response::new(DeleteResponse {}))
+        // A move may replace the volume while the delete waits (Moved): the
+        // delete then goes to the volume's new home.
+        for _ in 0..3 {
+            let store = Arc::clone(&self.store);
+            let result =
+                blocking(move || store.delete(blob.volume(), blob.needle, blob.cookie)).await?;
+            match result {
+                Ok(()) => return Ok(Response::new(DeleteResponse {})),
+                Err(Error::Moved(_)) => continue,
+                Err(Error::Cold(volume)) => {
+                    let cold = self
+                        .store
+                        .cold_volume(volume)
+                        .map_err(|e| grpc_status(&e, Some(blob)))?;
+                    self.tiering
+                        .delete_cold(&cold, blob.needle, blob.cookie)
+                        .await
+                        .map_err(|e| cold_status(e, blob))?;
+                    return Ok(Response::new(DeleteResponse {}));
+                }
+                Err(e) => return Err(self.failed(e, Some(blob))),
+            }
+        }
+        Err(Status::unavailable("volume is moving; retry"))
     }
 
     async fn stat_inner(
@@ -290,10 +359,7 @@ impl VolumeService {
         request: Request<StatRequest>,
     ) -> Result<Response<StatResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
-        let needle = self
-            .store
-            .read(blob.volume(), blob.needle, blob.cookie)
-            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let needle = self.read_needle(blob).await?;
         Ok(Response::new(StatResponse {
             info: Some(blob_info(blob, &needle)),
         }))
@@ -349,9 +415,30 @@ impl VolumeService {
         _request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let store = Arc::clone(&self.store);
-        let volumes =
-            blocking(move || store.volumes().iter().map(|v| volume_status(v)).collect()).await?;
+        let tiering = Arc::clone(&self.tiering);
+        let volumes = blocking(move || all_statuses(&store.handles(), &tiering)).await?;
         Ok(Response::new(ListVolumesResponse { volumes }))
+    }
+
+    async fn move_volume_inner(
+        &self,
+        request: Request<MoveVolumeRequest>,
+    ) -> Result<Response<MoveVolumeResponse>, Status> {
+        self.tiering
+            .start(request.into_inner())
+            .map_err(move_status)?;
+        Ok(Response::new(MoveVolumeResponse {}))
+    }
+
+    async fn delete_volume_inner(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        self.tiering
+            .delete_volume(VolumeId(request.get_ref().volume_id))
+            .await
+            .map_err(move_status)?;
+        Ok(Response::new(DeleteVolumeResponse {}))
     }
 }
 
@@ -438,5 +525,38 @@ impl Volume for VolumeService {
     ) -> Result<Response<CompactStream>, Status> {
         let span = request_span("grpc_compact", request.metadata());
         traced("grpc_compact", span, self.compact_inner(request)).await
+    }
+
+    async fn move_volume(
+        &self,
+        request: Request<MoveVolumeRequest>,
+    ) -> Result<Response<MoveVolumeResponse>, Status> {
+        let span = request_span("grpc_move_volume", request.metadata());
+        traced("grpc_move_volume", span, self.move_volume_inner(request)).await
+    }
+
+    async fn list_moves(
+        &self,
+        request: Request<ListMovesRequest>,
+    ) -> Result<Response<ListMovesResponse>, Status> {
+        let span = request_span("grpc_list_moves", request.metadata());
+        let jobs = self.tiering.list();
+        traced("grpc_list_moves", span, async {
+            Ok(Response::new(ListMovesResponse { jobs }))
+        })
+        .await
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let span = request_span("grpc_delete_volume", request.metadata());
+        traced(
+            "grpc_delete_volume",
+            span,
+            self.delete_volume_inner(request),
+        )
+        .await
     }
 }

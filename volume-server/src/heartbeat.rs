@@ -10,7 +10,8 @@ use hayloft_proto::{HeartbeatRequest, ServerLocation};
 use hayloft_storage::{Store, Tier, available_space};
 use tonic::transport::Channel;
 
-use crate::status::volume_status;
+use crate::status::all_statuses;
+use crate::tier::Tiering;
 
 fn free_bytes(store: &Store, tier: Tier) -> u64 {
     store
@@ -21,10 +22,10 @@ fn free_bytes(store: &Store, tier: Tier) -> u64 {
         .sum()
 }
 
-fn request(store: &Store, server: &ServerLocation) -> HeartbeatRequest {
+fn request(store: &Store, tiering: &Tiering, server: &ServerLocation) -> HeartbeatRequest {
     HeartbeatRequest {
         server: Some(server.clone()),
-        volumes: store.volumes().iter().map(|v| volume_status(v)).collect(),
+        volumes: all_statuses(&store.handles(), tiering),
         free_hot_bytes: free_bytes(store, Tier::Hot),
         free_warm_bytes: free_bytes(store, Tier::Warm),
     }
@@ -35,6 +36,7 @@ fn request(store: &Store, server: &ServerLocation) -> HeartbeatRequest {
 /// from serving reads and writes to ids already handed out.
 pub(crate) async fn run(
     store: Arc<Store>,
+    tiering: Arc<Tiering>,
     directory: String,
     server: ServerLocation,
     mut pulse: Duration,
@@ -48,8 +50,9 @@ pub(crate) async fn run(
         let beat = {
             let store = Arc::clone(&store);
             let server = server.clone();
+            let tiering = Arc::clone(&tiering);
             tokio::task::spawn_blocking(move || {
-                let beat = request(&store, &server);
+                let beat = request(&store, &tiering, &server);
                 crate::metrics::update_store_gauges(&beat);
                 beat
             })

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::tier::ColdReadError;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -22,6 +23,8 @@ use crate::error::{etag, http_status};
 pub struct HttpState {
     /// The volumes.
     pub store: Arc<Store>,
+    /// Cold reads and read statistics.
+    pub tiering: Arc<crate::tier::Tiering>,
     /// `Cache-Control` sent with every blob.
     pub cache_control: HeaderValue,
 }
@@ -46,7 +49,7 @@ async fn blob(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    serve(&state, &blob_id, &method, &headers)
+    serve(&state, &blob_id, &method, &headers).await
 }
 
 async fn blob_with_name(
@@ -55,7 +58,7 @@ async fn blob_with_name(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    serve(&state, &blob_id, &method, &headers)
+    serve(&state, &blob_id, &method, &headers).await
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -68,7 +71,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
     response
 }
 
-fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap) -> Response {
+async fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap) -> Response {
     let started = std::time::Instant::now();
     let op = if method == Method::HEAD {
         "http_head"
@@ -90,7 +93,9 @@ fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
     );
-    let mut response = span.in_scope(|| respond(state, blob_id, method, headers));
+    let mut response =
+        tracing::Instrument::instrument(respond(state, blob_id, method, headers), span.clone())
+            .await;
     crate::metrics::observe(
         op,
         crate::metrics::http_status_label(response.status()),
@@ -120,15 +125,64 @@ fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap)
     response
 }
 
-fn respond(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap) -> Response {
+/// The needle, from the local map or (for a cold volume) one ranged GET.
+async fn read_blob(state: &HttpState, blob: BlobId) -> Result<hayloft_storage::Needle, Response> {
+    state.tiering.reads.record(blob.volume());
+    let error = match state.store.read(blob.volume(), blob.needle, blob.cookie) {
+        Ok(needle) => return Ok(needle),
+        Err(hayloft_storage::Error::Cold(volume)) => match state.store.cold_volume(volume) {
+            Ok(cold) => match state
+                .tiering
+                .read_cold(&cold, blob.needle, blob.cookie)
+                .await
+            {
+                Ok(needle) => return Ok(needle),
+                Err(ColdReadError::Storage(e)) => e,
+                Err(ColdReadError::Archived(retry_after)) => {
+                    let mut response = plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "blob is archived; a restore is under way\n",
+                    );
+                    insert(
+                        response.headers_mut(),
+                        header::RETRY_AFTER,
+                        &retry_after.as_secs().max(1).to_string(),
+                    );
+                    return Err(response);
+                }
+                Err(ColdReadError::Unavailable(reason)) => {
+                    tracing::warn!(%reason, "cold read failed");
+                    let mut response = plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cold storage unreachable\n",
+                    );
+                    insert(response.headers_mut(), header::RETRY_AFTER, "30");
+                    return Err(response);
+                }
+            },
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    // Missing, deleted, expired and wrong-cookie all look the same.
+    if error.is_not_found() {
+        return Err(plain(StatusCode::NOT_FOUND, "not found\n"));
+    }
+    Err(plain(http_status(&error), "error reading blob\n"))
+}
+
+async fn respond(
+    state: &HttpState,
+    blob_id: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
     let Ok(blob) = blob_id.parse::<BlobId>() else {
         return plain(StatusCode::BAD_REQUEST, "malformed blob id\n");
     };
-    let needle = match state.store.read(blob.volume(), blob.needle, blob.cookie) {
+    let needle = match read_blob(state, blob).await {
         Ok(needle) => needle,
-        // Missing, deleted, expired and wrong-cookie all look the same.
-        Err(e) if e.is_not_found() => return plain(StatusCode::NOT_FOUND, "not found\n"),
-        Err(e) => return plain(http_status(&e), "error reading blob\n"),
+        Err(response) => return response,
     };
     let size = needle.data.len() as u64;
     let tag = etag(needle.checksum, size);

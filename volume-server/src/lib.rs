@@ -27,7 +27,9 @@ pub mod grpc;
 mod heartbeat;
 pub mod http;
 pub mod metrics;
+pub mod reads;
 pub mod status;
+pub mod tier;
 
 /// When writes are acknowledged, as written in configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +94,25 @@ pub struct VolumeServerConfig {
     /// Where to serve Prometheus `/metrics` (not on the CDN-facing port).
     /// Default `127.0.0.1:9389`.
     pub metrics_listen: Option<SocketAddr>,
+    /// The cold tier (`type = "s3"` or `type = "local"`). Default: none
+    /// (moves to cold are refused).
+    pub cold: Option<hayloft_tiering::object::ObjectStoreConfig>,
+    /// Part size of uploads to the cold tier (5 MiB to 5 GiB). Default `16MiB`.
+    pub tier_part_size: ByteSize,
+    /// Copy rate limit of tier moves (0 = unlimited). Default `64MiB` (a second).
+    pub tier_rate: ByteSize,
+    /// `Retry-After` answered for reads of archived (GLACIER, DEEP_ARCHIVE)
+    /// volumes while they are restored. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub restore_retry_after: Duration,
+    /// Days a restored copy of an archived object stays readable. Default 1.
+    pub restore_days: i32,
+    /// How often a move waiting for a restore checks on it. Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub restore_poll: Duration,
+    /// Window of the reads-per-day statistics the policy uses. Default `7d`.
+    #[serde(with = "humantime_serde")]
+    pub read_window: Duration,
 }
 
 impl Default for VolumeServerConfig {
@@ -116,6 +137,13 @@ impl Default for VolumeServerConfig {
             compaction_rate: ByteSize::mib(64),
             compaction_min_garbage: ByteSize::mib(1),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9389))),
+            cold: None,
+            tier_part_size: ByteSize::mib(16),
+            tier_rate: ByteSize::mib(64),
+            restore_retry_after: Duration::from_secs(3600),
+            restore_days: 1,
+            restore_poll: Duration::from_secs(60),
+            read_window: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -168,12 +196,16 @@ pub enum StartError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    /// The cold store configuration is unusable.
+    #[error("cold store: {0}")]
+    Cold(std::io::Error),
 }
 
 /// A volume server with its store open and its ports bound.
 pub struct VolumeServer {
     config: VolumeServerConfig,
     store: Arc<Store>,
+    objects: Option<hayloft_tiering::object::ObjectStore>,
     grpc: TcpListener,
     http: TcpListener,
 }
@@ -196,9 +228,20 @@ impl VolumeServer {
         };
         let grpc = bind(config.grpc_listen).await?;
         let http = bind(config.http_listen).await?;
+        // Connecting makes no request: a cold store that is down fails cold
+        // reads and moves, nothing else.
+        let objects = match &config.cold {
+            Some(cold) => Some(
+                hayloft_tiering::object::ObjectStore::connect(cold)
+                    .await
+                    .map_err(StartError::Cold)?,
+            ),
+            None => None,
+        };
         Ok(VolumeServer {
             config,
             store: Arc::new(store),
+            objects,
             grpc,
             http,
         })
@@ -254,8 +297,25 @@ impl VolumeServer {
             }
         };
         let heartbeat_now = Arc::new(tokio::sync::Notify::new());
+        let reads = Arc::new(reads::ReadStats::new(self.config.read_window));
+        let read_ticker = tokio::spawn(Arc::clone(&reads).run(wait_stop()));
+        let tiering = tier::Tiering::new(
+            Arc::clone(&self.store),
+            self.objects.clone(),
+            tier::TierSettings {
+                part_size: self.config.tier_part_size.as_u64().max(1 << 20),
+                bytes_per_sec: self.config.tier_rate.as_u64(),
+                restore_retry_after: self.config.restore_retry_after,
+                restore_days: self.config.restore_days,
+                restore_poll: self.config.restore_poll,
+            },
+            reads,
+            Arc::clone(&heartbeat_now),
+        );
+        tiering.resume_pending();
         let heartbeat = tokio::spawn(heartbeat::run(
             Arc::clone(&self.store),
+            Arc::clone(&tiering),
             self.config.directory.clone(),
             advertised.clone(),
             self.config.pulse,
@@ -271,6 +331,7 @@ impl VolumeServer {
                 .min(hayloft_storage::format::MAX_DATA_LEN),
             self.config.compaction_rate.as_u64(),
             heartbeat_now,
+            Arc::clone(&tiering),
         );
         let scheduler = tokio::spawn(compaction::run_scheduler(
             Arc::clone(&self.store),
@@ -294,6 +355,7 @@ impl VolumeServer {
             );
         let http_state = Arc::new(http::HttpState {
             store: Arc::clone(&self.store),
+            tiering: Arc::clone(&tiering),
             cache_control: http::cache_control(self.config.cache_max_age),
         });
         let listener = axum::serve::ListenerExt::tap_io(self.http, |tcp| {
@@ -314,6 +376,7 @@ impl VolumeServer {
         let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
         let _ = heartbeat.await;
         let _ = scheduler.await;
+        let _ = read_ticker.await;
         let store = Arc::clone(&self.store);
         let closed = tokio::task::spawn_blocking(move || store.close()).await;
         grpc_result?;

@@ -82,6 +82,10 @@ pub fn update_store_gauges(beat: &hayloft_proto::HeartbeatRequest) {
         let tier = tier_name(status.tier);
         let state = if status.compacting {
             "compacting"
+        } else if status.state == hayloft_proto::VolumeState::Moving as i32 {
+            "moving"
+        } else if status.state == hayloft_proto::VolumeState::Restoring as i32 {
+            "restoring"
         } else if status.sealed {
             "sealed"
         } else {
@@ -101,7 +105,7 @@ pub fn update_store_gauges(beat: &hayloft_proto::HeartbeatRequest) {
         }
     }
     for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
-        for state in ["writable", "sealed", "compacting"] {
+        for state in ["writable", "sealed", "compacting", "moving", "restoring"] {
             let count = volumes.get(&(tier.as_str(), state)).copied().unwrap_or(0.0);
             metrics::gauge!("hayloft_volumes", "tier" => tier.as_str(), "state" => state)
                 .set(count);

@@ -539,7 +539,7 @@ impl Volume {
     /// Holds back new streamed writes until the running ones finish (calling
     /// `catch_up` meanwhile), then every new write until the in-flight ones
     /// are enqueued. Returns when writers are paused.
-    fn quiesce(
+    pub(crate) fn quiesce(
         &self,
         timeout: Duration,
         mut catch_up: impl FnMut(&Volume) -> Result<()>,

@@ -58,9 +58,26 @@ impl Volume {
         self.append_record(id, &record, true).map(|_| ())
     }
 
+    /// Deletes a needle whatever its cookie (a move back from cold replays
+    /// the deletes made while the volume was cold).
+    pub fn delete_replayed(&self, id: NeedleId) -> Result<()> {
+        let offset = self
+            .state
+            .read()
+            .index
+            .get(id)
+            .ok_or(Error::NeedleNotFound {
+                volume: self.id,
+                needle: id,
+            })?;
+        let files = std::sync::Arc::clone(&self.state.read().files);
+        let cookie = self.header_at(&files.map, offset, id)?.cookie;
+        self.delete(id, cookie)
+    }
+
     fn append_record(&self, id: NeedleId, record: &[u8], tombstone: bool) -> Result<(u64, u64)> {
         let len = record.len() as u64;
-        let (offset, files) = self.reserve(len, false)?;
+        let (offset, files) = self.reserve(len, false, tombstone)?;
         if let Err(e) = files.data.write_at(record, offset) {
             self.abandon(&files, offset, len, false);
             return Err(e);
@@ -101,7 +118,7 @@ impl Volume {
             data_len: data_len as u32,
         };
         let record_len = header.record_len();
-        let (offset, files) = self.reserve(record_len, true)?;
+        let (offset, files) = self.reserve(record_len, true, false)?;
         let header_bytes = header.encode();
         if let Err(e) = files.data.write_at(&header_bytes, offset) {
             self.abandon(&files, offset, record_len, true);
@@ -122,16 +139,20 @@ impl Volume {
     }
 
     /// Reserves `len` bytes at the end of the data file, and returns the
-    /// files to write them to. Waits while a compaction swaps files.
-    fn reserve(&self, len: u64, streamed: bool) -> Result<(u64, Arc<Files>)> {
+    /// files to write them to. Waits while a compaction swaps files or a move
+    /// makes its final copy. Sealed volumes still take tombstones.
+    fn reserve(&self, len: u64, streamed: bool, tombstone: bool) -> Result<(u64, Arc<Files>)> {
         if self.sync.lock().poisoned {
             return Err(Error::Poisoned(self.id));
         }
         let mut writer = self.writer.lock();
-        while writer.paused || (streamed && writer.streams_paused) {
+        while !writer.retired && (writer.paused || (streamed && writer.streams_paused)) {
             self.writer_changed.wait(&mut writer);
         }
-        if writer.sealed {
+        if writer.retired {
+            return Err(Error::Moved(self.id));
+        }
+        if writer.sealed && !tombstone {
             return Err(Error::Sealed(self.id));
         }
         let files = Arc::clone(&self.state.read().files);

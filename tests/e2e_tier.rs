@@ -1,0 +1,781 @@
+//! End-to-end tiering against a real S3-compatible server (moto, started by
+//! the test on loopback): every move direction with reads checked during
+//! and after, the Glacier restore flow, promotion by policy, expiry, and the
+//! faults (S3 down mid-upload, a crash at each job step, a checksum
+//! mismatch, a volume server starting with S3 down).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hayloft_client::{Client, UploadOptions};
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::{ListMovesRequest, MoveJobStatus, ReadRequest, Tier as ProtoTier};
+use hayloft_tiering::object::{ObjectError, ObjectStore, ObjectStoreConfig};
+use reqwest::StatusCode;
+use support::{Cluster, S3Server, content, hayloft};
+
+const BUCKET: &str = "cold";
+
+/// A cluster of one volume server whose cold tier is a fresh moto.
+struct Setup {
+    cluster: Cluster,
+    s3: S3Server,
+    _config_dir: tempfile::TempDir,
+}
+
+async fn setup(extra_config: &str, env: &[(&str, &str)]) -> Setup {
+    let config_dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(config_dir.path()).await;
+    s3.create_bucket(BUCKET).await;
+    let config = config_dir.path().join("volume.toml");
+    std::fs::write(&config, s3.volume_config(extra_config)).unwrap();
+    let cluster = Cluster::start_with_env(1, &["--config", config.to_str().unwrap()], env).await;
+    Setup {
+        cluster,
+        s3,
+        _config_dir: config_dir,
+    }
+}
+
+struct Blob {
+    id: String,
+    seed: u64,
+    len: usize,
+}
+
+/// Uploads `count` blobs of `len` bytes.
+async fn upload(
+    client: &Client,
+    first_seed: u64,
+    count: u64,
+    len: usize,
+    collection: &str,
+) -> Vec<Blob> {
+    let options = UploadOptions {
+        collection: collection.into(),
+        ..UploadOptions::default()
+    };
+    let mut blobs = Vec::new();
+    for seed in first_seed..first_seed + count {
+        let uploaded = client
+            .upload(Bytes::from(content(seed, len)), &options)
+            .await
+            .unwrap();
+        blobs.push(Blob {
+            id: uploaded.blob_id,
+            seed,
+            len,
+        });
+    }
+    blobs
+}
+
+/// Volumes holding needles.
+async fn volumes_with_data(client: &Client) -> Vec<u32> {
+    let status = client.status().await.unwrap();
+    status
+        .volumes
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .filter(|s| s.needles > 0)
+        .map(|s| s.volume_id)
+        .collect()
+}
+
+fn volume_of(blob_id: &str) -> u32 {
+    blob_id
+        .parse::<hayloft_storage::BlobId>()
+        .unwrap()
+        .volume()
+        .0
+}
+
+async fn get(base: &str, blob: &Blob) -> (StatusCode, Bytes) {
+    let response = reqwest::get(format!("{base}/{}", blob.id)).await.unwrap();
+    let status = response.status();
+    (status, response.bytes().await.unwrap_or_default())
+}
+
+async fn check_all(base: &str, blobs: &[Blob]) {
+    for blob in blobs {
+        let (status, body) = get(base, blob).await;
+        assert_eq!(status, StatusCode::OK, "blob {}", blob.id);
+        assert_eq!(
+            &body[..],
+            &content(blob.seed, blob.len)[..],
+            "blob {}",
+            blob.id
+        );
+    }
+}
+
+/// Reads every blob over HTTP in a loop until stopped; counts failures.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+fn start_reader(base: String, blobs: Vec<(String, u64, usize)>) -> Reader {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let (s, r, f) = (Arc::clone(&stop), Arc::clone(&reads), Arc::clone(&failures));
+    let task = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut errors = Vec::new();
+        while !s.load(Ordering::Relaxed) {
+            for (id, seed, len) in &blobs {
+                let ok = match client.get(format!("{base}/{id}")).send().await {
+                    Ok(response) if response.status() == StatusCode::OK => response
+                        .bytes()
+                        .await
+                        .is_ok_and(|b| b[..] == content(*seed, *len)[..]),
+                    Ok(response) => {
+                        errors.push(format!("{id}: {}", response.status()));
+                        false
+                    }
+                    Err(e) => {
+                        errors.push(format!("{id}: {e}"));
+                        false
+                    }
+                };
+                r.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        errors
+    });
+    Reader {
+        stop,
+        reads,
+        failures,
+        task,
+    }
+}
+
+impl Reader {
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self.task.await.unwrap();
+        assert_eq!(self.failures.load(Ordering::Relaxed), errors.len() as u64);
+        (self.reads.load(Ordering::Relaxed), errors)
+    }
+}
+
+fn readable(blobs: &[Blob]) -> Vec<(String, u64, usize)> {
+    blobs
+        .iter()
+        .map(|b| (b.id.clone(), b.seed, b.len))
+        .collect()
+}
+
+async fn tier_of(client: &Client, volume: u32) -> (i32, String) {
+    let status = client.status().await.unwrap();
+    let s = status
+        .volumes
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .find(|s| s.volume_id == volume)
+        .unwrap();
+    (s.tier, s.storage_class.clone())
+}
+
+/// Waits until the directory reports `volume` on `tier`.
+async fn wait_tier(client: &Client, volume: u32, tier: ProtoTier) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tier_of(client, volume).await.0 != tier as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "volume {volume} never reached {tier:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn jobs(setup: &Setup) -> Vec<MoveJobStatus> {
+    let mut client = VolumeClient::connect(format!("http://{}", setup.cluster.grpc_addr(0)))
+        .await
+        .unwrap();
+    client
+        .list_moves(ListMovesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+}
+
+async fn objects(setup: &Setup) -> ObjectStore {
+    ObjectStore::connect(&ObjectStoreConfig::S3 {
+        endpoint: Some(setup.s3.endpoint()),
+        region: "us-east-1".into(),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        force_path_style: true,
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap()
+}
+
+/// Object keys in the bucket (moto lists without signatures).
+async fn object_keys(setup: &Setup) -> Vec<String> {
+    let body = reqwest::get(format!("{}/{BUCKET}", setup.s3.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn volume_files(setup: &Setup, volume: u32) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for tier in ["hot", "warm"] {
+        let dir = setup.cluster.root.path().join("vs0").join(tier);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.split('.').next() == Some(&volume.to_string()) {
+                files.push(PathBuf::from(tier).join(name));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn tier_cmd(setup: &Setup, args: &[&str]) -> String {
+    let mut all = vec!["tier"];
+    all.extend_from_slice(args);
+    let (ok, out) = hayloft(&setup.cluster, &all);
+    assert!(ok, "hayloft {all:?} failed:\n{out}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volumes_move_hot_warm_cold_and_back_while_reads_go_on() {
+    let setup = setup("", &[]).await;
+    let client = setup.cluster.client().await;
+    let mut blobs = upload(&client, 0, 60, 4096, "").await;
+    blobs.extend(upload(&client, 1000, 3, 1 << 20, "").await);
+    let volumes = volumes_with_data(&client).await;
+    assert!(!volumes.is_empty());
+    let base = setup.cluster.http_base(0);
+    let reader = start_reader(base.clone(), readable(&blobs));
+
+    for &volume in &volumes {
+        let v = volume.to_string();
+        tier_cmd(&setup, &["move", "--volume", &v, "--to", "warm"]);
+        wait_tier(&client, volume, ProtoTier::Warm).await;
+        assert!(
+            volume_files(&setup, volume)
+                .iter()
+                .all(|f| f.starts_with("warm"))
+        );
+    }
+    check_all(&base, &blobs).await;
+
+    for &volume in &volumes {
+        let v = volume.to_string();
+        let out = tier_cmd(
+            &setup,
+            &[
+                "move", "--volume", &v, "--to", "cold", "--bucket", BUCKET, "--prefix", "t/",
+            ],
+        );
+        assert!(out.contains("done"), "{out}");
+        wait_tier(&client, volume, ProtoTier::Cold).await;
+        // Only the manifest, index, tombstones and state stay local.
+        let files = volume_files(&setup, volume);
+        assert!(
+            files.iter().all(|f| !f.to_string_lossy().ends_with(".dat")),
+            "{files:?}"
+        );
+        assert!(
+            files.iter().any(|f| f.to_string_lossy().ends_with(".cold")),
+            "{files:?}"
+        );
+    }
+    assert_eq!(object_keys(&setup).await.len(), volumes.len());
+    check_all(&base, &blobs).await;
+    let (reads, errors) = reader.finish().await;
+    assert!(errors.is_empty(), "reads failed during moves: {errors:?}");
+    assert!(reads > 0);
+
+    // gRPC reads of cold needles, with a range.
+    let mut volume_client = VolumeClient::connect(format!("http://{}", setup.cluster.grpc_addr(0)))
+        .await
+        .unwrap();
+    let big = &blobs[blobs.len() - 1];
+    let mut stream = volume_client
+        .read(ReadRequest {
+            blob_id: big.id.clone(),
+            offset: 1000,
+            length: 5000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        got.extend_from_slice(&chunk.chunk);
+    }
+    assert_eq!(&got[..], &content(big.seed, big.len)[1000..6000]);
+
+    // `hayloft status` shows the tier and class.
+    let (ok, out) = hayloft(&setup.cluster, &["status"]);
+    assert!(
+        ok && out.contains("cold") && out.contains("STANDARD"),
+        "{out}"
+    );
+
+    // Deletes of cold needles: tombstoned locally, kept through the way back.
+    let deleted = blobs.remove(0);
+    client.delete(&deleted.id).await.unwrap();
+    assert_eq!(get(&base, &deleted).await.0, StatusCode::NOT_FOUND);
+    // A wrong cookie cannot delete (the header is fetched to check it).
+    let id = &blobs[0].id;
+    let cookie = &id[id.len() - 8..];
+    let wrong = format!(
+        "{}{}",
+        &id[..id.len() - 8],
+        if cookie == "00000000" {
+            "00000001"
+        } else {
+            "00000000"
+        }
+    );
+    assert!(client.delete(&wrong).await.is_err());
+    check_all(&base, &blobs[..1]).await;
+
+    let reader = start_reader(base.clone(), readable(&blobs));
+    for &volume in &volumes {
+        let v = volume.to_string();
+        tier_cmd(&setup, &["restore", "--volume", &v]);
+        wait_tier(&client, volume, ProtoTier::Warm).await;
+    }
+    let (_, errors) = reader.finish().await;
+    assert!(
+        errors.is_empty(),
+        "reads failed during restores: {errors:?}"
+    );
+    check_all(&base, &blobs).await;
+    assert_eq!(get(&base, &deleted).await.0, StatusCode::NOT_FOUND);
+    // The objects are gone once the volumes are local again.
+    assert!(object_keys(&setup).await.is_empty());
+    // And back to hot.
+    let volume = volumes[0];
+    tier_cmd(
+        &setup,
+        &["move", "--volume", &volume.to_string(), "--to", "hot"],
+    );
+    wait_tier(&client, volume, ProtoTier::Hot).await;
+    check_all(&base, &blobs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn glacier_reads_answer_503_start_one_restore_then_work_and_promotion_brings_back() {
+    let setup = setup("", &[]).await;
+    let client = setup.cluster.client().await;
+    let blobs = upload(&client, 0, 10, 2048, "").await;
+    let volume = volume_of(&blobs[0].id);
+    let ours: Vec<&Blob> = blobs
+        .iter()
+        .filter(|b| volume_of(&b.id) == volume)
+        .collect();
+    tier_cmd(
+        &setup,
+        &[
+            "move",
+            "--volume",
+            &volume.to_string(),
+            "--to",
+            "cold",
+            "--bucket",
+            BUCKET,
+            "--storage-class",
+            "GLACIER",
+        ],
+    );
+    wait_tier(&client, volume, ProtoTier::Cold).await;
+    assert_eq!(tier_of(&client, volume).await.1, "GLACIER");
+
+    let base = setup.cluster.http_base(0);
+    let response = reqwest::get(format!("{base}/{}", ours[0].id))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "2");
+    // gRPC says UNAVAILABLE with the same hint (the restore may already be
+    // done by now: moto restores in milliseconds).
+    let mut volume_client = VolumeClient::connect(format!("http://{}", setup.cluster.grpc_addr(0)))
+        .await
+        .unwrap();
+    if let Err(status) = volume_client
+        .read(ReadRequest {
+            blob_id: ours[1].id.clone(),
+            ..ReadRequest::default()
+        })
+        .await
+    {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
+    }
+    // Once restored, reads work.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = get(&base, ours[0]).await;
+        if status == StatusCode::OK {
+            assert_eq!(&body[..], &content(ours[0].seed, ours[0].len)[..]);
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "restore never completed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = reqwest::get(format!(
+        "http://127.0.0.1:{}/metrics",
+        setup.cluster.volume_ports[0].metrics
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("hayloft_tier_restores_started_total 1\n"),
+        "one restore only:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("restore"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Promotion: reads make the volume hot enough to come back to warm.
+    for blob in &ours {
+        get(&base, blob).await;
+    }
+    let policy = setup.cluster.root.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "min_observation = \"0s\"\n[[promote]]\nname = \"busy\"\nfrom = \"cold\"\nmin_reads_per_day = 100\ntarget = \"warm\"\n",
+    )
+    .unwrap();
+    // Heartbeats carry the read rates: wait for one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = tier_cmd(&setup, &["plan", "--policy", policy.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("volume {volume}: cold -> warm by busy")),
+        "{out}"
+    );
+    tier_cmd(&setup, &["run", "--policy", policy.to_str().unwrap()]);
+    wait_tier(&client, volume, ProtoTier::Warm).await;
+    for blob in &ours {
+        let (status, body) = get(&base, blob).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], &content(blob.seed, blob.len)[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volumes_whose_needles_all_expired_are_deleted() {
+    let setup = setup("", &[]).await;
+    let client = setup.cluster.client().await;
+    let options = UploadOptions {
+        collection: "tmp".into(),
+        ttl: Some(Duration::from_secs(2)),
+        ..UploadOptions::default()
+    };
+    let uploaded = client
+        .upload(Bytes::from(content(1, 1000)), &options)
+        .await
+        .unwrap();
+    let keep = upload(&client, 10, 5, 1000, "").await;
+    let volume = volume_of(&uploaded.blob_id);
+    // Sealing happens on the move to warm.
+    tier_cmd(
+        &setup,
+        &["move", "--volume", &volume.to_string(), "--to", "warm"],
+    );
+    let empty_policy = setup.cluster.root.path().join("empty.toml");
+    std::fs::write(&empty_policy, "").unwrap();
+    let out = tier_cmd(
+        &setup,
+        &["plan", "--policy", empty_policy.to_str().unwrap()],
+    );
+    assert!(!out.contains("delete"), "nothing has expired yet:\n{out}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = tier_cmd(&setup, &["run", "--policy", empty_policy.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("volume {volume}: delete (every needle expired)")),
+        "{out}"
+    );
+    assert!(volume_files(&setup, volume).is_empty());
+    let status = client.status().await.unwrap();
+    assert!(
+        status
+            .volumes
+            .iter()
+            .all(|v| v.status.as_ref().unwrap().volume_id != volume)
+    );
+    // Heartbeats do not bring it back, and other volumes are untouched.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = client.status().await.unwrap();
+    assert!(
+        status
+            .volumes
+            .iter()
+            .all(|v| v.status.as_ref().unwrap().volume_id != volume)
+    );
+    check_all(&setup.cluster.http_base(0), &keep).await;
+}
+
+/// A volume of about 16 MiB (four 5 MiB parts) and the blobs in it.
+async fn big_volume(client: &Client) -> (u32, Vec<Blob>) {
+    let blobs = upload(client, 0, 4, 4 << 20, "big").await;
+    let volume = volume_of(&blobs[0].id);
+    let ours: Vec<Blob> = blobs
+        .into_iter()
+        .filter(|b| volume_of(&b.id) == volume)
+        .collect();
+    (volume, ours)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_down_mid_upload_the_job_retries_and_resumes_and_reads_go_on() {
+    // Slow the upload so S3 can be stopped in the middle of it.
+    let mut setup = setup("tier_rate = \"4MiB\"", &[]).await;
+    let client = setup.cluster.client().await;
+    let (volume, blobs) = big_volume(&client).await;
+    let base = setup.cluster.http_base(0);
+    tier_cmd(
+        &setup,
+        &[
+            "move",
+            "--volume",
+            &volume.to_string(),
+            "--to",
+            "cold",
+            "--bucket",
+            BUCKET,
+            "--no-wait",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while jobs(&setup).await.iter().all(|j| j.done_bytes == 0) {
+        assert!(Instant::now() < deadline, "upload never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.s3.stop();
+    // The job retries; the volume stays readable from its source meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = jobs(&setup)
+            .await
+            .into_iter()
+            .find(|j| j.volume_id == volume)
+            .unwrap();
+        assert!(!job.finished, "{job:?}");
+        if job.attempts > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retry: {job:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check_all(&base, &blobs).await;
+    assert_eq!(tier_of(&client, volume).await.0, ProtoTier::Hot as i32);
+    // S3 comes back empty (moto keeps nothing): the job starts a new upload.
+    setup.s3.restart().await;
+    setup.s3.create_bucket(BUCKET).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = jobs(&setup)
+            .await
+            .into_iter()
+            .find(|j| j.volume_id == volume)
+            .unwrap();
+        if job.finished {
+            assert!(job.error.is_empty(), "{job:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "job never finished: {job:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_tier(&client, volume, ProtoTier::Cold).await;
+    check_all(&base, &blobs).await;
+}
+
+/// Crashes the volume server at a failpoint of a move to cold, restarts
+/// it without, and checks the move resumes and completes.
+async fn crash_and_resume(failpoint: &str) {
+    let mut setup = setup("", &[("HAYLOFT_FAILPOINT", failpoint)]).await;
+    let client = setup.cluster.client().await;
+    let (volume, blobs) = big_volume(&client).await;
+    let (ok, out) = hayloft(
+        &setup.cluster,
+        &[
+            "tier",
+            "move",
+            "--volume",
+            &volume.to_string(),
+            "--to",
+            "cold",
+            "--bucket",
+            BUCKET,
+        ],
+    );
+    assert!(!ok, "the move cannot finish past {failpoint}:\n{out}");
+    let proc = setup.cluster.volumes[0].take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut proc = proc;
+    loop {
+        if proc.exited() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not crash at {failpoint}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The job file is there; the volume is still local.
+    let files = volume_files(&setup, volume);
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().ends_with(".move")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().ends_with(".dat")),
+        "{files:?}"
+    );
+    setup.cluster.volume_env.clear();
+    setup.cluster.start_volume(0);
+    setup.cluster.wait_http(0).await;
+    let base = setup.cluster.http_base(0);
+    check_all(&base, &blobs).await;
+    wait_tier(&client, volume, ProtoTier::Cold).await;
+    check_all(&base, &blobs).await;
+    let files = volume_files(&setup, volume);
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.to_string_lossy().ends_with(".dat")
+                && !f.to_string_lossy().ends_with(".move")),
+        "{files:?}"
+    );
+    assert_eq!(object_keys(&setup).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_after_an_uploaded_part_resumes_the_upload() {
+    crash_and_resume("tier-crash-after-part").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_after_verify_before_switch_resumes_the_move() {
+    crash_and_resume("tier-crash-before-switch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checksum_mismatch_after_upload_keeps_the_source() {
+    let setup = setup("", &[("HAYLOFT_FAILPOINT", "tier-corrupt-upload")]).await;
+    let client = setup.cluster.client().await;
+    let blobs = upload(&client, 0, 5, 3000, "").await;
+    let volume = volume_of(&blobs[0].id);
+    let (ok, out) = hayloft(
+        &setup.cluster,
+        &[
+            "tier",
+            "move",
+            "--volume",
+            &volume.to_string(),
+            "--to",
+            "cold",
+            "--bucket",
+            BUCKET,
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("checksum mismatch"), "{out}");
+    assert_eq!(tier_of(&client, volume).await.0, ProtoTier::Hot as i32);
+    assert!(
+        object_keys(&setup).await.is_empty(),
+        "the bad object is deleted"
+    );
+    let files = volume_files(&setup, volume);
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().ends_with(".dat")),
+        "{files:?}"
+    );
+    assert!(
+        !files.iter().any(|f| f.to_string_lossy().ends_with(".move")),
+        "{files:?}"
+    );
+    check_all(&setup.cluster.http_base(0), &blobs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starting_with_s3_down_serves_local_volumes_and_fails_cold_reads_with_503() {
+    let mut setup = setup("", &[]).await;
+    let client = setup.cluster.client().await;
+    let blobs = upload(&client, 0, 30, 2000, "").await;
+    let cold_volume = volume_of(&blobs[0].id);
+    tier_cmd(
+        &setup,
+        &[
+            "move",
+            "--volume",
+            &cold_volume.to_string(),
+            "--to",
+            "cold",
+            "--bucket",
+            BUCKET,
+        ],
+    );
+    setup.cluster.volumes[0].take().unwrap().stop();
+    setup.s3.stop();
+    setup.cluster.start_volume(0);
+    setup.cluster.wait_http(0).await;
+    let base = setup.cluster.http_base(0);
+    for blob in &blobs {
+        let (status, body) = get(&base, blob).await;
+        if volume_of(&blob.id) == cold_volume {
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cold blob {}",
+                blob.id
+            );
+        } else {
+            assert_eq!(status, StatusCode::OK, "local blob {}", blob.id);
+            assert_eq!(&body[..], &content(blob.seed, blob.len)[..]);
+        }
+    }
+    // Nothing was downloaded: the cold volume has no data file.
+    let files = volume_files(&setup, cold_volume);
+    assert!(
+        files.iter().all(|f| !f.to_string_lossy().contains(".dat")),
+        "{files:?}"
+    );
+    // The object store is unknown to the server until asked; it is down.
+    let objects = objects(&setup).await;
+    assert!(matches!(
+        objects.head(BUCKET, "x").await,
+        Err(ObjectError::Unreachable(_))
+    ));
+}

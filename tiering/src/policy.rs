@@ -1,0 +1,556 @@
+//! The lifecycle policy (TOML) and the planner that applies it to the
+//! directory's view of the cluster.
+//!
+//! ```toml
+//! # Seconds of read statistics a reads-per-day rule needs before it demotes.
+//! min_observation = "1h"
+//!
+//! [prices]                 # $ per GB-month, by tier and by storage class
+//! hot = 0.10
+//! warm = 0.03
+//! STANDARD = 0.023
+//! GLACIER = 0.0036
+//!
+//! [[rule]]                 # demotions: first match wins
+//! name = "aged-to-warm"
+//! from = "hot"
+//! min_age = "7d"           # since the volume was sealed
+//! max_reads_per_day = 1000
+//! target = "warm"
+//!
+//! [[rule]]
+//! name = "archive"
+//! collection = "photos"
+//! min_age = "180d"
+//! max_reads_per_day = 1
+//! target = "cold"
+//! bucket = "hayloft-archive"
+//! prefix = "photos/"
+//! storage_class = "GLACIER"
+//!
+//! [[promote]]              # promotions: first match wins
+//! name = "hot-again"
+//! from = "cold"
+//! min_reads_per_day = 500
+//! target = "warm"
+//!
+//! [[expire]]               # retention: whole volumes
+//! name = "tmp"
+//! collection = "tmp"
+//! min_age = "30d"
+//! ```
+//!
+//! Volumes whose every needle has expired (per-needle expiry set at upload)
+//! are deleted whatever the rules say.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use hayloft_proto::{Tier as ProtoTier, VolumeRecord, VolumeState};
+use hayloft_storage::Tier;
+use serde::{Deserialize, Serialize};
+
+use crate::object::STORAGE_CLASSES;
+
+/// A lifecycle policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// History a `max_reads_per_day` rule needs before it moves a volume
+    /// down (read counts restart with the volume server). Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub min_observation: Duration,
+    /// Copy rate limit per move (0 = the volume server's default).
+    pub bytes_per_sec: ByteSize,
+    /// Most moves started per run. Default 4.
+    pub max_moves_per_run: usize,
+    /// $ per GB-month, by tier (`hot`, `warm`) and storage class (`STANDARD`, ...).
+    pub prices: BTreeMap<String, f64>,
+    /// Demotions, first match wins.
+    #[serde(rename = "rule")]
+    pub rules: Vec<Rule>,
+    /// Promotions, first match wins.
+    #[serde(rename = "promote")]
+    pub promotions: Vec<Promotion>,
+    /// Retention of whole volumes.
+    #[serde(rename = "expire")]
+    pub expiries: Vec<Expiry>,
+}
+
+/// A rule that moves volumes to a colder tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Shown in plans and logs.
+    pub name: String,
+    /// Only volumes of this collection (all if unset).
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Only volumes on this tier (any warmer than the target if unset).
+    #[serde(default)]
+    pub from: Option<Tier>,
+    /// Sealed at least this long ago.
+    #[serde(default, with = "humantime_serde")]
+    pub min_age: Option<Duration>,
+    /// Read at most this often.
+    #[serde(default)]
+    pub max_reads_per_day: Option<f64>,
+    /// At least this big.
+    #[serde(default)]
+    pub min_size: Option<ByteSize>,
+    /// At most this garbage ratio (compact first otherwise).
+    #[serde(default)]
+    pub max_garbage_ratio: Option<f64>,
+    /// Where to.
+    pub target: Tier,
+    /// For cold: the bucket.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// For cold: the key prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// For cold: the storage class. Default `STANDARD`.
+    #[serde(default)]
+    pub storage_class: Option<String>,
+}
+
+/// A rule that brings volumes back to a warmer tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// Shown in plans and logs.
+    pub name: String,
+    /// Only volumes of this collection.
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Only volumes on this tier (any colder than the target if unset).
+    #[serde(default)]
+    pub from: Option<Tier>,
+    /// Read at least this often.
+    pub min_reads_per_day: f64,
+    /// Where to (`hot` or `warm`).
+    pub target: Tier,
+}
+
+/// A retention rule: delete whole sealed volumes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expiry {
+    /// Shown in plans and logs.
+    pub name: String,
+    /// Only volumes of this collection.
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Sealed at least this long ago.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Duration,
+}
+
+/// Why a policy is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("policy: {0}")]
+pub struct PolicyError(pub String);
+
+fn rank(tier: Tier) -> u8 {
+    match tier {
+        Tier::Hot => 0,
+        Tier::Warm => 1,
+        Tier::Cold => 2,
+    }
+}
+
+impl Policy {
+    /// Parses and checks a policy.
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let mut policy: Policy = toml::from_str(text).map_err(|e| PolicyError(e.to_string()))?;
+        if policy.max_moves_per_run == 0 {
+            policy.max_moves_per_run = 4;
+        }
+        if policy.min_observation.is_zero() && !text.contains("min_observation") {
+            policy.min_observation = Duration::from_secs(3600);
+        }
+        for rule in &policy.rules {
+            if rule.target == Tier::Cold {
+                if rule.bucket.as_deref().unwrap_or("").is_empty() {
+                    return Err(PolicyError(format!(
+                        "rule {:?} targets cold but names no bucket",
+                        rule.name
+                    )));
+                }
+                let class = rule.storage_class.as_deref().unwrap_or("STANDARD");
+                if !STORAGE_CLASSES.contains(&class) {
+                    return Err(PolicyError(format!(
+                        "rule {:?}: unknown storage class {class:?} (expected one of {})",
+                        rule.name,
+                        STORAGE_CLASSES.join(", ")
+                    )));
+                }
+            }
+            if rule.from.is_some_and(|f| rank(f) >= rank(rule.target)) {
+                return Err(PolicyError(format!(
+                    "rule {:?} does not move to a colder tier",
+                    rule.name
+                )));
+            }
+        }
+        for promotion in &policy.promotions {
+            if promotion.target == Tier::Cold
+                || promotion
+                    .from
+                    .is_some_and(|f| rank(f) <= rank(promotion.target))
+            {
+                return Err(PolicyError(format!(
+                    "promotion {:?} does not move to a warmer tier",
+                    promotion.name
+                )));
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Price of a GB-month in `tier` / `class`, if configured.
+    pub fn price(&self, key: &str) -> Option<f64> {
+        self.prices.get(key).copied()
+    }
+}
+
+/// What the planner decided for one volume.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Move the volume.
+    Move {
+        /// The volume.
+        volume: u32,
+        /// Its server's id.
+        server: String,
+        /// From.
+        from: Tier,
+        /// To.
+        to: Tier,
+        /// For cold: bucket, prefix and class.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+        /// Storage class.
+        storage_class: String,
+        /// Bytes to move.
+        bytes: u64,
+        /// The rule that decided it.
+        rule: String,
+    },
+    /// Delete the whole volume.
+    Delete {
+        /// The volume.
+        volume: u32,
+        /// Its server's id.
+        server: String,
+        /// Bytes freed.
+        bytes: u64,
+        /// Why.
+        rule: String,
+    },
+}
+
+/// Where a volume's bytes are billed: `hot`, `warm`, or the cold storage class.
+pub fn billing_key(status: &hayloft_proto::VolumeStatus) -> String {
+    match ProtoTier::try_from(status.tier) {
+        Ok(ProtoTier::Cold) => {
+            if status.storage_class.is_empty() {
+                "STANDARD".into()
+            } else {
+                status.storage_class.clone()
+            }
+        }
+        Ok(ProtoTier::Warm) => "warm".into(),
+        _ => "hot".into(),
+    }
+}
+
+fn tier_of(status: &hayloft_proto::VolumeStatus) -> Tier {
+    match ProtoTier::try_from(status.tier) {
+        Ok(ProtoTier::Cold) => Tier::Cold,
+        Ok(ProtoTier::Warm) => Tier::Warm,
+        _ => Tier::Hot,
+    }
+}
+
+/// A plan: actions, and bytes per billing key before and after.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// What to do.
+    pub actions: Vec<Action>,
+    /// Bytes per tier / storage class now.
+    pub before: BTreeMap<String, u64>,
+    /// Bytes per tier / storage class once the plan has run.
+    pub after: BTreeMap<String, u64>,
+}
+
+impl Plan {
+    /// Monthly cost of `bytes` per billing key at the policy's prices
+    /// (keys without a price are left out).
+    pub fn monthly_cost(policy: &Policy, bytes: &BTreeMap<String, u64>) -> BTreeMap<String, f64> {
+        bytes
+            .iter()
+            .filter_map(|(key, b)| {
+                policy
+                    .price(key)
+                    .map(|p| (key.clone(), *b as f64 / 1e9 * p))
+            })
+            .collect()
+    }
+}
+
+/// Decides what to do with every volume, at time `now` (Unix seconds).
+pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
+    let mut plan = Plan::default();
+    for record in volumes {
+        let Some(status) = &record.status else {
+            continue;
+        };
+        let key = billing_key(status);
+        *plan.before.entry(key.clone()).or_default() += status.file_bytes;
+        let action = decide(policy, record, status, now);
+        match &action {
+            Some(Action::Move {
+                to, storage_class, ..
+            }) => {
+                let after_key = if *to == Tier::Cold {
+                    storage_class.clone()
+                } else {
+                    to.as_str().to_owned()
+                };
+                *plan.after.entry(after_key).or_default() += status.live_bytes.max(
+                    // A move copies the whole file (garbage included).
+                    status.file_bytes,
+                );
+            }
+            Some(Action::Delete { .. }) => {}
+            None => *plan.after.entry(key).or_default() += status.file_bytes,
+        }
+        plan.actions.extend(action);
+    }
+    plan
+}
+
+fn decide(
+    policy: &Policy,
+    record: &VolumeRecord,
+    status: &hayloft_proto::VolumeStatus,
+    now: u64,
+) -> Option<Action> {
+    let state = VolumeState::try_from(record.state).unwrap_or_default();
+    if !status.sealed
+        || matches!(state, VolumeState::Moving | VolumeState::Writable)
+        || status.compacting
+    {
+        return None;
+    }
+    let tier = tier_of(status);
+    let age =
+        (status.sealed_at > 0).then(|| Duration::from_secs(now.saturating_sub(status.sealed_at)));
+    let collection_matches =
+        |c: &Option<String>| c.as_deref().is_none_or(|c| c == status.collection);
+    if status.expires_at > 0 && status.expires_at <= now {
+        return Some(Action::Delete {
+            volume: status.volume_id,
+            server: record.server_id.clone(),
+            bytes: status.file_bytes,
+            rule: "every needle expired".into(),
+        });
+    }
+    for expiry in &policy.expiries {
+        if collection_matches(&expiry.collection) && age.is_some_and(|a| a >= expiry.min_age) {
+            return Some(Action::Delete {
+                volume: status.volume_id,
+                server: record.server_id.clone(),
+                bytes: status.file_bytes,
+                rule: expiry.name.clone(),
+            });
+        }
+    }
+    let observed = Duration::from_secs(status.read_stats_seconds) >= policy.min_observation;
+    let moving = |to: Tier, bucket: &str, prefix: &str, class: &str, rule: &str| Action::Move {
+        volume: status.volume_id,
+        server: record.server_id.clone(),
+        from: tier,
+        to,
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+        storage_class: class.to_owned(),
+        bytes: status.file_bytes,
+        rule: rule.to_owned(),
+    };
+    for promotion in &policy.promotions {
+        if collection_matches(&promotion.collection)
+            && promotion.from.is_none_or(|f| f == tier)
+            && rank(tier) > rank(promotion.target)
+            && status.reads_per_day >= promotion.min_reads_per_day
+        {
+            return Some(moving(promotion.target, "", "", "", &promotion.name));
+        }
+    }
+    for rule in &policy.rules {
+        let garbage_ratio = if status.file_bytes > 0 {
+            status.garbage_bytes as f64 / status.file_bytes as f64
+        } else {
+            0.0
+        };
+        let matches = collection_matches(&rule.collection)
+            && rule.from.is_none_or(|f| f == tier)
+            && rank(tier) < rank(rule.target)
+            && rule.min_age.is_none_or(|m| age.is_some_and(|a| a >= m))
+            && rule
+                .max_reads_per_day
+                .is_none_or(|m| observed && status.reads_per_day <= m)
+            && rule
+                .min_size
+                .is_none_or(|m| status.file_bytes >= m.as_u64())
+            && rule.max_garbage_ratio.is_none_or(|m| garbage_ratio <= m);
+        if matches {
+            return Some(moving(
+                rule.target,
+                rule.bucket.as_deref().unwrap_or(""),
+                rule.prefix.as_deref().unwrap_or(""),
+                rule.storage_class.as_deref().unwrap_or("STANDARD"),
+                &rule.name,
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hayloft_proto::VolumeStatus;
+
+    const DAY: u64 = 86_400;
+
+    fn volume(id: u32, tier: ProtoTier, sealed_days_ago: u64, reads: f64) -> VolumeRecord {
+        let now = 1000 * DAY;
+        VolumeRecord {
+            status: Some(VolumeStatus {
+                volume_id: id,
+                tier: tier as i32,
+                sealed: true,
+                sealed_at: now - sealed_days_ago * DAY,
+                reads_per_day: reads,
+                read_stats_seconds: 7 * DAY,
+                file_bytes: 1_000_000_000,
+                live_bytes: 900_000_000,
+                collection: "photos".into(),
+                ..VolumeStatus::default()
+            }),
+            state: VolumeState::Sealed as i32,
+            server_id: "s1".into(),
+        }
+    }
+
+    const EXAMPLE: &str = r#"
+        [prices]
+        hot = 0.10
+        warm = 0.03
+        GLACIER = 0.004
+
+        [[rule]]
+        name = "aged-to-warm"
+        from = "hot"
+        min_age = "7d"
+        max_reads_per_day = 1000
+        target = "warm"
+
+        [[rule]]
+        name = "archive"
+        min_age = "180d"
+        max_reads_per_day = 1
+        target = "cold"
+        bucket = "archive"
+        storage_class = "GLACIER"
+
+        [[promote]]
+        name = "hot-again"
+        min_reads_per_day = 500
+        target = "warm"
+
+        [[expire]]
+        name = "tmp"
+        collection = "tmp"
+        min_age = "30d"
+    "#;
+
+    #[test]
+    fn rules_pick_moves_and_promotions() {
+        let policy = Policy::parse(EXAMPLE).unwrap();
+        let now = 1000 * DAY;
+        let volumes = vec![
+            volume(1, ProtoTier::Hot, 1, 10.0),     // too young
+            volume(2, ProtoTier::Hot, 10, 10.0),    // to warm
+            volume(3, ProtoTier::Warm, 200, 0.5),   // to glacier
+            volume(4, ProtoTier::Cold, 300, 900.0), // promoted
+            volume(5, ProtoTier::Hot, 10, 5000.0),  // too busy to demote
+        ];
+        let plan = plan(&policy, &volumes, now);
+        let moved: Vec<_> = plan
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Move {
+                    volume, to, rule, ..
+                } => (*volume, *to, rule.as_str()),
+                Action::Delete { .. } => panic!("nothing expires"),
+            })
+            .collect();
+        assert_eq!(
+            moved,
+            vec![
+                (2, Tier::Warm, "aged-to-warm"),
+                (3, Tier::Cold, "archive"),
+                (4, Tier::Warm, "hot-again"),
+            ]
+        );
+        assert_eq!(plan.before["hot"], 3_000_000_000);
+        assert_eq!(plan.after["hot"], 2_000_000_000);
+        assert_eq!(plan.after["GLACIER"], 1_000_000_000);
+        let cost = Plan::monthly_cost(&policy, &plan.after);
+        assert!((cost["GLACIER"] - 0.004).abs() < 1e-9);
+    }
+
+    #[test]
+    fn expiry_and_unobserved_reads() {
+        let policy = Policy::parse(EXAMPLE).unwrap();
+        let now = 1000 * DAY;
+        let mut expired = volume(1, ProtoTier::Hot, 1, 0.0);
+        if let Some(s) = expired.status.as_mut() {
+            s.expires_at = now - 1;
+        }
+        let mut tmp = volume(2, ProtoTier::Warm, 31, 0.0);
+        if let Some(s) = tmp.status.as_mut() {
+            s.collection = "tmp".into();
+        }
+        // Read counts restarted a minute ago: no demotion on them.
+        let mut fresh = volume(3, ProtoTier::Hot, 10, 0.0);
+        if let Some(s) = fresh.status.as_mut() {
+            s.read_stats_seconds = 60;
+        }
+        let plan = plan(&policy, &[expired, tmp, fresh], now);
+        assert_eq!(plan.actions.len(), 2);
+        assert!(matches!(&plan.actions[0], Action::Delete { volume: 1, .. }));
+        assert!(
+            matches!(&plan.actions[1], Action::Delete { volume: 2, rule, .. } if rule == "tmp")
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        for bad in [
+            "[[rule]]\nname='x'\ntarget='cold'\n",
+            "[[rule]]\nname='x'\ntarget='cold'\nbucket='b'\nstorage_class='TAPE'\n",
+            "[[rule]]\nname='x'\nfrom='warm'\ntarget='hot'\n",
+            "[[promote]]\nname='x'\nmin_reads_per_day=1.0\ntarget='cold'\n",
+            "[[rule]]\nname='x'\ntarget='warm'\nunknown=1\n",
+        ] {
+            assert!(Policy::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

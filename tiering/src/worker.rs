@@ -1,0 +1,253 @@
+//! The tiering worker: reads the cluster from the directory, plans by the
+//! policy, and asks volume servers to run the moves and deletions. The
+//! moves themselves run (and persist, and resume) on the volume servers;
+//! the worker holds no state, so any number of restarts are harmless.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hayloft_proto::directory_client::DirectoryClient;
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::{
+    DeleteVolumeRequest, ForgetVolumeRequest, ListMovesRequest, MoveJobStatus, MoveVolumeRequest,
+    StatusRequest, StatusResponse, Tier as ProtoTier,
+};
+use hayloft_storage::Tier;
+
+use crate::policy::{Action, Plan, Policy, plan};
+
+/// What the worker could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A server could not be reached.
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable {
+        /// The server.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// A server refused.
+    #[error("{0}")]
+    Refused(#[from] tonic::Status),
+}
+
+/// The outcome of one action.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The action.
+    pub action: Action,
+    /// Whether the server accepted it.
+    pub result: Result<(), String>,
+}
+
+async fn connect_directory(
+    addr: &str,
+) -> Result<DirectoryClient<tonic::transport::Channel>, WorkerError> {
+    DirectoryClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| WorkerError::Unreachable {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+async fn connect_volume(
+    addr: &str,
+) -> Result<VolumeClient<tonic::transport::Channel>, WorkerError> {
+    VolumeClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| WorkerError::Unreachable {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// The directory's view of the cluster.
+pub async fn cluster_status(directory: &str) -> Result<StatusResponse, WorkerError> {
+    Ok(connect_directory(directory)
+        .await?
+        .status(StatusRequest {})
+        .await?
+        .into_inner())
+}
+
+/// Plans by the policy against the cluster as it is now.
+pub async fn plan_now(
+    directory: &str,
+    policy: &Policy,
+) -> Result<(Plan, StatusResponse), WorkerError> {
+    let status = cluster_status(directory).await?;
+    let now = hayloft_storage::volume::now_unix_secs();
+    Ok((plan(policy, &status.volumes, now), status))
+}
+
+fn server_addr(status: &StatusResponse, server_id: &str) -> Option<String> {
+    status
+        .servers
+        .iter()
+        .filter(|s| s.alive)
+        .filter_map(|s| s.location.as_ref())
+        .find(|l| l.server_id == server_id)
+        .map(|l| l.grpc_addr.clone())
+}
+
+fn proto_tier(tier: Tier) -> ProtoTier {
+    match tier {
+        Tier::Hot => ProtoTier::Hot,
+        Tier::Warm => ProtoTier::Warm,
+        Tier::Cold => ProtoTier::Cold,
+    }
+}
+
+/// Asks a volume server to move a volume.
+pub async fn start_move(
+    addr: &str,
+    volume: u32,
+    to: Tier,
+    bucket: &str,
+    prefix: &str,
+    storage_class: &str,
+    bytes_per_sec: u64,
+) -> Result<(), WorkerError> {
+    connect_volume(addr)
+        .await?
+        .move_volume(MoveVolumeRequest {
+            volume_id: volume,
+            target: proto_tier(to) as i32,
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            storage_class: storage_class.to_owned(),
+            bytes_per_sec,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Runs a plan: starts its moves (at most the policy's `max_moves_per_run`)
+/// and deletions. Moves run on in the background on their servers.
+pub async fn execute(
+    directory: &str,
+    policy: &Policy,
+    plan: &Plan,
+    status: &StatusResponse,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    let mut moves = 0;
+    for action in &plan.actions {
+        let server = match action {
+            Action::Move { server, .. } | Action::Delete { server, .. } => server,
+        };
+        let Some(addr) = server_addr(status, server) else {
+            outcomes.push(Outcome {
+                action: action.clone(),
+                result: Err(format!("server {server} is not alive")),
+            });
+            continue;
+        };
+        let result = match action {
+            Action::Move {
+                volume,
+                to,
+                bucket,
+                prefix,
+                storage_class,
+                ..
+            } => {
+                if moves >= policy.max_moves_per_run {
+                    continue;
+                }
+                moves += 1;
+                start_move(
+                    &addr,
+                    *volume,
+                    *to,
+                    bucket,
+                    prefix,
+                    storage_class,
+                    policy.bytes_per_sec.as_u64(),
+                )
+                .await
+            }
+            Action::Delete { volume, .. } => delete_volume(directory, &addr, *volume).await,
+        };
+        if let Err(e) = &result {
+            tracing::warn!(?action, error = %e, "tiering action refused");
+        } else {
+            tracing::info!(?action, "tiering action started");
+        }
+        outcomes.push(Outcome {
+            action: action.clone(),
+            result: result.map_err(|e| e.to_string()),
+        });
+    }
+    outcomes
+}
+
+/// Deletes a whole volume on its server, then drops it from the directory.
+pub async fn delete_volume(directory: &str, addr: &str, volume: u32) -> Result<(), WorkerError> {
+    connect_volume(addr)
+        .await?
+        .delete_volume(DeleteVolumeRequest { volume_id: volume })
+        .await?;
+    connect_directory(directory)
+        .await?
+        .forget_volume(ForgetVolumeRequest { volume_id: volume })
+        .await?;
+    Ok(())
+}
+
+/// Move jobs on every live volume server, with the server's id.
+pub async fn jobs(directory: &str) -> Result<Vec<(String, MoveJobStatus)>, WorkerError> {
+    let status = cluster_status(directory).await?;
+    let mut all = Vec::new();
+    for server in status.servers.iter().filter(|s| s.alive) {
+        let Some(location) = &server.location else {
+            continue;
+        };
+        match connect_volume(&location.grpc_addr).await {
+            Ok(mut client) => match client.list_moves(ListMovesRequest {}).await {
+                Ok(reply) => all.extend(
+                    reply
+                        .into_inner()
+                        .jobs
+                        .into_iter()
+                        .map(|j| (location.server_id.clone(), j)),
+                ),
+                Err(e) => {
+                    tracing::warn!(server = %location.server_id, error = %e, "cannot list moves")
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot list moves"),
+        }
+    }
+    Ok(all)
+}
+
+/// Plans and executes every `interval` until `stop` completes. Errors are
+/// logged and retried at the next round.
+pub async fn run(
+    directory: String,
+    policy: Policy,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        match plan_now(&directory, &policy).await {
+            Ok((plan, status)) => {
+                if !plan.actions.is_empty() {
+                    let outcomes = execute(&directory, &policy, &plan, &status).await;
+                    let started = outcomes.iter().filter(|o| o.result.is_ok()).count();
+                    metrics::counter!("hayloft_tier_actions_started_total")
+                        .increment(started as u64);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "tiering round failed; will retry"),
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
