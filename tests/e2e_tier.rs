@@ -779,3 +779,62 @@ async fn starting_with_s3_down_serves_local_volumes_and_fails_cold_reads_with_50
         Err(ObjectError::Unreachable(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_volumes_compact_on_demand_download_compact_reupload() {
+    let setup = setup("", &[]).await;
+    let client = setup.cluster.client().await;
+    let blobs = upload(&client, 0, 40, 8000, "").await;
+    let volume = volume_of(&blobs[0].id);
+    let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+    for (i, blob) in blobs
+        .into_iter()
+        .filter(|b| volume_of(&b.id) == volume)
+        .enumerate()
+    {
+        if i % 4 == 0 {
+            kept.push(blob);
+        } else {
+            dropped.push(blob);
+        }
+    }
+    tier_cmd(
+        &setup,
+        &[
+            "move",
+            "--volume",
+            &volume.to_string(),
+            "--to",
+            "cold",
+            "--bucket",
+            BUCKET,
+            "--prefix",
+            "p/",
+            "--storage-class",
+            "STANDARD_IA",
+        ],
+    );
+    for blob in &dropped {
+        client.delete(&blob.id).await.unwrap();
+    }
+    let out = tier_cmd(&setup, &["compact", "--volume", &volume.to_string()]);
+    assert!(out.contains("compacted"), "{out}");
+    wait_tier(&client, volume, ProtoTier::Cold).await;
+    assert_eq!(tier_of(&client, volume).await.1, "STANDARD_IA");
+    let keys = object_keys(&setup).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].starts_with("p/"), "{keys:?}");
+    let base = setup.cluster.http_base(0);
+    check_all(&base, &kept).await;
+    for blob in &dropped {
+        assert_eq!(get(&base, blob).await.0, StatusCode::NOT_FOUND);
+    }
+    let status = client.status().await.unwrap();
+    let stats = status
+        .volumes
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .find(|s| s.volume_id == volume)
+        .unwrap();
+    assert_eq!(stats.garbage_bytes, 0, "{stats:?}");
+}

@@ -73,6 +73,13 @@ enum TierCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Compact a cold volume: bring it back, compact it, send it back to
+    /// the same bucket and storage class.
+    Compact {
+        /// The volume.
+        #[arg(long)]
+        volume: u32,
+    },
     /// The tiering worker as a daemon: plans and runs by the policy every interval.
     Worker {
         #[command(flatten)]
@@ -222,6 +229,7 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
             )
             .await
         }
+        TierCommand::Compact { volume } => compact_cold(&directory, volume).await,
         TierCommand::Worker { policy, interval } => {
             let policy = load_policy(policy.policy.as_deref())?;
             println!("tiering worker: directory {directory}, every {interval}");
@@ -237,18 +245,62 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn move_one(
-    directory: &str,
-    volume: u32,
-    to: Tier,
-    bucket: &str,
-    prefix: &str,
-    storage_class: &str,
-    rate: u64,
-    no_wait: bool,
-) -> anyhow::Result<()> {
+/// Download, compact, re-upload: a cold volume without its garbage.
+async fn compact_cold(directory: &str, volume: u32) -> anyhow::Result<()> {
     let status = worker::cluster_status(directory).await?;
+    let (record, addr) = find_volume(&status, volume)?;
+    let stats = record.status.clone().unwrap_or_default();
+    if stats.tier != hayloft_proto::Tier::Cold as i32 {
+        anyhow::bail!("volume {volume} is not cold");
+    }
+    let (bucket, key) = stats
+        .cold_object
+        .split_once('/')
+        .context("the volume's object is unknown")?;
+    let prefix = key.rfind('/').map_or("", |i| &key[..=i]);
+    let before = stats.file_bytes;
+    move_one(directory, volume, Tier::Warm, "", "", "", 0, false).await?;
+    let mut client = hayloft_proto::volume_client::VolumeClient::connect(format!("http://{addr}"))
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let mut stream = client
+        .compact(hayloft_proto::CompactRequest {
+            volume_ids: vec![volume],
+            ..hayloft_proto::CompactRequest::default()
+        })
+        .await?
+        .into_inner();
+    let mut after = before;
+    while let Some(progress) = stream.message().await? {
+        if !progress.error.is_empty() {
+            anyhow::bail!("compacting volume {volume}: {}", progress.error);
+        }
+        if progress.done {
+            after = progress.bytes_after;
+        }
+    }
+    println!(
+        "volume {volume}: compacted {} -> {}",
+        ByteSize(before),
+        ByteSize(after)
+    );
+    move_one(
+        directory,
+        volume,
+        Tier::Cold,
+        bucket,
+        prefix,
+        &stats.storage_class,
+        0,
+        false,
+    )
+    .await
+}
+
+fn find_volume(
+    status: &StatusResponse,
+    volume: u32,
+) -> anyhow::Result<(hayloft_proto::VolumeRecord, String)> {
     let record = status
         .volumes
         .iter()
@@ -261,6 +313,22 @@ async fn move_one(
         .find(|l| l.server_id == record.server_id)
         .map(|l| l.grpc_addr.clone())
         .with_context(|| format!("server of volume {volume} unknown"))?;
+    Ok((record.clone(), addr))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn move_one(
+    directory: &str,
+    volume: u32,
+    to: Tier,
+    bucket: &str,
+    prefix: &str,
+    storage_class: &str,
+    rate: u64,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    let status = worker::cluster_status(directory).await?;
+    let (_, addr) = find_volume(&status, volume)?;
     worker::start_move(&addr, volume, to, bucket, prefix, storage_class, rate).await?;
     println!("volume {volume}: moving to {to}");
     if !no_wait && follow(directory, &[volume]).await? > 0 {
