@@ -242,6 +242,15 @@ mod tests {
         assert_eq!(volume.max_volume_size, defaults.max_volume_size);
         assert_eq!(volume.cache_max_age, defaults.cache_max_age);
         assert_eq!(volume.hot_dirs, defaults.hot_dirs);
+        assert_eq!(volume.read_window, defaults.read_window);
+        assert!(volume.cold.is_some());
+        let policy = std::fs::read_to_string(root.join("policy.example.toml")).unwrap();
+        let policy = hayloft_tiering::Policy::parse(&policy).unwrap();
+        assert_eq!(policy.rules.len(), 2);
+        assert_eq!(policy.promotions.len(), 1);
+        assert_eq!(policy.expiries.len(), 1);
+        // The built-in policy of `hayloft server` parses too.
+        crate::tier::load_policy(None).unwrap();
     }
 
     #[test]
