@@ -556,3 +556,42 @@ async fn the_load_bench_runs_every_phase() {
         assert!(phase["p99_ms"].as_f64().unwrap() >= phase["p50_ms"].as_f64().unwrap());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn capacity_shows_bytes_growth_forecast_and_cost_per_tier() {
+    let cluster = Cluster::start(1, &[]).await;
+    let client = cluster.client().await;
+    let options = UploadOptions::default();
+    client
+        .upload(Bytes::from(content(1, 100_000)), &options)
+        .await
+        .unwrap();
+    // The directory records a sample a second (--history-interval 1s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for seed in 2..12 {
+        client
+            .upload(Bytes::from(content(seed, 100_000)), &options)
+            .await
+            .unwrap();
+    }
+    // Wait for a heartbeat to carry the new sizes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (ok, out) = hayloft(&cluster, &["status", "--capacity", "--json"]);
+    assert!(ok, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["history_seconds"].as_u64().unwrap() >= 2, "{report}");
+    let hot = report["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tier"] == "hot")
+        .unwrap();
+    assert!(hot["used_bytes"].as_u64().unwrap() >= 1_100_000, "{hot}");
+    assert!(hot["growth_per_day"].as_f64().unwrap() > 0.0, "{hot}");
+    assert!(hot["free_bytes"].as_u64().unwrap() > 0, "{hot}");
+    assert!(hot["full_in_days"].as_f64().unwrap() > 0.0, "{hot}");
+    // The built-in policy prices hot storage.
+    assert!(hot["monthly_cost"].as_f64().unwrap() > 0.0, "{hot}");
+    let (ok, table) = hayloft(&cluster, &["status", "--capacity"]);
+    assert!(ok && table.contains("GROWTH/DAY") && table.contains("days"), "{table}");
+}

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 pub struct Connection {
     /// The directory's gRPC address.
     #[arg(long, env = "HAYLOFT_DIRECTORY", default_value = "127.0.0.1:9330")]
-    directory: String,
+    pub directory: String,
 }
 
 impl Connection {
@@ -142,6 +142,17 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
 
 #[derive(Args)]
 pub struct StatusArgs {
+    /// Bytes per tier, growth over the last day and week, when each tier
+    /// fills at that rate, and the monthly cost per tier.
+    #[arg(long)]
+    capacity: bool,
+    /// With --capacity: the policy whose [prices] ($ per GB-month) to use
+    /// (default: the built-in policy's).
+    #[arg(long, env = "HAYLOFT_TIER_POLICY")]
+    policy: Option<PathBuf>,
+    /// With --capacity: print JSON.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -167,6 +178,33 @@ fn state_name(state: i32) -> &'static str {
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    if args.capacity {
+        let policy = crate::tier::load_policy(args.policy.as_deref())?;
+        let mut directory = hayloft_proto::directory_client::DirectoryClient::connect(format!(
+            "http://{}",
+            args.connection.directory
+        ))
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the directory at {}",
+                args.connection.directory
+            )
+        })?;
+        let since = hayloft_storage::volume::now_unix_secs().saturating_sub(8 * 86_400);
+        let samples = directory
+            .capacity(hayloft_proto::CapacityRequest { since })
+            .await?
+            .into_inner()
+            .samples;
+        let report = crate::capacity::report(&samples, &policy);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            crate::capacity::print(&report);
+        }
+        return Ok(());
+    }
     let client = args.connection.client().await?;
     let status = client.status().await?;
     println!("SERVERS");

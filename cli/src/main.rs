@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod capacity;
 mod commands;
 mod compact;
 mod daemons;
@@ -96,6 +97,9 @@ struct DirectoryArgs {
     /// Prometheus /metrics address.
     #[arg(long, env = "HAYLOFT_DIRECTORY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// How often to record bytes per tier in the history, e.g. "10m".
+    #[arg(long)]
+    history_interval: Option<humantime_serde::re::humantime::Duration>,
 }
 
 #[derive(Args)]
@@ -182,6 +186,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Some(addr) = args.metrics_listen {
                     config.metrics_listen = Some(addr);
+                }
+                if let Some(interval) = args.history_interval {
+                    config.history_interval = interval.into();
                 }
                 daemons::directory(config).await
             }

@@ -386,6 +386,50 @@ impl Cluster {
         StatusResponse { servers, volumes }
     }
 
+    /// Bytes per tier (and per storage class in the cold tier) and free
+    /// bytes per local tier, now.
+    pub fn capacity_sample(&self) -> hayloft_proto::CapacitySample {
+        let inner = self.inner.lock();
+        let mut sample = hayloft_proto::CapacitySample {
+            at: now_unix(),
+            ..Default::default()
+        };
+        for tier in ["hot", "warm"] {
+            sample.used_bytes.insert(tier.into(), 0);
+        }
+        for entry in inner.volumes.values() {
+            let Some(status) = &entry.row.status else {
+                continue;
+            };
+            let key = match Tier::try_from(status.tier) {
+                Ok(Tier::Cold) if status.storage_class.is_empty() => "STANDARD".to_owned(),
+                Ok(Tier::Cold) => status.storage_class.clone(),
+                Ok(Tier::Warm) => "warm".to_owned(),
+                _ => "hot".to_owned(),
+            };
+            *sample.used_bytes.entry(key).or_default() += status.file_bytes;
+        }
+        for server in inner.servers.values().filter(|s| self.alive(s)) {
+            *sample.free_bytes.entry("hot".into()).or_default() += server.free_hot_bytes;
+            *sample.free_bytes.entry("warm".into()).or_default() += server.free_warm_bytes;
+        }
+        sample
+    }
+
+    /// Records a capacity sample in the history, keeping `retention` of it.
+    pub fn record_capacity(&self, retention: std::time::Duration) -> Result<()> {
+        let sample = self.capacity_sample();
+        self.db
+            .put_sample(&sample, sample.at.saturating_sub(retention.as_secs()))
+    }
+
+    /// The history since `since`, with a sample of now at the end.
+    pub fn capacity(&self, since: u64) -> Result<Vec<hayloft_proto::CapacitySample>> {
+        let mut samples = self.db.samples(since)?;
+        samples.push(self.capacity_sample());
+        Ok(samples)
+    }
+
     /// Updates the cluster gauges: `hayloft_directory_servers{alive}`,
     /// `hayloft_directory_volumes{tier,state}`, `hayloft_directory_bytes{tier}`.
     pub fn update_gauges(&self) {

@@ -11,6 +11,7 @@
 //! | `v1/next_volume_id` | u32, little-endian | synced, before a volume id is used |
 //! | `v1/volume/<id: u32 big-endian>` | [`VolumeRow`] | synced when the needle high-water mark or state changes; unsynced for heartbeat stats |
 //! | `v1/server/<server id>` | [`ServerRow`] | unsynced, on heartbeats |
+//! | `v1/history/<unix secs: u64 big-endian>` | `CapacitySample` | unsynced, every `history_interval`; older than `history_retention` deleted |
 //!
 //! Big-endian volume ids make a prefix scan return volumes in id order.
 
@@ -24,6 +25,13 @@ use crate::error::{Error, Result};
 const NEXT_VOLUME_ID: &[u8] = b"v1/next_volume_id";
 const VOLUME_PREFIX: &[u8] = b"v1/volume/";
 const SERVER_PREFIX: &[u8] = b"v1/server/";
+const HISTORY_PREFIX: &[u8] = b"v1/history/";
+
+fn history_key(at: u64) -> Vec<u8> {
+    let mut key = HISTORY_PREFIX.to_vec();
+    key.extend_from_slice(&at.to_be_bytes());
+    key
+}
 
 /// A volume as the directory records it.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -142,6 +150,39 @@ impl Db {
             &options,
         )?;
         Ok(())
+    }
+
+    /// Records a capacity sample and drops those taken before `keep_since`.
+    pub fn put_sample(
+        &self,
+        sample: &hayloft_proto::CapacitySample,
+        keep_since: u64,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(
+            history_key(sample.at),
+            prost::Message::encode_to_vec(sample),
+        );
+        batch.delete_range(history_key(0), history_key(keep_since));
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Capacity samples taken at or after `since`, oldest first.
+    pub fn samples(&self, since: u64) -> Result<Vec<hayloft_proto::CapacitySample>> {
+        let start = history_key(since);
+        let mut samples = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, rocksdb::Direction::Forward))
+        {
+            let (key, value) = item?;
+            if !key.starts_with(HISTORY_PREFIX) {
+                break;
+            }
+            samples.push(decode(&value)?);
+        }
+        Ok(samples)
     }
 
     /// Deletes a volume row, durably.

@@ -55,6 +55,13 @@ pub struct DirectoryConfig {
     pub volume_full_ratio: f64,
     /// Where to serve Prometheus `/metrics`. Default `127.0.0.1:9339`.
     pub metrics_listen: Option<SocketAddr>,
+    /// How often to record bytes per tier in the history (for growth and
+    /// forecasts in `hayloft status --capacity`). Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub history_interval: Duration,
+    /// How long history is kept. Default `35d`.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
 }
 
 impl Default for DirectoryConfig {
@@ -67,6 +74,8 @@ impl Default for DirectoryConfig {
             min_writable_volumes: 2,
             volume_full_ratio: 0.95,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9339))),
+            history_interval: Duration::from_secs(600),
+            history_retention: Duration::from_secs(35 * 86_400),
         }
     }
 }
@@ -114,7 +123,25 @@ impl Directory {
             self.config.min_writable_volumes,
         );
         tracing::info!(addr = %self.local_addr(), "directory serving");
-        tonic::transport::Server::builder()
+        let history = {
+            let cluster = Arc::clone(&self.cluster);
+            let interval = self.config.history_interval.max(Duration::from_secs(1));
+            let retention = self.config.history_retention;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let cluster = Arc::clone(&cluster);
+                    match tokio::task::spawn_blocking(move || cluster.record_capacity(retention))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => tracing::warn!(%error, "cannot record capacity history"),
+                        Err(error) => tracing::warn!(%error, "capacity history task failed"),
+                    }
+                }
+            })
+        };
+        let served = tonic::transport::Server::builder()
             .add_service(
                 hayloft_proto::directory_server::DirectoryServer::new(service)
                     .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
@@ -123,7 +150,9 @@ impl Directory {
                 tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 shutdown,
             )
-            .await?;
+            .await;
+        history.abort();
+        served?;
         self.cluster.flush()?;
         tracing::info!("directory stopped");
         Ok(())

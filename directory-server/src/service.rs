@@ -5,9 +5,9 @@ use std::sync::Arc;
 use hayloft_proto::directory_server::Directory;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
-    AssignRequest, AssignResponse, CreateVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse,
-    HeartbeatRequest, HeartbeatResponse, LookupRequest, LookupResponse, StatusRequest,
-    StatusResponse, Tier,
+    AssignRequest, AssignResponse, CapacityRequest, CapacityResponse, CreateVolumeRequest,
+    ForgetVolumeRequest, ForgetVolumeResponse, HeartbeatRequest, HeartbeatResponse, LookupRequest,
+    LookupResponse, StatusRequest, StatusResponse, Tier,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -199,6 +199,18 @@ impl DirectoryService {
         Ok(Response::new(self.cluster.status()))
     }
 
+    async fn capacity_inner(
+        &self,
+        request: Request<CapacityRequest>,
+    ) -> Result<Response<CapacityResponse>, Status> {
+        let since = request.get_ref().since;
+        let cluster = Arc::clone(&self.cluster);
+        let samples = tokio::task::spawn_blocking(move || cluster.capacity(since))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(CapacityResponse { samples }))
+    }
+
     async fn forget_volume_inner(
         &self,
         request: Request<ForgetVolumeRequest>,
@@ -250,6 +262,14 @@ impl Directory for DirectoryService {
     ) -> Result<Response<StatusResponse>, Status> {
         let span = request_span("status", request.metadata());
         traced("status", span, self.status_inner(request)).await
+    }
+
+    async fn capacity(
+        &self,
+        request: Request<CapacityRequest>,
+    ) -> Result<Response<CapacityResponse>, Status> {
+        let span = request_span("capacity", request.metadata());
+        traced("capacity", span, self.capacity_inner(request)).await
     }
 
     async fn forget_volume(

@@ -209,6 +209,8 @@ impl Cluster {
             "1s".into(),
             "--dead-after".into(),
             "4s".into(),
+            "--history-interval".into(),
+            "1s".into(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", self.directory_metrics_port),
         ];
