@@ -26,8 +26,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 bash scripts/setup.sh
-cargo build --release -q -p hayloft
+cargo build --release -q -p hayloft -p hayloft-benches --bin hayloft --bin upload-ceiling
 HAYLOFT=$PWD/target/release/hayloft
+UPLOAD_CEILING=$PWD/target/release/upload-ceiling
 
 WORK=$(mktemp -d)
 cleanup() {
@@ -125,3 +126,8 @@ files, memory, hayloft = (float(x) for x in sys.argv[1:])
 print(f"hayloft / nginx-per-file: {hayloft / files:.2f}x   (target >= 1.2x)")
 print(f"hayloft / nginx-memory (ceiling): {hayloft / memory:.2f}x   (target >= 0.85x)")
 PY
+
+# Uploads: 4 KiB writes vs a bare tonic server (the gRPC ceiling), 64 MiB
+# uploads vs dd conv=fdatasync, on the disk hayloft's data is on.
+echo >&2
+"$UPLOAD_CEILING" --directory 127.0.0.1:$DIR_PORT --data-dir "$WORK/hayloft" --seconds "$SECONDS_PER_RUN"

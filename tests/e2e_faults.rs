@@ -593,5 +593,8 @@ async fn capacity_shows_bytes_growth_forecast_and_cost_per_tier() {
     // The built-in policy prices hot storage.
     assert!(hot["monthly_cost"].as_f64().unwrap() > 0.0, "{hot}");
     let (ok, table) = hayloft(&cluster, &["status", "--capacity"]);
-    assert!(ok && table.contains("GROWTH/DAY") && table.contains("days"), "{table}");
+    assert!(
+        ok && table.contains("GROWTH/DAY") && table.contains("days"),
+        "{table}"
+    );
 }

@@ -1,0 +1,254 @@
+//! Uploads next to their ceilings, in one run on one machine:
+//!
+//! - 4 KiB writes/s to hayloft's volume server (`Volume.Write`, ids assigned
+//!   in bulk beforehand) vs the same messages to a bare tonic server that
+//!   accepts them and does nothing (the gRPC ceiling here);
+//! - 64 MiB uploads (through the client: assign + streamed write, fsynced) vs
+//!   `dd if=/dev/zero bs=1M count=64 conv=fdatasync` on the same disk.
+//!
+//! `upload-ceiling --directory ADDR --data-dir DIR [--seconds 5] [--concurrency 32]`
+//! against a running `hayloft server` whose data is in DIR (`benches/compare.sh`
+//! runs it).
+
+#![allow(clippy::unwrap_used)]
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::volume_server::{Volume, VolumeServer};
+use hayloft_proto::write_request::Part;
+use hayloft_proto::*;
+use tonic::{Request, Response, Status, Streaming};
+
+type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Accepts writes and does nothing else.
+struct Null;
+
+#[tonic::async_trait]
+impl Volume for Null {
+    type ReadStream = Stream<ReadResponse>;
+    type CompactStream = Stream<CompactProgress>;
+
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let mut stream = request.into_inner();
+        let (mut blob_id, mut size) = (String::new(), 0u64);
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(Part::Header(header)) => blob_id = header.blob_id,
+                Some(Part::Chunk(chunk)) => size += chunk.len() as u64,
+                None => {}
+            }
+        }
+        Ok(Response::new(WriteResponse {
+            blob_id,
+            size,
+            etag: String::new(),
+        }))
+    }
+    async fn read(&self, _: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn stat(&self, _: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn create_volume(
+        &self,
+        _: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn list_volumes(
+        &self,
+        _: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn compact(
+        &self,
+        _: Request<CompactRequest>,
+    ) -> Result<Response<Self::CompactStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn move_volume(
+        &self,
+        _: Request<MoveVolumeRequest>,
+    ) -> Result<Response<MoveVolumeResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn list_moves(
+        &self,
+        _: Request<ListMovesRequest>,
+    ) -> Result<Response<ListMovesResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn delete_volume(
+        &self,
+        _: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Sends 4 KiB writes from `concurrency` tasks for `seconds`; returns
+/// writes/s and the p50/p99 latency.
+async fn drive(
+    addr: String,
+    ids: Arc<Vec<String>>,
+    seconds: u64,
+    concurrency: usize,
+) -> (f64, Duration, Duration) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let body = Bytes::from(vec![42u8; 4096]);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = VolumeClient::new(channel.clone());
+        let (ids, next, body) = (Arc::clone(&ids), Arc::clone(&next), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(id) = ids.get(i) else { break };
+                let messages = vec![
+                    WriteRequest {
+                        part: Some(Part::Header(WriteHeader {
+                            blob_id: id.clone(),
+                            size: body.len() as u64,
+                            ..WriteHeader::default()
+                        })),
+                    },
+                    WriteRequest {
+                        part: Some(Part::Chunk(body.clone())),
+                    },
+                ];
+                let sent = Instant::now();
+                client.write(tokio_stream::iter(messages)).await.unwrap();
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let p = |q: f64| all[((all.len() - 1) as f64 * q) as usize];
+    (all.len() as f64 / elapsed, p(0.5), p(0.99))
+}
+
+#[tokio::main]
+async fn main() {
+    let directory = arg("--directory").unwrap_or_else(|| "127.0.0.1:9330".into());
+    let data_dir = std::path::PathBuf::from(arg("--data-dir").unwrap_or_else(|| "data".into()));
+    let seconds: u64 = arg("--seconds").map_or(5, |s| s.parse().unwrap());
+    let concurrency: usize = arg("--concurrency").map_or(32, |s| s.parse().unwrap());
+
+    // The gRPC ceiling: a bare tonic server in this process.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let null_addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(VolumeServer::new(Null))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    let fake_ids: Arc<Vec<String>> =
+        Arc::new((0..5_000_000).map(|i| format!("{i:x}00000000")).collect());
+    let (null_rps, null_p50, null_p99) = drive(null_addr, fake_ids, seconds, concurrency).await;
+
+    // hayloft: ids assigned in bulk, then the same writes.
+    let mut dir =
+        hayloft_proto::directory_client::DirectoryClient::connect(format!("http://{directory}"))
+            .await
+            .unwrap();
+    let wanted = (null_rps as usize * seconds as usize).clamp(10_000, 2_000_000);
+    let mut ids = Vec::with_capacity(wanted);
+    let mut volume_addr = String::new();
+    while ids.len() < wanted {
+        let assigned = dir
+            .assign(AssignRequest {
+                count: 10_000,
+                ..AssignRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        volume_addr = assigned.locations[0].grpc_addr.clone();
+        ids.extend(assigned.blobs.into_iter().map(|b| b.blob_id));
+    }
+    let (rps, p50, p99) = drive(volume_addr, Arc::new(ids), seconds, concurrency).await;
+    println!("4 KiB writes, {concurrency} concurrent, {seconds} s:");
+    println!(
+        "  bare tonic server (ceiling): {null_rps:>9.0}/s  p50 {null_p50:?}  p99 {null_p99:?}"
+    );
+    println!("  hayloft volume server:       {rps:>9.0}/s  p50 {p50:?}  p99 {p99:?}");
+    println!("  hayloft / ceiling: {:.2}x", rps / null_rps);
+
+    // 64 MiB: hayloft (assign + streamed write, fsynced) vs dd.
+    let client = hayloft_client::Client::connect(&directory).await.unwrap();
+    let blob = Bytes::from(vec![7u8; 64 << 20]);
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        client
+            .upload(blob.clone(), &hayloft_client::UploadOptions::default())
+            .await
+            .unwrap();
+        best = best.min(started.elapsed());
+    }
+    let mut dd_best = Duration::MAX;
+    let target = data_dir.join("hot").join("dd-test.bin");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let status = std::process::Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                &format!("of={}", target.display()),
+                "bs=1M",
+                "count=64",
+                "conv=fdatasync",
+            ])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        dd_best = dd_best.min(started.elapsed());
+    }
+    let _ = std::fs::remove_file(&target);
+    let mibs = |d: Duration| 64.0 / d.as_secs_f64();
+    println!("64 MiB, best of 3:");
+    println!("  dd bs=1M conv=fdatasync:   {:>7.0} MiB/s", mibs(dd_best));
+    println!("  hayloft upload (gRPC):     {:>7.0} MiB/s", mibs(best));
+    println!(
+        "  hayloft / dd: {:.2}x",
+        dd_best.as_secs_f64() / best.as_secs_f64()
+    );
+}
