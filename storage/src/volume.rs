@@ -258,6 +258,9 @@ pub struct Volume {
     index_file: Mutex<IndexFile>,
     meta: Mutex<VolumeMeta>,
     recovery: RecoveryReport,
+    /// [`Volume::expires_at`] once sealed (no needle is added after that;
+    /// deletes can only make the cached time later than the truth).
+    expiry: Mutex<Option<Option<u64>>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -381,6 +384,7 @@ impl Volume {
             }),
             meta: Mutex::new(meta),
             recovery: recovered.report,
+            expiry: Mutex::new(None),
         })
     }
 
@@ -598,8 +602,21 @@ impl Volume {
 
     /// When every live needle of the volume will have expired, Unix seconds;
     /// `None` if some needle never expires (or the volume is empty and writable).
-    /// Reads each live needle's metadata from the map.
+    /// Reads each live needle's metadata from the map, once for a sealed
+    /// volume (then cached: heartbeats ask every pulse).
     pub fn expires_at(&self) -> Option<u64> {
+        if let Some(cached) = *self.expiry.lock() {
+            return cached;
+        }
+        let sealed = self.is_sealed();
+        let computed = self.scan_expiry();
+        if sealed {
+            *self.expiry.lock() = Some(computed);
+        }
+        computed
+    }
+
+    fn scan_expiry(&self) -> Option<u64> {
         let (offsets, files): (Vec<u64>, _) = {
             let state = self.state.read();
             (

@@ -254,6 +254,45 @@ fn expired_needles_read_as_missing() {
 }
 
 #[test]
+fn expiry_of_a_volume_is_its_latest_live_needle_and_stays_known_once_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = create(dir.path());
+    let write = |id: u64, expires_at: Option<u64>| {
+        volume
+            .write(&NeedleWrite {
+                id: NeedleId(id),
+                cookie: Cookie(0),
+                data: b"x",
+                meta: NeedleMeta {
+                    expires_at,
+                    ..NeedleMeta::default()
+                },
+            })
+            .unwrap();
+    };
+    write(1, Some(100));
+    write(2, Some(300));
+    assert_eq!(volume.expires_at(), Some(300));
+    write(3, None);
+    assert_eq!(volume.expires_at(), None, "a needle that never expires");
+    volume.delete(NeedleId(3), Cookie(0)).unwrap();
+    assert_eq!(
+        volume.expires_at(),
+        Some(300),
+        "writable: scanned each time"
+    );
+
+    volume.seal().unwrap();
+    assert_eq!(volume.expires_at(), Some(300));
+    volume.delete(NeedleId(2), Cookie(0)).unwrap();
+    // Sealed: the first answer is kept; a delete can only make the truth
+    // earlier, so the kept time never lets a volume go before its needles.
+    assert_eq!(volume.expires_at(), Some(300));
+    drop(volume);
+    assert_eq!(reopen(dir.path()).expires_at(), Some(100));
+}
+
+#[test]
 fn oversized_metadata_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let volume = create(dir.path());
