@@ -257,6 +257,30 @@ async fn upload_read_over_grpc_and_http_then_delete() {
     let grpc_wrong = client.download(&wrong.to_string()).await.unwrap_err();
     assert_eq!(grpc_wrong.code(), Some(tonic::Code::NotFound));
 
+    // Bad requests get their own statuses.
+    let base = cluster.http_base(0);
+    let status_of = |response: reqwest::Response| response.status();
+    assert_eq!(
+        status_of(
+            http.get(format!("{base}/not-a-blob-id"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        status_of(http.get(format!("{base}/")).send().await.unwrap()),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status_of(http.get(format!("{url}/a/b")).send().await.unwrap()),
+        StatusCode::NOT_FOUND
+    );
+    let post = http.post(&url).body("x").send().await.unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+
     // Deletes are visible at once, over both protocols.
     for (blob_id, _, _) in small.iter().take(50) {
         let url = http_url(&cluster, &client, blob_id).await;

@@ -5,36 +5,61 @@
 //! The body is a zero-copy slice of the mmapped volume: no lock is held while
 //! a slow client drains it.
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::tier::ColdReadError;
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::response::Response;
-use axum::routing::get;
-use hayloft_storage::{BlobId, Store};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use bytes::Bytes;
+use hayloft_storage::{BlobId, ColdVolume, Needle, Store};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::error::{etag, http_status};
+use crate::tier::ColdReadError;
 
-/// What the HTTP handlers share.
+/// An origin response: the body is one chunk (a slice of the volume map).
+pub type Response = http::Response<Full<Bytes>>;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What every origin request shares.
 pub struct HttpState {
-    /// The volumes.
-    pub store: Arc<Store>,
-    /// Cold reads and read statistics.
-    pub tiering: Arc<crate::tier::Tiering>,
-    /// `Cache-Control` sent with every blob.
-    pub cache_control: HeaderValue,
+    store: Arc<Store>,
+    tiering: Arc<crate::tier::Tiering>,
+    cache_control: HeaderValue,
+    metrics: HttpMetrics,
+    /// The runtime cold reads run on (where the object store client lives).
+    main: tokio::runtime::Handle,
 }
 
-/// The origin's routes.
-pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new()
-        .route("/{blob_id}", get(blob))
-        .route("/{blob_id}/{file_name}", get(blob_with_name))
-        .with_state(state)
+impl HttpState {
+    /// The origin over `store`, reading cold volumes through `tiering`, with
+    /// `Cache-Control: public, max-age=<cache_max_age>, immutable` on blobs.
+    /// Registers its metrics, so the process's recorder must be installed;
+    /// cold reads will run on the runtime this is called from.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn new(
+        store: Arc<Store>,
+        tiering: Arc<crate::tier::Tiering>,
+        cache_max_age: Duration,
+    ) -> Self {
+        HttpState {
+            store,
+            tiering,
+            cache_control: cache_control(cache_max_age),
+            metrics: HttpMetrics::new(),
+            main: tokio::runtime::Handle::current(),
+        }
+    }
 }
 
 /// The `Cache-Control` value for blobs: they never change once written.
@@ -43,26 +68,128 @@ pub fn cache_control(max_age: Duration) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("public, immutable"))
 }
 
-async fn blob(
-    State(state): State<Arc<HttpState>>,
-    Path(blob_id): Path<String>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
-    serve(&state, &blob_id, &method, &headers).await
+/// Serves HTTP/1.1 on `listener` with `threads` threads (0: one per core)
+/// until `stop` turns true, then lets the requests in flight finish (for at
+/// most ten seconds).
+///
+/// Like nginx's workers, each thread runs its own single-threaded event
+/// loop, and a connection lives on one thread: no work stealing or
+/// cross-thread wake-ups on the read path. The caller's runtime accepts and
+/// deals connections out in turn. hyper drives each connection; the one
+/// route needs no router. A request for a local blob is answered without
+/// leaving the connection's task and without a lock held while the body
+/// drains; cold reads (S3 requests) run on the caller's runtime, where the
+/// object store client lives.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    threads: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let mut workers = Vec::with_capacity(threads);
+    let mut finished = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (connections, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let state = Arc::clone(&state);
+        let (done, finished_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("hayloft-http-{i}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(worker(incoming, state)));
+                let _ = done.send(result);
+            })?;
+        workers.push(connections);
+        finished.push(finished_rx);
+    }
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stopped);
+    for next in (0..threads).cycle() {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before
+                    // accept: not fatal; back off a little.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stopped => break,
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        // Deregistered here, registered again by the worker's event loop.
+        match tcp.into_std() {
+            Ok(tcp) => {
+                if workers[next].send(tcp).is_err() {
+                    return Err(std::io::Error::other("an HTTP thread stopped"));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot hand a connection over"),
+        }
+    }
+    drop(listener);
+    drop(workers);
+    for finished in finished {
+        finished
+            .await
+            .map_err(|_| std::io::Error::other("an HTTP thread panicked"))??;
+    }
+    Ok(())
 }
 
-async fn blob_with_name(
-    State(state): State<Arc<HttpState>>,
-    Path((blob_id, _file_name)): Path<(String, String)>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
-    serve(&state, &blob_id, &method, &headers).await
+/// One HTTP thread: serves the connections it is handed until the sender
+/// goes (the server stops), then waits for the requests in flight.
+async fn worker(
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    state: Arc<HttpState>,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    while let Some(tcp) = incoming.recv().await {
+        let tcp = match tokio::net::TcpStream::from_std(tcp) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve an HTTP connection");
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        let service = hyper::service::service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(state, request).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still in flight after the shutdown grace period");
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
-    let mut response = Response::new(Body::from(text));
+    let mut response = http::Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -71,36 +198,50 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
     response
 }
 
-async fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &HeaderMap) -> Response {
-    let started = std::time::Instant::now();
-    let op = if method == Method::HEAD {
-        "http_head"
-    } else {
-        "http_get"
+/// One request: `GET`/`HEAD /<blob id>` or `/<blob id>/<file name>`.
+async fn handle(state: Arc<HttpState>, request: Request<Incoming>) -> Response {
+    let started = Instant::now();
+    let op = match *request.method() {
+        Method::GET => Op::Get,
+        Method::HEAD => Op::Head,
+        _ => Op::Other,
     };
     // The CDN's request id, if it sends one, names this request in the logs
     // and is echoed back. The span is at debug level: at the default level it
     // costs nothing on this hot path.
-    let request_id = headers
+    let request_id = request
+        .headers()
         .get(hayloft_proto::REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .cloned();
     let span = tracing::debug_span!(
         "request",
-        op,
+        op = op.name(),
         request_id = request_id
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
     );
-    let mut response =
-        tracing::Instrument::instrument(respond(state, blob_id, method, headers), span.clone())
-            .await;
-    crate::metrics::observe(
-        op,
-        crate::metrics::http_status_label(response.status()),
-        started,
-    );
+    let mut response = match span.in_scope(|| local(&state, &request)) {
+        Local::Done(response) => response,
+        // The cold path is a task of its own (its future, an S3 request, is
+        // large, and the hot path should not carry it), on the runtime that
+        // owns the object store's connections.
+        Local::Cold(volume, blob) => {
+            let (method, headers) = (request.method().clone(), request.headers().clone());
+            let main = state.main.clone();
+            let state = Arc::clone(&state);
+            let cold = async move { from_cold(&state, volume, blob, &method, &headers).await };
+            match main.spawn(cold.instrument(span.clone())).await {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::error!(error = %e, "cold read task failed");
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "error reading blob\n")
+                }
+            }
+        }
+    };
+    state.metrics.observe(op, &response, started);
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
@@ -108,15 +249,6 @@ async fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &Head
             "request done"
         )
     });
-    if method == Method::GET
-        && let Some(length) = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-    {
-        crate::metrics::bytes_out("http", length);
-    }
     if let Some(value) = request_id {
         response
             .headers_mut()
@@ -125,130 +257,255 @@ async fn serve(state: &HttpState, blob_id: &str, method: &Method, headers: &Head
     response
 }
 
-/// The needle, from the local map or (for a cold volume) one ranged GET.
-async fn read_blob(state: &HttpState, blob: BlobId) -> Result<hayloft_storage::Needle, Response> {
+/// What a request comes to without leaving the task.
+enum Local {
+    Done(Response),
+    /// The blob is in a cold volume: one ranged GET away.
+    Cold(Arc<ColdVolume>, BlobId),
+}
+
+fn local(state: &HttpState, request: &Request<Incoming>) -> Local {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Local::Done(response);
+    }
+    let Some(blob_id) = blob_id_of(request.uri().path()) else {
+        return Local::Done(plain(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    let Ok(blob) = blob_id.parse::<BlobId>() else {
+        return Local::Done(plain(StatusCode::BAD_REQUEST, "malformed blob id\n"));
+    };
     state.tiering.reads.record(blob.volume());
     let error = match state.store.read(blob.volume(), blob.needle, blob.cookie) {
-        Ok(needle) => return Ok(needle),
+        Ok(needle) => return Local::Done(respond(state, needle, method, request.headers())),
         Err(hayloft_storage::Error::Cold(volume)) => match state.store.cold_volume(volume) {
-            Ok(cold) => match state
-                .tiering
-                .read_cold(&cold, blob.needle, blob.cookie)
-                .await
-            {
-                Ok(needle) => return Ok(needle),
-                Err(ColdReadError::Storage(e)) => e,
-                Err(ColdReadError::Archived(retry_after)) => {
-                    let mut response = plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "blob is archived; a restore is under way\n",
-                    );
-                    insert(
-                        response.headers_mut(),
-                        header::RETRY_AFTER,
-                        &retry_after.as_secs().max(1).to_string(),
-                    );
-                    return Err(response);
-                }
-                Err(ColdReadError::Unavailable(reason)) => {
-                    tracing::warn!(%reason, "cold read failed");
-                    let mut response = plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "cold storage unreachable\n",
-                    );
-                    insert(response.headers_mut(), header::RETRY_AFTER, "30");
-                    return Err(response);
-                }
-            },
+            Ok(cold) => return Local::Cold(cold, blob),
             Err(e) => e,
         },
         Err(e) => e,
     };
-    // Missing, deleted, expired and wrong-cookie all look the same.
-    if error.is_not_found() {
-        return Err(plain(StatusCode::NOT_FOUND, "not found\n"));
-    }
-    Err(plain(http_status(&error), "error reading blob\n"))
+    Local::Done(read_error(&error))
 }
 
-async fn respond(
+/// The blob id of `/<blob id>` or `/<blob id>/<file name>` (the name is for
+/// the browser's sake; the id alone finds the blob).
+fn blob_id_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    let (id, name) = match rest.split_once('/') {
+        Some((id, name)) => (id, Some(name)),
+        None => (rest, None),
+    };
+    if id.is_empty() || name.is_some_and(|name| name.is_empty() || name.contains('/')) {
+        return None;
+    }
+    Some(id)
+}
+
+/// Missing, deleted, expired and wrong-cookie all look the same: 404.
+fn read_error(error: &hayloft_storage::Error) -> Response {
+    if error.is_not_found() {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    plain(http_status(error), "error reading blob\n")
+}
+
+/// A blob of a cold volume: one ranged GET, or 503 + Retry-After while the
+/// object is archived or the object store is out of reach.
+async fn from_cold(
     state: &HttpState,
-    blob_id: &str,
+    volume: Arc<ColdVolume>,
+    blob: BlobId,
     method: &Method,
     headers: &HeaderMap,
 ) -> Response {
-    let Ok(blob) = blob_id.parse::<BlobId>() else {
-        return plain(StatusCode::BAD_REQUEST, "malformed blob id\n");
+    let reason = match state
+        .tiering
+        .read_cold(&volume, blob.needle, blob.cookie)
+        .await
+    {
+        Ok(needle) => return respond(state, needle, method, headers),
+        Err(ColdReadError::Storage(e)) => return read_error(&e),
+        Err(ColdReadError::Archived(retry_after)) => {
+            let mut response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "blob is archived; a restore is under way\n",
+            );
+            insert(
+                response.headers_mut(),
+                header::RETRY_AFTER,
+                retry_after.as_secs().max(1).to_string(),
+            );
+            return response;
+        }
+        Err(ColdReadError::Unavailable(reason)) => reason,
     };
-    let needle = match read_blob(state, blob).await {
-        Ok(needle) => needle,
-        Err(response) => return response,
-    };
+    tracing::warn!(%reason, "cold read failed");
+    let mut response = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cold storage unreachable\n",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    response
+}
+
+/// The response for a needle read: validators, preconditions, range.
+fn respond(state: &HttpState, needle: Needle, method: &Method, headers: &HeaderMap) -> Response {
     let size = needle.data.len() as u64;
     let tag = etag(needle.checksum, size);
     let modified = needle.meta.last_modified;
 
-    let mut base = HeaderMap::new();
-    insert(&mut base, header::ETAG, &tag);
+    let mut base = HeaderMap::with_capacity(12);
+    base.insert(header::CACHE_CONTROL, state.cache_control.clone());
+    base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     insert(
         &mut base,
         header::LAST_MODIFIED,
-        &httpdate::fmt_http_date(unix(modified)),
+        httpdate::fmt_http_date(unix(modified)),
     );
-    base.insert(header::CACHE_CONTROL, state.cache_control.clone());
-    base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-
-    match preconditions(headers, &tag, modified, method) {
-        Precondition::Proceed => {}
-        Precondition::NotModified => {
-            return with_headers(StatusCode::NOT_MODIFIED, base, Body::empty());
-        }
-        Precondition::Failed => {
-            return with_headers(StatusCode::PRECONDITION_FAILED, base, Body::empty());
-        }
-    }
-
-    let content_type = if needle.meta.content_type.is_empty() {
-        "application/octet-stream"
-    } else {
-        &needle.meta.content_type
-    };
-    insert(&mut base, header::CONTENT_TYPE, content_type);
-    if !needle.meta.file_name.is_empty() {
-        insert(
-            &mut base,
-            header::CONTENT_DISPOSITION,
-            &content_disposition(&needle.meta.file_name),
-        );
-    }
-
+    let precondition = preconditions(headers, &tag, modified, method);
     let range = headers
         .get(header::RANGE)
         .filter(|_| method == Method::GET && if_range_holds(headers, &tag, modified))
         .and_then(|value| value.to_str().ok())
         .map(|value| parse_range(value, size));
+    insert(&mut base, header::ETAG, tag);
+
+    match precondition {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            return with_headers(StatusCode::NOT_MODIFIED, base, Bytes::new());
+        }
+        Precondition::Failed => {
+            return with_headers(StatusCode::PRECONDITION_FAILED, base, Bytes::new());
+        }
+    }
+
+    let meta = needle.meta;
+    if meta.content_type.is_empty() {
+        base.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    } else {
+        insert(&mut base, header::CONTENT_TYPE, meta.content_type);
+    }
+    if !meta.file_name.is_empty() {
+        insert(
+            &mut base,
+            header::CONTENT_DISPOSITION,
+            content_disposition(&meta.file_name),
+        );
+    }
+
     match range {
         Some(RangeSpec::Unsatisfiable) => {
-            insert(&mut base, header::CONTENT_RANGE, &format!("bytes */{size}"));
-            with_headers(StatusCode::RANGE_NOT_SATISFIABLE, base, Body::empty())
+            insert(&mut base, header::CONTENT_RANGE, format!("bytes */{size}"));
+            with_headers(StatusCode::RANGE_NOT_SATISFIABLE, base, Bytes::new())
         }
         Some(RangeSpec::Bytes(first, last)) => {
             insert(
                 &mut base,
                 header::CONTENT_RANGE,
-                &format!("bytes {first}-{last}/{size}"),
+                format!("bytes {first}-{last}/{size}"),
             );
-            insert(
-                &mut base,
-                header::CONTENT_LENGTH,
-                &(last - first + 1).to_string(),
-            );
+            base.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
             let body = needle.data.slice(first as usize..=last as usize);
-            with_headers(StatusCode::PARTIAL_CONTENT, base, Body::from(body))
+            with_headers(StatusCode::PARTIAL_CONTENT, base, body)
         }
         Some(RangeSpec::Ignore) | None => {
-            insert(&mut base, header::CONTENT_LENGTH, &size.to_string());
-            with_headers(StatusCode::OK, base, Body::from(needle.data))
+            base.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            with_headers(StatusCode::OK, base, needle.data)
+        }
+    }
+}
+
+/// Which metrics a request counts under.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Head,
+    /// Any other method (answered 405).
+    Other,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "http_get",
+            Op::Head => "http_head",
+            Op::Other => "http_other",
+        }
+    }
+}
+
+/// The origin's metric handles, registered once: recording a request is a
+/// few atomic operations, not a registry lookup by labels.
+struct HttpMetrics {
+    get: OpMetrics,
+    head: OpMetrics,
+    bytes_out: metrics::Counter,
+}
+
+/// The statuses the origin sends, with a counter each.
+const STATUSES: [u16; 10] = [200, 206, 304, 400, 404, 405, 412, 416, 500, 503];
+
+struct OpMetrics {
+    duration: metrics::Histogram,
+    requests: [metrics::Counter; STATUSES.len()],
+}
+
+impl OpMetrics {
+    fn new(op: &'static str) -> Self {
+        OpMetrics {
+            duration: metrics::histogram!("hayloft_volume_request_duration_seconds", "op" => op),
+            requests: STATUSES.map(|status| {
+                metrics::counter!("hayloft_volume_requests_total", "op" => op,
+                    "status" => crate::metrics::http_status_label(status))
+            }),
+        }
+    }
+}
+
+impl HttpMetrics {
+    fn new() -> Self {
+        HttpMetrics {
+            get: OpMetrics::new(Op::Get.name()),
+            head: OpMetrics::new(Op::Head.name()),
+            bytes_out: metrics::counter!("hayloft_volume_bytes_out_total", "protocol" => "http"),
+        }
+    }
+
+    fn observe(&self, op: Op, response: &Response, started: Instant) {
+        let status = response.status().as_u16();
+        let op_metrics = match op {
+            Op::Get => &self.get,
+            Op::Head => &self.head,
+            Op::Other => {
+                crate::metrics::observe(
+                    op.name(),
+                    crate::metrics::http_status_label(status),
+                    started,
+                );
+                return;
+            }
+        };
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(i) => op_metrics.requests[i].increment(1),
+            None => metrics::counter!("hayloft_volume_requests_total", "op" => op.name(),
+                "status" => crate::metrics::http_status_label(status))
+            .increment(1),
+        }
+        op_metrics.duration.record(started.elapsed().as_secs_f64());
+        // Blob bytes sent (error texts are not counted).
+        if matches!(op, Op::Get) && (status == 200 || status == 206) {
+            self.bytes_out
+                .increment(hyper::body::Body::size_hint(response.body()).lower());
         }
     }
 }
@@ -257,14 +514,16 @@ fn unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
+/// Inserts a header made at request time (no copy); a value that is not a
+/// valid header value (a control character in stored metadata) is left out.
+fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: String) {
+    if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(name, value);
     }
 }
 
-fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
-    let mut response = Response::new(body);
+fn with_headers(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response {
+    let mut response = http::Response::new(Full::new(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
@@ -272,25 +531,25 @@ fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response 
 
 /// `inline; filename="ascii"; filename*=UTF-8''percent-encoded` (RFC 6266).
 fn content_disposition(file_name: &str) -> String {
-    let ascii: String = file_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut encoded = String::new();
+    use std::fmt::Write as _;
+    let mut value = String::with_capacity(40 + 2 * file_name.len());
+    value.push_str("inline; filename=\"");
+    value.extend(file_name.chars().map(|c| {
+        if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    value.push_str("\"; filename*=UTF-8''");
     for byte in file_name.bytes() {
         if byte.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&byte) {
-            encoded.push(byte as char);
+            value.push(byte as char);
         } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+            let _ = write!(value, "%{byte:02X}");
         }
     }
-    format!("inline; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+    value
 }
 
 enum Precondition {
@@ -428,6 +687,17 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), RangeSpec::Ignore);
         assert_eq!(parse_range("bytes=abc", 100), RangeSpec::Ignore);
         assert_eq!(parse_range("bytes=-", 100), RangeSpec::Ignore);
+    }
+
+    #[test]
+    fn blob_paths() {
+        assert_eq!(blob_id_of("/abc"), Some("abc"));
+        assert_eq!(blob_id_of("/abc/cat.jpg"), Some("abc"));
+        assert_eq!(blob_id_of("/"), None);
+        assert_eq!(blob_id_of("/abc/"), None);
+        assert_eq!(blob_id_of("/abc/a/b"), None);
+        assert_eq!(blob_id_of("//x"), None);
+        assert_eq!(blob_id_of("abc"), None);
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct VolumeServerConfig {
     /// `Cache-Control: public, max-age=...` for blobs. Default `365d`.
     #[serde(with = "humantime_serde")]
     pub cache_max_age: Duration,
+    /// Threads serving HTTP reads, each with its own event loop (0 = one per
+    /// core). Default 0.
+    pub http_threads: usize,
     /// Heartbeat interval (the directory may ask for another). Default `5s`.
     #[serde(with = "humantime_serde")]
     pub pulse: Duration,
@@ -131,6 +134,7 @@ impl Default for VolumeServerConfig {
             batch_interval: Duration::from_millis(2),
             max_upload_size: ByteSize::gib(4),
             cache_max_age: Duration::from_secs(365 * 24 * 3600),
+            http_threads: 0,
             pulse: Duration::from_secs(5),
             compaction_threshold: 0.3,
             compaction_check_interval: Duration::from_secs(60),
@@ -290,6 +294,7 @@ impl VolumeServer {
             ..advertised
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let http_stop = stop_rx.clone();
         let wait_stop = move || {
             let mut rx = stop_rx.clone();
             async move {
@@ -353,19 +358,12 @@ impl VolumeServer {
                 tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                 wait_stop(),
             );
-        let http_state = Arc::new(http::HttpState {
-            store: Arc::clone(&self.store),
-            tiering: Arc::clone(&tiering),
-            cache_control: http::cache_control(self.config.cache_max_age),
-        });
-        let listener = axum::serve::ListenerExt::tap_io(self.http, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let http_server = axum::serve(listener, http::router(http_state))
-            .with_graceful_shutdown(wait_stop())
-            .into_future();
+        let http_state = Arc::new(http::HttpState::new(
+            Arc::clone(&self.store),
+            Arc::clone(&tiering),
+            self.config.cache_max_age,
+        ));
+        let http_server = http::serve(self.http, http_state, self.config.http_threads, http_stop);
         tracing::info!(server = %advertised.server_id, grpc = %advertised.grpc_addr,
             http = %advertised.http_addr, "volume server serving");
 
