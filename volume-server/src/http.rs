@@ -26,10 +26,13 @@ pub type Response = http::Response<Full<Bytes>>;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an HTTP thread publishes the counts it keeps.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What every origin request shares.
+#[derive(Clone)]
 pub struct HttpState {
     store: Arc<Store>,
     tiering: Arc<crate::tier::Tiering>,
@@ -94,7 +97,9 @@ pub async fn serve(
     let mut finished = Vec::with_capacity(threads);
     for i in 0..threads {
         let (connections, incoming) = tokio::sync::mpsc::unbounded_channel();
-        let state = Arc::clone(&state);
+        // A copy per thread: the per-request reference counting stays in
+        // this core's cache.
+        let state = Arc::new(HttpState::clone(&state));
         let (done, finished_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("hayloft-http-{i}"))
@@ -160,6 +165,16 @@ async fn worker(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let publisher = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move {
+            let mut every = tokio::time::interval(PUBLISH_INTERVAL);
+            loop {
+                every.tick().await;
+                state.publish();
+            }
+        }
+    });
     while let Some(tcp) = incoming.recv().await {
         let tcp = match tokio::net::TcpStream::from_std(tcp) {
             Ok(tcp) => tcp,
@@ -186,6 +201,8 @@ async fn worker(
     {
         tracing::warn!("HTTP requests still in flight after the shutdown grace period");
     }
+    publisher.abort();
+    state.publish();
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -241,7 +258,7 @@ async fn handle(state: Arc<HttpState>, request: Request<Incoming>) -> Response {
             }
         }
     };
-    state.metrics.observe(op, &response, started);
+    observe(op, &response, started);
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
@@ -279,7 +296,7 @@ fn local(state: &HttpState, request: &Request<Incoming>) -> Local {
     let Ok(blob) = blob_id.parse::<BlobId>() else {
         return Local::Done(plain(StatusCode::BAD_REQUEST, "malformed blob id\n"));
     };
-    state.tiering.reads.record(blob.volume());
+    COUNTS.with_borrow_mut(|counts| *counts.reads.entry(blob.volume()).or_default() += 1);
     let error = match state.store.read(blob.volume(), blob.needle, blob.cookie) {
         Ok(needle) => return Local::Done(respond(state, needle, method, request.headers())),
         Err(hayloft_storage::Error::Cold(volume)) => match state.store.cold_volume(volume) {
@@ -446,6 +463,7 @@ impl Op {
 
 /// The origin's metric handles, registered once: recording a request is a
 /// few atomic operations, not a registry lookup by labels.
+#[derive(Clone)]
 struct HttpMetrics {
     get: OpMetrics,
     head: OpMetrics,
@@ -455,6 +473,7 @@ struct HttpMetrics {
 /// The statuses the origin sends, with a counter each.
 const STATUSES: [u16; 10] = [200, 206, 304, 400, 404, 405, 412, 416, 500, 503];
 
+#[derive(Clone)]
 struct OpMetrics {
     duration: metrics::Histogram,
     requests: [metrics::Counter; STATUSES.len()],
@@ -480,32 +499,76 @@ impl HttpMetrics {
             bytes_out: metrics::counter!("hayloft_volume_bytes_out_total", "protocol" => "http"),
         }
     }
+}
 
-    fn observe(&self, op: Op, response: &Response, started: Instant) {
-        let status = response.status().as_u16();
-        let op_metrics = match op {
-            Op::Get => &self.get,
-            Op::Head => &self.head,
-            Op::Other => {
-                crate::metrics::observe(
-                    op.name(),
-                    crate::metrics::http_status_label(status),
-                    started,
-                );
-                return;
-            }
-        };
-        match STATUSES.iter().position(|s| *s == status) {
-            Some(i) => op_metrics.requests[i].increment(1),
-            None => metrics::counter!("hayloft_volume_requests_total", "op" => op.name(),
-                "status" => crate::metrics::http_status_label(status))
-            .increment(1),
+/// What one HTTP thread counted since it last published: plain integers in
+/// the thread's own cache, so that a request touches no memory another core
+/// writes. Published to the shared metrics and read statistics every
+/// [`PUBLISH_INTERVAL`] (and when the thread stops).
+#[derive(Default)]
+struct LocalCounts {
+    /// Requests by op (GET, HEAD) and status (index in [`STATUSES`]).
+    requests: [[u64; STATUSES.len()]; 2],
+    /// Request durations in seconds, by op.
+    durations: [Vec<f64>; 2],
+    bytes_out: u64,
+    /// Reads by volume, for the lifecycle policy.
+    reads: std::collections::HashMap<hayloft_storage::VolumeId, u64>,
+}
+
+thread_local! {
+    static COUNTS: std::cell::RefCell<LocalCounts> = std::cell::RefCell::default();
+}
+
+/// Counts one finished request.
+fn observe(op: Op, response: &Response, started: Instant) {
+    let status = response.status().as_u16();
+    let (i, index) = match (op, STATUSES.iter().position(|s| *s == status)) {
+        (Op::Get, Some(index)) => (0, index),
+        (Op::Head, Some(index)) => (1, index),
+        // Rare: straight to the registry.
+        _ => {
+            crate::metrics::observe(
+                op.name(),
+                crate::metrics::http_status_label(status),
+                started,
+            );
+            return;
         }
-        op_metrics.duration.record(started.elapsed().as_secs_f64());
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    COUNTS.with_borrow_mut(|counts| {
+        counts.requests[i][index] += 1;
+        counts.durations[i].push(seconds);
         // Blob bytes sent (error texts are not counted).
-        if matches!(op, Op::Get) && (status == 200 || status == 206) {
-            self.bytes_out
-                .increment(hyper::body::Body::size_hint(response.body()).lower());
+        if i == 0 && (status == 200 || status == 206) {
+            counts.bytes_out += hyper::body::Body::size_hint(response.body()).lower();
+        }
+    });
+}
+
+impl HttpState {
+    /// Adds this thread's counts to the shared metrics and read statistics.
+    fn publish(&self) {
+        let counts = COUNTS.take();
+        for (op, (requests, durations)) in [&self.metrics.get, &self.metrics.head]
+            .into_iter()
+            .zip(counts.requests.iter().zip(&counts.durations))
+        {
+            for (counter, n) in op.requests.iter().zip(requests) {
+                if *n > 0 {
+                    counter.increment(*n);
+                }
+            }
+            for seconds in durations {
+                op.duration.record(*seconds);
+            }
+        }
+        if counts.bytes_out > 0 {
+            self.metrics.bytes_out.increment(counts.bytes_out);
+        }
+        for (volume, reads) in counts.reads {
+            self.tiering.reads.record_many(volume, reads);
         }
     }
 }

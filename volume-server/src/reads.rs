@@ -1,7 +1,8 @@
 //! Read counts per volume, for the lifecycle policy: reads a day over a
 //! sliding window.
 //!
-//! Each read is one atomic increment (after a shared-lock map lookup). A
+//! Reads are counted in batches (the HTTP threads count locally and add
+//! their counts every 100 ms; a gRPC read adds one). A
 //! ticker snapshots every counter once per window / [`BUCKETS`]; the rate is
 //! the reads since the oldest snapshot still in the window, over the time
 //! since it. Counts start at zero when the server starts, and
@@ -49,15 +50,20 @@ impl ReadStats {
 
     /// Counts one read of `volume`.
     pub fn record(&self, volume: VolumeId) {
+        self.record_many(volume, 1);
+    }
+
+    /// Counts `reads` reads of `volume`.
+    pub fn record_many(&self, volume: VolumeId, reads: u64) {
         if let Some(counter) = self.counters.read().get(&volume) {
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.fetch_add(reads, Ordering::Relaxed);
             return;
         }
         self.counters
             .write()
             .entry(volume)
             .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(reads, Ordering::Relaxed);
     }
 
     /// Takes a snapshot and drops those older than the window.
