@@ -57,6 +57,8 @@ head -c 4096 /dev/urandom > "$WORK/one.bin"
 # nginx: files from disk (page cache), and one body from memory.
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 2;
+# The open-file cache holds a descriptor per cached blob.
+worker_rlimit_nofile 65536;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log;
 events { worker_connections 4096; }
