@@ -154,8 +154,14 @@ where
     };
     match error.code() {
         Some("InvalidObjectState") => ObjectError::Archived,
-        Some("NoSuchKey" | "NotFound" | "NoSuchBucket") => {
+        Some("NoSuchKey" | "NotFound") => {
             ObjectError::NotFound(error.code().unwrap_or_default().to_owned())
+        }
+        // Not "no such object": the store is misconfigured, or a server
+        // that came back has not got its buckets back yet. Retried a few
+        // times like any answered failure, then reported as it is.
+        Some("NoSuchBucket") => {
+            ObjectError::Other("NoSuchBucket: the bucket does not exist".into())
         }
         Some("NoSuchUpload") => ObjectError::NoSuchUpload,
         _ if status.contains("status: StatusCode(404)") => ObjectError::NotFound("404".into()),
