@@ -7,7 +7,7 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Args;
 use hayloft_client::{Client, UploadOptions};
-use hayloft_proto::{Tier, VolumeState};
+use hayloft_proto::{ReplicaHealth, Tier, VolumeHealth, VolumeState};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Args)]
@@ -150,7 +150,8 @@ pub struct StatusArgs {
     /// (default: the built-in policy's).
     #[arg(long, env = "HAYLOFT_TIER_POLICY")]
     policy: Option<PathBuf>,
-    /// With --capacity: print JSON.
+    /// Print JSON (servers and volumes with every copy; with --capacity,
+    /// the capacity report).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -207,16 +208,25 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     }
     let client = args.connection.client().await?;
     let status = client.status().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
+        return Ok(());
+    }
+    for problem in &status.problems {
+        println!("PROBLEM: {problem}");
+    }
     println!("SERVERS");
     println!(
-        "{:<16} {:<22} {:<22} {:<6} {:>12} {:>12}",
-        "ID", "GRPC", "HTTP", "ALIVE", "FREE HOT", "FREE WARM"
+        "{:<16} {:<10} {:<10} {:<22} {:<22} {:<6} {:>12} {:>12}",
+        "ID", "ZONE", "RACK", "GRPC", "HTTP", "ALIVE", "FREE HOT", "FREE WARM"
     );
     for server in &status.servers {
         let location = server.location.clone().unwrap_or_default();
         println!(
-            "{:<16} {:<22} {:<22} {:<6} {:>12} {:>12}",
+            "{:<16} {:<10} {:<10} {:<22} {:<22} {:<6} {:>12} {:>12}",
             location.server_id,
+            site(&location.zone),
+            site(&location.rack),
             location.grpc_addr,
             location.http_addr,
             if server.alive { "yes" } else { "NO" },
@@ -227,13 +237,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!();
     println!("VOLUMES");
     println!(
-        "{:>6} {:<12} {:<5} {:<12} {:<10} {:<16} {:>9} {:>11} {:>11} {:>8} {:>10}",
+        "{:>6} {:<12} {:<5} {:<12} {:<10} {:<9} {:<24} {:>9} {:>11} {:>11} {:>8} {:>10}",
         "ID",
         "COLLECTION",
         "TIER",
         "CLASS",
         "STATE",
-        "SERVER",
+        "HEALTH",
+        "REPLICAS",
         "NEEDLES",
         "SIZE",
         "GARBAGE",
@@ -248,7 +259,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             0.0
         };
         println!(
-            "{:>6} {:<12} {:<5} {:<12} {:<10} {:<16} {:>9} {:>11} {:>11} {:>7.1}% {:>10.0}",
+            "{:>6} {:<12} {:<5} {:<12} {:<10} {:<9} {:<24} {:>9} {:>11} {:>11} {:>7.1}% {:>10.0}",
             stats.volume_id,
             if stats.collection.is_empty() {
                 "-"
@@ -270,7 +281,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             } else {
                 state_name(volume.state).to_owned()
             },
-            volume.server_id,
+            health_name(volume.health),
+            replicas_text(volume),
             stats.needles,
             ByteSize(stats.file_bytes).to_string(),
             ByteSize(stats.garbage_bytes).to_string(),
@@ -278,5 +290,111 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             stats.reads_per_day,
         );
     }
+    let degraded = status
+        .volumes
+        .iter()
+        .filter(|v| v.health != VolumeHealth::Ok as i32)
+        .count();
+    println!();
+    println!(
+        "{} volumes, {degraded} under-replicated (replication {})",
+        status.volumes.len(),
+        status.replication.max(1)
+    );
     Ok(())
+}
+
+fn site(name: &str) -> &str {
+    if name.is_empty() { "default" } else { name }
+}
+
+fn health_name(health: i32) -> &'static str {
+    match VolumeHealth::try_from(health) {
+        Ok(VolumeHealth::Ok) => "ok",
+        Ok(VolumeHealth::Degraded) => "degraded",
+        _ => "?",
+    }
+}
+
+fn replica_health_name(health: i32) -> &'static str {
+    match ReplicaHealth::try_from(health) {
+        Ok(ReplicaHealth::Ok) => "ok",
+        Ok(ReplicaHealth::Down) => "down",
+        Ok(ReplicaHealth::Missing) => "missing",
+        Ok(ReplicaHealth::Stale) => "stale",
+        _ => "?",
+    }
+}
+
+/// "vs0,vs1,vs2(down)": every copy, with the health of the unhealthy ones.
+fn replicas_text(volume: &hayloft_proto::VolumeRecord) -> String {
+    if volume.replicas.is_empty() {
+        return volume.server_id.clone();
+    }
+    volume
+        .replicas
+        .iter()
+        .map(|r| {
+            let id = r
+                .location
+                .as_ref()
+                .map(|l| l.server_id.as_str())
+                .unwrap_or("?");
+            match ReplicaHealth::try_from(r.health) {
+                Ok(ReplicaHealth::Ok) => id.to_owned(),
+                _ => format!("{id}({})", replica_health_name(r.health)),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `hayloft status --json`: servers and volumes, every copy with its
+/// server, zone, needle count and health.
+fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value {
+    let servers: Vec<_> = status
+        .servers
+        .iter()
+        .map(|s| {
+            let l = s.location.clone().unwrap_or_default();
+            serde_json::json!({
+                "id": l.server_id, "zone": site(&l.zone), "rack": site(&l.rack),
+                "grpc": l.grpc_addr, "http": l.http_addr, "alive": s.alive,
+                "last_heartbeat": s.last_heartbeat,
+                "free_hot_bytes": s.free_hot_bytes, "free_warm_bytes": s.free_warm_bytes,
+            })
+        })
+        .collect();
+    let volumes: Vec<_> = status
+        .volumes
+        .iter()
+        .map(|v| {
+            let stats = v.status.clone().unwrap_or_default();
+            let replicas: Vec<_> = v
+                .replicas
+                .iter()
+                .map(|r| {
+                    let l = r.location.clone().unwrap_or_default();
+                    serde_json::json!({
+                        "server": l.server_id, "zone": site(&l.zone), "rack": site(&l.rack),
+                        "needles": r.needles, "health": replica_health_name(r.health),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "id": stats.volume_id, "collection": stats.collection,
+                "tier": tier_name(stats.tier), "state": state_name(v.state),
+                "health": health_name(v.health), "replication": v.replication,
+                "replicas": replicas, "needles": stats.needles,
+                "file_bytes": stats.file_bytes, "garbage_bytes": stats.garbage_bytes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "replication": status.replication.max(1),
+        "problems": status.problems,
+        "under_replicated": status.volumes.iter().filter(|v| v.health != VolumeHealth::Ok as i32).count(),
+        "servers": servers,
+        "volumes": volumes,
+    })
 }

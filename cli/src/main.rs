@@ -100,6 +100,10 @@ struct DirectoryArgs {
     /// How often to record bytes per tier in the history, e.g. "10m".
     #[arg(long)]
     history_interval: Option<humantime_serde::re::humantime::Duration>,
+    /// Copies of every volume, on distinct servers spread over zones and
+    /// racks (per-collection overrides in the config file).
+    #[arg(long, env = "HAYLOFT_REPLICATION")]
+    replication: Option<usize>,
 }
 
 #[derive(Args)]
@@ -110,6 +114,15 @@ struct VolumeArgs {
     /// Stable id of this server.
     #[arg(long, env = "HAYLOFT_SERVER_ID")]
     server_id: Option<String>,
+    /// Zone this server stands in (placement spreads copies over zones).
+    #[arg(long, env = "HAYLOFT_ZONE")]
+    zone: Option<String>,
+    /// Rack within the zone (placement spreads copies over racks next).
+    #[arg(long, env = "HAYLOFT_RACK")]
+    rack: Option<String>,
+    /// A copy silent for this long fails a replicated write, e.g. "10s".
+    #[arg(long)]
+    replica_timeout: Option<humantime_serde::re::humantime::Duration>,
     /// gRPC listen address.
     #[arg(long, env = "HAYLOFT_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
@@ -190,6 +203,10 @@ fn main() -> anyhow::Result<()> {
                 if let Some(interval) = args.history_interval {
                     config.history_interval = interval.into();
                 }
+                if let Some(copies) = args.replication {
+                    anyhow::ensure!(copies >= 1, "--replication must be at least 1");
+                    config.replication = copies;
+                }
                 daemons::directory(config).await
             }
             Command::Volume(args) => {
@@ -197,6 +214,15 @@ fn main() -> anyhow::Result<()> {
                     daemons::load_config(args.config.as_deref())?;
                 if let Some(id) = args.server_id {
                     config.server_id = id;
+                }
+                if let Some(zone) = args.zone {
+                    config.zone = zone;
+                }
+                if let Some(rack) = args.rack {
+                    config.rack = rack;
+                }
+                if let Some(timeout) = args.replica_timeout {
+                    config.replica_timeout = timeout.into();
                 }
                 if let Some(addr) = args.grpc_listen {
                     config.grpc_listen = addr;

@@ -115,8 +115,16 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
     } else {
         format!("http://{addr}")
     };
+    // HTTP/2 pings while a call is open: a server that hangs (paused,
+    // wedged) fails the call within a few seconds instead of holding it for
+    // ever, and the read or upload goes to another copy.
     Endpoint::from_shared(uri)
-        .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(2))
+                .keep_alive_timeout(Duration::from_secs(3))
+        })
         .map_err(|source| Error::Connect {
             addr: addr.to_owned(),
             source,
@@ -234,6 +242,9 @@ impl Client {
                 file_name: options.file_name.clone(),
                 expires_at: assigned.expires_at,
                 last_modified: 0,
+                // The primary forwards the blob to every other copy.
+                replicas: assigned.locations.clone(),
+                forwarded: false,
             };
             let (errors_tx, mut errors_rx) = tokio::sync::oneshot::channel();
             let requests = write_requests(header, chunks(), errors_tx);
@@ -389,6 +400,7 @@ impl Client {
             client
                 .delete(DeleteRequest {
                     blob_id: blob_id.to_owned(),
+                    forwarded: false,
                 })
                 .await?;
             Ok(())

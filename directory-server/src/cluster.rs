@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hayloft_proto::{
-    AssignedBlob, HeartbeatRequest, ServerLocation, ServerStatus, StatusResponse, Tier,
-    VolumeLocation, VolumeRecord, VolumeState, VolumeStatus,
+    AssignedBlob, HeartbeatRequest, Replica, ReplicaHealth, ServerLocation, ServerStatus,
+    StatusResponse, Tier, VolumeHealth, VolumeLocation, VolumeRecord, VolumeReplicas, VolumeState,
+    VolumeStatus,
 };
 use hayloft_storage::types::needle_in;
 use hayloft_storage::{BlobId, Cookie, VolumeId};
@@ -19,6 +20,7 @@ use rand::Rng;
 use crate::DirectoryConfig;
 use crate::db::{Db, ServerRow, VolumeRow};
 use crate::error::{Error, Result};
+use crate::placement::{self, Candidate};
 
 /// Needle ids are reserved in the database this many at a time, so
 /// allocation costs one synced write per block rather than per upload.
@@ -41,12 +43,28 @@ struct VolumeEntry {
 
 struct Inner {
     servers: HashMap<String, ServerRow>,
+    /// Soft state: the volumes each server reported in its last heartbeat
+    /// (or was just asked to create). Rebuilt from heartbeats after a
+    /// restart; until a server's first one, its copies count as present.
+    reported: HashMap<String, HashMap<u32, VolumeStatus>>,
+    /// Soft state: why the last volume creation of a collection failed
+    /// (Unix seconds, reason), cleared by the next success.
+    problems: BTreeMap<String, (u64, String)>,
     /// Volume ids reserved by [`Cluster::plan_new_volume`] whose creation is
     /// in flight: heartbeats may report them before they are registered.
     creating: HashSet<u32>,
     volumes: BTreeMap<u32, VolumeEntry>,
     next_volume_id: u32,
     round_robin: usize,
+}
+
+/// A zone or rack name as placement sees it ("" is "default").
+fn site(name: &str) -> String {
+    if name.is_empty() {
+        "default".to_owned()
+    } else {
+        name.to_owned()
+    }
 }
 
 /// The cluster map.
@@ -56,12 +74,12 @@ pub struct Cluster {
     inner: Mutex<Inner>,
 }
 
-/// A volume to create: its id, and the server to create it on.
+/// A volume to create: its id, and the servers to create its copies on.
 pub struct NewVolume {
     /// The id reserved for it.
     pub volume_id: u32,
-    /// Where to create it.
-    pub server: ServerLocation,
+    /// Where to create its copies, in placement order.
+    pub servers: Vec<ServerLocation>,
 }
 
 impl Cluster {
@@ -71,7 +89,8 @@ impl Cluster {
         let volumes = snapshot
             .volumes
             .into_iter()
-            .map(|row| {
+            .map(|mut row| {
+                row.migrate();
                 let entry = VolumeEntry {
                     next_seq: row.needle_high_water.max(1),
                     row,
@@ -89,6 +108,8 @@ impl Cluster {
             config,
             inner: Mutex::new(Inner {
                 servers,
+                reported: HashMap::new(),
+                problems: BTreeMap::new(),
                 creating: HashSet::new(),
                 volumes,
                 next_volume_id: snapshot.next_volume_id.max(1),
@@ -106,10 +127,7 @@ impl Cluster {
         row.collection == collection
             && row.state == VolumeState::Writable as i32
             && entry.next_seq + count <= MAX_SEQ
-            && inner
-                .servers
-                .get(&row.server_id)
-                .is_some_and(|s| self.alive(s))
+            && self.volume_health(inner, row) == VolumeHealth::Ok
             && row.status.as_ref().is_none_or(|s| {
                 !s.sealed
                     && (s.file_bytes as f64) < s.max_bytes as f64 * self.config.volume_full_ratio
@@ -132,7 +150,7 @@ impl Cluster {
         &self,
         collection: &str,
         count: u32,
-    ) -> Result<Option<(Vec<AssignedBlob>, ServerLocation)>> {
+    ) -> Result<Option<(Vec<AssignedBlob>, Vec<ServerLocation>)>> {
         let count = u64::from(count);
         let mut inner = self.inner.lock();
         let candidates: Vec<u32> = inner
@@ -146,13 +164,18 @@ impl Cluster {
         }
         inner.round_robin = inner.round_robin.wrapping_add(1);
         let volume_id = candidates[inner.round_robin % candidates.len()];
-        let server = {
-            let entry = &inner.volumes[&volume_id];
-            inner.servers[&entry.row.server_id]
-                .location
-                .clone()
-                .unwrap_or_default()
-        };
+        // Every copy, the primary of this write first: primaries take turns,
+        // so forwarding work is shared by the copies.
+        let mut locations: Vec<ServerLocation> = inner.volumes[&volume_id]
+            .row
+            .replicas
+            .iter()
+            .filter_map(|id| inner.servers.get(id)?.location.clone())
+            .collect();
+        if !locations.is_empty() {
+            let turn = inner.round_robin / candidates.len() % locations.len();
+            locations.rotate_left(turn);
+        }
         let entry = inner
             .volumes
             .get_mut(&volume_id)
@@ -180,23 +203,41 @@ impl Cluster {
                 }
             })
             .collect();
-        Ok(Some((blobs, server)))
+        Ok(Some((blobs, locations)))
     }
 
-    /// Reserves a volume id and picks the live server with the most free
-    /// space on `tier` to create it on.
-    pub fn plan_new_volume(&self, tier: Tier) -> Result<NewVolume> {
+    /// Copies a new volume of `collection` gets.
+    pub fn replication_for(&self, collection: &str) -> usize {
+        self.config.replication_for(collection)
+    }
+
+    /// Reserves a volume id and places its copies: distinct live servers,
+    /// spread over zones, then racks, then the most free space on `tier`.
+    /// With too few live servers nothing is reserved and the error says why
+    /// (also shown by `status` until a creation succeeds).
+    pub fn plan_new_volume(&self, tier: Tier, collection: &str) -> Result<NewVolume> {
+        let copies = self.replication_for(collection);
         let mut inner = self.inner.lock();
-        let server = inner
-            .servers
-            .values()
-            .filter(|s| self.alive(s))
-            .max_by_key(|s| match tier {
-                Tier::Warm => s.free_warm_bytes,
-                _ => s.free_hot_bytes,
-            })
-            .and_then(|s| s.location.clone())
-            .ok_or_else(|| Error::Unavailable("no volume server is alive".into()))?;
+        let candidates = self.candidates(&inner, tier);
+        let chosen =
+            match placement::place(&candidates, &[], copies, u64::from(inner.next_volume_id)) {
+                Ok(chosen) => chosen,
+                Err(e) => {
+                    let reason = if inner.servers.values().any(|s| self.alive(s)) {
+                        format!("cannot create a volume of collection {collection:?}: {e}")
+                    } else {
+                        "no volume server is alive".to_owned()
+                    };
+                    inner
+                        .problems
+                        .insert(collection.to_owned(), (now_unix(), reason.clone()));
+                    return Err(Error::Unavailable(reason));
+                }
+            };
+        let servers = chosen
+            .iter()
+            .filter_map(|id| inner.servers.get(id)?.location.clone())
+            .collect();
         let volume_id = inner.next_volume_id;
         let next = volume_id
             .checked_add(1)
@@ -204,30 +245,77 @@ impl Cluster {
         self.db.put_next_volume_id(next)?;
         inner.next_volume_id = next;
         inner.creating.insert(volume_id);
-        Ok(NewVolume { volume_id, server })
+        Ok(NewVolume { volume_id, servers })
     }
 
-    /// Records a volume that a server has just created.
+    /// Live servers as placement candidates for a volume on `tier`.
+    fn candidates(&self, inner: &Inner, tier: Tier) -> Vec<Candidate> {
+        let mut copies: HashMap<&str, u64> = HashMap::new();
+        for entry in inner.volumes.values() {
+            for id in &entry.row.replicas {
+                *copies.entry(id.as_str()).or_default() += 1;
+            }
+        }
+        inner
+            .servers
+            .values()
+            .filter(|s| self.alive(s))
+            .filter_map(|s| {
+                let location = s.location.as_ref()?;
+                Some(Candidate {
+                    server_id: location.server_id.clone(),
+                    zone: site(&location.zone),
+                    rack: site(&location.rack),
+                    free_bytes: match tier {
+                        Tier::Warm => s.free_warm_bytes,
+                        _ => s.free_hot_bytes,
+                    },
+                    volumes: copies
+                        .get(location.server_id.as_str())
+                        .copied()
+                        .unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Records a volume whose copies have just been created on `servers`.
     pub fn register_volume(
         &self,
         volume_id: u32,
         collection: &str,
         tier: Tier,
-        server_id: &str,
+        servers: &[String],
     ) -> Result<()> {
         let row = VolumeRow {
             id: volume_id,
             collection: collection.to_owned(),
             tier: tier as i32,
             state: VolumeState::Writable as i32,
-            server_id: server_id.to_owned(),
+            server_id: servers.first().cloned().unwrap_or_default(),
             needle_high_water: 1,
             created_at: now_unix(),
             status: None,
+            replicas: servers.to_vec(),
+            replication: servers.len() as u32,
+            stale: Vec::new(),
         };
         let mut inner = self.inner.lock();
         self.db.put_volume(&row, true)?;
         inner.creating.remove(&volume_id);
+        inner.problems.remove(collection);
+        for server in servers {
+            // Created a moment ago: present until a heartbeat says otherwise.
+            inner.reported.entry(server.clone()).or_default().insert(
+                volume_id,
+                VolumeStatus {
+                    volume_id,
+                    collection: collection.to_owned(),
+                    tier: tier as i32,
+                    ..VolumeStatus::default()
+                },
+            );
+        }
         inner
             .volumes
             .insert(volume_id, VolumeEntry { row, next_seq: 1 });
@@ -239,15 +327,92 @@ impl Cluster {
         self.inner.lock().creating.remove(&volume_id);
     }
 
+    /// How one copy of `row` is doing.
+    fn replica_health(&self, inner: &Inner, row: &VolumeRow, server_id: &str) -> ReplicaHealth {
+        if !inner.servers.get(server_id).is_some_and(|s| self.alive(s)) {
+            ReplicaHealth::Down
+        } else if inner
+            .reported
+            .get(server_id)
+            // No heartbeat since this directory started: the copy is taken
+            // to be as it was (the next pulse says).
+            .is_some_and(|volumes| !volumes.contains_key(&row.id))
+        {
+            ReplicaHealth::Missing
+        } else if row.stale.iter().any(|s| s == server_id) {
+            ReplicaHealth::Stale
+        } else {
+            ReplicaHealth::Ok
+        }
+    }
+
+    /// OK when every copy it should have is healthy.
+    fn volume_health(&self, inner: &Inner, row: &VolumeRow) -> VolumeHealth {
+        let healthy = row
+            .replicas
+            .iter()
+            .filter(|id| self.replica_health(inner, row, id) == ReplicaHealth::Ok)
+            .count();
+        if healthy >= row.replicas.len().max(row.replication as usize) {
+            VolumeHealth::Ok
+        } else {
+            VolumeHealth::Degraded
+        }
+    }
+
+    /// Every copy of `row` with its health, in placement order.
+    fn replicas(&self, inner: &Inner, row: &VolumeRow) -> Vec<Replica> {
+        row.replicas
+            .iter()
+            .map(|id| Replica {
+                location: Some(
+                    inner
+                        .servers
+                        .get(id)
+                        .and_then(|s| s.location.clone())
+                        .unwrap_or_else(|| ServerLocation {
+                            server_id: id.clone(),
+                            ..ServerLocation::default()
+                        }),
+                ),
+                health: self.replica_health(inner, row, id) as i32,
+                needles: inner
+                    .reported
+                    .get(id)
+                    .and_then(|v| v.get(&row.id))
+                    .map_or(0, |s| s.needles),
+            })
+            .collect()
+    }
+
+    /// Where to read `row` from: healthy copies, else stale ones (a stale
+    /// copy may lack recent deletes, so it is read only when nothing better
+    /// is alive).
+    fn read_locations(replicas: &[Replica]) -> Vec<ServerLocation> {
+        let pick = |health: ReplicaHealth| {
+            replicas
+                .iter()
+                .filter(move |r| r.health == health as i32)
+                .filter_map(|r| r.location.clone())
+        };
+        let healthy: Vec<ServerLocation> = pick(ReplicaHealth::Ok).collect();
+        if healthy.is_empty() {
+            pick(ReplicaHealth::Stale).collect()
+        } else {
+            healthy
+        }
+    }
+
     /// Applies a heartbeat: the server is alive, at this address, with these
-    /// volumes.
-    pub fn heartbeat(&self, request: HeartbeatRequest) -> Result<()> {
+    /// volumes. Answers with the copies of each volume it holds.
+    pub fn heartbeat(&self, request: HeartbeatRequest) -> Result<Vec<VolumeReplicas>> {
         let location = request
             .server
             .ok_or_else(|| Error::InvalidArgument("heartbeat without server".into()))?;
         if location.server_id.is_empty() {
             return Err(Error::InvalidArgument("heartbeat without server id".into()));
         }
+        let server_id = location.server_id.clone();
         let server = ServerRow {
             location: Some(location.clone()),
             last_heartbeat: now_unix(),
@@ -256,17 +421,20 @@ impl Cluster {
         };
         let mut inner = self.inner.lock();
         let mut changed = Vec::new();
+        let mut synced = false;
+        let mut reported = HashMap::new();
         for status in request.volumes {
             if inner.creating.contains(&status.volume_id) {
                 // Reported between its creation and its registration.
                 continue;
             }
+            reported.insert(status.volume_id, status.clone());
             let entry = inner.volumes.entry(status.volume_id).or_insert_with(|| {
                 // A volume the directory has no record of (copied in by an
                 // operator, or created before the database was lost). Which of
                 // its needle ids were handed out is unknown, so it is served
                 // read-only and never takes new ids.
-                tracing::warn!(volume = status.volume_id, server = %location.server_id,
+                tracing::warn!(volume = status.volume_id, server = %server_id,
                     "adopting unknown volume as sealed");
                 VolumeEntry {
                     row: VolumeRow {
@@ -274,38 +442,80 @@ impl Cluster {
                         collection: status.collection.clone(),
                         tier: status.tier,
                         state: VolumeState::Sealed as i32,
-                        server_id: location.server_id.clone(),
+                        server_id: server_id.clone(),
                         needle_high_water: MAX_SEQ + 1,
                         created_at: now_unix(),
                         status: None,
+                        replicas: vec![server_id.clone()],
+                        replication: 1,
+                        stale: Vec::new(),
                     },
                     next_seq: MAX_SEQ + 1,
                 }
             });
             let row = &mut entry.row;
+            if !row.replicas.contains(&server_id) {
+                // A copy the directory did not place here (left behind by a
+                // repair, or copied in by hand): not served, not counted.
+                tracing::warn!(volume = row.id, server = %server_id,
+                    "server reports a copy outside the volume's replica set; ignored");
+                continue;
+            }
+            // Copies a forward from this server failed to reach: they missed
+            // a write or a delete.
+            for failed in &status.failed_replicas {
+                if row.replicas.contains(failed) && !row.stale.contains(failed) {
+                    tracing::warn!(volume = row.id, replica = %failed, reporter = %server_id,
+                        "copy missed a forwarded write or delete; marked stale");
+                    row.stale.push(failed.clone());
+                    synced = true;
+                }
+            }
             if status.sealed && row.state == VolumeState::Writable as i32 {
                 row.state = VolumeState::Sealed as i32;
             }
             // Tier moves: the server says when a volume is moving, cold or
             // restoring; otherwise a sealed volume is just sealed.
-            let reported = VolumeState::try_from(status.state).unwrap_or_default();
-            match reported {
+            let reported_state = VolumeState::try_from(status.state).unwrap_or_default();
+            match reported_state {
                 VolumeState::Moving | VolumeState::Cold | VolumeState::Restoring => {
-                    row.state = reported as i32;
+                    row.state = reported_state as i32;
                 }
                 _ if status.sealed && row.state != VolumeState::Writable as i32 => {
                     row.state = VolumeState::Sealed as i32;
                 }
                 _ => {}
             }
-            row.server_id = location.server_id.clone();
             row.tier = status.tier;
+            let mut status = status;
+            status.failed_replicas.clear();
             row.status = Some(status);
             changed.push(row.clone());
         }
+        if synced {
+            for row in &changed {
+                self.db.put_volume(row, true)?;
+            }
+        }
         self.db.put_heartbeat(&server, &changed)?;
-        inner.servers.insert(location.server_id, server);
-        Ok(())
+        inner.servers.insert(server_id.clone(), server);
+        inner.reported.insert(server_id.clone(), reported);
+        let inner = &*inner;
+        Ok(inner
+            .volumes
+            .values()
+            .filter(|e| e.row.replicas.contains(&server_id))
+            .map(|e| VolumeReplicas {
+                volume_id: e.row.id,
+                locations: e
+                    .row
+                    .replicas
+                    .iter()
+                    .filter_map(|id| inner.servers.get(id)?.location.clone())
+                    .collect(),
+                degraded: self.volume_health(inner, &e.row) != VolumeHealth::Ok,
+            })
+            .collect())
     }
 
     /// Drops a volume that was deleted (retention) from the map. Its id is
@@ -337,16 +547,16 @@ impl Cluster {
         Ok(wanted
             .into_iter()
             .filter_map(|id| inner.volumes.get(&id))
-            .map(|entry| VolumeLocation {
-                volume_id: entry.row.id,
-                tier: entry.row.tier,
-                state: entry.row.state,
-                locations: inner
-                    .servers
-                    .get(&entry.row.server_id)
-                    .and_then(|s| s.location.clone())
-                    .into_iter()
-                    .collect(),
+            .map(|entry| {
+                let replicas = self.replicas(&inner, &entry.row);
+                VolumeLocation {
+                    volume_id: entry.row.id,
+                    tier: entry.row.tier,
+                    state: entry.row.state,
+                    locations: Self::read_locations(&replicas),
+                    health: self.volume_health(&inner, &entry.row) as i32,
+                    replicas,
+                }
             })
             .collect())
     }
@@ -381,9 +591,26 @@ impl Cluster {
                 })),
                 state: e.row.state,
                 server_id: e.row.server_id.clone(),
+                replicas: self.replicas(&inner, &e.row),
+                health: self.volume_health(&inner, &e.row) as i32,
+                replication: e.row.replication,
             })
             .collect();
-        StatusResponse { servers, volumes }
+        // A problem older than a few pulses was about servers that may have
+        // come since; the next creation attempt says again if not.
+        let recent = now_unix().saturating_sub(self.config.dead_after.as_secs() * 4);
+        let problems = inner
+            .problems
+            .values()
+            .filter(|(at, _)| *at >= recent)
+            .map(|(_, reason)| reason.clone())
+            .collect();
+        StatusResponse {
+            servers,
+            volumes,
+            problems,
+            replication: self.config.replication.max(1) as u32,
+        }
     }
 
     /// Bytes per tier (and per storage class in the cold tier) and free
@@ -401,13 +628,17 @@ impl Cluster {
             let Some(status) = &entry.row.status else {
                 continue;
             };
-            let key = match Tier::try_from(status.tier) {
-                Ok(Tier::Cold) if status.storage_class.is_empty() => "STANDARD".to_owned(),
-                Ok(Tier::Cold) => status.storage_class.clone(),
-                Ok(Tier::Warm) => "warm".to_owned(),
-                _ => "hot".to_owned(),
+            // Local tiers hold one file per copy; a cold volume is one object.
+            let copies = entry.row.replicas.len().max(1) as u64;
+            let (key, bytes) = match Tier::try_from(status.tier) {
+                Ok(Tier::Cold) if status.storage_class.is_empty() => {
+                    ("STANDARD".to_owned(), status.file_bytes)
+                }
+                Ok(Tier::Cold) => (status.storage_class.clone(), status.file_bytes),
+                Ok(Tier::Warm) => ("warm".to_owned(), status.file_bytes * copies),
+                _ => ("hot".to_owned(), status.file_bytes * copies),
             };
-            *sample.used_bytes.entry(key).or_default() += status.file_bytes;
+            *sample.used_bytes.entry(key).or_default() += bytes;
         }
         for server in inner.servers.values().filter(|s| self.alive(s)) {
             *sample.free_bytes.entry("hot".into()).or_default() += server.free_hot_bytes;
@@ -440,13 +671,21 @@ impl Cluster {
             .set((inner.servers.len() - alive) as f64);
         let mut volumes: HashMap<(i32, i32), u64> = HashMap::new();
         let mut bytes: HashMap<i32, u64> = HashMap::new();
+        let mut degraded = 0u64;
         for entry in inner.volumes.values() {
+            if self.volume_health(&inner, &entry.row) != VolumeHealth::Ok {
+                degraded += 1;
+            }
             *volumes
                 .entry((entry.row.tier, entry.row.state))
                 .or_default() += 1;
             *bytes.entry(entry.row.tier).or_default() +=
                 entry.row.status.as_ref().map_or(0, |s| s.file_bytes);
         }
+        metrics::gauge!("hayloft_directory_volumes_by_health", "health" => "ok")
+            .set((inner.volumes.len() as u64 - degraded) as f64);
+        metrics::gauge!("hayloft_directory_volumes_by_health", "health" => "degraded")
+            .set(degraded as f64);
         for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
             let name = tier
                 .as_str_name()
@@ -497,6 +736,7 @@ mod tests {
                 server_id: "vs0".into(),
                 grpc_addr: "127.0.0.1:1".into(),
                 http_addr: "127.0.0.1:2".into(),
+                ..ServerLocation::default()
             }),
             volumes,
             free_hot_bytes: 1 << 40,
@@ -534,9 +774,9 @@ mod tests {
             let volume = match cluster.status().volumes.first() {
                 Some(v) => v.status.as_ref().unwrap().volume_id,
                 None => {
-                    let plan = cluster.plan_new_volume(Tier::Hot).unwrap();
+                    let plan = cluster.plan_new_volume(Tier::Hot, "").unwrap();
                     cluster
-                        .register_volume(plan.volume_id, "", Tier::Hot, "vs0")
+                        .register_volume(plan.volume_id, "", Tier::Hot, &["vs0".to_owned()])
                         .unwrap();
                     plan.volume_id
                 }

@@ -9,7 +9,7 @@
 //! | key | value | written |
 //! |---|---|---|
 //! | `v1/next_volume_id` | u32, little-endian | synced, before a volume id is used |
-//! | `v1/volume/<id: u32 big-endian>` | [`VolumeRow`] | synced when the needle high-water mark or state changes; unsynced for heartbeat stats |
+//! | `v1/volume/<id: u32 big-endian>` | [`VolumeRow`] | synced when the needle high-water mark, state, replica set or stale copies change; unsynced for heartbeat stats |
 //! | `v1/server/<server id>` | [`ServerRow`] | unsynced, on heartbeats |
 //! | `v1/history/<unix secs: u64 big-endian>` | `CapacitySample` | unsynced, every `history_interval`; older than `history_retention` deleted |
 //!
@@ -61,6 +61,29 @@ pub struct VolumeRow {
     /// The latest stats its server reported.
     #[prost(message, optional, tag = "8")]
     pub status: Option<VolumeStatus>,
+    /// Servers holding its copies, in placement order. Rows written before
+    /// replication have none: their one copy is on `server_id`.
+    #[prost(string, repeated, tag = "9")]
+    pub replicas: Vec<String>,
+    /// Copies it should have (0 in rows written before replication: 1).
+    #[prost(uint32, tag = "10")]
+    pub replication: u32,
+    /// Copies that missed a write or delete (a forward to them failed):
+    /// stale until they have caught up.
+    #[prost(string, repeated, tag = "11")]
+    pub stale: Vec<String>,
+}
+
+impl VolumeRow {
+    /// Upgrades a row written before replication (one copy, on `server_id`).
+    pub fn migrate(&mut self) {
+        if self.replicas.is_empty() && !self.server_id.is_empty() {
+            self.replicas.push(self.server_id.clone());
+        }
+        if self.replication == 0 {
+            self.replication = 1;
+        }
+    }
 }
 
 /// A volume server as the directory records it.

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 mod cluster;
 pub mod db;
 mod error;
+pub mod placement;
 mod service;
 
 pub use cluster::{Cluster, NEEDLE_BLOCK};
@@ -62,6 +63,31 @@ pub struct DirectoryConfig {
     /// How long history is kept. Default `35d`.
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
+    /// Copies of every volume, each on a different volume server, spread
+    /// over zones then racks. Default 1 (`hayloft server` is one node).
+    pub replication: usize,
+    /// Per-collection settings, `[collections.<name>]`: `replication`
+    /// overrides the default for that collection's new volumes.
+    pub collections: std::collections::BTreeMap<String, CollectionConfig>,
+}
+
+/// Settings of one collection (`[collections.<name>]` in the config).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// Copies of each of its volumes. Default: the directory's `replication`.
+    pub replication: Option<usize>,
+}
+
+impl DirectoryConfig {
+    /// Copies a new volume of `collection` gets (at least 1).
+    pub fn replication_for(&self, collection: &str) -> usize {
+        self.collections
+            .get(collection)
+            .and_then(|c| c.replication)
+            .unwrap_or(self.replication)
+            .max(1)
+    }
 }
 
 impl Default for DirectoryConfig {
@@ -76,6 +102,8 @@ impl Default for DirectoryConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9339))),
             history_interval: Duration::from_secs(600),
             history_retention: Duration::from_secs(35 * 86_400),
+            replication: 1,
+            collections: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -6,8 +6,9 @@ use hayloft_proto::directory_server::Directory;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
     AssignRequest, AssignResponse, CapacityRequest, CapacityResponse, CreateVolumeRequest,
-    ForgetVolumeRequest, ForgetVolumeResponse, HeartbeatRequest, HeartbeatResponse, LookupRequest,
-    LookupResponse, StatusRequest, StatusResponse, Tier,
+    DeleteVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse, HeartbeatRequest,
+    HeartbeatResponse, LookupRequest, LookupResponse, ServerLocation, StatusRequest,
+    StatusResponse, Tier,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -17,6 +18,9 @@ use crate::error::{Error, Result};
 
 /// Most ids one `Assign` hands out.
 pub const MAX_ASSIGN_COUNT: u32 = 10_000;
+
+/// How long a volume server may take to create a copy of a new volume.
+const CREATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The directory service.
 pub struct DirectoryService {
@@ -40,8 +44,10 @@ impl DirectoryService {
     }
 }
 
-/// Creates one volume of `collection` on the live server with the most free
-/// space, unless (re-checked under the lock) enough writable ones exist.
+/// Creates one volume of `collection`, a copy on each server placement
+/// chose, unless (re-checked under the lock) enough writable ones exist.
+/// All copies or none: if one cannot be created, the others are deleted
+/// again (best effort; a leftover copy is adopted read-only, never written).
 async fn grow(
     cluster: Arc<Cluster>,
     lock: Arc<tokio::sync::Mutex<()>>,
@@ -55,38 +61,72 @@ async fn grow(
     }
     let plan = {
         let cluster = Arc::clone(&cluster);
-        tokio::task::spawn_blocking(move || cluster.plan_new_volume(tier)).await??
+        let collection = collection.clone();
+        tokio::task::spawn_blocking(move || cluster.plan_new_volume(tier, &collection)).await??
     };
-    let server_id = plan.server.server_id.clone();
-    tracing::info!(volume = plan.volume_id, server = %server_id, collection, "creating volume");
-    let created = async {
-        let mut client = VolumeClient::connect(format!("http://{}", plan.server.grpc_addr))
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!("volume server {server_id} unreachable: {e}"))
-            })?;
-        client
-            .create_volume(CreateVolumeRequest {
-                volume_id: plan.volume_id,
-                collection: collection.clone(),
-                tier: tier as i32,
-            })
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "volume server {server_id} could not create volume {}: {}",
-                    plan.volume_id,
-                    e.message()
-                ))
-            })
-    }
+    let server_ids: Vec<String> = plan.servers.iter().map(|s| s.server_id.clone()).collect();
+    tracing::info!(volume = plan.volume_id, servers = ?server_ids, collection, "creating volume");
+    let create = |server: ServerLocation| {
+        let collection = collection.clone();
+        let volume_id = plan.volume_id;
+        async move {
+            let mut client = VolumeClient::connect(format!("http://{}", server.grpc_addr))
+                .await
+                .map_err(|e| {
+                    Error::Unavailable(format!(
+                        "volume server {} unreachable: {e}",
+                        server.server_id
+                    ))
+                })?;
+            client
+                .create_volume(CreateVolumeRequest {
+                    volume_id,
+                    collection,
+                    tier: tier as i32,
+                })
+                .await
+                .map_err(|e| {
+                    Error::Unavailable(format!(
+                        "volume server {} could not create volume {volume_id}: {}",
+                        server.server_id,
+                        e.message()
+                    ))
+                })?;
+            Ok::<_, Error>(client)
+        }
+    };
+    // A hung server (alive to the directory until `dead_after`) must not
+    // hold volume creation, and the Assign waiting on it, for ever.
+    let created = futures::future::join_all(plan.servers.iter().cloned().map(|server| {
+        let server_id = server.server_id.clone();
+        let call = create(server);
+        async move {
+            tokio::time::timeout(CREATE_TIMEOUT, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Unavailable(format!(
+                        "volume server {server_id} did not create the volume within {CREATE_TIMEOUT:?}"
+                    )))
+                })
+        }
+    }))
     .await;
-    if let Err(e) = created {
+    if let Some(error) = created.iter().find_map(|r| r.as_ref().err()) {
+        let error = Error::Unavailable(error.to_string());
+        for mut client in created.into_iter().flatten() {
+            let request = DeleteVolumeRequest {
+                volume_id: plan.volume_id,
+            };
+            if let Err(e) = client.delete_volume(request).await {
+                tracing::warn!(volume = plan.volume_id, error = %e.message(),
+                    "could not delete the copy of a volume whose creation failed");
+            }
+        }
         cluster.abandon_volume(plan.volume_id);
-        return Err(e);
+        return Err(error);
     }
     tokio::task::spawn_blocking(move || {
-        cluster.register_volume(plan.volume_id, &collection, tier, &server_id)
+        cluster.register_volume(plan.volume_id, &collection, tier, &server_ids)
     })
     .await?
 }
@@ -124,7 +164,7 @@ impl DirectoryService {
                     .await
                     .map_err(Error::from)??
             };
-            if let Some((blobs, location)) = assigned {
+            if let Some((blobs, locations)) = assigned {
                 if self.cluster.writable_count(&request.collection) < self.min_writable_volumes {
                     // Grow ahead of need, off the request path.
                     let task = grow(
@@ -144,7 +184,7 @@ impl DirectoryService {
                     .increment(blobs.len() as u64);
                 return Ok(Response::new(AssignResponse {
                     blobs,
-                    locations: vec![location],
+                    locations,
                     expires_at,
                 }));
             }
@@ -180,15 +220,16 @@ impl DirectoryService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let cluster = Arc::clone(&self.cluster);
         let request = request.into_inner();
-        tokio::task::spawn_blocking(move || {
-            cluster.heartbeat(request)?;
+        let volumes = tokio::task::spawn_blocking(move || {
+            let volumes = cluster.heartbeat(request)?;
             cluster.update_gauges();
-            Ok::<_, Error>(())
+            Ok::<_, Error>(volumes)
         })
         .await
         .map_err(Error::from)??;
         Ok(Response::new(HeartbeatResponse {
             pulse_seconds: self.pulse_seconds,
+            volumes,
         }))
     }
 

@@ -215,7 +215,8 @@ impl ColdVolume {
                 bounds.push((entry.offset / ALIGNMENT) as u32);
             }
             if entry.tombstone {
-                garbage_bytes += entry.record_len;
+                // Kept for good, as in a local volume: live, not garbage.
+                live_bytes += entry.record_len;
                 if index.remove(entry.needle_id).is_some() {
                     let len = lens.remove(&entry.needle_id).unwrap_or(0);
                     live_bytes -= len;

@@ -40,6 +40,15 @@ pub enum Error {
         needle: NeedleId,
     },
 
+    /// The needle was deleted: its id is never written again.
+    #[error("needle {needle} in volume {volume} was deleted; its id is not reused")]
+    NeedleDeleted {
+        /// Volume holding the tombstone.
+        volume: VolumeId,
+        /// The deleted needle.
+        needle: NeedleId,
+    },
+
     /// The needle exists but its expiry time has passed.
     #[error("needle {needle} in volume {volume} expired")]
     Expired {

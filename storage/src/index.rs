@@ -166,6 +166,29 @@ impl NeedleIndex {
         dense.chain(sparse)
     }
 
+    /// Every (id, offset) with `from <= id < to`, in no particular order.
+    /// Touches only that part of the dense window.
+    pub fn range(
+        &self,
+        from: NeedleId,
+        to: NeedleId,
+    ) -> impl Iterator<Item = (NeedleId, u64)> + '_ {
+        let end = self.base + self.dense.len() as u64;
+        let lo = from.0.clamp(self.base, end);
+        let hi = to.0.clamp(lo, end);
+        let dense = self.dense[(lo - self.base) as usize..(hi - self.base) as usize]
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| **slot != 0)
+            .map(move |(rel, slot)| (NeedleId(lo + rel as u64), *slot as u64 * ALIGNMENT));
+        let sparse = self
+            .sparse
+            .iter()
+            .filter(move |(id, _)| (from.0..to.0).contains(*id))
+            .map(|(id, slot)| (NeedleId(*id), *slot as u64 * ALIGNMENT));
+        dense.chain(sparse)
+    }
+
     /// Heap bytes held by the index (capacity, not just length).
     pub fn memory_bytes(&self) -> usize {
         // A std HashMap (hashbrown) slot holds the key/value pair plus one

@@ -35,9 +35,11 @@ use crate::meta::VolumeMeta;
 use crate::recovery::{self, RecoveryReport};
 
 mod compact;
+mod replica;
 mod write;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
 pub use compact::{CompactOptions, CompactReport};
+pub use replica::{NeedleState, RangeDigest};
 pub use write::NeedleWriter;
 
 /// When a write counts as acknowledged.
@@ -131,7 +133,8 @@ pub struct VolumeStats {
     pub needles: u64,
     /// Bytes of live records.
     pub live_bytes: u64,
-    /// Bytes of deleted or overwritten records, tombstones, and skipped ranges.
+    /// Bytes of deleted or overwritten records and skipped ranges (not
+    /// tombstones: they are kept, and count as live).
     pub garbage_bytes: u64,
     /// Size of the data file.
     pub file_bytes: u64,
@@ -160,6 +163,11 @@ pub(crate) struct Files {
 /// read through the map of the file it belongs to.
 pub(crate) struct ReadState {
     pub(crate) index: NeedleIndex,
+    /// Deleted needles and the offset of their tombstone record. Kept for
+    /// good (compaction copies tombstones), so that a copy of the volume
+    /// can tell "deleted" from "never had it" and a deleted needle is never
+    /// brought back from another copy. About 30 bytes a deleted needle.
+    pub(crate) deleted: std::collections::HashMap<NeedleId, u64>,
     pub(crate) files: Arc<Files>,
     pub(crate) live_bytes: u64,
     pub(crate) garbage_bytes: u64,
@@ -172,6 +180,7 @@ impl ReadState {
     pub(crate) fn new(files: Arc<Files>) -> Self {
         ReadState {
             index: NeedleIndex::new(),
+            deleted: std::collections::HashMap::new(),
             files,
             live_bytes: 0,
             garbage_bytes: 0,
@@ -185,7 +194,14 @@ impl ReadState {
             log.push(*entry);
         }
         let replaced = if entry.tombstone {
-            self.garbage_bytes += entry.record_len;
+            // A tombstone is kept (compaction copies it): it counts as live.
+            self.live_bytes += entry.record_len;
+            if let Some(old) = self.deleted.insert(entry.needle_id, entry.offset) {
+                // A second tombstone for the same needle: the first is garbage.
+                let old_len = record_len_at(&self.files.map, old).unwrap_or(0);
+                self.live_bytes = self.live_bytes.saturating_sub(old_len);
+                self.garbage_bytes += old_len;
+            }
             self.index.remove(entry.needle_id)
         } else {
             self.live_bytes += entry.record_len;

@@ -101,21 +101,32 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let mut volume = Volume::create(dir.path(), VID, Tier::Hot, "", config()).unwrap();
         let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
+        // Deleted ids: never written again (the volume refuses them).
+        let mut deleted = std::collections::HashSet::new();
         for op in ops {
             match op {
                 Op::Put { id, len, seed } => {
                     let bytes = data(len, seed);
-                    volume.write(&NeedleWrite {
+                    let written = volume.write(&NeedleWrite {
                         id: NeedleId(id),
                         cookie: cookie(id),
                         data: &bytes,
                         meta: NeedleMeta::default(),
-                    }).unwrap();
-                    model.insert(id, bytes);
+                    });
+                    if deleted.contains(&id) {
+                        let refused = matches!(written, Err(hayloft_storage::Error::NeedleDeleted { .. }));
+                        prop_assert!(refused, "a deleted id was written again");
+                    } else {
+                        written.unwrap();
+                        model.insert(id, bytes);
+                    }
                 }
                 Op::Delete { id } => {
                     let result = volume.delete(NeedleId(id), cookie(id));
                     prop_assert_eq!(result.is_ok(), model.remove(&id).is_some());
+                    if result.is_ok() {
+                        deleted.insert(id);
+                    }
                 }
                 Op::Read { id } => {
                     match (volume.read(NeedleId(id), cookie(id)), model.get(&id)) {

@@ -144,6 +144,10 @@ pub struct Cluster {
     pub volume_args: Vec<String>,
     /// Environment of volume server processes (failpoints).
     pub volume_env: Vec<(String, String)>,
+    /// Extra arguments of the directory.
+    pub directory_args: Vec<String>,
+    /// Extra arguments of each volume server (zone, rack).
+    pub volume_site_args: Vec<Vec<String>>,
 }
 
 impl Cluster {
@@ -159,7 +163,18 @@ impl Cluster {
         volume_args: &[&str],
         env: &[(&str, &str)],
     ) -> Cluster {
-        let mut cluster = Cluster {
+        let mut cluster = Cluster::new(volume_servers, volume_args, env);
+        cluster.start_directory();
+        for i in 0..volume_servers {
+            cluster.start_volume(i);
+        }
+        cluster.wait_alive(volume_servers).await;
+        cluster
+    }
+
+    /// A cluster with ports and a temp dir, nothing started.
+    fn new(volume_servers: usize, volume_args: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster {
             root: tempfile::Builder::new()
                 .prefix("hayloft-e2e")
                 .disable_cleanup(std::env::var_os("HAYLOFT_KEEP_TEST_DIRS").is_some())
@@ -181,12 +196,38 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
+            directory_args: Vec::new(),
+            volume_site_args: Vec::new(),
+        }
+    }
+
+    /// Starts a directory with `--replication replication` and one volume
+    /// server per entry of `zones` (in that zone, each on its own rack), and
+    /// waits until all are alive.
+    pub async fn start_replicated(
+        zones: &[&str],
+        replication: usize,
+        volume_args: &[&str],
+    ) -> Cluster {
+        let mut cluster = Cluster::new(0, volume_args, &[]);
+        cluster.directory_args = vec!["--replication".into(), replication.to_string()];
         cluster.start_directory();
-        for i in 0..volume_servers {
+        for (i, zone) in zones.iter().enumerate() {
+            cluster.volume_ports.push(VolumePorts {
+                grpc: free_port(),
+                http: free_port(),
+                metrics: free_port(),
+            });
+            cluster.volumes.push(None);
+            cluster.volume_site_args.push(vec![
+                "--zone".into(),
+                zone.to_string(),
+                "--rack".into(),
+                format!("r{i}"),
+            ]);
             cluster.start_volume(i);
         }
-        cluster.wait_alive(volume_servers).await;
+        cluster.wait_alive(zones.len()).await;
         cluster
     }
 
@@ -214,6 +255,10 @@ impl Cluster {
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", self.directory_metrics_port),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(self.directory_args.iter().cloned())
+            .collect();
         self.directory = Some(spawn(&args, &self.root.path().join("directory.log")));
     }
 
@@ -241,6 +286,9 @@ impl Cluster {
             format!("127.0.0.1:{}", ports.metrics),
         ];
         args.extend(self.volume_args.iter().cloned());
+        if let Some(site) = self.volume_site_args.get(i) {
+            args.extend(site.iter().cloned());
+        }
         self.volumes[i] = Some(spawn_with_env(
             &args,
             &self.root.path().join(format!("vs{i}.log")),

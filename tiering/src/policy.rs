@@ -340,6 +340,12 @@ fn decide(
     now: u64,
 ) -> Option<Action> {
     let state = VolumeState::try_from(record.state).unwrap_or_default();
+    // Moves and retention act on one server's copy. A replicated volume
+    // must move (or be deleted) as a whole, copy count kept; until that
+    // exists the planner leaves replicated volumes where they are.
+    if record.replicas.len() > 1 {
+        return None;
+    }
     if !status.sealed
         || matches!(state, VolumeState::Moving | VolumeState::Writable)
         || status.compacting
@@ -444,6 +450,7 @@ mod tests {
             }),
             state: VolumeState::Sealed as i32,
             server_id: "s1".into(),
+            ..VolumeRecord::default()
         }
     }
 

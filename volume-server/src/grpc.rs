@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::error::{etag, grpc_status};
 use crate::metrics;
+use crate::replicate::{Forward, Replication};
 use crate::status::all_statuses;
 use crate::tier::{ColdReadError, MoveError, Tiering};
 
@@ -41,6 +42,7 @@ pub struct VolumeService {
     /// Wakes the heartbeat task (after a volume is created or fills up).
     heartbeat_now: Arc<tokio::sync::Notify>,
     tiering: Arc<Tiering>,
+    replication: Arc<Replication>,
 }
 
 /// The gRPC status of a failed cold read: archived and unreachable are
@@ -81,6 +83,7 @@ impl VolumeService {
         compaction_rate: u64,
         heartbeat_now: Arc<tokio::sync::Notify>,
         tiering: Arc<Tiering>,
+        replication: Arc<Replication>,
     ) -> Self {
         VolumeService {
             store,
@@ -88,7 +91,36 @@ impl VolumeService {
             compaction_rate,
             heartbeat_now,
             tiering,
+            replication,
         }
+    }
+
+    /// Acknowledges a write only if every forwarded copy confirmed it; a
+    /// copy that did not is reported stale and the write fails UNAVAILABLE
+    /// (the client retries with a fresh id on another volume).
+    async fn settle(
+        &self,
+        blob: BlobId,
+        local: impl Future<Output = Result<hayloft_storage::WriteReceipt, Status>>,
+        forward: Forward,
+    ) -> Result<hayloft_storage::WriteReceipt, Status> {
+        if forward.is_empty() {
+            return local.await;
+        }
+        let (receipt, failures) = tokio::join!(local, forward.finish());
+        let receipt = receipt?;
+        if failures.is_empty() {
+            return Ok(receipt);
+        }
+        self.replication.record_failures(blob.volume().0, &failures);
+        Err(Status::unavailable(format!(
+            "blob {blob} was not confirmed by every copy ({}); retry with a new id",
+            failures
+                .iter()
+                .map(|f| format!("{}: {}", f.server_id, f.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )))
     }
 
     /// Reads a needle, locally or with one ranged GET for a cold volume.
@@ -131,6 +163,7 @@ impl VolumeService {
         header: &WriteHeader,
         meta: NeedleMeta,
         stream: &mut Streaming<WriteRequest>,
+        mut forward: Forward,
     ) -> Result<hayloft_storage::WriteReceipt, Status> {
         let mut data = Vec::with_capacity(header.size as usize);
         while let Some(chunk) = next_chunk(stream).await? {
@@ -138,21 +171,27 @@ impl VolumeService {
                 return Err(too_long(header.size));
             }
             data.extend_from_slice(&chunk);
+            if !forward.is_empty() {
+                forward.send(&chunk).await;
+            }
         }
         if data.len() as u64 != header.size {
             return Err(truncated(data.len() as u64, header.size));
         }
-        tokio::task::spawn_blocking(move || {
-            volume.write(&NeedleWrite {
-                id: blob.needle,
-                cookie: blob.cookie,
-                data: &data,
-                meta,
+        let local = async move {
+            tokio::task::spawn_blocking(move || {
+                volume.write(&NeedleWrite {
+                    id: blob.needle,
+                    cookie: blob.cookie,
+                    data: &data,
+                    meta,
+                })
             })
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| self.failed(e, Some(blob)))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| self.failed(e, Some(blob)))
+        };
+        self.settle(blob, local, forward).await
     }
 
     async fn write_streamed(
@@ -162,6 +201,7 @@ impl VolumeService {
         header: &WriteHeader,
         meta: NeedleMeta,
         stream: &mut Streaming<WriteRequest>,
+        mut forward: Forward,
     ) -> Result<hayloft_storage::WriteReceipt, Status> {
         let size = header.size;
         let mut writer = blocking(move || volume.begin_write(blob.needle, blob.cookie, size, meta))
@@ -173,16 +213,21 @@ impl VolumeService {
             if writer.written() + chunk.len() as u64 > size {
                 return Err(too_long(size));
             }
-            writer = blocking(move || writer.write(&chunk).map(|()| writer))
-                .await?
-                .map_err(|e| self.failed(e, Some(blob)))?;
+            // The copies get the chunk while this one writes it.
+            let forwarded = chunk.clone();
+            let local = blocking(move || writer.write(&chunk).map(|()| writer));
+            let (written, ()) = tokio::join!(local, forward.send(&forwarded));
+            writer = written?.map_err(|e| self.failed(e, Some(blob)))?;
         }
         if writer.written() != size {
             return Err(truncated(writer.written(), size));
         }
-        blocking(move || writer.finish())
-            .await?
-            .map_err(|e| self.failed(e, Some(blob)))
+        let local = async move {
+            blocking(move || writer.finish())
+                .await?
+                .map_err(|e| self.failed(e, Some(blob)))
+        };
+        self.settle(blob, local, forward).await
     }
 }
 
@@ -240,8 +285,9 @@ impl VolumeService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let request_id = hayloft_proto::request_id(request.metadata());
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let mut header = match stream.message().await? {
             Some(WriteRequest {
                 part: Some(Part::Header(header)),
             }) => header,
@@ -262,22 +308,35 @@ impl VolumeService {
             .store
             .volume(blob.volume())
             .map_err(|e| grpc_status(&e, None))?;
+        // One time for every copy (forwarded in the header), so that the
+        // copies hold the same record bytes: same checksum, same ETag.
+        if header.last_modified == 0 {
+            header.last_modified = now_unix_secs();
+        }
         let meta = NeedleMeta {
             content_type: header.content_type.clone(),
             file_name: header.file_name.clone(),
-            last_modified: match header.last_modified {
-                0 => now_unix_secs(),
-                t => t,
-            },
+            last_modified: header.last_modified,
             expires_at: (header.expires_at != 0).then_some(header.expires_at),
         };
         meta.validate()
             .map_err(|_| Status::invalid_argument("content type or file name too long"))?;
+        // A write from a client goes to every copy; one forwarded by the
+        // primary is written here only.
+        let targets = if header.forwarded {
+            Vec::new()
+        } else {
+            self.replication.check_writable(blob.volume().0)?;
+            self.replication.others(blob.volume().0, &header.replicas)
+        };
+        let forward = self
+            .replication
+            .forward_write(&header, &targets, &request_id);
         let receipt = if header.size <= SMALL_BLOB {
-            self.write_small(volume, blob, &header, meta, &mut stream)
+            self.write_small(volume, blob, &header, meta, &mut stream, forward)
                 .await?
         } else {
-            self.write_streamed(volume, blob, &header, meta, &mut stream)
+            self.write_streamed(volume, blob, &header, meta, &mut stream, forward)
                 .await?
         };
         metrics::bytes_in("grpc", header.size);
@@ -328,6 +387,28 @@ impl VolumeService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
+        if request.get_ref().forwarded {
+            return self.delete_local(blob).await;
+        }
+        // Delete here, and on every other copy, so that each holds the
+        // tombstone. Found on any copy, the delete succeeded; a copy that
+        // could not be reached missed it and is reported stale.
+        let request_id = hayloft_proto::request_id(request.metadata());
+        let local = self.delete_local(blob).await;
+        let (deleted_elsewhere, failures) = self
+            .replication
+            .forward_delete(&request.get_ref().blob_id, blob.volume().0, &request_id)
+            .await;
+        self.replication.record_failures(blob.volume().0, &failures);
+        match local {
+            Err(status) if status.code() == tonic::Code::NotFound && deleted_elsewhere > 0 => {
+                Ok(Response::new(DeleteResponse {}))
+            }
+            other => other,
+        }
+    }
+
+    async fn delete_local(&self, blob: BlobId) -> Result<Response<DeleteResponse>, Status> {
         // A move may replace the volume while the delete waits (Moved): the
         // delete then goes to the volume's new home.
         for _ in 0..3 {

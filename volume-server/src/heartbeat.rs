@@ -10,6 +10,7 @@ use hayloft_proto::{HeartbeatRequest, ServerLocation};
 use hayloft_storage::{Store, Tier, available_space};
 use tonic::transport::Channel;
 
+use crate::replicate::Replication;
 use crate::status::all_statuses;
 use crate::tier::Tiering;
 
@@ -31,18 +32,33 @@ fn request(store: &Store, tiering: &Tiering, server: &ServerLocation) -> Heartbe
     }
 }
 
+/// What the heartbeat task reports and to whom.
+pub(crate) struct Heartbeat {
+    pub(crate) store: Arc<Store>,
+    pub(crate) tiering: Arc<Tiering>,
+    pub(crate) replication: Arc<Replication>,
+    /// The directory's gRPC address.
+    pub(crate) directory: String,
+    /// This server, as advertised.
+    pub(crate) server: ServerLocation,
+    pub(crate) pulse: Duration,
+    /// Wakes the task for an early heartbeat.
+    pub(crate) now: Arc<tokio::sync::Notify>,
+}
+
 /// Sends heartbeats until `stop` completes. Failures are logged and retried
 /// at the next pulse: a directory that is down must not stop the server
 /// from serving reads and writes to ids already handed out.
-pub(crate) async fn run(
-    store: Arc<Store>,
-    tiering: Arc<Tiering>,
-    directory: String,
-    server: ServerLocation,
-    mut pulse: Duration,
-    now: Arc<tokio::sync::Notify>,
-    stop: impl Future<Output = ()>,
-) {
+pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
+    let Heartbeat {
+        store,
+        tiering,
+        replication,
+        directory,
+        server,
+        mut pulse,
+        now,
+    } = heartbeat;
     let mut client: Option<DirectoryClient<Channel>> = None;
     let mut warned = false;
     tokio::pin!(stop);
@@ -58,7 +74,14 @@ pub(crate) async fn run(
             })
             .await
         };
-        if let Ok(beat) = beat {
+        if let Ok(mut beat) = beat {
+            // Copies that missed a forward: the directory marks them stale.
+            let failures = replication.pending_failures();
+            for status in &mut beat.volumes {
+                if let Some(failed) = failures.get(&status.volume_id) {
+                    status.failed_replicas = failed.iter().cloned().collect();
+                }
+            }
             if client.is_none() {
                 client = DirectoryClient::connect(format!("http://{directory}"))
                     .await
@@ -78,6 +101,7 @@ pub(crate) async fn run(
                         tracing::info!(%directory, "directory reachable again");
                     }
                     warned = false;
+                    replication.heartbeat_answered(&failures, reply.volumes);
                     if reply.pulse_seconds > 0 {
                         pulse = pulse.min(Duration::from_secs(u64::from(reply.pulse_seconds)));
                     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hayloft_storage::{BlobId, ColdVolume, Needle, Store};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -21,8 +21,9 @@ use tracing::Instrument;
 use crate::error::{etag, http_status};
 use crate::tier::ColdReadError;
 
-/// An origin response: the body is one chunk (a slice of the volume map).
-pub type Response = http::Response<Full<Bytes>>;
+/// An origin response: the body is one chunk (a slice of the volume map),
+/// or a stream proxied from another copy.
+pub type Response = http::Response<crate::proxy::Body>;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +41,8 @@ pub struct HttpState {
     metrics: HttpMetrics,
     /// The runtime cold reads run on (where the object store client lives).
     main: tokio::runtime::Handle,
+    /// Reads of blobs held by other servers.
+    remote: Option<Arc<crate::proxy::RemoteReader>>,
 }
 
 impl HttpState {
@@ -61,7 +64,15 @@ impl HttpState {
             cache_control: cache_control(cache_max_age),
             metrics: HttpMetrics::new(),
             main: tokio::runtime::Handle::current(),
+            remote: None,
         }
+    }
+
+    /// Answers reads of blobs this server holds no copy of through `remote`
+    /// (proxied or redirected to a copy).
+    pub fn with_remote(mut self, remote: crate::proxy::RemoteReader) -> Self {
+        self.remote = (remote.mode() != crate::proxy::RemoteReads::Off).then(|| Arc::new(remote));
+        self
     }
 }
 
@@ -206,7 +217,8 @@ async fn worker(
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
-    let mut response = http::Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    let mut response =
+        http::Response::new(Either::Left(Full::new(Bytes::from_static(text.as_bytes()))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -257,6 +269,31 @@ async fn handle(state: Arc<HttpState>, request: Request<Incoming>) -> Response {
                 }
             }
         }
+        // Another server holds the volume: on the main runtime too, where
+        // the directory client and the connection pool live.
+        Local::Remote(remote, volume) => {
+            let (method, headers) = (request.method().clone(), request.headers().clone());
+            let path = request.uri().path().to_owned();
+            let read = async move {
+                match remote.read(volume, &path, &method, &headers).await {
+                    Ok(response) => response,
+                    Err(crate::proxy::RemoteMiss::Unknown) => {
+                        plain(StatusCode::NOT_FOUND, "not found\n")
+                    }
+                    Err(crate::proxy::RemoteMiss::Unreachable) => plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no copy of this blob is reachable\n",
+                    ),
+                }
+            };
+            match state.main.spawn(read.instrument(span.clone())).await {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::error!(error = %e, "proxied read task failed");
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "error reading blob\n")
+                }
+            }
+        }
     };
     observe(op, &response, started);
     span.in_scope(|| {
@@ -279,6 +316,8 @@ enum Local {
     Done(Response),
     /// The blob is in a cold volume: one ranged GET away.
     Cold(Arc<ColdVolume>, BlobId),
+    /// This server holds no copy of the volume: another server does.
+    Remote(Arc<crate::proxy::RemoteReader>, u32),
 }
 
 fn local(state: &HttpState, request: &Request<Incoming>) -> Local {
@@ -303,6 +342,14 @@ fn local(state: &HttpState, request: &Request<Incoming>) -> Local {
             Ok(cold) => return Local::Cold(cold, blob),
             Err(e) => e,
         },
+        Err(hayloft_storage::Error::VolumeNotFound(volume))
+            if !request.headers().contains_key(crate::proxy::PROXIED) =>
+        {
+            match &state.remote {
+                Some(remote) => return Local::Remote(Arc::clone(remote), volume.0),
+                None => hayloft_storage::Error::VolumeNotFound(volume),
+            }
+        }
         Err(e) => e,
     };
     Local::Done(read_error(&error))
@@ -586,7 +633,7 @@ fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: String) {
 }
 
 fn with_headers(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response {
-    let mut response = http::Response::new(Full::new(body));
+    let mut response = http::Response::new(Either::Left(Full::new(body)));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response

@@ -8,6 +8,8 @@
 //! - [`grpc`]: the `hayloft.v1.Volume` service (streamed writes and reads).
 //! - [`http`]: `GET`/`HEAD /<blob id>` with ranges and conditional requests.
 //! - `heartbeat`: reports volumes and free space to the directory.
+//! - [`replicate`]: forwards writes and deletes to the other copies.
+//! - [`proxy`]: HTTP reads of blobs held by other servers.
 //! - `error`: storage errors as gRPC codes and HTTP statuses, in one place.
 
 use std::future::Future;
@@ -27,7 +29,9 @@ pub mod grpc;
 mod heartbeat;
 pub mod http;
 pub mod metrics;
+pub mod proxy;
 pub mod reads;
+pub mod replicate;
 pub mod status;
 pub mod tier;
 
@@ -51,6 +55,21 @@ pub struct VolumeServerConfig {
     /// Stable id the directory knows this server by. Default: the advertised
     /// gRPC address.
     pub server_id: String,
+    /// Zone this server stands in: copies of a volume are spread over
+    /// zones first. Default `default`.
+    pub zone: String,
+    /// Rack within the zone: copies are spread over racks next. Default
+    /// `default`.
+    pub rack: String,
+    /// A copy that takes no data or gives no answer for this long fails a
+    /// replicated write (the client retries elsewhere) and is reported
+    /// stale. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub replica_timeout: Duration,
+    /// HTTP reads of blobs this server holds no copy of: `proxy` (fetch
+    /// from a copy, streamed), `redirect` (307 to a copy) or `off` (404).
+    /// Default `proxy`.
+    pub remote_reads: proxy::RemoteReads,
     /// gRPC listen address. Default `127.0.0.1:9331`.
     pub grpc_listen: SocketAddr,
     /// HTTP origin listen address. Default `127.0.0.1:9380`.
@@ -122,6 +141,10 @@ impl Default for VolumeServerConfig {
     fn default() -> Self {
         VolumeServerConfig {
             server_id: String::new(),
+            zone: "default".into(),
+            rack: "default".into(),
+            replica_timeout: Duration::from_secs(10),
+            remote_reads: proxy::RemoteReads::Proxy,
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 9331)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9380)),
             public_grpc_addr: None,
@@ -284,6 +307,8 @@ impl VolumeServer {
                 .public_http_addr
                 .clone()
                 .unwrap_or_else(|| self.http_addr().to_string()),
+            zone: self.config.zone.clone(),
+            rack: self.config.rack.clone(),
         };
         let advertised = hayloft_proto::ServerLocation {
             server_id: if self.config.server_id.is_empty() {
@@ -318,13 +343,21 @@ impl VolumeServer {
             Arc::clone(&heartbeat_now),
         );
         tiering.resume_pending();
-        let heartbeat = tokio::spawn(heartbeat::run(
-            Arc::clone(&self.store),
-            Arc::clone(&tiering),
-            self.config.directory.clone(),
-            advertised.clone(),
-            self.config.pulse,
+        let replication = Arc::new(replicate::Replication::new(
+            advertised.server_id.clone(),
+            self.config.replica_timeout.max(Duration::from_millis(100)),
             Arc::clone(&heartbeat_now),
+        ));
+        let heartbeat = tokio::spawn(heartbeat::run(
+            heartbeat::Heartbeat {
+                store: Arc::clone(&self.store),
+                tiering: Arc::clone(&tiering),
+                replication: Arc::clone(&replication),
+                directory: self.config.directory.clone(),
+                server: advertised.clone(),
+                pulse: self.config.pulse,
+                now: Arc::clone(&heartbeat_now),
+            },
             wait_stop(),
         ));
 
@@ -337,6 +370,7 @@ impl VolumeServer {
             self.config.compaction_rate.as_u64(),
             heartbeat_now,
             Arc::clone(&tiering),
+            replication,
         );
         let scheduler = tokio::spawn(compaction::run_scheduler(
             Arc::clone(&self.store),
@@ -358,11 +392,19 @@ impl VolumeServer {
                 tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                 wait_stop(),
             );
-        let http_state = Arc::new(http::HttpState::new(
-            Arc::clone(&self.store),
-            Arc::clone(&tiering),
-            self.config.cache_max_age,
-        ));
+        let remote = proxy::RemoteReader::new(
+            self.config.remote_reads,
+            advertised.server_id.clone(),
+            &self.config.directory,
+        )?;
+        let http_state = Arc::new(
+            http::HttpState::new(
+                Arc::clone(&self.store),
+                Arc::clone(&tiering),
+                self.config.cache_max_age,
+            )
+            .with_remote(remote),
+        );
         let http_server = http::serve(self.http, http_state, self.config.http_threads, http_stop);
         tracing::info!(server = %advertised.server_id, grpc = %advertised.grpc_addr,
             http = %advertised.http_addr, "volume server serving");

@@ -151,6 +151,7 @@ struct Target {
     end: u64,
     index_len: u64,
     entries: NeedleIndex,
+    deleted: std::collections::HashMap<crate::NeedleId, u64>,
     live_bytes: u64,
     garbage_bytes: u64,
     needles: u64,
@@ -179,6 +180,7 @@ impl Target {
             end: SUPERBLOCK_LEN as u64,
             index_len: INDEX_HEADER_LEN as u64,
             entries: NeedleIndex::new(),
+            deleted: std::collections::HashMap::new(),
             live_bytes: 0,
             garbage_bytes: 0,
             needles: 0,
@@ -229,7 +231,13 @@ impl Target {
         self.end += new.record_len;
         self.index_len += encoded.len() as u64;
         let replaced = if new.tombstone {
-            self.garbage_bytes += new.record_len;
+            // Tombstones are kept for good (see `ReadState::deleted`).
+            self.live_bytes += new.record_len;
+            if let Some(old) = self.deleted.insert(new.needle_id, new.offset) {
+                let len = self.record_len(old, cpd)?;
+                self.live_bytes = self.live_bytes.saturating_sub(len);
+                self.garbage_bytes += len;
+            }
             self.entries.remove(new.needle_id)
         } else {
             self.live_bytes += new.record_len;
@@ -344,9 +352,12 @@ impl Volume {
         let (snapshot, old_files) = {
             let mut state = self.state.write();
             state.compaction_log = Some(Vec::new());
+            // Live needles and tombstones (kept, so that no copy of the
+            // volume ever brings a deleted needle back).
             let mut snapshot: Vec<(u64, crate::NeedleId)> = state
                 .index
                 .iter()
+                .chain(state.deleted.iter().map(|(id, offset)| (*id, *offset)))
                 .map(|(id, offset)| (offset, id))
                 .collect();
             snapshot.sort_unstable();
@@ -427,6 +438,7 @@ impl Volume {
                 end,
                 index_len,
                 entries,
+                deleted,
                 live_bytes,
                 garbage_bytes,
                 needles,
@@ -457,6 +469,7 @@ impl Volume {
                 let mut state = self.state.write();
                 state.index = entries;
                 state.index.shrink_to_fit();
+                state.deleted = deleted;
                 state.files = Arc::new(Files {
                     data: data_file,
                     map,

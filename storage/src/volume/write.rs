@@ -23,6 +23,7 @@ impl Volume {
     /// `pwrite`; use [`Volume::begin_write`] for blobs too big for memory.
     pub fn write(&self, write: &NeedleWrite<'_>) -> Result<WriteReceipt> {
         check_data_len(write.data.len() as u64)?;
+        self.check_not_deleted(write.id)?;
         write
             .meta
             .validate()
@@ -75,7 +76,24 @@ impl Volume {
         self.delete(id, cookie)
     }
 
-    fn append_record(&self, id: NeedleId, record: &[u8], tombstone: bool) -> Result<(u64, u64)> {
+    /// A deleted needle's id is never written again (ids are never handed
+    /// out twice, and copies must agree that it is gone).
+    fn check_not_deleted(&self, id: NeedleId) -> Result<()> {
+        if self.state.read().deleted.contains_key(&id) {
+            return Err(Error::NeedleDeleted {
+                volume: self.id,
+                needle: id,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn append_record(
+        &self,
+        id: NeedleId,
+        record: &[u8],
+        tombstone: bool,
+    ) -> Result<(u64, u64)> {
         let len = record.len() as u64;
         let (offset, files) = self.reserve(len, false, tombstone)?;
         if let Err(e) = files.data.write_at(record, offset) {
@@ -107,7 +125,21 @@ impl Volume {
         data_len: u64,
         meta: NeedleMeta,
     ) -> Result<NeedleWriter> {
+        self.begin_write_inner(id, cookie, data_len, meta, false)
+    }
+
+    /// [`Volume::begin_write`]; `copied` (a needle copied from another copy
+    /// of the volume) is allowed into a sealed volume.
+    pub(super) fn begin_write_inner(
+        self: &Arc<Self>,
+        id: NeedleId,
+        cookie: Cookie,
+        data_len: u64,
+        meta: NeedleMeta,
+        copied: bool,
+    ) -> Result<NeedleWriter> {
         check_data_len(data_len)?;
+        self.check_not_deleted(id)?;
         meta.validate()
             .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
         let header = NeedleHeader {
@@ -118,7 +150,7 @@ impl Volume {
             data_len: data_len as u32,
         };
         let record_len = header.record_len();
-        let (offset, files) = self.reserve(record_len, true, false)?;
+        let (offset, files) = self.reserve(record_len, true, copied)?;
         let header_bytes = header.encode();
         if let Err(e) = files.data.write_at(&header_bytes, offset) {
             self.abandon(&files, offset, record_len, true);
@@ -141,7 +173,10 @@ impl Volume {
     /// Reserves `len` bytes at the end of the data file, and returns the
     /// files to write them to. Waits while a compaction swaps files or a move
     /// makes its final copy. Sealed volumes still take tombstones.
-    fn reserve(&self, len: u64, streamed: bool, tombstone: bool) -> Result<(u64, Arc<Files>)> {
+    /// Reserves `len` bytes at the end of the data file. A sealed volume
+    /// takes only tombstones and needles copied from another copy
+    /// (`even_if_sealed`).
+    fn reserve(&self, len: u64, streamed: bool, even_if_sealed: bool) -> Result<(u64, Arc<Files>)> {
         if self.sync.lock().poisoned {
             return Err(Error::Poisoned(self.id));
         }
@@ -152,7 +187,7 @@ impl Volume {
         if writer.retired {
             return Err(Error::Moved(self.id));
         }
-        if writer.sealed && !tombstone {
+        if writer.sealed && !even_if_sealed {
             return Err(Error::Sealed(self.id));
         }
         let files = Arc::clone(&self.state.read().files);

@@ -1,0 +1,379 @@
+//! End-to-end replication: real `hayloft` processes, one directory and
+//! several volume servers in zones, killed and paused.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hayloft_client::{Client, UploadOptions};
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::{
+    ReadRequest, ReplicaHealth, StatusResponse, VolumeHealth, VolumeRecord, VolumeState,
+};
+use hayloft_storage::BlobId;
+use support::{Cluster, content, hayloft, server_index};
+use tonic::Code;
+
+/// Acknowledged uploads (blob id, seed, length), shared between tasks.
+type Acked = Arc<std::sync::Mutex<Vec<(String, u64, usize)>>>;
+
+fn record<'a>(status: &'a StatusResponse, blob_id: &str) -> &'a VolumeRecord {
+    let volume = blob_id.parse::<BlobId>().unwrap().volume().0;
+    status
+        .volumes
+        .iter()
+        .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))
+        .expect("volume in the directory")
+}
+
+fn replica_ids(record: &VolumeRecord) -> Vec<String> {
+    record
+        .replicas
+        .iter()
+        .map(|r| r.location.clone().unwrap().server_id)
+        .collect()
+}
+
+/// Reads a blob over gRPC from one particular server (no failover).
+async fn read_from(addr: &str, blob_id: &str) -> Result<Vec<u8>, tonic::Status> {
+    let mut client = VolumeClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES);
+    let mut stream = client
+        .read(ReadRequest {
+            blob_id: blob_id.to_owned(),
+            offset: 0,
+            length: 0,
+        })
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(message) = stream.message().await? {
+        data.extend_from_slice(&message.chunk);
+    }
+    Ok(data)
+}
+
+/// Uploads `count` blobs of a few KiB from `tasks` concurrent tasks.
+async fn upload_many(client: &Arc<Client>, count: u64, tasks: u64) -> Vec<(String, u64, usize)> {
+    let acked: Acked = Arc::default();
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let client = Arc::clone(client);
+        let acked = Arc::clone(&acked);
+        handles.push(tokio::spawn(async move {
+            for seed in (task..count).step_by(tasks as usize) {
+                let len = 1 + (seed as usize * 997) % 8192;
+                let uploaded = client
+                    .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
+                    .await
+                    .unwrap();
+                acked.lock().unwrap().push((uploaded.blob_id, seed, len));
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+/// Uploads until `stop`, keeping what was acknowledged; every call must end
+/// (acknowledged or failed) within `bound`.
+fn upload_until(
+    client: &Arc<Client>,
+    stop: &Arc<AtomicBool>,
+    acked: &Acked,
+    workers: u64,
+    bound: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|worker| {
+            let (client, stop, acked) = (Arc::clone(client), Arc::clone(stop), Arc::clone(acked));
+            tokio::spawn(async move {
+                let mut seed = (worker + 1) << 32;
+                while !stop.load(Ordering::Relaxed) {
+                    seed += 1;
+                    let len = 100 + (seed as usize % 20_000);
+                    let started = Instant::now();
+                    let result = client
+                        .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
+                        .await;
+                    assert!(
+                        started.elapsed() < bound,
+                        "an upload took {:?} (bound {bound:?})",
+                        started.elapsed()
+                    );
+                    match result {
+                        Ok(uploaded) => acked.lock().unwrap().push((uploaded.blob_id, seed, len)),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every blob reads back byte for byte from every healthy copy.
+async fn assert_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)]) {
+    let status = cluster.client().await.status().await.unwrap();
+    for (blob_id, seed, len) in acked {
+        let record = record(&status, blob_id);
+        for replica in &record.replicas {
+            let location = replica.location.clone().unwrap();
+            let data = read_from(&location.grpc_addr, blob_id)
+                .await
+                .unwrap_or_else(|e| panic!("{blob_id} on {}: {e}", location.server_id));
+            assert_eq!(
+                data,
+                content(*seed, *len),
+                "{blob_id} differs on {}",
+                location.server_id
+            );
+        }
+    }
+}
+
+/// Waits until every volume has `copies` healthy copies.
+async fn wait_healthy(cluster: &Cluster, copies: usize) -> StatusResponse {
+    let client = cluster.client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client.status().await.unwrap();
+        let healthy = status.volumes.iter().all(|v| {
+            v.health == VolumeHealth::Ok as i32
+                && v.replicas
+                    .iter()
+                    .filter(|r| r.health == ReplicaHealth::Ok as i32)
+                    .count()
+                    == copies
+        });
+        if healthy {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "volumes did not become healthy: {:?}",
+            status
+                .volumes
+                .iter()
+                .map(|v| (
+                    v.status.as_ref().unwrap().volume_id,
+                    v.health,
+                    replica_ids(v)
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicated_uploads_reach_every_copy_across_zones() {
+    let cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[]).await;
+    let client = Arc::new(cluster.client().await);
+    let mut acked = upload_many(&client, 600, 12).await;
+    // A few large blobs stream through the primary to the copies chunk by
+    // chunk (several chunks each).
+    for seed in 0..3u64 {
+        let len = (5 << 20) + seed as usize * 77_777;
+        let uploaded = client
+            .upload(
+                Bytes::from(content(1_000_000 + seed, len)),
+                &UploadOptions::default(),
+            )
+            .await
+            .unwrap();
+        acked.push((uploaded.blob_id, 1_000_000 + seed, len));
+    }
+
+    let status = wait_healthy(&cluster, 3).await;
+    let zone_of: HashMap<String, String> = status
+        .servers
+        .iter()
+        .map(|s| {
+            let l = s.location.clone().unwrap();
+            (l.server_id, l.zone)
+        })
+        .collect();
+    assert!(!status.volumes.is_empty());
+    for volume in &status.volumes {
+        let ids = replica_ids(volume);
+        assert_eq!(ids.len(), 3, "three copies: {ids:?}");
+        assert_eq!(
+            ids.iter().collect::<BTreeSet<_>>().len(),
+            3,
+            "distinct servers: {ids:?}"
+        );
+        let zones: BTreeSet<_> = ids.iter().map(|id| &zone_of[id]).collect();
+        assert_eq!(zones.len(), 2, "copies span both zones: {ids:?}");
+        assert_eq!(volume.replication, 3);
+    }
+    assert_on_every_copy(&cluster, &acked).await;
+
+    // The operator's view: replicas and health in the table and in JSON.
+    let (ok, out) = hayloft(&cluster, &["status"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("0 under-replicated (replication 3)"), "{out}");
+    let (ok, out) = hayloft(&cluster, &["status", "--json"]);
+    assert!(ok, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["under_replicated"], 0);
+    let first = &json["volumes"][0]["replicas"];
+    assert_eq!(first.as_array().unwrap().len(), 3, "{out}");
+    assert_eq!(first[0]["health"], "ok");
+    assert!(first[0]["zone"] == "a" || first[0]["zone"] == "b", "{out}");
+
+    // Deletes reach every copy.
+    for (blob_id, _, _) in acked.iter().take(20) {
+        client.delete(blob_id).await.unwrap();
+        let record = record(&status, blob_id);
+        for replica in &record.replicas {
+            let location = replica.location.clone().unwrap();
+            let error = read_from(&location.grpc_addr, blob_id).await.unwrap_err();
+            assert_eq!(
+                error.code(),
+                Code::NotFound,
+                "{blob_id} on {}",
+                location.server_id
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_few_servers_for_the_copies_refuses_volume_creation() {
+    let cluster = Cluster::start_replicated(&["a", "b"], 3, &[]).await;
+    let client = cluster.client().await;
+    let error = client
+        .upload(Bytes::from_static(b"x"), &UploadOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::Unavailable), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("replication 3 needs 3 live volume servers"),
+        "{error}"
+    );
+    let status = client.status().await.unwrap();
+    assert!(status.volumes.is_empty(), "no volume with fewer copies");
+    let (_, out) = hayloft(&cluster, &["status"]);
+    assert!(out.contains("PROBLEM: cannot create a volume"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
+    let mut cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[]).await;
+    let client = Arc::new(cluster.client().await);
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let uploaders = upload_until(&client, &stop, &acked, 8, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill a server holding a copy of a volume being written.
+    let victim = {
+        let status = client.status().await.unwrap();
+        let written = acked.lock().unwrap().last().unwrap().0.clone();
+        replica_ids(record(&status, &written))[1].clone()
+    };
+    cluster.volumes[server_index(&victim)]
+        .take()
+        .unwrap()
+        .kill();
+    // Uploads go on (on volumes placed on the three survivors).
+    let before = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    for uploader in uploaders {
+        uploader.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > before + 20,
+        "uploads went on after the kill: {} then {}",
+        before,
+        acked.len()
+    );
+
+    // Every acknowledged blob reads back, through the client's failover,
+    // and from every surviving copy.
+    let reader = cluster.client().await;
+    let status = reader.status().await.unwrap();
+    for (blob_id, seed, len) in &acked {
+        let (_, data) = reader.download(blob_id).await.unwrap();
+        assert_eq!(data.as_ref(), content(*seed, *len).as_slice(), "{blob_id}");
+        for id in replica_ids(record(&status, blob_id)) {
+            if id == victim {
+                continue;
+            }
+            let data = read_from(&cluster.grpc_addr(server_index(&id)), blob_id)
+                .await
+                .unwrap_or_else(|e| panic!("{blob_id} on {id}: {e}"));
+            assert_eq!(data, content(*seed, *len), "{blob_id} on {id}");
+        }
+    }
+    // The dead server's volumes are degraded (no writes), and say why.
+    let degraded: Vec<_> = status
+        .volumes
+        .iter()
+        .filter(|v| replica_ids(v).contains(&victim))
+        .collect();
+    assert!(!degraded.is_empty());
+    for volume in degraded {
+        assert_eq!(volume.health, VolumeHealth::Degraded as i32);
+        let copy = volume
+            .replicas
+            .iter()
+            .find(|r| r.location.as_ref().unwrap().server_id == victim)
+            .unwrap();
+        assert!(
+            copy.health == ReplicaHealth::Down as i32 || copy.health == ReplicaHealth::Stale as i32,
+            "{copy:?}"
+        );
+        assert_eq!(volume.state, VolumeState::Writable as i32);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_copy_fails_writes_within_the_deadline() {
+    let cluster =
+        Cluster::start_replicated(&["a", "a", "b", "b"], 3, &["--replica-timeout", "2s"]).await;
+    let client = Arc::new(cluster.client().await);
+    // Volumes exist and hold data on every server.
+    let first = upload_many(&client, 40, 4).await;
+    let acked: Acked = Arc::new(std::sync::Mutex::new(first));
+    let stop = Arc::new(AtomicBool::new(false));
+    let uploaders = upload_until(&client, &stop, &acked, 6, Duration::from_secs(40));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let paused = cluster.volumes[3].as_ref().unwrap().pid();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(paused, libc::SIGSTOP) };
+    let before = acked.lock().unwrap().len();
+    // The paused server is declared dead after 4 s; volumes are then placed
+    // on the other three and writes go on.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = acked.lock().unwrap().len();
+    // SAFETY: as above.
+    unsafe { libc::kill(paused, libc::SIGCONT) };
+    stop.store(true, Ordering::Relaxed);
+    for uploader in uploaders {
+        uploader.await.unwrap();
+    }
+    assert!(
+        during > before + 20,
+        "writes succeeded elsewhere while a copy hung: {before} then {during}"
+    );
+    let acked = acked.lock().unwrap().clone();
+    let reader = cluster.client().await;
+    for (blob_id, seed, len) in &acked {
+        let (_, data) = reader.download(blob_id).await.unwrap();
+        assert_eq!(data.as_ref(), content(*seed, *len).as_slice(), "{blob_id}");
+    }
+}

@@ -1,0 +1,235 @@
+//! Reads of blobs this server holds no copy of: every volume server answers
+//! `GET`/`HEAD /<blob id>` for any blob in the cluster, so a CDN can put one
+//! hostname in front of all of them.
+//!
+//! The volume's copies come from the directory (`Lookup`, cached for
+//! [`LOCATION_TTL`], looked up again when every cached copy fails). By
+//! default the request is proxied to a healthy copy: same method, range and
+//! validators, the body streamed through as it arrives (bounded memory
+//! whatever the blob's size); a copy that cannot be reached or answers 5xx is
+//! skipped for the next. With `remote_reads = "redirect"` the answer is a
+//! `307` to the copy's origin instead. A proxied request carries
+//! [`PROXIED`], and a server never proxies such a request again (no loops).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hayloft_proto::directory_client::DirectoryClient;
+use hayloft_proto::{LookupRequest, ServerLocation};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+/// Header marking a request proxied by another volume server.
+pub const PROXIED: &str = "x-hayloft-proxied";
+
+/// How long a volume's copies are cached.
+pub const LOCATION_TTL: Duration = Duration::from_secs(10);
+
+/// How long a copy may take to start answering a proxied read.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Request headers passed on to the copy.
+const FORWARDED_HEADERS: [header::HeaderName; 7] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::ACCEPT_ENCODING,
+];
+
+/// What a server does with a read of a blob it holds no copy of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteReads {
+    /// Fetch it from a copy and stream it through (the default).
+    Proxy,
+    /// Answer `307 Temporary Redirect` to a copy's origin.
+    Redirect,
+    /// Answer 404, as a server without replication did.
+    Off,
+}
+
+/// An origin response body: a slice of the local map, or a proxied stream.
+pub type Body = http_body_util::Either<
+    http_body_util::Full<Bytes>,
+    http_body_util::combinators::BoxBody<Bytes, hyper::Error>,
+>;
+
+/// Why a blob could not be read from another copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteMiss {
+    /// No live copy of the volume is known.
+    Unknown,
+    /// Copies are known but none answered.
+    Unreachable,
+}
+
+/// Finds the copies of volumes and fetches blobs from them.
+pub struct RemoteReader {
+    mode: RemoteReads,
+    server_id: String,
+    directory: Channel,
+    http: Client<HttpConnector, http_body_util::Empty<Bytes>>,
+    /// Volume id -> (when looked up, HTTP addresses of healthy copies).
+    /// Held for a map lookup or insert, never across an `.await`.
+    cache: Mutex<HashMap<u32, (Instant, Vec<ServerLocation>)>>,
+}
+
+impl RemoteReader {
+    /// A reader that looks volumes up at the directory `directory`
+    /// ("host:port") and never proxies to `server_id` (this server).
+    ///
+    /// # Errors
+    /// A malformed directory address.
+    pub fn new(
+        mode: RemoteReads,
+        server_id: String,
+        directory: &str,
+    ) -> Result<Self, tonic::transport::Error> {
+        let directory = Endpoint::from_shared(format!("http://{directory}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Ok(RemoteReader {
+            mode,
+            server_id,
+            directory,
+            http: Client::builder(TokioExecutor::new()).build(connector),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The mode it was configured with.
+    pub fn mode(&self) -> RemoteReads {
+        self.mode
+    }
+
+    async fn copies(&self, volume: u32, refresh: bool) -> Vec<ServerLocation> {
+        if !refresh
+            && let Some((at, found)) = self.cache.lock().get(&volume)
+            && at.elapsed() < LOCATION_TTL
+        {
+            return found.clone();
+        }
+        let looked_up = DirectoryClient::new(self.directory.clone())
+            .lookup(LookupRequest {
+                volume_ids: vec![volume],
+                blob_ids: Vec::new(),
+            })
+            .await;
+        let found: Vec<ServerLocation> = match looked_up {
+            Ok(response) => response
+                .into_inner()
+                .volumes
+                .into_iter()
+                .filter(|v| v.volume_id == volume)
+                .flat_map(|v| v.locations)
+                .filter(|l| l.server_id != self.server_id && !l.http_addr.is_empty())
+                .collect(),
+            Err(status) => {
+                tracing::warn!(volume, error = %status.message(), "directory lookup failed");
+                return Vec::new();
+            }
+        };
+        self.cache
+            .lock()
+            .insert(volume, (Instant::now(), found.clone()));
+        found
+    }
+
+    /// Answers a read of `path` (a blob of `volume`) from another copy.
+    ///
+    /// # Errors
+    /// [`RemoteMiss::Unknown`] if the directory knows no live copy of the
+    /// volume (404), [`RemoteMiss::Unreachable`] if none answered (503).
+    pub async fn read(
+        &self,
+        volume: u32,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<http::Response<Body>, RemoteMiss> {
+        let mut miss = RemoteMiss::Unknown;
+        for refresh in [false, true] {
+            let copies = self.copies(volume, refresh).await;
+            if self.mode == RemoteReads::Redirect {
+                return copies
+                    .first()
+                    .map(|copy| redirect(copy, path))
+                    .ok_or(RemoteMiss::Unknown);
+            }
+            for copy in &copies {
+                match self.fetch(copy, path, method, headers).await {
+                    Ok(response) => return Ok(response),
+                    Err(reason) => {
+                        miss = RemoteMiss::Unreachable;
+                        tracing::debug!(server = %copy.server_id, %reason, "proxied read failed")
+                    }
+                }
+            }
+        }
+        Err(miss)
+    }
+
+    async fn fetch(
+        &self,
+        copy: &ServerLocation,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<http::Response<Body>, String> {
+        let mut request = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}{path}", copy.http_addr))
+            .header(PROXIED, HeaderValue::from_static("1"))
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        for name in FORWARDED_HEADERS
+            .iter()
+            .chain([&header::HeaderName::from_static(hayloft_proto::REQUEST_ID)])
+        {
+            if let Some(value) = headers.get(name) {
+                request.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        let response = tokio::time::timeout(PROXY_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| format!("no answer within {PROXY_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        if response.status().is_server_error() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let (parts, body) = response.into_parts();
+        Ok(http::Response::from_parts(
+            parts,
+            http_body_util::Either::Right(body.boxed()),
+        ))
+    }
+}
+
+fn redirect(copy: &ServerLocation, path: &str) -> http::Response<Body> {
+    let mut response = http::Response::new(http_body_util::Either::Left(
+        http_body_util::Full::new(Bytes::new()),
+    ));
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    if let Ok(location) = HeaderValue::try_from(format!("http://{}{path}", copy.http_addr)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    // The copy may change; a CDN should not remember where it went.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,386 @@
+//! Replicated writes and deletes: the primary copy forwards to the others.
+//!
+//! A client streams a blob to one copy of its volume (the primary for that
+//! write), naming every copy in the header (from `Assign`). The primary opens
+//! a `Write` stream to each other copy (header with `forwarded = true`) and
+//! hands every chunk it receives to all of them while it writes its own copy:
+//! the same `Bytes`, no copy of the data, at most [`FORWARD_QUEUE`] chunks
+//! queued per copy, so memory stays bounded for blobs of any size. The upload
+//! is acknowledged once its own copy and every forwarded one are durable.
+//!
+//! A copy that fails, or makes no progress for `replica_timeout`, fails the
+//! write (UNAVAILABLE, the client retries with a fresh id elsewhere) and is
+//! reported to the directory with the next heartbeat (sent at once), which
+//! marks it stale: the volume takes no new writes, and reads avoid that copy.
+//! Until the directory has the report, this server refuses new writes to the
+//! volume itself.
+//!
+//! Deletes are applied locally and forwarded the same way to the copies the
+//! directory names in its heartbeat answers; a copy that cannot be reached is
+//! reported stale (it missed a tombstone).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::write_request::Part;
+use hayloft_proto::{
+    DeleteRequest, ServerLocation, VolumeReplicas, WriteHeader, WriteRequest, WriteResponse,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Chunks queued per forwarded copy before the primary waits for it.
+pub const FORWARD_QUEUE: usize = 4;
+
+/// What this server knows of replication: who it is, the copies of its
+/// volumes (from the directory), and forwards that failed.
+///
+/// Locks: `known` is read on every write and replaced on every heartbeat
+/// answer; `failures` and `peers` are touched only on failures and first
+/// connections. None is held across an `.await`.
+pub struct Replication {
+    server_id: String,
+    timeout: Duration,
+    peers: Mutex<HashMap<String, Channel>>,
+    known: RwLock<HashMap<u32, VolumeReplicas>>,
+    failures: Mutex<HashMap<u32, BTreeSet<String>>>,
+    heartbeat_now: Arc<tokio::sync::Notify>,
+}
+
+/// A copy that a forward did not reach.
+#[derive(Debug, Clone)]
+pub struct ForwardFailure {
+    /// The copy's server.
+    pub server_id: String,
+    /// What happened.
+    pub reason: String,
+}
+
+impl Replication {
+    /// Replication for the server `server_id`; a forwarded copy that makes no
+    /// progress for `timeout` fails the write.
+    pub fn new(
+        server_id: String,
+        timeout: Duration,
+        heartbeat_now: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Replication {
+            server_id,
+            timeout,
+            peers: Mutex::new(HashMap::new()),
+            known: RwLock::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            heartbeat_now,
+        }
+    }
+
+    /// This server's id.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// The other copies of `volume`: those named in a write header, else
+    /// those the directory told us of.
+    pub fn others(&self, volume: u32, named: &[ServerLocation]) -> Vec<ServerLocation> {
+        let all = if named.is_empty() {
+            self.known
+                .read()
+                .get(&volume)
+                .map(|v| v.locations.clone())
+                .unwrap_or_default()
+        } else {
+            named.to_vec()
+        };
+        let mut seen = BTreeSet::new();
+        all.into_iter()
+            .filter(|l| l.server_id != self.server_id && seen.insert(l.server_id.clone()))
+            .collect()
+    }
+
+    /// Refuses a new (not forwarded) write to a volume that lacks a healthy
+    /// copy, or whose copy missed a forward the directory has not heard of.
+    pub fn check_writable(&self, volume: u32) -> Result<(), Status> {
+        if let Some(failed) = self.failures.lock().get(&volume) {
+            return Err(Status::unavailable(format!(
+                "volume {volume} is degraded: copies on {} missed a write; write elsewhere",
+                failed.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if self.known.read().get(&volume).is_some_and(|v| v.degraded) {
+            return Err(Status::unavailable(format!(
+                "volume {volume} is degraded (a copy is down, missing or stale); write elsewhere"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records copies that missed a forward, and wakes the heartbeat.
+    pub fn record_failures(&self, volume: u32, failures: &[ForwardFailure]) {
+        if failures.is_empty() {
+            return;
+        }
+        let mut all = self.failures.lock();
+        let set = all.entry(volume).or_default();
+        for failure in failures {
+            tracing::warn!(volume, replica = %failure.server_id, reason = %failure.reason,
+                "forward to a copy failed; reporting it stale");
+            set.insert(failure.server_id.clone());
+            metrics::counter!("hayloft_volume_forward_failures_total").increment(1);
+        }
+        self.heartbeat_now.notify_one();
+    }
+
+    /// Failures to report with the next heartbeat.
+    pub fn pending_failures(&self) -> HashMap<u32, BTreeSet<String>> {
+        self.failures.lock().clone()
+    }
+
+    /// The directory answered a heartbeat that carried `reported`: it knows
+    /// of those failures now (and says so in `volumes`, its replica sets).
+    pub fn heartbeat_answered(
+        &self,
+        reported: &HashMap<u32, BTreeSet<String>>,
+        volumes: Vec<VolumeReplicas>,
+    ) {
+        {
+            let mut failures = self.failures.lock();
+            for (volume, sent) in reported {
+                if let Some(set) = failures.get_mut(volume) {
+                    set.retain(|s| !sent.contains(s));
+                    if set.is_empty() {
+                        failures.remove(volume);
+                    }
+                }
+            }
+        }
+        *self.known.write() = volumes.into_iter().map(|v| (v.volume_id, v)).collect();
+    }
+
+    fn client(&self, location: &ServerLocation) -> Result<VolumeClient<Channel>, Status> {
+        let channel = {
+            let mut peers = self.peers.lock();
+            match peers.get(&location.grpc_addr) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let channel = Endpoint::from_shared(format!("http://{}", location.grpc_addr))
+                        .map_err(|e| {
+                            Status::invalid_argument(format!(
+                                "bad address {:?} for copy on {}: {e}",
+                                location.grpc_addr, location.server_id
+                            ))
+                        })?
+                        .connect_timeout(self.timeout)
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(self.timeout / 2)
+                        .keep_alive_timeout(self.timeout)
+                        .connect_lazy();
+                    peers.insert(location.grpc_addr.clone(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(VolumeClient::new(channel)
+            .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// Opens a forwarded `Write` to each of `targets`.
+    pub fn forward_write(
+        &self,
+        header: &WriteHeader,
+        targets: &[ServerLocation],
+        request_id: &str,
+    ) -> Forward {
+        let header = WriteHeader {
+            replicas: Vec::new(),
+            forwarded: true,
+            ..header.clone()
+        };
+        let copies = targets
+            .iter()
+            .map(|target| {
+                let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+                let first = WriteRequest {
+                    part: Some(Part::Header(header.clone())),
+                };
+                // Room for FORWARD_QUEUE messages: the header always fits.
+                let queued = tx.try_send(first).is_ok();
+                let client = self.client(target);
+                let request = with_request_id(ReceiverStream::new(rx), request_id);
+                let reply = tokio::spawn(async move {
+                    if !queued {
+                        return Err(Status::internal("could not queue the header"));
+                    }
+                    Ok(client?.write(request).await?.into_inner())
+                });
+                Copy {
+                    server_id: target.server_id.clone(),
+                    tx: Some(tx),
+                    reply: Some(reply),
+                    failed: None,
+                }
+            })
+            .collect();
+        Forward {
+            copies,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Forwards a delete to the other copies of its volume; returns the
+    /// copies that deleted it and the ones that could not be reached.
+    pub async fn forward_delete(
+        &self,
+        blob_id: &str,
+        volume: u32,
+        request_id: &str,
+    ) -> (usize, Vec<ForwardFailure>) {
+        let targets = self.others(volume, &[]);
+        let calls = targets.iter().map(|target| {
+            let client = self.client(target);
+            let request = with_request_id(
+                DeleteRequest {
+                    blob_id: blob_id.to_owned(),
+                    forwarded: true,
+                },
+                request_id,
+            );
+            let timeout = self.timeout;
+            async move {
+                let call = async { client?.delete(request).await };
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(_)) => Ok(true),
+                    Ok(Err(status)) if status.code() == Code::NotFound => Ok(false),
+                    Ok(Err(status)) => Err(ForwardFailure {
+                        server_id: target.server_id.clone(),
+                        reason: format!("{:?}: {}", status.code(), status.message()),
+                    }),
+                    Err(_) => Err(ForwardFailure {
+                        server_id: target.server_id.clone(),
+                        reason: format!("no answer within {timeout:?}"),
+                    }),
+                }
+            }
+        });
+        let mut deleted = 0;
+        let mut failures = Vec::new();
+        for result in futures::future::join_all(calls).await {
+            match result {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(failure) => failures.push(failure),
+            }
+        }
+        (deleted, failures)
+    }
+}
+
+/// One forwarded copy of a write in flight.
+struct Copy {
+    server_id: String,
+    tx: Option<mpsc::Sender<WriteRequest>>,
+    reply: Option<JoinHandle<Result<WriteResponse, Status>>>,
+    failed: Option<String>,
+}
+
+/// The forwarded copies of one write. Dropped before [`Forward::finish`],
+/// it cancels them: their streams are reset and they store nothing.
+pub struct Forward {
+    copies: Vec<Copy>,
+    timeout: Duration,
+}
+
+impl Forward {
+    /// True if there is nothing to forward to (replication 1).
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty()
+    }
+
+    /// Hands `chunk` to every copy still going, waiting at most the timeout
+    /// for a copy's queue to have room.
+    pub async fn send(&mut self, chunk: &Bytes) {
+        let timeout = self.timeout;
+        let sends = self
+            .copies
+            .iter_mut()
+            .filter(|c| c.failed.is_none())
+            .map(|copy| {
+                let message = WriteRequest {
+                    part: Some(Part::Chunk(chunk.clone())),
+                };
+                async move {
+                    let Some(tx) = &copy.tx else { return };
+                    match tokio::time::timeout(timeout, tx.send(message)).await {
+                        Ok(Ok(())) => {}
+                        // The call ended early: its reply says why.
+                        Ok(Err(_)) => copy.tx = None,
+                        Err(_) => copy.failed = Some(format!("took no data for {timeout:?}")),
+                    }
+                }
+            });
+        futures::future::join_all(sends).await;
+    }
+
+    /// Ends the streams and waits until every copy has answered (at most the
+    /// timeout each); returns the copies that failed.
+    pub async fn finish(mut self) -> Vec<ForwardFailure> {
+        let timeout = self.timeout;
+        for copy in &mut self.copies {
+            copy.tx = None;
+        }
+        let waits = self.copies.iter_mut().map(|copy| async move {
+            if let Some(reason) = copy.failed.take() {
+                return Some(reason);
+            }
+            let reply = copy.reply.as_mut()?;
+            let outcome = tokio::time::timeout(timeout, reply).await;
+            copy.reply = None;
+            match outcome {
+                Ok(Ok(Ok(_))) => None,
+                Ok(Ok(Err(status))) => Some(format!("{:?}: {}", status.code(), status.message())),
+                Ok(Err(join)) => Some(format!("forward task failed: {join}")),
+                Err(_) => Some(format!("no answer within {timeout:?}")),
+            }
+        });
+        let reasons = futures::future::join_all(waits).await;
+        self.copies
+            .iter()
+            .zip(reasons)
+            .filter_map(|(copy, reason)| {
+                reason.map(|reason| ForwardFailure {
+                    server_id: copy.server_id.clone(),
+                    reason,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        for copy in &mut self.copies {
+            if let Some(reply) = copy.reply.take() {
+                reply.abort();
+            }
+        }
+    }
+}
+
+/// A request carrying `x-request-id`, so a forwarded write is logged under
+/// the client's id on every copy.
+fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = request_id.parse() {
+        request
+            .metadata_mut()
+            .insert(hayloft_proto::REQUEST_ID, value);
+    }
+    request
+}
