@@ -18,6 +18,9 @@ use hayloft_proto::{
 };
 use hayloft_storage::BlobId;
 use support::{Cluster, content, hayloft, server_index};
+
+/// Flags for volume servers whose copies heal quickly.
+const FAST_HEALING: [&str; 4] = ["--anti-entropy-interval", "1s", "--scrub-interval", "1s"];
 use tonic::Code;
 
 /// Acknowledged uploads (blob id, seed, length), shared between tasks.
@@ -141,6 +144,36 @@ async fn assert_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)])
     }
 }
 
+/// Waits until every volume is healthy and every blob reads back from
+/// every copy (a restarted server's copies are healthy to the directory
+/// only once its next heartbeat says so).
+async fn wait_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = wait_healthy(cluster, 3).await;
+        let mut missing = Vec::new();
+        for (blob_id, seed, len) in acked {
+            for replica in &record(&status, blob_id).replicas {
+                let location = replica.location.clone().unwrap();
+                match read_from(&location.grpc_addr, blob_id).await {
+                    Ok(data) if data == content(*seed, *len) => {}
+                    other => missing.push((blob_id.clone(), location.server_id, other.err())),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} copies still missing, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(3)]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Waits until every volume has `copies` healthy copies.
 async fn wait_healthy(cluster: &Cluster, copies: usize) -> StatusResponse {
     let client = cluster.client().await;
@@ -177,7 +210,7 @@ async fn wait_healthy(cluster: &Cluster, copies: usize) -> StatusResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicated_uploads_reach_every_copy_across_zones() {
-    let cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[]).await;
+    let cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[], &[]).await;
     let client = Arc::new(cluster.client().await);
     let mut acked = upload_many(&client, 600, 12).await;
     // A few large blobs stream through the primary to the copies chunk by
@@ -218,6 +251,39 @@ async fn replicated_uploads_reach_every_copy_across_zones() {
     }
     assert_on_every_copy(&cluster, &acked).await;
 
+    // Every server answers HTTP for every blob: from its disk, or through
+    // a copy (each volume has one server without a copy here).
+    let http = reqwest::Client::new();
+    for (blob_id, seed, len) in acked.iter().step_by(37) {
+        let expected = content(*seed, *len);
+        for server in 0..4 {
+            let url = format!("{}/{blob_id}", cluster.http_base(server));
+            let response = http.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{url}");
+            let etag = response.headers()["etag"].clone();
+            assert_eq!(
+                response.bytes().await.unwrap().as_ref(),
+                expected.as_slice(),
+                "{url}"
+            );
+            let ranged = http
+                .get(&url)
+                .header("range", "bytes=0-0")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(ranged.status(), 206, "{url}");
+            assert_eq!(ranged.bytes().await.unwrap().as_ref(), &expected[..1]);
+            let cached = http
+                .get(&url)
+                .header("if-none-match", etag.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(cached.status(), 304, "same ETag on every copy: {url}");
+        }
+    }
+
     // The operator's view: replicas and health in the table and in JSON.
     let (ok, out) = hayloft(&cluster, &["status"]);
     assert!(ok, "{out}");
@@ -250,7 +316,7 @@ async fn replicated_uploads_reach_every_copy_across_zones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn too_few_servers_for_the_copies_refuses_volume_creation() {
-    let cluster = Cluster::start_replicated(&["a", "b"], 3, &[]).await;
+    let cluster = Cluster::start_replicated(&["a", "b"], 3, &[], &[]).await;
     let client = cluster.client().await;
     let error = client
         .upload(Bytes::from_static(b"x"), &UploadOptions::default())
@@ -271,7 +337,13 @@ async fn too_few_servers_for_the_copies_refuses_volume_creation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
-    let mut cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[]).await;
+    let mut cluster = Cluster::start_replicated(
+        &["a", "a", "b", "b"],
+        3,
+        &[],
+        &["--anti-entropy-interval", "1s"],
+    )
+    .await;
     let client = Arc::new(cluster.client().await);
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -339,12 +411,18 @@ async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
         );
         assert_eq!(volume.state, VolumeState::Writable as i32);
     }
+
+    // The server returns: its copies that missed writes catch up, and
+    // every acknowledged blob is on three copies again.
+    cluster.start_volume(server_index(&victim));
+    wait_on_every_copy(&cluster, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_copy_fails_writes_within_the_deadline() {
     let cluster =
-        Cluster::start_replicated(&["a", "a", "b", "b"], 3, &["--replica-timeout", "2s"]).await;
+        Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[], &["--replica-timeout", "2s"])
+            .await;
     let client = Arc::new(cluster.client().await);
     // Volumes exist and hold data on every server.
     let first = upload_many(&client, 40, 4).await;
@@ -375,5 +453,216 @@ async fn a_hung_copy_fails_writes_within_the_deadline() {
     for (blob_id, seed, len) in &acked {
         let (_, data) = reader.download(blob_id).await.unwrap();
         assert_eq!(data.as_ref(), content(*seed, *len).as_slice(), "{blob_id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_server_is_refilled_from_the_other_copies() {
+    let mut cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[], &FAST_HEALING).await;
+    let client = Arc::new(cluster.client().await);
+    let acked = upload_many(&client, 300, 8).await;
+    wait_healthy(&cluster, 3).await;
+    // A replaced disk: same server id, empty data directory.
+    cluster.volumes[1].take().unwrap().stop();
+    std::fs::remove_dir_all(cluster.volume_dir(1)).unwrap();
+    cluster.start_volume(1);
+    wait_on_every_copy(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_server_is_replaced_and_its_copy_removed_when_it_returns() {
+    let mut cluster = Cluster::start_replicated(
+        &["a", "a", "b", "b"],
+        3,
+        &["--repair-after", "2s"],
+        &FAST_HEALING,
+    )
+    .await;
+    let client = Arc::new(cluster.client().await);
+    let acked = upload_many(&client, 300, 8).await;
+    let status = wait_healthy(&cluster, 3).await;
+    let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
+    let held: Vec<u32> = status
+        .volumes
+        .iter()
+        .filter(|v| replica_ids(v).contains(&lost))
+        .map(|v| v.status.as_ref().unwrap().volume_id)
+        .collect();
+    let lost_index = server_index(&lost);
+    cluster.volumes[lost_index].take().unwrap().kill();
+    // After repair_after, each of its copies is made again on the one
+    // server that had none, and verified.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client.status().await.unwrap();
+        let whole = status.volumes.iter().all(|v| {
+            !replica_ids(v).contains(&lost)
+                && v.health == VolumeHealth::Ok as i32
+                && v.replicas.len() == 3
+        });
+        if whole {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "copies were not replaced: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_on_every_copy(&cluster, &acked).await;
+    // Zones still spread.
+    let status = client.status().await.unwrap();
+    for volume in &status.volumes {
+        let zones: BTreeSet<String> = volume
+            .replicas
+            .iter()
+            .map(|r| r.location.clone().unwrap().zone)
+            .collect();
+        assert_eq!(zones.len(), 2, "{volume:?}");
+    }
+    // The lost server returns: its old copies are extra now, and go.
+    cluster.start_volume(lost_index);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut volume_client =
+            VolumeClient::connect(format!("http://{}", cluster.grpc_addr(lost_index))).await;
+        if let Ok(c) = volume_client.as_mut()
+            && let Ok(list) = c.list_volumes(hayloft_proto::ListVolumesRequest {}).await
+        {
+            let left: Vec<u32> = list
+                .into_inner()
+                .volumes
+                .iter()
+                .map(|v| v.volume_id)
+                .filter(|id| held.contains(id))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "extra copies were not removed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_on_every_copy(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blobs_deleted_while_a_copy_is_down_stay_deleted_everywhere() {
+    let mut cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &FAST_HEALING).await;
+    let client = Arc::new(cluster.client().await);
+    let acked = upload_many(&client, 200, 8).await;
+    wait_healthy(&cluster, 3).await;
+    cluster.volumes[2].take().unwrap().kill();
+    let (deleted, kept) = acked.split_at(60);
+    for (blob_id, _, _) in deleted {
+        client.delete(blob_id).await.unwrap();
+    }
+    cluster.start_volume(2);
+    wait_on_every_copy(&cluster, kept).await;
+    // Compaction on every copy, and anti-entropy rounds after it.
+    for server in 0..3 {
+        let mut volume_client =
+            VolumeClient::connect(format!("http://{}", cluster.grpc_addr(server)))
+                .await
+                .unwrap();
+        let mut progress = volume_client
+            .compact(hayloft_proto::CompactRequest {
+                all: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while progress.message().await.unwrap().is_some() {}
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let http = reqwest::Client::new();
+    for (blob_id, _, _) in deleted {
+        for server in 0..3 {
+            let error = read_from(&cluster.grpc_addr(server), blob_id)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.code(),
+                Code::NotFound,
+                "{blob_id} came back on vs{server}"
+            );
+            let url = format!("{}/{blob_id}", cluster.http_base(server));
+            assert_eq!(http.get(&url).send().await.unwrap().status(), 404, "{url}");
+        }
+    }
+    assert_on_every_copy(&cluster, kept).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_bytes_in_one_copy_are_never_served_and_are_healed() {
+    let cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &FAST_HEALING).await;
+    let client = Arc::new(cluster.client().await);
+    let acked = upload_many(&client, 120, 4).await;
+    wait_healthy(&cluster, 3).await;
+    // Flip bytes all through the data files of vs0's copies (past the
+    // superblock): bit rot under a running server.
+    let hot = cluster.volume_dir(0).join("hot");
+    for entry in std::fs::read_dir(&hot).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "dat") {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let len = file.metadata().unwrap().len();
+            let mut offset = 4096;
+            while offset + 8 < len {
+                let mut bytes = [0u8; 8];
+                file.read_exact_at(&mut bytes, offset).unwrap();
+                for b in &mut bytes {
+                    *b ^= 0x5a;
+                }
+                file.write_all_at(&bytes, offset).unwrap();
+                offset += 20_011;
+            }
+        }
+    }
+    // No read returns wrong bytes: HTTP from vs0 is served by another copy
+    // when its own fails the checksum; gRPC says DATA_LOSS or is right.
+    let http = reqwest::Client::new();
+    for (blob_id, seed, len) in &acked {
+        let expected = content(*seed, *len);
+        let url = format!("{}/{blob_id}", cluster.http_base(0));
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            expected.as_slice(),
+            "{url}"
+        );
+        match read_from(&cluster.grpc_addr(0), blob_id).await {
+            Ok(data) => assert_eq!(data, expected, "{blob_id}: wrong bytes served"),
+            Err(e) => assert!(
+                matches!(e.code(), Code::DataLoss | Code::NotFound),
+                "{blob_id}: {e}"
+            ),
+        }
+    }
+    // Scrub finds the bad records and copies them again from good copies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'heal: loop {
+        let mut bad = 0;
+        for (blob_id, seed, len) in &acked {
+            match read_from(&cluster.grpc_addr(0), blob_id).await {
+                Ok(data) => assert_eq!(data, content(*seed, *len)),
+                Err(_) => bad += 1,
+            }
+        }
+        if bad == 0 {
+            break 'heal;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bad} blobs still unreadable on vs0"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

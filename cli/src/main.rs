@@ -104,6 +104,9 @@ struct DirectoryArgs {
     /// racks (per-collection overrides in the config file).
     #[arg(long, env = "HAYLOFT_REPLICATION")]
     replication: Option<usize>,
+    /// A copy whose server is silent this long is made again elsewhere, e.g. "10m".
+    #[arg(long)]
+    repair_after: Option<humantime_serde::re::humantime::Duration>,
 }
 
 #[derive(Args)]
@@ -123,6 +126,12 @@ struct VolumeArgs {
     /// A copy silent for this long fails a replicated write, e.g. "10s".
     #[arg(long)]
     replica_timeout: Option<humantime_serde::re::humantime::Duration>,
+    /// How often copies compare and pull what they lack, e.g. "10m" (0 = never).
+    #[arg(long)]
+    anti_entropy_interval: Option<humantime_serde::re::humantime::Duration>,
+    /// How often replicated volumes are scrubbed and healed, e.g. "1d".
+    #[arg(long)]
+    scrub_interval: Option<humantime_serde::re::humantime::Duration>,
     /// gRPC listen address.
     #[arg(long, env = "HAYLOFT_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
@@ -207,6 +216,9 @@ fn main() -> anyhow::Result<()> {
                     anyhow::ensure!(copies >= 1, "--replication must be at least 1");
                     config.replication = copies;
                 }
+                if let Some(after) = args.repair_after {
+                    config.repair_after = after.into();
+                }
                 daemons::directory(config).await
             }
             Command::Volume(args) => {
@@ -223,6 +235,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Some(timeout) = args.replica_timeout {
                     config.replica_timeout = timeout.into();
+                }
+                if let Some(interval) = args.anti_entropy_interval {
+                    config.anti_entropy_interval = interval.into();
+                }
+                if let Some(interval) = args.scrub_interval {
+                    config.scrub_interval = interval.into();
                 }
                 if let Some(addr) = args.grpc_listen {
                     config.grpc_listen = addr;

@@ -319,7 +319,14 @@ impl Client {
             let mut last_error = None;
             for location in &locations {
                 match call(self.volume_client(&location.grpc_addr)?).await {
-                    Err(e) if matches!(e.code(), Some(Code::Unavailable | Code::Unknown)) => {
+                    // A copy that is down, or whose bytes failed their
+                    // checksum: the next copy answers.
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            Some(Code::Unavailable | Code::Unknown | Code::DataLoss)
+                        ) =>
+                    {
                         last_error = Some(e)
                     }
                     other => return other,
@@ -400,7 +407,7 @@ impl Client {
             client
                 .delete(DeleteRequest {
                     blob_id: blob_id.to_owned(),
-                    forwarded: false,
+                    ..DeleteRequest::default()
                 })
                 .await?;
             Ok(())

@@ -47,6 +47,15 @@ struct Inner {
     /// (or was just asked to create). Rebuilt from heartbeats after a
     /// restart; until a server's first one, its copies count as present.
     reported: HashMap<String, HashMap<u32, VolumeStatus>>,
+    /// Soft state: copies reported by servers outside their volume's replica
+    /// set (left behind by a repair): removed once the volume is healthy.
+    extras: HashSet<(u32, String)>,
+    /// Soft state: volume ids whose creation failed (their copies are being
+    /// deleted; a heartbeat that still reports one is not an adoption).
+    abandoned: HashSet<u32>,
+    /// Soft state: servers that could not be reached to create a volume,
+    /// left out of placement until their next heartbeat.
+    suspects: HashSet<String>,
     /// Soft state: why the last volume creation of a collection failed
     /// (Unix seconds, reason), cleared by the next success.
     problems: BTreeMap<String, (u64, String)>,
@@ -58,8 +67,34 @@ struct Inner {
     round_robin: usize,
 }
 
+/// A degraded volume as repair sees it.
+#[derive(Debug, Clone)]
+pub struct RepairView {
+    /// The volume.
+    pub volume_id: u32,
+    /// Its collection.
+    pub collection: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// Its state.
+    pub state: VolumeState,
+    /// Every copy.
+    pub replicas: Vec<RepairReplica>,
+}
+
+/// One copy of a degraded volume.
+#[derive(Debug, Clone)]
+pub struct RepairReplica {
+    /// Where it is.
+    pub location: ServerLocation,
+    /// How it is.
+    pub health: ReplicaHealth,
+    /// Seconds since its server's last heartbeat.
+    pub down_for: u64,
+}
+
 /// A zone or rack name as placement sees it ("" is "default").
-fn site(name: &str) -> String {
+pub(crate) fn site(name: &str) -> String {
     if name.is_empty() {
         "default".to_owned()
     } else {
@@ -109,6 +144,9 @@ impl Cluster {
             inner: Mutex::new(Inner {
                 servers,
                 reported: HashMap::new(),
+                extras: HashSet::new(),
+                abandoned: HashSet::new(),
+                suspects: HashSet::new(),
                 problems: BTreeMap::new(),
                 creating: HashSet::new(),
                 volumes,
@@ -262,6 +300,9 @@ impl Cluster {
             .filter(|s| self.alive(s))
             .filter_map(|s| {
                 let location = s.location.as_ref()?;
+                if inner.suspects.contains(&location.server_id) {
+                    return None;
+                }
                 Some(Candidate {
                     server_id: location.server_id.clone(),
                     zone: site(&location.zone),
@@ -322,9 +363,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Forgets a volume id whose creation failed (the id is never reused).
-    pub fn abandon_volume(&self, volume_id: u32) {
-        self.inner.lock().creating.remove(&volume_id);
+    /// Forgets a volume id whose creation failed (the id is never reused);
+    /// `unreachable` servers are left out of placement until they send a
+    /// heartbeat again.
+    pub fn abandon_volume(&self, volume_id: u32, unreachable: &[String]) {
+        let mut inner = self.inner.lock();
+        inner.creating.remove(&volume_id);
+        inner.abandoned.insert(volume_id);
+        inner.suspects.extend(unreachable.iter().cloned());
     }
 
     /// How one copy of `row` is doing.
@@ -424,8 +470,11 @@ impl Cluster {
         let mut synced = false;
         let mut reported = HashMap::new();
         for status in request.volumes {
-            if inner.creating.contains(&status.volume_id) {
-                // Reported between its creation and its registration.
+            if inner.creating.contains(&status.volume_id)
+                || inner.abandoned.contains(&status.volume_id)
+            {
+                // Reported between its creation and its registration, or a
+                // copy of a creation that failed (being deleted).
                 continue;
             }
             reported.insert(status.volume_id, status.clone());
@@ -456,9 +505,12 @@ impl Cluster {
             let row = &mut entry.row;
             if !row.replicas.contains(&server_id) {
                 // A copy the directory did not place here (left behind by a
-                // repair, or copied in by hand): not served, not counted.
-                tracing::warn!(volume = row.id, server = %server_id,
-                    "server reports a copy outside the volume's replica set; ignored");
+                // repair, or copied in by hand): not served, not counted, and
+                // deleted once the volume has all its copies again.
+                if inner.extras.insert((status.volume_id, server_id.clone())) {
+                    tracing::warn!(volume = status.volume_id, server = %server_id,
+                        "server reports a copy outside the volume's replica set");
+                }
                 continue;
             }
             // Copies a forward from this server failed to reach: they missed
@@ -500,6 +552,7 @@ impl Cluster {
         self.db.put_heartbeat(&server, &changed)?;
         inner.servers.insert(server_id.clone(), server);
         inner.reported.insert(server_id.clone(), reported);
+        inner.suspects.remove(&server_id);
         let inner = &*inner;
         Ok(inner
             .volumes
@@ -516,6 +569,137 @@ impl Cluster {
                 degraded: self.volume_health(inner, &e.row) != VolumeHealth::Ok,
             })
             .collect())
+    }
+
+    /// Degraded volumes with the health of each copy, for repair.
+    pub fn degraded_volumes(&self) -> Vec<RepairView> {
+        let inner = self.inner.lock();
+        let now = now_unix();
+        inner
+            .volumes
+            .values()
+            .filter(|e| self.volume_health(&inner, &e.row) != VolumeHealth::Ok)
+            .map(|e| RepairView {
+                volume_id: e.row.id,
+                collection: e.row.collection.clone(),
+                tier: Tier::try_from(e.row.tier).unwrap_or(Tier::Hot),
+                state: VolumeState::try_from(e.row.state).unwrap_or_default(),
+                replicas: self
+                    .replicas(&inner, &e.row)
+                    .into_iter()
+                    .map(|r| {
+                        let location = r.location.unwrap_or_default();
+                        let down_for = inner
+                            .servers
+                            .get(&location.server_id)
+                            .map_or(u64::MAX, |s| now.saturating_sub(s.last_heartbeat));
+                        RepairReplica {
+                            health: ReplicaHealth::try_from(r.health).unwrap_or_default(),
+                            location,
+                            down_for,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// A server's addresses, as it last reported them.
+    pub fn server_location(&self, server_id: &str) -> Option<ServerLocation> {
+        self.inner.lock().servers.get(server_id)?.location.clone()
+    }
+
+    /// Live servers that could take a copy of a volume on `tier`.
+    pub fn placement_candidates(&self, tier: Tier) -> Vec<Candidate> {
+        let inner = self.inner.lock();
+        self.candidates(&inner, tier)
+    }
+
+    /// A stale or missing copy has caught up with the others (verified).
+    pub fn caught_up(&self, volume_id: u32, server_id: &str) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let Some(entry) = inner.volumes.get_mut(&volume_id) else {
+            return Ok(());
+        };
+        if entry.row.stale.iter().any(|s| s == server_id) {
+            entry.row.stale.retain(|s| s != server_id);
+            self.db.put_volume(&entry.row, true)?;
+        }
+        inner
+            .reported
+            .entry(server_id.to_owned())
+            .or_default()
+            .entry(volume_id)
+            .or_insert_with(|| VolumeStatus {
+                volume_id,
+                ..VolumeStatus::default()
+            });
+        Ok(())
+    }
+
+    /// A new copy on `target` (verified) replaces the copy on `lost`.
+    pub fn replaced(&self, volume_id: u32, lost: &str, target: &str) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let Some(entry) = inner.volumes.get_mut(&volume_id) else {
+            return Ok(());
+        };
+        let row = &mut entry.row;
+        if row.replicas.iter().any(|s| s == target) {
+            return Ok(());
+        }
+        match row.replicas.iter_mut().find(|s| *s == lost) {
+            Some(slot) => *slot = target.to_owned(),
+            None => row.replicas.push(target.to_owned()),
+        }
+        row.stale.retain(|s| s != lost && s != target);
+        if row.server_id == lost {
+            row.server_id = target.to_owned();
+        }
+        self.db.put_volume(row, true)?;
+        inner
+            .reported
+            .entry(target.to_owned())
+            .or_default()
+            .entry(volume_id)
+            .or_insert_with(|| VolumeStatus {
+                volume_id,
+                ..VolumeStatus::default()
+            });
+        // The lost server's copy, if it comes back, is an extra copy now.
+        inner.extras.insert((volume_id, lost.to_owned()));
+        Ok(())
+    }
+
+    /// Copies outside their volume's replica set whose volume has all its
+    /// copies healthy: safe to delete.
+    pub fn removable_extras(&self) -> Vec<(u32, ServerLocation)> {
+        let inner = self.inner.lock();
+        inner
+            .extras
+            .iter()
+            .filter(|(volume, server)| {
+                inner.volumes.get(volume).is_some_and(|e| {
+                    !e.row.replicas.contains(server)
+                        && self.volume_health(&inner, &e.row) == VolumeHealth::Ok
+                }) && inner
+                    .reported
+                    .get(server)
+                    .is_some_and(|v| v.contains_key(volume))
+            })
+            .filter_map(|(volume, server)| {
+                let location = inner.servers.get(server)?.location.clone()?;
+                Some((*volume, location))
+            })
+            .collect()
+    }
+
+    /// An extra copy was deleted.
+    pub fn extra_removed(&self, volume_id: u32, server_id: &str) {
+        let mut inner = self.inner.lock();
+        inner.extras.remove(&(volume_id, server_id.to_owned()));
+        if let Some(volumes) = inner.reported.get_mut(server_id) {
+            volumes.remove(&volume_id);
+        }
     }
 
     /// Drops a volume that was deleted (retention) from the map. Its id is

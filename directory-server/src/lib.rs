@@ -7,6 +7,8 @@
 //! - `cluster`: the in-memory cluster map and the allocators.
 //! - `db`: its persistence in RocksDB (schema in the module docs).
 //! - `service`: the `hayloft.v1.Directory` gRPC service.
+//! - [`placement`]: which servers hold a volume's copies.
+//! - [`repair`]: brings degraded volumes back to all their copies.
 //!
 //! Needle ids are `volume id << 32 | sequence`: each volume owns a range, so
 //! a bare needle id resolves to its volume. Sequences are reserved in blocks
@@ -26,6 +28,7 @@ mod cluster;
 pub mod db;
 mod error;
 pub mod placement;
+pub mod repair;
 mod service;
 
 pub use cluster::{Cluster, NEEDLE_BLOCK};
@@ -69,6 +72,16 @@ pub struct DirectoryConfig {
     /// Per-collection settings, `[collections.<name>]`: `replication`
     /// overrides the default for that collection's new volumes.
     pub collections: std::collections::BTreeMap<String, CollectionConfig>,
+    /// A copy whose server has sent no heartbeat for this long is made
+    /// again on another server. Stale or missing copies on live servers
+    /// catch up at once. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub repair_after: Duration,
+    /// Repairs copying to one server at once. Default 2.
+    pub max_repairs_per_server: usize,
+    /// Copy rate of each repair (0 = the volume server's `repair_rate`).
+    /// Default 0.
+    pub repair_rate: bytesize::ByteSize,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -104,6 +117,9 @@ impl Default for DirectoryConfig {
             history_retention: Duration::from_secs(35 * 86_400),
             replication: 1,
             collections: std::collections::BTreeMap::new(),
+            repair_after: Duration::from_secs(600),
+            max_repairs_per_server: 2,
+            repair_rate: bytesize::ByteSize(0),
         }
     }
 }
@@ -169,6 +185,19 @@ impl Directory {
                 }
             })
         };
+        let (stop_repair, repair_stopped) = tokio::sync::oneshot::channel::<()>();
+        let repair = tokio::spawn(repair::run(
+            Arc::clone(&self.cluster),
+            repair::RepairSettings {
+                repair_after: self.config.repair_after,
+                max_per_server: self.config.max_repairs_per_server.max(1),
+                bytes_per_sec: self.config.repair_rate.as_u64(),
+            },
+            self.config.pulse.max(Duration::from_millis(200)),
+            async {
+                let _ = repair_stopped.await;
+            },
+        ));
         let served = tonic::transport::Server::builder()
             .add_service(
                 hayloft_proto::directory_server::DirectoryServer::new(service)
@@ -180,6 +209,8 @@ impl Directory {
             )
             .await;
         history.abort();
+        let _ = stop_repair.send(());
+        let _ = repair.await;
         served?;
         self.cluster.flush()?;
         tracing::info!("directory stopped");

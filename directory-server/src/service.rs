@@ -113,6 +113,14 @@ async fn grow(
     .await;
     if let Some(error) = created.iter().find_map(|r| r.as_ref().err()) {
         let error = Error::Unavailable(error.to_string());
+        let unreachable: Vec<String> = plan
+            .servers
+            .iter()
+            .zip(&created)
+            .filter(|(_, r)| r.is_err())
+            .map(|(s, _)| s.server_id.clone())
+            .collect();
+        cluster.abandon_volume(plan.volume_id, &unreachable);
         for mut client in created.into_iter().flatten() {
             let request = DeleteVolumeRequest {
                 volume_id: plan.volume_id,
@@ -122,7 +130,6 @@ async fn grow(
                     "could not delete the copy of a volume whose creation failed");
             }
         }
-        cluster.abandon_volume(plan.volume_id);
         return Err(error);
     }
     tokio::task::spawn_blocking(move || {

@@ -39,6 +39,6 @@ pub use recovery::RecoveryReport;
 pub use store::{Handle, Location, Store, StoreConfig};
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
-    CompactOptions, CompactReport, Durability, Needle, NeedleWrite, NeedleWriter, ScrubReport,
-    Volume, VolumeConfig, VolumeStats, WriteReceipt,
+    CompactOptions, CompactReport, Durability, Needle, NeedleState, NeedleWrite, NeedleWriter,
+    RangeDigest, ScrubReport, Volume, VolumeConfig, VolumeStats, WriteReceipt,
 };

@@ -275,6 +275,18 @@ impl Store {
         self.volume(volume)?.read(id, cookie)
     }
 
+    /// Reads a blob, verifying blobs up to `verify_up_to` bytes; see
+    /// [`Volume::read_checked`].
+    pub fn read_checked(
+        &self,
+        volume: VolumeId,
+        id: NeedleId,
+        cookie: Cookie,
+        verify_up_to: u64,
+    ) -> Result<Needle> {
+        self.volume(volume)?.read_checked(id, cookie, verify_up_to)
+    }
+
     /// Reads a blob and verifies its checksum; see [`Volume::read_verified`].
     pub fn read_verified(&self, volume: VolumeId, id: NeedleId, cookie: Cookie) -> Result<Needle> {
         self.volume(volume)?.read_verified(id, cookie)

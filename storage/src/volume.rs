@@ -433,13 +433,20 @@ impl Volume {
     /// no checksum (the bytes were checksummed when written and are served
     /// from the local page cache; see [`Volume::read_verified`]).
     pub fn read(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
-        self.read_needle(id, cookie, false)
+        self.read_needle(id, cookie, None)
     }
 
     /// Reads a needle and verifies its checksum: corrupt bytes are an
     /// [`Error::Corrupt`], never data.
     pub fn read_verified(&self, id: NeedleId, cookie: Cookie) -> Result<Needle> {
-        self.read_needle(id, cookie, true)
+        self.read_needle(id, cookie, Some(u64::MAX))
+    }
+
+    /// [`Volume::read`], verifying the record checksum if the blob is at
+    /// most `verify_up_to` bytes (the cost is one CRC pass over the record,
+    /// a fraction of sending it; larger blobs are left to scrub).
+    pub fn read_checked(&self, id: NeedleId, cookie: Cookie, verify_up_to: u64) -> Result<Needle> {
+        self.read_needle(id, cookie, Some(verify_up_to))
     }
 
     /// Finds a live needle: its offset, the files it is in, and its header,
@@ -463,10 +470,15 @@ impl Volume {
         Ok((offset, files, header))
     }
 
-    fn read_needle(&self, id: NeedleId, cookie: Cookie, verify: bool) -> Result<Needle> {
+    fn read_needle(
+        &self,
+        id: NeedleId,
+        cookie: Cookie,
+        verify_up_to: Option<u64>,
+    ) -> Result<Needle> {
         let (offset, files, header) = self.find(id, cookie)?;
         let map = &files.map;
-        if verify {
+        if verify_up_to.is_some_and(|limit| u64::from(header.data_len) <= limit) {
             self.verify_record(map, offset)?;
         }
         let record = map

@@ -207,10 +207,14 @@ impl Cluster {
     pub async fn start_replicated(
         zones: &[&str],
         replication: usize,
+        directory_args: &[&str],
         volume_args: &[&str],
     ) -> Cluster {
         let mut cluster = Cluster::new(0, volume_args, &[]);
         cluster.directory_args = vec!["--replication".into(), replication.to_string()];
+        cluster
+            .directory_args
+            .extend(directory_args.iter().map(|s| s.to_string()));
         cluster.start_directory();
         for (i, zone) in zones.iter().enumerate() {
             cluster.volume_ports.push(VolumePorts {
@@ -294,6 +298,11 @@ impl Cluster {
             &self.root.path().join(format!("vs{i}.log")),
             &self.volume_env,
         ));
+    }
+
+    /// Volume server `i`'s data directory.
+    pub fn volume_dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("vs{i}"))
     }
 
     pub fn http_base(&self, i: usize) -> String {

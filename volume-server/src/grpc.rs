@@ -13,17 +13,20 @@ use hayloft_proto::volume_server::Volume;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
     BlobInfo, CompactProgress, CompactRequest, CreateVolumeRequest, CreateVolumeResponse,
-    DeleteRequest, DeleteResponse, DeleteVolumeRequest, DeleteVolumeResponse, ListMovesRequest,
-    ListMovesResponse, ListVolumesRequest, ListVolumesResponse, MoveVolumeRequest,
-    MoveVolumeResponse, ReadRequest, ReadResponse, StatRequest, StatResponse, Tier as ProtoTier,
+    DeleteRequest, DeleteResponse, DeleteVolumeRequest, DeleteVolumeResponse, FetchNeedleRequest,
+    ListMovesRequest, ListMovesResponse, ListNeedlesRequest, ListNeedlesResponse,
+    ListVolumesRequest, ListVolumesResponse, MoveVolumeRequest, MoveVolumeResponse,
+    NeedleDigestsRequest, NeedleDigestsResponse, NeedleEntry, RangeDigest, ReadRequest,
+    ReadResponse, StatRequest, StatResponse, SyncProgress, SyncVolumeRequest, Tier as ProtoTier,
     WriteHeader, WriteRequest, WriteResponse,
 };
 use hayloft_storage::volume::now_unix_secs;
-use hayloft_storage::{BlobId, Error, NeedleMeta, NeedleWrite, Store, Tier, VolumeId};
+use hayloft_storage::{BlobId, Error, NeedleId, NeedleMeta, NeedleWrite, Store, Tier, VolumeId};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::antientropy::AntiEntropy;
 use crate::error::{etag, grpc_status};
 use crate::metrics;
 use crate::replicate::{Forward, Replication};
@@ -43,6 +46,9 @@ pub struct VolumeService {
     heartbeat_now: Arc<tokio::sync::Notify>,
     tiering: Arc<Tiering>,
     replication: Arc<Replication>,
+    anti_entropy: Arc<AntiEntropy>,
+    /// Blobs up to this size are checksummed on every read.
+    verify_up_to: u64,
 }
 
 /// The gRPC status of a failed cold read: archived and unreachable are
@@ -75,23 +81,36 @@ fn move_status(error: MoveError) -> Status {
     }
 }
 
+/// The limits a [`VolumeService`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    /// Largest blob accepted.
+    pub max_upload_bytes: u64,
+    /// Default compaction copy rate (bytes a second, 0 = unlimited).
+    pub compaction_rate: u64,
+    /// Blobs up to this size are checksummed on every read.
+    pub verify_up_to: u64,
+}
+
 impl VolumeService {
     /// A service over `store`.
     pub fn new(
         store: Arc<Store>,
-        max_upload_bytes: u64,
-        compaction_rate: u64,
+        limits: ServiceLimits,
         heartbeat_now: Arc<tokio::sync::Notify>,
         tiering: Arc<Tiering>,
         replication: Arc<Replication>,
+        anti_entropy: Arc<AntiEntropy>,
     ) -> Self {
         VolumeService {
             store,
-            max_upload_bytes,
-            compaction_rate,
+            max_upload_bytes: limits.max_upload_bytes,
+            compaction_rate: limits.compaction_rate,
             heartbeat_now,
             tiering,
             replication,
+            anti_entropy,
+            verify_up_to: limits.verify_up_to,
         }
     }
 
@@ -126,7 +145,10 @@ impl VolumeService {
     /// Reads a needle, locally or with one ranged GET for a cold volume.
     async fn read_needle(&self, blob: BlobId) -> Result<hayloft_storage::Needle, Status> {
         self.tiering.reads.record(blob.volume());
-        match self.store.read(blob.volume(), blob.needle, blob.cookie) {
+        let read =
+            self.store
+                .read_checked(blob.volume(), blob.needle, blob.cookie, self.verify_up_to);
+        match read {
             Err(Error::Cold(volume)) => {
                 let cold = self
                     .store
@@ -279,6 +301,22 @@ pub fn blob_info(blob: BlobId, needle: &hayloft_storage::Needle) -> BlobInfo {
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 type CompactStream = tokio_stream::wrappers::ReceiverStream<Result<CompactProgress, Status>>;
+type SyncStream = tokio_stream::wrappers::ReceiverStream<Result<SyncProgress, Status>>;
+
+/// A blob's bytes as `Read` streams them: metadata first, 1 MiB chunks.
+fn read_stream(info: BlobInfo, data: Bytes) -> ReadStream {
+    let chunk_len = hayloft_proto::CHUNK_BYTES;
+    let chunks = data.len().div_ceil(chunk_len).max(1);
+    let mut info = Some(info);
+    Box::pin(tokio_stream::iter((0..chunks).map(move |i| {
+        let start = i * chunk_len;
+        let stop = (start + chunk_len).min(data.len());
+        Ok(ReadResponse {
+            info: info.take(),
+            chunk: data.slice(start..stop),
+        })
+    })))
+}
 
 impl VolumeService {
     async fn write_inner(
@@ -368,18 +406,127 @@ impl VolumeService {
         let info = blob_info(blob, &needle);
         let data = needle.data.slice(request.offset as usize..end as usize);
         metrics::bytes_out("grpc", data.len() as u64);
-        let chunk_len = hayloft_proto::CHUNK_BYTES;
-        let chunks = data.len().div_ceil(chunk_len).max(1);
-        let mut info = Some(info);
-        let stream = tokio_stream::iter((0..chunks).map(move |i| {
-            let start = i * chunk_len;
-            let stop = (start + chunk_len).min(data.len());
-            Ok(ReadResponse {
-                info: info.take(),
-                chunk: data.slice(start..stop),
+        Ok(Response::new(read_stream(info, data)))
+    }
+
+    async fn needle_digests_inner(
+        &self,
+        request: Request<NeedleDigestsRequest>,
+    ) -> Result<Response<NeedleDigestsResponse>, Status> {
+        let request = request.into_inner();
+        let volume = self
+            .store
+            .volume(VolumeId(request.volume_id))
+            .map_err(|e| grpc_status(&e, None))?;
+        let bits = request.range_bits.clamp(4, 40);
+        let ranges = blocking(move || volume.range_digests(bits))
+            .await?
+            .into_iter()
+            .map(|d| RangeDigest {
+                start: d.start.0,
+                count: d.count,
+                hash: d.hash,
             })
-        }));
-        Ok(Response::new(Box::pin(stream)))
+            .collect();
+        Ok(Response::new(NeedleDigestsResponse { ranges }))
+    }
+
+    async fn list_needles_inner(
+        &self,
+        request: Request<ListNeedlesRequest>,
+    ) -> Result<Response<ListNeedlesResponse>, Status> {
+        let request = request.into_inner();
+        if request.to < request.from || request.to - request.from > 1 << 20 {
+            return Err(Status::invalid_argument(
+                "list at most 2^20 needle ids at a time",
+            ));
+        }
+        let volume = self
+            .store
+            .volume(VolumeId(request.volume_id))
+            .map_err(|e| grpc_status(&e, None))?;
+        let (from, to) = (NeedleId(request.from), NeedleId(request.to));
+        let needles = blocking(move || volume.needle_states(from, to))
+            .await?
+            .into_iter()
+            .map(|s| NeedleEntry {
+                needle_id: s.id.0,
+                cookie: s.cookie.0,
+                size: s.data_len,
+                deleted: s.deleted,
+            })
+            .collect();
+        Ok(Response::new(ListNeedlesResponse { needles }))
+    }
+
+    async fn fetch_needle_inner(
+        &self,
+        request: Request<FetchNeedleRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
+        let blob = parse_blob_id(&request.get_ref().blob_id)?;
+        let volume = self
+            .store
+            .volume(blob.volume())
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let needle = blocking(move || volume.read_for_copy(blob.needle, blob.cookie))
+            .await?
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let info = blob_info(blob, &needle);
+        Ok(Response::new(read_stream(info, needle.data)))
+    }
+
+    async fn sync_volume_inner(
+        &self,
+        request: Request<SyncVolumeRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let request = request.into_inner();
+        if request.volume_id == 0 {
+            return Err(Status::invalid_argument("volume id 0 is reserved"));
+        }
+        let id = VolumeId(request.volume_id);
+        if self.store.volume(id).is_err() {
+            // A new copy (repair) or a replaced disk: start from empty.
+            let tier = match ProtoTier::try_from(request.tier) {
+                Ok(ProtoTier::Warm) => Tier::Warm,
+                _ => Tier::Hot,
+            };
+            let store = Arc::clone(&self.store);
+            let collection = request.collection.clone();
+            match blocking(move || store.create_volume(id, tier, &collection)).await? {
+                Ok(_) | Err(Error::VolumeExists(_)) => {}
+                Err(e) => return Err(grpc_status(&e, None)),
+            }
+            tracing::info!(volume = %id, "empty copy created for a sync");
+            self.heartbeat_now.notify_one();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let anti_entropy = Arc::clone(&self.anti_entropy);
+        let heartbeat_now = Arc::clone(&self.heartbeat_now);
+        // The sync goes on if the caller goes away: it is idempotent, and
+        // whatever it copied stays.
+        tokio::spawn(async move {
+            let result = anti_entropy
+                .sync(
+                    request.volume_id,
+                    &request.sources,
+                    request.bytes_per_sec,
+                    Some(&tx),
+                )
+                .await;
+            heartbeat_now.notify_one();
+            let last = match result {
+                Ok(report) => report,
+                Err(status) => SyncProgress {
+                    done: true,
+                    error: status.message().to_owned(),
+                    ..SyncProgress::default()
+                },
+            };
+            let _ = tx.send(Ok(last)).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn delete_inner(
@@ -388,6 +535,18 @@ impl VolumeService {
     ) -> Result<Response<DeleteResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
         if request.get_ref().forwarded {
+            if request.get_ref().verified {
+                // The cookie was checked by the forwarding copy: store the
+                // tombstone even if this copy lacks the needle.
+                let volume = self
+                    .store
+                    .volume(blob.volume())
+                    .map_err(|e| grpc_status(&e, Some(blob)))?;
+                blocking(move || volume.delete_copied(blob.needle, blob.cookie))
+                    .await?
+                    .map_err(|e| grpc_status(&e, Some(blob)))?;
+                return Ok(Response::new(DeleteResponse {}));
+            }
             return self.delete_local(blob).await;
         }
         // Delete here, and on every other copy, so that each holds the
@@ -397,7 +556,12 @@ impl VolumeService {
         let local = self.delete_local(blob).await;
         let (deleted_elsewhere, failures) = self
             .replication
-            .forward_delete(&request.get_ref().blob_id, blob.volume().0, &request_id)
+            .forward_delete(
+                &request.get_ref().blob_id,
+                blob.volume().0,
+                local.is_ok(),
+                &request_id,
+            )
             .await;
         self.replication.record_failures(blob.volume().0, &failures);
         match local {
@@ -552,6 +716,45 @@ async fn traced<T>(
 impl Volume for VolumeService {
     type ReadStream = ReadStream;
     type CompactStream = CompactStream;
+    type FetchNeedleStream = ReadStream;
+    type SyncVolumeStream = SyncStream;
+
+    async fn needle_digests(
+        &self,
+        request: Request<NeedleDigestsRequest>,
+    ) -> Result<Response<NeedleDigestsResponse>, Status> {
+        let span = request_span("grpc_needle_digests", request.metadata());
+        traced(
+            "grpc_needle_digests",
+            span,
+            self.needle_digests_inner(request),
+        )
+        .await
+    }
+
+    async fn list_needles(
+        &self,
+        request: Request<ListNeedlesRequest>,
+    ) -> Result<Response<ListNeedlesResponse>, Status> {
+        let span = request_span("grpc_list_needles", request.metadata());
+        traced("grpc_list_needles", span, self.list_needles_inner(request)).await
+    }
+
+    async fn fetch_needle(
+        &self,
+        request: Request<FetchNeedleRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
+        let span = request_span("grpc_fetch_needle", request.metadata());
+        traced("grpc_fetch_needle", span, self.fetch_needle_inner(request)).await
+    }
+
+    async fn sync_volume(
+        &self,
+        request: Request<SyncVolumeRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let span = request_span("grpc_sync_volume", request.metadata());
+        traced("grpc_sync_volume", span, self.sync_volume_inner(request)).await
+    }
 
     async fn write(
         &self,

@@ -43,6 +43,8 @@ pub struct HttpState {
     main: tokio::runtime::Handle,
     /// Reads of blobs held by other servers.
     remote: Option<Arc<crate::proxy::RemoteReader>>,
+    /// Blobs up to this size are checksummed on every read.
+    verify_up_to: u64,
 }
 
 impl HttpState {
@@ -65,7 +67,15 @@ impl HttpState {
             metrics: HttpMetrics::new(),
             main: tokio::runtime::Handle::current(),
             remote: None,
+            verify_up_to: 0,
         }
+    }
+
+    /// Checksums blobs of up to `bytes` on every read (a corrupt one is
+    /// read from another copy, or answers 500; never wrong bytes).
+    pub fn with_verified_reads(mut self, bytes: u64) -> Self {
+        self.verify_up_to = bytes;
+        self
     }
 
     /// Answers reads of blobs this server holds no copy of through `remote`
@@ -336,20 +346,25 @@ fn local(state: &HttpState, request: &Request<Incoming>) -> Local {
         return Local::Done(plain(StatusCode::BAD_REQUEST, "malformed blob id\n"));
     };
     COUNTS.with_borrow_mut(|counts| *counts.reads.entry(blob.volume()).or_default() += 1);
-    let error = match state.store.read(blob.volume(), blob.needle, blob.cookie) {
+    let read =
+        state
+            .store
+            .read_checked(blob.volume(), blob.needle, blob.cookie, state.verify_up_to);
+    let error = match read {
         Ok(needle) => return Local::Done(respond(state, needle, method, request.headers())),
         Err(hayloft_storage::Error::Cold(volume)) => match state.store.cold_volume(volume) {
             Ok(cold) => return Local::Cold(cold, blob),
             Err(e) => e,
         },
-        Err(hayloft_storage::Error::VolumeNotFound(volume))
-            if !request.headers().contains_key(crate::proxy::PROXIED) =>
-        {
-            match &state.remote {
-                Some(remote) => return Local::Remote(Arc::clone(remote), volume.0),
-                None => hayloft_storage::Error::VolumeNotFound(volume),
-            }
-        }
+        // Not here, or corrupt here: another copy answers (a bad copy
+        // never serves wrong bytes, and the reader does not see the fault).
+        Err(
+            e
+            @ (hayloft_storage::Error::VolumeNotFound(_) | hayloft_storage::Error::Corrupt { .. }),
+        ) if !request.headers().contains_key(crate::proxy::PROXIED) => match &state.remote {
+            Some(remote) => return Local::Remote(Arc::clone(remote), blob.volume().0),
+            None => e,
+        },
         Err(e) => e,
     };
     Local::Done(read_error(&error))

@@ -10,6 +10,8 @@
 //! - `heartbeat`: reports volumes and free space to the directory.
 //! - [`replicate`]: forwards writes and deletes to the other copies.
 //! - [`proxy`]: HTTP reads of blobs held by other servers.
+//! - [`antientropy`]: copies pull missing needles and tombstones from each
+//!   other (also the repair of a new or wiped copy), and scrub.
 //! - `error`: storage errors as gRPC codes and HTTP statuses, in one place.
 
 use std::future::Future;
@@ -23,6 +25,7 @@ use hayloft_storage::{Durability, Location, Store, StoreConfig, Tier, VolumeConf
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub mod antientropy;
 pub mod compaction;
 pub mod error;
 pub mod grpc;
@@ -66,6 +69,22 @@ pub struct VolumeServerConfig {
     /// stale. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub replica_timeout: Duration,
+    /// Copy rate of anti-entropy and repair (its own budget, apart from
+    /// compaction's; 0 = unlimited). Default `64MiB` (a second).
+    pub repair_rate: ByteSize,
+    /// How often each copy compares itself with the other copies of its
+    /// volumes and pulls what it lacks (0 = never). Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub anti_entropy_interval: Duration,
+    /// How often each replicated volume is scrubbed (every needle
+    /// checksummed; a bad one copied again from another copy). Default `1d`.
+    #[serde(with = "humantime_serde")]
+    pub scrub_interval: Duration,
+    /// Blobs up to this size are checksummed on every read (HTTP and gRPC):
+    /// a corrupt one is read from another copy or refused, never served.
+    /// Larger blobs (and range reads of them) are checked by scrub. Default
+    /// `16MiB`.
+    pub verify_reads_up_to: ByteSize,
     /// HTTP reads of blobs this server holds no copy of: `proxy` (fetch
     /// from a copy, streamed), `redirect` (307 to a copy) or `off` (404).
     /// Default `proxy`.
@@ -145,6 +164,10 @@ impl Default for VolumeServerConfig {
             rack: "default".into(),
             replica_timeout: Duration::from_secs(10),
             remote_reads: proxy::RemoteReads::Proxy,
+            verify_reads_up_to: ByteSize::mib(16),
+            repair_rate: ByteSize::mib(64),
+            anti_entropy_interval: Duration::from_secs(600),
+            scrub_interval: Duration::from_secs(86_400),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 9331)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9380)),
             public_grpc_addr: None,
@@ -361,16 +384,31 @@ impl VolumeServer {
             wait_stop(),
         ));
 
+        let anti_entropy = Arc::new(antientropy::AntiEntropy::new(
+            Arc::clone(&self.store),
+            Arc::clone(&replication),
+            self.config.repair_rate.as_u64(),
+        ));
+        let anti_entropy_task = tokio::spawn(Arc::clone(&anti_entropy).run(
+            self.config.anti_entropy_interval,
+            self.config.scrub_interval,
+            wait_stop(),
+        ));
         let service = grpc::VolumeService::new(
             Arc::clone(&self.store),
-            self.config
-                .max_upload_size
-                .as_u64()
-                .min(hayloft_storage::format::MAX_DATA_LEN),
-            self.config.compaction_rate.as_u64(),
+            grpc::ServiceLimits {
+                max_upload_bytes: self
+                    .config
+                    .max_upload_size
+                    .as_u64()
+                    .min(hayloft_storage::format::MAX_DATA_LEN),
+                compaction_rate: self.config.compaction_rate.as_u64(),
+                verify_up_to: self.config.verify_reads_up_to.as_u64(),
+            },
             heartbeat_now,
             Arc::clone(&tiering),
             replication,
+            anti_entropy,
         );
         let scheduler = tokio::spawn(compaction::run_scheduler(
             Arc::clone(&self.store),
@@ -403,7 +441,8 @@ impl VolumeServer {
                 Arc::clone(&tiering),
                 self.config.cache_max_age,
             )
-            .with_remote(remote),
+            .with_remote(remote)
+            .with_verified_reads(self.config.verify_reads_up_to.as_u64()),
         );
         let http_server = http::serve(self.http, http_state, self.config.http_threads, http_stop);
         tracing::info!(server = %advertised.server_id, grpc = %advertised.grpc_addr,
@@ -416,6 +455,7 @@ impl VolumeServer {
         let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
         let _ = heartbeat.await;
         let _ = scheduler.await;
+        let _ = anti_entropy_task.await;
         let _ = read_ticker.await;
         let store = Arc::clone(&self.store);
         let closed = tokio::task::spawn_blocking(move || store.close()).await;

@@ -163,7 +163,11 @@ impl Replication {
         *self.known.write() = volumes.into_iter().map(|v| (v.volume_id, v)).collect();
     }
 
-    fn client(&self, location: &ServerLocation) -> Result<VolumeClient<Channel>, Status> {
+    /// A client of another volume server (connections are kept).
+    pub(crate) fn client(
+        &self,
+        location: &ServerLocation,
+    ) -> Result<VolumeClient<Channel>, Status> {
         let channel = {
             let mut peers = self.peers.lock();
             match peers.get(&location.grpc_addr) {
@@ -236,10 +240,12 @@ impl Replication {
 
     /// Forwards a delete to the other copies of its volume; returns the
     /// copies that deleted it and the ones that could not be reached.
+    /// `verified`: this server checked the cookie against its own copy.
     pub async fn forward_delete(
         &self,
         blob_id: &str,
         volume: u32,
+        verified: bool,
         request_id: &str,
     ) -> (usize, Vec<ForwardFailure>) {
         let targets = self.others(volume, &[]);
@@ -249,6 +255,7 @@ impl Replication {
                 DeleteRequest {
                     blob_id: blob_id.to_owned(),
                     forwarded: true,
+                    verified,
                 },
                 request_id,
             );

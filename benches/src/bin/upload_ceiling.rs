@@ -33,6 +33,8 @@ struct Null;
 impl Volume for Null {
     type ReadStream = Stream<ReadResponse>;
     type CompactStream = Stream<CompactProgress>;
+    type FetchNeedleStream = Stream<ReadResponse>;
+    type SyncVolumeStream = Stream<SyncProgress>;
 
     async fn write(
         &self,
@@ -96,6 +98,30 @@ impl Volume for Null {
         &self,
         _: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn needle_digests(
+        &self,
+        _: Request<NeedleDigestsRequest>,
+    ) -> Result<Response<NeedleDigestsResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn list_needles(
+        &self,
+        _: Request<ListNeedlesRequest>,
+    ) -> Result<Response<ListNeedlesResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn fetch_needle(
+        &self,
+        _: Request<FetchNeedleRequest>,
+    ) -> Result<Response<Self::FetchNeedleStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn sync_volume(
+        &self,
+        _: Request<SyncVolumeRequest>,
+    ) -> Result<Response<Self::SyncVolumeStream>, Status> {
         Err(Status::unimplemented("null server"))
     }
 }

@@ -1,0 +1,550 @@
+//! Repair: the directory brings degraded volumes back to all their copies.
+//!
+//! Every pulse the directory plans (a pure function, [`plan`]) and runs:
+//!
+//! - **Catch up** a copy that is stale (it missed a forwarded write or
+//!   delete) or missing on a live server (a wiped or replaced disk): the
+//!   copy pulls from the healthy ones (`SyncVolume`), then the healthy ones
+//!   pull from it (a write that reached only it, never acknowledged, is
+//!   settled by spreading it), and the copies' digests must then be equal.
+//! - **Replace** a copy whose server has been down for `repair_after`:
+//!   placement picks a new server (never one holding a copy; zones and racks
+//!   spread as for a new volume), which creates an empty copy and pulls
+//!   everything from the healthy ones; once its digests equal theirs, it
+//!   takes the lost copy's place in the replica set. If the lost server
+//!   comes back, its copy is an extra: deleted once every copy is healthy.
+//!
+//! A volume with no healthy copy cannot be repaired (there is no source)
+//! and waits. At most `max_per_server` repairs copy to one server at once,
+//! and each copies at `repair_rate`. A repair interrupted by a crash of
+//! either side is planned again: placement is deterministic for the same
+//! servers, so the same target resumes, copying only what it still lacks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hayloft_proto::volume_client::VolumeClient;
+use hayloft_proto::{
+    DeleteVolumeRequest, NeedleDigestsRequest, ReplicaHealth, ServerLocation, SyncVolumeRequest,
+    Tier, VolumeState,
+};
+use parking_lot::Mutex;
+
+use crate::cluster::{Cluster, RepairView, site};
+use crate::placement::{self, Candidate};
+
+/// Anti-entropy's range size, for comparing digests after a repair.
+const RANGE_BITS: u32 = 12;
+
+/// A sync that sends no progress for this long has failed.
+const SYNC_SILENCE: Duration = Duration::from_secs(300);
+
+/// How repair runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RepairSettings {
+    /// A copy whose server has been silent this long is re-created elsewhere.
+    pub repair_after: Duration,
+    /// Repairs copying to one server at once.
+    pub max_per_server: usize,
+    /// Copy rate of each repair (0 = the volume server's `repair_rate`).
+    pub bytes_per_sec: u64,
+}
+
+/// What a repair does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepairKind {
+    /// The target's copy is stale or missing: it catches up where it is.
+    CatchUp,
+    /// The target gets a new copy in place of the one on `lost`.
+    Replace {
+        /// The server whose copy is lost.
+        lost: String,
+    },
+}
+
+/// One repair to run.
+#[derive(Debug, Clone)]
+pub struct RepairPlan {
+    /// The volume.
+    pub volume_id: u32,
+    /// Its collection and tier, to create an empty copy.
+    pub collection: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// The server whose copy is made whole.
+    pub target: ServerLocation,
+    /// The healthy copies to copy from.
+    pub sources: Vec<ServerLocation>,
+    /// Catch up, or replace a lost copy.
+    pub kind: RepairKind,
+}
+
+fn candidate(location: &ServerLocation) -> Candidate {
+    Candidate {
+        server_id: location.server_id.clone(),
+        zone: site(&location.zone),
+        rack: site(&location.rack),
+        free_bytes: 0,
+        volumes: 0,
+    }
+}
+
+/// The repairs to start now: at most one per volume, none for a volume in
+/// `busy`, at most `max_per_server` (counting `running`) per target.
+pub fn plan(
+    degraded: &[RepairView],
+    candidates: &[Candidate],
+    repair_after: Duration,
+    busy: &HashSet<u32>,
+    running: &HashMap<String, usize>,
+    max_per_server: usize,
+) -> Vec<RepairPlan> {
+    let mut load = running.clone();
+    let mut candidates = candidates.to_vec();
+    let mut plans = Vec::new();
+    for volume in degraded {
+        if busy.contains(&volume.volume_id)
+            || matches!(
+                volume.state,
+                VolumeState::Cold | VolumeState::Moving | VolumeState::Restoring
+            )
+        {
+            continue;
+        }
+        let sources: Vec<ServerLocation> = volume
+            .replicas
+            .iter()
+            .filter(|r| r.health == ReplicaHealth::Ok)
+            .map(|r| r.location.clone())
+            .collect();
+        if sources.is_empty() {
+            continue;
+        }
+        let full = |server: &str, load: &HashMap<String, usize>| {
+            load.get(server).copied().unwrap_or(0) >= max_per_server
+        };
+        let repair = volume.replicas.iter().find_map(|r| match r.health {
+            ReplicaHealth::Stale | ReplicaHealth::Missing
+                if !full(&r.location.server_id, &load) =>
+            {
+                Some((r.location.clone(), RepairKind::CatchUp))
+            }
+            ReplicaHealth::Down if r.down_for >= repair_after.as_secs() => {
+                let eligible: Vec<Candidate> = candidates
+                    .iter()
+                    .filter(|c| !full(&c.server_id, &load))
+                    .cloned()
+                    .collect();
+                // Every current copy (even the lost one) is excluded; the
+                // healthy ones count for spreading.
+                let mut existing: Vec<Candidate> = volume
+                    .replicas
+                    .iter()
+                    .map(|r| candidate(&r.location))
+                    .collect();
+                existing.retain(|c| c.server_id != r.location.server_id);
+                let eligible: Vec<Candidate> = eligible
+                    .into_iter()
+                    .filter(|c| c.server_id != r.location.server_id)
+                    .collect();
+                let chosen =
+                    placement::place(&eligible, &existing, 1, u64::from(volume.volume_id)).ok()?;
+                let target = chosen.first()?;
+                let location = ServerLocation {
+                    server_id: target.clone(),
+                    ..ServerLocation::default()
+                };
+                Some((
+                    location,
+                    RepairKind::Replace {
+                        lost: r.location.server_id.clone(),
+                    },
+                ))
+            }
+            _ => None,
+        });
+        let Some((target, kind)) = repair else {
+            continue;
+        };
+        *load.entry(target.server_id.clone()).or_default() += 1;
+        if let Some(c) = candidates
+            .iter_mut()
+            .find(|c| c.server_id == target.server_id)
+        {
+            c.volumes += 1;
+        }
+        plans.push(RepairPlan {
+            volume_id: volume.volume_id,
+            collection: volume.collection.clone(),
+            tier: volume.tier,
+            target,
+            sources,
+            kind,
+        });
+    }
+    plans
+}
+
+async fn client(
+    location: &ServerLocation,
+) -> Result<VolumeClient<tonic::transport::Channel>, String> {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", location.grpc_addr))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10));
+    let channel = tokio::time::timeout(Duration::from_secs(10), endpoint.connect())
+        .await
+        .map_err(|_| format!("{} did not answer", location.server_id))?
+        .map_err(|e| format!("{} unreachable: {e}", location.server_id))?;
+    Ok(VolumeClient::new(channel))
+}
+
+/// Runs `SyncVolume` on `target` from `sources` to the end.
+async fn sync(
+    target: &ServerLocation,
+    sources: &[ServerLocation],
+    plan: &RepairPlan,
+    bytes_per_sec: u64,
+) -> Result<(), String> {
+    let mut client = client(target).await?;
+    let mut stream = client
+        .sync_volume(SyncVolumeRequest {
+            volume_id: plan.volume_id,
+            collection: plan.collection.clone(),
+            tier: plan.tier as i32,
+            sources: sources.to_vec(),
+            bytes_per_sec,
+        })
+        .await
+        .map_err(|e| format!("{}: {}", target.server_id, e.message()))?
+        .into_inner();
+    loop {
+        let message = tokio::time::timeout(SYNC_SILENCE, stream.message())
+            .await
+            .map_err(|_| format!("{} sent no progress for {SYNC_SILENCE:?}", target.server_id))?
+            .map_err(|e| format!("{}: {}", target.server_id, e.message()))?;
+        let Some(progress) = message else {
+            return Err(format!("{} ended the sync early", target.server_id));
+        };
+        if progress.done {
+            if !progress.error.is_empty() {
+                return Err(format!("{}: {}", target.server_id, progress.error));
+            }
+            if !progress.unreachable.is_empty() {
+                return Err(format!(
+                    "sources unreachable from {}: {:?}",
+                    target.server_id, progress.unreachable
+                ));
+            }
+            return Ok(());
+        }
+    }
+}
+
+async fn digests(
+    location: &ServerLocation,
+    volume_id: u32,
+) -> Result<Vec<(u64, u64, u64)>, String> {
+    let mut client = client(location).await?;
+    let ranges = client
+        .needle_digests(NeedleDigestsRequest {
+            volume_id,
+            range_bits: RANGE_BITS,
+        })
+        .await
+        .map_err(|e| format!("{}: {}", location.server_id, e.message()))?
+        .into_inner()
+        .ranges;
+    Ok(ranges
+        .into_iter()
+        .map(|r| (r.start, r.count, r.hash))
+        .collect())
+}
+
+/// Runs one repair: copy, settle, verify.
+async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Result<(), String> {
+    let target = &plan.target;
+    for _round in 0..3 {
+        sync(target, &plan.sources, plan, settings.bytes_per_sec).await?;
+        if plan.kind == RepairKind::CatchUp {
+            // Whatever only the target has (a write that reached it but was
+            // never acknowledged) spreads to the others.
+            for source in &plan.sources {
+                sync(
+                    source,
+                    std::slice::from_ref(target),
+                    plan,
+                    settings.bytes_per_sec,
+                )
+                .await?;
+            }
+        }
+        let want = digests(target, plan.volume_id).await?;
+        let mut equal = true;
+        for source in &plan.sources {
+            if digests(source, plan.volume_id).await? != want {
+                equal = false;
+            }
+        }
+        if equal {
+            return Ok(());
+        }
+        tracing::info!(volume = plan.volume_id, target = %target.server_id,
+            "copies still differ after a sync (deletes meanwhile); syncing again");
+    }
+    Err("copies still differ after three syncs".into())
+}
+
+/// Plans and runs repairs every `pulse` until `stop`; also deletes extra
+/// copies of volumes that are whole again.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    settings: RepairSettings,
+    pulse: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let busy: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    let running: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(pulse) => {}
+        }
+        let degraded = cluster.degraded_volumes();
+        if !degraded.is_empty() {
+            let mut plans = Vec::new();
+            for tier in [Tier::Hot, Tier::Warm] {
+                let views: Vec<RepairView> = degraded
+                    .iter()
+                    .filter(|v| v.tier == tier)
+                    .cloned()
+                    .collect();
+                if views.is_empty() {
+                    continue;
+                }
+                let candidates = cluster.placement_candidates(tier);
+                plans.extend(plan(
+                    &views,
+                    &candidates,
+                    settings.repair_after,
+                    &busy.lock(),
+                    &running.lock(),
+                    settings.max_per_server,
+                ));
+            }
+            for mut plan in plans {
+                // The target's addresses, from the directory's records.
+                if plan.target.grpc_addr.is_empty() {
+                    let Some(location) = cluster.server_location(&plan.target.server_id) else {
+                        continue;
+                    };
+                    plan.target = location;
+                }
+                busy.lock().insert(plan.volume_id);
+                *running
+                    .lock()
+                    .entry(plan.target.server_id.clone())
+                    .or_default() += 1;
+                let (cluster, busy, running) = (
+                    Arc::clone(&cluster),
+                    Arc::clone(&busy),
+                    Arc::clone(&running),
+                );
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+                        kind = ?plan.kind, "repair started");
+                    let result = execute(&plan, settings).await;
+                    let recorded = match (&result, &plan.kind) {
+                        (Ok(()), RepairKind::CatchUp) => cluster
+                            .caught_up(plan.volume_id, &plan.target.server_id)
+                            .map_err(|e| e.to_string()),
+                        (Ok(()), RepairKind::Replace { lost }) => cluster
+                            .replaced(plan.volume_id, lost, &plan.target.server_id)
+                            .map_err(|e| e.to_string()),
+                        (Err(e), _) => Err(e.clone()),
+                    };
+                    let outcome = match &recorded {
+                        Ok(()) => {
+                            tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+                                seconds = started.elapsed().as_secs_f64(), "repair done, copy verified");
+                            "ok"
+                        }
+                        Err(error) => {
+                            tracing::warn!(volume = plan.volume_id, target = %plan.target.server_id,
+                                %error, "repair failed; will try again");
+                            "failed"
+                        }
+                    };
+                    metrics::counter!("hayloft_directory_repairs_total", "result" => outcome)
+                        .increment(1);
+                    metrics::histogram!("hayloft_directory_repair_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    busy.lock().remove(&plan.volume_id);
+                    if let Some(n) = running.lock().get_mut(&plan.target.server_id) {
+                        *n = n.saturating_sub(1);
+                    }
+                });
+            }
+        }
+        for (volume_id, location) in cluster.removable_extras() {
+            let removed = async {
+                client(&location)
+                    .await?
+                    .delete_volume(DeleteVolumeRequest { volume_id })
+                    .await
+                    .map_err(|e| e.message().to_owned())
+            }
+            .await;
+            match removed {
+                Ok(_) => {
+                    tracing::info!(volume = volume_id, server = %location.server_id,
+                        "extra copy removed (the volume has all its copies)");
+                    cluster.extra_removed(volume_id, &location.server_id);
+                }
+                Err(error) => {
+                    tracing::warn!(volume = volume_id, server = %location.server_id, %error,
+                        "could not remove an extra copy")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::cluster::RepairReplica;
+
+    fn location(id: &str, zone: &str) -> ServerLocation {
+        ServerLocation {
+            server_id: id.into(),
+            zone: zone.into(),
+            rack: id.into(),
+            ..ServerLocation::default()
+        }
+    }
+
+    fn replica(id: &str, zone: &str, health: ReplicaHealth, down_for: u64) -> RepairReplica {
+        RepairReplica {
+            location: location(id, zone),
+            health,
+            down_for,
+        }
+    }
+
+    fn view(id: u32, replicas: Vec<RepairReplica>) -> RepairView {
+        RepairView {
+            volume_id: id,
+            collection: String::new(),
+            tier: Tier::Hot,
+            state: VolumeState::Writable,
+            replicas,
+        }
+    }
+
+    fn candidates(ids: &[(&str, &str)]) -> Vec<Candidate> {
+        ids.iter()
+            .map(|(id, zone)| candidate(&location(id, zone)))
+            .collect()
+    }
+
+    #[test]
+    fn stale_copies_catch_up_and_lost_ones_are_replaced_after_the_grace() {
+        let servers = candidates(&[("a", "z1"), ("b", "z1"), ("c", "z2"), ("d", "z2")]);
+        let degraded = vec![
+            view(
+                1,
+                vec![
+                    replica("a", "z1", ReplicaHealth::Ok, 0),
+                    replica("b", "z1", ReplicaHealth::Stale, 0),
+                    replica("c", "z2", ReplicaHealth::Ok, 0),
+                ],
+            ),
+            view(
+                2,
+                vec![
+                    replica("a", "z1", ReplicaHealth::Ok, 0),
+                    replica("c", "z2", ReplicaHealth::Down, 5),
+                    replica("b", "z1", ReplicaHealth::Ok, 0),
+                ],
+            ),
+        ];
+        let idle = HashMap::new();
+        let plans = plan(
+            &degraded,
+            &servers,
+            Duration::from_secs(60),
+            &HashSet::new(),
+            &idle,
+            2,
+        );
+        assert_eq!(
+            plans.len(),
+            1,
+            "the lost copy waits for repair_after: {plans:?}"
+        );
+        assert_eq!(plans[0].kind, RepairKind::CatchUp);
+        assert_eq!(plans[0].target.server_id, "b");
+        assert_eq!(plans[0].sources.len(), 2);
+
+        let plans = plan(
+            &degraded,
+            &servers,
+            Duration::from_secs(5),
+            &HashSet::new(),
+            &idle,
+            2,
+        );
+        assert_eq!(plans.len(), 2);
+        // The new copy goes to the other zone's free server, never to a
+        // server holding a copy.
+        assert_eq!(plans[1].kind, RepairKind::Replace { lost: "c".into() });
+        assert_eq!(plans[1].target.server_id, "d");
+    }
+
+    #[test]
+    fn no_source_no_repair_and_bounded_per_server() {
+        let servers = candidates(&[("a", "z"), ("b", "z"), ("c", "z")]);
+        let orphan = view(
+            1,
+            vec![
+                replica("a", "z", ReplicaHealth::Down, 999),
+                replica("b", "z", ReplicaHealth::Stale, 0),
+            ],
+        );
+        let plans = plan(
+            &[orphan],
+            &servers,
+            Duration::ZERO,
+            &HashSet::new(),
+            &HashMap::new(),
+            2,
+        );
+        assert!(plans.is_empty(), "nothing to copy from: {plans:?}");
+
+        let many: Vec<RepairView> = (0..5)
+            .map(|id| {
+                view(
+                    id,
+                    vec![
+                        replica("a", "z", ReplicaHealth::Ok, 0),
+                        replica("b", "z", ReplicaHealth::Stale, 0),
+                    ],
+                )
+            })
+            .collect();
+        let busy: HashSet<u32> = [0].into();
+        let plans = plan(&many, &servers, Duration::ZERO, &busy, &HashMap::new(), 2);
+        assert_eq!(plans.len(), 2, "at most two repairs to b at once");
+        assert!(
+            plans.iter().all(|p| p.volume_id != 0),
+            "volume 0 is being repaired"
+        );
+    }
+}

@@ -1,0 +1,435 @@
+//! Anti-entropy and repair: a copy of a volume pulls what it lacks from the
+//! other copies.
+//!
+//! Each copy compares a digest per range of 2^[`RANGE_BITS`] needle ids with
+//! a source's; for each range that differs it lists the source's needles and
+//! copies what it lacks: live needles (byte for byte, the checksum checked
+//! on both ends) and tombstones. The merge is one-way per pass and never
+//! loses a delete: a tombstone always wins over a live needle (ids are
+//! never handed out twice), so no copy ever takes a deleted needle back.
+//! Every copy pulling from every other makes them equal.
+//!
+//! The same pull is the repair: a new (empty) copy of a volume, or a copy on
+//! a replaced disk, is filled by `SyncVolume` from the healthy ones; a stale
+//! copy catches up the same way. A pass is idempotent, so a sync interrupted
+//! by a crash of either side is simply run again and copies only what is
+//! still missing. Copies are throttled by `repair_rate`.
+//!
+//! Scrub: now and then each copy checksums every needle; one that fails is
+//! copied again from another copy (the bad record becomes garbage).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hayloft_proto::{
+    FetchNeedleRequest, ListNeedlesRequest, NeedleDigestsRequest, ServerLocation, SyncProgress,
+};
+use hayloft_storage::moves::Throttle;
+use hayloft_storage::{BlobId, Cookie, NeedleId, NeedleMeta, Store, Volume, VolumeId};
+use parking_lot::Mutex;
+use tonic::Status;
+
+use crate::error::{etag, grpc_status};
+use crate::replicate::Replication;
+
+/// Anti-entropy compares ranges of 2^RANGE_BITS needle ids.
+pub const RANGE_BITS: u32 = 12;
+
+/// How long a source may take to answer one anti-entropy call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pulls missing needles and tombstones from the other copies.
+pub struct AntiEntropy {
+    store: Arc<Store>,
+    replication: Arc<Replication>,
+    repair_rate: u64,
+    /// Volumes being synced (one sync per volume at a time). Held only to
+    /// insert or remove.
+    running: Mutex<HashSet<u32>>,
+    /// When each volume was last scrubbed.
+    scrubbed: Mutex<HashMap<u32, Instant>>,
+}
+
+/// Removes a volume from `running` when its sync ends, however it ends.
+struct Running<'a>(&'a AntiEntropy, u32);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.lock().remove(&self.1);
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("storage task failed: {e}")))
+}
+
+fn timed_out(what: &str, server: &str) -> Status {
+    Status::unavailable(format!(
+        "{server} did not answer {what} within {CALL_TIMEOUT:?}"
+    ))
+}
+
+impl AntiEntropy {
+    /// Anti-entropy over `store`, reaching the other copies through
+    /// `replication`, copying at most `repair_rate` bytes a second (0 =
+    /// unlimited).
+    pub fn new(store: Arc<Store>, replication: Arc<Replication>, repair_rate: u64) -> Self {
+        AntiEntropy {
+            store,
+            replication,
+            repair_rate,
+            running: Mutex::new(HashSet::new()),
+            scrubbed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Brings the local copy of `volume_id` in line with each of `sources`,
+    /// sending progress to `progress` as it goes. An unreachable source is
+    /// noted in the result and skipped.
+    ///
+    /// # Errors
+    /// The volume is not here, is already syncing, or a local write failed.
+    pub async fn sync(
+        &self,
+        volume_id: u32,
+        sources: &[ServerLocation],
+        bytes_per_sec: u64,
+        progress: Option<&tokio::sync::mpsc::Sender<Result<SyncProgress, Status>>>,
+    ) -> Result<SyncProgress, Status> {
+        let volume = self
+            .store
+            .volume(VolumeId(volume_id))
+            .map_err(|e| grpc_status(&e, None))?;
+        if !self.running.lock().insert(volume_id) {
+            return Err(Status::aborted(format!(
+                "volume {volume_id} is already syncing"
+            )));
+        }
+        let _running = Running(self, volume_id);
+        let rate = if bytes_per_sec == 0 {
+            self.repair_rate
+        } else {
+            bytes_per_sec
+        };
+        let mut throttle = Throttle::new(rate);
+        let mut report = SyncProgress::default();
+        for source in sources {
+            if source.server_id == self.replication.server_id() {
+                continue;
+            }
+            if let Err(status) = self
+                .pull(&volume, source, &mut throttle, &mut report, progress)
+                .await
+            {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) {
+                    tracing::warn!(volume = volume_id, source = %source.server_id,
+                        error = %status.message(), "anti-entropy source unreachable");
+                    report.unreachable.push(source.server_id.clone());
+                } else {
+                    return Err(status);
+                }
+            }
+        }
+        metrics::counter!("hayloft_volume_anti_entropy_copied_total", "kind" => "needle")
+            .increment(report.needles_copied);
+        metrics::counter!("hayloft_volume_anti_entropy_copied_total", "kind" => "tombstone")
+            .increment(report.tombstones_copied);
+        metrics::counter!("hayloft_volume_repair_bytes_total").increment(report.bytes_copied);
+        report.done = true;
+        Ok(report)
+    }
+
+    /// One pass against one source.
+    async fn pull(
+        &self,
+        volume: &Arc<Volume>,
+        source: &ServerLocation,
+        throttle: &mut Throttle,
+        report: &mut SyncProgress,
+        progress: Option<&tokio::sync::mpsc::Sender<Result<SyncProgress, Status>>>,
+    ) -> Result<(), Status> {
+        let volume_id = volume.id().0;
+        let mut client = self.replication.client(source)?;
+        let theirs = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.needle_digests(NeedleDigestsRequest {
+                volume_id,
+                range_bits: RANGE_BITS,
+            }),
+        )
+        .await
+        .map_err(|_| timed_out("NeedleDigests", &source.server_id))??
+        .into_inner()
+        .ranges;
+        let ours: HashMap<u64, (u64, u64)> = {
+            let volume = Arc::clone(volume);
+            blocking(move || volume.range_digests(RANGE_BITS))
+                .await?
+                .into_iter()
+                .map(|d| (d.start.0, (d.count, d.hash)))
+                .collect()
+        };
+        for range in theirs {
+            report.ranges_compared += 1;
+            if ours.get(&range.start) == Some(&(range.count, range.hash)) {
+                continue;
+            }
+            report.ranges_differing += 1;
+            let end = range.start.saturating_add(1 << RANGE_BITS);
+            let listed = tokio::time::timeout(
+                CALL_TIMEOUT,
+                client.list_needles(ListNeedlesRequest {
+                    volume_id,
+                    from: range.start,
+                    to: end,
+                }),
+            )
+            .await
+            .map_err(|_| timed_out("ListNeedles", &source.server_id))??
+            .into_inner()
+            .needles;
+            let local: HashMap<NeedleId, hayloft_storage::NeedleState> = {
+                let volume = Arc::clone(volume);
+                blocking(move || volume.needle_states(NeedleId(range.start), NeedleId(end)))
+                    .await?
+                    .into_iter()
+                    .map(|s| (s.id, s))
+                    .collect()
+            };
+            for entry in listed {
+                let id = NeedleId(entry.needle_id);
+                let cookie = Cookie(entry.cookie);
+                match (entry.deleted, local.get(&id)) {
+                    (_, Some(ours)) if ours.deleted => {}
+                    (true, _) => {
+                        let volume = Arc::clone(volume);
+                        match blocking(move || volume.delete_copied(id, cookie)).await? {
+                            Ok(true) => report.tombstones_copied += 1,
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(volume = volume_id, needle = %id, error = %e,
+                                    "tombstone from another copy not applied");
+                            }
+                        }
+                    }
+                    (false, None) => {
+                        let copied = self
+                            .copy_needle(volume, &mut client, source, id, cookie)
+                            .await?;
+                        if copied > 0 {
+                            report.needles_copied += 1;
+                            report.bytes_copied += copied;
+                            tokio::time::sleep(throttle.delay_for(copied)).await;
+                        }
+                    }
+                    (false, Some(ours)) => {
+                        if ours.cookie != cookie || ours.data_len != entry.size {
+                            tracing::error!(volume = volume_id, needle = %id, source = %source.server_id,
+                                "copies disagree on a needle's cookie or length");
+                        }
+                    }
+                }
+            }
+            if let Some(progress) = progress {
+                let _ = progress.try_send(Ok(report.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies one live needle from `source`; returns its size (0 if it went
+    /// away meanwhile: deleted, or refused here as deleted).
+    async fn copy_needle(
+        &self,
+        volume: &Arc<Volume>,
+        client: &mut hayloft_proto::volume_client::VolumeClient<tonic::transport::Channel>,
+        source: &ServerLocation,
+        id: NeedleId,
+        cookie: Cookie,
+    ) -> Result<u64, Status> {
+        let blob = BlobId { needle: id, cookie };
+        let fetched = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.fetch_needle(FetchNeedleRequest {
+                blob_id: blob.to_string(),
+            }),
+        )
+        .await
+        .map_err(|_| timed_out("FetchNeedle", &source.server_id))?;
+        let mut stream = match fetched {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(0),
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                tracing::error!(volume = %volume.id(), needle = %id, source = %source.server_id,
+                    "source copy of a needle is corrupt; trying the others");
+                return Ok(0);
+            }
+            Err(status) => return Err(status),
+        };
+        let first = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| timed_out("FetchNeedle", &source.server_id))??
+            .ok_or_else(|| Status::data_loss("fetched needle without metadata"))?;
+        let info = first
+            .info
+            .ok_or_else(|| Status::data_loss("fetched needle without metadata"))?;
+        let meta = NeedleMeta {
+            content_type: info.content_type.clone(),
+            file_name: info.file_name.clone(),
+            last_modified: info.last_modified,
+            expires_at: (info.expires_at != 0).then_some(info.expires_at),
+        };
+        let size = info.size;
+        let writer = {
+            let volume = Arc::clone(volume);
+            blocking(move || volume.begin_copy(id, cookie, size, meta)).await?
+        };
+        let mut writer = match writer {
+            Ok(writer) => writer,
+            Err(hayloft_storage::Error::NeedleDeleted { .. }) => return Ok(0),
+            Err(e) => return Err(grpc_status(&e, Some(blob))),
+        };
+        let mut chunk = first.chunk;
+        loop {
+            if !chunk.is_empty() {
+                if writer.written() + chunk.len() as u64 > size {
+                    return Err(Status::data_loss("fetched needle longer than announced"));
+                }
+                writer = blocking(move || writer.write(&chunk).map(|()| writer))
+                    .await?
+                    .map_err(|e| grpc_status(&e, Some(blob)))?;
+            }
+            match tokio::time::timeout(CALL_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| timed_out("FetchNeedle", &source.server_id))??
+            {
+                Some(message) => chunk = message.chunk,
+                None => break,
+            }
+        }
+        if writer.written() != size {
+            return Err(Status::unavailable("fetched needle cut short"));
+        }
+        let receipt = blocking(move || writer.finish())
+            .await?
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        if etag(receipt.checksum, size) != info.etag {
+            tracing::error!(volume = %volume.id(), needle = %id, "copied needle's checksum differs from its source's");
+            return Err(Status::data_loss(format!(
+                "copy of {blob} does not match its source"
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Checksums every needle of `volume` and copies the corrupt ones again
+    /// from another copy; returns how many were replaced.
+    pub async fn scrub(&self, volume: &Arc<Volume>, sources: &[ServerLocation]) -> u64 {
+        let corrupt = {
+            let volume = Arc::clone(volume);
+            match blocking(move || volume.scrub()).await {
+                Ok(report) => report.corrupt,
+                Err(_) => return 0,
+            }
+        };
+        let mut replaced = 0;
+        for id in corrupt {
+            tracing::error!(volume = %volume.id(), needle = %id, "scrub: checksum failed; copying it again");
+            for source in sources {
+                let Ok(mut client) = self.replication.client(source) else {
+                    continue;
+                };
+                let listed = client
+                    .list_needles(ListNeedlesRequest {
+                        volume_id: volume.id().0,
+                        from: id.0,
+                        to: id.0 + 1,
+                    })
+                    .await;
+                let Some(entry) = listed.ok().and_then(|r| r.into_inner().needles.pop()) else {
+                    continue;
+                };
+                if entry.deleted {
+                    let volume = Arc::clone(volume);
+                    let _ = blocking(move || volume.delete_copied(id, Cookie(entry.cookie))).await;
+                    replaced += 1;
+                    break;
+                }
+                if let Ok(n) = self
+                    .copy_needle(volume, &mut client, source, id, Cookie(entry.cookie))
+                    .await
+                    && n > 0
+                {
+                    replaced += 1;
+                    break;
+                }
+            }
+        }
+        metrics::counter!("hayloft_volume_anti_entropy_copied_total", "kind" => "corrupt")
+            .increment(replaced);
+        replaced
+    }
+
+    /// Every `interval`: for each local volume with other copies, pull from
+    /// each of them; scrub a volume every `scrub_interval`. Stops with `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        scrub_interval: Duration,
+        stop: impl Future<Output = ()>,
+    ) {
+        if interval.is_zero() {
+            return stop.await;
+        }
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            for volume in self.store.volumes() {
+                let id = volume.id().0;
+                let others = self.replication.others(id, &[]);
+                if others.is_empty() {
+                    continue;
+                }
+                match self.sync(id, &others, 0, None).await {
+                    Ok(report) if report.needles_copied + report.tombstones_copied > 0 => {
+                        tracing::info!(
+                            volume = id,
+                            needles = report.needles_copied,
+                            tombstones = report.tombstones_copied,
+                            "anti-entropy copied what was missing"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(status) if status.code() == tonic::Code::Aborted => {}
+                    Err(status) => {
+                        tracing::warn!(volume = id, error = %status.message(), "anti-entropy failed")
+                    }
+                }
+                // The first scrub of a volume comes one scrub_interval after
+                // this server started, not all at once at start-up.
+                let due = match self.scrubbed.lock().entry(id) {
+                    std::collections::hash_map::Entry::Occupied(at) => {
+                        at.get().elapsed() >= scrub_interval
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(Instant::now());
+                        false
+                    }
+                };
+                if due && !scrub_interval.is_zero() {
+                    self.scrubbed.lock().insert(id, Instant::now());
+                    self.scrub(&volume, &others).await;
+                }
+            }
+        }
+    }
+}
