@@ -43,6 +43,14 @@ fn replica_ids(record: &VolumeRecord) -> Vec<String> {
         .collect()
 }
 
+/// The peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
 /// Reads a blob over gRPC from one particular server (no failover).
 async fn read_from(addr: &str, blob_id: &str) -> Result<Vec<u8>, tonic::Status> {
     let mut client = VolumeClient::connect(format!("http://{addr}"))
@@ -214,7 +222,25 @@ async fn replicated_uploads_reach_every_copy_across_zones() {
     let client = Arc::new(cluster.client().await);
     let mut acked = upload_many(&client, 600, 12).await;
     // A few large blobs stream through the primary to the copies chunk by
-    // chunk (several chunks each).
+    // chunk; one of 256 MiB, held in memory by no server.
+    let big = 256 << 20;
+    let uploaded = client
+        .upload(
+            Bytes::from(content(2_000_000, big)),
+            &UploadOptions::default(),
+        )
+        .await
+        .unwrap();
+    acked.push((uploaded.blob_id, 2_000_000, big));
+    for server in 0..4 {
+        let pid = cluster.volumes[server].as_ref().unwrap().pid();
+        let peak = peak_rss_bytes(pid);
+        assert!(
+            peak < 160 << 20,
+            "vs{server} peaked at {} MiB for a 256 MiB replicated upload",
+            peak >> 20
+        );
+    }
     for seed in 0..3u64 {
         let len = (5 << 20) + seed as usize * 77_777;
         let uploaded = client
@@ -391,6 +417,20 @@ async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
             assert_eq!(data, content(*seed, *len), "{blob_id} on {id}");
         }
     }
+    // Over HTTP from every surviving server, copy or not (proxied).
+    let http = reqwest::Client::new();
+    for (blob_id, seed, len) in acked.iter().step_by(5) {
+        for server in (0..4).filter(|i| *i != server_index(&victim)) {
+            let url = format!("{}/{blob_id}", cluster.http_base(server));
+            let response = http.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{url}");
+            assert_eq!(
+                response.bytes().await.unwrap().as_ref(),
+                content(*seed, *len).as_slice(),
+                "{url}"
+            );
+        }
+    }
     // The dead server's volumes are degraded (no writes), and say why.
     let degraded: Vec<_> = status
         .volumes
@@ -420,9 +460,13 @@ async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_copy_fails_writes_within_the_deadline() {
-    let cluster =
-        Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[], &["--replica-timeout", "2s"])
-            .await;
+    let cluster = Cluster::start_replicated(
+        &["a", "a", "b", "b"],
+        3,
+        &[],
+        &["--replica-timeout", "2s", "--anti-entropy-interval", "1s"],
+    )
+    .await;
     let client = Arc::new(cluster.client().await);
     // Volumes exist and hold data on every server.
     let first = upload_many(&client, 40, 4).await;
@@ -454,6 +498,8 @@ async fn a_hung_copy_fails_writes_within_the_deadline() {
         let (_, data) = reader.download(blob_id).await.unwrap();
         assert_eq!(data.as_ref(), content(*seed, *len).as_slice(), "{blob_id}");
     }
+    // Resumed, the paused server's copies catch up with what they missed.
+    wait_on_every_copy(&cluster, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
