@@ -712,3 +712,57 @@ async fn corrupt_bytes_in_one_copy_are_never_served_and_are_healed() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hayloft_repair_plans_then_repairs_without_waiting_for_repair_after() {
+    let mut cluster = Cluster::start_replicated(
+        &["a", "a", "b", "b"],
+        3,
+        &["--repair-after", "1h"],
+        &FAST_HEALING,
+    )
+    .await;
+    let client = Arc::new(cluster.client().await);
+    let acked = upload_many(&client, 200, 8).await;
+    let status = wait_healthy(&cluster, 3).await;
+    let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
+    cluster.volumes[server_index(&lost)].take().unwrap().kill();
+    // Degraded once the directory notices (dead_after 4 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .status()
+        .await
+        .unwrap()
+        .volumes
+        .iter()
+        .all(|v| v.health == VolumeHealth::Ok as i32)
+    {
+        assert!(Instant::now() < deadline, "the loss was not noticed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out) = hayloft(&cluster, &["repair", "--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("in place of the one on {lost}")),
+        "{out}"
+    );
+    // Nothing ran: repair_after is an hour.
+    assert!(
+        client
+            .status()
+            .await
+            .unwrap()
+            .volumes
+            .iter()
+            .any(|v| replica_ids(v).contains(&lost))
+    );
+    let (ok, out) = hayloft(&cluster, &["repair"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("repaired"), "{out}");
+    let status = client.status().await.unwrap();
+    for volume in &status.volumes {
+        assert!(!replica_ids(volume).contains(&lost), "{volume:?}");
+        assert_eq!(volume.health, VolumeHealth::Ok as i32);
+    }
+    assert_on_every_copy(&cluster, &acked).await;
+}

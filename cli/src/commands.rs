@@ -281,7 +281,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             } else {
                 state_name(volume.state).to_owned()
             },
-            health_name(volume.health),
+            if volume.repairing {
+                "repairing"
+            } else {
+                health_name(volume.health)
+            },
             replicas_text(volume),
             stats.needles,
             ByteSize(stats.file_bytes).to_string(),
@@ -384,7 +388,8 @@ fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value {
             serde_json::json!({
                 "id": stats.volume_id, "collection": stats.collection,
                 "tier": tier_name(stats.tier), "state": state_name(v.state),
-                "health": health_name(v.health), "replication": v.replication,
+                "health": if v.repairing { "repairing" } else { health_name(v.health) },
+                "replication": v.replication,
                 "replicas": replicas, "needles": stats.needles,
                 "file_bytes": stats.file_bytes, "garbage_bytes": stats.garbage_bytes,
             })

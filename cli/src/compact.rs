@@ -61,7 +61,19 @@ pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
                 .iter()
                 .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == *id))
                 .with_context(|| format!("volume {id} is not in the directory"))?;
-            plan.entry(record.server_id.clone()).or_default().push(*id);
+            // Compaction runs per copy: every copy of a replicated volume.
+            let holders: Vec<String> = if record.replicas.is_empty() {
+                vec![record.server_id.clone()]
+            } else {
+                record
+                    .replicas
+                    .iter()
+                    .filter_map(|r| r.location.as_ref().map(|l| l.server_id.clone()))
+                    .collect()
+            };
+            for holder in holders {
+                plan.entry(holder).or_default().push(*id);
+            }
         }
     }
     let interactive = std::io::stderr().is_terminal();

@@ -236,6 +236,10 @@ mod tests {
         let defaults = DirectoryConfig::default();
         assert_eq!(directory.listen, defaults.listen);
         assert_eq!(directory.dead_after, defaults.dead_after);
+        assert_eq!(directory.repair_after, defaults.repair_after);
+        // The cluster example keeps three copies, thumbnails two.
+        assert_eq!(directory.replication_for("photos"), 3);
+        assert_eq!(directory.replication_for("thumbnails"), 2);
         let volume: VolumeServerConfig =
             load_config(Some(&root.join("volume.example.toml"))).unwrap();
         let defaults = VolumeServerConfig::default();
@@ -243,6 +247,9 @@ mod tests {
         assert_eq!(volume.cache_max_age, defaults.cache_max_age);
         assert_eq!(volume.hot_dirs, defaults.hot_dirs);
         assert_eq!(volume.read_window, defaults.read_window);
+        assert_eq!(volume.zone, defaults.zone);
+        assert_eq!(volume.scrub_interval, defaults.scrub_interval);
+        assert_eq!(volume.verify_reads_up_to, defaults.verify_reads_up_to);
         assert!(volume.cold.is_some());
         let policy = std::fs::read_to_string(root.join("policy.example.toml")).unwrap();
         let policy = hayloft_tiering::Policy::parse(&policy).unwrap();

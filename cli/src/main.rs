@@ -13,6 +13,7 @@ mod capacity;
 mod commands;
 mod compact;
 mod daemons;
+mod repair;
 mod tier;
 
 /// hayloft: a Haystack-style blob store with hot, warm and cold tiers.
@@ -49,6 +50,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Tier moves: plan, run, status, restore, move, and the tiering worker.
     Tier(tier::TierArgs),
+    /// Repair degraded volumes now (or --dry-run: say what would be done).
+    Repair(repair::RepairArgs),
 }
 
 #[derive(Args)]
@@ -285,6 +288,7 @@ fn main() -> anyhow::Result<()> {
             Command::Compact(args) => compact::compact(args).await,
             Command::Bench(args) => bench::bench(args).await,
             Command::Tier(args) => tier::tier(args).await,
+            Command::Repair(args) => repair::repair(args).await,
         }
     })
 }

@@ -778,6 +778,8 @@ impl Cluster {
                 replicas: self.replicas(&inner, &e.row),
                 health: self.volume_health(&inner, &e.row) as i32,
                 replication: e.row.replication,
+                // Filled in by the service, which knows the repairs running.
+                repairing: false,
             })
             .collect();
         // A problem older than a few pulses was about servers that may have

@@ -161,8 +161,15 @@ impl Directory {
     /// Serves until `shutdown` completes, then drains requests and flushes
     /// the database.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let repairs = Arc::new(repair::Repairs::default());
         let service = DirectoryService::new(
             Arc::clone(&self.cluster),
+            Arc::clone(&repairs),
+            repair::RepairSettings {
+                repair_after: self.config.repair_after,
+                max_per_server: self.config.max_repairs_per_server.max(1),
+                bytes_per_sec: self.config.repair_rate.as_u64(),
+            },
             self.config.pulse.as_secs().max(1) as u32,
             self.config.min_writable_volumes,
         );
@@ -188,6 +195,7 @@ impl Directory {
         let (stop_repair, repair_stopped) = tokio::sync::oneshot::channel::<()>();
         let repair = tokio::spawn(repair::run(
             Arc::clone(&self.cluster),
+            repairs,
             repair::RepairSettings {
                 repair_after: self.config.repair_after,
                 max_per_server: self.config.max_repairs_per_server.max(1),

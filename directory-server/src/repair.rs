@@ -80,6 +80,88 @@ pub struct RepairPlan {
     pub kind: RepairKind,
 }
 
+/// Repairs in flight, shared by the repair loop and the `Repair` call.
+#[derive(Default)]
+pub struct Repairs {
+    /// Volume id -> its running repair. Held to look up or update, never
+    /// across an `.await`.
+    running: Mutex<HashMap<u32, RepairPlan>>,
+    /// Set by `hayloft repair`: the next round ignores `repair_after`.
+    urgent: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Repairs {
+    /// The repairs running now.
+    pub fn running(&self) -> Vec<RepairPlan> {
+        let mut plans: Vec<RepairPlan> = self.running.lock().values().cloned().collect();
+        plans.sort_by_key(|p| p.volume_id);
+        plans
+    }
+
+    /// True while a repair of `volume_id` runs.
+    pub fn is_running(&self, volume_id: u32) -> bool {
+        self.running.lock().contains_key(&volume_id)
+    }
+
+    /// Runs a round of repairs at once, without waiting for `repair_after`.
+    pub fn run_now(&self) {
+        self.urgent.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn busy(&self) -> (HashSet<u32>, HashMap<String, usize>) {
+        let running = self.running.lock();
+        let mut per_server: HashMap<String, usize> = HashMap::new();
+        for plan in running.values() {
+            *per_server.entry(plan.target.server_id.clone()).or_default() += 1;
+        }
+        (running.keys().copied().collect(), per_server)
+    }
+}
+
+/// The repairs that would start now (`repair_after` as given), and the
+/// degraded volumes no repair can help (no healthy copy, or no target).
+pub fn plan_now(
+    cluster: &Cluster,
+    repairs: &Repairs,
+    repair_after: Duration,
+    max_per_server: usize,
+) -> (Vec<RepairPlan>, Vec<u32>, usize) {
+    let degraded = cluster.degraded_volumes();
+    let (busy, per_server) = repairs.busy();
+    let mut plans = Vec::new();
+    for tier in [Tier::Hot, Tier::Warm] {
+        let views: Vec<RepairView> = degraded
+            .iter()
+            .filter(|v| v.tier == tier)
+            .cloned()
+            .collect();
+        if views.is_empty() {
+            continue;
+        }
+        let candidates = cluster.placement_candidates(tier);
+        plans.extend(plan(
+            &views,
+            &candidates,
+            repair_after,
+            &busy,
+            &per_server,
+            max_per_server,
+        ));
+    }
+    let stuck = degraded
+        .iter()
+        .filter(|v| {
+            !busy.contains(&v.volume_id)
+                && !plans.iter().any(|p| p.volume_id == v.volume_id)
+                && !v.replicas.iter().any(|r| r.health == ReplicaHealth::Ok)
+        })
+        .map(|v| v.volume_id)
+        .collect();
+    (plans, stuck, degraded.len())
+}
+
 fn candidate(location: &ServerLocation) -> Candidate {
     Candidate {
         server_id: location.server_id.clone(),
@@ -298,98 +380,74 @@ async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Result<(), Stri
     Err("copies still differ after three syncs".into())
 }
 
-/// Plans and runs repairs every `pulse` until `stop`; also deletes extra
-/// copies of volumes that are whole again.
+/// Plans and runs repairs every `pulse` (or at once after
+/// [`Repairs::run_now`]) until `stop`; also deletes extra copies of volumes
+/// that are whole again.
 pub async fn run(
     cluster: Arc<Cluster>,
+    repairs: Arc<Repairs>,
     settings: RepairSettings,
     pulse: Duration,
     stop: impl Future<Output = ()>,
 ) {
-    let busy: Arc<Mutex<HashSet<u32>>> = Arc::default();
-    let running: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => return,
             () = tokio::time::sleep(pulse) => {}
+            () = repairs.wake.notified() => {}
         }
-        let degraded = cluster.degraded_volumes();
-        if !degraded.is_empty() {
-            let mut plans = Vec::new();
-            for tier in [Tier::Hot, Tier::Warm] {
-                let views: Vec<RepairView> = degraded
-                    .iter()
-                    .filter(|v| v.tier == tier)
-                    .cloned()
-                    .collect();
-                if views.is_empty() {
+        let repair_after = if repairs
+            .urgent
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            Duration::ZERO
+        } else {
+            settings.repair_after
+        };
+        let (plans, _, _) = plan_now(&cluster, &repairs, repair_after, settings.max_per_server);
+        for mut plan in plans {
+            // The target's addresses, from the directory's records.
+            if plan.target.grpc_addr.is_empty() {
+                let Some(location) = cluster.server_location(&plan.target.server_id) else {
                     continue;
-                }
-                let candidates = cluster.placement_candidates(tier);
-                plans.extend(plan(
-                    &views,
-                    &candidates,
-                    settings.repair_after,
-                    &busy.lock(),
-                    &running.lock(),
-                    settings.max_per_server,
-                ));
+                };
+                plan.target = location;
             }
-            for mut plan in plans {
-                // The target's addresses, from the directory's records.
-                if plan.target.grpc_addr.is_empty() {
-                    let Some(location) = cluster.server_location(&plan.target.server_id) else {
-                        continue;
-                    };
-                    plan.target = location;
-                }
-                busy.lock().insert(plan.volume_id);
-                *running
-                    .lock()
-                    .entry(plan.target.server_id.clone())
-                    .or_default() += 1;
-                let (cluster, busy, running) = (
-                    Arc::clone(&cluster),
-                    Arc::clone(&busy),
-                    Arc::clone(&running),
-                );
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
-                        kind = ?plan.kind, "repair started");
-                    let result = execute(&plan, settings).await;
-                    let recorded = match (&result, &plan.kind) {
-                        (Ok(()), RepairKind::CatchUp) => cluster
-                            .caught_up(plan.volume_id, &plan.target.server_id)
-                            .map_err(|e| e.to_string()),
-                        (Ok(()), RepairKind::Replace { lost }) => cluster
-                            .replaced(plan.volume_id, lost, &plan.target.server_id)
-                            .map_err(|e| e.to_string()),
-                        (Err(e), _) => Err(e.clone()),
-                    };
-                    let outcome = match &recorded {
-                        Ok(()) => {
-                            tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
-                                seconds = started.elapsed().as_secs_f64(), "repair done, copy verified");
-                            "ok"
-                        }
-                        Err(error) => {
-                            tracing::warn!(volume = plan.volume_id, target = %plan.target.server_id,
-                                %error, "repair failed; will try again");
-                            "failed"
-                        }
-                    };
-                    metrics::counter!("hayloft_directory_repairs_total", "result" => outcome)
-                        .increment(1);
-                    metrics::histogram!("hayloft_directory_repair_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    busy.lock().remove(&plan.volume_id);
-                    if let Some(n) = running.lock().get_mut(&plan.target.server_id) {
-                        *n = n.saturating_sub(1);
+            repairs.running.lock().insert(plan.volume_id, plan.clone());
+            let (cluster, repairs) = (Arc::clone(&cluster), Arc::clone(&repairs));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+                    kind = ?plan.kind, "repair started");
+                let result = execute(&plan, settings).await;
+                let recorded = match (&result, &plan.kind) {
+                    (Ok(()), RepairKind::CatchUp) => cluster
+                        .caught_up(plan.volume_id, &plan.target.server_id)
+                        .map_err(|e| e.to_string()),
+                    (Ok(()), RepairKind::Replace { lost }) => cluster
+                        .replaced(plan.volume_id, lost, &plan.target.server_id)
+                        .map_err(|e| e.to_string()),
+                    (Err(e), _) => Err(e.clone()),
+                };
+                let outcome = match &recorded {
+                    Ok(()) => {
+                        tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+                            seconds = started.elapsed().as_secs_f64(), "repair done, copy verified");
+                        "ok"
                     }
-                });
-            }
+                    Err(error) => {
+                        tracing::warn!(volume = plan.volume_id, target = %plan.target.server_id,
+                            %error, "repair failed; will try again");
+                        "failed"
+                    }
+                };
+                metrics::counter!("hayloft_directory_repairs_total", "result" => outcome)
+                    .increment(1);
+                metrics::histogram!("hayloft_directory_repair_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                repairs.running.lock().remove(&plan.volume_id);
+            });
         }
         for (volume_id, location) in cluster.removable_extras() {
             let removed = async {

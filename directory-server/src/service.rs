@@ -7,8 +7,8 @@ use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
     AssignRequest, AssignResponse, CapacityRequest, CapacityResponse, CreateVolumeRequest,
     DeleteVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse, HeartbeatRequest,
-    HeartbeatResponse, LookupRequest, LookupResponse, ServerLocation, StatusRequest,
-    StatusResponse, Tier,
+    HeartbeatResponse, LookupRequest, LookupResponse, PlannedRepair, RepairRequest, RepairResponse,
+    ServerLocation, StatusRequest, StatusResponse, Tier,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -25,6 +25,8 @@ const CREATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The directory service.
 pub struct DirectoryService {
     cluster: Arc<Cluster>,
+    repairs: Arc<crate::repair::Repairs>,
+    repair_settings: crate::repair::RepairSettings,
     pulse_seconds: u32,
     min_writable_volumes: usize,
     /// Serialises volume creation, so that a burst of assigns on an empty
@@ -34,9 +36,17 @@ pub struct DirectoryService {
 
 impl DirectoryService {
     /// A service over `cluster`.
-    pub fn new(cluster: Arc<Cluster>, pulse_seconds: u32, min_writable_volumes: usize) -> Self {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        repairs: Arc<crate::repair::Repairs>,
+        repair_settings: crate::repair::RepairSettings,
+        pulse_seconds: u32,
+        min_writable_volumes: usize,
+    ) -> Self {
         DirectoryService {
             cluster,
+            repairs,
+            repair_settings,
             pulse_seconds,
             min_writable_volumes,
             grow: Arc::new(tokio::sync::Mutex::new(())),
@@ -244,7 +254,51 @@ impl DirectoryService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(self.cluster.status()))
+        let mut status = self.cluster.status();
+        for volume in &mut status.volumes {
+            let id = volume.status.as_ref().map_or(0, |s| s.volume_id);
+            volume.repairing = self.repairs.is_running(id);
+        }
+        Ok(Response::new(status))
+    }
+
+    async fn repair_inner(
+        &self,
+        request: Request<RepairRequest>,
+    ) -> Result<Response<RepairResponse>, Status> {
+        let dry_run = request.get_ref().dry_run;
+        let (planned, stuck, degraded) = crate::repair::plan_now(
+            &self.cluster,
+            &self.repairs,
+            std::time::Duration::ZERO,
+            self.repair_settings.max_per_server,
+        );
+        let describe = |plan: &crate::repair::RepairPlan, running: bool| PlannedRepair {
+            volume_id: plan.volume_id,
+            target: plan.target.server_id.clone(),
+            sources: plan.sources.iter().map(|s| s.server_id.clone()).collect(),
+            replaces: match &plan.kind {
+                crate::repair::RepairKind::Replace { lost } => lost.clone(),
+                crate::repair::RepairKind::CatchUp => String::new(),
+            },
+            running,
+        };
+        let mut repairs: Vec<PlannedRepair> = self
+            .repairs
+            .running()
+            .iter()
+            .map(|p| describe(p, true))
+            .collect();
+        repairs.extend(planned.iter().map(|p| describe(p, false)));
+        if !dry_run {
+            self.repairs.run_now();
+            tracing::info!(planned = planned.len(), "repairs started by an operator");
+        }
+        Ok(Response::new(RepairResponse {
+            repairs,
+            degraded: degraded as u32,
+            stuck,
+        }))
     }
 
     async fn capacity_inner(
@@ -318,6 +372,14 @@ impl Directory for DirectoryService {
     ) -> Result<Response<CapacityResponse>, Status> {
         let span = request_span("capacity", request.metadata());
         traced("capacity", span, self.capacity_inner(request)).await
+    }
+
+    async fn repair(
+        &self,
+        request: Request<RepairRequest>,
+    ) -> Result<Response<RepairResponse>, Status> {
+        let span = request_span("repair", request.metadata());
+        traced("repair", span, self.repair_inner(request)).await
     }
 
     async fn forget_volume(

@@ -126,7 +126,9 @@ impl VolumeService {
         if forward.is_empty() {
             return local.await;
         }
+        let started = Instant::now();
         let (receipt, failures) = tokio::join!(local, forward.finish());
+        metrics::replication_wait(started.elapsed());
         let receipt = receipt?;
         if failures.is_empty() {
             return Ok(receipt);

@@ -139,3 +139,9 @@ pub fn compaction_finished(result: &Result<hayloft_storage::CompactReport, Strin
         Err(_) => metrics::counter!("hayloft_compactions_total", "result" => "error").increment(1),
     }
 }
+
+/// How long a replicated write waited, after its last byte, for its own
+/// copy and every forwarded one (`hayloft_volume_replication_wait_seconds`).
+pub fn replication_wait(waited: std::time::Duration) {
+    ::metrics::histogram!("hayloft_volume_replication_wait_seconds").record(waited.as_secs_f64());
+}
