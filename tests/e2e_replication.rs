@@ -766,3 +766,66 @@ async fn hayloft_repair_plans_then_repairs_without_waiting_for_repair_after() {
     }
     assert_on_every_copy(&cluster, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_resumes_after_its_target_and_the_directory_die() {
+    let mut cluster = Cluster::start_replicated(
+        &["a", "a", "b", "b"],
+        3,
+        &["--repair-after", "1s"],
+        &["--anti-entropy-interval", "1s", "--repair-rate", "2MiB"],
+    )
+    .await;
+    let client = Arc::new(cluster.client().await);
+    let mut acked = Vec::new();
+    for seed in 0..24u64 {
+        let len = (1 << 20) + seed as usize;
+        let uploaded = client
+            .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
+            .await
+            .unwrap();
+        acked.push((uploaded.blob_id, seed, len));
+    }
+    let status = wait_healthy(&cluster, 3).await;
+    let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
+    cluster.volumes[server_index(&lost)].take().unwrap().kill();
+    // A repair starts (2 MiB/s: it takes seconds); kill its target mid-copy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let target = loop {
+        let status = client.status().await.unwrap();
+        if let Some(volume) = status.volumes.iter().find(|v| v.repairing) {
+            let holders = replica_ids(volume);
+            let target = (0..4)
+                .map(|i| format!("vs{i}"))
+                .find(|id| !holders.contains(id))
+                .unwrap();
+            break target;
+        }
+        assert!(Instant::now() < deadline, "no repair started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.volumes[server_index(&target)].take().unwrap().kill();
+    // And the directory, while the repair is being retried.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.directory.take().unwrap().kill();
+    cluster.start_volume(server_index(&target));
+    cluster.start_directory();
+    cluster.wait_alive(3).await;
+    // Planned again after the restarts, the repair resumes on the same
+    // target and every volume is whole without the lost server.
+    let client = cluster.client().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = client.status().await.unwrap();
+        let whole = status.volumes.iter().all(|v| {
+            !replica_ids(v).contains(&lost) && v.health == VolumeHealth::Ok as i32
+        });
+        if whole {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not repaired: {status:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_on_every_copy(&cluster, &acked).await;
+}

@@ -135,6 +135,9 @@ struct VolumeArgs {
     /// How often replicated volumes are scrubbed and healed, e.g. "1d".
     #[arg(long)]
     scrub_interval: Option<humantime_serde::re::humantime::Duration>,
+    /// Anti-entropy and repair copy rate per second, e.g. "64MiB".
+    #[arg(long)]
+    repair_rate: Option<bytesize::ByteSize>,
     /// gRPC listen address.
     #[arg(long, env = "HAYLOFT_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
@@ -244,6 +247,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Some(interval) = args.scrub_interval {
                     config.scrub_interval = interval.into();
+                }
+                if let Some(rate) = args.repair_rate {
+                    config.repair_rate = rate;
                 }
                 if let Some(addr) = args.grpc_listen {
                     config.grpc_listen = addr;
