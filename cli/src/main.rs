@@ -35,7 +35,7 @@ enum Command {
     /// A directory server, for deployments with several volume servers.
     Directory(DirectoryArgs),
     /// A volume server.
-    Volume(VolumeArgs),
+    Volume(Box<VolumeArgs>),
     /// Upload files; prints one blob id per file.
     Put(commands::PutArgs),
     /// Download a blob to stdout or a file.
