@@ -805,7 +805,10 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    cluster.volumes[server_index(&target)].take().unwrap().kill();
+    cluster.volumes[server_index(&target)]
+        .take()
+        .unwrap()
+        .kill();
     // And the directory, while the repair is being retried.
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.directory.take().unwrap().kill();
@@ -818,9 +821,10 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let status = client.status().await.unwrap();
-        let whole = status.volumes.iter().all(|v| {
-            !replica_ids(v).contains(&lost) && v.health == VolumeHealth::Ok as i32
-        });
+        let whole = status
+            .volumes
+            .iter()
+            .all(|v| !replica_ids(v).contains(&lost) && v.health == VolumeHealth::Ok as i32);
         if whole {
             break;
         }
