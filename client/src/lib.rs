@@ -219,7 +219,7 @@ impl Client {
             .clone()
             .unwrap_or_else(hayloft_proto::new_request_id);
         for attempt in 0..ATTEMPTS {
-            let assign = with_request_id(
+            let assign = hayloft_proto::with_request_id(
                 AssignRequest {
                     count: 1,
                     collection: options.collection.clone(),
@@ -250,7 +250,7 @@ impl Client {
             let requests = write_requests(header, chunks(), errors_tx);
             let result = match self.volume_client(&location.grpc_addr) {
                 Ok(mut client) => client
-                    .write(with_request_id(requests, &request_id))
+                    .write(hayloft_proto::with_request_id(requests, &request_id))
                     .await
                     .map_err(Error::from),
                 Err(e) => Err(e),
@@ -424,17 +424,6 @@ impl Client {
             .await?
             .into_inner())
     }
-}
-
-/// A request carrying `x-request-id`.
-fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = request_id.parse() {
-        request
-            .metadata_mut()
-            .insert(hayloft_proto::REQUEST_ID, value);
-    }
-    request
 }
 
 /// The messages of one `Write` call: the header, then the chunks.

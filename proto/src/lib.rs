@@ -43,3 +43,13 @@ pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map_or_else(new_request_id, str::to_owned)
 }
+
+/// A request carrying `request_id` in `x-request-id`, so that every server
+/// it reaches (and every copy a write is forwarded to) logs it under one id.
+pub fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = request_id.parse() {
+        request.metadata_mut().insert(REQUEST_ID, value);
+    }
+    request
+}

@@ -217,7 +217,7 @@ impl Replication {
                 // Room for FORWARD_QUEUE messages: the header always fits.
                 let queued = tx.try_send(first).is_ok();
                 let client = self.client(target);
-                let request = with_request_id(ReceiverStream::new(rx), request_id);
+                let request = hayloft_proto::with_request_id(ReceiverStream::new(rx), request_id);
                 let reply = tokio::spawn(async move {
                     if !queued {
                         return Err(Status::internal("could not queue the header"));
@@ -251,7 +251,7 @@ impl Replication {
         let targets = self.others(volume, &[]);
         let calls = targets.iter().map(|target| {
             let client = self.client(target);
-            let request = with_request_id(
+            let request = hayloft_proto::with_request_id(
                 DeleteRequest {
                     blob_id: blob_id.to_owned(),
                     forwarded: true,
@@ -378,16 +378,4 @@ impl Drop for Forward {
             }
         }
     }
-}
-
-/// A request carrying `x-request-id`, so a forwarded write is logged under
-/// the client's id on every copy.
-fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = request_id.parse() {
-        request
-            .metadata_mut()
-            .insert(hayloft_proto::REQUEST_ID, value);
-    }
-    request
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::{Needle, NeedleWriter, Volume};
 use crate::error::{Error, Result};
-use crate::format::{self, FLAG_TOMBSTONE, NEEDLE_HEADER_LEN, NeedleHeader, NeedleMeta};
+use crate::format::{NEEDLE_HEADER_LEN, NeedleHeader, NeedleMeta};
 use crate::mapped::MappedFile;
 use crate::types::{Cookie, NeedleId};
 
@@ -178,14 +178,7 @@ impl Volume {
             Ok(_) | Err(Error::NeedleNotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let meta = NeedleMeta {
-            last_modified: super::now_unix_secs(),
-            ..NeedleMeta::default()
-        };
-        let mut record = Vec::new();
-        format::encode_needle(&mut record, FLAG_TOMBSTONE, id, cookie, &[], &meta)
-            .map_err(|_| Error::InvalidNeedle("tombstone"))?;
-        self.append_record(id, &record, true)?;
+        self.append_tombstone(id, cookie)?;
         Ok(true)
     }
 

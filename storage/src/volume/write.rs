@@ -49,6 +49,11 @@ impl Volume {
     /// Deletes a needle by appending a tombstone; returns once durable.
     pub fn delete(&self, id: NeedleId, cookie: Cookie) -> Result<()> {
         self.find(id, cookie)?;
+        self.append_tombstone(id, cookie)
+    }
+
+    /// Appends a tombstone record for `id` and waits until it is durable.
+    pub(super) fn append_tombstone(&self, id: NeedleId, cookie: Cookie) -> Result<()> {
         let meta = NeedleMeta {
             last_modified: now_unix_secs(),
             ..NeedleMeta::default()
