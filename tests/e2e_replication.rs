@@ -833,3 +833,40 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
     }
     wait_on_every_copy(&cluster, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_right_after_the_volume_is_created_reaches_every_copy() {
+    // One writable volume and heartbeats every 30 s: nothing but
+    // `CreateVolume` tells the copies of the new volume about each other.
+    let cluster = Cluster::start_replicated(
+        &["a", "b", "c"],
+        3,
+        &[
+            "--min-writable-volumes",
+            "1",
+            "--pulse",
+            "30s",
+            "--dead-after",
+            "60s",
+        ],
+        &["--pulse", "30s"],
+    )
+    .await;
+    let client = cluster.client().await;
+    // The first upload creates the volume; the delete follows at once,
+    // before any heartbeat answer could have named the copies.
+    let uploaded = client
+        .upload(
+            Bytes::from_static(b"short-lived"),
+            &UploadOptions::default(),
+        )
+        .await
+        .unwrap();
+    client.delete(&uploaded.blob_id).await.unwrap();
+    for server in 0..3 {
+        let error = read_from(&cluster.grpc_addr(server), &uploaded.blob_id)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::NotFound, "still on vs{server}");
+    }
+}

@@ -18,7 +18,8 @@ mod tier;
 
 /// hayloft: a Haystack-style blob store with hot, warm and cold tiers.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+// A flag given twice: the last one wins (scripts and tests append overrides).
+#[command(version, about, propagate_version = true, args_override_self = true)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "HAYLOFT_LOG_JSON")]
@@ -110,6 +111,9 @@ struct DirectoryArgs {
     /// A copy whose server is silent this long is made again elsewhere, e.g. "10m".
     #[arg(long)]
     repair_after: Option<humantime_serde::re::humantime::Duration>,
+    /// Writable volumes kept per collection, created ahead of need.
+    #[arg(long)]
+    min_writable_volumes: Option<usize>,
 }
 
 #[derive(Args)]
@@ -224,6 +228,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Some(after) = args.repair_after {
                     config.repair_after = after.into();
+                }
+                if let Some(count) = args.min_writable_volumes {
+                    config.min_writable_volumes = count;
                 }
                 daemons::directory(config).await
             }

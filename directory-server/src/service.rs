@@ -79,6 +79,7 @@ async fn grow(
     let create = |server: ServerLocation| {
         let collection = collection.clone();
         let volume_id = plan.volume_id;
+        let replicas = plan.servers.clone();
         async move {
             let mut client = VolumeClient::connect(format!("http://{}", server.grpc_addr))
                 .await
@@ -93,6 +94,7 @@ async fn grow(
                     volume_id,
                     collection,
                     tier: tier as i32,
+                    replicas,
                 })
                 .await
                 .map_err(|e| {

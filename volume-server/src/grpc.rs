@@ -627,9 +627,11 @@ impl VolumeService {
         }
         let store = Arc::clone(&self.store);
         let id = VolumeId(request.volume_id);
-        blocking(move || store.create_volume(id, tier, &request.collection))
+        let collection = request.collection.clone();
+        blocking(move || store.create_volume(id, tier, &collection))
             .await?
             .map_err(|e| grpc_status(&e, None))?;
+        self.replication.created(id.0, request.replicas);
         tracing::info!(volume = %id, %tier, "volume created");
         self.heartbeat_now.notify_one();
         Ok(Response::new(CreateVolumeResponse {}))
@@ -685,6 +687,7 @@ impl VolumeService {
             .delete_volume(VolumeId(request.get_ref().volume_id))
             .await
             .map_err(move_status)?;
+        self.replication.forget(request.get_ref().volume_id);
         Ok(Response::new(DeleteVolumeResponse {}))
     }
 }

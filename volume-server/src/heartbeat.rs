@@ -115,9 +115,17 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
                 }
             }
         }
+        // Unheard (the directory is starting, or down): try again within a
+        // second rather than a whole pulse, so a restarted directory learns
+        // of this server, and the copies it holds, at once.
+        let wait = if warned {
+            pulse.min(Duration::from_secs(1))
+        } else {
+            pulse
+        };
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(pulse) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = now.notified() => {}
         }
     }

@@ -160,7 +160,35 @@ impl Replication {
                 }
             }
         }
-        *self.known.write() = volumes.into_iter().map(|v| (v.volume_id, v)).collect();
+        let mut known = self.known.write();
+        let answered: HashMap<u32, VolumeReplicas> =
+            volumes.into_iter().map(|v| (v.volume_id, v)).collect();
+        // A volume the answer leaves out may be one created a moment ago and
+        // not registered yet: its copies stay as `CreateVolume` named them.
+        known.retain(|id, _| !answered.contains_key(id));
+        known.extend(answered);
+    }
+
+    /// Records the copies of a volume just created here (from
+    /// `CreateVolume`), until the directory's heartbeat answers name them.
+    pub fn created(&self, volume: u32, locations: Vec<ServerLocation>) {
+        if locations.is_empty() {
+            return;
+        }
+        self.known.write().insert(
+            volume,
+            VolumeReplicas {
+                volume_id: volume,
+                locations,
+                degraded: false,
+            },
+        );
+    }
+
+    /// Forgets a volume deleted here.
+    pub fn forget(&self, volume: u32) {
+        self.known.write().remove(&volume);
+        self.failures.lock().remove(&volume);
     }
 
     /// A client of another volume server (connections are kept).
