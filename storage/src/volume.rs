@@ -549,6 +549,14 @@ impl Volume {
 
     /// Reads back and checksums every live needle.
     pub fn scrub(&self) -> ScrubReport {
+        self.scrub_throttled(0)
+    }
+
+    /// [`Volume::scrub`], reading at most `bytes_per_sec` (0 = unlimited) so
+    /// that foreground reads keep their latency. Blocks; run it off the
+    /// async executor.
+    pub fn scrub_throttled(&self, bytes_per_sec: u64) -> ScrubReport {
+        let mut throttle = crate::moves::Throttle::new(bytes_per_sec);
         let (entries, files): (Vec<(NeedleId, u64)>, _) = {
             let state = self.state.read();
             (state.index.iter().collect(), Arc::clone(&state.files))
@@ -557,7 +565,9 @@ impl Volume {
         for (id, offset) in entries {
             report.checked += 1;
             match self.verify_record(&files.map, offset) {
-                Ok(decoded) if decoded.header.needle_id == id => {}
+                Ok(decoded) if decoded.header.needle_id == id => {
+                    std::thread::sleep(throttle.delay_for(decoded.header.record_len()));
+                }
                 _ => report.corrupt.push(id),
             }
         }

@@ -333,7 +333,8 @@ impl AntiEntropy {
     pub async fn scrub(&self, volume: &Arc<Volume>, sources: &[ServerLocation]) -> u64 {
         let corrupt = {
             let volume = Arc::clone(volume);
-            match blocking(move || volume.scrub()).await {
+            let rate = self.repair_rate;
+            match blocking(move || volume.scrub_throttled(rate)).await {
                 Ok(report) => report.corrupt,
                 Err(_) => return 0,
             }
