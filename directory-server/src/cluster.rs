@@ -431,19 +431,21 @@ impl Cluster {
             .collect()
     }
 
-    /// Where to read `row` from: healthy copies, else stale ones (a stale
-    /// copy may lack recent deletes, so it is read only when nothing better
-    /// is alive).
+    /// Where to read `row` from: healthy copies; else stale ones and ones
+    /// the last heartbeat left out (a stale copy may lack recent deletes, and
+    /// a copy may be left out of one heartbeat in the middle of a tier move,
+    /// so they are read only when nothing better is alive).
     fn read_locations(replicas: &[Replica]) -> Vec<ServerLocation> {
-        let pick = |health: ReplicaHealth| {
+        let pick = |wanted: &[ReplicaHealth]| {
             replicas
                 .iter()
-                .filter(move |r| r.health == health as i32)
+                .filter(|r| wanted.iter().any(|h| r.health == *h as i32))
                 .filter_map(|r| r.location.clone())
+                .collect::<Vec<_>>()
         };
-        let healthy: Vec<ServerLocation> = pick(ReplicaHealth::Ok).collect();
+        let healthy = pick(&[ReplicaHealth::Ok]);
         if healthy.is_empty() {
-            pick(ReplicaHealth::Stale).collect()
+            pick(&[ReplicaHealth::Stale, ReplicaHealth::Missing])
         } else {
             healthy
         }

@@ -18,7 +18,7 @@
 //! Scrub: now and then each copy checksums every needle; one that fails is
 //! copied again from another copy (the bad record becomes garbage).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,20 +44,12 @@ pub struct AntiEntropy {
     store: Arc<Store>,
     replication: Arc<Replication>,
     repair_rate: u64,
-    /// Volumes being synced (one sync per volume at a time). Held only to
-    /// insert or remove.
-    running: Mutex<HashSet<u32>>,
+    /// One lock per volume: one sync of a volume at a time. The map is held
+    /// only to find a volume's lock; the volume's lock is held (async) for
+    /// the whole sync.
+    running: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     /// When each volume was last scrubbed.
     scrubbed: Mutex<HashMap<u32, Instant>>,
-}
-
-/// Removes a volume from `running` when its sync ends, however it ends.
-struct Running<'a>(&'a AntiEntropy, u32);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running.lock().remove(&self.1);
-    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
@@ -81,7 +73,7 @@ impl AntiEntropy {
             store,
             replication,
             repair_rate,
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             scrubbed: Mutex::new(HashMap::new()),
         }
     }
@@ -92,23 +84,29 @@ impl AntiEntropy {
     ///
     /// # Errors
     /// The volume is not here, is already syncing, or a local write failed.
+    /// `wait`: wait for a sync of the volume already running, rather than
+    /// answer ABORTED.
     pub async fn sync(
         &self,
         volume_id: u32,
         sources: &[ServerLocation],
         bytes_per_sec: u64,
+        wait: bool,
         progress: Option<&tokio::sync::mpsc::Sender<Result<SyncProgress, Status>>>,
     ) -> Result<SyncProgress, Status> {
         let volume = self
             .store
             .volume(VolumeId(volume_id))
             .map_err(|e| grpc_status(&e, None))?;
-        if !self.running.lock().insert(volume_id) {
-            return Err(Status::aborted(format!(
-                "volume {volume_id} is already syncing"
-            )));
-        }
-        let _running = Running(self, volume_id);
+        let lock = Arc::clone(self.running.lock().entry(volume_id).or_default());
+        // A requested sync (a repair) waits for one running (the periodic
+        // pass); the periodic pass skips a volume that is syncing.
+        let _syncing = if wait {
+            lock.lock_owned().await
+        } else {
+            lock.try_lock_owned()
+                .map_err(|_| Status::aborted(format!("volume {volume_id} is already syncing")))?
+        };
         let rate = if bytes_per_sec == 0 {
             self.repair_rate
         } else {
@@ -400,7 +398,7 @@ impl AntiEntropy {
                 if others.is_empty() {
                     continue;
                 }
-                match self.sync(id, &others, 0, None).await {
+                match self.sync(id, &others, 0, false, None).await {
                     Ok(report) if report.needles_copied + report.tombstones_copied > 0 => {
                         tracing::info!(
                             volume = id,

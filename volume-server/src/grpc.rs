@@ -156,10 +156,20 @@ impl VolumeService {
                     .store
                     .cold_volume(volume)
                     .map_err(|e| grpc_status(&e, Some(blob)))?;
-                self.tiering
+                match self
+                    .tiering
                     .read_cold(&cold, blob.needle, blob.cookie)
                     .await
-                    .map_err(|e| cold_status(e, blob))
+                {
+                    Ok(needle) => Ok(needle),
+                    // A restore may have committed meanwhile (the object is
+                    // gone, the volume local again): read it here.
+                    Err(ColdReadError::Unavailable(reason)) => self
+                        .store
+                        .read_checked(blob.volume(), blob.needle, blob.cookie, self.verify_up_to)
+                        .map_err(|_| cold_status(ColdReadError::Unavailable(reason), blob)),
+                    Err(e) => Err(cold_status(e, blob)),
+                }
             }
             other => other.map_err(|e| grpc_status(&e, Some(blob))),
         }
@@ -512,6 +522,7 @@ impl VolumeService {
                     request.volume_id,
                     &request.sources,
                     request.bytes_per_sec,
+                    true,
                     Some(&tx),
                 )
                 .await;

@@ -422,6 +422,16 @@ async fn from_cold(
         }
         Err(ColdReadError::Unavailable(reason)) => reason,
     };
+    // A restore may have committed while this read was on its way: the
+    // object is gone, the volume is local again. Reads never fail because a
+    // move is in progress (invariant 4).
+    if let Ok(needle) =
+        state
+            .store
+            .read_checked(blob.volume(), blob.needle, blob.cookie, state.verify_up_to)
+    {
+        return respond(state, needle, method, headers);
+    }
     tracing::warn!(%reason, "cold read failed");
     let mut response = plain(
         StatusCode::SERVICE_UNAVAILABLE,
