@@ -78,15 +78,28 @@ async fn upload(
 }
 
 /// Volumes holding needles.
-async fn volumes_with_data(client: &Client) -> Vec<u32> {
-    let status = client.status().await.unwrap();
-    status
-        .volumes
-        .iter()
-        .filter_map(|v| v.status.as_ref())
-        .filter(|s| s.needles > 0)
-        .map(|s| s.volume_id)
-        .collect()
+/// The volumes holding the `uploaded` blobs, once heartbeats have reported
+/// them all (needle counts reach the directory with the next pulse, not with
+/// the upload).
+async fn volumes_with_data(client: &Client, uploaded: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client.status().await.unwrap();
+        let reported: Vec<_> = status
+            .volumes
+            .iter()
+            .filter_map(|v| v.status.as_ref())
+            .filter(|s| s.needles > 0)
+            .collect();
+        if reported.iter().map(|s| s.needles).sum::<u64>() >= uploaded as u64 {
+            return reported.iter().map(|s| s.volume_id).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heartbeats never reported {uploaded} needles"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn volume_of(blob_id: &str) -> u32 {
@@ -272,7 +285,7 @@ async fn volumes_move_hot_warm_cold_and_back_while_reads_go_on() {
     let client = setup.cluster.client().await;
     let mut blobs = upload(&client, 0, 60, 4096, "").await;
     blobs.extend(upload(&client, 1000, 3, 1 << 20, "").await);
-    let volumes = volumes_with_data(&client).await;
+    let volumes = volumes_with_data(&client, blobs.len()).await;
     assert!(!volumes.is_empty());
     let base = setup.cluster.http_base(0);
     let reader = start_reader(base.clone(), readable(&blobs));
