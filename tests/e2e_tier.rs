@@ -77,7 +77,6 @@ async fn upload(
     blobs
 }
 
-/// Volumes holding needles.
 /// The volumes holding the `uploaded` blobs, once heartbeats have reported
 /// them all (needle counts reach the directory with the next pulse, not with
 /// the upload).

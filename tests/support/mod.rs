@@ -20,12 +20,37 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_hayloft");
 ///
 /// Picked below Linux's ephemeral range (32768 and up), so that neither
 /// `bind(0)` nor the source port of some outgoing connection can take it
-/// between this check and the server's bind.
+/// between this check and the server's bind. Tests run in parallel, each in
+/// its own process, and a port is only free until its server binds it: so
+/// each port is also claimed with a file created exclusively under the temp
+/// directory, and no other test takes a port claimed in the last ten minutes.
 pub fn free_port() -> u16 {
     use rand::Rng;
+    let claims = std::env::temp_dir().join("hayloft-test-ports");
+    let _ = std::fs::create_dir_all(&claims);
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let port = rng.random_range(20_000..32_000);
+        let claim = claims.join(port.to_string());
+        if let Ok(meta) = std::fs::metadata(&claim) {
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            if age < Duration::from_secs(600) {
+                continue;
+            }
+            let _ = std::fs::remove_file(&claim);
+        }
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_err()
+        {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
