@@ -804,7 +804,27 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
         assert!(Instant::now() < deadline, "no repair started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Its progress shows, from the target's heartbeats.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = client.status().await.unwrap();
+        let progress = status
+            .volumes
+            .iter()
+            .find(|v| v.repairing)
+            .map(|v| v.repair_progress);
+        if let Some(p) = progress.filter(|p| *p > 0.0) {
+            assert!(p < 1.0, "repair progress {p}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no repair progress: {progress:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out) = hayloft(&cluster, &["status"]);
+    assert!(ok && out.contains("repair "), "{out}");
     cluster.volumes[server_index(&target)]
         .take()
         .unwrap()
@@ -868,5 +888,142 @@ async fn a_delete_right_after_the_volume_is_created_reaches_every_copy() {
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::NotFound, "still on vs{server}");
+    }
+}
+
+/// Assigns `count` ids in one volume: the blob ids and every copy, primary first.
+async fn assign(
+    cluster: &Cluster,
+    count: u32,
+) -> (Vec<String>, Vec<hayloft_proto::ServerLocation>) {
+    let mut directory = hayloft_proto::directory_client::DirectoryClient::connect(format!(
+        "http://{}",
+        cluster.directory_addr()
+    ))
+    .await
+    .unwrap();
+    let assigned = directory
+        .assign(hayloft_proto::AssignRequest {
+            count,
+            ..hayloft_proto::AssignRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        assigned.blobs.into_iter().map(|b| b.blob_id).collect(),
+        assigned.locations,
+    )
+}
+
+/// Writes one blob to `locations[0]`, which forwards it to the others, as
+/// the client library does.
+async fn write_to_primary(
+    locations: &[hayloft_proto::ServerLocation],
+    blob_id: &str,
+    data: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    use hayloft_proto::write_request::Part;
+    use hayloft_proto::{WriteHeader, WriteRequest};
+    let mut volume = VolumeClient::connect(format!("http://{}", locations[0].grpc_addr))
+        .await
+        .unwrap();
+    let messages = vec![
+        WriteRequest {
+            part: Some(Part::Header(WriteHeader {
+                blob_id: blob_id.to_owned(),
+                size: data.len() as u64,
+                replicas: locations.to_vec(),
+                ..WriteHeader::default()
+            })),
+        },
+        WriteRequest {
+            part: Some(Part::Chunk(Bytes::from(data))),
+        },
+    ];
+    volume
+        .write(futures::stream::iter(messages))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_that_failed_on_its_primary_after_reaching_the_copies_ends_up_on_every_copy() {
+    // Every primary fails its own write (a failpoint) after the copies have
+    // made the needle durable: the client is told the write failed.
+    let cluster = Cluster::start_replicated_with_env(
+        &["a", "b", "c"],
+        3,
+        &[],
+        &FAST_HEALING,
+        &[("HAYLOFT_FAILPOINT", "primary-local-write")],
+    )
+    .await;
+    let (ids, locations) = assign(&cluster, 1).await;
+    assert_eq!(locations.len(), 3);
+    let data = content(42, 3000);
+    let err = write_to_primary(&locations, &ids[0], data.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    // Unacknowledged, it is settled by spreading it: anti-entropy brings it
+    // to the primary, and then it reads the same from every copy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut reads = Vec::new();
+        for location in &locations {
+            reads.push(read_from(&location.grpc_addr, &ids[0]).await.ok());
+        }
+        if reads.iter().all(|r| r.as_deref() == Some(&data[..])) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the needle is on some copies only: {:?}",
+            reads.iter().map(Option::is_some).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_directory_down_assigned_ids_are_still_written_to_every_copy() {
+    let mut cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &[]).await;
+    let (ids, locations) = assign(&cluster, 20).await;
+    cluster.directory.take().unwrap().kill();
+    // The primary forwards to the copies the header names: no directory
+    // is needed to write ids already handed out.
+    for (seed, id) in ids.iter().enumerate() {
+        write_to_primary(&locations, id, content(seed as u64, 2000 + seed))
+            .await
+            .unwrap();
+    }
+    for (seed, id) in ids.iter().enumerate() {
+        for location in &locations {
+            assert_eq!(
+                read_from(&location.grpc_addr, id).await.unwrap(),
+                content(seed as u64, 2000 + seed),
+                "{id} on {}",
+                location.server_id
+            );
+        }
+    }
+    // Back, the directory hears from every copy: healthy, every needle.
+    cluster.start_directory();
+    let client = cluster.client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client.status().await.unwrap();
+        let record = record(&status, &ids[0]);
+        let whole = record.health == VolumeHealth::Ok as i32
+            && record
+                .replicas
+                .iter()
+                .all(|r| r.health == ReplicaHealth::Ok as i32 && r.needles == ids.len() as u64);
+        if whole {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{record:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

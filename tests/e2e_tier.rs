@@ -850,3 +850,191 @@ async fn cold_volumes_compact_on_demand_download_compact_reupload() {
         .unwrap();
     assert_eq!(stats.garbage_bytes, 0, "{stats:?}");
 }
+
+/// Three volume servers in three zones, replication 3, one cold tier.
+async fn replicated_setup() -> Setup {
+    let config_dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(config_dir.path()).await;
+    s3.create_bucket(BUCKET).await;
+    let config = config_dir.path().join("volume.toml");
+    std::fs::write(&config, s3.volume_config("")).unwrap();
+    let cluster = Cluster::start_replicated(
+        &["a", "b", "c"],
+        3,
+        &[],
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
+    Setup {
+        cluster,
+        s3,
+        _config_dir: config_dir,
+    }
+}
+
+/// Each copy of `volume`: (server id, tier), in replica-set order, with the
+/// volume's health.
+async fn copies(client: &Client, volume: u32) -> (Vec<(String, i32)>, i32) {
+    let status = client.status().await.unwrap();
+    let record = status
+        .volumes
+        .iter()
+        .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))
+        .unwrap();
+    let copies = record
+        .replicas
+        .iter()
+        .map(|r| {
+            (
+                r.location.clone().unwrap().server_id,
+                r.status.as_ref().map_or(0, |s| s.tier),
+            )
+        })
+        .collect();
+    (copies, record.health)
+}
+
+/// Every blob reads back from every server (its own copy, or proxied), and
+/// every deleted one answers 404 everywhere.
+async fn check_everywhere(setup: &Setup, servers: &[usize], blobs: &[Blob], deleted: &[Blob]) {
+    for &i in servers {
+        let base = setup.cluster.http_base(i);
+        check_all(&base, blobs).await;
+        for blob in deleted {
+            assert_eq!(
+                get(&base, blob).await.0,
+                StatusCode::NOT_FOUND,
+                "deleted blob {} came back on vs{i}",
+                blob.id
+            );
+        }
+    }
+}
+
+/// The files of `volume` on server `i`, on any of its disks.
+fn files_on(setup: &Setup, i: usize, volume: u32) -> Vec<String> {
+    let mut files = Vec::new();
+    for tier in ["hot", "warm"] {
+        let dir = setup.cluster.volume_dir(i).join(tier);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.split('.').next() == Some(&volume.to_string()) {
+                files.push(format!("{tier}/{name}"));
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicated_volumes_move_every_copy_keep_two_cold_copies_of_one_object_and_come_back() {
+    let mut setup = replicated_setup().await;
+    let client = setup.cluster.client().await;
+    let uploaded = upload(&client, 0, 40, 3000, "").await;
+    let volume = volume_of(&uploaded[0].id);
+    let mut blobs: Vec<Blob> = uploaded
+        .into_iter()
+        .filter(|b| volume_of(&b.id) == volume)
+        .collect();
+    // Deleted before any move: they stay deleted through every step.
+    let deleted: Vec<Blob> = blobs.drain(..2).collect();
+    for blob in &deleted {
+        client.delete(&blob.id).await.unwrap();
+    }
+    let v = volume.to_string();
+    let all = [0, 1, 2];
+
+    // hot -> warm: every copy moves.
+    tier_cmd(&setup, &["move", "--volume", &v, "--to", "warm"]);
+    let (warm, _) = copies(&client, volume).await;
+    assert_eq!(warm.len(), 3, "{warm:?}");
+    assert!(
+        warm.iter().all(|(_, t)| *t == ProtoTier::Warm as i32),
+        "{warm:?}"
+    );
+    check_everywhere(&setup, &all, &blobs, &deleted).await;
+
+    // warm -> cold: one upload, the second copy shares the object, the
+    // third is dropped.
+    tier_cmd(
+        &setup,
+        &["move", "--volume", &v, "--to", "cold", "--bucket", BUCKET],
+    );
+    let (cold, health) = copies(&client, volume).await;
+    assert_eq!(cold.len(), 2, "two cold copies: {cold:?}");
+    assert!(
+        cold.iter().all(|(_, t)| *t == ProtoTier::Cold as i32),
+        "{cold:?}"
+    );
+    assert_eq!(health, hayloft_proto::VolumeHealth::Ok as i32);
+    assert_eq!(
+        object_keys(&setup).await.len(),
+        1,
+        "one object for both copies"
+    );
+    let holders: Vec<usize> = cold.iter().map(|(s, _)| support::server_index(s)).collect();
+    let dropped = all.iter().copied().find(|i| !holders.contains(i)).unwrap();
+    assert!(
+        files_on(&setup, dropped, volume).is_empty(),
+        "the dropped copy's files are deleted: {:?}",
+        files_on(&setup, dropped, volume)
+    );
+    check_everywhere(&setup, &all, &blobs, &deleted).await;
+
+    // A server holding a cold copy stops: reads go on from the other one,
+    // through every live server, and a delete made meanwhile misses it.
+    let lead = holders[0];
+    setup.cluster.volumes[lead].take().unwrap().kill();
+    let live: Vec<usize> = all.iter().copied().filter(|i| *i != lead).collect();
+    check_everywhere(&setup, &live, &blobs, &deleted).await;
+    let mut deleted = deleted;
+    let gone = blobs.pop().unwrap();
+    client.delete(&gone.id).await.unwrap();
+    deleted.push(gone);
+    check_everywhere(&setup, &live, &blobs, &deleted).await;
+    // It comes back stale and catches up from the other cold copy.
+    setup.cluster.start_volume(lead);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while copies(&client, volume).await.1 != hayloft_proto::VolumeHealth::Ok as i32 {
+        assert!(Instant::now() < deadline, "the cold copy never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // With the other cold copy down, the one that missed the delete serves:
+    // the deleted blob stays deleted.
+    let other = holders[1];
+    setup.cluster.volumes[other].take().unwrap().kill();
+    let live: Vec<usize> = all.iter().copied().filter(|i| *i != other).collect();
+    check_everywhere(&setup, &live, &blobs, &deleted).await;
+    setup.cluster.start_volume(other);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while copies(&client, volume).await.1 != hayloft_proto::VolumeHealth::Ok as i32 {
+        assert!(Instant::now() < deadline, "the cold copy never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // cold -> hot: the first copy downloads, the other cold copy is dropped
+    // with the object, and repair brings the volume back to three copies.
+    tier_cmd(&setup, &["restore", "--volume", &v, "--to", "hot"]);
+    let (hot, health) = copies(&client, volume).await;
+    assert_eq!(hot.len(), 3, "{hot:?}");
+    assert!(
+        hot.iter().all(|(_, t)| *t == ProtoTier::Hot as i32),
+        "{hot:?}"
+    );
+    assert_eq!(health, hayloft_proto::VolumeHealth::Ok as i32);
+    assert!(
+        object_keys(&setup).await.is_empty(),
+        "the object is deleted"
+    );
+    check_everywhere(&setup, &all, &blobs, &deleted).await;
+    // Every server holds a local copy again, with every blob.
+    for i in all {
+        assert!(
+            files_on(&setup, i, volume)
+                .iter()
+                .any(|f| f.ends_with(".dat")),
+            "vs{i}: {:?}",
+            files_on(&setup, i, volume)
+        );
+    }
+}

@@ -281,10 +281,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             } else {
                 state_name(volume.state).to_owned()
             },
-            if volume.repairing {
-                "repairing"
+            &if volume.repairing {
+                format!(
+                    "repair{:>3}%",
+                    (volume.repair_progress * 100.0).floor().min(99.0) as u32
+                )
             } else {
-                health_name(volume.health)
+                health_name(volume.health).to_owned()
             },
             replicas_text(volume),
             stats.needles,
@@ -389,6 +392,7 @@ fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value {
                 "id": stats.volume_id, "collection": stats.collection,
                 "tier": tier_name(stats.tier), "state": state_name(v.state),
                 "health": if v.repairing { "repairing" } else { health_name(v.health) },
+                "repair_progress": v.repair_progress,
                 "replication": v.replication,
                 "replicas": replicas, "needles": stats.needles,
                 "file_bytes": stats.file_bytes, "garbage_bytes": stats.garbage_bytes,

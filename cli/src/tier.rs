@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use hayloft_proto::{MoveJobStatus, StatusResponse};
 use hayloft_storage::Tier;
 use hayloft_tiering::policy::{Action, Plan, Policy};
-use hayloft_tiering::worker;
+use hayloft_tiering::{replicas, worker};
 
 #[derive(Args)]
 pub struct TierArgs {
@@ -171,7 +171,12 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
             for outcome in outcomes {
                 match (&outcome.action, &outcome.result) {
                     (Action::Move { volume, .. }, Ok(())) => moving.push(*volume),
-                    (Action::Delete { volume, .. }, Ok(())) => println!("volume {volume}: deleted"),
+                    (Action::Delete { volume, server, .. }, Ok(())) => {
+                        println!("volume {volume} on {server}: deleted")
+                    }
+                    (Action::Drop { volume, server, .. }, Ok(())) => {
+                        println!("volume {volume} on {server}: copy dropped")
+                    }
                     (action, Err(e)) => {
                         failed += 1;
                         eprintln!("{}: refused: {e}", describe(action));
@@ -328,13 +333,83 @@ async fn move_one(
     no_wait: bool,
 ) -> anyhow::Result<()> {
     let status = worker::cluster_status(directory).await?;
-    let (_, addr) = find_volume(&status, volume)?;
+    let (record, addr) = find_volume(&status, volume)?;
+    if replicas::is_replicated(&record) {
+        let target = replicas::Target {
+            tier: to,
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            storage_class: storage_class.to_owned(),
+            rule: "operator".into(),
+        };
+        return move_replicated(directory, volume, &target, rate, no_wait).await;
+    }
     worker::start_move(&addr, volume, to, bucket, prefix, storage_class, rate).await?;
     println!("volume {volume}: moving to {to}");
     if !no_wait && follow(directory, &[volume]).await? > 0 {
         anyhow::bail!("move of volume {volume} failed");
     }
     Ok(())
+}
+
+/// Moves every copy of a replicated volume, step by step (see
+/// `hayloft_tiering::replicas`), until they are all on `target.tier` and the
+/// volume has its copies; `no_wait` takes only the first step.
+async fn move_replicated(
+    directory: &str,
+    volume: u32,
+    target: &replicas::Target,
+    rate: u64,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    let mut waiting = String::new();
+    loop {
+        let status = worker::cluster_status(directory).await?;
+        let (record, _) = find_volume(&status, volume)?;
+        if replicas::settled(&record, target.tier) {
+            println!("volume {volume}: every copy is {}", target.tier);
+            return Ok(());
+        }
+        let steps = match replicas::blocked(&record) {
+            Some(why) => {
+                if why != waiting {
+                    println!("volume {volume}: waiting: {why}");
+                    waiting = why;
+                }
+                Vec::new()
+            }
+            None => {
+                let follow = replicas::lead_target(&record)
+                    .map(|t| replicas::steps(&record, &t))
+                    .unwrap_or_default();
+                if follow.is_empty() {
+                    replicas::steps(&record, target)
+                } else {
+                    follow
+                }
+            }
+        };
+        if steps.is_empty() && waiting.is_empty() {
+            waiting = "the directory to re-create copies (hayloft repair --dry-run)".into();
+            println!("volume {volume}: waiting for {waiting}");
+        }
+        let mut moving = false;
+        for step in &steps {
+            waiting.clear();
+            println!("{}", describe(step));
+            worker::run_action(directory, &status, step, rate)
+                .await
+                .with_context(|| describe(step))?;
+            moving |= matches!(step, Action::Move { .. });
+        }
+        if no_wait && !steps.is_empty() {
+            return Ok(());
+        }
+        if moving && follow(directory, &[volume]).await? > 0 {
+            anyhow::bail!("move of volume {volume} failed");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Prints the jobs of `volumes` until they finish; returns how many failed.
@@ -392,22 +467,39 @@ fn describe(action: &Action) -> String {
     match action {
         Action::Move {
             volume,
+            server,
             from,
             to,
             storage_class,
             bucket,
             rule,
+            share_cold_from,
             ..
         } => {
-            if *to == Tier::Cold {
+            if !share_cold_from.is_empty() {
                 format!(
-                    "volume {volume}: {from} -> cold ({storage_class}, s3://{bucket}) by {rule}"
+                    "volume {volume}: {from} -> cold, sharing the object of the copy on {share_cold_from}, by {rule} (on {server})"
+                )
+            } else if *to == Tier::Cold {
+                format!(
+                    "volume {volume}: {from} -> cold ({storage_class}, s3://{bucket}) by {rule} (on {server})"
                 )
             } else {
-                format!("volume {volume}: {from} -> {to} by {rule}")
+                format!("volume {volume}: {from} -> {to} by {rule} (on {server})")
             }
         }
-        Action::Delete { volume, rule, .. } => format!("volume {volume}: delete ({rule})"),
+        Action::Drop {
+            volume,
+            server,
+            rule,
+            ..
+        } => format!("volume {volume}: copy dropped by {rule} (on {server})"),
+        Action::Delete {
+            volume,
+            server,
+            rule,
+            ..
+        } => format!("volume {volume}: delete ({rule}) (on {server})"),
     }
 }
 
@@ -421,22 +513,33 @@ fn print_plan(policy: &Policy, plan: &Plan, json: bool) {
             .map(|a| match a {
                 Action::Move {
                     volume,
+                    server,
                     from,
                     to,
                     storage_class,
                     bucket,
                     bytes,
                     rule,
+                    share_cold_from,
                     ..
-                } => serde_json::json!({"volume": volume, "action": "move", "from": from.as_str(),
-                    "to": to.as_str(), "storage_class": storage_class, "bucket": bucket,
-                    "bytes": bytes, "rule": rule}),
+                } => serde_json::json!({"volume": volume, "server": server, "action": "move",
+                    "from": from.as_str(), "to": to.as_str(), "storage_class": storage_class,
+                    "bucket": bucket, "bytes": bytes, "rule": rule,
+                    "share_cold_from": share_cold_from}),
+                Action::Drop {
+                    volume,
+                    server,
+                    rule,
+                    ..
+                } => serde_json::json!({"volume": volume, "server": server,
+                    "action": "drop", "rule": rule}),
                 Action::Delete {
                     volume,
+                    server,
                     bytes,
                     rule,
                     ..
-                } => serde_json::json!({"volume": volume,
+                } => serde_json::json!({"volume": volume, "server": server,
                     "action": "delete", "bytes": bytes, "rule": rule}),
             })
             .collect();

@@ -78,6 +78,8 @@ pub struct RepairView {
     pub tier: Tier,
     /// Its state.
     pub state: VolumeState,
+    /// Copies it should have.
+    pub desired: usize,
     /// Every copy.
     pub replicas: Vec<RepairReplica>,
 }
@@ -91,6 +93,11 @@ pub struct RepairReplica {
     pub health: ReplicaHealth,
     /// Seconds since its server's last heartbeat.
     pub down_for: u64,
+    /// Its tier and state as its server last reported them (unspecified
+    /// before the first report).
+    pub tier: Tier,
+    /// Its state.
+    pub state: VolumeState,
 }
 
 /// A zone or rack name as placement sees it ("" is "default").
@@ -392,6 +399,23 @@ impl Cluster {
         }
     }
 
+    /// Copies `row` should have: its replication, or at most 2 once every
+    /// copy is cold (the data is one object in the object store; two copies
+    /// of its index keep it readable when a server is lost).
+    fn desired_copies(inner: &Inner, row: &VolumeRow) -> usize {
+        let copies = row.replication.max(1) as usize;
+        let mut reported = row
+            .replicas
+            .iter()
+            .filter_map(|id| inner.reported.get(id)?.get(&row.id))
+            .peekable();
+        if reported.peek().is_some() && reported.all(|s| s.tier == Tier::Cold as i32) {
+            copies.min(2)
+        } else {
+            copies
+        }
+    }
+
     /// OK when every copy it should have is healthy.
     fn volume_health(&self, inner: &Inner, row: &VolumeRow) -> VolumeHealth {
         let healthy = row
@@ -399,7 +423,7 @@ impl Cluster {
             .iter()
             .filter(|id| self.replica_health(inner, row, id) == ReplicaHealth::Ok)
             .count();
-        if healthy >= row.replicas.len().max(row.replication as usize) {
+        if healthy >= row.replicas.len().max(Self::desired_copies(inner, row)) {
             VolumeHealth::Ok
         } else {
             VolumeHealth::Degraded
@@ -427,6 +451,7 @@ impl Cluster {
                     .get(id)
                     .and_then(|v| v.get(&row.id))
                     .map_or(0, |s| s.needles),
+                status: inner.reported.get(id).and_then(|v| v.get(&row.id)).cloned(),
             })
             .collect()
     }
@@ -581,12 +606,8 @@ impl Cluster {
             .volumes
             .values()
             .filter(|e| self.volume_health(&inner, &e.row) != VolumeHealth::Ok)
-            .map(|e| RepairView {
-                volume_id: e.row.id,
-                collection: e.row.collection.clone(),
-                tier: Tier::try_from(e.row.tier).unwrap_or(Tier::Hot),
-                state: VolumeState::try_from(e.row.state).unwrap_or_default(),
-                replicas: self
+            .map(|e| {
+                let replicas: Vec<RepairReplica> = self
                     .replicas(&inner, &e.row)
                     .into_iter()
                     .map(|r| {
@@ -595,13 +616,30 @@ impl Cluster {
                             .servers
                             .get(&location.server_id)
                             .map_or(u64::MAX, |s| now.saturating_sub(s.last_heartbeat));
+                        let status = r.status.unwrap_or_default();
                         RepairReplica {
                             health: ReplicaHealth::try_from(r.health).unwrap_or_default(),
                             location,
                             down_for,
+                            tier: Tier::try_from(status.tier).unwrap_or_default(),
+                            state: VolumeState::try_from(status.state).unwrap_or_default(),
                         }
                     })
-                    .collect(),
+                    .collect();
+                // The tier a new copy is made on: that of the local copies.
+                let tier = replicas
+                    .iter()
+                    .map(|r| r.tier)
+                    .find(|t| matches!(t, Tier::Hot | Tier::Warm))
+                    .unwrap_or_else(|| Tier::try_from(e.row.tier).unwrap_or(Tier::Hot));
+                RepairView {
+                    volume_id: e.row.id,
+                    collection: e.row.collection.clone(),
+                    tier,
+                    state: VolumeState::try_from(e.row.state).unwrap_or_default(),
+                    desired: Self::desired_copies(&inner, &e.row),
+                    replicas,
+                }
             })
             .collect()
     }
@@ -615,6 +653,35 @@ impl Cluster {
     pub fn placement_candidates(&self, tier: Tier) -> Vec<Candidate> {
         let inner = self.inner.lock();
         self.candidates(&inner, tier)
+    }
+
+    /// How far the copy on `target` is: its live bytes over those of the
+    /// fullest other local copy, as heartbeats last reported them (0..1).
+    pub fn repair_progress(&self, volume_id: u32, target: &str) -> f64 {
+        let inner = self.inner.lock();
+        let live = |server: &str| {
+            inner
+                .reported
+                .get(server)
+                .and_then(|v| v.get(&volume_id))
+                .filter(|s| s.tier != Tier::Cold as i32)
+                .map(|s| s.live_bytes)
+        };
+        let Some(entry) = inner.volumes.get(&volume_id) else {
+            return 0.0;
+        };
+        let full = entry
+            .row
+            .replicas
+            .iter()
+            .filter(|s| *s != target)
+            .filter_map(|s| live(s))
+            .max()
+            .unwrap_or(0);
+        if full == 0 {
+            return 0.0;
+        }
+        (live(target).unwrap_or(0) as f64 / full as f64).min(1.0)
     }
 
     /// A stale or missing copy has caught up with the others (verified).
@@ -639,8 +706,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// A new copy on `target` (verified) replaces the copy on `lost`.
-    pub fn replaced(&self, volume_id: u32, lost: &str, target: &str) -> Result<()> {
+    /// A new copy on `target` (verified) replaces the copy on `lost`, or
+    /// joins the copies (`lost` is `None`: the volume had too few).
+    pub fn replaced(&self, volume_id: u32, lost: Option<&str>, target: &str) -> Result<()> {
         let mut inner = self.inner.lock();
         let Some(entry) = inner.volumes.get_mut(&volume_id) else {
             return Ok(());
@@ -649,12 +717,13 @@ impl Cluster {
         if row.replicas.iter().any(|s| s == target) {
             return Ok(());
         }
-        match row.replicas.iter_mut().find(|s| *s == lost) {
+        match row.replicas.iter_mut().find(|s| Some(s.as_str()) == lost) {
             Some(slot) => *slot = target.to_owned(),
             None => row.replicas.push(target.to_owned()),
         }
-        row.stale.retain(|s| s != lost && s != target);
-        if row.server_id == lost {
+        row.stale
+            .retain(|s| Some(s.as_str()) != lost && s != target);
+        if Some(row.server_id.as_str()) == lost {
             row.server_id = target.to_owned();
         }
         self.db.put_volume(row, true)?;
@@ -668,13 +737,57 @@ impl Cluster {
                 ..VolumeStatus::default()
             });
         // The lost server's copy, if it comes back, is an extra copy now.
-        inner.extras.insert((volume_id, lost.to_owned()));
+        if let Some(lost) = lost {
+            inner.extras.insert((volume_id, lost.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Takes the copy on `server_id` out of the volume's replica set: reads
+    /// stop going to it, and the copy left on the server is an extra (the
+    /// caller deletes it; repair does if the caller cannot). Refused if no
+    /// other healthy copy would be left.
+    pub fn remove_replica(&self, volume_id: u32, server_id: &str) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let Some(entry) = inner.volumes.get(&volume_id) else {
+            return Err(Error::NotFound(format!("volume {volume_id}")));
+        };
+        let row = &entry.row;
+        if !row.replicas.iter().any(|s| s == server_id) {
+            return Err(Error::NotFound(format!(
+                "volume {volume_id} has no copy on {server_id}"
+            )));
+        }
+        let others_healthy = row
+            .replicas
+            .iter()
+            .filter(|s| *s != server_id)
+            .any(|s| self.replica_health(inner, row, s) == ReplicaHealth::Ok);
+        if !others_healthy {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {volume_id} would have no healthy copy left"
+            )));
+        }
+        let Some(entry) = inner.volumes.get_mut(&volume_id) else {
+            return Ok(());
+        };
+        let row = &mut entry.row;
+        row.replicas.retain(|s| s != server_id);
+        row.stale.retain(|s| s != server_id);
+        if row.server_id == server_id {
+            row.server_id = row.replicas.first().cloned().unwrap_or_default();
+        }
+        self.db.put_volume(row, true)?;
+        inner.extras.insert((volume_id, server_id.to_owned()));
+        tracing::info!(volume = volume_id, server = %server_id, "copy taken out of the replica set");
         Ok(())
     }
 
     /// Copies outside their volume's replica set whose volume has all its
-    /// copies healthy: safe to delete.
-    pub fn removable_extras(&self) -> Vec<(u32, ServerLocation)> {
+    /// copies healthy: safe to delete. With each, whether its cold object
+    /// must be kept (a copy in the replica set is cold on it).
+    pub fn removable_extras(&self) -> Vec<(u32, ServerLocation, bool)> {
         let inner = self.inner.lock();
         inner
             .extras
@@ -690,7 +803,15 @@ impl Cluster {
             })
             .filter_map(|(volume, server)| {
                 let location = inner.servers.get(server)?.location.clone()?;
-                Some((*volume, location))
+                let row = &inner.volumes.get(volume)?.row;
+                let keep_object = row.replicas.iter().any(|s| {
+                    inner
+                        .reported
+                        .get(s)
+                        .and_then(|v| v.get(volume))
+                        .is_none_or(|status| status.tier == Tier::Cold as i32)
+                });
+                Some((*volume, location, keep_object))
             })
             .collect()
     }
@@ -782,6 +903,7 @@ impl Cluster {
                 replication: e.row.replication,
                 // Filled in by the service, which knows the repairs running.
                 repairing: false,
+                repair_progress: 0.0,
             })
             .collect();
         // A problem older than a few pulses was about servers that may have

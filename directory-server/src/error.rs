@@ -23,6 +23,12 @@ pub enum Error {
     /// No volume server can take the request now.
     #[error("{0}")]
     Unavailable(String),
+    /// The volume or copy named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request would leave the cluster worse off than it is.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A blocking task failed to run.
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -36,6 +42,8 @@ impl From<Error> for tonic::Status {
         match &error {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(error.to_string()),
             Error::Unavailable(_) => tonic::Status::unavailable(error.to_string()),
+            Error::NotFound(_) => tonic::Status::not_found(error.to_string()),
+            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(error.to_string()),
             Error::Corrupt(_) => {
                 tracing::error!(%error, "directory corruption");
                 tonic::Status::data_loss(error.to_string())

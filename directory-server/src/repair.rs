@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
-    DeleteVolumeRequest, NeedleDigestsRequest, ReplicaHealth, ServerLocation, SyncVolumeRequest,
-    Tier, VolumeState,
+    DeleteVolumeRequest, MoveVolumeRequest, NeedleDigestsRequest, ReplicaHealth, ServerLocation,
+    SyncVolumeRequest, Tier, VolumeState,
 };
 use parking_lot::Mutex;
 
-use crate::cluster::{Cluster, RepairView, site};
+use crate::cluster::{Cluster, RepairReplica, RepairView, site};
 use crate::placement::{self, Candidate};
 
 /// Anti-entropy's range size, for comparing digests after a repair.
@@ -61,6 +61,12 @@ pub enum RepairKind {
         /// The server whose copy is lost.
         lost: String,
     },
+    /// The target gets a new copy of a volume with fewer copies than it
+    /// should have (one back from cold, where two were kept).
+    Add,
+    /// The target's cold copy is stale (it missed a delete): it takes the
+    /// tombstones of the healthy cold copies, and gives them its own.
+    CatchUpCold,
 }
 
 /// One repair to run.
@@ -99,6 +105,18 @@ impl Repairs {
         plans
     }
 
+    /// The server a running repair of `volume_id` copies to.
+    pub fn target(&self, volume_id: u32) -> Option<String> {
+        Some(
+            self.running
+                .lock()
+                .get(&volume_id)?
+                .target
+                .server_id
+                .clone(),
+        )
+    }
+
     /// True while a repair of `volume_id` runs.
     pub fn is_running(&self, volume_id: u32) -> bool {
         self.running.lock().contains_key(&volume_id)
@@ -131,7 +149,7 @@ pub fn plan_now(
     let degraded = cluster.degraded_volumes();
     let (busy, per_server) = repairs.busy();
     let mut plans = Vec::new();
-    for tier in [Tier::Hot, Tier::Warm] {
+    for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
         let views: Vec<RepairView> = degraded
             .iter()
             .filter(|v| v.tier == tier)
@@ -185,66 +203,88 @@ pub fn plan(
     let mut load = running.clone();
     let mut candidates = candidates.to_vec();
     let mut plans = Vec::new();
+    let local = |r: &RepairReplica| !matches!(r.tier, Tier::Cold);
     for volume in degraded {
+        // A copy in the middle of a tier move is left to finish first.
         if busy.contains(&volume.volume_id)
-            || matches!(
-                volume.state,
-                VolumeState::Cold | VolumeState::Moving | VolumeState::Restoring
-            )
+            || volume
+                .replicas
+                .iter()
+                .any(|r| matches!(r.state, VolumeState::Moving | VolumeState::Restoring))
         {
             continue;
         }
-        let sources: Vec<ServerLocation> = volume
-            .replicas
-            .iter()
-            .filter(|r| r.health == ReplicaHealth::Ok)
-            .map(|r| r.location.clone())
-            .collect();
-        if sources.is_empty() {
-            continue;
-        }
+        // Repairs copy needles from local copies; a cold copy is no source
+        // (nor target: its data is the shared object).
+        let healthy = |cold: bool| -> Vec<ServerLocation> {
+            volume
+                .replicas
+                .iter()
+                .filter(|r| r.health == ReplicaHealth::Ok && local(r) != cold)
+                .map(|r| r.location.clone())
+                .collect()
+        };
+        let (sources, cold_sources) = (healthy(false), healthy(true));
         let full = |server: &str, load: &HashMap<String, usize>| {
             load.get(server).copied().unwrap_or(0) >= max_per_server
         };
+        // A new copy on a server placement picks: every current copy (even
+        // a lost one) is excluded; the others count for spreading.
+        let new_copy = |lost: Option<&str>, load: &HashMap<String, usize>| {
+            let eligible: Vec<Candidate> = candidates
+                .iter()
+                .filter(|c| !full(&c.server_id, load))
+                .filter(|c| {
+                    !volume
+                        .replicas
+                        .iter()
+                        .any(|r| r.location.server_id == c.server_id)
+                })
+                .cloned()
+                .collect();
+            let existing: Vec<Candidate> = volume
+                .replicas
+                .iter()
+                .filter(|r| Some(r.location.server_id.as_str()) != lost)
+                .map(|r| candidate(&r.location))
+                .collect();
+            let chosen =
+                placement::place(&eligible, &existing, 1, u64::from(volume.volume_id)).ok()?;
+            Some(ServerLocation {
+                server_id: chosen.first()?.clone(),
+                ..ServerLocation::default()
+            })
+        };
         let repair = volume.replicas.iter().find_map(|r| match r.health {
             ReplicaHealth::Stale | ReplicaHealth::Missing
-                if !full(&r.location.server_id, &load) =>
+                if local(r) && !sources.is_empty() && !full(&r.location.server_id, &load) =>
             {
                 Some((r.location.clone(), RepairKind::CatchUp))
             }
-            ReplicaHealth::Down if r.down_for >= repair_after.as_secs() => {
-                let eligible: Vec<Candidate> = candidates
-                    .iter()
-                    .filter(|c| !full(&c.server_id, &load))
-                    .cloned()
-                    .collect();
-                // Every current copy (even the lost one) is excluded; the
-                // healthy ones count for spreading.
-                let mut existing: Vec<Candidate> = volume
-                    .replicas
-                    .iter()
-                    .map(|r| candidate(&r.location))
-                    .collect();
-                existing.retain(|c| c.server_id != r.location.server_id);
-                let eligible: Vec<Candidate> = eligible
-                    .into_iter()
-                    .filter(|c| c.server_id != r.location.server_id)
-                    .collect();
-                let chosen =
-                    placement::place(&eligible, &existing, 1, u64::from(volume.volume_id)).ok()?;
-                let target = chosen.first()?;
-                let location = ServerLocation {
-                    server_id: target.clone(),
-                    ..ServerLocation::default()
-                };
+            ReplicaHealth::Stale if !local(r) && !cold_sources.is_empty() => {
+                Some((r.location.clone(), RepairKind::CatchUpCold))
+            }
+            ReplicaHealth::Down if r.down_for >= repair_after.as_secs() && !sources.is_empty() => {
+                let target = new_copy(Some(&r.location.server_id), &load)?;
                 Some((
-                    location,
+                    target,
                     RepairKind::Replace {
                         lost: r.location.server_id.clone(),
                     },
                 ))
             }
             _ => None,
+        });
+        let repair = repair.or_else(|| {
+            (volume.replicas.len() < volume.desired
+                && !sources.is_empty()
+                && !volume
+                    .replicas
+                    .iter()
+                    .any(|r| r.health == ReplicaHealth::Down))
+            .then(|| new_copy(None, &load))
+            .flatten()
+            .map(|target| (target, RepairKind::Add))
         });
         let Some((target, kind)) = repair else {
             continue;
@@ -261,7 +301,11 @@ pub fn plan(
             collection: volume.collection.clone(),
             tier: volume.tier,
             target,
-            sources,
+            sources: if kind == RepairKind::CatchUpCold {
+                cold_sources
+            } else {
+                sources
+            },
             kind,
         });
     }
@@ -346,9 +390,35 @@ async fn digests(
         .collect())
 }
 
+/// Has the cold copy on `to` take the tombstones of the one on `from`.
+async fn merge_cold(
+    to: &ServerLocation,
+    from: &ServerLocation,
+    volume_id: u32,
+) -> Result<(), String> {
+    client(to)
+        .await?
+        .move_volume(MoveVolumeRequest {
+            volume_id,
+            target: Tier::Cold as i32,
+            share_cold_from: from.grpc_addr.clone(),
+            ..MoveVolumeRequest::default()
+        })
+        .await
+        .map_err(|e| format!("{}: {}", to.server_id, e.message()))?;
+    Ok(())
+}
+
 /// Runs one repair: copy, settle, verify.
 async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Result<(), String> {
     let target = &plan.target;
+    if plan.kind == RepairKind::CatchUpCold {
+        for source in &plan.sources {
+            merge_cold(target, source, plan.volume_id).await?;
+            merge_cold(source, target, plan.volume_id).await?;
+        }
+        return Ok(());
+    }
     for _round in 0..3 {
         sync(target, &plan.sources, plan, settings.bytes_per_sec).await?;
         if plan.kind == RepairKind::CatchUp {
@@ -422,11 +492,14 @@ pub async fn run(
                     kind = ?plan.kind, "repair started");
                 let result = execute(&plan, settings).await;
                 let recorded = match (&result, &plan.kind) {
-                    (Ok(()), RepairKind::CatchUp) => cluster
+                    (Ok(()), RepairKind::CatchUp | RepairKind::CatchUpCold) => cluster
                         .caught_up(plan.volume_id, &plan.target.server_id)
                         .map_err(|e| e.to_string()),
                     (Ok(()), RepairKind::Replace { lost }) => cluster
-                        .replaced(plan.volume_id, lost, &plan.target.server_id)
+                        .replaced(plan.volume_id, Some(lost), &plan.target.server_id)
+                        .map_err(|e| e.to_string()),
+                    (Ok(()), RepairKind::Add) => cluster
+                        .replaced(plan.volume_id, None, &plan.target.server_id)
                         .map_err(|e| e.to_string()),
                     (Err(e), _) => Err(e.clone()),
                 };
@@ -449,11 +522,14 @@ pub async fn run(
                 repairs.running.lock().remove(&plan.volume_id);
             });
         }
-        for (volume_id, location) in cluster.removable_extras() {
+        for (volume_id, location, keep_object) in cluster.removable_extras() {
             let removed = async {
                 client(&location)
                     .await?
-                    .delete_volume(DeleteVolumeRequest { volume_id })
+                    .delete_volume(DeleteVolumeRequest {
+                        volume_id,
+                        keep_object,
+                    })
                     .await
                     .map_err(|e| e.message().to_owned())
             }
@@ -493,6 +569,8 @@ mod tests {
             location: location(id, zone),
             health,
             down_for,
+            tier: Tier::Hot,
+            state: VolumeState::Sealed,
         }
     }
 
@@ -502,6 +580,7 @@ mod tests {
             collection: String::new(),
             tier: Tier::Hot,
             state: VolumeState::Writable,
+            desired: replicas.len(),
             replicas,
         }
     }
@@ -604,5 +683,71 @@ mod tests {
             plans.iter().all(|p| p.volume_id != 0),
             "volume 0 is being repaired"
         );
+    }
+
+    #[test]
+    fn a_volume_back_from_cold_gets_its_copies_from_local_ones_only() {
+        let servers = candidates(&[("a", "z1"), ("b", "z2"), ("c", "z3"), ("d", "z3")]);
+        let cold = |id: &str, zone: &str| RepairReplica {
+            tier: Tier::Cold,
+            state: VolumeState::Cold,
+            ..replica(id, zone, ReplicaHealth::Ok, 0)
+        };
+        // a is local again, b still cold: a new copy from a, never from b,
+        // on a server holding no copy, spread to the third zone.
+        let mut back = view(
+            1,
+            vec![replica("a", "z1", ReplicaHealth::Ok, 0), cold("b", "z2")],
+        );
+        back.desired = 3;
+        let plans = plan(
+            std::slice::from_ref(&back),
+            &servers,
+            Duration::ZERO,
+            &HashSet::new(),
+            &HashMap::new(),
+            2,
+        );
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        assert_eq!(plans[0].kind, RepairKind::Add);
+        assert!(["c", "d"].contains(&plans[0].target.server_id.as_str()));
+        let sources: Vec<&str> = plans[0]
+            .sources
+            .iter()
+            .map(|s| s.server_id.as_str())
+            .collect();
+        assert_eq!(sources, ["a"]);
+
+        // Every copy cold: nothing to copy from. A copy moving: wait.
+        let mut all_cold = view(2, vec![cold("a", "z1")]);
+        all_cold.desired = 2;
+        let mut moving = back.clone();
+        moving.replicas[1].state = VolumeState::Moving;
+        let plans = plan(
+            &[all_cold, moving],
+            &servers,
+            Duration::ZERO,
+            &HashSet::new(),
+            &HashMap::new(),
+            2,
+        );
+        assert!(plans.is_empty(), "{plans:?}");
+
+        // A cold copy that missed a delete catches up from the other one.
+        let mut stale = view(3, vec![cold("a", "z1"), cold("b", "z2")]);
+        stale.replicas[1].health = ReplicaHealth::Stale;
+        stale.desired = 2;
+        let plans = plan(
+            &[stale],
+            &servers,
+            Duration::ZERO,
+            &HashSet::new(),
+            &HashMap::new(),
+            2,
+        );
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        assert_eq!(plans[0].kind, RepairKind::CatchUpCold);
+        assert_eq!(plans[0].target.server_id, "b");
+        assert_eq!(plans[0].sources[0].server_id, "a");
     }
 }

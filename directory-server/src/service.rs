@@ -7,8 +7,9 @@ use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
     AssignRequest, AssignResponse, CapacityRequest, CapacityResponse, CreateVolumeRequest,
     DeleteVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse, HeartbeatRequest,
-    HeartbeatResponse, LookupRequest, LookupResponse, PlannedRepair, RepairRequest, RepairResponse,
-    ServerLocation, StatusRequest, StatusResponse, Tier,
+    HeartbeatResponse, LookupRequest, LookupResponse, PlannedRepair, RemoveReplicaRequest,
+    RemoveReplicaResponse, RepairRequest, RepairResponse, ServerLocation, StatusRequest,
+    StatusResponse, Tier,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -136,6 +137,7 @@ async fn grow(
         for mut client in created.into_iter().flatten() {
             let request = DeleteVolumeRequest {
                 volume_id: plan.volume_id,
+                keep_object: false,
             };
             if let Err(e) = client.delete_volume(request).await {
                 tracing::warn!(volume = plan.volume_id, error = %e.message(),
@@ -259,7 +261,10 @@ impl DirectoryService {
         let mut status = self.cluster.status();
         for volume in &mut status.volumes {
             let id = volume.status.as_ref().map_or(0, |s| s.volume_id);
-            volume.repairing = self.repairs.is_running(id);
+            if let Some(target) = self.repairs.target(id) {
+                volume.repairing = true;
+                volume.repair_progress = self.cluster.repair_progress(id, &target);
+            }
         }
         Ok(Response::new(status))
     }
@@ -281,8 +286,11 @@ impl DirectoryService {
             sources: plan.sources.iter().map(|s| s.server_id.clone()).collect(),
             replaces: match &plan.kind {
                 crate::repair::RepairKind::Replace { lost } => lost.clone(),
-                crate::repair::RepairKind::CatchUp => String::new(),
+                crate::repair::RepairKind::CatchUp
+                | crate::repair::RepairKind::CatchUpCold
+                | crate::repair::RepairKind::Add => String::new(),
             },
+            adds: plan.kind == crate::repair::RepairKind::Add,
             running,
         };
         let mut repairs: Vec<PlannedRepair> = self
@@ -329,6 +337,21 @@ impl DirectoryService {
         }
         tracing::info!(volume = id, "volume forgotten");
         Ok(Response::new(ForgetVolumeResponse {}))
+    }
+
+    async fn remove_replica_inner(
+        &self,
+        request: Request<RemoveReplicaRequest>,
+    ) -> Result<Response<RemoveReplicaResponse>, Status> {
+        let RemoveReplicaRequest {
+            volume_id,
+            server_id,
+        } = request.into_inner();
+        let cluster = Arc::clone(&self.cluster);
+        tokio::task::spawn_blocking(move || cluster.remove_replica(volume_id, &server_id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(RemoveReplicaResponse {}))
     }
 }
 
@@ -390,6 +413,14 @@ impl Directory for DirectoryService {
     ) -> Result<Response<ForgetVolumeResponse>, Status> {
         let span = request_span("forget_volume", request.metadata());
         traced("forget_volume", span, self.forget_volume_inner(request)).await
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<RemoveReplicaRequest>,
+    ) -> Result<Response<RemoveReplicaResponse>, Status> {
+        let span = request_span("remove_replica", request.metadata());
+        traced("remove_replica", span, self.remove_replica_inner(request)).await
     }
 }
 

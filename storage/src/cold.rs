@@ -80,8 +80,17 @@ pub fn cold_paths(dir: &Path, id: VolumeId) -> (PathBuf, PathBuf, PathBuf) {
 impl ColdManifest {
     /// Loads a manifest.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let manifest: ColdManifest = toml::from_str(&text).map_err(|e| Error::BadFile {
+        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::decode(&text, path)
+    }
+
+    /// Decodes a manifest file's bytes (`path` names them in errors).
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Self> {
+        let text = std::str::from_utf8(bytes).map_err(|e| Error::BadFile {
+            path: path.to_owned(),
+            reason: format!("unreadable cold manifest: {e}"),
+        })?;
+        let manifest: ColdManifest = toml::from_str(text).map_err(|e| Error::BadFile {
             path: path.to_owned(),
             reason: format!("unreadable cold manifest: {e}"),
         })?;
@@ -138,6 +147,12 @@ impl std::fmt::Debug for ColdVolume {
 /// Reads an index file's entries, stopping at a torn tail.
 pub fn read_index_file(path: &Path, id: VolumeId) -> Result<Vec<IndexEntry>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_index(&bytes, id, path)
+}
+
+/// Decodes the bytes of an index file of volume `id` (`path` names them
+/// in errors), stopping at a torn tail.
+pub fn parse_index(bytes: &[u8], id: VolumeId, path: &Path) -> Result<Vec<IndexEntry>> {
     if bytes.len() < INDEX_HEADER_LEN {
         return Err(Error::BadFile {
             path: path.to_owned(),
@@ -177,6 +192,11 @@ pub fn read_tomb_file(path: &Path) -> Result<Vec<NeedleId>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(path, e)),
     };
+    Ok(parse_tombs(&bytes))
+}
+
+/// Decodes the bytes of a `.tomb` file, ignoring a torn or corrupt tail.
+pub fn parse_tombs(bytes: &[u8]) -> Vec<NeedleId> {
     let mut ids = Vec::new();
     for chunk in bytes.chunks_exact(TOMB_ENTRY_LEN) {
         let id: [u8; 8] = chunk[..8].try_into().unwrap_or_default();
@@ -186,7 +206,16 @@ pub fn read_tomb_file(path: &Path) -> Result<Vec<NeedleId>> {
         }
         ids.push(NeedleId(u64::from_le_bytes(id)));
     }
-    Ok(ids)
+    ids
+}
+
+/// Writes a `.tomb` file holding `ids`, atomically.
+pub fn write_tomb_file(path: &Path, ids: &[NeedleId]) -> Result<()> {
+    let mut buf = Vec::with_capacity(ids.len() * TOMB_ENTRY_LEN);
+    for id in ids {
+        buf.extend_from_slice(&tomb_entry(*id));
+    }
+    write_atomically(path, &buf)
 }
 
 fn tomb_entry(id: NeedleId) -> [u8; TOMB_ENTRY_LEN] {

@@ -139,6 +139,11 @@ pub enum Error {
         available: u64,
     },
 
+    /// Two copies of a volume disagree in a way the operation cannot
+    /// settle (anti-entropy must bring them together first).
+    #[error("copies disagree: {0}")]
+    Diverged(String),
+
     /// An operating-system I/O error, with the file it concerned.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -87,6 +87,9 @@ pub enum MoveJob {
         /// True once the volume is local again (only the object's deletion is left).
         #[serde(default)]
         committed: bool,
+        /// Other copies of the volume still read the object: it is kept.
+        #[serde(default)]
+        keep_object: bool,
     },
 }
 

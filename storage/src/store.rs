@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::cold::{ColdManifest, ColdVolume, cold_paths, read_index_file, write_index_file};
+use crate::cold::{
+    ColdManifest, ColdVolume, cold_paths, parse_index, read_index_file, write_index_file,
+    write_tomb_file,
+};
 use crate::error::{Error, Result};
 use crate::file::{available_space, sync_parent};
 use crate::format::NeedleMeta;
@@ -500,6 +503,82 @@ impl Store {
             Err(e) => {
                 if !manifest_path.exists() {
                     let _ = std::fs::remove_file(&cidx);
+                }
+                volume.resume();
+                Err(e)
+            }
+        }
+    }
+
+    /// Switches a local copy of a replicated volume to cold on the object
+    /// that another copy uploaded (`manifest`, its `index` file's bytes and
+    /// its `tombstones`). With the volume paused: every needle live here must
+    /// be in that index (else [`Error::Diverged`] and nothing changes); the
+    /// index is written as `.cidx`, the tombstones of both copies as `.tomb`,
+    /// then the manifest (the commit point); the copy is then served cold
+    /// and its local data removed. The caller has checked the object.
+    pub fn adopt_cold(
+        &self,
+        id: VolumeId,
+        manifest: &ColdManifest,
+        index: &[u8],
+        tombstones: &[NeedleId],
+    ) -> Result<()> {
+        let volume = self.volume(id)?;
+        let dir = volume.dir().to_owned();
+        let (manifest_path, cidx, tomb) = cold_paths(&dir, id);
+        let entries = parse_index(index, id, &cidx)?;
+        volume.pause(std::time::Duration::from_secs(30))?;
+        let result = (|| {
+            let mut theirs: std::collections::HashSet<NeedleId> = entries
+                .iter()
+                .filter(|e| !e.tombstone && e.offset + e.record_len <= manifest.object_len)
+                .map(|e| e.needle_id)
+                .collect();
+            let mut deleted: std::collections::BTreeSet<NeedleId> =
+                tombstones.iter().copied().collect();
+            for e in entries.iter().filter(|e| e.tombstone) {
+                theirs.remove(&e.needle_id);
+                deleted.insert(e.needle_id);
+            }
+            let mut missing = Vec::new();
+            for state in volume.needle_states(NeedleId(0), NeedleId(u64::MAX)) {
+                if state.deleted {
+                    deleted.insert(state.id);
+                } else if !theirs.contains(&state.id) && !deleted.contains(&state.id) {
+                    missing.push(state.id);
+                }
+            }
+            if !missing.is_empty() {
+                return Err(Error::Diverged(format!(
+                    "{} needle(s) live on this copy are not in the cold object (first {}); \
+                     the copies must agree first",
+                    missing.len(),
+                    missing[0]
+                )));
+            }
+            let deleted: Vec<NeedleId> = deleted.into_iter().collect();
+            crate::file::write_atomically(&cidx, index)?;
+            write_tomb_file(&tomb, &deleted)?;
+            manifest.store(&manifest_path)?;
+            ColdVolume::open(&dir, id)
+        })();
+        match result {
+            Ok(cold) => {
+                self.volumes
+                    .write()
+                    .insert(id, Handle::Cold(Arc::new(cold)));
+                volume.retire();
+                drop(volume);
+                let (dat, idx, _) = volume_paths(&dir, id);
+                crate::cold::remove_if_exists(&dat)?;
+                sync_parent(&dat)?;
+                crate::cold::remove_if_exists(&idx)
+            }
+            Err(e) => {
+                if !manifest_path.exists() {
+                    let _ = std::fs::remove_file(&cidx);
+                    let _ = std::fs::remove_file(&tomb);
                 }
                 volume.resume();
                 Err(e)

@@ -262,6 +262,7 @@ fn interrupted_moves_to_and_from_cold_settle_on_open() {
     // manifest went: rolled back to cold.
     std::fs::write(volume_paths(&hot, V).0, &object).unwrap();
     let back = MoveJob::FromCold {
+        keep_object: false,
         volume: V.0,
         dir: hot.clone(),
         bucket: "b".into(),
@@ -273,4 +274,56 @@ fn interrupted_moves_to_and_from_cold_settle_on_open() {
     assert!(matches!(store.handle(V).unwrap(), Handle::Cold(_)));
     assert!(!volume_paths(&hot, V).0.exists());
     assert_eq!(read_cold(&store, &object, 4).unwrap(), data(4));
+}
+
+#[test]
+fn sharing_a_cold_object_refuses_a_copy_with_needles_it_lacks() {
+    // Two copies of one volume; the first goes cold (the object is its data
+    // file as uploaded), the second shares that object.
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(root_a.path()), open(root_b.path()));
+    fill(&a, 30);
+    fill(&b, 30);
+    // Deleted on b only before the share, on a only after it went cold.
+    b.delete(V, NeedleId(2), Cookie(11)).unwrap();
+    let object = to_cold(&a, root_a.path());
+    let cold_a = a.cold_volume(V).unwrap();
+    cold_a.delete(NeedleId(3)).unwrap();
+    let (manifest, cidx, tomb) = cold_paths(cold_a.dir(), V);
+    let manifest = ColdManifest::load(&manifest).unwrap();
+    let index = std::fs::read(&cidx).unwrap();
+    let tombstones = hayloft_storage::cold::read_tomb_file(&tomb).unwrap();
+
+    // A needle only b has: refused, b's copy unchanged and still served.
+    b.write(
+        V,
+        NeedleId(99),
+        Cookie(108),
+        &data(99),
+        NeedleMeta::default(),
+    )
+    .unwrap();
+    let err = b.adopt_cold(V, &manifest, &index, &tombstones).unwrap_err();
+    assert!(matches!(err, Error::Diverged(_)), "{err}");
+    assert!(matches!(b.handle(V).unwrap(), Handle::Local(_)));
+    assert!(!cold_paths(&root_b.path().join("hot"), V).0.exists());
+    check(&b, 30, &[2]);
+
+    // Once that needle is deleted there too, the share goes through.
+    b.delete(V, NeedleId(99), Cookie(108)).unwrap();
+    b.adopt_cold(V, &manifest, &index, &tombstones).unwrap();
+    let hot_b = root_b.path().join("hot");
+    assert!(!volume_paths(&hot_b, V).0.exists(), "b's data file is gone");
+    for store in [b, open(root_b.path())] {
+        assert!(matches!(store.handle(V).unwrap(), Handle::Cold(_)));
+        for i in 0..30 {
+            let read = read_cold(&store, &object, i);
+            if [2, 3].contains(&i) {
+                assert!(read.unwrap_err().is_not_found(), "needle {i} stays deleted");
+            } else {
+                assert_eq!(read.unwrap(), data(i), "needle {i}");
+            }
+        }
+        assert!(read_cold(&store, &object, 99).unwrap_err().is_not_found());
+    }
 }

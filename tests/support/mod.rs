@@ -235,7 +235,20 @@ impl Cluster {
         directory_args: &[&str],
         volume_args: &[&str],
     ) -> Cluster {
-        let mut cluster = Cluster::new(0, volume_args, &[]);
+        Cluster::start_replicated_with_env(zones, replication, directory_args, volume_args, &[])
+            .await
+    }
+
+    /// [`Cluster::start_replicated`] with environment variables for the
+    /// volume servers (failpoints).
+    pub async fn start_replicated_with_env(
+        zones: &[&str],
+        replication: usize,
+        directory_args: &[&str],
+        volume_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let mut cluster = Cluster::new(0, volume_args, env);
         cluster.directory_args = vec!["--replication".into(), replication.to_string()];
         cluster
             .directory_args

@@ -4,6 +4,7 @@
 
 pub mod object;
 pub mod policy;
+pub mod replicas;
 pub mod worker;
 
 pub use object::{ObjectError, ObjectStore, ObjectStoreConfig};

@@ -52,6 +52,7 @@ use hayloft_storage::Tier;
 use serde::{Deserialize, Serialize};
 
 use crate::object::STORAGE_CLASSES;
+use crate::replicas::{self, tier_of};
 
 /// A lifecycle policy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -238,8 +239,25 @@ pub enum Action {
         bytes: u64,
         /// The rule that decided it.
         rule: String,
+        /// To cold without an upload: share the object of the cold copy on
+        /// this server (a replicated volume's follower; "" = upload).
+        share_cold_from: String,
+        /// From cold: keep the object (another copy still reads it).
+        keep_object: bool,
     },
-    /// Delete the whole volume.
+    /// Take one copy of a replicated volume out of its replica set, then
+    /// delete it (a cold volume keeps at most two copies).
+    Drop {
+        /// The volume.
+        volume: u32,
+        /// The server whose copy goes.
+        server: String,
+        /// For a cold copy: keep the object (another copy reads it).
+        keep_object: bool,
+        /// Why.
+        rule: String,
+    },
+    /// Delete a copy of the volume (every copy: the whole volume).
     Delete {
         /// The volume.
         volume: u32,
@@ -249,7 +267,31 @@ pub enum Action {
         bytes: u64,
         /// Why.
         rule: String,
+        /// For a cold copy: keep the object (another copy is deleted after).
+        keep_object: bool,
+        /// The last copy: the directory forgets the volume after it.
+        forget: bool,
     },
+}
+
+impl Action {
+    /// The volume it acts on.
+    pub fn volume(&self) -> u32 {
+        match self {
+            Action::Move { volume, .. }
+            | Action::Drop { volume, .. }
+            | Action::Delete { volume, .. } => *volume,
+        }
+    }
+
+    /// The server it runs on.
+    pub fn server(&self) -> &str {
+        match self {
+            Action::Move { server, .. }
+            | Action::Drop { server, .. }
+            | Action::Delete { server, .. } => server,
+        }
+    }
 }
 
 /// Where a volume's bytes are billed: `hot`, `warm`, or the cold storage class.
@@ -264,14 +306,6 @@ pub fn billing_key(status: &hayloft_proto::VolumeStatus) -> String {
         }
         Ok(ProtoTier::Warm) => "warm".into(),
         _ => "hot".into(),
-    }
-}
-
-fn tier_of(status: &hayloft_proto::VolumeStatus) -> Tier {
-    match ProtoTier::try_from(status.tier) {
-        Ok(ProtoTier::Cold) => Tier::Cold,
-        Ok(ProtoTier::Warm) => Tier::Warm,
-        _ => Tier::Hot,
     }
 }
 
@@ -305,6 +339,10 @@ impl Plan {
 pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
     let mut plan = Plan::default();
     for record in volumes {
+        if replicas::is_replicated(record) {
+            plan_replicated(policy, record, now, &mut plan);
+            continue;
+        }
         let Some(status) = &record.status else {
             continue;
         };
@@ -325,12 +363,132 @@ pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
                     status.file_bytes,
                 );
             }
-            Some(Action::Delete { .. }) => {}
+            Some(Action::Delete { .. } | Action::Drop { .. }) => {}
             None => *plan.after.entry(key).or_default() += status.file_bytes,
         }
         plan.actions.extend(action);
     }
     plan
+}
+
+/// Plans a replicated volume (see [`replicas`]): a half-done move is
+/// finished first (the copies follow the first one), then the policy
+/// decides on the first copy's status with every copy's reads.
+fn plan_replicated(policy: &Policy, record: &VolumeRecord, now: u64, plan: &mut Plan) {
+    let Some(status) = replicas::volume_status(record) else {
+        return;
+    };
+    // Billing: every local copy is paid for; cold copies share one object.
+    let mut cold_billed = false;
+    for copy in record.replicas.iter().filter_map(|r| r.status.as_ref()) {
+        if tier_of(copy) == Tier::Cold && std::mem::replace(&mut cold_billed, true) {
+            continue;
+        }
+        *plan.before.entry(billing_key(copy)).or_default() += copy.file_bytes;
+    }
+    let copies = record.replicas.len().max(record.replication as usize) as u64;
+    let decided = decide(policy, record, &status, now);
+    let actions = if let Some(Action::Delete { rule, .. }) = &decided {
+        delete_every_copy(record, rule)
+    } else if replicas::blocked(record).is_some() {
+        Vec::new()
+    } else {
+        let follow = replicas::lead_target(record)
+            .map(|t| replicas::steps(record, &t))
+            .unwrap_or_default();
+        match decided {
+            _ if !follow.is_empty() => follow,
+            // Too few copies (back from cold): repair adds them first.
+            _ if record.health != hayloft_proto::VolumeHealth::Ok as i32 => Vec::new(),
+            Some(Action::Move {
+                to,
+                bucket,
+                prefix,
+                storage_class,
+                rule,
+                ..
+            }) => replicas::steps(
+                record,
+                &replicas::Target {
+                    tier: to,
+                    bucket,
+                    prefix,
+                    storage_class,
+                    rule,
+                },
+            ),
+            _ => Vec::new(),
+        }
+    };
+    let target = actions.iter().find_map(|a| match a {
+        Action::Move {
+            to, storage_class, ..
+        } => Some((*to, storage_class.clone())),
+        _ => None,
+    });
+    match target {
+        Some((Tier::Cold, class)) => {
+            let class = if class.is_empty() {
+                "STANDARD".to_owned()
+            } else {
+                class
+            };
+            *plan.after.entry(class).or_default() += status.file_bytes;
+        }
+        Some((to, _)) => {
+            *plan.after.entry(to.as_str().to_owned()).or_default() += status.file_bytes * copies
+        }
+        None if actions.iter().any(|a| matches!(a, Action::Delete { .. })) => {}
+        None => {
+            *plan.after.entry(billing_key(&status)).or_default() +=
+                if tier_of(&status) == Tier::Cold {
+                    status.file_bytes
+                } else {
+                    status.file_bytes * copies
+                };
+        }
+    }
+    plan.actions.extend(actions);
+}
+
+/// Deletes of every copy of a replicated volume (retention): the cold
+/// object goes with the last one, then the directory forgets the volume.
+/// Waits while a copy is down or moving (a copy left behind would come back
+/// as an unknown volume); copies already gone are skipped.
+fn delete_every_copy(record: &VolumeRecord, rule: &str) -> Vec<Action> {
+    let waiting = record.replicas.iter().any(|r| {
+        r.health == hayloft_proto::ReplicaHealth::Down as i32
+            || r.status.as_ref().is_some_and(|s| {
+                matches!(
+                    VolumeState::try_from(s.state),
+                    Ok(VolumeState::Moving | VolumeState::Restoring)
+                )
+            })
+    });
+    if waiting {
+        return Vec::new();
+    }
+    let present: Vec<&hayloft_proto::Replica> = record
+        .replicas
+        .iter()
+        .filter(|r| r.health != hayloft_proto::ReplicaHealth::Missing as i32)
+        .collect();
+    let last = present.len().saturating_sub(1);
+    present
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let status = r.status.as_ref()?;
+            Some(Action::Delete {
+                volume: status.volume_id,
+                server: r.location.as_ref()?.server_id.clone(),
+                bytes: status.file_bytes,
+                rule: rule.to_owned(),
+                keep_object: i < last,
+                forget: i == last,
+            })
+        })
+        .collect()
 }
 
 fn decide(
@@ -340,12 +498,6 @@ fn decide(
     now: u64,
 ) -> Option<Action> {
     let state = VolumeState::try_from(record.state).unwrap_or_default();
-    // Moves and retention act on one server's copy. A replicated volume
-    // must move (or be deleted) as a whole, copy count kept; until that
-    // exists the planner leaves replicated volumes where they are.
-    if record.replicas.len() > 1 {
-        return None;
-    }
     if !status.sealed
         || matches!(state, VolumeState::Moving | VolumeState::Writable)
         || status.compacting
@@ -363,6 +515,8 @@ fn decide(
             server: record.server_id.clone(),
             bytes: status.file_bytes,
             rule: "every needle expired".into(),
+            keep_object: false,
+            forget: true,
         });
     }
     for expiry in &policy.expiries {
@@ -372,6 +526,8 @@ fn decide(
                 server: record.server_id.clone(),
                 bytes: status.file_bytes,
                 rule: expiry.name.clone(),
+                keep_object: false,
+                forget: true,
             });
         }
     }
@@ -386,6 +542,8 @@ fn decide(
         storage_class: class.to_owned(),
         bytes: status.file_bytes,
         rule: rule.to_owned(),
+        share_cold_from: String::new(),
+        keep_object: false,
     };
     for promotion in &policy.promotions {
         if collection_matches(&promotion.collection)
@@ -505,7 +663,7 @@ mod tests {
                 Action::Move {
                     volume, to, rule, ..
                 } => (*volume, *to, rule.as_str()),
-                Action::Delete { .. } => panic!("nothing expires"),
+                other => panic!("nothing expires or drops: {other:?}"),
             })
             .collect();
         assert_eq!(

@@ -10,7 +10,7 @@ use hayloft_proto::directory_client::DirectoryClient;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
     DeleteVolumeRequest, ForgetVolumeRequest, ListMovesRequest, MoveJobStatus, MoveVolumeRequest,
-    StatusRequest, StatusResponse, Tier as ProtoTier,
+    RemoveReplicaRequest, StatusRequest, StatusResponse, Tier as ProtoTier,
 };
 use hayloft_storage::Tier;
 
@@ -110,18 +110,128 @@ pub async fn start_move(
     storage_class: &str,
     bytes_per_sec: u64,
 ) -> Result<(), WorkerError> {
-    connect_volume(addr)
-        .await?
-        .move_volume(MoveVolumeRequest {
+    send_move(
+        addr,
+        MoveVolumeRequest {
             volume_id: volume,
             target: proto_tier(to) as i32,
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
             storage_class: storage_class.to_owned(),
             bytes_per_sec,
-        })
-        .await?;
+            ..MoveVolumeRequest::default()
+        },
+    )
+    .await
+}
+
+async fn send_move(addr: &str, request: MoveVolumeRequest) -> Result<(), WorkerError> {
+    connect_volume(addr).await?.move_volume(request).await?;
     Ok(())
+}
+
+/// Runs one action of a plan on its server (a `Move` only starts: it runs
+/// on in the background there).
+pub async fn run_action(
+    directory: &str,
+    status: &StatusResponse,
+    action: &Action,
+    bytes_per_sec: u64,
+) -> Result<(), WorkerError> {
+    let addr = |server: &str| {
+        server_addr(status, server).ok_or_else(|| WorkerError::Unreachable {
+            addr: server.to_owned(),
+            reason: "server is not alive".into(),
+        })
+    };
+    match action {
+        Action::Move {
+            volume,
+            server,
+            to,
+            bucket,
+            prefix,
+            storage_class,
+            share_cold_from,
+            keep_object,
+            ..
+        } => {
+            let share_cold_from = if share_cold_from.is_empty() {
+                String::new()
+            } else {
+                addr(share_cold_from)?
+            };
+            send_move(
+                &addr(server)?,
+                MoveVolumeRequest {
+                    volume_id: *volume,
+                    target: proto_tier(*to) as i32,
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    storage_class: storage_class.clone(),
+                    bytes_per_sec,
+                    share_cold_from,
+                    keep_object: *keep_object,
+                },
+            )
+            .await
+        }
+        Action::Drop {
+            volume,
+            server,
+            keep_object,
+            ..
+        } => {
+            // Out of the replica set first: reads stop going to the copy
+            // before it is deleted. A copy that cannot be deleted now is an
+            // extra copy, which the directory deletes later.
+            let target = addr(server)?;
+            connect_directory(directory)
+                .await?
+                .remove_replica(RemoveReplicaRequest {
+                    volume_id: *volume,
+                    server_id: server.clone(),
+                })
+                .await?;
+            connect_volume(&target)
+                .await?
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id: *volume,
+                    keep_object: *keep_object,
+                })
+                .await?;
+            Ok(())
+        }
+        Action::Delete {
+            volume,
+            server,
+            keep_object,
+            forget,
+            ..
+        } => {
+            match connect_volume(&addr(server)?)
+                .await?
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id: *volume,
+                    keep_object: *keep_object,
+                })
+                .await
+            {
+                // Deleted by an earlier round that failed later on.
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                other => {
+                    other?;
+                }
+            }
+            if *forget {
+                connect_directory(directory)
+                    .await?
+                    .forget_volume(ForgetVolumeRequest { volume_id: *volume })
+                    .await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Runs a plan: starts its moves (at most the policy's `max_moves_per_run`)
@@ -134,43 +244,23 @@ pub async fn execute(
 ) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
     let mut moves = 0;
+    // Once an action of a volume fails, its later ones wait for the next
+    // round (the last delete of a volume must not run after a failed one).
+    let mut failed = std::collections::HashSet::new();
     for action in &plan.actions {
-        let server = match action {
-            Action::Move { server, .. } | Action::Delete { server, .. } => server,
-        };
-        let Some(addr) = server_addr(status, server) else {
-            outcomes.push(Outcome {
-                action: action.clone(),
-                result: Err(format!("server {server} is not alive")),
-            });
+        if failed.contains(&action.volume()) {
             continue;
-        };
-        let result = match action {
-            Action::Move {
-                volume,
-                to,
-                bucket,
-                prefix,
-                storage_class,
-                ..
-            } => {
-                if moves >= policy.max_moves_per_run {
-                    continue;
-                }
-                moves += 1;
-                start_move(
-                    &addr,
-                    *volume,
-                    *to,
-                    bucket,
-                    prefix,
-                    storage_class,
-                    policy.bytes_per_sec.as_u64(),
-                )
-                .await
+        }
+        if let Action::Move { .. } = action {
+            if moves >= policy.max_moves_per_run {
+                continue;
             }
-            Action::Delete { volume, .. } => delete_volume(directory, &addr, *volume).await,
-        };
+            moves += 1;
+        }
+        let result = run_action(directory, status, action, policy.bytes_per_sec.as_u64()).await;
+        if result.is_err() {
+            failed.insert(action.volume());
+        }
         if let Err(e) = &result {
             tracing::warn!(?action, error = %e, "tiering action refused");
         } else {
@@ -182,19 +272,6 @@ pub async fn execute(
         });
     }
     outcomes
-}
-
-/// Deletes a whole volume on its server, then drops it from the directory.
-pub async fn delete_volume(directory: &str, addr: &str, volume: u32) -> Result<(), WorkerError> {
-    connect_volume(addr)
-        .await?
-        .delete_volume(DeleteVolumeRequest { volume_id: volume })
-        .await?;
-    connect_directory(directory)
-        .await?
-        .forget_volume(ForgetVolumeRequest { volume_id: volume })
-        .await?;
-    Ok(())
 }
 
 /// Move jobs on every live volume server, with the server's id.

@@ -27,7 +27,7 @@ pub fn grpc_status(error: &Error, blob: Option<BlobId>) -> tonic::Status {
         Error::VolumeExists(_) => Status::already_exists(error.to_string()),
         Error::VolumeFull { .. } => Status::resource_exhausted(error.to_string()),
         _ if is_disk_full(error) => Status::resource_exhausted(format!("disk full: {error}")),
-        Error::Sealed(_) | Error::NeedleDeleted { .. } => {
+        Error::Sealed(_) | Error::NeedleDeleted { .. } | Error::Diverged(_) => {
             Status::failed_precondition(error.to_string())
         }
         Error::Poisoned(_) => Status::unavailable(error.to_string()),

@@ -12,16 +12,18 @@ use bytes::Bytes;
 use hayloft_proto::volume_server::Volume;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
-    BlobInfo, CompactProgress, CompactRequest, CreateVolumeRequest, CreateVolumeResponse,
-    DeleteRequest, DeleteResponse, DeleteVolumeRequest, DeleteVolumeResponse, FetchNeedleRequest,
-    ListMovesRequest, ListMovesResponse, ListNeedlesRequest, ListNeedlesResponse,
-    ListVolumesRequest, ListVolumesResponse, MoveVolumeRequest, MoveVolumeResponse,
-    NeedleDigestsRequest, NeedleDigestsResponse, NeedleEntry, RangeDigest, ReadRequest,
-    ReadResponse, StatRequest, StatResponse, SyncProgress, SyncVolumeRequest, Tier as ProtoTier,
-    WriteHeader, WriteRequest, WriteResponse,
+    BlobInfo, ColdIndexRequest, ColdIndexResponse, CompactProgress, CompactRequest,
+    CreateVolumeRequest, CreateVolumeResponse, DeleteRequest, DeleteResponse, DeleteVolumeRequest,
+    DeleteVolumeResponse, FetchNeedleRequest, ListMovesRequest, ListMovesResponse,
+    ListNeedlesRequest, ListNeedlesResponse, ListVolumesRequest, ListVolumesResponse,
+    MoveVolumeRequest, MoveVolumeResponse, NeedleDigestsRequest, NeedleDigestsResponse,
+    NeedleEntry, RangeDigest, ReadRequest, ReadResponse, StatRequest, StatResponse, SyncProgress,
+    SyncVolumeRequest, Tier as ProtoTier, WriteHeader, WriteRequest, WriteResponse,
 };
 use hayloft_storage::volume::now_unix_secs;
-use hayloft_storage::{BlobId, Error, NeedleId, NeedleMeta, NeedleWrite, Store, Tier, VolumeId};
+use hayloft_storage::{
+    BlobId, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, Store, Tier, VolumeId,
+};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -212,7 +214,12 @@ impl VolumeService {
         if data.len() as u64 != header.size {
             return Err(truncated(data.len() as u64, header.size));
         }
+        // Tests: the primary's own write fails after the copies had it all.
+        let fail = !forward.is_empty() && crate::tier::failpoint("primary-local-write");
         let local = async move {
+            if fail {
+                return Err(Status::internal("failpoint primary-local-write"));
+            }
             tokio::task::spawn_blocking(move || {
                 volume.write(&NeedleWrite {
                     id: blob.needle,
@@ -551,13 +558,23 @@ impl VolumeService {
             if request.get_ref().verified {
                 // The cookie was checked by the forwarding copy: store the
                 // tombstone even if this copy lacks the needle.
-                let volume = self
+                let handle = self
                     .store
-                    .volume(blob.volume())
+                    .handle(blob.volume())
                     .map_err(|e| grpc_status(&e, Some(blob)))?;
-                blocking(move || volume.delete_copied(blob.needle, blob.cookie))
-                    .await?
-                    .map_err(|e| grpc_status(&e, Some(blob)))?;
+                let deleted = match handle {
+                    Handle::Local(volume) => {
+                        blocking(move || volume.delete_copied(blob.needle, blob.cookie).map(|_| ()))
+                            .await?
+                    }
+                    // A cold copy (a replicated volume moving to or from
+                    // cold): the tombstone goes to its `.tomb` file.
+                    Handle::Cold(cold) => match blocking(move || cold.delete(blob.needle)).await? {
+                        Err(e) if e.is_not_found() => Ok(()),
+                        other => other,
+                    },
+                };
+                deleted.map_err(|e| grpc_status(&e, Some(blob)))?;
                 return Ok(Response::new(DeleteResponse {}));
             }
             return self.delete_local(blob).await;
@@ -684,9 +701,21 @@ impl VolumeService {
         &self,
         request: Request<MoveVolumeRequest>,
     ) -> Result<Response<MoveVolumeResponse>, Status> {
-        self.tiering
-            .start(request.into_inner())
-            .map_err(move_status)?;
+        let request = request.into_inner();
+        let id = VolumeId(request.volume_id);
+        let cold_here = matches!(self.store.handle(id), Ok(Handle::Cold(_)));
+        if cold_here
+            && !request.share_cold_from.is_empty()
+            && request.target == ProtoTier::Cold as i32
+        {
+            // A cold copy catching up with another: done before answering.
+            self.tiering
+                .merge_cold(id, &request.share_cold_from)
+                .await
+                .map_err(move_status)?;
+            return Ok(Response::new(MoveVolumeResponse {}));
+        }
+        self.tiering.start(request).map_err(move_status)?;
         Ok(Response::new(MoveVolumeResponse {}))
     }
 
@@ -695,7 +724,10 @@ impl VolumeService {
         request: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
         self.tiering
-            .delete_volume(VolumeId(request.get_ref().volume_id))
+            .delete_volume(
+                VolumeId(request.get_ref().volume_id),
+                request.get_ref().keep_object,
+            )
             .await
             .map_err(move_status)?;
         self.replication.forget(request.get_ref().volume_id);
@@ -770,6 +802,28 @@ impl Volume for VolumeService {
     ) -> Result<Response<SyncStream>, Status> {
         let span = request_span("grpc_sync_volume", request.metadata());
         traced("grpc_sync_volume", span, self.sync_volume_inner(request)).await
+    }
+
+    async fn cold_index(
+        &self,
+        request: Request<ColdIndexRequest>,
+    ) -> Result<Response<ColdIndexResponse>, Status> {
+        let span = request_span("grpc_cold_index", request.metadata());
+        let id = VolumeId(request.get_ref().volume_id);
+        let tiering = Arc::clone(&self.tiering);
+        let store = Arc::clone(&self.store);
+        traced("grpc_cold_index", span, async move {
+            if let Handle::Local(_) = store.handle(id).map_err(|e| grpc_status(&e, None))? {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is not cold on this server"
+                )));
+            }
+            let files = blocking(move || tiering.cold_files(id))
+                .await?
+                .map_err(|e| grpc_status(&e, None))?;
+            Ok(Response::new(files))
+        })
+        .await
     }
 
     async fn write(

@@ -163,7 +163,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A failpoint for tests: `HAYLOFT_FAILPOINT=<name>`.
-fn failpoint(name: &str) -> bool {
+pub(crate) fn failpoint(name: &str) -> bool {
     std::env::var("HAYLOFT_FAILPOINT").is_ok_and(|v| v == name)
 }
 
@@ -327,7 +327,16 @@ impl Tiering {
             Handle::Local(v) => v.tier(),
             Handle::Cold(_) => Tier::Cold,
         };
-        let class = if target == Tier::Cold {
+        let sharing = !request.share_cold_from.is_empty();
+        if sharing && (target != Tier::Cold || from == Tier::Cold) {
+            return Err(MoveError::Invalid(
+                "share_cold_from takes a local copy to cold".into(),
+            ));
+        }
+        let class = if sharing {
+            self.objects()?;
+            String::new()
+        } else if target == Tier::Cold {
             let class = if request.storage_class.is_empty() {
                 "STANDARD".to_owned()
             } else {
@@ -373,6 +382,8 @@ impl Tiering {
             prefix: request.prefix,
             class,
             rate,
+            share_cold_from: request.share_cold_from,
+            keep_object: request.keep_object,
         };
         tokio::spawn(async move { this.run(job, request, None).await });
         Ok(())
@@ -403,6 +414,8 @@ impl Tiering {
                 prefix: String::new(),
                 class,
                 rate: self.settings.bytes_per_sec,
+                share_cold_from: String::new(),
+                keep_object: false,
             };
             tokio::spawn(async move { this.run(job, request, Some(pending)).await });
         }
@@ -457,6 +470,9 @@ impl Tiering {
         }
         let id = job.volume;
         match (self.store.handle(id)?, request.target) {
+            (Handle::Local(_), Tier::Cold) if !request.share_cold_from.is_empty() => {
+                self.share_cold(job, &request.share_cold_from).await
+            }
             (Handle::Local(_), Tier::Cold) => self.to_cold(job, request).await,
             (Handle::Local(volume), target) => {
                 job.step("copying");
@@ -699,6 +715,110 @@ impl Tiering {
         Ok(())
     }
 
+    /// Fetches the cold files of the copy of volume `id` on `source`.
+    async fn fetch_cold_index(
+        id: VolumeId,
+        source: &str,
+    ) -> Result<hayloft_proto::ColdIndexResponse, MoveError> {
+        let unreachable = |e: String| MoveError::Invalid(format!("copy on {source}: {e}"));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{source}"))
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .connect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(hayloft_proto::volume_client::VolumeClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .cold_index(hayloft_proto::ColdIndexRequest { volume_id: id.0 })
+            .await
+            .map_err(|e| unreachable(e.message().to_owned()))?
+            .into_inner())
+    }
+
+    /// A cold copy catches up with the cold copy on `source` (same object):
+    /// every needle deleted there is deleted here. Returns how many were.
+    pub async fn merge_cold(&self, id: VolumeId, source: &str) -> Result<usize, MoveError> {
+        let cold = self.store.cold_volume(id)?;
+        let reply = Self::fetch_cold_index(id, source).await?;
+        let (manifest_path, _, _) = hayloft_storage::cold::cold_paths(cold.dir(), id);
+        let theirs = ColdManifest::decode(&reply.manifest, &manifest_path)?;
+        let ours = cold.manifest();
+        if (&theirs.bucket, &theirs.key, &theirs.etag) != (&ours.bucket, &ours.key, &ours.etag) {
+            return Err(MoveError::Invalid(format!(
+                "the copy on {source} is cold on another object ({}/{})",
+                theirs.bucket, theirs.key
+            )));
+        }
+        let mut deleted = hayloft_storage::cold::parse_tombs(&reply.tombstones);
+        let index = hayloft_storage::cold::parse_index(&reply.index, id, &manifest_path)?;
+        deleted.extend(index.iter().filter(|e| e.tombstone).map(|e| e.needle_id));
+        let live: std::collections::HashSet<NeedleId> = cold.needle_ids().into_iter().collect();
+        deleted.retain(|n| live.contains(n));
+        let count = deleted.len();
+        blocking(move || {
+            for needle in deleted {
+                match cold.delete(needle) {
+                    Err(e) if e.is_not_found() => {}
+                    other => other?,
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(volume = %id, %source, tombstones = count, "cold copy caught up");
+        Ok(count)
+    }
+
+    /// Takes this local copy of a replicated volume to cold on the object
+    /// that the copy on `source` uploaded: its index and tombstones are
+    /// fetched, the object is checked against its manifest, and the store
+    /// switches only if every needle live here is in that index.
+    async fn share_cold(&self, job: &Arc<JobState>, source: &str) -> Result<(), MoveError> {
+        let objects = self.objects()?.clone();
+        let id = job.volume;
+        job.step("fetching index");
+        let reply = Self::fetch_cold_index(id, source).await?;
+        let volume = self.store.volume(id)?;
+        let (manifest_path, _, _) = hayloft_storage::cold::cold_paths(volume.dir(), id);
+        let manifest = ColdManifest::decode(&reply.manifest, &manifest_path)?;
+        let tombstones = hayloft_storage::cold::parse_tombs(&reply.tombstones);
+        job.total.store(manifest.object_len, Ordering::Relaxed);
+        job.step("checking object");
+        let info = retry_transient(job, || objects.head(&manifest.bucket, &manifest.key)).await?;
+        if info.len != manifest.object_len || info.etag != manifest.etag {
+            return Err(MoveError::Mismatch(format!(
+                "object {} has {} bytes, ETag {}; its manifest says {} bytes, ETag {}",
+                manifest.key, info.len, info.etag, manifest.object_len, manifest.etag
+            )));
+        }
+        job.step("switching");
+        let sealing = Arc::clone(&volume);
+        blocking(move || sealing.seal()).await?;
+        drop(volume);
+        let store = Arc::clone(&self.store);
+        blocking(move || store.adopt_cold(id, &manifest, &reply.index, &tombstones)).await?;
+        job.done
+            .store(job.total.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A cold copy's manifest, index and tombstones, byte for byte.
+    pub fn cold_files(&self, id: VolumeId) -> Result<hayloft_proto::ColdIndexResponse, Error> {
+        let cold = self.store.cold_volume(id)?;
+        let (manifest, index, tombs) = hayloft_storage::cold::cold_paths(cold.dir(), id);
+        let read = |path: &std::path::Path| match std::fs::read(path) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(path, e)),
+        };
+        Ok(hayloft_proto::ColdIndexResponse {
+            manifest: read(&manifest)?,
+            index: read(&index)?,
+            tombstones: read(&tombs)?,
+        })
+    }
+
     fn settings_rate(&self, _job: &JobState) -> u64 {
         self.settings.bytes_per_sec
     }
@@ -733,6 +853,7 @@ impl Tiering {
             bucket: manifest.bucket.clone(),
             key: manifest.key.clone(),
             committed: false,
+            keep_object: request.keep_object,
         };
         let stored = pending.clone();
         blocking(move || stored.store()).await?;
@@ -808,9 +929,21 @@ impl Tiering {
         job: &Arc<JobState>,
         pending: &MoveJob,
     ) -> Result<(), MoveError> {
-        let MoveJob::FromCold { bucket, key, .. } = pending else {
+        let MoveJob::FromCold {
+            bucket,
+            key,
+            keep_object,
+            ..
+        } = pending
+        else {
             return Err(MoveError::Invalid("not a move from cold".into()));
         };
+        if *keep_object {
+            // Other copies of the volume still read the object.
+            let pending = pending.clone();
+            blocking(move || pending.remove()).await?;
+            return Ok(());
+        }
         job.step("deleting object");
         let objects = self.objects()?;
         retry_transient(job, || objects.delete(bucket, key)).await?;
@@ -819,9 +952,9 @@ impl Tiering {
         Ok(())
     }
 
-    /// Deletes a whole volume (retention): local files, or the cold object
-    /// and the local index.
-    pub async fn delete_volume(&self, id: VolumeId) -> Result<(), MoveError> {
+    /// Deletes a whole volume (retention): local files, or the local index
+    /// and the cold object (unless `keep_object`: another copy reads it).
+    pub async fn delete_volume(&self, id: VolumeId, keep_object: bool) -> Result<(), MoveError> {
         if self
             .jobs
             .lock()
@@ -832,7 +965,7 @@ impl Tiering {
         }
         let store = Arc::clone(&self.store);
         let handle = blocking(move || store.delete_volume(id)).await?;
-        if let Handle::Cold(cold) = handle {
+        if let (Handle::Cold(cold), false) = (handle, keep_object) {
             let manifest = cold.manifest();
             self.objects()?
                 .delete(&manifest.bucket, &manifest.key)
@@ -850,6 +983,10 @@ struct MoveRequest {
     prefix: String,
     class: String,
     rate: u64,
+    /// Share the object of the cold copy on this server (gRPC address).
+    share_cold_from: String,
+    /// From cold: keep the object.
+    keep_object: bool,
 }
 
 /// Retries an object-store call while it fails transiently (the store is

@@ -124,6 +124,12 @@ impl Volume for Null {
     ) -> Result<Response<Self::SyncVolumeStream>, Status> {
         Err(Status::unimplemented("null server"))
     }
+    async fn cold_index(
+        &self,
+        _: Request<ColdIndexRequest>,
+    ) -> Result<Response<ColdIndexResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
 }
 
 fn arg(name: &str) -> Option<String> {
