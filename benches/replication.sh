@@ -11,6 +11,11 @@
 #      the rate, and the read p50/p99 of `hayloft bench` during the repair
 #      against the same bench idle.
 #
+# Every server's data lives under $TMPDIR (mktemp): on one disk, replication 3
+# makes three times the fsyncs of replication 1 on that one disk; with
+# TMPDIR=/dev/shm (no fsync cost) the comparison measures the CPU cost of
+# replicating instead.
+#
 # Usage: benches/replication.sh [SECONDS] [ROUNDS] [REPAIR_MIB] [REPAIR_RATE_MIB]
 #   (defaults: 10 s a phase, 3 rounds, 512 MiB to repair at 8 MiB/s per
 #   repair, slow enough that the repair spans the read bench; ROUNDS 0 skips

@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".hayloft.v1.WriteRequest.chunk")
         .bytes(".hayloft.v1.ReadResponse.chunk")
+        .bytes(".hayloft.v1.ReplicateRequest.data")
         .compile_protos(&protos, &["."])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -927,7 +927,7 @@ fn files_on(setup: &Setup, i: usize, volume: u32) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicated_volumes_move_every_copy_keep_two_cold_copies_of_one_object_and_come_back() {
+async fn replicated_volumes_move_every_copy_share_one_cold_object_and_come_back() {
     let mut setup = replicated_setup().await;
     let client = setup.cluster.client().await;
     let uploaded = upload(&client, 0, 40, 3000, "").await;
@@ -954,14 +954,13 @@ async fn replicated_volumes_move_every_copy_keep_two_cold_copies_of_one_object_a
     );
     check_everywhere(&setup, &all, &blobs, &deleted).await;
 
-    // warm -> cold: one upload, the second copy shares the object, the
-    // third is dropped.
+    // warm -> cold: one upload; the other copies share the object.
     tier_cmd(
         &setup,
         &["move", "--volume", &v, "--to", "cold", "--bucket", BUCKET],
     );
     let (cold, health) = copies(&client, volume).await;
-    assert_eq!(cold.len(), 2, "two cold copies: {cold:?}");
+    assert_eq!(cold.len(), 3, "every copy keeps the index: {cold:?}");
     assert!(
         cold.iter().all(|(_, t)| *t == ProtoTier::Cold as i32),
         "{cold:?}"
@@ -970,50 +969,54 @@ async fn replicated_volumes_move_every_copy_keep_two_cold_copies_of_one_object_a
     assert_eq!(
         object_keys(&setup).await.len(),
         1,
-        "one object for both copies"
+        "one object for every copy"
     );
-    let holders: Vec<usize> = cold.iter().map(|(s, _)| support::server_index(s)).collect();
-    let dropped = all.iter().copied().find(|i| !holders.contains(i)).unwrap();
-    assert!(
-        files_on(&setup, dropped, volume).is_empty(),
-        "the dropped copy's files are deleted: {:?}",
-        files_on(&setup, dropped, volume)
-    );
+    for i in all {
+        let files = files_on(&setup, i, volume);
+        assert!(
+            files.iter().any(|f| f.ends_with(".cold"))
+                && !files.iter().any(|f| f.ends_with(".dat")),
+            "vs{i} keeps the index, not the data: {files:?}"
+        );
+    }
     check_everywhere(&setup, &all, &blobs, &deleted).await;
 
-    // A server holding a cold copy stops: reads go on from the other one,
+    // A server holding a cold copy stops: reads go on from the others,
     // through every live server, and a delete made meanwhile misses it.
-    let lead = holders[0];
+    let lead = support::server_index(&cold[0].0);
+    let others: Vec<usize> = all.iter().copied().filter(|i| *i != lead).collect();
     setup.cluster.volumes[lead].take().unwrap().kill();
-    let live: Vec<usize> = all.iter().copied().filter(|i| *i != lead).collect();
-    check_everywhere(&setup, &live, &blobs, &deleted).await;
+    check_everywhere(&setup, &others, &blobs, &deleted).await;
     let mut deleted = deleted;
     let gone = blobs.pop().unwrap();
     client.delete(&gone.id).await.unwrap();
     deleted.push(gone);
-    check_everywhere(&setup, &live, &blobs, &deleted).await;
-    // It comes back stale and catches up from the other cold copy.
+    check_everywhere(&setup, &others, &blobs, &deleted).await;
+    // It comes back stale and catches up from the other cold copies.
     setup.cluster.start_volume(lead);
     let deadline = Instant::now() + Duration::from_secs(30);
     while copies(&client, volume).await.1 != hayloft_proto::VolumeHealth::Ok as i32 {
         assert!(Instant::now() < deadline, "the cold copy never caught up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // With the other cold copy down, the one that missed the delete serves:
-    // the deleted blob stays deleted.
-    let other = holders[1];
-    setup.cluster.volumes[other].take().unwrap().kill();
-    let live: Vec<usize> = all.iter().copied().filter(|i| *i != other).collect();
-    check_everywhere(&setup, &live, &blobs, &deleted).await;
-    setup.cluster.start_volume(other);
+    // With the other copies down, the one that missed the delete serves
+    // alone: the deleted blob stays deleted.
+    for &i in &others {
+        setup.cluster.volumes[i].take().unwrap().kill();
+    }
+    check_everywhere(&setup, &[lead], &blobs, &deleted).await;
+    for &i in &others {
+        setup.cluster.start_volume(i);
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while copies(&client, volume).await.1 != hayloft_proto::VolumeHealth::Ok as i32 {
-        assert!(Instant::now() < deadline, "the cold copy never came back");
+        assert!(Instant::now() < deadline, "the cold copies never came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // cold -> hot: the first copy downloads, the other cold copy is dropped
-    // with the object, and repair brings the volume back to three copies.
+    // cold -> hot: the first copy downloads, the other cold copies are
+    // dropped (the last with the object), and repair brings the volume back
+    // to three copies.
     tier_cmd(&setup, &["restore", "--volume", &v, "--to", "hot"]);
     let (hot, health) = copies(&client, volume).await;
     assert_eq!(hot.len(), 3, "{hot:?}");

@@ -399,21 +399,9 @@ impl Cluster {
         }
     }
 
-    /// Copies `row` should have: its replication, or at most 2 once every
-    /// copy is cold (the data is one object in the object store; two copies
-    /// of its index keep it readable when a server is lost).
-    fn desired_copies(inner: &Inner, row: &VolumeRow) -> usize {
-        let copies = row.replication.max(1) as usize;
-        let mut reported = row
-            .replicas
-            .iter()
-            .filter_map(|id| inner.reported.get(id)?.get(&row.id))
-            .peekable();
-        if reported.peek().is_some() && reported.all(|s| s.tier == Tier::Cold as i32) {
-            copies.min(2)
-        } else {
-            copies
-        }
+    /// Copies `row` should have.
+    fn desired_copies(row: &VolumeRow) -> usize {
+        row.replication.max(1) as usize
     }
 
     /// OK when every copy it should have is healthy.
@@ -423,7 +411,7 @@ impl Cluster {
             .iter()
             .filter(|id| self.replica_health(inner, row, id) == ReplicaHealth::Ok)
             .count();
-        if healthy >= row.replicas.len().max(Self::desired_copies(inner, row)) {
+        if healthy >= row.replicas.len().max(Self::desired_copies(row)) {
             VolumeHealth::Ok
         } else {
             VolumeHealth::Degraded
@@ -637,7 +625,7 @@ impl Cluster {
                     collection: e.row.collection.clone(),
                     tier,
                     state: VolumeState::try_from(e.row.state).unwrap_or_default(),
-                    desired: Self::desired_copies(&inner, &e.row),
+                    desired: Self::desired_copies(&e.row),
                     replicas,
                 }
             })

@@ -62,7 +62,7 @@ pub enum RepairKind {
         lost: String,
     },
     /// The target gets a new copy of a volume with fewer copies than it
-    /// should have (one back from cold, where two were kept).
+    /// should have (one back from cold, whose cold copies were dropped).
     Add,
     /// The target's cold copy is stale (it missed a delete): it takes the
     /// tombstones of the healthy cold copies, and gives them its own.

@@ -246,7 +246,7 @@ pub enum Action {
         keep_object: bool,
     },
     /// Take one copy of a replicated volume out of its replica set, then
-    /// delete it (a cold volume keeps at most two copies).
+    /// delete it (the cold copies of a volume brought back from cold).
     Drop {
         /// The volume.
         volume: u32,
@@ -717,5 +717,84 @@ mod tests {
         ] {
             assert!(Policy::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// `volume` with three copies on s1..s3, each as `volume` reports it.
+    fn replicated(mut record: VolumeRecord) -> VolumeRecord {
+        let status = record.status.clone().unwrap();
+        record.replication = 3;
+        record.health = hayloft_proto::VolumeHealth::Ok as i32;
+        record.replicas = ["s1", "s2", "s3"]
+            .iter()
+            .map(|s| hayloft_proto::Replica {
+                location: Some(hayloft_proto::ServerLocation {
+                    server_id: (*s).into(),
+                    ..Default::default()
+                }),
+                health: hayloft_proto::ReplicaHealth::Ok as i32,
+                needles: 1,
+                status: Some(status.clone()),
+            })
+            .collect();
+        record
+    }
+
+    #[test]
+    fn replicated_volumes_are_planned_as_a_whole() {
+        let policy = Policy::parse(EXAMPLE).unwrap();
+        let now = 1000 * DAY;
+        let servers = |plan: &Plan| -> Vec<(u32, String)> {
+            plan.actions
+                .iter()
+                .map(|a| (a.volume(), a.server().to_owned()))
+                .collect()
+        };
+        // To warm: every copy. To cold: the first copy uploads, alone. The
+        // policy sees the reads of all three copies (3 x 400 > 1000).
+        let plan = plan(
+            &policy,
+            &[
+                replicated(volume(2, ProtoTier::Hot, 10, 10.0)),
+                replicated(volume(3, ProtoTier::Warm, 200, 0.1)),
+                replicated(volume(5, ProtoTier::Hot, 10, 400.0)),
+            ],
+            now,
+        );
+        assert_eq!(
+            servers(&plan),
+            [
+                (2, "s1".into()),
+                (2, "s2".into()),
+                (2, "s3".into()),
+                (3, "s1".into())
+            ]
+        );
+        assert!(matches!(
+            &plan.actions[3],
+            Action::Move { to: Tier::Cold, share_cold_from, .. } if share_cold_from.is_empty()
+        ));
+        // Billing: three local copies now; one object after.
+        assert_eq!(plan.before["warm"], 3_000_000_000);
+        assert_eq!(plan.after["GLACIER"], 1_000_000_000);
+
+        // Expired: every copy is deleted, the last one forgets the volume.
+        let mut expired = replicated(volume(1, ProtoTier::Hot, 1, 0.0));
+        for replica in &mut expired.replicas {
+            if let Some(s) = replica.status.as_mut() {
+                s.expires_at = now - 1;
+            }
+        }
+        let forgets: Vec<bool> = plan_for(&policy, expired.clone(), now)
+            .iter()
+            .map(|a| matches!(a, Action::Delete { forget: true, .. }))
+            .collect();
+        assert_eq!(forgets, [false, false, true]);
+        // ...but not while a copy is down (it would come back unknown).
+        expired.replicas[1].health = hayloft_proto::ReplicaHealth::Down as i32;
+        assert!(plan_for(&policy, expired, now).is_empty());
+    }
+
+    fn plan_for(policy: &Policy, record: VolumeRecord, now: u64) -> Vec<Action> {
+        plan(policy, &[record], now).actions
     }
 }

@@ -1,6 +1,6 @@
-//! Tier moves of replicated volumes: every copy moves, and a cold volume
-//! keeps one object in the object store with its index on at most two
-//! servers. See ARCHITECTURE.md, "Tier moves of replicated volumes".
+//! Tier moves of replicated volumes: every copy moves, and a cold volume is
+//! one object in the object store with its index on every copy's server.
+//! See ARCHITECTURE.md, "Tier moves of replicated volumes".
 //!
 //! The first copy of the replica set leads: the policy decides on its tier
 //! (with the reads of every copy summed), and the others follow it step by
@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | local | local T | every copy not on T moves to T (in parallel); a cold follower is dropped (the last one deletes the object) |
 //! | local | cold | the lead uploads (a normal move to cold) |
-//! | cold | cold | local followers share the lead's object until two copies are cold, then the other local followers are dropped |
+//! | cold | cold | every local follower shares the lead's object (a copy beyond the replication, if any, is dropped) |
 //! | cold | local T | the lead downloads, keeping the object while a follower is cold |
 //!
 //! A volume with a copy down, stale, missing, moving or compacting waits. A
@@ -157,7 +157,7 @@ pub fn steps(record: &VolumeRecord, target: &Target) -> Vec<Action> {
     let local_followers = followers.iter().filter(|(_, s)| tier_of(s) != Tier::Cold);
     match (lead_tier, target.tier) {
         (Tier::Cold, Tier::Cold) => {
-            let keep = (record.replication.max(1) as usize).min(2);
+            let keep = record.replication.max(1) as usize;
             let cold = 1 + cold_followers.len();
             if cold < keep {
                 local_followers
@@ -328,36 +328,52 @@ mod tests {
             brief(&steps(&warm, &cold_target())),
             [step("move cold", "a", "share= keep=false")]
         );
-        // The lead is cold: the next copy shares its object, then the third
-        // is dropped (the object stays: two copies read it).
+        // The lead is cold: every other copy shares its object.
         let lead_cold = record(vec![copy("a", Cold), copy("b", Warm), copy("c", Warm)]);
         let follow = lead_target(&lead_cold).unwrap();
         assert_eq!(
             brief(&steps(&lead_cold, &follow)),
-            [step("move cold", "b", "share=a keep=false")]
+            [
+                step("move cold", "b", "share=a keep=false"),
+                step("move cold", "c", "share=a keep=false")
+            ]
         );
-        let two_cold = record(vec![copy("a", Cold), copy("b", Cold), copy("c", Warm)]);
+        let half = record(vec![copy("a", Cold), copy("b", Cold), copy("c", Warm)]);
         assert_eq!(
-            brief(&steps(&two_cold, &follow)),
+            brief(&steps(&half, &follow)),
+            [step("move cold", "c", "share=a keep=false")]
+        );
+        // A copy beyond the replication (the setting was lowered) goes.
+        let mut extra = record(vec![copy("a", Cold), copy("b", Cold), copy("c", Warm)]);
+        extra.replication = 2;
+        assert_eq!(
+            brief(&steps(&extra, &follow)),
             [step("drop", "c", "keep=false")]
         );
-        let settled_cold = record(vec![copy("a", Cold), copy("b", Cold)]);
-        assert!(steps(&settled_cold, &follow).is_empty());
-        assert!(settled(&settled_cold, Tier::Cold));
-        // Back: the lead downloads and keeps the object for b; then b is
-        // dropped and takes the object with it; repair adds the copies.
+        let all_cold = record(vec![copy("a", Cold), copy("b", Cold), copy("c", Cold)]);
+        assert!(steps(&all_cold, &follow).is_empty());
+        assert!(settled(&all_cold, Tier::Cold));
+        // Back: the lead downloads and keeps the object for the others; they
+        // are dropped one at a time, the last with the object; repair adds
+        // the copies again.
         assert_eq!(
-            brief(&steps(&settled_cold, &Target::tier(Tier::Hot, "r"))),
+            brief(&steps(&all_cold, &Target::tier(Tier::Hot, "r"))),
             [step("move hot", "a", "share= keep=true")]
         );
-        let mut back = record(vec![copy("a", Hot), copy("b", Cold)]);
+        let mut back = record(vec![copy("a", Hot), copy("b", Cold), copy("c", Cold)]);
+        let follow = lead_target(&back).unwrap();
         assert_eq!(
-            brief(&steps(&back, &lead_target(&back).unwrap())),
-            [step("drop", "b", "keep=false")]
+            brief(&steps(&back, &follow)),
+            [step("drop", "b", "keep=true")]
+        );
+        back.replicas.remove(1);
+        assert_eq!(
+            brief(&steps(&back, &follow)),
+            [step("drop", "c", "keep=false")]
         );
         back.replicas.pop();
         back.health = VolumeHealth::Degraded as i32;
-        assert!(steps(&back, &lead_target(&back).unwrap()).is_empty());
+        assert!(steps(&back, &follow).is_empty());
         assert!(!settled(&back, Tier::Hot), "two copies short");
     }
 

@@ -17,8 +17,9 @@ use hayloft_proto::{
     DeleteVolumeResponse, FetchNeedleRequest, ListMovesRequest, ListMovesResponse,
     ListNeedlesRequest, ListNeedlesResponse, ListVolumesRequest, ListVolumesResponse,
     MoveVolumeRequest, MoveVolumeResponse, NeedleDigestsRequest, NeedleDigestsResponse,
-    NeedleEntry, RangeDigest, ReadRequest, ReadResponse, StatRequest, StatResponse, SyncProgress,
-    SyncVolumeRequest, Tier as ProtoTier, WriteHeader, WriteRequest, WriteResponse,
+    NeedleEntry, RangeDigest, ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse,
+    StatRequest, StatResponse, SyncProgress, SyncVolumeRequest, Tier as ProtoTier, WriteHeader,
+    WriteRequest, WriteResponse,
 };
 use hayloft_storage::volume::now_unix_secs;
 use hayloft_storage::{
@@ -31,7 +32,7 @@ use tracing::Instrument;
 use crate::antientropy::AntiEntropy;
 use crate::error::{etag, grpc_status};
 use crate::metrics;
-use crate::replicate::{Forward, Replication};
+use crate::replicate::{Forward, LINKED_FORWARD_MAX, Replication};
 use crate::status::all_statuses;
 use crate::tier::{ColdReadError, MoveError, Tiering};
 
@@ -40,6 +41,7 @@ use crate::tier::{ColdReadError, MoveError, Tiering};
 const SMALL_BLOB: u64 = 1 << 20;
 
 /// The volume service.
+#[derive(Clone)]
 pub struct VolumeService {
     store: Arc<Store>,
     max_upload_bytes: u64,
@@ -51,6 +53,8 @@ pub struct VolumeService {
     anti_entropy: Arc<AntiEntropy>,
     /// Blobs up to this size are checksummed on every read.
     verify_up_to: u64,
+    /// Becomes true when the server shuts down: long-lived streams end.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The gRPC status of a failed cold read: archived and unreachable are
@@ -113,7 +117,15 @@ impl VolumeService {
             replication,
             anti_entropy,
             verify_up_to: limits.verify_up_to,
+            stop: None,
         }
+    }
+
+    /// Ends long-lived streams (`Replicate`) once `stop` becomes true, so
+    /// that a graceful shutdown does not wait for them.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Acknowledges a write only if every forwarded copy confirmed it; a
@@ -131,11 +143,21 @@ impl VolumeService {
         let started = Instant::now();
         let (receipt, failures) = tokio::join!(local, forward.finish());
         metrics::replication_wait(started.elapsed());
+        self.settled(blob, receipt, &failures)
+    }
+
+    /// The outcome of a write from its own and its copies' outcomes.
+    fn settled(
+        &self,
+        blob: BlobId,
+        receipt: Result<hayloft_storage::WriteReceipt, Status>,
+        failures: &[crate::replicate::ForwardFailure],
+    ) -> Result<hayloft_storage::WriteReceipt, Status> {
         let receipt = receipt?;
         if failures.is_empty() {
             return Ok(receipt);
         }
-        self.replication.record_failures(blob.volume().0, &failures);
+        self.replication.record_failures(blob.volume().0, failures);
         Err(Status::unavailable(format!(
             "blob {blob} was not confirmed by every copy ({}); retry with a new id",
             failures
@@ -278,6 +300,59 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Status::internal(format!("storage task failed: {e}")))
 }
 
+/// The metadata a write header gives its needle, checked.
+fn meta_of(header: &WriteHeader) -> Result<NeedleMeta, Status> {
+    let meta = NeedleMeta {
+        content_type: header.content_type.clone(),
+        file_name: header.file_name.clone(),
+        last_modified: header.last_modified,
+        expires_at: (header.expires_at != 0).then_some(header.expires_at),
+    };
+    meta.validate()
+        .map_err(|_| Status::invalid_argument("content type or file name too long"))?;
+    Ok(meta)
+}
+
+/// Completes once `stop` is true (never without one).
+async fn stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The whole blob of a small write: `size` bytes, one chunk kept as is.
+async fn gather(stream: &mut Streaming<WriteRequest>, size: u64) -> Result<Bytes, Status> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = Vec::new();
+    let mut len = 0u64;
+    while let Some(chunk) = next_chunk(stream).await? {
+        len += chunk.len() as u64;
+        if len > size {
+            return Err(too_long(size));
+        }
+        match &first {
+            None => first = Some(chunk),
+            Some(_) => rest.push(chunk),
+        }
+    }
+    if len != size {
+        return Err(truncated(len, size));
+    }
+    let first = first.unwrap_or_default();
+    if rest.is_empty() {
+        return Ok(first);
+    }
+    let mut all = Vec::with_capacity(size as usize);
+    all.extend_from_slice(&first);
+    for chunk in rest {
+        all.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(all))
+}
+
 async fn next_chunk(stream: &mut Streaming<WriteRequest>) -> Result<Option<Bytes>, Status> {
     match stream.message().await? {
         None => Ok(None),
@@ -370,14 +445,7 @@ impl VolumeService {
         if header.last_modified == 0 {
             header.last_modified = now_unix_secs();
         }
-        let meta = NeedleMeta {
-            content_type: header.content_type.clone(),
-            file_name: header.file_name.clone(),
-            last_modified: header.last_modified,
-            expires_at: (header.expires_at != 0).then_some(header.expires_at),
-        };
-        meta.validate()
-            .map_err(|_| Status::invalid_argument("content type or file name too long"))?;
+        let meta = meta_of(&header)?;
         // A write from a client goes to every copy; one forwarded by the
         // primary is written here only.
         let targets = if header.forwarded {
@@ -386,15 +454,28 @@ impl VolumeService {
             self.replication.check_writable(blob.volume().0)?;
             self.replication.others(blob.volume().0, &header.replicas)
         };
-        let forward = self
-            .replication
-            .forward_write(&header, &targets, &request_id);
-        let receipt = if header.size <= SMALL_BLOB {
-            self.write_small(volume, blob, &header, meta, &mut stream, forward)
-                .await?
+        let receipt = if !targets.is_empty() && header.size <= LINKED_FORWARD_MAX {
+            self.write_linked(
+                volume,
+                blob,
+                &header,
+                meta,
+                &mut stream,
+                &targets,
+                &request_id,
+            )
+            .await?
         } else {
-            self.write_streamed(volume, blob, &header, meta, &mut stream, forward)
-                .await?
+            self.write_forwarding(
+                volume,
+                blob,
+                &header,
+                meta,
+                &mut stream,
+                &targets,
+                &request_id,
+            )
+            .await?
         };
         metrics::bytes_in("grpc", header.size);
         Ok(Response::new(WriteResponse {
@@ -402,6 +483,102 @@ impl VolumeService {
             size: header.size,
             etag: etag(receipt.checksum, header.size),
         }))
+    }
+
+    /// A small write whose copies get the whole blob over their links.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_linked(
+        &self,
+        volume: Arc<hayloft_storage::Volume>,
+        blob: BlobId,
+        header: &WriteHeader,
+        meta: NeedleMeta,
+        stream: &mut Streaming<WriteRequest>,
+        targets: &[hayloft_proto::ServerLocation],
+        request_id: &str,
+    ) -> Result<hayloft_storage::WriteReceipt, Status> {
+        let data = gather(stream, header.size).await?;
+        let local_data = data.clone();
+        // Tests: the primary's own write fails after the copies had it all.
+        let fail = crate::tier::failpoint("primary-local-write");
+        let local = async move {
+            if fail {
+                return Err(Status::internal("failpoint primary-local-write"));
+            }
+            blocking(move || {
+                volume.write(&NeedleWrite {
+                    id: blob.needle,
+                    cookie: blob.cookie,
+                    data: &local_data,
+                    meta,
+                })
+            })
+            .await?
+            .map_err(|e| self.failed(e, Some(blob)))
+        };
+        let started = Instant::now();
+        let (receipt, failures) = tokio::join!(
+            local,
+            self.replication
+                .forward_small(header, &data, targets, request_id)
+        );
+        metrics::replication_wait(started.elapsed());
+        self.settled(blob, receipt, &failures)
+    }
+
+    /// A write whose copies get a `Write` stream each, chunk by chunk.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_forwarding(
+        &self,
+        volume: Arc<hayloft_storage::Volume>,
+        blob: BlobId,
+        header: &WriteHeader,
+        meta: NeedleMeta,
+        stream: &mut Streaming<WriteRequest>,
+        targets: &[hayloft_proto::ServerLocation],
+        request_id: &str,
+    ) -> Result<hayloft_storage::WriteReceipt, Status> {
+        let forward = self.replication.forward_write(header, targets, request_id);
+        if header.size <= SMALL_BLOB {
+            self.write_small(volume, blob, header, meta, stream, forward)
+                .await
+        } else {
+            self.write_streamed(volume, blob, header, meta, stream, forward)
+                .await
+        }
+    }
+
+    /// A small write forwarded by a primary over a `Replicate` stream.
+    async fn write_replicated(&self, request: ReplicateRequest) -> Result<(), Status> {
+        let header = request
+            .header
+            .ok_or_else(|| Status::invalid_argument("a replicated write without a header"))?;
+        let blob = parse_blob_id(&header.blob_id)?;
+        if request.data.len() as u64 != header.size || header.size > self.max_upload_bytes {
+            return Err(Status::invalid_argument(format!(
+                "replicated write of {} bytes declares {}",
+                request.data.len(),
+                header.size
+            )));
+        }
+        let volume = self
+            .store
+            .volume(blob.volume())
+            .map_err(|e| grpc_status(&e, None))?;
+        let meta = meta_of(&header)?;
+        let data = request.data;
+        blocking(move || {
+            volume.write(&NeedleWrite {
+                id: blob.needle,
+                cookie: blob.cookie,
+                data: &data,
+                meta,
+            })
+        })
+        .await?
+        .map_err(|e| self.failed(e, Some(blob)))?;
+        metrics::bytes_in("grpc", header.size);
+        Ok(())
     }
 
     async fn read_inner(
@@ -824,6 +1001,56 @@ impl Volume for VolumeService {
             Ok(Response::new(files))
         })
         .await
+    }
+
+    type ReplicateStream =
+        tokio_stream::wrappers::ReceiverStream<Result<ReplicateResponse, Status>>;
+
+    async fn replicate(
+        &self,
+        request: Request<Streaming<ReplicateRequest>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let service = self.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            // Each write runs on its own, so that the group commit batches
+            // them; answers go back as they become durable. The stream ends
+            // with the server (the primary opens a new one when it needs one).
+            loop {
+                let message = tokio::select! {
+                    message = incoming.message() => message,
+                    () = stopped(&mut stop) => break,
+                };
+                let Ok(Some(message)) = message else { break };
+                let (service, tx) = (service.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let seq = message.seq;
+                    let request_id = message.request_id.clone();
+                    let answer = match service.write_replicated(message).await {
+                        Ok(()) => ReplicateResponse {
+                            seq,
+                            code: 0,
+                            message: String::new(),
+                        },
+                        Err(status) => {
+                            tracing::warn!(request_id = %request_id, code = ?status.code(),
+                                error = %status.message(), "replicated write failed");
+                            ReplicateResponse {
+                                seq,
+                                code: status.code() as i32,
+                                message: status.message().to_owned(),
+                            }
+                        }
+                    };
+                    let _ = tx.send(Ok(answer)).await;
+                });
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn write(

@@ -409,7 +409,8 @@ impl VolumeServer {
             Arc::clone(&tiering),
             replication,
             anti_entropy,
-        );
+        )
+        .with_stop(http_stop.clone());
         let scheduler = tokio::spawn(compaction::run_scheduler(
             Arc::clone(&self.store),
             compaction::CompactionSettings {

@@ -27,10 +27,12 @@ use bytes::Bytes;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
-    DeleteRequest, ServerLocation, VolumeReplicas, WriteHeader, WriteRequest, WriteResponse,
+    DeleteRequest, ReplicateRequest, ServerLocation, VolumeReplicas, WriteHeader, WriteRequest,
+    WriteResponse,
 };
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -38,6 +40,14 @@ use tonic::{Code, Status};
 
 /// Chunks queued per forwarded copy before the primary waits for it.
 pub const FORWARD_QUEUE: usize = 4;
+
+/// Blobs up to this size are forwarded whole, as one message on a stream
+/// kept open to each copy's server (`Replicate`), instead of one `Write`
+/// call per blob and copy: the per-call cost dominates small writes.
+pub const LINKED_FORWARD_MAX: u64 = 64 << 10;
+
+/// Messages queued on a link before the primary waits.
+const LINK_QUEUE: usize = 256;
 
 /// What this server knows of replication: who it is, the copies of its
 /// volumes (from the directory), and forwards that failed.
@@ -49,6 +59,8 @@ pub struct Replication {
     server_id: String,
     timeout: Duration,
     peers: Mutex<HashMap<String, Channel>>,
+    /// Open `Replicate` streams, by copy address.
+    links: Mutex<HashMap<String, Arc<Link>>>,
     known: RwLock<HashMap<u32, VolumeReplicas>>,
     failures: Mutex<HashMap<u32, BTreeSet<String>>>,
     heartbeat_now: Arc<tokio::sync::Notify>,
@@ -75,6 +87,7 @@ impl Replication {
             server_id,
             timeout,
             peers: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             known: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             heartbeat_now,
@@ -266,6 +279,131 @@ impl Replication {
         }
     }
 
+    /// The open `Replicate` stream to `target`, opened if there is none.
+    fn link(&self, target: &ServerLocation) -> Result<Arc<Link>, Status> {
+        let mut links = self.links.lock();
+        if let Some(link) = links.get(&target.grpc_addr)
+            && !link.closed.load(Ordering::SeqCst)
+        {
+            return Ok(Arc::clone(link));
+        }
+        let mut client = self.client(target)?;
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let link = Arc::new(Link {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            task: Mutex::new(None),
+        });
+        let reader = Arc::clone(&link);
+        let task = tokio::spawn(async move {
+            let ended = async {
+                let mut answers = client
+                    .replicate(ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                while let Some(answer) = answers.message().await? {
+                    let waiter = reader.pending.lock().remove(&answer.seq);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(if answer.code == 0 {
+                            Ok(())
+                        } else {
+                            Err(Status::new(Code::from(answer.code), answer.message))
+                        });
+                    }
+                }
+                Err::<(), Status>(Status::unavailable("the copy ended the stream"))
+            }
+            .await;
+            if let Err(status) = ended {
+                reader.close(&status);
+            }
+        });
+        *link.task.lock() = Some(task);
+        links.insert(target.grpc_addr.clone(), Arc::clone(&link));
+        Ok(link)
+    }
+
+    /// Forwards a whole small blob to each of `targets` over their links,
+    /// concurrently; returns the copies that did not make it durable within
+    /// the timeout.
+    pub async fn forward_small(
+        &self,
+        header: &WriteHeader,
+        data: &Bytes,
+        targets: &[ServerLocation],
+        request_id: &str,
+    ) -> Vec<ForwardFailure> {
+        let header = WriteHeader {
+            replicas: Vec::new(),
+            forwarded: true,
+            ..header.clone()
+        };
+        let sends = targets.iter().map(|target| {
+            let header = header.clone();
+            async move {
+                let result = self
+                    .send_linked(target, header, data.clone(), request_id)
+                    .await;
+                result.err().map(|status| ForwardFailure {
+                    server_id: target.server_id.clone(),
+                    reason: format!("{:?}: {}", status.code(), status.message()),
+                })
+            }
+        });
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn send_linked(
+        &self,
+        target: &ServerLocation,
+        header: WriteHeader,
+        data: Bytes,
+        request_id: &str,
+    ) -> Result<(), Status> {
+        let link = self.link(target)?;
+        let seq = link.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        link.pending.lock().insert(seq, tx);
+        // `close` sets the flag before it fails what is pending: either it
+        // sees this entry, or this sees the flag.
+        if link.closed.load(Ordering::SeqCst) {
+            link.pending.lock().remove(&seq);
+            return Err(Status::unavailable("the stream to the copy closed"));
+        }
+        let message = ReplicateRequest {
+            seq,
+            header: Some(header),
+            data,
+            request_id: request_id.to_owned(),
+        };
+        let timeout = self.timeout;
+        let sent = tokio::time::timeout(timeout, async {
+            link.tx
+                .send(message)
+                .await
+                .map_err(|_| Status::unavailable("the stream to the copy closed"))?;
+            rx.await
+                .map_err(|_| Status::unavailable("the stream to the copy closed"))?
+        })
+        .await;
+        match sent {
+            Ok(result) => result,
+            Err(_) => {
+                // A copy that does not answer in time is reported stale;
+                // the link is reset so that what it still holds is dropped.
+                let status = Status::deadline_exceeded(format!("no answer within {timeout:?}"));
+                link.close(&status);
+                Err(status)
+            }
+        }
+    }
+
     /// Forwards a delete to the other copies of its volume; returns the
     /// copies that deleted it and the ones that could not be reached.
     /// `verified`: this server checked the cookie against its own copy.
@@ -314,6 +452,31 @@ impl Replication {
             }
         }
         (deleted, failures)
+    }
+}
+
+/// A `Replicate` stream to one copy: small forwarded writes in flight on
+/// it, by sequence number.
+struct Link {
+    tx: mpsc::Sender<ReplicateRequest>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<(), Status>>>>,
+    next: AtomicU64,
+    closed: AtomicBool,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Link {
+    /// Fails every write in flight and resets the stream; the next forward
+    /// opens a new one.
+    fn close(&self, status: &Status) {
+        self.closed.store(true, Ordering::SeqCst);
+        let pending: Vec<_> = self.pending.lock().drain().collect();
+        for (_, waiter) in pending {
+            let _ = waiter.send(Err(Status::new(status.code(), status.message().to_owned())));
+        }
+        if let Some(task) = self.task.lock().take() {
+            task.abort();
+        }
     }
 }
 

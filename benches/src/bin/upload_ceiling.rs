@@ -130,6 +130,13 @@ impl Volume for Null {
     ) -> Result<Response<ColdIndexResponse>, Status> {
         Err(Status::unimplemented("null server"))
     }
+    type ReplicateStream = Stream<ReplicateResponse>;
+    async fn replicate(
+        &self,
+        _: Request<Streaming<ReplicateRequest>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
 }
 
 fn arg(name: &str) -> Option<String> {
