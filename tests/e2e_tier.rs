@@ -1041,3 +1041,76 @@ async fn replicated_volumes_move_every_copy_share_one_cold_object_and_come_back(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_copy_lost_for_good_is_made_again_on_another_server() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(config_dir.path()).await;
+    s3.create_bucket(BUCKET).await;
+    let config = config_dir.path().join("volume.toml");
+    std::fs::write(&config, s3.volume_config("")).unwrap();
+    let cluster = Cluster::start_replicated(
+        &["a", "b", "c", "a"],
+        3,
+        &["--repair-after", "2s"],
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
+    let mut setup = Setup {
+        cluster,
+        s3,
+        _config_dir: config_dir,
+    };
+    let client = setup.cluster.client().await;
+    let uploaded = upload(&client, 0, 30, 2000, "").await;
+    let volume = volume_of(&uploaded[0].id);
+    let blobs: Vec<Blob> = uploaded
+        .into_iter()
+        .filter(|b| volume_of(&b.id) == volume)
+        .collect();
+    let v = volume.to_string();
+    tier_cmd(
+        &setup,
+        &["move", "--volume", &v, "--to", "cold", "--bucket", BUCKET],
+    );
+    let (cold, _) = copies(&client, volume).await;
+    assert_eq!(cold.len(), 3, "{cold:?}");
+    let holders: Vec<String> = cold.iter().map(|(s, _)| s.clone()).collect();
+    let lost = holders[1].clone();
+    setup.cluster.volumes[support::server_index(&lost)]
+        .take()
+        .unwrap()
+        .kill();
+    // After repair_after, the fourth server gets a cold copy (the index of
+    // the same object), verified against the object, in the lost one's place.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let fresh = loop {
+        let (now, health) = copies(&client, volume).await;
+        let whole = health == hayloft_proto::VolumeHealth::Ok as i32
+            && now.len() == 3
+            && now
+                .iter()
+                .all(|(s, t)| *s != lost && *t == ProtoTier::Cold as i32);
+        if whole {
+            break now
+                .into_iter()
+                .map(|(s, _)| s)
+                .find(|s| !holders.contains(s))
+                .unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lost cold copy was not replaced: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let fresh = support::server_index(&fresh);
+    let files = files_on(&setup, fresh, volume);
+    assert!(
+        files.iter().any(|f| f.ends_with(".cold")) && !files.iter().any(|f| f.ends_with(".dat")),
+        "{files:?}"
+    );
+    // It serves every blob itself, from the one object.
+    check_all(&setup.cluster.http_base(fresh), &blobs).await;
+    assert_eq!(object_keys(&setup).await.len(), 1);
+}

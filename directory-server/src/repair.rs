@@ -64,9 +64,27 @@ pub enum RepairKind {
     /// The target gets a new copy of a volume with fewer copies than it
     /// should have (one back from cold, whose cold copies were dropped).
     Add,
-    /// The target's cold copy is stale (it missed a delete): it takes the
-    /// tombstones of the healthy cold copies, and gives them its own.
+    /// The target's cold copy is stale (it missed a delete) or missing (a
+    /// wiped disk): it takes the files or the tombstones of the healthy cold
+    /// copies, and gives them its own.
     CatchUpCold,
+    /// The target gets a new cold copy (the index of the volume's object,
+    /// from a healthy cold copy) in place of the one on `lost`.
+    ReplaceCold {
+        /// The server whose copy is lost.
+        lost: String,
+    },
+}
+
+impl RepairKind {
+    /// True if the copies involved are cold (they exchange index files and
+    /// tombstones, never needles).
+    pub fn is_cold(&self) -> bool {
+        matches!(
+            self,
+            RepairKind::CatchUpCold | RepairKind::ReplaceCold { .. }
+        )
+    }
 }
 
 /// One repair to run.
@@ -225,6 +243,9 @@ pub fn plan(
                 .collect()
         };
         let (sources, cold_sources) = (healthy(false), healthy(true));
+        // Every healthy copy is cold: a copy whose tier is unknown (missing,
+        // down) is repaired as a cold one.
+        let all_cold = sources.is_empty() && !cold_sources.is_empty();
         let full = |server: &str, load: &HashMap<String, usize>| {
             load.get(server).copied().unwrap_or(0) >= max_per_server
         };
@@ -264,6 +285,18 @@ pub fn plan(
             ReplicaHealth::Stale if !local(r) && !cold_sources.is_empty() => {
                 Some((r.location.clone(), RepairKind::CatchUpCold))
             }
+            ReplicaHealth::Missing if all_cold => {
+                Some((r.location.clone(), RepairKind::CatchUpCold))
+            }
+            ReplicaHealth::Down if r.down_for >= repair_after.as_secs() && all_cold => {
+                let target = new_copy(Some(&r.location.server_id), &load)?;
+                Some((
+                    target,
+                    RepairKind::ReplaceCold {
+                        lost: r.location.server_id.clone(),
+                    },
+                ))
+            }
             ReplicaHealth::Down if r.down_for >= repair_after.as_secs() && !sources.is_empty() => {
                 let target = new_copy(Some(&r.location.server_id), &load)?;
                 Some((
@@ -301,7 +334,7 @@ pub fn plan(
             collection: volume.collection.clone(),
             tier: volume.tier,
             target,
-            sources: if kind == RepairKind::CatchUpCold {
+            sources: if kind.is_cold() {
                 cold_sources
             } else {
                 sources
@@ -412,7 +445,9 @@ async fn merge_cold(
 /// Runs one repair: copy, settle, verify.
 async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Result<(), String> {
     let target = &plan.target;
-    if plan.kind == RepairKind::CatchUpCold {
+    if plan.kind.is_cold() {
+        // The first call installs the copy if the target has none; every
+        // call merges tombstones, both ways.
         for source in &plan.sources {
             merge_cold(target, source, plan.volume_id).await?;
             merge_cold(source, target, plan.volume_id).await?;
@@ -495,9 +530,11 @@ pub async fn run(
                     (Ok(()), RepairKind::CatchUp | RepairKind::CatchUpCold) => cluster
                         .caught_up(plan.volume_id, &plan.target.server_id)
                         .map_err(|e| e.to_string()),
-                    (Ok(()), RepairKind::Replace { lost }) => cluster
-                        .replaced(plan.volume_id, Some(lost), &plan.target.server_id)
-                        .map_err(|e| e.to_string()),
+                    (Ok(()), RepairKind::Replace { lost } | RepairKind::ReplaceCold { lost }) => {
+                        cluster
+                            .replaced(plan.volume_id, Some(lost), &plan.target.server_id)
+                            .map_err(|e| e.to_string())
+                    }
                     (Ok(()), RepairKind::Add) => cluster
                         .replaced(plan.volume_id, None, &plan.target.server_id)
                         .map_err(|e| e.to_string()),
@@ -749,5 +786,35 @@ mod tests {
         assert_eq!(plans[0].kind, RepairKind::CatchUpCold);
         assert_eq!(plans[0].target.server_id, "b");
         assert_eq!(plans[0].sources[0].server_id, "a");
+
+        // A cold copy lost for good gets a new cold copy elsewhere; a wiped
+        // one (missing, tier unknown) is refilled in place.
+        let mut lost = view(4, vec![cold("a", "z1"), cold("b", "z2")]);
+        lost.replicas[1].health = ReplicaHealth::Down;
+        lost.replicas[1].down_for = 100;
+        lost.desired = 2;
+        let mut wiped = view(
+            5,
+            vec![
+                cold("a", "z1"),
+                replica("c", "z3", ReplicaHealth::Missing, 0),
+            ],
+        );
+        wiped.replicas[1].tier = Tier::Unspecified;
+        wiped.desired = 2;
+        let plans = plan(
+            &[lost, wiped],
+            &servers,
+            Duration::from_secs(60),
+            &HashSet::new(),
+            &HashMap::new(),
+            2,
+        );
+        assert_eq!(plans.len(), 2, "{plans:?}");
+        assert_eq!(plans[0].kind, RepairKind::ReplaceCold { lost: "b".into() });
+        assert!(["c", "d"].contains(&plans[0].target.server_id.as_str()));
+        assert_eq!(plans[0].sources[0].server_id, "a");
+        assert_eq!(plans[1].kind, RepairKind::CatchUpCold);
+        assert_eq!(plans[1].target.server_id, "c");
     }
 }

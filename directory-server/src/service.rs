@@ -285,7 +285,8 @@ impl DirectoryService {
             target: plan.target.server_id.clone(),
             sources: plan.sources.iter().map(|s| s.server_id.clone()).collect(),
             replaces: match &plan.kind {
-                crate::repair::RepairKind::Replace { lost } => lost.clone(),
+                crate::repair::RepairKind::Replace { lost }
+                | crate::repair::RepairKind::ReplaceCold { lost } => lost.clone(),
                 crate::repair::RepairKind::CatchUp
                 | crate::repair::RepairKind::CatchUpCold
                 | crate::repair::RepairKind::Add => String::new(),

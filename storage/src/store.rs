@@ -586,6 +586,63 @@ impl Store {
         }
     }
 
+    /// Installs a new cold copy of a volume this store does not hold, on
+    /// the object another copy reads: its `index` file's bytes, tombstones
+    /// and `.meta` file, on the location with the most free space. The
+    /// manifest is written last (the commit point); the caller has checked
+    /// the object.
+    pub fn install_cold(
+        &self,
+        id: VolumeId,
+        manifest: &ColdManifest,
+        index: &[u8],
+        tombstones: &[NeedleId],
+        meta: &[u8],
+    ) -> Result<()> {
+        let _creating = self.creating.lock();
+        if self.volumes.read().contains_key(&id) {
+            return Err(Error::VolumeExists(id));
+        }
+        let location = self
+            .config
+            .locations
+            .iter()
+            .max_by_key(|l| available_space(&l.path).unwrap_or(0))
+            .ok_or_else(|| Error::BadFile {
+                path: PathBuf::new(),
+                reason: "no location configured".into(),
+            })?;
+        let dir = location.path.clone();
+        let (manifest_path, cidx, tomb) = cold_paths(&dir, id);
+        let (_, _, meta_path) = volume_paths(&dir, id);
+        parse_index(index, id, &cidx)?;
+        let result = (|| {
+            crate::file::write_atomically(&cidx, index)?;
+            write_tomb_file(&tomb, tombstones)?;
+            if !meta.is_empty() {
+                crate::file::write_atomically(&meta_path, meta)?;
+            }
+            manifest.store(&manifest_path)?;
+            ColdVolume::open(&dir, id)
+        })();
+        match result {
+            Ok(cold) => {
+                self.volumes
+                    .write()
+                    .insert(id, Handle::Cold(Arc::new(cold)));
+                Ok(())
+            }
+            Err(e) => {
+                if !manifest_path.exists() {
+                    for path in [&cidx, &tomb, &meta_path] {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Switches a cold volume whose data file was downloaded (to
     /// `<id>.dat.moving`) and verified back to local: with cold deletes held,
     /// writes its index, opens it, replays the deletes made while cold, then

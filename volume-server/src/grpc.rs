@@ -880,17 +880,26 @@ impl VolumeService {
     ) -> Result<Response<MoveVolumeResponse>, Status> {
         let request = request.into_inner();
         let id = VolumeId(request.volume_id);
-        let cold_here = matches!(self.store.handle(id), Ok(Handle::Cold(_)));
-        if cold_here
-            && !request.share_cold_from.is_empty()
-            && request.target == ProtoTier::Cold as i32
-        {
-            // A cold copy catching up with another: done before answering.
-            self.tiering
-                .merge_cold(id, &request.share_cold_from)
-                .await
-                .map_err(move_status)?;
-            return Ok(Response::new(MoveVolumeResponse {}));
+        if !request.share_cold_from.is_empty() && request.target == ProtoTier::Cold as i32 {
+            // A cold copy catching up with another, or a new cold copy:
+            // done before answering.
+            match self.store.handle(id) {
+                Ok(Handle::Cold(_)) => {
+                    self.tiering
+                        .merge_cold(id, &request.share_cold_from)
+                        .await
+                        .map_err(move_status)?;
+                    return Ok(Response::new(MoveVolumeResponse {}));
+                }
+                Err(e) if e.is_not_found() => {
+                    self.tiering
+                        .install_cold(id, &request.share_cold_from)
+                        .await
+                        .map_err(move_status)?;
+                    return Ok(Response::new(MoveVolumeResponse {}));
+                }
+                _ => {}
+            }
         }
         self.tiering.start(request).map_err(move_status)?;
         Ok(Response::new(MoveVolumeResponse {}))

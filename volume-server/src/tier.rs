@@ -736,6 +736,34 @@ impl Tiering {
             .into_inner())
     }
 
+    /// A new cold copy of volume `id`, which this server does not hold, on
+    /// the object the cold copy on `source` reads: its files are fetched,
+    /// the object is checked against the manifest, then the copy is
+    /// installed.
+    pub async fn install_cold(&self, id: VolumeId, source: &str) -> Result<(), MoveError> {
+        let objects = self.objects()?.clone();
+        let reply = Self::fetch_cold_index(id, source).await?;
+        let label = std::path::PathBuf::from(format!("{source}/{id}.cold"));
+        let manifest = ColdManifest::decode(&reply.manifest, &label)?;
+        let info = objects
+            .head(&manifest.bucket, &manifest.key)
+            .await
+            .map_err(MoveError::Object)?;
+        if info.len != manifest.object_len || info.etag != manifest.etag {
+            return Err(MoveError::Mismatch(format!(
+                "object {} has {} bytes, ETag {}; its manifest says {} bytes, ETag {}",
+                manifest.key, info.len, info.etag, manifest.object_len, manifest.etag
+            )));
+        }
+        let tombstones = hayloft_storage::cold::parse_tombs(&reply.tombstones);
+        let store = Arc::clone(&self.store);
+        blocking(move || store.install_cold(id, &manifest, &reply.index, &tombstones, &reply.meta))
+            .await?;
+        tracing::info!(volume = %id, %source, "cold copy installed");
+        self.heartbeat_now.notify_one();
+        Ok(())
+    }
+
     /// A cold copy catches up with the cold copy on `source` (same object):
     /// every needle deleted there is deleted here. Returns how many were.
     pub async fn merge_cold(&self, id: VolumeId, source: &str) -> Result<usize, MoveError> {
@@ -807,6 +835,7 @@ impl Tiering {
     pub fn cold_files(&self, id: VolumeId) -> Result<hayloft_proto::ColdIndexResponse, Error> {
         let cold = self.store.cold_volume(id)?;
         let (manifest, index, tombs) = hayloft_storage::cold::cold_paths(cold.dir(), id);
+        let (_, _, meta) = volume_paths(cold.dir(), id);
         let read = |path: &std::path::Path| match std::fs::read(path) {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -816,6 +845,7 @@ impl Tiering {
             manifest: read(&manifest)?,
             index: read(&index)?,
             tombstones: read(&tombs)?,
+            meta: read(&meta)?,
         })
     }
 
