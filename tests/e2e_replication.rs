@@ -824,7 +824,10 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (ok, out) = hayloft(&cluster, &["status"]);
-    assert!(ok && out.contains("repair "), "{out}");
+    assert!(
+        ok && out.contains("repairing ") && out.contains('%'),
+        "{out}"
+    );
     cluster.volumes[server_index(&target)]
         .take()
         .unwrap()

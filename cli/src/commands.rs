@@ -237,7 +237,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!();
     println!("VOLUMES");
     println!(
-        "{:>6} {:<12} {:<5} {:<12} {:<10} {:<9} {:<24} {:>9} {:>11} {:>11} {:>8} {:>10}",
+        "{:>6} {:<12} {:<5} {:<12} {:<10} {:<13} {:<24} {:>9} {:>11} {:>11} {:>8} {:>10}",
         "ID",
         "COLLECTION",
         "TIER",
@@ -259,7 +259,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             0.0
         };
         println!(
-            "{:>6} {:<12} {:<5} {:<12} {:<10} {:<9} {:<24} {:>9} {:>11} {:>11} {:>7.1}% {:>10.0}",
+            "{:>6} {:<12} {:<5} {:<12} {:<10} {:<13} {:<24} {:>9} {:>11} {:>11} {:>7.1}% {:>10.0}",
             stats.volume_id,
             if stats.collection.is_empty() {
                 "-"
@@ -283,7 +283,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             },
             &if volume.repairing {
                 format!(
-                    "repair{:>3}%",
+                    "repairing {}%",
                     (volume.repair_progress * 100.0).floor().min(99.0) as u32
                 )
             } else {

@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use hayloft_proto::{
     FetchNeedleRequest, ListNeedlesRequest, NeedleDigestsRequest, ServerLocation, SyncProgress,
 };
@@ -38,6 +40,12 @@ pub const RANGE_BITS: u32 = 12;
 
 /// How long a source may take to answer one anti-entropy call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Small needles a sync fetches at once from one source.
+const COPIES_IN_FLIGHT: usize = 16;
+
+/// Needles up to this size are fetched [`COPIES_IN_FLIGHT`] at once.
+const SMALL_COPY: u64 = 64 << 10;
 
 /// Pulls missing needles and tombstones from the other copies.
 pub struct AntiEntropy {
@@ -200,6 +208,7 @@ impl AntiEntropy {
                     .map(|s| (s.id, s))
                     .collect()
             };
+            let mut missing = Vec::new();
             for entry in listed {
                 let id = NeedleId(entry.needle_id);
                 let cookie = Cookie(entry.cookie);
@@ -216,21 +225,37 @@ impl AntiEntropy {
                             }
                         }
                     }
-                    (false, None) => {
-                        let copied = self
-                            .copy_needle(volume, &mut client, source, id, cookie)
-                            .await?;
-                        if copied > 0 {
-                            report.needles_copied += 1;
-                            report.bytes_copied += copied;
-                            tokio::time::sleep(throttle.delay_for(copied)).await;
-                        }
-                    }
+                    (false, None) => missing.push((id, cookie, entry.size)),
                     (false, Some(ours)) => {
                         if ours.cookie != cookie || ours.data_len != entry.size {
                             tracing::error!(volume = volume_id, needle = %id, source = %source.server_id,
                                 "copies disagree on a needle's cookie or length");
                         }
+                    }
+                }
+            }
+            // Small needles several at once, so that their writes share
+            // fsyncs (a volume of small blobs would otherwise copy at one
+            // needle per fsync); large ones one at a time. A burst is at most
+            // COPIES_IN_FLIGHT small needles beyond `repair_rate`.
+            let (small, large): (Vec<_>, Vec<_>) = missing
+                .into_iter()
+                .partition(|(_, _, size)| *size <= SMALL_COPY);
+            for (batch, in_flight) in [(small, COPIES_IN_FLIGHT), (large, 1)] {
+                let mut copies = futures::stream::iter(batch.into_iter().map(|(id, cookie, _)| {
+                    let mut client = client.clone();
+                    async move {
+                        self.copy_needle(volume, &mut client, source, id, cookie)
+                            .await
+                    }
+                }))
+                .buffer_unordered(in_flight);
+                while let Some(copied) = copies.next().await {
+                    let copied = copied?;
+                    if copied > 0 {
+                        report.needles_copied += 1;
+                        report.bytes_copied += copied;
+                        tokio::time::sleep(throttle.delay_for(copied)).await;
                     }
                 }
             }
