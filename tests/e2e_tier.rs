@@ -894,6 +894,15 @@ async fn copies(client: &Client, volume: u32) -> (Vec<(String, i32)>, i32) {
     (copies, record.health)
 }
 
+/// Waits until `volume` is healthy (every copy ok); panics with `what`.
+async fn wait_healthy(client: &Client, volume: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while copies(client, volume).await.1 != hayloft_proto::VolumeHealth::Ok as i32 {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Every blob reads back from every server (its own copy, or proxied), and
 /// every deleted one answers 404 everywhere.
 async fn check_everywhere(setup: &Setup, servers: &[usize], blobs: &[Blob], deleted: &[Blob]) {
@@ -994,11 +1003,7 @@ async fn replicated_volumes_move_every_copy_share_one_cold_object_and_come_back(
     check_everywhere(&setup, &others, &blobs, &deleted).await;
     // It comes back stale and catches up from the other cold copies.
     setup.cluster.start_volume(lead);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while copies(&client, volume).await.1 != hayloft_proto::VolumeHealth::Ok as i32 {
-        assert!(Instant::now() < deadline, "the cold copy never caught up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_healthy(&client, volume, "the cold copy never caught up").await;
     // With the other copies down, the one that missed the delete serves
     // alone: the deleted blob stays deleted.
     for &i in &others {
@@ -1008,11 +1013,7 @@ async fn replicated_volumes_move_every_copy_share_one_cold_object_and_come_back(
     for &i in &others {
         setup.cluster.start_volume(i);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while copies(&client, volume).await.1 != hayloft_proto::VolumeHealth::Ok as i32 {
-        assert!(Instant::now() < deadline, "the cold copies never came back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_healthy(&client, volume, "the cold copies never came back").await;
 
     // cold -> hot: the first copy downloads, the other cold copies are
     // dropped (the last with the object), and repair brings the volume back

@@ -76,8 +76,6 @@ pub struct RepairView {
     pub collection: String,
     /// Its tier.
     pub tier: Tier,
-    /// Its state.
-    pub state: VolumeState,
     /// Copies it should have.
     pub desired: usize,
     /// Every copy.
@@ -624,7 +622,6 @@ impl Cluster {
                     volume_id: e.row.id,
                     collection: e.row.collection.clone(),
                     tier,
-                    state: VolumeState::try_from(e.row.state).unwrap_or_default(),
                     desired: Self::desired_copies(&e.row),
                     replicas,
                 }

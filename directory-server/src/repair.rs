@@ -616,7 +616,6 @@ mod tests {
             volume_id: id,
             collection: String::new(),
             tier: Tier::Hot,
-            state: VolumeState::Writable,
             desired: replicas.len(),
             replicas,
         }

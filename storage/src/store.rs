@@ -476,38 +476,12 @@ impl Store {
         manifest: &ColdManifest,
         job: &MoveJob,
     ) -> Result<()> {
-        let volume = self.volume(id)?;
-        let dir = volume.dir().to_owned();
-        let (manifest_path, cidx, _) = cold_paths(&dir, id);
-        let (_, idx, _) = volume_paths(&dir, id);
-        volume.pause(std::time::Duration::from_secs(30))?;
-        let result = (|| {
+        self.switch_to_cold(id, manifest, |volume, cidx, _| {
+            let (_, idx, _) = volume_paths(volume.dir(), id);
             let entries = read_index_file(&idx, id)?;
-            write_index_file(&cidx, id, &entries)?;
-            manifest.store(&manifest_path)?;
-            ColdVolume::open(&dir, id)
-        })();
-        match result {
-            Ok(cold) => {
-                self.volumes
-                    .write()
-                    .insert(id, Handle::Cold(Arc::new(cold)));
-                volume.retire();
-                drop(volume);
-                let (dat, idx, _) = volume_paths(&dir, id);
-                crate::cold::remove_if_exists(&dat)?;
-                sync_parent(&dat)?;
-                crate::cold::remove_if_exists(&idx)?;
-                job.remove()
-            }
-            Err(e) => {
-                if !manifest_path.exists() {
-                    let _ = std::fs::remove_file(&cidx);
-                }
-                volume.resume();
-                Err(e)
-            }
-        }
+            write_index_file(cidx, id, &entries)
+        })?;
+        job.remove()
     }
 
     /// Switches a local copy of a replicated volume to cold on the object
@@ -524,12 +498,9 @@ impl Store {
         index: &[u8],
         tombstones: &[NeedleId],
     ) -> Result<()> {
-        let volume = self.volume(id)?;
-        let dir = volume.dir().to_owned();
-        let (manifest_path, cidx, tomb) = cold_paths(&dir, id);
-        let entries = parse_index(index, id, &cidx)?;
-        volume.pause(std::time::Duration::from_secs(30))?;
-        let result = (|| {
+        let (_, cidx_label, _) = cold_paths(Path::new(""), id);
+        let entries = parse_index(index, id, &cidx_label)?;
+        self.switch_to_cold(id, manifest, |volume, cidx, tomb| {
             let mut theirs: std::collections::HashSet<NeedleId> = entries
                 .iter()
                 .filter(|e| !e.tombstone && e.offset + e.record_len <= manifest.object_len)
@@ -558,8 +529,28 @@ impl Store {
                 )));
             }
             let deleted: Vec<NeedleId> = deleted.into_iter().collect();
-            crate::file::write_atomically(&cidx, index)?;
-            write_tomb_file(&tomb, &deleted)?;
+            crate::file::write_atomically(cidx, index)?;
+            write_tomb_file(tomb, &deleted)
+        })
+    }
+
+    /// The switch of a local volume to cold, shared by a move and a share:
+    /// with the volume paused, `write` writes `.cidx` (and `.tomb`), then
+    /// the manifest is written (the commit point) and the volume opened
+    /// cold; the local data is then removed. Before the commit point an
+    /// error leaves the local volume as it was.
+    fn switch_to_cold(
+        &self,
+        id: VolumeId,
+        manifest: &ColdManifest,
+        write: impl FnOnce(&Volume, &Path, &Path) -> Result<()>,
+    ) -> Result<()> {
+        let volume = self.volume(id)?;
+        let dir = volume.dir().to_owned();
+        let (manifest_path, cidx, tomb) = cold_paths(&dir, id);
+        volume.pause(std::time::Duration::from_secs(30))?;
+        let result = (|| {
+            write(&volume, &cidx, &tomb)?;
             manifest.store(&manifest_path)?;
             ColdVolume::open(&dir, id)
         })();
