@@ -40,5 +40,6 @@ pub use store::{Handle, Location, Store, StoreConfig};
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
     CompactOptions, CompactReport, Durability, Needle, NeedleState, NeedleWrite, NeedleWriter,
-    RangeDigest, ScrubReport, Volume, VolumeConfig, VolumeStats, WriteReceipt,
+    QueuedWrite, RangeDigest, ScrubReport, SyncDuty, Volume, VolumeConfig, VolumeStats, Waiter,
+    Wake, WriteReceipt,
 };

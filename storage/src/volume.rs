@@ -10,7 +10,8 @@
 //!   never during I/O, so writers `pwrite` their disjoint ranges in parallel.
 //! - `sync` (`Mutex` + `Condvar`): the group-commit state. One writer at a
 //!   time becomes the leader, releases the lock, fsyncs for everybody
-//!   waiting, then wakes them.
+//!   waiting, then wakes them: blocked threads through the condvar, and
+//!   callers of [`Volume::when_durable`] through their [`Waiter`]s.
 //! - `index_file` (`Mutex`): the index file's append cursor.
 //!
 //! Lock order: `writer` before `state`. No lock is held across an fsync
@@ -40,7 +41,7 @@ mod write;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
 pub use compact::{CompactOptions, CompactReport};
 pub use replica::{NeedleState, RangeDigest};
-pub use write::NeedleWriter;
+pub use write::{NeedleWriter, QueuedWrite, SyncDuty, Waiter, Wake};
 
 /// When a write counts as acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +249,8 @@ struct SyncState {
     /// An fsync failed: refuse writes until reopened.
     poisoned: bool,
     last_sync: Instant,
+    /// Callers of [`Volume::when_durable`] waiting for a sequence number.
+    waiters: Vec<(u64, Waiter)>,
 }
 
 struct IndexFile {
@@ -392,6 +395,7 @@ impl Volume {
                 syncing: false,
                 poisoned: false,
                 last_sync: Instant::now(),
+                waiters: Vec::new(),
             }),
             synced: Condvar::new(),
             index_file: Mutex::new(IndexFile {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use hayloft_storage::volume::volume_paths;
 use hayloft_storage::{
-    Cookie, Durability, Error, NeedleId, NeedleMeta, NeedleWrite, Tier, Volume, VolumeConfig,
-    VolumeId,
+    Cookie, Durability, Error, NeedleId, NeedleMeta, NeedleWrite, QueuedWrite, Tier, Volume,
+    VolumeConfig, VolumeId, Wake,
 };
 
 const VID: VolumeId = VolumeId(7);
@@ -403,6 +403,127 @@ fn concurrent_writers_share_fsyncs_and_all_land() {
         assert!(volume.recovery_report().is_clean(), "{durability:?}");
         assert_eq!(volume.stats().needles, 800);
     }
+}
+
+/// Waits as an async caller would: registers, runs the sync duty if handed
+/// one (on its own thread), and registers again when told to lead.
+fn wait_queued(volume: &Arc<Volume>, seq: u64) -> Wake {
+    loop {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(duty) = volume.when_durable(
+            seq,
+            Box::new(move |wake| {
+                let _ = tx.send(wake);
+            }),
+        ) {
+            std::thread::spawn(move || duty.run());
+        }
+        match rx.recv().unwrap() {
+            Wake::Lead => continue,
+            wake => return wake,
+        }
+    }
+}
+
+fn queued(volume: &Volume, id: u64, data: &[u8]) -> Option<QueuedWrite> {
+    volume
+        .try_write_queued(&NeedleWrite {
+            id: NeedleId(id),
+            cookie: Cookie(id as u32 + 1),
+            data,
+            meta: NeedleMeta::default(),
+        })
+        .unwrap()
+}
+
+#[test]
+fn queued_writes_become_durable_through_waiters_beside_blocking_writers() {
+    for durability in [
+        Durability::Always,
+        Durability::Batched(Duration::from_millis(2)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = VolumeConfig {
+            max_size: 64 << 20,
+            durability,
+        };
+        let volume = Arc::new(Volume::create(dir.path(), VID, Tier::Hot, "", config).unwrap());
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let volume = Arc::clone(&volume);
+                std::thread::spawn(move || {
+                    for i in 0..100u64 {
+                        let id = t * 1000 + i;
+                        let data = blob(id, 100 + i as usize);
+                        if t % 2 == 0 {
+                            put(&volume, id, &data);
+                        } else {
+                            let q = queued(&volume, id, &data).expect("not held back");
+                            assert_eq!(wait_queued(&volume, q.seq), Wake::Durable);
+                        }
+                        assert_eq!(get(&volume, id).unwrap(), data);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(volume);
+        // Dropped without close: every acknowledged write is in the index.
+        let volume = Volume::open(dir.path(), VID, Tier::Hot, config).unwrap();
+        assert!(volume.recovery_report().is_clean(), "{durability:?}");
+        assert_eq!(volume.stats().needles, 800);
+    }
+}
+
+#[test]
+fn a_sync_duty_dropped_unrun_gives_the_role_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = Arc::new(create(dir.path()));
+    let q = queued(&volume, 1, b"one").unwrap();
+    // Not readable before its group commit.
+    assert!(get(&volume, 1).is_err());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let duty = volume
+        .when_durable(
+            q.seq,
+            Box::new(move |wake| {
+                let _ = tx.send(wake);
+            }),
+        )
+        .expect("nobody else syncs");
+    drop(duty);
+    assert_eq!(rx.recv().unwrap(), Wake::Lead);
+    // A blocking writer can lead now, and its sync covers the queued write.
+    put(&volume, 2, b"two");
+    assert_eq!(wait_queued(&volume, q.seq), Wake::Durable);
+    assert_eq!(get(&volume, 1).unwrap(), b"one");
+}
+
+#[test]
+fn queued_writes_are_refused_where_they_cannot_be_cheap() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = VolumeConfig {
+        max_size: 64 << 20,
+        durability: Durability::Never,
+    };
+    let volume = Volume::create(dir.path(), VID, Tier::Hot, "", config).unwrap();
+    assert!(queued(&volume, 1, b"x").is_none(), "Never syncs per write");
+    let always = tempfile::tempdir().unwrap();
+    let volume = Arc::new(create(always.path()));
+    let q = queued(&volume, 1, b"x").unwrap();
+    assert_eq!(wait_queued(&volume, q.seq), Wake::Durable);
+    volume.delete(NeedleId(1), Cookie(2)).unwrap();
+    assert!(matches!(
+        volume.try_write_queued(&NeedleWrite {
+            id: NeedleId(1),
+            cookie: Cookie(2),
+            data: b"again",
+            meta: NeedleMeta::default(),
+        }),
+        Err(Error::NeedleDeleted { .. })
+    ));
 }
 
 #[test]

@@ -23,7 +23,8 @@ use hayloft_proto::{
 };
 use hayloft_storage::volume::now_unix_secs;
 use hayloft_storage::{
-    BlobId, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, Store, Tier, VolumeId,
+    BlobId, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, Store, Tier, VolumeId, Wake,
+    WriteReceipt,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -242,17 +243,9 @@ impl VolumeService {
             if fail {
                 return Err(Status::internal("failpoint primary-local-write"));
             }
-            tokio::task::spawn_blocking(move || {
-                volume.write(&NeedleWrite {
-                    id: blob.needle,
-                    cookie: blob.cookie,
-                    data: &data,
-                    meta,
-                })
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| self.failed(e, Some(blob)))
+            write_whole(volume, blob, data, meta)
+                .await?
+                .map_err(|e| self.failed(e, Some(blob)))
         };
         self.settle(blob, local, forward).await
     }
@@ -291,6 +284,57 @@ impl VolumeService {
                 .map_err(|e| self.failed(e, Some(blob)))
         };
         self.settle(blob, local, forward).await
+    }
+}
+
+/// Writes a whole small blob and waits until it is durable, without a thread
+/// per write: the `pwrite` into the page cache runs on this task (cheap for
+/// blobs this small), and the wait for the group commit is a channel; one
+/// blocking-pool task runs each group commit for every write it covers.
+/// Falls back to a blocking write when the volume holds writers back (a
+/// compaction's swap, a move's last copy) or does not sync per write.
+async fn write_whole(
+    volume: Arc<hayloft_storage::Volume>,
+    blob: BlobId,
+    data: impl AsRef<[u8]> + Send + 'static,
+    meta: NeedleMeta,
+) -> Result<Result<WriteReceipt, Error>, Status> {
+    let write = NeedleWrite {
+        id: blob.needle,
+        cookie: blob.cookie,
+        data: data.as_ref(),
+        meta,
+    };
+    let queued = match volume.try_write_queued(&write) {
+        Ok(Some(queued)) => queued,
+        Ok(None) => {
+            let meta = write.meta;
+            return blocking(move || {
+                volume.write(&NeedleWrite {
+                    id: blob.needle,
+                    cookie: blob.cookie,
+                    data: data.as_ref(),
+                    meta,
+                })
+            })
+            .await;
+        }
+        Err(e) => return Ok(Err(e)),
+    };
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiter = Box::new(move |wake| {
+            let _ = tx.send(wake);
+        });
+        if let Some(duty) = volume.when_durable(queued.seq, waiter) {
+            tokio::task::spawn_blocking(move || duty.run());
+        }
+        match rx.await {
+            Ok(Wake::Durable) => return Ok(Ok(queued.receipt)),
+            Ok(Wake::Poisoned) => return Ok(Err(Error::Poisoned(volume.id()))),
+            // Nobody syncs now (or the waiter was dropped): ask again.
+            Ok(Wake::Lead) | Err(_) => continue,
+        }
     }
 }
 
@@ -566,17 +610,9 @@ impl VolumeService {
             .volume(blob.volume())
             .map_err(|e| grpc_status(&e, None))?;
         let meta = meta_of(&header)?;
-        let data = request.data;
-        blocking(move || {
-            volume.write(&NeedleWrite {
-                id: blob.needle,
-                cookie: blob.cookie,
-                data: &data,
-                meta,
-            })
-        })
-        .await?
-        .map_err(|e| self.failed(e, Some(blob)))?;
+        write_whole(volume, blob, request.data, meta)
+            .await?
+            .map_err(|e| self.failed(e, Some(blob)))?;
         metrics::bytes_in("grpc", header.size);
         Ok(())
     }

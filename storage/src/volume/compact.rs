@@ -596,8 +596,7 @@ impl Volume {
         }
         sync.syncing = true;
         let result = parking_lot::MutexGuard::unlocked(&mut sync, f);
-        sync.syncing = false;
-        self.synced.notify_all();
+        self.release_sync_role(&mut sync);
         result
     }
 }

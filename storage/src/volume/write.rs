@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Durability, Files, NEVER_SYNC_EVERY, NeedleWrite, Volume, WriteReceipt, WriterState,
+    Durability, Files, NEVER_SYNC_EVERY, NeedleWrite, SyncState, Volume, WriteReceipt, WriterState,
     now_unix_secs,
 };
 use crate::error::{Error, Result};
@@ -22,28 +22,42 @@ impl Volume {
     /// [`Durability`]). The record is encoded in memory and written with one
     /// `pwrite`; use [`Volume::begin_write`] for blobs too big for memory.
     pub fn write(&self, write: &NeedleWrite<'_>) -> Result<WriteReceipt> {
-        check_data_len(write.data.len() as u64)?;
         self.check_not_deleted(write.id)?;
-        write
-            .meta
-            .validate()
-            .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
-        let mut record = Vec::new();
-        let checksum = format::encode_needle(
-            &mut record,
-            0,
-            write.id,
-            write.cookie,
-            write.data,
-            &write.meta,
-        )
-        .map_err(|_| Error::InvalidNeedle("does not fit the needle format"))?;
-        self.append_record(write.id, &record, false)
+        let record = encode_write(write)?;
+        self.append_record(write.id, &record.0, false)
             .map(|(offset, record_len)| WriteReceipt {
                 offset,
                 record_len,
-                checksum,
+                checksum: record.1,
             })
+    }
+
+    /// Writes a whole blob into the page cache without waiting for it to
+    /// become durable: the caller then waits with [`Volume::when_durable`],
+    /// so that a thread is needed per group commit rather than per write.
+    /// Never blocks on a lock held across I/O: `Ok(None)` when the write
+    /// would have to wait (a compaction or a move holds writers back) or the
+    /// volume does not sync per write ([`Durability::Never`]); use
+    /// [`Volume::write`] then.
+    pub fn try_write_queued(&self, write: &NeedleWrite<'_>) -> Result<Option<QueuedWrite>> {
+        if self.config.durability == Durability::Never {
+            return Ok(None);
+        }
+        self.check_not_deleted(write.id)?;
+        let (record, checksum) = encode_write(write)?;
+        let Some((offset, record_len, seq)) =
+            self.append_queued(write.id, &record, false, false)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(QueuedWrite {
+            receipt: WriteReceipt {
+                offset,
+                record_len,
+                checksum,
+            },
+            seq,
+        }))
     }
 
     /// Deletes a needle by appending a tombstone; returns once durable.
@@ -99,8 +113,27 @@ impl Volume {
         record: &[u8],
         tombstone: bool,
     ) -> Result<(u64, u64)> {
+        let (offset, len, seq) = self
+            .append_queued(id, record, tombstone, true)?
+            .ok_or(Error::Busy(self.id))?;
+        self.wait_durable(seq)?;
+        Ok((offset, len))
+    }
+
+    /// Writes `record` at the end of the data file and queues it for the
+    /// next group commit; returns its offset, length and sequence number.
+    /// `None` if writers are held back and `wait` is false.
+    fn append_queued(
+        &self,
+        id: NeedleId,
+        record: &[u8],
+        tombstone: bool,
+        wait: bool,
+    ) -> Result<Option<(u64, u64, u64)>> {
         let len = record.len() as u64;
-        let (offset, files) = self.reserve(len, false, tombstone)?;
+        let Some((offset, files)) = self.reserve(len, false, tombstone, wait)? else {
+            return Ok(None);
+        };
         if let Err(e) = files.data.write_at(record, offset) {
             self.abandon(&files, offset, len, false);
             return Err(e);
@@ -115,8 +148,7 @@ impl Volume {
             },
             false,
         );
-        self.wait_durable(seq)?;
-        Ok((offset, len))
+        Ok(Some((offset, len, seq)))
     }
 
     /// Starts a streamed write of a blob of `data_len` bytes: reserves its
@@ -155,7 +187,9 @@ impl Volume {
             data_len: data_len as u32,
         };
         let record_len = header.record_len();
-        let (offset, files) = self.reserve(record_len, true, copied)?;
+        let (offset, files) = self
+            .reserve(record_len, true, copied, true)?
+            .ok_or(Error::Busy(self.id))?;
         let header_bytes = header.encode();
         if let Err(e) = files.data.write_at(&header_bytes, offset) {
             self.abandon(&files, offset, record_len, true);
@@ -177,16 +211,24 @@ impl Volume {
 
     /// Reserves `len` bytes at the end of the data file, and returns the
     /// files to write them to. Waits while a compaction swaps files or a move
-    /// makes its final copy. Sealed volumes still take tombstones.
-    /// Reserves `len` bytes at the end of the data file. A sealed volume
-    /// takes only tombstones and needles copied from another copy
+    /// makes its final copy, or answers `None` then if not `wait`. A sealed
+    /// volume takes only tombstones and needles copied from another copy
     /// (`even_if_sealed`).
-    fn reserve(&self, len: u64, streamed: bool, even_if_sealed: bool) -> Result<(u64, Arc<Files>)> {
+    fn reserve(
+        &self,
+        len: u64,
+        streamed: bool,
+        even_if_sealed: bool,
+        wait: bool,
+    ) -> Result<Option<(u64, Arc<Files>)>> {
         if self.sync.lock().poisoned {
             return Err(Error::Poisoned(self.id));
         }
         let mut writer = self.writer.lock();
         while !writer.retired && (writer.paused || (streamed && writer.streams_paused)) {
+            if !wait {
+                return Ok(None);
+            }
             self.writer_changed.wait(&mut writer);
         }
         if writer.retired {
@@ -209,7 +251,7 @@ impl Volume {
         if streamed {
             writer.streams_in_flight += 1;
         }
-        Ok((offset, files))
+        Ok(Some((offset, files)))
     }
 
     fn release(&self, writer: &mut WriterState, streamed: bool) {
@@ -251,19 +293,24 @@ impl Volume {
         writer.commit_seq
     }
 
+    /// How long a group-commit leader waits after the previous sync, so that
+    /// more writes share the next one.
+    fn sync_interval(&self) -> Duration {
+        match self.config.durability {
+            Durability::Batched(interval) => interval,
+            Durability::Always | Durability::Never => Duration::ZERO,
+        }
+    }
+
     /// Blocks until the write with sequence number `seq` is durable, leading
     /// a group commit if no other writer is.
     fn wait_durable(&self, seq: u64) -> Result<()> {
-        let interval = match self.config.durability {
-            Durability::Never => {
-                if self.writer.lock().pending.len() >= NEVER_SYNC_EVERY {
-                    self.sync_now()?;
-                }
-                return Ok(());
+        if self.config.durability == Durability::Never {
+            if self.writer.lock().pending.len() >= NEVER_SYNC_EVERY {
+                self.sync_now()?;
             }
-            Durability::Always => Duration::ZERO,
-            Durability::Batched(interval) => interval,
-        };
+            return Ok(());
+        }
         let mut sync = self.sync.lock();
         loop {
             if sync.durable_seq >= seq {
@@ -277,24 +324,90 @@ impl Volume {
                 continue;
             }
             sync.syncing = true;
-            let due = sync.last_sync + interval;
-            let result = parking_lot::MutexGuard::unlocked(&mut sync, || {
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                self.flush_batch(true)
-            });
-            sync.syncing = false;
-            sync.last_sync = Instant::now();
-            match result {
-                Ok(target) => sync.durable_seq = sync.durable_seq.max(target),
-                Err(e) => {
-                    tracing::error!(volume = %self.id, error = %e, "fsync failed; volume is now read-only");
-                    sync.poisoned = true;
-                }
+            self.sync_round(&mut sync);
+            self.release_sync_role(&mut sync);
+        }
+    }
+
+    /// Calls `waiter` once the write with sequence number `seq` (from
+    /// [`Volume::try_write_queued`]) is durable, or an fsync failed, or it
+    /// must register again ([`Wake::Lead`]). The waiter runs under the
+    /// volume's sync lock: it must only hand the news on (send on a channel),
+    /// never call into the volume.
+    ///
+    /// If nobody is running a group commit, the caller gets the sync role as
+    /// a [`SyncDuty`] and must run it on a thread that may block.
+    pub fn when_durable(self: &Arc<Self>, seq: u64, waiter: Waiter) -> Option<SyncDuty> {
+        let mut sync = self.sync.lock();
+        if sync.poisoned {
+            waiter(Wake::Poisoned);
+            return None;
+        }
+        if sync.durable_seq >= seq || self.config.durability == Durability::Never {
+            waiter(Wake::Durable);
+            return None;
+        }
+        sync.waiters.push((seq, waiter));
+        if sync.syncing {
+            return None;
+        }
+        sync.syncing = true;
+        Some(SyncDuty {
+            volume: Some(Arc::clone(self)),
+        })
+    }
+
+    /// One group commit, by the holder of the sync role: waits out the
+    /// durability interval, flushes the batch, then wakes whoever it made
+    /// durable (or everybody, if the fsync failed).
+    fn sync_round(&self, sync: &mut parking_lot::MutexGuard<'_, SyncState>) {
+        let due = sync.last_sync + self.sync_interval();
+        let result = parking_lot::MutexGuard::unlocked(sync, || {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
             }
-            self.synced.notify_all();
+            self.flush_batch(true)
+        });
+        sync.last_sync = Instant::now();
+        match result {
+            Ok(target) => sync.durable_seq = sync.durable_seq.max(target),
+            Err(e) => {
+                tracing::error!(volume = %self.id, error = %e, "fsync failed; volume is now read-only");
+                sync.poisoned = true;
+            }
+        }
+        self.synced.notify_all();
+        self.wake_waiters(sync, false);
+    }
+
+    /// Gives up the sync role. Blocked writers learn it through the condvar;
+    /// registered waiters still short of durable are told to register again
+    /// ([`Wake::Lead`]), so one of them takes the role: nobody waits on a
+    /// group commit that nobody runs.
+    pub(super) fn release_sync_role(&self, sync: &mut SyncState) {
+        sync.syncing = false;
+        self.synced.notify_all();
+        self.wake_waiters(sync, true);
+    }
+
+    /// Wakes the registered waiters that are durable (all of them if the
+    /// volume is poisoned); with `lead`, also those that are not.
+    fn wake_waiters(&self, sync: &mut SyncState, lead: bool) {
+        if sync.waiters.is_empty() {
+            return;
+        }
+        let (durable, poisoned) = (sync.durable_seq, sync.poisoned);
+        for (seq, waiter) in std::mem::take(&mut sync.waiters) {
+            if poisoned {
+                waiter(Wake::Poisoned);
+            } else if seq <= durable {
+                waiter(Wake::Durable);
+            } else if lead {
+                waiter(Wake::Lead);
+            } else {
+                sync.waiters.push((seq, waiter));
+            }
         }
     }
 
@@ -350,7 +463,6 @@ impl Volume {
             self.index_file.lock().file.sync_data()?;
             Ok(target)
         });
-        sync.syncing = false;
         let outcome = match result {
             Ok(target) => {
                 sync.durable_seq = sync.durable_seq.max(target);
@@ -361,9 +473,98 @@ impl Volume {
                 Err(e)
             }
         };
-        self.synced.notify_all();
+        self.release_sync_role(&mut sync);
         outcome
     }
+}
+
+/// A whole-blob write in the page cache, not yet durable; see
+/// [`Volume::try_write_queued`].
+#[derive(Debug, Clone, Copy)]
+pub struct QueuedWrite {
+    /// Where the needle was written.
+    pub receipt: WriteReceipt,
+    /// Its group-commit sequence number, for [`Volume::when_durable`].
+    pub seq: u64,
+}
+
+/// What a [`Waiter`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The write is durable.
+    Durable,
+    /// An fsync failed: the write may be lost, and the volume takes no more
+    /// writes until reopened ([`Error::Poisoned`]).
+    Poisoned,
+    /// Nobody runs a group commit any more: call [`Volume::when_durable`]
+    /// again (and run the [`SyncDuty`] it may hand out).
+    Lead,
+}
+
+/// Called once with the fate of a queued write; see [`Volume::when_durable`].
+pub type Waiter = Box<dyn FnOnce(Wake) + Send>;
+
+/// The group-commit role, handed out by [`Volume::when_durable`]: run it (on
+/// a thread that may block) and it fsyncs until no registered waiter is
+/// short of durable. Dropped without running, it gives the role back.
+#[must_use = "a sync duty must be run, or writes wait for it"]
+pub struct SyncDuty {
+    volume: Option<Arc<Volume>>,
+}
+
+impl SyncDuty {
+    /// Runs group commits until every registered waiter is woken. Blocks.
+    pub fn run(mut self) {
+        let Some(volume) = self.volume.clone() else {
+            return;
+        };
+        let mut sync = volume.sync.lock();
+        loop {
+            volume.sync_round(&mut sync);
+            let durable = sync.durable_seq;
+            if sync.poisoned || !sync.waiters.iter().any(|(seq, _)| *seq > durable) {
+                break;
+            }
+        }
+        volume.release_sync_role(&mut sync);
+        // Released: nothing left for `drop` (which gives the role back if
+        // a round panicked).
+        self.volume = None;
+    }
+}
+
+impl Drop for SyncDuty {
+    fn drop(&mut self) {
+        if let Some(volume) = self.volume.take() {
+            volume.release_sync_role(&mut volume.sync.lock());
+        }
+    }
+}
+
+impl std::fmt::Debug for SyncDuty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncDuty").finish_non_exhaustive()
+    }
+}
+
+/// Encodes a whole-blob write as a needle record; returns it and its CRC.
+fn encode_write(write: &NeedleWrite<'_>) -> Result<(Vec<u8>, u32)> {
+    check_data_len(write.data.len() as u64)?;
+    write
+        .meta
+        .validate()
+        .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
+    let mut record = Vec::new();
+    let checksum = format::encode_needle(
+        &mut record,
+        0,
+        write.id,
+        write.cookie,
+        write.data,
+        &write.meta,
+    )
+    .map_err(|_| Error::InvalidNeedle("does not fit the needle format"))?;
+    Ok((record, checksum))
 }
 
 /// A streamed write in progress; see [`Volume::begin_write`].
