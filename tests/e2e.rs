@@ -327,6 +327,11 @@ async fn restarts_keep_everything_and_never_reuse_an_id() {
         );
     }
     let after_restart = upload_many(&client, 300, 20_000).await;
+    // A client that keeps the ids it reserved (its one upload reserved
+    // RESERVE_IDS) through the crash below and uses them afterwards: nobody
+    // else may get them.
+    let keeper = Arc::new(cluster.client().await);
+    let mut kept = upload_many(&keeper, 1, 40_000).await;
 
     // A directory crash (SIGKILL) must not make it hand out an id twice.
     cluster.directory.take().unwrap().kill();
@@ -334,16 +339,31 @@ async fn restarts_keep_everything_and_never_reuse_an_id() {
     cluster.wait_alive(2).await;
     let client = Arc::new(cluster.client().await);
     let after_crash = upload_many(&client, 300, 30_000).await;
+    kept.extend(upload_many(&keeper, 20, 41_000).await);
 
+    let everything: Vec<_> = before
+        .iter()
+        .chain(&after_restart)
+        .chain(&after_crash)
+        .chain(&kept)
+        .collect();
     let mut needles = HashSet::new();
-    for (blob_id, _, _) in before.iter().chain(&after_restart).chain(&after_crash) {
+    for (blob_id, _, _) in &everything {
         let needle = blob_id.parse::<BlobId>().unwrap().needle;
         assert!(
             needles.insert(needle),
             "needle id {needle} handed out twice"
         );
     }
-    for (blob_id, seed, len) in before.iter().chain(&after_restart).chain(&after_crash) {
+    // The keeper really wrote ids it had reserved before the crash.
+    let first_kept = kept[0].0.parse::<BlobId>().unwrap().needle.0;
+    let reserved_before = first_kept..first_kept + u64::from(hayloft_client::RESERVE_IDS);
+    assert!(
+        kept[1..].iter().all(|(blob_id, _, _)| reserved_before
+            .contains(&blob_id.parse::<BlobId>().unwrap().needle.0)),
+        "the keeper did not go on with its reservation"
+    );
+    for (blob_id, seed, len) in everything {
         assert_eq!(
             &client.download(blob_id).await.unwrap().1[..],
             &content(*seed, *len)[..]

@@ -1,8 +1,9 @@
 //! A Rust client for hayloft.
 //!
-//! - [`Client::upload`] / [`Client::upload_file`]: assign an id at the
-//!   directory, stream the bytes to the volume server it names; retried with
-//!   a fresh id if that server is down, full or sealed.
+//! - [`Client::upload`] / [`Client::upload_file`]: take an id reserved from
+//!   the directory (one `Assign` reserves [`RESERVE_IDS`] of them, so a small
+//!   upload is one call), stream the bytes to the volume server it names;
+//!   retried with a fresh id if that server is down, full or sealed.
 //! - [`Client::download`] / [`Client::download_to`]: look the volume up
 //!   (cached) and stream the blob back; a stale location is looked up again.
 //! - [`Client::delete`], [`Client::stat`], [`Client::status`].
@@ -10,9 +11,9 @@
 //! Large blobs stream in [`hayloft_proto::CHUNK_BYTES`] chunks both ways, so
 //! memory stays bounded whatever their size.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -20,8 +21,8 @@ use hayloft_proto::directory_client::DirectoryClient;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
-    AssignRequest, BlobInfo, DeleteRequest, LookupRequest, ReadRequest, ServerLocation,
-    StatRequest, StatusRequest, StatusResponse, WriteHeader, WriteRequest,
+    AssignRequest, AssignedBlob, BlobInfo, DeleteRequest, LookupRequest, ReadRequest,
+    ServerLocation, StatRequest, StatusRequest, StatusResponse, WriteHeader, WriteRequest,
 };
 use hayloft_storage::BlobId;
 use parking_lot::Mutex;
@@ -102,11 +103,42 @@ pub struct Uploaded {
 /// Attempts per upload (each with a fresh id) and per download.
 const ATTEMPTS: usize = 4;
 
+/// Ids one `Assign` reserves for the uploads that follow. Ids left unused
+/// (the client stops, the volume fills) are simply never used: the
+/// directory never hands an id out twice.
+pub const RESERVE_IDS: u32 = 64;
+
+/// Reserved ids older than this are dropped unused: their volume may have
+/// filled, been sealed or lost a copy since.
+pub const RESERVATION_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// A hayloft client. Cheap to share: clone-free, all methods take `&self`.
 pub struct Client {
     directory: DirectoryClient<Channel>,
     channels: Mutex<HashMap<String, Channel>>,
     locations: Mutex<HashMap<u32, Vec<ServerLocation>>>,
+    /// Reserved ids per collection. A `tokio` mutex: the uploader that finds
+    /// none left makes the one `Assign` the others wait for.
+    reserved: tokio::sync::Mutex<HashMap<String, Reservation>>,
+}
+
+/// Ids from one `Assign`, all in one volume, used one per upload.
+struct Reservation {
+    blobs: VecDeque<AssignedBlob>,
+    /// The volume's copies as the directory listed them.
+    locations: Vec<ServerLocation>,
+    volume_id: u32,
+    /// Ids taken so far: each upload starts at the next copy in turn, so
+    /// forwarding work is shared by the copies.
+    taken: usize,
+    at: Instant,
+}
+
+/// One reserved id and where to write it.
+struct Slot {
+    blob: AssignedBlob,
+    /// Every copy of its volume, the primary for this upload first.
+    locations: Vec<ServerLocation>,
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint> {
@@ -161,7 +193,69 @@ impl Client {
                 .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
             channels: Mutex::new(HashMap::new()),
             locations: Mutex::new(HashMap::new()),
+            reserved: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Takes a reserved id in `collection`, reserving more at the directory
+    /// when none is left (or they are too old).
+    async fn take_id(&self, collection: &str, request_id: &str) -> Result<Slot> {
+        let mut reserved = self.reserved.lock().await;
+        let fresh = reserved.get(collection).is_some_and(|r| {
+            !r.blobs.is_empty() && !r.locations.is_empty() && r.at.elapsed() < RESERVATION_MAX_AGE
+        });
+        if !fresh {
+            let assign = hayloft_proto::with_request_id(
+                AssignRequest {
+                    count: RESERVE_IDS,
+                    collection: collection.to_owned(),
+                    tier: 0,
+                    ttl_seconds: 0,
+                },
+                request_id,
+            );
+            let assigned = self.directory.clone().assign(assign).await?.into_inner();
+            let volume_id = match assigned.blobs.first() {
+                Some(blob) if !assigned.locations.is_empty() => blob.volume_id,
+                _ => {
+                    return Err(Error::Status(tonic::Status::internal(
+                        "assign returned no id",
+                    )));
+                }
+            };
+            reserved.insert(
+                collection.to_owned(),
+                Reservation {
+                    blobs: assigned.blobs.into(),
+                    locations: assigned.locations,
+                    volume_id,
+                    taken: 0,
+                    at: Instant::now(),
+                },
+            );
+        }
+        let reservation = reserved.get_mut(collection).ok_or(Error::NoLocation(0))?;
+        let blob = reservation
+            .blobs
+            .pop_front()
+            .ok_or(Error::NoLocation(reservation.volume_id))?;
+        let mut locations = reservation.locations.clone();
+        let turn = reservation.taken % locations.len();
+        locations.rotate_left(turn);
+        reservation.taken += 1;
+        Ok(Slot { blob, locations })
+    }
+
+    /// Drops the ids reserved in `volume_id`: a write there failed in a way
+    /// that says the volume takes no more (full, sealed, a copy down).
+    async fn forget_reserved(&self, collection: &str, volume_id: u32) {
+        let mut reserved = self.reserved.lock().await;
+        if reserved
+            .get(collection)
+            .is_some_and(|r| r.volume_id == volume_id)
+        {
+            reserved.remove(collection);
+        }
     }
 
     fn volume_client(&self, addr: &str) -> Result<VolumeClient<Channel>> {
@@ -219,31 +313,20 @@ impl Client {
             .clone()
             .unwrap_or_else(hayloft_proto::new_request_id);
         for attempt in 0..ATTEMPTS {
-            let assign = hayloft_proto::with_request_id(
-                AssignRequest {
-                    count: 1,
-                    collection: options.collection.clone(),
-                    tier: 0,
-                    ttl_seconds: options.ttl.map_or(0, |t| t.as_secs().max(1)),
-                },
-                &request_id,
-            );
-            let assigned = self.directory.clone().assign(assign).await?.into_inner();
-            let (Some(blob), Some(location)) = (assigned.blobs.first(), assigned.locations.first())
-            else {
-                return Err(Error::Status(tonic::Status::internal(
-                    "assign returned no id",
-                )));
-            };
+            let Slot { blob, locations } = self.take_id(&options.collection, &request_id).await?;
+            let location = &locations[0];
             let header = WriteHeader {
                 blob_id: blob.blob_id.clone(),
                 size,
                 content_type: options.content_type.clone(),
                 file_name: options.file_name.clone(),
-                expires_at: assigned.expires_at,
+                // Counted from the write, not from when the id was reserved.
+                expires_at: options
+                    .ttl
+                    .map_or(0, |ttl| now_unix().saturating_add(ttl.as_secs().max(1))),
                 last_modified: 0,
                 // The primary forwards the blob to every other copy.
-                replicas: assigned.locations.clone(),
+                replicas: locations.clone(),
                 forwarded: false,
             };
             let (errors_tx, mut errors_rx) = tokio::sync::oneshot::channel();
@@ -271,6 +354,8 @@ impl Client {
                 }
                 Err(error) if retry_upload(&error) && attempt + 1 < ATTEMPTS => {
                     tracing::warn!(server = %location.server_id, %error, attempt, "upload failed; retrying with a new id");
+                    self.forget_reserved(&options.collection, blob.volume_id)
+                        .await;
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                     last_error = Some(error);
                 }
@@ -432,6 +517,12 @@ impl Client {
 /// bounded and the stream handed to tonic is `Sync` whatever the source is.
 /// A local read error ends the stream early (so the server discards the
 /// partial blob) and is handed back through `errors`.
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn write_requests(
     header: WriteHeader,
     mut chunks: BoxStream<'static, std::io::Result<Bytes>>,
