@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".hayloft.v1.WriteRequest.chunk")
         .bytes(".hayloft.v1.ReadResponse.chunk")
         .bytes(".hayloft.v1.ReplicateRequest.data")
+        .bytes(".hayloft.v1.WriteBatchRequest.data")
         .compile_protos(&protos, &["."])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

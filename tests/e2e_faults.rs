@@ -13,7 +13,7 @@ use futures::stream;
 use hayloft_client::UploadOptions;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::write_request::Part;
-use hayloft_proto::{ReadRequest, StatRequest, WriteHeader, WriteRequest};
+use hayloft_proto::{ReadRequest, StatRequest, WriteBatchRequest, WriteHeader, WriteRequest};
 use hayloft_storage::BlobId;
 use parking_lot_free::Acked;
 use reqwest::StatusCode;
@@ -44,6 +44,40 @@ async fn sigkill_during_uploads_loses_no_acknowledged_blob() {
                 let data = Bytes::from(content(seed, len));
                 if let Ok(uploaded) = client.upload(data, &UploadOptions::default()).await {
                     acked.lock().unwrap().push((uploaded.blob_id, seed, len));
+                }
+            }
+        }));
+    }
+    // Batched uploads beside them: a batch cut off by the crash must have
+    // acknowledged only blobs that are durable.
+    for worker in 16..20u64 {
+        let client = Arc::clone(&client);
+        let acked = Arc::clone(&acked);
+        let stop = Arc::clone(&stop);
+        uploaders.push(tokio::spawn(async move {
+            let mut seed = worker << 32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let blobs: Vec<_> = (0..32)
+                    .map(|_| {
+                        seed += 1;
+                        let len = 100 + (seed as usize % 50_000);
+                        (seed, len)
+                    })
+                    .collect();
+                let results = client
+                    .upload_batch(
+                        blobs
+                            .iter()
+                            .map(|&(seed, len)| {
+                                (Bytes::from(content(seed, len)), UploadOptions::default())
+                            })
+                            .collect(),
+                    )
+                    .await;
+                for ((seed, len), result) in blobs.into_iter().zip(results) {
+                    if let Ok(uploaded) = result {
+                        acked.lock().unwrap().push((uploaded.blob_id, seed, len));
+                    }
                 }
             }
         }));
@@ -118,6 +152,187 @@ async fn raw_write(
     match volume.write(stream::iter(messages)).await {
         Ok(_) => Code::Ok,
         Err(status) => status.code(),
+    }
+}
+
+fn batched(seq: u64, blob_id: &str, size: u64, data: Vec<u8>) -> WriteBatchRequest {
+    WriteBatchRequest {
+        seq,
+        header: Some(WriteHeader {
+            blob_id: blob_id.into(),
+            size,
+            ..WriteHeader::default()
+        }),
+        data: data.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_refuses_bad_blobs_alone_and_a_cut_off_batch_keeps_what_it_acknowledged() {
+    let cluster = Cluster::start(1, &[]).await;
+    let client = cluster.client().await;
+    let kept = client
+        .upload(Bytes::from(content(7, 5000)), &UploadOptions::default())
+        .await
+        .unwrap();
+    let blob: BlobId = kept.blob_id.parse().unwrap();
+    // Ids in the same volume past anything the directory handed out.
+    let fresh = |n: u64| {
+        BlobId {
+            needle: hayloft_storage::NeedleId(blob.needle.0 + 50_000 + n),
+            cookie: blob.cookie,
+        }
+        .to_string()
+    };
+    let elsewhere = BlobId {
+        needle: hayloft_storage::types::needle_in(hayloft_storage::VolumeId(999), 1),
+        cookie: blob.cookie,
+    };
+    let mut volume = VolumeClient::connect(format!("http://{}", cluster.grpc_addr(0)))
+        .await
+        .unwrap();
+
+    // Good blobs with bad ones between them: each answered on its own.
+    let mut requests = Vec::new();
+    for n in 0..10 {
+        requests.push(batched(n, &fresh(n), 3000, content(n, 3000)));
+    }
+    let bad = [
+        (
+            100,
+            batched(100, &fresh(100), 1000, vec![1; 500]),
+            Code::InvalidArgument,
+        ), // truncated
+        (
+            101,
+            batched(101, &fresh(101), 10, vec![1; 11]),
+            Code::InvalidArgument,
+        ), // too long
+        (
+            102,
+            batched(102, &fresh(102), 100 << 10, vec![1; 100 << 10]),
+            Code::InvalidArgument,
+        ), // too big for a batch
+        (
+            103,
+            batched(103, "not-an-id", 1, vec![1]),
+            Code::InvalidArgument,
+        ),
+        (
+            104,
+            batched(104, &elsewhere.to_string(), 1, vec![1]),
+            Code::NotFound,
+        ),
+        (
+            105,
+            WriteBatchRequest {
+                seq: 105,
+                header: None,
+                data: vec![1].into(),
+            },
+            Code::InvalidArgument,
+        ),
+    ];
+    for (at, (_, request, _)) in bad.iter().enumerate() {
+        requests.insert(at * 2 + 1, request.clone());
+    }
+    let mut responses = volume
+        .write_batch(stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answers = std::collections::HashMap::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        answers.insert(response.seq, response);
+    }
+    assert_eq!(answers.len(), 16, "every blob is answered");
+    for n in 0..10 {
+        let answer = &answers[&n];
+        assert_eq!(answer.code, 0, "blob {n}: {}", answer.message);
+        assert_eq!(answer.written.as_ref().unwrap().blob_id, fresh(n));
+        assert_eq!(
+            &client.download(&fresh(n)).await.unwrap().1[..],
+            &content(n, 3000)[..]
+        );
+    }
+    for (seq, _, code) in &bad {
+        let answer = &answers[seq];
+        assert_eq!(
+            Code::from_i32(answer.code),
+            *code,
+            "blob {seq}: {}",
+            answer.message
+        );
+        assert!(!answer.message.is_empty());
+        assert!(answer.written.is_none());
+    }
+    assert!(
+        answers[&100].message.contains("truncated"),
+        "{}",
+        answers[&100].message
+    );
+    for n in [100, 101, 102] {
+        let read = volume
+            .read(ReadRequest {
+                blob_id: fresh(n),
+                offset: 0,
+                length: 0,
+            })
+            .await;
+        assert_eq!(
+            read.err().map(|s| s.code()),
+            Some(Code::NotFound),
+            "blob {n} must not exist"
+        );
+    }
+
+    // A batch cut off midway (the client goes away after a few answers):
+    // every blob it acknowledged reads back; the others were stored whole or
+    // not at all.
+    let (tx, rx) = tokio::sync::mpsc::channel(512);
+    for n in 200..400 {
+        tx.send(batched(n, &fresh(n), 20_000, content(n, 20_000)))
+            .await
+            .unwrap();
+    }
+    let mut responses = volume
+        .write_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut acknowledged = Vec::new();
+    while acknowledged.len() < 20 {
+        let response = responses.message().await.unwrap().unwrap();
+        assert_eq!(response.code, 0, "{}", response.message);
+        acknowledged.push(response.seq);
+    }
+    drop(responses);
+    drop(tx);
+    for n in 200..400 {
+        match client.download(&fresh(n)).await {
+            Ok((_, data)) => assert_eq!(&data[..], &content(n, 20_000)[..], "blob {n}"),
+            Err(e) => {
+                assert!(
+                    !acknowledged.contains(&n),
+                    "acknowledged blob {n} lost: {e}"
+                );
+                assert_eq!(e.code(), Some(Code::NotFound), "blob {n}: {e}");
+            }
+        }
+    }
+    // The server goes on taking batches.
+    let results = client
+        .upload_batch(vec![
+            (Bytes::from_static(b"after"), UploadOptions::default());
+            3
+        ])
+        .await;
+    for result in results {
+        let uploaded = result.unwrap();
+        assert_eq!(
+            &client.download(&uploaded.blob_id).await.unwrap().1[..],
+            b"after"
+        );
     }
 }
 
@@ -529,6 +744,8 @@ async fn the_load_bench_runs_every_phase() {
             "4",
             "--sizes",
             "4KiB,1MiB",
+            "--batch",
+            "8",
             "--json",
         ],
     );
@@ -545,6 +762,7 @@ async fn the_load_bench_runs_every_phase() {
         [
             "upload 4.0 KiB",
             "upload 1.0 MiB",
+            "upload 4.0 KiB in batches of 8",
             "http read (uniform)",
             "http read (zipf)",
             "mixed 90% read / 10% upload"

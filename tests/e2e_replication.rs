@@ -221,6 +221,22 @@ async fn replicated_uploads_reach_every_copy_across_zones() {
     let cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[], &[]).await;
     let client = Arc::new(cluster.client().await);
     let mut acked = upload_many(&client, 600, 12).await;
+    // Batched small blobs: a WriteBatch stream per primary, each blob
+    // forwarded to the copies.
+    let batch: Vec<(u64, usize)> = (0..200u64)
+        .map(|i| (3_000_000 + i, 1 + (i as usize * 331) % 60_000))
+        .collect();
+    let results = client
+        .upload_batch(
+            batch
+                .iter()
+                .map(|&(seed, len)| (Bytes::from(content(seed, len)), UploadOptions::default()))
+                .collect(),
+        )
+        .await;
+    for ((seed, len), result) in batch.into_iter().zip(results) {
+        acked.push((result.unwrap().blob_id, seed, len));
+    }
     // A few large blobs stream through the primary to the copies chunk by
     // chunk; one of 256 MiB, held in memory by no server.
     let big = 256 << 20;

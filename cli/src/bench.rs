@@ -27,6 +27,11 @@ pub struct BenchArgs {
     /// Upload sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "4KiB,64KiB,1MiB,64MiB")]
     sizes: Vec<ByteSize>,
+    /// Also upload the sizes up to 64 KiB in batches of this many blobs
+    /// (`Client::upload_batch`, a `WriteBatch` stream per server), with one
+    /// batch in flight per 8 of `--concurrency`. 0: no batched phase.
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
     /// Skip the read and mixed phases.
     #[arg(long)]
     uploads_only: bool,
@@ -186,6 +191,35 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         })
         .await;
         results.push(recorder.result(format!("upload {}", ByteSize(size as u64)), elapsed));
+    }
+
+    let batched_sizes = args
+        .sizes
+        .iter()
+        .map(|s| s.as_u64())
+        .filter(|&s| args.batch > 0 && s <= hayloft_client::BATCH_BLOB_MAX);
+    for size in batched_sizes {
+        let recorder = Arc::new(Recorder::default());
+        let data = Bytes::from(vec![0x5Au8; size as usize]);
+        let (client2, recorder2, batch) = (Arc::clone(&client), Arc::clone(&recorder), args.batch);
+        let elapsed = run_phase(args.concurrency.div_ceil(8), duration, move |_| {
+            let (client, recorder) = (Arc::clone(&client2), Arc::clone(&recorder2));
+            let blobs = vec![(data.clone(), UploadOptions::default()); batch];
+            async move {
+                let started = Instant::now();
+                for result in client.upload_batch(blobs).await {
+                    match result {
+                        Ok(uploaded) => recorder.ok(started, uploaded.size),
+                        Err(_) => recorder.error(),
+                    }
+                }
+            }
+        })
+        .await;
+        results.push(recorder.result(
+            format!("upload {} in batches of {batch}", ByteSize(size)),
+            elapsed,
+        ));
     }
 
     let urls: Arc<Vec<String>> = Arc::new(readable.lock().map(|r| r.clone()).unwrap_or_default());

@@ -1,5 +1,6 @@
 //! The client commands: `put`, `get`, `rm`, `status`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use hayloft_client::{Client, UploadOptions};
 use hayloft_proto::{ReplicaHealth, Tier, VolumeHealth, VolumeState};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Args)]
@@ -46,33 +48,92 @@ pub struct PutArgs {
     connection: Connection,
 }
 
+/// Files `put` reads into memory and sends in one `upload_batch` at most.
+const PUT_BATCH_FILES: usize = 256;
+
 pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     let client = args.connection.client().await?;
-    for file in &args.files {
-        let options = UploadOptions {
-            content_type: args.content_type.clone().unwrap_or_else(|| {
-                mime_guess::from_path(file)
-                    .first_raw()
-                    .unwrap_or("application/octet-stream")
-                    .to_owned()
-            }),
-            file_name: file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            collection: args.collection.clone(),
-            ttl: args.ttl.map(Duration::from),
-            request_id: None,
-        };
-        let uploaded = client
-            .upload_file(file, &options)
-            .await
-            .with_context(|| format!("uploading {}", file.display()))?;
-        if args.url {
-            println!("{}\t{}", uploaded.blob_id, uploaded.url);
-        } else {
-            println!("{}", uploaded.blob_id);
+    let options = |file: &PathBuf| UploadOptions {
+        content_type: args.content_type.clone().unwrap_or_else(|| {
+            mime_guess::from_path(file)
+                .first_raw()
+                .unwrap_or("application/octet-stream")
+                .to_owned()
+        }),
+        file_name: file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        collection: args.collection.clone(),
+        ttl: args.ttl.map(Duration::from),
+        request_id: None,
+    };
+    let bar = if args.files.len() > 1 && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(args.files.len() as u64);
+        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} files {elapsed}") {
+            bar.set_style(style);
         }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let print = |file: &PathBuf, result: hayloft_client::Result<hayloft_client::Uploaded>| {
+        bar.inc(1);
+        match result {
+            Ok(uploaded) => {
+                bar.suspend(|| {
+                    if args.url {
+                        println!("{}\t{}", uploaded.blob_id, uploaded.url);
+                    } else {
+                        println!("{}", uploaded.blob_id);
+                    }
+                });
+                true
+            }
+            Err(e) => {
+                bar.suspend(|| eprintln!("error: uploading {}: {e}", file.display()));
+                false
+            }
+        }
+    };
+    // Small files go in batches (one stream per server, shared fsyncs);
+    // large ones stream alone. Ids print in the order of the arguments.
+    let mut failed = 0usize;
+    for files in args.files.chunks(PUT_BATCH_FILES) {
+        let mut small = Vec::new();
+        let mut kinds = Vec::with_capacity(files.len());
+        for file in files {
+            let len = tokio::fs::metadata(file)
+                .await
+                .with_context(|| format!("reading {}", file.display()))?
+                .len();
+            if files.len() > 1 && len <= hayloft_client::BATCH_BLOB_MAX {
+                let data = tokio::fs::read(file)
+                    .await
+                    .with_context(|| format!("reading {}", file.display()))?;
+                small.push((bytes::Bytes::from(data), options(file)));
+                kinds.push(true);
+            } else {
+                kinds.push(false);
+            }
+        }
+        let mut batched = client.upload_batch(small).await.into_iter();
+        for (file, in_batch) in files.iter().zip(kinds) {
+            let result = if in_batch {
+                batched
+                    .next()
+                    .unwrap_or(Err(hayloft_client::Error::NoLocation(0)))
+            } else {
+                client.upload_file(file, &options(file)).await
+            };
+            if !print(file, result) {
+                failed += 1;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files were not uploaded", args.files.len());
     }
     Ok(())
 }

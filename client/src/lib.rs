@@ -4,6 +4,8 @@
 //!   the directory (one `Assign` reserves [`RESERVE_IDS`] of them, so a small
 //!   upload is one call), stream the bytes to the volume server it names;
 //!   retried with a fresh id if that server is down, full or sealed.
+//! - [`Client::upload_batch`]: many small blobs, one `WriteBatch` stream per
+//!   server, each blob acknowledged (or refused) on its own.
 //! - [`Client::download`] / [`Client::download_to`]: look the volume up
 //!   (cached) and stream the blob back; a stale location is looked up again.
 //! - [`Client::delete`], [`Client::stat`], [`Client::status`].
@@ -22,7 +24,8 @@ use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
     AssignRequest, AssignedBlob, BlobInfo, DeleteRequest, LookupRequest, ReadRequest,
-    ServerLocation, StatRequest, StatusRequest, StatusResponse, WriteHeader, WriteRequest,
+    ServerLocation, StatRequest, StatusRequest, StatusResponse, WriteBatchRequest, WriteHeader,
+    WriteRequest,
 };
 use hayloft_storage::BlobId;
 use parking_lot::Mutex;
@@ -108,6 +111,10 @@ const ATTEMPTS: usize = 4;
 /// directory never hands an id out twice.
 pub const RESERVE_IDS: u32 = 64;
 
+/// Largest blob [`Client::upload_batch`] sends in a batch (the server's
+/// limit for `WriteBatch`); larger ones are uploaded alone.
+pub const BATCH_BLOB_MAX: u64 = 64 << 10;
+
 /// Reserved ids older than this are dropped unused: their volume may have
 /// filled, been sealed or lost a copy since.
 pub const RESERVATION_MAX_AGE: Duration = Duration::from_secs(30);
@@ -136,6 +143,7 @@ struct Reservation {
 
 /// One reserved id and where to write it.
 struct Slot {
+    collection: String,
     blob: AssignedBlob,
     /// Every copy of its volume, the primary for this upload first.
     locations: Vec<ServerLocation>,
@@ -243,7 +251,11 @@ impl Client {
         let turn = reservation.taken % locations.len();
         locations.rotate_left(turn);
         reservation.taken += 1;
-        Ok(Slot { blob, locations })
+        Ok(Slot {
+            collection: collection.to_owned(),
+            blob,
+            locations,
+        })
     }
 
     /// Drops the ids reserved in `volume_id`: a write there failed in a way
@@ -291,6 +303,136 @@ impl Client {
         .await
     }
 
+    /// Uploads many blobs: those of at most [`BATCH_BLOB_MAX`] bytes go in
+    /// one `WriteBatch` stream per primary server (each acknowledged once
+    /// durable on every copy; their writes share group commits), larger ones
+    /// one by one. A blob refused for a reason worth retrying (a copy down,
+    /// the volume full, the stream cut off) is uploaded again alone with a
+    /// fresh id. Answers come back in the order of `blobs`.
+    pub async fn upload_batch(&self, blobs: Vec<(Bytes, UploadOptions)>) -> Vec<Result<Uploaded>> {
+        let mut results: Vec<Option<Result<Uploaded>>> = blobs.iter().map(|_| None).collect();
+        // Blobs per primary: (index, slot, request).
+        let mut by_server: HashMap<String, Vec<(usize, Slot, WriteBatchRequest)>> = HashMap::new();
+        let mut alone = Vec::new();
+        for (i, (data, options)) in blobs.iter().enumerate() {
+            if data.len() as u64 > BATCH_BLOB_MAX {
+                alone.push(i);
+                continue;
+            }
+            let request_id = options
+                .request_id
+                .clone()
+                .unwrap_or_else(hayloft_proto::new_request_id);
+            let slot = match self.take_id(&options.collection, &request_id).await {
+                Ok(slot) => slot,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            let request = WriteBatchRequest {
+                seq: i as u64,
+                header: Some(write_header(&slot, data.len() as u64, options)),
+                data: data.clone(),
+            };
+            by_server
+                .entry(slot.locations[0].grpc_addr.clone())
+                .or_default()
+                .push((i, slot, request));
+        }
+        let batches = by_server
+            .into_iter()
+            .map(|(addr, items)| self.send_batch(addr, items));
+        let mut retry = alone;
+        for answers in futures::future::join_all(batches).await {
+            for (i, answer) in answers {
+                match answer {
+                    Err(error) if retry_upload(&error) => {
+                        tracing::warn!(%error, "batched upload failed; uploading it alone with a new id");
+                        retry.push(i);
+                    }
+                    answer => results[i] = Some(answer),
+                }
+            }
+        }
+        for i in retry {
+            let (data, options) = &blobs[i];
+            results[i] = Some(self.upload(data.clone(), options).await);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::NoLocation(0))))
+            .collect()
+    }
+
+    /// One `WriteBatch` stream to `addr`: every item's answer, by index. A
+    /// blob with no answer (the stream broke) is `Unavailable`.
+    async fn send_batch(
+        &self,
+        addr: String,
+        items: Vec<(usize, Slot, WriteBatchRequest)>,
+    ) -> Vec<(usize, Result<Uploaded>)> {
+        let mut waiting: HashMap<u64, (usize, Slot)> = HashMap::new();
+        let mut requests = Vec::with_capacity(items.len());
+        for (i, slot, request) in items {
+            waiting.insert(request.seq, (i, slot));
+            requests.push(request);
+        }
+        let mut answers = Vec::with_capacity(waiting.len());
+        let request_id = hayloft_proto::new_request_id();
+        let outcome = async {
+            let mut client = self.volume_client(&addr)?;
+            let mut responses = client
+                .write_batch(hayloft_proto::with_request_id(
+                    stream::iter(requests),
+                    &request_id,
+                ))
+                .await?
+                .into_inner();
+            while let Some(response) = responses.message().await? {
+                let Some((i, slot)) = waiting.remove(&response.seq) else {
+                    continue;
+                };
+                let answer = match response.written {
+                    Some(written) if response.code == 0 => Ok(Uploaded {
+                        url: format!("http://{}/{}", slot.locations[0].http_addr, written.blob_id),
+                        blob_id: written.blob_id,
+                        size: written.size,
+                        etag: written.etag,
+                        request_id: request_id.clone(),
+                    }),
+                    _ => {
+                        let error = Error::Status(tonic::Status::new(
+                            Code::from_i32(response.code),
+                            response.message,
+                        ));
+                        if retry_upload(&error) {
+                            self.forget_reserved(&slot.collection, slot.blob.volume_id)
+                                .await;
+                        }
+                        Err(error)
+                    }
+                };
+                answers.push((i, answer));
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        let broke = outcome.err();
+        for (_, (i, slot)) in waiting {
+            self.forget_reserved(&slot.collection, slot.blob.volume_id)
+                .await;
+            answers.push((
+                i,
+                Err(Error::Status(tonic::Status::unavailable(format!(
+                    "the batch stream to {addr} ended without an answer for this blob{}",
+                    broke.as_ref().map_or(String::new(), |e| format!(": {e}"))
+                )))),
+            ));
+        }
+        answers
+    }
+
     /// Uploads a file, streaming it in chunks (bounded memory for any size).
     pub async fn upload_file(&self, path: &Path, options: &UploadOptions) -> Result<Uploaded> {
         let size = tokio::fs::metadata(path).await?.len();
@@ -313,22 +455,12 @@ impl Client {
             .clone()
             .unwrap_or_else(hayloft_proto::new_request_id);
         for attempt in 0..ATTEMPTS {
-            let Slot { blob, locations } = self.take_id(&options.collection, &request_id).await?;
+            let slot = self.take_id(&options.collection, &request_id).await?;
+            let header = write_header(&slot, size, options);
+            let Slot {
+                blob, locations, ..
+            } = slot;
             let location = &locations[0];
-            let header = WriteHeader {
-                blob_id: blob.blob_id.clone(),
-                size,
-                content_type: options.content_type.clone(),
-                file_name: options.file_name.clone(),
-                // Counted from the write, not from when the id was reserved.
-                expires_at: options
-                    .ttl
-                    .map_or(0, |ttl| now_unix().saturating_add(ttl.as_secs().max(1))),
-                last_modified: 0,
-                // The primary forwards the blob to every other copy.
-                replicas: locations.clone(),
-                forwarded: false,
-            };
             let (errors_tx, mut errors_rx) = tokio::sync::oneshot::channel();
             let requests = write_requests(header, chunks(), errors_tx);
             let result = match self.volume_client(&location.grpc_addr) {
@@ -517,6 +649,24 @@ impl Client {
 /// bounded and the stream handed to tonic is `Sync` whatever the source is.
 /// A local read error ends the stream early (so the server discards the
 /// partial blob) and is handed back through `errors`.
+/// The header of a write of `size` bytes under a reserved id.
+fn write_header(slot: &Slot, size: u64, options: &UploadOptions) -> WriteHeader {
+    WriteHeader {
+        blob_id: slot.blob.blob_id.clone(),
+        size,
+        content_type: options.content_type.clone(),
+        file_name: options.file_name.clone(),
+        // Counted from the write, not from when the id was reserved.
+        expires_at: options
+            .ttl
+            .map_or(0, |ttl| now_unix().saturating_add(ttl.as_secs().max(1))),
+        last_modified: 0,
+        // The primary forwards the blob to every other copy.
+        replicas: slot.locations.clone(),
+        forwarded: false,
+    }
+}
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -18,8 +18,8 @@ use hayloft_proto::{
     ListNeedlesRequest, ListNeedlesResponse, ListVolumesRequest, ListVolumesResponse,
     MoveVolumeRequest, MoveVolumeResponse, NeedleDigestsRequest, NeedleDigestsResponse,
     NeedleEntry, RangeDigest, ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse,
-    StatRequest, StatResponse, SyncProgress, SyncVolumeRequest, Tier as ProtoTier, WriteHeader,
-    WriteRequest, WriteResponse,
+    StatRequest, StatResponse, SyncProgress, SyncVolumeRequest, Tier as ProtoTier,
+    WriteBatchRequest, WriteBatchResponse, WriteHeader, WriteRequest, WriteResponse,
 };
 use hayloft_storage::volume::now_unix_secs;
 use hayloft_storage::{
@@ -338,6 +338,13 @@ async fn write_whole(
     }
 }
 
+/// Largest blob a `WriteBatch` takes (larger ones go through `Write`): the
+/// size whose copies travel whole over the replication links.
+pub const BATCH_BLOB_MAX: u64 = LINKED_FORWARD_MAX;
+
+/// Blobs of one `WriteBatch` stream written at once (and answers queued).
+const BATCH_IN_FLIGHT: usize = 256;
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
@@ -473,42 +480,11 @@ impl VolumeService {
                 ));
             }
         };
-        let blob = parse_blob_id(&header.blob_id)?;
-        if header.size > self.max_upload_bytes {
-            return Err(Status::out_of_range(format!(
-                "blob of {} bytes is over this server's upload limit of {} bytes",
-                header.size, self.max_upload_bytes
-            )));
-        }
-        let volume = self
-            .store
-            .volume(blob.volume())
-            .map_err(|e| grpc_status(&e, None))?;
-        // One time for every copy (forwarded in the header), so that the
-        // copies hold the same record bytes: same checksum, same ETag.
-        if header.last_modified == 0 {
-            header.last_modified = now_unix_secs();
-        }
-        let meta = meta_of(&header)?;
-        // A write from a client goes to every copy; one forwarded by the
-        // primary is written here only.
-        let targets = if header.forwarded {
-            Vec::new()
-        } else {
-            self.replication.check_writable(blob.volume().0)?;
-            self.replication.others(blob.volume().0, &header.replicas)
-        };
+        let (blob, volume, meta, targets) = self.prepare_write(&mut header)?;
         let receipt = if !targets.is_empty() && header.size <= LINKED_FORWARD_MAX {
-            self.write_linked(
-                volume,
-                blob,
-                &header,
-                meta,
-                &mut stream,
-                &targets,
-                &request_id,
-            )
-            .await?
+            let data = gather(&mut stream, header.size).await?;
+            self.write_linked(volume, blob, &header, meta, data, &targets, &request_id)
+                .await?
         } else {
             self.write_forwarding(
                 volume,
@@ -529,7 +505,94 @@ impl VolumeService {
         }))
     }
 
-    /// A small write whose copies get the whole blob over their links.
+    /// Checks a write's header and finds what it needs: the blob id, the
+    /// volume, the needle's metadata and the copies to forward to (none for
+    /// a write forwarded by a primary). Sets `last_modified` if unset.
+    #[allow(clippy::type_complexity)]
+    fn prepare_write(
+        &self,
+        header: &mut WriteHeader,
+    ) -> Result<
+        (
+            BlobId,
+            Arc<hayloft_storage::Volume>,
+            NeedleMeta,
+            Vec<hayloft_proto::ServerLocation>,
+        ),
+        Status,
+    > {
+        let blob = parse_blob_id(&header.blob_id)?;
+        if header.size > self.max_upload_bytes {
+            return Err(Status::out_of_range(format!(
+                "blob of {} bytes is over this server's upload limit of {} bytes",
+                header.size, self.max_upload_bytes
+            )));
+        }
+        let volume = self
+            .store
+            .volume(blob.volume())
+            .map_err(|e| grpc_status(&e, None))?;
+        // One time for every copy (forwarded in the header), so that the
+        // copies hold the same record bytes: same checksum, same ETag.
+        if header.last_modified == 0 {
+            header.last_modified = now_unix_secs();
+        }
+        let meta = meta_of(header)?;
+        // A write from a client goes to every copy; one forwarded by the
+        // primary is written here only.
+        let targets = if header.forwarded {
+            Vec::new()
+        } else {
+            self.replication.check_writable(blob.volume().0)?;
+            self.replication.others(blob.volume().0, &header.replicas)
+        };
+        Ok((blob, volume, meta, targets))
+    }
+
+    /// One blob of a `WriteBatch`: a whole small blob, written here and sent
+    /// to the copies over their links.
+    async fn write_batched(
+        &self,
+        request: WriteBatchRequest,
+        request_id: &str,
+    ) -> Result<WriteResponse, Status> {
+        let mut header = request
+            .header
+            .ok_or_else(|| Status::invalid_argument("a batched blob without a header"))?;
+        if header.size > BATCH_BLOB_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a batched blob is at most {BATCH_BLOB_MAX} bytes, this one declares {}; upload it with Write",
+                header.size
+            )));
+        }
+        if request.data.len() as u64 > header.size {
+            return Err(too_long(header.size));
+        }
+        if (request.data.len() as u64) < header.size {
+            return Err(truncated(request.data.len() as u64, header.size));
+        }
+        let (blob, volume, meta, targets) = self.prepare_write(&mut header)?;
+        let receipt = self
+            .write_linked(
+                volume,
+                blob,
+                &header,
+                meta,
+                request.data,
+                &targets,
+                request_id,
+            )
+            .await?;
+        metrics::bytes_in("grpc", header.size);
+        Ok(WriteResponse {
+            blob_id: blob.to_string(),
+            size: header.size,
+            etag: etag(receipt.checksum, header.size),
+        })
+    }
+
+    /// A small write whose copies (if any) get the whole blob over their
+    /// links.
     #[allow(clippy::too_many_arguments)]
     async fn write_linked(
         &self,
@@ -537,29 +600,24 @@ impl VolumeService {
         blob: BlobId,
         header: &WriteHeader,
         meta: NeedleMeta,
-        stream: &mut Streaming<WriteRequest>,
+        data: Bytes,
         targets: &[hayloft_proto::ServerLocation],
         request_id: &str,
     ) -> Result<hayloft_storage::WriteReceipt, Status> {
-        let data = gather(stream, header.size).await?;
         let local_data = data.clone();
         // Tests: the primary's own write fails after the copies had it all.
-        let fail = crate::tier::failpoint("primary-local-write");
+        let fail = !targets.is_empty() && crate::tier::failpoint("primary-local-write");
         let local = async move {
             if fail {
                 return Err(Status::internal("failpoint primary-local-write"));
             }
-            blocking(move || {
-                volume.write(&NeedleWrite {
-                    id: blob.needle,
-                    cookie: blob.cookie,
-                    data: &local_data,
-                    meta,
-                })
-            })
-            .await?
-            .map_err(|e| self.failed(e, Some(blob)))
+            write_whole(volume, blob, local_data, meta)
+                .await?
+                .map_err(|e| self.failed(e, Some(blob)))
         };
+        if targets.is_empty() {
+            return local.await;
+        }
         let started = Instant::now();
         let (receipt, failures) = tokio::join!(
             local,
@@ -1086,6 +1144,74 @@ impl Volume for VolumeService {
                                 seq,
                                 code: status.code() as i32,
                                 message: status.message().to_owned(),
+                            }
+                        }
+                    };
+                    let _ = tx.send(Ok(answer)).await;
+                });
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    type WriteBatchStream =
+        tokio_stream::wrappers::ReceiverStream<Result<WriteBatchResponse, Status>>;
+
+    async fn write_batch(
+        &self,
+        request: Request<Streaming<WriteBatchRequest>>,
+    ) -> Result<Response<Self::WriteBatchStream>, Status> {
+        let request_id = hayloft_proto::request_id(request.metadata());
+        let mut incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(BATCH_IN_FLIGHT);
+        let service = self.clone();
+        let mut stop = self.stop.clone();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCH_IN_FLIGHT));
+        tokio::spawn(async move {
+            // Each blob runs on its own, so that they share group commits;
+            // answers go back as they become durable. At most
+            // BATCH_IN_FLIGHT at once: past that, the stream is not read
+            // (HTTP/2 flow control holds the client back).
+            loop {
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                    break;
+                };
+                let message = tokio::select! {
+                    message = incoming.message() => message,
+                    () = stopped(&mut stop) => break,
+                };
+                let message = match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Cut off: blobs already in flight still finish
+                        // (and are durable), but their answers may not
+                        // reach the client, which treats them as not stored.
+                        tracing::warn!(request_id = %request_id, error = %status.message(), "batch stream broke off");
+                        break;
+                    }
+                };
+                let (service, tx, request_id) = (service.clone(), tx.clone(), request_id.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let seq = message.seq;
+                    let answer = match service.write_batched(message, &request_id).await {
+                        Ok(written) => WriteBatchResponse {
+                            seq,
+                            code: 0,
+                            message: String::new(),
+                            written: Some(written),
+                        },
+                        Err(status) => {
+                            tracing::warn!(request_id = %request_id, code = ?status.code(),
+                                error = %status.message(), "batched write refused");
+                            WriteBatchResponse {
+                                seq,
+                                code: status.code() as i32,
+                                message: status.message().to_owned(),
+                                written: None,
                             }
                         }
                     };

@@ -130,6 +130,13 @@ impl Volume for Null {
     ) -> Result<Response<ColdIndexResponse>, Status> {
         Err(Status::unimplemented("null server"))
     }
+    type WriteBatchStream = Stream<WriteBatchResponse>;
+    async fn write_batch(
+        &self,
+        _: Request<Streaming<WriteBatchRequest>>,
+    ) -> Result<Response<Self::WriteBatchStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
     type ReplicateStream = Stream<ReplicateResponse>;
     async fn replicate(
         &self,
