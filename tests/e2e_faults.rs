@@ -336,6 +336,97 @@ async fn a_batch_refuses_bad_blobs_alone_and_a_cut_off_batch_keeps_what_it_ackno
     }
 }
 
+/// `hayloft put FILE` started in the background against the cluster.
+fn put_in_background(cluster: &Cluster, file: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(support::BIN)
+        .args(["put", file.to_str().unwrap()])
+        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_put_waits_for_a_cluster_still_starting_and_errors_read_one_line_per_cause() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let file = cluster.root.path().join("early.txt");
+    std::fs::write(&file, b"early bird\n").unwrap();
+
+    // The directory is not up yet: the put waits for it.
+    cluster.directory.take().unwrap().stop();
+    let put = put_in_background(&cluster, &file);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.start_directory();
+    let output = tokio::task::spawn_blocking(move || put.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // No volume server has registered yet (Assign answers UNAVAILABLE): the
+    // put waits for one.
+    cluster.volumes[0].take().unwrap().kill();
+    let client = cluster.client().await;
+    for _ in 0..100 {
+        let status = client.status().await.unwrap();
+        if status.servers.iter().all(|s| !s.alive) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let put = put_in_background(&cluster, &file);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.start_volume(0);
+    let output = tokio::task::spawn_blocking(move || put.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let blob_id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        &client.download(&blob_id).await.unwrap().1[..],
+        b"early bird\n"
+    );
+
+    // Errors: one line per cause, no backtrace, whatever RUST_BACKTRACE says.
+    for args in [
+        vec!["get", "not-a-blob-id"],
+        vec!["status", "--directory", "127.0.0.1:1"],
+    ] {
+        let output = std::process::Command::new(support::BIN)
+            .args(&args)
+            .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
+        assert!(
+            lines[1..].iter().all(|l| l.starts_with("  caused by: ")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("acktrace"), "{args:?}: {stderr}");
+    }
+    let output = std::process::Command::new(support::BIN)
+        .args(["get", "not-a-blob-id", "--verbose"])
+        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: "));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_clear_errors_and_loses_nothing() {
     let cluster = Cluster::start(1, &["--max-upload-size", "1MiB"]).await;

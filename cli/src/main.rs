@@ -24,6 +24,10 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "HAYLOFT_LOG_JSON")]
     log_json: bool,
+    /// On failure, print the error with every detail (and a backtrace if
+    /// RUST_BACKTRACE asks for one) instead of one line per cause.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -177,8 +181,42 @@ struct VolumeArgs {
     metrics_listen: Option<SocketAddr>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let verbose = cli.verbose;
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            if verbose {
+                eprintln!("error: {error:?}");
+            } else {
+                eprint!("{}", error_lines(&error));
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error as one readable line per cause, without a backtrace: "error:
+/// what failed", then "  caused by: why" for each cause that says something
+/// the line before did not.
+fn error_lines(error: &anyhow::Error) -> String {
+    let mut lines = String::new();
+    let mut last = String::new();
+    for (i, cause) in error.chain().enumerate() {
+        let text = cause.to_string();
+        if i > 0 && last.contains(&text) {
+            continue;
+        }
+        lines.push_str(if i == 0 { "error: " } else { "  caused by: " });
+        lines.push_str(&text);
+        lines.push('\n');
+        last = text;
+    }
+    lines
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -316,5 +354,25 @@ fn init_logging(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_lines;
+
+    #[test]
+    fn errors_print_one_line_per_cause_without_repeats() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = anyhow::Error::new(io)
+            .context("tcp connect error")
+            .context("cannot connect to 127.0.0.1:9: tcp connect error")
+            .context("connecting to the directory at 127.0.0.1:9");
+        assert_eq!(
+            error_lines(&error),
+            "error: connecting to the directory at 127.0.0.1:9\n  \
+             caused by: cannot connect to 127.0.0.1:9: tcp connect error\n  \
+             caused by: connection refused\n"
+        );
     }
 }

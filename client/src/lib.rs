@@ -186,16 +186,47 @@ fn retry_upload(error: &Error) -> bool {
     ) || matches!(error, Error::Connect { .. })
 }
 
+/// How long a client waits for a cluster that is still starting: a directory
+/// that refuses connections, or one that answers UNAVAILABLE to `Assign` (no
+/// volume server has registered yet). Then it fails with the last error.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(10);
+
+/// Retries `call` while it fails with an error that a starting cluster gives
+/// (connection refused, UNAVAILABLE), backing off, for at most
+/// [`STARTUP_WAIT`].
+async fn while_starting<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T>
+where
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + STARTUP_WAIT;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(e)
+                if (matches!(e, Error::Connect { .. }) || e.code() == Some(Code::Unavailable))
+                    && Instant::now() + pause < deadline =>
+            {
+                tracing::debug!(error = %e, "cluster not ready; waiting");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Client {
-    /// Connects to the directory at `addr` ("host:port").
+    /// Connects to the directory at `addr` ("host:port"), waiting up to
+    /// [`STARTUP_WAIT`] for one that is still starting.
     pub async fn connect(addr: &str) -> Result<Client> {
-        let channel = endpoint(addr)?
-            .connect()
-            .await
-            .map_err(|source| Error::Connect {
+        let endpoint = endpoint(addr)?;
+        let channel = while_starting(|| async {
+            endpoint.connect().await.map_err(|source| Error::Connect {
                 addr: addr.to_owned(),
                 source,
-            })?;
+            })
+        })
+        .await?;
         Ok(Client {
             directory: DirectoryClient::new(channel)
                 .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
@@ -213,16 +244,20 @@ impl Client {
             !r.blobs.is_empty() && !r.locations.is_empty() && r.at.elapsed() < RESERVATION_MAX_AGE
         });
         if !fresh {
-            let assign = hayloft_proto::with_request_id(
-                AssignRequest {
-                    count: RESERVE_IDS,
-                    collection: collection.to_owned(),
-                    tier: 0,
-                    ttl_seconds: 0,
-                },
-                request_id,
-            );
-            let assigned = self.directory.clone().assign(assign).await?.into_inner();
+            let assign = AssignRequest {
+                count: RESERVE_IDS,
+                collection: collection.to_owned(),
+                tier: 0,
+                ttl_seconds: 0,
+            };
+            // Right after the cluster starts no volume server may have
+            // registered yet: wait for one (bounded).
+            let assigned = while_starting(|| {
+                let mut directory = self.directory.clone();
+                let assign = hayloft_proto::with_request_id(assign.clone(), request_id);
+                async move { Ok(directory.assign(assign).await?.into_inner()) }
+            })
+            .await?;
             let volume_id = match assigned.blobs.first() {
                 Some(blob) if !assigned.locations.is_empty() => blob.volume_id,
                 _ => {
