@@ -171,6 +171,17 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
         })
 }
 
+/// The same failure for another blob (errors are not `Clone`).
+fn copy_error(error: &Error) -> Error {
+    match error {
+        Error::Status(status) => Error::Status(tonic::Status::new(
+            status.code(),
+            status.message().to_owned(),
+        )),
+        other => Error::Status(tonic::Status::unavailable(other.to_string())),
+    }
+}
+
 /// Should an upload try again with a new id on another volume?
 fn retry_upload(error: &Error) -> bool {
     matches!(
@@ -342,55 +353,71 @@ impl Client {
     /// one `WriteBatch` stream per primary server (each acknowledged once
     /// durable on every copy; their writes share group commits), larger ones
     /// one by one. A blob refused for a reason worth retrying (a copy down,
-    /// the volume full, the stream cut off) is uploaded again alone with a
-    /// fresh id. Answers come back in the order of `blobs`.
+    /// the volume full, the stream cut off) is uploaded again with a
+    /// fresh id, in a new batch (up to 4 rounds). Answers come back in the
+    /// order of `blobs`.
     pub async fn upload_batch(&self, blobs: Vec<(Bytes, UploadOptions)>) -> Vec<Result<Uploaded>> {
         let mut results: Vec<Option<Result<Uploaded>>> = blobs.iter().map(|_| None).collect();
-        // Blobs per primary: (index, slot, request).
-        let mut by_server: HashMap<String, Vec<(usize, Slot, WriteBatchRequest)>> = HashMap::new();
-        let mut alone = Vec::new();
-        for (i, (data, options)) in blobs.iter().enumerate() {
-            if data.len() as u64 > BATCH_BLOB_MAX {
-                alone.push(i);
-                continue;
+        let (mut pending, alone): (Vec<usize>, Vec<usize>) =
+            (0..blobs.len()).partition(|&i| blobs[i].0.len() as u64 <= BATCH_BLOB_MAX);
+        for attempt in 0..ATTEMPTS {
+            if pending.is_empty() {
+                break;
             }
-            let request_id = options
-                .request_id
-                .clone()
-                .unwrap_or_else(hayloft_proto::new_request_id);
-            let slot = match self.take_id(&options.collection, &request_id).await {
-                Ok(slot) => slot,
-                Err(e) => {
-                    results[i] = Some(Err(e));
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
+            }
+            // Fresh ids for every blob of this round, grouped by primary.
+            let mut by_server: HashMap<String, Vec<(usize, Slot, WriteBatchRequest)>> =
+                HashMap::new();
+            let mut unassigned = None;
+            for &i in &pending {
+                let (data, options) = &blobs[i];
+                if let Some(error) = &unassigned {
+                    // The directory had no id for the blob before: it has
+                    // none for these either (it was waited for already).
+                    results[i] = Some(Err(copy_error(error)));
                     continue;
                 }
-            };
-            let request = WriteBatchRequest {
-                seq: i as u64,
-                header: Some(write_header(&slot, data.len() as u64, options)),
-                data: data.clone(),
-            };
-            by_server
-                .entry(slot.locations[0].grpc_addr.clone())
-                .or_default()
-                .push((i, slot, request));
-        }
-        let batches = by_server
-            .into_iter()
-            .map(|(addr, items)| self.send_batch(addr, items));
-        let mut retry = alone;
-        for answers in futures::future::join_all(batches).await {
-            for (i, answer) in answers {
-                match answer {
-                    Err(error) if retry_upload(&error) => {
-                        tracing::warn!(%error, "batched upload failed; uploading it alone with a new id");
-                        retry.push(i);
+                let request_id = options
+                    .request_id
+                    .clone()
+                    .unwrap_or_else(hayloft_proto::new_request_id);
+                match self.take_id(&options.collection, &request_id).await {
+                    Ok(slot) => {
+                        let request = WriteBatchRequest {
+                            seq: i as u64,
+                            header: Some(write_header(&slot, data.len() as u64, options)),
+                            data: data.clone(),
+                        };
+                        by_server
+                            .entry(slot.locations[0].grpc_addr.clone())
+                            .or_default()
+                            .push((i, slot, request));
                     }
-                    answer => results[i] = Some(answer),
+                    Err(error) => {
+                        results[i] = Some(Err(copy_error(&error)));
+                        unassigned = Some(error);
+                    }
+                }
+            }
+            let batches = by_server
+                .into_iter()
+                .map(|(addr, items)| self.send_batch(addr, items));
+            pending.clear();
+            for answers in futures::future::join_all(batches).await {
+                for (i, answer) in answers {
+                    match answer {
+                        Err(error) if retry_upload(&error) && attempt + 1 < ATTEMPTS => {
+                            tracing::warn!(%error, attempt, "batched upload failed; retrying with a new id");
+                            pending.push(i);
+                        }
+                        answer => results[i] = Some(answer),
+                    }
                 }
             }
         }
-        for i in retry {
+        for i in alone {
             let (data, options) = &blobs[i];
             results[i] = Some(self.upload(data.clone(), options).await);
         }
