@@ -155,6 +155,39 @@ async fn raw_write(
     }
 }
 
+/// An id in `blob`'s volume past anything the directory handed out.
+fn id_past(blob: BlobId, n: u64) -> String {
+    BlobId {
+        needle: hayloft_storage::NeedleId(blob.needle.0 + 50_000 + n),
+        cookie: blob.cookie,
+    }
+    .to_string()
+}
+
+/// An id in a volume no server has.
+fn in_unknown_volume(blob: BlobId) -> BlobId {
+    BlobId {
+        needle: hayloft_storage::types::needle_in(hayloft_storage::VolumeId(999), 1),
+        cookie: blob.cookie,
+    }
+}
+
+/// The server stores nothing under `blob_id`.
+async fn assert_not_stored(volume: &mut VolumeClient<tonic::transport::Channel>, blob_id: &str) {
+    let read = volume
+        .read(ReadRequest {
+            blob_id: blob_id.into(),
+            offset: 0,
+            length: 0,
+        })
+        .await;
+    assert_eq!(
+        read.err().map(|s| s.code()),
+        Some(Code::NotFound),
+        "blob {blob_id} must not exist"
+    );
+}
+
 fn batched(seq: u64, blob_id: &str, size: u64, data: Vec<u8>) -> WriteBatchRequest {
     WriteBatchRequest {
         seq,
@@ -177,17 +210,8 @@ async fn a_batch_refuses_bad_blobs_alone_and_a_cut_off_batch_keeps_what_it_ackno
         .unwrap();
     let blob: BlobId = kept.blob_id.parse().unwrap();
     // Ids in the same volume past anything the directory handed out.
-    let fresh = |n: u64| {
-        BlobId {
-            needle: hayloft_storage::NeedleId(blob.needle.0 + 50_000 + n),
-            cookie: blob.cookie,
-        }
-        .to_string()
-    };
-    let elsewhere = BlobId {
-        needle: hayloft_storage::types::needle_in(hayloft_storage::VolumeId(999), 1),
-        cookie: blob.cookie,
-    };
+    let fresh = |n: u64| id_past(blob, n);
+    let elsewhere = in_unknown_volume(blob);
     let mut volume = VolumeClient::connect(format!("http://{}", cluster.grpc_addr(0)))
         .await
         .unwrap();
@@ -272,18 +296,7 @@ async fn a_batch_refuses_bad_blobs_alone_and_a_cut_off_batch_keeps_what_it_ackno
         answers[&100].message
     );
     for n in [100, 101, 102] {
-        let read = volume
-            .read(ReadRequest {
-                blob_id: fresh(n),
-                offset: 0,
-                length: 0,
-            })
-            .await;
-        assert_eq!(
-            read.err().map(|s| s.code()),
-            Some(Code::NotFound),
-            "blob {n} must not exist"
-        );
+        assert_not_stored(&mut volume, &fresh(n)).await;
     }
 
     // A batch cut off midway (the client goes away after a few answers):
@@ -483,13 +496,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     }
 
     // A fresh id in the same volume (past anything the directory handed out).
-    let fresh = |n: u64| {
-        BlobId {
-            needle: hayloft_storage::NeedleId(blob.needle.0 + 50_000 + n),
-            cookie: blob.cookie,
-        }
-        .to_string()
-    };
+    let fresh = |n: u64| id_past(blob, n);
     // No header, or a header after data.
     assert_eq!(
         raw_write(&mut volume, vec![chunk(b"data")]).await,
@@ -531,24 +538,10 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         Code::OutOfRange
     );
     for n in 1..=5 {
-        let read = volume
-            .read(ReadRequest {
-                blob_id: fresh(n),
-                offset: 0,
-                length: 0,
-            })
-            .await;
-        assert_eq!(
-            read.err().map(|s| s.code()),
-            Some(Code::NotFound),
-            "blob {n} must not exist"
-        );
+        assert_not_stored(&mut volume, &fresh(n)).await;
     }
     // Unknown volume.
-    let elsewhere = BlobId {
-        needle: hayloft_storage::types::needle_in(hayloft_storage::VolumeId(999), 1),
-        cookie: blob.cookie,
-    };
+    let elsewhere = in_unknown_volume(blob);
     assert_eq!(
         raw_write(
             &mut volume,

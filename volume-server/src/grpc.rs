@@ -342,8 +342,58 @@ async fn write_whole(
 /// size whose copies travel whole over the replication links.
 pub const BATCH_BLOB_MAX: u64 = LINKED_FORWARD_MAX;
 
-/// Blobs of one `WriteBatch` stream written at once (and answers queued).
-const BATCH_IN_FLIGHT: usize = 256;
+/// Requests of one `WriteBatch` or `Replicate` stream written at once (and
+/// answers queued).
+const STREAM_IN_FLIGHT: usize = 256;
+
+/// Serves a stream of independent requests (`Replicate`, `WriteBatch`): each
+/// runs on its own task, so their writes share group commits, and is
+/// answered as it finishes. At most [`STREAM_IN_FLIGHT`] at once: past that
+/// the stream is not read, and HTTP/2 flow control holds the sender back. A
+/// stream that breaks off ends the loop; requests in flight still finish
+/// (durable), though their answers may not reach the sender, which treats
+/// them as not stored. The stream ends with the server (the sender opens a
+/// new one when it needs one).
+fn answer_each<Req, Resp, F, Fut>(
+    mut incoming: Streaming<Req>,
+    mut stop: Option<tokio::sync::watch::Receiver<bool>>,
+    handle: F,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Resp, Status>>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Req) -> Fut + Send + 'static,
+    Fut: Future<Output = Resp> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                break;
+            };
+            let message = tokio::select! {
+                message = incoming.message() => message,
+                () = stopped(&mut stop) => break,
+            };
+            let message = match message {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), "request stream broke off");
+                    break;
+                }
+            };
+            let (answer, tx) = (handle(message), tx.clone());
+            tokio::spawn(async move {
+                let answer = answer.await;
+                drop(permit);
+                let _ = tx.send(Ok(answer)).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
@@ -1113,25 +1163,16 @@ impl Volume for VolumeService {
         &self,
         request: Request<Streaming<ReplicateRequest>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
         let service = self.clone();
-        let mut stop = self.stop.clone();
-        tokio::spawn(async move {
-            // Each write runs on its own, so that the group commit batches
-            // them; answers go back as they become durable. The stream ends
-            // with the server (the primary opens a new one when it needs one).
-            loop {
-                let message = tokio::select! {
-                    message = incoming.message() => message,
-                    () = stopped(&mut stop) => break,
-                };
-                let Ok(Some(message)) = message else { break };
-                let (service, tx) = (service.clone(), tx.clone());
-                tokio::spawn(async move {
+        Ok(Response::new(answer_each(
+            request.into_inner(),
+            self.stop.clone(),
+            move |message: ReplicateRequest| {
+                let service = service.clone();
+                async move {
                     let seq = message.seq;
                     let request_id = message.request_id.clone();
-                    let answer = match service.write_replicated(message).await {
+                    match service.write_replicated(message).await {
                         Ok(()) => ReplicateResponse {
                             seq,
                             code: 0,
@@ -1139,20 +1180,16 @@ impl Volume for VolumeService {
                         },
                         Err(status) => {
                             tracing::warn!(request_id = %request_id, code = ?status.code(),
-                                error = %status.message(), "replicated write failed");
+                            error = %status.message(), "replicated write failed");
                             ReplicateResponse {
                                 seq,
                                 code: status.code() as i32,
                                 message: status.message().to_owned(),
                             }
                         }
-                    };
-                    let _ = tx.send(Ok(answer)).await;
-                });
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+                    }
+                }
+            },
         )))
     }
 
@@ -1164,40 +1201,15 @@ impl Volume for VolumeService {
         request: Request<Streaming<WriteBatchRequest>>,
     ) -> Result<Response<Self::WriteBatchStream>, Status> {
         let request_id = hayloft_proto::request_id(request.metadata());
-        let mut incoming = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(BATCH_IN_FLIGHT);
         let service = self.clone();
-        let mut stop = self.stop.clone();
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCH_IN_FLIGHT));
-        tokio::spawn(async move {
-            // Each blob runs on its own, so that they share group commits;
-            // answers go back as they become durable. At most
-            // BATCH_IN_FLIGHT at once: past that, the stream is not read
-            // (HTTP/2 flow control holds the client back).
-            loop {
-                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                    break;
-                };
-                let message = tokio::select! {
-                    message = incoming.message() => message,
-                    () = stopped(&mut stop) => break,
-                };
-                let message = match message {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(status) => {
-                        // Cut off: blobs already in flight still finish
-                        // (and are durable), but their answers may not
-                        // reach the client, which treats them as not stored.
-                        tracing::warn!(request_id = %request_id, error = %status.message(), "batch stream broke off");
-                        break;
-                    }
-                };
-                let (service, tx, request_id) = (service.clone(), tx.clone(), request_id.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
+        Ok(Response::new(answer_each(
+            request.into_inner(),
+            self.stop.clone(),
+            move |message: WriteBatchRequest| {
+                let (service, request_id) = (service.clone(), request_id.clone());
+                async move {
                     let seq = message.seq;
-                    let answer = match service.write_batched(message, &request_id).await {
+                    match service.write_batched(message, &request_id).await {
                         Ok(written) => WriteBatchResponse {
                             seq,
                             code: 0,
@@ -1214,13 +1226,9 @@ impl Volume for VolumeService {
                                 written: None,
                             }
                         }
-                    };
-                    let _ = tx.send(Ok(answer)).await;
-                });
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+                    }
+                }
+            },
         )))
     }
 
