@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hayloft/v1/common.proto",
         "hayloft/v1/directory.proto",
         "hayloft/v1/volume.proto",
+        "hayloft/v1/raft.proto",
     ];
     tonic_prost_build::configure()
         .bytes(".hayloft.v1.WriteRequest.chunk")

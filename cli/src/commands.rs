@@ -242,22 +242,21 @@ fn state_name(state: i32) -> &'static str {
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.capacity {
         let policy = crate::tier::load_policy(args.policy.as_deref())?;
-        let mut directory = hayloft_proto::directory_client::DirectoryClient::connect(format!(
-            "http://{}",
-            args.connection.directory
-        ))
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to the directory at {}",
-                args.connection.directory
-            )
-        })?;
+        let directory = hayloft_proto::Directories::new(&args.connection.directory)?;
         let since = hayloft_storage::volume::now_unix_secs().saturating_sub(8 * 86_400);
         let samples = directory
-            .capacity(hayloft_proto::CapacityRequest { since })
-            .await?
-            .into_inner()
+            .call(|mut directory| async move {
+                directory
+                    .capacity(hayloft_proto::CapacityRequest { since })
+                    .await
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "asking the directory at {} for the capacity history",
+                    args.connection.directory
+                )
+            })?
             .samples;
         let report = crate::capacity::report(&samples, &policy);
         if args.json {

@@ -118,6 +118,20 @@ struct DirectoryArgs {
     /// Writable volumes kept per collection, created ahead of need.
     #[arg(long)]
     min_writable_volumes: Option<usize>,
+    /// This node's id in the directory group (default 1).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Every node of the directory group, this one included, e.g.
+    /// "1=10.0.0.1:9330,2=10.0.0.2:9330,3=10.0.0.3:9330". The lowest id
+    /// initialises the group on its first start. Default: this node alone.
+    #[arg(long)]
+    peers: Option<String>,
+    /// A node that hears from no leader this long starts an election, e.g. "1s".
+    #[arg(long)]
+    election_timeout: Option<humantime_serde::re::humantime::Duration>,
+    /// Snapshot the map and purge the Raft log every this many entries.
+    #[arg(long)]
+    raft_snapshot_every: Option<u64>,
 }
 
 #[derive(Args)]
@@ -270,6 +284,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(count) = args.min_writable_volumes {
                     config.min_writable_volumes = count;
                 }
+                if let Some(id) = args.node_id {
+                    config.node_id = id;
+                }
+                if let Some(peers) = args.peers {
+                    config.peers = vec![peers];
+                }
+                if let Some(timeout) = args.election_timeout {
+                    config.election_timeout = timeout.into();
+                }
+                if let Some(every) = args.raft_snapshot_every {
+                    config.raft_snapshot_every = every;
+                }
                 daemons::directory(config).await
             }
             Command::Volume(args) => {
@@ -346,7 +372,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

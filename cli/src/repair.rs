@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use hayloft_proto::directory_client::DirectoryClient;
 use hayloft_proto::{RepairRequest, RepairResponse, VolumeHealth};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -53,15 +52,12 @@ fn print_plan(plan: &RepairResponse) {
 
 pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let addr = &args.connection.directory;
-    let mut directory = DirectoryClient::connect(format!("http://{addr}"))
-        .await
-        .with_context(|| format!("connecting to the directory at {addr}"))?;
+    let directory = hayloft_proto::Directories::new(addr)?;
+    let dry_run = args.dry_run;
     let plan = directory
-        .repair(RepairRequest {
-            dry_run: args.dry_run,
-        })
-        .await?
-        .into_inner();
+        .call(|mut directory| async move { directory.repair(RepairRequest { dry_run }).await })
+        .await
+        .with_context(|| format!("asking the directory at {addr} for repairs"))?;
     print_plan(&plan);
     if args.dry_run {
         println!(

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
-use hayloft_proto::directory_client::DirectoryClient;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
@@ -121,7 +120,7 @@ pub const RESERVATION_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// A hayloft client. Cheap to share: clone-free, all methods take `&self`.
 pub struct Client {
-    directory: DirectoryClient<Channel>,
+    directory: hayloft_proto::Directories,
     channels: Mutex<HashMap<String, Channel>>,
     locations: Mutex<HashMap<u32, Vec<ServerLocation>>>,
     /// Reserved ids per collection. A `tokio` mutex: the uploader that finds
@@ -227,20 +226,35 @@ where
 }
 
 impl Client {
-    /// Connects to the directory at `addr` ("host:port"), waiting up to
-    /// [`STARTUP_WAIT`] for one that is still starting.
+    /// Connects to the directory at `addr` ("host:port", or the nodes of a
+    /// directory group comma-separated: calls follow its leader), waiting up
+    /// to [`STARTUP_WAIT`] for one that is still starting.
     pub async fn connect(addr: &str) -> Result<Client> {
-        let endpoint = endpoint(addr)?;
-        let channel = while_starting(|| async {
-            endpoint.connect().await.map_err(|source| Error::Connect {
-                addr: addr.to_owned(),
-                source,
-            })
+        let directory = hayloft_proto::Directories::new(addr).map_err(Error::Status)?;
+        let endpoints = directory
+            .addrs()
+            .iter()
+            .map(|a| Ok((a.clone(), endpoint(a)?)))
+            .collect::<Result<Vec<_>>>()?;
+        // One node that accepts a connection is enough: it names the leader.
+        while_starting(|| async {
+            let mut last = None;
+            for (addr, endpoint) in &endpoints {
+                match endpoint.connect().await {
+                    Ok(_) => return Ok(()),
+                    Err(source) => {
+                        last = Some(Error::Connect {
+                            addr: addr.clone(),
+                            source,
+                        })
+                    }
+                }
+            }
+            Err(last.unwrap_or(Error::NoLocation(0)))
         })
         .await?;
         Ok(Client {
-            directory: DirectoryClient::new(channel)
-                .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
+            directory,
             channels: Mutex::new(HashMap::new()),
             locations: Mutex::new(HashMap::new()),
             reserved: tokio::sync::Mutex::new(HashMap::new()),
@@ -263,10 +277,14 @@ impl Client {
             };
             // Right after the cluster starts no volume server may have
             // registered yet: wait for one (bounded).
-            let assigned = while_starting(|| {
-                let mut directory = self.directory.clone();
-                let assign = hayloft_proto::with_request_id(assign.clone(), request_id);
-                async move { Ok(directory.assign(assign).await?.into_inner()) }
+            let assigned = while_starting(|| async {
+                Ok(self
+                    .directory
+                    .call(|mut directory| {
+                        let assign = hayloft_proto::with_request_id(assign.clone(), request_id);
+                        async move { directory.assign(assign).await }
+                    })
+                    .await?)
             })
             .await?;
             let volume_id = match assigned.blobs.first() {
@@ -566,13 +584,15 @@ impl Client {
         }
         let response = self
             .directory
-            .clone()
-            .lookup(LookupRequest {
-                volume_ids: vec![volume],
-                blob_ids: vec![],
+            .call(|mut directory| async move {
+                directory
+                    .lookup(LookupRequest {
+                        volume_ids: vec![volume],
+                        blob_ids: vec![],
+                    })
+                    .await
             })
-            .await?
-            .into_inner();
+            .await?;
         let locations = response
             .volumes
             .into_iter()
@@ -698,10 +718,8 @@ impl Client {
     pub async fn status(&self) -> Result<StatusResponse> {
         Ok(self
             .directory
-            .clone()
-            .status(StatusRequest {})
-            .await?
-            .into_inner())
+            .call(|mut directory| async move { directory.status(StatusRequest {}).await })
+            .await?)
     }
 }
 

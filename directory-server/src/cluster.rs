@@ -1,8 +1,13 @@
-//! The directory's in-memory view of the cluster, backed by [`Db`].
+//! The directory's in-memory view of the cluster: the Raft state machine
+//! (backed by [`Db`]) plus the leader's soft state.
 //!
-//! One `parking_lot::Mutex` guards it: every operation is a few map lookups
-//! plus, rarely, one RocksDB write (a needle high-water mark every
-//! [`NEEDLE_BLOCK`] ids, a new volume). No `.await` happens while it is held.
+//! One `parking_lot::Mutex` guards it: every operation is a few map lookups;
+//! no `.await` happens while it is held. A change to replicated state is
+//! decided by the leader under the lock, proposed as a [`Command`] after
+//! releasing it, and made by [`Cluster::apply`] on every node once
+//! committed. Soft state (heartbeat times, free space, volume stats, what
+//! each server reported) changes on the leader alone, and is set afresh when
+//! a node becomes leader.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,16 +19,20 @@ use hayloft_proto::{
 };
 use hayloft_storage::types::needle_in;
 use hayloft_storage::{BlobId, Cookie, VolumeId};
+use openraft::{BasicNode, EntryPayload, LogId, StoredMembership};
 use parking_lot::Mutex;
+use prost::Message;
 use rand::Rng;
+use rocksdb::WriteBatch;
 
 use crate::DirectoryConfig;
-use crate::db::{Db, ServerRow, VolumeRow};
+use crate::consensus::{Applied, Command, Raft, TypeConfig};
+use crate::db::{self, Db, ServerRow, VolumeRow};
 use crate::error::{Error, Result};
 use crate::placement::{self, Candidate};
 
-/// Needle ids are reserved in the database this many at a time, so
-/// allocation costs one synced write per block rather than per upload.
+/// Needle ids are reserved through the Raft log this many at a time, so
+/// allocation costs one commit per block rather than per upload.
 pub const NEEDLE_BLOCK: u64 = 100_000;
 
 /// Largest sequence number in a volume (needle ids are `volume << 32 | seq`).
@@ -37,8 +46,17 @@ pub(crate) fn now_unix() -> u64 {
 
 struct VolumeEntry {
     row: VolumeRow,
-    /// Next sequence number to hand out (from `needle_high_water` at start).
-    next_seq: u64,
+    /// Soft: sequence numbers this node reserved and has not handed out
+    /// yet. Nobody else ever hands them out (each reservation starts at the
+    /// committed high-water mark), so a leader may use them in any term;
+    /// lost on a restart, never reused.
+    block: std::ops::Range<u64>,
+}
+
+impl VolumeEntry {
+    fn new(row: VolumeRow) -> VolumeEntry {
+        VolumeEntry { row, block: 0..0 }
+    }
 }
 
 struct Inner {
@@ -65,6 +83,11 @@ struct Inner {
     volumes: BTreeMap<u32, VolumeEntry>,
     next_volume_id: u32,
     round_robin: usize,
+    /// The last Raft entry applied, and the membership it left.
+    applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    /// The term whose leadership the soft state was set up for.
+    led_term: u64,
 }
 
 /// A degraded volume as repair sees it.
@@ -98,6 +121,13 @@ pub struct RepairReplica {
     pub state: VolumeState,
 }
 
+/// A snapshot's bytes, last log id and membership.
+pub(crate) type SnapshotParts = (
+    Vec<u8>,
+    Option<LogId<u64>>,
+    StoredMembership<u64, BasicNode>,
+);
+
 /// A zone or rack name as placement sees it ("" is "default").
 pub(crate) fn site(name: &str) -> String {
     if name.is_empty() {
@@ -109,9 +139,16 @@ pub(crate) fn site(name: &str) -> String {
 
 /// The cluster map.
 pub struct Cluster {
-    db: Db,
+    db: std::sync::Arc<Db>,
     config: DirectoryConfig,
     inner: Mutex<Inner>,
+    /// This node's id in the directory group.
+    node_id: u64,
+    /// The Raft node (set once it is started).
+    raft: std::sync::OnceLock<Raft>,
+    /// Serialises changes that are checked against the state before being
+    /// proposed (a copy leaving or joining a replica set).
+    changes: tokio::sync::Mutex<()>,
 }
 
 /// A volume to create: its id, and the servers to create its copies on.
@@ -123,41 +160,18 @@ pub struct NewVolume {
 }
 
 impl Cluster {
-    /// Loads the cluster from the database.
-    pub fn load(db: Db, config: DirectoryConfig) -> Result<Cluster> {
+    /// Loads the cluster from the database; `node_id` is this node's id in
+    /// the directory group.
+    pub fn load(db: std::sync::Arc<Db>, config: DirectoryConfig, node_id: u64) -> Result<Cluster> {
         let snapshot = db.load()?;
-        let volumes = snapshot
-            .volumes
-            .into_iter()
-            .map(|mut row| {
-                row.migrate();
-                let entry = VolumeEntry {
-                    next_seq: row.needle_high_water.max(1),
-                    row,
-                };
-                (entry.row.id, entry)
-            })
-            .collect();
-        let servers = snapshot
-            .servers
-            .into_iter()
-            .filter_map(|row| Some((row.location.as_ref()?.server_id.clone(), row)))
-            .collect();
+        let inner = Inner::from_snapshot(snapshot)?;
         Ok(Cluster {
             db,
             config,
-            inner: Mutex::new(Inner {
-                servers,
-                reported: HashMap::new(),
-                extras: HashSet::new(),
-                abandoned: HashSet::new(),
-                suspects: HashSet::new(),
-                problems: BTreeMap::new(),
-                creating: HashSet::new(),
-                volumes,
-                next_volume_id: snapshot.next_volume_id.max(1),
-                round_robin: 0,
-            }),
+            inner: Mutex::new(inner),
+            node_id,
+            raft: std::sync::OnceLock::new(),
+            changes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -169,7 +183,8 @@ impl Cluster {
         let row = &entry.row;
         row.collection == collection
             && row.state == VolumeState::Writable as i32
-            && entry.next_seq + count <= MAX_SEQ
+            && (entry.block.end - entry.block.start >= count
+                || row.needle_high_water.max(1) + count <= MAX_SEQ + 1)
             && self.volume_health(inner, row) == VolumeHealth::Ok
             && row.status.as_ref().is_none_or(|s| {
                 !s.sealed
@@ -188,27 +203,82 @@ impl Cluster {
     }
 
     /// Hands out `count` blob ids in a writable volume of `collection`, or
-    /// `None` if there is no such volume.
-    pub fn assign(
+    /// `None` if there is no such volume. Ids come from a block this node
+    /// reserved through the Raft log; a new block is committed before any id
+    /// in it is handed out.
+    pub async fn assign(
         &self,
         collection: &str,
         count: u32,
     ) -> Result<Option<(Vec<AssignedBlob>, Vec<ServerLocation>)>> {
         let count = u64::from(count);
-        let mut inner = self.inner.lock();
+        for _ in 0..3 {
+            let (volume_id, locations) = {
+                let mut inner = self.inner.lock();
+                let Some((volume_id, locations)) = self.pick_volume(&mut inner, collection, count)
+                else {
+                    return Ok(None);
+                };
+                let entry = inner
+                    .volumes
+                    .get_mut(&volume_id)
+                    .ok_or(Error::Corrupt("volume vanished"))?;
+                if entry.block.end - entry.block.start >= count {
+                    let first = entry.block.start;
+                    entry.block.start += count;
+                    return Ok(Some((blobs(volume_id, first, count), locations)));
+                }
+                (volume_id, locations)
+            };
+            let reserved = self
+                .propose(Command::ReserveNeedles {
+                    volume_id,
+                    count: count + NEEDLE_BLOCK,
+                    at_least: count,
+                })
+                .await?;
+            match reserved {
+                Applied::Needles { first, end } => {
+                    let mut inner = self.inner.lock();
+                    if let Some(entry) = inner.volumes.get_mut(&volume_id) {
+                        // Keep whichever block has more left (the other's
+                        // ids are never handed out).
+                        let rest = first + count..end;
+                        if rest.end - rest.start > entry.block.end - entry.block.start {
+                            entry.block = rest;
+                        }
+                    }
+                    return Ok(Some((blobs(volume_id, first, count), locations)));
+                }
+                Applied::Refused(reason) => {
+                    tracing::debug!(volume = volume_id, %reason, "needle reservation refused");
+                }
+                other => return Err(Error::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Picks a writable volume of `collection` with room for `count` ids,
+    /// and every copy's location, the primary of this write first:
+    /// primaries take turns, so forwarding work is shared by the copies.
+    fn pick_volume(
+        &self,
+        inner: &mut Inner,
+        collection: &str,
+        count: u64,
+    ) -> Option<(u32, Vec<ServerLocation>)> {
         let candidates: Vec<u32> = inner
             .volumes
             .values()
-            .filter(|e| self.writable(&inner, e, collection, count))
+            .filter(|e| self.writable(inner, e, collection, count))
             .map(|e| e.row.id)
             .collect();
         if candidates.is_empty() {
-            return Ok(None);
+            return None;
         }
         inner.round_robin = inner.round_robin.wrapping_add(1);
         let volume_id = candidates[inner.round_robin % candidates.len()];
-        // Every copy, the primary of this write first: primaries take turns,
-        // so forwarding work is shared by the copies.
         let mut locations: Vec<ServerLocation> = inner.volumes[&volume_id]
             .row
             .replicas
@@ -219,34 +289,7 @@ impl Cluster {
             let turn = inner.round_robin / candidates.len() % locations.len();
             locations.rotate_left(turn);
         }
-        let entry = inner
-            .volumes
-            .get_mut(&volume_id)
-            .ok_or(Error::Corrupt("volume vanished"))?;
-        let first = entry.next_seq;
-        if first + count > entry.row.needle_high_water {
-            // Persist the new mark before handing out any id below it: after
-            // a crash, allocation resumes above every id ever handed out.
-            let mut row = entry.row.clone();
-            row.needle_high_water = (first + count + NEEDLE_BLOCK).min(MAX_SEQ + 1);
-            self.db.put_volume(&row, true)?;
-            entry.row = row;
-        }
-        entry.next_seq += count;
-        let mut rng = rand::rng();
-        let blobs = (first..first + count)
-            .map(|seq| {
-                let needle = needle_in(VolumeId(volume_id), seq as u32);
-                let cookie = Cookie(rng.random());
-                AssignedBlob {
-                    blob_id: BlobId { needle, cookie }.to_string(),
-                    volume_id,
-                    needle_id: needle.0,
-                    cookie: cookie.0,
-                }
-            })
-            .collect();
-        Ok(Some((blobs, locations)))
+        Some((volume_id, locations))
     }
 
     /// Copies a new volume of `collection` gets.
@@ -258,7 +301,18 @@ impl Cluster {
     /// spread over zones, then racks, then the most free space on `tier`.
     /// With too few live servers nothing is reserved and the error says why
     /// (also shown by `status` until a creation succeeds).
-    pub fn plan_new_volume(&self, tier: Tier, collection: &str) -> Result<NewVolume> {
+    pub async fn plan_new_volume(&self, tier: Tier, collection: &str) -> Result<NewVolume> {
+        let servers = self.place_new_volume(tier, collection)?;
+        let volume_id = match self.propose(Command::AllocateVolumeId).await? {
+            Applied::VolumeId(id) => id,
+            Applied::Refused(reason) => return Err(Error::Unavailable(reason)),
+            other => return Err(Error::Unexpected(format!("{other:?}"))),
+        };
+        self.inner.lock().creating.insert(volume_id);
+        Ok(NewVolume { volume_id, servers })
+    }
+
+    fn place_new_volume(&self, tier: Tier, collection: &str) -> Result<Vec<ServerLocation>> {
         let copies = self.replication_for(collection);
         let mut inner = self.inner.lock();
         let candidates = self.candidates(&inner, tier);
@@ -277,18 +331,10 @@ impl Cluster {
                     return Err(Error::Unavailable(reason));
                 }
             };
-        let servers = chosen
+        Ok(chosen
             .iter()
             .filter_map(|id| inner.servers.get(id)?.location.clone())
-            .collect();
-        let volume_id = inner.next_volume_id;
-        let next = volume_id
-            .checked_add(1)
-            .ok_or_else(|| Error::Unavailable("volume ids exhausted".into()))?;
-        self.db.put_next_volume_id(next)?;
-        inner.next_volume_id = next;
-        inner.creating.insert(volume_id);
-        Ok(NewVolume { volume_id, servers })
+            .collect())
     }
 
     /// Live servers as placement candidates for a volume on `tier`.
@@ -326,7 +372,7 @@ impl Cluster {
     }
 
     /// Records a volume whose copies have just been created on `servers`.
-    pub fn register_volume(
+    pub async fn register_volume(
         &self,
         volume_id: u32,
         collection: &str,
@@ -346,8 +392,11 @@ impl Cluster {
             replication: servers.len() as u32,
             stale: Vec::new(),
         };
+        self.propose(Command::CreateVolume {
+            row: row.encode_to_vec(),
+        })
+        .await?;
         let mut inner = self.inner.lock();
-        self.db.put_volume(&row, true)?;
         inner.creating.remove(&volume_id);
         inner.problems.remove(collection);
         for server in servers {
@@ -362,9 +411,6 @@ impl Cluster {
                 },
             );
         }
-        inner
-            .volumes
-            .insert(volume_id, VolumeEntry { row, next_seq: 1 });
         Ok(())
     }
 
@@ -463,8 +509,11 @@ impl Cluster {
     }
 
     /// Applies a heartbeat: the server is alive, at this address, with these
-    /// volumes. Answers with the copies of each volume it holds.
-    pub fn heartbeat(&self, request: HeartbeatRequest) -> Result<Vec<VolumeReplicas>> {
+    /// volumes. Answers with the copies of each volume it holds. A new
+    /// server or address, a volume's new state or tier, copies that missed a
+    /// forward and volumes nobody knew are committed through the Raft log;
+    /// the rest (liveness, free space, stats) is the leader's soft state.
+    pub async fn heartbeat(&self, request: HeartbeatRequest) -> Result<Vec<VolumeReplicas>> {
         let location = request
             .server
             .ok_or_else(|| Error::InvalidArgument("heartbeat without server".into()))?;
@@ -472,34 +521,45 @@ impl Cluster {
             return Err(Error::InvalidArgument("heartbeat without server id".into()));
         }
         let server_id = location.server_id.clone();
-        let server = ServerRow {
-            location: Some(location.clone()),
-            last_heartbeat: now_unix(),
-            free_hot_bytes: request.free_hot_bytes,
-            free_warm_bytes: request.free_warm_bytes,
-        };
-        let mut inner = self.inner.lock();
-        let mut changed = Vec::new();
-        let mut synced = false;
-        let mut reported = HashMap::new();
-        for status in request.volumes {
-            if inner.creating.contains(&status.volume_id)
-                || inner.abandoned.contains(&status.volume_id)
-            {
-                // Reported between its creation and its registration, or a
-                // copy of a creation that failed (being deleted).
-                continue;
+        let registered = self
+            .inner
+            .lock()
+            .servers
+            .get(&server_id)
+            .and_then(|s| s.location.clone());
+        if registered.as_ref() != Some(&location) {
+            self.propose(Command::RegisterServer {
+                location: location.encode_to_vec(),
+            })
+            .await?;
+        }
+        let mut commands = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let inner = &mut *inner;
+            if let Some(server) = inner.servers.get_mut(&server_id) {
+                server.last_heartbeat = now_unix();
+                server.free_hot_bytes = request.free_hot_bytes;
+                server.free_warm_bytes = request.free_warm_bytes;
             }
-            reported.insert(status.volume_id, status.clone());
-            let entry = inner.volumes.entry(status.volume_id).or_insert_with(|| {
-                // A volume the directory has no record of (copied in by an
-                // operator, or created before the database was lost). Which of
-                // its needle ids were handed out is unknown, so it is served
-                // read-only and never takes new ids.
-                tracing::warn!(volume = status.volume_id, server = %server_id,
-                    "adopting unknown volume as sealed");
-                VolumeEntry {
-                    row: VolumeRow {
+            let mut reported = HashMap::new();
+            for status in request.volumes {
+                if inner.creating.contains(&status.volume_id)
+                    || inner.abandoned.contains(&status.volume_id)
+                {
+                    // Reported between its creation and its registration, or
+                    // a copy of a creation that failed (being deleted).
+                    continue;
+                }
+                reported.insert(status.volume_id, status.clone());
+                let Some(entry) = inner.volumes.get_mut(&status.volume_id) else {
+                    // A volume the directory has no record of (copied in by
+                    // an operator, or created before the database was lost).
+                    // Which of its needle ids were handed out is unknown, so
+                    // it is served read-only and never takes new ids.
+                    tracing::warn!(volume = status.volume_id, server = %server_id,
+                        "adopting unknown volume as sealed");
+                    let row = VolumeRow {
                         id: status.volume_id,
                         collection: status.collection.clone(),
                         tier: status.tier,
@@ -511,62 +571,56 @@ impl Cluster {
                         replicas: vec![server_id.clone()],
                         replication: 1,
                         stale: Vec::new(),
-                    },
-                    next_seq: MAX_SEQ + 1,
+                    };
+                    commands.push(Command::AdoptVolume {
+                        row: row.encode_to_vec(),
+                    });
+                    continue;
+                };
+                let row = &mut entry.row;
+                if !row.replicas.contains(&server_id) {
+                    // A copy the directory did not place here (left behind by
+                    // a repair, or copied in by hand): not served, not
+                    // counted, and deleted once the volume has all its copies
+                    // again.
+                    if inner.extras.insert((status.volume_id, server_id.clone())) {
+                        tracing::warn!(volume = status.volume_id, server = %server_id,
+                            "server reports a copy outside the volume's replica set");
+                    }
+                    continue;
                 }
-            });
-            let row = &mut entry.row;
-            if !row.replicas.contains(&server_id) {
-                // A copy the directory did not place here (left behind by a
-                // repair, or copied in by hand): not served, not counted, and
-                // deleted once the volume has all its copies again.
-                if inner.extras.insert((status.volume_id, server_id.clone())) {
-                    tracing::warn!(volume = status.volume_id, server = %server_id,
-                        "server reports a copy outside the volume's replica set");
-                }
-                continue;
-            }
-            // Copies a forward from this server failed to reach: they missed
-            // a write or a delete.
-            for failed in &status.failed_replicas {
-                if row.replicas.contains(failed) && !row.stale.contains(failed) {
+                // Copies a forward from this server failed to reach: they
+                // missed a write or a delete.
+                let stale: Vec<String> = status
+                    .failed_replicas
+                    .iter()
+                    .filter(|failed| row.replicas.contains(failed) && !row.stale.contains(failed))
+                    .cloned()
+                    .collect();
+                for failed in &stale {
                     tracing::warn!(volume = row.id, replica = %failed, reporter = %server_id,
                         "copy missed a forwarded write or delete; marked stale");
-                    row.stale.push(failed.clone());
-                    synced = true;
                 }
-            }
-            if status.sealed && row.state == VolumeState::Writable as i32 {
-                row.state = VolumeState::Sealed as i32;
-            }
-            // Tier moves: the server says when a volume is moving, cold or
-            // restoring; otherwise a sealed volume is just sealed.
-            let reported_state = VolumeState::try_from(status.state).unwrap_or_default();
-            match reported_state {
-                VolumeState::Moving | VolumeState::Cold | VolumeState::Restoring => {
-                    row.state = reported_state as i32;
+                let state = reported_state(row.state, &status);
+                if state != row.state || status.tier != row.tier || !stale.is_empty() {
+                    commands.push(Command::VolumeReported {
+                        volume_id: row.id,
+                        state,
+                        tier: status.tier,
+                        stale,
+                    });
                 }
-                _ if status.sealed && row.state != VolumeState::Writable as i32 => {
-                    row.state = VolumeState::Sealed as i32;
-                }
-                _ => {}
+                let mut status = status;
+                status.failed_replicas.clear();
+                row.status = Some(status);
             }
-            row.tier = status.tier;
-            let mut status = status;
-            status.failed_replicas.clear();
-            row.status = Some(status);
-            changed.push(row.clone());
+            inner.reported.insert(server_id.clone(), reported);
+            inner.suspects.remove(&server_id);
         }
-        if synced {
-            for row in &changed {
-                self.db.put_volume(row, true)?;
-            }
+        for command in commands {
+            self.propose(command).await?;
         }
-        self.db.put_heartbeat(&server, &changed)?;
-        inner.servers.insert(server_id.clone(), server);
-        inner.reported.insert(server_id.clone(), reported);
-        inner.suspects.remove(&server_id);
-        let inner = &*inner;
+        let inner = &*self.inner.lock();
         Ok(inner
             .volumes
             .values()
@@ -670,16 +724,26 @@ impl Cluster {
     }
 
     /// A stale or missing copy has caught up with the others (verified).
-    pub fn caught_up(&self, volume_id: u32, server_id: &str) -> Result<()> {
-        let mut inner = self.inner.lock();
-        let Some(entry) = inner.volumes.get_mut(&volume_id) else {
-            return Ok(());
-        };
-        if entry.row.stale.iter().any(|s| s == server_id) {
-            entry.row.stale.retain(|s| s != server_id);
-            self.db.put_volume(&entry.row, true)?;
+    pub async fn caught_up(&self, volume_id: u32, server_id: &str) -> Result<()> {
+        let stale = self
+            .inner
+            .lock()
+            .volumes
+            .get(&volume_id)
+            .map(|e| e.row.stale.iter().any(|s| s == server_id));
+        match stale {
+            None => return Ok(()),
+            Some(true) => {
+                self.propose(Command::CaughtUp {
+                    volume_id,
+                    server_id: server_id.to_owned(),
+                })
+                .await?;
+            }
+            Some(false) => {}
         }
-        inner
+        self.inner
+            .lock()
             .reported
             .entry(server_id.to_owned())
             .or_default()
@@ -693,25 +757,24 @@ impl Cluster {
 
     /// A new copy on `target` (verified) replaces the copy on `lost`, or
     /// joins the copies (`lost` is `None`: the volume had too few).
-    pub fn replaced(&self, volume_id: u32, lost: Option<&str>, target: &str) -> Result<()> {
+    pub async fn replaced(&self, volume_id: u32, lost: Option<&str>, target: &str) -> Result<()> {
+        let _change = self.changes.lock().await;
+        let known = self
+            .inner
+            .lock()
+            .volumes
+            .get(&volume_id)
+            .map(|e| e.row.replicas.iter().any(|s| s == target));
+        if known != Some(false) {
+            return Ok(());
+        }
+        self.propose(Command::Replaced {
+            volume_id,
+            lost: lost.map(str::to_owned),
+            target: target.to_owned(),
+        })
+        .await?;
         let mut inner = self.inner.lock();
-        let Some(entry) = inner.volumes.get_mut(&volume_id) else {
-            return Ok(());
-        };
-        let row = &mut entry.row;
-        if row.replicas.iter().any(|s| s == target) {
-            return Ok(());
-        }
-        match row.replicas.iter_mut().find(|s| Some(s.as_str()) == lost) {
-            Some(slot) => *slot = target.to_owned(),
-            None => row.replicas.push(target.to_owned()),
-        }
-        row.stale
-            .retain(|s| Some(s.as_str()) != lost && s != target);
-        if Some(row.server_id.as_str()) == lost {
-            row.server_id = target.to_owned();
-        }
-        self.db.put_volume(row, true)?;
         inner
             .reported
             .entry(target.to_owned())
@@ -732,39 +795,39 @@ impl Cluster {
     /// stop going to it, and the copy left on the server is an extra (the
     /// caller deletes it; repair does if the caller cannot). Refused if no
     /// other healthy copy would be left.
-    pub fn remove_replica(&self, volume_id: u32, server_id: &str) -> Result<()> {
-        let mut inner = self.inner.lock();
-        let inner = &mut *inner;
-        let Some(entry) = inner.volumes.get(&volume_id) else {
-            return Err(Error::NotFound(format!("volume {volume_id}")));
-        };
-        let row = &entry.row;
-        if !row.replicas.iter().any(|s| s == server_id) {
-            return Err(Error::NotFound(format!(
-                "volume {volume_id} has no copy on {server_id}"
-            )));
+    pub async fn remove_replica(&self, volume_id: u32, server_id: &str) -> Result<()> {
+        let _change = self.changes.lock().await;
+        {
+            let inner = self.inner.lock();
+            let Some(entry) = inner.volumes.get(&volume_id) else {
+                return Err(Error::NotFound(format!("volume {volume_id}")));
+            };
+            let row = &entry.row;
+            if !row.replicas.iter().any(|s| s == server_id) {
+                return Err(Error::NotFound(format!(
+                    "volume {volume_id} has no copy on {server_id}"
+                )));
+            }
+            let others_healthy = row
+                .replicas
+                .iter()
+                .filter(|s| *s != server_id)
+                .any(|s| self.replica_health(&inner, row, s) == ReplicaHealth::Ok);
+            if !others_healthy {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {volume_id} would have no healthy copy left"
+                )));
+            }
         }
-        let others_healthy = row
-            .replicas
-            .iter()
-            .filter(|s| *s != server_id)
-            .any(|s| self.replica_health(inner, row, s) == ReplicaHealth::Ok);
-        if !others_healthy {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {volume_id} would have no healthy copy left"
-            )));
-        }
-        let Some(entry) = inner.volumes.get_mut(&volume_id) else {
-            return Ok(());
-        };
-        let row = &mut entry.row;
-        row.replicas.retain(|s| s != server_id);
-        row.stale.retain(|s| s != server_id);
-        if row.server_id == server_id {
-            row.server_id = row.replicas.first().cloned().unwrap_or_default();
-        }
-        self.db.put_volume(row, true)?;
-        inner.extras.insert((volume_id, server_id.to_owned()));
+        self.propose(Command::RemoveReplica {
+            volume_id,
+            server_id: server_id.to_owned(),
+        })
+        .await?;
+        self.inner
+            .lock()
+            .extras
+            .insert((volume_id, server_id.to_owned()));
         tracing::info!(volume = volume_id, server = %server_id, "copy taken out of the replica set");
         Ok(())
     }
@@ -811,11 +874,10 @@ impl Cluster {
     }
 
     /// Drops a volume that was deleted (retention) from the map. Its id is
-    /// never reused: the next volume id is persisted separately.
-    pub fn forget_volume(&self, volume_id: u32) -> Result<bool> {
-        let mut inner = self.inner.lock();
-        let known = inner.volumes.remove(&volume_id).is_some();
-        self.db.delete_volume(volume_id)?;
+    /// never reused: the next volume id is kept separately.
+    pub async fn forget_volume(&self, volume_id: u32) -> Result<bool> {
+        let known = self.inner.lock().volumes.contains_key(&volume_id);
+        self.propose(Command::ForgetVolume { volume_id }).await?;
         Ok(known)
     }
 
@@ -943,10 +1005,14 @@ impl Cluster {
     }
 
     /// Records a capacity sample in the history, keeping `retention` of it.
-    pub fn record_capacity(&self, retention: std::time::Duration) -> Result<()> {
+    pub async fn record_capacity(&self, retention: std::time::Duration) -> Result<()> {
         let sample = self.capacity_sample();
-        self.db
-            .put_sample(&sample, sample.at.saturating_sub(retention.as_secs()))
+        self.propose(Command::RecordCapacity {
+            keep_since: sample.at.saturating_sub(retention.as_secs()),
+            sample: sample.encode_to_vec(),
+        })
+        .await
+        .map(drop)
     }
 
     /// The history since `since`, with a sample of now at the end.
@@ -954,6 +1020,11 @@ impl Cluster {
         let mut samples = self.db.samples(since)?;
         samples.push(self.capacity_sample());
         Ok(samples)
+    }
+
+    /// Volumes in this node's map.
+    pub fn volume_count(&self) -> usize {
+        self.inner.lock().volumes.len()
     }
 
     /// Updates the cluster gauges: `hayloft_directory_servers{alive}`,
@@ -1009,20 +1080,420 @@ impl Cluster {
         }
     }
 
+    /// Hands the cluster its Raft node (once, at start).
+    pub(crate) fn set_raft(&self, raft: Raft) {
+        let _ = self.raft.set(raft);
+    }
+
+    /// Commits `command` through the Raft log and answers what applying it
+    /// answered. Only the leader can; elsewhere the error names the leader.
+    pub(crate) async fn propose(&self, command: Command) -> Result<Applied> {
+        let raft = self
+            .raft
+            .get()
+            .ok_or_else(|| Error::Unavailable("the directory's Raft node is not running".into()))?;
+        let started = std::time::Instant::now();
+        match raft.client_write(command).await {
+            Ok(response) => {
+                metrics::histogram!("hayloft_directory_raft_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                Ok(response.data)
+            }
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(forward),
+            )) => Err(Error::NotLeader {
+                leader: forward.leader_id,
+                addr: forward.leader_node.map(|n| n.addr),
+            }),
+            Err(e) => Err(Error::Unavailable(format!(
+                "the directory group could not commit a change: {e}"
+            ))),
+        }
+    }
+
+    /// Ok if this node leads the directory group (setting up its soft state
+    /// the first time in a term); otherwise the error names the leader, if
+    /// one is known.
+    pub fn leader_check(&self) -> Result<()> {
+        let raft = self
+            .raft
+            .get()
+            .ok_or_else(|| Error::Unavailable("the directory's Raft node is not running".into()))?;
+        let (term, leader, addr) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            let addr = metrics.current_leader.and_then(|id| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            });
+            let leading = metrics.state.is_leader();
+            (
+                metrics.current_term,
+                metrics.current_leader.filter(|_| leading),
+                addr,
+            )
+        };
+        if leader != Some(self.node_id) {
+            return Err(Error::NotLeader {
+                leader: raft.metrics().borrow().current_leader,
+                addr,
+            });
+        }
+        let mut inner = self.inner.lock();
+        if inner.led_term != term {
+            Self::lead(&mut inner, term);
+        }
+        Ok(())
+    }
+
+    /// Whether this node leads the directory group now.
+    pub fn is_leader(&self) -> bool {
+        self.leader_check().is_ok()
+    }
+
+    /// Sets up the soft state of a new leader: it has heard from no server
+    /// yet, so each gets `dead_after` from now to send a heartbeat before it
+    /// counts as down (and its repair clock starts again), and every copy
+    /// counts as present until its server reports.
+    fn lead(inner: &mut Inner, term: u64) {
+        let now = now_unix();
+        for server in inner.servers.values_mut() {
+            server.last_heartbeat = server.last_heartbeat.max(now);
+        }
+        inner.reported.clear();
+        inner.extras.clear();
+        inner.suspects.clear();
+        inner.problems.clear();
+        inner.led_term = term;
+        tracing::info!(term, "this directory node leads the group");
+    }
+
+    /// The last applied log id and membership (openraft asks at start).
+    pub(crate) fn applied_state(&self) -> (Option<LogId<u64>>, StoredMembership<u64, BasicNode>) {
+        let inner = self.inner.lock();
+        (inner.applied, inner.membership.clone())
+    }
+
+    /// Applies a committed log entry: to the map and, in one batch with its
+    /// log id, to the database. Deterministic: every node applies the same
+    /// entries to the same state with the same result.
+    pub(crate) fn apply(
+        &self,
+        log_id: LogId<u64>,
+        payload: EntryPayload<TypeConfig>,
+    ) -> Result<Applied> {
+        let mut inner = self.inner.lock();
+        let mut batch = WriteBatch::default();
+        let applied = match payload {
+            EntryPayload::Blank => Applied::Done,
+            EntryPayload::Membership(membership) => {
+                inner.membership = StoredMembership::new(Some(log_id), membership);
+                Applied::Done
+            }
+            EntryPayload::Normal(command) => apply_command(&mut inner, &mut batch, command)?,
+        };
+        inner.applied = Some(log_id);
+        db::put_applied(
+            &mut batch,
+            &json(&inner.applied)?,
+            &json(&inner.membership)?,
+        );
+        self.db.write(batch)?;
+        Ok(applied)
+    }
+
+    /// The state machine as a snapshot: its bytes, last log id and
+    /// membership, all as of one moment.
+    pub(crate) fn snapshot(&self) -> Result<SnapshotParts> {
+        let inner = self.inner.lock();
+        let snapshot = db::Snapshot {
+            next_volume_id: inner.next_volume_id,
+            volumes: inner.volumes.values().map(|e| e.row.clone()).collect(),
+            servers: inner.servers.values().cloned().collect(),
+            history: self.db.samples(0)?,
+            applied: json(&inner.applied)?,
+            membership: json(&inner.membership)?,
+        };
+        Ok((
+            snapshot.encode_to_vec(),
+            inner.applied,
+            inner.membership.clone(),
+        ))
+    }
+
+    /// Replaces the state machine with a snapshot from the leader.
+    pub(crate) fn install(
+        &self,
+        data: &[u8],
+        applied: Option<LogId<u64>>,
+        membership: StoredMembership<u64, BasicNode>,
+    ) -> Result<()> {
+        let mut snapshot = db::Snapshot::decode(data)
+            .map_err(|_| Error::Corrupt("undecodable snapshot from the leader"))?;
+        snapshot.applied = json(&applied)?;
+        snapshot.membership = json(&membership)?;
+        let mut inner = self.inner.lock();
+        self.db.replace(&snapshot)?;
+        let fresh = Inner::from_snapshot(snapshot)?;
+        inner.volumes = fresh.volumes;
+        inner.servers = fresh.servers;
+        inner.next_volume_id = fresh.next_volume_id;
+        inner.applied = fresh.applied;
+        inner.membership = fresh.membership;
+        Ok(())
+    }
+
     /// Flushes the database (on shutdown).
     pub fn flush(&self) -> Result<()> {
         self.db.flush()
     }
 }
 
+impl Inner {
+    fn from_snapshot(snapshot: db::Snapshot) -> Result<Inner> {
+        let volumes = snapshot
+            .volumes
+            .into_iter()
+            .map(|mut row| {
+                row.migrate();
+                (row.id, VolumeEntry::new(row))
+            })
+            .collect();
+        let servers = snapshot
+            .servers
+            .into_iter()
+            .filter_map(|row| Some((row.location.as_ref()?.server_id.clone(), row)))
+            .collect();
+        let applied = match snapshot.applied.as_slice() {
+            [] => None,
+            bytes => serde_json::from_slice(bytes)
+                .map_err(|_| Error::Corrupt("undecodable last applied log id"))?,
+        };
+        let membership = match snapshot.membership.as_slice() {
+            [] => StoredMembership::default(),
+            bytes => serde_json::from_slice(bytes)
+                .map_err(|_| Error::Corrupt("undecodable Raft membership"))?,
+        };
+        Ok(Inner {
+            servers,
+            reported: HashMap::new(),
+            extras: HashSet::new(),
+            abandoned: HashSet::new(),
+            suspects: HashSet::new(),
+            problems: BTreeMap::new(),
+            creating: HashSet::new(),
+            volumes,
+            next_volume_id: snapshot.next_volume_id.max(1),
+            round_robin: 0,
+            applied,
+            membership,
+            led_term: 0,
+        })
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Unexpected(e.to_string()))
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|_| Error::Corrupt("undecodable record in a Raft entry"))
+}
+
+/// Applies one command (see [`Cluster::apply`]).
+fn apply_command(inner: &mut Inner, batch: &mut WriteBatch, command: Command) -> Result<Applied> {
+    let changed = |batch: &mut WriteBatch, entry: &VolumeEntry| {
+        db::put_volume(batch, &entry.row);
+        Applied::Done
+    };
+    Ok(match command {
+        Command::RegisterServer { location } => {
+            let location: ServerLocation = decode(&location)?;
+            let server = inner.servers.entry(location.server_id.clone()).or_default();
+            server.location = Some(location);
+            db::put_server(batch, server);
+            Applied::Done
+        }
+        Command::AllocateVolumeId => {
+            let id = inner.next_volume_id;
+            match id.checked_add(1) {
+                Some(next) => {
+                    inner.next_volume_id = next;
+                    db::put_next_volume_id(batch, next);
+                    Applied::VolumeId(id)
+                }
+                None => Applied::Refused("volume ids exhausted".into()),
+            }
+        }
+        Command::CreateVolume { row } | Command::AdoptVolume { row } => {
+            let mut row: VolumeRow = decode(&row)?;
+            row.migrate();
+            let entry = inner
+                .volumes
+                .entry(row.id)
+                .or_insert_with(|| VolumeEntry::new(row));
+            changed(batch, entry)
+        }
+        Command::ReserveNeedles {
+            volume_id,
+            count,
+            at_least,
+        } => {
+            let Some(entry) = inner.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Refused(format!(
+                    "volume {volume_id} is not in the map"
+                )));
+            };
+            let first = entry.row.needle_high_water.max(1);
+            let end = first.saturating_add(count).min(MAX_SEQ + 1);
+            if end.saturating_sub(first) < at_least {
+                return Ok(Applied::Refused(format!(
+                    "volume {volume_id} has fewer than {at_least} needle ids left"
+                )));
+            }
+            entry.row.needle_high_water = end;
+            db::put_volume(batch, &entry.row);
+            Applied::Needles { first, end }
+        }
+        Command::VolumeReported {
+            volume_id,
+            state,
+            tier,
+            stale,
+        } => {
+            let Some(entry) = inner.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Done);
+            };
+            let row = &mut entry.row;
+            row.state = state;
+            row.tier = tier;
+            for server in stale {
+                if row.replicas.contains(&server) && !row.stale.contains(&server) {
+                    row.stale.push(server);
+                }
+            }
+            changed(batch, entry)
+        }
+        Command::CaughtUp {
+            volume_id,
+            server_id,
+        } => {
+            let Some(entry) = inner.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Done);
+            };
+            entry.row.stale.retain(|s| *s != server_id);
+            changed(batch, entry)
+        }
+        Command::Replaced {
+            volume_id,
+            lost,
+            target,
+        } => {
+            let Some(entry) = inner.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Done);
+            };
+            let row = &mut entry.row;
+            if row.replicas.contains(&target) {
+                return Ok(Applied::Done);
+            }
+            match row
+                .replicas
+                .iter_mut()
+                .find(|s| Some(s.as_str()) == lost.as_deref())
+            {
+                Some(slot) => *slot = target.clone(),
+                None => row.replicas.push(target.clone()),
+            }
+            row.stale
+                .retain(|s| Some(s.as_str()) != lost.as_deref() && *s != target);
+            if Some(row.server_id.as_str()) == lost.as_deref() {
+                row.server_id = target;
+            }
+            changed(batch, entry)
+        }
+        Command::RemoveReplica {
+            volume_id,
+            server_id,
+        } => {
+            let Some(entry) = inner.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Done);
+            };
+            let row = &mut entry.row;
+            row.replicas.retain(|s| *s != server_id);
+            row.stale.retain(|s| *s != server_id);
+            if row.server_id == server_id {
+                row.server_id = row.replicas.first().cloned().unwrap_or_default();
+            }
+            changed(batch, entry)
+        }
+        Command::ForgetVolume { volume_id } => {
+            inner.volumes.remove(&volume_id);
+            db::delete_volume(batch, volume_id);
+            Applied::Done
+        }
+        Command::RecordCapacity { sample, keep_since } => {
+            let sample: hayloft_proto::CapacitySample = decode(&sample)?;
+            db::put_sample(batch, &sample, keep_since);
+            Applied::Done
+        }
+    })
+}
+
+/// `count` blob ids from sequence `first` of a volume, with fresh cookies.
+fn blobs(volume_id: u32, first: u64, count: u64) -> Vec<AssignedBlob> {
+    let mut rng = rand::rng();
+    (first..first + count)
+        .map(|seq| {
+            let needle = needle_in(VolumeId(volume_id), seq as u32);
+            let cookie = Cookie(rng.random());
+            AssignedBlob {
+                blob_id: BlobId { needle, cookie }.to_string(),
+                volume_id,
+                needle_id: needle.0,
+                cookie: cookie.0,
+            }
+        })
+        .collect()
+}
+
+/// A volume's state after its server's report: moving, cold or restoring as
+/// reported; sealed once it is sealed (a writable volume, or one back from a
+/// move); otherwise as it was.
+fn reported_state(current: i32, status: &VolumeStatus) -> i32 {
+    match VolumeState::try_from(status.state).unwrap_or_default() {
+        reported @ (VolumeState::Moving | VolumeState::Cold | VolumeState::Restoring) => {
+            reported as i32
+        }
+        _ if status.sealed => VolumeState::Sealed as i32,
+        _ => current,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use hayloft_proto::VolumeStatus;
 
-    fn cluster(dir: &std::path::Path) -> Cluster {
-        let db = Db::open(dir).unwrap();
-        Cluster::load(db, DirectoryConfig::default()).unwrap()
+    /// A one-node group over the database in `dir`, leading.
+    async fn cluster(dir: &std::path::Path) -> (Arc<Cluster>, Raft) {
+        let db = Arc::new(Db::open(dir).unwrap());
+        let cluster =
+            Arc::new(Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 1).unwrap());
+        let peers = BTreeMap::from([(1, "127.0.0.1:1".to_owned())]);
+        let raft = crate::consensus::start(&cluster, &db, 1, &peers, crate::Timing::default())
+            .await
+            .unwrap();
+        raft.wait(Some(std::time::Duration::from_secs(10)))
+            .state(openraft::ServerState::Leader, "leader")
+            .await
+            .unwrap();
+        cluster.leader_check().unwrap();
+        (cluster, raft)
     }
 
     fn heartbeat(volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
@@ -1039,10 +1510,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unknown_volumes_are_adopted_read_only() {
+    #[tokio::test]
+    async fn unknown_volumes_are_adopted_read_only() {
         let dir = tempfile::tempdir().unwrap();
-        let cluster = cluster(dir.path());
+        let (cluster, raft) = cluster(dir.path()).await;
         let unknown = VolumeStatus {
             volume_id: 7,
             tier: Tier::Hot as i32,
@@ -1050,28 +1521,30 @@ mod tests {
             max_bytes: 1 << 30,
             ..VolumeStatus::default()
         };
-        cluster.heartbeat(heartbeat(vec![unknown])).unwrap();
+        cluster.heartbeat(heartbeat(vec![unknown])).await.unwrap();
         let status = cluster.status();
         assert_eq!(status.volumes.len(), 1);
         assert_eq!(status.volumes[0].state, VolumeState::Sealed as i32);
         // Readable (it has a location) but never handed out.
         assert_eq!(cluster.lookup(&[7], &[]).unwrap()[0].locations.len(), 1);
-        assert!(cluster.assign("", 1).unwrap().is_none());
+        assert!(cluster.assign("", 1).await.unwrap().is_none());
+        raft.shutdown().await.unwrap();
     }
 
-    #[test]
-    fn ids_are_never_handed_out_twice_across_restarts() {
+    #[tokio::test]
+    async fn ids_are_never_handed_out_twice_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..3 {
-            let cluster = cluster(dir.path());
-            cluster.heartbeat(heartbeat(vec![])).unwrap();
+            let (cluster, raft) = cluster(dir.path()).await;
+            cluster.heartbeat(heartbeat(vec![])).await.unwrap();
             let volume = match cluster.status().volumes.first() {
                 Some(v) => v.status.as_ref().unwrap().volume_id,
                 None => {
-                    let plan = cluster.plan_new_volume(Tier::Hot, "").unwrap();
+                    let plan = cluster.plan_new_volume(Tier::Hot, "").await.unwrap();
                     cluster
                         .register_volume(plan.volume_id, "", Tier::Hot, &["vs0".to_owned()])
+                        .await
                         .unwrap();
                     plan.volume_id
                 }
@@ -1085,9 +1558,10 @@ mod tests {
                     max_bytes: 1 << 30,
                     ..VolumeStatus::default()
                 }]))
+                .await
                 .unwrap();
             for _ in 0..50 {
-                let (blobs, _) = cluster.assign("", 1000).unwrap().unwrap();
+                let (blobs, _) = cluster.assign("", 1000).await.unwrap().unwrap();
                 for blob in blobs {
                     assert!(
                         seen.insert(blob.needle_id),
@@ -1096,9 +1570,103 @@ mod tests {
                     );
                 }
             }
-            // Dropped without any shutdown step: a crash, as far as the
-            // allocator is concerned.
+            // The unused rest of the node's block is lost with it.
+            raft.shutdown().await.unwrap();
         }
         assert_eq!(seen.len(), 150_000);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_installed_elsewhere_holds_the_same_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, raft) = cluster(dir.path()).await;
+        cluster.heartbeat(heartbeat(vec![])).await.unwrap();
+        let plan = cluster.plan_new_volume(Tier::Hot, "photos").await.unwrap();
+        cluster
+            .register_volume(plan.volume_id, "photos", Tier::Hot, &["vs0".to_owned()])
+            .await
+            .unwrap();
+        let (blobs, _) = cluster.assign("photos", 10).await.unwrap().unwrap();
+        let (data, applied, membership) = cluster.snapshot().unwrap();
+        raft.shutdown().await.unwrap();
+
+        let other = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(other.path()).unwrap());
+        let copy = Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 2).unwrap();
+        copy.install(&data, applied, membership.clone()).unwrap();
+        assert_eq!(copy.applied_state(), (applied, membership));
+        let volumes = |c: &Cluster| {
+            c.status()
+                .volumes
+                .iter()
+                .map(|v| (v.replicas.len(), v.state, v.replication))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(volumes(&copy), volumes(&cluster));
+        // The high-water mark came along: the copy would reserve past every
+        // id the first node handed out.
+        let row = |c: &Cluster| {
+            c.inner.lock().volumes[&plan.volume_id]
+                .row
+                .needle_high_water
+        };
+        assert_eq!(row(&copy), row(&cluster));
+        assert!(
+            blobs
+                .iter()
+                .all(|b| (b.needle_id & 0xffff_ffff) < row(&copy))
+        );
+        // And it survives a reopen of that database.
+        drop(copy);
+        let reopened = Cluster::load(db, DirectoryConfig::default(), 2).unwrap();
+        assert_eq!(row(&reopened), row(&cluster));
+        assert_eq!(reopened.applied_state().0, applied);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_raft_is_taken_over_with_nothing_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // As a directory without Raft left it: rows, no log, no applied
+            // log id.
+            let db = Db::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            db::put_next_volume_id(&mut batch, 8);
+            db::put_volume(
+                &mut batch,
+                &VolumeRow {
+                    id: 7,
+                    collection: "old".into(),
+                    tier: Tier::Hot as i32,
+                    state: VolumeState::Writable as i32,
+                    server_id: "vs0".into(),
+                    needle_high_water: 500_000,
+                    created_at: 1,
+                    ..VolumeRow::default()
+                },
+            );
+            db.write(batch).unwrap();
+        }
+        let (cluster, raft) = cluster(dir.path()).await;
+        cluster
+            .heartbeat(heartbeat(vec![VolumeStatus {
+                volume_id: 7,
+                collection: "old".into(),
+                tier: Tier::Hot as i32,
+                file_bytes: 64,
+                max_bytes: 1 << 30,
+                ..VolumeStatus::default()
+            }]))
+            .await
+            .unwrap();
+        let (blobs, locations) = cluster.assign("old", 10).await.unwrap().unwrap();
+        assert_eq!(locations[0].server_id, "vs0");
+        for blob in blobs {
+            assert_eq!(blob.volume_id, 7);
+            assert!(blob.needle_id & 0xffff_ffff >= 500_000, "{blob:?}");
+        }
+        let plan = cluster.plan_new_volume(Tier::Hot, "new").await.unwrap();
+        assert_eq!(plan.volume_id, 8);
+        raft.shutdown().await.unwrap();
     }
 }

@@ -12,13 +12,26 @@
 //! | `v1/volume/<id: u32 big-endian>` | [`VolumeRow`] | synced when the needle high-water mark, state, replica set or stale copies change; unsynced for heartbeat stats |
 //! | `v1/server/<server id>` | [`ServerRow`] | unsynced, on heartbeats |
 //! | `v1/history/<unix secs: u64 big-endian>` | `CapacitySample` | unsynced, every `history_interval`; older than `history_retention` deleted |
+//! | `v1/raft/applied` | JSON openraft `LogId` | with every applied entry, in the same batch |
+//! | `v1/raft/membership` | JSON openraft `StoredMembership` | with every applied entry, in the same batch |
 //!
 //! Big-endian volume ids make a prefix scan return volumes in id order.
+//!
+//! Those keys (the default column family) are the Raft state machine: they
+//! change only when a committed log entry is applied, in one unsynced
+//! `WriteBatch` per entry that also records the entry's log id. The Raft log
+//! lives beside them in the `raft_log` column family (key: index, u64
+//! big-endian; value: JSON openraft `Entry`) and the node's vote, commit
+//! index, purge mark and last snapshot in `raft_meta`; log appends and votes
+//! are synced. All share one write-ahead log, so a crash loses at most a
+//! suffix of unsynced applies, and the entries after the recorded log id are
+//! applied again from the log.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use hayloft_proto::{ServerLocation, VolumeStatus};
-use rocksdb::{DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use crate::error::{Error, Result};
 
@@ -26,6 +39,13 @@ const NEXT_VOLUME_ID: &[u8] = b"v1/next_volume_id";
 const VOLUME_PREFIX: &[u8] = b"v1/volume/";
 const SERVER_PREFIX: &[u8] = b"v1/server/";
 const HISTORY_PREFIX: &[u8] = b"v1/history/";
+const APPLIED: &[u8] = b"v1/raft/applied";
+const MEMBERSHIP: &[u8] = b"v1/raft/membership";
+
+/// Column family of the Raft log.
+pub const LOG_CF: &str = "raft_log";
+/// Column family of the Raft vote, commit index, purge mark and snapshot.
+pub const META_CF: &str = "raft_meta";
 
 fn history_key(at: u64) -> Vec<u8> {
     let mut key = HISTORY_PREFIX.to_vec();
@@ -103,30 +123,86 @@ pub struct ServerRow {
     pub free_warm_bytes: u64,
 }
 
-/// Everything the directory persisted.
-#[derive(Debug, Default)]
+/// Everything the directory persisted: its state machine.
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct Snapshot {
     /// The next volume id to hand out.
+    #[prost(uint32, tag = "1")]
     pub next_volume_id: u32,
     /// Every volume.
+    #[prost(message, repeated, tag = "2")]
     pub volumes: Vec<VolumeRow>,
     /// Every server ever seen.
+    #[prost(message, repeated, tag = "3")]
     pub servers: Vec<ServerRow>,
+    /// The capacity history, oldest first.
+    #[prost(message, repeated, tag = "4")]
+    pub history: Vec<hayloft_proto::CapacitySample>,
+    /// JSON of the last applied Raft log id (empty: none, e.g. a database
+    /// written before Raft).
+    #[prost(bytes = "vec", tag = "5")]
+    pub applied: Vec<u8>,
+    /// JSON of the last applied Raft membership (empty: none).
+    #[prost(bytes = "vec", tag = "6")]
+    pub membership: Vec<u8>,
 }
 
 /// The RocksDB database.
 pub struct Db {
-    db: DB,
+    db: Arc<DB>,
 }
 
 impl Db {
-    /// Opens (or creates) the database in `path`.
+    /// Opens (or creates) the database in `path`, with the Raft column
+    /// families (added to a database written before Raft).
     pub fn open(path: &Path) -> Result<Db> {
         std::fs::create_dir_all(path).map_err(|e| Error::Io(path.to_owned(), e))?;
         let mut options = Options::default();
         options.create_if_missing(true);
-        let db = DB::open(&options, path)?;
-        Ok(Db { db })
+        options.create_missing_column_families(true);
+        // Flush a column family whose updates alone keep old write-ahead
+        // logs alive (the Raft log's, once its entries are purged).
+        options.set_max_total_wal_size(16 << 20);
+        let families = ["default", LOG_CF, META_CF]
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, path, families)?;
+        Ok(Db { db: Arc::new(db) })
+    }
+
+    /// The database handle, shared with the Raft log store.
+    pub fn handle(&self) -> Arc<DB> {
+        Arc::clone(&self.db)
+    }
+
+    /// Writes a batch of state machine changes (unsynced: see the module
+    /// docs).
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Replaces the whole state machine with `snapshot` (a snapshot sent by
+    /// the leader), in one batch.
+    pub fn replace(&self, snapshot: &Snapshot) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for prefix in [VOLUME_PREFIX, SERVER_PREFIX, HISTORY_PREFIX] {
+            let mut end = prefix.to_vec();
+            *end.last_mut().expect("prefixes end in '/'") += 1;
+            batch.delete_range(prefix, end.as_slice());
+        }
+        batch.put(NEXT_VOLUME_ID, snapshot.next_volume_id.to_le_bytes());
+        for row in &snapshot.volumes {
+            put_volume(&mut batch, row);
+        }
+        for row in &snapshot.servers {
+            put_server(&mut batch, row);
+        }
+        for sample in &snapshot.history {
+            put_sample(&mut batch, sample, 0);
+        }
+        put_applied(&mut batch, &snapshot.applied, &snapshot.membership);
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
     }
 
     /// Reads everything.
@@ -148,47 +224,21 @@ impl Db {
                 snapshot.volumes.push(decode(&value)?);
             } else if key.starts_with(SERVER_PREFIX) {
                 snapshot.servers.push(decode(&value)?);
+            } else if key.starts_with(HISTORY_PREFIX) {
+                snapshot.history.push(decode(&value)?);
+            } else if &*key == APPLIED {
+                snapshot.applied = value.to_vec();
+            } else if &*key == MEMBERSHIP {
+                snapshot.membership = value.to_vec();
             }
         }
         Ok(snapshot)
     }
 
-    /// Durably records that volume ids below `next` may be in use.
-    pub fn put_next_volume_id(&self, next: u32) -> Result<()> {
-        self.db
-            .put_opt(NEXT_VOLUME_ID, next.to_le_bytes(), &synced())?;
-        Ok(())
-    }
-
-    /// Writes a volume row; `sync` makes it durable before returning.
-    pub fn put_volume(&self, row: &VolumeRow, sync: bool) -> Result<()> {
-        let options = if sync {
-            synced()
-        } else {
-            WriteOptions::default()
-        };
-        self.db.put_opt(
-            volume_key(row.id),
-            prost::Message::encode_to_vec(row),
-            &options,
-        )?;
-        Ok(())
-    }
-
-    /// Records a capacity sample and drops those taken before `keep_since`.
-    pub fn put_sample(
-        &self,
-        sample: &hayloft_proto::CapacitySample,
-        keep_since: u64,
-    ) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put(
-            history_key(sample.at),
-            prost::Message::encode_to_vec(sample),
-        );
-        batch.delete_range(history_key(0), history_key(keep_since));
-        self.db.write(batch)?;
-        Ok(())
+    /// Whether the database holds state written before it was a Raft state
+    /// machine (taken over as it is when the node starts a group).
+    pub fn has_state(&self) -> Result<bool> {
+        Ok(self.db.get(NEXT_VOLUME_ID)?.is_some())
     }
 
     /// Capacity samples taken at or after `since`, oldest first.
@@ -208,32 +258,6 @@ impl Db {
         Ok(samples)
     }
 
-    /// Deletes a volume row, durably.
-    pub fn delete_volume(&self, id: u32) -> Result<()> {
-        self.db.delete_opt(volume_key(id), &synced())?;
-        Ok(())
-    }
-
-    /// Writes a server row and volume stats in one batch (not synced: the
-    /// next heartbeat refreshes them).
-    pub fn put_heartbeat(&self, server: &ServerRow, volumes: &[VolumeRow]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        let id = server
-            .location
-            .as_ref()
-            .map(|l| l.server_id.as_str())
-            .unwrap_or_default();
-        batch.put(
-            [SERVER_PREFIX, id.as_bytes()].concat(),
-            prost::Message::encode_to_vec(server),
-        );
-        for row in volumes {
-            batch.put(volume_key(row.id), prost::Message::encode_to_vec(row));
-        }
-        self.db.write(batch)?;
-        Ok(())
-    }
-
     /// Flushes RocksDB's write-ahead log (on shutdown).
     pub fn flush(&self) -> Result<()> {
         self.db.flush_wal(true)?;
@@ -241,7 +265,53 @@ impl Db {
     }
 }
 
-fn synced() -> WriteOptions {
+/// Adds a volume row to `batch`.
+pub fn put_volume(batch: &mut WriteBatch, row: &VolumeRow) {
+    batch.put(volume_key(row.id), prost::Message::encode_to_vec(row));
+}
+
+/// Adds the deletion of a volume row to `batch`.
+pub fn delete_volume(batch: &mut WriteBatch, id: u32) {
+    batch.delete(volume_key(id));
+}
+
+/// Adds a server row to `batch`.
+pub fn put_server(batch: &mut WriteBatch, row: &ServerRow) {
+    let id = row
+        .location
+        .as_ref()
+        .map(|l| l.server_id.as_str())
+        .unwrap_or_default();
+    batch.put(
+        [SERVER_PREFIX, id.as_bytes()].concat(),
+        prost::Message::encode_to_vec(row),
+    );
+}
+
+/// Adds the next volume id to `batch`.
+pub fn put_next_volume_id(batch: &mut WriteBatch, next: u32) {
+    batch.put(NEXT_VOLUME_ID, next.to_le_bytes());
+}
+
+/// Adds a capacity sample to `batch`, dropping those taken before
+/// `keep_since`.
+pub fn put_sample(batch: &mut WriteBatch, sample: &hayloft_proto::CapacitySample, keep_since: u64) {
+    batch.put(
+        history_key(sample.at),
+        prost::Message::encode_to_vec(sample),
+    );
+    if keep_since > 0 {
+        batch.delete_range(history_key(0), history_key(keep_since));
+    }
+}
+
+/// Adds the last applied log id and membership (JSON) to `batch`.
+pub fn put_applied(batch: &mut WriteBatch, applied: &[u8], membership: &[u8]) {
+    batch.put(APPLIED, applied);
+    batch.put(MEMBERSHIP, membership);
+}
+
+pub(crate) fn synced() -> WriteOptions {
     let mut options = WriteOptions::default();
     options.set_sync(true);
     options

@@ -29,9 +29,30 @@ pub enum Error {
     /// The request would leave the cluster worse off than it is.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// This node does not lead the directory group: ask the leader.
+    #[error("{}", not_leader(*.leader, .addr.as_deref()))]
+    NotLeader {
+        /// The leader's node id, if one is known.
+        leader: Option<u64>,
+        /// The leader's gRPC address, if known.
+        addr: Option<String>,
+    },
+    /// Something that cannot happen did.
+    #[error("unexpected: {0}")]
+    Unexpected(String),
     /// A blocking task failed to run.
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+fn not_leader(leader: Option<u64>, addr: Option<&str>) -> String {
+    match (leader, addr) {
+        (Some(id), Some(addr)) => {
+            format!("this directory node is not the leader; the leader is node {id} at {addr}")
+        }
+        (Some(id), None) => format!("this directory node is not the leader; node {id} is"),
+        (None, _) => "the directory group has no leader yet (an election is under way)".into(),
+    }
 }
 
 /// Result with the directory [`Error`].
@@ -42,6 +63,18 @@ impl From<Error> for tonic::Status {
         match &error {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(error.to_string()),
             Error::Unavailable(_) => tonic::Status::unavailable(error.to_string()),
+            Error::NotLeader { addr, .. } => {
+                let mut status = tonic::Status::unavailable(error.to_string());
+                let metadata = status.metadata_mut();
+                metadata.insert(
+                    hayloft_proto::NOT_LEADER_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                if let Some(value) = addr.as_deref().and_then(|a| a.parse().ok()) {
+                    metadata.insert(hayloft_proto::LEADER_METADATA, value);
+                }
+                status
+            }
             Error::NotFound(_) => tonic::Status::not_found(error.to_string()),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(error.to_string()),
             Error::Corrupt(_) => {

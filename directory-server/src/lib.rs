@@ -10,10 +10,14 @@
 //! - [`placement`]: which servers hold a volume's copies.
 //! - [`repair`]: brings degraded volumes back to all their copies.
 //!
+//! - `consensus`: the directory group (openraft): every change to the map
+//!   is committed through the Raft log before it is acted on.
+//!
 //! Needle ids are `volume id << 32 | sequence`: each volume owns a range, so
 //! a bare needle id resolves to its volume. Sequences are reserved in blocks
-//! with a synced RocksDB write before any id in the block is handed out, so
-//! no id is handed out twice across crashes and restarts.
+//! committed through the Raft log before any id in the block is handed out,
+//! each block starting past every block committed before it, so no id is
+//! handed out twice across crashes, restarts and changes of leader.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 mod cluster;
+mod consensus;
 pub mod db;
 mod error;
 pub mod placement;
@@ -32,6 +37,7 @@ pub mod repair;
 mod service;
 
 pub use cluster::{Cluster, NEEDLE_BLOCK};
+pub use consensus::Timing;
 pub use error::{Error, Result};
 pub use service::{DirectoryService, MAX_ASSIGN_COUNT};
 
@@ -82,6 +88,23 @@ pub struct DirectoryConfig {
     /// Copy rate of each repair (0 = the volume server's `repair_rate`).
     /// Default 0.
     pub repair_rate: bytesize::ByteSize,
+    /// This node's id in the directory group. Default 1.
+    pub node_id: u64,
+    /// Every node of the directory group, this one included, as
+    /// `id=host:port` (their gRPC addresses). Empty (the default): a group
+    /// of this node alone.
+    pub peers: Vec<String>,
+    /// How often the group's leader tells the others it is alive.
+    /// Default `250ms`.
+    #[serde(with = "humantime_serde")]
+    pub raft_heartbeat: Duration,
+    /// A node that hears from no leader for this long (randomised up to
+    /// twice as long) starts an election. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout: Duration,
+    /// A snapshot of the map is taken, and the Raft log before it purged,
+    /// every this many log entries. Default 5000.
+    pub raft_snapshot_every: u64,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -120,8 +143,48 @@ impl Default for DirectoryConfig {
             repair_after: Duration::from_secs(600),
             max_repairs_per_server: 2,
             repair_rate: bytesize::ByteSize(0),
+            node_id: 1,
+            peers: Vec::new(),
+            raft_heartbeat: Duration::from_millis(250),
+            election_timeout: Duration::from_millis(1000),
+            raft_snapshot_every: 5_000,
         }
     }
+}
+
+/// Parses `id=host:port` peers into a map; empty means this node alone at
+/// `own`.
+pub fn parse_peers(
+    peers: &[String],
+    node_id: u64,
+    own: SocketAddr,
+) -> Result<std::collections::BTreeMap<u64, String>> {
+    let mut map = std::collections::BTreeMap::new();
+    for peer in peers
+        .iter()
+        .flat_map(|p| p.split(','))
+        .filter(|p| !p.is_empty())
+    {
+        let (id, addr) = peer
+            .split_once('=')
+            .ok_or_else(|| Error::InvalidArgument(format!("peer {peer:?} is not id=host:port")))?;
+        let id: u64 = id.trim().parse().map_err(|_| {
+            Error::InvalidArgument(format!("peer {peer:?}: {id:?} is not a node id"))
+        })?;
+        if map.insert(id, addr.trim().to_owned()).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "node id {id} is listed twice"
+            )));
+        }
+    }
+    if map.is_empty() {
+        map.insert(node_id, own.to_string());
+    } else if !map.contains_key(&node_id) {
+        return Err(Error::InvalidArgument(format!(
+            "this node's id {node_id} is not among the peers {peers:?}"
+        )));
+    }
+    Ok(map)
 }
 
 fn default_listen() -> SocketAddr {
@@ -131,23 +194,40 @@ fn default_listen() -> SocketAddr {
 /// A directory server bound to its port, ready to serve.
 pub struct Directory {
     cluster: Arc<Cluster>,
+    raft: consensus::Raft,
     listener: TcpListener,
     config: DirectoryConfig,
 }
 
 impl Directory {
-    /// Opens the database and binds the listen address.
+    /// Opens the database, binds the listen address and starts the node's
+    /// Raft (initialising the group on its first start, see
+    /// `consensus::start`).
     pub async fn bind(config: DirectoryConfig) -> Result<Directory> {
         let db = {
             let path = config.data_dir.clone();
             tokio::task::spawn_blocking(move || db::Db::open(&path)).await??
         };
-        let cluster = Arc::new(Cluster::load(db, config.clone())?);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::Io(PathBuf::from(config.listen.to_string()), e))?;
+        let own = listener.local_addr().unwrap_or(config.listen);
+        let peers = parse_peers(&config.peers, config.node_id, own)?;
+        let db = Arc::new(db);
+        let cluster = Arc::new(Cluster::load(
+            Arc::clone(&db),
+            config.clone(),
+            config.node_id,
+        )?);
+        let timing = Timing {
+            heartbeat: config.raft_heartbeat,
+            election: config.election_timeout,
+            snapshot_every: config.raft_snapshot_every,
+        };
+        let raft = consensus::start(&cluster, &db, config.node_id, &peers, timing).await?;
         Ok(Directory {
             cluster,
+            raft,
             listener,
             config,
         })
@@ -173,7 +253,11 @@ impl Directory {
             self.config.pulse.as_secs().max(1) as u32,
             self.config.min_writable_volumes,
         );
-        tracing::info!(addr = %self.local_addr(), "directory serving");
+        tracing::info!(addr = %self.local_addr(), node = self.config.node_id, "directory serving");
+        let raft_metrics = tokio::spawn(consensus::publish_metrics(
+            self.raft.clone(),
+            Arc::clone(&self.cluster),
+        ));
         let history = {
             let cluster = Arc::clone(&self.cluster);
             let interval = self.config.history_interval.max(Duration::from_secs(1));
@@ -181,13 +265,12 @@ impl Directory {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(interval).await;
-                    let cluster = Arc::clone(&cluster);
-                    match tokio::task::spawn_blocking(move || cluster.record_capacity(retention))
-                        .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => tracing::warn!(%error, "cannot record capacity history"),
-                        Err(error) => tracing::warn!(%error, "capacity history task failed"),
+                    // The leader records the history, through the log.
+                    if !cluster.is_leader() {
+                        continue;
+                    }
+                    if let Err(error) = cluster.record_capacity(retention).await {
+                        tracing::warn!(%error, "cannot record capacity history");
                     }
                 }
             })
@@ -211,14 +294,25 @@ impl Directory {
                 hayloft_proto::directory_server::DirectoryServer::new(service)
                     .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
             )
+            .add_service(
+                hayloft_proto::raft_server::RaftServer::new(consensus::RaftService::new(
+                    self.raft.clone(),
+                ))
+                .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await;
         history.abort();
+        raft_metrics.abort();
         let _ = stop_repair.send(());
         let _ = repair.await;
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "the directory's Raft node did not stop cleanly");
+        }
         served?;
         self.cluster.flush()?;
         tracing::info!("directory stopped");

@@ -510,6 +510,10 @@ pub async fn run(
         } else {
             settings.repair_after
         };
+        // The leader repairs; the others wait for their turn.
+        if !cluster.is_leader() {
+            continue;
+        }
         let (plans, _, _) = plan_now(&cluster, &repairs, repair_after, settings.max_per_server);
         for mut plan in plans {
             // The target's addresses, from the directory's records.
@@ -529,14 +533,17 @@ pub async fn run(
                 let recorded = match (&result, &plan.kind) {
                     (Ok(()), RepairKind::CatchUp | RepairKind::CatchUpCold) => cluster
                         .caught_up(plan.volume_id, &plan.target.server_id)
+                        .await
                         .map_err(|e| e.to_string()),
                     (Ok(()), RepairKind::Replace { lost } | RepairKind::ReplaceCold { lost }) => {
                         cluster
                             .replaced(plan.volume_id, Some(lost), &plan.target.server_id)
+                            .await
                             .map_err(|e| e.to_string())
                     }
                     (Ok(()), RepairKind::Add) => cluster
                         .replaced(plan.volume_id, None, &plan.target.server_id)
+                        .await
                         .map_err(|e| e.to_string()),
                     (Err(e), _) => Err(e.clone()),
                 };

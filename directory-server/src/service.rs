@@ -70,11 +70,7 @@ async fn grow(
     if cluster.writable_count(&collection) >= wanted {
         return Ok(());
     }
-    let plan = {
-        let cluster = Arc::clone(&cluster);
-        let collection = collection.clone();
-        tokio::task::spawn_blocking(move || cluster.plan_new_volume(tier, &collection)).await??
-    };
+    let plan = cluster.plan_new_volume(tier, &collection).await?;
     let server_ids: Vec<String> = plan.servers.iter().map(|s| s.server_id.clone()).collect();
     tracing::info!(volume = plan.volume_id, servers = ?server_ids, collection, "creating volume");
     let create = |server: ServerLocation| {
@@ -146,10 +142,9 @@ async fn grow(
         }
         return Err(error);
     }
-    tokio::task::spawn_blocking(move || {
-        cluster.register_volume(plan.volume_id, &collection, tier, &server_ids)
-    })
-    .await?
+    cluster
+        .register_volume(plan.volume_id, &collection, tier, &server_ids)
+        .await
 }
 
 impl DirectoryService {
@@ -178,13 +173,7 @@ impl DirectoryService {
             ttl => now_unix().saturating_add(ttl),
         };
         for attempt in 0..3 {
-            let assigned = {
-                let cluster = Arc::clone(&self.cluster);
-                let collection = request.collection.clone();
-                tokio::task::spawn_blocking(move || cluster.assign(&collection, count))
-                    .await
-                    .map_err(Error::from)??
-            };
+            let assigned = self.cluster.assign(&request.collection, count).await?;
             if let Some((blobs, locations)) = assigned {
                 if self.cluster.writable_count(&request.collection) < self.min_writable_volumes {
                     // Grow ahead of need, off the request path.
@@ -239,15 +228,8 @@ impl DirectoryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let cluster = Arc::clone(&self.cluster);
-        let request = request.into_inner();
-        let volumes = tokio::task::spawn_blocking(move || {
-            let volumes = cluster.heartbeat(request)?;
-            cluster.update_gauges();
-            Ok::<_, Error>(volumes)
-        })
-        .await
-        .map_err(Error::from)??;
+        let volumes = self.cluster.heartbeat(request.into_inner()).await?;
+        self.cluster.update_gauges();
         Ok(Response::new(HeartbeatResponse {
             pulse_seconds: self.pulse_seconds,
             volumes,
@@ -329,10 +311,7 @@ impl DirectoryService {
         request: Request<ForgetVolumeRequest>,
     ) -> Result<Response<ForgetVolumeResponse>, Status> {
         let id = request.get_ref().volume_id;
-        let cluster = Arc::clone(&self.cluster);
-        let known = tokio::task::spawn_blocking(move || cluster.forget_volume(id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let known = self.cluster.forget_volume(id).await?;
         if !known {
             return Err(Status::not_found(format!("volume {id} is not in the map")));
         }
@@ -348,16 +327,16 @@ impl DirectoryService {
             volume_id,
             server_id,
         } = request.into_inner();
-        let cluster = Arc::clone(&self.cluster);
-        tokio::task::spawn_blocking(move || cluster.remove_replica(volume_id, &server_id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        self.cluster.remove_replica(volume_id, &server_id).await?;
         Ok(Response::new(RemoveReplicaResponse {}))
     }
 }
 
 /// Every call is timed and counted by operation and gRPC code
 /// (`hayloft_directory_requests_total`, `hayloft_directory_request_duration_seconds`).
+/// Only the group's leader answers; another node answers UNAVAILABLE with
+/// the leader's address in the `hayloft-leader` metadata (the clients
+/// switch to it).
 #[tonic::async_trait]
 impl Directory for DirectoryService {
     async fn assign(
@@ -365,7 +344,7 @@ impl Directory for DirectoryService {
         request: Request<AssignRequest>,
     ) -> Result<Response<AssignResponse>, Status> {
         let span = request_span("assign", request.metadata());
-        traced("assign", span, self.assign_inner(request)).await
+        traced(&self.cluster, "assign", span, self.assign_inner(request)).await
     }
 
     async fn lookup(
@@ -373,7 +352,7 @@ impl Directory for DirectoryService {
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
         let span = request_span("lookup", request.metadata());
-        traced("lookup", span, self.lookup_inner(request)).await
+        traced(&self.cluster, "lookup", span, self.lookup_inner(request)).await
     }
 
     async fn heartbeat(
@@ -381,7 +360,13 @@ impl Directory for DirectoryService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let span = request_span("heartbeat", request.metadata());
-        traced("heartbeat", span, self.heartbeat_inner(request)).await
+        traced(
+            &self.cluster,
+            "heartbeat",
+            span,
+            self.heartbeat_inner(request),
+        )
+        .await
     }
 
     async fn status(
@@ -389,7 +374,7 @@ impl Directory for DirectoryService {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let span = request_span("status", request.metadata());
-        traced("status", span, self.status_inner(request)).await
+        traced(&self.cluster, "status", span, self.status_inner(request)).await
     }
 
     async fn capacity(
@@ -397,7 +382,13 @@ impl Directory for DirectoryService {
         request: Request<CapacityRequest>,
     ) -> Result<Response<CapacityResponse>, Status> {
         let span = request_span("capacity", request.metadata());
-        traced("capacity", span, self.capacity_inner(request)).await
+        traced(
+            &self.cluster,
+            "capacity",
+            span,
+            self.capacity_inner(request),
+        )
+        .await
     }
 
     async fn repair(
@@ -405,7 +396,7 @@ impl Directory for DirectoryService {
         request: Request<RepairRequest>,
     ) -> Result<Response<RepairResponse>, Status> {
         let span = request_span("repair", request.metadata());
-        traced("repair", span, self.repair_inner(request)).await
+        traced(&self.cluster, "repair", span, self.repair_inner(request)).await
     }
 
     async fn forget_volume(
@@ -413,7 +404,13 @@ impl Directory for DirectoryService {
         request: Request<ForgetVolumeRequest>,
     ) -> Result<Response<ForgetVolumeResponse>, Status> {
         let span = request_span("forget_volume", request.metadata());
-        traced("forget_volume", span, self.forget_volume_inner(request)).await
+        traced(
+            &self.cluster,
+            "forget_volume",
+            span,
+            self.forget_volume_inner(request),
+        )
+        .await
     }
 
     async fn remove_replica(
@@ -421,7 +418,13 @@ impl Directory for DirectoryService {
         request: Request<RemoveReplicaRequest>,
     ) -> Result<Response<RemoveReplicaResponse>, Status> {
         let span = request_span("remove_replica", request.metadata());
-        traced("remove_replica", span, self.remove_replica_inner(request)).await
+        traced(
+            &self.cluster,
+            "remove_replica",
+            span,
+            self.remove_replica_inner(request),
+        )
+        .await
     }
 }
 
@@ -434,12 +437,16 @@ fn request_span(op: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
 
 /// Runs one call inside its request span, then counts and times it.
 async fn traced<T>(
+    cluster: &Cluster,
     op: &'static str,
     span: tracing::Span,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
     let started = std::time::Instant::now();
-    let result = call.instrument(span.clone()).await;
+    let result = match cluster.leader_check() {
+        Ok(()) => call.instrument(span.clone()).await,
+        Err(error) => Err(error.into()),
+    };
     observe(op, &result, started);
     span.in_scope(|| {
         tracing::debug!(

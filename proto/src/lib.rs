@@ -4,6 +4,8 @@
 //! - `Directory`: `Assign`, `Lookup`, `Heartbeat`, `Status`.
 //! - `Volume`: `Write` (client stream), `Read` (server stream), `Delete`,
 //!   `Stat`, `CreateVolume`, `ListVolumes`.
+//! - `Raft`: messages between the nodes of a directory group.
+//! - [`Directories`]: calls to a directory group that find its leader.
 
 /// Generated messages, clients and servers of `hayloft.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -12,6 +14,9 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+mod directories;
+pub use directories::{DEFAULT_PATIENCE, Directories, LEADER_METADATA, NOT_LEADER_METADATA};
 
 /// Largest message either service accepts or sends (chunks are smaller).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

@@ -173,6 +173,15 @@ pub struct Cluster {
     pub directory_args: Vec<String>,
     /// Extra arguments of each volume server (zone, rack).
     pub volume_site_args: Vec<Vec<String>>,
+    /// The nodes of a directory group (empty: one directory, `directory`).
+    pub group: Vec<GroupNode>,
+}
+
+/// One node of a directory group.
+pub struct GroupNode {
+    pub port: u16,
+    pub metrics: u16,
+    pub proc: Option<Proc>,
 }
 
 impl Cluster {
@@ -223,7 +232,131 @@ impl Cluster {
                 .collect(),
             directory_args: Vec::new(),
             volume_site_args: Vec::new(),
+            group: Vec::new(),
         }
+    }
+
+    /// A directory group of `nodes` nodes (each a process with its own
+    /// data directory) with `directory_args`, and one volume server per
+    /// entry of `zones`, each on its own rack; waits until all are alive.
+    pub async fn start_group(
+        nodes: usize,
+        zones: &[&str],
+        directory_args: &[&str],
+        volume_args: &[&str],
+    ) -> Cluster {
+        let mut cluster = Cluster::new(0, volume_args, &[]);
+        cluster.directory_args = directory_args.iter().map(|s| s.to_string()).collect();
+        cluster.group = (0..nodes)
+            .map(|_| GroupNode {
+                port: free_port(),
+                metrics: free_port(),
+                proc: None,
+            })
+            .collect();
+        cluster.start_directory();
+        for (i, zone) in zones.iter().enumerate() {
+            cluster.volume_ports.push(VolumePorts {
+                grpc: free_port(),
+                http: free_port(),
+                metrics: free_port(),
+            });
+            cluster.volumes.push(None);
+            cluster.volume_site_args.push(vec![
+                "--zone".into(),
+                zone.to_string(),
+                "--rack".into(),
+                format!("r{i}"),
+            ]);
+            cluster.start_volume(i);
+        }
+        cluster.wait_alive(zones.len()).await;
+        cluster
+    }
+
+    /// The address of directory group node `i` (node id `i + 1`).
+    pub fn node_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.group[i].port)
+    }
+
+    /// The data directory of directory group node `i`.
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("directory{}", i + 1))
+    }
+
+    /// Starts directory group node `i` (again).
+    pub fn start_directory_node(&mut self, i: usize) {
+        let peers: Vec<String> = (0..self.group.len())
+            .map(|n| format!("{}={}", n + 1, self.node_addr(n)))
+            .collect();
+        let args = [
+            "directory".to_string(),
+            "--listen".into(),
+            self.node_addr(i),
+            "--node-id".into(),
+            (i + 1).to_string(),
+            "--peers".into(),
+            peers.join(","),
+            "--data-dir".into(),
+            self.node_dir(i).display().to_string(),
+            "--pulse".into(),
+            "1s".into(),
+            "--dead-after".into(),
+            "4s".into(),
+            "--history-interval".into(),
+            "1s".into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", self.group[i].metrics),
+        ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(self.directory_args.iter().cloned())
+            .collect();
+        let log = self.root.path().join(format!("directory{}.log", i + 1));
+        self.group[i].proc = Some(spawn(&args, &log));
+    }
+
+    /// The index of the group node that leads now (the one that answers
+    /// `Status`), waiting up to 30 s for an election.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in 0..self.group.len() {
+                if self.group[i].proc.is_none() {
+                    continue;
+                }
+                let Ok(mut client) = hayloft_proto::directory_client::DirectoryClient::connect(
+                    format!("http://{}", self.node_addr(i)),
+                )
+                .await
+                else {
+                    continue;
+                };
+                let answered = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.status(hayloft_proto::StatusRequest {}),
+                )
+                .await;
+                if matches!(answered, Ok(Ok(_))) {
+                    return i;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no directory node leads:\n{}",
+                log_tails(&self.log_dir())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One value of a gauge on group node `i`'s `/metrics`.
+    pub async fn node_metric(&self, i: usize, name: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.group[i].metrics);
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
     /// Starts a directory with `--replication replication` and one volume
@@ -277,11 +410,25 @@ impl Cluster {
         self.root.path().to_owned()
     }
 
+    /// The directory's address, or every group node's, comma-separated.
     pub fn directory_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.directory_port)
+        if self.group.is_empty() {
+            format!("127.0.0.1:{}", self.directory_port)
+        } else {
+            (0..self.group.len())
+                .map(|i| self.node_addr(i))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
     }
 
     pub fn start_directory(&mut self) {
+        if !self.group.is_empty() {
+            for i in 0..self.group.len() {
+                self.start_directory_node(i);
+            }
+            return;
+        }
         let args = [
             "directory".to_string(),
             "--listen".into(),

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use hayloft_proto::directory_client::DirectoryClient;
+use hayloft_proto::Directories;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
     DeleteVolumeRequest, ForgetVolumeRequest, ListMovesRequest, MoveJobStatus, MoveVolumeRequest,
@@ -41,15 +41,13 @@ pub struct Outcome {
     pub result: Result<(), String>,
 }
 
-async fn connect_directory(
-    addr: &str,
-) -> Result<DirectoryClient<tonic::transport::Channel>, WorkerError> {
-    DirectoryClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| WorkerError::Unreachable {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })
+/// The directory (a node, or a group's nodes comma-separated: calls follow
+/// the leader).
+fn connect_directory(addr: &str) -> Result<Directories, WorkerError> {
+    Directories::new(addr).map_err(|e| WorkerError::Unreachable {
+        addr: addr.to_owned(),
+        reason: e.message().to_owned(),
+    })
 }
 
 async fn connect_volume(
@@ -65,11 +63,9 @@ async fn connect_volume(
 
 /// The directory's view of the cluster.
 pub async fn cluster_status(directory: &str) -> Result<StatusResponse, WorkerError> {
-    Ok(connect_directory(directory)
-        .await?
-        .status(StatusRequest {})
-        .await?
-        .into_inner())
+    Ok(connect_directory(directory)?
+        .call(|mut directory| async move { directory.status(StatusRequest {}).await })
+        .await?)
 }
 
 /// Plans by the policy against the cluster as it is now.
@@ -186,11 +182,14 @@ pub async fn run_action(
             // before it is deleted. A copy that cannot be deleted now is an
             // extra copy, which the directory deletes later.
             let target = addr(server)?;
-            connect_directory(directory)
-                .await?
-                .remove_replica(RemoveReplicaRequest {
-                    volume_id: *volume,
-                    server_id: server.clone(),
+            let request = RemoveReplicaRequest {
+                volume_id: *volume,
+                server_id: server.clone(),
+            };
+            connect_directory(directory)?
+                .call(|mut directory| {
+                    let request = request.clone();
+                    async move { directory.remove_replica(request).await }
                 })
                 .await?;
             connect_volume(&target)
@@ -224,9 +223,13 @@ pub async fn run_action(
                 }
             }
             if *forget {
-                connect_directory(directory)
-                    .await?
-                    .forget_volume(ForgetVolumeRequest { volume_id: *volume })
+                let volume_id = *volume;
+                connect_directory(directory)?
+                    .call(|mut directory| async move {
+                        directory
+                            .forget_volume(ForgetVolumeRequest { volume_id })
+                            .await
+                    })
                     .await?;
             }
             Ok(())

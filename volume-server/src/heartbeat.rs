@@ -5,10 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hayloft_proto::directory_client::DirectoryClient;
 use hayloft_proto::{HeartbeatRequest, ServerLocation};
 use hayloft_storage::{Store, Tier, available_space};
-use tonic::transport::Channel;
 
 use crate::replicate::Replication;
 use crate::status::all_statuses;
@@ -59,7 +57,10 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
         mut pulse,
         now,
     } = heartbeat;
-    let mut client: Option<DirectoryClient<Channel>> = None;
+    // Follows the group's leader; a call gives up after a pulse and is
+    // sent again at the next.
+    let directories = hayloft_proto::Directories::new(&directory)
+        .map(|d| d.with_patience(pulse.min(Duration::from_secs(5))));
     let mut warned = false;
     tokio::pin!(stop);
     loop {
@@ -82,18 +83,15 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
                     status.failed_replicas = failed.iter().cloned().collect();
                 }
             }
-            if client.is_none() {
-                client = DirectoryClient::connect(format!("http://{directory}"))
+            let sent = match &directories {
+                Ok(directories) => directories
+                    .call(|mut c| {
+                        let beat = beat.clone();
+                        async move { c.heartbeat(beat).await }
+                    })
                     .await
-                    .ok();
-            }
-            let sent = match client.as_mut() {
-                Some(c) => c
-                    .heartbeat(beat)
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|e| e.to_string()),
-                None => Err("directory unreachable".to_string()),
+                    .map_err(|e| e.message().to_owned()),
+                Err(e) => Err(e.message().to_owned()),
             };
             match sent {
                 Ok(reply) => {
@@ -111,7 +109,6 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
                         tracing::warn!(%directory, %error, "heartbeat failed; will retry");
                     }
                     warned = true;
-                    client = None;
                 }
             }
         }

@@ -97,7 +97,8 @@ pub struct VolumeServerConfig {
     pub public_grpc_addr: Option<String>,
     /// HTTP address to advertise to the directory, if not the bound one.
     pub public_http_addr: Option<String>,
-    /// The directory's gRPC address. Default `127.0.0.1:9330`.
+    /// The directory's gRPC address, or every node of a directory group,
+    /// comma-separated (calls follow the leader). Default `127.0.0.1:9330`.
     pub directory: String,
     /// Directories for hot (SSD) volumes. Default `["data/hot"]`.
     pub hot_dirs: Vec<PathBuf>,
@@ -249,6 +250,9 @@ pub enum StartError {
     /// The cold store configuration is unusable.
     #[error("cold store: {0}")]
     Cold(std::io::Error),
+    /// The directory address list is unusable.
+    #[error("directory addresses: {}", .0.message())]
+    Directory(tonic::Status),
 }
 
 /// A volume server with its store open and its ports bound.
@@ -435,7 +439,8 @@ impl VolumeServer {
             self.config.remote_reads,
             advertised.server_id.clone(),
             &self.config.directory,
-        )?;
+        )
+        .map_err(StartError::Directory)?;
         let http_state = Arc::new(
             http::HttpState::new(
                 Arc::clone(&self.store),

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hayloft_proto::directory_client::DirectoryClient;
 use hayloft_proto::{LookupRequest, ServerLocation};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
@@ -24,7 +23,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
 
 /// Header marking a request proxied by another volume server.
 pub const PROXIED: &str = "x-hayloft-proxied";
@@ -77,7 +75,7 @@ pub enum RemoteMiss {
 pub struct RemoteReader {
     mode: RemoteReads,
     server_id: String,
-    directory: Channel,
+    directory: hayloft_proto::Directories,
     http: Client<HttpConnector, http_body_util::Empty<Bytes>>,
     /// Volume id -> (when looked up, HTTP addresses of healthy copies).
     /// Held for a map lookup or insert, never across an `.await`.
@@ -94,11 +92,9 @@ impl RemoteReader {
         mode: RemoteReads,
         server_id: String,
         directory: &str,
-    ) -> Result<Self, tonic::transport::Error> {
-        let directory = Endpoint::from_shared(format!("http://{directory}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
+    ) -> Result<Self, tonic::Status> {
+        let directory =
+            hayloft_proto::Directories::new(directory)?.with_patience(Duration::from_secs(5));
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -123,15 +119,19 @@ impl RemoteReader {
         {
             return found.clone();
         }
-        let looked_up = DirectoryClient::new(self.directory.clone())
-            .lookup(LookupRequest {
-                volume_ids: vec![volume],
-                blob_ids: Vec::new(),
+        let looked_up = self
+            .directory
+            .call(|mut directory| async move {
+                directory
+                    .lookup(LookupRequest {
+                        volume_ids: vec![volume],
+                        blob_ids: Vec::new(),
+                    })
+                    .await
             })
             .await;
         let found: Vec<ServerLocation> = match looked_up {
             Ok(response) => response
-                .into_inner()
                 .volumes
                 .into_iter()
                 .filter(|v| v.volume_id == volume)

@@ -1,0 +1,279 @@
+//! The directory group's consensus: openraft over the directory's RocksDB
+//! and its gRPC port.
+//!
+//! Every change to what must survive a failover (server registrations,
+//! volumes with their replica sets, states and tiers, needle-id block and
+//! volume-id reservations, capacity history) is a [`Command`] appended to
+//! the Raft log and applied, once committed, by every node's state machine
+//! ([`Cluster::apply`](crate::Cluster)). Load figures from heartbeats stay
+//! soft state on the leader.
+//!
+//! - `store`: the log store and the state machine (openraft's storage-v2
+//!   traits) in RocksDB column families.
+//! - `network`: Raft messages over tonic, client and server.
+
+// openraft's traits return its own error types, which are large by design.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) mod network;
+pub(crate) mod store;
+
+pub use network::RaftService;
+
+openraft::declare_raft_types!(
+    /// openraft's types for the directory group: node ids are `u64`, a node
+    /// is its gRPC address, log entries carry [`Command`]s.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A running Raft node of the directory group.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A change to the directory's replicated state. Protobuf records travel as
+/// their encoded bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// A volume server registered, or moved (address, zone or rack).
+    /// `location`: an encoded `ServerLocation`.
+    RegisterServer { location: Vec<u8> },
+    /// Takes the next volume id (answered with [`Applied::VolumeId`]).
+    AllocateVolumeId,
+    /// A volume whose copies have been created. `row`: an encoded
+    /// `VolumeRow`.
+    CreateVolume { row: Vec<u8> },
+    /// A volume the directory had no record of, reported by a server: served
+    /// read-only, never takes new ids. `row`: an encoded `VolumeRow`.
+    AdoptVolume { row: Vec<u8> },
+    /// Reserves `count` needle sequences of a volume, from its high-water
+    /// mark up (answered with [`Applied::Needles`]); refused if fewer than
+    /// `at_least` are left.
+    ReserveNeedles {
+        volume_id: u32,
+        count: u64,
+        at_least: u64,
+    },
+    /// A volume's state and tier as its servers report them, and copies that
+    /// missed a forwarded write or delete (stale until they catch up).
+    VolumeReported {
+        volume_id: u32,
+        state: i32,
+        tier: i32,
+        stale: Vec<String>,
+    },
+    /// A stale copy has caught up (verified).
+    CaughtUp { volume_id: u32, server_id: String },
+    /// A new copy on `target` replaces the one on `lost`, or joins.
+    Replaced {
+        volume_id: u32,
+        lost: Option<String>,
+        target: String,
+    },
+    /// A copy leaves the replica set.
+    RemoveReplica { volume_id: u32, server_id: String },
+    /// A deleted volume leaves the map.
+    ForgetVolume { volume_id: u32 },
+    /// A capacity sample (an encoded `CapacitySample`); samples before
+    /// `keep_since` are dropped.
+    RecordCapacity { sample: Vec<u8>, keep_since: u64 },
+}
+
+/// What applying a [`Command`] answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Applied; nothing to answer.
+    Done,
+    /// The volume id taken.
+    VolumeId(u32),
+    /// The needle sequences reserved: `first..end`.
+    Needles { first: u64, end: u64 },
+    /// Not applied, and why (the state had changed since the leader looked).
+    Refused(String),
+}
+
+/// Timing of the group.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often the leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// A follower that hears nothing for a random time in
+    /// `election..2*election` starts an election.
+    pub election: Duration,
+    /// A snapshot is taken (and the log before it purged) every this many
+    /// entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_millis(250),
+            election: Duration::from_millis(1000),
+            snapshot_every: 5_000,
+        }
+    }
+}
+
+/// openraft's configuration for the directory group.
+pub(crate) fn config(timing: Timing) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let election = timing.election.as_millis() as u64;
+    let config = openraft::Config {
+        cluster_name: "hayloft-directory".into(),
+        heartbeat_interval: timing.heartbeat.as_millis() as u64,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        // A snapshot every few thousand entries; the log behind it is
+        // purged, keeping a fifth of that for followers a little behind
+        // (further behind, they get the snapshot).
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: timing.snapshot_every / 5,
+        purge_batch_size: (timing.snapshot_every / 5).max(1),
+        install_snapshot_timeout: 10_000,
+        // A chunk's JSON stays well under the gRPC message limit.
+        snapshot_max_chunk_size: 1 << 20,
+        ..openraft::Config::default()
+    };
+    config.validate().map(Arc::new)
+}
+
+/// Starts this node's Raft over `cluster` (its state machine) and the
+/// database's log, and hands it to the cluster. `peers` is every node of the
+/// group with its gRPC address, this one included.
+///
+/// A group is initialised once, by its lowest node id, on that node's first
+/// start (an empty log and no vote); a database written before Raft is taken
+/// over as it is. In a group of several, that state then goes to the others
+/// as a snapshot: the first leader snapshots and purges its log at once.
+pub(crate) async fn start(
+    cluster: &Arc<crate::Cluster>,
+    db: &crate::db::Db,
+    node_id: u64,
+    peers: &std::collections::BTreeMap<u64, String>,
+    timing: Timing,
+) -> crate::Result<Raft> {
+    use crate::Error;
+    let config = config(timing).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let takeover = db.has_state()? && cluster.applied_state().0.is_none();
+    let raft = Raft::new(
+        node_id,
+        config,
+        network::Network,
+        store::LogStore::new(db.handle()),
+        store::StateMachine::new(Arc::clone(cluster), db.handle()),
+    )
+    .await
+    .map_err(|e| Error::Unavailable(format!("cannot start the directory's Raft node: {e}")))?;
+    cluster.set_raft(raft.clone());
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    if !initialized && peers.keys().next() == Some(&node_id) {
+        let members: std::collections::BTreeMap<u64, openraft::BasicNode> = peers
+            .iter()
+            .map(|(id, addr)| (*id, openraft::BasicNode::new(addr)))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(
+                node = node_id,
+                nodes = peers.len(),
+                takeover,
+                "directory group initialised"
+            ),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {}
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "cannot initialise the directory group: {e}"
+                )));
+            }
+        }
+        if takeover && peers.len() > 1 {
+            tokio::spawn(hand_over_takeover(raft.clone()));
+        }
+    }
+    Ok(raft)
+}
+
+/// Once leader, snapshots the state taken over from a database written
+/// before Raft and purges the log, so the other nodes start from the
+/// snapshot (the log alone does not hold that state).
+async fn hand_over_takeover(raft: Raft) {
+    let leading = raft
+        .wait(None)
+        .metrics(
+            |m| m.state.is_leader() && m.last_applied.is_some(),
+            "leader",
+        )
+        .await;
+    if leading.is_err() || raft.trigger().snapshot().await.is_err() {
+        return;
+    }
+    if let Ok(metrics) = raft
+        .wait(None)
+        .metrics(|m| m.snapshot.is_some(), "snapshot taken")
+        .await
+        && let Some(snapshot) = metrics.snapshot
+        && raft.trigger().purge_log(snapshot.index).await.is_ok()
+    {
+        tracing::info!(
+            index = snapshot.index,
+            "state taken over from the pre-Raft database goes to the other nodes as a snapshot"
+        );
+    }
+}
+
+/// Publishes the node's Raft state as metrics until the node stops:
+/// `hayloft_directory_raft_term`, `_leader` (1 on the leader),
+/// `_last_log_index`, `_last_applied`, `_apply_lag` (entries in the log not
+/// yet applied), `_snapshot_index`, `_purged_index`, and
+/// `hayloft_directory_raft_leader_changes_total`, and
+/// `hayloft_directory_map_volumes` (volumes in this node's copy of the map).
+/// The cluster gauges (servers alive, volumes by health...) come from the
+/// leader alone: the others hear no heartbeats.
+pub(crate) async fn publish_metrics(raft: Raft, cluster: Arc<crate::Cluster>) {
+    let mut watch = raft.metrics();
+    let mut leader = None;
+    loop {
+        {
+            let m = watch.borrow_and_update();
+            let index = |id: Option<openraft::LogId<u64>>| id.map_or(0, |id| id.index) as f64;
+            metrics::gauge!("hayloft_directory_raft_term").set(m.current_term as f64);
+            metrics::gauge!("hayloft_directory_raft_leader").set(if m.state.is_leader() {
+                1.0
+            } else {
+                0.0
+            });
+            let last_log = m.last_log_index.unwrap_or(0) as f64;
+            metrics::gauge!("hayloft_directory_raft_last_log_index").set(last_log);
+            metrics::gauge!("hayloft_directory_raft_last_applied").set(index(m.last_applied));
+            metrics::gauge!("hayloft_directory_raft_apply_lag")
+                .set((last_log - index(m.last_applied)).max(0.0));
+            metrics::gauge!("hayloft_directory_raft_snapshot_index").set(index(m.snapshot));
+            metrics::gauge!("hayloft_directory_raft_purged_index").set(index(m.purged));
+            if m.current_leader != leader {
+                if m.current_leader.is_some() {
+                    metrics::counter!("hayloft_directory_raft_leader_changes_total").increment(1);
+                    tracing::info!(leader = ?m.current_leader, term = m.current_term,
+                        "directory group leader");
+                }
+                leader = m.current_leader;
+            }
+        }
+        metrics::gauge!("hayloft_directory_map_volumes").set(cluster.volume_count() as f64);
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! End-to-end: the directory as a Raft group of three `hayloft directory`
+//! processes. Leaders are SIGKILLed under uploads, every node is killed at
+//! once, and a wiped node gets the map back from a snapshot.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hayloft_client::UploadOptions;
+use hayloft_storage::BlobId;
+use support::{Cluster, content};
+
+/// Acknowledged uploads `(blob id, seed, length)` and failed ones.
+#[derive(Default)]
+struct Uploads {
+    acked: Mutex<Vec<(String, u64, usize)>>,
+    failed: Mutex<Vec<String>>,
+}
+
+/// Starts `workers` uploaders of small blobs over several collections
+/// (so that volumes are created, and ids reserved, all along).
+fn upload_until(
+    client: &Arc<hayloft_client::Client>,
+    uploads: &Arc<Uploads>,
+    stop: &Arc<AtomicBool>,
+    workers: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|worker| {
+            let (client, uploads, stop) =
+                (Arc::clone(client), Arc::clone(uploads), Arc::clone(stop));
+            tokio::spawn(async move {
+                let mut seed = worker << 32;
+                while !stop.load(Ordering::Relaxed) {
+                    seed += 1;
+                    let len = 100 + (seed as usize % 5_000);
+                    let options = UploadOptions {
+                        collection: format!("c{}", seed % 3),
+                        ..UploadOptions::default()
+                    };
+                    match client
+                        .upload(Bytes::from(content(seed, len)), &options)
+                        .await
+                    {
+                        Ok(uploaded) => {
+                            uploads
+                                .acked
+                                .lock()
+                                .unwrap()
+                                .push((uploaded.blob_id, seed, len))
+                        }
+                        Err(e) => uploads.failed.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged id is unique (by needle) and reads back byte for byte.
+async fn check_uploads(client: &hayloft_client::Client, uploads: &Uploads) {
+    let acked = uploads.acked.lock().unwrap().clone();
+    let mut needles = HashSet::new();
+    for (blob_id, _, _) in &acked {
+        let blob: BlobId = blob_id.parse().unwrap();
+        assert!(
+            needles.insert(blob.needle),
+            "needle of {blob_id} handed out twice"
+        );
+    }
+    for (blob_id, seed, len) in &acked {
+        let (_, data) = client.download(blob_id).await.unwrap();
+        assert_eq!(data.as_ref(), content(*seed, *len).as_slice(), "{blob_id}");
+    }
+}
+
+async fn uploaded_more(uploads: &Uploads, than: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while uploads.acked.lock().unwrap().len() < than + 50 {
+        assert!(
+            Instant::now() < deadline,
+            "uploads stalled: {:?}",
+            uploads.failed.lock().unwrap().last()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_group_outlives_its_leaders_and_never_hands_out_an_id_twice() {
+    let mut cluster = Cluster::start_group(3, &["a", "b", "c"], &["--replication", "2"], &[]).await;
+    let client = Arc::new(cluster.client().await);
+    let uploads = Arc::new(Uploads::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = upload_until(&client, &uploads, &stop, 6);
+    uploaded_more(&uploads, 0).await;
+
+    // Kill the leader twice (bringing each back as a follower), then every
+    // node at once; uploads only wait.
+    for _ in 0..2 {
+        let leader = cluster.leader().await;
+        cluster.group[leader].proc.take().unwrap().kill();
+        let before = uploads.acked.lock().unwrap().len();
+        let next = cluster.leader().await;
+        assert_ne!(next, leader);
+        uploaded_more(&uploads, before).await;
+        cluster.start_directory_node(leader);
+    }
+    for node in &mut cluster.group {
+        node.proc.take().unwrap().kill();
+    }
+    let before = uploads.acked.lock().unwrap().len();
+    cluster.start_directory();
+    uploaded_more(&uploads, before).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let failed = uploads.failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "uploads failed through elections: {failed:?}"
+    );
+    check_uploads(&client, &uploads).await;
+    // A fresh client (no reserved ids) goes on past every id handed out.
+    let fresh = Arc::new(cluster.client().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = uploads.acked.lock().unwrap().len();
+    let workers = upload_until(&fresh, &uploads, &stop, 2);
+    uploaded_more(&uploads, before).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    check_uploads(&fresh, &uploads).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_node_gets_the_map_back_from_a_snapshot() {
+    let mut cluster =
+        Cluster::start_group(3, &["a", "b"], &["--raft-snapshot-every", "10"], &[]).await;
+    let client = cluster.client().await;
+    let mut blobs = Vec::new();
+    for seed in 0..8u64 {
+        let options = UploadOptions {
+            collection: format!("c{seed}"),
+            ..UploadOptions::default()
+        };
+        let data = content(seed, 1000);
+        let uploaded = client.upload(Bytes::from(data), &options).await.unwrap();
+        blobs.push((uploaded.blob_id, seed));
+    }
+    let leader = cluster.leader().await;
+    // The leader has snapshotted and purged the log behind the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster
+        .node_metric(leader, "hayloft_directory_raft_purged_index")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the leader never purged its log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let wiped = (leader + 1) % 3;
+    cluster.group[wiped].proc.take().unwrap().kill();
+    std::fs::remove_dir_all(cluster.node_dir(wiped)).unwrap();
+    cluster.start_directory_node(wiped);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshot = cluster
+            .node_metric(wiped, "hayloft_directory_raft_snapshot_index")
+            .await
+            .unwrap_or(0.0);
+        let map = cluster
+            .node_metric(wiped, "hayloft_directory_map_volumes")
+            .await
+            .unwrap_or(0.0);
+        // Volumes are still being created ahead of need: compare with the
+        // leader's map as it is now.
+        let volumes = cluster
+            .node_metric(leader, "hayloft_directory_map_volumes")
+            .await
+            .unwrap_or(-1.0);
+        if snapshot >= 1.0 && map == volumes {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node has snapshot {snapshot} and {map} of {volumes} volumes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Without the old leader, the wiped node and the third one carry on
+    // with the whole map.
+    cluster.group[leader].proc.take().unwrap().kill();
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let volumes = client.status().await.unwrap().volumes.len();
+    assert!(volumes >= 8, "{volumes} volumes after the failover");
+    for (blob_id, seed) in &blobs {
+        let (_, data) = client.download(blob_id).await.unwrap();
+        assert_eq!(data.as_ref(), content(*seed, 1000).as_slice());
+    }
+    let uploaded = client
+        .upload(Bytes::from_static(b"after"), &UploadOptions::default())
+        .await
+        .unwrap();
+    assert!(blobs.iter().all(|(id, _)| *id != uploaded.blob_id));
+}
