@@ -237,6 +237,10 @@ mod tests {
         assert_eq!(directory.listen, defaults.listen);
         assert_eq!(directory.dead_after, defaults.dead_after);
         assert_eq!(directory.repair_after, defaults.repair_after);
+        assert_eq!(directory.node_id, defaults.node_id);
+        assert_eq!(directory.election_timeout, defaults.election_timeout);
+        assert_eq!(directory.raft_heartbeat, defaults.raft_heartbeat);
+        assert_eq!(directory.raft_snapshot_every, defaults.raft_snapshot_every);
         // The cluster example keeps three copies, thumbnails two.
         assert_eq!(directory.replication_for("photos"), 3);
         assert_eq!(directory.replication_for("thumbnails"), 2);

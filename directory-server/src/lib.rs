@@ -319,3 +319,30 @@ impl Directory {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_say_why() {
+        let own: SocketAddr = "127.0.0.1:9330".parse().unwrap();
+        let alone = parse_peers(&[], 1, own).unwrap();
+        assert_eq!(
+            alone.into_iter().collect::<Vec<_>>(),
+            [(1, own.to_string())]
+        );
+        let peers = vec!["1=a:1, 2=b:2".to_owned(), "3=c:3".to_owned()];
+        let group = parse_peers(&peers, 2, own).unwrap();
+        assert_eq!(group.len(), 3);
+        assert_eq!(group[&2], "b:2");
+        let error = |peers: &[&str], id| {
+            let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+            parse_peers(&peers, id, own).unwrap_err().to_string()
+        };
+        assert!(error(&["1=a:1,2=b:2"], 3).contains("not among the peers"));
+        assert!(error(&["1=a:1,1=b:2"], 1).contains("listed twice"));
+        assert!(error(&["a:1"], 1).contains("not id=host:port"));
+        assert!(error(&["x=a:1"], 1).contains("not a node id"));
+    }
+}
