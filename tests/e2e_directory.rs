@@ -217,3 +217,145 @@ async fn a_wiped_node_gets_the_map_back_from_a_snapshot() {
         .unwrap();
     assert!(blobs.iter().all(|(id, _)| *id != uploaded.blob_id));
 }
+
+/// Sends `signal` to directory group node `i`.
+fn signal(cluster: &Cluster, i: usize, signal: i32) {
+    let pid = cluster.group[i].proc.as_ref().unwrap().pid();
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_steps_down_when_it_wakes() {
+    let cluster = Cluster::start_group(3, &["a", "b", "c"], &["--replication", "2"], &[]).await;
+    let client = Arc::new(cluster.client().await);
+    let uploads = Arc::new(Uploads::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = upload_until(&client, &uploads, &stop, 4);
+    uploaded_more(&uploads, 0).await;
+
+    let paused = cluster.leader().await;
+    signal(&cluster, paused, libc::SIGSTOP);
+    // The others elect a leader among themselves; uploads go on.
+    let mut next = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next.is_none() {
+        for i in (0..3).filter(|i| *i != paused) {
+            if cluster
+                .node_metric(i, "hayloft_directory_raft_leader")
+                .await
+                == Some(1.0)
+            {
+                next = Some(i);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader while the old one is paused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = uploads.acked.lock().unwrap().len();
+    uploaded_more(&uploads, before).await;
+
+    signal(&cluster, paused, libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster
+        .node_metric(paused, "hayloft_directory_raft_leader")
+        .await
+        != Some(0.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not step down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = uploads.acked.lock().unwrap().len();
+    uploaded_more(&uploads, before).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let failed = uploads.failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "uploads failed: {failed:?}");
+    check_uploads(&client, &uploads).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_majority_nothing_is_assigned_but_reads_go_on() {
+    let mut cluster = Cluster::start_group(3, &["a", "b"], &[], &[]).await;
+    let client = cluster.client().await;
+    let mut blobs = Vec::new();
+    for seed in 0..20u64 {
+        let uploaded = client
+            .upload(Bytes::from(content(seed, 2000)), &UploadOptions::default())
+            .await
+            .unwrap();
+        // Looked up once, so the client has the locations cached.
+        client.download(&uploaded.blob_id).await.unwrap();
+        blobs.push((uploaded, seed));
+    }
+    let leader = cluster.leader().await;
+    let survivor = (leader + 1) % 3;
+    cluster.group[leader].proc.take().unwrap().kill();
+    cluster.group[(leader + 2) % 3].proc.take().unwrap().kill();
+
+    // The survivor alone is no majority: it assigns nothing, whatever it
+    // is asked, and never claims to lead.
+    let mut alone = hayloft_proto::directory_client::DirectoryClient::connect(format!(
+        "http://{}",
+        cluster.node_addr(survivor)
+    ))
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        let refused = alone
+            .assign(hayloft_proto::AssignRequest {
+                count: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(
+            refused
+                .metadata()
+                .get(hayloft_proto::NOT_LEADER_METADATA)
+                .is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        cluster
+            .node_metric(survivor, "hayloft_directory_raft_leader")
+            .await,
+        Some(0.0)
+    );
+    // Reads go on: over gRPC with the locations the client has, and over
+    // HTTP from the volume servers.
+    let http = reqwest::Client::new();
+    for (uploaded, seed) in &blobs {
+        let (_, data) = client.download(&uploaded.blob_id).await.unwrap();
+        assert_eq!(data.as_ref(), content(*seed, 2000).as_slice());
+        let body = http
+            .get(&uploaded.url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body.as_ref(), content(*seed, 2000).as_slice());
+    }
+    // One node back: a majority again, uploads resume.
+    cluster.start_directory_node(leader);
+    let fresh = cluster.client().await;
+    let uploaded = fresh
+        .upload(Bytes::from_static(b"again"), &UploadOptions::default())
+        .await
+        .unwrap();
+    assert!(blobs.iter().all(|(b, _)| b.blob_id != uploaded.blob_id));
+    let (_, data) = fresh.download(&uploaded.blob_id).await.unwrap();
+    assert_eq!(data.as_ref(), b"again");
+}

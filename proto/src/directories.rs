@@ -38,6 +38,7 @@ pub struct Directories {
     addrs: Arc<Vec<String>>,
     current: Arc<Mutex<Current>>,
     patience: Duration,
+    call_timeout: Duration,
 }
 
 struct Current {
@@ -45,12 +46,12 @@ struct Current {
     client: DirectoryClient<Channel>,
 }
 
-fn connect(addr: &str) -> Result<DirectoryClient<Channel>, Status> {
+fn connect(addr: &str, timeout: Duration) -> Result<DirectoryClient<Channel>, Status> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Status::invalid_argument(format!("bad directory address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         // A hung node (stopped, partitioned) is left for the next.
-        .timeout(CALL_TIMEOUT)
+        .timeout(timeout)
         .tcp_nodelay(true);
     Ok(DirectoryClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(crate::MAX_MESSAGE_BYTES))
@@ -71,15 +72,16 @@ impl Directories {
             .ok_or_else(|| Status::invalid_argument("no directory address given"))?
             .clone();
         for addr in &addrs[1..] {
-            connect(addr)?;
+            connect(addr, CALL_TIMEOUT)?;
         }
         Ok(Directories {
             current: Arc::new(Mutex::new(Current {
-                client: connect(&first)?,
+                client: connect(&first, CALL_TIMEOUT)?,
                 addr: first,
             })),
             addrs: Arc::new(addrs),
             patience: DEFAULT_PATIENCE,
+            call_timeout: CALL_TIMEOUT,
         })
     }
 
@@ -87,6 +89,17 @@ impl Directories {
     pub fn with_patience(mut self, patience: Duration) -> Directories {
         self.patience = patience;
         self
+    }
+
+    /// The same group, leaving a node that has not answered one call
+    /// within `timeout` for the next (default [`CALL_TIMEOUT`]).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Result<Directories, Status> {
+        self.call_timeout = timeout;
+        {
+            let mut current = self.current.lock().expect("not poisoned");
+            current.client = connect(&current.addr, timeout)?;
+        }
+        Ok(self)
     }
 
     /// How long a call keeps looking for a leader.
@@ -132,31 +145,38 @@ impl Directories {
                 .map(str::to_owned);
             let not_leader = status.metadata().get(NOT_LEADER_METADATA).is_some();
             // A status with a source was made by this side's transport (no
-            // connection, reset mid-call), not answered by a node.
+            // connection, reset mid-call, no answer in time), not answered
+            // by a node.
             let unreachable = std::error::Error::source(&status).is_some()
+                || matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
                 || (status.code() == Code::Unavailable && status.message().contains("transport"));
             if !not_leader && !unreachable {
                 return Err(status);
             }
-            if started.elapsed() >= self.patience {
-                return Err(status);
-            }
-            let next = match hint.filter(|h| *h != addr) {
-                Some(leader) => leader,
+            // Where to go next: the leader named, or (an election, or this
+            // node unreachable) the next address after a pause. Switched
+            // even when giving up, so the next call starts there.
+            let (next, pause) = match hint.filter(|h| *h != addr) {
+                Some(leader) => (leader, false),
                 None => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
                     let at = self.addrs.iter().position(|a| *a == addr);
                     let index = at.map_or(0, |i| (i + 1) % self.addrs.len());
-                    self.addrs[index].clone()
+                    (self.addrs[index].clone(), true)
                 }
             };
             if next != addr {
                 let mut current = self.current.lock().expect("not poisoned");
                 if current.addr == addr {
-                    current.client = connect(&next)?;
+                    current.client = connect(&next, self.call_timeout)?;
                     current.addr = next;
                 }
+            }
+            if started.elapsed() >= self.patience {
+                return Err(status);
+            }
+            if pause {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
             }
         }
     }

@@ -58,9 +58,13 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
         now,
     } = heartbeat;
     // Follows the group's leader; a call gives up after a pulse and is
-    // sent again at the next.
-    let directories = hayloft_proto::Directories::new(&directory)
-        .map(|d| d.with_patience(pulse.min(Duration::from_secs(5))));
+    // sent again at the next. A node that does not answer within a couple of
+    // seconds (paused, cut off) is left for the next well before the
+    // leader's `dead_after`.
+    let directories = hayloft_proto::Directories::new(&directory).and_then(|d| {
+        d.with_patience(pulse.min(Duration::from_secs(5)))
+            .with_call_timeout(pulse.clamp(Duration::from_secs(2), Duration::from_secs(5)))
+    });
     let mut warned = false;
     tokio::pin!(stop);
     loop {
