@@ -268,10 +268,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     }
     let client = args.connection.client().await?;
     let status = client.status().await?;
+    let nodes = directory_nodes(&args.connection.directory).await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
+        let mut json = status_json(&status);
+        json["directory_nodes"] = nodes_json(&nodes);
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
+    print_nodes(&nodes);
     for problem in &status.problems {
         println!("PROBLEM: {problem}");
     }
@@ -414,6 +418,92 @@ fn replicas_text(volume: &hayloft_proto::VolumeRecord) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Each directory node's view of the group (`Node`), asked of every
+/// address given, in order; `None` for a node that does not answer.
+async fn directory_nodes(addrs: &str) -> Vec<(String, Option<hayloft_proto::NodeStatus>)> {
+    let mut nodes = Vec::new();
+    for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let asked = async {
+            let mut client =
+                hayloft_proto::directory_client::DirectoryClient::connect(format!("http://{addr}"))
+                    .await
+                    .ok()?;
+            Some(
+                client
+                    .node(hayloft_proto::NodeRequest {})
+                    .await
+                    .ok()?
+                    .into_inner(),
+            )
+        };
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(2), asked)
+            .await
+            .ok()
+            .flatten();
+        nodes.push((addr.to_owned(), answer));
+    }
+    nodes
+}
+
+/// How far behind the leader's log a node is (0 for the leader, or when
+/// no leader answered).
+fn behind(
+    nodes: &[(String, Option<hayloft_proto::NodeStatus>)],
+    node: &hayloft_proto::NodeStatus,
+) -> u64 {
+    nodes
+        .iter()
+        .filter_map(|(_, n)| n.as_ref())
+        .find(|n| n.role == "leader")
+        .map_or(0, |leader| {
+            leader.last_log_index.saturating_sub(node.last_applied)
+        })
+}
+
+fn print_nodes(nodes: &[(String, Option<hayloft_proto::NodeStatus>)]) {
+    println!("DIRECTORY NODES");
+    println!(
+        "{:<22} {:>4} {:<10} {:>6} {:>6} {:>9} {:>9} {:>6}",
+        "ADDRESS", "ID", "ROLE", "TERM", "LEADER", "LAST LOG", "APPLIED", "LAG"
+    );
+    for (addr, node) in nodes {
+        match node {
+            Some(n) => println!(
+                "{:<22} {:>4} {:<10} {:>6} {:>6} {:>9} {:>9} {:>6}",
+                addr,
+                n.node_id,
+                n.role,
+                n.term,
+                if n.leader_id == 0 {
+                    "-".to_owned()
+                } else {
+                    n.leader_id.to_string()
+                },
+                n.last_log_index,
+                n.last_applied,
+                behind(nodes, n),
+            ),
+            None => println!("{addr:<22} {:>4} UNREACHABLE", "-"),
+        }
+    }
+    println!();
+}
+
+fn nodes_json(nodes: &[(String, Option<hayloft_proto::NodeStatus>)]) -> serde_json::Value {
+    nodes
+        .iter()
+        .map(|(addr, node)| match node {
+            Some(n) => serde_json::json!({
+                "address": addr, "reachable": true, "id": n.node_id, "role": n.role,
+                "term": n.term, "leader": n.leader_id, "last_log_index": n.last_log_index,
+                "last_applied": n.last_applied, "snapshot_index": n.snapshot_index,
+                "lag": behind(nodes, n), "members": n.members,
+            }),
+            None => serde_json::json!({ "address": addr, "reachable": false }),
+        })
+        .collect()
 }
 
 /// `hayloft status --json`: servers and volumes, every copy with its

@@ -1149,6 +1149,42 @@ impl Cluster {
         Ok(())
     }
 
+    /// This node's view of the directory group.
+    pub fn node_status(&self) -> hayloft_proto::NodeStatus {
+        let Some(raft) = self.raft.get() else {
+            return hayloft_proto::NodeStatus {
+                node_id: self.node_id,
+                role: "shutdown".into(),
+                ..Default::default()
+            };
+        };
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let index = |id: Option<LogId<u64>>| id.map_or(0, |id| id.index);
+        hayloft_proto::NodeStatus {
+            node_id: self.node_id,
+            role: match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: index(m.last_applied),
+            snapshot_index: index(m.snapshot),
+            members: m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| format!("{id}={}", node.addr))
+                .collect(),
+        }
+    }
+
     /// Whether this node leads the directory group now.
     pub fn is_leader(&self) -> bool {
         self.leader_check().is_ok()

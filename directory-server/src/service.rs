@@ -426,6 +426,14 @@ impl Directory for DirectoryService {
         )
         .await
     }
+
+    /// Answered by every node, leader or not.
+    async fn node(
+        &self,
+        _request: Request<hayloft_proto::NodeRequest>,
+    ) -> Result<Response<hayloft_proto::NodeStatus>, Status> {
+        Ok(Response::new(self.cluster.node_status()))
+    }
 }
 
 /// A span carrying the request id the client sent in `x-request-id` (or a
