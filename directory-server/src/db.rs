@@ -205,7 +205,8 @@ impl Db {
         Ok(())
     }
 
-    /// Reads everything.
+    /// Reads the state machine, all but the capacity history (read when
+    /// asked for, by [`Db::samples`]).
     pub fn load(&self) -> Result<Snapshot> {
         let mut snapshot = Snapshot {
             next_volume_id: 1,
@@ -224,8 +225,6 @@ impl Db {
                 snapshot.volumes.push(decode(&value)?);
             } else if key.starts_with(SERVER_PREFIX) {
                 snapshot.servers.push(decode(&value)?);
-            } else if key.starts_with(HISTORY_PREFIX) {
-                snapshot.history.push(decode(&value)?);
             } else if &*key == APPLIED {
                 snapshot.applied = value.to_vec();
             } else if &*key == MEMBERSHIP {

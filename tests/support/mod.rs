@@ -255,23 +255,29 @@ impl Cluster {
             })
             .collect();
         cluster.start_directory();
+        cluster.start_zoned_volumes(zones).await;
+        cluster
+    }
+
+    /// Starts one volume server per entry of `zones` (in that zone, each on
+    /// its own rack) and waits until the directory sees them all alive.
+    async fn start_zoned_volumes(&mut self, zones: &[&str]) {
         for (i, zone) in zones.iter().enumerate() {
-            cluster.volume_ports.push(VolumePorts {
+            self.volume_ports.push(VolumePorts {
                 grpc: free_port(),
                 http: free_port(),
                 metrics: free_port(),
             });
-            cluster.volumes.push(None);
-            cluster.volume_site_args.push(vec![
+            self.volumes.push(None);
+            self.volume_site_args.push(vec![
                 "--zone".into(),
                 zone.to_string(),
                 "--rack".into(),
                 format!("r{i}"),
             ]);
-            cluster.start_volume(i);
+            self.start_volume(i);
         }
-        cluster.wait_alive(zones.len()).await;
-        cluster
+        self.wait_alive(zones.len()).await;
     }
 
     /// The address of directory group node `i` (node id `i + 1`).
@@ -387,22 +393,7 @@ impl Cluster {
             .directory_args
             .extend(directory_args.iter().map(|s| s.to_string()));
         cluster.start_directory();
-        for (i, zone) in zones.iter().enumerate() {
-            cluster.volume_ports.push(VolumePorts {
-                grpc: free_port(),
-                http: free_port(),
-                metrics: free_port(),
-            });
-            cluster.volumes.push(None);
-            cluster.volume_site_args.push(vec![
-                "--zone".into(),
-                zone.to_string(),
-                "--rack".into(),
-                format!("r{i}"),
-            ]);
-            cluster.start_volume(i);
-        }
-        cluster.wait_alive(zones.len()).await;
+        cluster.start_zoned_volumes(zones).await;
         cluster
     }
 
