@@ -142,13 +142,11 @@ async fn the_group_outlives_its_leaders_and_never_hands_out_an_id_twice() {
     check_uploads(&fresh, &uploads).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_wiped_node_gets_the_map_back_from_a_snapshot() {
-    let mut cluster =
-        Cluster::start_group(3, &["a", "b"], &["--raft-snapshot-every", "10"], &[]).await;
-    let client = cluster.client().await;
+/// Uploads one blob into each of `count` collections (a volume each):
+/// `(blob id, seed)`, 1000 bytes of `content(seed)`.
+async fn upload_in_collections(client: &hayloft_client::Client, count: u64) -> Vec<(String, u64)> {
     let mut blobs = Vec::new();
-    for seed in 0..8u64 {
+    for seed in 0..count {
         let options = UploadOptions {
             collection: format!("c{seed}"),
             ..UploadOptions::default()
@@ -157,48 +155,75 @@ async fn a_wiped_node_gets_the_map_back_from_a_snapshot() {
         let uploaded = client.upload(Bytes::from(data), &options).await.unwrap();
         blobs.push((uploaded.blob_id, seed));
     }
-    let leader = cluster.leader().await;
-    // The leader has snapshotted and purged the log behind the snapshot.
+    blobs
+}
+
+/// Waits until node `i` has snapshotted and purged its log behind the
+/// snapshot (a node that needs that log must get the snapshot).
+async fn purged(cluster: &Cluster, i: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster
-        .node_metric(leader, "hayloft_directory_raft_purged_index")
+        .node_metric(i, "hayloft_directory_raft_purged_index")
         .await
         .unwrap_or(0.0)
         < 1.0
     {
-        assert!(Instant::now() < deadline, "the leader never purged its log");
+        assert!(Instant::now() < deadline, "node {i} never purged its log");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
-    let wiped = (leader + 1) % 3;
-    cluster.group[wiped].proc.take().unwrap().kill();
-    std::fs::remove_dir_all(cluster.node_dir(wiped)).unwrap();
-    cluster.start_directory_node(wiped);
+/// Waits until node `i` has installed a snapshot and holds the same
+/// volumes as node `leader` (still creating volumes ahead of need, so
+/// compared as it is now).
+async fn caught_up_by_snapshot(cluster: &Cluster, i: usize, leader: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let snapshot = cluster
-            .node_metric(wiped, "hayloft_directory_raft_snapshot_index")
+            .node_metric(i, "hayloft_directory_raft_snapshot_index")
             .await
             .unwrap_or(0.0);
         let map = cluster
-            .node_metric(wiped, "hayloft_directory_map_volumes")
+            .node_metric(i, "hayloft_directory_map_volumes")
             .await
             .unwrap_or(0.0);
-        // Volumes are still being created ahead of need: compare with the
-        // leader's map as it is now.
         let volumes = cluster
             .node_metric(leader, "hayloft_directory_map_volumes")
             .await
             .unwrap_or(-1.0);
         if snapshot >= 1.0 && map == volumes {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "the wiped node has snapshot {snapshot} and {map} of {volumes} volumes"
+            "node {i} has snapshot {snapshot} and {map} of {volumes} volumes"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every blob of `blobs` reads back.
+async fn read_back(client: &hayloft_client::Client, blobs: &[(String, u64)]) {
+    for (blob_id, seed) in blobs {
+        let (_, data) = client.download(blob_id).await.unwrap();
+        assert_eq!(data.as_ref(), content(*seed, 1000).as_slice(), "{blob_id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_node_gets_the_map_back_from_a_snapshot() {
+    let mut cluster =
+        Cluster::start_group(3, &["a", "b"], &["--raft-snapshot-every", "10"], &[]).await;
+    let client = cluster.client().await;
+    let blobs = upload_in_collections(&client, 8).await;
+    let leader = cluster.leader().await;
+    purged(&cluster, leader).await;
+
+    let wiped = (leader + 1) % 3;
+    cluster.group[wiped].proc.take().unwrap().kill();
+    std::fs::remove_dir_all(cluster.node_dir(wiped)).unwrap();
+    cluster.start_directory_node(wiped);
+    caught_up_by_snapshot(&cluster, wiped, leader).await;
 
     // Without the old leader, the wiped node and the third one carry on
     // with the whole map.
@@ -207,10 +232,7 @@ async fn a_wiped_node_gets_the_map_back_from_a_snapshot() {
     assert_ne!(next, leader);
     let volumes = client.status().await.unwrap().volumes.len();
     assert!(volumes >= 8, "{volumes} volumes after the failover");
-    for (blob_id, seed) in &blobs {
-        let (_, data) = client.download(blob_id).await.unwrap();
-        assert_eq!(data.as_ref(), content(*seed, 1000).as_slice());
-    }
+    read_back(&client, &blobs).await;
     let uploaded = client
         .upload(Bytes::from_static(b"after"), &UploadOptions::default())
         .await
@@ -358,4 +380,140 @@ async fn without_a_majority_nothing_is_assigned_but_reads_go_on() {
     assert!(blobs.iter().all(|(b, _)| b.blob_id != uploaded.blob_id));
     let (_, data) = fresh.download(&uploaded.blob_id).await.unwrap();
     assert_eq!(data.as_ref(), b"again");
+}
+
+/// Runs `hayloft args...` against the group (off the runtime: it blocks).
+async fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
+    let addrs = cluster.directory_addr();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_hayloft"))
+            .args(&args)
+            .env("HAYLOFT_DIRECTORY", addrs)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The `voters:` line of `hayloft directory add-node/remove-node`.
+fn voters(output: &str) -> &str {
+    output
+        .lines()
+        .find(|l| l.starts_with("voters:"))
+        .unwrap_or_else(|| panic!("no voters line in {output}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
+    let mut cluster =
+        Cluster::start_group(3, &["a", "b"], &["--raft-snapshot-every", "10"], &[]).await;
+    let client = cluster.client().await;
+    let blobs = upload_in_collections(&client, 8).await;
+    let leader = cluster.leader().await;
+    purged(&cluster, leader).await;
+
+    // A node is lost for good: it leaves the group.
+    let lost = (leader + 1) % 3;
+    let other = 3 - leader - lost;
+    cluster.group[lost].proc.take().unwrap().kill();
+    let id = |i: usize| (i + 1).to_string();
+    let (ok, out) = hayloft(
+        &cluster,
+        &["directory", "remove-node", "--node-id", &id(lost)],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(!voters(&out).contains(&cluster.node_addr(lost)), "{out}");
+    let (ok, out) = hayloft(&cluster, &["directory", "remove-node", "--node-id", "9"]).await;
+    assert!(
+        !ok && out.contains("node 9 in the directory group not found"),
+        "{out}"
+    );
+
+    // A new, empty node is started with --join and added in its place.
+    let new = cluster.start_joining_node();
+    cluster.node_up(new).await;
+    let addr = cluster.node_addr(new);
+    let (ok, out) = hayloft(
+        &cluster,
+        &["directory", "add-node", "--node-id", "5", "--addr", &addr],
+    )
+    .await;
+    assert!(!ok && out.contains("is node 4, not node 5"), "{out}");
+    let (ok, out) = hayloft(
+        &cluster,
+        &[
+            "directory",
+            "add-node",
+            "--node-id",
+            "6",
+            "--addr",
+            &cluster.node_addr(lost),
+        ],
+    )
+    .await;
+    assert!(!ok && out.contains("does not answer"), "{out}");
+    let (ok, out) = hayloft(
+        &cluster,
+        &["directory", "add-node", "--node-id", "4", "--addr", &addr],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(voters(&out).contains(&format!("4={addr}")), "{out}");
+    // The log it needed was purged: it caught up from a snapshot.
+    caught_up_by_snapshot(&cluster, new, leader).await;
+    let (ok, out) = hayloft(
+        &cluster,
+        &["directory", "add-node", "--node-id", "4", "--addr", &addr],
+    )
+    .await;
+    assert!(ok, "adding a member again changes nothing: {out}");
+
+    // It can lead: the two old nodes leave (the leader last, handing over),
+    // and the new node, now the only voter, leads with the whole map.
+    let (ok, out) = hayloft(
+        &cluster,
+        &["directory", "remove-node", "--node-id", &id(other)],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = hayloft(
+        &cluster,
+        &["directory", "remove-node", "--node-id", &id(leader)],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(voters(&out), format!("voters:   4={addr}"));
+    assert_eq!(cluster.leader().await, new);
+    let (ok, out) = hayloft(&cluster, &["directory", "remove-node", "--node-id", "4"]).await;
+    assert!(!ok && out.contains("only voter"), "{out}");
+    let (ok, out) = hayloft(&cluster, &["status", "--json"]).await;
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let leaders: Vec<_> = status["directory_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == "leader")
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(leaders, [4], "{out}");
+
+    // The client and the volume servers were given the old nodes only:
+    // they find the new leader through the members the old nodes name.
+    let volumes = client.status().await.unwrap().volumes.len();
+    assert!(volumes >= 8, "{volumes} volumes after the replacement");
+    read_back(&client, &blobs).await;
+    let uploaded = client
+        .upload(Bytes::from_static(b"after"), &UploadOptions::default())
+        .await
+        .unwrap();
+    assert!(blobs.iter().all(|(id, _)| *id != uploaded.blob_id));
 }

@@ -421,10 +421,20 @@ fn replicas_text(volume: &hayloft_proto::VolumeRecord) -> String {
 }
 
 /// Each directory node's view of the group (`Node`), asked of every
-/// address given, in order; `None` for a node that does not answer.
+/// address given, in order, then of members they name that were not given
+/// (a node added since); `None` for a node that does not answer.
 async fn directory_nodes(addrs: &str) -> Vec<(String, Option<hayloft_proto::NodeStatus>)> {
-    let mut nodes = Vec::new();
-    for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+    let mut nodes: Vec<(String, Option<hayloft_proto::NodeStatus>)> = Vec::new();
+    let mut queue: std::collections::VecDeque<String> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    while let Some(addr) = queue.pop_front() {
+        if nodes.iter().any(|(known, _)| *known == addr) {
+            continue;
+        }
         let asked = async {
             let mut client =
                 hayloft_proto::directory_client::DirectoryClient::connect(format!("http://{addr}"))
@@ -442,7 +452,14 @@ async fn directory_nodes(addrs: &str) -> Vec<(String, Option<hayloft_proto::Node
             .await
             .ok()
             .flatten();
-        nodes.push((addr.to_owned(), answer));
+        if let Some(node) = &answer {
+            queue.extend(
+                node.members
+                    .iter()
+                    .filter_map(|m| m.split_once('=').map(|(_, a)| a.to_owned())),
+            );
+        }
+        nodes.push((addr, answer));
     }
     nodes
 }

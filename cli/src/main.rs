@@ -13,6 +13,7 @@ mod capacity;
 mod commands;
 mod compact;
 mod daemons;
+mod group;
 mod repair;
 mod tier;
 
@@ -86,7 +87,10 @@ struct ServerArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct DirectoryArgs {
+    #[command(subcommand)]
+    group: Option<group::GroupCommand>,
     /// TOML configuration file (see README); flags and environment override it.
     #[arg(long, env = "HAYLOFT_DIRECTORY_CONFIG")]
     config: Option<PathBuf>,
@@ -132,6 +136,10 @@ struct DirectoryArgs {
     /// Snapshot the map and purge the Raft log every this many entries.
     #[arg(long)]
     raft_snapshot_every: Option<u64>,
+    /// Join an existing group: never initialise one; wait to be added
+    /// (`hayloft directory add-node`). For new and replacement nodes.
+    #[arg(long)]
+    join: bool,
 }
 
 #[derive(Args)]
@@ -253,6 +261,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await
             }
+            Command::Directory(DirectoryArgs {
+                group: Some(command),
+                ..
+            }) => group::run(command).await,
             Command::Directory(args) => {
                 let mut config: hayloft_directory::DirectoryConfig =
                     daemons::load_config(args.config.as_deref())?;
@@ -295,6 +307,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if let Some(every) = args.raft_snapshot_every {
                     config.raft_snapshot_every = every;
+                }
+                if args.join {
+                    config.join = true;
                 }
                 daemons::directory(config).await
             }

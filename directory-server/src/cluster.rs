@@ -1085,13 +1085,17 @@ impl Cluster {
         let _ = self.raft.set(raft);
     }
 
+    /// This node's Raft.
+    pub(crate) fn raft(&self) -> Result<&Raft> {
+        self.raft
+            .get()
+            .ok_or_else(|| Error::Unavailable("the directory's Raft node is not running".into()))
+    }
+
     /// Commits `command` through the Raft log and answers what applying it
     /// answered. Only the leader can; elsewhere the error names the leader.
     pub(crate) async fn propose(&self, command: Command) -> Result<Applied> {
-        let raft = self
-            .raft
-            .get()
-            .ok_or_else(|| Error::Unavailable("the directory's Raft node is not running".into()))?;
+        let raft = self.raft()?;
         let started = std::time::Instant::now();
         match raft.client_write(command).await {
             Ok(response) => {
@@ -1115,14 +1119,14 @@ impl Cluster {
     /// the first time in a term); otherwise the error names the leader, if
     /// one is known.
     pub fn leader_check(&self) -> Result<()> {
-        let raft = self
-            .raft
-            .get()
-            .ok_or_else(|| Error::Unavailable("the directory's Raft node is not running".into()))?;
+        let raft = self.raft()?;
         let (term, leader, addr) = {
             let metrics = raft.metrics();
             let metrics = metrics.borrow();
-            let addr = metrics.current_leader.and_then(|id| {
+            // Not itself: a leader removed from the group steps down and
+            // may still remember leading.
+            let other = metrics.current_leader.filter(|id| *id != self.node_id);
+            let addr = other.and_then(|id| {
                 metrics
                     .membership_config
                     .membership()
@@ -1133,14 +1137,12 @@ impl Cluster {
             (
                 metrics.current_term,
                 metrics.current_leader.filter(|_| leading),
-                addr,
+                (other, addr),
             )
         };
         if leader != Some(self.node_id) {
-            return Err(Error::NotLeader {
-                leader: raft.metrics().borrow().current_leader,
-                addr,
-            });
+            let (leader, addr) = addr;
+            return Err(Error::NotLeader { leader, addr });
         }
         let mut inner = self.inner.lock();
         if inner.led_term != term {
@@ -1181,6 +1183,15 @@ impl Cluster {
                 .membership()
                 .nodes()
                 .map(|(id, node)| format!("{id}={}", node.addr))
+                .collect(),
+            learners: m
+                .membership_config
+                .membership()
+                .learner_ids()
+                .filter_map(|id| {
+                    let node = m.membership_config.membership().get_node(&id)?;
+                    Some(format!("{id}={}", node.addr))
+                })
                 .collect(),
         }
     }
@@ -1521,9 +1532,10 @@ mod tests {
         let cluster =
             Arc::new(Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 1).unwrap());
         let peers = BTreeMap::from([(1, "127.0.0.1:1".to_owned())]);
-        let raft = crate::consensus::start(&cluster, &db, 1, &peers, crate::Timing::default())
-            .await
-            .unwrap();
+        let raft =
+            crate::consensus::start(&cluster, &db, 1, &peers, false, crate::Timing::default())
+                .await
+                .unwrap();
         raft.wait(Some(std::time::Duration::from_secs(10)))
             .state(openraft::ServerState::Leader, "leader")
             .await

@@ -37,6 +37,9 @@ pub enum Error {
         /// The leader's gRPC address, if known.
         addr: Option<String>,
     },
+    /// The request was started but did not finish in time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Something that cannot happen did.
     #[error("unexpected: {0}")]
     Unexpected(String),
@@ -77,6 +80,7 @@ impl From<Error> for tonic::Status {
             }
             Error::NotFound(_) => tonic::Status::not_found(error.to_string()),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(error.to_string()),
+            Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(error.to_string()),
             Error::Corrupt(_) => {
                 tracing::error!(%error, "directory corruption");
                 tonic::Status::data_loss(error.to_string())

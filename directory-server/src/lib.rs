@@ -94,6 +94,10 @@ pub struct DirectoryConfig {
     /// `id=host:port` (their gRPC addresses). Empty (the default): a group
     /// of this node alone.
     pub peers: Vec<String>,
+    /// This node joins a group that already exists: it never initialises
+    /// one, and waits to be added (`hayloft directory add-node`). For a new
+    /// or replacement node. Default false.
+    pub join: bool,
     /// How often the group's leader tells the others it is alive.
     /// Default `250ms`.
     #[serde(with = "humantime_serde")]
@@ -145,6 +149,7 @@ impl Default for DirectoryConfig {
             repair_rate: bytesize::ByteSize(0),
             node_id: 1,
             peers: Vec::new(),
+            join: false,
             raft_heartbeat: Duration::from_millis(250),
             election_timeout: Duration::from_millis(1000),
             raft_snapshot_every: 5_000,
@@ -224,7 +229,8 @@ impl Directory {
             election: config.election_timeout,
             snapshot_every: config.raft_snapshot_every,
         };
-        let raft = consensus::start(&cluster, &db, config.node_id, &peers, timing).await?;
+        let raft =
+            consensus::start(&cluster, &db, config.node_id, &peers, config.join, timing).await?;
         Ok(Directory {
             cluster,
             raft,

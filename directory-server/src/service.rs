@@ -20,6 +20,10 @@ use crate::error::{Error, Result};
 /// Most ids one `Assign` hands out.
 pub const MAX_ASSIGN_COUNT: u32 = 10_000;
 
+/// How long a node being added to the group may take to catch up before
+/// it becomes a voter.
+const ADD_NODE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long a volume server may take to create a copy of a new volume.
 const CREATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -424,6 +428,38 @@ impl Directory for DirectoryService {
             span,
             self.remove_replica_inner(request),
         )
+        .await
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<hayloft_proto::AddNodeRequest>,
+    ) -> Result<Response<hayloft_proto::Membership>, Status> {
+        let span = request_span("add_node", request.metadata());
+        let cluster = &self.cluster;
+        traced(cluster, "add_node", span, async {
+            let hayloft_proto::AddNodeRequest { node_id, addr } = request.into_inner();
+            let raft = cluster.raft()?;
+            let membership =
+                crate::consensus::membership::add_node(raft, node_id, &addr, ADD_NODE_CATCH_UP)
+                    .await?;
+            Ok(Response::new(membership))
+        })
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<hayloft_proto::RemoveNodeRequest>,
+    ) -> Result<Response<hayloft_proto::Membership>, Status> {
+        let span = request_span("remove_node", request.metadata());
+        let cluster = &self.cluster;
+        traced(cluster, "remove_node", span, async {
+            let raft = cluster.raft()?;
+            let node = request.get_ref().node_id;
+            let membership = crate::consensus::membership::remove_node(raft, node).await?;
+            Ok(Response::new(membership))
+        })
         .await
     }
 

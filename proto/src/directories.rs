@@ -7,6 +7,12 @@
 //! named leader, and on a node it cannot reach (or none named) at the next
 //! address of the list, backing off, for up to [`Directories::patience`]:
 //! an election costs the caller a delay, not an error.
+//!
+//! The addresses given are a seed list: a leader named that is not on it
+//! joins it, and a node that names no leader is asked for the group's
+//! members (`Node`), which join it too. A node added to the group after the
+//! caller started (`hayloft directory add-node`) is found that way, even
+//! once every address given has left the group.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -35,7 +41,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The nodes of a directory group, and the one believed to lead.
 #[derive(Clone)]
 pub struct Directories {
-    addrs: Arc<Vec<String>>,
+    addrs: Arc<Mutex<Vec<String>>>,
     current: Arc<Mutex<Current>>,
     patience: Duration,
     call_timeout: Duration,
@@ -79,7 +85,7 @@ impl Directories {
                 client: connect(&first, CALL_TIMEOUT)?,
                 addr: first,
             })),
-            addrs: Arc::new(addrs),
+            addrs: Arc::new(Mutex::new(addrs)),
             patience: DEFAULT_PATIENCE,
             call_timeout: CALL_TIMEOUT,
         })
@@ -107,9 +113,39 @@ impl Directories {
         self.patience
     }
 
-    /// The addresses given.
-    pub fn addrs(&self) -> &[String] {
-        &self.addrs
+    /// The addresses known: those given, and members learnt since.
+    pub fn addrs(&self) -> Vec<String> {
+        self.addrs.lock().expect("not poisoned").clone()
+    }
+
+    /// Adds `addr` to the known addresses; true if it was new.
+    fn learn(&self, addr: &str) -> bool {
+        let mut addrs = self.addrs.lock().expect("not poisoned");
+        let new = !addrs.iter().any(|a| a == addr);
+        if new {
+            addrs.push(addr.to_owned());
+        }
+        new
+    }
+
+    /// Asks the node behind `client` (which answered, but named no leader)
+    /// for the group's members, and learns their addresses. Answers the
+    /// first new one: a node added since, likely the one to ask next.
+    async fn learn_members(&self, mut client: DirectoryClient<Channel>) -> Option<String> {
+        let asked = client.node(crate::NodeRequest {});
+        let node = match tokio::time::timeout(Duration::from_secs(2), asked).await {
+            Ok(Ok(node)) => node.into_inner(),
+            _ => return None,
+        };
+        let mut first = None;
+        for member in &node.members {
+            if let Some((_, addr)) = member.split_once('=')
+                && self.learn(addr)
+            {
+                first.get_or_insert_with(|| addr.to_owned());
+            }
+        }
+        first
     }
 
     /// A client of the node believed to lead (for calls that must not be
@@ -134,7 +170,7 @@ impl Directories {
                 let current = self.current.lock().expect("not poisoned");
                 (current.addr.clone(), current.client.clone())
             };
-            let status = match call(client).await {
+            let status = match call(client.clone()).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => status,
             };
@@ -156,12 +192,23 @@ impl Directories {
             // Where to go next: the leader named, or (an election, or this
             // node unreachable) the next address after a pause. Switched
             // even when giving up, so the next call starts there.
-            let (next, pause) = match hint.filter(|h| *h != addr) {
-                Some(leader) => (leader, false),
+            // A node naming itself leads no more (it was removed).
+            let hint = hint.filter(|h| *h != addr);
+            let learnt = if not_leader && hint.is_none() {
+                self.learn_members(client).await
+            } else {
+                None
+            };
+            let (next, pause) = match hint.or(learnt) {
+                Some(leader) => {
+                    self.learn(&leader);
+                    (leader, false)
+                }
                 None => {
-                    let at = self.addrs.iter().position(|a| *a == addr);
-                    let index = at.map_or(0, |i| (i + 1) % self.addrs.len());
-                    (self.addrs[index].clone(), true)
+                    let addrs = self.addrs.lock().expect("not poisoned");
+                    let at = addrs.iter().position(|a| *a == addr);
+                    let index = at.map_or(0, |i| (i + 1) % addrs.len());
+                    (addrs[index].clone(), true)
                 }
             };
             if next != addr {

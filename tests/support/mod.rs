@@ -182,6 +182,9 @@ pub struct GroupNode {
     pub port: u16,
     pub metrics: u16,
     pub proc: Option<Proc>,
+    /// Started with `--join` (added to the running group, not one of the
+    /// nodes that formed it).
+    pub join: bool,
 }
 
 impl Cluster {
@@ -252,6 +255,7 @@ impl Cluster {
                 port: free_port(),
                 metrics: free_port(),
                 proc: None,
+                join: false,
             })
             .collect();
         cluster.start_directory();
@@ -290,6 +294,44 @@ impl Cluster {
         self.root.path().join(format!("directory{}", i + 1))
     }
 
+    /// Starts a new, empty directory node with `--join` (node id: its
+    /// index + 1), to be added with `hayloft directory add-node`.
+    pub fn start_joining_node(&mut self) -> usize {
+        self.group.push(GroupNode {
+            port: free_port(),
+            metrics: free_port(),
+            proc: None,
+            join: true,
+        });
+        let i = self.group.len() - 1;
+        self.start_directory_node(i);
+        i
+    }
+
+    /// Waits until directory group node `i` answers `Node`.
+    pub async fn node_up(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let asked = async {
+                let mut client = hayloft_proto::directory_client::DirectoryClient::connect(
+                    format!("http://{}", self.node_addr(i)),
+                )
+                .await
+                .ok()?;
+                client.node(hayloft_proto::NodeRequest {}).await.ok()
+            };
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "directory node {i} does not answer:\n{}",
+                log_tails(&self.log_dir())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Starts directory group node `i` (again).
     pub fn start_directory_node(&mut self, i: usize) {
         let peers: Vec<String> = (0..self.group.len())
@@ -316,6 +358,7 @@ impl Cluster {
         ];
         let args: Vec<String> = args
             .into_iter()
+            .chain(self.group[i].join.then(|| "--join".to_owned()))
             .chain(self.directory_args.iter().cloned())
             .collect();
         let log = self.root.path().join(format!("directory{}.log", i + 1));

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod membership;
 pub(crate) mod network;
 pub(crate) mod store;
 
@@ -151,14 +152,17 @@ pub(crate) fn config(timing: Timing) -> Result<Arc<openraft::Config>, openraft::
 /// group with its gRPC address, this one included.
 ///
 /// A group is initialised once, by its lowest node id, on that node's first
-/// start (an empty log and no vote); a database written before Raft is taken
-/// over as it is. In a group of several, that state then goes to the others
+/// start (an empty log and no vote), unless it was told to `join` an
+/// existing group or one of its peers already belongs to one (it was wiped
+/// or replaced): such a node waits to be added. A database written before
+/// Raft is taken over as it is. In a group of several, that state then goes to the others
 /// as a snapshot: the first leader snapshots and purges its log at once.
 pub(crate) async fn start(
     cluster: &Arc<crate::Cluster>,
     db: &crate::db::Db,
     node_id: u64,
     peers: &std::collections::BTreeMap<u64, String>,
+    join: bool,
     timing: Timing,
 ) -> crate::Result<Raft> {
     use crate::Error;
@@ -178,7 +182,22 @@ pub(crate) async fn start(
         .is_initialized()
         .await
         .map_err(|e| Error::Unavailable(e.to_string()))?;
-    if !initialized && peers.keys().next() == Some(&node_id) {
+    let first = peers.keys().next() == Some(&node_id);
+    let in_a_group = if !initialized && first && !join && peers.len() > 1 {
+        membership::peers_in_a_group(node_id, peers).await
+    } else {
+        None
+    };
+    if let Some((peer, addr)) = &in_a_group {
+        tracing::warn!(
+            node = node_id,
+            peer,
+            addr,
+            "a peer already belongs to a group: this empty node does not initialise one, \
+             and waits to be added (hayloft directory add-node)"
+        );
+    }
+    if !initialized && first && !join && in_a_group.is_none() {
         let members: std::collections::BTreeMap<u64, openraft::BasicNode> = peers
             .iter()
             .map(|(id, addr)| (*id, openraft::BasicNode::new(addr)))
