@@ -517,3 +517,101 @@ async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
         .unwrap();
     assert!(blobs.iter().all(|(id, _)| *id != uploaded.blob_id));
 }
+
+/// Blob `seq` of the pre-Raft fixture (tests/fixtures/pre-raft/make.sh).
+fn pre_raft_blob(seq: usize) -> Vec<u8> {
+    format!("pre-raft blob {seq} ")
+        .repeat(50 * seq)
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_directory_from_before_raft_is_taken_over_with_nothing_lost() {
+    // `hayloft server`'s data directory as the last version before the
+    // directory moved onto Raft left it: blobs in three collections, one
+    // deleted (tests/fixtures/pre-raft/make.sh made it).
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pre-raft");
+    let root = tempfile::tempdir().unwrap();
+    let unpacked = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(fixture.join("data.tar.gz"))
+        .arg("-C")
+        .arg(root.path())
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    let manifest = std::fs::read_to_string(fixture.join("blobs.tsv")).unwrap();
+    let mut blobs: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut volumes = 0;
+    for line in manifest.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        match fields.as_slice() {
+            ["# volumes", count] => volumes = count.parse().unwrap(),
+            [seq, id, _, state] if !seq.starts_with('#') => blobs.push((
+                id.to_string(),
+                (*state == "live").then(|| pre_raft_blob(seq.parse().unwrap())),
+            )),
+            _ => {}
+        }
+    }
+    assert_eq!(blobs.len(), 12);
+    assert!(volumes >= 3, "{manifest}");
+
+    // Started twice: the first start takes the database over, the second
+    // reads what the first left.
+    for start in 0..2 {
+        let port = || format!("127.0.0.1:{}", support::free_port());
+        let directory = port();
+        let args: Vec<String> = [
+            "server",
+            "--data-dir",
+            &root.path().join("data").display().to_string(),
+            "--directory-listen",
+            &directory,
+            "--grpc-listen",
+            &port(),
+            "--http-listen",
+            &port(),
+            "--metrics-listen",
+            &port(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let server = support::spawn(&args, &root.path().join(format!("server{start}.log")));
+        let client = hayloft_client::Client::connect(&directory).await.unwrap();
+        for (id, data) in &blobs {
+            match data {
+                Some(data) => {
+                    let (_, read) = client.download(id).await.unwrap_or_else(|e| {
+                        panic!(
+                            "{id} after start {start}: {e}\n{}",
+                            support::log_tails(root.path())
+                        )
+                    });
+                    assert_eq!(read.as_ref(), data.as_slice(), "{id}");
+                }
+                None => assert!(client.download(id).await.is_err(), "deleted {id} is back"),
+            }
+        }
+        let status = client.status().await.unwrap();
+        assert!(status.volumes.len() >= volumes, "{status:?}");
+        // New uploads take ids past every one handed out before.
+        let data = format!("after start {start}").into_bytes();
+        let uploaded = client
+            .upload(Bytes::from(data.clone()), &UploadOptions::default())
+            .await
+            .unwrap();
+        let needle = |id: &str| id.parse::<BlobId>().unwrap().needle;
+        assert!(
+            blobs
+                .iter()
+                .all(|(id, _)| needle(id) != needle(&uploaded.blob_id)),
+            "needle of {} handed out before",
+            uploaded.blob_id
+        );
+        blobs.push((uploaded.blob_id, Some(data)));
+        drop(server);
+    }
+}

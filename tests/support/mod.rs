@@ -59,7 +59,7 @@ pub fn free_port() -> u16 {
 }
 
 /// The last lines of every log in `dir`, for a failure message.
-fn log_tails(dir: &Path) -> String {
+pub fn log_tails(dir: &Path) -> String {
     let mut out = String::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
@@ -123,7 +123,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(args: &[String], log: &Path) -> Proc {
+pub fn spawn(args: &[String], log: &Path) -> Proc {
     spawn_with_env(args, log, &[])
 }
 
