@@ -615,3 +615,239 @@ async fn a_data_directory_from_before_raft_is_taken_over_with_nothing_lost() {
         drop(server);
     }
 }
+
+/// One `Assign` the checker made: when it was sent, the node that
+/// answered and its term, and the servers of the volume handed out.
+struct Assigned {
+    sent: Instant,
+    node: usize,
+    term: u64,
+    servers: Vec<String>,
+    needle: u64,
+}
+
+/// Sends an `Assign` to each node in turn until one (the leader) answers,
+/// then asks that node its term. `None` while no node leads.
+async fn probe_assign(addrs: &[String]) -> Option<Assigned> {
+    let sent = Instant::now();
+    for (index, addr) in addrs.iter().enumerate() {
+        let asked = async {
+            let mut client =
+                hayloft_proto::directory_client::DirectoryClient::connect(format!("http://{addr}"))
+                    .await
+                    .ok()?;
+            let assigned = client
+                .assign(hayloft_proto::AssignRequest {
+                    count: 1,
+                    collection: "probe".into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let node = client
+                .node(hayloft_proto::NodeRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            Some(Assigned {
+                sent,
+                node: index,
+                term: node.term,
+                needle: assigned.blobs.first()?.needle_id,
+                servers: assigned
+                    .locations
+                    .into_iter()
+                    .map(|l| l.server_id)
+                    .collect(),
+            })
+        };
+        if let Ok(Some(assigned)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+            return Some(assigned);
+        }
+    }
+    None
+}
+
+/// When each term was first seen led, polling every node's `Node`.
+async fn watch_terms(
+    addrs: Vec<String>,
+    seen: Arc<Mutex<std::collections::HashMap<u64, Instant>>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        for addr in &addrs {
+            let asked = async {
+                let mut client = hayloft_proto::directory_client::DirectoryClient::connect(
+                    format!("http://{addr}"),
+                )
+                .await
+                .ok()?;
+                client
+                    .node(hayloft_proto::NodeRequest {})
+                    .await
+                    .ok()
+                    .map(tonic::Response::into_inner)
+            };
+            if let Ok(Some(node)) = tokio::time::timeout(Duration::from_millis(300), asked).await
+                && node.role == "leader"
+            {
+                seen.lock()
+                    .unwrap()
+                    .entry(node.term)
+                    .or_insert_with(Instant::now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_random_run_of_kills_and_pauses_keeps_every_invariant() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("HAYLOFT_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    // Printed for a rerun with HAYLOFT_CHAOS_SEED (timings still vary).
+    println!("chaos seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start_group(3, &["a", "b", "c"], &["--replication", "2"], &[]).await;
+    let dead_after = Duration::from_secs(4); // support's --dead-after
+    let addrs: Vec<String> = (0..3).map(|i| cluster.node_addr(i)).collect();
+    let client = Arc::new(cluster.client().await);
+    let uploads = Arc::new(Uploads::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = upload_until(&client, &uploads, &stop, 4);
+    let terms = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let watcher = tokio::spawn(watch_terms(
+        addrs.clone(),
+        Arc::clone(&terms),
+        Arc::clone(&stop),
+    ));
+    let assigned = Arc::new(Mutex::new(Vec::new()));
+    let prober = {
+        let (assigned, stop, addrs) = (Arc::clone(&assigned), Arc::clone(&stop), addrs.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(a) = probe_assign(&addrs).await {
+                    assigned.lock().unwrap().push(a);
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    uploaded_more(&uploads, 0).await;
+
+    // Twelve events: the leader killed (and restarted), the leader paused
+    // (and woken), a follower killed; one volume server killed for good.
+    let lost_volume = rng.random_range(0..3usize);
+    let lose_volume_at = rng.random_range(1..6);
+    let mut volume_killed = None;
+    let mut events = Vec::new();
+    // When each directory node was last (re)started.
+    let mut started: Vec<Vec<Instant>> = vec![Vec::new(); 3];
+    for round in 0..12 {
+        if round == lose_volume_at {
+            cluster.volumes[lost_volume].take().unwrap().kill();
+            volume_killed = Some(Instant::now());
+            events.push(format!("volume server vs{lost_volume} killed"));
+        }
+        let leader = cluster.leader().await;
+        let down = Duration::from_millis(rng.random_range(500..4_000));
+        match rng.random_range(0..3) {
+            0 => {
+                cluster.group[leader].proc.take().unwrap().kill();
+                events.push(format!("leader {} killed for {down:?}", leader + 1));
+                tokio::time::sleep(down).await;
+                cluster.start_directory_node(leader);
+                started[leader].push(Instant::now());
+            }
+            1 => {
+                signal(&cluster, leader, libc::SIGSTOP);
+                events.push(format!("leader {} paused for {down:?}", leader + 1));
+                tokio::time::sleep(down).await;
+                signal(&cluster, leader, libc::SIGCONT);
+            }
+            _ => {
+                let follower = (leader + rng.random_range(1..3)) % 3;
+                cluster.group[follower].proc.take().unwrap().kill();
+                events.push(format!("follower {} killed for {down:?}", follower + 1));
+                tokio::time::sleep(down).await;
+                cluster.start_directory_node(follower);
+                started[follower].push(Instant::now());
+            }
+        }
+        // Uploads go on after each event.
+        let before = uploads.acked.lock().unwrap().len();
+        uploaded_more(&uploads, before).await;
+    }
+    // A quiet spell longer than `dead_after`, so that the check below has
+    // Assigns to look at whatever the events were.
+    tokio::time::sleep(dead_after + Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    prober.await.unwrap();
+    watcher.await.unwrap();
+
+    // Unique ids, every acknowledged blob readable; the checker's own
+    // Assigns (a second client, without reservations) share no needle with
+    // the uploads or each other.
+    check_uploads(&client, &uploads).await;
+    let mut needles: HashSet<u64> = uploads
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _, _)| id.parse::<BlobId>().unwrap().needle.0)
+        .collect();
+    for a in assigned.lock().unwrap().iter() {
+        assert!(
+            needles.insert(a.needle),
+            "needle {:x} handed out twice",
+            a.needle
+        );
+    }
+    // No volume assigned on a dead server: once a server has been dead for
+    // `dead_after`, counted from the later of its death and the moment the
+    // answering node began leading (its term began, or it restarted: a
+    // leader that has heard from nobody yet gives every server that long to
+    // report), no Assign hands out a volume with a copy on it.
+    let killed = volume_killed.unwrap();
+    let lost = format!("vs{lost_volume}");
+    let terms = terms.lock().unwrap();
+    let slack = Duration::from_secs(2);
+    let assigned = assigned.lock().unwrap();
+    let mut checked = 0;
+    for a in assigned.iter().filter(|a| a.sent > killed) {
+        let term_began = terms.get(&a.term).copied().unwrap_or(a.sent);
+        let restarted = started[a.node]
+            .iter()
+            .filter(|t| **t < a.sent)
+            .max()
+            .copied()
+            .unwrap_or(killed);
+        let leading_since = term_began.max(restarted);
+        let known_dead = killed.max(leading_since) + dead_after + slack;
+        if a.sent > known_dead {
+            checked += 1;
+            assert!(
+                !a.servers.contains(&lost),
+                "an Assign {:?} after {lost} died (node {}, term {}) handed out a volume on it: {:?}\nevents: {events:#?}",
+                a.sent - killed,
+                a.node + 1,
+                a.term,
+                a.servers
+            );
+        }
+    }
+    assert!(checked > 0, "no Assign was checked; events: {events:#?}");
+    println!(
+        "{} uploads acknowledged, {} failed, {} assigns checked; events: {events:#?}",
+        uploads.acked.lock().unwrap().len(),
+        uploads.failed.lock().unwrap().len(),
+        checked
+    );
+}
