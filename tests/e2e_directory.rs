@@ -562,7 +562,7 @@ async fn a_data_directory_from_before_raft_is_taken_over_with_nothing_lost() {
     // reads what the first left.
     for start in 0..2 {
         let port = || format!("127.0.0.1:{}", support::free_port());
-        let directory = port();
+        let (directory, grpc) = (port(), port());
         let args: Vec<String> = [
             "server",
             "--data-dir",
@@ -570,7 +570,7 @@ async fn a_data_directory_from_before_raft_is_taken_over_with_nothing_lost() {
             "--directory-listen",
             &directory,
             "--grpc-listen",
-            &port(),
+            &grpc,
             "--http-listen",
             &port(),
             "--metrics-listen",
@@ -581,6 +581,21 @@ async fn a_data_directory_from_before_raft_is_taken_over_with_nothing_lost() {
         .collect();
         let server = support::spawn(&args, &root.path().join(format!("server{start}.log")));
         let client = hayloft_client::Client::connect(&directory).await.unwrap();
+        // The map names the server at the ports of its last run until its
+        // first heartbeat here says otherwise.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !client.status().await.is_ok_and(|status| {
+            status
+                .servers
+                .iter()
+                .any(|s| s.alive && s.location.as_ref().is_some_and(|l| l.grpc_addr == grpc))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the server never reported its new address"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for (id, data) in &blobs {
             match data {
                 Some(data) => {

@@ -244,6 +244,7 @@ mod tests {
         // The cluster example keeps three copies, thumbnails two.
         assert_eq!(directory.replication_for("photos"), 3);
         assert_eq!(directory.replication_for("thumbnails"), 2);
+        assert_eq!(directory.signed_collections(), ["private"]);
         let volume: VolumeServerConfig =
             load_config(Some(&root.join("volume.example.toml"))).unwrap();
         let defaults = VolumeServerConfig::default();
@@ -255,6 +256,12 @@ mod tests {
         assert_eq!(volume.scrub_interval, defaults.scrub_interval);
         assert_eq!(volume.verify_reads_up_to, defaults.verify_reads_up_to);
         assert!(volume.cold.is_some());
+        assert_eq!(
+            volume.signed_url_max_lifetime,
+            defaults.signed_url_max_lifetime
+        );
+        assert_eq!(volume.signed_url_clock_skew, defaults.signed_url_clock_skew);
+
         let policy = std::fs::read_to_string(root.join("policy.example.toml")).unwrap();
         let policy = hayloft_tiering::Policy::parse(&policy).unwrap();
         assert_eq!(policy.rules.len(), 2);

@@ -15,6 +15,7 @@ mod compact;
 mod daemons;
 mod group;
 mod repair;
+mod sign;
 mod tier;
 
 /// hayloft: a Haystack-style blob store with hot, warm and cold tiers.
@@ -58,6 +59,8 @@ enum Command {
     Tier(tier::TierArgs),
     /// Repair degraded volumes now (or --dry-run: say what would be done).
     Repair(repair::RepairArgs),
+    /// Print a signed URL for a blob of a `signed` collection.
+    Sign(sign::SignArgs),
 }
 
 #[derive(Args)]
@@ -156,6 +159,9 @@ struct VolumeArgs {
     /// Rack within the zone (placement spreads copies over racks next).
     #[arg(long, env = "HAYLOFT_RACK")]
     rack: Option<String>,
+    /// Key ring that verifies signed URLs (reloaded on SIGHUP and change).
+    #[arg(long, env = "HAYLOFT_KEYRING")]
+    keyring: Option<PathBuf>,
     /// A copy silent for this long fails a replicated write, e.g. "10s".
     #[arg(long)]
     replica_timeout: Option<humantime_serde::re::humantime::Duration>,
@@ -325,6 +331,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(rack) = args.rack {
                     config.rack = rack;
                 }
+                if let Some(keyring) = args.keyring {
+                    config.keyring = Some(keyring);
+                }
                 if let Some(timeout) = args.replica_timeout {
                     config.replica_timeout = timeout.into();
                 }
@@ -381,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(args) => bench::bench(args).await,
             Command::Tier(args) => tier::tier(args).await,
             Command::Repair(args) => repair::repair(args).await,
+            Command::Sign(args) => sign::sign(args).await,
         }
     })
 }

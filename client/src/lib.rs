@@ -56,6 +56,50 @@ pub enum Error {
     /// The directory knows no server for the volume.
     #[error("no server holds volume {0}")]
     NoLocation(u32),
+    /// An argument is unusable.
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// A signed URL for `blob_id` (optionally `/<name>` after it, for the
+/// browser's sake) under `base` (`https://cdn.example.com`), valid for
+/// `ttl` from now, for clients in `bind` only if given. Signed with the
+/// ring's signing key: see `hayloft_access::signed_url`.
+pub fn sign_url(
+    ring: &hayloft_access::Keyring,
+    base: &str,
+    blob_id: &str,
+    name: Option<&str>,
+    ttl: Duration,
+    bind: Option<ipnet::IpNet>,
+) -> Result<String> {
+    let blob: BlobId = blob_id.parse()?;
+    let path = match name {
+        Some(name) => {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "file name {name:?}: letters, digits, '.', '_' and '-' only"
+                )));
+            }
+            format!("/{blob}/{name}")
+        }
+        None => format!("/{blob}"),
+    };
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_add(ttl.as_secs().max(1));
+    let query =
+        hayloft_access::signed_url::sign_with(ring, &path, expires, bind).ok_or_else(|| {
+            Error::InvalidArgument(
+                "the key ring names no signing key (signing = \"<key id>\")".into(),
+            )
+        })?;
+    Ok(format!("{}{path}?{query}", base.trim_end_matches('/')))
 }
 
 impl Error {
@@ -683,6 +727,28 @@ impl Client {
         }
         out.flush().await?;
         info.ok_or_else(|| Error::Status(tonic::Status::internal("read returned no metadata")))
+    }
+
+    /// A signed URL for `blob_id` on the HTTP origin of a server holding
+    /// it, valid for `ttl` (see [`sign_url`]).
+    pub async fn signed_url(
+        &self,
+        ring: &hayloft_access::Keyring,
+        blob_id: &str,
+        ttl: Duration,
+        bind: Option<ipnet::IpNet>,
+    ) -> Result<String> {
+        let volume = blob_id.parse::<BlobId>()?.volume().0;
+        let locations = self.locate(volume, false).await?;
+        let location = locations.first().ok_or(Error::NoLocation(volume))?;
+        sign_url(
+            ring,
+            &format!("http://{}", location.http_addr),
+            blob_id,
+            None,
+            ttl,
+            bind,
+        )
     }
 
     /// A blob's metadata.

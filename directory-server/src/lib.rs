@@ -117,9 +117,22 @@ pub struct DirectoryConfig {
 pub struct CollectionConfig {
     /// Copies of each of its volumes. Default: the directory's `replication`.
     pub replication: Option<usize>,
+    /// Who may read its blobs over HTTP: `public` (anyone with the blob
+    /// id, the default) or `signed` (only with a signed URL; the volume
+    /// servers need a key ring).
+    pub access: hayloft_access::Access,
 }
 
 impl DirectoryConfig {
+    /// The collections whose access mode is `signed`.
+    pub fn signed_collections(&self) -> Vec<String> {
+        self.collections
+            .iter()
+            .filter(|(_, c)| c.access == hayloft_access::Access::Signed)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Copies a new volume of `collection` gets (at least 1).
     pub fn replication_for(&self, collection: &str) -> usize {
         self.collections
@@ -258,7 +271,8 @@ impl Directory {
             },
             self.config.pulse.as_secs().max(1) as u32,
             self.config.min_writable_volumes,
-        );
+        )
+        .with_signed_collections(self.config.signed_collections());
         tracing::info!(addr = %self.local_addr(), node = self.config.node_id, "directory serving");
         let raft_metrics = tokio::spawn(consensus::publish_metrics(
             self.raft.clone(),

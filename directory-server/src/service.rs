@@ -37,6 +37,8 @@ pub struct DirectoryService {
     /// Serialises volume creation, so that a burst of assigns on an empty
     /// collection creates one volume, not one each.
     grow: Arc<tokio::sync::Mutex<()>>,
+    /// Collections read only through signed URLs (told to volume servers).
+    signed_collections: Vec<String>,
 }
 
 impl DirectoryService {
@@ -55,7 +57,15 @@ impl DirectoryService {
             pulse_seconds,
             min_writable_volumes,
             grow: Arc::new(tokio::sync::Mutex::new(())),
+            signed_collections: Vec::new(),
         }
+    }
+
+    /// Tells volume servers, with each heartbeat's answer, that these
+    /// collections are read only through signed URLs.
+    pub fn with_signed_collections(mut self, collections: Vec<String>) -> Self {
+        self.signed_collections = collections;
+        self
     }
 }
 
@@ -237,6 +247,7 @@ impl DirectoryService {
         Ok(Response::new(HeartbeatResponse {
             pulse_seconds: self.pulse_seconds,
             volumes,
+            signed_collections: self.signed_collections.clone(),
         }))
     }
 

@@ -87,7 +87,7 @@ impl VolumeFile {
 /// 4. fsync the directory, so the rename itself is durable.
 ///
 /// A failure at any step removes the temp file.
-pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     let result = (|| {
         let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -32,7 +32,7 @@ pub mod volume;
 
 pub use cold::{ColdManifest, ColdVolume};
 pub use error::{Error, Result};
-pub use file::available_space;
+pub use file::{available_space, write_atomically};
 pub use format::NeedleMeta;
 pub use moves::MoveJob;
 pub use recovery::RecoveryReport;

@@ -42,6 +42,8 @@ pub(crate) struct Heartbeat {
     pub(crate) pulse: Duration,
     /// Wakes the task for an early heartbeat.
     pub(crate) now: Arc<tokio::sync::Notify>,
+    /// Told which collections are signed.
+    pub(crate) access: Arc<crate::access::OriginAccess>,
 }
 
 /// Sends heartbeats until `stop` completes. Failures are logged and retried
@@ -56,6 +58,7 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
         server,
         mut pulse,
         now,
+        access,
     } = heartbeat;
     // Follows the group's leader; a call gives up after a pulse and is
     // sent again at the next. A node that does not answer within a couple of
@@ -104,6 +107,7 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
                     }
                     warned = false;
                     replication.heartbeat_answered(&failures, reply.volumes);
+                    access.set_signed(reply.signed_collections);
                     if reply.pulse_seconds > 0 {
                         pulse = pulse.min(Duration::from_secs(u64::from(reply.pulse_seconds)));
                     }

@@ -45,6 +45,8 @@ pub struct HttpState {
     remote: Option<Arc<crate::proxy::RemoteReader>>,
     /// Blobs up to this size are checksummed on every read.
     verify_up_to: u64,
+    /// Signed collections and the key ring (none: every blob is public).
+    access: Option<Arc<crate::access::OriginAccess>>,
 }
 
 impl HttpState {
@@ -68,7 +70,15 @@ impl HttpState {
             main: tokio::runtime::Handle::current(),
             remote: None,
             verify_up_to: 0,
+            access: None,
         }
+    }
+
+    /// Serves blobs of signed collections only to requests with a valid
+    /// signed URL (see [`crate::access`]).
+    pub fn with_access(mut self, access: Arc<crate::access::OriginAccess>) -> Self {
+        self.access = Some(access);
+        self
     }
 
     /// Checksums blobs of up to `bytes` on every read (a corrupt one is
@@ -197,6 +207,7 @@ async fn worker(
         }
     });
     while let Some(tcp) = incoming.recv().await {
+        let peer = tcp.peer_addr().ok().map(|a| a.ip());
         let tcp = match tokio::net::TcpStream::from_std(tcp) {
             Ok(tcp) => tcp,
             Err(e) => {
@@ -207,7 +218,7 @@ async fn worker(
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |request| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(state, request).await) }
+            async move { Ok::<_, Infallible>(handle(state, request, peer).await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
@@ -238,7 +249,11 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 /// One request: `GET`/`HEAD /<blob id>` or `/<blob id>/<file name>`.
-async fn handle(state: Arc<HttpState>, request: Request<Incoming>) -> Response {
+async fn handle(
+    state: Arc<HttpState>,
+    request: Request<Incoming>,
+    peer: Option<std::net::IpAddr>,
+) -> Response {
     let started = Instant::now();
     let op = match *request.method() {
         Method::GET => Op::Get,
@@ -261,7 +276,7 @@ async fn handle(state: Arc<HttpState>, request: Request<Incoming>) -> Response {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
     );
-    let mut response = match span.in_scope(|| local(&state, &request)) {
+    let mut response = match span.in_scope(|| local(&state, &request, peer)) {
         Local::Done(response) => response,
         // The cold path is a task of its own (its future, an S3 request, is
         // large, and the hot path should not carry it), on the runtime that
@@ -283,7 +298,13 @@ async fn handle(state: Arc<HttpState>, request: Request<Incoming>) -> Response {
         // the directory client and the connection pool live.
         Local::Remote(remote, volume) => {
             let (method, headers) = (request.method().clone(), request.headers().clone());
-            let path = request.uri().path().to_owned();
+            // With the query: the server holding the copy checks a signed
+            // URL's signature itself.
+            let path = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
             let read = async move {
                 match remote.read(volume, &path, &method, &headers).await {
                     Ok(response) => response,
@@ -318,6 +339,68 @@ async fn handle(state: Arc<HttpState>, request: Request<Incoming>) -> Response {
             .headers_mut()
             .insert(hayloft_proto::REQUEST_ID, value);
     }
+    if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+        tag_for_purges(&state, request.uri().path(), &mut response);
+    }
+    response
+}
+
+/// `Surrogate-Key` (Fastly, space-separated) and `Cache-Tag` (Cloudflare,
+/// Akamai; comma-separated) on a blob: `blob-<id>`, `volume-<id>` and
+/// `collection-<name>` (when this server holds the volume), so that a CDN
+/// purges a blob, a volume or a collection by tag.
+fn tag_for_purges(state: &HttpState, path: &str, response: &mut Response) {
+    let Some(blob) = blob_id_of(path).and_then(|id| id.parse::<BlobId>().ok()) else {
+        return;
+    };
+    let mut tags = vec![
+        format!("blob-{}", blob),
+        format!("volume-{}", blob.volume().0),
+    ];
+    let collection = match state.store.handle(blob.volume()) {
+        Ok(hayloft_storage::Handle::Local(volume)) => Some(volume.collection()),
+        Ok(hayloft_storage::Handle::Cold(cold)) => Some(cold.collection().to_owned()),
+        Err(_) => None,
+    };
+    if let Some(collection) = collection {
+        let name = if collection.is_empty() {
+            "default"
+        } else {
+            &collection
+        };
+        // Only characters a tag header carries unescaped.
+        if name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            tags.push(format!("collection-{name}"));
+        }
+    }
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&tags.join(" ")) {
+        headers.insert("surrogate-key", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&tags.join(",")) {
+        headers.insert("cache-tag", value);
+    }
+}
+
+/// The answer to a request refused by the signed-URL check: 403 or 410,
+/// the same whether the blob exists or not.
+fn denied(denied: hayloft_access::Denied) -> Response {
+    metrics::counter!("hayloft_http_denied_total", "reason" => denied.reason()).increment(1);
+    let (status, text) = match denied.status() {
+        410 => (StatusCode::GONE, "this signed URL has expired\n"),
+        _ if denied == hayloft_access::Denied::Unsigned => {
+            (StatusCode::FORBIDDEN, "this blob needs a signed URL\n")
+        }
+        _ => (StatusCode::FORBIDDEN, "invalid signed URL\n"),
+    };
+    let mut response = plain(status, text);
+    // Never cached: the next request may carry a valid URL.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -330,7 +413,7 @@ enum Local {
     Remote(Arc<crate::proxy::RemoteReader>, u32),
 }
 
-fn local(state: &HttpState, request: &Request<Incoming>) -> Local {
+fn local(state: &HttpState, request: &Request<Incoming>, peer: Option<std::net::IpAddr>) -> Local {
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
@@ -345,6 +428,24 @@ fn local(state: &HttpState, request: &Request<Incoming>) -> Local {
     let Ok(blob) = blob_id.parse::<BlobId>() else {
         return Local::Done(plain(StatusCode::BAD_REQUEST, "malformed blob id\n"));
     };
+    // A signed collection's blob: the signature is checked before the blob
+    // is looked up, so a refusal says nothing of whether it exists. (A
+    // volume held elsewhere is checked by the server that holds it.)
+    if let Some(access) = &state.access
+        && !access.all_public()
+    {
+        let collection = match state.store.handle(blob.volume()) {
+            Ok(hayloft_storage::Handle::Local(volume)) => Some(volume.collection()),
+            Ok(hayloft_storage::Handle::Cold(cold)) => Some(cold.collection().to_owned()),
+            Err(_) => None,
+        };
+        if let Some(collection) = collection
+            && access.is_signed(&collection)
+            && let Err(refused) = access.check(request.uri().path(), request.uri().query(), peer)
+        {
+            return Local::Done(denied(refused));
+        }
+    }
     COUNTS.with_borrow_mut(|counts| *counts.reads.entry(blob.volume()).or_default() += 1);
     let read =
         state

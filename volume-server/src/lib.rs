@@ -25,6 +25,7 @@ use hayloft_storage::{Durability, Location, Store, StoreConfig, Tier, VolumeConf
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub mod access;
 pub mod antientropy;
 pub mod compaction;
 pub mod error;
@@ -155,6 +156,17 @@ pub struct VolumeServerConfig {
     /// Window of the reads-per-day statistics the policy uses. Default `7d`.
     #[serde(with = "humantime_serde")]
     pub read_window: Duration,
+    /// The key ring that verifies signed URLs (see README, "Signed URLs").
+    /// Reloaded on SIGHUP and when it changes. Default: none (blobs of
+    /// signed collections are refused to everyone).
+    pub keyring: Option<PathBuf>,
+    /// A signed URL expiring further ahead than this is refused. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub signed_url_max_lifetime: Duration,
+    /// A signed URL still works this long after its expiry (clocks
+    /// disagree). Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub signed_url_clock_skew: Duration,
 }
 
 impl Default for VolumeServerConfig {
@@ -195,6 +207,9 @@ impl Default for VolumeServerConfig {
             restore_days: 1,
             restore_poll: Duration::from_secs(60),
             read_window: Duration::from_secs(7 * 86_400),
+            keyring: None,
+            signed_url_max_lifetime: Duration::from_secs(24 * 3600),
+            signed_url_clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -253,6 +268,9 @@ pub enum StartError {
     /// The directory address list is unusable.
     #[error("directory addresses: {}", .0.message())]
     Directory(tonic::Status),
+    /// The key ring for signed URLs is unusable.
+    #[error("key ring: {0}")]
+    Keyring(#[from] hayloft_access::KeyringError),
 }
 
 /// A volume server with its store open and its ports bound.
@@ -262,6 +280,7 @@ pub struct VolumeServer {
     objects: Option<hayloft_tiering::object::ObjectStore>,
     grpc: TcpListener,
     http: TcpListener,
+    keyring: Option<Arc<hayloft_access::SharedKeyring>>,
 }
 
 impl VolumeServer {
@@ -279,6 +298,10 @@ impl VolumeServer {
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })
+        };
+        let keyring = match &config.keyring {
+            Some(path) => Some(hayloft_access::SharedKeyring::load(path)?),
+            None => None,
         };
         let grpc = bind(config.grpc_listen).await?;
         let http = bind(config.http_listen).await?;
@@ -298,6 +321,7 @@ impl VolumeServer {
             objects,
             grpc,
             http,
+            keyring,
         })
     }
 
@@ -354,6 +378,20 @@ impl VolumeServer {
             }
         };
         let heartbeat_now = Arc::new(tokio::sync::Notify::new());
+        let access = Arc::new(access::OriginAccess::new(
+            self.keyring.clone(),
+            hayloft_access::UrlPolicy {
+                max_lifetime: self.config.signed_url_max_lifetime,
+                clock_skew: self.config.signed_url_clock_skew,
+            },
+            self.config
+                .hot_dirs
+                .first()
+                .map(|dir| dir.join("signed-collections.json")),
+        ));
+        if let Some(keyring) = &self.keyring {
+            tokio::spawn(access::watch_keyring(Arc::clone(keyring), wait_stop()));
+        }
         let reads = Arc::new(reads::ReadStats::new(self.config.read_window));
         let read_ticker = tokio::spawn(Arc::clone(&reads).run(wait_stop()));
         let tiering = tier::Tiering::new(
@@ -384,6 +422,7 @@ impl VolumeServer {
                 server: advertised.clone(),
                 pulse: self.config.pulse,
                 now: Arc::clone(&heartbeat_now),
+                access: Arc::clone(&access),
             },
             wait_stop(),
         ));
@@ -448,7 +487,8 @@ impl VolumeServer {
                 self.config.cache_max_age,
             )
             .with_remote(remote)
-            .with_verified_reads(self.config.verify_reads_up_to.as_u64()),
+            .with_verified_reads(self.config.verify_reads_up_to.as_u64())
+            .with_access(access),
         );
         let http_server = http::serve(self.http, http_state, self.config.http_threads, http_stop);
         tracing::info!(server = %advertised.server_id, grpc = %advertised.grpc_addr,
