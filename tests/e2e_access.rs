@@ -88,6 +88,10 @@ async fn signed_urls_open_private_blobs_and_nothing_else() {
     }
     let public_read = get(&public.url).await;
     assert_eq!(public_read.status(), StatusCode::OK);
+    let public_cache_control = public_read.headers()[header::CACHE_CONTROL]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(public_read.bytes().await.unwrap().as_ref(), b"public bytes");
 
     // `hayloft sign` (the origin found through the directory): 200, 206,
@@ -108,6 +112,18 @@ async fn signed_urls_open_private_blobs_and_nothing_else() {
     assert!(url.starts_with(&format!("{origin}{path}?e=")), "{url}");
     let read = get(&url).await;
     assert_eq!(read.status(), StatusCode::OK);
+    // No shared cache keeps it past the URL's expiry (10 minutes).
+    let cache_control = read.headers()[header::CACHE_CONTROL].to_str().unwrap();
+    let max_age: u64 = cache_control
+        .strip_prefix("private, max-age=")
+        .unwrap_or_else(|| panic!("{cache_control}"))
+        .parse()
+        .unwrap();
+    assert!((500..=600).contains(&max_age), "{cache_control}");
+    assert!(
+        public_cache_control.starts_with("public"),
+        "{public_cache_control}"
+    );
     let etag = read.headers()[header::ETAG].to_str().unwrap().to_owned();
     let keys_header = read.headers()["surrogate-key"].to_str().unwrap().to_owned();
     assert!(

@@ -211,6 +211,12 @@ pub fn sign_with(ring: &Keyring, path: &str, expires: u64, bind: Option<IpNet>) 
     Some(sign(secret, key, path, expires, bind))
 }
 
+/// The expiry (`e`) of a signed URL's query, if it has a well-formed one
+/// (say nothing of whether it is genuine: [`verify`] first).
+pub fn expires(query: Option<&str>) -> Option<u64> {
+    params(query).ok().flatten().map(|p| p.expires)
+}
+
 /// Checks that `path?query` is a genuine, unexpired URL signed with a key
 /// of `ring`, for `client` if it is bound to a network. `now`: Unix
 /// seconds.

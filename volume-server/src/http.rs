@@ -276,7 +276,8 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
     );
-    let mut response = match span.in_scope(|| local(&state, &request, peer)) {
+    let (local, signed_until) = span.in_scope(|| local(&state, &request, peer));
+    let mut response = match local {
         Local::Done(response) => response,
         // The cold path is a task of its own (its future, an S3 request, is
         // large, and the hot path should not carry it), on the runtime that
@@ -341,6 +342,21 @@ async fn handle(
     }
     if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
         tag_for_purges(&state, request.uri().path(), &mut response);
+        // A private blob read through a signed URL: no shared cache keeps it
+        // past the URL's expiry unless told to (an edge that checks
+        // signatures itself overrides this; see deploy/).
+        if let Some(expires) = signed_until
+            && response.headers().contains_key(header::CACHE_CONTROL)
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            insert(
+                response.headers_mut(),
+                header::CACHE_CONTROL,
+                format!("private, max-age={}", expires.saturating_sub(now)),
+            );
+        }
     }
     response
 }
@@ -413,7 +429,24 @@ enum Local {
     Remote(Arc<crate::proxy::RemoteReader>, u32),
 }
 
-fn local(state: &HttpState, request: &Request<Incoming>, peer: Option<std::net::IpAddr>) -> Local {
+/// What a request comes to, and, for a blob read through a signed URL, the
+/// URL's expiry.
+fn local(
+    state: &HttpState,
+    request: &Request<Incoming>,
+    peer: Option<std::net::IpAddr>,
+) -> (Local, Option<u64>) {
+    let mut signed_until = None;
+    let local = local_read(state, request, peer, &mut signed_until);
+    (local, signed_until)
+}
+
+fn local_read(
+    state: &HttpState,
+    request: &Request<Incoming>,
+    peer: Option<std::net::IpAddr>,
+    signed_until: &mut Option<u64>,
+) -> Local {
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
@@ -441,9 +474,12 @@ fn local(state: &HttpState, request: &Request<Incoming>, peer: Option<std::net::
         };
         if let Some(collection) = collection
             && access.is_signed(&collection)
-            && let Err(refused) = access.check(request.uri().path(), request.uri().query(), peer)
         {
-            return Local::Done(denied(refused));
+            let (path, query) = (request.uri().path(), request.uri().query());
+            if let Err(refused) = access.check(path, query, peer) {
+                return Local::Done(denied(refused));
+            }
+            *signed_until = hayloft_access::signed_url::expires(query);
         }
     }
     COUNTS.with_borrow_mut(|counts| *counts.reads.entry(blob.volume()).or_default() += 1);
