@@ -304,6 +304,70 @@ async fn a_paused_leader_steps_down_when_it_wakes() {
     check_uploads(&client, &uploads).await;
 }
 
+/// A `Lookup` of `blob_id` sent to group node `i` itself.
+async fn lookup_at(
+    cluster: &Cluster,
+    i: usize,
+    blob_id: &str,
+) -> Result<hayloft_proto::LookupResponse, tonic::Status> {
+    let mut client = hayloft_proto::directory_client::DirectoryClient::connect(format!(
+        "http://{}",
+        cluster.node_addr(i)
+    ))
+    .await
+    .unwrap();
+    let asked = client.lookup(hayloft_proto::LookupRequest {
+        blob_ids: vec![blob_id.to_owned()],
+        ..Default::default()
+    });
+    tokio::time::timeout(Duration::from_secs(10), asked)
+        .await
+        .expect("a lookup answers within 10 s")
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_the_others_answers_no_linearizable_lookup() {
+    let cluster = Cluster::start_group(3, &["a"], &["--linearizable-lookups"], &[]).await;
+    let client = cluster.client().await;
+    let uploaded = client
+        .upload(Bytes::from_static(b"where am i"), &UploadOptions::default())
+        .await
+        .unwrap();
+    let leader = cluster.leader().await;
+    let found = lookup_at(&cluster, leader, &uploaded.blob_id)
+        .await
+        .unwrap();
+    assert_eq!(found.volumes.len(), 1);
+
+    // The followers pause: the leader hears of no newer term and still
+    // takes itself to lead, but a majority no longer confirms it. It
+    // refuses rather than answer from a map a newer leader may have changed.
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for follower in &followers {
+        signal(&cluster, *follower, libc::SIGSTOP);
+    }
+    let refused = lookup_at(&cluster, leader, &uploaded.blob_id)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("confirm"),
+        "refused by the read index: {refused:?}"
+    );
+    for follower in &followers {
+        signal(&cluster, *follower, libc::SIGCONT);
+    }
+    // A majority again: lookups are answered (by whichever node leads).
+    let (_, data) = client.download(&uploaded.blob_id).await.unwrap();
+    assert_eq!(data.as_ref(), b"where am i");
+    let leader = cluster.leader().await;
+    let found = lookup_at(&cluster, leader, &uploaded.blob_id)
+        .await
+        .unwrap();
+    assert_eq!(found.volumes.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_majority_nothing_is_assigned_but_reads_go_on() {
     let mut cluster = Cluster::start_group(3, &["a", "b"], &[], &[]).await;
@@ -382,24 +446,10 @@ async fn without_a_majority_nothing_is_assigned_but_reads_go_on() {
     assert_eq!(data.as_ref(), b"again");
 }
 
-/// Runs `hayloft args...` against the group (off the runtime: it blocks).
-async fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
-    let addrs = cluster.directory_addr();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_hayloft"))
-            .args(&args)
-            .env("HAYLOFT_DIRECTORY", addrs)
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
-    })
-    .await
-    .unwrap()
+/// Runs `hayloft args...` against the group (it blocks: the runtime's
+/// other workers go on meanwhile).
+fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
+    tokio::task::block_in_place(|| support::hayloft(cluster, args))
 }
 
 /// The `voters:` line of `hayloft directory add-node/remove-node`.
@@ -427,11 +477,10 @@ async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
     let (ok, out) = hayloft(
         &cluster,
         &["directory", "remove-node", "--node-id", &id(lost)],
-    )
-    .await;
+    );
     assert!(ok, "{out}");
     assert!(!voters(&out).contains(&cluster.node_addr(lost)), "{out}");
-    let (ok, out) = hayloft(&cluster, &["directory", "remove-node", "--node-id", "9"]).await;
+    let (ok, out) = hayloft(&cluster, &["directory", "remove-node", "--node-id", "9"]);
     assert!(
         !ok && out.contains("node 9 in the directory group not found"),
         "{out}"
@@ -444,8 +493,7 @@ async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
     let (ok, out) = hayloft(
         &cluster,
         &["directory", "add-node", "--node-id", "5", "--addr", &addr],
-    )
-    .await;
+    );
     assert!(!ok && out.contains("is node 4, not node 5"), "{out}");
     let (ok, out) = hayloft(
         &cluster,
@@ -457,14 +505,12 @@ async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
             "--addr",
             &cluster.node_addr(lost),
         ],
-    )
-    .await;
+    );
     assert!(!ok && out.contains("does not answer"), "{out}");
     let (ok, out) = hayloft(
         &cluster,
         &["directory", "add-node", "--node-id", "4", "--addr", &addr],
-    )
-    .await;
+    );
     assert!(ok, "{out}");
     assert!(voters(&out).contains(&format!("4={addr}")), "{out}");
     // The log it needed was purged: it caught up from a snapshot.
@@ -472,8 +518,7 @@ async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
     let (ok, out) = hayloft(
         &cluster,
         &["directory", "add-node", "--node-id", "4", "--addr", &addr],
-    )
-    .await;
+    );
     assert!(ok, "adding a member again changes nothing: {out}");
 
     // It can lead: the two old nodes leave (the leader last, handing over),
@@ -481,20 +526,18 @@ async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
     let (ok, out) = hayloft(
         &cluster,
         &["directory", "remove-node", "--node-id", &id(other)],
-    )
-    .await;
+    );
     assert!(ok, "{out}");
     let (ok, out) = hayloft(
         &cluster,
         &["directory", "remove-node", "--node-id", &id(leader)],
-    )
-    .await;
+    );
     assert!(ok, "{out}");
     assert_eq!(voters(&out), format!("voters:   4={addr}"));
     assert_eq!(cluster.leader().await, new);
-    let (ok, out) = hayloft(&cluster, &["directory", "remove-node", "--node-id", "4"]).await;
+    let (ok, out) = hayloft(&cluster, &["directory", "remove-node", "--node-id", "4"]);
     assert!(!ok && out.contains("only voter"), "{out}");
-    let (ok, out) = hayloft(&cluster, &["status", "--json"]).await;
+    let (ok, out) = hayloft(&cluster, &["status", "--json"]);
     assert!(ok, "{out}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     let leaders: Vec<_> = status["directory_nodes"]
@@ -692,19 +735,7 @@ async fn watch_terms(
 ) {
     while !stop.load(Ordering::Relaxed) {
         for addr in &addrs {
-            let asked = async {
-                let mut client = hayloft_proto::directory_client::DirectoryClient::connect(
-                    format!("http://{addr}"),
-                )
-                .await
-                .ok()?;
-                client
-                    .node(hayloft_proto::NodeRequest {})
-                    .await
-                    .ok()
-                    .map(tonic::Response::into_inner)
-            };
-            if let Ok(Some(node)) = tokio::time::timeout(Duration::from_millis(300), asked).await
+            if let Ok(node) = hayloft_proto::ask_node(addr, Duration::from_millis(300)).await
                 && node.role == "leader"
             {
                 seen.lock()

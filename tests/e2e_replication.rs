@@ -874,6 +874,117 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
+    // A directory group of 3; one volume (3 copies over 4 servers) of
+    // 16 MiB, repaired at 1 MiB/s: the repair outlasts an election.
+    let mut cluster = Cluster::start_group(
+        3,
+        &["a", "a", "b", "b"],
+        &[
+            "--replication",
+            "3",
+            "--repair-after",
+            "1s",
+            "--min-writable-volumes",
+            "1",
+        ],
+        &["--repair-rate", "1MiB"],
+    )
+    .await;
+    let client = Arc::new(cluster.client().await);
+    let mut acked = Vec::new();
+    for seed in 0..16u64 {
+        let len = (1 << 20) + seed as usize;
+        let uploaded = client
+            .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
+            .await
+            .unwrap();
+        acked.push((uploaded.blob_id, seed, len));
+    }
+    let status = wait_healthy(&cluster, 3).await;
+    let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
+    cluster.volumes[server_index(&lost)].take().unwrap().kill();
+
+    // The leader commits the repair job, then copies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (volume_id, target, started_at) = loop {
+        let status = client.status().await.unwrap();
+        let job = status
+            .volumes
+            .iter()
+            .find(|v| v.repairing && v.repair_progress > 0.0)
+            .map(|v| {
+                (
+                    v.status.as_ref().unwrap().volume_id,
+                    v.repair_target.clone(),
+                    v.repair_started_at,
+                )
+            });
+        if let Some(job) = job {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "no repair under way: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!target.is_empty() && target != lost && started_at > 0);
+
+    // Its leader dies mid-copy. The next one holds the same job (not a new
+    // plan: the same start), and finishes it on the same target.
+    let leader = cluster.leader().await;
+    cluster.group[leader].proc.take().unwrap().kill();
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let status = client.status().await.unwrap();
+    let volume = status
+        .volumes
+        .iter()
+        .find(|v| v.status.as_ref().unwrap().volume_id == volume_id)
+        .unwrap();
+    assert!(
+        volume.repairing
+            && volume.repair_target == target
+            && volume.repair_started_at == started_at,
+        "the new leader lost the repair job: {volume:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = client.status().await.unwrap();
+        let volume = status
+            .volumes
+            .iter()
+            .find(|v| v.status.as_ref().unwrap().volume_id == volume_id)
+            .unwrap();
+        let holders = replica_ids(volume);
+        if !volume.repairing && volume.health == VolumeHealth::Ok as i32 {
+            assert!(
+                holders.contains(&target) && !holders.contains(&lost),
+                "repaired elsewhere than the job's target {target}: {holders:?}\n{}",
+                support::log_tails(&cluster.log_dir())
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not repaired: {volume:?}\n{}",
+            support::log_tails(&cluster.log_dir())
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = std::fs::read_to_string(
+        cluster
+            .root
+            .path()
+            .join(format!("directory{}.log", next + 1)),
+    )
+    .unwrap();
+    assert!(
+        log.contains("resuming a repair started before this leader"),
+        "the new leader did not resume the job:\n{log}"
+    );
+    wait_on_every_copy(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_delete_right_after_the_volume_is_created_reaches_every_copy() {
     // One writable volume and heartbeats every 30 s: nothing but
     // `CreateVolume` tells the copies of the new volume about each other.

@@ -435,23 +435,9 @@ async fn directory_nodes(addrs: &str) -> Vec<(String, Option<hayloft_proto::Node
         if nodes.iter().any(|(known, _)| *known == addr) {
             continue;
         }
-        let asked = async {
-            let mut client =
-                hayloft_proto::directory_client::DirectoryClient::connect(format!("http://{addr}"))
-                    .await
-                    .ok()?;
-            Some(
-                client
-                    .node(hayloft_proto::NodeRequest {})
-                    .await
-                    .ok()?
-                    .into_inner(),
-            )
-        };
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(2), asked)
+        let answer = hayloft_proto::ask_node(&addr, std::time::Duration::from_secs(2))
             .await
-            .ok()
-            .flatten();
+            .ok();
         if let Some(node) = &answer {
             queue.extend(
                 node.members
@@ -560,6 +546,8 @@ fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value {
                 "tier": tier_name(stats.tier), "state": state_name(v.state),
                 "health": if v.repairing { "repairing" } else { health_name(v.health) },
                 "repair_progress": v.repair_progress,
+                "repair_target": v.repair_target,
+                "repair_started_at": v.repair_started_at,
                 "replication": v.replication,
                 "replicas": replicas, "needles": stats.needles,
                 "file_bytes": stats.file_bytes, "garbage_bytes": stats.garbage_bytes,

@@ -241,6 +241,10 @@ mod tests {
         assert_eq!(directory.election_timeout, defaults.election_timeout);
         assert_eq!(directory.raft_heartbeat, defaults.raft_heartbeat);
         assert_eq!(directory.raft_snapshot_every, defaults.raft_snapshot_every);
+        assert_eq!(
+            directory.linearizable_lookups,
+            defaults.linearizable_lookups
+        );
         // The cluster example keeps three copies, thumbnails two.
         assert_eq!(directory.replication_for("photos"), 3);
         assert_eq!(directory.replication_for("thumbnails"), 2);

@@ -143,6 +143,11 @@ struct DirectoryArgs {
     /// (`hayloft directory add-node`). For new and replacement nodes.
     #[arg(long)]
     join: bool,
+    /// Confirm leadership with a majority before each lookup (a read
+    /// index): lookups never miss a newer leader's change, at a round trip
+    /// each.
+    #[arg(long)]
+    linearizable_lookups: bool,
 }
 
 #[derive(Args)]
@@ -316,6 +321,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if args.join {
                     config.join = true;
+                }
+                if args.linearizable_lookups {
+                    config.linearizable_lookups = true;
                 }
                 daemons::directory(config).await
             }

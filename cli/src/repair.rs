@@ -30,7 +30,9 @@ pub struct RepairArgs {
 
 fn print_plan(plan: &RepairResponse) {
     for repair in &plan.repairs {
-        let what = if repair.replaces.is_empty() {
+        let what = if repair.adds {
+            format!("new copy on {} (the volume has too few)", repair.target)
+        } else if repair.replaces.is_empty() {
             format!("catch up the copy on {}", repair.target)
         } else {
             format!(
@@ -38,12 +40,21 @@ fn print_plan(plan: &RepairResponse) {
                 repair.target, repair.replaces
             )
         };
-        println!(
-            "volume {:>6}: {what}, from {}{}",
-            repair.volume_id,
-            repair.sources.join(","),
-            if repair.running { " (running)" } else { "" }
-        );
+        let from = if repair.sources.is_empty() {
+            String::new()
+        } else {
+            format!(", from {}", repair.sources.join(","))
+        };
+        let running = if repair.running {
+            let started = std::time::UNIX_EPOCH + std::time::Duration::from_secs(repair.started_at);
+            format!(
+                " (running since {})",
+                humantime_serde::re::humantime::format_rfc3339_seconds(started)
+            )
+        } else {
+            String::new()
+        };
+        println!("volume {:>6}: {what}{from}{running}", repair.volume_id);
     }
     for volume in &plan.stuck {
         println!("volume {volume:>6}: no healthy copy to copy from; waiting for one to return");

@@ -27,7 +27,7 @@ use rocksdb::WriteBatch;
 
 use crate::DirectoryConfig;
 use crate::consensus::{Applied, Command, Raft, TypeConfig};
-use crate::db::{self, Db, ServerRow, VolumeRow};
+use crate::db::{self, Db, RepairJobRow, ServerRow, VolumeRow};
 use crate::error::{Error, Result};
 use crate::placement::{self, Candidate};
 
@@ -81,6 +81,8 @@ struct Inner {
     /// in flight: heartbeats may report them before they are registered.
     creating: HashSet<u32>,
     volumes: BTreeMap<u32, VolumeEntry>,
+    /// Repairs started and not ended, by volume (replicated).
+    repair_jobs: BTreeMap<u32, RepairJobRow>,
     next_volume_id: u32,
     round_robin: usize,
     /// The last Raft entry applied, and the membership it left.
@@ -88,6 +90,8 @@ struct Inner {
     membership: StoredMembership<u64, BasicNode>,
     /// The term whose leadership the soft state was set up for.
     led_term: u64,
+    /// Unix seconds when this node's soft state was set up for `led_term`.
+    led_at: u64,
 }
 
 /// A degraded volume as repair sees it.
@@ -683,6 +687,43 @@ impl Cluster {
             .collect()
     }
 
+    /// Repairs started (by this leader or an earlier one) and not ended,
+    /// by volume id.
+    pub fn repair_jobs(&self) -> Vec<RepairJobRow> {
+        self.inner.lock().repair_jobs.values().cloned().collect()
+    }
+
+    /// The repair job of `volume_id`, if one was started and not ended.
+    pub fn repair_job(&self, volume_id: u32) -> Option<RepairJobRow> {
+        self.inner.lock().repair_jobs.get(&volume_id).cloned()
+    }
+
+    /// Commits the start of a repair (stamped with this leader's term)
+    /// before it runs: a leader elected later resumes it.
+    pub async fn start_repair(&self, mut job: RepairJobRow) -> Result<()> {
+        job.term = self.inner.lock().led_term;
+        match self
+            .propose(Command::RepairStarted {
+                job: job.encode_to_vec(),
+            })
+            .await?
+        {
+            Applied::Refused(reason) => Err(Error::FailedPrecondition(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Commits the end of the repair of `volume_id` on `target` (after its
+    /// result, if any, was committed).
+    pub async fn end_repair(&self, volume_id: u32, target: &str) -> Result<()> {
+        self.propose(Command::RepairEnded {
+            volume_id,
+            target: target.to_owned(),
+        })
+        .await?;
+        Ok(())
+    }
+
     /// A server's addresses, as it last reported them.
     pub fn server_location(&self, server_id: &str) -> Option<ServerLocation> {
         self.inner.lock().servers.get(server_id)?.location.clone()
@@ -832,14 +873,37 @@ impl Cluster {
         Ok(())
     }
 
+    /// True once this leader has led for `dead_after`: every live server
+    /// has reported since, and a server that has not counts as down. Until
+    /// then a copy of a silent server is taken to be present, so nothing is
+    /// concluded from a volume looking whole.
+    pub fn settled(&self) -> bool {
+        let inner = self.inner.lock();
+        // Strictly more than `dead_after`: until then a silent server still
+        // counts as alive (see `alive`, and `lead` setting its heartbeat).
+        inner.led_term != 0
+            && now_unix().saturating_sub(inner.led_at) > self.config.dead_after.as_secs()
+    }
+
     /// Copies outside their volume's replica set whose volume has all its
-    /// copies healthy: safe to delete. With each, whether its cold object
-    /// must be kept (a copy in the replica set is cold on it).
+    /// copies healthy: safe to delete (none before the leader has
+    /// [settled](Self::settled), nor the target of an open repair job).
+    /// With each, whether its cold object must be kept (a copy in the
+    /// replica set is cold on it).
     pub fn removable_extras(&self) -> Vec<(u32, ServerLocation, bool)> {
+        if !self.settled() {
+            return Vec::new();
+        }
         let inner = self.inner.lock();
         inner
             .extras
             .iter()
+            .filter(|(volume, server)| {
+                inner
+                    .repair_jobs
+                    .get(volume)
+                    .is_none_or(|job| job.target != *server)
+            })
             .filter(|(volume, server)| {
                 inner.volumes.get(volume).is_some_and(|e| {
                     !e.row.replicas.contains(server)
@@ -948,9 +1012,15 @@ impl Cluster {
                 replicas: self.replicas(&inner, &e.row),
                 health: self.volume_health(&inner, &e.row) as i32,
                 replication: e.row.replication,
-                // Filled in by the service, which knows the repairs running.
-                repairing: false,
+                repairing: inner.repair_jobs.contains_key(&e.row.id),
+                // Filled in by the service (from heartbeats).
                 repair_progress: 0.0,
+                repair_target: inner
+                    .repair_jobs
+                    .get(&e.row.id)
+                    .map(|j| j.target.clone())
+                    .unwrap_or_default(),
+                repair_started_at: inner.repair_jobs.get(&e.row.id).map_or(0, |j| j.started_at),
             })
             .collect();
         // A problem older than a few pulses was about servers that may have
@@ -1115,6 +1185,46 @@ impl Cluster {
         }
     }
 
+    /// True if lookups must be linearizable (see [`Cluster::confirm_leadership`]).
+    pub fn linearizable_lookups(&self) -> bool {
+        self.config.linearizable_lookups
+    }
+
+    /// Confirms with a majority of the group that this node still leads,
+    /// and waits until it has applied every entry committed before (a read
+    /// index, `linearizable_lookups`); UNAVAILABLE if no majority answers
+    /// within 2 s.
+    pub async fn confirm_leadership(&self) -> Result<()> {
+        let raft = self.raft()?;
+        let started = std::time::Instant::now();
+        let confirmed = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            raft.ensure_linearizable(),
+        )
+        .await;
+        metrics::histogram!("hayloft_directory_read_index_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match confirmed {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(forward),
+            ))) => Err(Error::NotLeader {
+                leader: forward.leader_id.filter(|id| *id != self.node_id),
+                addr: forward
+                    .leader_node
+                    .filter(|_| forward.leader_id != Some(self.node_id))
+                    .map(|n| n.addr),
+            }),
+            Ok(Err(e)) => Err(Error::Unavailable(format!(
+                "this node could not confirm that it leads: {e}"
+            ))),
+            Err(_) => Err(Error::Unavailable(
+                "no majority of the directory group confirmed this node's leadership within 2s"
+                    .into(),
+            )),
+        }
+    }
+
     /// Ok if this node leads the directory group (setting up its soft state
     /// the first time in a term); otherwise the error names the leader, if
     /// one is known.
@@ -1215,6 +1325,7 @@ impl Cluster {
         inner.suspects.clear();
         inner.problems.clear();
         inner.led_term = term;
+        inner.led_at = now;
         tracing::info!(term, "this directory node leads the group");
     }
 
@@ -1263,6 +1374,7 @@ impl Cluster {
             history: self.db.samples(0)?,
             applied: json(&inner.applied)?,
             membership: json(&inner.membership)?,
+            repair_jobs: inner.repair_jobs.values().cloned().collect(),
         };
         Ok((
             snapshot.encode_to_vec(),
@@ -1288,6 +1400,7 @@ impl Cluster {
         inner.volumes = fresh.volumes;
         inner.servers = fresh.servers;
         inner.next_volume_id = fresh.next_volume_id;
+        inner.repair_jobs = fresh.repair_jobs;
         inner.applied = fresh.applied;
         inner.membership = fresh.membership;
         Ok(())
@@ -1333,11 +1446,17 @@ impl Inner {
             problems: BTreeMap::new(),
             creating: HashSet::new(),
             volumes,
+            repair_jobs: snapshot
+                .repair_jobs
+                .into_iter()
+                .map(|job| (job.volume_id, job))
+                .collect(),
             next_volume_id: snapshot.next_volume_id.max(1),
             round_robin: 0,
             applied,
             membership,
             led_term: 0,
+            led_at: 0,
         })
     }
 }
@@ -1479,6 +1598,32 @@ fn apply_command(inner: &mut Inner, batch: &mut WriteBatch, command: Command) ->
         Command::ForgetVolume { volume_id } => {
             inner.volumes.remove(&volume_id);
             db::delete_volume(batch, volume_id);
+            if inner.repair_jobs.remove(&volume_id).is_some() {
+                db::delete_repair_job(batch, volume_id);
+            }
+            Applied::Done
+        }
+        Command::RepairStarted { job } => {
+            let job: RepairJobRow = decode(&job)?;
+            if !inner.volumes.contains_key(&job.volume_id) {
+                return Ok(Applied::Refused(format!(
+                    "volume {} is not in the map",
+                    job.volume_id
+                )));
+            }
+            db::put_repair_job(batch, &job);
+            inner.repair_jobs.insert(job.volume_id, job);
+            Applied::Done
+        }
+        Command::RepairEnded { volume_id, target } => {
+            if inner
+                .repair_jobs
+                .get(&volume_id)
+                .is_some_and(|job| job.target == target)
+            {
+                inner.repair_jobs.remove(&volume_id);
+                db::delete_repair_job(batch, volume_id);
+            }
             Applied::Done
         }
         Command::RecordCapacity { sample, keep_since } => {
@@ -1669,6 +1814,60 @@ mod tests {
         let reopened = Cluster::load(db, DirectoryConfig::default(), 2).unwrap();
         assert_eq!(row(&reopened), row(&cluster));
         assert_eq!(reopened.applied_state().0, applied);
+    }
+
+    #[tokio::test]
+    async fn repair_jobs_are_replicated_state_and_end_only_for_their_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, raft) = cluster(dir.path()).await;
+        cluster.heartbeat(heartbeat(vec![])).await.unwrap();
+        let plan = cluster.plan_new_volume(Tier::Hot, "photos").await.unwrap();
+        let id = plan.volume_id;
+        cluster
+            .register_volume(id, "photos", Tier::Hot, &["vs0".to_owned()])
+            .await
+            .unwrap();
+        let job = |volume_id: u32, target: &str| RepairJobRow {
+            volume_id,
+            target: target.into(),
+            kind: "replace".into(),
+            lost: "vs0".into(),
+            started_at: 1_700_000_000,
+            term: 0,
+        };
+        // No job for a volume the map does not hold.
+        assert!(cluster.start_repair(job(id + 1, "vs1")).await.is_err());
+        cluster.start_repair(job(id, "vs1")).await.unwrap();
+        let started = cluster.repair_job(id).unwrap();
+        assert_eq!(started.target, "vs1");
+        assert!(started.term >= 1, "stamped with the leader's term");
+        let status = cluster.status();
+        assert!(status.volumes[0].repairing);
+        assert_eq!(status.volumes[0].repair_target, "vs1");
+        assert_eq!(status.volumes[0].repair_started_at, 1_700_000_000);
+        // Ending another target's job leaves this one.
+        cluster.end_repair(id, "vs2").await.unwrap();
+        assert!(cluster.repair_job(id).is_some());
+
+        // A snapshot carries it, and a reopened database keeps it.
+        let (data, applied, membership) = cluster.snapshot().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(other.path()).unwrap());
+        let copy = Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 2).unwrap();
+        copy.install(&data, applied, membership).unwrap();
+        assert_eq!(copy.repair_jobs(), vec![started.clone()]);
+        drop(copy);
+        let reopened = Cluster::load(db, DirectoryConfig::default(), 2).unwrap();
+        assert_eq!(reopened.repair_jobs(), vec![started]);
+
+        cluster.end_repair(id, "vs1").await.unwrap();
+        assert!(cluster.repair_jobs().is_empty());
+        assert!(!cluster.status().volumes[0].repairing);
+        // A forgotten volume's job goes with it.
+        cluster.start_repair(job(id, "vs1")).await.unwrap();
+        cluster.forget_volume(id).await.unwrap();
+        assert!(cluster.repair_jobs().is_empty());
+        raft.shutdown().await.unwrap();
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 //! | `v1/volume/<id: u32 big-endian>` | [`VolumeRow`] | synced when the needle high-water mark, state, replica set or stale copies change; unsynced for heartbeat stats |
 //! | `v1/server/<server id>` | [`ServerRow`] | unsynced, on heartbeats |
 //! | `v1/history/<unix secs: u64 big-endian>` | `CapacitySample` | unsynced, every `history_interval`; older than `history_retention` deleted |
+//! | `v1/repair/<volume id: u32 big-endian>` | [`RepairJobRow`] | when the leader starts a repair; deleted when it ends |
 //! | `v1/raft/applied` | JSON openraft `LogId` | with every applied entry, in the same batch |
 //! | `v1/raft/membership` | JSON openraft `StoredMembership` | with every applied entry, in the same batch |
 //!
@@ -39,6 +40,7 @@ const NEXT_VOLUME_ID: &[u8] = b"v1/next_volume_id";
 const VOLUME_PREFIX: &[u8] = b"v1/volume/";
 const SERVER_PREFIX: &[u8] = b"v1/server/";
 const HISTORY_PREFIX: &[u8] = b"v1/history/";
+const REPAIR_PREFIX: &[u8] = b"v1/repair/";
 const APPLIED: &[u8] = b"v1/raft/applied";
 const MEMBERSHIP: &[u8] = b"v1/raft/membership";
 
@@ -123,6 +125,32 @@ pub struct ServerRow {
     pub free_warm_bytes: u64,
 }
 
+/// A repair the leader started: kept in the replicated state until it
+/// ends, so that a new leader resumes it on the same target instead of
+/// planning it afresh (perhaps elsewhere, leaving a half-made copy).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RepairJobRow {
+    /// The volume repaired.
+    #[prost(uint32, tag = "1")]
+    pub volume_id: u32,
+    /// The server whose copy is made whole (or made).
+    #[prost(string, tag = "2")]
+    pub target: String,
+    /// What the repair does: `catch-up`, `replace`, `add`, `catch-up-cold`
+    /// or `replace-cold`.
+    #[prost(string, tag = "3")]
+    pub kind: String,
+    /// For `replace` and `replace-cold`: the server whose copy is lost.
+    #[prost(string, tag = "4")]
+    pub lost: String,
+    /// Unix seconds when the first leader started it.
+    #[prost(uint64, tag = "5")]
+    pub started_at: u64,
+    /// The term of the leader that started it.
+    #[prost(uint64, tag = "6")]
+    pub term: u64,
+}
+
 /// Everything the directory persisted: its state machine.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Snapshot {
@@ -145,6 +173,9 @@ pub struct Snapshot {
     /// JSON of the last applied Raft membership (empty: none).
     #[prost(bytes = "vec", tag = "6")]
     pub membership: Vec<u8>,
+    /// Repairs started and not ended.
+    #[prost(message, repeated, tag = "7")]
+    pub repair_jobs: Vec<RepairJobRow>,
 }
 
 /// The RocksDB database.
@@ -185,7 +216,7 @@ impl Db {
     /// the leader), in one batch.
     pub fn replace(&self, snapshot: &Snapshot) -> Result<()> {
         let mut batch = WriteBatch::default();
-        for prefix in [VOLUME_PREFIX, SERVER_PREFIX, HISTORY_PREFIX] {
+        for prefix in [VOLUME_PREFIX, SERVER_PREFIX, HISTORY_PREFIX, REPAIR_PREFIX] {
             let mut end = prefix.to_vec();
             *end.last_mut().expect("prefixes end in '/'") += 1;
             batch.delete_range(prefix, end.as_slice());
@@ -199,6 +230,9 @@ impl Db {
         }
         for sample in &snapshot.history {
             put_sample(&mut batch, sample, 0);
+        }
+        for job in &snapshot.repair_jobs {
+            put_repair_job(&mut batch, job);
         }
         put_applied(&mut batch, &snapshot.applied, &snapshot.membership);
         self.db.write_opt(batch, &synced())?;
@@ -225,6 +259,8 @@ impl Db {
                 snapshot.volumes.push(decode(&value)?);
             } else if key.starts_with(SERVER_PREFIX) {
                 snapshot.servers.push(decode(&value)?);
+            } else if key.starts_with(REPAIR_PREFIX) {
+                snapshot.repair_jobs.push(decode(&value)?);
             } else if &*key == APPLIED {
                 snapshot.applied = value.to_vec();
             } else if &*key == MEMBERSHIP {
@@ -272,6 +308,19 @@ pub fn put_volume(batch: &mut WriteBatch, row: &VolumeRow) {
 /// Adds the deletion of a volume row to `batch`.
 pub fn delete_volume(batch: &mut WriteBatch, id: u32) {
     batch.delete(volume_key(id));
+}
+
+/// Adds a repair job to `batch` (replacing the volume's previous one).
+pub fn put_repair_job(batch: &mut WriteBatch, job: &RepairJobRow) {
+    batch.put(
+        [REPAIR_PREFIX, &job.volume_id.to_be_bytes()].concat(),
+        prost::Message::encode_to_vec(job),
+    );
+}
+
+/// Adds the deletion of a volume's repair job to `batch`.
+pub fn delete_repair_job(batch: &mut WriteBatch, volume_id: u32) {
+    batch.delete([REPAIR_PREFIX, &volume_id.to_be_bytes()].concat());
 }
 
 /// Adds a server row to `batch`.

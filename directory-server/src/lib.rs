@@ -109,6 +109,14 @@ pub struct DirectoryConfig {
     /// A snapshot of the map is taken, and the Raft log before it purged,
     /// every this many log entries. Default 5000.
     pub raft_snapshot_every: u64,
+    /// Each lookup first confirms with a majority of the group that this
+    /// node still leads, and waits until it has applied every entry
+    /// committed before (a read index): no lookup misses a change a newer
+    /// leader committed. Costs a round trip to the other nodes per lookup,
+    /// and lookups fail (UNAVAILABLE) while no majority answers. Default
+    /// false: a leader cut off from the others answers from its map until
+    /// it learns of a newer term.
+    pub linearizable_lookups: bool,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -166,6 +174,7 @@ impl Default for DirectoryConfig {
             raft_heartbeat: Duration::from_millis(250),
             election_timeout: Duration::from_millis(1000),
             raft_snapshot_every: 5_000,
+            linearizable_lookups: false,
         }
     }
 }

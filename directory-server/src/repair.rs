@@ -16,9 +16,15 @@
 //!
 //! A volume with no healthy copy cannot be repaired (there is no source)
 //! and waits. At most `max_per_server` repairs copy to one server at once,
-//! and each copies at `repair_rate`. A repair interrupted by a crash of
-//! either side is planned again: placement is deterministic for the same
-//! servers, so the same target resumes, copying only what it still lacks.
+//! and each copies at `repair_rate`.
+//!
+//! A repair is a job in the directory group's replicated state: the leader
+//! commits `RepairStarted` (volume, target, kind) before it runs, the result
+//! (`CaughtUp`, `Replaced`) when it is verified, then `RepairEnded`. A
+//! leader elected while a job is open resumes it on the same target, which
+//! copies only what it still lacks; a job that no longer makes sense (the
+//! copy came back, the volume is whole or gone) is ended, and a failed one
+//! too, to be planned again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,7 +37,8 @@ use hayloft_proto::{
 };
 use parking_lot::Mutex;
 
-use crate::cluster::{Cluster, RepairReplica, RepairView, site};
+use crate::cluster::{Cluster, RepairReplica, RepairView, now_unix, site};
+use crate::db::RepairJobRow;
 use crate::placement::{self, Candidate};
 
 /// Anti-entropy's range size, for comparing digests after a repair.
@@ -77,6 +84,31 @@ pub enum RepairKind {
 }
 
 impl RepairKind {
+    /// The kind's name in a repair job, and the server whose copy is lost.
+    pub fn job_kind(&self) -> (&'static str, &str) {
+        match self {
+            RepairKind::CatchUp => ("catch-up", ""),
+            RepairKind::Replace { lost } => ("replace", lost),
+            RepairKind::Add => ("add", ""),
+            RepairKind::CatchUpCold => ("catch-up-cold", ""),
+            RepairKind::ReplaceCold { lost } => ("replace-cold", lost),
+        }
+    }
+
+    /// The kind a repair job names (None: a name this version does not
+    /// know).
+    pub fn from_job(job: &RepairJobRow) -> Option<RepairKind> {
+        let lost = job.lost.clone();
+        Some(match job.kind.as_str() {
+            "catch-up" => RepairKind::CatchUp,
+            "replace" => RepairKind::Replace { lost },
+            "add" => RepairKind::Add,
+            "catch-up-cold" => RepairKind::CatchUpCold,
+            "replace-cold" => RepairKind::ReplaceCold { lost },
+            _ => return None,
+        })
+    }
+
     /// True if the copies involved are cold (they exchange index files and
     /// tombstones, never needles).
     pub fn is_cold(&self) -> bool {
@@ -104,6 +136,102 @@ pub struct RepairPlan {
     pub kind: RepairKind,
 }
 
+impl RepairPlan {
+    /// The job committed before this repair runs.
+    pub fn job(&self) -> RepairJobRow {
+        let (kind, lost) = self.kind.job_kind();
+        RepairJobRow {
+            volume_id: self.volume_id,
+            target: self.target.server_id.clone(),
+            kind: kind.to_owned(),
+            lost: lost.to_owned(),
+            started_at: now_unix(),
+            term: 0,
+        }
+    }
+}
+
+/// What a leader does with an open repair job that runs nowhere here.
+#[derive(Debug, Clone)]
+pub enum Resume {
+    /// Run it again, on the same target.
+    Run(RepairPlan),
+    /// Not now (no healthy copy to copy from, a copy is moving).
+    Wait,
+    /// End it, for this reason: it no longer makes sense.
+    End(String),
+}
+
+/// Decides what becomes of `job`, given its volume as repair sees it now
+/// (`None`: the volume is whole, or gone). Until the leader has `settled`
+/// (a new leader takes every silent server's copies to be present) nothing
+/// is ended: it waits.
+pub fn resume(job: &RepairJobRow, volume: Option<&RepairView>, settled: bool) -> Resume {
+    match decide(job, volume) {
+        Resume::End(_) if !settled => Resume::Wait,
+        decided => decided,
+    }
+}
+
+fn decide(job: &RepairJobRow, volume: Option<&RepairView>) -> Resume {
+    let Some(kind) = RepairKind::from_job(job) else {
+        return Resume::End(format!("unknown repair kind {:?}", job.kind));
+    };
+    let Some(volume) = volume else {
+        return Resume::End("the volume needs no repair now".into());
+    };
+    if volume
+        .replicas
+        .iter()
+        .any(|r| matches!(r.state, VolumeState::Moving | VolumeState::Restoring))
+    {
+        return Resume::Wait;
+    }
+    let copy = |server: &str| {
+        volume
+            .replicas
+            .iter()
+            .find(|r| r.location.server_id == server)
+    };
+    let target = copy(&job.target);
+    let still = match &kind {
+        RepairKind::CatchUp | RepairKind::CatchUpCold => target
+            .is_some_and(|r| matches!(r.health, ReplicaHealth::Stale | ReplicaHealth::Missing)),
+        RepairKind::Replace { lost } | RepairKind::ReplaceCold { lost } => {
+            target.is_none() && copy(lost).is_some_and(|r| r.health == ReplicaHealth::Down)
+        }
+        RepairKind::Add => target.is_none() && volume.replicas.len() < volume.desired,
+    };
+    if !still {
+        return Resume::End(format!(
+            "the copy on {} no longer needs this repair",
+            job.target
+        ));
+    }
+    let cold = kind.is_cold();
+    let sources: Vec<ServerLocation> = volume
+        .replicas
+        .iter()
+        .filter(|r| r.health == ReplicaHealth::Ok && matches!(r.tier, Tier::Cold) == cold)
+        .filter(|r| r.location.server_id != job.target)
+        .map(|r| r.location.clone())
+        .collect();
+    if sources.is_empty() {
+        return Resume::Wait;
+    }
+    Resume::Run(RepairPlan {
+        volume_id: volume.volume_id,
+        collection: volume.collection.clone(),
+        tier: volume.tier,
+        target: ServerLocation {
+            server_id: job.target.clone(),
+            ..ServerLocation::default()
+        },
+        sources,
+        kind,
+    })
+}
+
 /// Repairs in flight, shared by the repair loop and the `Repair` call.
 #[derive(Default)]
 pub struct Repairs {
@@ -116,23 +244,9 @@ pub struct Repairs {
 }
 
 impl Repairs {
-    /// The repairs running now.
-    pub fn running(&self) -> Vec<RepairPlan> {
-        let mut plans: Vec<RepairPlan> = self.running.lock().values().cloned().collect();
-        plans.sort_by_key(|p| p.volume_id);
-        plans
-    }
-
-    /// The server a running repair of `volume_id` copies to.
-    pub fn target(&self, volume_id: u32) -> Option<String> {
-        Some(
-            self.running
-                .lock()
-                .get(&volume_id)?
-                .target
-                .server_id
-                .clone(),
-        )
+    /// The repair of `volume_id` running on this node, if any.
+    pub fn plan(&self, volume_id: u32) -> Option<RepairPlan> {
+        self.running.lock().get(&volume_id).cloned()
     }
 
     /// True while a repair of `volume_id` runs.
@@ -165,7 +279,14 @@ pub fn plan_now(
     max_per_server: usize,
 ) -> (Vec<RepairPlan>, Vec<u32>, usize) {
     let degraded = cluster.degraded_volumes();
-    let (busy, per_server) = repairs.busy();
+    // Open jobs count as running, wherever they run (a new leader resumes
+    // them rather than planning them again).
+    let (mut busy, mut per_server) = repairs.busy();
+    for job in cluster.repair_jobs() {
+        if busy.insert(job.volume_id) {
+            *per_server.entry(job.target).or_default() += 1;
+        }
+    }
     let mut plans = Vec::new();
     for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
         let views: Vec<RepairView> = degraded
@@ -485,6 +606,71 @@ async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Result<(), Stri
     Err("copies still differ after three syncs".into())
 }
 
+/// Runs `plan` (its job committed) in a task of its own: copy, verify,
+/// commit the result, then end the job (a failed repair is planned again).
+fn launch(
+    cluster: &Arc<Cluster>,
+    repairs: &Arc<Repairs>,
+    mut plan: RepairPlan,
+    settings: RepairSettings,
+) {
+    repairs.running.lock().insert(plan.volume_id, plan.clone());
+    let (cluster, repairs) = (Arc::clone(cluster), Arc::clone(repairs));
+    tokio::spawn(async move {
+        let started = Instant::now();
+        tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+            kind = ?plan.kind, "repair started");
+        // The target's addresses, from the directory's records.
+        let result = match cluster.server_location(&plan.target.server_id) {
+            Some(location) => {
+                plan.target = location;
+                execute(&plan, settings).await
+            }
+            None => Err(format!("no server {} is known", plan.target.server_id)),
+        };
+        let recorded = match (&result, &plan.kind) {
+            (Ok(()), RepairKind::CatchUp | RepairKind::CatchUpCold) => cluster
+                .caught_up(plan.volume_id, &plan.target.server_id)
+                .await
+                .map_err(|e| e.to_string()),
+            (Ok(()), RepairKind::Replace { lost } | RepairKind::ReplaceCold { lost }) => cluster
+                .replaced(plan.volume_id, Some(lost), &plan.target.server_id)
+                .await
+                .map_err(|e| e.to_string()),
+            (Ok(()), RepairKind::Add) => cluster
+                .replaced(plan.volume_id, None, &plan.target.server_id)
+                .await
+                .map_err(|e| e.to_string()),
+            (Err(e), _) => Err(e.clone()),
+        };
+        let outcome = match &recorded {
+            Ok(()) => {
+                tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+                    seconds = started.elapsed().as_secs_f64(), "repair done, copy verified");
+                "ok"
+            }
+            Err(error) => {
+                tracing::warn!(volume = plan.volume_id, target = %plan.target.server_id,
+                    %error, "repair failed; will try again");
+                "failed"
+            }
+        };
+        // After the result: a leader that dies between the two finds the
+        // job open and ends it, the copy being whole.
+        if let Err(error) = cluster
+            .end_repair(plan.volume_id, &plan.target.server_id)
+            .await
+        {
+            tracing::warn!(volume = plan.volume_id, %error,
+                "could not end the repair job (the next leader will)");
+        }
+        metrics::counter!("hayloft_directory_repairs_total", "result" => outcome).increment(1);
+        metrics::histogram!("hayloft_directory_repair_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        repairs.running.lock().remove(&plan.volume_id);
+    });
+}
+
 /// Plans and runs repairs every `pulse` (or at once after
 /// [`Repairs::run_now`]) until `stop`; also deletes extra copies of volumes
 /// that are whole again.
@@ -514,57 +700,42 @@ pub async fn run(
         if !cluster.is_leader() {
             continue;
         }
-        let (plans, _, _) = plan_now(&cluster, &repairs, repair_after, settings.max_per_server);
-        for mut plan in plans {
-            // The target's addresses, from the directory's records.
-            if plan.target.grpc_addr.is_empty() {
-                let Some(location) = cluster.server_location(&plan.target.server_id) else {
-                    continue;
-                };
-                plan.target = location;
+        // Jobs an earlier leader (or this node before a restart) started.
+        let views: HashMap<u32, RepairView> = cluster
+            .degraded_volumes()
+            .into_iter()
+            .map(|v| (v.volume_id, v))
+            .collect();
+        let settled = cluster.settled();
+        for job in cluster.repair_jobs() {
+            if repairs.is_running(job.volume_id) {
+                continue;
             }
-            repairs.running.lock().insert(plan.volume_id, plan.clone());
-            let (cluster, repairs) = (Arc::clone(&cluster), Arc::clone(&repairs));
-            tokio::spawn(async move {
-                let started = Instant::now();
-                tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
-                    kind = ?plan.kind, "repair started");
-                let result = execute(&plan, settings).await;
-                let recorded = match (&result, &plan.kind) {
-                    (Ok(()), RepairKind::CatchUp | RepairKind::CatchUpCold) => cluster
-                        .caught_up(plan.volume_id, &plan.target.server_id)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    (Ok(()), RepairKind::Replace { lost } | RepairKind::ReplaceCold { lost }) => {
-                        cluster
-                            .replaced(plan.volume_id, Some(lost), &plan.target.server_id)
-                            .await
-                            .map_err(|e| e.to_string())
+            match resume(&job, views.get(&job.volume_id), settled) {
+                Resume::Run(plan) => {
+                    tracing::info!(volume = job.volume_id, target = %job.target, kind = %job.kind,
+                        started_at = job.started_at, term = job.term,
+                        "resuming a repair started before this leader");
+                    launch(&cluster, &repairs, plan, settings);
+                }
+                Resume::Wait => {}
+                Resume::End(reason) => {
+                    tracing::info!(volume = job.volume_id, target = %job.target, %reason,
+                        "repair job ended");
+                    if let Err(error) = cluster.end_repair(job.volume_id, &job.target).await {
+                        tracing::warn!(volume = job.volume_id, %error, "could not end a repair job");
                     }
-                    (Ok(()), RepairKind::Add) => cluster
-                        .replaced(plan.volume_id, None, &plan.target.server_id)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    (Err(e), _) => Err(e.clone()),
-                };
-                let outcome = match &recorded {
-                    Ok(()) => {
-                        tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
-                            seconds = started.elapsed().as_secs_f64(), "repair done, copy verified");
-                        "ok"
-                    }
-                    Err(error) => {
-                        tracing::warn!(volume = plan.volume_id, target = %plan.target.server_id,
-                            %error, "repair failed; will try again");
-                        "failed"
-                    }
-                };
-                metrics::counter!("hayloft_directory_repairs_total", "result" => outcome)
-                    .increment(1);
-                metrics::histogram!("hayloft_directory_repair_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                repairs.running.lock().remove(&plan.volume_id);
-            });
+                }
+            }
+        }
+        let (plans, _, _) = plan_now(&cluster, &repairs, repair_after, settings.max_per_server);
+        for plan in plans {
+            // Committed first: if this leader dies, the next one resumes it.
+            if let Err(error) = cluster.start_repair(plan.job()).await {
+                tracing::warn!(volume = plan.volume_id, %error, "could not start a repair");
+                continue;
+            }
+            launch(&cluster, &repairs, plan, settings);
         }
         for (volume_id, location, keep_object) in cluster.removable_extras() {
             let removed = async {
@@ -632,6 +803,87 @@ mod tests {
         ids.iter()
             .map(|(id, zone)| candidate(&location(id, zone)))
             .collect()
+    }
+
+    #[test]
+    fn an_open_job_resumes_on_its_target_while_it_still_makes_sense() {
+        let job = |kind: &str, target: &str, lost: &str| RepairJobRow {
+            volume_id: 2,
+            target: target.into(),
+            kind: kind.into(),
+            lost: lost.into(),
+            started_at: 1,
+            term: 1,
+        };
+        let lost = view(
+            2,
+            vec![
+                replica("a", "z1", ReplicaHealth::Ok, 0),
+                replica("c", "z2", ReplicaHealth::Down, 600),
+                replica("b", "z1", ReplicaHealth::Ok, 0),
+            ],
+        );
+        // The same target, whatever placement would pick now.
+        let Resume::Run(plan) = resume(&job("replace", "d", "c"), Some(&lost), true) else {
+            panic!("a replacement of a copy still down resumes");
+        };
+        assert_eq!(plan.target.server_id, "d");
+        assert_eq!(plan.kind, RepairKind::Replace { lost: "c".into() });
+        let sources: Vec<&str> = plan.sources.iter().map(|s| s.server_id.as_str()).collect();
+        assert_eq!(sources, ["a", "b"]);
+        assert_eq!(plan.job().kind, "replace");
+        assert_eq!(plan.job().lost, "c");
+
+        // The lost copy came back (the volume is whole, or that copy is
+        // healthy while another is not): the job ends.
+        assert!(matches!(
+            resume(&job("replace", "d", "c"), None, true),
+            Resume::End(_)
+        ));
+        // A new leader, not yet settled, takes silent servers' copies to be
+        // present: it concludes nothing and waits.
+        assert!(matches!(
+            resume(&job("replace", "d", "c"), None, false),
+            Resume::Wait
+        ));
+        let back = view(
+            2,
+            vec![
+                replica("a", "z1", ReplicaHealth::Ok, 0),
+                replica("c", "z2", ReplicaHealth::Ok, 0),
+                replica("b", "z1", ReplicaHealth::Stale, 0),
+            ],
+        );
+        assert!(matches!(
+            resume(&job("replace", "d", "c"), Some(&back), true),
+            Resume::End(_)
+        ));
+        // A catch-up resumes while its copy is stale, ends once it is not.
+        assert!(matches!(
+            resume(&job("catch-up", "b", ""), Some(&back), true),
+            Resume::Run(p) if p.target.server_id == "b" && p.sources.len() == 2
+        ));
+        assert!(matches!(
+            resume(&job("catch-up", "a", ""), Some(&back), true),
+            Resume::End(_)
+        ));
+        // No healthy copy to copy from: it waits.
+        let sourceless = view(
+            2,
+            vec![
+                replica("a", "z1", ReplicaHealth::Down, 600),
+                replica("b", "z1", ReplicaHealth::Stale, 0),
+            ],
+        );
+        assert!(matches!(
+            resume(&job("catch-up", "b", ""), Some(&sourceless), true),
+            Resume::Wait
+        ));
+        // A kind this version does not know is ended, not guessed at.
+        assert!(matches!(
+            resume(&job("teleport", "b", ""), Some(&back), true),
+            Resume::End(_)
+        ));
     }
 
     #[test]

@@ -232,6 +232,9 @@ impl DirectoryService {
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
         let request = request.into_inner();
+        if self.cluster.linearizable_lookups() {
+            self.cluster.confirm_leadership().await?;
+        }
         let volumes = self
             .cluster
             .lookup(&request.volume_ids, &request.blob_ids)?;
@@ -256,12 +259,9 @@ impl DirectoryService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let mut status = self.cluster.status();
-        for volume in &mut status.volumes {
+        for volume in status.volumes.iter_mut().filter(|v| v.repairing) {
             let id = volume.status.as_ref().map_or(0, |s| s.volume_id);
-            if let Some(target) = self.repairs.target(id) {
-                volume.repairing = true;
-                volume.repair_progress = self.cluster.repair_progress(id, &target);
-            }
+            volume.repair_progress = self.cluster.repair_progress(id, &volume.repair_target);
         }
         Ok(Response::new(status))
     }
@@ -277,7 +277,7 @@ impl DirectoryService {
             std::time::Duration::ZERO,
             self.repair_settings.max_per_server,
         );
-        let describe = |plan: &crate::repair::RepairPlan, running: bool| PlannedRepair {
+        let describe = |plan: &crate::repair::RepairPlan| PlannedRepair {
             volume_id: plan.volume_id,
             target: plan.target.server_id.clone(),
             sources: plan.sources.iter().map(|s| s.server_id.clone()).collect(),
@@ -289,15 +289,29 @@ impl DirectoryService {
                 | crate::repair::RepairKind::Add => String::new(),
             },
             adds: plan.kind == crate::repair::RepairKind::Add,
-            running,
+            running: false,
+            started_at: 0,
         };
+        // Started repairs, from the replicated jobs (an earlier leader's too).
         let mut repairs: Vec<PlannedRepair> = self
-            .repairs
-            .running()
-            .iter()
-            .map(|p| describe(p, true))
+            .cluster
+            .repair_jobs()
+            .into_iter()
+            .map(|job| PlannedRepair {
+                volume_id: job.volume_id,
+                sources: self
+                    .repairs
+                    .plan(job.volume_id)
+                    .map(|p| p.sources.iter().map(|s| s.server_id.clone()).collect())
+                    .unwrap_or_default(),
+                replaces: job.lost,
+                adds: job.kind == "add",
+                running: true,
+                started_at: job.started_at,
+                target: job.target,
+            })
             .collect();
-        repairs.extend(planned.iter().map(|p| describe(p, false)));
+        repairs.extend(planned.iter().map(describe));
         if !dry_run {
             self.repairs.run_now();
             tracing::info!(planned = planned.len(), "repairs started by an operator");

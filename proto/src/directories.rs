@@ -23,6 +23,25 @@ use tonic::{Code, Status};
 
 use crate::directory_client::DirectoryClient;
 
+/// Asks the directory node at `addr` (host:port) who it is (`Node`): its
+/// id, role, term, leader and members. Err describes why it did not answer
+/// within `timeout` (connection refused, a status, the time spent).
+pub async fn ask_node(addr: &str, timeout: Duration) -> Result<crate::NodeStatus, String> {
+    let asked = async {
+        let mut client = DirectoryClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .node(crate::NodeRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| e.message().to_owned())
+    };
+    tokio::time::timeout(timeout, asked)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}
+
 /// Metadata key naming the leader's address in a follower's refusal.
 pub const LEADER_METADATA: &str = "hayloft-leader";
 

@@ -16,7 +16,9 @@ pub mod v1 {
 pub use v1::*;
 
 mod directories;
-pub use directories::{DEFAULT_PATIENCE, Directories, LEADER_METADATA, NOT_LEADER_METADATA};
+pub use directories::{
+    DEFAULT_PATIENCE, Directories, LEADER_METADATA, NOT_LEADER_METADATA, ask_node,
+};
 
 /// Largest message either service accepts or sends (chunks are smaller).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

@@ -312,15 +312,10 @@ impl Cluster {
     pub async fn node_up(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let asked = async {
-                let mut client = hayloft_proto::directory_client::DirectoryClient::connect(
-                    format!("http://{}", self.node_addr(i)),
-                )
+            if hayloft_proto::ask_node(&self.node_addr(i), Duration::from_secs(2))
                 .await
-                .ok()?;
-                client.node(hayloft_proto::NodeRequest {}).await.ok()
-            };
-            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+                .is_ok()
+            {
                 return;
             }
             assert!(

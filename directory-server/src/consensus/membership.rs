@@ -131,31 +131,14 @@ pub async fn remove_node(raft: &Raft, id: u64) -> Result<hayloft_proto::Membersh
 /// to no group unless it is already a `member` of this one (a node of
 /// another group would be torn between two leaders).
 async fn probe(id: u64, addr: &str, member: bool) -> Result<()> {
-    let asked = async {
-        let mut client =
-            hayloft_proto::directory_client::DirectoryClient::connect(format!("http://{addr}"))
-                .await
-                .map_err(|e| e.to_string())?;
-        client
-            .node(hayloft_proto::NodeRequest {})
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|e| e.message().to_owned())
-    };
-    let status = match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            return Err(Error::FailedPrecondition(format!(
+    let status = hayloft_proto::ask_node(addr, PROBE_TIMEOUT)
+        .await
+        .map_err(|e| {
+            Error::FailedPrecondition(format!(
                 "the node to add does not answer at {addr} ({e}); start it first with \
                  `hayloft directory --node-id {id} --listen {addr} --join`"
-            )));
-        }
-        Err(_) => {
-            return Err(Error::FailedPrecondition(format!(
-                "the node to add does not answer at {addr} within {PROBE_TIMEOUT:?}"
-            )));
-        }
-    };
+            ))
+        })?;
     if status.node_id != id {
         return Err(Error::FailedPrecondition(format!(
             "the node at {addr} is node {}, not node {id}",
@@ -195,18 +178,7 @@ pub(crate) async fn peers_in_a_group(
     peers: &BTreeMap<u64, String>,
 ) -> Option<(u64, String)> {
     for (id, addr) in peers.iter().filter(|(id, _)| **id != node_id) {
-        let asked = async {
-            let mut client =
-                hayloft_proto::directory_client::DirectoryClient::connect(format!("http://{addr}"))
-                    .await
-                    .ok()?;
-            client
-                .node(hayloft_proto::NodeRequest {})
-                .await
-                .ok()
-                .map(tonic::Response::into_inner)
-        };
-        if let Ok(Some(status)) = tokio::time::timeout(Duration::from_secs(1), asked).await
+        if let Ok(status) = hayloft_proto::ask_node(addr, Duration::from_secs(1)).await
             && !status.members.is_empty()
         {
             return Some((*id, addr.clone()));

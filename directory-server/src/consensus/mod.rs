@@ -87,6 +87,12 @@ pub enum Command {
     /// A capacity sample (an encoded `CapacitySample`); samples before
     /// `keep_since` are dropped.
     RecordCapacity { sample: Vec<u8>, keep_since: u64 },
+    /// The leader starts a repair (`job`: an encoded `RepairJobRow`),
+    /// replacing any job of the same volume.
+    RepairStarted { job: Vec<u8> },
+    /// A repair ended (its result, if any, was committed before): the job
+    /// of `volume_id` on `target` is dropped.
+    RepairEnded { volume_id: u32, target: String },
 }
 
 /// What applying a [`Command`] answered.
