@@ -8,16 +8,28 @@ set -euo pipefail
 # 17 minutes) and libclang (bindgen generates the RocksDB bindings with it).
 # python3-venv: the cold-tier tests run against moto, a real S3-compatible
 # server from PyPI (it emulates Glacier restores), installed below.
-APT_PACKAGES=(librocksdb-dev libclang-dev python3 python3-venv)
+# nginx with njs: the CDN edge configuration (deploy/nginx/) is tested in a
+# real nginx (the tests start their own on loopback ports). prometheus: its
+# promtool checks and unit-tests the alert rules (deploy/prometheus/).
+APT_PACKAGES=(librocksdb-dev libclang-dev python3 python3-venv nginx libnginx-mod-http-js prometheus)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  # (A package removed but not purged still has a status: ask for "installed".)
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup: installing ${missing[*]}"
+  # Packages must not start services (nginx would take port 80): a
+  # policy-rc.d that refuses, for the time of the install.
+  POLICY=/usr/sbin/policy-rc.d
+  if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+    $SUDO chmod +x "$POLICY"
+    trap '$SUDO rm -f "$POLICY"' EXIT
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

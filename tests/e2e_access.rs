@@ -225,3 +225,286 @@ async fn signed_urls_open_private_blobs_and_nothing_else() {
     }
     assert_eq!(get(&url).await.status(), StatusCode::OK, "k1 still signs");
 }
+
+/// A real nginx running the edge configuration of `deploy/nginx/` in front
+/// of one HTTP origin, on a free loopback port; stopped when dropped.
+struct Edge {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+impl Edge {
+    async fn start(origin: &str, keyring: &std::path::Path) -> Edge {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx");
+        let deploy = deploy.canonicalize().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\n\
+             user root;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\n\
+             events {{}}\n\
+             http {{\n\
+               access_log {d}/access.log;\n\
+               js_path {deploy};\n\
+               include {deploy}/hayloft-http.conf;\n\
+               proxy_cache_path {d}/cache keys_zone=hayloft:8m levels=1:2 use_temp_path=off;\n\
+               upstream hayloft_origins {{ server {origin}; keepalive 8; }}\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 set $hayloft_keyring {ring};\n\
+                 location / {{\n\
+                   include {deploy}/hayloft-edge.conf;\n\
+                   proxy_pass http://hayloft_origins;\n\
+                 }}\n\
+               }}\n\
+             }}\n",
+            deploy = deploy.display(),
+            ring = keyring.display(),
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new("nginx")
+            .args(["-e", "stderr", "-p"])
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .expect("nginx (with libnginx-mod-http-js) is installed by scripts/setup.sh");
+        let base = format!("http://127.0.0.1:{port}");
+        let mut edge = Edge { child, dir, base };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline && edge.child.try_wait().unwrap().is_none(),
+                "nginx did not start: {}",
+                edge.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        edge
+    }
+
+    fn logs(&self) -> String {
+        ["stderr.log", "error.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn cache_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("cache")
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status, `X-Cache-Status`, `Cache-Control` and body of a GET.
+async fn through(url: &str) -> (StatusCode, String, String, Bytes) {
+    let response = get(url).await;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (cache, control) = (header("x-cache-status"), header("cache-control"));
+    (
+        response.status(),
+        cache,
+        control,
+        response.bytes().await.unwrap(),
+    )
+}
+
+fn max_age(cache_control: &str) -> u64 {
+    cache_control
+        .strip_prefix("private, max-age=")
+        .unwrap_or_else(|| panic!("{cache_control}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_nginx_edge_checks_signatures_before_its_cache_and_keeps_one_copy() {
+    let keys = tempfile::tempdir().unwrap();
+    let ring = write_keyring(keys.path(), true);
+    let config = keys.path().join("directory.toml");
+    std::fs::write(&config, "[collections.private]\naccess = \"signed\"\n").unwrap();
+    let cluster = Cluster::start_replicated(
+        &["a"],
+        1,
+        &["--config", config.to_str().unwrap()],
+        &["--keyring", ring.to_str().unwrap()],
+    )
+    .await;
+    let client = cluster.client().await;
+    let private = UploadOptions {
+        collection: "private".into(),
+        ..UploadOptions::default()
+    };
+    let blob = client
+        .upload(Bytes::from_static(b"one private photo"), &private)
+        .await
+        .unwrap();
+    let other = client
+        .upload(Bytes::from_static(b"another private photo"), &private)
+        .await
+        .unwrap();
+    let public = client
+        .upload(
+            Bytes::from_static(b"a public photo"),
+            &UploadOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&blob.url).await.status() != StatusCode::FORBIDDEN {
+        assert!(
+            Instant::now() < deadline,
+            "the origin serves unsigned reads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let origin = cluster.http_base(0);
+    let edge = Edge::start(origin.trim_start_matches("http://"), &ring).await;
+    let path = format!("/{}", blob.blob_id);
+    let at_edge = |query: &str| format!("{}{path}?{query}", edge.base);
+
+    // Two viewers, two valid URLs (other expiries, other keys): one origin
+    // fetch, then a hit; each told to keep it only as long as its URL lives.
+    let first = at_edge(&sign(K1, "k1", &path, now() + 600, None));
+    let second = at_edge(&sign(K2, "k2", &path, now() + 300, None));
+    let (status, cache, control, body) = through(&first).await;
+    assert_eq!(status, StatusCode::OK, "{}", edge.logs());
+    assert_eq!(
+        (cache.as_str(), body.as_ref()),
+        ("MISS", &b"one private photo"[..])
+    );
+    assert!((590..=600).contains(&max_age(&control)), "{control}");
+    let (status, cache, control, body) = through(&second).await;
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "HIT"));
+    assert_eq!(body.as_ref(), b"one private photo");
+    assert!((290..=300).contains(&max_age(&control)), "{control}");
+    // A range of the cached copy.
+    let range = reqwest::Client::new()
+        .get(&second)
+        .header(header::RANGE, "bytes=4-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(range.bytes().await.unwrap().as_ref(), b"private");
+
+    // While it is cached, nothing but a valid URL gets it: forged, other
+    // blob's signature, unknown key, too long, malformed -> 403; expired
+    // -> 410; unsigned -> the origin's 403. None is a hit, none is stored.
+    let genuine = sign(K1, "k1", &path, now() + 600, None);
+    let forged = {
+        let mut q = genuine.clone();
+        let last = q.pop().unwrap();
+        q.push(if last == 'A' { 'B' } else { 'A' });
+        q
+    };
+    let other_path = format!("/{}", other.blob_id);
+    let refused = [
+        (forged, StatusCode::FORBIDDEN),
+        (
+            sign(K1, "k1", &other_path, now() + 600, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            sign(K1, "k9", &path, now() + 600, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            sign(K1, "k1", &path, now() + 30 * 86_400, None),
+            StatusCode::FORBIDDEN,
+        ),
+        (format!("e={}&k=k1", now() + 600), StatusCode::FORBIDDEN),
+        (sign(K1, "k1", &path, now() - 3600, None), StatusCode::GONE),
+        ("utm=x".to_owned(), StatusCode::FORBIDDEN),
+    ];
+    for (query, want) in &refused {
+        let (status, cache, control, body) = through(&at_edge(query)).await;
+        assert_eq!(status, *want, "{query}");
+        assert_ne!(cache, "HIT", "{query}");
+        assert_eq!(control, "no-store", "{query}");
+        assert!(!body.windows(7).any(|w| w == b"private"), "{query}");
+    }
+    // Bound to a network: the edge sees the viewer's own address.
+    let bound = sign(
+        K1,
+        "k1",
+        &path,
+        now() + 600,
+        Some("127.0.0.0/8".parse().unwrap()),
+    );
+    assert_eq!(through(&at_edge(&bound)).await.0, StatusCode::OK);
+    let elsewhere = sign(
+        K1,
+        "k1",
+        &path,
+        now() + 600,
+        Some("203.0.113.0/24".parse().unwrap()),
+    );
+    assert_eq!(through(&at_edge(&elsewhere)).await.0, StatusCode::FORBIDDEN);
+
+    // A public blob needs no signature, and is cached too.
+    let public_url = format!("{}/{}", edge.base, public.blob_id);
+    let (status, cache, _, body) = through(&public_url).await;
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "MISS"));
+    assert_eq!(body.as_ref(), b"a public photo");
+    assert_eq!(through(&public_url).await.1, "HIT");
+
+    // Revocation, without a reload: k2 leaves the key ring; its URL is
+    // refused at once though the blob is cached; k1's still works.
+    write_keyring(keys.path(), false);
+    assert_eq!(through(&second).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(through(&first).await.1, "HIT");
+
+    // Deleted blob: purged from the edge by its tag, then gone there too.
+    client.delete(&blob.blob_id).await.unwrap();
+    assert_eq!(through(&first).await.1, "HIT", "still cached until purged");
+    let purge = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/purge.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&purge)
+        .arg(edge.cache_dir())
+        .arg(format!("blob-{}", blob.blob_id))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(printed.trim(), "1", "one cached response (the signed one)");
+    let (status, cache, ..) = through(&first).await;
+    assert_eq!((status, cache.as_str()), (StatusCode::NOT_FOUND, "MISS"));
+    // The public blob's copy was left alone.
+    assert_eq!(through(&public_url).await.1, "HIT");
+}
