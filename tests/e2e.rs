@@ -449,3 +449,81 @@ async fn a_one_gib_blob_streams_both_ways_in_bounded_memory() {
         &content((size >> 20) - 1, 1 << 20)[(1 << 20) - 100..]
     );
 }
+
+/// The metric names (`hayloft_...`) a file of `deploy/` refers to.
+fn metric_names(path: &str) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path),
+    )
+    .unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("hayloft_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+/// Runs promtool (Debian's `prometheus` package, installed by
+/// scripts/setup.sh) in `deploy/prometheus`.
+fn promtool(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus"))
+        .output()
+        .expect("promtool is installed by scripts/setup.sh");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alert_rules_pass_promtool_and_name_only_metrics_a_live_cluster_exports() {
+    let (ok, out) = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(ok, "{out}");
+    let (ok, out) = promtool(&["test", "rules", "alerts_test.yml"]);
+    assert!(ok, "{out}");
+
+    // A live cluster, after an upload and a read (request metrics exist
+    // once a request was served; failure counters from the start).
+    let cluster = Cluster::start(1, &[]).await;
+    let client = cluster.client().await;
+    let uploaded = client
+        .upload(Bytes::from_static(b"scrape me"), &UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        reqwest::get(&uploaded.url).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut scraped = String::new();
+    for port in [
+        cluster.directory_metrics_port,
+        cluster.volume_ports[0].metrics,
+    ] {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        scraped += &reqwest::get(url).await.unwrap().text().await.unwrap();
+    }
+    let exported: std::collections::BTreeSet<&str> = scraped
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<String> = metric_names("deploy/prometheus/alerts.yml")
+        .into_iter()
+        .filter(|name| !exported.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alert rules name metrics no server exports: {missing:?}"
+    );
+}

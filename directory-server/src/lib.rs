@@ -283,6 +283,11 @@ impl Directory {
         )
         .with_signed_collections(self.config.signed_collections());
         tracing::info!(addr = %self.local_addr(), node = self.config.node_id, "directory serving");
+        // Counters alerts watch exist from the start (at 0): an `increase()`
+        // over a series that appears at 1 would miss the first failure.
+        for result in ["ok", "failed"] {
+            metrics::counter!("hayloft_directory_repairs_total", "result" => result).absolute(0);
+        }
         let raft_metrics = tokio::spawn(consensus::publish_metrics(
             self.raft.clone(),
             Arc::clone(&self.cluster),

@@ -346,6 +346,7 @@ impl VolumeServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
+        crate::metrics::register_failure_counters();
         let advertised = hayloft_proto::ServerLocation {
             server_id: String::new(),
             grpc_addr: self

@@ -18,6 +18,20 @@ use std::time::Instant;
 
 use hayloft_storage::Tier;
 
+/// Creates, at 0, the counters alerts watch for failures
+/// (`deploy/prometheus/alerts.yml`): an `increase()` over a series that
+/// first appears at 1 would miss the first failure.
+pub fn register_failure_counters() {
+    for result in ["ok", "error"] {
+        metrics::counter!("hayloft_compactions_total", "result" => result).absolute(0);
+        for target in [Tier::Hot, Tier::Warm, Tier::Cold] {
+            metrics::counter!("hayloft_tier_moves_total",
+                "target" => target.as_str(), "result" => result)
+            .absolute(0);
+        }
+    }
+}
+
 /// Records one request: its outcome and how long it took.
 pub fn observe(op: &'static str, status: metrics::SharedString, started: Instant) {
     metrics::counter!("hayloft_volume_requests_total", "op" => op, "status" => status).increment(1);
