@@ -11,7 +11,8 @@ set -euo pipefail
 # nginx with njs: the CDN edge configuration (deploy/nginx/) is tested in a
 # real nginx (the tests start their own on loopback ports). prometheus: its
 # promtool checks and unit-tests the alert rules (deploy/prometheus/).
-APT_PACKAGES=(librocksdb-dev libclang-dev python3 python3-venv nginx libnginx-mod-http-js prometheus)
+# systemd: systemd-analyze verifies the units of deploy/systemd/.
+APT_PACKAGES=(librocksdb-dev libclang-dev python3 python3-venv nginx libnginx-mod-http-js prometheus systemd)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -487,11 +487,28 @@ fn promtool(args: &[&str]) -> (bool, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn alert_rules_pass_promtool_and_name_only_metrics_a_live_cluster_exports() {
+async fn alert_rules_and_the_dashboard_name_only_metrics_a_live_cluster_exports() {
     let (ok, out) = promtool(&["check", "rules", "alerts.yml"]);
     assert!(ok, "{out}");
     let (ok, out) = promtool(&["test", "rules", "alerts_test.yml"]);
     assert!(ok, "{out}");
+    // The Grafana dashboard: JSON whose every panel queries something.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/hayloft.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(
+            !targets.is_empty() && targets.iter().all(|t| t["expr"].as_str().is_some()),
+            "{panel}"
+        );
+    }
 
     // A live cluster, after an upload and a read (request metrics exist
     // once a request was served; failure counters from the start).
@@ -518,12 +535,56 @@ async fn alert_rules_pass_promtool_and_name_only_metrics_a_live_cluster_exports(
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    let missing: Vec<String> = metric_names("deploy/prometheus/alerts.yml")
-        .into_iter()
-        .filter(|name| !exported.contains(name.as_str()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "alert rules name metrics no server exports: {missing:?}"
-    );
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/hayloft.json",
+    ] {
+        let missing: Vec<String> = metric_names(file)
+            .into_iter()
+            .filter(|name| !exported.contains(name.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{file} names metrics no server exports: {missing:?}"
+        );
+    }
+}
+
+#[test]
+fn systemd_units_verify_and_are_hardened() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    for role in ["directory", "volume"] {
+        let name = format!("hayloft-{role}.service");
+        // The binary this build made stands where the unit expects it.
+        let unit = std::fs::read_to_string(deploy.join(&name))
+            .unwrap()
+            .replace("/usr/local/bin/hayloft", env!("CARGO_BIN_EXE_hayloft"));
+        assert!(unit.contains(&format!(" {role} --config /etc/hayloft/{role}.toml")));
+        let path = dir.path().join(&name);
+        std::fs::write(&path, unit).unwrap();
+        let verify = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze (Debian's systemd) is installed by scripts/setup.sh");
+        let said = String::from_utf8_lossy(&verify.stderr).into_owned()
+            + &String::from_utf8_lossy(&verify.stdout);
+        // Unknown keys are only warned about: any word from it is a fault.
+        assert!(
+            verify.status.success() && said.trim().is_empty(),
+            "{name}: {said}"
+        );
+        // Exposure 2.0 or less on systemd's 0-10 scale ("OK").
+        let security = std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--threshold=20"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            security.status.success(),
+            "{name} is exposed more than 2.0:\n{}",
+            String::from_utf8_lossy(&security.stdout)
+        );
+    }
 }
