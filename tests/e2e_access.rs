@@ -508,3 +508,96 @@ async fn the_nginx_edge_checks_signatures_before_its_cache_and_keeps_one_copy() 
     // The public blob's copy was left alone.
     assert_eq!(through(&public_url).await.1, "HIT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hayloft_server_takes_every_setting_from_one_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = write_keyring(dir.path(), false);
+    let port = support::free_port;
+    let (directory, grpc, http, metrics) = (port(), port(), port(), port());
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{data}\"\n\
+             directory_listen = \"127.0.0.1:{directory}\"\n\
+             grpc_listen = \"127.0.0.1:{grpc}\"\n\
+             http_listen = \"127.0.0.1:{http}\"\n\
+             metrics_listen = \"127.0.0.1:{metrics}\"\n\
+             [directory]\npulse = \"1s\"\n\
+             [directory.collections.private]\naccess = \"signed\"\n\
+             [volume]\nkeyring = \"{ring}\"\ncache_max_age = \"1h\"\n",
+            data = dir.path().join("data").display(),
+            ring = ring.display(),
+        ),
+    )
+    .unwrap();
+    let _server = support::spawn(
+        &[
+            "server".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ],
+        &dir.path().join("server.log"),
+    );
+    let addr = format!("127.0.0.1:{directory}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match hayloft_client::Client::connect(&addr).await {
+            Ok(client) => break client,
+            Err(e) => assert!(Instant::now() < deadline, "server not up: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let private = UploadOptions {
+        collection: "private".into(),
+        ..UploadOptions::default()
+    };
+    let blob = client
+        .upload(Bytes::from_static(b"embedded and private"), &private)
+        .await
+        .unwrap();
+    let public = client
+        .upload(
+            Bytes::from_static(b"embedded and public"),
+            &UploadOptions::default(),
+        )
+        .await
+        .unwrap();
+    // The file's addresses; its [directory] collection and [volume] key ring
+    // and cache lifetime.
+    assert!(blob.url.starts_with(&format!("http://127.0.0.1:{http}/")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&blob.url).await.status() != StatusCode::FORBIDDEN {
+        assert!(
+            Instant::now() < deadline,
+            "the private blob is served unsigned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = format!("/{}", blob.blob_id);
+    let signed = format!(
+        "http://127.0.0.1:{http}{path}?{}",
+        sign(K1, "k1", &path, now() + 600, None)
+    );
+    let read = get(&signed).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(
+        read.bytes().await.unwrap().as_ref(),
+        b"embedded and private"
+    );
+    let read = get(&public.url).await;
+    assert_eq!(
+        read.headers()[header::CACHE_CONTROL],
+        "public, max-age=3600, immutable"
+    );
+    let scrape = get(&format!("http://127.0.0.1:{metrics}/metrics")).await;
+    assert!(
+        scrape
+            .text()
+            .await
+            .unwrap()
+            .contains("hayloft_http_denied_total")
+    );
+    assert!(dir.path().join("data/directory").is_dir());
+}

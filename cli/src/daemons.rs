@@ -82,6 +82,113 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: draining requests and syncing volumes");
 }
 
+/// The one configuration file of `hayloft server` (`--config`): the
+/// embedded layout's addresses, the tiering worker's policy and interval,
+/// and `[directory]` / `[volume]` sections with any key of the directory's
+/// and the volume server's own configs (config/server.example.toml). Keys
+/// not given keep the embedded defaults (the cold tier a local directory,
+/// one node, one copy).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where everything is stored. Default `data`.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// The directory's gRPC address. Default `127.0.0.1:9330`.
+    pub directory_listen: Option<SocketAddr>,
+    /// The volume server's gRPC address. Default `127.0.0.1:9331`.
+    pub grpc_listen: Option<SocketAddr>,
+    /// The HTTP origin's address. Default `127.0.0.1:9380`.
+    pub http_listen: Option<SocketAddr>,
+    /// Prometheus `/metrics` of the process. Default `127.0.0.1:9390`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The tiering worker's lifecycle policy file. Default: built in.
+    pub policy: Option<std::path::PathBuf>,
+    /// Time between tiering rounds. Default `10m`.
+    #[serde(default, with = "humantime_serde")]
+    pub tier_interval: Option<std::time::Duration>,
+    /// Keys of the directory's config.
+    pub directory: toml::Table,
+    /// Keys of the volume server's config.
+    pub volume: toml::Table,
+}
+
+/// Where the embedded server's parts live and listen (unset: defaults).
+#[derive(Debug, Default, Clone)]
+pub struct EmbeddedLayout {
+    /// Default `data`.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Default `127.0.0.1:9330`.
+    pub directory_listen: Option<SocketAddr>,
+    /// Default `127.0.0.1:9331`.
+    pub grpc_listen: Option<SocketAddr>,
+    /// Default `127.0.0.1:9380`.
+    pub http_listen: Option<SocketAddr>,
+    /// Default `127.0.0.1:9390`.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Keys of the sections the embedded layout sets itself (at the top of
+/// the file), or that would make it more than one node.
+const DIRECTORY_OWN: [&str; 6] = [
+    "listen",
+    "data_dir",
+    "metrics_listen",
+    "node_id",
+    "peers",
+    "join",
+];
+const VOLUME_OWN: [&str; 4] = ["grpc_listen", "http_listen", "directory", "metrics_listen"];
+
+impl ServerConfig {
+    /// The directory's and the volume server's configs: the embedded
+    /// defaults at `layout`, with the sections' keys over them.
+    pub fn configs(
+        &self,
+        layout: &EmbeddedLayout,
+    ) -> anyhow::Result<(DirectoryConfig, VolumeServerConfig)> {
+        let addr = |given: Option<SocketAddr>, default: &str| {
+            given.unwrap_or_else(|| default.parse().expect("a valid default address"))
+        };
+        let (directory, volume) = embedded_configs(
+            layout
+                .data_dir
+                .as_deref()
+                .unwrap_or_else(|| Path::new("data")),
+            addr(layout.directory_listen, "127.0.0.1:9330"),
+            addr(layout.grpc_listen, "127.0.0.1:9331"),
+            addr(layout.http_listen, "127.0.0.1:9380"),
+            addr(layout.metrics_listen, "127.0.0.1:9390"),
+        );
+        Ok((
+            overlay(directory, &self.directory, "directory", &DIRECTORY_OWN)?,
+            overlay(volume, &self.volume, "volume", &VOLUME_OWN)?,
+        ))
+    }
+}
+
+/// `config` with the keys of `section` put over its own (each key replaces
+/// the whole value), checked as the config type checks its files.
+fn overlay<T: serde::Serialize + DeserializeOwned>(
+    config: T,
+    section: &toml::Table,
+    name: &str,
+    own: &[&str],
+) -> anyhow::Result<T> {
+    if let Some(key) = section.keys().find(|k| own.contains(&k.as_str())) {
+        anyhow::bail!(
+            "[{name}] {key}: the embedded server sets it itself (give the addresses and data_dir \
+             at the top of the file; it is one node)"
+        );
+    }
+    let mut table = toml::Table::try_from(&config).context("encoding the defaults")?;
+    for (key, value) in section {
+        table.insert(key.clone(), value.clone());
+    }
+    table
+        .try_into()
+        .with_context(|| format!("the [{name}] section"))
+}
+
 /// The configurations of the embedded `hayloft server`.
 pub fn embedded_configs(
     data_dir: &Path,
@@ -273,6 +380,73 @@ mod tests {
         assert_eq!(policy.expiries.len(), 1);
         // The built-in policy of `hayloft server` parses too.
         crate::tier::load_policy(None).unwrap();
+    }
+
+    #[test]
+    fn the_server_example_overlays_the_embedded_defaults() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let file: ServerConfig = load_config(Some(&root.join("server.example.toml"))).unwrap();
+        let (directory, volume) = file
+            .configs(&EmbeddedLayout {
+                data_dir: file.data_dir.clone(),
+                ..EmbeddedLayout::default()
+            })
+            .unwrap();
+        // The embedded layout: one node under data/, a local cold tier.
+        assert_eq!(directory.data_dir, Path::new("data/directory"));
+        assert_eq!(directory.listen, "127.0.0.1:9330".parse().unwrap());
+        assert!(directory.peers.is_empty());
+        assert_eq!(volume.hot_dirs, [Path::new("data/hot")]);
+        assert!(matches!(
+            volume.cold,
+            Some(hayloft_tiering::ObjectStoreConfig::Local { .. })
+        ));
+        assert_eq!(volume.directory, "127.0.0.1:9330");
+        // The sections' keys over them.
+        assert_eq!(directory.replication_for("thumbnails"), 1);
+        assert_eq!(directory.min_writable_volumes, 2);
+        assert_eq!(volume.server_id, "local");
+        assert_eq!(
+            file.tier_interval,
+            Some(std::time::Duration::from_secs(600))
+        );
+
+        // Any key of either config reaches it; a typo or a key the layout
+        // owns is refused with the section named.
+        let parse = |text: &str| -> anyhow::Result<(DirectoryConfig, VolumeServerConfig)> {
+            let file: ServerConfig = toml::from_str(text)?;
+            file.configs(&EmbeddedLayout::default())
+        };
+        let (directory, volume) = parse(
+            "[directory.collections.private]\naccess = \"signed\"\n\
+             [volume]\nkeyring = \"/etc/hayloft/keyring.toml\"\ncompaction_threshold = 0.5\n\
+             [volume.cold]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(directory.signed_collections(), ["private"]);
+        assert_eq!(
+            volume.keyring.as_deref(),
+            Some(Path::new("/etc/hayloft/keyring.toml"))
+        );
+        assert_eq!(volume.compaction_threshold, 0.5);
+        assert!(matches!(
+            volume.cold,
+            Some(hayloft_tiering::ObjectStoreConfig::S3 { .. })
+        ));
+        let error = format!(
+            "{:#}",
+            parse("[volume]\ncompaction_treshold = 0.5\n").unwrap_err()
+        );
+        assert!(
+            error.contains("[volume]") && error.contains("compaction_treshold"),
+            "{error}"
+        );
+        let error = format!(
+            "{:#}",
+            parse("[directory]\npeers = [\"1=a:1\"]\n").unwrap_err()
+        );
+        assert!(error.contains("[directory] peers"), "{error}");
+        assert!(parse("data_dir = \"x\"\nlisten = \"127.0.0.1:1\"\n").is_err());
     }
 
     #[test]

@@ -65,28 +65,37 @@ enum Command {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// Where everything is stored.
-    #[arg(long, default_value = "data", env = "HAYLOFT_DATA_DIR")]
-    data_dir: PathBuf,
-    /// Directory gRPC address.
-    #[arg(long, default_value = "127.0.0.1:9330")]
-    directory_listen: SocketAddr,
-    /// Volume server gRPC address.
-    #[arg(long, default_value = "127.0.0.1:9331")]
-    grpc_listen: SocketAddr,
-    /// HTTP origin address.
-    #[arg(long, default_value = "127.0.0.1:9380")]
-    http_listen: SocketAddr,
-    /// Prometheus /metrics address.
-    #[arg(long, default_value = "127.0.0.1:9390")]
-    metrics_listen: SocketAddr,
+    /// One TOML file with every setting of the embedded server: its
+    /// addresses, and `[directory]` and `[volume]` sections taking the keys
+    /// of the directory's and the volume server's configs (see
+    /// config/server.example.toml). Flags override it.
+    #[arg(long, env = "HAYLOFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where everything is stored (default "data").
+    #[arg(long, env = "HAYLOFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory gRPC address (default 127.0.0.1:9330).
+    #[arg(long)]
+    directory_listen: Option<SocketAddr>,
+    /// Volume server gRPC address (default 127.0.0.1:9331).
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP origin address (default 127.0.0.1:9380).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Prometheus /metrics address (default 127.0.0.1:9390).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Lifecycle policy of the built-in tiering worker (default: the
     /// built-in policy; see `hayloft tier plan`).
     #[arg(long, env = "HAYLOFT_TIER_POLICY")]
     policy: Option<PathBuf>,
-    /// Time between tiering rounds.
-    #[arg(long, default_value = "10m")]
-    tier_interval: humantime_serde::re::humantime::Duration,
+    /// Time between tiering rounds (default 10m).
+    #[arg(long)]
+    tier_interval: Option<humantime_serde::re::humantime::Duration>,
+    /// Key ring of signed URLs (for collections with access = "signed").
+    #[arg(long, env = "HAYLOFT_KEYRING")]
+    keyring: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -258,19 +267,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => {
-                let policy = tier::load_policy(args.policy.as_deref())?;
-                daemons::server(
-                    daemons::embedded_configs(
-                        &args.data_dir,
-                        args.directory_listen,
-                        args.grpc_listen,
-                        args.http_listen,
-                        args.metrics_listen,
-                    ),
-                    policy,
-                    args.tier_interval.into(),
-                )
-                .await
+                let file: daemons::ServerConfig = daemons::load_config(args.config.as_deref())?;
+                let layout = daemons::EmbeddedLayout {
+                    data_dir: args.data_dir.or(file.data_dir.clone()),
+                    directory_listen: args.directory_listen.or(file.directory_listen),
+                    grpc_listen: args.grpc_listen.or(file.grpc_listen),
+                    http_listen: args.http_listen.or(file.http_listen),
+                    metrics_listen: args.metrics_listen.or(file.metrics_listen),
+                };
+                let (directory, mut volume) = file.configs(&layout)?;
+                if let Some(keyring) = args.keyring {
+                    volume.keyring = Some(keyring);
+                }
+                let policy = tier::load_policy(args.policy.as_deref().or(file.policy.as_deref()))?;
+                let tier_interval = args
+                    .tier_interval
+                    .map(Into::into)
+                    .or(file.tier_interval)
+                    .unwrap_or(std::time::Duration::from_secs(600));
+                daemons::server((directory, volume), policy, tier_interval).await
             }
             Command::Directory(DirectoryArgs {
                 group: Some(command),
