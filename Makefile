@@ -7,8 +7,12 @@ setup:
 	@bash scripts/setup.sh
 
 # The embedded default: directory + volume server, data under ./data.
+# Built as `make test` builds (test builds unify dependency features with
+# the dev-dependencies, a plain `cargo run -p hayloft` does not): whichever
+# command runs second reuses the first one's build.
 run: setup
-	cargo run -p hayloft -- server
+	cargo test --workspace --no-run --quiet
+	./target/debug/hayloft server
 
 # nextest (installed with the toolchain here) runs each test in its own
 # process and ends with one summary line; plain cargo test is the fallback.
