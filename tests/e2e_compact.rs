@@ -160,3 +160,83 @@ async fn garbage_past_the_threshold_is_compacted_automatically() {
     }
     check_reads(&cluster, &kept, &deleted).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_progress_of_a_running_compaction() {
+    // 1 MiB/s over ~4 MiB of live needles: the copy takes seconds.
+    let cluster = Cluster::start(
+        1,
+        &["--compaction-threshold", "0", "--compaction-rate", "1MiB"],
+    )
+    .await;
+    let client = cluster.client().await;
+    let mut kept = Vec::new();
+    for seed in 0..512u64 {
+        let uploaded = client
+            .upload(
+                Bytes::from(content(seed, 16 << 10)),
+                &UploadOptions::default(),
+            )
+            .await
+            .unwrap();
+        if seed % 2 == 0 {
+            kept.push(uploaded.blob_id);
+        } else {
+            client.delete(&uploaded.blob_id).await.unwrap();
+        }
+    }
+    let mut compact = std::process::Command::new(env!("CARGO_BIN_EXE_hayloft"))
+        .args(["compact", "--all", "--min-garbage", "0.1"])
+        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // `hayloft status` shows it, from the server's heartbeats.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let (ok, out) = hayloft(&cluster, &["status"]);
+        assert!(ok, "{out}");
+        if let Some(line) = out
+            .lines()
+            .find(|l| l.contains("compact") && l.contains('%'))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline && compact.try_wait().unwrap().is_none(),
+            "no compaction in progress shown: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let percent: u32 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("compact"))
+        .and_then(|w| w.trim_end_matches('%').trim().parse().ok())
+        .unwrap_or_else(|| {
+            // "compact 12%" may be split in two words.
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "compact").unwrap();
+            words[at + 1].trim_end_matches('%').parse().unwrap()
+        });
+    assert!(percent < 100, "{line}");
+    assert!(
+        tokio::task::spawn_blocking(move || compact.wait().unwrap())
+            .await
+            .unwrap()
+            .success()
+    );
+    // Done: the next heartbeat (one pulse) says so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out) = hayloft(&cluster, &["status"]);
+        if ok && !out.contains("compact") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still shown compacting: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for blob_id in &kept {
+        client.download(blob_id).await.unwrap();
+    }
+}

@@ -218,6 +218,9 @@ struct VolumeArgs {
     /// Skip volumes with less garbage than this, e.g. "1MiB".
     #[arg(long)]
     compaction_min_garbage: Option<bytesize::ByteSize>,
+    /// Compaction copy rate per second, e.g. "64MiB" (0 = unlimited).
+    #[arg(long)]
+    compaction_rate: Option<bytesize::ByteSize>,
     /// Prometheus /metrics address.
     #[arg(long, env = "HAYLOFT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -396,6 +399,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if let Some(interval) = args.compaction_check_interval {
                     config.compaction_check_interval = interval.into();
+                }
+                if let Some(rate) = args.compaction_rate {
+                    config.compaction_rate = rate;
                 }
                 if let Some(bytes) = args.compaction_min_garbage {
                     config.compaction_min_garbage = bytes;
