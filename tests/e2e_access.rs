@@ -40,52 +40,91 @@ async fn get(url: &str) -> reqwest::Response {
     reqwest::get(url).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn signed_urls_open_private_blobs_and_nothing_else() {
-    let keys = tempfile::tempdir().unwrap();
-    let ring = write_keyring(keys.path(), true);
-    let config = keys.path().join("directory.toml");
-    std::fs::write(&config, "[collections.private]\naccess = \"signed\"\n").unwrap();
-    let cluster = Cluster::start_replicated(
-        &["a"],
-        1,
-        &["--config", config.to_str().unwrap()],
-        &["--keyring", ring.to_str().unwrap()],
-    )
-    .await;
-    let client = cluster.client().await;
-    let private = UploadOptions {
-        collection: "private".into(),
-        ..UploadOptions::default()
-    };
-    let secret = client
-        .upload(Bytes::from_static(b"private bytes"), &private)
-        .await
-        .unwrap();
-    let other = client
-        .upload(Bytes::from_static(b"other private bytes"), &private)
-        .await
-        .unwrap();
-    let public = client
-        .upload(
-            Bytes::from_static(b"public bytes"),
-            &UploadOptions::default(),
-        )
-        .await
-        .unwrap();
-    let origin = secret.url.rsplit_once('/').unwrap().0.to_owned();
-    let path = format!("/{}", secret.blob_id);
+/// A cluster of one volume server whose collection `private` is signed
+/// (key ring: k1 signing, k2), with two private blobs and a public one
+/// uploaded; returned once the origin refuses unsigned private reads (it
+/// heard of the signed collections in its first heartbeat's answer).
+struct Signed {
+    keys: tempfile::TempDir,
+    ring: std::path::PathBuf,
+    cluster: Cluster,
+    client: hayloft_client::Client,
+    blob: hayloft_client::Uploaded,
+    other: hayloft_client::Uploaded,
+    public: hayloft_client::Uploaded,
+}
 
-    // Unsigned: refused once the server has heard which collections are
-    // signed (its first heartbeat's answer); the public blob needs nothing.
+impl Signed {
+    async fn start(contents: [&'static [u8]; 3]) -> Signed {
+        let keys = tempfile::tempdir().unwrap();
+        let ring = write_keyring(keys.path(), true);
+        let config = keys.path().join("directory.toml");
+        std::fs::write(&config, "[collections.private]\naccess = \"signed\"\n").unwrap();
+        let cluster = Cluster::start_replicated(
+            &["a"],
+            1,
+            &["--config", config.to_str().unwrap()],
+            &["--keyring", ring.to_str().unwrap()],
+        )
+        .await;
+        let client = cluster.client().await;
+        let private = UploadOptions {
+            collection: "private".into(),
+            ..UploadOptions::default()
+        };
+        let upload = |bytes: &'static [u8], options: UploadOptions| {
+            let client = &client;
+            async move {
+                client
+                    .upload(Bytes::from_static(bytes), &options)
+                    .await
+                    .unwrap()
+            }
+        };
+        let blob = upload(contents[0], private.clone()).await;
+        let other = upload(contents[1], private).await;
+        let public = upload(contents[2], UploadOptions::default()).await;
+        wait_refused(&blob.url).await;
+        Signed {
+            keys,
+            ring,
+            cluster,
+            client,
+            blob,
+            other,
+            public,
+        }
+    }
+}
+
+/// Waits until an unsigned GET of `url` is refused (403).
+async fn wait_refused(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&secret.url).await.status() != StatusCode::FORBIDDEN {
+    while get(url).await.status() != StatusCode::FORBIDDEN {
         assert!(
             Instant::now() < deadline,
             "an unsigned private read was served"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signed_urls_open_private_blobs_and_nothing_else() {
+    let Signed {
+        keys,
+        ring,
+        cluster,
+        client: _,
+        blob: secret,
+        other,
+        public,
+    } = Signed::start([b"private bytes", b"other private bytes", b"public bytes"]).await;
+    let origin = secret.url.rsplit_once('/').unwrap().0.to_owned();
+    let path = format!("/{}", secret.blob_id);
+
+    // Unsigned: refused (Signed::start waited for it); the public blob
+    // needs nothing.
     let public_read = get(&public.url).await;
     assert_eq!(public_read.status(), StatusCode::OK);
     let public_cache_control = public_read.headers()[header::CACHE_CONTROL]
@@ -114,12 +153,10 @@ async fn signed_urls_open_private_blobs_and_nothing_else() {
     assert_eq!(read.status(), StatusCode::OK);
     // No shared cache keeps it past the URL's expiry (10 minutes).
     let cache_control = read.headers()[header::CACHE_CONTROL].to_str().unwrap();
-    let max_age: u64 = cache_control
-        .strip_prefix("private, max-age=")
-        .unwrap_or_else(|| panic!("{cache_control}"))
-        .parse()
-        .unwrap();
-    assert!((500..=600).contains(&max_age), "{cache_control}");
+    assert!(
+        (500..=600).contains(&max_age(cache_control)),
+        "{cache_control}"
+    );
     assert!(
         public_cache_control.starts_with("public"),
         "{public_cache_control}"
@@ -350,45 +387,20 @@ fn max_age(cache_control: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_nginx_edge_checks_signatures_before_its_cache_and_keeps_one_copy() {
-    let keys = tempfile::tempdir().unwrap();
-    let ring = write_keyring(keys.path(), true);
-    let config = keys.path().join("directory.toml");
-    std::fs::write(&config, "[collections.private]\naccess = \"signed\"\n").unwrap();
-    let cluster = Cluster::start_replicated(
-        &["a"],
-        1,
-        &["--config", config.to_str().unwrap()],
-        &["--keyring", ring.to_str().unwrap()],
-    )
+    let Signed {
+        keys,
+        ring,
+        cluster,
+        client,
+        blob,
+        other,
+        public,
+    } = Signed::start([
+        b"one private photo",
+        b"another private photo",
+        b"a public photo",
+    ])
     .await;
-    let client = cluster.client().await;
-    let private = UploadOptions {
-        collection: "private".into(),
-        ..UploadOptions::default()
-    };
-    let blob = client
-        .upload(Bytes::from_static(b"one private photo"), &private)
-        .await
-        .unwrap();
-    let other = client
-        .upload(Bytes::from_static(b"another private photo"), &private)
-        .await
-        .unwrap();
-    let public = client
-        .upload(
-            Bytes::from_static(b"a public photo"),
-            &UploadOptions::default(),
-        )
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&blob.url).await.status() != StatusCode::FORBIDDEN {
-        assert!(
-            Instant::now() < deadline,
-            "the origin serves unsigned reads"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let origin = cluster.http_base(0);
     let edge = Edge::start(origin.trim_start_matches("http://"), &ring).await;
     let path = format!("/{}", blob.blob_id);
@@ -567,14 +579,7 @@ async fn hayloft_server_takes_every_setting_from_one_config_file() {
     // The file's addresses; its [directory] collection and [volume] key ring
     // and cache lifetime.
     assert!(blob.url.starts_with(&format!("http://127.0.0.1:{http}/")));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&blob.url).await.status() != StatusCode::FORBIDDEN {
-        assert!(
-            Instant::now() < deadline,
-            "the private blob is served unsigned"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_refused(&blob.url).await;
     let path = format!("/{}", blob.blob_id);
     let signed = format!(
         "http://127.0.0.1:{http}{path}?{}",

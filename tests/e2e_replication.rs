@@ -783,6 +783,29 @@ async fn hayloft_repair_plans_then_repairs_without_waiting_for_repair_after() {
     assert_on_every_copy(&cluster, &acked).await;
 }
 
+/// Uploads `count` blobs of about 1 MiB, waits until every volume has its
+/// 3 copies, then SIGKILLs the server holding the first blob's first copy
+/// (for good). Answers the acknowledged blobs and the lost server's id.
+async fn upload_then_lose_a_copy(
+    cluster: &mut Cluster,
+    client: &Client,
+    count: u64,
+) -> (Vec<(String, u64, usize)>, String) {
+    let mut acked = Vec::new();
+    for seed in 0..count {
+        let len = (1 << 20) + seed as usize;
+        let uploaded = client
+            .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
+            .await
+            .unwrap();
+        acked.push((uploaded.blob_id, seed, len));
+    }
+    let status = wait_healthy(cluster, 3).await;
+    let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
+    cluster.volumes[server_index(&lost)].take().unwrap().kill();
+    (acked, lost)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repair_resumes_after_its_target_and_the_directory_die() {
     let mut cluster = Cluster::start_replicated(
@@ -793,18 +816,7 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
     )
     .await;
     let client = Arc::new(cluster.client().await);
-    let mut acked = Vec::new();
-    for seed in 0..24u64 {
-        let len = (1 << 20) + seed as usize;
-        let uploaded = client
-            .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
-            .await
-            .unwrap();
-        acked.push((uploaded.blob_id, seed, len));
-    }
-    let status = wait_healthy(&cluster, 3).await;
-    let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
-    cluster.volumes[server_index(&lost)].take().unwrap().kill();
+    let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 24).await;
     // A repair starts (2 MiB/s: it takes seconds); kill its target mid-copy.
     let deadline = Instant::now() + Duration::from_secs(30);
     let target = loop {
@@ -892,18 +904,7 @@ async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
     )
     .await;
     let client = Arc::new(cluster.client().await);
-    let mut acked = Vec::new();
-    for seed in 0..16u64 {
-        let len = (1 << 20) + seed as usize;
-        let uploaded = client
-            .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
-            .await
-            .unwrap();
-        acked.push((uploaded.blob_id, seed, len));
-    }
-    let status = wait_healthy(&cluster, 3).await;
-    let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
-    cluster.volumes[server_index(&lost)].take().unwrap().kill();
+    let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 16).await;
 
     // The leader commits the repair job, then copies.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -112,21 +112,6 @@ pub struct ServerConfig {
     pub volume: toml::Table,
 }
 
-/// Where the embedded server's parts live and listen (unset: defaults).
-#[derive(Debug, Default, Clone)]
-pub struct EmbeddedLayout {
-    /// Default `data`.
-    pub data_dir: Option<std::path::PathBuf>,
-    /// Default `127.0.0.1:9330`.
-    pub directory_listen: Option<SocketAddr>,
-    /// Default `127.0.0.1:9331`.
-    pub grpc_listen: Option<SocketAddr>,
-    /// Default `127.0.0.1:9380`.
-    pub http_listen: Option<SocketAddr>,
-    /// Default `127.0.0.1:9390`.
-    pub metrics_listen: Option<SocketAddr>,
-}
-
 /// Keys of the sections the embedded layout sets itself (at the top of
 /// the file), or that would make it more than one node.
 const DIRECTORY_OWN: [&str; 6] = [
@@ -141,23 +126,19 @@ const VOLUME_OWN: [&str; 4] = ["grpc_listen", "http_listen", "directory", "metri
 
 impl ServerConfig {
     /// The directory's and the volume server's configs: the embedded
-    /// defaults at `layout`, with the sections' keys over them.
-    pub fn configs(
-        &self,
-        layout: &EmbeddedLayout,
-    ) -> anyhow::Result<(DirectoryConfig, VolumeServerConfig)> {
+    /// defaults at this file's layout, with the sections' keys over them.
+    pub fn configs(&self) -> anyhow::Result<(DirectoryConfig, VolumeServerConfig)> {
         let addr = |given: Option<SocketAddr>, default: &str| {
             given.unwrap_or_else(|| default.parse().expect("a valid default address"))
         };
         let (directory, volume) = embedded_configs(
-            layout
-                .data_dir
+            self.data_dir
                 .as_deref()
                 .unwrap_or_else(|| Path::new("data")),
-            addr(layout.directory_listen, "127.0.0.1:9330"),
-            addr(layout.grpc_listen, "127.0.0.1:9331"),
-            addr(layout.http_listen, "127.0.0.1:9380"),
-            addr(layout.metrics_listen, "127.0.0.1:9390"),
+            addr(self.directory_listen, "127.0.0.1:9330"),
+            addr(self.grpc_listen, "127.0.0.1:9331"),
+            addr(self.http_listen, "127.0.0.1:9380"),
+            addr(self.metrics_listen, "127.0.0.1:9390"),
         );
         Ok((
             overlay(directory, &self.directory, "directory", &DIRECTORY_OWN)?,
@@ -386,12 +367,7 @@ mod tests {
     fn the_server_example_overlays_the_embedded_defaults() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         let file: ServerConfig = load_config(Some(&root.join("server.example.toml"))).unwrap();
-        let (directory, volume) = file
-            .configs(&EmbeddedLayout {
-                data_dir: file.data_dir.clone(),
-                ..EmbeddedLayout::default()
-            })
-            .unwrap();
+        let (directory, volume) = file.configs().unwrap();
         // The embedded layout: one node under data/, a local cold tier.
         assert_eq!(directory.data_dir, Path::new("data/directory"));
         assert_eq!(directory.listen, "127.0.0.1:9330".parse().unwrap());
@@ -415,7 +391,7 @@ mod tests {
         // owns is refused with the section named.
         let parse = |text: &str| -> anyhow::Result<(DirectoryConfig, VolumeServerConfig)> {
             let file: ServerConfig = toml::from_str(text)?;
-            file.configs(&EmbeddedLayout::default())
+            file.configs()
         };
         let (directory, volume) = parse(
             "[directory.collections.private]\naccess = \"signed\"\n\

@@ -270,15 +270,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => {
-                let file: daemons::ServerConfig = daemons::load_config(args.config.as_deref())?;
-                let layout = daemons::EmbeddedLayout {
-                    data_dir: args.data_dir.or(file.data_dir.clone()),
-                    directory_listen: args.directory_listen.or(file.directory_listen),
-                    grpc_listen: args.grpc_listen.or(file.grpc_listen),
-                    http_listen: args.http_listen.or(file.http_listen),
-                    metrics_listen: args.metrics_listen.or(file.metrics_listen),
-                };
-                let (directory, mut volume) = file.configs(&layout)?;
+                let mut file: daemons::ServerConfig = daemons::load_config(args.config.as_deref())?;
+                // Flags over the file.
+                file.data_dir = args.data_dir.or(file.data_dir);
+                file.directory_listen = args.directory_listen.or(file.directory_listen);
+                file.grpc_listen = args.grpc_listen.or(file.grpc_listen);
+                file.http_listen = args.http_listen.or(file.http_listen);
+                file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+                let (directory, mut volume) = file.configs()?;
                 if let Some(keyring) = args.keyring {
                     volume.keyring = Some(keyring);
                 }

@@ -1000,7 +1000,8 @@ impl Cluster {
         let volumes = inner
             .volumes
             .values()
-            .map(|e| VolumeRecord {
+            .map(|e| (e, inner.repair_jobs.get(&e.row.id)))
+            .map(|(e, job)| VolumeRecord {
                 status: Some(e.row.status.clone().unwrap_or_else(|| VolumeStatus {
                     volume_id: e.row.id,
                     collection: e.row.collection.clone(),
@@ -1012,15 +1013,11 @@ impl Cluster {
                 replicas: self.replicas(&inner, &e.row),
                 health: self.volume_health(&inner, &e.row) as i32,
                 replication: e.row.replication,
-                repairing: inner.repair_jobs.contains_key(&e.row.id),
+                repairing: job.is_some(),
                 // Filled in by the service (from heartbeats).
                 repair_progress: 0.0,
-                repair_target: inner
-                    .repair_jobs
-                    .get(&e.row.id)
-                    .map(|j| j.target.clone())
-                    .unwrap_or_default(),
-                repair_started_at: inner.repair_jobs.get(&e.row.id).map_or(0, |j| j.started_at),
+                repair_target: job.map(|j| j.target.clone()).unwrap_or_default(),
+                repair_started_at: job.map_or(0, |j| j.started_at),
             })
             .collect();
         // A problem older than a few pulses was about servers that may have
@@ -1689,6 +1686,17 @@ mod tests {
         (cluster, raft)
     }
 
+    /// A snapshot of `cluster` installed on a new node (id 2) with its own
+    /// database: the database's directory, the database, the node.
+    fn installed_elsewhere(cluster: &Cluster) -> (tempfile::TempDir, Arc<Db>, Cluster) {
+        let (data, applied, membership) = cluster.snapshot().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let copy = Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 2).unwrap();
+        copy.install(&data, applied, membership).unwrap();
+        (dir, db, copy)
+    }
+
     fn heartbeat(volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
         HeartbeatRequest {
             server: Some(ServerLocation {
@@ -1780,13 +1788,10 @@ mod tests {
             .await
             .unwrap();
         let (blobs, _) = cluster.assign("photos", 10).await.unwrap().unwrap();
-        let (data, applied, membership) = cluster.snapshot().unwrap();
+        let (_, applied, membership) = cluster.snapshot().unwrap();
         raft.shutdown().await.unwrap();
 
-        let other = tempfile::tempdir().unwrap();
-        let db = Arc::new(Db::open(other.path()).unwrap());
-        let copy = Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 2).unwrap();
-        copy.install(&data, applied, membership.clone()).unwrap();
+        let (_other, db, copy) = installed_elsewhere(&cluster);
         assert_eq!(copy.applied_state(), (applied, membership));
         let volumes = |c: &Cluster| {
             c.status()
@@ -1850,11 +1855,7 @@ mod tests {
         assert!(cluster.repair_job(id).is_some());
 
         // A snapshot carries it, and a reopened database keeps it.
-        let (data, applied, membership) = cluster.snapshot().unwrap();
-        let other = tempfile::tempdir().unwrap();
-        let db = Arc::new(Db::open(other.path()).unwrap());
-        let copy = Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 2).unwrap();
-        copy.install(&data, applied, membership).unwrap();
+        let (_other, db, copy) = installed_elsewhere(&cluster);
         assert_eq!(copy.repair_jobs(), vec![started.clone()]);
         drop(copy);
         let reopened = Cluster::load(db, DirectoryConfig::default(), 2).unwrap();
