@@ -440,6 +440,12 @@ async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
             let url = format!("{}/{blob_id}", cluster.http_base(server));
             let response = http.get(&url).send().await.unwrap();
             assert_eq!(response.status(), 200, "{url}");
+            // Purge tags, with the collection, from whichever server read it.
+            let keys = response.headers()["surrogate-key"].to_str().unwrap();
+            assert!(
+                keys.contains(&format!("blob-{blob_id}")) && keys.contains("collection-default"),
+                "{url}: {keys}"
+            );
             assert_eq!(
                 response.bytes().await.unwrap().as_ref(),
                 content(*seed, *len).as_slice(),

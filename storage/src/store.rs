@@ -36,6 +36,14 @@ impl Handle {
             Handle::Cold(c) => c.stats(),
         }
     }
+
+    /// The collection the volume belongs to.
+    pub fn collection(&self) -> &str {
+        match self {
+            Handle::Local(v) => v.collection(),
+            Handle::Cold(c) => c.collection(),
+        }
+    }
 }
 
 /// A directory holding volumes, on a disk of one tier.

@@ -276,6 +276,9 @@ pub struct Volume {
     synced: Condvar,
     index_file: Mutex<IndexFile>,
     meta: Mutex<VolumeMeta>,
+    /// The collection (fixed when the volume is created; read on every
+    /// HTTP response, so kept out of the `meta` lock).
+    collection: Box<str>,
     recovery: RecoveryReport,
     /// [`Volume::expires_at`] once sealed (no needle is added after that;
     /// deletes can only make the cached time later than the truth).
@@ -402,6 +405,7 @@ impl Volume {
                 file: index_file,
                 end: recovered.index_file_len,
             }),
+            collection: meta.collection.clone().into_boxed_str(),
             meta: Mutex::new(meta),
             recovery: recovered.report,
             expiry: Mutex::new(None),
@@ -424,8 +428,8 @@ impl Volume {
     }
 
     /// The collection the volume belongs to.
-    pub fn collection(&self) -> String {
-        self.meta.lock().collection.clone()
+    pub fn collection(&self) -> &str {
+        &self.collection
     }
 
     /// What recovery found when the volume was opened.

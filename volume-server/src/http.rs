@@ -276,7 +276,8 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
     );
-    let (local, signed_until) = span.in_scope(|| local(&state, &request, peer));
+    let mut served = Served::default();
+    let local = span.in_scope(|| local_read(&state, &request, peer, &mut served));
     let mut response = match local {
         Local::Done(response) => response,
         // The cold path is a task of its own (its future, an S3 request, is
@@ -341,11 +342,14 @@ async fn handle(
             .insert(hayloft_proto::REQUEST_ID, value);
     }
     if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
-        tag_for_purges(&state, request.uri().path(), &mut response);
+        if let Some((keys, tags)) = served.tags {
+            response.headers_mut().insert("surrogate-key", keys);
+            response.headers_mut().insert("cache-tag", tags);
+        }
         // A private blob read through a signed URL: no shared cache keeps it
         // past the URL's expiry unless told to (an edge that checks
         // signatures itself overrides this; see deploy/).
-        if let Some(expires) = signed_until
+        if let Some(expires) = served.signed_until
             && response.headers().contains_key(header::CACHE_CONTROL)
         {
             let now = std::time::SystemTime::now()
@@ -362,43 +366,32 @@ async fn handle(
 }
 
 /// `Surrogate-Key` (Fastly, space-separated) and `Cache-Tag` (Cloudflare,
-/// Akamai; comma-separated) on a blob: `blob-<id>`, `volume-<id>` and
-/// `collection-<name>` (when this server holds the volume), so that a CDN
-/// purges a blob, a volume or a collection by tag.
-fn tag_for_purges(state: &HttpState, path: &str, response: &mut Response) {
-    let Some(blob) = blob_id_of(path).and_then(|id| id.parse::<BlobId>().ok()) else {
-        return;
+/// Akamai; comma-separated) for a blob of a volume held here: `blob-<id>`,
+/// `volume-<id>` and `collection-<name>`, so that a CDN purges a blob, a
+/// volume or a collection by tag. (A read proxied from another copy carries
+/// the tags that copy's server set.)
+fn purge_tags(blob: BlobId, collection: &str) -> Option<(HeaderValue, HeaderValue)> {
+    use std::fmt::Write;
+    let mut keys = String::with_capacity(80);
+    let _ = write!(keys, "blob-{blob} volume-{}", blob.volume().0);
+    let name = if collection.is_empty() {
+        "default"
+    } else {
+        collection
     };
-    let mut tags = vec![
-        format!("blob-{}", blob),
-        format!("volume-{}", blob.volume().0),
-    ];
-    let collection = match state.store.handle(blob.volume()) {
-        Ok(hayloft_storage::Handle::Local(volume)) => Some(volume.collection()),
-        Ok(hayloft_storage::Handle::Cold(cold)) => Some(cold.collection().to_owned()),
-        Err(_) => None,
-    };
-    if let Some(collection) = collection {
-        let name = if collection.is_empty() {
-            "default"
-        } else {
-            &collection
-        };
-        // Only characters a tag header carries unescaped.
-        if name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        {
-            tags.push(format!("collection-{name}"));
-        }
+    // Only characters a tag header carries unescaped.
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        keys.push_str(" collection-");
+        keys.push_str(name);
     }
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&tags.join(" ")) {
-        headers.insert("surrogate-key", value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&tags.join(",")) {
-        headers.insert("cache-tag", value);
-    }
+    let tags = keys.replace(' ', ",");
+    Some((
+        HeaderValue::from_maybe_shared(Bytes::from(keys)).ok()?,
+        HeaderValue::from_maybe_shared(Bytes::from(tags)).ok()?,
+    ))
 }
 
 /// The answer to a request refused by the signed-URL check: 403 or 410,
@@ -429,23 +422,22 @@ enum Local {
     Remote(Arc<crate::proxy::RemoteReader>, u32),
 }
 
-/// What a request comes to, and, for a blob read through a signed URL, the
-/// URL's expiry.
-fn local(
-    state: &HttpState,
-    request: &Request<Incoming>,
-    peer: Option<std::net::IpAddr>,
-) -> (Local, Option<u64>) {
-    let mut signed_until = None;
-    let local = local_read(state, request, peer, &mut signed_until);
-    (local, signed_until)
+/// What a request answered here adds to its response.
+#[derive(Default)]
+struct Served {
+    /// The expiry of the signed URL it was read through.
+    signed_until: Option<u64>,
+    /// `Surrogate-Key` and `Cache-Tag` of a blob of a volume held here.
+    tags: Option<(HeaderValue, HeaderValue)>,
 }
 
+/// What a request comes to. One look-up of the volume serves the
+/// signed-URL check, the read and the purge tags.
 fn local_read(
     state: &HttpState,
     request: &Request<Incoming>,
     peer: Option<std::net::IpAddr>,
-    signed_until: &mut Option<u64>,
+    served: &mut Served,
 ) -> Local {
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
@@ -461,47 +453,51 @@ fn local_read(
     let Ok(blob) = blob_id.parse::<BlobId>() else {
         return Local::Done(plain(StatusCode::BAD_REQUEST, "malformed blob id\n"));
     };
+    let handle = match state.store.handle(blob.volume()) {
+        Ok(handle) => handle,
+        // Not here: another copy answers, and checks a signed URL itself.
+        Err(e) => {
+            return match &state.remote {
+                Some(remote) if !request.headers().contains_key(crate::proxy::PROXIED) => {
+                    Local::Remote(Arc::clone(remote), blob.volume().0)
+                }
+                _ => Local::Done(read_error(&e)),
+            };
+        }
+    };
     // A signed collection's blob: the signature is checked before the blob
-    // is looked up, so a refusal says nothing of whether it exists. (A
-    // volume held elsewhere is checked by the server that holds it.)
+    // is looked up, so a refusal says nothing of whether it exists.
     if let Some(access) = &state.access
         && !access.all_public()
+        && access.is_signed(handle.collection())
     {
-        let collection = match state.store.handle(blob.volume()) {
-            Ok(hayloft_storage::Handle::Local(volume)) => Some(volume.collection()),
-            Ok(hayloft_storage::Handle::Cold(cold)) => Some(cold.collection().to_owned()),
-            Err(_) => None,
-        };
-        if let Some(collection) = collection
-            && access.is_signed(&collection)
-        {
-            let (path, query) = (request.uri().path(), request.uri().query());
-            if let Err(refused) = access.check(path, query, peer) {
-                return Local::Done(denied(refused));
-            }
-            *signed_until = hayloft_access::signed_url::expires(query);
+        let (path, query) = (request.uri().path(), request.uri().query());
+        if let Err(refused) = access.check(path, query, peer) {
+            return Local::Done(denied(refused));
         }
+        served.signed_until = hayloft_access::signed_url::expires(query);
     }
+    served.tags = purge_tags(blob, handle.collection());
     COUNTS.with_borrow_mut(|counts| *counts.reads.entry(blob.volume()).or_default() += 1);
-    let read =
-        state
-            .store
-            .read_checked(blob.volume(), blob.needle, blob.cookie, state.verify_up_to);
-    let error = match read {
+    let volume = match handle {
+        hayloft_storage::Handle::Local(volume) => volume,
+        hayloft_storage::Handle::Cold(cold) => return Local::Cold(cold, blob),
+    };
+    let error = match volume.read_checked(blob.needle, blob.cookie, state.verify_up_to) {
         Ok(needle) => return Local::Done(respond(state, needle, method, request.headers())),
-        Err(hayloft_storage::Error::Cold(volume)) => match state.store.cold_volume(volume) {
-            Ok(cold) => return Local::Cold(cold, blob),
-            Err(e) => e,
-        },
-        // Not here, or corrupt here: another copy answers (a bad copy
-        // never serves wrong bytes, and the reader does not see the fault).
-        Err(
-            e
-            @ (hayloft_storage::Error::VolumeNotFound(_) | hayloft_storage::Error::Corrupt { .. }),
-        ) if !request.headers().contains_key(crate::proxy::PROXIED) => match &state.remote {
-            Some(remote) => return Local::Remote(Arc::clone(remote), blob.volume().0),
-            None => e,
-        },
+        // Corrupt here: another copy answers (a bad copy never serves
+        // wrong bytes, and the reader does not see the fault).
+        Err(e @ hayloft_storage::Error::Corrupt { .. })
+            if !request.headers().contains_key(crate::proxy::PROXIED) =>
+        {
+            match &state.remote {
+                Some(remote) => {
+                    served.tags = None;
+                    return Local::Remote(Arc::clone(remote), blob.volume().0);
+                }
+                None => e,
+            }
+        }
         Err(e) => e,
     };
     Local::Done(read_error(&error))

@@ -20,7 +20,7 @@ pub fn volume_status(volume: &Volume) -> VolumeStatus {
     let progress = volume.compaction_progress();
     VolumeStatus {
         volume_id: stats.id.0,
-        collection: volume.collection(),
+        collection: volume.collection().to_owned(),
         tier: proto_tier(stats.tier) as i32,
         sealed: stats.sealed,
         needles: stats.needles,
