@@ -606,3 +606,199 @@ async fn hayloft_server_takes_every_setting_from_one_config_file() {
     );
     assert!(dir.path().join("data/directory").is_dir());
 }
+
+/// `hayloft token create` with the test key ring.
+fn mint(ring: &std::path::Path, scopes: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--keyring", ring.to_str().unwrap()];
+    for scope in scopes {
+        args.extend(["--scope", scope]);
+    }
+    let out = std::process::Command::new(support::BIN)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("token id "));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
+    use hayloft_proto::volume_client::VolumeClient;
+    use hayloft_proto::{
+        AssignRequest, Credential, StatusRequest, WriteHeader, WriteRequest, write_request::Part,
+    };
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ring = write_keyring(dir.path(), false);
+    let port = support::free_port;
+    let (directory, grpc, http, metrics) = (port(), port(), port(), port());
+    let _server = support::spawn(
+        &[
+            "server",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--directory-listen",
+            &format!("127.0.0.1:{directory}"),
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+            "--keyring",
+            ring.to_str().unwrap(),
+            "--require-tokens",
+        ]
+        .map(str::to_owned),
+        &dir.path().join("server.log"),
+    );
+    let addr = format!("127.0.0.1:{directory}");
+    let photos = UploadOptions {
+        collection: "photos".into(),
+        ..UploadOptions::default()
+    };
+    let connect = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match hayloft_client::Client::connect(&addr).await {
+                Ok(client) => break client,
+                Err(e) => assert!(Instant::now() < deadline, "server not up: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let upload = |client: hayloft_client::Client, options: UploadOptions| async move {
+        client
+            .upload(Bytes::from_static(b"a photo"), &options)
+            .await
+            .map_err(|e| e.code())
+    };
+
+    // No token, or a forged one: UNAUTHENTICATED.
+    assert_eq!(
+        upload(connect().await, photos.clone()).await.unwrap_err(),
+        Some(Code::Unauthenticated)
+    );
+    let writer = mint(&ring, &["write:photos", "read:photos"]);
+    let forged = format!("{}x", &writer[..writer.len() - 1]);
+    let with = |token: &str| {
+        let token = token.to_owned();
+        async move { connect().await.with_token(&token).unwrap() }
+    };
+    assert_eq!(
+        upload(with(&forged).await, photos.clone())
+            .await
+            .unwrap_err(),
+        Some(Code::Unauthenticated)
+    );
+    // A token without the scope: PERMISSION_DENIED.
+    let reader = mint(&ring, &["read:photos"]);
+    assert_eq!(
+        upload(with(&reader).await, photos.clone())
+            .await
+            .unwrap_err(),
+        Some(Code::PermissionDenied)
+    );
+    let videos = UploadOptions {
+        collection: "videos".into(),
+        ..UploadOptions::default()
+    };
+    assert_eq!(
+        upload(with(&writer).await, videos).await.unwrap_err(),
+        Some(Code::PermissionDenied)
+    );
+    // The right scope writes, and reads back over gRPC.
+    let client = with(&writer).await;
+    let written = client
+        .upload(Bytes::from_static(b"a photo"), &photos)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.download(&written.blob_id).await.unwrap().1.as_ref(),
+        b"a photo"
+    );
+    // Status is an admin call.
+    let status = |token: String| {
+        let addr = addr.clone();
+        async move {
+            hayloft_proto::Directories::new(&addr)
+                .unwrap()
+                .with_credential(Credential::bearer(&token).unwrap())
+                .unwrap()
+                .call(|mut d| async move { d.status(StatusRequest::default()).await })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code())
+        }
+    };
+    assert_eq!(status(writer.clone()).await, Err(Code::PermissionDenied));
+    assert_eq!(status(mint(&ring, &["admin"])).await, Ok(()));
+
+    // A write grant writes its own blob only. Two ids, then a write of the
+    // second with the first's grant, by a caller with no write scope.
+    let assigned = hayloft_proto::Directories::new(&addr)
+        .unwrap()
+        .with_credential(Credential::bearer(&writer).unwrap())
+        .unwrap()
+        .call(|mut d| async move {
+            d.assign(AssignRequest {
+                count: 2,
+                collection: "photos".into(),
+                ..AssignRequest::default()
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    let (first, second) = (&assigned.blobs[0], &assigned.blobs[1]);
+    assert!(!first.grant.is_empty() && first.grant != second.grant);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut volume = VolumeClient::new(Credential::bearer(&reader).unwrap().channel(channel));
+    let write = |blob_id: &str, grant: &str| {
+        let header = WriteHeader {
+            blob_id: blob_id.to_owned(),
+            size: 5,
+            grant: grant.to_owned(),
+            ..WriteHeader::default()
+        };
+        futures::stream::iter([
+            WriteRequest {
+                part: Some(Part::Header(header)),
+            },
+            WriteRequest {
+                part: Some(Part::Chunk(Bytes::from_static(b"hello"))),
+            },
+        ])
+    };
+    let stolen = volume
+        .write(write(&second.blob_id, &first.grant))
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Code::PermissionDenied, "{stolen:?}");
+    assert!(stolen.message().contains("grant"), "{}", stolen.message());
+    volume
+        .write(write(&second.blob_id, &second.grant))
+        .await
+        .unwrap();
+    // The blob written with its grant reads back to a reader.
+    let reader_client = with(&reader).await;
+    assert_eq!(
+        reader_client
+            .download(&second.blob_id)
+            .await
+            .unwrap()
+            .1
+            .as_ref(),
+        b"hello"
+    );
+}

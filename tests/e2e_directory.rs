@@ -735,7 +735,8 @@ async fn watch_terms(
 ) {
     while !stop.load(Ordering::Relaxed) {
         for addr in &addrs {
-            if let Ok(node) = hayloft_proto::ask_node(addr, Duration::from_millis(300)).await
+            if let Ok(node) =
+                hayloft_proto::ask_node(addr, Duration::from_millis(300), &Default::default()).await
                 && node.role == "leader"
             {
                 seen.lock()

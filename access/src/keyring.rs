@@ -268,6 +268,52 @@ impl SharedKeyring {
     }
 }
 
+/// How often [`watch_keyring`] looks at the key ring's files.
+const KEYRING_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads `keyring` on SIGHUP and when its files change, until `stop`.
+/// A reload that fails keeps the keys in use, and says why.
+pub async fn watch_keyring(
+    keyring: std::sync::Arc<SharedKeyring>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    tokio::pin!(stop);
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            _ = &mut stop => return,
+            _ = hup => "SIGHUP",
+            _ = tokio::time::sleep(KEYRING_POLL) => {
+                if !keyring.changed() {
+                    continue;
+                }
+                "its files changed"
+            }
+        };
+        match keyring.reload() {
+            Ok(ring) => {
+                metrics::counter!("hayloft_keyring_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(path = %keyring.path().display(), why, keys = ?ring.ids().collect::<Vec<_>>(),
+                    "key ring reloaded");
+            }
+            Err(error) => {
+                metrics::counter!("hayloft_keyring_reloads_total", "result" => "error")
+                    .increment(1);
+                tracing::error!(path = %keyring.path().display(), why, %error,
+                    "key ring not reloaded; the keys in use stay");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,11 +7,15 @@
 //! - [`signed_url`]: signing a blob's URL path for a limited time, and
 //!   checking such a URL (HMAC-SHA256 over a canonical string, compared in
 //!   constant time).
+//! - [`token`]: bearer tokens for gRPC (JWTs with scopes) and write grants
+//!   for single blobs.
 
+pub mod grpc;
 mod keyring;
 pub mod signed_url;
+pub mod token;
 
-pub use keyring::{Keyring, KeyringError, SharedKeyring};
+pub use keyring::{Keyring, KeyringError, SharedKeyring, watch_keyring};
 pub use signed_url::{Denied, UrlPolicy};
 
 /// How a collection's blobs may be read over HTTP.

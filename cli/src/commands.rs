@@ -21,9 +21,21 @@ pub struct Connection {
 
 impl Connection {
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Client::connect(&self.directory)
+        let client = Client::connect(&self.directory)
             .await
-            .with_context(|| format!("connecting to the directory at {}", self.directory))
+            .with_context(|| format!("connecting to the directory at {}", self.directory))?;
+        Ok(match std::env::var("HAYLOFT_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => client
+                .with_token(&token)
+                .context("HAYLOFT_TOKEN is not a usable token")?,
+            _ => client,
+        })
+    }
+
+    /// The directory group, with the token in `HAYLOFT_TOKEN` (if set).
+    pub fn directories(&self) -> anyhow::Result<hayloft_proto::Directories> {
+        Ok(hayloft_proto::Directories::new(&self.directory)?
+            .with_credential(hayloft_proto::Credential::from_env())?)
     }
 }
 
@@ -242,7 +254,7 @@ fn state_name(state: i32) -> &'static str {
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.capacity {
         let policy = crate::tier::load_policy(args.policy.as_deref())?;
-        let directory = hayloft_proto::Directories::new(&args.connection.directory)?;
+        let directory = args.connection.directories()?;
         let since = hayloft_storage::volume::now_unix_secs().saturating_sub(8 * 86_400);
         let samples = directory
             .call(|mut directory| async move {
@@ -435,9 +447,13 @@ async fn directory_nodes(addrs: &str) -> Vec<(String, Option<hayloft_proto::Node
         if nodes.iter().any(|(known, _)| *known == addr) {
             continue;
         }
-        let answer = hayloft_proto::ask_node(&addr, std::time::Duration::from_secs(2))
-            .await
-            .ok();
+        let answer = hayloft_proto::ask_node(
+            &addr,
+            std::time::Duration::from_secs(2),
+            &hayloft_proto::Credential::from_env(),
+        )
+        .await
+        .ok();
         if let Some(node) = &answer {
             queue.extend(
                 node.members

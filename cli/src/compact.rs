@@ -8,7 +8,6 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Args;
 use hayloft_proto::CompactRequest;
-use hayloft_proto::volume_client::VolumeClient;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::commands::Connection;
@@ -82,7 +81,7 @@ pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
         let addr = servers
             .get(&server_id)
             .with_context(|| format!("server {server_id} is not in the directory"))?;
-        let mut volume_client = VolumeClient::connect(format!("http://{addr}"))
+        let mut volume_client = hayloft_proto::Credential::volume_client(addr)
             .await
             .with_context(|| format!("connecting to volume server {server_id} at {addr}"))?;
         let mut stream = volume_client

@@ -48,7 +48,9 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(90);
 pub async fn run(command: GroupCommand) -> anyhow::Result<()> {
     let membership = match command {
         GroupCommand::AddNode(args) => {
-            let directory = hayloft_proto::Directories::new(&args.connection.directory)?
+            let directory = args
+                .connection
+                .directories()?
                 .with_call_timeout(CHANGE_TIMEOUT)?;
             let request = AddNodeRequest {
                 node_id: args.node_id,
@@ -63,7 +65,9 @@ pub async fn run(command: GroupCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("adding node {} at {}", args.node_id, args.addr))?
         }
         GroupCommand::RemoveNode(args) => {
-            let directory = hayloft_proto::Directories::new(&args.connection.directory)?
+            let directory = args
+                .connection
+                .directories()?
                 .with_call_timeout(CHANGE_TIMEOUT)?;
             let node_id = args.node_id;
             directory

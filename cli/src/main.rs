@@ -17,6 +17,7 @@ mod group;
 mod repair;
 mod sign;
 mod tier;
+mod token;
 
 /// hayloft: a Haystack-style blob store with hot, warm and cold tiers.
 #[derive(Parser)]
@@ -61,6 +62,8 @@ enum Command {
     Repair(repair::RepairArgs),
     /// Print a signed URL for a blob of a `signed` collection.
     Sign(sign::SignArgs),
+    /// Tokens for clusters that require them (`hayloft token create`).
+    Token(token::TokenArgs),
 }
 
 #[derive(Args)]
@@ -96,6 +99,10 @@ struct ServerArgs {
     /// Key ring of signed URLs (for collections with access = "signed").
     #[arg(long, env = "HAYLOFT_KEYRING")]
     keyring: Option<PathBuf>,
+    /// Every gRPC call must carry a token signed by a key of --keyring
+    /// (`hayloft token create`).
+    #[arg(long, requires = "keyring")]
+    require_tokens: bool,
 }
 
 #[derive(Args)]
@@ -277,9 +284,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 file.grpc_listen = args.grpc_listen.or(file.grpc_listen);
                 file.http_listen = args.http_listen.or(file.http_listen);
                 file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
-                let (directory, mut volume) = file.configs()?;
+                let (mut directory, mut volume) = file.configs()?;
                 if let Some(keyring) = args.keyring {
                     volume.keyring = Some(keyring);
+                }
+                // The directory signs grants and checks tokens with the
+                // volume server's key ring.
+                directory.keyring = directory.keyring.or_else(|| volume.keyring.clone());
+                if args.require_tokens {
+                    directory.require_tokens = true;
+                    volume.require_tokens = true;
                 }
                 let policy = tier::load_policy(args.policy.as_deref().or(file.policy.as_deref()))?;
                 let tier_interval = args
@@ -419,6 +433,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Tier(args) => tier::tier(args).await,
             Command::Repair(args) => repair::repair(args).await,
             Command::Sign(args) => sign::sign(args).await,
+            Command::Token(args) => token::token(args),
         }
     })
 }

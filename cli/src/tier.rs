@@ -265,7 +265,7 @@ async fn compact_cold(directory: &str, volume: u32) -> anyhow::Result<()> {
     let prefix = key.rfind('/').map_or("", |i| &key[..=i]);
     let before = stats.file_bytes;
     move_one(directory, volume, Tier::Warm, "", "", "", 0, false).await?;
-    let mut client = hayloft_proto::volume_client::VolumeClient::connect(format!("http://{addr}"))
+    let mut client = hayloft_proto::Credential::volume_client(&addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     let mut stream = client

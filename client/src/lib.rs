@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
+use hayloft_proto::AuthChannel;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::write_request::Part;
 use hayloft_proto::{
@@ -170,6 +171,8 @@ pub struct Client {
     /// Reserved ids per collection. A `tokio` mutex: the uploader that finds
     /// none left makes the one `Assign` the others wait for.
     reserved: tokio::sync::Mutex<HashMap<String, Reservation>>,
+    /// The token sent with every call (none: the cluster requires none).
+    credential: hayloft_proto::Credential,
 }
 
 /// Ids from one `Assign`, all in one volume, used one per upload.
@@ -302,7 +305,22 @@ impl Client {
             channels: Mutex::new(HashMap::new()),
             locations: Mutex::new(HashMap::new()),
             reserved: tokio::sync::Mutex::new(HashMap::new()),
+            credential: hayloft_proto::Credential::none(),
         })
+    }
+
+    /// The same client, sending `token` (from `hayloft token create`) with
+    /// every call: for clusters that require tokens.
+    ///
+    /// # Errors
+    /// A token that cannot travel in a header.
+    pub fn with_token(mut self, token: &str) -> Result<Client> {
+        self.credential = hayloft_proto::Credential::bearer(token).map_err(Error::Status)?;
+        self.directory = self
+            .directory
+            .with_credential(self.credential.clone())
+            .map_err(Error::Status)?;
+        Ok(self)
     }
 
     /// Takes a reserved id in `collection`, reserving more at the directory
@@ -378,7 +396,7 @@ impl Client {
         }
     }
 
-    fn volume_client(&self, addr: &str) -> Result<VolumeClient<Channel>> {
+    fn volume_client(&self, addr: &str) -> Result<VolumeClient<AuthChannel>> {
         let channel = {
             let mut channels = self.channels.lock();
             match channels.get(addr) {
@@ -390,7 +408,7 @@ impl Client {
                 }
             }
         };
-        Ok(VolumeClient::new(channel)
+        Ok(VolumeClient::new(self.credential.channel(channel))
             .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES))
     }
@@ -652,7 +670,7 @@ impl Client {
     /// volume up again if the cached server is unreachable.
     async fn with_volume<T, F, Fut>(&self, blob_id: &str, call: F) -> Result<T>
     where
-        F: Fn(VolumeClient<Channel>) -> Fut,
+        F: Fn(VolumeClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let volume = blob_id.parse::<BlobId>()?.volume().0;
@@ -810,6 +828,7 @@ fn write_header(slot: &Slot, size: u64, options: &UploadOptions) -> WriteHeader 
         // The primary forwards the blob to every other copy.
         replicas: slot.locations.clone(),
         forwarded: false,
+        grant: slot.blob.grant.clone(),
     }
 }
 

@@ -1643,6 +1643,7 @@ fn blobs(volume_id: u32, first: u64, count: u64) -> Vec<AssignedBlob> {
                 volume_id,
                 needle_id: needle.0,
                 cookie: cookie.0,
+                grant: String::new(),
             }
         })
         .collect()
@@ -1674,10 +1675,17 @@ mod tests {
         let cluster =
             Arc::new(Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 1).unwrap());
         let peers = BTreeMap::from([(1, "127.0.0.1:1".to_owned())]);
-        let raft =
-            crate::consensus::start(&cluster, &db, 1, &peers, false, crate::Timing::default())
-                .await
-                .unwrap();
+        let raft = crate::consensus::start(
+            &cluster,
+            &db,
+            1,
+            &peers,
+            false,
+            crate::Timing::default(),
+            hayloft_proto::Credential::none(),
+        )
+        .await
+        .unwrap();
         raft.wait(Some(std::time::Duration::from_secs(10)))
             .state(openraft::ServerState::Leader, "leader")
             .await

@@ -117,6 +117,20 @@ pub struct DirectoryConfig {
     /// false: a leader cut off from the others answers from its map until
     /// it learns of a newer term.
     pub linearizable_lookups: bool,
+    /// The key ring: verifies tokens and signs write grants (see README,
+    /// "Tokens"), and signs the directory's own calls to volume servers
+    /// and to the other nodes. Default: none.
+    pub keyring: Option<PathBuf>,
+    /// Every gRPC call must carry a token signed by a key of `keyring`;
+    /// `Assign` then hands out a write grant with each id. Default false.
+    pub require_tokens: bool,
+    /// A token or grant still works this long after its expiry (clocks
+    /// disagree). Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub token_clock_skew: Duration,
+    /// How long a write grant from `Assign` works. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub write_grant_ttl: Duration,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -175,6 +189,10 @@ impl Default for DirectoryConfig {
             election_timeout: Duration::from_millis(1000),
             raft_snapshot_every: 5_000,
             linearizable_lookups: false,
+            keyring: None,
+            require_tokens: false,
+            token_clock_skew: Duration::from_secs(60),
+            write_grant_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -224,6 +242,9 @@ pub struct Directory {
     raft: consensus::Raft,
     listener: TcpListener,
     config: DirectoryConfig,
+    keyring: Option<Arc<hayloft_access::SharedKeyring>>,
+    /// What this node presents to volume servers and the other nodes.
+    credential: hayloft_proto::Credential,
 }
 
 impl Directory {
@@ -231,6 +252,28 @@ impl Directory {
     /// Raft (initialising the group on its first start, see
     /// `consensus::start`).
     pub async fn bind(config: DirectoryConfig) -> Result<Directory> {
+        let keyring = match &config.keyring {
+            Some(path) => Some(
+                hayloft_access::SharedKeyring::load(path)
+                    .map_err(|e| Error::InvalidArgument(format!("key ring: {e}")))?,
+            ),
+            None if config.require_tokens => {
+                return Err(Error::InvalidArgument(
+                    "require_tokens needs a key ring (keyring = \"/path/to/keyring.toml\")".into(),
+                ));
+            }
+            None => None,
+        };
+        let credential = match &keyring {
+            Some(keyring) => {
+                let token = Arc::new(hayloft_access::token::ClusterToken::new(
+                    Arc::clone(keyring),
+                    &format!("directory:{}", config.node_id),
+                ));
+                hayloft_proto::Credential::from_fn(move || token.current())
+            }
+            None => hayloft_proto::Credential::none(),
+        };
         let db = {
             let path = config.data_dir.clone();
             tokio::task::spawn_blocking(move || db::Db::open(&path)).await??
@@ -251,13 +294,23 @@ impl Directory {
             election: config.election_timeout,
             snapshot_every: config.raft_snapshot_every,
         };
-        let raft =
-            consensus::start(&cluster, &db, config.node_id, &peers, config.join, timing).await?;
+        let raft = consensus::start(
+            &cluster,
+            &db,
+            config.node_id,
+            &peers,
+            config.join,
+            timing,
+            credential.clone(),
+        )
+        .await?;
         Ok(Directory {
             cluster,
             raft,
             listener,
             config,
+            keyring,
+            credential,
         })
     }
 
@@ -277,11 +330,30 @@ impl Directory {
                 repair_after: self.config.repair_after,
                 max_per_server: self.config.max_repairs_per_server.max(1),
                 bytes_per_sec: self.config.repair_rate.as_u64(),
+                credential: self.credential.clone(),
             },
             self.config.pulse.as_secs().max(1) as u32,
             self.config.min_writable_volumes,
         )
-        .with_signed_collections(self.config.signed_collections());
+        .with_signed_collections(self.config.signed_collections())
+        .with_grants(
+            self.keyring.clone().filter(|_| self.config.require_tokens),
+            self.config.write_grant_ttl,
+        );
+        let gate = match (&self.keyring, self.config.require_tokens) {
+            (Some(keyring), true) => Some(Arc::new(hayloft_access::grpc::Gate::new(
+                Arc::clone(keyring),
+                self.config.token_clock_skew,
+                service::needs,
+            ))),
+            _ => None,
+        };
+        let keyring_watch = self.keyring.clone().map(|keyring| {
+            tokio::spawn(hayloft_access::watch_keyring(
+                keyring,
+                std::future::pending(),
+            ))
+        });
         tracing::info!(addr = %self.local_addr(), node = self.config.node_id, "directory serving");
         // Counters alerts watch exist from the start (at 0): an `increase()`
         // over a series that appears at 1 would miss the first failure.
@@ -317,6 +389,7 @@ impl Directory {
                 repair_after: self.config.repair_after,
                 max_per_server: self.config.max_repairs_per_server.max(1),
                 bytes_per_sec: self.config.repair_rate.as_u64(),
+                credential: self.credential.clone(),
             },
             self.config.pulse.max(Duration::from_millis(200)),
             async {
@@ -324,6 +397,7 @@ impl Directory {
             },
         ));
         let served = tonic::transport::Server::builder()
+            .layer(hayloft_access::grpc::GateLayer::new(gate))
             .add_service(
                 hayloft_proto::directory_server::DirectoryServer::new(service)
                     .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
@@ -342,6 +416,9 @@ impl Directory {
             .await;
         history.abort();
         raft_metrics.abort();
+        if let Some(watch) = keyring_watch {
+            watch.abort();
+        }
         let _ = stop_repair.send(());
         let _ = repair.await;
         if let Err(error) = self.raft.shutdown().await {

@@ -48,7 +48,7 @@ const RANGE_BITS: u32 = 12;
 const SYNC_SILENCE: Duration = Duration::from_secs(300);
 
 /// How repair runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RepairSettings {
     /// A copy whose server has been silent this long is re-created elsewhere.
     pub repair_after: Duration,
@@ -56,6 +56,8 @@ pub struct RepairSettings {
     pub max_per_server: usize,
     /// Copy rate of each repair (0 = the volume server's `repair_rate`).
     pub bytes_per_sec: u64,
+    /// What the directory presents to volume servers.
+    pub credential: hayloft_proto::Credential,
 }
 
 /// What a repair does.
@@ -468,7 +470,8 @@ pub fn plan(
 
 async fn client(
     location: &ServerLocation,
-) -> Result<VolumeClient<tonic::transport::Channel>, String> {
+    credential: &hayloft_proto::Credential,
+) -> Result<VolumeClient<hayloft_proto::AuthChannel>, String> {
     let endpoint =
         tonic::transport::Endpoint::from_shared(format!("http://{}", location.grpc_addr))
             .map_err(|e| e.to_string())?
@@ -479,7 +482,7 @@ async fn client(
         .await
         .map_err(|_| format!("{} did not answer", location.server_id))?
         .map_err(|e| format!("{} unreachable: {e}", location.server_id))?;
-    Ok(VolumeClient::new(channel))
+    Ok(VolumeClient::new(credential.channel(channel)))
 }
 
 /// Runs `SyncVolume` on `target` from `sources` to the end.
@@ -487,16 +490,16 @@ async fn sync(
     target: &ServerLocation,
     sources: &[ServerLocation],
     plan: &RepairPlan,
-    bytes_per_sec: u64,
+    settings: &RepairSettings,
 ) -> Result<(), String> {
-    let mut client = client(target).await?;
+    let mut client = client(target, &settings.credential).await?;
     let mut stream = client
         .sync_volume(SyncVolumeRequest {
             volume_id: plan.volume_id,
             collection: plan.collection.clone(),
             tier: plan.tier as i32,
             sources: sources.to_vec(),
-            bytes_per_sec,
+            bytes_per_sec: settings.bytes_per_sec,
         })
         .await
         .map_err(|e| format!("{}: {}", target.server_id, e.message()))?
@@ -527,8 +530,9 @@ async fn sync(
 async fn digests(
     location: &ServerLocation,
     volume_id: u32,
+    credential: &hayloft_proto::Credential,
 ) -> Result<Vec<(u64, u64, u64)>, String> {
-    let mut client = client(location).await?;
+    let mut client = client(location, credential).await?;
     let ranges = client
         .needle_digests(NeedleDigestsRequest {
             volume_id,
@@ -549,8 +553,9 @@ async fn merge_cold(
     to: &ServerLocation,
     from: &ServerLocation,
     volume_id: u32,
+    credential: &hayloft_proto::Credential,
 ) -> Result<(), String> {
-    client(to)
+    client(to, credential)
         .await?
         .move_volume(MoveVolumeRequest {
             volume_id,
@@ -570,30 +575,24 @@ async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Result<(), Stri
         // The first call installs the copy if the target has none; every
         // call merges tombstones, both ways.
         for source in &plan.sources {
-            merge_cold(target, source, plan.volume_id).await?;
-            merge_cold(source, target, plan.volume_id).await?;
+            merge_cold(target, source, plan.volume_id, &settings.credential).await?;
+            merge_cold(source, target, plan.volume_id, &settings.credential).await?;
         }
         return Ok(());
     }
     for _round in 0..3 {
-        sync(target, &plan.sources, plan, settings.bytes_per_sec).await?;
+        sync(target, &plan.sources, plan, &settings).await?;
         if plan.kind == RepairKind::CatchUp {
             // Whatever only the target has (a write that reached it but was
             // never acknowledged) spreads to the others.
             for source in &plan.sources {
-                sync(
-                    source,
-                    std::slice::from_ref(target),
-                    plan,
-                    settings.bytes_per_sec,
-                )
-                .await?;
+                sync(source, std::slice::from_ref(target), plan, &settings).await?;
             }
         }
-        let want = digests(target, plan.volume_id).await?;
+        let want = digests(target, plan.volume_id, &settings.credential).await?;
         let mut equal = true;
         for source in &plan.sources {
-            if digests(source, plan.volume_id).await? != want {
+            if digests(source, plan.volume_id, &settings.credential).await? != want {
                 equal = false;
             }
         }
@@ -716,7 +715,7 @@ pub async fn run(
                     tracing::info!(volume = job.volume_id, target = %job.target, kind = %job.kind,
                         started_at = job.started_at, term = job.term,
                         "resuming a repair started before this leader");
-                    launch(&cluster, &repairs, plan, settings);
+                    launch(&cluster, &repairs, plan, settings.clone());
                 }
                 Resume::Wait => {}
                 Resume::End(reason) => {
@@ -735,11 +734,11 @@ pub async fn run(
                 tracing::warn!(volume = plan.volume_id, %error, "could not start a repair");
                 continue;
             }
-            launch(&cluster, &repairs, plan, settings);
+            launch(&cluster, &repairs, plan, settings.clone());
         }
         for (volume_id, location, keep_object) in cluster.removable_extras() {
             let removed = async {
-                client(&location)
+                client(&location, &settings.credential)
                     .await?
                     .delete_volume(DeleteVolumeRequest {
                         volume_id,

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use hayloft_access::grpc::Need;
+use hayloft_access::token::Op;
 use hayloft_proto::directory_server::Directory;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
@@ -39,6 +41,30 @@ pub struct DirectoryService {
     grow: Arc<tokio::sync::Mutex<()>>,
     /// Collections read only through signed URLs (told to volume servers).
     signed_collections: Vec<String>,
+    /// Signs a write grant for each assigned id (tokens are required).
+    grants: Option<Arc<hayloft_access::SharedKeyring>>,
+    /// How long a write grant works.
+    grant_ttl: std::time::Duration,
+}
+
+/// What each `Directory` and `Raft` method asks of a token (when tokens
+/// are required). `Assign` is narrowed to `write:<collection>` once the
+/// request is read; `Node` is open (health checks, nodes joining).
+/// Methods not listed need `cluster` (fail closed).
+pub fn needs(path: &str) -> Need {
+    match path {
+        "/hayloft.v1.Directory/Assign" => Need::Scope(Op::Write),
+        "/hayloft.v1.Directory/Lookup" => Need::Token,
+        "/hayloft.v1.Directory/Node" => Need::Open,
+        "/hayloft.v1.Directory/Status"
+        | "/hayloft.v1.Directory/Capacity"
+        | "/hayloft.v1.Directory/ForgetVolume"
+        | "/hayloft.v1.Directory/Repair"
+        | "/hayloft.v1.Directory/RemoveReplica"
+        | "/hayloft.v1.Directory/AddNode"
+        | "/hayloft.v1.Directory/RemoveNode" => Need::Scope(Op::Admin),
+        _ => Need::Scope(Op::Cluster),
+    }
 }
 
 impl DirectoryService {
@@ -58,7 +84,21 @@ impl DirectoryService {
             min_writable_volumes,
             grow: Arc::new(tokio::sync::Mutex::new(())),
             signed_collections: Vec::new(),
+            grants: None,
+            grant_ttl: std::time::Duration::from_secs(60),
         }
+    }
+
+    /// Hands out, with each id, a grant to write it for `ttl`, signed with
+    /// `keyring` (none: no grants, tokens are not required).
+    pub fn with_grants(
+        mut self,
+        keyring: Option<Arc<hayloft_access::SharedKeyring>>,
+        ttl: std::time::Duration,
+    ) -> Self {
+        self.grants = keyring;
+        self.grant_ttl = ttl;
+        self
     }
 
     /// Tells volume servers, with each heartbeat's answer, that these
@@ -79,6 +119,7 @@ async fn grow(
     collection: String,
     tier: Tier,
     wanted: usize,
+    credential: hayloft_proto::Credential,
 ) -> Result<()> {
     let _guard = lock.lock().await;
     if cluster.writable_count(&collection) >= wanted {
@@ -91,15 +132,20 @@ async fn grow(
         let collection = collection.clone();
         let volume_id = plan.volume_id;
         let replicas = plan.servers.clone();
+        let credential = credential.clone();
         async move {
-            let mut client = VolumeClient::connect(format!("http://{}", server.grpc_addr))
-                .await
-                .map_err(|e| {
-                    Error::Unavailable(format!(
-                        "volume server {} unreachable: {e}",
-                        server.server_id
-                    ))
-                })?;
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?
+                    .connect()
+                    .await
+                    .map_err(|e| {
+                        Error::Unavailable(format!(
+                            "volume server {} unreachable: {e}",
+                            server.server_id
+                        ))
+                    })?;
+            let mut client = VolumeClient::new(credential.channel(channel));
             client
                 .create_volume(CreateVolumeRequest {
                     volume_id,
@@ -166,6 +212,11 @@ impl DirectoryService {
         &self,
         request: Request<AssignRequest>,
     ) -> Result<Response<AssignResponse>, Status> {
+        hayloft_access::grpc::require(
+            request.extensions(),
+            Op::Write,
+            &request.get_ref().collection,
+        )?;
         let request = request.into_inner();
         let count = request.count.max(1);
         if count > MAX_ASSIGN_COUNT {
@@ -188,7 +239,15 @@ impl DirectoryService {
         };
         for attempt in 0..3 {
             let assigned = self.cluster.assign(&request.collection, count).await?;
-            if let Some((blobs, locations)) = assigned {
+            if let Some((mut blobs, locations)) = assigned {
+                if let Some(keyring) = &self.grants {
+                    let ring = keyring.get();
+                    let until = now_unix().saturating_add(self.grant_ttl.as_secs());
+                    for blob in &mut blobs {
+                        blob.grant = hayloft_access::token::grant(&ring, &blob.blob_id, until)
+                            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                    }
+                }
                 if self.cluster.writable_count(&request.collection) < self.min_writable_volumes {
                     // Grow ahead of need, off the request path.
                     let task = grow(
@@ -197,6 +256,7 @@ impl DirectoryService {
                         request.collection.clone(),
                         tier,
                         self.min_writable_volumes,
+                        self.repair_settings.credential.clone(),
                     );
                     tokio::spawn(async move {
                         if let Err(e) = task.await {
@@ -219,6 +279,7 @@ impl DirectoryService {
                 request.collection.clone(),
                 tier,
                 1,
+                self.repair_settings.credential.clone(),
             )
             .await?;
         }

@@ -18,19 +18,27 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
+use crate::auth::{AuthChannel, Credential};
 use crate::directory_client::DirectoryClient;
 
 /// Asks the directory node at `addr` (host:port) who it is (`Node`): its
 /// id, role, term, leader and members. Err describes why it did not answer
 /// within `timeout` (connection refused, a status, the time spent).
-pub async fn ask_node(addr: &str, timeout: Duration) -> Result<crate::NodeStatus, String> {
+pub async fn ask_node(
+    addr: &str,
+    timeout: Duration,
+    credential: &Credential,
+) -> Result<crate::NodeStatus, String> {
     let asked = async {
-        let mut client = DirectoryClient::connect(format!("http://{addr}"))
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
             .await
             .map_err(|e| e.to_string())?;
+        let mut client = DirectoryClient::new(credential.channel(channel));
         client
             .node(crate::NodeRequest {})
             .await
@@ -64,22 +72,29 @@ pub struct Directories {
     current: Arc<Mutex<Current>>,
     patience: Duration,
     call_timeout: Duration,
+    credential: Credential,
 }
 
 struct Current {
     addr: String,
-    client: DirectoryClient<Channel>,
+    client: DirectoryClient<AuthChannel>,
 }
 
-fn connect(addr: &str, timeout: Duration) -> Result<DirectoryClient<Channel>, Status> {
+fn connect(
+    addr: &str,
+    timeout: Duration,
+    credential: &Credential,
+) -> Result<DirectoryClient<AuthChannel>, Status> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Status::invalid_argument(format!("bad directory address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         // A hung node (stopped, partitioned) is left for the next.
         .timeout(timeout)
         .tcp_nodelay(true);
-    Ok(DirectoryClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES))
+    Ok(
+        DirectoryClient::new(credential.channel(endpoint.connect_lazy()))
+            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES),
+    )
 }
 
 impl Directories {
@@ -97,17 +112,33 @@ impl Directories {
             .ok_or_else(|| Status::invalid_argument("no directory address given"))?
             .clone();
         for addr in &addrs[1..] {
-            connect(addr, CALL_TIMEOUT)?;
+            connect(addr, CALL_TIMEOUT, &Credential::none())?;
         }
         Ok(Directories {
             current: Arc::new(Mutex::new(Current {
-                client: connect(&first, CALL_TIMEOUT)?,
+                client: connect(&first, CALL_TIMEOUT, &Credential::none())?,
                 addr: first,
             })),
             addrs: Arc::new(Mutex::new(addrs)),
             patience: DEFAULT_PATIENCE,
             call_timeout: CALL_TIMEOUT,
+            credential: Credential::none(),
         })
+    }
+
+    /// The same group, sending `credential` with every call.
+    pub fn with_credential(mut self, credential: Credential) -> Result<Directories, Status> {
+        self.credential = credential;
+        {
+            let mut current = self.current.lock().expect("not poisoned");
+            current.client = connect(&current.addr, self.call_timeout, &self.credential)?;
+        }
+        Ok(self)
+    }
+
+    /// The credential sent with every call.
+    pub fn credential(&self) -> &Credential {
+        &self.credential
     }
 
     /// The same group, looking for a leader for up to `patience` per call.
@@ -122,7 +153,7 @@ impl Directories {
         self.call_timeout = timeout;
         {
             let mut current = self.current.lock().expect("not poisoned");
-            current.client = connect(&current.addr, timeout)?;
+            current.client = connect(&current.addr, timeout, &self.credential)?;
         }
         Ok(self)
     }
@@ -150,7 +181,7 @@ impl Directories {
     /// Asks the node behind `client` (which answered, but named no leader)
     /// for the group's members, and learns their addresses. Answers the
     /// first new one: a node added since, likely the one to ask next.
-    async fn learn_members(&self, mut client: DirectoryClient<Channel>) -> Option<String> {
+    async fn learn_members(&self, mut client: DirectoryClient<AuthChannel>) -> Option<String> {
         let asked = client.node(crate::NodeRequest {});
         let node = match tokio::time::timeout(Duration::from_secs(2), asked).await {
             Ok(Ok(node)) => node.into_inner(),
@@ -169,7 +200,7 @@ impl Directories {
 
     /// A client of the node believed to lead (for calls that must not be
     /// retried; most should go through [`Directories::call`]).
-    pub fn client(&self) -> DirectoryClient<Channel> {
+    pub fn client(&self) -> DirectoryClient<AuthChannel> {
         self.current.lock().expect("not poisoned").client.clone()
     }
 
@@ -179,7 +210,7 @@ impl Directories {
     /// handed out twice is never handed out again, just lost).
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(DirectoryClient<Channel>) -> Fut,
+        F: FnMut(DirectoryClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -233,7 +264,7 @@ impl Directories {
             if next != addr {
                 let mut current = self.current.lock().expect("not poisoned");
                 if current.addr == addr {
-                    current.client = connect(&next, self.call_timeout)?;
+                    current.client = connect(&next, self.call_timeout, &self.credential)?;
                     current.addr = next;
                 }
             }

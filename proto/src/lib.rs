@@ -6,6 +6,7 @@
 //!   `Stat`, `CreateVolume`, `ListVolumes`.
 //! - `Raft`: messages between the nodes of a directory group.
 //! - [`Directories`]: calls to a directory group that find its leader.
+//! - [`Credential`]: the token a client sends with every call.
 
 /// Generated messages, clients and servers of `hayloft.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -14,6 +15,9 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod auth;
+pub use auth::{AuthChannel, Credential};
 
 mod directories;
 pub use directories::{

@@ -312,9 +312,13 @@ impl Cluster {
     pub async fn node_up(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if hayloft_proto::ask_node(&self.node_addr(i), Duration::from_secs(2))
-                .await
-                .is_ok()
+            if hayloft_proto::ask_node(
+                &self.node_addr(i),
+                Duration::from_secs(2),
+                &Default::default(),
+            )
+            .await
+            .is_ok()
             {
                 return;
             }

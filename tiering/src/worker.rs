@@ -44,17 +44,25 @@ pub struct Outcome {
 /// The directory (a node, or a group's nodes comma-separated: calls follow
 /// the leader).
 fn connect_directory(addr: &str) -> Result<Directories, WorkerError> {
-    Directories::new(addr).map_err(|e| WorkerError::Unreachable {
-        addr: addr.to_owned(),
-        reason: e.message().to_owned(),
-    })
+    Directories::new(addr)
+        .and_then(|d| d.with_credential(hayloft_proto::Credential::from_env()))
+        .map_err(|e| WorkerError::Unreachable {
+            addr: addr.to_owned(),
+            reason: e.message().to_owned(),
+        })
 }
 
 async fn connect_volume(
     addr: &str,
-) -> Result<VolumeClient<tonic::transport::Channel>, WorkerError> {
-    VolumeClient::connect(format!("http://{addr}"))
+) -> Result<VolumeClient<hayloft_proto::AuthChannel>, WorkerError> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| WorkerError::Unreachable {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?
+        .connect()
         .await
+        .map(|channel| VolumeClient::new(hayloft_proto::Credential::from_env().channel(channel)))
         .map_err(|e| WorkerError::Unreachable {
             addr: addr.to_owned(),
             reason: e.to_string(),

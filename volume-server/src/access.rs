@@ -6,13 +6,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hayloft_access::{Denied, SharedKeyring, UrlPolicy};
 use parking_lot::RwLock;
-
-/// How often the key ring's files are checked for changes.
-const KEYRING_POLL: Duration = Duration::from_secs(2);
 
 /// What the origin checks before serving a blob.
 pub struct OriginAccess {
@@ -96,48 +92,5 @@ impl OriginAccess {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         hayloft_access::signed_url::verify(&keyring.get(), path, query, now, &self.policy, client)
-    }
-}
-
-/// Reloads `keyring` on SIGHUP and when its files change, until `stop`.
-/// A reload that fails keeps the keys in use, and says why.
-pub async fn watch_keyring(
-    keyring: Arc<SharedKeyring>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    tokio::pin!(stop);
-    loop {
-        let hup = async {
-            match hangup.as_mut() {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let why = tokio::select! {
-            _ = &mut stop => return,
-            _ = hup => "SIGHUP",
-            _ = tokio::time::sleep(KEYRING_POLL) => {
-                if !keyring.changed() {
-                    continue;
-                }
-                "its files changed"
-            }
-        };
-        match keyring.reload() {
-            Ok(ring) => {
-                metrics::counter!("hayloft_keyring_reloads_total", "result" => "ok").increment(1);
-                tracing::info!(path = %keyring.path().display(), why, keys = ?ring.ids().collect::<Vec<_>>(),
-                    "key ring reloaded");
-            }
-            Err(error) => {
-                metrics::counter!("hayloft_keyring_reloads_total", "result" => "error")
-                    .increment(1);
-                tracing::error!(path = %keyring.path().display(), why, %error,
-                    "key ring not reloaded; the keys in use stay");
-            }
-        }
     }
 }

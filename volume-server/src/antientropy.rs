@@ -271,7 +271,7 @@ impl AntiEntropy {
     async fn copy_needle(
         &self,
         volume: &Arc<Volume>,
-        client: &mut hayloft_proto::volume_client::VolumeClient<tonic::transport::Channel>,
+        client: &mut hayloft_proto::volume_client::VolumeClient<hayloft_proto::AuthChannel>,
         source: &ServerLocation,
         id: NeedleId,
         cookie: Cookie,

@@ -30,6 +30,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use hayloft_access::grpc::{Caller, Need};
+use hayloft_access::token::Op;
+
 use crate::antientropy::AntiEntropy;
 use crate::error::{etag, grpc_status};
 use crate::metrics;
@@ -56,6 +59,10 @@ pub struct VolumeService {
     verify_up_to: u64,
     /// Becomes true when the server shuts down: long-lived streams end.
     stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Checks write grants (tokens are required).
+    grants: Option<Arc<hayloft_access::SharedKeyring>>,
+    /// Clock-skew allowance for grants.
+    skew: std::time::Duration,
 }
 
 /// The gRPC status of a failed cold read: archived and unreachable are
@@ -85,6 +92,23 @@ fn move_status(error: MoveError) -> Status {
         MoveError::Invalid(reason) => Status::failed_precondition(reason),
         MoveError::Object(e) => Status::unavailable(e.to_string()),
         MoveError::Mismatch(reason) => Status::data_loss(reason),
+    }
+}
+
+/// What each `Volume` method asks of a token (when tokens are required).
+/// Writes are checked per blob (a grant, or `write:<collection>`), reads
+/// and deletes per volume's collection; the copies' own calls need the
+/// `cluster` scope; operators' calls `admin`. Methods not listed need
+/// `cluster` (fail closed).
+pub fn needs(path: &str) -> Need {
+    let method = path.strip_prefix("/hayloft.v1.Volume/").unwrap_or("");
+    match method {
+        "Write" | "WriteBatch" => Need::Token,
+        "Read" | "Stat" => Need::Scope(Op::Read),
+        "Delete" => Need::Scope(Op::Delete),
+        "CreateVolume" | "ListVolumes" | "Compact" | "MoveVolume" | "ListMoves"
+        | "DeleteVolume" => Need::Scope(Op::Admin),
+        _ => Need::Scope(Op::Cluster),
     }
 }
 
@@ -119,7 +143,64 @@ impl VolumeService {
             anti_entropy,
             verify_up_to: limits.verify_up_to,
             stop: None,
+            grants: None,
+            skew: std::time::Duration::from_secs(60),
         }
+    }
+
+    /// Accepts write grants checked with `keyring` (when tokens are
+    /// required: a write carries a grant, or a token with
+    /// `write:<collection>`).
+    pub fn with_grants(mut self, keyring: Option<Arc<hayloft_access::SharedKeyring>>) -> Self {
+        self.grants = keyring;
+        self
+    }
+
+    /// May the caller of a request do `op` on the blobs of `volume`? (A
+    /// volume not held here is left to the call, which answers NOT_FOUND.)
+    fn require_on(
+        &self,
+        extensions: &tonic::Extensions,
+        op: Op,
+        volume: hayloft_storage::VolumeId,
+    ) -> Result<(), Status> {
+        match self.store.handle(volume) {
+            Ok(handle) => hayloft_access::grpc::require(extensions, op, handle.collection()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// May `caller` write `header`'s blob into a volume of `collection`?
+    /// A forwarded write comes from another server (scope `cluster`); a
+    /// client's carries the grant Assign gave it, or a token allowing
+    /// `write:<collection>`.
+    fn authorize_write(
+        &self,
+        caller: Option<&Caller>,
+        header: &WriteHeader,
+        collection: &str,
+    ) -> Result<(), Status> {
+        if header.forwarded {
+            return Caller::require(caller, Op::Cluster, "");
+        }
+        if let (Some(keyring), false) = (&self.grants, header.grant.is_empty()) {
+            let now = now_unix_secs();
+            return hayloft_access::token::check_grant(
+                &keyring.get(),
+                &header.grant,
+                &header.blob_id,
+                now,
+                self.skew,
+            )
+            .map_err(|e| {
+                ::metrics::counter!("hayloft_grpc_denied_total", "reason" => "grant").increment(1);
+                Status::permission_denied(format!(
+                    "the write grant for blob {} is not valid: {e}",
+                    header.blob_id
+                ))
+            });
+        }
+        Caller::require(caller, Op::Write, collection)
     }
 
     /// Ends long-lived streams (`Replicate`) once `stop` becomes true, so
@@ -519,6 +600,7 @@ impl VolumeService {
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         let request_id = hayloft_proto::request_id(request.metadata());
+        let caller = Caller::of(request.extensions());
         let mut stream = request.into_inner();
         let mut header = match stream.message().await? {
             Some(WriteRequest {
@@ -530,7 +612,7 @@ impl VolumeService {
                 ));
             }
         };
-        let (blob, volume, meta, targets) = self.prepare_write(&mut header)?;
+        let (blob, volume, meta, targets) = self.prepare_write(&mut header, caller.as_ref())?;
         let receipt = if !targets.is_empty() && header.size <= LINKED_FORWARD_MAX {
             let data = gather(&mut stream, header.size).await?;
             self.write_linked(volume, blob, &header, meta, data, &targets, &request_id)
@@ -562,6 +644,7 @@ impl VolumeService {
     fn prepare_write(
         &self,
         header: &mut WriteHeader,
+        caller: Option<&Caller>,
     ) -> Result<
         (
             BlobId,
@@ -582,6 +665,7 @@ impl VolumeService {
             .store
             .volume(blob.volume())
             .map_err(|e| grpc_status(&e, None))?;
+        self.authorize_write(caller, header, volume.collection())?;
         // One time for every copy (forwarded in the header), so that the
         // copies hold the same record bytes: same checksum, same ETag.
         if header.last_modified == 0 {
@@ -605,6 +689,7 @@ impl VolumeService {
         &self,
         request: WriteBatchRequest,
         request_id: &str,
+        caller: Option<&Caller>,
     ) -> Result<WriteResponse, Status> {
         let mut header = request
             .header
@@ -621,7 +706,7 @@ impl VolumeService {
         if (request.data.len() as u64) < header.size {
             return Err(truncated(request.data.len() as u64, header.size));
         }
-        let (blob, volume, meta, targets) = self.prepare_write(&mut header)?;
+        let (blob, volume, meta, targets) = self.prepare_write(&mut header, caller)?;
         let receipt = self
             .write_linked(
                 volume,
@@ -729,8 +814,9 @@ impl VolumeService {
         &self,
         request: Request<ReadRequest>,
     ) -> Result<Response<ReadStream>, Status> {
+        let blob = parse_blob_id(&request.get_ref().blob_id)?;
+        self.require_on(request.extensions(), Op::Read, blob.volume())?;
         let request = request.into_inner();
-        let blob = parse_blob_id(&request.blob_id)?;
         let needle = self.read_needle(blob).await?;
         let size = needle.data.len() as u64;
         if request.offset > size || (request.offset == size && size > 0) {
@@ -876,6 +962,11 @@ impl VolumeService {
     ) -> Result<Response<DeleteResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
         if request.get_ref().forwarded {
+            hayloft_access::grpc::require(request.extensions(), Op::Cluster, "")?;
+        } else {
+            self.require_on(request.extensions(), Op::Delete, blob.volume())?;
+        }
+        if request.get_ref().forwarded {
             if request.get_ref().verified {
                 // The cookie was checked by the forwarding copy: store the
                 // tombstone even if this copy lacks the needle.
@@ -955,6 +1046,7 @@ impl VolumeService {
         request: Request<StatRequest>,
     ) -> Result<Response<StatResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
+        self.require_on(request.extensions(), Op::Read, blob.volume())?;
         let needle = self.read_needle(blob).await?;
         Ok(Response::new(StatResponse {
             info: Some(blob_info(blob, &needle)),
@@ -1201,15 +1293,20 @@ impl Volume for VolumeService {
         request: Request<Streaming<WriteBatchRequest>>,
     ) -> Result<Response<Self::WriteBatchStream>, Status> {
         let request_id = hayloft_proto::request_id(request.metadata());
+        let caller = Caller::of(request.extensions());
         let service = self.clone();
         Ok(Response::new(answer_each(
             request.into_inner(),
             self.stop.clone(),
             move |message: WriteBatchRequest| {
-                let (service, request_id) = (service.clone(), request_id.clone());
+                let (service, request_id, caller) =
+                    (service.clone(), request_id.clone(), caller.clone());
                 async move {
                     let seq = message.seq;
-                    match service.write_batched(message, &request_id).await {
+                    match service
+                        .write_batched(message, &request_id, caller.as_ref())
+                        .await
+                    {
                         Ok(written) => WriteBatchResponse {
                             seq,
                             code: 0,

@@ -44,6 +44,8 @@ pub(crate) struct Heartbeat {
     pub(crate) now: Arc<tokio::sync::Notify>,
     /// Told which collections are signed.
     pub(crate) access: Arc<crate::access::OriginAccess>,
+    /// What it presents to the directory.
+    pub(crate) credential: hayloft_proto::Credential,
 }
 
 /// Sends heartbeats until `stop` completes. Failures are logged and retried
@@ -59,13 +61,15 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
         mut pulse,
         now,
         access,
+        credential,
     } = heartbeat;
     // Follows the group's leader; a call gives up after a pulse and is
     // sent again at the next. A node that does not answer within a couple of
     // seconds (paused, cut off) is left for the next well before the
     // leader's `dead_after`.
     let directories = hayloft_proto::Directories::new(&directory).and_then(|d| {
-        d.with_patience(pulse.min(Duration::from_secs(5)))
+        d.with_credential(credential)?
+            .with_patience(pulse.min(Duration::from_secs(5)))
             .with_call_timeout(pulse.clamp(Duration::from_secs(2), Duration::from_secs(5)))
     });
     let mut warned = false;

@@ -167,6 +167,10 @@ pub struct VolumeServerConfig {
     /// disagree). Default `60s`.
     #[serde(with = "humantime_serde")]
     pub signed_url_clock_skew: Duration,
+    /// Every gRPC call must carry a token signed by a key of `keyring`
+    /// (see README, "Tokens"); the clock-skew allowance is
+    /// `signed_url_clock_skew`. Default `false`.
+    pub require_tokens: bool,
 }
 
 impl Default for VolumeServerConfig {
@@ -210,6 +214,7 @@ impl Default for VolumeServerConfig {
             keyring: None,
             signed_url_max_lifetime: Duration::from_secs(24 * 3600),
             signed_url_clock_skew: Duration::from_secs(60),
+            require_tokens: false,
         }
     }
 }
@@ -271,6 +276,9 @@ pub enum StartError {
     /// The key ring for signed URLs is unusable.
     #[error("key ring: {0}")]
     Keyring(#[from] hayloft_access::KeyringError),
+    /// Tokens are required but there is no key ring to check them with.
+    #[error("require_tokens needs a key ring (keyring = \"/path/to/keyring.toml\")")]
+    TokensWithoutKeyring,
 }
 
 /// A volume server with its store open and its ports bound.
@@ -303,6 +311,9 @@ impl VolumeServer {
             Some(path) => Some(hayloft_access::SharedKeyring::load(path)?),
             None => None,
         };
+        if config.require_tokens && keyring.is_none() {
+            return Err(StartError::TokensWithoutKeyring);
+        }
         let grpc = bind(config.grpc_listen).await?;
         let http = bind(config.http_listen).await?;
         // Connecting makes no request: a cold store that is down fails cold
@@ -391,8 +402,31 @@ impl VolumeServer {
                 .map(|dir| dir.join("signed-collections.json")),
         ));
         if let Some(keyring) = &self.keyring {
-            tokio::spawn(access::watch_keyring(Arc::clone(keyring), wait_stop()));
+            tokio::spawn(hayloft_access::watch_keyring(
+                Arc::clone(keyring),
+                wait_stop(),
+            ));
         }
+        // What this server presents to the others: its own token, made
+        // from the key ring, when it has one.
+        let credential = match &self.keyring {
+            Some(keyring) => {
+                let token = Arc::new(hayloft_access::token::ClusterToken::new(
+                    Arc::clone(keyring),
+                    &format!("volume:{}", advertised.server_id),
+                ));
+                hayloft_proto::Credential::from_fn(move || token.current())
+            }
+            None => hayloft_proto::Credential::none(),
+        };
+        let gate = match (&self.keyring, self.config.require_tokens) {
+            (Some(keyring), true) => Some(Arc::new(hayloft_access::grpc::Gate::new(
+                Arc::clone(keyring),
+                self.config.signed_url_clock_skew,
+                grpc::needs,
+            ))),
+            _ => None,
+        };
         let reads = Arc::new(reads::ReadStats::new(self.config.read_window));
         let read_ticker = tokio::spawn(Arc::clone(&reads).run(wait_stop()));
         let tiering = tier::Tiering::new(
@@ -404,6 +438,7 @@ impl VolumeServer {
                 restore_retry_after: self.config.restore_retry_after,
                 restore_days: self.config.restore_days,
                 restore_poll: self.config.restore_poll,
+                credential: credential.clone(),
             },
             reads,
             Arc::clone(&heartbeat_now),
@@ -413,6 +448,7 @@ impl VolumeServer {
             advertised.server_id.clone(),
             self.config.replica_timeout.max(Duration::from_millis(100)),
             Arc::clone(&heartbeat_now),
+            credential.clone(),
         ));
         let heartbeat = tokio::spawn(heartbeat::run(
             heartbeat::Heartbeat {
@@ -424,6 +460,7 @@ impl VolumeServer {
                 pulse: self.config.pulse,
                 now: Arc::clone(&heartbeat_now),
                 access: Arc::clone(&access),
+                credential: credential.clone(),
             },
             wait_stop(),
         ));
@@ -454,7 +491,8 @@ impl VolumeServer {
             replication,
             anti_entropy,
         )
-        .with_stop(http_stop.clone());
+        .with_stop(http_stop.clone())
+        .with_grants(self.keyring.clone().filter(|_| gate.is_some()));
         let scheduler = tokio::spawn(compaction::run_scheduler(
             Arc::clone(&self.store),
             compaction::CompactionSettings {
@@ -466,6 +504,7 @@ impl VolumeServer {
             wait_stop(),
         ));
         let grpc_server = tonic::transport::Server::builder()
+            .layer(hayloft_access::grpc::GateLayer::new(gate))
             .add_service(
                 hayloft_proto::volume_server::VolumeServer::new(service)
                     .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
@@ -479,6 +518,7 @@ impl VolumeServer {
             self.config.remote_reads,
             advertised.server_id.clone(),
             &self.config.directory,
+            credential,
         )
         .map_err(StartError::Directory)?;
         let http_state = Arc::new(

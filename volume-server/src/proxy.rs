@@ -92,9 +92,11 @@ impl RemoteReader {
         mode: RemoteReads,
         server_id: String,
         directory: &str,
+        credential: hayloft_proto::Credential,
     ) -> Result<Self, tonic::Status> {
-        let directory =
-            hayloft_proto::Directories::new(directory)?.with_patience(Duration::from_secs(5));
+        let directory = hayloft_proto::Directories::new(directory)?
+            .with_credential(credential)?
+            .with_patience(Duration::from_secs(5));
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));

@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::write_request::Part;
+use hayloft_proto::{AuthChannel, Credential};
 use hayloft_proto::{
     DeleteRequest, ReplicateRequest, ServerLocation, VolumeReplicas, WriteHeader, WriteRequest,
     WriteResponse,
@@ -64,6 +65,8 @@ pub struct Replication {
     known: RwLock<HashMap<u32, VolumeReplicas>>,
     failures: Mutex<HashMap<u32, BTreeSet<String>>>,
     heartbeat_now: Arc<tokio::sync::Notify>,
+    /// What this server presents to the other copies.
+    credential: Credential,
 }
 
 /// A copy that a forward did not reach.
@@ -82,8 +85,10 @@ impl Replication {
         server_id: String,
         timeout: Duration,
         heartbeat_now: Arc<tokio::sync::Notify>,
+        credential: Credential,
     ) -> Self {
         Replication {
+            credential,
             server_id,
             timeout,
             peers: Mutex::new(HashMap::new()),
@@ -208,7 +213,7 @@ impl Replication {
     pub(crate) fn client(
         &self,
         location: &ServerLocation,
-    ) -> Result<VolumeClient<Channel>, Status> {
+    ) -> Result<VolumeClient<AuthChannel>, Status> {
         let channel = {
             let mut peers = self.peers.lock();
             match peers.get(&location.grpc_addr) {
@@ -231,7 +236,7 @@ impl Replication {
                 }
             }
         };
-        Ok(VolumeClient::new(channel)
+        Ok(VolumeClient::new(self.credential.channel(channel))
             .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES))
     }

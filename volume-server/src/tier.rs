@@ -44,6 +44,9 @@ pub struct TierSettings {
     pub restore_days: i32,
     /// How often a move waiting for a restore checks on it.
     pub restore_poll: Duration,
+    /// What this server presents to the others (a cold copy's files are
+    /// fetched from the server holding it).
+    pub credential: hayloft_proto::Credential,
 }
 
 /// Why a read of a cold needle failed.
@@ -717,6 +720,7 @@ impl Tiering {
 
     /// Fetches the cold files of the copy of volume `id` on `source`.
     async fn fetch_cold_index(
+        &self,
         id: VolumeId,
         source: &str,
     ) -> Result<hayloft_proto::ColdIndexResponse, MoveError> {
@@ -728,12 +732,14 @@ impl Tiering {
             .connect()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        Ok(hayloft_proto::volume_client::VolumeClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .cold_index(hayloft_proto::ColdIndexRequest { volume_id: id.0 })
-            .await
-            .map_err(|e| unreachable(e.message().to_owned()))?
-            .into_inner())
+        Ok(hayloft_proto::volume_client::VolumeClient::new(
+            self.settings.credential.channel(channel),
+        )
+        .max_decoding_message_size(usize::MAX)
+        .cold_index(hayloft_proto::ColdIndexRequest { volume_id: id.0 })
+        .await
+        .map_err(|e| unreachable(e.message().to_owned()))?
+        .into_inner())
     }
 
     /// A new cold copy of volume `id`, which this server does not hold, on
@@ -742,7 +748,7 @@ impl Tiering {
     /// installed.
     pub async fn install_cold(&self, id: VolumeId, source: &str) -> Result<(), MoveError> {
         let objects = self.objects()?.clone();
-        let reply = Self::fetch_cold_index(id, source).await?;
+        let reply = self.fetch_cold_index(id, source).await?;
         let label = std::path::PathBuf::from(format!("{source}/{id}.cold"));
         let manifest = ColdManifest::decode(&reply.manifest, &label)?;
         let info = objects
@@ -768,7 +774,7 @@ impl Tiering {
     /// every needle deleted there is deleted here. Returns how many were.
     pub async fn merge_cold(&self, id: VolumeId, source: &str) -> Result<usize, MoveError> {
         let cold = self.store.cold_volume(id)?;
-        let reply = Self::fetch_cold_index(id, source).await?;
+        let reply = self.fetch_cold_index(id, source).await?;
         let (manifest_path, _, _) = hayloft_storage::cold::cold_paths(cold.dir(), id);
         let theirs = ColdManifest::decode(&reply.manifest, &manifest_path)?;
         let ours = cold.manifest();
@@ -806,7 +812,7 @@ impl Tiering {
         let objects = self.objects()?.clone();
         let id = job.volume;
         job.step("fetching index");
-        let reply = Self::fetch_cold_index(id, source).await?;
+        let reply = self.fetch_cold_index(id, source).await?;
         let volume = self.store.volume(id)?;
         let (manifest_path, _, _) = hayloft_storage::cold::cold_paths(volume.dir(), id);
         let manifest = ColdManifest::decode(&reply.manifest, &manifest_path)?;

@@ -142,6 +142,7 @@ async fn main() {
             restore_retry_after: Duration::from_secs(1),
             restore_days: 1,
             restore_poll: Duration::from_secs(1),
+            credential: hayloft_proto::Credential::none(),
         },
         Arc::new(ReadStats::new(Duration::from_secs(60))),
         Arc::new(tokio::sync::Notify::new()),

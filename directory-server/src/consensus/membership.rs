@@ -131,7 +131,7 @@ pub async fn remove_node(raft: &Raft, id: u64) -> Result<hayloft_proto::Membersh
 /// to no group unless it is already a `member` of this one (a node of
 /// another group would be torn between two leaders).
 async fn probe(id: u64, addr: &str, member: bool) -> Result<()> {
-    let status = hayloft_proto::ask_node(addr, PROBE_TIMEOUT)
+    let status = hayloft_proto::ask_node(addr, PROBE_TIMEOUT, &hayloft_proto::Credential::none())
         .await
         .map_err(|e| {
             Error::FailedPrecondition(format!(
@@ -178,7 +178,12 @@ pub(crate) async fn peers_in_a_group(
     peers: &BTreeMap<u64, String>,
 ) -> Option<(u64, String)> {
     for (id, addr) in peers.iter().filter(|(id, _)| **id != node_id) {
-        if let Ok(status) = hayloft_proto::ask_node(addr, Duration::from_secs(1)).await
+        if let Ok(status) = hayloft_proto::ask_node(
+            addr,
+            Duration::from_secs(1),
+            &hayloft_proto::Credential::none(),
+        )
+        .await
             && !status.members.is_empty()
         {
             return Some((*id, addr.clone()));

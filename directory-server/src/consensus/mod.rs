@@ -170,6 +170,7 @@ pub(crate) async fn start(
     peers: &std::collections::BTreeMap<u64, String>,
     join: bool,
     timing: Timing,
+    credential: hayloft_proto::Credential,
 ) -> crate::Result<Raft> {
     use crate::Error;
     let config = config(timing).map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -177,7 +178,7 @@ pub(crate) async fn start(
     let raft = Raft::new(
         node_id,
         config,
-        network::Network,
+        network::Network { credential },
         store::LogStore::new(db.handle()),
         store::StateMachine::new(Arc::clone(cluster), db.handle()),
     )

@@ -22,7 +22,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use super::{Raft, TypeConfig};
@@ -78,7 +78,10 @@ impl RaftRpc for RaftService {
 }
 
 /// Makes a [`Peer`] per node openraft talks to.
-pub(crate) struct Network;
+pub(crate) struct Network {
+    /// What this node presents to the others.
+    pub(crate) credential: hayloft_proto::Credential,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -86,10 +89,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         let client = Endpoint::from_shared(format!("http://{}", node.addr)).map(|endpoint| {
             RaftClient::new(
-                endpoint
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy(),
+                self.credential.channel(
+                    endpoint
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .tcp_nodelay(true)
+                        .connect_lazy(),
+                ),
             )
             .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
@@ -104,13 +109,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// openraft's connection to one other node.
 pub(crate) struct Peer {
     target: u64,
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftClient<hayloft_proto::AuthChannel>, String>,
 }
 
 type Reply = Result<Result<Response<RaftPayload>, Status>, tokio::time::error::Elapsed>;
 
 impl Peer {
-    fn client<E: StdError>(&self) -> Result<RaftClient<Channel>, RPCError<u64, BasicNode, E>> {
+    fn client<E: StdError>(
+        &self,
+    ) -> Result<RaftClient<hayloft_proto::AuthChannel>, RPCError<u64, BasicNode, E>> {
         self.client.clone().map_err(|e| {
             RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
                 "bad address of directory node {}: {e}",

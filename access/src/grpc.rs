@@ -1,0 +1,250 @@
+//! The gRPC gate: one tower layer in front of all of a server's services.
+//!
+//! For each call it reads the bearer token (`authorization: Bearer ...`),
+//! verifies it against the key ring, and checks that it carries a scope of
+//! the operation the method needs ([`Need`], from the server's table of
+//! methods). A missing or invalid token is UNAUTHENTICATED; a valid one
+//! without such a scope is PERMISSION_DENIED. The caller rides on with the
+//! request ([`Caller`] in its extensions), so that a method whose
+//! collection is only known once its message is read narrows the check
+//! with [`require`]: the gate checks `write` on some collection, `require`
+//! checks `write:photos`.
+//!
+//! Without a gate configured (tokens not required), every caller is
+//! [`Caller::Anyone`]; a request that reached a method without passing the
+//! layer at all is refused by [`require`] (fail closed).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::SharedKeyring;
+use crate::token::{Op, Principal, TokenError};
+
+/// What a method asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// No token (who a node is and whom it follows: what a health check or
+    /// a joining node asks before it has a token).
+    Open,
+    /// Any valid token.
+    Token,
+    /// A scope of this operation (on some collection; the method narrows
+    /// it with [`require`] where the collection matters).
+    Scope(Op),
+}
+
+/// Who is calling, as the gate found.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Tokens are not required here.
+    Anyone,
+    /// The holder of a valid token.
+    Token(Arc<Principal>),
+}
+
+/// Checks tokens against a key ring and a server's table of methods.
+pub struct Gate {
+    keyring: Arc<SharedKeyring>,
+    skew: Duration,
+    rules: fn(&str) -> Need,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("keyring", &self.keyring.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    /// Tokens signed by a key of `keyring`, expired for at most `skew`,
+    /// with what `rules` says a method (its gRPC path) needs.
+    pub fn new(keyring: Arc<SharedKeyring>, skew: Duration, rules: fn(&str) -> Need) -> Gate {
+        Gate {
+            keyring,
+            skew,
+            rules,
+        }
+    }
+
+    /// The caller of `path` with `headers`, or the refusal.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED (no token, or not a valid one) or PERMISSION_DENIED.
+    pub fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Caller, Status> {
+        let need = (self.rules)(path);
+        if need == Need::Open {
+            return Ok(Caller::Anyone);
+        }
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "this cluster requires a token: set HAYLOFT_TOKEN (hayloft token create)",
+                )
+            })?
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let principal = crate::token::verify(&self.keyring.get(), token.trim(), now, self.skew)
+            .map_err(|e| {
+                metrics::counter!("hayloft_grpc_denied_total", "reason" => denial(&e)).increment(1);
+                Status::unauthenticated(e.to_string())
+            })?;
+        match need {
+            Need::Open | Need::Token => Ok(Caller::Token(Arc::new(principal))),
+            Need::Scope(op) if principal.allows_some(op) => Ok(Caller::Token(Arc::new(principal))),
+            Need::Scope(op) => {
+                metrics::counter!("hayloft_grpc_denied_total", "reason" => "scope").increment(1);
+                Err(Status::permission_denied(format!(
+                    "token {} ({}) has no {} scope for {path}",
+                    principal.token_id,
+                    principal.subject,
+                    scope_name(op)
+                )))
+            }
+        }
+    }
+}
+
+fn denial(error: &TokenError) -> &'static str {
+    match error {
+        TokenError::Expired => "expired",
+        TokenError::Revoked => "revoked",
+        _ => "invalid",
+    }
+}
+
+fn scope_name(op: Op) -> String {
+    match op {
+        Op::Admin | Op::Cluster => op.name().to_owned(),
+        _ => format!("{}:<collection>", op.name()),
+    }
+}
+
+/// Checks that the caller of a request may do `op` on `collection`.
+///
+/// # Errors
+/// PERMISSION_DENIED, or INTERNAL for a request that never passed a gate.
+pub fn require(extensions: &http::Extensions, op: Op, collection: &str) -> Result<(), Status> {
+    Caller::require(extensions.get::<Caller>(), op, collection)
+}
+
+impl Caller {
+    /// The caller of a request (`None` if it never passed a gate).
+    pub fn of(extensions: &http::Extensions) -> Option<Caller> {
+        extensions.get::<Caller>().cloned()
+    }
+
+    /// [`require`] for a caller taken out of its request.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED, or INTERNAL for `None`.
+    pub fn require(caller: Option<&Caller>, op: Op, collection: &str) -> Result<(), Status> {
+        match caller {
+            Some(Caller::Anyone) => Ok(()),
+            Some(Caller::Token(principal)) if principal.allows(op, collection) => Ok(()),
+            Some(Caller::Token(principal)) => {
+                metrics::counter!("hayloft_grpc_denied_total", "reason" => "scope").increment(1);
+                Err(Status::permission_denied(format!(
+                    "token {} ({}) has no {} scope",
+                    principal.token_id,
+                    principal.subject,
+                    match (op.has_collection(), collection) {
+                        (false, _) => op.name().to_owned(),
+                        (true, "") => format!("{}:default", op.name()),
+                        (true, collection) => format!("{}:{collection}", op.name()),
+                    }
+                )))
+            }
+            None => Err(Status::internal("the request did not pass the token gate")),
+        }
+    }
+}
+
+/// The token holder calling, if tokens are required.
+pub fn caller(extensions: &http::Extensions) -> Option<&Principal> {
+    match extensions.get::<Caller>() {
+        Some(Caller::Token(principal)) => Some(principal),
+        _ => None,
+    }
+}
+
+/// The layer that puts a [`Gate`] (or, with none, [`Caller::Anyone`]) in
+/// front of a tonic server's services.
+#[derive(Debug, Clone, Default)]
+pub struct GateLayer(Option<Arc<Gate>>);
+
+impl GateLayer {
+    /// Checks every call with `gate`; `None`: tokens are not required.
+    pub fn new(gate: Option<Arc<Gate>>) -> GateLayer {
+        GateLayer(gate)
+    }
+}
+
+impl<S> tower_layer::Layer<S> for GateLayer {
+    type Service = Gated<S>;
+
+    fn layer(&self, inner: S) -> Gated<S> {
+        Gated {
+            inner,
+            gate: self.0.clone(),
+        }
+    }
+}
+
+/// A service behind a [`GateLayer`].
+#[derive(Debug, Clone)]
+pub struct Gated<S> {
+    inner: S,
+    gate: Option<Arc<Gate>>,
+}
+
+type Answer<S, B> = Pin<
+    Box<
+        dyn Future<Output = Result<http::Response<tonic::body::Body>, <S as Service<B>>::Error>>
+            + Send,
+    >,
+>;
+
+use tower_service::Service;
+
+impl<S, B> Service<http::Request<B>> for Gated<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Answer<S, http::Request<B>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let caller = match &self.gate {
+            None => Ok(Caller::Anyone),
+            Some(gate) => gate.admit(request.uri().path(), request.headers()),
+        };
+        match caller {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `hayloft token create`: a bearer token for clusters that require them.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+/// `hayloft token` arguments.
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token from the key ring's signing key; prints the token (and,
+    /// on stderr, its id).
+    Create {
+        /// What it allows: write:<collection>, read:, delete:, sign:
+        /// (`*` for every collection), admin, cluster. Repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// How long it works, e.g. "30d".
+        #[arg(long, default_value = "30d")]
+        ttl: humantime_serde::re::humantime::Duration,
+        /// Who holds it (shown in refusals and logs).
+        #[arg(long, default_value = "hayloft-cli")]
+        subject: String,
+        /// The cluster's key ring.
+        #[arg(long, env = "HAYLOFT_KEYRING")]
+        keyring: PathBuf,
+    },
+}
+
+pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+    match args.command {
+        TokenCommand::Create {
+            scopes,
+            ttl,
+            subject,
+            keyring,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| s.parse::<hayloft_access::token::Scope>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let ring = hayloft_access::Keyring::load(&keyring)
+                .with_context(|| format!("loading the key ring {}", keyring.display()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let (token, id) =
+                hayloft_access::token::mint(&ring, &subject, &scopes, ttl.into(), now)?;
+            eprintln!("token id {id}");
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
