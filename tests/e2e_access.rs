@@ -802,3 +802,66 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
         b"hello"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replicated_cluster_that_requires_tokens_replicates_and_deletes_with_its_own() {
+    let keys = tempfile::tempdir().unwrap();
+    let ring = write_keyring(keys.path(), false);
+    let auth = ["--keyring", ring.to_str().unwrap(), "--require-tokens"];
+    // Status (for the cluster to come up) needs admin.
+    let operator = mint(
+        &ring,
+        &["admin", "write:photos", "read:photos", "delete:photos"],
+    );
+    let cluster =
+        Cluster::start_replicated_with_token(&["a", "b"], 2, &auth, &auth, &operator).await;
+    let client = cluster.client().await;
+    let photos = UploadOptions {
+        collection: "photos".into(),
+        ..UploadOptions::default()
+    };
+    // A replicated write: the primary forwards it to the other copy with
+    // its own cluster token, or the upload fails.
+    let written = client
+        .upload(Bytes::from_static(b"two copies"), &photos)
+        .await
+        .unwrap();
+    let volume_id = written
+        .blob_id
+        .parse::<hayloft_storage::BlobId>()
+        .unwrap()
+        .volume()
+        .0;
+    let status = client.status().await.unwrap();
+    let volume = status
+        .volumes
+        .iter()
+        .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume_id))
+        .unwrap();
+    assert_eq!(volume.replicas.len(), 2);
+    for server in 0..2 {
+        let url = format!("{}/{}", cluster.http_base(server), written.blob_id);
+        let read = get(&url).await;
+        assert_eq!(read.status(), StatusCode::OK, "{url}");
+        assert_eq!(read.bytes().await.unwrap().as_ref(), b"two copies");
+    }
+    // Without a token, nothing.
+    let anonymous = hayloft_client::Client::connect(&cluster.directory_addr())
+        .await
+        .unwrap();
+    let refused = anonymous
+        .upload(Bytes::from_static(b"no"), &photos)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(tonic::Code::Unauthenticated));
+    assert_eq!(
+        anonymous.delete(&written.blob_id).await.unwrap_err().code(),
+        Some(tonic::Code::Unauthenticated)
+    );
+    // The delete reaches both copies (forwarded with the cluster token).
+    client.delete(&written.blob_id).await.unwrap();
+    for server in 0..2 {
+        let url = format!("{}/{}", cluster.http_base(server), written.blob_id);
+        assert_eq!(get(&url).await.status(), StatusCode::NOT_FOUND, "{url}");
+    }
+}

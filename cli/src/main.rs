@@ -135,6 +135,13 @@ struct DirectoryArgs {
     /// racks (per-collection overrides in the config file).
     #[arg(long, env = "HAYLOFT_REPLICATION")]
     replication: Option<usize>,
+    /// Key ring that checks tokens, signs write grants and this node's own
+    /// calls (reloaded on SIGHUP and change).
+    #[arg(long, env = "HAYLOFT_KEYRING")]
+    keyring: Option<PathBuf>,
+    /// Every gRPC call must carry a token signed by a key of the key ring.
+    #[arg(long)]
+    require_tokens: bool,
     /// A copy whose server is silent this long is made again elsewhere, e.g. "10m".
     #[arg(long)]
     repair_after: Option<humantime_serde::re::humantime::Duration>,
@@ -180,9 +187,13 @@ struct VolumeArgs {
     /// Rack within the zone (placement spreads copies over racks next).
     #[arg(long, env = "HAYLOFT_RACK")]
     rack: Option<String>,
-    /// Key ring that verifies signed URLs (reloaded on SIGHUP and change).
+    /// Key ring that verifies signed URLs and tokens (reloaded on SIGHUP and
+    /// change).
     #[arg(long, env = "HAYLOFT_KEYRING")]
     keyring: Option<PathBuf>,
+    /// Every gRPC call must carry a token signed by a key of the key ring.
+    #[arg(long)]
+    require_tokens: bool,
     /// A copy silent for this long fails a replicated write, e.g. "10s".
     #[arg(long)]
     replica_timeout: Option<humantime_serde::re::humantime::Duration>,
@@ -332,6 +343,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::ensure!(copies >= 1, "--replication must be at least 1");
                     config.replication = copies;
                 }
+                if let Some(keyring) = args.keyring {
+                    config.keyring = Some(keyring);
+                }
+                config.require_tokens |= args.require_tokens;
                 if let Some(after) = args.repair_after {
                     config.repair_after = after.into();
                 }
@@ -373,6 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(keyring) = args.keyring {
                     config.keyring = Some(keyring);
                 }
+                config.require_tokens |= args.require_tokens;
                 if let Some(timeout) = args.replica_timeout {
                     config.replica_timeout = timeout.into();
                 }

@@ -175,6 +175,8 @@ pub struct Cluster {
     pub volume_site_args: Vec<Vec<String>>,
     /// The nodes of a directory group (empty: one directory, `directory`).
     pub group: Vec<GroupNode>,
+    /// The token the test's clients send (a cluster that requires them).
+    pub token: Option<String>,
 }
 
 /// One node of a directory group.
@@ -236,6 +238,7 @@ impl Cluster {
             directory_args: Vec::new(),
             volume_site_args: Vec::new(),
             group: Vec::new(),
+            token: None,
         }
     }
 
@@ -429,7 +432,40 @@ impl Cluster {
         volume_args: &[&str],
         env: &[(&str, &str)],
     ) -> Cluster {
+        Cluster::start_replicated_as(zones, replication, directory_args, volume_args, env, None)
+            .await
+    }
+
+    /// [`Cluster::start_replicated`] for a cluster that requires tokens:
+    /// the test's clients send `token`.
+    pub async fn start_replicated_with_token(
+        zones: &[&str],
+        replication: usize,
+        directory_args: &[&str],
+        volume_args: &[&str],
+        token: &str,
+    ) -> Cluster {
+        Cluster::start_replicated_as(
+            zones,
+            replication,
+            directory_args,
+            volume_args,
+            &[],
+            Some(token.to_owned()),
+        )
+        .await
+    }
+
+    async fn start_replicated_as(
+        zones: &[&str],
+        replication: usize,
+        directory_args: &[&str],
+        volume_args: &[&str],
+        env: &[(&str, &str)],
+        token: Option<String>,
+    ) -> Cluster {
         let mut cluster = Cluster::new(0, volume_args, env);
+        cluster.token = token;
         cluster.directory_args = vec!["--replication".into(), replication.to_string()];
         cluster
             .directory_args
@@ -536,7 +572,12 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect(&self.directory_addr()).await {
-                Ok(client) => return client,
+                Ok(client) => {
+                    return match &self.token {
+                        Some(token) => client.with_token(token).expect("a usable token"),
+                        None => client,
+                    };
+                }
                 Err(e) if Instant::now() > deadline => panic!("directory not reachable: {e}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
