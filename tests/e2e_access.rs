@@ -865,3 +865,82 @@ async fn a_replicated_cluster_that_requires_tokens_replicates_and_deletes_with_i
         assert_eq!(get(&url).await.status(), StatusCode::NOT_FOUND, "{url}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_public_address_without_tokens_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[String]| {
+        let out = std::process::Command::new(support::BIN)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let public = |port: u16| format!("0.0.0.0:{port}");
+    let data = |name: &str| dir.path().join(name).display().to_string();
+    let directory = [
+        "directory".to_owned(),
+        "--listen".into(),
+        public(support::free_port()),
+        "--data-dir".into(),
+        data("directory"),
+    ];
+    let volume = [
+        "volume".to_owned(),
+        "--grpc-listen".into(),
+        public(support::free_port()),
+        "--http-listen".into(),
+        format!("127.0.0.1:{}", support::free_port()),
+        "--data-dir".into(),
+        data("volume"),
+    ];
+    for args in [&directory[..], &volume[..]] {
+        let (ok, stderr) = run(args);
+        assert!(!ok, "{args:?} started");
+        assert!(
+            stderr.contains("refusing to serve gRPC on 0.0.0.0:"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--insecure"), "{stderr}");
+        // One line per cause, no backtrace.
+        assert!(stderr.trim().lines().count() <= 2, "{stderr}");
+        assert!(!stderr.contains("backtrace"), "{stderr}");
+    }
+    // With --insecure it starts, and says what that means in its log.
+    let port = support::free_port();
+    let log = dir.path().join("insecure.log");
+    let server = support::spawn(
+        &[
+            "directory".to_owned(),
+            "--listen".into(),
+            public(port),
+            "--data-dir".into(),
+            data("insecure"),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", support::free_port()),
+            "--insecure".into(),
+        ],
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("without tokens (insecure = true)")
+    );
+    server.stop();
+}

@@ -18,6 +18,30 @@ pub mod token;
 pub use keyring::{Keyring, KeyringError, SharedKeyring, watch_keyring};
 pub use signed_url::{Denied, UrlPolicy};
 
+/// Why a server refuses to serve gRPC on `addr`: a non-loopback address
+/// without tokens required, unless the operator said `insecure` (then it
+/// only warns, at every start). `None`: it may serve.
+pub fn insecure_listen(
+    addr: std::net::SocketAddr,
+    require_tokens: bool,
+    insecure: bool,
+) -> Option<String> {
+    if addr.ip().is_loopback() || require_tokens {
+        return None;
+    }
+    if insecure {
+        tracing::warn!(%addr, "serving gRPC on a non-loopback address without tokens (insecure = true): \
+            anyone who reaches it can read, write and delete any blob");
+        return None;
+    }
+    Some(format!(
+        "refusing to serve gRPC on {addr} without tokens: anyone who reaches it could read, \
+         write and delete any blob. Set require_tokens = true with a keyring (--keyring K \
+         --require-tokens), listen on a loopback address, or pass --insecure (insecure = true) \
+         on a network you trust"
+    ))
+}
+
 /// How a collection's blobs may be read over HTTP.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -103,6 +103,10 @@ struct ServerArgs {
     /// (`hayloft token create`).
     #[arg(long, requires = "keyring")]
     require_tokens: bool,
+    /// Serve gRPC on a non-loopback address without tokens (refused
+    /// otherwise): only on a network you trust.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -142,6 +146,10 @@ struct DirectoryArgs {
     /// Every gRPC call must carry a token signed by a key of the key ring.
     #[arg(long)]
     require_tokens: bool,
+    /// Serve gRPC on a non-loopback address without tokens (refused
+    /// otherwise): only on a network you trust.
+    #[arg(long)]
+    insecure: bool,
     /// A copy whose server is silent this long is made again elsewhere, e.g. "10m".
     #[arg(long)]
     repair_after: Option<humantime_serde::re::humantime::Duration>,
@@ -194,6 +202,10 @@ struct VolumeArgs {
     /// Every gRPC call must carry a token signed by a key of the key ring.
     #[arg(long)]
     require_tokens: bool,
+    /// Serve gRPC on a non-loopback address without tokens (refused
+    /// otherwise): only on a network you trust.
+    #[arg(long)]
+    insecure: bool,
     /// A copy silent for this long fails a replicated write, e.g. "10s".
     #[arg(long)]
     replica_timeout: Option<humantime_serde::re::humantime::Duration>,
@@ -306,6 +318,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     directory.require_tokens = true;
                     volume.require_tokens = true;
                 }
+                if args.insecure {
+                    directory.insecure = true;
+                    volume.insecure = true;
+                }
                 let policy = tier::load_policy(args.policy.as_deref().or(file.policy.as_deref()))?;
                 let tier_interval = args
                     .tier_interval
@@ -347,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config.keyring = Some(keyring);
                 }
                 config.require_tokens |= args.require_tokens;
+                config.insecure |= args.insecure;
                 if let Some(after) = args.repair_after {
                     config.repair_after = after.into();
                 }
@@ -389,6 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config.keyring = Some(keyring);
                 }
                 config.require_tokens |= args.require_tokens;
+                config.insecure |= args.insecure;
                 if let Some(timeout) = args.replica_timeout {
                     config.replica_timeout = timeout.into();
                 }

@@ -131,6 +131,9 @@ pub struct DirectoryConfig {
     /// How long a write grant from `Assign` works. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub write_grant_ttl: Duration,
+    /// Serve gRPC on a non-loopback address without `require_tokens`
+    /// (refused otherwise; logged at every start). Default false.
+    pub insecure: bool,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -193,6 +196,7 @@ impl Default for DirectoryConfig {
             require_tokens: false,
             token_clock_skew: Duration::from_secs(60),
             write_grant_ttl: Duration::from_secs(60),
+            insecure: false,
         }
     }
 }
@@ -252,6 +256,11 @@ impl Directory {
     /// Raft (initialising the group on its first start, see
     /// `consensus::start`).
     pub async fn bind(config: DirectoryConfig) -> Result<Directory> {
+        if let Some(refusal) =
+            hayloft_access::insecure_listen(config.listen, config.require_tokens, config.insecure)
+        {
+            return Err(Error::FailedPrecondition(refusal));
+        }
         let keyring = match &config.keyring {
             Some(path) => Some(
                 hayloft_access::SharedKeyring::load(path)

@@ -171,6 +171,10 @@ pub struct VolumeServerConfig {
     /// (see README, "Tokens"); the clock-skew allowance is
     /// `signed_url_clock_skew`. Default `false`.
     pub require_tokens: bool,
+    /// Serve gRPC on a non-loopback address without `require_tokens`
+    /// (refused otherwise; logged at every start). The HTTP origin may face
+    /// the world either way. Default false.
+    pub insecure: bool,
 }
 
 impl Default for VolumeServerConfig {
@@ -215,6 +219,7 @@ impl Default for VolumeServerConfig {
             signed_url_max_lifetime: Duration::from_secs(24 * 3600),
             signed_url_clock_skew: Duration::from_secs(60),
             require_tokens: false,
+            insecure: false,
         }
     }
 }
@@ -276,6 +281,9 @@ pub enum StartError {
     /// The key ring for signed URLs is unusable.
     #[error("key ring: {0}")]
     Keyring(#[from] hayloft_access::KeyringError),
+    /// A public gRPC address without tokens, and no `insecure`.
+    #[error("{0}")]
+    Insecure(String),
     /// Tokens are required but there is no key ring to check them with.
     #[error("require_tokens needs a key ring (keyring = \"/path/to/keyring.toml\")")]
     TokensWithoutKeyring,
@@ -313,6 +321,13 @@ impl VolumeServer {
         };
         if config.require_tokens && keyring.is_none() {
             return Err(StartError::TokensWithoutKeyring);
+        }
+        if let Some(refusal) = hayloft_access::insecure_listen(
+            config.grpc_listen,
+            config.require_tokens,
+            config.insecure,
+        ) {
+            return Err(StartError::Insecure(refusal));
         }
         let grpc = bind(config.grpc_listen).await?;
         let http = bind(config.http_listen).await?;
