@@ -609,6 +609,11 @@ async fn hayloft_server_takes_every_setting_from_one_config_file() {
 
 /// `hayloft token create` with the test key ring.
 fn mint(ring: &std::path::Path, scopes: &[&str]) -> String {
+    mint_with_id(ring, scopes).0
+}
+
+/// [`mint`], with the token's id.
+fn mint_with_id(ring: &std::path::Path, scopes: &[&str]) -> (String, String) {
     let mut args = vec!["token", "create", "--keyring", ring.to_str().unwrap()];
     for scope in scopes {
         args.extend(["--scope", scope]);
@@ -622,8 +627,12 @@ fn mint(ring: &std::path::Path, scopes: &[&str]) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("token id "));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let id = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .strip_prefix("token id ")
+        .expect("the token's id on stderr")
+        .to_owned();
+    (String::from_utf8(out.stdout).unwrap().trim().to_owned(), id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -685,7 +694,7 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
         upload(connect().await, photos.clone()).await.unwrap_err(),
         Some(Code::Unauthenticated)
     );
-    let writer = mint(&ring, &["write:photos", "read:photos"]);
+    let (writer, writer_id) = mint_with_id(&ring, &["write:photos", "read:photos"]);
     let forged = format!("{}x", &writer[..writer.len() - 1]);
     let with = |token: &str| {
         let token = token.to_owned();
@@ -698,7 +707,7 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
         Some(Code::Unauthenticated)
     );
     // A token without the scope: PERMISSION_DENIED.
-    let reader = mint(&ring, &["read:photos"]);
+    let (reader, reader_id) = mint_with_id(&ring, &["read:photos"]);
     assert_eq!(
         upload(with(&reader).await, photos.clone())
             .await
@@ -738,7 +747,8 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
         }
     };
     assert_eq!(status(writer.clone()).await, Err(Code::PermissionDenied));
-    assert_eq!(status(mint(&ring, &["admin"])).await, Ok(()));
+    let admin = mint(&ring, &["admin"]);
+    assert_eq!(status(admin.clone()).await, Ok(()));
 
     // A write grant writes its own blob only. Two ids, then a write of the
     // second with the first's grant, by a caller with no write scope.
@@ -801,6 +811,67 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
             .as_ref(),
         b"hello"
     );
+
+    // Revocation by id: `hayloft token revoke` with an admin token. The
+    // directory refuses the writer at once; the volume server refuses the
+    // reader from its next heartbeat on.
+    let revoke = |id: String| {
+        let (admin, addr) = (admin.clone(), addr.clone());
+        async move {
+            let out = tokio::process::Command::new(support::BIN)
+                .args(["token", "revoke", &id])
+                .env("HAYLOFT_TOKEN", admin)
+                .env("HAYLOFT_DIRECTORY", addr)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    // Without admin: refused.
+    let out = tokio::process::Command::new(support::BIN)
+        .args(["token", "revoke", &writer_id])
+        .env("HAYLOFT_TOKEN", &writer)
+        .env("HAYLOFT_DIRECTORY", &addr)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    revoke(writer_id).await;
+    revoke(reader_id).await;
+    let refused = with(&writer)
+        .await
+        .upload(Bytes::from_static(b"after"), &photos)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unauthenticated), "{refused}");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = volume
+            .read(hayloft_proto::ReadRequest {
+                blob_id: second.blob_id.clone(),
+                ..hayloft_proto::ReadRequest::default()
+            })
+            .await;
+        match read {
+            Err(status) if status.code() == Code::Unauthenticated => {
+                assert!(status.message().contains("revoked"), "{status:?}");
+                break;
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "the volume server still takes it"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Other tokens still work.
+    assert_eq!(status(admin).await, Ok(()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

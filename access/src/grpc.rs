@@ -47,11 +47,77 @@ pub enum Caller {
     Token(Arc<Principal>),
 }
 
+/// The ids of revoked tokens (the cluster's deny list), as this server last
+/// heard it: from the replicated state on a directory node, from heartbeat
+/// answers on a volume server.
+#[derive(Debug, Default)]
+pub struct Revoked(parking_lot::RwLock<Arc<std::collections::HashSet<String>>>);
+
+impl Revoked {
+    /// Replaces the list.
+    pub fn set(&self, ids: impl IntoIterator<Item = String>) {
+        *self.0.write() = Arc::new(ids.into_iter().collect());
+    }
+
+    /// Whether `token_id` is revoked.
+    pub fn contains(&self, token_id: &str) -> bool {
+        self.0.read().contains(token_id)
+    }
+}
+
+/// A server's side of gRPC access control: the credential it presents to
+/// the others, and the gate in front of its own services.
+#[derive(Debug)]
+pub struct ServerAuth {
+    /// Its own token (scope `cluster`), when it has a key ring.
+    pub credential: hayloft_proto::Credential,
+    /// The gate, when tokens are required.
+    pub gate: Option<Arc<Gate>>,
+}
+
+impl ServerAuth {
+    /// For the server called `subject` with `keyring`: it presents a
+    /// cluster token whenever it has a ring, and checks tokens (allowing
+    /// `skew`, with its table of methods `rules`, refusing the ids in
+    /// `revoked`) if `require_tokens`.
+    pub fn new(
+        keyring: Option<&Arc<SharedKeyring>>,
+        subject: &str,
+        require_tokens: bool,
+        skew: Duration,
+        rules: fn(&str) -> Need,
+        revoked: Arc<Revoked>,
+    ) -> ServerAuth {
+        let Some(keyring) = keyring else {
+            return ServerAuth {
+                credential: hayloft_proto::Credential::none(),
+                gate: None,
+            };
+        };
+        let token = Arc::new(crate::token::ClusterToken::new(
+            Arc::clone(keyring),
+            subject,
+        ));
+        ServerAuth {
+            credential: hayloft_proto::Credential::from_fn(move || token.current()),
+            gate: require_tokens.then(|| {
+                Arc::new(Gate {
+                    keyring: Arc::clone(keyring),
+                    skew,
+                    rules,
+                    revoked,
+                })
+            }),
+        }
+    }
+}
+
 /// Checks tokens against a key ring and a server's table of methods.
 pub struct Gate {
     keyring: Arc<SharedKeyring>,
     skew: Duration,
     rules: fn(&str) -> Need,
+    revoked: Arc<Revoked>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -70,6 +136,7 @@ impl Gate {
             keyring,
             skew,
             rules,
+            revoked: Arc::default(),
         }
     }
 
@@ -101,6 +168,10 @@ impl Gate {
                 metrics::counter!("hayloft_grpc_denied_total", "reason" => denial(&e)).increment(1);
                 Status::unauthenticated(e.to_string())
             })?;
+        if self.revoked.contains(&principal.token_id) {
+            metrics::counter!("hayloft_grpc_denied_total", "reason" => "revoked").increment(1);
+            return Err(Status::unauthenticated(TokenError::Revoked.to_string()));
+        }
         match need {
             Need::Open | Need::Token => Ok(Caller::Token(Arc::new(principal))),
             Need::Scope(op) if principal.allows_some(op) => Ok(Caller::Token(Arc::new(principal))),

@@ -66,6 +66,23 @@ enum Command {
     Token(token::TokenArgs),
 }
 
+/// A server's access-control flags.
+#[derive(Args)]
+struct AuthArgs {
+    /// Key ring: verifies signed URLs and tokens, signs write grants and
+    /// the server's own calls to the others (reloaded on SIGHUP and change).
+    #[arg(long, env = "HAYLOFT_KEYRING")]
+    keyring: Option<PathBuf>,
+    /// Every gRPC call must carry a token signed by a key of the key ring
+    /// (`hayloft token create`).
+    #[arg(long)]
+    require_tokens: bool,
+    /// Serve gRPC on a non-loopback address without tokens (refused
+    /// otherwise): only on a network you trust.
+    #[arg(long)]
+    insecure: bool,
+}
+
 #[derive(Args)]
 struct ServerArgs {
     /// One TOML file with every setting of the embedded server: its
@@ -96,17 +113,8 @@ struct ServerArgs {
     /// Time between tiering rounds (default 10m).
     #[arg(long)]
     tier_interval: Option<humantime_serde::re::humantime::Duration>,
-    /// Key ring of signed URLs (for collections with access = "signed").
-    #[arg(long, env = "HAYLOFT_KEYRING")]
-    keyring: Option<PathBuf>,
-    /// Every gRPC call must carry a token signed by a key of --keyring
-    /// (`hayloft token create`).
-    #[arg(long, requires = "keyring")]
-    require_tokens: bool,
-    /// Serve gRPC on a non-loopback address without tokens (refused
-    /// otherwise): only on a network you trust.
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 #[derive(Args)]
@@ -139,17 +147,8 @@ struct DirectoryArgs {
     /// racks (per-collection overrides in the config file).
     #[arg(long, env = "HAYLOFT_REPLICATION")]
     replication: Option<usize>,
-    /// Key ring that checks tokens, signs write grants and this node's own
-    /// calls (reloaded on SIGHUP and change).
-    #[arg(long, env = "HAYLOFT_KEYRING")]
-    keyring: Option<PathBuf>,
-    /// Every gRPC call must carry a token signed by a key of the key ring.
-    #[arg(long)]
-    require_tokens: bool,
-    /// Serve gRPC on a non-loopback address without tokens (refused
-    /// otherwise): only on a network you trust.
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// A copy whose server is silent this long is made again elsewhere, e.g. "10m".
     #[arg(long)]
     repair_after: Option<humantime_serde::re::humantime::Duration>,
@@ -195,17 +194,8 @@ struct VolumeArgs {
     /// Rack within the zone (placement spreads copies over racks next).
     #[arg(long, env = "HAYLOFT_RACK")]
     rack: Option<String>,
-    /// Key ring that verifies signed URLs and tokens (reloaded on SIGHUP and
-    /// change).
-    #[arg(long, env = "HAYLOFT_KEYRING")]
-    keyring: Option<PathBuf>,
-    /// Every gRPC call must carry a token signed by a key of the key ring.
-    #[arg(long)]
-    require_tokens: bool,
-    /// Serve gRPC on a non-loopback address without tokens (refused
-    /// otherwise): only on a network you trust.
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// A copy silent for this long fails a replicated write, e.g. "10s".
     #[arg(long)]
     replica_timeout: Option<humantime_serde::re::humantime::Duration>,
@@ -308,20 +298,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 file.http_listen = args.http_listen.or(file.http_listen);
                 file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
                 let (mut directory, mut volume) = file.configs()?;
-                if let Some(keyring) = args.keyring {
+                if let Some(keyring) = args.auth.keyring {
                     volume.keyring = Some(keyring);
                 }
                 // The directory signs grants and checks tokens with the
                 // volume server's key ring.
                 directory.keyring = directory.keyring.or_else(|| volume.keyring.clone());
-                if args.require_tokens {
-                    directory.require_tokens = true;
-                    volume.require_tokens = true;
-                }
-                if args.insecure {
-                    directory.insecure = true;
-                    volume.insecure = true;
-                }
+                directory.require_tokens |= args.auth.require_tokens;
+                volume.require_tokens |= args.auth.require_tokens;
+                directory.insecure |= args.auth.insecure;
+                volume.insecure |= args.auth.insecure;
                 let policy = tier::load_policy(args.policy.as_deref().or(file.policy.as_deref()))?;
                 let tier_interval = args
                     .tier_interval
@@ -359,11 +345,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::ensure!(copies >= 1, "--replication must be at least 1");
                     config.replication = copies;
                 }
-                if let Some(keyring) = args.keyring {
+                if let Some(keyring) = args.auth.keyring {
                     config.keyring = Some(keyring);
                 }
-                config.require_tokens |= args.require_tokens;
-                config.insecure |= args.insecure;
+                config.require_tokens |= args.auth.require_tokens;
+                config.insecure |= args.auth.insecure;
                 if let Some(after) = args.repair_after {
                     config.repair_after = after.into();
                 }
@@ -402,11 +388,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(rack) = args.rack {
                     config.rack = rack;
                 }
-                if let Some(keyring) = args.keyring {
+                if let Some(keyring) = args.auth.keyring {
                     config.keyring = Some(keyring);
                 }
-                config.require_tokens |= args.require_tokens;
-                config.insecure |= args.insecure;
+                config.require_tokens |= args.auth.require_tokens;
+                config.insecure |= args.auth.insecure;
                 if let Some(timeout) = args.replica_timeout {
                     config.replica_timeout = timeout.into();
                 }
@@ -467,7 +453,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Tier(args) => tier::tier(args).await,
             Command::Repair(args) => repair::repair(args).await,
             Command::Sign(args) => sign::sign(args).await,
-            Command::Token(args) => token::token(args),
+            Command::Token(args) => token::token(args).await,
         }
     })
 }

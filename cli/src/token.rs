@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::commands::Connection;
+
 /// `hayloft token` arguments.
 #[derive(Args)]
 pub struct TokenArgs {
@@ -31,10 +33,46 @@ enum TokenCommand {
         #[arg(long, env = "HAYLOFT_KEYRING")]
         keyring: PathBuf,
     },
+    /// Revoke a token by id (what `create` printed): every server refuses
+    /// it, directory nodes at once, volume servers from their next
+    /// heartbeat. Needs an `admin` token in HAYLOFT_TOKEN.
+    Revoke {
+        /// The token's id.
+        token_id: String,
+        /// How long the cluster remembers the revocation: at least as long
+        /// as the token had left to live.
+        #[arg(long, default_value = "400d")]
+        keep: humantime_serde::re::humantime::Duration,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
-pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+pub async fn token(args: TokenArgs) -> anyhow::Result<()> {
     match args.command {
+        TokenCommand::Revoke {
+            token_id,
+            keep,
+            connection,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let request = hayloft_proto::RevokeTokenRequest {
+                token_id: token_id.clone(),
+                expires_at: now.saturating_add(std::time::Duration::from(keep).as_secs()),
+            };
+            connection
+                .directories()?
+                .call(|mut directory| {
+                    let request = request.clone();
+                    async move { directory.revoke_token(request).await }
+                })
+                .await
+                .with_context(|| format!("revoking token {token_id}"))?;
+            println!("token {token_id} revoked");
+            Ok(())
+        }
         TokenCommand::Create {
             scopes,
             ttl,

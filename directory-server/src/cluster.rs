@@ -83,6 +83,8 @@ struct Inner {
     volumes: BTreeMap<u32, VolumeEntry>,
     /// Repairs started and not ended, by volume (replicated).
     repair_jobs: BTreeMap<u32, RepairJobRow>,
+    /// Revoked token ids and when each may be forgotten (replicated).
+    revoked: BTreeMap<String, u64>,
     next_volume_id: u32,
     round_robin: usize,
     /// The last Raft entry applied, and the membership it left.
@@ -153,6 +155,9 @@ pub struct Cluster {
     /// Serialises changes that are checked against the state before being
     /// proposed (a copy leaving or joining a replica set).
     changes: tokio::sync::Mutex<()>,
+    /// The revoked token ids, for the token gate (kept equal to
+    /// `inner.revoked`).
+    revocations: std::sync::Arc<hayloft_access::grpc::Revoked>,
 }
 
 /// A volume to create: its id, and the servers to create its copies on.
@@ -169,9 +174,12 @@ impl Cluster {
     pub fn load(db: std::sync::Arc<Db>, config: DirectoryConfig, node_id: u64) -> Result<Cluster> {
         let snapshot = db.load()?;
         let inner = Inner::from_snapshot(snapshot)?;
+        let revocations = std::sync::Arc::new(hayloft_access::grpc::Revoked::default());
+        revocations.set(inner.revoked.keys().cloned());
         Ok(Cluster {
             db,
             config,
+            revocations,
             inner: Mutex::new(inner),
             node_id,
             raft: std::sync::OnceLock::new(),
@@ -685,6 +693,30 @@ impl Cluster {
                 }
             })
             .collect()
+    }
+
+    /// The revoked token ids, as the gate checks them.
+    pub fn revocations(&self) -> std::sync::Arc<hayloft_access::grpc::Revoked> {
+        std::sync::Arc::clone(&self.revocations)
+    }
+
+    /// The revoked token ids (told to volume servers with heartbeat
+    /// answers).
+    pub fn revoked_tokens(&self) -> Vec<String> {
+        self.inner.lock().revoked.keys().cloned().collect()
+    }
+
+    /// Revokes the token `token_id` until `expires_at` (Unix seconds):
+    /// every server refuses it from the moment it hears (directory nodes
+    /// at once, volume servers at their next heartbeat).
+    pub async fn revoke_token(&self, token_id: &str, expires_at: u64) -> Result<()> {
+        self.propose(Command::RevokeToken {
+            token_id: token_id.to_owned(),
+            expires_at,
+            now: now_unix(),
+        })
+        .await?;
+        Ok(())
     }
 
     /// Repairs started (by this leader or an earlier one) and not ended,
@@ -1348,7 +1380,14 @@ impl Cluster {
                 inner.membership = StoredMembership::new(Some(log_id), membership);
                 Applied::Done
             }
-            EntryPayload::Normal(command) => apply_command(&mut inner, &mut batch, command)?,
+            EntryPayload::Normal(command) => {
+                let revokes = matches!(command, Command::RevokeToken { .. });
+                let applied = apply_command(&mut inner, &mut batch, command)?;
+                if revokes {
+                    self.revocations.set(inner.revoked.keys().cloned());
+                }
+                applied
+            }
         };
         inner.applied = Some(log_id);
         db::put_applied(
@@ -1372,6 +1411,14 @@ impl Cluster {
             applied: json(&inner.applied)?,
             membership: json(&inner.membership)?,
             repair_jobs: inner.repair_jobs.values().cloned().collect(),
+            revoked: inner
+                .revoked
+                .iter()
+                .map(|(token_id, expires_at)| db::RevokedToken {
+                    token_id: token_id.clone(),
+                    expires_at: *expires_at,
+                })
+                .collect(),
         };
         Ok((
             snapshot.encode_to_vec(),
@@ -1398,6 +1445,8 @@ impl Cluster {
         inner.servers = fresh.servers;
         inner.next_volume_id = fresh.next_volume_id;
         inner.repair_jobs = fresh.repair_jobs;
+        inner.revoked = fresh.revoked;
+        self.revocations.set(inner.revoked.keys().cloned());
         inner.applied = fresh.applied;
         inner.membership = fresh.membership;
         Ok(())
@@ -1447,6 +1496,11 @@ impl Inner {
                 .repair_jobs
                 .into_iter()
                 .map(|job| (job.volume_id, job))
+                .collect(),
+            revoked: snapshot
+                .revoked
+                .into_iter()
+                .map(|r| (r.token_id, r.expires_at))
                 .collect(),
             next_volume_id: snapshot.next_volume_id.max(1),
             round_robin: 0,
@@ -1620,6 +1674,33 @@ fn apply_command(inner: &mut Inner, batch: &mut WriteBatch, command: Command) ->
             {
                 inner.repair_jobs.remove(&volume_id);
                 db::delete_repair_job(batch, volume_id);
+            }
+            Applied::Done
+        }
+        Command::RevokeToken {
+            token_id,
+            expires_at,
+            now,
+        } => {
+            let expired: Vec<String> = inner
+                .revoked
+                .iter()
+                .filter(|(_, until)| **until < now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                inner.revoked.remove(&id);
+                db::delete_revoked(batch, &id);
+            }
+            if expires_at >= now {
+                db::put_revoked(
+                    batch,
+                    &db::RevokedToken {
+                        token_id: token_id.clone(),
+                        expires_at,
+                    },
+                );
+                inner.revoked.insert(token_id, expires_at);
             }
             Applied::Done
         }
@@ -1876,6 +1957,46 @@ mod tests {
         cluster.start_repair(job(id, "vs1")).await.unwrap();
         cluster.forget_volume(id).await.unwrap();
         assert!(cluster.repair_jobs().is_empty());
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn revoked_tokens_are_replicated_state_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, raft) = cluster(dir.path()).await;
+        let gate = cluster.revocations();
+        let later = now_unix() + 3600;
+        cluster.revoke_token("t1", later).await.unwrap();
+        cluster.revoke_token("t2", later).await.unwrap();
+        assert!(gate.contains("t1") && gate.contains("t2") && !gate.contains("t3"));
+        assert_eq!(cluster.revoked_tokens(), vec!["t1", "t2"]);
+
+        // A snapshot carries them to another node's gate, and a reopened
+        // database keeps them.
+        let (_other, db, copy) = installed_elsewhere(&cluster);
+        assert!(copy.revocations().contains("t1") && copy.revocations().contains("t2"));
+        drop(copy);
+        let reopened = Cluster::load(db, DirectoryConfig::default(), 2).unwrap();
+        assert!(reopened.revocations().contains("t2"));
+        assert_eq!(reopened.revoked_tokens(), vec!["t1", "t2"]);
+
+        // An entry past its expiry goes with the next revocation; one
+        // already expired is not kept.
+        cluster.revoke_token("old", now_unix() - 10).await.unwrap();
+        assert!(!gate.contains("old"));
+        cluster.revoke_token("soon", now_unix()).await.unwrap();
+        assert!(gate.contains("soon"));
+        // A revocation proposed after t1 and t2 have expired drops them.
+        cluster
+            .propose(Command::RevokeToken {
+                token_id: "t3".into(),
+                expires_at: later + 7200,
+                now: later + 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(cluster.revoked_tokens(), vec!["t3"]);
+        assert!(!gate.contains("t1") && gate.contains("t3"));
         raft.shutdown().await.unwrap();
     }
 

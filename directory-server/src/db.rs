@@ -13,6 +13,7 @@
 //! | `v1/server/<server id>` | [`ServerRow`] | unsynced, on heartbeats |
 //! | `v1/history/<unix secs: u64 big-endian>` | `CapacitySample` | unsynced, every `history_interval`; older than `history_retention` deleted |
 //! | `v1/repair/<volume id: u32 big-endian>` | [`RepairJobRow`] | when the leader starts a repair; deleted when it ends |
+//! | `v1/revoked/<token id>` | [`RevokedToken`] | when a token is revoked; deleted once it would have expired anyway |
 //! | `v1/raft/applied` | JSON openraft `LogId` | with every applied entry, in the same batch |
 //! | `v1/raft/membership` | JSON openraft `StoredMembership` | with every applied entry, in the same batch |
 //!
@@ -41,6 +42,7 @@ const VOLUME_PREFIX: &[u8] = b"v1/volume/";
 const SERVER_PREFIX: &[u8] = b"v1/server/";
 const HISTORY_PREFIX: &[u8] = b"v1/history/";
 const REPAIR_PREFIX: &[u8] = b"v1/repair/";
+const REVOKED_PREFIX: &[u8] = b"v1/revoked/";
 const APPLIED: &[u8] = b"v1/raft/applied";
 const MEMBERSHIP: &[u8] = b"v1/raft/membership";
 
@@ -125,6 +127,17 @@ pub struct ServerRow {
     pub free_warm_bytes: u64,
 }
 
+/// A revoked token: refused by every server until it would have expired.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RevokedToken {
+    /// The token's id (`jti`).
+    #[prost(string, tag = "1")]
+    pub token_id: String,
+    /// Unix seconds after which the entry may go (the token has expired).
+    #[prost(uint64, tag = "2")]
+    pub expires_at: u64,
+}
+
 /// A repair the leader started: kept in the replicated state until it
 /// ends, so that a new leader resumes it on the same target instead of
 /// planning it afresh (perhaps elsewhere, leaving a half-made copy).
@@ -176,6 +189,9 @@ pub struct Snapshot {
     /// Repairs started and not ended.
     #[prost(message, repeated, tag = "7")]
     pub repair_jobs: Vec<RepairJobRow>,
+    /// Revoked tokens.
+    #[prost(message, repeated, tag = "8")]
+    pub revoked: Vec<RevokedToken>,
 }
 
 /// The RocksDB database.
@@ -216,7 +232,13 @@ impl Db {
     /// the leader), in one batch.
     pub fn replace(&self, snapshot: &Snapshot) -> Result<()> {
         let mut batch = WriteBatch::default();
-        for prefix in [VOLUME_PREFIX, SERVER_PREFIX, HISTORY_PREFIX, REPAIR_PREFIX] {
+        for prefix in [
+            VOLUME_PREFIX,
+            SERVER_PREFIX,
+            HISTORY_PREFIX,
+            REPAIR_PREFIX,
+            REVOKED_PREFIX,
+        ] {
             let mut end = prefix.to_vec();
             *end.last_mut().expect("prefixes end in '/'") += 1;
             batch.delete_range(prefix, end.as_slice());
@@ -233,6 +255,9 @@ impl Db {
         }
         for job in &snapshot.repair_jobs {
             put_repair_job(&mut batch, job);
+        }
+        for revoked in &snapshot.revoked {
+            put_revoked(&mut batch, revoked);
         }
         put_applied(&mut batch, &snapshot.applied, &snapshot.membership);
         self.db.write_opt(batch, &synced())?;
@@ -261,6 +286,8 @@ impl Db {
                 snapshot.servers.push(decode(&value)?);
             } else if key.starts_with(REPAIR_PREFIX) {
                 snapshot.repair_jobs.push(decode(&value)?);
+            } else if key.starts_with(REVOKED_PREFIX) {
+                snapshot.revoked.push(decode(&value)?);
             } else if &*key == APPLIED {
                 snapshot.applied = value.to_vec();
             } else if &*key == MEMBERSHIP {
@@ -316,6 +343,19 @@ pub fn put_repair_job(batch: &mut WriteBatch, job: &RepairJobRow) {
         [REPAIR_PREFIX, &job.volume_id.to_be_bytes()].concat(),
         prost::Message::encode_to_vec(job),
     );
+}
+
+/// Adds a revoked token to `batch`.
+pub fn put_revoked(batch: &mut WriteBatch, revoked: &RevokedToken) {
+    batch.put(
+        [REVOKED_PREFIX, revoked.token_id.as_bytes()].concat(),
+        prost::Message::encode_to_vec(revoked),
+    );
+}
+
+/// Adds the deletion of a revoked token's entry to `batch`.
+pub fn delete_revoked(batch: &mut WriteBatch, token_id: &str) {
+    batch.delete([REVOKED_PREFIX, token_id.as_bytes()].concat());
 }
 
 /// Adds the deletion of a volume's repair job to `batch`.

@@ -247,8 +247,9 @@ pub struct Directory {
     listener: TcpListener,
     config: DirectoryConfig,
     keyring: Option<Arc<hayloft_access::SharedKeyring>>,
-    /// What this node presents to volume servers and the other nodes.
-    credential: hayloft_proto::Credential,
+    /// What this node presents to volume servers and the other nodes, and
+    /// the token gate in front of its services.
+    auth: hayloft_access::grpc::ServerAuth,
 }
 
 impl Directory {
@@ -273,16 +274,6 @@ impl Directory {
             }
             None => None,
         };
-        let credential = match &keyring {
-            Some(keyring) => {
-                let token = Arc::new(hayloft_access::token::ClusterToken::new(
-                    Arc::clone(keyring),
-                    &format!("directory:{}", config.node_id),
-                ));
-                hayloft_proto::Credential::from_fn(move || token.current())
-            }
-            None => hayloft_proto::Credential::none(),
-        };
         let db = {
             let path = config.data_dir.clone();
             tokio::task::spawn_blocking(move || db::Db::open(&path)).await??
@@ -298,6 +289,14 @@ impl Directory {
             config.clone(),
             config.node_id,
         )?);
+        let auth = hayloft_access::grpc::ServerAuth::new(
+            keyring.as_ref(),
+            &format!("directory:{}", config.node_id),
+            config.require_tokens,
+            config.token_clock_skew,
+            service::needs,
+            cluster.revocations(),
+        );
         let timing = Timing {
             heartbeat: config.raft_heartbeat,
             election: config.election_timeout,
@@ -310,7 +309,7 @@ impl Directory {
             &peers,
             config.join,
             timing,
-            credential.clone(),
+            auth.credential.clone(),
         )
         .await?;
         Ok(Directory {
@@ -319,7 +318,7 @@ impl Directory {
             listener,
             config,
             keyring,
-            credential,
+            auth,
         })
     }
 
@@ -339,7 +338,7 @@ impl Directory {
                 repair_after: self.config.repair_after,
                 max_per_server: self.config.max_repairs_per_server.max(1),
                 bytes_per_sec: self.config.repair_rate.as_u64(),
-                credential: self.credential.clone(),
+                credential: self.auth.credential.clone(),
             },
             self.config.pulse.as_secs().max(1) as u32,
             self.config.min_writable_volumes,
@@ -349,14 +348,6 @@ impl Directory {
             self.keyring.clone().filter(|_| self.config.require_tokens),
             self.config.write_grant_ttl,
         );
-        let gate = match (&self.keyring, self.config.require_tokens) {
-            (Some(keyring), true) => Some(Arc::new(hayloft_access::grpc::Gate::new(
-                Arc::clone(keyring),
-                self.config.token_clock_skew,
-                service::needs,
-            ))),
-            _ => None,
-        };
         let keyring_watch = self.keyring.clone().map(|keyring| {
             tokio::spawn(hayloft_access::watch_keyring(
                 keyring,
@@ -398,7 +389,7 @@ impl Directory {
                 repair_after: self.config.repair_after,
                 max_per_server: self.config.max_repairs_per_server.max(1),
                 bytes_per_sec: self.config.repair_rate.as_u64(),
-                credential: self.credential.clone(),
+                credential: self.auth.credential.clone(),
             },
             self.config.pulse.max(Duration::from_millis(200)),
             async {
@@ -406,7 +397,7 @@ impl Directory {
             },
         ));
         let served = tonic::transport::Server::builder()
-            .layer(hayloft_access::grpc::GateLayer::new(gate))
+            .layer(hayloft_access::grpc::GateLayer::new(self.auth.gate.clone()))
             .add_service(
                 hayloft_proto::directory_server::DirectoryServer::new(service)
                     .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),

@@ -62,7 +62,8 @@ pub fn needs(path: &str) -> Need {
         | "/hayloft.v1.Directory/Repair"
         | "/hayloft.v1.Directory/RemoveReplica"
         | "/hayloft.v1.Directory/AddNode"
-        | "/hayloft.v1.Directory/RemoveNode" => Need::Scope(Op::Admin),
+        | "/hayloft.v1.Directory/RemoveNode"
+        | "/hayloft.v1.Directory/RevokeToken" => Need::Scope(Op::Admin),
         _ => Need::Scope(Op::Cluster),
     }
 }
@@ -312,6 +313,7 @@ impl DirectoryService {
             pulse_seconds: self.pulse_seconds,
             volumes,
             signed_collections: self.signed_collections.clone(),
+            revoked_tokens: self.cluster.revoked_tokens(),
         }))
     }
 
@@ -530,6 +532,29 @@ impl Directory for DirectoryService {
                 crate::consensus::membership::add_node(raft, node_id, &addr, ADD_NODE_CATCH_UP)
                     .await?;
             Ok(Response::new(membership))
+        })
+        .await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<hayloft_proto::RevokeTokenRequest>,
+    ) -> Result<Response<hayloft_proto::RevokeTokenResponse>, Status> {
+        let span = request_span("revoke_token", request.metadata());
+        let cluster = &self.cluster;
+        traced(cluster, "revoke_token", span, async {
+            let request = request.into_inner();
+            if request.token_id.is_empty() || request.token_id.len() > 128 {
+                return Err(Status::invalid_argument(
+                    "a token id is 1 to 128 characters (hayloft token create prints it)",
+                ));
+            }
+            cluster
+                .revoke_token(&request.token_id, request.expires_at)
+                .await
+                .map_err(Status::from)?;
+            tracing::info!(token = %request.token_id, "token revoked");
+            Ok(Response::new(hayloft_proto::RevokeTokenResponse {}))
         })
         .await
     }

@@ -46,6 +46,8 @@ pub(crate) struct Heartbeat {
     pub(crate) access: Arc<crate::access::OriginAccess>,
     /// What it presents to the directory.
     pub(crate) credential: hayloft_proto::Credential,
+    /// The token gate's deny list, from the directory's answers.
+    pub(crate) revoked: Arc<hayloft_access::grpc::Revoked>,
 }
 
 /// Sends heartbeats until `stop` completes. Failures are logged and retried
@@ -62,6 +64,7 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
         now,
         access,
         credential,
+        revoked,
     } = heartbeat;
     // Follows the group's leader; a call gives up after a pulse and is
     // sent again at the next. A node that does not answer within a couple of
@@ -112,6 +115,7 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
                     warned = false;
                     replication.heartbeat_answered(&failures, reply.volumes);
                     access.set_signed(reply.signed_collections);
+                    revoked.set(reply.revoked_tokens);
                     if reply.pulse_seconds > 0 {
                         pulse = pulse.min(Duration::from_secs(u64::from(reply.pulse_seconds)));
                     }

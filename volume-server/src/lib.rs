@@ -422,26 +422,16 @@ impl VolumeServer {
                 wait_stop(),
             ));
         }
-        // What this server presents to the others: its own token, made
-        // from the key ring, when it has one.
-        let credential = match &self.keyring {
-            Some(keyring) => {
-                let token = Arc::new(hayloft_access::token::ClusterToken::new(
-                    Arc::clone(keyring),
-                    &format!("volume:{}", advertised.server_id),
-                ));
-                hayloft_proto::Credential::from_fn(move || token.current())
-            }
-            None => hayloft_proto::Credential::none(),
-        };
-        let gate = match (&self.keyring, self.config.require_tokens) {
-            (Some(keyring), true) => Some(Arc::new(hayloft_access::grpc::Gate::new(
-                Arc::clone(keyring),
+        let revoked = Arc::new(hayloft_access::grpc::Revoked::default());
+        let hayloft_access::grpc::ServerAuth { credential, gate } =
+            hayloft_access::grpc::ServerAuth::new(
+                self.keyring.as_ref(),
+                &format!("volume:{}", advertised.server_id),
+                self.config.require_tokens,
                 self.config.signed_url_clock_skew,
                 grpc::needs,
-            ))),
-            _ => None,
-        };
+                Arc::clone(&revoked),
+            );
         let reads = Arc::new(reads::ReadStats::new(self.config.read_window));
         let read_ticker = tokio::spawn(Arc::clone(&reads).run(wait_stop()));
         let tiering = tier::Tiering::new(
@@ -476,6 +466,7 @@ impl VolumeServer {
                 now: Arc::clone(&heartbeat_now),
                 access: Arc::clone(&access),
                 credential: credential.clone(),
+                revoked,
             },
             wait_stop(),
         ));

@@ -93,6 +93,14 @@ pub enum Command {
     /// A repair ended (its result, if any, was committed before): the job
     /// of `volume_id` on `target` is dropped.
     RepairEnded { volume_id: u32, target: String },
+    /// Revokes the token `token_id` until `expires_at` (Unix seconds);
+    /// entries whose `expires_at` is before `now` (the leader's clock when
+    /// it proposed this) are dropped.
+    RevokeToken {
+        token_id: String,
+        expires_at: u64,
+        now: u64,
+    },
 }
 
 /// What applying a [`Command`] answered.
