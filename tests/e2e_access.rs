@@ -553,14 +553,7 @@ async fn hayloft_server_takes_every_setting_from_one_config_file() {
         &dir.path().join("server.log"),
     );
     let addr = format!("127.0.0.1:{directory}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let client = loop {
-        match hayloft_client::Client::connect(&addr).await {
-            Ok(client) => break client,
-            Err(e) => assert!(Instant::now() < deadline, "server not up: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let client = connect_when_up(&addr).await;
     let private = UploadOptions {
         collection: "private".into(),
         ..UploadOptions::default()
@@ -605,6 +598,18 @@ async fn hayloft_server_takes_every_setting_from_one_config_file() {
             .contains("hayloft_http_denied_total")
     );
     assert!(dir.path().join("data/directory").is_dir());
+}
+
+/// A client of the embedded server at `addr`, once it answers.
+async fn connect_when_up(addr: &str) -> hayloft_client::Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match hayloft_client::Client::connect(addr).await {
+            Ok(client) => return client,
+            Err(e) => assert!(Instant::now() < deadline, "server not up: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `hayloft token create` with the test key ring.
@@ -672,16 +677,7 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
         collection: "photos".into(),
         ..UploadOptions::default()
     };
-    let connect = || async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match hayloft_client::Client::connect(&addr).await {
-                Ok(client) => break client,
-                Err(e) => assert!(Instant::now() < deadline, "server not up: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let connect = || connect_when_up(&addr);
     let upload = |client: hayloft_client::Client, options: UploadOptions| async move {
         client
             .upload(Bytes::from_static(b"a photo"), &options)
@@ -872,6 +868,16 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
     }
     // Other tokens still work.
     assert_eq!(status(admin).await, Ok(()));
+    // Every kind of refusal is counted.
+    let scrape = get(&format!("http://127.0.0.1:{metrics}/metrics"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for reason in ["invalid", "scope", "grant", "revoked"] {
+        let series = format!("hayloft_grpc_denied_total{{reason=\"{reason}\"}}");
+        assert!(scrape.contains(&series), "{series} missing");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

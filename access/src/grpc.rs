@@ -129,17 +129,6 @@ impl std::fmt::Debug for Gate {
 }
 
 impl Gate {
-    /// Tokens signed by a key of `keyring`, expired for at most `skew`,
-    /// with what `rules` says a method (its gRPC path) needs.
-    pub fn new(keyring: Arc<SharedKeyring>, skew: Duration, rules: fn(&str) -> Need) -> Gate {
-        Gate {
-            keyring,
-            skew,
-            rules,
-            revoked: Arc::default(),
-        }
-    }
-
     /// The caller of `path` with `headers`, or the refusal.
     ///
     /// # Errors
@@ -240,14 +229,6 @@ impl Caller {
             }
             None => Err(Status::internal("the request did not pass the token gate")),
         }
-    }
-}
-
-/// The token holder calling, if tokens are required.
-pub fn caller(extensions: &http::Extensions) -> Option<&Principal> {
-    match extensions.get::<Caller>() {
-        Some(Caller::Token(principal)) => Some(principal),
-        _ => None,
     }
 }
 

@@ -605,6 +605,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_servers_own_token_follows_the_signing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k1"), b"first secret, 32 bytes long.....").unwrap();
+        std::fs::write(dir.path().join("k2"), b"second secret, 32 bytes long....").unwrap();
+        let ring_file = dir.path().join("ring.toml");
+        let write_ring = |signing: &str| {
+            std::fs::write(
+                &ring_file,
+                format!(
+                    "signing = \"{signing}\"\n[[keys]]\nid = \"k1\"\nsecret_file = \"k1\"\n\
+                     [[keys]]\nid = \"k2\"\nsecret_file = \"k2\"\n"
+                ),
+            )
+            .unwrap();
+        };
+        write_ring("k1");
+        let shared = crate::SharedKeyring::load(&ring_file).unwrap();
+        let own = ClusterToken::new(std::sync::Arc::clone(&shared), "volume:vs0");
+        let first = own.current().unwrap();
+        assert_eq!(own.current().unwrap(), first, "kept while it is fresh");
+        let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+        assert_eq!(kid(&first), "k1");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let who = verify(&shared.get(), &first, now, SKEW).unwrap();
+        assert_eq!(who.subject, "volume:vs0");
+        assert!(who.allows(Op::Write, "anything") && who.allows(Op::Admin, ""));
+        // A new signing key: the next call signs with it.
+        write_ring("k2");
+        shared.reload().unwrap();
+        assert_eq!(kid(&own.current().unwrap()), "k2");
+    }
+
     proptest! {
         #[test]
         fn token_parsing_never_panics(text in ".{0,400}") {

@@ -62,11 +62,6 @@ impl Credential {
         })))
     }
 
-    /// Whether a token is sent.
-    pub fn is_some(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// A client of the volume server at `addr` (host:port) that sends the
     /// token in `HAYLOFT_TOKEN`, if set: what operators' commands use.
     ///

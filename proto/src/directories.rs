@@ -136,11 +136,6 @@ impl Directories {
         Ok(self)
     }
 
-    /// The credential sent with every call.
-    pub fn credential(&self) -> &Credential {
-        &self.credential
-    }
-
     /// The same group, looking for a leader for up to `patience` per call.
     pub fn with_patience(mut self, patience: Duration) -> Directories {
         self.patience = patience;

@@ -164,6 +164,10 @@ impl VolumeService {
         op: Op,
         volume: hayloft_storage::VolumeId,
     ) -> Result<(), Status> {
+        // Without tokens required, no look-up on the read path.
+        if matches!(extensions.get::<Caller>(), Some(Caller::Anyone)) {
+            return Ok(());
+        }
         match self.store.handle(volume) {
             Ok(handle) => hayloft_access::grpc::require(extensions, op, handle.collection()),
             Err(_) => Ok(()),

@@ -477,24 +477,28 @@ fn local_read(
         }
         served.signed_until = hayloft_access::signed_url::expires(query);
     }
-    served.tags = purge_tags(blob, handle.collection());
     COUNTS.with_borrow_mut(|counts| *counts.reads.entry(blob.volume()).or_default() += 1);
+    // The purge tags are made only for answers from here (a read proxied
+    // to another copy carries that copy's).
     let volume = match handle {
         hayloft_storage::Handle::Local(volume) => volume,
-        hayloft_storage::Handle::Cold(cold) => return Local::Cold(cold, blob),
+        hayloft_storage::Handle::Cold(cold) => {
+            served.tags = purge_tags(blob, cold.collection());
+            return Local::Cold(cold, blob);
+        }
     };
     let error = match volume.read_checked(blob.needle, blob.cookie, state.verify_up_to) {
-        Ok(needle) => return Local::Done(respond(state, needle, method, request.headers())),
+        Ok(needle) => {
+            served.tags = purge_tags(blob, volume.collection());
+            return Local::Done(respond(state, needle, method, request.headers()));
+        }
         // Corrupt here: another copy answers (a bad copy never serves
         // wrong bytes, and the reader does not see the fault).
         Err(e @ hayloft_storage::Error::Corrupt { .. })
             if !request.headers().contains_key(crate::proxy::PROXIED) =>
         {
             match &state.remote {
-                Some(remote) => {
-                    served.tags = None;
-                    return Local::Remote(Arc::clone(remote), blob.volume().0);
-                }
+                Some(remote) => return Local::Remote(Arc::clone(remote), blob.volume().0),
                 None => e,
             }
         }
