@@ -881,6 +881,191 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sign_url_hands_out_urls_to_the_sign_scope_of_the_blobs_collection_only() {
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ring = write_keyring(dir.path(), false);
+    let port = support::free_port;
+    let (directory, grpc, http) = (port(), port(), port());
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{data}\"\n\
+             directory_listen = \"127.0.0.1:{directory}\"\n\
+             grpc_listen = \"127.0.0.1:{grpc}\"\n\
+             http_listen = \"127.0.0.1:{http}\"\n\
+             [directory]\nsigned_url_max_lifetime = \"1h\"\n\
+             [directory.collections.private]\naccess = \"signed\"\n",
+            data = dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    let _server = support::spawn(
+        &[
+            "server",
+            "--config",
+            config.to_str().unwrap(),
+            "--keyring",
+            ring.to_str().unwrap(),
+            "--require-tokens",
+        ]
+        .map(str::to_owned),
+        &dir.path().join("server.log"),
+    );
+    let addr = format!("127.0.0.1:{directory}");
+    let with = |token: String| {
+        let addr = addr.clone();
+        async move { std::sync::Arc::new(connect_when_up(&addr).await.with_token(&token).unwrap()) }
+    };
+    let writer = with(mint(&ring, &["write:*"])).await;
+    let upload = |collection: &str| {
+        let options = UploadOptions {
+            collection: collection.into(),
+            ..UploadOptions::default()
+        };
+        let writer = writer.clone();
+        async move {
+            writer
+                .upload(Bytes::from_static(b"for signers"), &options)
+                .await
+                .unwrap()
+        }
+    };
+    let private = upload("private").await;
+    let photos = upload("photos").await;
+    wait_refused(&private.url).await;
+
+    // A token to sign the private collection's URLs gets a URL that works,
+    // at the origin of each copy; the path goes behind any CDN base.
+    let token = mint(&ring, &["sign:private"]);
+    let signer = with(token.clone()).await;
+    let ten_minutes = Duration::from_secs(600);
+    let signed = signer
+        .request_signed_url(&private.blob_id, ten_minutes, None, None)
+        .await
+        .unwrap();
+    assert!(
+        signed.path.starts_with(&format!("/{}?e=", private.blob_id)),
+        "{}",
+        signed.path
+    );
+    assert!((now() + 590..=now() + 610).contains(&signed.expires_at));
+    assert_eq!(
+        signed.urls,
+        [format!("http://127.0.0.1:{http}{}", signed.path)]
+    );
+    let read = get(&signed.urls[0]).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.bytes().await.unwrap().as_ref(), b"for signers");
+    // Named, and bound to a network: works from it, not from elsewhere.
+    let bound = |network: &str| {
+        let (signer, blob) = (signer.clone(), private.blob_id.clone());
+        let network: ipnet::IpNet = network.parse().unwrap();
+        async move {
+            signer
+                .request_signed_url(&blob, ten_minutes, Some("cat.jpg"), Some(network))
+                .await
+                .unwrap()
+                .urls[0]
+                .clone()
+        }
+    };
+    let here = bound("127.0.0.0/8").await;
+    assert!(
+        here.contains("/cat.jpg?") && here.contains("&ip=127.0.0.0/8"),
+        "{here}"
+    );
+    assert_eq!(get(&here).await.status(), StatusCode::OK);
+    let elsewhere = bound("203.0.113.7/32").await;
+    assert_eq!(get(&elsewhere).await.status(), StatusCode::FORBIDDEN);
+
+    // Another collection's blob, a token without the scope, no token:
+    // refused. So are a lifetime over the limit, a bad name, a malformed
+    // id and an unknown volume.
+    let code = |client: std::sync::Arc<hayloft_client::Client>,
+                blob: String,
+                ttl: Duration,
+                name: &'static str| async move {
+        client
+            .request_signed_url(&blob, ttl, Some(name).filter(|n| !n.is_empty()), None)
+            .await
+            .unwrap_err()
+            .code()
+            .unwrap()
+    };
+    let id = |b: &hayloft_client::Uploaded| b.blob_id.clone();
+    assert_eq!(
+        code(signer.clone(), id(&photos), ten_minutes, "").await,
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(writer.clone(), id(&private), ten_minutes, "").await,
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            std::sync::Arc::new(connect_when_up(&addr).await),
+            id(&private),
+            ten_minutes,
+            ""
+        )
+        .await,
+        Code::Unauthenticated
+    );
+    let two_hours = Duration::from_secs(7200);
+    assert_eq!(
+        code(signer.clone(), id(&private), two_hours, "").await,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(signer.clone(), id(&private), ten_minutes, "../x").await,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(signer.clone(), "zz".into(), ten_minutes, "").await,
+        Code::InvalidArgument
+    );
+    let unknown = format!("{:x}{:08x}", (999u64 << 32) | 1, 0xdead_beef_u32);
+    assert_eq!(
+        code(signer.clone(), unknown, ten_minutes, "").await,
+        Code::NotFound
+    );
+
+    // `hayloft sign` without a key ring asks the directory, with the token.
+    let out = tokio::process::Command::new(support::BIN)
+        .args([
+            "sign",
+            &private.blob_id,
+            "--base",
+            "https://cdn.example.com",
+        ])
+        .env("HAYLOFT_TOKEN", &token)
+        .env("HAYLOFT_DIRECTORY", &addr)
+        .env_remove("HAYLOFT_KEYRING")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap();
+    let path = url
+        .trim()
+        .strip_prefix("https://cdn.example.com")
+        .expect("the CDN's base");
+    assert!(
+        path.starts_with(&format!("/{}?e=", private.blob_id)),
+        "{url}"
+    );
+    let read = get(&format!("http://127.0.0.1:{http}{path}")).await;
+    assert_eq!(read.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replicated_cluster_that_requires_tokens_replicates_and_deletes_with_its_own() {
     let keys = tempfile::tempdir().unwrap();
     let ring = write_keyring(keys.path(), false);

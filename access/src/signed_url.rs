@@ -177,10 +177,7 @@ fn params(query: Option<&str>) -> Result<Option<Params<'_>>, Denied> {
 /// The network an `ip` parameter names: an address or a CIDR block.
 fn network(bind: &str) -> Option<IpNet> {
     let bind = bind.replace("%2F", "/").replace("%2f", "/");
-    let bind = bind.replace("%3A", ":").replace("%3a", ":");
-    bind.parse::<IpNet>()
-        .ok()
-        .or_else(|| bind.parse::<IpAddr>().ok().map(IpNet::from))
+    parse_bind(&bind.replace("%3A", ":").replace("%3a", ":"))
 }
 
 fn mac(secret: &[u8], path: &str, expires: u64, key: &str, bind: &str) -> HmacSha256 {
@@ -209,6 +206,35 @@ pub fn sign(secret: &[u8], key: &str, path: &str, expires: u64, bind: Option<IpN
 pub fn sign_with(ring: &Keyring, path: &str, expires: u64, bind: Option<IpNet>) -> Option<String> {
     let (key, secret) = ring.signing_key()?;
     Some(sign(secret, key, path, expires, bind))
+}
+
+/// The path a signed URL for `blob_id` names: `/<blob id>`, or
+/// `/<blob id>/<name>` so a browser saves it under that name (letters,
+/// digits, `.`, `_` and `-` only). The blob id is the caller's to check.
+pub fn blob_path(blob_id: &str, name: Option<&str>) -> Result<String, String> {
+    match name {
+        Some(name) => {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(format!(
+                    "file name {name:?}: letters, digits, '.', '_' and '-' only"
+                ));
+            }
+            Ok(format!("/{blob_id}/{name}"))
+        }
+        None => Ok(format!("/{blob_id}")),
+    }
+}
+
+/// Parses the network a signed URL is bound to: an address
+/// (`203.0.113.7`) or a CIDR block (`2001:db8::/32`).
+pub fn parse_bind(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// The expiry (`e`) of a signed URL's query, if it has a well-formed one

@@ -58,28 +58,31 @@ pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     Ok(local)
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    return;
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this
+/// is called, not when the future is first polled: call it before binding
+/// any port, so that a signal during start-up (a test or an init system
+/// stopping a server that just started) shuts down cleanly instead of
+/// killing the process.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let streams = signal(SignalKind::interrupt()).and_then(|interrupt| {
+        signal(SignalKind::terminate()).map(|terminate| (interrupt, terminate))
+    });
+    async move {
+        match streams {
+            Ok((mut interrupt, mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGINT and SIGTERM");
+                std::future::pending::<()>().await;
+            }
         }
+        tracing::info!("shutting down: draining requests and syncing volumes");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: draining requests and syncing volumes");
 }
 
 /// The one configuration file of `hayloft server` (`--config`): the
@@ -208,6 +211,7 @@ pub async fn server(
     policy: hayloft_tiering::Policy,
     tier_interval: std::time::Duration,
 ) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let data_dir = directory_config
         .data_dir
         .parent()
@@ -255,7 +259,7 @@ pub async fn server(
         },
     ));
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = stop => {}
         result = &mut volume_task => {
             result?.context("volume server")?;
             anyhow::bail!("volume server stopped unexpectedly");
@@ -279,6 +283,7 @@ pub async fn server(
 
 /// Runs a directory server until a signal.
 pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let metrics = config.metrics_listen;
     let directory = Directory::bind(config)
         .await
@@ -290,12 +295,13 @@ pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
             serve_metrics(addr).await?
         );
     }
-    directory.serve(shutdown_signal()).await?;
+    directory.serve(stop).await?;
     Ok(())
 }
 
 /// Runs a volume server until a signal.
 pub async fn volume(config: VolumeServerConfig) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let metrics = config.metrics_listen;
     let volume = VolumeServer::bind(config)
         .await
@@ -308,7 +314,7 @@ pub async fn volume(config: VolumeServerConfig) -> anyhow::Result<()> {
             serve_metrics(addr).await?
         );
     }
-    volume.serve(shutdown_signal()).await?;
+    volume.serve(stop).await?;
     Ok(())
 }
 

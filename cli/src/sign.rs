@@ -16,9 +16,11 @@ pub struct SignArgs {
     /// signed_url_max_lifetime, 24 h by default).
     #[arg(long, default_value = "15m")]
     ttl: humantime_serde::re::humantime::Duration,
-    /// The key ring (its signing key signs).
+    /// The key ring (its signing key signs). Without one, the directory
+    /// signs (`SignUrl`), for a token with the `sign:<collection>` scope
+    /// (HAYLOFT_TOKEN).
     #[arg(long, env = "HAYLOFT_KEYRING")]
-    keyring: PathBuf,
+    keyring: Option<PathBuf>,
     /// Base of the URL, e.g. "https://cdn.example.com" (default: the HTTP
     /// origin of a server holding the blob, asked of the directory).
     #[arg(long)]
@@ -34,15 +36,32 @@ pub struct SignArgs {
 }
 
 pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
-    let ring = hayloft_access::Keyring::load(&args.keyring)?;
     let bind = match &args.ip {
         Some(ip) => Some(
-            ip.parse::<ipnet::IpNet>()
-                .or_else(|_| ip.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            hayloft_access::signed_url::parse_bind(ip)
                 .with_context(|| format!("--ip {ip:?} is not an address or network"))?,
         ),
         None => None,
     };
+    let Some(keyring) = &args.keyring else {
+        let client = args.connection.client().await?;
+        let signed = client
+            .request_signed_url(&args.blob_id, args.ttl.into(), args.name.as_deref(), bind)
+            .await
+            .with_context(|| format!("asking the directory to sign {}", args.blob_id))?;
+        let url = match (&args.base, signed.urls.first()) {
+            (Some(base), _) => format!("{}{}", base.trim_end_matches('/'), signed.path),
+            (None, Some(url)) => url.clone(),
+            (None, None) => anyhow::bail!(
+                "no live server holds {}; signed path: {}",
+                args.blob_id,
+                signed.path
+            ),
+        };
+        println!("{url}");
+        return Ok(());
+    };
+    let ring = hayloft_access::Keyring::load(keyring)?;
     let url = match &args.base {
         Some(base) => hayloft_client::sign_url(
             &ring,

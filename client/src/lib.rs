@@ -75,21 +75,8 @@ pub fn sign_url(
     bind: Option<ipnet::IpNet>,
 ) -> Result<String> {
     let blob: BlobId = blob_id.parse()?;
-    let path = match name {
-        Some(name) => {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "file name {name:?}: letters, digits, '.', '_' and '-' only"
-                )));
-            }
-            format!("/{blob}/{name}")
-        }
-        None => format!("/{blob}"),
-    };
+    let path = hayloft_access::signed_url::blob_path(&blob.to_string(), name)
+        .map_err(Error::InvalidArgument)?;
     let expires = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -796,6 +783,33 @@ impl Client {
             Ok(())
         })
         .await
+    }
+
+    /// A signed URL for `blob_id` signed by the directory (`SignUrl`), for
+    /// a client holding a token with the `sign:<collection>` scope but not
+    /// the key ring: valid for `ttl`, `/<blob id>/<name>` if named, for
+    /// clients in `bind` only if given. The answer's `path` goes after a
+    /// CDN's base; its `urls` are the path at each live copy's origin.
+    pub async fn request_signed_url(
+        &self,
+        blob_id: &str,
+        ttl: Duration,
+        name: Option<&str>,
+        bind: Option<ipnet::IpNet>,
+    ) -> Result<hayloft_proto::SignUrlResponse> {
+        let request = hayloft_proto::SignUrlRequest {
+            blob_id: blob_id.to_owned(),
+            ttl_seconds: ttl.as_secs().max(1),
+            name: name.unwrap_or_default().to_owned(),
+            client_network: bind.map(|net| net.to_string()).unwrap_or_default(),
+        };
+        Ok(self
+            .directory
+            .call(|mut directory| {
+                let request = request.clone();
+                async move { directory.sign_url(request).await }
+            })
+            .await?)
     }
 
     /// The cluster's servers and volumes.

@@ -977,6 +977,15 @@ impl Cluster {
         Ok(known)
     }
 
+    /// The collection of a volume, if the directory knows it.
+    pub fn volume_collection(&self, volume_id: u32) -> Option<String> {
+        let inner = self.inner.lock();
+        inner
+            .volumes
+            .get(&volume_id)
+            .map(|entry| entry.row.collection.clone())
+    }
+
     /// Where each volume lives, for volume ids and blob/needle ids.
     pub fn lookup(&self, volume_ids: &[u32], blob_ids: &[String]) -> Result<Vec<VolumeLocation>> {
         let mut wanted: Vec<u32> = volume_ids.to_vec();

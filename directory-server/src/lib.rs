@@ -134,6 +134,11 @@ pub struct DirectoryConfig {
     /// Serve gRPC on a non-loopback address without `require_tokens`
     /// (refused otherwise; logged at every start). Default false.
     pub insecure: bool,
+    /// The longest lifetime `SignUrl` signs a URL for (volume servers
+    /// refuse longer ones with their own setting of the same name).
+    /// Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub signed_url_max_lifetime: Duration,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -197,6 +202,7 @@ impl Default for DirectoryConfig {
             token_clock_skew: Duration::from_secs(60),
             write_grant_ttl: Duration::from_secs(60),
             insecure: false,
+            signed_url_max_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -347,7 +353,8 @@ impl Directory {
         .with_grants(
             self.keyring.clone().filter(|_| self.config.require_tokens),
             self.config.write_grant_ttl,
-        );
+        )
+        .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime);
         let keyring_watch = self.keyring.clone().map(|keyring| {
             tokio::spawn(hayloft_access::watch_keyring(
                 keyring,

@@ -10,8 +10,8 @@ use hayloft_proto::{
     AssignRequest, AssignResponse, CapacityRequest, CapacityResponse, CreateVolumeRequest,
     DeleteVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse, HeartbeatRequest,
     HeartbeatResponse, LookupRequest, LookupResponse, PlannedRepair, RemoveReplicaRequest,
-    RemoveReplicaResponse, RepairRequest, RepairResponse, ServerLocation, StatusRequest,
-    StatusResponse, Tier,
+    RemoveReplicaResponse, RepairRequest, RepairResponse, ServerLocation, SignUrlRequest,
+    SignUrlResponse, StatusRequest, StatusResponse, Tier,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -45,6 +45,10 @@ pub struct DirectoryService {
     grants: Option<Arc<hayloft_access::SharedKeyring>>,
     /// How long a write grant works.
     grant_ttl: std::time::Duration,
+    /// Signs URLs for `SignUrl` (the directory's key ring, if it has one).
+    url_signer: Option<Arc<hayloft_access::SharedKeyring>>,
+    /// The longest lifetime `SignUrl` signs for.
+    url_max_lifetime: std::time::Duration,
 }
 
 /// What each `Directory` and `Raft` method asks of a token (when tokens
@@ -64,6 +68,7 @@ pub fn needs(path: &str) -> Need {
         | "/hayloft.v1.Directory/AddNode"
         | "/hayloft.v1.Directory/RemoveNode"
         | "/hayloft.v1.Directory/RevokeToken" => Need::Scope(Op::Admin),
+        "/hayloft.v1.Directory/SignUrl" => Need::Scope(Op::Sign),
         _ => Need::Scope(Op::Cluster),
     }
 }
@@ -87,6 +92,8 @@ impl DirectoryService {
             signed_collections: Vec::new(),
             grants: None,
             grant_ttl: std::time::Duration::from_secs(60),
+            url_signer: None,
+            url_max_lifetime: std::time::Duration::from_secs(24 * 3600),
         }
     }
 
@@ -99,6 +106,18 @@ impl DirectoryService {
     ) -> Self {
         self.grants = keyring;
         self.grant_ttl = ttl;
+        self
+    }
+
+    /// Signs URLs for `SignUrl` with `keyring`'s signing key (none: SignUrl
+    /// answers FAILED_PRECONDITION), for at most `max_lifetime`.
+    pub fn with_url_signing(
+        mut self,
+        keyring: Option<Arc<hayloft_access::SharedKeyring>>,
+        max_lifetime: std::time::Duration,
+    ) -> Self {
+        self.url_signer = keyring;
+        self.url_max_lifetime = max_lifetime;
         self
     }
 
@@ -301,6 +320,67 @@ impl DirectoryService {
             .cluster
             .lookup(&request.volume_ids, &request.blob_ids)?;
         Ok(Response::new(LookupResponse { volumes }))
+    }
+
+    async fn sign_url_inner(
+        &self,
+        request: Request<SignUrlRequest>,
+    ) -> Result<Response<SignUrlResponse>, Status> {
+        let blob: hayloft_storage::types::BlobId =
+            request.get_ref().blob_id.parse().map_err(|e| {
+                Status::invalid_argument(format!("blob id {:?}: {e}", request.get_ref().blob_id))
+            })?;
+        let volume = blob.volume().0;
+        let collection = self
+            .cluster
+            .volume_collection(volume)
+            .ok_or_else(|| Status::not_found(format!("volume {volume} is unknown")))?;
+        // Narrowed to the blob's collection: a token to sign photos' URLs
+        // signs nothing else.
+        hayloft_access::grpc::require(request.extensions(), Op::Sign, &collection)?;
+        let request = request.into_inner();
+        let ttl = match request.ttl_seconds {
+            0 => std::time::Duration::from_secs(15 * 60),
+            seconds => std::time::Duration::from_secs(seconds),
+        };
+        if ttl > self.url_max_lifetime {
+            return Err(Status::invalid_argument(format!(
+                "a signed URL lives at most {} (signed_url_max_lifetime)",
+                humantime_serde::re::humantime::format_duration(self.url_max_lifetime)
+            )));
+        }
+        let bind = match request.client_network.as_str() {
+            "" => None,
+            text => Some(hayloft_access::signed_url::parse_bind(text).ok_or_else(|| {
+                Status::invalid_argument(format!("{text:?} is not an address or network"))
+            })?),
+        };
+        let name = Some(request.name.as_str()).filter(|n| !n.is_empty());
+        let path = hayloft_access::signed_url::blob_path(&blob.to_string(), name)
+            .map_err(Status::invalid_argument)?;
+        let ring = self
+            .url_signer
+            .as_ref()
+            .map(|ring| ring.get())
+            .ok_or_else(|| Status::failed_precondition("this directory has no key ring"))?;
+        let expires_at = now_unix().saturating_add(ttl.as_secs());
+        let query = hayloft_access::signed_url::sign_with(&ring, &path, expires_at, bind)
+            .ok_or_else(|| {
+                Status::failed_precondition("the directory's key ring names no signing key")
+            })?;
+        let path = format!("{path}?{query}");
+        let urls = self
+            .cluster
+            .lookup(&[volume], &[])?
+            .into_iter()
+            .flat_map(|v| v.locations)
+            .map(|location| format!("http://{}{path}", location.http_addr))
+            .collect();
+        Ok(Response::new(SignUrlResponse {
+            path,
+            expires_at,
+            urls,
+        }))
     }
 
     async fn heartbeat_inner(
@@ -533,6 +613,20 @@ impl Directory for DirectoryService {
                     .await?;
             Ok(Response::new(membership))
         })
+        .await
+    }
+
+    async fn sign_url(
+        &self,
+        request: Request<SignUrlRequest>,
+    ) -> Result<Response<SignUrlResponse>, Status> {
+        let span = request_span("sign_url", request.metadata());
+        traced(
+            &self.cluster,
+            "sign_url",
+            span,
+            self.sign_url_inner(request),
+        )
         .await
     }
 
