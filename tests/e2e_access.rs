@@ -1066,6 +1066,207 @@ async fn sign_url_hands_out_urls_to_the_sign_scope_of_the_blobs_collection_only(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_refuse_bursts_with_a_retry_hint_and_spare_everyone_else() {
+    use hayloft_proto::{AssignRequest, Credential};
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ring = write_keyring(dir.path(), false);
+    let port = support::free_port;
+    let (directory, grpc, http, metrics) = (port(), port(), port(), port());
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{data}\"\n\
+             directory_listen = \"127.0.0.1:{directory}\"\n\
+             grpc_listen = \"127.0.0.1:{grpc}\"\n\
+             http_listen = \"127.0.0.1:{http}\"\n\
+             metrics_listen = \"127.0.0.1:{metrics}\"\n\
+             [directory.limits.grpc]\n\"write:assigns\" = {{ per_minute = 2 }}\n\
+             [volume.limits]\ntrusted_proxies = [\"127.0.0.4/32\"]\n\
+             http = {{ per_minute = 3 }}\n\
+             [volume.limits.grpc]\n\"read:*\" = {{ per_minute = 2 }}\n\
+             \"write:limited\" = {{ per_minute = 3 }}\n",
+            data = dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    let _server = support::spawn(
+        &[
+            "server",
+            "--config",
+            config.to_str().unwrap(),
+            "--keyring",
+            ring.to_str().unwrap(),
+            "--require-tokens",
+        ]
+        .map(str::to_owned),
+        &dir.path().join("server.log"),
+    );
+    let addr = format!("127.0.0.1:{directory}");
+    let token_of = |subject: &str| {
+        let out = std::process::Command::new(support::BIN)
+            .args(["token", "create", "--keyring", ring.to_str().unwrap()])
+            .args([
+                "--scope",
+                "write:*",
+                "--scope",
+                "read:*",
+                "--subject",
+                subject,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (alice_token, bob_token) = (token_of("alice"), token_of("bob"));
+    let alice = connect_when_up(&addr)
+        .await
+        .with_token(&alice_token)
+        .unwrap();
+    let bob = connect_when_up(&addr).await.with_token(&bob_token).unwrap();
+    let retry_hint = |error: &hayloft_client::Error| match error {
+        hayloft_client::Error::Status(status) => {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains("retry in"), "{status:?}");
+            let millis: u64 = status
+                .metadata()
+                .get("retry-after-ms")
+                .expect("a retry hint")
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60_000).contains(&millis), "{millis}");
+        }
+        other => panic!("{other}"),
+    };
+
+    // gRPC writes: three a minute into `limited` per subject, then
+    // RESOURCE_EXHAUSTED with the wait; other collections and other
+    // subjects are not limited by it.
+    let limited = UploadOptions {
+        collection: "limited".into(),
+        ..UploadOptions::default()
+    };
+    let blob = Bytes::from_static(b"limited bytes");
+    for _ in 0..3 {
+        alice.upload(blob.clone(), &limited).await.unwrap();
+    }
+    retry_hint(&alice.upload(blob.clone(), &limited).await.unwrap_err());
+    let public = alice
+        .upload(blob.clone(), &UploadOptions::default())
+        .await
+        .unwrap();
+    bob.upload(blob.clone(), &limited).await.unwrap();
+
+    // gRPC reads: two a minute per subject.
+    for _ in 0..2 {
+        alice.download(&public.blob_id).await.unwrap();
+    }
+    retry_hint(&alice.download(&public.blob_id).await.unwrap_err());
+    bob.download(&public.blob_id).await.unwrap();
+
+    // The directory counts Assign calls into `assigns`.
+    let assign = || {
+        let (addr, token) = (addr.clone(), alice_token.clone());
+        async move {
+            hayloft_proto::Directories::new(&addr)
+                .unwrap()
+                .with_credential(Credential::bearer(&token).unwrap())
+                .unwrap()
+                .call(|mut d| async move {
+                    d.assign(AssignRequest {
+                        collection: "assigns".into(),
+                        ..AssignRequest::default()
+                    })
+                    .await
+                })
+                .await
+        }
+    };
+    assign().await.unwrap();
+    assign().await.unwrap();
+    retry_hint(&hayloft_client::Error::Status(assign().await.unwrap_err()));
+
+    // HTTP: three a minute per client address, then 429 + Retry-After.
+    let from = |source: &str| {
+        reqwest::Client::builder()
+            .local_address(source.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let url = public.url.clone();
+    let status = |client: reqwest::Client, forwarded: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let mut request = client.get(&url);
+            if let Some(forwarded) = forwarded {
+                request = request.header("x-forwarded-for", forwarded);
+            }
+            let response = request.send().await.unwrap();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (response.status(), retry_after)
+        }
+    };
+    let here = from("127.0.0.1");
+    for _ in 0..3 {
+        assert_eq!(status(here.clone(), None).await.0, StatusCode::OK);
+    }
+    let (code, retry_after) = status(here.clone(), None).await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+    assert!((1..=60).contains(&retry_after.unwrap()), "{retry_after:?}");
+    // A forged X-Forwarded-For from an untrusted peer changes nothing.
+    assert_eq!(
+        status(here.clone(), Some("198.51.100.9")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another client is not affected.
+    assert_eq!(status(from("127.0.0.3"), None).await.0, StatusCode::OK);
+    // Behind the trusted proxy, each forwarded client has its own budget.
+    let proxy = from("127.0.0.4");
+    for _ in 0..3 {
+        let (code, _) = status(proxy.clone(), Some("203.0.113.5, 198.51.100.1")).await;
+        assert_eq!(code, StatusCode::OK);
+    }
+    assert_eq!(
+        status(proxy.clone(), Some("198.51.100.1")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        status(proxy.clone(), Some("198.51.100.2")).await.0,
+        StatusCode::OK
+    );
+
+    // Every refusal is counted, per limit.
+    let scrape = get(&format!("http://127.0.0.1:{metrics}/metrics"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for limit in ["http", "read:*", "write:limited", "write:assigns"] {
+        let series = format!("hayloft_rate_limited_total{{limit=\"{limit}\"}}");
+        let count = scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("{series} missing"));
+        assert!(
+            count.trim().parse::<f64>().unwrap() >= 1.0,
+            "{series}{count}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replicated_cluster_that_requires_tokens_replicates_and_deletes_with_its_own() {
     let keys = tempfile::tempdir().unwrap();
     let ring = write_keyring(keys.path(), false);

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tonic::Status;
 
 use crate::SharedKeyring;
+use crate::limits::RateLimits;
 use crate::token::{Op, Principal, TokenError};
 
 /// What a method asks of its caller.
@@ -197,7 +198,77 @@ fn scope_name(op: Op) -> String {
 /// # Errors
 /// PERMISSION_DENIED, or INTERNAL for a request that never passed a gate.
 pub fn require(extensions: &http::Extensions, op: Op, collection: &str) -> Result<(), Status> {
-    Caller::require(extensions.get::<Caller>(), op, collection)
+    Caller::require(extensions.get::<Caller>(), op, collection)?;
+    Quota::charge_to(extensions.get::<Quota>(), op, collection)
+}
+
+/// The caller of a request and its quota, taken out of the request (for a
+/// method that consumes its request before it knows the collection).
+#[derive(Debug, Clone, Default)]
+pub struct Who {
+    /// The caller (`None`: the request never passed a gate).
+    pub caller: Option<Caller>,
+    /// Its quota (none: no limits, or one of the servers).
+    pub quota: Option<Quota>,
+}
+
+impl Who {
+    /// Who sent a request.
+    pub fn of(extensions: &http::Extensions) -> Who {
+        Who {
+            caller: Caller::of(extensions),
+            quota: Quota::of(extensions),
+        }
+    }
+
+    /// [`require`] for a caller taken out of its request.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED, RESOURCE_EXHAUSTED, or INTERNAL for a request that
+    /// never passed a gate.
+    pub fn require(&self, op: Op, collection: &str) -> Result<(), Status> {
+        Caller::require(self.caller.as_ref(), op, collection)?;
+        Quota::charge_to(self.quota.as_ref(), op, collection)
+    }
+}
+
+/// Whom a call is counted against, and the limits (in a request's
+/// extensions when the server has rate limits and the caller is not one of
+/// the servers).
+#[derive(Debug, Clone)]
+pub struct Quota {
+    limits: Arc<RateLimits>,
+    /// The token's subject, or the peer's address without tokens.
+    who: Arc<str>,
+}
+
+impl Quota {
+    /// The quota of a request.
+    pub fn of(extensions: &http::Extensions) -> Option<Quota> {
+        extensions.get::<Quota>().cloned()
+    }
+
+    /// Whether the limits count `op` at all (a server need not find the
+    /// collection of a call it will not count).
+    pub fn counts(extensions: &http::Extensions, op: Op) -> bool {
+        extensions
+            .get::<Quota>()
+            .is_some_and(|quota| quota.limits.limits(op))
+    }
+
+    /// Counts a call doing `op` on `collection` (nothing without a quota).
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED with the wait in `retry-after-ms`.
+    pub fn charge_to(quota: Option<&Quota>, op: Op, collection: &str) -> Result<(), Status> {
+        match quota {
+            Some(quota) => quota
+                .limits
+                .check_grpc(&quota.who, op, collection)
+                .map_err(|limited| limited.status()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Caller {
@@ -233,14 +304,32 @@ impl Caller {
 }
 
 /// The layer that puts a [`Gate`] (or, with none, [`Caller::Anyone`]) in
-/// front of a tonic server's services.
+/// front of a tonic server's services, and the caller's [`Quota`] when the
+/// server has rate limits.
 #[derive(Debug, Clone, Default)]
-pub struct GateLayer(Option<Arc<Gate>>);
+pub struct GateLayer {
+    gate: Option<Arc<Gate>>,
+    limits: Option<Limiting>,
+}
+
+#[derive(Debug, Clone)]
+struct Limiting {
+    limits: Arc<RateLimits>,
+    rules: fn(&str) -> Need,
+}
 
 impl GateLayer {
     /// Checks every call with `gate`; `None`: tokens are not required.
     pub fn new(gate: Option<Arc<Gate>>) -> GateLayer {
-        GateLayer(gate)
+        GateLayer { gate, limits: None }
+    }
+
+    /// Counts calls against `limits` (none: no limits): admin calls (by
+    /// the server's table of methods `rules`) here, the others where the
+    /// method knows the collection ([`require`], [`Quota::charge_to`]).
+    pub fn with_limits(mut self, limits: Option<Arc<RateLimits>>, rules: fn(&str) -> Need) -> Self {
+        self.limits = limits.map(|limits| Limiting { limits, rules });
+        self
     }
 }
 
@@ -250,7 +339,8 @@ impl<S> tower_layer::Layer<S> for GateLayer {
     fn layer(&self, inner: S) -> Gated<S> {
         Gated {
             inner,
-            gate: self.0.clone(),
+            gate: self.gate.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -260,6 +350,38 @@ impl<S> tower_layer::Layer<S> for GateLayer {
 pub struct Gated<S> {
     inner: S,
     gate: Option<Arc<Gate>>,
+    limits: Option<Limiting>,
+}
+
+impl Limiting {
+    /// The quota of `caller` (none for the servers' own calls), after
+    /// counting an admin call.
+    fn quota<B>(
+        &self,
+        caller: &Caller,
+        request: &http::Request<B>,
+    ) -> Result<Option<Quota>, Status> {
+        let who: Arc<str> = match caller {
+            Caller::Token(principal) if principal.allows(Op::Cluster, "") => return Ok(None),
+            Caller::Token(principal) => Arc::from(principal.subject.as_str()),
+            Caller::Anyone => match request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr())
+            {
+                Some(addr) => Arc::from(addr.ip().to_string()),
+                None => return Ok(None),
+            },
+        };
+        let quota = Quota {
+            limits: Arc::clone(&self.limits),
+            who,
+        };
+        if (self.rules)(request.uri().path()) == Need::Scope(Op::Admin) {
+            Quota::charge_to(Some(&quota), Op::Admin, "")?;
+        }
+        Ok(Some(quota))
+    }
 }
 
 type Answer<S, B> = Pin<
@@ -291,12 +413,21 @@ where
             None => Ok(Caller::Anyone),
             Some(gate) => gate.admit(request.uri().path(), request.headers()),
         };
-        match caller {
-            Ok(caller) => {
+        let quota = match (&caller, &self.limits) {
+            (Ok(caller), Some(limiting)) => limiting.quota(caller, &request),
+            _ => Ok(None),
+        };
+        match (caller, quota) {
+            (Ok(caller), Ok(quota)) => {
                 request.extensions_mut().insert(caller);
+                if let Some(quota) = quota {
+                    request.extensions_mut().insert(quota);
+                }
                 Box::pin(self.inner.call(request))
             }
-            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+            (Err(status), _) | (_, Err(status)) => {
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }

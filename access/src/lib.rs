@@ -9,9 +9,12 @@
 //!   constant time).
 //! - [`token`]: bearer tokens for gRPC (JWTs with scopes) and write grants
 //!   for single blobs.
+//! - [`limits`]: rate limits per client address (HTTP) and per caller and
+//!   operation (gRPC).
 
 pub mod grpc;
 mod keyring;
+pub mod limits;
 pub mod signed_url;
 pub mod token;
 

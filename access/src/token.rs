@@ -89,6 +89,11 @@ impl Scope {
         }
     }
 
+    /// The operation this scope is for.
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
     /// Whether this scope allows `op` on `collection` (`""`, the default
     /// collection, is `default` in a scope).
     pub fn allows(&self, op: Op, collection: &str) -> bool {

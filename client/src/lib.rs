@@ -215,8 +215,16 @@ fn copy_error(error: &Error) -> Error {
     }
 }
 
-/// Should an upload try again with a new id on another volume?
+/// Should an upload try again with a new id on another volume? (Not when
+/// a rate limit refused it: every volume would.)
 fn retry_upload(error: &Error) -> bool {
+    if let Error::Status(status) = error
+        && status
+            .metadata()
+            .contains_key(hayloft_access::limits::RETRY_AFTER_MS)
+    {
+        return false;
+    }
     matches!(
         error.code(),
         Some(

@@ -139,6 +139,9 @@ pub struct DirectoryConfig {
     /// Default `24h`.
     #[serde(with = "humantime_serde")]
     pub signed_url_max_lifetime: Duration,
+    /// Rate limits on gRPC calls per caller, by operation and collection
+    /// (`[limits.grpc]`; see README, "Rate limits"). Default: none.
+    pub limits: hayloft_access::limits::LimitsConfig,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -203,6 +206,7 @@ impl Default for DirectoryConfig {
             write_grant_ttl: Duration::from_secs(60),
             insecure: false,
             signed_url_max_lifetime: Duration::from_secs(24 * 3600),
+            limits: hayloft_access::limits::LimitsConfig::default(),
         }
     }
 }
@@ -256,6 +260,7 @@ pub struct Directory {
     /// What this node presents to volume servers and the other nodes, and
     /// the token gate in front of its services.
     auth: hayloft_access::grpc::ServerAuth,
+    limits: Option<Arc<hayloft_access::limits::RateLimits>>,
 }
 
 impl Directory {
@@ -280,6 +285,15 @@ impl Directory {
             }
             None => None,
         };
+        if config.limits.http.is_some() || !config.limits.trusted_proxies.is_empty() {
+            return Err(Error::InvalidArgument(
+                "limits: a directory has no HTTP origin; set limits.http and \
+                 limits.trusted_proxies on volume servers"
+                    .into(),
+            ));
+        }
+        let limits = hayloft_access::limits::RateLimits::new(&config.limits)
+            .map_err(|e| Error::InvalidArgument(format!("limits: {e}")))?;
         let db = {
             let path = config.data_dir.clone();
             tokio::task::spawn_blocking(move || db::Db::open(&path)).await??
@@ -325,6 +339,7 @@ impl Directory {
             config,
             keyring,
             auth,
+            limits,
         })
     }
 
@@ -355,6 +370,7 @@ impl Directory {
             self.config.write_grant_ttl,
         )
         .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime);
+        let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let keyring_watch = self.keyring.clone().map(|keyring| {
             tokio::spawn(hayloft_access::watch_keyring(
                 keyring,
@@ -404,7 +420,10 @@ impl Directory {
             },
         ));
         let served = tonic::transport::Server::builder()
-            .layer(hayloft_access::grpc::GateLayer::new(self.auth.gate.clone()))
+            .layer(
+                hayloft_access::grpc::GateLayer::new(self.auth.gate.clone())
+                    .with_limits(self.limits.clone(), service::needs),
+            )
             .add_service(
                 hayloft_proto::directory_server::DirectoryServer::new(service)
                     .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
@@ -423,6 +442,9 @@ impl Directory {
             .await;
         history.abort();
         raft_metrics.abort();
+        if let Some(task) = forgetting {
+            task.abort();
+        }
         if let Some(watch) = keyring_watch {
             watch.abort();
         }

@@ -30,7 +30,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use hayloft_access::grpc::{Caller, Need};
+use hayloft_access::grpc::{Caller, Need, Who};
 use hayloft_access::token::Op;
 
 use crate::antientropy::AntiEntropy;
@@ -164,8 +164,11 @@ impl VolumeService {
         op: Op,
         volume: hayloft_storage::VolumeId,
     ) -> Result<(), Status> {
-        // Without tokens required, no look-up on the read path.
-        if matches!(extensions.get::<Caller>(), Some(Caller::Anyone)) {
+        // Without tokens required or a limit to count, no look-up on the
+        // read path.
+        if matches!(extensions.get::<Caller>(), Some(Caller::Anyone))
+            && !hayloft_access::grpc::Quota::counts(extensions, op)
+        {
             return Ok(());
         }
         match self.store.handle(volume) {
@@ -180,12 +183,12 @@ impl VolumeService {
     /// `write:<collection>`.
     fn authorize_write(
         &self,
-        caller: Option<&Caller>,
+        who: &Who,
         header: &WriteHeader,
         collection: &str,
     ) -> Result<(), Status> {
         if header.forwarded {
-            return Caller::require(caller, Op::Cluster, "");
+            return Caller::require(who.caller.as_ref(), Op::Cluster, "");
         }
         if let (Some(keyring), false) = (&self.grants, header.grant.is_empty()) {
             let now = now_unix_secs();
@@ -202,9 +205,12 @@ impl VolumeService {
                     "the write grant for blob {} is not valid: {e}",
                     header.blob_id
                 ))
+            })
+            .and_then(|()| {
+                hayloft_access::grpc::Quota::charge_to(who.quota.as_ref(), Op::Write, collection)
             });
         }
-        Caller::require(caller, Op::Write, collection)
+        who.require(Op::Write, collection)
     }
 
     /// Ends long-lived streams (`Replicate`) once `stop` becomes true, so
@@ -604,7 +610,7 @@ impl VolumeService {
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         let request_id = hayloft_proto::request_id(request.metadata());
-        let caller = Caller::of(request.extensions());
+        let who = Who::of(request.extensions());
         let mut stream = request.into_inner();
         let mut header = match stream.message().await? {
             Some(WriteRequest {
@@ -616,7 +622,7 @@ impl VolumeService {
                 ));
             }
         };
-        let (blob, volume, meta, targets) = self.prepare_write(&mut header, caller.as_ref())?;
+        let (blob, volume, meta, targets) = self.prepare_write(&mut header, &who)?;
         let receipt = if !targets.is_empty() && header.size <= LINKED_FORWARD_MAX {
             let data = gather(&mut stream, header.size).await?;
             self.write_linked(volume, blob, &header, meta, data, &targets, &request_id)
@@ -648,7 +654,7 @@ impl VolumeService {
     fn prepare_write(
         &self,
         header: &mut WriteHeader,
-        caller: Option<&Caller>,
+        who: &Who,
     ) -> Result<
         (
             BlobId,
@@ -669,7 +675,7 @@ impl VolumeService {
             .store
             .volume(blob.volume())
             .map_err(|e| grpc_status(&e, None))?;
-        self.authorize_write(caller, header, volume.collection())?;
+        self.authorize_write(who, header, volume.collection())?;
         // One time for every copy (forwarded in the header), so that the
         // copies hold the same record bytes: same checksum, same ETag.
         if header.last_modified == 0 {
@@ -693,7 +699,7 @@ impl VolumeService {
         &self,
         request: WriteBatchRequest,
         request_id: &str,
-        caller: Option<&Caller>,
+        who: &Who,
     ) -> Result<WriteResponse, Status> {
         let mut header = request
             .header
@@ -710,7 +716,7 @@ impl VolumeService {
         if (request.data.len() as u64) < header.size {
             return Err(truncated(request.data.len() as u64, header.size));
         }
-        let (blob, volume, meta, targets) = self.prepare_write(&mut header, caller)?;
+        let (blob, volume, meta, targets) = self.prepare_write(&mut header, who)?;
         let receipt = self
             .write_linked(
                 volume,
@@ -1297,20 +1303,16 @@ impl Volume for VolumeService {
         request: Request<Streaming<WriteBatchRequest>>,
     ) -> Result<Response<Self::WriteBatchStream>, Status> {
         let request_id = hayloft_proto::request_id(request.metadata());
-        let caller = Caller::of(request.extensions());
+        let who = Who::of(request.extensions());
         let service = self.clone();
         Ok(Response::new(answer_each(
             request.into_inner(),
             self.stop.clone(),
             move |message: WriteBatchRequest| {
-                let (service, request_id, caller) =
-                    (service.clone(), request_id.clone(), caller.clone());
+                let (service, request_id, who) = (service.clone(), request_id.clone(), who.clone());
                 async move {
                     let seq = message.seq;
-                    match service
-                        .write_batched(message, &request_id, caller.as_ref())
-                        .await
-                    {
+                    match service.write_batched(message, &request_id, &who).await {
                         Ok(written) => WriteBatchResponse {
                             seq,
                             code: 0,

@@ -47,6 +47,8 @@ pub struct HttpState {
     verify_up_to: u64,
     /// Signed collections and the key ring (none: every blob is public).
     access: Option<Arc<crate::access::OriginAccess>>,
+    /// Requests per client address (none: no limit).
+    limits: Option<Arc<hayloft_access::limits::RateLimits>>,
 }
 
 impl HttpState {
@@ -71,7 +73,14 @@ impl HttpState {
             remote: None,
             verify_up_to: 0,
             access: None,
+            limits: None,
         }
+    }
+
+    /// Counts requests per client against `limits` (429 past them).
+    pub fn with_limits(mut self, limits: Option<Arc<hayloft_access::limits::RateLimits>>) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Serves blobs of signed collections only to requests with a valid
@@ -237,6 +246,17 @@ async fn worker(
     state.publish();
 }
 
+/// 429 with `Retry-After`.
+fn too_many(limited: &hayloft_access::limits::Limited) -> Response {
+    let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+    insert(
+        response.headers_mut(),
+        header::RETRY_AFTER,
+        limited.retry_after_secs().to_string(),
+    );
+    response
+}
+
 fn plain(status: StatusCode, text: &'static str) -> Response {
     let mut response =
         http::Response::new(Either::Left(Full::new(Bytes::from_static(text.as_bytes()))));
@@ -277,7 +297,27 @@ async fn handle(
             .unwrap_or("-")
     );
     let mut served = Served::default();
-    let local = span.in_scope(|| local_read(&state, &request, peer, &mut served));
+    // The client (behind trusted proxies, the address they name), and its
+    // rate limit.
+    let (peer, limited) = match (&state.limits, peer) {
+        (Some(limits), Some(ip)) => {
+            let client = if limits.trusts_proxies() {
+                let forwarded = request
+                    .headers()
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok());
+                limits.client_of(ip, forwarded)
+            } else {
+                ip
+            };
+            (Some(client), limits.check_http(client).err())
+        }
+        _ => (peer, None),
+    };
+    let local = match limited {
+        Some(limited) => Local::Done(too_many(&limited)),
+        None => span.in_scope(|| local_read(&state, &request, peer, &mut served)),
+    };
     let mut response = match local {
         Local::Done(response) => response,
         // The cold path is a task of its own (its future, an S3 request, is

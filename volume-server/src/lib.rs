@@ -175,6 +175,10 @@ pub struct VolumeServerConfig {
     /// (refused otherwise; logged at every start). The HTTP origin may face
     /// the world either way. Default false.
     pub insecure: bool,
+    /// Rate limits: HTTP requests per client address (`X-Forwarded-For`
+    /// believed from `trusted_proxies` only), gRPC calls per caller by
+    /// operation and collection (see README, "Rate limits"). Default: none.
+    pub limits: hayloft_access::limits::LimitsConfig,
 }
 
 impl Default for VolumeServerConfig {
@@ -220,6 +224,7 @@ impl Default for VolumeServerConfig {
             signed_url_clock_skew: Duration::from_secs(60),
             require_tokens: false,
             insecure: false,
+            limits: hayloft_access::limits::LimitsConfig::default(),
         }
     }
 }
@@ -287,6 +292,9 @@ pub enum StartError {
     /// Tokens are required but there is no key ring to check them with.
     #[error("require_tokens needs a key ring (keyring = \"/path/to/keyring.toml\")")]
     TokensWithoutKeyring,
+    /// A rate limit is unusable.
+    #[error("limits: {0}")]
+    Limits(String),
 }
 
 /// A volume server with its store open and its ports bound.
@@ -297,6 +305,7 @@ pub struct VolumeServer {
     grpc: TcpListener,
     http: TcpListener,
     keyring: Option<Arc<hayloft_access::SharedKeyring>>,
+    limits: Option<Arc<hayloft_access::limits::RateLimits>>,
 }
 
 impl VolumeServer {
@@ -322,6 +331,8 @@ impl VolumeServer {
         if config.require_tokens && keyring.is_none() {
             return Err(StartError::TokensWithoutKeyring);
         }
+        let limits =
+            hayloft_access::limits::RateLimits::new(&config.limits).map_err(StartError::Limits)?;
         if let Some(refusal) = hayloft_access::insecure_listen(
             config.grpc_listen,
             config.require_tokens,
@@ -348,6 +359,7 @@ impl VolumeServer {
             grpc,
             http,
             keyring,
+            limits,
         })
     }
 
@@ -510,7 +522,10 @@ impl VolumeServer {
             wait_stop(),
         ));
         let grpc_server = tonic::transport::Server::builder()
-            .layer(hayloft_access::grpc::GateLayer::new(gate))
+            .layer(
+                hayloft_access::grpc::GateLayer::new(gate)
+                    .with_limits(self.limits.clone(), grpc::needs),
+            )
             .add_service(
                 hayloft_proto::volume_server::VolumeServer::new(service)
                     .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
@@ -535,8 +550,10 @@ impl VolumeServer {
             )
             .with_remote(remote)
             .with_verified_reads(self.config.verify_reads_up_to.as_u64())
-            .with_access(access),
+            .with_access(access)
+            .with_limits(self.limits.clone()),
         );
+        let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let http_server = http::serve(self.http, http_state, self.config.http_threads, http_stop);
         tracing::info!(server = %advertised.server_id, grpc = %advertised.grpc_addr,
             http = %advertised.http_addr, "volume server serving");
@@ -550,6 +567,9 @@ impl VolumeServer {
         let _ = scheduler.await;
         let _ = anti_entropy_task.await;
         let _ = read_ticker.await;
+        if let Some(task) = forgetting {
+            task.abort();
+        }
         let store = Arc::clone(&self.store);
         let closed = tokio::task::spawn_blocking(move || store.close()).await;
         grpc_result?;
