@@ -1266,6 +1266,208 @@ async fn rate_limits_refuse_bursts_with_a_retry_hint_and_spare_everyone_else() {
     }
 }
 
+/// The JSON lines of an audit log once one is `last` (or after 15 s).
+async fn audit_lines(
+    path: &std::path::Path,
+    last: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        if lines.iter().any(&last) || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_log_has_a_line_for_every_access_with_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = write_keyring(dir.path(), false);
+    let port = support::free_port;
+    let (directory, grpc, http) = (port(), port(), port());
+    let (directory_log, volume_log) = (dir.path().join("d.log"), dir.path().join("v.log"));
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{data}\"\n\
+             directory_listen = \"127.0.0.1:{directory}\"\n\
+             grpc_listen = \"127.0.0.1:{grpc}\"\n\
+             http_listen = \"127.0.0.1:{http}\"\n\
+             [directory]\npulse = \"1s\"\n\
+             [directory.audit]\npath = \"{directory_log}\"\n\
+             [directory.collections.private]\naccess = \"signed\"\n\
+             [volume.audit]\npath = \"{volume_log}\"\n",
+            data = dir.path().join("data").display(),
+            directory_log = directory_log.display(),
+            volume_log = volume_log.display(),
+        ),
+    )
+    .unwrap();
+    let _server = support::spawn(
+        &[
+            "server",
+            "--config",
+            config.to_str().unwrap(),
+            "--keyring",
+            ring.to_str().unwrap(),
+            "--require-tokens",
+        ]
+        .map(str::to_owned),
+        &dir.path().join("server.log"),
+    );
+    let addr = format!("127.0.0.1:{directory}");
+    let (token, token_id) = mint_with_id(&ring, &["write:*", "read:*", "sign:private"]);
+    let alice = connect_when_up(&addr).await.with_token(&token).unwrap();
+    let options = |collection: &str| UploadOptions {
+        collection: collection.into(),
+        ..UploadOptions::default()
+    };
+    // Writes (one and a batch of two), a read, a refused delete, a call
+    // without a token.
+    let photo = alice
+        .upload(Bytes::from_static(b"a photo"), &options("photos"))
+        .await
+        .unwrap();
+    let private = alice
+        .upload(Bytes::from_static(b"private bytes"), &options("private"))
+        .await
+        .unwrap();
+    wait_refused(&private.url).await;
+    let batch = alice
+        .upload_batch(vec![
+            (Bytes::from_static(b"one"), options("photos")),
+            (Bytes::from_static(b"two"), options("photos")),
+        ])
+        .await;
+    assert!(batch.iter().all(Result::is_ok));
+    alice.download(&photo.blob_id).await.unwrap();
+    let refused = alice.delete(&photo.blob_id).await.unwrap_err();
+    assert_eq!(refused.code(), Some(tonic::Code::PermissionDenied));
+    let anonymous = connect_when_up(&addr).await;
+    assert!(anonymous.download(&photo.blob_id).await.is_err());
+    // A signed URL from the directory; HTTP reads with it (ranged), with a
+    // forged one, and of a public blob (not logged by default).
+    let signed = alice
+        .request_signed_url(&private.blob_id, Duration::from_secs(600), None, None)
+        .await
+        .unwrap();
+    let ranged = reqwest::Client::new()
+        .get(&signed.urls[0])
+        .header(header::RANGE, "bytes=0-6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    let forged = signed.urls[0].replace("&s=", "&s=A");
+    assert_eq!(get(&forged).await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(get(&photo.url).await.status(), StatusCode::OK);
+
+    let volume = audit_lines(&volume_log, |l| l["status"] == "403").await;
+    let find = |lines: &[serde_json::Value], op: &str, status: &str| {
+        lines
+            .iter()
+            .find(|l| l["op"] == op && l["status"] == status)
+            .unwrap_or_else(|| panic!("no {op} {status} line in {lines:#?}"))
+            .clone()
+    };
+    // Every line names its server, time and duration.
+    for line in &volume {
+        assert!(
+            line["server"].as_str().unwrap().starts_with("volume:"),
+            "{line}"
+        );
+        assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+        assert!(line["micros"].is_u64(), "{line}");
+    }
+    let write = volume
+        .iter()
+        .find(|l| l["op"] == "Write" && l["blob"] == photo.blob_id.as_str())
+        .unwrap_or_else(|| panic!("no write of the photo in {volume:#?}"));
+    assert_eq!(write["protocol"], "grpc");
+    assert_eq!(write["status"], "OK");
+    assert_eq!(write["subject"], "hayloft-cli");
+    assert_eq!(write["token_id"], token_id.as_str());
+    assert_eq!(write["client"], "127.0.0.1");
+    assert_eq!(write["collection"], "photos");
+    assert_eq!(write["bytes"], 7);
+    let batched: Vec<_> = volume.iter().filter(|l| l["op"] == "WriteBatch").collect();
+    assert_eq!(batched.len(), 2, "{volume:#?}");
+    // One line per blob, in the order they became durable.
+    for uploaded in &batch {
+        let id = uploaded.as_ref().unwrap().blob_id.as_str();
+        let line = batched.iter().find(|l| l["blob"] == id).expect("its line");
+        assert_eq!(line["status"], "OK");
+        assert_eq!(line["bytes"], 3);
+        assert_eq!(line["collection"], "photos");
+    }
+    let read = find(&volume, "Read", "OK");
+    assert_eq!(read["blob"], photo.blob_id.as_str());
+    // No delete scope at all: refused by the gate, before the blob is read.
+    let delete = find(&volume, "Delete", "PERMISSION_DENIED");
+    assert!(
+        delete["reason"].as_str().unwrap().contains("delete"),
+        "{delete}"
+    );
+    let http = find(&volume, "GET", "206");
+    assert_eq!(http["protocol"], "http");
+    assert_eq!(http["subject"], "key:k1");
+    assert_eq!(http["blob"], private.blob_id.as_str());
+    assert_eq!(http["collection"], "private");
+    assert_eq!(http["range"], "bytes=0-6");
+    assert_eq!(http["bytes"], 7);
+    let forged_line = find(&volume, "GET", "403");
+    assert!(
+        !forged_line["reason"].as_str().unwrap().is_empty(),
+        "{forged_line}"
+    );
+    assert!(
+        !volume
+            .iter()
+            .any(|l| l["op"] == "GET" && l["blob"] == photo.blob_id.as_str()),
+        "a public read is not logged by default"
+    );
+
+    // The directory: Assign and SignUrl lines, and an admin revocation.
+    let out = tokio::process::Command::new(support::BIN)
+        .args(["token", "revoke", &token_id])
+        .env("HAYLOFT_TOKEN", mint(&ring, &["admin"]))
+        .env("HAYLOFT_DIRECTORY", &addr)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let directory = audit_lines(&directory_log, |l| l["op"] == "RevokeToken").await;
+    // The server's own tiering worker calls with the server's cluster
+    // token: never refused (and not logged).
+    assert!(
+        !directory.iter().any(|l| l["op"] == "Status"),
+        "{directory:#?}"
+    );
+    let assign = find(&directory, "Assign", "OK");
+    assert_eq!(assign["subject"], "hayloft-cli");
+    assert!(assign["server"].as_str().unwrap().starts_with("directory:"));
+    let sign = find(&directory, "SignUrl", "OK");
+    assert_eq!(sign["blob"], private.blob_id.as_str());
+    assert_eq!(sign["collection"], "private");
+    // The anonymous read went no further than the directory's Lookup.
+    let anonymous = find(&directory, "Lookup", "UNAUTHENTICATED");
+    assert!(anonymous.get("subject").is_none(), "{anonymous}");
+    assert!(!anonymous["reason"].as_str().unwrap().is_empty());
+    let revoke = find(&directory, "RevokeToken", "OK");
+    assert_eq!(revoke["target"], token_id.as_str());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replicated_cluster_that_requires_tokens_replicates_and_deletes_with_its_own() {
     let keys = tempfile::tempdir().unwrap();

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tonic::Status;
 
 use crate::SharedKeyring;
+use crate::audit::{AuditLog, AuditReads, Event};
 use crate::limits::RateLimits;
 use crate::token::{Op, Principal, TokenError};
 
@@ -310,6 +311,13 @@ impl Caller {
 pub struct GateLayer {
     gate: Option<Arc<Gate>>,
     limits: Option<Limiting>,
+    audit: Option<Auditing>,
+}
+
+#[derive(Debug, Clone)]
+struct Auditing {
+    log: Arc<AuditLog>,
+    rules: fn(&str) -> Need,
 }
 
 #[derive(Debug, Clone)]
@@ -321,7 +329,19 @@ struct Limiting {
 impl GateLayer {
     /// Checks every call with `gate`; `None`: tokens are not required.
     pub fn new(gate: Option<Arc<Gate>>) -> GateLayer {
-        GateLayer { gate, limits: None }
+        GateLayer {
+            gate,
+            limits: None,
+            audit: None,
+        }
+    }
+
+    /// Logs calls to `log` (none: no audit log): every call of a client and
+    /// every refusal, reads (by the server's table of methods `rules`) as
+    /// the log's `reads` setting says.
+    pub fn with_audit(mut self, log: Option<Arc<AuditLog>>, rules: fn(&str) -> Need) -> Self {
+        self.audit = log.map(|log| Auditing { log, rules });
+        self
     }
 
     /// Counts calls against `limits` (none: no limits): admin calls (by
@@ -341,6 +361,7 @@ impl<S> tower_layer::Layer<S> for GateLayer {
             inner,
             gate: self.gate.clone(),
             limits: self.limits.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -351,6 +372,7 @@ pub struct Gated<S> {
     inner: S,
     gate: Option<Arc<Gate>>,
     limits: Option<Limiting>,
+    audit: Option<Auditing>,
 }
 
 impl Limiting {
@@ -417,17 +439,256 @@ where
             (Ok(caller), Some(limiting)) => limiting.quota(caller, &request),
             _ => Ok(None),
         };
+        let audited = self
+            .audit
+            .as_ref()
+            .map(|audit| (audit, Started::of(&request, caller.as_ref().ok())));
         match (caller, quota) {
             (Ok(caller), Ok(quota)) => {
+                let note = match audited {
+                    Some((audit, started)) if audit.logs(request.uri().path(), &caller) => {
+                        let note = Note::default();
+                        request.extensions_mut().insert(note.clone());
+                        Some((Arc::clone(&audit.log), started, note))
+                    }
+                    _ => None,
+                };
                 request.extensions_mut().insert(caller);
                 if let Some(quota) = quota {
                     request.extensions_mut().insert(quota);
                 }
-                Box::pin(self.inner.call(request))
+                let answer = self.inner.call(request);
+                match note {
+                    None => Box::pin(answer),
+                    Some((log, started, note)) => Box::pin(async move {
+                        let result = answer.await;
+                        let status = match &result {
+                            Ok(response) => response
+                                .headers()
+                                .get("grpc-status")
+                                .map_or(tonic::Code::Ok, |v| tonic::Code::from_bytes(v.as_bytes())),
+                            Err(_) => tonic::Code::Internal,
+                        };
+                        started.finish(&log, status, "", &note);
+                        result
+                    }),
+                }
             }
             (Err(status), _) | (_, Err(status)) => {
+                if let Some((audit, started)) = audited {
+                    started.finish(
+                        &audit.log,
+                        status.code(),
+                        status.message(),
+                        &Note::default(),
+                    );
+                }
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
+        }
+    }
+}
+
+impl Auditing {
+    /// Whether a call of `path` by `caller` that was let through is logged.
+    fn logs(&self, path: &str, caller: &Caller) -> bool {
+        let token = match caller {
+            // The servers' own calls: only refusals.
+            Caller::Token(principal) if principal.allows(Op::Cluster, "") => return false,
+            Caller::Token(_) => true,
+            Caller::Anyone => false,
+        };
+        match (self.rules)(path) {
+            Need::Open | Need::Token | Need::Scope(Op::Read) => match self.log.reads() {
+                AuditReads::All => true,
+                AuditReads::Signed => token,
+                AuditReads::None => false,
+            },
+            Need::Scope(Op::Cluster) => false,
+            Need::Scope(_) => true,
+        }
+    }
+}
+
+/// What a call's audit line takes from its request.
+struct Started {
+    at: std::time::Instant,
+    method: String,
+    request_id: String,
+    client: String,
+    subject: String,
+    token_id: String,
+}
+
+impl Started {
+    fn of<B>(request: &http::Request<B>, caller: Option<&Caller>) -> Started {
+        let (subject, token_id) = match caller {
+            Some(Caller::Token(principal)) => {
+                (principal.subject.clone(), principal.token_id.clone())
+            }
+            _ => (String::new(), String::new()),
+        };
+        Started {
+            at: std::time::Instant::now(),
+            method: request
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            request_id: request
+                .headers()
+                .get(hayloft_proto::REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            client: request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr())
+                .map(|addr| addr.ip().to_string())
+                .unwrap_or_default(),
+            subject,
+            token_id,
+        }
+    }
+
+    /// Logs the call (one line per blob the method noted, if several).
+    /// Blobs a streaming method notes later (a batch's) are logged as they
+    /// come.
+    fn finish(self, log: &Arc<AuditLog>, status: tonic::Code, reason: &str, note: &Note) {
+        let template = Event {
+            request_id: self.request_id,
+            subject: self.subject,
+            token_id: self.token_id,
+            client: self.client,
+            protocol: "grpc",
+            op: self.method,
+            ..Event::default()
+        };
+        let mut notes = note.0.lock();
+        let items = std::mem::take(&mut notes.items);
+        let call = std::mem::take(&mut notes.call);
+        if items.is_empty() && !(notes.per_item && status == tonic::Code::Ok) {
+            log.record(line(&template, self.at, call, status, reason));
+        }
+        for (item, code) in items {
+            log.record(line(&template, self.at, item, code, ""));
+        }
+        notes.finished = Some((Arc::clone(log), template, self.at));
+    }
+}
+
+/// One audit line: the call's `template` with a blob and how it ended.
+fn line(
+    template: &Event,
+    started: std::time::Instant,
+    blob: Noted,
+    status: tonic::Code,
+    reason: &str,
+) -> Event {
+    Event {
+        target: blob.target,
+        blob: blob.blob,
+        collection: blob.collection,
+        status: code_name(status),
+        reason: if status == tonic::Code::Ok {
+            String::new()
+        } else {
+            blob.reason.unwrap_or_else(|| reason.to_owned())
+        },
+        bytes: blob.bytes,
+        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        ..template.clone()
+    }
+}
+
+/// The name of a gRPC code as the spec writes it (`PERMISSION_DENIED`).
+pub fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// What a method tells the audit log about its call: the blob, its
+/// collection, the bytes; for a batch, each blob with its own outcome. In
+/// the request's extensions when the call is logged.
+#[derive(Debug, Clone, Default)]
+pub struct Note(Arc<parking_lot::Mutex<Notes>>);
+
+#[derive(Debug, Default)]
+struct Notes {
+    /// The method logs a line per blob ([`Note::item`]), none for the call
+    /// unless it failed as a whole.
+    per_item: bool,
+    call: Noted,
+    items: Vec<(Noted, tonic::Code)>,
+    /// Once the call has answered: where later blobs go at once.
+    finished: Option<(Arc<AuditLog>, Event, std::time::Instant)>,
+}
+
+#[derive(Debug, Default)]
+struct Noted {
+    target: String,
+    blob: String,
+    collection: String,
+    bytes: u64,
+    reason: Option<String>,
+}
+
+impl Note {
+    /// The note of a request (none: the call is not logged).
+    pub fn of(extensions: &http::Extensions) -> Option<Note> {
+        extensions.get::<Note>().cloned()
+    }
+
+    /// The call's blob, its collection and the bytes written or sent.
+    pub fn blob(&self, blob: &str, collection: &str, bytes: u64) {
+        let mut notes = self.0.lock();
+        notes.call.blob = blob.to_owned();
+        notes.call.collection = collection.to_owned();
+        notes.call.bytes = bytes;
+    }
+
+    /// What an admin call acts on (a token id, a volume).
+    pub fn target(&self, target: &str) {
+        self.0.lock().call.target = target.to_owned();
+    }
+
+    /// The call's collection (a call about no single blob).
+    pub fn collection(&self, collection: &str) {
+        self.0.lock().call.collection = collection.to_owned();
+    }
+
+    /// The call is a batch: a line per blob ([`item`](Self::item)), none for
+    /// the call unless it fails as a whole.
+    pub fn per_item(&self) {
+        self.0.lock().per_item = true;
+    }
+
+    /// One blob of a batch and how it ended (a line of its own).
+    pub fn item(&self, blob: &str, collection: &str, bytes: u64, outcome: Result<(), &Status>) {
+        let (code, reason) = match outcome {
+            Ok(()) => (tonic::Code::Ok, None),
+            Err(status) => (status.code(), Some(status.message().to_owned())),
+        };
+        let noted = Noted {
+            target: String::new(),
+            blob: blob.to_owned(),
+            collection: collection.to_owned(),
+            bytes,
+            reason,
+        };
+        let mut notes = self.0.lock();
+        match &notes.finished {
+            Some((log, template, started)) => log.record(line(template, *started, noted, code, "")),
+            None => notes.items.push((noted, code)),
         }
     }
 }

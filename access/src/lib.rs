@@ -9,16 +9,18 @@
 //!   constant time).
 //! - [`token`]: bearer tokens for gRPC (JWTs with scopes) and write grants
 //!   for single blobs.
+//! - [`audit`]: the audit log, one JSON line per access.
 //! - [`limits`]: rate limits per client address (HTTP) and per caller and
 //!   operation (gRPC).
 
+pub mod audit;
 pub mod grpc;
 mod keyring;
 pub mod limits;
 pub mod signed_url;
 pub mod token;
 
-pub use keyring::{Keyring, KeyringError, SharedKeyring, watch_keyring};
+pub use keyring::{Keyring, KeyringError, SharedKeyring, valid_key_id, watch_keyring};
 pub use signed_url::{Denied, UrlPolicy};
 
 /// Why a server refuses to serve gRPC on `addr`: a non-loopback address

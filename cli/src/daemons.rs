@@ -246,11 +246,15 @@ pub async fn server(
         let _ = volume_stopped.await;
     }));
     let directory_addr = directory.local_addr().to_string();
+    let worker_credential = directory.credential();
     let mut directory_task = tokio::spawn(directory.serve(async {
         let _ = directory_stopped.await;
     }));
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(hayloft_tiering::worker::run(
+    // The worker calls with the directory's own credential (a cluster
+    // token when the server has a key ring), not HAYLOFT_TOKEN.
+    let worker = tokio::spawn(hayloft_tiering::worker::run_as(
+        worker_credential,
         directory_addr,
         policy,
         tier_interval,

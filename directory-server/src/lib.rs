@@ -142,6 +142,9 @@ pub struct DirectoryConfig {
     /// Rate limits on gRPC calls per caller, by operation and collection
     /// (`[limits.grpc]`; see README, "Rate limits"). Default: none.
     pub limits: hayloft_access::limits::LimitsConfig,
+    /// The audit log: a JSON line per Assign, SignUrl, admin call and
+    /// refusal (see README, "Audit log"). Default: none.
+    pub audit: hayloft_access::audit::AuditConfig,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -207,6 +210,7 @@ impl Default for DirectoryConfig {
             insecure: false,
             signed_url_max_lifetime: Duration::from_secs(24 * 3600),
             limits: hayloft_access::limits::LimitsConfig::default(),
+            audit: hayloft_access::audit::AuditConfig::default(),
         }
     }
 }
@@ -261,6 +265,7 @@ pub struct Directory {
     /// the token gate in front of its services.
     auth: hayloft_access::grpc::ServerAuth,
     limits: Option<Arc<hayloft_access::limits::RateLimits>>,
+    audit: Option<Arc<hayloft_access::audit::AuditLog>>,
 }
 
 impl Directory {
@@ -294,6 +299,11 @@ impl Directory {
         }
         let limits = hayloft_access::limits::RateLimits::new(&config.limits)
             .map_err(|e| Error::InvalidArgument(format!("limits: {e}")))?;
+        let audit = hayloft_access::audit::AuditLog::open(
+            &config.audit,
+            &format!("directory:{}", config.node_id),
+        )
+        .map_err(|e| Error::InvalidArgument(format!("audit log: {e}")))?;
         let db = {
             let path = config.data_dir.clone();
             tokio::task::spawn_blocking(move || db::Db::open(&path)).await??
@@ -340,7 +350,14 @@ impl Directory {
             keyring,
             auth,
             limits,
+            audit,
         })
+    }
+
+    /// What this node presents to volume servers and the other nodes (its
+    /// cluster token when it has a key ring).
+    pub fn credential(&self) -> hayloft_proto::Credential {
+        self.auth.credential.clone()
     }
 
     /// The address it listens on (useful when configured with port 0).
@@ -422,7 +439,8 @@ impl Directory {
         let served = tonic::transport::Server::builder()
             .layer(
                 hayloft_access::grpc::GateLayer::new(self.auth.gate.clone())
-                    .with_limits(self.limits.clone(), service::needs),
+                    .with_limits(self.limits.clone(), service::needs)
+                    .with_audit(self.audit.clone(), service::needs),
             )
             .add_service(
                 hayloft_proto::directory_server::DirectoryServer::new(service)
@@ -444,6 +462,9 @@ impl Directory {
         raft_metrics.abort();
         if let Some(task) = forgetting {
             task.abort();
+        }
+        if let Some(audit) = &self.audit {
+            audit.close();
         }
         if let Some(watch) = keyring_watch {
             watch.abort();

@@ -232,6 +232,9 @@ impl DirectoryService {
         &self,
         request: Request<AssignRequest>,
     ) -> Result<Response<AssignResponse>, Status> {
+        if let Some(note) = hayloft_access::grpc::Note::of(request.extensions()) {
+            note.collection(&request.get_ref().collection);
+        }
         hayloft_access::grpc::require(
             request.extensions(),
             Op::Write,
@@ -335,6 +338,9 @@ impl DirectoryService {
             .cluster
             .volume_collection(volume)
             .ok_or_else(|| Status::not_found(format!("volume {volume} is unknown")))?;
+        if let Some(note) = hayloft_access::grpc::Note::of(request.extensions()) {
+            note.blob(&blob.to_string(), &collection, 0);
+        }
         // Narrowed to the blob's collection: a token to sign photos' URLs
         // signs nothing else.
         hayloft_access::grpc::require(request.extensions(), Op::Sign, &collection)?;
@@ -637,6 +643,9 @@ impl Directory for DirectoryService {
         let span = request_span("revoke_token", request.metadata());
         let cluster = &self.cluster;
         traced(cluster, "revoke_token", span, async {
+            if let Some(note) = hayloft_access::grpc::Note::of(request.extensions()) {
+                note.target(&request.get_ref().token_id);
+            }
             let request = request.into_inner();
             if request.token_id.is_empty() || request.token_id.len() > 128 {
                 return Err(Status::invalid_argument(

@@ -41,11 +41,23 @@ pub struct Outcome {
     pub result: Result<(), String>,
 }
 
+tokio::task_local! {
+    /// The credential the worker's calls carry when it runs inside a server
+    /// ([`run_as`]); elsewhere, `HAYLOFT_TOKEN`.
+    static CREDENTIAL: hayloft_proto::Credential;
+}
+
+fn credential() -> hayloft_proto::Credential {
+    CREDENTIAL
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| hayloft_proto::Credential::from_env())
+}
+
 /// The directory (a node, or a group's nodes comma-separated: calls follow
 /// the leader).
 fn connect_directory(addr: &str) -> Result<Directories, WorkerError> {
     Directories::new(addr)
-        .and_then(|d| d.with_credential(hayloft_proto::Credential::from_env()))
+        .and_then(|d| d.with_credential(credential()))
         .map_err(|e| WorkerError::Unreachable {
             addr: addr.to_owned(),
             reason: e.message().to_owned(),
@@ -62,7 +74,7 @@ async fn connect_volume(
         })?
         .connect()
         .await
-        .map(|channel| VolumeClient::new(hayloft_proto::Credential::from_env().channel(channel)))
+        .map(|channel| VolumeClient::new(credential().channel(channel)))
         .map_err(|e| WorkerError::Unreachable {
             addr: addr.to_owned(),
             reason: e.to_string(),
@@ -310,6 +322,20 @@ pub async fn jobs(directory: &str) -> Result<Vec<(String, MoveJobStatus)>, Worke
         }
     }
     Ok(all)
+}
+
+/// [`run`] with every call carrying `credential` (a server's own: the
+/// worker of `hayloft server` in a cluster that requires tokens).
+pub async fn run_as(
+    credential: hayloft_proto::Credential,
+    directory: String,
+    policy: Policy,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    CREDENTIAL
+        .scope(credential, run(directory, policy, interval, stop))
+        .await;
 }
 
 /// Plans and executes every `interval` until `stop` completes. Errors are

@@ -30,7 +30,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use hayloft_access::grpc::{Caller, Need, Who};
+use hayloft_access::grpc::{Caller, Need, Note, Who};
 use hayloft_access::token::Op;
 
 use crate::antientropy::AntiEntropy;
@@ -156,25 +156,49 @@ impl VolumeService {
         self
     }
 
-    /// May the caller of a request do `op` on the blobs of `volume`? (A
-    /// volume not held here is left to the call, which answers NOT_FOUND.)
+    /// May the caller of a request do `op` on `blob`? (A volume not held
+    /// here is left to the call, which answers NOT_FOUND.) Notes the blob
+    /// for the audit log.
     fn require_on(
         &self,
         extensions: &tonic::Extensions,
         op: Op,
-        volume: hayloft_storage::VolumeId,
+        blob: BlobId,
     ) -> Result<(), Status> {
-        // Without tokens required or a limit to count, no look-up on the
-        // read path.
+        let note = Note::of(extensions);
+        // Without tokens required, a limit to count or an audit line to
+        // write, no look-up on the read path.
         if matches!(extensions.get::<Caller>(), Some(Caller::Anyone))
+            && note.is_none()
             && !hayloft_access::grpc::Quota::counts(extensions, op)
         {
             return Ok(());
         }
-        match self.store.handle(volume) {
-            Ok(handle) => hayloft_access::grpc::require(extensions, op, handle.collection()),
-            Err(_) => Ok(()),
+        match self.store.handle(blob.volume()) {
+            Ok(handle) => {
+                if let Some(note) = note {
+                    note.blob(&blob.to_string(), handle.collection(), 0);
+                }
+                hayloft_access::grpc::require(extensions, op, handle.collection())
+            }
+            Err(_) => {
+                if let Some(note) = note {
+                    note.blob(&blob.to_string(), "", 0);
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// The collection of a blob's volume, if it is held here (for the audit
+    /// log; empty otherwise).
+    fn collection_of(&self, blob_id: &str) -> String {
+        blob_id
+            .parse::<BlobId>()
+            .ok()
+            .and_then(|blob| self.store.handle(blob.volume()).ok())
+            .map(|handle| handle.collection().to_owned())
+            .unwrap_or_default()
     }
 
     /// May `caller` write `header`'s blob into a volume of `collection`?
@@ -611,6 +635,7 @@ impl VolumeService {
     ) -> Result<Response<WriteResponse>, Status> {
         let request_id = hayloft_proto::request_id(request.metadata());
         let who = Who::of(request.extensions());
+        let note = Note::of(request.extensions());
         let mut stream = request.into_inner();
         let mut header = match stream.message().await? {
             Some(WriteRequest {
@@ -622,6 +647,13 @@ impl VolumeService {
                 ));
             }
         };
+        if let Some(note) = &note {
+            note.blob(
+                &header.blob_id,
+                &self.collection_of(&header.blob_id),
+                header.size,
+            );
+        }
         let (blob, volume, meta, targets) = self.prepare_write(&mut header, &who)?;
         let receipt = if !targets.is_empty() && header.size <= LINKED_FORWARD_MAX {
             let data = gather(&mut stream, header.size).await?;
@@ -825,7 +857,7 @@ impl VolumeService {
         request: Request<ReadRequest>,
     ) -> Result<Response<ReadStream>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
-        self.require_on(request.extensions(), Op::Read, blob.volume())?;
+        self.require_on(request.extensions(), Op::Read, blob)?;
         let request = request.into_inner();
         let needle = self.read_needle(blob).await?;
         let size = needle.data.len() as u64;
@@ -974,7 +1006,7 @@ impl VolumeService {
         if request.get_ref().forwarded {
             hayloft_access::grpc::require(request.extensions(), Op::Cluster, "")?;
         } else {
-            self.require_on(request.extensions(), Op::Delete, blob.volume())?;
+            self.require_on(request.extensions(), Op::Delete, blob)?;
         }
         if request.get_ref().forwarded {
             if request.get_ref().verified {
@@ -1056,7 +1088,7 @@ impl VolumeService {
         request: Request<StatRequest>,
     ) -> Result<Response<StatResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
-        self.require_on(request.extensions(), Op::Read, blob.volume())?;
+        self.require_on(request.extensions(), Op::Read, blob)?;
         let needle = self.read_needle(blob).await?;
         Ok(Response::new(StatResponse {
             info: Some(blob_info(blob, &needle)),
@@ -1304,15 +1336,34 @@ impl Volume for VolumeService {
     ) -> Result<Response<Self::WriteBatchStream>, Status> {
         let request_id = hayloft_proto::request_id(request.metadata());
         let who = Who::of(request.extensions());
+        let note = Note::of(request.extensions());
+        if let Some(note) = &note {
+            note.per_item();
+        }
         let service = self.clone();
         Ok(Response::new(answer_each(
             request.into_inner(),
             self.stop.clone(),
             move |message: WriteBatchRequest| {
-                let (service, request_id, who) = (service.clone(), request_id.clone(), who.clone());
+                let (service, request_id, who, note) = (
+                    service.clone(),
+                    request_id.clone(),
+                    who.clone(),
+                    note.clone(),
+                );
                 async move {
                     let seq = message.seq;
-                    match service.write_batched(message, &request_id, &who).await {
+                    let (blob_id, size) = message
+                        .header
+                        .as_ref()
+                        .map(|h| (h.blob_id.clone(), h.size))
+                        .unwrap_or_default();
+                    let written = service.write_batched(message, &request_id, &who).await;
+                    if let Some(note) = &note {
+                        let collection = service.collection_of(&blob_id);
+                        note.item(&blob_id, &collection, size, written.as_ref().map(|_| ()));
+                    }
+                    match written {
                         Ok(written) => WriteBatchResponse {
                             seq,
                             code: 0,

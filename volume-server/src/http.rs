@@ -49,6 +49,8 @@ pub struct HttpState {
     access: Option<Arc<crate::access::OriginAccess>>,
     /// Requests per client address (none: no limit).
     limits: Option<Arc<hayloft_access::limits::RateLimits>>,
+    /// The audit log (none: no audit log).
+    audit: Option<Arc<hayloft_access::audit::AuditLog>>,
 }
 
 impl HttpState {
@@ -74,7 +76,14 @@ impl HttpState {
             verify_up_to: 0,
             access: None,
             limits: None,
+            audit: None,
         }
+    }
+
+    /// Logs refusals, and reads as the log's `reads` says, to `audit`.
+    pub fn with_audit(mut self, audit: Option<Arc<hayloft_access::audit::AuditLog>>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Counts requests per client against `limits` (429 past them).
@@ -246,6 +255,82 @@ async fn worker(
     state.publish();
 }
 
+/// The audit line of an HTTP request, if it takes one: refusals always,
+/// reads as the log's `reads` setting says.
+fn audit_request(
+    audit: &hayloft_access::audit::AuditLog,
+    request: &Request<Incoming>,
+    client: Option<std::net::IpAddr>,
+    response: &Response,
+    served: &Served,
+    started: Instant,
+) {
+    use hayloft_access::audit::{AuditReads, Event};
+    let status = response.status();
+    let refused = matches!(
+        status,
+        StatusCode::FORBIDDEN | StatusCode::GONE | StatusCode::TOO_MANY_REQUESTS
+    );
+    let logged = refused
+        || match audit.reads() {
+            AuditReads::All => true,
+            AuditReads::Signed => served.signed,
+            AuditReads::None => false,
+        };
+    if !logged {
+        return;
+    }
+    let header = |name: header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let key = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("k="))
+        .filter(|key| hayloft_access::valid_key_id(key));
+    audit.record(Event {
+        request_id: request
+            .headers()
+            .get(hayloft_proto::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        subject: key.map(|key| format!("key:{key}")).unwrap_or_default(),
+        client: client.map(|ip| ip.to_string()).unwrap_or_default(),
+        protocol: "http",
+        op: request.method().as_str().to_owned(),
+        blob: blob_id_of(request.uri().path())
+            .unwrap_or_default()
+            .to_owned(),
+        collection: served.collection.clone().unwrap_or_default(),
+        range: header(header::RANGE),
+        status: status.as_u16().to_string(),
+        reason: match (refused, served.refusal) {
+            (true, Some(reason)) => reason.to_owned(),
+            (true, None) if status == StatusCode::TOO_MANY_REQUESTS => "rate limit http".into(),
+            _ => String::new(),
+        },
+        bytes: if request.method() == Method::HEAD {
+            0
+        } else {
+            response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0)
+        },
+        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        ..Event::default()
+    });
+}
+
 /// 429 with `Retry-After`.
 fn too_many(limited: &hayloft_access::limits::Limited) -> Response {
     let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
@@ -369,6 +454,9 @@ async fn handle(
         }
     };
     observe(op, &response, started);
+    if let Some(audit) = &state.audit {
+        audit_request(audit, &request, peer, &response, &served, started);
+    }
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
@@ -467,6 +555,12 @@ enum Local {
 struct Served {
     /// The expiry of the signed URL it was read through.
     signed_until: Option<u64>,
+    /// The blob's collection, when there is an audit log.
+    collection: Option<String>,
+    /// The blob is in a signed collection.
+    signed: bool,
+    /// Why its signed URL was refused.
+    refusal: Option<&'static str>,
     /// `Surrogate-Key` and `Cache-Tag` of a blob of a volume held here.
     tags: Option<(HeaderValue, HeaderValue)>,
 }
@@ -505,14 +599,19 @@ fn local_read(
             };
         }
     };
+    if state.audit.is_some() {
+        served.collection = Some(handle.collection().to_owned());
+    }
     // A signed collection's blob: the signature is checked before the blob
     // is looked up, so a refusal says nothing of whether it exists.
     if let Some(access) = &state.access
         && !access.all_public()
         && access.is_signed(handle.collection())
     {
+        served.signed = true;
         let (path, query) = (request.uri().path(), request.uri().query());
         if let Err(refused) = access.check(path, query, peer) {
+            served.refusal = Some(refused.reason());
             return Local::Done(denied(refused));
         }
         served.signed_until = hayloft_access::signed_url::expires(query);

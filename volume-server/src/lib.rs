@@ -179,6 +179,10 @@ pub struct VolumeServerConfig {
     /// believed from `trusted_proxies` only), gRPC calls per caller by
     /// operation and collection (see README, "Rate limits"). Default: none.
     pub limits: hayloft_access::limits::LimitsConfig,
+    /// The audit log: a JSON line per write, delete, admin call and
+    /// refusal, and reads as `reads` says (see README, "Audit log").
+    /// Default: none.
+    pub audit: hayloft_access::audit::AuditConfig,
 }
 
 impl Default for VolumeServerConfig {
@@ -225,6 +229,7 @@ impl Default for VolumeServerConfig {
             require_tokens: false,
             insecure: false,
             limits: hayloft_access::limits::LimitsConfig::default(),
+            audit: hayloft_access::audit::AuditConfig::default(),
         }
     }
 }
@@ -295,6 +300,9 @@ pub enum StartError {
     /// A rate limit is unusable.
     #[error("limits: {0}")]
     Limits(String),
+    /// The audit log cannot be opened.
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
 }
 
 /// A volume server with its store open and its ports bound.
@@ -408,6 +416,11 @@ impl VolumeServer {
             },
             ..advertised
         };
+        let audit = hayloft_access::audit::AuditLog::open(
+            &self.config.audit,
+            &format!("volume:{}", advertised.server_id),
+        )
+        .map_err(StartError::Audit)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let http_stop = stop_rx.clone();
         let wait_stop = move || {
@@ -524,7 +537,8 @@ impl VolumeServer {
         let grpc_server = tonic::transport::Server::builder()
             .layer(
                 hayloft_access::grpc::GateLayer::new(gate)
-                    .with_limits(self.limits.clone(), grpc::needs),
+                    .with_limits(self.limits.clone(), grpc::needs)
+                    .with_audit(audit.clone(), grpc::needs),
             )
             .add_service(
                 hayloft_proto::volume_server::VolumeServer::new(service)
@@ -551,7 +565,8 @@ impl VolumeServer {
             .with_remote(remote)
             .with_verified_reads(self.config.verify_reads_up_to.as_u64())
             .with_access(access)
-            .with_limits(self.limits.clone()),
+            .with_limits(self.limits.clone())
+            .with_audit(audit.clone()),
         );
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let http_server = http::serve(self.http, http_state, self.config.http_threads, http_stop);
@@ -569,6 +584,9 @@ impl VolumeServer {
         let _ = read_ticker.await;
         if let Some(task) = forgetting {
             task.abort();
+        }
+        if let Some(audit) = &audit {
+            audit.close();
         }
         let store = Arc::clone(&self.store);
         let closed = tokio::task::spawn_blocking(move || store.close()).await;
