@@ -521,38 +521,64 @@ async fn the_nginx_edge_checks_signatures_before_its_cache_and_keeps_one_copy() 
     assert_eq!(through(&public_url).await.1, "HIT");
 }
 
+/// A `hayloft server` started from a config file: the addresses at the top
+/// (every port free, metrics included), then `sections`; `flags` after
+/// `--config`.
+struct Embedded {
+    _server: support::Proc,
+    /// The directory's address.
+    addr: String,
+    http: u16,
+    metrics: u16,
+}
+
+impl Embedded {
+    fn start(dir: &std::path::Path, sections: &str, flags: &[&str]) -> Embedded {
+        let port = support::free_port;
+        let (directory, grpc, http, metrics) = (port(), port(), port(), port());
+        let config = dir.join("server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{data}\"\n\
+                 directory_listen = \"127.0.0.1:{directory}\"\n\
+                 grpc_listen = \"127.0.0.1:{grpc}\"\n\
+                 http_listen = \"127.0.0.1:{http}\"\n\
+                 metrics_listen = \"127.0.0.1:{metrics}\"\n{sections}",
+                data = dir.join("data").display(),
+            ),
+        )
+        .unwrap();
+        let mut args = vec![
+            "server".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ];
+        args.extend(flags.iter().map(|flag| (*flag).to_owned()));
+        Embedded {
+            _server: support::spawn(&args, &dir.join("server.log")),
+            addr: format!("127.0.0.1:{directory}"),
+            http,
+            metrics,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hayloft_server_takes_every_setting_from_one_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let ring = write_keyring(dir.path(), false);
-    let port = support::free_port;
-    let (directory, grpc, http, metrics) = (port(), port(), port(), port());
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{data}\"\n\
-             directory_listen = \"127.0.0.1:{directory}\"\n\
-             grpc_listen = \"127.0.0.1:{grpc}\"\n\
-             http_listen = \"127.0.0.1:{http}\"\n\
-             metrics_listen = \"127.0.0.1:{metrics}\"\n\
-             [directory]\npulse = \"1s\"\n\
+    let server = Embedded::start(
+        dir.path(),
+        &format!(
+            "[directory]\npulse = \"1s\"\n\
              [directory.collections.private]\naccess = \"signed\"\n\
              [volume]\nkeyring = \"{ring}\"\ncache_max_age = \"1h\"\n",
-            data = dir.path().join("data").display(),
             ring = ring.display(),
         ),
-    )
-    .unwrap();
-    let _server = support::spawn(
-        &[
-            "server".to_owned(),
-            "--config".to_owned(),
-            config.display().to_string(),
-        ],
-        &dir.path().join("server.log"),
+        &[],
     );
-    let addr = format!("127.0.0.1:{directory}");
+    let (addr, http, metrics) = (server.addr.clone(), server.http, server.metrics);
     let client = connect_when_up(&addr).await;
     let private = UploadOptions {
         collection: "private".into(),
@@ -652,7 +678,7 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
     let ring = write_keyring(dir.path(), false);
     let port = support::free_port;
     let (directory, grpc, http, metrics) = (port(), port(), port(), port());
-    let _server = support::spawn(
+    let server = support::spawn(
         &[
             "server",
             "--data-dir",
@@ -878,6 +904,60 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
         let series = format!("hayloft_grpc_denied_total{{reason=\"{reason}\"}}");
         assert!(scrape.contains(&series), "{series} missing");
     }
+
+    // The volume server keeps the list on its disk: restarted with no
+    // directory to hear from, it still refuses the revoked token (and takes
+    // a fresh one).
+    server.stop();
+    let grpc = port();
+    let _volume = support::spawn(
+        &[
+            "volume",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{}", port()),
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", port()),
+            "--directory",
+            &format!("127.0.0.1:{}", port()),
+            "--keyring",
+            ring.to_str().unwrap(),
+            "--require-tokens",
+        ]
+        .map(str::to_owned),
+        &dir.path().join("volume.log"),
+    );
+    let read_with = |token: String| {
+        let blob_id = second.blob_id.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let channel = loop {
+                match tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                {
+                    Ok(channel) => break channel,
+                    Err(e) => assert!(Instant::now() < deadline, "volume server not up: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            VolumeClient::new(Credential::bearer(&token).unwrap().channel(channel))
+                .read(hayloft_proto::ReadRequest {
+                    blob_id,
+                    ..hayloft_proto::ReadRequest::default()
+                })
+                .await
+                .map(|_| ())
+        }
+    };
+    let refused = read_with(reader.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    read_with(mint(&ring, &["read:photos"])).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -886,35 +966,13 @@ async fn sign_url_hands_out_urls_to_the_sign_scope_of_the_blobs_collection_only(
 
     let dir = tempfile::tempdir().unwrap();
     let ring = write_keyring(dir.path(), false);
-    let port = support::free_port;
-    let (directory, grpc, http) = (port(), port(), port());
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{data}\"\n\
-             directory_listen = \"127.0.0.1:{directory}\"\n\
-             grpc_listen = \"127.0.0.1:{grpc}\"\n\
-             http_listen = \"127.0.0.1:{http}\"\n\
-             [directory]\nsigned_url_max_lifetime = \"1h\"\n\
-             [directory.collections.private]\naccess = \"signed\"\n",
-            data = dir.path().join("data").display(),
-        ),
-    )
-    .unwrap();
-    let _server = support::spawn(
-        &[
-            "server",
-            "--config",
-            config.to_str().unwrap(),
-            "--keyring",
-            ring.to_str().unwrap(),
-            "--require-tokens",
-        ]
-        .map(str::to_owned),
-        &dir.path().join("server.log"),
+    let server = Embedded::start(
+        dir.path(),
+        "[directory]\nsigned_url_max_lifetime = \"1h\"\n\
+         [directory.collections.private]\naccess = \"signed\"\n",
+        &["--keyring", ring.to_str().unwrap(), "--require-tokens"],
     );
-    let addr = format!("127.0.0.1:{directory}");
+    let (addr, http) = (server.addr.clone(), server.http);
     let with = |token: String| {
         let addr = addr.clone();
         async move { std::sync::Arc::new(connect_when_up(&addr).await.with_token(&token).unwrap()) }
@@ -1072,39 +1130,16 @@ async fn rate_limits_refuse_bursts_with_a_retry_hint_and_spare_everyone_else() {
 
     let dir = tempfile::tempdir().unwrap();
     let ring = write_keyring(dir.path(), false);
-    let port = support::free_port;
-    let (directory, grpc, http, metrics) = (port(), port(), port(), port());
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{data}\"\n\
-             directory_listen = \"127.0.0.1:{directory}\"\n\
-             grpc_listen = \"127.0.0.1:{grpc}\"\n\
-             http_listen = \"127.0.0.1:{http}\"\n\
-             metrics_listen = \"127.0.0.1:{metrics}\"\n\
-             [directory.limits.grpc]\n\"write:assigns\" = {{ per_minute = 2 }}\n\
-             [volume.limits]\ntrusted_proxies = [\"127.0.0.4/32\"]\n\
-             http = {{ per_minute = 3 }}\n\
-             [volume.limits.grpc]\n\"read:*\" = {{ per_minute = 2 }}\n\
-             \"write:limited\" = {{ per_minute = 3 }}\n",
-            data = dir.path().join("data").display(),
-        ),
-    )
-    .unwrap();
-    let _server = support::spawn(
-        &[
-            "server",
-            "--config",
-            config.to_str().unwrap(),
-            "--keyring",
-            ring.to_str().unwrap(),
-            "--require-tokens",
-        ]
-        .map(str::to_owned),
-        &dir.path().join("server.log"),
+    let server = Embedded::start(
+        dir.path(),
+        "[directory.limits.grpc]\n\"write:assigns\" = { per_minute = 2 }\n\
+         [volume.limits]\ntrusted_proxies = [\"127.0.0.4/32\"]\n\
+         http = { per_minute = 3 }\n\
+         [volume.limits.grpc]\n\"read:*\" = { per_minute = 2 }\n\
+         \"write:limited\" = { per_minute = 3 }\n",
+        &["--keyring", ring.to_str().unwrap(), "--require-tokens"],
     );
-    let addr = format!("127.0.0.1:{directory}");
+    let (addr, metrics) = (server.addr.clone(), server.metrics);
     let token_of = |subject: &str| {
         let out = std::process::Command::new(support::BIN)
             .args(["token", "create", "--keyring", ring.to_str().unwrap()])
@@ -1289,40 +1324,20 @@ async fn audit_lines(
 async fn the_audit_log_has_a_line_for_every_access_with_its_fields() {
     let dir = tempfile::tempdir().unwrap();
     let ring = write_keyring(dir.path(), false);
-    let port = support::free_port;
-    let (directory, grpc, http) = (port(), port(), port());
     let (directory_log, volume_log) = (dir.path().join("d.log"), dir.path().join("v.log"));
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{data}\"\n\
-             directory_listen = \"127.0.0.1:{directory}\"\n\
-             grpc_listen = \"127.0.0.1:{grpc}\"\n\
-             http_listen = \"127.0.0.1:{http}\"\n\
-             [directory]\npulse = \"1s\"\n\
+    let server = Embedded::start(
+        dir.path(),
+        &format!(
+            "[directory]\npulse = \"1s\"\n\
              [directory.audit]\npath = \"{directory_log}\"\n\
              [directory.collections.private]\naccess = \"signed\"\n\
              [volume.audit]\npath = \"{volume_log}\"\n",
-            data = dir.path().join("data").display(),
             directory_log = directory_log.display(),
             volume_log = volume_log.display(),
         ),
-    )
-    .unwrap();
-    let _server = support::spawn(
-        &[
-            "server",
-            "--config",
-            config.to_str().unwrap(),
-            "--keyring",
-            ring.to_str().unwrap(),
-            "--require-tokens",
-        ]
-        .map(str::to_owned),
-        &dir.path().join("server.log"),
+        &["--keyring", ring.to_str().unwrap(), "--require-tokens"],
     );
-    let addr = format!("127.0.0.1:{directory}");
+    let addr = server.addr.clone();
     let (token, token_id) = mint_with_id(&ring, &["write:*", "read:*", "sign:private"]);
     let alice = connect_when_up(&addr).await.with_token(&token).unwrap();
     let options = |collection: &str| UploadOptions {

@@ -56,9 +56,21 @@ pub enum Caller {
 pub struct Revoked(parking_lot::RwLock<Arc<std::collections::HashSet<String>>>);
 
 impl Revoked {
-    /// Replaces the list.
-    pub fn set(&self, ids: impl IntoIterator<Item = String>) {
-        *self.0.write() = Arc::new(ids.into_iter().collect());
+    /// Replaces the list; whether it changed.
+    pub fn set(&self, ids: impl IntoIterator<Item = String>) -> bool {
+        let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+        if **self.0.read() == ids {
+            return false;
+        }
+        *self.0.write() = Arc::new(ids);
+        true
+    }
+
+    /// The revoked ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.0.read().iter().cloned().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Whether `token_id` is revoked.
@@ -537,12 +549,7 @@ impl Started {
                 .next()
                 .unwrap_or_default()
                 .to_owned(),
-            request_id: request
-                .headers()
-                .get(hayloft_proto::REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
+            request_id: hayloft_proto::request_id_header(request.headers()).to_owned(),
             client: request
                 .extensions()
                 .get::<tonic::transport::server::TcpConnectInfo>()

@@ -55,6 +55,15 @@ pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
         .map_or_else(new_request_id, str::to_owned)
 }
 
+/// The `x-request-id` among HTTP `headers` ("" if absent or not text), as
+/// sent: for logs that record what the caller named, never a new one.
+pub fn request_id_header(headers: &tonic::codegen::http::HeaderMap) -> &str {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
 /// A request carrying `request_id` in `x-request-id`, so that every server
 /// it reaches (and every copy a write is forwarded to) logs it under one id.
 pub fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {

@@ -48,6 +48,9 @@ pub(crate) struct Heartbeat {
     pub(crate) credential: hayloft_proto::Credential,
     /// The token gate's deny list, from the directory's answers.
     pub(crate) revoked: Arc<hayloft_access::grpc::Revoked>,
+    /// Where the revoked ids are kept, so that a restarted server refuses
+    /// them before its first heartbeat is answered.
+    pub(crate) revoked_file: Option<std::path::PathBuf>,
 }
 
 /// Sends heartbeats until `stop` completes. Failures are logged and retried
@@ -65,6 +68,7 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
         access,
         credential,
         revoked,
+        revoked_file,
     } = heartbeat;
     // Follows the group's leader; a call gives up after a pulse and is
     // sent again at the next. A node that does not answer within a couple of
@@ -115,7 +119,11 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
                     warned = false;
                     replication.heartbeat_answered(&failures, reply.volumes);
                     access.set_signed(reply.signed_collections);
-                    revoked.set(reply.revoked_tokens);
+                    if revoked.set(reply.revoked_tokens)
+                        && let Some(path) = &revoked_file
+                    {
+                        save_revoked(path, &revoked.ids());
+                    }
                     if reply.pulse_seconds > 0 {
                         pulse = pulse.min(Duration::from_secs(u64::from(reply.pulse_seconds)));
                     }
@@ -142,4 +150,21 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
             _ = now.notified() => {}
         }
     }
+}
+
+/// Keeps the revoked token ids in `path` (JSON list).
+fn save_revoked(path: &std::path::Path, ids: &[String]) {
+    // A list of strings always serialises.
+    let json = serde_json::to_vec(ids).unwrap_or_default();
+    if let Err(e) = hayloft_storage::write_atomically(path, &json) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot keep the revoked token ids");
+    }
+}
+
+/// The revoked token ids kept in `path` (none if it is missing or unreadable).
+pub(crate) fn load_revoked(path: &std::path::Path) -> Vec<String> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .unwrap_or_default()
 }

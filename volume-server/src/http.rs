@@ -296,12 +296,7 @@ fn audit_request(
         .find_map(|pair| pair.strip_prefix("k="))
         .filter(|key| hayloft_access::valid_key_id(key));
     audit.record(Event {
-        request_id: request
-            .headers()
-            .get(hayloft_proto::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+        request_id: hayloft_proto::request_id_header(request.headers()).to_owned(),
         subject: key.map(|key| format!("key:{key}")).unwrap_or_default(),
         client: client.map(|ip| ip.to_string()).unwrap_or_default(),
         protocol: "http",

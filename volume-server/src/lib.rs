@@ -447,7 +447,15 @@ impl VolumeServer {
                 wait_stop(),
             ));
         }
+        let revoked_file = self
+            .config
+            .hot_dirs
+            .first()
+            .map(|dir| dir.join("revoked-tokens.json"));
         let revoked = Arc::new(hayloft_access::grpc::Revoked::default());
+        if let Some(path) = &revoked_file {
+            revoked.set(heartbeat::load_revoked(path));
+        }
         let hayloft_access::grpc::ServerAuth { credential, gate } =
             hayloft_access::grpc::ServerAuth::new(
                 self.keyring.as_ref(),
@@ -492,6 +500,7 @@ impl VolumeServer {
                 access: Arc::clone(&access),
                 credential: credential.clone(),
                 revoked,
+                revoked_file,
             },
             wait_stop(),
         ));
