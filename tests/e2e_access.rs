@@ -1053,43 +1053,58 @@ async fn sign_url_hands_out_urls_to_the_sign_scope_of_the_blobs_collection_only(
             .code()
             .unwrap()
     };
-    let id = |b: &hayloft_client::Uploaded| b.blob_id.clone();
-    assert_eq!(
-        code(signer.clone(), id(&photos), ten_minutes, "").await,
-        Code::PermissionDenied
-    );
-    assert_eq!(
-        code(writer.clone(), id(&private), ten_minutes, "").await,
-        Code::PermissionDenied
-    );
-    assert_eq!(
-        code(
-            std::sync::Arc::new(connect_when_up(&addr).await),
-            id(&private),
-            ten_minutes,
-            ""
-        )
-        .await,
-        Code::Unauthenticated
-    );
-    let two_hours = Duration::from_secs(7200);
-    assert_eq!(
-        code(signer.clone(), id(&private), two_hours, "").await,
-        Code::InvalidArgument
-    );
-    assert_eq!(
-        code(signer.clone(), id(&private), ten_minutes, "../x").await,
-        Code::InvalidArgument
-    );
-    assert_eq!(
-        code(signer.clone(), "zz".into(), ten_minutes, "").await,
-        Code::InvalidArgument
-    );
+    let anonymous = std::sync::Arc::new(connect_when_up(&addr).await);
     let unknown = format!("{:x}{:08x}", (999u64 << 32) | 1, 0xdead_beef_u32);
-    assert_eq!(
-        code(signer.clone(), unknown, ten_minutes, "").await,
-        Code::NotFound
-    );
+    let two_hours = Duration::from_secs(7200);
+    let refusals = [
+        (
+            &signer,
+            &photos.blob_id,
+            ten_minutes,
+            "",
+            Code::PermissionDenied,
+        ),
+        (
+            &writer,
+            &private.blob_id,
+            ten_minutes,
+            "",
+            Code::PermissionDenied,
+        ),
+        (
+            &anonymous,
+            &private.blob_id,
+            ten_minutes,
+            "",
+            Code::Unauthenticated,
+        ),
+        (
+            &signer,
+            &private.blob_id,
+            two_hours,
+            "",
+            Code::InvalidArgument,
+        ),
+        (
+            &signer,
+            &private.blob_id,
+            ten_minutes,
+            "../x",
+            Code::InvalidArgument,
+        ),
+        (
+            &signer,
+            &"zz".to_owned(),
+            ten_minutes,
+            "",
+            Code::InvalidArgument,
+        ),
+        (&signer, &unknown, ten_minutes, "", Code::NotFound),
+    ];
+    for (client, blob, ttl, name, expected) in refusals {
+        let got = code(std::sync::Arc::clone(client), blob.clone(), ttl, name).await;
+        assert_eq!(got, expected, "{blob} {ttl:?} {name:?}");
+    }
 
     // `hayloft sign` without a key ring asks the directory, with the token.
     let out = tokio::process::Command::new(support::BIN)
