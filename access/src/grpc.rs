@@ -233,16 +233,6 @@ impl Who {
             quota: Quota::of(extensions),
         }
     }
-
-    /// [`require`] for a caller taken out of its request.
-    ///
-    /// # Errors
-    /// PERMISSION_DENIED, RESOURCE_EXHAUSTED, or INTERNAL for a request that
-    /// never passed a gate.
-    pub fn require(&self, op: Op, collection: &str) -> Result<(), Status> {
-        Caller::require(self.caller.as_ref(), op, collection)?;
-        Quota::charge_to(self.quota.as_ref(), op, collection)
-    }
 }
 
 /// Whom a call is counted against, and the limits (in a request's

@@ -38,6 +38,10 @@ pub const NEEDLE_BLOCK: u64 = 100_000;
 /// Largest sequence number in a volume (needle ids are `volume << 32 | seq`).
 const MAX_SEQ: u64 = u32::MAX as u64;
 
+/// How long after its creation a copy a heartbeat leaves out is still
+/// taken as present (the heartbeat may have been sent before it existed).
+pub const JUST_CREATED_SECS: u64 = 15;
+
 pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -383,7 +387,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Records a volume whose copies have just been created on `servers`.
+    /// Records a volume whose copies have just been created on `servers`
+    /// (taken as present for [`JUST_CREATED_SECS`] even by a heartbeat that
+    /// leaves them out: it may have been sent before the creation).
     pub async fn register_volume(
         &self,
         volume_id: u32,
@@ -625,6 +631,22 @@ impl Cluster {
                 let mut status = status;
                 status.failed_replicas.clear();
                 row.status = Some(status);
+            }
+            // A heartbeat taken before a volume was created here may be
+            // answered after its registration: it does not make the new copy
+            // missing (which would mark the volume degraded, refusing writes
+            // until the next pulse). Later heartbeats do.
+            let now = now_unix();
+            if let Some(previous) = inner.reported.get(&server_id) {
+                for (id, status) in previous {
+                    let just_created = inner.volumes.get(id).is_some_and(|e| {
+                        e.row.replicas.contains(&server_id)
+                            && now.saturating_sub(e.row.created_at) <= JUST_CREATED_SECS
+                    });
+                    if just_created && !reported.contains_key(id) {
+                        reported.insert(*id, status.clone());
+                    }
+                }
             }
             inner.reported.insert(server_id.clone(), reported);
             inner.suspects.remove(&server_id);

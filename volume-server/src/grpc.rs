@@ -229,12 +229,9 @@ impl VolumeService {
                     "the write grant for blob {} is not valid: {e}",
                     header.blob_id
                 ))
-            })
-            .and_then(|()| {
-                hayloft_access::grpc::Quota::charge_to(who.quota.as_ref(), Op::Write, collection)
             });
         }
-        who.require(Op::Write, collection)
+        Caller::require(who.caller.as_ref(), Op::Write, collection)
     }
 
     /// Ends long-lived streams (`Replicate`) once `stop` becomes true, so
@@ -720,6 +717,13 @@ impl VolumeService {
             Vec::new()
         } else {
             self.replication.check_writable(blob.volume().0)?;
+            // Counted once it would be written: a write this volume cannot
+            // take (the client retries elsewhere) costs the caller nothing.
+            hayloft_access::grpc::Quota::charge_to(
+                who.quota.as_ref(),
+                Op::Write,
+                volume.collection(),
+            )?;
             self.replication.others(blob.volume().0, &header.replicas)
         };
         Ok((blob, volume, meta, targets))
