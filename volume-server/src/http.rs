@@ -274,7 +274,8 @@ fn audit_request(
     let logged = refused
         || match audit.reads() {
             AuditReads::All => true,
-            AuditReads::Signed => served.signed,
+            // The signature was checked: it passed or was refused.
+            AuditReads::Signed => served.signed_until.is_some() || served.refusal.is_some(),
             AuditReads::None => false,
         };
     if !logged {
@@ -552,8 +553,6 @@ struct Served {
     signed_until: Option<u64>,
     /// The blob's collection, when there is an audit log.
     collection: Option<String>,
-    /// The blob is in a signed collection.
-    signed: bool,
     /// Why its signed URL was refused.
     refusal: Option<&'static str>,
     /// `Surrogate-Key` and `Cache-Tag` of a blob of a volume held here.
@@ -603,7 +602,6 @@ fn local_read(
         && !access.all_public()
         && access.is_signed(handle.collection())
     {
-        served.signed = true;
         let (path, query) = (request.uri().path(), request.uri().query());
         if let Err(refused) = access.check(path, query, peer) {
             served.refusal = Some(refused.reason());
