@@ -301,6 +301,29 @@ async fn upload_read_over_grpc_and_http_then_delete() {
             &content(*seed, *len)[..]
         );
     }
+
+    // A command whose reader goes away (`hayloft status | head`) ends
+    // quietly: killed by SIGPIPE like any Unix tool, no panic, no backtrace.
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["status", "--capacity"],
+    ] {
+        let mut child = std::process::Command::new(support::BIN)
+            .args(args)
+            .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+            .env("RUST_BACKTRACE", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader leaves before the first line is written.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -15,10 +15,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
+
+use crate::reload::{FileStamps, Reload};
 
 /// Shortest secret accepted, in bytes (HMAC-SHA256's block of entropy).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -203,18 +204,7 @@ impl Keyring {
 pub struct SharedKeyring {
     path: PathBuf,
     current: RwLock<Arc<Keyring>>,
-    /// The files read last time with their modification times.
-    stamps: Mutex<Vec<(PathBuf, Option<SystemTime>)>>,
-}
-
-fn stamps(files: Vec<PathBuf>) -> Vec<(PathBuf, Option<SystemTime>)> {
-    files
-        .into_iter()
-        .map(|f| {
-            let modified = std::fs::metadata(&f).and_then(|m| m.modified()).ok();
-            (f, modified)
-        })
-        .collect()
+    stamps: Mutex<FileStamps>,
 }
 
 impl SharedKeyring {
@@ -224,7 +214,7 @@ impl SharedKeyring {
         Ok(Arc::new(SharedKeyring {
             path: path.to_owned(),
             current: RwLock::new(Arc::new(ring)),
-            stamps: Mutex::new(stamps(files)),
+            stamps: Mutex::new(FileStamps::of(files)),
         }))
     }
 
@@ -241,10 +231,7 @@ impl SharedKeyring {
     /// Whether the key ring file, or a secret file it names, changed since
     /// it was last read.
     pub fn changed(&self) -> bool {
-        let stamps = self.stamps.lock();
-        stamps.iter().any(|(file, modified)| {
-            std::fs::metadata(file).and_then(|m| m.modified()).ok() != *modified
-        })
+        self.stamps.lock().changed()
     }
 
     /// Reads the file again and puts its keys in use. On error the keys in
@@ -255,21 +242,38 @@ impl SharedKeyring {
             Ok((ring, files)) => {
                 let ring = Arc::new(ring);
                 *self.current.write() = Arc::clone(&ring);
-                *self.stamps.lock() = stamps(files);
+                *self.stamps.lock() = FileStamps::of(files);
                 Ok(ring)
             }
             Err(e) => {
                 let mut stamps = self.stamps.lock();
-                let files: Vec<PathBuf> = stamps.iter().map(|(f, _)| f.clone()).collect();
-                *stamps = self::stamps(files);
+                *stamps = stamps.restamp();
                 Err(e)
             }
         }
     }
 }
 
-/// How often [`watch_keyring`] looks at the key ring's files.
-const KEYRING_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+impl Reload for SharedKeyring {
+    const WHAT: &'static str = "key ring";
+    const METRIC: &'static str = "hayloft_keyring_reloads_total";
+
+    fn changed(&self) -> bool {
+        SharedKeyring::changed(self)
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        SharedKeyring::reload(self)
+            .map(|ring| {
+                format!(
+                    "{}: keys {:?}",
+                    self.path.display(),
+                    ring.ids().collect::<Vec<_>>()
+                )
+            })
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
 
 /// Reloads `keyring` on SIGHUP and when its files change, until `stop`.
 /// A reload that fails keeps the keys in use, and says why.
@@ -277,41 +281,7 @@ pub async fn watch_keyring(
     keyring: std::sync::Arc<SharedKeyring>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    tokio::pin!(stop);
-    loop {
-        let hup = async {
-            match hangup.as_mut() {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let why = tokio::select! {
-            _ = &mut stop => return,
-            _ = hup => "SIGHUP",
-            _ = tokio::time::sleep(KEYRING_POLL) => {
-                if !keyring.changed() {
-                    continue;
-                }
-                "its files changed"
-            }
-        };
-        match keyring.reload() {
-            Ok(ring) => {
-                metrics::counter!("hayloft_keyring_reloads_total", "result" => "ok").increment(1);
-                tracing::info!(path = %keyring.path().display(), why, keys = ?ring.ids().collect::<Vec<_>>(),
-                    "key ring reloaded");
-            }
-            Err(error) => {
-                metrics::counter!("hayloft_keyring_reloads_total", "result" => "error")
-                    .increment(1);
-                tracing::error!(path = %keyring.path().display(), why, %error,
-                    "key ring not reloaded; the keys in use stay");
-            }
-        }
-    }
+    crate::reload::watch(keyring, stop).await;
 }
 
 #[cfg(test)]
@@ -347,7 +317,7 @@ mod tests {
             "signing = \"k1\"\n[[keys]]\nid = \"k1\"\nsecret_file = \"k1\"\n",
         )
         .unwrap();
-        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
         std::fs::File::options()
             .write(true)
             .open(&path)

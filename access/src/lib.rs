@@ -12,26 +12,32 @@
 //! - [`audit`]: the audit log, one JSON line per access.
 //! - [`limits`]: rate limits per client address (HTTP) and per caller and
 //!   operation (gRPC).
+//! - [`tls`]: TLS for gRPC and the HTTP origin, client certificates between
+//!   servers, reloaded without a restart ([`reload`]).
 
 pub mod audit;
 pub mod grpc;
 mod keyring;
 pub mod limits;
+pub mod reload;
 pub mod signed_url;
+pub mod tls;
 pub mod token;
 
 pub use keyring::{Keyring, KeyringError, SharedKeyring, valid_key_id, watch_keyring};
 pub use signed_url::{Denied, UrlPolicy};
 
 /// Why a server refuses to serve gRPC on `addr`: a non-loopback address
-/// without tokens required, unless the operator said `insecure` (then it
+/// where no caller must prove who it is (neither tokens nor client
+/// certificates required), unless the operator said `insecure` (then it
 /// only warns, at every start). `None`: it may serve.
 pub fn insecure_listen(
     addr: std::net::SocketAddr,
     require_tokens: bool,
+    require_client_certs: bool,
     insecure: bool,
 ) -> Option<String> {
-    if addr.ip().is_loopback() || require_tokens {
+    if addr.ip().is_loopback() || require_tokens || require_client_certs {
         return None;
     }
     if insecure {
@@ -42,7 +48,7 @@ pub fn insecure_listen(
     Some(format!(
         "refusing to serve gRPC on {addr} without tokens: anyone who reaches it could read, \
          write and delete any blob. Set require_tokens = true with a keyring (--keyring K \
-         --require-tokens), listen on a loopback address, or pass --insecure (insecure = true) \
+         --require-tokens) or [tls] require_client_certs = true, listen on a loopback address, or pass --insecure (insecure = true) \
          on a network you trust"
     ))
 }
@@ -69,5 +75,22 @@ impl std::str::FromStr for Access {
                 "unknown access mode {other:?} (expected \"public\" or \"signed\")"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_grpc_address_needs_tokens_or_client_certificates_or_insecure() {
+        let public: std::net::SocketAddr = "0.0.0.0:9331".parse().unwrap();
+        let loopback: std::net::SocketAddr = "127.0.0.1:9331".parse().unwrap();
+        assert!(insecure_listen(loopback, false, false, false).is_none());
+        let refusal = insecure_listen(public, false, false, false).unwrap();
+        assert!(refusal.contains("require_client_certs") && refusal.contains("--insecure"));
+        assert!(insecure_listen(public, true, false, false).is_none());
+        assert!(insecure_listen(public, false, true, false).is_none());
+        assert!(insecure_listen(public, false, false, true).is_none());
     }
 }

@@ -21,22 +21,22 @@ pub struct Connection {
 
 impl Connection {
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let client = Client::connect(&self.directory)
+        Client::connect_with(&self.directory, credential()?)
             .await
-            .with_context(|| format!("connecting to the directory at {}", self.directory))?;
-        Ok(match std::env::var("HAYLOFT_TOKEN") {
-            Ok(token) if !token.trim().is_empty() => client
-                .with_token(&token)
-                .context("HAYLOFT_TOKEN is not a usable token")?,
-            _ => client,
-        })
+            .with_context(|| format!("connecting to the directory at {}", self.directory))
     }
 
-    /// The directory group, with the token in `HAYLOFT_TOKEN` (if set).
+    /// The directory group, with the credential of the environment.
     pub fn directories(&self) -> anyhow::Result<hayloft_proto::Directories> {
-        Ok(hayloft_proto::Directories::new(&self.directory)?
-            .with_credential(hayloft_proto::Credential::from_env())?)
+        Ok(hayloft_proto::Directories::new(&self.directory)?.with_credential(credential()?)?)
     }
+}
+
+/// What client commands present: the token in `HAYLOFT_TOKEN`, TLS with
+/// the CA in `HAYLOFT_TLS_CA` and the client certificate in
+/// `HAYLOFT_TLS_CERT` / `HAYLOFT_TLS_KEY` (each if set).
+pub fn credential() -> anyhow::Result<hayloft_proto::Credential> {
+    hayloft_proto::Credential::from_env().map_err(|e| anyhow::anyhow!("{}", e.message()))
 }
 
 #[derive(Args)]
@@ -436,6 +436,8 @@ fn replicas_text(volume: &hayloft_proto::VolumeRecord) -> String {
 /// address given, in order, then of members they name that were not given
 /// (a node added since); `None` for a node that does not answer.
 async fn directory_nodes(addrs: &str) -> Vec<(String, Option<hayloft_proto::NodeStatus>)> {
+    // A bad environment fails the status call that follows, with its reason.
+    let credential = credential().unwrap_or_default();
     let mut nodes: Vec<(String, Option<hayloft_proto::NodeStatus>)> = Vec::new();
     let mut queue: std::collections::VecDeque<String> = addrs
         .split(',')
@@ -447,13 +449,9 @@ async fn directory_nodes(addrs: &str) -> Vec<(String, Option<hayloft_proto::Node
         if nodes.iter().any(|(known, _)| *known == addr) {
             continue;
         }
-        let answer = hayloft_proto::ask_node(
-            &addr,
-            std::time::Duration::from_secs(2),
-            &hayloft_proto::Credential::from_env(),
-        )
-        .await
-        .ok();
+        let answer = hayloft_proto::ask_node(&addr, std::time::Duration::from_secs(2), &credential)
+            .await
+            .ok();
         if let Some(node) = &answer {
             queue.extend(
                 node.members

@@ -225,14 +225,16 @@ pub async fn server(
         .await
         .context("starting the directory")?;
     volume_config.directory = directory.local_addr().to_string();
+    let origin_https = volume_config.tls.as_ref().is_some_and(|tls| tls.origin);
     let volume = VolumeServer::bind(volume_config)
         .await
         .context("starting the volume server")?;
     println!("hayloft server: data in {}", data_dir.display());
     println!("  directory (gRPC)  {}", directory.local_addr());
     println!("  volume    (gRPC)  {}", volume.grpc_addr());
+    let origin = if origin_https { "https" } else { "http" };
     println!(
-        "  origin    (HTTP)  http://{}/<blob id>",
+        "  origin    (HTTP)  {origin}://{}/<blob id>",
         volume.http_addr()
     );
     if let Some(metrics) = metrics {
@@ -371,6 +373,32 @@ mod tests {
         assert_eq!(policy.expiries.len(), 1);
         // The built-in policy of `hayloft server` parses too.
         crate::tier::load_policy(None).unwrap();
+    }
+
+    /// The example's commented-out `[tls]` block, uncommented.
+    fn tls_block(example: &str) -> String {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(example),
+        )
+        .unwrap();
+        text.lines()
+            .skip_while(|line| *line != "# [tls]")
+            .take_while(|line| line.starts_with("# "))
+            .map(|line| format!("{}\n", &line[2..]))
+            .collect()
+    }
+
+    #[test]
+    fn the_examples_tls_blocks_parse() {
+        let volume: VolumeServerConfig = toml::from_str(&tls_block("volume.example.toml")).unwrap();
+        let tls = volume.tls.unwrap();
+        assert!(tls.require_client_certs && tls.origin);
+        assert_eq!(tls.ca, Path::new("/etc/hayloft/tls/ca.pem"));
+        let directory: DirectoryConfig =
+            toml::from_str(&tls_block("directory.example.toml")).unwrap();
+        assert!(directory.tls.unwrap().require_client_certs);
     }
 
     #[test]

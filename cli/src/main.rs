@@ -81,6 +81,45 @@ struct AuthArgs {
     /// otherwise): only on a network you trust.
     #[arg(long)]
     insecure: bool,
+    /// TLS: this server's certificate chain (PEM). With --tls-key and
+    /// --tls-ca; overrides the config's [tls] (reloaded on SIGHUP and
+    /// change).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// TLS: the cluster's CA (PEM): trusted for the servers this one calls
+    /// and for client certificates.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// gRPC callers must present a client certificate signed by the CA
+    /// (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    require_client_certs: bool,
+}
+
+impl AuthArgs {
+    /// The `[tls]` these flags give, over the config's `file`.
+    fn tls(
+        &self,
+        file: Option<hayloft_access::tls::TlsConfig>,
+    ) -> Option<hayloft_access::tls::TlsConfig> {
+        let mut tls = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(hayloft_access::tls::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+                require_client_certs: false,
+                origin: file.as_ref().is_none_or(|f| f.origin),
+            }),
+            _ => file,
+        };
+        if let Some(tls) = &mut tls {
+            tls.require_client_certs |= self.require_client_certs;
+        }
+        tls
+    }
 }
 
 #[derive(Args)]
@@ -248,6 +287,21 @@ struct VolumeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let daemon = match &cli.command {
+        Command::Server(_) | Command::Volume(_) => true,
+        Command::Directory(args) => args.group.is_none(),
+        Command::Tier(args) => args.is_daemon(),
+        _ => false,
+    };
+    if !daemon {
+        // A client command whose output is cut short (`hayloft status |
+        // head`) ends quietly, like any Unix tool, instead of panicking on
+        // the broken pipe. Daemons keep SIGPIPE ignored. Sockets are
+        // unaffected: their writes never raise it (MSG_NOSIGNAL).
+        // SAFETY: at start, before any thread exists; SIG_DFL is a valid
+        // disposition for SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let verbose = cli.verbose;
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -269,7 +323,11 @@ fn error_lines(error: &anyhow::Error) -> String {
     let mut lines = String::new();
     let mut last = String::new();
     for (i, cause) in error.chain().enumerate() {
-        let text = cause.to_string();
+        // A status says its code and message; the line before said both.
+        let text = match cause.downcast_ref::<tonic::Status>() {
+            Some(status) => status.message().to_owned(),
+            None => cause.to_string(),
+        };
         if i > 0 && last.contains(&text) {
             continue;
         }
@@ -298,7 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 file.http_listen = args.http_listen.or(file.http_listen);
                 file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
                 let (mut directory, mut volume) = file.configs()?;
-                if let Some(keyring) = args.auth.keyring {
+                if let Some(keyring) = args.auth.keyring.clone() {
                     volume.keyring = Some(keyring);
                 }
                 // The directory signs grants and checks tokens with the
@@ -308,6 +366,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 volume.require_tokens |= args.auth.require_tokens;
                 directory.insecure |= args.auth.insecure;
                 volume.insecure |= args.auth.insecure;
+                // One certificate for both, unless the file gives each its own.
+                volume.tls = args.auth.tls(volume.tls);
+                directory.tls = args.auth.tls(directory.tls.or_else(|| volume.tls.clone()));
                 let policy = tier::load_policy(args.policy.as_deref().or(file.policy.as_deref()))?;
                 let tier_interval = args
                     .tier_interval
@@ -345,11 +406,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::ensure!(copies >= 1, "--replication must be at least 1");
                     config.replication = copies;
                 }
-                if let Some(keyring) = args.auth.keyring {
+                if let Some(keyring) = args.auth.keyring.clone() {
                     config.keyring = Some(keyring);
                 }
                 config.require_tokens |= args.auth.require_tokens;
                 config.insecure |= args.auth.insecure;
+                config.tls = args.auth.tls(config.tls.take());
                 if let Some(after) = args.repair_after {
                     config.repair_after = after.into();
                 }
@@ -388,11 +450,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(rack) = args.rack {
                     config.rack = rack;
                 }
-                if let Some(keyring) = args.auth.keyring {
+                if let Some(keyring) = args.auth.keyring.clone() {
                     config.keyring = Some(keyring);
                 }
                 config.require_tokens |= args.auth.require_tokens;
                 config.insecure |= args.auth.insecure;
+                config.tls = args.auth.tls(config.tls.take());
                 if let Some(timeout) = args.replica_timeout {
                     config.replica_timeout = timeout.into();
                 }

@@ -63,8 +63,8 @@ fn print_plan(plan: &RepairResponse) {
 
 pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let addr = &args.connection.directory;
-    let directory = hayloft_proto::Directories::new(addr)?
-        .with_credential(hayloft_proto::Credential::from_env())?;
+    let directory =
+        hayloft_proto::Directories::new(addr)?.with_credential(crate::commands::credential()?)?;
     let dry_run = args.dry_run;
     let plan = directory
         .call(|mut directory| async move { directory.repair(RepairRequest { dry_run }).await })

@@ -152,6 +152,13 @@ pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
     })
 }
 
+impl TierArgs {
+    /// Whether this runs as a daemon (the worker) rather than a command.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, TierCommand::Worker { .. })
+    }
+}
+
 pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
     let directory = args.directory;
     match args.command {

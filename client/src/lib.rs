@@ -182,26 +182,19 @@ struct Slot {
     locations: Vec<ServerLocation>,
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
+fn endpoint(credential: &hayloft_proto::Credential, addr: &str) -> Result<Endpoint> {
     // HTTP/2 pings while a call is open: a server that hangs (paused,
     // wedged) fails the call within a few seconds instead of holding it for
     // ever, and the read or upload goes to another copy.
-    Endpoint::from_shared(uri)
+    credential
+        .endpoint(addr)
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(2))
                 .keep_alive_timeout(Duration::from_secs(3))
         })
-        .map_err(|source| Error::Connect {
-            addr: addr.to_owned(),
-            source,
-        })
+        .map_err(Error::Status)
 }
 
 /// The same failure for another blob (errors are not `Clone`).
@@ -272,11 +265,19 @@ impl Client {
     /// directory group comma-separated: calls follow its leader), waiting up
     /// to [`STARTUP_WAIT`] for one that is still starting.
     pub async fn connect(addr: &str) -> Result<Client> {
-        let directory = hayloft_proto::Directories::new(addr).map_err(Error::Status)?;
+        Client::connect_with(addr, hayloft_proto::Credential::none()).await
+    }
+
+    /// As [`Client::connect`], presenting `credential` (a token, and over
+    /// TLS the CA to trust and a client certificate) with every call.
+    pub async fn connect_with(addr: &str, credential: hayloft_proto::Credential) -> Result<Client> {
+        let directory = hayloft_proto::Directories::new(addr)
+            .and_then(|d| d.with_credential(credential.clone()))
+            .map_err(Error::Status)?;
         let endpoints = directory
             .addrs()
             .iter()
-            .map(|a| Ok((a.clone(), endpoint(a)?)))
+            .map(|a| Ok((a.clone(), endpoint(&credential, a)?)))
             .collect::<Result<Vec<_>>>()?;
         // One node that accepts a connection is enough: it names the leader.
         while_starting(|| async {
@@ -284,6 +285,12 @@ impl Client {
             for (addr, endpoint) in &endpoints {
                 match endpoint.connect().await {
                     Ok(_) => return Ok(()),
+                    Err(source) if hayloft_proto::tls_refusal(&source).is_some() => {
+                        let refusal = hayloft_proto::tls_refusal(&source).unwrap_or_default();
+                        return Err(Error::Status(tonic::Status::failed_precondition(format!(
+                            "{addr}: {refusal}"
+                        ))));
+                    }
                     Err(source) => {
                         last = Some(Error::Connect {
                             addr: addr.clone(),
@@ -300,7 +307,7 @@ impl Client {
             channels: Mutex::new(HashMap::new()),
             locations: Mutex::new(HashMap::new()),
             reserved: tokio::sync::Mutex::new(HashMap::new()),
-            credential: hayloft_proto::Credential::none(),
+            credential,
         })
     }
 
@@ -310,7 +317,7 @@ impl Client {
     /// # Errors
     /// A token that cannot travel in a header.
     pub fn with_token(mut self, token: &str) -> Result<Client> {
-        self.credential = hayloft_proto::Credential::bearer(token).map_err(Error::Status)?;
+        self.credential = self.credential.with_token(token).map_err(Error::Status)?;
         self.directory = self
             .directory
             .with_credential(self.credential.clone())
@@ -397,7 +404,7 @@ impl Client {
             match channels.get(addr) {
                 Some(channel) => channel.clone(),
                 None => {
-                    let channel = endpoint(addr)?.connect_lazy();
+                    let channel = endpoint(&self.credential, addr)?.connect_lazy();
                     channels.insert(addr.to_owned(), channel.clone());
                     channel
                 }
@@ -532,7 +539,7 @@ impl Client {
                 };
                 let answer = match response.written {
                     Some(written) if response.code == 0 => Ok(Uploaded {
-                        url: format!("http://{}/{}", slot.locations[0].http_addr, written.blob_id),
+                        url: format!("{}/{}", slot.locations[0].origin_url(), written.blob_id),
                         blob_id: written.blob_id,
                         size: written.size,
                         etag: written.etag,
@@ -614,7 +621,7 @@ impl Client {
                 Ok(response) => {
                     let response = response.into_inner();
                     return Ok(Uploaded {
-                        url: format!("http://{}/{}", location.http_addr, response.blob_id),
+                        url: format!("{}/{}", location.origin_url(), response.blob_id),
                         blob_id: response.blob_id,
                         size: response.size,
                         etag: response.etag,
@@ -754,14 +761,7 @@ impl Client {
         let volume = blob_id.parse::<BlobId>()?.volume().0;
         let locations = self.locate(volume, false).await?;
         let location = locations.first().ok_or(Error::NoLocation(volume))?;
-        sign_url(
-            ring,
-            &format!("http://{}", location.http_addr),
-            blob_id,
-            None,
-            ttl,
-            bind,
-        )
+        sign_url(ring, &location.origin_url(), blob_id, None, ttl, bind)
     }
 
     /// A blob's metadata.

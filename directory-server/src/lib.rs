@@ -145,6 +145,10 @@ pub struct DirectoryConfig {
     /// The audit log: a JSON line per Assign, SignUrl, admin call and
     /// refusal (see README, "Audit log"). Default: none.
     pub audit: hayloft_access::audit::AuditConfig,
+    /// TLS for gRPC, and for this node's calls to volume servers and the
+    /// other nodes (see README, "TLS"; `origin` does not apply). Default:
+    /// none (plain TCP).
+    pub tls: Option<hayloft_access::tls::TlsConfig>,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -211,6 +215,7 @@ impl Default for DirectoryConfig {
             signed_url_max_lifetime: Duration::from_secs(24 * 3600),
             limits: hayloft_access::limits::LimitsConfig::default(),
             audit: hayloft_access::audit::AuditConfig::default(),
+            tls: None,
         }
     }
 }
@@ -266,6 +271,7 @@ pub struct Directory {
     auth: hayloft_access::grpc::ServerAuth,
     limits: Option<Arc<hayloft_access::limits::RateLimits>>,
     audit: Option<Arc<hayloft_access::audit::AuditLog>>,
+    tls: Option<Arc<hayloft_access::tls::ServerTls>>,
 }
 
 impl Directory {
@@ -273,9 +279,19 @@ impl Directory {
     /// Raft (initialising the group on its first start, see
     /// `consensus::start`).
     pub async fn bind(config: DirectoryConfig) -> Result<Directory> {
-        if let Some(refusal) =
-            hayloft_access::insecure_listen(config.listen, config.require_tokens, config.insecure)
-        {
+        let tls = match &config.tls {
+            Some(tls) => Some(
+                hayloft_access::tls::ServerTls::load(tls)
+                    .map_err(|e| Error::InvalidArgument(format!("tls: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(refusal) = hayloft_access::insecure_listen(
+            config.listen,
+            config.require_tokens,
+            tls.as_ref().is_some_and(|tls| tls.requires_client_certs()),
+            config.insecure,
+        ) {
             return Err(Error::FailedPrecondition(refusal));
         }
         let keyring = match &config.keyring {
@@ -327,6 +343,13 @@ impl Directory {
             service::needs,
             cluster.revocations(),
         );
+        let auth = match &tls {
+            Some(tls) => hayloft_access::grpc::ServerAuth {
+                credential: tls.credential(auth.credential),
+                gate: auth.gate,
+            },
+            None => auth,
+        };
         let timing = Timing {
             heartbeat: config.raft_heartbeat,
             election: config.election_timeout,
@@ -351,6 +374,7 @@ impl Directory {
             auth,
             limits,
             audit,
+            tls,
         })
     }
 
@@ -388,6 +412,10 @@ impl Directory {
         )
         .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime);
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
+        let tls_watch = self
+            .tls
+            .clone()
+            .map(|tls| tokio::spawn(hayloft_access::reload::watch(tls, std::future::pending())));
         let keyring_watch = self.keyring.clone().map(|keyring| {
             tokio::spawn(hayloft_access::watch_keyring(
                 keyring,
@@ -454,7 +482,7 @@ impl Directory {
                 .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                hayloft_access::tls::incoming(self.listener, self.tls.clone()),
                 shutdown,
             )
             .await;
@@ -465,6 +493,9 @@ impl Directory {
         }
         if let Some(audit) = &self.audit {
             audit.close();
+        }
+        if let Some(watch) = tls_watch {
+            watch.abort();
         }
         if let Some(watch) = keyring_watch {
             watch.abort();

@@ -472,12 +472,12 @@ async fn client(
     location: &ServerLocation,
     credential: &hayloft_proto::Credential,
 ) -> Result<VolumeClient<hayloft_proto::AuthChannel>, String> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", location.grpc_addr))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(10));
+    let endpoint = credential
+        .endpoint(&location.grpc_addr)
+        .map_err(|e| e.message().to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10));
     let channel = tokio::time::timeout(Duration::from_secs(10), endpoint.connect())
         .await
         .map_err(|_| format!("{} did not answer", location.server_id))?

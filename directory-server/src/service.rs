@@ -154,17 +154,17 @@ async fn grow(
         let replicas = plan.servers.clone();
         let credential = credential.clone();
         async move {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?
-                    .connect()
-                    .await
-                    .map_err(|e| {
-                        Error::Unavailable(format!(
-                            "volume server {} unreachable: {e}",
-                            server.server_id
-                        ))
-                    })?;
+            let channel = credential
+                .endpoint(&server.grpc_addr)
+                .map_err(|e| Error::InvalidArgument(e.message().to_owned()))?
+                .connect()
+                .await
+                .map_err(|e| {
+                    Error::Unavailable(format!(
+                        "volume server {} unreachable: {e}",
+                        server.server_id
+                    ))
+                })?;
             let mut client = VolumeClient::new(credential.channel(channel));
             client
                 .create_volume(CreateVolumeRequest {
@@ -380,7 +380,7 @@ impl DirectoryService {
             .lookup(&[volume], &[])?
             .into_iter()
             .flat_map(|v| v.locations)
-            .map(|location| format!("http://{}{path}", location.http_addr))
+            .map(|location| format!("{}{path}", location.origin_url()))
             .collect();
         Ok(Response::new(SignUrlResponse {
             path,
@@ -614,9 +614,14 @@ impl Directory for DirectoryService {
         traced(cluster, "add_node", span, async {
             let hayloft_proto::AddNodeRequest { node_id, addr } = request.into_inner();
             let raft = cluster.raft()?;
-            let membership =
-                crate::consensus::membership::add_node(raft, node_id, &addr, ADD_NODE_CATCH_UP)
-                    .await?;
+            let membership = crate::consensus::membership::add_node(
+                raft,
+                node_id,
+                &addr,
+                ADD_NODE_CATCH_UP,
+                &self.repair_settings.credential,
+            )
+            .await?;
             Ok(Response::new(membership))
         })
         .await

@@ -18,7 +18,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::auth::{AuthChannel, Credential};
@@ -33,8 +32,9 @@ pub async fn ask_node(
     credential: &Credential,
 ) -> Result<crate::NodeStatus, String> {
     let asked = async {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
+        let channel = credential
+            .endpoint(addr)
+            .map_err(|e| e.message().to_owned())?
             .connect()
             .await
             .map_err(|e| e.to_string())?;
@@ -85,8 +85,8 @@ fn connect(
     timeout: Duration,
     credential: &Credential,
 ) -> Result<DirectoryClient<AuthChannel>, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("bad directory address {addr:?}: {e}")))?
+    let endpoint = credential
+        .endpoint(addr)?
         .connect_timeout(Duration::from_secs(2))
         // A hung node (stopped, partitioned) is left for the next.
         .timeout(timeout)
@@ -233,6 +233,9 @@ impl Directories {
                 || (status.code() == Code::Unavailable && status.message().contains("transport"));
             if !not_leader && !unreachable {
                 return Err(status);
+            }
+            if let Some(refusal) = crate::tls_refusal(&status) {
+                return Err(Status::failed_precondition(format!("{addr}: {refusal}")));
             }
             // Where to go next: the leader named, or (an election, or this
             // node unreachable) the next address after a pause. Switched

@@ -17,12 +17,21 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod auth;
-pub use auth::{AuthChannel, Credential};
+pub use auth::{AuthChannel, Credential, tls_refusal};
 
 mod directories;
 pub use directories::{
     DEFAULT_PATIENCE, Directories, LEADER_METADATA, NOT_LEADER_METADATA, ask_node,
 };
+
+impl ServerLocation {
+    /// The base URL of its HTTP origin: `http://host:port`, or `https://`
+    /// when it serves HTTPS. A blob's URL is this, `/`, and its id.
+    pub fn origin_url(&self) -> String {
+        let scheme = if self.http_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
+    }
+}
 
 /// Largest message either service accepts or sends (chunks are smaller).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

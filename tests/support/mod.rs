@@ -177,6 +177,10 @@ pub struct Cluster {
     pub group: Vec<GroupNode>,
     /// The token the test's clients send (a cluster that requires them).
     pub token: Option<String>,
+    /// What the test's clients present (TLS).
+    pub credential: hayloft_proto::Credential,
+    /// Environment of the `hayloft` commands run by [`hayloft`] (TLS).
+    pub client_env: Vec<(String, String)>,
 }
 
 /// One node of a directory group.
@@ -239,6 +243,8 @@ impl Cluster {
             volume_site_args: Vec::new(),
             group: Vec::new(),
             token: None,
+            credential: hayloft_proto::Credential::none(),
+            client_env: Vec::new(),
         }
     }
 
@@ -276,12 +282,16 @@ impl Cluster {
                 metrics: free_port(),
             });
             self.volumes.push(None);
-            self.volume_site_args.push(vec![
+            let site = [
                 "--zone".into(),
                 zone.to_string(),
                 "--rack".into(),
                 format!("r{i}"),
-            ]);
+            ];
+            match self.volume_site_args.get_mut(i) {
+                Some(args) => args.extend(site),
+                None => self.volume_site_args.push(site.into()),
+            }
             self.start_volume(i);
         }
         self.wait_alive(zones.len()).await;
@@ -456,6 +466,29 @@ impl Cluster {
         .await
     }
 
+    /// [`Cluster::start_replicated`] over TLS: the directory gets
+    /// `directory_args`, volume server `i` `volume_args[i]` (their
+    /// certificates); the test's clients present `credential`, and its
+    /// `hayloft` commands get `client_env`.
+    pub async fn start_replicated_tls(
+        zones: &[&str],
+        replication: usize,
+        directory_args: Vec<String>,
+        volume_args: Vec<Vec<String>>,
+        credential: hayloft_proto::Credential,
+        client_env: Vec<(String, String)>,
+    ) -> Cluster {
+        let mut cluster = Cluster::new(0, &[], &[]);
+        cluster.credential = credential;
+        cluster.client_env = client_env;
+        cluster.directory_args = vec!["--replication".into(), replication.to_string()];
+        cluster.directory_args.extend(directory_args);
+        cluster.volume_site_args = volume_args;
+        cluster.start_directory();
+        cluster.start_zoned_volumes(zones).await;
+        cluster
+    }
+
     async fn start_replicated_as(
         zones: &[&str],
         replication: usize,
@@ -571,7 +604,7 @@ impl Cluster {
     pub async fn client(&self) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match Client::connect(&self.directory_addr()).await {
+            match Client::connect_with(&self.directory_addr(), self.credential.clone()).await {
                 Ok(client) => {
                     return match &self.token {
                         Some(token) => client.with_token(token).expect("a usable token"),
@@ -657,6 +690,7 @@ pub fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
     let output = Command::new(BIN)
         .args(args)
         .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .envs(cluster.client_env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run hayloft");
     (

@@ -43,21 +43,22 @@ pub struct Outcome {
 
 tokio::task_local! {
     /// The credential the worker's calls carry when it runs inside a server
-    /// ([`run_as`]); elsewhere, `HAYLOFT_TOKEN`.
+    /// ([`run_as`]); elsewhere, what the environment says
+    /// (`HAYLOFT_TOKEN`, `HAYLOFT_TLS_*`).
     static CREDENTIAL: hayloft_proto::Credential;
 }
 
-fn credential() -> hayloft_proto::Credential {
+fn credential() -> Result<hayloft_proto::Credential, tonic::Status> {
     CREDENTIAL
         .try_with(Clone::clone)
-        .unwrap_or_else(|_| hayloft_proto::Credential::from_env())
+        .or_else(|_| hayloft_proto::Credential::from_env())
 }
 
 /// The directory (a node, or a group's nodes comma-separated: calls follow
 /// the leader).
 fn connect_directory(addr: &str) -> Result<Directories, WorkerError> {
     Directories::new(addr)
-        .and_then(|d| d.with_credential(credential()))
+        .and_then(|d| d.with_credential(credential()?))
         .map_err(|e| WorkerError::Unreachable {
             addr: addr.to_owned(),
             reason: e.message().to_owned(),
@@ -67,18 +68,18 @@ fn connect_directory(addr: &str) -> Result<Directories, WorkerError> {
 async fn connect_volume(
     addr: &str,
 ) -> Result<VolumeClient<hayloft_proto::AuthChannel>, WorkerError> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| WorkerError::Unreachable {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })?
+    let unreachable = |reason: String| WorkerError::Unreachable {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let credential = credential().map_err(|e| unreachable(e.message().to_owned()))?;
+    credential
+        .endpoint(addr)
+        .map_err(|e| unreachable(e.message().to_owned()))?
         .connect()
         .await
-        .map(|channel| VolumeClient::new(credential().channel(channel)))
-        .map_err(|e| WorkerError::Unreachable {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })
+        .map(|channel| VolumeClient::new(credential.channel(channel)))
+        .map_err(|e| unreachable(e.to_string()))
 }
 
 /// The directory's view of the cluster.

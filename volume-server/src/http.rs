@@ -51,6 +51,8 @@ pub struct HttpState {
     limits: Option<Arc<hayloft_access::limits::RateLimits>>,
     /// The audit log (none: no audit log).
     audit: Option<Arc<hayloft_access::audit::AuditLog>>,
+    /// TLS (none, or an origin that serves plain HTTP: plain HTTP).
+    tls: Option<Arc<hayloft_access::tls::ServerTls>>,
 }
 
 impl HttpState {
@@ -75,6 +77,7 @@ impl HttpState {
             remote: None,
             verify_up_to: 0,
             access: None,
+            tls: None,
             limits: None,
             audit: None,
         }
@@ -83,6 +86,13 @@ impl HttpState {
     /// Logs refusals, and reads as the log's `reads` says, to `audit`.
     pub fn with_audit(mut self, audit: Option<Arc<hayloft_access::audit::AuditLog>>) -> Self {
         self.audit = audit;
+        self
+    }
+
+    /// Serves HTTPS with `tls`'s certificate (unless it says `origin =
+    /// false`).
+    pub fn with_tls(mut self, tls: Option<Arc<hayloft_access::tls::ServerTls>>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -168,21 +178,9 @@ pub async fn serve(
     tokio::pin!(stopped);
     for next in (0..threads).cycle() {
         let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // Out of descriptors, or a connection reset before
-                    // accept: not fatal; back off a little.
-                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            tcp = hayloft_access::tls::accept(&listener, "HTTP") => tcp,
             () = &mut stopped => break,
         };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
         // Deregistered here, registered again by the worker's event loop.
         match tcp.into_std() {
             Ok(tcp) => {
@@ -233,17 +231,37 @@ async fn worker(
                 continue;
             }
         };
+        let ended = |result: Result<(), hyper::Error>| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        };
+        let acceptor = state.tls.as_ref().and_then(|tls| tls.origin_acceptor());
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |request| {
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(handle(state, request, peer).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+        match acceptor {
+            None => {
+                let connection =
+                    graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+                tokio::spawn(async move { ended(connection.await) });
             }
-        });
+            Some(acceptor) => {
+                // The handshake in the connection's own task: a slow client
+                // holds up no one.
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    if let Some(tls) = hayloft_access::tls::handshake(&acceptor, tcp, "http").await
+                    {
+                        let connection = builder.serve_connection(TokioIo::new(tls), service);
+                        ended(watcher.watch(connection).await);
+                    }
+                });
+            }
+        }
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await

@@ -183,6 +183,9 @@ pub struct VolumeServerConfig {
     /// refusal, and reads as `reads` says (see README, "Audit log").
     /// Default: none.
     pub audit: hayloft_access::audit::AuditConfig,
+    /// TLS for gRPC and the HTTP origin, and for this server's calls to the
+    /// others (see README, "TLS"). Default: none (plain TCP).
+    pub tls: Option<hayloft_access::tls::TlsConfig>,
 }
 
 impl Default for VolumeServerConfig {
@@ -230,6 +233,7 @@ impl Default for VolumeServerConfig {
             insecure: false,
             limits: hayloft_access::limits::LimitsConfig::default(),
             audit: hayloft_access::audit::AuditConfig::default(),
+            tls: None,
         }
     }
 }
@@ -303,6 +307,9 @@ pub enum StartError {
     /// The audit log cannot be opened.
     #[error("audit log: {0}")]
     Audit(std::io::Error),
+    /// The TLS certificates are unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] hayloft_access::tls::TlsError),
 }
 
 /// A volume server with its store open and its ports bound.
@@ -314,6 +321,7 @@ pub struct VolumeServer {
     http: TcpListener,
     keyring: Option<Arc<hayloft_access::SharedKeyring>>,
     limits: Option<Arc<hayloft_access::limits::RateLimits>>,
+    tls: Option<Arc<hayloft_access::tls::ServerTls>>,
 }
 
 impl VolumeServer {
@@ -341,9 +349,14 @@ impl VolumeServer {
         }
         let limits =
             hayloft_access::limits::RateLimits::new(&config.limits).map_err(StartError::Limits)?;
+        let tls = match &config.tls {
+            Some(tls) => Some(hayloft_access::tls::ServerTls::load(tls)?),
+            None => None,
+        };
         if let Some(refusal) = hayloft_access::insecure_listen(
             config.grpc_listen,
             config.require_tokens,
+            tls.as_ref().is_some_and(|tls| tls.requires_client_certs()),
             config.insecure,
         ) {
             return Err(StartError::Insecure(refusal));
@@ -368,6 +381,7 @@ impl VolumeServer {
             http,
             keyring,
             limits,
+            tls,
         })
     }
 
@@ -407,6 +421,10 @@ impl VolumeServer {
                 .unwrap_or_else(|| self.http_addr().to_string()),
             zone: self.config.zone.clone(),
             rack: self.config.rack.clone(),
+            http_tls: self
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.origin_acceptor().is_some()),
         };
         let advertised = hayloft_proto::ServerLocation {
             server_id: if self.config.server_id.is_empty() {
@@ -465,6 +483,13 @@ impl VolumeServer {
                 grpc::needs,
                 Arc::clone(&revoked),
             );
+        let credential = match &self.tls {
+            Some(tls) => {
+                tokio::spawn(hayloft_access::reload::watch(Arc::clone(tls), wait_stop()));
+                tls.credential(credential)
+            }
+            None => credential,
+        };
         let reads = Arc::new(reads::ReadStats::new(self.config.read_window));
         let read_ticker = tokio::spawn(Arc::clone(&reads).run(wait_stop()));
         let tiering = tier::Tiering::new(
@@ -555,7 +580,7 @@ impl VolumeServer {
                     .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+                hayloft_access::tls::incoming(self.grpc, self.tls.clone()),
                 wait_stop(),
             );
         let remote = proxy::RemoteReader::new(
@@ -563,6 +588,7 @@ impl VolumeServer {
             advertised.server_id.clone(),
             &self.config.directory,
             credential,
+            self.tls.clone(),
         )
         .map_err(StartError::Directory)?;
         let http_state = Arc::new(
@@ -575,7 +601,8 @@ impl VolumeServer {
             .with_verified_reads(self.config.verify_reads_up_to.as_u64())
             .with_access(access)
             .with_limits(self.limits.clone())
-            .with_audit(audit.clone()),
+            .with_audit(audit.clone())
+            .with_tls(self.tls.clone()),
         );
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let http_server = http::serve(self.http, http_state, self.config.http_threads, http_stop);

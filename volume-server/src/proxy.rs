@@ -10,6 +10,8 @@
 //! skipped for the next. With `remote_reads = "redirect"` the answer is a
 //! `307` to the copy's origin instead. A proxied request carries
 //! [`PROXIED`], and a server never proxies such a request again (no loops).
+//! A copy whose origin serves HTTPS (`ServerLocation.http_tls`) is reached
+//! over HTTPS, trusting the cluster's CA (`[tls] ca`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,11 +20,13 @@ use bytes::Bytes;
 use hayloft_proto::{LookupRequest, ServerLocation};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Header marking a request proxied by another volume server.
 pub const PROXIED: &str = "x-hayloft-proxied";
@@ -71,12 +75,87 @@ pub enum RemoteMiss {
     Unreachable,
 }
 
+type Empty = http_body_util::Empty<Bytes>;
+
+/// The HTTP clients of other origins: plain, and over TLS when this server
+/// has `[tls]` (rebuilt when its certificates are reloaded: a new CA).
+struct Http {
+    plain: Client<HttpConnector, Empty>,
+    tls: Option<TlsHttp>,
+}
+
+/// The HTTPS client, rebuilt when the certificates are reloaded.
+struct TlsHttp {
+    tls: Arc<hayloft_access::tls::ServerTls>,
+    /// The reload generation it was built at, and the client.
+    client: Mutex<(u64, HttpsClient)>,
+}
+
+/// A client of origins that serve HTTPS.
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty>;
+
+fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector
+}
+
+fn tls_client(config: Arc<rustls::ClientConfig>) -> HttpsClient {
+    let mut http = connector();
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(Arc::unwrap_or_clone(config))
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+impl Http {
+    fn new(tls: Option<Arc<hayloft_access::tls::ServerTls>>) -> Http {
+        Http {
+            plain: Client::builder(TokioExecutor::new()).build(connector()),
+            tls: tls.map(|tls| {
+                let (generation, config) = tls.origin_client();
+                TlsHttp {
+                    tls,
+                    client: Mutex::new((generation, tls_client(config))),
+                }
+            }),
+        }
+    }
+
+    async fn request(
+        &self,
+        request: http::Request<Empty>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        if request.uri().scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return self.plain.request(request).await.map_err(|e| e.to_string());
+        }
+        let Some(TlsHttp { tls, client }) = &self.tls else {
+            return Err(
+                "the copy serves HTTPS and this server has no [tls] to trust it with".into(),
+            );
+        };
+        let client = {
+            let mut current = client.lock();
+            let (generation, config) = tls.origin_client();
+            if current.0 != generation {
+                *current = (generation, tls_client(config));
+            }
+            current.1.clone()
+        };
+        client.request(request).await.map_err(|e| e.to_string())
+    }
+}
+
 /// Finds the copies of volumes and fetches blobs from them.
 pub struct RemoteReader {
     mode: RemoteReads,
     server_id: String,
     directory: hayloft_proto::Directories,
-    http: Client<HttpConnector, http_body_util::Empty<Bytes>>,
+    http: Http,
     /// Volume id -> (when looked up, HTTP addresses of healthy copies).
     /// Held for a map lookup or insert, never across an `.await`.
     cache: Mutex<HashMap<u32, (Instant, Vec<ServerLocation>)>>,
@@ -84,7 +163,8 @@ pub struct RemoteReader {
 
 impl RemoteReader {
     /// A reader that looks volumes up at the directory `directory`
-    /// ("host:port") and never proxies to `server_id` (this server).
+    /// ("host:port") and never proxies to `server_id` (this server); over
+    /// HTTPS with `tls` (unless its origins serve plain HTTP).
     ///
     /// # Errors
     /// A malformed directory address.
@@ -93,18 +173,16 @@ impl RemoteReader {
         server_id: String,
         directory: &str,
         credential: hayloft_proto::Credential,
+        tls: Option<Arc<hayloft_access::tls::ServerTls>>,
     ) -> Result<Self, tonic::Status> {
         let directory = hayloft_proto::Directories::new(directory)?
             .with_credential(credential)?
             .with_patience(Duration::from_secs(5));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Ok(RemoteReader {
             mode,
             server_id,
             directory,
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: Http::new(tls),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -194,7 +272,7 @@ impl RemoteReader {
     ) -> Result<http::Response<Body>, String> {
         let mut request = http::Request::builder()
             .method(method.clone())
-            .uri(format!("http://{}{path}", copy.http_addr))
+            .uri(format!("{}{path}", copy.origin_url()))
             .header(PROXIED, HeaderValue::from_static("1"))
             .body(http_body_util::Empty::new())
             .map_err(|e| e.to_string())?;
@@ -208,8 +286,7 @@ impl RemoteReader {
         }
         let response = tokio::time::timeout(PROXY_TIMEOUT, self.http.request(request))
             .await
-            .map_err(|_| format!("no answer within {PROXY_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| format!("no answer within {PROXY_TIMEOUT:?}"))??;
         if response.status().is_server_error() {
             return Err(format!("answered {}", response.status()));
         }
@@ -226,7 +303,7 @@ fn redirect(copy: &ServerLocation, path: &str) -> http::Response<Body> {
         http_body_util::Full::new(Bytes::new()),
     ));
     *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-    if let Ok(location) = HeaderValue::try_from(format!("http://{}{path}", copy.http_addr)) {
+    if let Ok(location) = HeaderValue::try_from(format!("{}{path}", copy.origin_url())) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     // The copy may change; a CDN should not remember where it went.

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Chunks queued per forwarded copy before the primary waits for it.
@@ -219,11 +219,14 @@ impl Replication {
             match peers.get(&location.grpc_addr) {
                 Some(channel) => channel.clone(),
                 None => {
-                    let channel = Endpoint::from_shared(format!("http://{}", location.grpc_addr))
+                    let channel = self
+                        .credential
+                        .endpoint(&location.grpc_addr)
                         .map_err(|e| {
                             Status::invalid_argument(format!(
-                                "bad address {:?} for copy on {}: {e}",
-                                location.grpc_addr, location.server_id
+                                "copy on {}: {}",
+                                location.server_id,
+                                e.message()
                             ))
                         })?
                         .connect_timeout(self.timeout)

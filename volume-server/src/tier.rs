@@ -725,8 +725,11 @@ impl Tiering {
         source: &str,
     ) -> Result<hayloft_proto::ColdIndexResponse, MoveError> {
         let unreachable = |e: String| MoveError::Invalid(format!("copy on {source}: {e}"));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{source}"))
-            .map_err(|e| unreachable(e.to_string()))?
+        let channel = self
+            .settings
+            .credential
+            .endpoint(source)
+            .map_err(|e| unreachable(e.message().to_owned()))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(300))
             .connect()

@@ -43,6 +43,7 @@ pub async fn add_node(
     id: u64,
     addr: &str,
     catch_up: Duration,
+    credential: &hayloft_proto::Credential,
 ) -> Result<hayloft_proto::Membership> {
     if addr.trim().is_empty() || id == 0 {
         return Err(Error::InvalidArgument(
@@ -65,7 +66,7 @@ pub async fn add_node(
         Some(_) if is_voter => return Ok(membership(raft)),
         _ => {}
     }
-    probe(id, addr, known.is_some()).await?;
+    probe(id, addr, known.is_some(), credential).await?;
     let added = raft
         .add_learner(id, BasicNode::new(addr), false)
         .await
@@ -130,8 +131,13 @@ pub async fn remove_node(raft: &Raft, id: u64) -> Result<hayloft_proto::Membersh
 /// Asks the node at `addr` who it is: it must answer as `id`, and belong
 /// to no group unless it is already a `member` of this one (a node of
 /// another group would be torn between two leaders).
-async fn probe(id: u64, addr: &str, member: bool) -> Result<()> {
-    let status = hayloft_proto::ask_node(addr, PROBE_TIMEOUT, &hayloft_proto::Credential::none())
+async fn probe(
+    id: u64,
+    addr: &str,
+    member: bool,
+    credential: &hayloft_proto::Credential,
+) -> Result<()> {
+    let status = hayloft_proto::ask_node(addr, PROBE_TIMEOUT, credential)
         .await
         .map_err(|e| {
             Error::FailedPrecondition(format!(
@@ -176,14 +182,10 @@ fn write_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error
 pub(crate) async fn peers_in_a_group(
     node_id: u64,
     peers: &BTreeMap<u64, String>,
+    credential: &hayloft_proto::Credential,
 ) -> Option<(u64, String)> {
     for (id, addr) in peers.iter().filter(|(id, _)| **id != node_id) {
-        if let Ok(status) = hayloft_proto::ask_node(
-            addr,
-            Duration::from_secs(1),
-            &hayloft_proto::Credential::none(),
-        )
-        .await
+        if let Ok(status) = hayloft_proto::ask_node(addr, Duration::from_secs(1), credential).await
             && !status.members.is_empty()
         {
             return Some((*id, addr.clone()));

@@ -186,7 +186,9 @@ pub(crate) async fn start(
     let raft = Raft::new(
         node_id,
         config,
-        network::Network { credential },
+        network::Network {
+            credential: credential.clone(),
+        },
         store::LogStore::new(db.handle()),
         store::StateMachine::new(Arc::clone(cluster), db.handle()),
     )
@@ -199,7 +201,7 @@ pub(crate) async fn start(
         .map_err(|e| Error::Unavailable(e.to_string()))?;
     let first = peers.keys().next() == Some(&node_id);
     let in_a_group = if !initialized && first && !join && peers.len() > 1 {
-        membership::peers_in_a_group(node_id, peers).await
+        membership::peers_in_a_group(node_id, peers, &credential).await
     } else {
         None
     };

@@ -22,7 +22,6 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use super::{Raft, TypeConfig};
@@ -87,7 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr)).map(|endpoint| {
+        let client = self.credential.endpoint(&node.addr).map(|endpoint| {
             RaftClient::new(
                 self.credential.channel(
                     endpoint
@@ -101,7 +100,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         });
         Peer {
             target,
-            client: client.map_err(|e| e.to_string()),
+            client: client.map_err(|e| e.message().to_owned()),
         }
     }
 }
