@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{Cluster, hayloft};
+use support::{Access, Cluster, hayloft};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A certificate authority made by the test, in `dir`.
@@ -240,13 +240,16 @@ async fn a_cluster_over_mutual_tls_serves_its_own_and_turns_strangers_away() {
     // Every heartbeat, volume creation and forwarded write below goes over
     // TLS with the servers' own certificates: the directory and the volume
     // servers all require one.
-    let cluster = Cluster::start_replicated_tls(
+    let cluster = Cluster::start_replicated_with(
         &["a", "b", "c"],
         2,
         pki.server_args(&directory),
         servers.iter().map(|s| pki.server_args(s)).collect(),
-        credential,
-        client_env(&pki.ca, Some(&client)),
+        Access {
+            token: None,
+            credential,
+            env: client_env(&pki.ca, Some(&client)),
+        },
     )
     .await;
 
@@ -373,5 +376,123 @@ async fn a_cluster_over_mutual_tls_serves_its_own_and_turns_strangers_away() {
     assert_eq!(
         https_get(port, &path, &pki.ca).await,
         (200, content[..1000].to_vec())
+    );
+}
+
+/// Writes a key ring with one key, `k1`, in `dir`.
+fn write_keyring(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("k1"), "k1-secret-k1-secret-k1-secret-k1-secret").unwrap();
+    let ring = dir.join("keys.toml");
+    std::fs::write(
+        &ring,
+        "signing = \"k1\"\n[[keys]]\nid = \"k1\"\nsecret_file = \"k1\"\n",
+    )
+    .unwrap();
+    ring
+}
+
+/// `hayloft token create` with `ring`.
+fn mint(ring: &Path, scopes: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--keyring", ring.to_str().unwrap()];
+    for scope in scopes {
+        args.extend(["--scope", scope]);
+    }
+    let out = std::process::Command::new(support::BIN)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_group_over_mutual_tls_with_tokens_outlives_its_leader() {
+    let keys = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&keys.path().join("cluster"), "cluster");
+    let node = pki.issue("directory");
+    let servers: Vec<Issued> = (0..2).map(|i| pki.issue(&format!("vs{i}"))).collect();
+    let client = pki.issue("client");
+    let ring = write_keyring(keys.path());
+    let token = mint(&ring, &["admin", "write:*", "read:*"]);
+    let tokens = [
+        "--keyring".to_owned(),
+        ring.display().to_string(),
+        "--require-tokens".into(),
+    ];
+
+    // Raft, heartbeats and forwarded writes between the nodes and servers
+    // carry both the servers' certificates and their own cluster tokens.
+    let mut directory_args = pki.server_args(&node);
+    directory_args.extend(tokens.iter().cloned());
+    directory_args.extend(["--replication".to_owned(), "2".into()]);
+    let mut env = client_env(&pki.ca, Some(&client));
+    env.push(("HAYLOFT_TOKEN".to_owned(), token.clone()));
+    let tls = hayloft_proto::Credential::none()
+        .with_tls_files(&pki.ca, Some((&client.cert, &client.key)))
+        .unwrap();
+    let mut cluster = Cluster::start_group_with(
+        3,
+        &["a", "b"],
+        directory_args,
+        servers
+            .iter()
+            .map(|s| {
+                pki.server_args(s)
+                    .into_iter()
+                    .chain(tokens.iter().cloned())
+                    .collect()
+            })
+            .collect(),
+        Access {
+            token: Some(token),
+            credential: tls.clone(),
+            env,
+        },
+    )
+    .await;
+    let client = cluster.client().await;
+    let first = client
+        .upload(
+            bytes::Bytes::from_static(b"before the election"),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(first.url.starts_with("https://"), "{}", first.url);
+
+    // The leader dies; the others elect one over mTLS and go on.
+    let leader = cluster.leader().await;
+    cluster.group[leader].proc.take().unwrap().kill();
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let second = client
+        .upload(
+            bytes::Bytes::from_static(b"after the election"),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        &client.download(&first.blob_id).await.unwrap().1[..],
+        b"before the election"
+    );
+    assert_eq!(
+        &client.download(&second.blob_id).await.unwrap().1[..],
+        b"after the election"
+    );
+    let (ok, out) = hayloft(&cluster, &["status"]);
+    assert!(ok, "{out}");
+
+    // A certificate is not a token: without one, UNAUTHENTICATED.
+    let anonymous = hayloft_client::Client::connect_with(&cluster.directory_addr(), tls)
+        .await
+        .unwrap();
+    assert_eq!(
+        anonymous.status().await.unwrap_err().code(),
+        Some(tonic::Code::Unauthenticated)
     );
 }

@@ -183,6 +183,17 @@ pub struct Cluster {
     pub client_env: Vec<(String, String)>,
 }
 
+/// What a test's clients present to a cluster that asks.
+#[derive(Default)]
+pub struct Access {
+    /// A bearer token.
+    pub token: Option<String>,
+    /// TLS (a CA, a client certificate).
+    pub credential: hayloft_proto::Credential,
+    /// Environment of the `hayloft` commands run by [`hayloft`].
+    pub env: Vec<(String, String)>,
+}
+
 /// One node of a directory group.
 pub struct GroupNode {
     pub port: u16,
@@ -257,8 +268,31 @@ impl Cluster {
         directory_args: &[&str],
         volume_args: &[&str],
     ) -> Cluster {
-        let mut cluster = Cluster::new(0, volume_args, &[]);
-        cluster.directory_args = directory_args.iter().map(|s| s.to_string()).collect();
+        Cluster::start_group_with(
+            nodes,
+            zones,
+            directory_args.iter().map(|s| s.to_string()).collect(),
+            vec![volume_args.iter().map(|s| s.to_string()).collect(); zones.len()],
+            Access::default(),
+        )
+        .await
+    }
+
+    /// [`Cluster::start_group`] with arguments for each volume server
+    /// (certificates) and what the test's clients present.
+    pub async fn start_group_with(
+        nodes: usize,
+        zones: &[&str],
+        directory_args: Vec<String>,
+        volume_args: Vec<Vec<String>>,
+        access: Access,
+    ) -> Cluster {
+        let mut cluster = Cluster::new(0, &[], &[]);
+        cluster.token = access.token;
+        cluster.credential = access.credential;
+        cluster.client_env = access.env;
+        cluster.volume_site_args = volume_args;
+        cluster.directory_args = directory_args;
         cluster.group = (0..nodes)
             .map(|_| GroupNode {
                 port: free_port(),
@@ -377,22 +411,36 @@ impl Cluster {
         self.group[i].proc = Some(spawn(&args, &log));
     }
 
+    /// What the test's clients present: the cluster's credential, and its
+    /// token if it has one.
+    pub fn client_credential(&self) -> hayloft_proto::Credential {
+        match &self.token {
+            Some(token) => self.credential.clone().with_token(token).unwrap(),
+            None => self.credential.clone(),
+        }
+    }
+
     /// The index of the group node that leads now (the one that answers
     /// `Status`), waiting up to 30 s for an election.
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let credential = self.client_credential();
         loop {
             for i in 0..self.group.len() {
                 if self.group[i].proc.is_none() {
                     continue;
                 }
-                let Ok(mut client) = hayloft_proto::directory_client::DirectoryClient::connect(
-                    format!("http://{}", self.node_addr(i)),
-                )
-                .await
+                let Ok(channel) = credential
+                    .endpoint(&self.node_addr(i))
+                    .unwrap()
+                    .connect()
+                    .await
                 else {
                     continue;
                 };
+                let mut client = hayloft_proto::directory_client::DirectoryClient::new(
+                    credential.channel(channel),
+                );
                 let answered = tokio::time::timeout(
                     Duration::from_secs(2),
                     client.status(hayloft_proto::StatusRequest {}),
@@ -466,21 +514,20 @@ impl Cluster {
         .await
     }
 
-    /// [`Cluster::start_replicated`] over TLS: the directory gets
+    /// [`Cluster::start_replicated`] where the directory gets
     /// `directory_args`, volume server `i` `volume_args[i]` (their
-    /// certificates); the test's clients present `credential`, and its
-    /// `hayloft` commands get `client_env`.
-    pub async fn start_replicated_tls(
+    /// certificates), and the test's clients present `access`.
+    pub async fn start_replicated_with(
         zones: &[&str],
         replication: usize,
         directory_args: Vec<String>,
         volume_args: Vec<Vec<String>>,
-        credential: hayloft_proto::Credential,
-        client_env: Vec<(String, String)>,
+        access: Access,
     ) -> Cluster {
         let mut cluster = Cluster::new(0, &[], &[]);
-        cluster.credential = credential;
-        cluster.client_env = client_env;
+        cluster.token = access.token;
+        cluster.credential = access.credential;
+        cluster.client_env = access.env;
         cluster.directory_args = vec!["--replication".into(), replication.to_string()];
         cluster.directory_args.extend(directory_args);
         cluster.volume_site_args = volume_args;
