@@ -573,7 +573,8 @@ async fn hayloft_server_takes_every_setting_from_one_config_file() {
         &format!(
             "[directory]\npulse = \"1s\"\n\
              [directory.collections.private]\naccess = \"signed\"\n\
-             [volume]\nkeyring = \"{ring}\"\ncache_max_age = \"1h\"\n",
+             [volume]\nkeyring = \"{ring}\"\ncache_max_age = \"1h\"\n\
+             [volume.limits]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
             ring = ring.display(),
         ),
         &[],
@@ -610,6 +611,34 @@ async fn hayloft_server_takes_every_setting_from_one_config_file() {
         read.bytes().await.unwrap().as_ref(),
         b"embedded and private"
     );
+    // A URL bound to the viewers' network, behind a trusted proxy (this
+    // test, from 127.0.0.1): checked against the client the proxy names in
+    // X-Forwarded-For, the rightmost address that is not a trusted proxy.
+    let bound = format!(
+        "http://127.0.0.1:{http}{path}?{}",
+        sign(
+            K1,
+            "k1",
+            &path,
+            now() + 600,
+            hayloft_access::signed_url::parse_bind("203.0.113.0/24")
+        )
+    );
+    let http_client = reqwest::Client::new();
+    for (forwarded, expected) in [
+        (Some("203.0.113.7"), StatusCode::OK),
+        (Some("198.51.100.1, 203.0.113.7"), StatusCode::OK),
+        (Some("198.51.100.1"), StatusCode::FORBIDDEN),
+        (Some("203.0.113.7, 198.51.100.1"), StatusCode::FORBIDDEN),
+        (None, StatusCode::FORBIDDEN),
+    ] {
+        let mut request = http_client.get(&bound);
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        let status = request.send().await.unwrap().status();
+        assert_eq!(status, expected, "X-Forwarded-For: {forwarded:?}");
+    }
     let read = get(&public.url).await;
     assert_eq!(
         read.headers()[header::CACHE_CONTROL],
@@ -1508,13 +1537,48 @@ async fn a_replicated_cluster_that_requires_tokens_replicates_and_deletes_with_i
         &ring,
         &["admin", "write:photos", "read:photos", "delete:photos"],
     );
-    let cluster =
+    let mut cluster =
         Cluster::start_replicated_with_token(&["a", "b"], 2, &auth, &auth, &operator).await;
     let client = cluster.client().await;
     let photos = UploadOptions {
         collection: "photos".into(),
         ..UploadOptions::default()
     };
+    // A volume server without the key ring presents no token: its
+    // heartbeats are refused, and it never joins.
+    cluster.volume_ports.push(support::VolumePorts {
+        grpc: support::free_port(),
+        http: support::free_port(),
+        metrics: support::free_port(),
+    });
+    cluster.volumes.push(None);
+    cluster
+        .volume_site_args
+        .push(vec!["--zone".into(), "c".into()]);
+    cluster.volume_args.clear();
+    cluster.start_volume(2);
+    let log = cluster.log_dir().join("vs2.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("requires a token")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "vs2's heartbeat was not refused:\n{}",
+            support::log_tails(&cluster.log_dir())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = client.status().await.unwrap();
+    assert!(
+        status
+            .servers
+            .iter()
+            .all(|s| s.location.as_ref().unwrap().server_id != "vs2"),
+        "{:?}",
+        status.servers
+    );
     // A replicated write: the primary forwards it to the other copy with
     // its own cluster token, or the upload fails.
     let written = client

@@ -20,6 +20,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
@@ -128,6 +129,18 @@ pub struct AuditLog {
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// Bytes kept waiting at most ([`MAX_BUFFERED`]).
+    max_buffered: usize,
+    /// Lines dropped, and failed writes, since the log was opened.
+    dropped: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl Shared {
+    fn dropped(&self, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        metrics::counter!("hayloft_audit_dropped_total").increment(lines);
+    }
 }
 
 #[derive(Default)]
@@ -154,6 +167,15 @@ impl AuditLog {
     /// # Errors
     /// The file cannot be opened.
     pub fn open(config: &AuditConfig, server: &str) -> std::io::Result<Option<Arc<AuditLog>>> {
+        AuditLog::open_buffering(config, server, MAX_BUFFERED)
+    }
+
+    /// [`AuditLog::open`], keeping at most `max_buffered` bytes waiting.
+    fn open_buffering(
+        config: &AuditConfig,
+        server: &str,
+        max_buffered: usize,
+    ) -> std::io::Result<Option<Arc<AuditLog>>> {
         let Some(path) = &config.path else {
             return Ok(None);
         };
@@ -166,6 +188,9 @@ impl AuditLog {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
+            max_buffered,
+            dropped: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
         });
         let writer = Writer {
             path: path.clone(),
@@ -190,6 +215,17 @@ impl AuditLog {
         self.reads
     }
 
+    /// Lines dropped since the log was opened (as `hayloft_audit_dropped_total`).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes that failed since the log was opened (as
+    /// `hayloft_audit_write_errors_total`).
+    pub fn write_errors(&self) -> u64 {
+        self.shared.write_errors.load(Ordering::Relaxed)
+    }
+
     /// Appends `event` (its `time` and `server` are filled in here).
     pub fn record(&self, mut event: Event) {
         event.time =
@@ -204,9 +240,9 @@ impl AuditLog {
         };
         line.push(b'\n');
         let mut pending = self.shared.pending.lock();
-        if pending.lines.len() + line.len() > MAX_BUFFERED {
+        if pending.lines.len() + line.len() > self.shared.max_buffered {
             drop(pending);
-            metrics::counter!("hayloft_audit_dropped_total").increment(1);
+            self.shared.dropped(1);
             return;
         }
         pending.lines.extend_from_slice(&line);
@@ -271,6 +307,7 @@ impl Writer {
                 match self.write(&lines) {
                     Ok(()) => failing = false,
                     Err(e) => {
+                        self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("hayloft_audit_write_errors_total").increment(1);
                         if !failing {
                             tracing::error!(path = %self.path.display(), error = %e,
@@ -279,13 +316,13 @@ impl Writer {
                         failing = true;
                         // Back in front of what came since, if it fits.
                         let mut pending = self.shared.pending.lock();
-                        if lines.len() + pending.lines.len() <= MAX_BUFFERED {
+                        if lines.len() + pending.lines.len() <= self.shared.max_buffered {
                             let newer = std::mem::replace(&mut pending.lines, lines);
                             pending.lines.extend_from_slice(&newer);
                         } else {
+                            drop(pending);
                             let dropped = lines.iter().filter(|&&b| b == b'\n').count();
-                            metrics::counter!("hayloft_audit_dropped_total")
-                                .increment(dropped as u64);
+                            self.shared.dropped(dropped as u64);
                         }
                     }
                 }
@@ -407,6 +444,50 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(line).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_disk_that_refuses_writes_costs_lines_beyond_the_buffer_and_never_a_wait() {
+        // /dev/full opens, and every write to it fails with ENOSPC: a full
+        // disk (root ignores permissions, so an unwritable file would not).
+        let config = AuditConfig {
+            path: Some(PathBuf::from("/dev/full")),
+            ..AuditConfig::default()
+        };
+        let log = AuditLog::open_buffering(&config, "volume:test", 2048)
+            .unwrap()
+            .unwrap();
+        log.record(event("Write"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.write_errors() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the failed write was not counted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // What waits, once the writer has put back what it failed to write
+        // (it then pauses a second before trying again).
+        let waiting = || loop {
+            let pending = log.shared.pending.lock();
+            if !pending.writing {
+                return String::from_utf8_lossy(&pending.lines).into_owned();
+            }
+            drop(pending);
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(waiting().contains("\"Write\""), "the failed line is kept");
+        // Each record returns at once; what fits waits, the rest is counted.
+        for _ in 0..100 {
+            log.record(event("Delete"));
+        }
+        let kept = waiting();
+        let dropped = log.dropped();
+        assert!(kept.len() <= 2048, "{kept}");
+        assert!(dropped > 50, "{dropped}");
+        // Every line is either waiting or counted, none lost silently.
+        assert_eq!(kept.lines().count() as u64 + dropped, 101, "{kept}");
+        log.close();
     }
 
     #[test]
