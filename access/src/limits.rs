@@ -266,6 +266,17 @@ impl RateLimits {
         }
     }
 
+    /// How many callers' buckets are kept now (HTTP and gRPC).
+    pub fn tracked(&self) -> usize {
+        self.http.as_ref().map_or(0, |b| b.len())
+            + self
+                .grpc
+                .values()
+                .flatten()
+                .map(|l| l.buckets.len())
+                .sum::<usize>()
+    }
+
     /// Runs [`forget_idle`](Self::forget_idle) every minute, for the life
     /// of the returned task.
     pub fn spawn_forgetting(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
@@ -327,6 +338,22 @@ mod tests {
         assert_eq!(of("10.0.0.2", Some("unknown")), ip("10.0.0.2"));
         assert_eq!(of("10.0.0.2", Some("x, 198.51.100.1")), ip("198.51.100.1"));
         assert_eq!(of("10.0.0.2", Some("10.0.0.3")), ip("10.0.0.3"));
+    }
+
+    #[test]
+    fn buckets_of_quiet_callers_are_forgotten() {
+        // Full again 10 ms after a call.
+        let config: LimitsConfig = toml::from_str("http = { per_second = 100 }\n").unwrap();
+        let limits = RateLimits::new(&config).unwrap().unwrap();
+        for n in 0..200u8 {
+            limits.check_http(IpAddr::from([198, 51, 100, n])).unwrap();
+        }
+        assert_eq!(limits.tracked(), 200);
+        std::thread::sleep(Duration::from_millis(50));
+        limits.forget_idle();
+        assert_eq!(limits.tracked(), 0, "memory is bounded by recent callers");
+        // A forgotten caller starts again with a full bucket.
+        limits.check_http(IpAddr::from([198, 51, 100, 7])).unwrap();
     }
 
     #[test]
