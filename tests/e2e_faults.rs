@@ -954,3 +954,111 @@ async fn a_full_volume_seals_itself_and_tells_the_directory_at_once() {
         assert!(data == content(*seed, 200_000), "{blob_id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
+    // Every fsync of the volume server fails while the trigger file exists.
+    let trigger_dir = tempfile::tempdir().unwrap();
+    let trigger = trigger_dir.path().join("fail-fsync");
+    let failpoint = format!("fsync@{}", trigger.display());
+    let mut cluster = Cluster::start_with_env(1, &[], &[("HAYLOFT_FAILPOINT", &failpoint)]).await;
+    let client = cluster.client().await;
+    let upload = |seed: u64| {
+        let client = &client;
+        async move {
+            client
+                .upload(
+                    Bytes::from(content(seed, 10_000)),
+                    &UploadOptions::default(),
+                )
+                .await
+        }
+    };
+    let first = upload(1).await.unwrap();
+
+    // The disk fails an fsync: the upload is refused, never acknowledged.
+    std::fs::write(&trigger, b"").unwrap();
+    let refused = upload(2).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unavailable), "{refused}");
+    std::fs::remove_file(&trigger).unwrap();
+
+    // The volumes it happened to are read-only and say why; writes go to
+    // others; reads go on.
+    let faulty = |status: &hayloft_proto::StatusResponse| -> Vec<u32> {
+        status
+            .volumes
+            .iter()
+            .flat_map(|v| &v.replicas)
+            .filter_map(|r| r.status.as_ref())
+            .filter(|s| !s.fault.is_empty())
+            .map(|s| {
+                assert!(s.sealed, "a faulty volume takes no writes");
+                s.volume_id
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (status, broken) = loop {
+        let status = client.status().await.unwrap();
+        let broken = faulty(&status);
+        if !broken.is_empty() {
+            break (status, broken);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no volume reported its fault"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.contains("an fsync failed")),
+        "{:?}",
+        status.problems
+    );
+    let after = upload(3).await.unwrap();
+    let volume_of = |id: &str| id.parse::<BlobId>().unwrap().volume().0;
+    assert!(
+        !broken.contains(&volume_of(&after.blob_id)),
+        "written to a faulty volume"
+    );
+    assert_eq!(
+        client.download(&first.blob_id).await.unwrap().1,
+        content(1, 10_000)
+    );
+
+    // A restart opens the volumes again (recovery settles what reached the
+    // disk): no fault, writable, everything acknowledged still there.
+    cluster.volumes[0].take().unwrap().kill();
+    cluster.start_volume(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client.status().await.unwrap();
+        let healed = faulty(&status).is_empty()
+            && status
+                .volumes
+                .iter()
+                .flat_map(|v| &v.replicas)
+                .filter_map(|r| r.status.as_ref())
+                .filter(|s| broken.contains(&s.volume_id))
+                .all(|s| !s.sealed);
+        if healed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted server still reports its volumes read-only"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        client.download(&first.blob_id).await.unwrap().1,
+        content(1, 10_000)
+    );
+    assert_eq!(
+        client.download(&after.blob_id).await.unwrap().1,
+        content(3, 10_000)
+    );
+}

@@ -1060,7 +1060,7 @@ impl Cluster {
             let id = |s: &ServerStatus| s.location.as_ref().map(|l| l.server_id.clone());
             id(a).cmp(&id(b))
         });
-        let volumes = inner
+        let volumes: Vec<VolumeRecord> = inner
             .volumes
             .values()
             .map(|e| (e, inner.repair_jobs.get(&e.row.id)))
@@ -1086,12 +1086,25 @@ impl Cluster {
         // A problem older than a few pulses was about servers that may have
         // come since; the next creation attempt says again if not.
         let recent = now_unix().saturating_sub(self.config.dead_after.as_secs() * 4);
-        let problems = inner
+        let mut problems: Vec<String> = inner
             .problems
             .values()
             .filter(|(at, _)| *at >= recent)
             .map(|(_, reason)| reason.clone())
             .collect();
+        // Copies that refuse writes against their will (an fsync failed).
+        for volume in &volumes {
+            for replica in &volume.replicas {
+                if let (Some(status), Some(location)) = (&replica.status, &replica.location)
+                    && !status.fault.is_empty()
+                {
+                    problems.push(format!(
+                        "volume {} on {}: {}",
+                        status.volume_id, location.server_id, status.fault
+                    ));
+                }
+            }
+        }
         StatusResponse {
             servers,
             volumes,

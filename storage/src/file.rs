@@ -74,7 +74,9 @@ impl VolumeFile {
 
     /// fdatasync: file contents and the size needed to read them back.
     pub(crate) fn sync_data(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+        crate::failpoint::fail_at("fsync")
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| Error::io(&self.path, e))
     }
 }
 

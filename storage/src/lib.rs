@@ -19,6 +19,7 @@
 
 pub mod cold;
 pub mod error;
+mod failpoint;
 mod file;
 pub mod format;
 pub mod index;

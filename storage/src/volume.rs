@@ -684,6 +684,13 @@ impl Volume {
         Some(latest)
     }
 
+    /// True if an fsync failed: the volume refuses writes until it is
+    /// opened again (what reached the disk is unknown; recovery sorts it
+    /// out).
+    pub fn is_poisoned(&self) -> bool {
+        self.sync.lock().poisoned
+    }
+
     /// True if the volume is read-only.
     pub fn is_sealed(&self) -> bool {
         self.writer.lock().sealed

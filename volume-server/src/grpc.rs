@@ -324,6 +324,10 @@ impl VolumeService {
                 notify.notify_one();
             });
         }
+        if let Error::Poisoned(_) = error {
+            // Reported sealed from now on: the directory assigns elsewhere.
+            self.heartbeat_now.notify_one();
+        }
         grpc_status(&error, blob)
     }
 

@@ -18,11 +18,17 @@ pub fn proto_tier(tier: Tier) -> ProtoTier {
 pub fn volume_status(volume: &Volume) -> VolumeStatus {
     let stats = volume.stats();
     let progress = volume.compaction_progress();
+    let poisoned = volume.is_poisoned();
     VolumeStatus {
+        fault: if poisoned {
+            "an fsync failed: read-only until the volume server restarts".into()
+        } else {
+            String::new()
+        },
         volume_id: stats.id.0,
         collection: volume.collection().to_owned(),
         tier: proto_tier(stats.tier) as i32,
-        sealed: stats.sealed,
+        sealed: stats.sealed || poisoned,
         needles: stats.needles,
         live_bytes: stats.live_bytes,
         garbage_bytes: stats.garbage_bytes,

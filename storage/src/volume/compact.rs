@@ -98,20 +98,6 @@ impl CompactReport {
     }
 }
 
-/// Aborts the process at a named step when `HAYLOFT_FAILPOINT` names it: the
-/// crash tests use it to kill a compaction at each step of the protocol.
-fn failpoint(name: &str) {
-    static FAILPOINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if FAILPOINT
-        .get_or_init(|| std::env::var("HAYLOFT_FAILPOINT").ok())
-        .as_deref()
-        == Some(name)
-    {
-        eprintln!("failpoint {name}: aborting");
-        std::process::abort();
-    }
-}
-
 fn compact_paths(dir: &Path, id: VolumeId) -> (PathBuf, PathBuf) {
     (dir.join(format!("{id}.cpd")), dir.join(format!("{id}.cpx")))
 }
@@ -395,7 +381,7 @@ impl Volume {
                 .fetch_add(copied, Ordering::Relaxed);
             throttle.account(copied);
         }
-        failpoint("compact-after-copy");
+        crate::failpoint::abort_at("compact-after-copy");
 
         // 3. Catch up while writes go on.
         for _ in 0..16 {
@@ -409,7 +395,7 @@ impl Volume {
                 break;
             }
         }
-        failpoint("compact-after-catch-up");
+        crate::failpoint::abort_at("compact-after-catch-up");
         // Sync the bulk of the copy now, so the fsync inside the writer pause
         // only covers the last catch-up.
         target.data.flush().map_err(|e| Error::io(&cpd, e))?;
@@ -453,14 +439,14 @@ impl Volume {
                 .into_inner()
                 .map_err(|e| Error::io(&cpx, e.into_error()))?;
             index.sync_all().map_err(|e| Error::io(&cpx, e))?;
-            failpoint("compact-before-swap");
+            crate::failpoint::abort_at("compact-before-swap");
             let (dat_path, idx_path, _) = volume_paths(&self.dir, self.id);
             std::fs::rename(&cpx, &idx_path).map_err(|e| Error::io(&idx_path, e))?;
             sync_parent(&idx_path)?;
-            failpoint("compact-after-index-rename");
+            crate::failpoint::abort_at("compact-after-index-rename");
             std::fs::rename(&cpd, &dat_path).map_err(|e| Error::io(&dat_path, e))?;
             sync_parent(&dat_path)?;
-            failpoint("compact-after-data-rename");
+            crate::failpoint::abort_at("compact-after-data-rename");
 
             let data_file = VolumeFile::open(&dat_path)?;
             let map = MappedFile::map(data_file.file(), end, self.config.max_size, &dat_path)?;
@@ -495,7 +481,7 @@ impl Volume {
         let report = swapped?;
         guard.committed = true;
         drop(guard);
-        failpoint("compact-done");
+        crate::failpoint::abort_at("compact-done");
         tracing::info!(volume = %self.id, reclaimed = report.reclaimed(), needles = report.needles,
             pause_ms = report.writer_pause.as_millis() as u64, "compaction finished");
         Ok(report)
