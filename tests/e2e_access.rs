@@ -674,25 +674,7 @@ fn mint(ring: &std::path::Path, scopes: &[&str]) -> String {
 
 /// [`mint`], with the token's id.
 fn mint_with_id(ring: &std::path::Path, scopes: &[&str]) -> (String, String) {
-    let mut args = vec!["token", "create", "--keyring", ring.to_str().unwrap()];
-    for scope in scopes {
-        args.extend(["--scope", scope]);
-    }
-    let out = std::process::Command::new(support::BIN)
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stderr)
-        .trim()
-        .strip_prefix("token id ")
-        .expect("the token's id on stderr")
-        .to_owned();
-    (String::from_utf8(out.stdout).unwrap().trim().to_owned(), id)
+    support::mint_token(ring, scopes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -391,24 +391,6 @@ fn write_keyring(dir: &Path) -> PathBuf {
     ring
 }
 
-/// `hayloft token create` with `ring`.
-fn mint(ring: &Path, scopes: &[&str]) -> String {
-    let mut args = vec!["token", "create", "--keyring", ring.to_str().unwrap()];
-    for scope in scopes {
-        args.extend(["--scope", scope]);
-    }
-    let out = std::process::Command::new(support::BIN)
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_directory_group_over_mutual_tls_with_tokens_outlives_its_leader() {
     let keys = tempfile::tempdir().unwrap();
@@ -417,7 +399,7 @@ async fn a_directory_group_over_mutual_tls_with_tokens_outlives_its_leader() {
     let servers: Vec<Issued> = (0..2).map(|i| pki.issue(&format!("vs{i}"))).collect();
     let client = pki.issue("client");
     let ring = write_keyring(keys.path());
-    let token = mint(&ring, &["admin", "write:*", "read:*"]);
+    let (token, _) = support::mint_token(&ring, &["admin", "write:*", "read:*"]);
     let tokens = [
         "--keyring".to_owned(),
         ring.display().to_string(),

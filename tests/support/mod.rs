@@ -226,6 +226,16 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster with no server yet whose test clients present `access`.
+    fn with_access(access: Access) -> Cluster {
+        Cluster {
+            token: access.token,
+            credential: access.credential,
+            client_env: access.env,
+            ..Cluster::new(0, &[], &[])
+        }
+    }
+
     /// A cluster with ports and a temp dir, nothing started.
     fn new(volume_servers: usize, volume_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         Cluster {
@@ -287,10 +297,7 @@ impl Cluster {
         volume_args: Vec<Vec<String>>,
         access: Access,
     ) -> Cluster {
-        let mut cluster = Cluster::new(0, &[], &[]);
-        cluster.token = access.token;
-        cluster.credential = access.credential;
-        cluster.client_env = access.env;
+        let mut cluster = Cluster::with_access(access);
         cluster.volume_site_args = volume_args;
         cluster.directory_args = directory_args;
         cluster.group = (0..nodes)
@@ -524,10 +531,7 @@ impl Cluster {
         volume_args: Vec<Vec<String>>,
         access: Access,
     ) -> Cluster {
-        let mut cluster = Cluster::new(0, &[], &[]);
-        cluster.token = access.token;
-        cluster.credential = access.credential;
-        cluster.client_env = access.env;
+        let mut cluster = Cluster::with_access(access);
         cluster.directory_args = vec!["--replication".into(), replication.to_string()];
         cluster.directory_args.extend(directory_args);
         cluster.volume_site_args = volume_args;
@@ -730,6 +734,26 @@ pub fn server_index(server_id: &str) -> usize {
         .trim_start_matches("vs")
         .parse()
         .expect("test server id")
+}
+
+/// `hayloft token create` with the key ring `ring`: the token and its id.
+pub fn mint_token(ring: &Path, scopes: &[&str]) -> (String, String) {
+    let mut args = vec!["token", "create", "--keyring", ring.to_str().unwrap()];
+    for scope in scopes {
+        args.extend(["--scope", scope]);
+    }
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .strip_prefix("token id ")
+        .expect("the token's id on stderr")
+        .to_owned();
+    (String::from_utf8(out.stdout).unwrap().trim().to_owned(), id)
 }
 
 /// Runs the `hayloft` command against the cluster: (success, stdout + stderr).
