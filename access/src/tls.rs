@@ -28,7 +28,6 @@
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -106,6 +105,8 @@ struct Loaded {
     client: tonic::transport::ClientTlsConfig,
     /// For HTTP clients of other origins (proxied reads).
     origin_client: Arc<rustls::ClientConfig>,
+    /// Successful reloads before this reading (0: the one at start).
+    generation: u64,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -120,14 +121,18 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(what, path)?;
+/// The certificates in `pem`, read from `path`.
+fn certificates(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem_error = |why: String| TlsError::Pem {
         what,
         path: path.to_owned(),
         why,
     };
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(e.to_string()))?;
     if certs.is_empty() {
@@ -141,16 +146,18 @@ fn rustls_error(e: impl std::fmt::Display) -> TlsError {
 }
 
 impl Loaded {
-    fn read(config: &TlsConfig) -> Result<Loaded, TlsError> {
-        let chain = certificates("certificate", &config.cert)?;
+    fn read(config: &TlsConfig, generation: u64) -> Result<Loaded, TlsError> {
+        let cert_pem = read("certificate", &config.cert)?;
         let key_pem = read("key", &config.key)?;
+        let ca_pem = read("CA certificate", &config.ca)?;
+        let chain = certificates("certificate", &config.cert, &cert_pem)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
             what: "key",
             path: config.key.clone(),
             why: e.to_string(),
         })?;
         let mut roots = rustls::RootCertStore::empty();
-        for ca in certificates("CA certificate", &config.ca)? {
+        for ca in certificates("CA certificate", &config.ca, &ca_pem)? {
             roots.add(ca).map_err(|e| TlsError::Pem {
                 what: "CA certificate",
                 path: config.ca.clone(),
@@ -189,18 +196,15 @@ impl Loaded {
             .map_err(rustls_error)?
             .with_root_certificates(Arc::clone(&roots))
             .with_no_client_auth();
-        let cert_pem = read("certificate", &config.cert)?;
         let client = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(
-                "CA certificate",
-                &config.ca,
-            )?))
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
             .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
         Ok(Loaded {
             grpc: Arc::new(grpc),
             http: Arc::new(http),
             client,
             origin_client: Arc::new(origin_client),
+            generation,
         })
     }
 }
@@ -210,8 +214,6 @@ pub struct ServerTls {
     config: TlsConfig,
     current: RwLock<Arc<Loaded>>,
     stamps: Mutex<FileStamps>,
-    /// Bumped at every successful reload.
-    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -228,12 +230,11 @@ impl ServerTls {
     /// # Errors
     /// A file that cannot be read or parsed, a key that does not fit.
     pub fn load(config: &TlsConfig) -> Result<Arc<ServerTls>, TlsError> {
-        let loaded = Loaded::read(config)?;
+        let loaded = Loaded::read(config, 0)?;
         Ok(Arc::new(ServerTls {
             stamps: Mutex::new(FileStamps::of(Self::files(config))),
             config: config.clone(),
             current: RwLock::new(Arc::new(loaded)),
-            generation: AtomicU64::new(0),
         }))
     }
 
@@ -272,10 +273,7 @@ impl ServerTls {
     /// the reload generation they belong to.
     pub fn origin_client(&self) -> (u64, Arc<rustls::ClientConfig>) {
         let loaded = self.current();
-        (
-            self.generation.load(Ordering::Acquire),
-            Arc::clone(&loaded.origin_client),
-        )
+        (loaded.generation, Arc::clone(&loaded.origin_client))
     }
 
     /// `credential` over TLS with this server's CA and certificate: what
@@ -293,12 +291,10 @@ impl ServerTls {
     /// # Errors
     /// As [`ServerTls::load`]; what is in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let result = Loaded::read(&self.config);
+        let result = Loaded::read(&self.config, self.current().generation + 1);
         let mut stamps = self.stamps.lock();
         *stamps = FileStamps::of(Self::files(&self.config));
-        let loaded = result?;
-        *self.current.write() = Arc::new(loaded);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        *self.current.write() = Arc::new(result?);
         Ok(())
     }
 }

@@ -279,13 +279,10 @@ impl Directory {
     /// Raft (initialising the group on its first start, see
     /// `consensus::start`).
     pub async fn bind(config: DirectoryConfig) -> Result<Directory> {
-        let tls = match &config.tls {
-            Some(tls) => Some(
-                hayloft_access::tls::ServerTls::load(tls)
-                    .map_err(|e| Error::InvalidArgument(format!("tls: {e}")))?,
-            ),
-            None => None,
-        };
+        let tls = (config.tls.as_ref())
+            .map(hayloft_access::tls::ServerTls::load)
+            .transpose()
+            .map_err(|e| Error::InvalidArgument(format!("tls: {e}")))?;
         if let Some(refusal) = hayloft_access::insecure_listen(
             config.listen,
             config.require_tokens,

@@ -349,10 +349,9 @@ impl VolumeServer {
         }
         let limits =
             hayloft_access::limits::RateLimits::new(&config.limits).map_err(StartError::Limits)?;
-        let tls = match &config.tls {
-            Some(tls) => Some(hayloft_access::tls::ServerTls::load(tls)?),
-            None => None,
-        };
+        let tls = (config.tls.as_ref())
+            .map(hayloft_access::tls::ServerTls::load)
+            .transpose()?;
         if let Some(refusal) = hayloft_access::insecure_listen(
             config.grpc_listen,
             config.require_tokens,
