@@ -12,7 +12,8 @@ set -euo pipefail
 # real nginx (the tests start their own on loopback ports). prometheus: its
 # promtool checks and unit-tests the alert rules (deploy/prometheus/).
 # systemd: systemd-analyze verifies the units of deploy/systemd/.
-APT_PACKAGES=(librocksdb-dev libclang-dev python3 python3-venv nginx libnginx-mod-http-js prometheus systemd)
+# chromium: the operator page is tested in a real headless browser.
+APT_PACKAGES=(librocksdb-dev libclang-dev python3 python3-venv nginx libnginx-mod-http-js prometheus systemd chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

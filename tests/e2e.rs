@@ -611,3 +611,223 @@ fn systemd_units_verify_and_are_hardened() {
         );
     }
 }
+
+/// The operator page's DOM as a real headless browser (Debian's
+/// `chromium`, installed by scripts/setup.sh) renders it; also saves a
+/// screenshot to `png`.
+fn browse(url: &str, png: &std::path::Path) -> String {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(args)
+            .arg(url)
+            .output()
+            .expect("chromium is installed by scripts/setup.sh");
+        assert!(
+            output.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    run(&[
+        "--window-size=1000,1600",
+        &format!("--screenshot={}", png.display()),
+    ]);
+    run(&["--dump-dom"])
+}
+
+/// The value of attribute `name` in the first element of `dom` whose tag
+/// holds every one of `marks` (attribute values are unique enough here).
+fn attribute(dom: &str, marks: &[&str], name: &str) -> Option<String> {
+    dom.split('<')
+        .find(|tag| marks.iter().all(|m| tag.contains(m)))
+        .and_then(|tag| tag.split(&format!(" {name}=\"")).nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_operator_page_shows_in_a_browser_what_the_cli_says() {
+    // Slow compactions, so one can be seen running; servers given two
+    // minutes before they count as dead, so they can be paused below.
+    let cluster = Cluster::start_replicated(
+        &["a", "b"],
+        1,
+        &["--dead-after", "120s"],
+        &["--compaction-threshold", "0", "--compaction-rate", "512KiB"],
+    )
+    .await;
+    let client = cluster.client().await;
+    let page_url = format!("http://127.0.0.1:{}/", cluster.directory_metrics_port);
+    for seed in 0..256u64 {
+        let uploaded = client
+            .upload(
+                Bytes::from(content(seed, 16 << 10)),
+                &UploadOptions::default(),
+            )
+            .await
+            .unwrap();
+        if seed % 2 == 1 {
+            client.delete(&uploaded.blob_id).await.unwrap();
+        }
+    }
+
+    // A compaction under way is on the page with its progress.
+    let mut compact = std::process::Command::new(env!("CARGO_BIN_EXE_hayloft"))
+        .args(["compact", "--all", "--min-garbage", "0.1"])
+        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let page = http
+            .get(&page_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Some(percent) = attribute(&page, &[r#"data-kind="compaction""#], "data-percent") {
+            assert!(percent.parse::<u32>().unwrap() < 100, "{percent}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && compact.try_wait().unwrap().is_none(),
+            "no compaction shown running: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(compact.wait().unwrap().success());
+    // Two capacity samples (a second apart) and a heartbeat after the
+    // compaction; then the volume servers are paused so that nothing
+    // changes between the page and the CLI.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let pids: Vec<i32> = cluster.volumes.iter().flatten().map(|p| p.pid()).collect();
+    for pid in &pids {
+        // SAFETY: signalling a child process this test started.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+
+    let shots = tempfile::tempdir().unwrap();
+    let png = shots.path().join("page.png");
+    let dom = browse(&page_url, &png);
+    let (ok, status) = support::hayloft(&cluster, &["status", "--json"]);
+    assert!(ok, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let (ok, capacity) = support::hayloft(&cluster, &["status", "--capacity", "--json"]);
+    assert!(ok, "{capacity}");
+    let capacity: serde_json::Value = serde_json::from_str(&capacity).unwrap();
+    for pid in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+
+    // It rendered, with its chart.
+    assert!(dom.contains("<h1>hayloft</h1>"), "{dom}");
+    assert!(dom.contains(r#"<svg id="capacity-chart""#), "{dom}");
+    assert!(
+        dom.contains(r#"<polyline class="used" data-tier="hot""#),
+        "{dom}"
+    );
+    assert!(dom.contains(r#"class="forecast" data-tier="hot""#), "{dom}");
+    let shot = std::fs::metadata(&png).unwrap().len();
+    assert!(shot > 10_000, "a {shot}-byte screenshot");
+
+    // Servers: alive, zone, free space, as `status --json` says.
+    let servers = status["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2);
+    for server in servers {
+        let id = server["id"].as_str().unwrap();
+        let mark = format!(r#"data-server="{id}""#);
+        for (attr, key) in [
+            ("data-free-hot", "free_hot_bytes"),
+            ("data-free-warm", "free_warm_bytes"),
+        ] {
+            assert_eq!(
+                attribute(&dom, &[&mark], attr).unwrap(),
+                server[key].as_u64().unwrap().to_string(),
+                "{id} {key}"
+            );
+        }
+        assert_eq!(attribute(&dom, &[&mark], "data-alive").unwrap(), "true");
+    }
+    // Volumes by tier and state.
+    let volumes = status["volumes"].as_array().unwrap();
+    assert!(!volumes.is_empty());
+    for tier in ["hot", "warm", "cold"] {
+        for state in [
+            "writable",
+            "paused",
+            "sealed",
+            "moving",
+            "cold",
+            "restoring",
+        ] {
+            let expected = volumes
+                .iter()
+                .filter(|v| v["tier"] == tier && v["state"] == state)
+                .count();
+            let shown = attribute(
+                &dom,
+                &[
+                    &format!(r#"data-tier="{tier}""#),
+                    &format!(r#"data-state="{state}""#),
+                ],
+                "data-count",
+            );
+            assert_eq!(
+                shown.map_or(0, |n| n.parse().unwrap()),
+                expected,
+                "{tier}/{state}"
+            );
+        }
+    }
+    assert_eq!(
+        attribute(&dom, &[r#"id="volumes""#], "data-total").unwrap(),
+        volumes.len().to_string()
+    );
+    assert_eq!(
+        attribute(&dom, &[r#"id="problems""#], "data-count").unwrap(),
+        status["problems"].as_array().unwrap().len().to_string()
+    );
+    // Capacity per tier: used and free bytes exactly; the days until full
+    // as well as two readings a second apart can agree (the growth rate is
+    // measured over the whole history, which grows by a sample a second).
+    for tier in capacity["tiers"].as_array().unwrap() {
+        let name = tier["tier"].as_str().unwrap();
+        let mark = format!(r#"tr class="tier" data-tier="{name}""#);
+        let mark = mark.as_str();
+        assert_eq!(
+            attribute(&dom, &[mark], "data-used").unwrap(),
+            tier["used_bytes"].as_u64().unwrap().to_string(),
+            "{name}"
+        );
+        if let Some(free) = tier["free_bytes"].as_u64() {
+            assert_eq!(
+                attribute(&dom, &[mark], "data-free").unwrap(),
+                free.to_string(),
+                "{name}"
+            );
+        }
+        if let Some(days) = tier["full_in_days"].as_f64() {
+            let shown: f64 = attribute(&dom, &[mark], "data-full-in-days")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                (shown - days).abs() <= days * 0.5 + 0.1,
+                "{name}: page {shown} days, CLI {days}"
+            );
+        }
+    }
+}

@@ -1062,3 +1062,177 @@ async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
         content(3, 10_000)
     );
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "this test fills a small file system of its own: it mounts a tmpfs, which needs root \
+             (CI runs as root)"
+        );
+        Tmpfs(path.to_owned())
+    }
+
+    /// Bytes free, as `df` sees them.
+    fn free(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_keeps_its_reserve_takes_deletes_compacts_and_writes_again() {
+    const MIB: u64 = 1 << 20;
+    // A 32 MiB disk keeping 6 MiB free, with 4 MiB volumes: the reserve also
+    // covers compacting a full volume (4 MiB and a 1 MiB margin).
+    let mut disks = Vec::new();
+    let cluster = Cluster::start_prepared(
+        1,
+        &[
+            "--max-volume-size",
+            "4MiB",
+            "--min-free-space",
+            "6MiB",
+            "--min-free-percent",
+            "0",
+        ],
+        |dir| disks.push(Tmpfs::mount(&dir.join("hot"), "32m")),
+    )
+    .await;
+    let disk = &disks[0];
+    let client = cluster.client().await;
+
+    // Fill it: uploads go on until the disk is at its reserve, then fail
+    // with a clear reason.
+    let mut written = Vec::new();
+    let refused = loop {
+        let seed = written.len() as u64;
+        assert!(seed < 200, "32 MiB took 40 MB of uploads");
+        match client
+            .upload(
+                Bytes::from(content(seed, 200_000)),
+                &UploadOptions::default(),
+            )
+            .await
+        {
+            Ok(uploaded) => written.push((uploaded.blob_id, seed)),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        written.len() >= 80,
+        "only {} uploads went in",
+        written.len()
+    );
+    assert!(
+        matches!(
+            refused.code(),
+            Some(Code::Unavailable | Code::ResourceExhausted)
+        ),
+        "{refused}"
+    );
+    let reason = refused.to_string();
+    assert!(
+        reason.contains("room") || reason.contains("free-space reserve"),
+        "{reason}"
+    );
+    // The reserve is still there, and the directory knows the disk is out
+    // of room (the server reports nothing free above its reserve).
+    assert!(disk.free() >= 5 * MIB, "{} bytes left", disk.free());
+    let status = client.status().await.unwrap();
+    assert_eq!(status.servers[0].free_hot_bytes, 0, "{:?}", status.servers);
+    let (ok, out) = hayloft(&cluster, &["status"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("free-space reserve") || out.contains("room"),
+        "{out}"
+    );
+
+    // Nothing acknowledged is lost.
+    for (blob_id, seed) in &written {
+        let (_, data) = client.download(blob_id).await.unwrap();
+        assert!(data == content(*seed, 200_000), "{blob_id}");
+    }
+
+    // Deletes still work on the full disk: four blobs in five go, but the
+    // first volume keeps all but one, so that its compaction needs nearly
+    // its whole size (which the reserve kept free).
+    let volume_of = |blob_id: &str| blob_id.parse::<BlobId>().unwrap().volume();
+    let first_volume = volume_of(&written[0].0);
+    let mut kept = Vec::new();
+    let mut deleted = Vec::new();
+    let mut spared_first = false;
+    for (i, (blob_id, seed)) in written.iter().enumerate() {
+        let in_first = volume_of(blob_id) == first_volume;
+        let delete = if in_first {
+            !std::mem::replace(&mut spared_first, true)
+        } else {
+            i % 5 != 0
+        };
+        if delete {
+            client.delete(blob_id).await.unwrap();
+            deleted.push(blob_id.clone());
+        } else {
+            kept.push((blob_id.clone(), *seed));
+        }
+    }
+
+    // Compaction runs on the full disk, the nearly full volume included.
+    let (ok, out) = hayloft(&cluster, &["compact", "--all", "--min-garbage", "0.01"]);
+    assert!(ok, "{out}\n{}", support::log_tails(&cluster.log_dir()));
+    assert!(!out.contains("failed"), "{out}");
+
+    // With the space back, writes resume by themselves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let fresh = loop {
+        match client
+            .upload(
+                Bytes::from(content(999, 200_000)),
+                &UploadOptions::default(),
+            )
+            .await
+        {
+            Ok(uploaded) => break uploaded.blob_id,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "writes did not resume: {e} ({} bytes free)",
+                disk.free()
+            ),
+        }
+    };
+    let (_, data) = client.download(&fresh).await.unwrap();
+    assert!(data == content(999, 200_000));
+    for (blob_id, seed) in &kept {
+        let (_, data) = client.download(blob_id).await.unwrap();
+        assert!(data == content(*seed, 200_000), "{blob_id}");
+    }
+    for blob_id in &deleted {
+        let gone = client.download(blob_id).await.unwrap_err();
+        assert_eq!(gone.code(), Some(Code::NotFound), "{blob_id}: {gone}");
+    }
+    drop(client);
+    drop(cluster);
+}

@@ -240,6 +240,28 @@ fn tier_name(tier: i32) -> &'static str {
     }
 }
 
+/// Why a volume takes no new blobs for now (a copy's disk is at its
+/// free-space reserve), if it does not.
+fn paused(volume: &hayloft_proto::VolumeRecord) -> Option<&str> {
+    volume
+        .replicas
+        .iter()
+        .filter_map(|r| r.status.as_ref())
+        .map(|s| s.paused.as_str())
+        .chain(volume.status.as_ref().map(|s| s.paused.as_str()))
+        .find(|why| !why.is_empty())
+}
+
+/// A volume's state as shown: `paused` for a writable volume whose disk is
+/// at its free-space reserve.
+fn shown_state(volume: &hayloft_proto::VolumeRecord) -> &'static str {
+    if volume.state == VolumeState::Writable as i32 && paused(volume).is_some() {
+        "paused"
+    } else {
+        state_name(volume.state)
+    }
+}
+
 fn state_name(state: i32) -> &'static str {
     match VolumeState::try_from(state) {
         Ok(VolumeState::Writable) => "writable",
@@ -251,11 +273,16 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// How far back `status --capacity` (and the operator page) reads the
+/// capacity history: a week for the weekly growth, and a day to spare.
+pub const CAPACITY_HISTORY: std::time::Duration = std::time::Duration::from_secs(8 * 86_400);
+
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.capacity {
         let policy = crate::tier::load_policy(args.policy.as_deref())?;
         let directory = args.connection.directories()?;
-        let since = hayloft_storage::volume::now_unix_secs().saturating_sub(8 * 86_400);
+        let since =
+            hayloft_storage::volume::now_unix_secs().saturating_sub(CAPACITY_HISTORY.as_secs());
         let samples = directory
             .call(|mut directory| async move {
                 directory
@@ -355,7 +382,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                         .min(99)
                 )
             } else {
-                state_name(volume.state).to_owned()
+                shown_state(volume).to_owned()
             },
             &if volume.repairing {
                 format!(
@@ -525,7 +552,8 @@ fn nodes_json(nodes: &[(String, Option<hayloft_proto::NodeStatus>)]) -> serde_js
 
 /// `hayloft status --json`: servers and volumes, every copy with its
 /// server, zone, needle count and health.
-fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value {
+/// `hayloft status --json` (the operator page shows the same figures).
+pub fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value {
     let servers: Vec<_> = status
         .servers
         .iter()
@@ -557,7 +585,8 @@ fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value {
                 .collect();
             serde_json::json!({
                 "id": stats.volume_id, "collection": stats.collection,
-                "tier": tier_name(stats.tier), "state": state_name(v.state),
+                "tier": tier_name(stats.tier), "state": shown_state(v),
+                "paused": paused(v).unwrap_or_default(),
                 "health": if v.repairing { "repairing" } else { health_name(v.health) },
                 "repair_progress": v.repair_progress,
                 "repair_target": v.repair_target,
@@ -565,6 +594,12 @@ fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value {
                 "replication": v.replication,
                 "replicas": replicas, "needles": stats.needles,
                 "file_bytes": stats.file_bytes, "garbage_bytes": stats.garbage_bytes,
+                "compacting": stats.compacting,
+                "compaction_progress": if stats.compacting {
+                    stats.compaction_copied_bytes as f64 / stats.compaction_total_bytes.max(1) as f64
+                } else {
+                    0.0
+                },
             })
         })
         .collect();

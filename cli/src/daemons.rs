@@ -18,9 +18,36 @@ pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Where the operator page asks for what it shows: the directory (or the
+/// directory group) and what to present to it.
+#[derive(Clone)]
+pub struct PageSource {
+    /// gRPC address(es) of the directory.
+    pub directory: String,
+    /// The directory's own credential (its cluster token, its TLS client
+    /// certificate).
+    pub credential: hayloft_proto::Credential,
+}
+
+/// The metrics endpoint of this process, and (on a directory) the
+/// operator page, served once its source is set.
+pub struct MetricsEndpoint {
+    /// The bound address.
+    pub addr: SocketAddr,
+    page: std::sync::Arc<std::sync::OnceLock<PageSource>>,
+}
+
+impl MetricsEndpoint {
+    /// Serves the operator page at `/` from `source` (a directory's).
+    pub fn serve_page(&self, source: PageSource) {
+        let _ = self.page.set(source);
+    }
+}
+
 /// Installs the Prometheus exporter for this process and serves `/metrics`
-/// on `addr`; returns the bound address.
-pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+/// on `addr` (and `/`, the operator page, once [`MetricsEndpoint::serve_page`]
+/// is called).
+pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
     use metrics_exporter_prometheus::PrometheusBuilder;
     // Latency buckets from 100 µs to 10 s.
     let buckets = [
@@ -43,19 +70,42 @@ pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
             upkeep.run_upkeep();
         }
     });
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }),
-    );
+    let page: std::sync::Arc<std::sync::OnceLock<PageSource>> = Default::default();
+    let source = std::sync::Arc::clone(&page);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        )
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let source = source.get().cloned();
+                async move {
+                    match source {
+                        Some(source) => (
+                            axum::http::StatusCode::OK,
+                            crate::page::serve(&source).await,
+                        ),
+                        None => (
+                            axum::http::StatusCode::NOT_FOUND,
+                            axum::response::Html(
+                                "no operator page here: it is served by directories".to_owned(),
+                            ),
+                        ),
+                    }
+                }
+            }),
+        );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
-    Ok(local)
+    Ok(MetricsEndpoint { addr: local, page })
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this
@@ -224,6 +274,12 @@ pub async fn server(
     let directory = Directory::bind(directory_config)
         .await
         .context("starting the directory")?;
+    if let Some(metrics) = &metrics {
+        metrics.serve_page(PageSource {
+            directory: directory.local_addr().to_string(),
+            credential: directory.credential(),
+        });
+    }
     volume_config.directory = directory.local_addr().to_string();
     let origin_https = volume_config.tls.as_ref().is_some_and(|tls| tls.origin);
     let volume = VolumeServer::bind(volume_config)
@@ -237,8 +293,9 @@ pub async fn server(
         "  origin    (HTTP)  {origin}://{}/<blob id>",
         volume.http_addr()
     );
-    if let Some(metrics) = metrics {
-        println!("  metrics   (HTTP)  http://{metrics}/metrics");
+    if let Some(metrics) = &metrics {
+        println!("  operator page     http://{}/", metrics.addr);
+        println!("  metrics   (HTTP)  http://{}/metrics", metrics.addr);
     }
     println!("try: hayloft put FILE --url; hayloft status");
 
@@ -296,10 +353,13 @@ pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
         .context("starting the directory")?;
     println!("directory listening on {}", directory.local_addr());
     if let Some(addr) = metrics {
-        println!(
-            "directory metrics on http://{}/metrics",
-            serve_metrics(addr).await?
-        );
+        let metrics = serve_metrics(addr).await?;
+        metrics.serve_page(PageSource {
+            directory: directory.local_addr().to_string(),
+            credential: directory.credential(),
+        });
+        println!("directory operator page on http://{}/", metrics.addr);
+        println!("directory metrics on http://{}/metrics", metrics.addr);
     }
     directory.serve(stop).await?;
     Ok(())
@@ -317,7 +377,7 @@ pub async fn volume(config: VolumeServerConfig) -> anyhow::Result<()> {
     if let Some(addr) = metrics {
         println!(
             "volume server metrics on http://{}/metrics",
-            serve_metrics(addr).await?
+            serve_metrics(addr).await?.addr
         );
     }
     volume.serve(stop).await?;
@@ -353,6 +413,8 @@ mod tests {
             load_config(Some(&root.join("volume.example.toml"))).unwrap();
         let defaults = VolumeServerConfig::default();
         assert_eq!(volume.max_volume_size, defaults.max_volume_size);
+        assert_eq!(volume.min_free_space, defaults.min_free_space);
+        assert_eq!(volume.min_free_percent, defaults.min_free_percent);
         assert_eq!(volume.cache_max_age, defaults.cache_max_age);
         assert_eq!(volume.hot_dirs, defaults.hot_dirs);
         assert_eq!(volume.read_window, defaults.read_window);

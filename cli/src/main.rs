@@ -14,6 +14,7 @@ mod commands;
 mod compact;
 mod daemons;
 mod group;
+mod page;
 mod repair;
 mod sign;
 mod tier;
@@ -265,6 +266,13 @@ struct VolumeArgs {
     /// Largest volume, e.g. "30GiB".
     #[arg(long)]
     max_volume_size: Option<bytesize::ByteSize>,
+    /// Free space each disk keeps, e.g. "1GiB" (the larger of this and
+    /// --min-free-percent; never less than compacting its largest volume takes).
+    #[arg(long)]
+    min_free_space: Option<bytesize::ByteSize>,
+    /// Free space each disk keeps, in percent of the disk.
+    #[arg(long)]
+    min_free_percent: Option<f64>,
     /// Heartbeat interval, e.g. "5s".
     #[arg(long)]
     pulse: Option<humantime_serde::re::humantime::Duration>,
@@ -486,6 +494,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if let Some(size) = args.max_volume_size {
                     config.max_volume_size = size;
+                }
+                if let Some(size) = args.min_free_space {
+                    config.min_free_space = size;
+                }
+                if let Some(percent) = args.min_free_percent {
+                    config.min_free_percent = percent;
                 }
                 if let Some(pulse) = args.pulse {
                     config.pulse = pulse.into();

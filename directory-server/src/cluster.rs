@@ -206,6 +206,14 @@ impl Cluster {
                 !s.sealed
                     && (s.file_bytes as f64) < s.max_bytes as f64 * self.config.volume_full_ratio
             })
+            // No copy on a disk at its free-space reserve.
+            && !row.replicas.iter().any(|id| {
+                inner
+                    .reported
+                    .get(id)
+                    .and_then(|v| v.get(&row.id))
+                    .is_some_and(|s| !s.paused.is_empty())
+            })
     }
 
     /// Number of writable volumes in a collection.
@@ -370,14 +378,19 @@ impl Cluster {
                 if inner.suspects.contains(&location.server_id) {
                     return None;
                 }
+                let free_bytes = match tier {
+                    Tier::Warm => s.free_warm_bytes,
+                    _ => s.free_hot_bytes,
+                };
+                // No room above its free-space reserve: no new copies.
+                if free_bytes == 0 {
+                    return None;
+                }
                 Some(Candidate {
                     server_id: location.server_id.clone(),
                     zone: site(&location.zone),
                     rack: site(&location.rack),
-                    free_bytes: match tier {
-                        Tier::Warm => s.free_warm_bytes,
-                        _ => s.free_hot_bytes,
-                    },
+                    free_bytes,
                     volumes: copies
                         .get(location.server_id.as_str())
                         .copied()
@@ -1092,16 +1105,19 @@ impl Cluster {
             .filter(|(at, _)| *at >= recent)
             .map(|(_, reason)| reason.clone())
             .collect();
-        // Copies that refuse writes against their will (an fsync failed).
+        // Copies that refuse writes against their will (an fsync failed),
+        // or for now (their disk is at its free-space reserve).
         for volume in &volumes {
             for replica in &volume.replicas {
-                if let (Some(status), Some(location)) = (&replica.status, &replica.location)
-                    && !status.fault.is_empty()
-                {
-                    problems.push(format!(
-                        "volume {} on {}: {}",
-                        status.volume_id, location.server_id, status.fault
-                    ));
+                if let (Some(status), Some(location)) = (&replica.status, &replica.location) {
+                    for why in [&status.fault, &status.paused] {
+                        if !why.is_empty() {
+                            problems.push(format!(
+                                "volume {} on {}: {why}",
+                                status.volume_id, location.server_id
+                            ));
+                        }
+                    }
                 }
             }
         }

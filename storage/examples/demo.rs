@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             durability: Durability::Always,
             ..VolumeConfig::default()
         },
+        reserve: hayloft_storage::Reserve::NONE,
     })?;
     let volume = VolumeId(1);
     if store.volume(volume).is_err() {

@@ -139,6 +139,20 @@ pub enum Error {
         available: u64,
     },
 
+    /// A write would eat into the disk's free-space reserve (kept for
+    /// deletes and compaction); it clears once space is freed.
+    #[error(
+        "{path} is at its free-space reserve ({free} bytes free, {reserved} kept for deletes and compaction): new blobs go elsewhere until space is freed"
+    )]
+    LowSpace {
+        /// The location.
+        path: PathBuf,
+        /// Bytes free at the last measurement.
+        free: u64,
+        /// Bytes the reserve keeps free.
+        reserved: u64,
+    },
+
     /// Two copies of a volume disagree in a way the operation cannot
     /// settle (anti-entropy must bring them together first).
     #[error("copies disagree: {0}")]

@@ -121,6 +121,12 @@ pub(crate) fn sync_parent(path: &Path) -> Result<()> {
 
 /// Bytes available to unprivileged users on the file system holding `path`.
 pub fn available_space(path: &Path) -> Result<u64> {
+    disk_space(path).map(|(free, _)| free)
+}
+
+/// Bytes available to unprivileged users on the file system holding
+/// `path`, and its size.
+pub fn disk_space(path: &Path) -> Result<(u64, u64)> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let c_path =
@@ -135,5 +141,10 @@ pub fn available_space(path: &Path) -> Result<u64> {
     // SAFETY: statvfs returned 0, so it initialised the whole struct.
     let stat = unsafe { stat.assume_init() };
     #[allow(clippy::unnecessary_cast)] // the field widths differ between targets
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+    let (avail, blocks, frsize) = (
+        stat.f_bavail as u64,
+        stat.f_blocks as u64,
+        stat.f_frsize as u64,
+    );
+    Ok((avail * frsize, blocks * frsize))
 }

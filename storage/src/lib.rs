@@ -27,6 +27,7 @@ mod mapped;
 pub mod meta;
 pub mod moves;
 pub mod recovery;
+pub mod space;
 pub mod store;
 pub mod types;
 pub mod volume;
@@ -37,10 +38,11 @@ pub use file::{available_space, write_atomically};
 pub use format::NeedleMeta;
 pub use moves::MoveJob;
 pub use recovery::RecoveryReport;
+pub use space::{DiskSpace, Reserve, SpaceReport};
 pub use store::{Handle, Location, Store, StoreConfig};
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
-    CompactOptions, CompactReport, Durability, Needle, NeedleState, NeedleWrite, NeedleWriter,
-    QueuedWrite, RangeDigest, ScrubReport, SyncDuty, Volume, VolumeConfig, VolumeStats, Waiter,
-    Wake, WriteReceipt,
+    COMPACTION_MARGIN, CompactOptions, CompactReport, Durability, Needle, NeedleState, NeedleWrite,
+    NeedleWriter, QueuedWrite, RangeDigest, ScrubReport, SyncDuty, Volume, VolumeConfig,
+    VolumeStats, Waiter, Wake, WriteReceipt,
 };

@@ -14,9 +14,11 @@ use crate::error::{Error, Result};
 use crate::file::{available_space, sync_parent};
 use crate::format::NeedleMeta;
 use crate::moves::{self, MoveJob, Throttle, moving_paths};
+use crate::space::{DiskSpace, Reserve, SpaceReport};
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
 use crate::volume::{
-    Needle, NeedleWrite, Volume, VolumeConfig, VolumeStats, WriteReceipt, volume_paths,
+    COMPACTION_MARGIN, Needle, NeedleWrite, Volume, VolumeConfig, VolumeStats, WriteReceipt,
+    volume_paths,
 };
 
 /// A volume of the store: local files, or an object in the cold tier.
@@ -63,6 +65,10 @@ pub struct StoreConfig {
     pub locations: Vec<Location>,
     /// Settings shared by every volume.
     pub volume: VolumeConfig,
+    /// Free space every file system holding locations keeps (see
+    /// [`crate::space`]); the reserve also always covers compacting the
+    /// largest volume on it.
+    pub reserve: Reserve,
 }
 
 /// A volume that could not be opened when the store started.
@@ -88,6 +94,8 @@ pub struct Store {
     creating: parking_lot::Mutex<()>,
     failed: Vec<FailedVolume>,
     pending_moves: parking_lot::Mutex<Vec<MoveJob>>,
+    /// The reserve of each location, in the order of `config.locations`.
+    spaces: Vec<Arc<DiskSpace>>,
 }
 
 impl Store {
@@ -141,13 +149,104 @@ impl Store {
                 }
             }
         }
-        Ok(Store {
+        // Locations on one file system share its reserve and headroom.
+        let mut by_device: HashMap<u64, Arc<DiskSpace>> = HashMap::new();
+        let mut spaces = Vec::with_capacity(config.locations.len());
+        for location in &config.locations {
+            use std::os::unix::fs::MetadataExt;
+            let device = std::fs::metadata(&location.path)
+                .map_err(|e| Error::io(&location.path, e))?
+                .dev();
+            let space = match by_device.get(&device) {
+                Some(space) => Arc::clone(space),
+                None => {
+                    let space = Arc::new(DiskSpace::new(&location.path, config.reserve)?);
+                    by_device.insert(device, Arc::clone(&space));
+                    space
+                }
+            };
+            spaces.push(space);
+        }
+        let store = Store {
             config,
             volumes: RwLock::new(volumes),
             creating: parking_lot::Mutex::new(()),
             failed,
             pending_moves: parking_lot::Mutex::new(pending_moves),
-        })
+            spaces,
+        };
+        for volume in store.volumes() {
+            store.attach_space(&volume);
+        }
+        store.refresh_space()?;
+        Ok(store)
+    }
+
+    /// Puts `volume` under the reserve of the location it is in.
+    fn attach_space(&self, volume: &Volume) {
+        if let Some(space) = self.space_of(volume.dir()) {
+            volume.attach_space(Arc::clone(space));
+        }
+    }
+
+    fn space_of(&self, dir: &Path) -> Option<&Arc<DiskSpace>> {
+        self.config
+            .locations
+            .iter()
+            .position(|l| l.path == dir)
+            .map(|i| &self.spaces[i])
+    }
+
+    /// Measures every location's free space again (the reserve covering the
+    /// largest compaction there) and returns each location's figures, in the
+    /// order of [`Store::locations`]. Cheap (a `statvfs` per location):
+    /// the volume server runs it every second, so writes resume by
+    /// themselves once space is freed.
+    pub fn refresh_space(&self) -> Result<Vec<SpaceReport>> {
+        // The largest compaction per file system (by its first location).
+        let first = |i: usize| {
+            self.spaces
+                .iter()
+                .position(|s| Arc::ptr_eq(s, &self.spaces[i]))
+                .unwrap_or(i)
+        };
+        let mut largest = vec![0u64; self.spaces.len()];
+        for volume in self.volumes() {
+            if let Some(i) = self
+                .config
+                .locations
+                .iter()
+                .position(|l| l.path == volume.dir())
+            {
+                let i = first(i);
+                largest[i] = largest[i].max(volume.compaction_needs() + COMPACTION_MARGIN);
+            }
+        }
+        for (i, space) in self.spaces.iter().enumerate() {
+            if first(i) == i {
+                space.set_compaction(largest[i]);
+                space.refresh()?;
+            }
+        }
+        Ok(self.space())
+    }
+
+    /// Each location's free space as last measured, in the order of
+    /// [`Store::locations`].
+    pub fn space(&self) -> Vec<SpaceReport> {
+        self.spaces.iter().map(|s| s.report()).collect()
+    }
+
+    /// The free space of each file system holding locations of `tier`
+    /// (once each, however many locations it holds), as last measured.
+    pub fn tier_space(&self, tier: Tier) -> Vec<SpaceReport> {
+        let mut seen: Vec<&Arc<DiskSpace>> = Vec::new();
+        for (location, space) in self.config.locations.iter().zip(&self.spaces) {
+            if location.tier == tier && !seen.iter().any(|s| Arc::ptr_eq(s, space)) {
+                seen.push(space);
+            }
+        }
+        seen.iter().map(|s| s.report()).collect()
     }
 
     /// Moves that were under way when the store was last closed and that the
@@ -174,23 +273,23 @@ impl Store {
         if self.volumes.read().contains_key(&id) || self.failed.iter().any(|f| f.id == id) {
             return Err(Error::VolumeExists(id));
         }
-        let location = self
-            .config
-            .locations
-            .iter()
-            .filter(|l| l.tier == tier)
-            .max_by_key(|l| available_space(&l.path).unwrap_or(0))
-            .ok_or_else(|| Error::BadFile {
-                path: PathBuf::new(),
-                reason: format!("no {tier} location configured"),
-            })?;
+        let location = self.roomiest(tier)?;
+        let report = self.spaces[location].report();
+        if report.is_low() {
+            return Err(Error::LowSpace {
+                path: self.config.locations[location].path.clone(),
+                free: report.free,
+                reserved: report.reserved,
+            });
+        }
         let volume = Arc::new(Volume::create(
-            &location.path,
+            &self.config.locations[location].path,
             id,
             tier,
             collection,
             self.config.volume,
         )?);
+        volume.attach_space(Arc::clone(&self.spaces[location]));
         self.volumes
             .write()
             .insert(id, Handle::Local(Arc::clone(&volume)));
@@ -329,27 +428,39 @@ impl Store {
             .map_or(Tier::Hot, |l| l.tier)
     }
 
-    /// The location of `tier` with the most free space, if it has `needed` bytes free.
-    pub fn location_for(&self, tier: Tier, needed: u64) -> Result<&Location> {
-        let location = self
-            .config
+    /// The index of the location of `tier` with the most room above its
+    /// reserve (measured now).
+    fn roomiest(&self, tier: Tier) -> Result<usize> {
+        self.config
             .locations
             .iter()
-            .filter(|l| l.tier == tier)
-            .max_by_key(|l| available_space(&l.path).unwrap_or(0))
+            .enumerate()
+            .filter(|(_, l)| l.tier == tier)
+            .map(|(i, _)| {
+                let headroom = self.spaces[i].refresh().map_or(0, |r| r.headroom);
+                (i, headroom)
+            })
+            .max_by_key(|(_, headroom)| *headroom)
+            .map(|(i, _)| i)
             .ok_or_else(|| Error::BadFile {
                 path: PathBuf::new(),
                 reason: format!("no {tier} location configured"),
-            })?;
-        let available = available_space(&location.path)?;
-        if available < needed {
+            })
+    }
+
+    /// The location of `tier` with the most room above its reserve, if
+    /// that is at least `needed` bytes.
+    pub fn location_for(&self, tier: Tier, needed: u64) -> Result<&Location> {
+        let i = self.roomiest(tier)?;
+        let report = self.spaces[i].report();
+        if report.headroom < needed {
             return Err(Error::NoSpace {
-                path: location.path.clone(),
+                path: self.config.locations[i].path.clone(),
                 needed,
-                available,
+                available: report.headroom,
             });
         }
-        Ok(location)
+        Ok(&self.config.locations[i])
     }
 
     /// Moves a local volume to a location of `tier`: seal, persist the job,
@@ -458,6 +569,7 @@ impl Store {
         })();
         match result {
             Ok(moved) => {
+                self.attach_space(&moved);
                 self.volumes
                     .write()
                     .insert(id, Handle::Local(Arc::new(moved)));
@@ -664,6 +776,7 @@ impl Store {
             std::fs::rename(&downloaded, &dat).map_err(|e| Error::io(&dat, e))?;
             sync_parent(&dat)?;
             let volume = Volume::open(&dir, id, tier, self.config.volume)?;
+            self.attach_space(&volume);
             let live: std::collections::HashSet<NeedleId> = cold.needle_ids().into_iter().collect();
             for needle in volume.needle_ids() {
                 if !live.contains(&needle) {

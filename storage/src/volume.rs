@@ -34,12 +34,13 @@ use crate::index::NeedleIndex;
 use crate::mapped::{MappedFile, mapped_bytes};
 use crate::meta::VolumeMeta;
 use crate::recovery::{self, RecoveryReport};
+use crate::space::{DiskSpace, SpaceReport};
 
 mod compact;
 mod replica;
 mod write;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
-pub use compact::{CompactOptions, CompactReport};
+pub use compact::{COMPACTION_MARGIN, CompactOptions, CompactReport};
 pub use replica::{NeedleState, RangeDigest};
 pub use write::{NeedleWriter, QueuedWrite, SyncDuty, Waiter, Wake};
 
@@ -283,6 +284,9 @@ pub struct Volume {
     /// [`Volume::expires_at`] once sealed (no needle is added after that;
     /// deletes can only make the cached time later than the truth).
     expiry: Mutex<Option<Option<u64>>>,
+    /// The free-space reserve of the disk the volume is on (none for a
+    /// volume opened outside a [`crate::Store`]).
+    space: std::sync::OnceLock<Arc<DiskSpace>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -409,7 +413,44 @@ impl Volume {
             meta: Mutex::new(meta),
             recovery: recovered.report,
             expiry: Mutex::new(None),
+            space: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Puts the volume under the free-space reserve of its disk (once).
+    pub(crate) fn attach_space(&self, space: Arc<DiskSpace>) {
+        let _ = self.space.set(space);
+    }
+
+    /// The free space of the volume's disk, if it is kept under a reserve.
+    pub fn space(&self) -> Option<SpaceReport> {
+        self.space.get().map(|s| s.report())
+    }
+
+    /// Why the volume takes no new blobs for now (its disk is at its
+    /// free-space reserve), if it does not; clears by itself.
+    pub fn paused(&self) -> Option<String> {
+        let space = self.space.get()?;
+        let report = space.report();
+        report.is_low().then(|| {
+            format!(
+                "disk {} at its free-space reserve ({} bytes free, {} kept for deletes and compaction)",
+                space.path().display(),
+                report.free,
+                report.reserved
+            )
+        })
+    }
+
+    /// Bytes a compaction of the volume would write now: its live records
+    /// (tombstones included), their index entries, the headers.
+    pub fn compaction_needs(&self) -> u64 {
+        let state = self.state.read();
+        let entries = state.index.len() as u64 + state.deleted.len() as u64;
+        state.live_bytes
+            + entries * INDEX_ENTRY_LEN as u64
+            + SUPERBLOCK_LEN as u64
+            + INDEX_HEADER_LEN as u64
     }
 
     /// The volume's id.

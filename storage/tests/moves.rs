@@ -33,6 +33,7 @@ fn open(root: &Path) -> Store {
             max_size: 64 << 20,
             ..VolumeConfig::default()
         },
+        reserve: hayloft_storage::Reserve::NONE,
     })
     .unwrap()
 }

@@ -226,6 +226,26 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start`], calling `prepare` with each volume server's data
+    /// directory (created) before that server starts: to put a small file
+    /// system there, say.
+    pub async fn start_prepared(
+        volume_servers: usize,
+        volume_args: &[&str],
+        mut prepare: impl FnMut(&Path),
+    ) -> Cluster {
+        let mut cluster = Cluster::new(volume_servers, volume_args, &[]);
+        cluster.start_directory();
+        for i in 0..volume_servers {
+            let dir = cluster.volume_dir(i);
+            std::fs::create_dir_all(&dir).unwrap();
+            prepare(&dir);
+            cluster.start_volume(i);
+        }
+        cluster.wait_alive(volume_servers).await;
+        cluster
+    }
+
     /// A cluster with no server yet whose test clients present `access`.
     fn with_access(access: Access) -> Cluster {
         Cluster {

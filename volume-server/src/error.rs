@@ -25,7 +25,9 @@ pub fn grpc_status(error: &Error, blob: Option<BlobId>) -> tonic::Status {
     }
     match error {
         Error::VolumeExists(_) => Status::already_exists(error.to_string()),
-        Error::VolumeFull { .. } => Status::resource_exhausted(error.to_string()),
+        Error::VolumeFull { .. } | Error::LowSpace { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
         _ if is_disk_full(error) => Status::resource_exhausted(format!("disk full: {error}")),
         Error::Sealed(_) | Error::NeedleDeleted { .. } | Error::Diverged(_) => {
             Status::failed_precondition(error.to_string())

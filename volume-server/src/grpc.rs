@@ -324,8 +324,9 @@ impl VolumeService {
                 notify.notify_one();
             });
         }
-        if let Error::Poisoned(_) = error {
-            // Reported sealed from now on: the directory assigns elsewhere.
+        if let Error::Poisoned(_) | Error::LowSpace { .. } = error {
+            // Reported sealed (or paused) from now on: the directory assigns
+            // elsewhere.
             self.heartbeat_now.notify_one();
         }
         grpc_status(&error, blob)

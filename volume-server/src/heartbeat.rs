@@ -6,27 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hayloft_proto::{HeartbeatRequest, ServerLocation};
-use hayloft_storage::{Store, Tier, available_space};
+use hayloft_storage::{Store, Tier};
 
 use crate::replicate::Replication;
 use crate::status::all_statuses;
 use crate::tier::Tiering;
 
-fn free_bytes(store: &Store, tier: Tier) -> u64 {
-    store
-        .locations()
-        .iter()
-        .filter(|l| l.tier == tier)
-        .map(|l| available_space(&l.path).unwrap_or(0))
-        .sum()
-}
-
 fn request(store: &Store, tiering: &Tiering, server: &ServerLocation) -> HeartbeatRequest {
     HeartbeatRequest {
         server: Some(server.clone()),
         volumes: all_statuses(&store.handles(), tiering),
-        free_hot_bytes: free_bytes(store, Tier::Hot),
-        free_warm_bytes: free_bytes(store, Tier::Warm),
+        free_hot_bytes: crate::space::headroom(store, Tier::Hot),
+        free_warm_bytes: crate::space::headroom(store, Tier::Warm),
     }
 }
 
@@ -89,6 +80,7 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
             tokio::task::spawn_blocking(move || {
                 let beat = request(&store, &tiering, &server);
                 crate::metrics::update_store_gauges(&beat);
+                crate::metrics::update_disk_gauges(&store);
                 beat
             })
             .await

@@ -8,6 +8,7 @@
 //! - [`grpc`]: the `hayloft.v1.Volume` service (streamed writes and reads).
 //! - [`http`]: `GET`/`HEAD /<blob id>` with ranges and conditional requests.
 //! - `heartbeat`: reports volumes and free space to the directory.
+//! - `space`: measures each disk against its free-space reserve.
 //! - [`replicate`]: forwards writes and deletes to the other copies.
 //! - [`proxy`]: HTTP reads of blobs held by other servers.
 //! - [`antientropy`]: copies pull missing needles and tombstones from each
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reads;
 pub mod replicate;
+mod space;
 pub mod status;
 pub mod tier;
 
@@ -107,6 +109,14 @@ pub struct VolumeServerConfig {
     pub warm_dirs: Vec<PathBuf>,
     /// Largest size of a volume's data file (at most 32 GiB). Default `30GiB`.
     pub max_volume_size: ByteSize,
+    /// Free space each disk keeps: the larger of this and
+    /// `min_free_percent` of the disk, and never less than compacting the
+    /// disk's largest volume takes. Below it, the disk's volumes take no new
+    /// blobs (the directory assigns elsewhere); deletes and compaction go
+    /// on, and writes resume once space is freed. Default `1GiB`.
+    pub min_free_space: ByteSize,
+    /// See `min_free_space`. Default 1 (%).
+    pub min_free_percent: f64,
     /// When writes are acknowledged. Default `always`.
     pub durability: DurabilityMode,
     /// fsync interval with `durability = "batched"`. Default `2ms`.
@@ -208,6 +218,8 @@ impl Default for VolumeServerConfig {
             hot_dirs: vec![PathBuf::from("data/hot")],
             warm_dirs: vec![PathBuf::from("data/warm")],
             max_volume_size: ByteSize::gib(30),
+            min_free_space: ByteSize::gib(1),
+            min_free_percent: 1.0,
             durability: DurabilityMode::Always,
             batch_interval: Duration::from_millis(2),
             max_upload_size: ByteSize::gib(4),
@@ -262,6 +274,10 @@ impl VolumeServerConfig {
                     DurabilityMode::Never => Durability::Never,
                 },
             },
+            reserve: hayloft_storage::Reserve {
+                bytes: self.min_free_space.as_u64(),
+                percent: self.min_free_percent,
+            },
         }
     }
 }
@@ -310,6 +326,9 @@ pub enum StartError {
     /// The TLS certificates are unusable.
     #[error("tls: {0}")]
     Tls(#[from] hayloft_access::tls::TlsError),
+    /// A setting is out of its range.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A volume server with its store open and its ports bound.
@@ -327,6 +346,12 @@ pub struct VolumeServer {
 impl VolumeServer {
     /// Opens (and recovers) every volume, then binds both ports.
     pub async fn bind(config: VolumeServerConfig) -> Result<VolumeServer, StartError> {
+        if !(0.0..=100.0).contains(&config.min_free_percent) {
+            return Err(StartError::Config(format!(
+                "min_free_percent must be between 0 and 100, not {}",
+                config.min_free_percent
+            )));
+        }
         let store_config = config.store_config();
         let store = tokio::task::spawn_blocking(move || Store::open(store_config))
             .await
@@ -491,6 +516,11 @@ impl VolumeServer {
         };
         let reads = Arc::new(reads::ReadStats::new(self.config.read_window));
         let read_ticker = tokio::spawn(Arc::clone(&reads).run(wait_stop()));
+        let space_watch = tokio::spawn(space::watch(
+            Arc::clone(&self.store),
+            Arc::clone(&heartbeat_now),
+            wait_stop(),
+        ));
         let tiering = tier::Tiering::new(
             Arc::clone(&self.store),
             self.objects.clone(),
@@ -617,6 +647,7 @@ impl VolumeServer {
         let _ = scheduler.await;
         let _ = anti_entropy_task.await;
         let _ = read_ticker.await;
+        let _ = space_watch.await;
         if let Some(task) = forgetting {
             task.abort();
         }

@@ -6,9 +6,9 @@
 //! | `hayloft_volume_requests_total` | counter | `op`, `status` |
 //! | `hayloft_volume_request_duration_seconds` | histogram | `op` |
 //! | `hayloft_volume_bytes_in_total` / `_bytes_out_total` | counter | `protocol` |
-//! | `hayloft_volumes` | gauge | `tier`, `state` |
+//! | `hayloft_volumes` | gauge | `tier`, `state` (`paused`: its disk is at its free-space reserve) |
 //! | `hayloft_volume_used_bytes` / `_garbage_bytes` / `_live_bytes` | gauge | `tier` |
-//! | `hayloft_disk_free_bytes` | gauge | `tier` |
+//! | `hayloft_disk_free_bytes`, `hayloft_disk_reserved_bytes` (the free-space reserve) | gauge | `tier` |
 //! | `hayloft_index_memory_bytes`, `hayloft_needles` | gauge | |
 //! | `hayloft_compactions_running`, `hayloft_compaction_copied_bytes`, `hayloft_compaction_total_bytes` | gauge | |
 //! | `hayloft_compaction_reclaimed_bytes_total`, `hayloft_compactions_total` | counter | `result` (on the latter) |
@@ -103,6 +103,8 @@ pub fn update_store_gauges(beat: &hayloft_proto::HeartbeatRequest) {
             "restoring"
         } else if status.sealed {
             "sealed"
+        } else if !status.paused.is_empty() {
+            "paused"
         } else {
             "writable"
         };
@@ -120,7 +122,14 @@ pub fn update_store_gauges(beat: &hayloft_proto::HeartbeatRequest) {
         }
     }
     for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
-        for state in ["writable", "sealed", "compacting", "moving", "restoring"] {
+        for state in [
+            "writable",
+            "paused",
+            "sealed",
+            "compacting",
+            "moving",
+            "restoring",
+        ] {
             let count = volumes.get(&(tier.as_str(), state)).copied().unwrap_or(0.0);
             metrics::gauge!("hayloft_volumes", "tier" => tier.as_str(), "state" => state)
                 .set(count);
@@ -131,15 +140,21 @@ pub fn update_store_gauges(beat: &hayloft_proto::HeartbeatRequest) {
         metrics::gauge!("hayloft_volume_garbage_bytes", "tier" => tier.as_str())
             .set(garbage as f64);
     }
-    metrics::gauge!("hayloft_disk_free_bytes", "tier" => Tier::Hot.as_str())
-        .set(beat.free_hot_bytes as f64);
-    metrics::gauge!("hayloft_disk_free_bytes", "tier" => Tier::Warm.as_str())
-        .set(beat.free_warm_bytes as f64);
     metrics::gauge!("hayloft_index_memory_bytes").set(index as f64);
     metrics::gauge!("hayloft_needles").set(needles as f64);
     metrics::gauge!("hayloft_compactions_running").set(compacting as f64);
     metrics::gauge!("hayloft_compaction_copied_bytes").set(copied as f64);
     metrics::gauge!("hayloft_compaction_total_bytes").set(total as f64);
+}
+
+/// Free space and the reserve per local tier, as last measured.
+pub fn update_disk_gauges(store: &hayloft_storage::Store) {
+    for tier in [Tier::Hot, Tier::Warm] {
+        metrics::gauge!("hayloft_disk_free_bytes", "tier" => tier.as_str())
+            .set(crate::space::free(store, tier) as f64);
+        metrics::gauge!("hayloft_disk_reserved_bytes", "tier" => tier.as_str())
+            .set(crate::space::reserved(store, tier) as f64);
+    }
 }
 
 /// Records a finished compaction.

@@ -25,6 +25,11 @@ pub fn volume_status(volume: &Volume) -> VolumeStatus {
         } else {
             String::new()
         },
+        paused: if stats.sealed || poisoned {
+            String::new()
+        } else {
+            volume.paused().unwrap_or_default()
+        },
         volume_id: stats.id.0,
         collection: volume.collection().to_owned(),
         tier: proto_tier(stats.tier) as i32,

@@ -68,6 +68,7 @@ async fn main() {
                 tier: Tier::Warm,
             }],
             volume: VolumeConfig::default(),
+            reserve: hayloft_storage::Reserve::NONE,
         })
         .unwrap(),
     );

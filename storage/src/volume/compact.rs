@@ -51,13 +51,18 @@ use crate::index::NeedleIndex;
 use crate::mapped::MappedFile;
 use crate::types::VolumeId;
 
+/// Room a compaction leaves free beyond what it writes (by default), and
+/// what the free-space reserve keeps beyond the largest compaction.
+pub const COMPACTION_MARGIN: u64 = 1 << 20;
+
 /// How a compaction runs.
 #[derive(Debug, Clone, Copy)]
 pub struct CompactOptions {
     /// Copy at most this many bytes a second (`None`: as fast as the disk goes).
     pub bytes_per_sec: Option<u64>,
     /// Refuse to start unless the disk keeps at least this much free after
-    /// the copy.
+    /// the copy. Small: the disk's free-space reserve (see
+    /// [`crate::space`]) keeps room for the copy itself.
     pub min_free_after: u64,
     /// How long to wait for running streamed uploads before the swap; the
     /// compaction gives up (and rolls back) past it.
@@ -68,7 +73,7 @@ impl Default for CompactOptions {
     fn default() -> Self {
         CompactOptions {
             bytes_per_sec: None,
-            min_free_after: 64 << 20,
+            min_free_after: COMPACTION_MARGIN,
             quiesce_timeout: Duration::from_secs(60),
         }
     }
@@ -323,7 +328,7 @@ impl Volume {
             committed: false,
         };
         let stats = self.stats();
-        let needed = stats.live_bytes + SUPERBLOCK_LEN as u64 + options.min_free_after;
+        let needed = self.compaction_needs() + options.min_free_after;
         let available = available_space(&self.dir)?;
         if available < needed {
             return Err(Error::NoSpace {

@@ -131,7 +131,7 @@ impl Volume {
         wait: bool,
     ) -> Result<Option<(u64, u64, u64)>> {
         let len = record.len() as u64;
-        let Some((offset, files)) = self.reserve(len, false, tombstone, wait)? else {
+        let Some((offset, files)) = self.reserve(len, false, tombstone, tombstone, wait)? else {
             return Ok(None);
         };
         if let Err(e) = files.data.write_at(record, offset) {
@@ -188,7 +188,7 @@ impl Volume {
         };
         let record_len = header.record_len();
         let (offset, files) = self
-            .reserve(record_len, true, copied, true)?
+            .reserve(record_len, true, copied, false, true)?
             .ok_or(Error::Busy(self.id))?;
         let header_bytes = header.encode();
         if let Err(e) = files.data.write_at(&header_bytes, offset) {
@@ -213,12 +213,15 @@ impl Volume {
     /// files to write them to. Waits while a compaction swaps files or a move
     /// makes its final copy, or answers `None` then if not `wait`. A sealed
     /// volume takes only tombstones and needles copied from another copy
-    /// (`even_if_sealed`).
+    /// (`even_if_sealed`). A tombstone may take its bytes out of the disk's
+    /// free-space reserve; any other record is refused (`LowSpace`) when the
+    /// disk is at its reserve.
     fn reserve(
         &self,
         len: u64,
         streamed: bool,
         even_if_sealed: bool,
+        tombstone: bool,
         wait: bool,
     ) -> Result<Option<(u64, Arc<Files>)>> {
         if self.sync.lock().poisoned {
@@ -244,6 +247,13 @@ impl Volume {
                 needed: len,
                 max_size: self.config.max_size,
             });
+        }
+        if let Some(space) = self.space.get() {
+            if tombstone {
+                space.take_from_reserve(len);
+            } else {
+                space.take(len)?;
+            }
         }
         let offset = writer.end;
         writer.end += len;
