@@ -2,11 +2,15 @@
 # Memory per needle of a running `hayloft server`, measured on the process
 # itself (anonymous resident memory, RssAnon in /proc/PID/status):
 #   1. a fresh server with no needle (the baseline, same run);
-#   2. after NEEDLES small blobs written through the real upload path
-#      (`hayloft bench`: gRPC batched uploads, durability always);
+#   2. after NEEDLES/2 and after NEEDLES small blobs written through the real
+#      upload path (`hayloft bench`: gRPC batched uploads, durability always);
 #   3. after a restart (the index loaded from disk).
-# Prints the figures and bytes per needle, both over the baseline (what each
-# needle adds) and in all (the fixed part spread over the needles).
+# Prints the figures and bytes per needle: while writing, the growth between
+# the two points over the needles added (what each needle costs, apart from
+# what the first writes set up once: memtables, connection buffers); over
+# the baseline; and in all (the fixed part spread over the needles).
+# Figures are taken 12 s after the load stops (the server hands its free
+# heap back every 10 s).
 #
 # Usage: benches/memory.sh [NEEDLES] [BLOB_SIZE]   (defaults: 1200000, 64B)
 set -euo pipefail
@@ -46,18 +50,23 @@ anon_kib() { awk '/^RssAnon:/ { print $2 }' "/proc/$PID/status"; }
 needles() {
   "$HAYLOFT" status --json | python3 -c 'import json,sys; print(sum(v["needles"] for v in json.load(sys.stdin)["volumes"]))'
 }
-settle() { sleep 3; }
+settle() { sleep 12; }
+fill() {
+  while [ "$(needles)" -lt "$1" ]; do
+    "$HAYLOFT" bench --duration 10s --concurrency 64 --sizes "$SIZE" --batch 64 --uploads-only \
+      >> "$WORK/bench.log" 2>&1
+  done
+}
 
 start
 settle
 EMPTY=$(anon_kib)
 
-# Batched uploads until NEEDLES are in (each round a fixed time; rounds
-# repeat until enough).
-while [ "$(needles)" -lt "$NEEDLES" ]; do
-  "$HAYLOFT" bench --duration 20s --concurrency 64 --sizes "$SIZE" --batch 64 --uploads-only \
-    >> "$WORK/bench.log" 2>&1
-done
+fill $((NEEDLES / 2))
+settle
+HALF_COUNT=$(needles)
+HALF=$(anon_kib)
+fill "$NEEDLES"
 settle
 COUNT=$(needles)
 WRITING=$(anon_kib)
@@ -68,12 +77,14 @@ settle
 RESTARTED=$(anon_kib)
 stop
 
-python3 - "$COUNT" "$EMPTY" "$WRITING" "$RESTARTED" <<'PY'
+python3 - "$COUNT" "$EMPTY" "$WRITING" "$RESTARTED" "$HALF_COUNT" "$HALF" <<'PY'
 import sys
-n, empty, writing, restarted = (int(x) for x in sys.argv[1:])
-print(f"needles                 {n}")
+n, empty, writing, restarted, half_n, half = (int(x) for x in sys.argv[1:])
+print(f"needles                 {n} ({half_n} at the half-way point)")
 print(f"RssAnon empty           {empty / 1024:8.1f} MiB")
+print(f"RssAnon half-way        {half / 1024:8.1f} MiB")
 print(f"RssAnon after writing   {writing / 1024:8.1f} MiB   "
+      f"{(writing - half) * 1024 / (n - half_n):5.2f} B/needle added, "
       f"{(writing - empty) * 1024 / n:5.2f} B/needle over empty, {writing * 1024 / n:5.2f} B/needle in all")
 print(f"RssAnon after restart   {restarted / 1024:8.1f} MiB   "
       f"{(restarted - empty) * 1024 / n:5.2f} B/needle over empty, {restarted * 1024 / n:5.2f} B/needle in all")

@@ -665,27 +665,11 @@ async fn the_operator_page_shows_in_a_browser_what_the_cli_says() {
     .await;
     let client = cluster.client().await;
     let page_url = format!("http://127.0.0.1:{}/", cluster.directory_metrics_port);
-    for seed in 0..256u64 {
-        let uploaded = client
-            .upload(
-                Bytes::from(content(seed, 16 << 10)),
-                &UploadOptions::default(),
-            )
-            .await
-            .unwrap();
-        if seed % 2 == 1 {
-            client.delete(&uploaded.blob_id).await.unwrap();
-        }
-    }
+    support::upload_half_deleted(&client, 256, 16 << 10).await;
 
     // A compaction under way is on the page with its progress.
-    let mut compact = std::process::Command::new(env!("CARGO_BIN_EXE_hayloft"))
-        .args(["compact", "--all", "--min-garbage", "0.1"])
-        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut compact =
+        support::hayloft_in_background(&cluster, &["compact", "--all", "--min-garbage", "0.1"]);
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

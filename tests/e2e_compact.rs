@@ -170,28 +170,9 @@ async fn status_shows_the_progress_of_a_running_compaction() {
     )
     .await;
     let client = cluster.client().await;
-    let mut kept = Vec::new();
-    for seed in 0..512u64 {
-        let uploaded = client
-            .upload(
-                Bytes::from(content(seed, 16 << 10)),
-                &UploadOptions::default(),
-            )
-            .await
-            .unwrap();
-        if seed % 2 == 0 {
-            kept.push(uploaded.blob_id);
-        } else {
-            client.delete(&uploaded.blob_id).await.unwrap();
-        }
-    }
-    let mut compact = std::process::Command::new(env!("CARGO_BIN_EXE_hayloft"))
-        .args(["compact", "--all", "--min-garbage", "0.1"])
-        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let kept = support::upload_half_deleted(&client, 512, 16 << 10).await;
+    let mut compact =
+        support::hayloft_in_background(&cluster, &["compact", "--all", "--min-garbage", "0.1"]);
     // `hayloft status` shows it, from the server's heartbeats.
     let deadline = Instant::now() + Duration::from_secs(30);
     let line = loop {

@@ -83,12 +83,7 @@ pub fn render(
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta http-equiv="refresh" content="30";
-                title { "hayloft" }
-                style { (PreEscaped(STYLE)) }
-            }
+            (head("hayloft", 30))
             body data-generated-at=(now) {
                 h1 { "hayloft" }
                 p.sub { "Cluster status, " (format_time(now)) " UTC. Reloads every 30 s. Same figures as "
@@ -155,16 +150,24 @@ pub fn unavailable(reason: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta http-equiv="refresh" content="5";
-                title { "hayloft: directory unavailable" }
-                style { (PreEscaped(STYLE)) }
-            }
+            (head("hayloft: directory unavailable", 5))
             body {
                 h1 { "hayloft" }
                 p.problem id="unavailable" { "The directory did not answer: " (reason) }
             }
+        }
+    }
+}
+
+/// The page's head: its title, its style, and a reload every `refresh`
+/// seconds.
+fn head(title: &str, refresh: u32) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta http-equiv="refresh" content=(refresh);
+            title { (title) }
+            style { (PreEscaped(STYLE)) }
         }
     }
 }

@@ -196,7 +196,10 @@ pub struct Snapshot {
 
 /// Each column family's write buffer (memtable): flushed to an SST file past
 /// this. Also the size (x 1.1) RocksDB preallocates for a write-ahead log.
-const WRITE_BUFFER_BYTES: usize = 4 << 20;
+/// Memtables are resident memory of the server: three column families at
+/// 1 MiB each is room for thousands of Raft entries and volume updates
+/// between flushes, which a directory's write rate makes rare anyway.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 /// The RocksDB database.
 pub struct Db {

@@ -18,16 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .map_or_else(|| PathBuf::from("data"), PathBuf::from);
     let store = Store::open(StoreConfig {
-        locations: vec![
-            Location {
-                path: root.join("hot"),
-                tier: Tier::Hot,
-            },
-            Location {
-                path: root.join("warm"),
-                tier: Tier::Warm,
-            },
-        ],
+        locations: Location::hot_and_warm(&root),
         volume: VolumeConfig {
             durability: Durability::Always,
             ..VolumeConfig::default()

@@ -118,6 +118,15 @@ impl NeedleIndex {
                 }
             }
             Some(rel) if rel - dense_len < DENSE_FIXED_SLACK + dense_len / 2 => {
+                let needed = rel as usize + 1;
+                if needed > self.dense.capacity() {
+                    // Grow by a quarter, not the doubling `Vec` would do:
+                    // the slack stays under a byte a needle while a volume
+                    // fills (large blocks are remapped, not copied).
+                    let target =
+                        needed.max(self.dense.capacity() + self.dense.capacity() / 4 + 1024);
+                    self.dense.reserve_exact(target - self.dense.len());
+                }
                 self.dense.resize(rel as usize, 0);
                 self.dense.push(slot);
                 self.sparse.remove(&id.0).unwrap_or(0)

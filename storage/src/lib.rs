@@ -39,7 +39,7 @@ pub use format::NeedleMeta;
 pub use moves::MoveJob;
 pub use recovery::RecoveryReport;
 pub use space::{DiskSpace, Reserve, SpaceReport};
-pub use store::{Handle, Location, Store, StoreConfig};
+pub use store::{Handle, Location, Store, StoreConfig, release_free_heap};
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
     COMPACTION_MARGIN, CompactOptions, CompactReport, Durability, Needle, NeedleState, NeedleWrite,

@@ -148,18 +148,28 @@ fn load_index(
     idx_path: &Path,
     state: &mut ReadState,
 ) -> Result<LoadedIndex, &'static str> {
-    let bytes = match std::fs::read(idx_path) {
-        Ok(bytes) => bytes,
+    // Streamed in 1 MiB reads rather than read whole: a buffer of the whole
+    // file (16 bytes a needle) would outlive the load as free heap the
+    // allocator keeps.
+    use std::io::Read;
+    let file = match std::fs::File::open(idx_path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("index file missing"),
         Err(_) => return Err("index file unreadable"),
     };
-    let header = IndexHeader::decode(&bytes).map_err(|_| "bad index file header")?;
+    let file_len = file.metadata().map_err(|_| "index file unreadable")?.len();
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; INDEX_HEADER_LEN];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| "bad index file header")?;
+    let header = IndexHeader::decode(&header).map_err(|_| "bad index file header")?;
     if header.volume_id != id {
         return Err("index file belongs to another volume");
     }
     let data_len = map.readable_len();
-    let body = &bytes[INDEX_HEADER_LEN..];
-    let whole = body.len() / INDEX_ENTRY_LEN;
+    let whole =
+        (file_len.saturating_sub(INDEX_HEADER_LEN as u64) / INDEX_ENTRY_LEN as u64) as usize;
     state.index.reserve(whole);
     let mut loaded = LoadedIndex {
         entries: 0,
@@ -168,13 +178,17 @@ fn load_index(
     };
     let mut last = None;
     let min_record = format::record_len(0, format::FIXED_METADATA_LEN);
-    for (i, chunk) in body.chunks_exact(INDEX_ENTRY_LEN).enumerate() {
+    let mut chunk = [0u8; INDEX_ENTRY_LEN];
+    for i in 0..whole {
+        reader
+            .read_exact(&mut chunk)
+            .map_err(|_| "index file unreadable")?;
         if chunk.iter().all(|b| *b == 0) {
             // A zero-filled tail: the file's size reached disk before its data.
             loaded.valid_len = (INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN) as u64;
             break;
         }
-        let entry = IndexEntry::decode(chunk);
+        let entry = IndexEntry::decode(&chunk);
         let end = entry
             .offset
             .checked_add(entry.record_len)

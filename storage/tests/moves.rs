@@ -19,16 +19,7 @@ const V: VolumeId = VolumeId(7);
 
 fn open(root: &Path) -> Store {
     Store::open(StoreConfig {
-        locations: vec![
-            Location {
-                path: root.join("hot"),
-                tier: Tier::Hot,
-            },
-            Location {
-                path: root.join("warm"),
-                tier: Tier::Warm,
-            },
-        ],
+        locations: Location::hot_and_warm(root),
         volume: VolumeConfig {
             max_size: 64 << 20,
             ..VolumeConfig::default()

@@ -791,6 +791,41 @@ pub fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Starts the `hayloft` command against the cluster in the background
+/// (its output discarded): a `compact` to watch while it runs, say.
+pub fn hayloft_in_background(cluster: &Cluster, args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+        .envs(cluster.client_env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run hayloft")
+}
+
+/// Uploads `count` blobs of `size` bytes and deletes every other one (the
+/// odd seeds), leaving garbage for a compaction; returns the kept blob ids
+/// (of the even seeds, in order).
+pub async fn upload_half_deleted(client: &Client, count: u64, size: usize) -> Vec<String> {
+    let mut kept = Vec::new();
+    for seed in 0..count {
+        let uploaded = client
+            .upload(
+                bytes::Bytes::from(content(seed, size)),
+                &hayloft_client::UploadOptions::default(),
+            )
+            .await
+            .unwrap();
+        if seed % 2 == 0 {
+            kept.push(uploaded.blob_id);
+        } else {
+            client.delete(&uploaded.blob_id).await.unwrap();
+        }
+    }
+    kept
+}
+
 /// A real S3-compatible server (moto, installed by `scripts/setup.sh`) on a
 /// loopback port, stopped when dropped. It keeps everything in memory: a
 /// restart on the same port is an S3 that lost everything.

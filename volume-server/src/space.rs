@@ -2,7 +2,8 @@
 //! `hayloft_storage::space`): measured every [`CHECK_EVERY`], so writes
 //! resume by themselves once space comes back; a disk going below its
 //! reserve, or back above it, is logged and reported to the directory at
-//! once (its volumes are reported paused meanwhile).
+//! once (its volumes are reported paused meanwhile). The same task hands
+//! the allocator's free heap back to the system every ten seconds.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,10 @@ use hayloft_storage::{SpaceReport, Store, Tier};
 
 /// How often free space is measured.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Every this many measurements, the allocator's free heap goes back to
+/// the system (see `hayloft_storage::release_free_heap`).
+const TRIM_EVERY: u32 = 10;
 
 /// Bytes new blobs may take on the disks of `tier` (free space above the
 /// reserve), as last measured; a file system holding several locations of
@@ -50,14 +55,20 @@ pub(crate) async fn watch(
                 reserved = report.reserved, "disk at its free-space reserve: its volumes take no new blobs");
         }
     }
-    loop {
+    for tick in 1u32.. {
         tokio::select! {
             _ = &mut stop => return,
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
         let measured = {
             let store = Arc::clone(&store);
-            tokio::task::spawn_blocking(move || store.refresh_space()).await
+            tokio::task::spawn_blocking(move || {
+                if tick.is_multiple_of(TRIM_EVERY) {
+                    hayloft_storage::release_free_heap();
+                }
+                store.refresh_space()
+            })
+            .await
         };
         let reports = match measured {
             Ok(Ok(reports)) => reports,
