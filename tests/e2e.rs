@@ -686,12 +686,12 @@ async fn the_operator_page_shows_in_a_browser_what_the_cli_says() {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline && compact.try_wait().unwrap().is_none(),
+            std::time::Instant::now() < deadline && compact.child.try_wait().unwrap().is_none(),
             "no compaction shown running: {page}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    assert!(compact.wait().unwrap().success());
+    assert!(compact.child.wait().unwrap().success());
     // Two capacity samples (a second apart) and a heartbeat after the
     // compaction; then the volume servers are paused so that nothing
     // changes between the page and the CLI.

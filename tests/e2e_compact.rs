@@ -185,7 +185,7 @@ async fn status_shows_the_progress_of_a_running_compaction() {
             break line.to_owned();
         }
         assert!(
-            Instant::now() < deadline && compact.try_wait().unwrap().is_none(),
+            Instant::now() < deadline && compact.child.try_wait().unwrap().is_none(),
             "no compaction in progress shown: {out}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -202,7 +202,7 @@ async fn status_shows_the_progress_of_a_running_compaction() {
         });
     assert!(percent < 100, "{line}");
     assert!(
-        tokio::task::spawn_blocking(move || compact.wait().unwrap())
+        tokio::task::spawn_blocking(move || compact.child.wait().unwrap())
             .await
             .unwrap()
             .success()

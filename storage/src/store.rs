@@ -235,30 +235,23 @@ impl Store {
     /// the volume server runs it every second, so writes resume by
     /// themselves once space is freed.
     pub fn refresh_space(&self) -> Result<Vec<SpaceReport>> {
-        // The largest compaction per file system (by its first location).
-        let first = |i: usize| {
-            self.spaces
-                .iter()
-                .position(|s| Arc::ptr_eq(s, &self.spaces[i]))
-                .unwrap_or(i)
-        };
-        let mut largest = vec![0u64; self.spaces.len()];
-        for volume in self.volumes() {
-            if let Some(i) = self
-                .config
-                .locations
-                .iter()
-                .position(|l| l.path == volume.dir())
-            {
-                let i = first(i);
-                largest[i] = largest[i].max(volume.compaction_needs() + COMPACTION_MARGIN);
-            }
-        }
+        let volumes = self.volumes();
         for (i, space) in self.spaces.iter().enumerate() {
-            if first(i) == i {
-                space.set_compaction(largest[i]);
-                space.refresh()?;
+            // Each file system once, however many locations it holds.
+            if self.spaces[..i].iter().any(|s| Arc::ptr_eq(s, space)) {
+                continue;
             }
+            let largest = volumes
+                .iter()
+                .filter(|v| {
+                    self.space_of(v.dir())
+                        .is_some_and(|s| Arc::ptr_eq(s, space))
+                })
+                .map(|v| v.compaction_needs() + COMPACTION_MARGIN)
+                .max()
+                .unwrap_or(0);
+            space.set_compaction(largest);
+            space.refresh()?;
         }
         Ok(self.space())
     }

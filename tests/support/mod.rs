@@ -792,16 +792,19 @@ pub fn hayloft(cluster: &Cluster, args: &[&str]) -> (bool, String) {
 }
 
 /// Starts the `hayloft` command against the cluster in the background
-/// (its output discarded): a `compact` to watch while it runs, say.
-pub fn hayloft_in_background(cluster: &Cluster, args: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
-        .envs(cluster.client_env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run hayloft")
+/// (its output discarded): a `compact` to watch while it runs, say. Killed
+/// when dropped, if it is still running.
+pub fn hayloft_in_background(cluster: &Cluster, args: &[&str]) -> Proc {
+    Proc {
+        child: Command::new(BIN)
+            .args(args)
+            .env("HAYLOFT_DIRECTORY", cluster.directory_addr())
+            .envs(cluster.client_env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run hayloft"),
+    }
 }
 
 /// Uploads `count` blobs of `size` bytes and deletes every other one (the

@@ -48,8 +48,9 @@ pub(crate) async fn watch(
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let mut low: Vec<bool> = store.space().iter().map(SpaceReport::is_low).collect();
-    for (location, report) in store.locations().iter().zip(store.space()) {
+    let start = store.space();
+    let mut low: Vec<bool> = start.iter().map(SpaceReport::is_low).collect();
+    for (location, report) in store.locations().iter().zip(start) {
         if report.is_low() {
             tracing::warn!(path = %location.path.display(), free = report.free,
                 reserved = report.reserved, "disk at its free-space reserve: its volumes take no new blobs");
