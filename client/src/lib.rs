@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::future::Either;
 use futures::stream::{self, BoxStream, StreamExt};
 use hayloft_proto::AuthChannel;
 use hayloft_proto::volume_client::VolumeClient;
@@ -418,17 +419,8 @@ impl Client {
     /// Uploads bytes held in memory.
     pub async fn upload(&self, data: Bytes, options: &UploadOptions) -> Result<Uploaded> {
         let size = data.len() as u64;
-        self.upload_from(size, options, move || {
-            let data = data.clone();
-            let chunks = (0..data.len().div_ceil(hayloft_proto::CHUNK_BYTES))
-                .map(move |i| {
-                    let start = i * hayloft_proto::CHUNK_BYTES;
-                    Ok(data.slice(start..(start + hayloft_proto::CHUNK_BYTES).min(data.len())))
-                })
-                .collect::<Vec<_>>();
-            Box::pin(stream::iter(chunks))
-        })
-        .await
+        self.upload_from(size, options, move || Body::Memory(data.clone()))
+            .await
     }
 
     /// Uploads many blobs: those of at most [`BATCH_BLOB_MAX`] bytes go in
@@ -581,8 +573,10 @@ impl Client {
     pub async fn upload_file(&self, path: &Path, options: &UploadOptions) -> Result<Uploaded> {
         let size = tokio::fs::metadata(path).await?.len();
         let path = path.to_owned();
-        self.upload_from(size, options, move || file_chunks(path.clone()))
-            .await
+        self.upload_from(size, options, move || {
+            Body::Stream(file_chunks(path.clone()))
+        })
+        .await
     }
 
     /// Uploads `size` bytes from a source that can be restarted (`chunks` is
@@ -591,7 +585,7 @@ impl Client {
         &self,
         size: u64,
         options: &UploadOptions,
-        chunks: impl Fn() -> BoxStream<'static, std::io::Result<Bytes>> + Send + Sync,
+        body: impl Fn() -> Body + Send + Sync,
     ) -> Result<Uploaded> {
         let mut last_error = None;
         let request_id = options
@@ -606,7 +600,7 @@ impl Client {
             } = slot;
             let location = &locations[0];
             let (errors_tx, mut errors_rx) = tokio::sync::oneshot::channel();
-            let requests = write_requests(header, chunks(), errors_tx);
+            let requests = write_requests(header, body(), errors_tx);
             let result = match self.volume_client(&location.grpc_addr) {
                 Ok(mut client) => client
                     .write(hayloft_proto::with_request_id(requests, &request_id))
@@ -862,18 +856,30 @@ fn now_unix() -> u64 {
 
 fn write_requests(
     header: WriteHeader,
-    mut chunks: BoxStream<'static, std::io::Result<Bytes>>,
+    body: Body,
     errors: tokio::sync::oneshot::Sender<std::io::Error>,
-) -> ReceiverStream<WriteRequest> {
+) -> Either<stream::Iter<std::vec::IntoIter<WriteRequest>>, ReceiverStream<WriteRequest>> {
+    let header = WriteRequest {
+        part: Some(Part::Header(header)),
+    };
+    let mut chunks = match body {
+        // Nothing to read and nothing that can fail: the messages go out
+        // as they are (no task, no channel: a small upload costs one call).
+        Body::Memory(data) => {
+            let mut messages = vec![header];
+            for start in (0..data.len()).step_by(hayloft_proto::CHUNK_BYTES) {
+                let end = (start + hayloft_proto::CHUNK_BYTES).min(data.len());
+                messages.push(WriteRequest {
+                    part: Some(Part::Chunk(data.slice(start..end))),
+                });
+            }
+            return Either::Left(stream::iter(messages));
+        }
+        Body::Stream(chunks) => chunks,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
-        if tx
-            .send(WriteRequest {
-                part: Some(Part::Header(header)),
-            })
-            .await
-            .is_err()
-        {
+        if tx.send(header).await.is_err() {
             return;
         }
         while let Some(chunk) = chunks.next().await {
@@ -896,7 +902,14 @@ fn write_requests(
             }
         }
     });
-    ReceiverStream::new(rx)
+    Either::Right(ReceiverStream::new(rx))
+}
+
+/// The bytes of an upload: in memory, or read as they are sent (a read
+/// error ends the upload with that error).
+enum Body {
+    Memory(Bytes),
+    Stream(BoxStream<'static, std::io::Result<Bytes>>),
 }
 
 /// A file's contents as a stream of chunks.

@@ -182,7 +182,10 @@ impl Credential {
             format!("{}://{addr}", self.scheme())
         };
         let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| Status::invalid_argument(format!("bad server address {addr:?}: {e}")))?;
+            .map_err(|e| Status::invalid_argument(format!("bad server address {addr:?}: {e}")))?
+            .initial_stream_window_size(crate::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::CONNECTION_WINDOW_BYTES)
+            .max_frame_size(crate::MAX_FRAME_BYTES);
         match &self.tls {
             Some(tls) => endpoint
                 .tls_config(tls())

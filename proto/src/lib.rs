@@ -39,6 +39,20 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Size of the data chunks clients and servers stream.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
+/// HTTP/2 flow-control window of one stream on gRPC servers and clients:
+/// several chunks, so a sender keeps sending while the receiver writes the
+/// chunk before (the default, 64 KiB or 1 MiB, is one chunk or less, and a
+/// large upload stalls on every write). Measured with `upload-ceiling`:
+/// 64 MiB uploads +56% (BENCHMARKS.md, "Uploads next to their ceilings").
+pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+
+/// HTTP/2 flow-control window of a whole connection (many streams share it).
+pub const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+
+/// Largest HTTP/2 frame a gRPC server or client takes: a chunk goes in a
+/// few frames instead of 64 of the default 16 KiB.
+pub const MAX_FRAME_BYTES: u32 = 256 << 10;
+
 /// The gRPC metadata key and HTTP header that carries a request's id from
 /// the client through the directory to the volume server, so that the logs
 /// of one upload or read can be found on every server it touched.

@@ -341,6 +341,14 @@ impl VolumeService {
         stream: &mut Streaming<WriteRequest>,
         mut forward: Forward,
     ) -> Result<hayloft_storage::WriteReceipt, Status> {
+        if forward.is_empty() {
+            // One copy (or a copy's own write): a blob sent as one chunk is
+            // written from the received buffer as it is.
+            let data = gather(stream, header.size).await?;
+            return write_whole(volume, blob, data, meta)
+                .await?
+                .map_err(|e| self.failed(e, Some(blob)));
+        }
         let mut data = Vec::with_capacity(header.size as usize);
         while let Some(chunk) = next_chunk(stream).await? {
             if data.len() as u64 + chunk.len() as u64 > header.size {

@@ -598,6 +598,9 @@ impl VolumeServer {
             wait_stop(),
         ));
         let grpc_server = tonic::transport::Server::builder()
+            .initial_stream_window_size(hayloft_proto::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(hayloft_proto::CONNECTION_WINDOW_BYTES)
+            .max_frame_size(hayloft_proto::MAX_FRAME_BYTES)
             .layer(
                 hayloft_access::grpc::GateLayer::new(gate)
                     .with_limits(self.limits.clone(), grpc::needs)
