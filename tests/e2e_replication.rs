@@ -132,6 +132,25 @@ fn upload_until(
         .collect()
 }
 
+/// The volumes server `index` holds on disk (`ListVolumes`); `None` while it
+/// does not answer.
+async fn volumes_on(cluster: &Cluster, index: usize) -> Option<Vec<u32>> {
+    let mut client = VolumeClient::connect(format!("http://{}", cluster.grpc_addr(index)))
+        .await
+        .ok()?;
+    let list = client
+        .list_volumes(hayloft_proto::ListVolumesRequest {})
+        .await
+        .ok()?;
+    Some(
+        list.into_inner()
+            .volumes
+            .iter()
+            .map(|v| v.volume_id)
+            .collect(),
+    )
+}
+
 /// Every blob reads back byte for byte from every healthy copy.
 async fn assert_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)]) {
     let status = cluster.client().await.status().await.unwrap();
@@ -592,21 +611,10 @@ async fn a_lost_server_is_replaced_and_its_copy_removed_when_it_returns() {
     cluster.start_volume(lost_index);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut volume_client =
-            VolumeClient::connect(format!("http://{}", cluster.grpc_addr(lost_index))).await;
-        if let Ok(c) = volume_client.as_mut()
-            && let Ok(list) = c.list_volumes(hayloft_proto::ListVolumesRequest {}).await
+        if let Some(on_disk) = volumes_on(&cluster, lost_index).await
+            && !on_disk.iter().any(|id| held.contains(id))
         {
-            let left: Vec<u32> = list
-                .into_inner()
-                .volumes
-                .iter()
-                .map(|v| v.volume_id)
-                .filter(|id| held.contains(id))
-                .collect();
-            if left.is_empty() {
-                break;
-            }
+            break;
         }
         assert!(Instant::now() < deadline, "extra copies were not removed");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -892,6 +900,80 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_server_returning_mid_repair_leaves_three_copies_and_no_extra() {
+    // One volume of 16 MiB, repaired at 1 MiB/s: the lost server is back
+    // long before its replacement could be whole.
+    let mut cluster = Cluster::start_replicated(
+        &["a", "a", "b", "b"],
+        3,
+        &["--repair-after", "1s"],
+        &["--anti-entropy-interval", "1s", "--repair-rate", "1MiB"],
+    )
+    .await;
+    let client = Arc::new(cluster.client().await);
+    let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 16).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (volume_id, target) = loop {
+        let status = client.status().await.unwrap();
+        let job = status
+            .volumes
+            .iter()
+            .find(|v| v.repairing && v.repair_progress > 0.0)
+            .map(|v| {
+                (
+                    v.status.as_ref().unwrap().volume_id,
+                    v.repair_target.clone(),
+                )
+            });
+        if let Some(job) = job {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "no repair under way: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let on_target = volumes_on(&cluster, server_index(&target)).await.unwrap();
+    assert!(on_target.contains(&volume_id), "{on_target:?}");
+
+    // The lost server returns with its copy while the target holds half of
+    // one. Whichever copy the directory keeps (the returned one caught up,
+    // or the finished replacement), the volume ends with three healthy
+    // copies on three servers, the job closed, and no copy left on the
+    // fourth server.
+    cluster.start_volume(server_index(&lost));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = client.status().await.unwrap();
+        let volume = status
+            .volumes
+            .iter()
+            .find(|v| v.status.as_ref().unwrap().volume_id == volume_id)
+            .unwrap();
+        let holders = replica_ids(volume);
+        let settled = volume.health == VolumeHealth::Ok as i32
+            && !volume.repairing
+            && holders.len() == 3
+            && holders.iter().collect::<BTreeSet<_>>().len() == 3;
+        if settled {
+            let outsider = (0..4)
+                .find(|i| !holders.contains(&format!("vs{i}")))
+                .unwrap();
+            if volumes_on(&cluster, outsider)
+                .await
+                .is_some_and(|on_disk| !on_disk.contains(&volume_id))
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled after the lost server returned mid-repair: {volume:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_on_every_copy(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
     // A directory group of 3; one volume (3 copies over 4 servers) of
     // 16 MiB, repaired at 1 MiB/s: the repair outlasts an election.
@@ -987,6 +1069,100 @@ async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
     assert!(
         log.contains("resuming a repair started before this leader"),
         "the new leader did not resume the job:\n{log}"
+    );
+    wait_on_every_copy(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_dying_between_a_repairs_result_and_its_end_leaves_the_next_to_end_it() {
+    // A directory group of 3 whose nodes abort right after committing a
+    // repair's result, before `RepairEnded` (while the trigger file exists).
+    let mut cluster = Cluster::unstarted_group(
+        3,
+        [
+            "--replication",
+            "3",
+            "--repair-after",
+            "1s",
+            "--min-writable-volumes",
+            "1",
+        ]
+        .map(String::from)
+        .into(),
+        vec![Vec::new(); 4],
+        support::Access::default(),
+    );
+    let trigger = cluster.root.path().join("abort-before-repair-ended");
+    std::fs::write(&trigger, b"").unwrap();
+    cluster.directory_env = vec![(
+        "HAYLOFT_FAILPOINT".into(),
+        format!("repair-before-ended@{}", trigger.display()),
+    )];
+    cluster.start_directory();
+    cluster.start_zoned_volumes(&["a", "a", "b", "b"]).await;
+    let client = Arc::new(cluster.client().await);
+    let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 4).await;
+
+    // The leader repairs, records the new copy, and dies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        let exited = (0..3).find(|&i| cluster.group[i].proc.as_mut().unwrap().exited());
+        if let Some(node) = exited {
+            break node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader reached the failpoint\n{}",
+            support::log_tails(&cluster.log_dir())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    std::fs::remove_file(&trigger).unwrap();
+    cluster.group[leader].proc = None;
+    let log_of = |node: usize| {
+        std::fs::read_to_string(
+            cluster
+                .root
+                .path()
+                .join(format!("directory{}.log", node + 1)),
+        )
+        .unwrap()
+    };
+    let dead = log_of(leader);
+    assert!(
+        dead.contains("repair done, copy verified")
+            && dead.contains("failpoint repair-before-ended: aborting"),
+        "{dead}"
+    );
+
+    // The next leader finds the job open with the copy whole: it ends the
+    // job and copies nothing again.
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client.status().await.unwrap();
+        let whole = status.volumes.iter().all(|v| {
+            let holders = replica_ids(v);
+            !v.repairing
+                && v.health == VolumeHealth::Ok as i32
+                && holders.len() == 3
+                && !holders.contains(&lost)
+        });
+        if whole {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the repair job was not ended: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = log_of(next);
+    assert!(log.contains("repair job ended"), "{log}");
+    assert!(
+        !log.contains("repair started") && !log.contains("resuming a repair"),
+        "the next leader repaired again:\n{log}"
     );
     wait_on_every_copy(&cluster, &acked).await;
 }

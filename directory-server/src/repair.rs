@@ -656,6 +656,9 @@ fn launch(
         };
         // After the result: a leader that dies between the two finds the
         // job open and ends it, the copy being whole.
+        if recorded.is_ok() {
+            hayloft_storage::failpoint::abort_at("repair-before-ended");
+        }
         if let Err(error) = cluster
             .end_repair(plan.volume_id, &plan.target.server_id)
             .await

@@ -28,7 +28,7 @@ fn active(name: &str) -> bool {
 }
 
 /// Aborts the process at the step `name` (a crash at that point).
-pub(crate) fn abort_at(name: &str) {
+pub fn abort_at(name: &str) {
     if active(name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();

@@ -19,7 +19,7 @@
 
 pub mod cold;
 pub mod error;
-mod failpoint;
+pub mod failpoint;
 mod file;
 pub mod format;
 pub mod index;

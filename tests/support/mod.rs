@@ -171,6 +171,8 @@ pub struct Cluster {
     pub volume_env: Vec<(String, String)>,
     /// Extra arguments of the directory.
     pub directory_args: Vec<String>,
+    /// Environment of directory group nodes (failpoints).
+    pub directory_env: Vec<(String, String)>,
     /// Extra arguments of each volume server (zone, rack).
     pub volume_site_args: Vec<Vec<String>>,
     /// The nodes of a directory group (empty: one directory, `directory`).
@@ -281,6 +283,7 @@ impl Cluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             directory_args: Vec::new(),
+            directory_env: Vec::new(),
             volume_site_args: Vec::new(),
             group: Vec::new(),
             token: None,
@@ -317,6 +320,20 @@ impl Cluster {
         volume_args: Vec<Vec<String>>,
         access: Access,
     ) -> Cluster {
+        let mut cluster = Cluster::unstarted_group(nodes, directory_args, volume_args, access);
+        cluster.start_directory();
+        cluster.start_zoned_volumes(zones).await;
+        cluster
+    }
+
+    /// [`Cluster::start_group_with`] with nothing started yet (set
+    /// `directory_env`, then `start_directory` and `start_zoned_volumes`).
+    pub fn unstarted_group(
+        nodes: usize,
+        directory_args: Vec<String>,
+        volume_args: Vec<Vec<String>>,
+        access: Access,
+    ) -> Cluster {
         let mut cluster = Cluster::with_access(access);
         cluster.volume_site_args = volume_args;
         cluster.directory_args = directory_args;
@@ -328,14 +345,12 @@ impl Cluster {
                 join: false,
             })
             .collect();
-        cluster.start_directory();
-        cluster.start_zoned_volumes(zones).await;
         cluster
     }
 
     /// Starts one volume server per entry of `zones` (in that zone, each on
     /// its own rack) and waits until the directory sees them all alive.
-    async fn start_zoned_volumes(&mut self, zones: &[&str]) {
+    pub async fn start_zoned_volumes(&mut self, zones: &[&str]) {
         for (i, zone) in zones.iter().enumerate() {
             self.volume_ports.push(VolumePorts {
                 grpc: free_port(),
@@ -435,7 +450,7 @@ impl Cluster {
             .chain(self.directory_args.iter().cloned())
             .collect();
         let log = self.root.path().join(format!("directory{}.log", i + 1));
-        self.group[i].proc = Some(spawn(&args, &log));
+        self.group[i].proc = Some(spawn_with_env(&args, &log, &self.directory_env));
     }
 
     /// What the test's clients present: the cluster's credential, and its
