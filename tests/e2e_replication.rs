@@ -820,17 +820,51 @@ async fn upload_then_lose_a_copy(
     (acked, lost)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_repair_resumes_after_its_target_and_the_directory_die() {
+/// Four servers in two zones, replication 3, repairs after 1 s at
+/// `repair_rate`: `blobs` blobs of 1 MiB uploaded, then a copy lost
+/// ([`upload_then_lose_a_copy`]).
+async fn repairing_after_a_loss(
+    repair_rate: &str,
+    blobs: u64,
+) -> (Cluster, Arc<Client>, Vec<(String, u64, usize)>, String) {
     let mut cluster = Cluster::start_replicated(
         &["a", "a", "b", "b"],
         3,
         &["--repair-after", "1s"],
-        &["--anti-entropy-interval", "1s", "--repair-rate", "2MiB"],
+        &[
+            "--anti-entropy-interval",
+            "1s",
+            "--repair-rate",
+            repair_rate,
+        ],
     )
     .await;
     let client = Arc::new(cluster.client().await);
-    let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 24).await;
+    let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, blobs).await;
+    (cluster, client, acked, lost)
+}
+
+/// Waits (30 s at most) until a volume's repair has copied something, and
+/// returns that volume's record.
+async fn repair_under_way(client: &Client) -> VolumeRecord {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client.status().await.unwrap();
+        if let Some(volume) = status
+            .volumes
+            .iter()
+            .find(|v| v.repairing && v.repair_progress > 0.0)
+        {
+            return volume.clone();
+        }
+        assert!(Instant::now() < deadline, "no repair under way: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_resumes_after_its_target_and_the_directory_die() {
+    let (mut cluster, client, acked, lost) = repairing_after_a_loss("2MiB", 24).await;
     // A repair starts (2 MiB/s: it takes seconds); kill its target mid-copy.
     let deadline = Instant::now() + Duration::from_secs(30);
     let target = loop {
@@ -903,34 +937,9 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
 async fn a_lost_server_returning_mid_repair_leaves_three_copies_and_no_extra() {
     // One volume of 16 MiB, repaired at 1 MiB/s: the lost server is back
     // long before its replacement could be whole.
-    let mut cluster = Cluster::start_replicated(
-        &["a", "a", "b", "b"],
-        3,
-        &["--repair-after", "1s"],
-        &["--anti-entropy-interval", "1s", "--repair-rate", "1MiB"],
-    )
-    .await;
-    let client = Arc::new(cluster.client().await);
-    let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 16).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (volume_id, target) = loop {
-        let status = client.status().await.unwrap();
-        let job = status
-            .volumes
-            .iter()
-            .find(|v| v.repairing && v.repair_progress > 0.0)
-            .map(|v| {
-                (
-                    v.status.as_ref().unwrap().volume_id,
-                    v.repair_target.clone(),
-                )
-            });
-        if let Some(job) = job {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "no repair under way: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (mut cluster, client, acked, lost) = repairing_after_a_loss("1MiB", 16).await;
+    let job = repair_under_way(&client).await;
+    let (volume_id, target) = (job.status.unwrap().volume_id, job.repair_target);
     let on_target = volumes_on(&cluster, server_index(&target)).await.unwrap();
     assert!(on_target.contains(&volume_id), "{on_target:?}");
 
@@ -995,26 +1004,12 @@ async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
     let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 16).await;
 
     // The leader commits the repair job, then copies.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (volume_id, target, started_at) = loop {
-        let status = client.status().await.unwrap();
-        let job = status
-            .volumes
-            .iter()
-            .find(|v| v.repairing && v.repair_progress > 0.0)
-            .map(|v| {
-                (
-                    v.status.as_ref().unwrap().volume_id,
-                    v.repair_target.clone(),
-                    v.repair_started_at,
-                )
-            });
-        if let Some(job) = job {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "no repair under way: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let job = repair_under_way(&client).await;
+    let (volume_id, target, started_at) = (
+        job.status.unwrap().volume_id,
+        job.repair_target,
+        job.repair_started_at,
+    );
     assert!(!target.is_empty() && target != lost && started_at > 0);
 
     // Its leader dies mid-copy. The next one holds the same job (not a new

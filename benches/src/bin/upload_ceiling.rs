@@ -156,6 +156,22 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Requests/s since `started` and the p50/p99 latency of the requests the
+/// `tasks` timed.
+async fn rate(
+    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+    started: Instant,
+) -> (f64, Duration, Duration) {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let p = |q: f64| all[((all.len() - 1) as f64 * q) as usize];
+    (all.len() as f64 / elapsed, p(0.5), p(0.99))
+}
+
 /// Sends 4 KiB writes from `concurrency` tasks for `seconds`; returns
 /// writes/s and the p50/p99 latency.
 async fn drive(
@@ -202,14 +218,7 @@ async fn drive(
             latencies
         }));
     }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let p = |q: f64| all[((all.len() - 1) as f64 * q) as usize];
-    (all.len() as f64 / elapsed, p(0.5), p(0.99))
+    rate(tasks, started).await
 }
 
 /// Uploads 4 KiB blobs through the client library from `concurrency` tasks
@@ -239,14 +248,7 @@ async fn drive_client(
             latencies
         }));
     }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let p = |q: f64| all[((all.len() - 1) as f64 * q) as usize];
-    (all.len() as f64 / elapsed, p(0.5), p(0.99))
+    rate(tasks, started).await
 }
 
 /// The 4 KiB phases: the bare server, raw writes, the client library.
