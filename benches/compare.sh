@@ -40,18 +40,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/lib.sh
 NGINX_PORT=$(free_port); DIR_PORT=$(free_port); GRPC_PORT=$(free_port); HTTP_PORT=$(free_port); METRICS_PORT=$(free_port)
 
 # The blob set: BLOBS files of 4 KiB of random bytes.
-mkdir -p "$WORK/files"
-python3 - "$WORK/files" "$BLOBS" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    with open(os.path.join(root, f"{i:06d}.bin"), "wb") as f:
-        f.write(os.urandom(4096))
-PY
+write_blobs "$WORK/files" "$BLOBS"
 head -c 4096 /dev/urandom > "$WORK/one.bin"
 
 # nginx: files from disk (page cache), and one body from memory.
@@ -83,29 +76,7 @@ chmod -R a+rX "$WORK"   # nginx workers run as an unprivileged user
 nginx -c "$WORK/nginx.conf"
 
 # hayloft: embedded server, blobs uploaded with `hayloft put`.
-"$HAYLOFT" server --data-dir "$WORK/hayloft" --directory-listen 127.0.0.1:$DIR_PORT \
-  --grpc-listen 127.0.0.1:$GRPC_PORT --http-listen 127.0.0.1:$HTTP_PORT \
-  --metrics-listen 127.0.0.1:$METRICS_PORT > "$WORK/hayloft.log" 2>&1 &
-HAYLOFT_PID=$!
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/" && break; sleep 0.1; done
-sleep 1
-# In batches: a glob of 100,000 names is past the argument-list limit.
-( cd "$WORK/files" && ls | HAYLOFT_DIRECTORY=127.0.0.1:$DIR_PORT xargs -n 5000 "$HAYLOFT" put ) > "$WORK/ids.txt"
-
-sed "s|^|/|" "$WORK/ids.txt" > "$WORK/hayloft-paths.txt"
-(cd "$WORK/files" && ls) | sed "s|^|/|" > "$WORK/nginx-paths.txt"
-# Requests are formatted once, in init, so that the load generator spends
-# its CPU (shared with the server on this machine) on sending, not on Lua.
-cat > "$WORK/random.lua" <<'LUA'
-local requests = {}
-init = function(args)
-  for line in io.lines(args[1]) do requests[#requests + 1] = wrk.format("GET", line) end
-  math.randomseed(os.time())
-end
-request = function()
-  return requests[math.random(#requests)]
-end
-LUA
+serve_blobs
 
 # One wrk run; prints "requests/s p99-latency-in-ms".
 run() { # url [paths]

@@ -29,17 +29,10 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/lib.sh
 NGINX_PORT=$(free_port); DIR_PORT=$(free_port); GRPC_PORT=$(free_port); HTTP_PORT=$(free_port); METRICS_PORT=$(free_port)
 
-mkdir -p "$WORK/files"
-python3 - "$WORK/files" "$BLOBS" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    with open(os.path.join(root, f"{i:06d}.bin"), "wb") as f:
-        f.write(os.urandom(4096))
-PY
+write_blobs "$WORK/files" "$BLOBS"
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 2;
 worker_rlimit_nofile 65536;
@@ -57,22 +50,7 @@ http {
 CONF
 chmod -R a+rX "$WORK"
 nginx -c "$WORK/nginx.conf"
-"$HAYLOFT" server --data-dir "$WORK/hayloft" --directory-listen 127.0.0.1:$DIR_PORT \
-  --grpc-listen 127.0.0.1:$GRPC_PORT --http-listen 127.0.0.1:$HTTP_PORT \
-  --metrics-listen 127.0.0.1:$METRICS_PORT > "$WORK/hayloft.log" 2>&1 &
-HAYLOFT_PID=$!
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/" && break; sleep 0.1; done
-( cd "$WORK/files" && ls | HAYLOFT_DIRECTORY=127.0.0.1:$DIR_PORT xargs -n 5000 "$HAYLOFT" put ) > "$WORK/ids.txt"
-sed "s|^|/|" "$WORK/ids.txt" > "$WORK/hayloft-paths.txt"
-(cd "$WORK/files" && ls) | sed "s|^|/|" > "$WORK/nginx-paths.txt"
-cat > "$WORK/random.lua" <<'LUA'
-local requests = {}
-init = function(args)
-  for line in io.lines(args[1]) do requests[#requests + 1] = wrk.format("GET", line) end
-  math.randomseed(os.time())
-end
-request = function() return requests[math.random(#requests)] end
-LUA
+serve_blobs
 find "$WORK/files" -name "*.bin" -exec cat {} + > /dev/null
 
 # Summed user and system clock ticks of the pids given.
