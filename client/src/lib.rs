@@ -579,7 +579,7 @@ impl Client {
         .await
     }
 
-    /// Uploads `size` bytes from a source that can be restarted (`chunks` is
+    /// Uploads `size` bytes from a source that can be restarted (`body` is
     /// called again for each attempt).
     async fn upload_from(
         &self,
