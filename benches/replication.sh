@@ -19,7 +19,7 @@
 # Usage: benches/replication.sh [SECONDS] [ROUNDS] [REPAIR_MIB] [REPAIR_RATE_MIB]
 #   (defaults: 10 s a phase, 3 rounds, 512 MiB to repair at 8 MiB/s per
 #   repair, slow enough that the repair spans the read bench; ROUNDS 0 skips
-#   the upload comparison)
+#   the upload comparison, REPAIR_MIB 0 the repair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,6 +102,7 @@ done
   python3 -c "print('$size: replication 1 %s/s, replication 3 %s/s: %.2fx' % ($one, $three, $three / $one))"
 done
 
+[ "$REPAIR_MIB" -gt 0 ] || exit 0
 echo "== repair: ${REPAIR_MIB} MiB, one of 4 servers killed, repair_rate ${REPAIR_RATE_MIB} MiB/s"
 start_cluster repair 3 4
 python3 - "$WORK/blob" <<'PY'
