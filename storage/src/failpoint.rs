@@ -19,7 +19,9 @@ fn named(name: &str) -> Option<&'static Option<PathBuf>> {
     (armed == name).then_some(trigger)
 }
 
-fn active(name: &str) -> bool {
+/// True while the failpoint `name` is armed (for a caller that fails in
+/// its own way).
+pub fn active(name: &str) -> bool {
     match named(name) {
         Some(Some(trigger)) => trigger.exists(),
         Some(None) => true,

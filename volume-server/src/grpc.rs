@@ -355,15 +355,13 @@ impl VolumeService {
                 return Err(too_long(header.size));
             }
             data.extend_from_slice(&chunk);
-            if !forward.is_empty() {
-                forward.send(&chunk).await;
-            }
+            forward.send(&chunk).await;
         }
         if data.len() as u64 != header.size {
             return Err(truncated(data.len() as u64, header.size));
         }
         // Tests: the primary's own write fails after the copies had it all.
-        let fail = !forward.is_empty() && crate::tier::failpoint("primary-local-write");
+        let fail = hayloft_storage::failpoint::active("primary-local-write");
         let local = async move {
             if fail {
                 return Err(Status::internal("failpoint primary-local-write"));
@@ -800,7 +798,7 @@ impl VolumeService {
     ) -> Result<hayloft_storage::WriteReceipt, Status> {
         let local_data = data.clone();
         // Tests: the primary's own write fails after the copies had it all.
-        let fail = !targets.is_empty() && crate::tier::failpoint("primary-local-write");
+        let fail = !targets.is_empty() && hayloft_storage::failpoint::active("primary-local-write");
         let local = async move {
             if fail {
                 return Err(Status::internal("failpoint primary-local-write"));

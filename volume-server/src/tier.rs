@@ -165,11 +165,6 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(Error::io("", std::io::Error::other(e))))
 }
 
-/// A failpoint for tests: `HAYLOFT_FAILPOINT=<name>`.
-pub(crate) fn failpoint(name: &str) -> bool {
-    std::env::var("HAYLOFT_FAILPOINT").is_ok_and(|v| v == name)
-}
-
 impl Tiering {
     /// Tiering over `store`; `objects` is the cold tier, if configured.
     pub fn new(
@@ -569,7 +564,10 @@ impl Tiering {
                 n += 1;
                 continue;
             }
-            if failpoint("tier-corrupt-upload") && n == 1 && !body.is_empty() {
+            if hayloft_storage::failpoint::active("tier-corrupt-upload")
+                && n == 1
+                && !body.is_empty()
+            {
                 let mut bad = body.to_vec();
                 bad[0] ^= 0xff;
                 body = Bytes::from(bad);
@@ -608,7 +606,7 @@ impl Tiering {
                     job.done.fetch_add(len, Ordering::Relaxed);
                     backoff = Duration::from_millis(200);
                     other_errors = 0;
-                    if failpoint("tier-crash-after-part") {
+                    if hayloft_storage::failpoint::active("tier-crash-after-part") {
                         tracing::error!("failpoint tier-crash-after-part: exiting");
                         std::process::exit(86);
                     }
@@ -696,7 +694,7 @@ impl Tiering {
                 info.len, info.etag
             )));
         }
-        if failpoint("tier-crash-before-switch") {
+        if hayloft_storage::failpoint::active("tier-crash-before-switch") {
             tracing::error!("failpoint tier-crash-before-switch: exiting");
             std::process::exit(86);
         }
