@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hayloft_storage::volume::volume_paths;
+use hayloft_storage::volume::{NEVER_SYNC_EVERY, volume_paths};
 use hayloft_storage::{
     Cookie, Durability, Error, NeedleId, NeedleMeta, NeedleWrite, QueuedWrite, Tier, Volume,
     VolumeConfig, VolumeId, Wake,
@@ -502,14 +502,49 @@ fn a_sync_duty_dropped_unrun_gives_the_role_back() {
 }
 
 #[test]
-fn queued_writes_are_refused_where_they_cannot_be_cheap() {
+fn never_durable_queued_writes_are_acknowledged_at_once_until_the_periodic_sync_is_due() {
     let dir = tempfile::tempdir().unwrap();
     let config = VolumeConfig {
         max_size: 64 << 20,
         durability: Durability::Never,
     };
-    let volume = Volume::create(dir.path(), VID, Tier::Hot, "", config).unwrap();
-    assert!(queued(&volume, 1, b"x").is_none(), "Never syncs per write");
+    let volume = Arc::new(Volume::create(dir.path(), VID, Tier::Hot, "", config).unwrap());
+    let q = queued(&volume, 1, b"x").expect("nothing holds writers back");
+    // Readable and acknowledged before any fsync, without a sync duty.
+    assert_eq!(get(&volume, 1).unwrap(), b"x");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let duty = volume.when_durable(
+        q.seq,
+        Box::new(move |wake| {
+            let _ = tx.send(wake);
+        }),
+    );
+    assert!(duty.is_none());
+    assert_eq!(rx.recv().unwrap(), Wake::Durable);
+    // Up to the periodic sync; then the queued path steps aside for the
+    // blocking write, which syncs.
+    let mut id = 2;
+    while let Some(q) = queued(&volume, id, b"y") {
+        assert_eq!(wait_queued(&volume, q.seq), Wake::Durable);
+        id += 1;
+        assert!(id <= NEVER_SYNC_EVERY as u64 + 1, "never refused");
+    }
+    assert_eq!(id, NEVER_SYNC_EVERY as u64 + 1);
+    let (_, idx, _) = volume_paths(dir.path(), VID);
+    let indexed_before = std::fs::metadata(&idx).unwrap().len();
+    put(&volume, id, b"z");
+    assert!(std::fs::metadata(&idx).unwrap().len() > indexed_before);
+    assert!(
+        queued(&volume, id + 1, b"w").is_some(),
+        "synced: queued again"
+    );
+    drop(volume);
+    let volume = Volume::open(dir.path(), VID, Tier::Hot, config).unwrap();
+    assert_eq!(volume.stats().needles, id + 1);
+}
+
+#[test]
+fn queued_writes_are_refused_where_they_cannot_be_cheap() {
     let always = tempfile::tempdir().unwrap();
     let volume = Arc::new(create(always.path()));
     let q = queued(&volume, 1, b"x").unwrap();

@@ -415,7 +415,8 @@ impl VolumeService {
 /// blobs this small), and the wait for the group commit is a channel; one
 /// blocking-pool task runs each group commit for every write it covers.
 /// Falls back to a blocking write when the volume holds writers back (a
-/// compaction's swap, a move's last copy) or does not sync per write.
+/// compaction's swap, a move's last copy) or, with durability `never`, when
+/// its periodic sync is due (the blocking write runs it).
 async fn write_whole(
     volume: Arc<hayloft_storage::Volume>,
     blob: BlobId,

@@ -36,11 +36,13 @@ impl Volume {
     /// become durable: the caller then waits with [`Volume::when_durable`],
     /// so that a thread is needed per group commit rather than per write.
     /// Never blocks on a lock held across I/O: `Ok(None)` when the write
-    /// would have to wait (a compaction or a move holds writers back) or the
-    /// volume does not sync per write ([`Durability::Never`]); use
-    /// [`Volume::write`] then.
+    /// would have to wait (a compaction or a move holds writers back) or,
+    /// with [`Durability::Never`], when the periodic sync is due (every
+    /// [`NEVER_SYNC_EVERY`] writes); use [`Volume::write`] then, which runs it.
     pub fn try_write_queued(&self, write: &NeedleWrite<'_>) -> Result<Option<QueuedWrite>> {
-        if self.config.durability == Durability::Never {
+        if self.config.durability == Durability::Never
+            && self.writer.lock().pending.len() >= NEVER_SYNC_EVERY
+        {
             return Ok(None);
         }
         self.check_not_deleted(write.id)?;
