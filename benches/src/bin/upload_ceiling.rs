@@ -4,7 +4,8 @@
 //!   reserved ahead, one `Write` call per blob, durable when answered) and raw
 //!   `Volume.Write` calls with ids assigned in bulk beforehand, vs the same
 //!   `Write` messages to a bare tonic server that accepts them and does
-//!   nothing (the gRPC ceiling here);
+//!   nothing, in a process of its own as hayloft's server is (the gRPC
+//!   ceiling here; the same server inside this process is printed too);
 //! - 64 MiB uploads (through the client: assign + streamed write, fsynced) vs
 //!   `dd if=/dev/zero bs=1M count=64 conv=fdatasync` on the same disk.
 //!
@@ -258,19 +259,19 @@ async fn small(
     seconds: u64,
     concurrency: usize,
 ) {
-    // The gRPC ceiling: a bare tonic server in this process.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let null_addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(VolumeServer::new(Null))
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            ),
-    );
+    // The gRPC ceiling: a bare tonic server in a process of its own, as
+    // hayloft's server is (its runtime's threads are not this process's);
+    // and, for reference, the same server on this process's runtime, where
+    // client and server tasks share threads and wake each other for free.
     let fake_ids: Arc<Vec<String>> =
         Arc::new((0..5_000_000).map(|i| format!("{i:x}00000000")).collect());
-    let (null_rps, null_p50, null_p99) = drive(null_addr, fake_ids, seconds, concurrency).await;
+    let (_child, own_addr) = spawn_null_server().await;
+    let (null_rps, null_p50, null_p99) =
+        drive(own_addr, Arc::clone(&fake_ids), seconds, concurrency).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let in_addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve_null(listener));
+    let (in_rps, in_p50, in_p99) = drive(in_addr, fake_ids, seconds, concurrency).await;
 
     // hayloft: ids assigned in bulk, then the same writes.
     let mut dir =
@@ -298,16 +299,72 @@ async fn small(
     println!(
         "  bare tonic server (ceiling):       {null_rps:>9.0}/s  p50 {null_p50:?}  p99 {null_p99:?}"
     );
+    println!(
+        "  bare tonic server in this process: {in_rps:>9.0}/s  p50 {in_p50:?}  p99 {in_p99:?}"
+    );
     println!("  hayloft Volume.Write, ids before:  {rps:>9.0}/s  p50 {p50:?}  p99 {p99:?}");
     println!(
         "  hayloft client library upload:    {lib_rps:>9.0}/s  p50 {lib_p50:?}  p99 {lib_p99:?}"
     );
-    println!("  raw write / ceiling: {:.2}x", rps / null_rps);
-    println!("  client upload / ceiling: {:.2}x", lib_rps / null_rps);
+    println!(
+        "  raw write / ceiling: {:.2}x   (against the in-process server: {:.2}x)",
+        rps / null_rps,
+        rps / in_rps
+    );
+    println!(
+        "  client upload / ceiling: {:.2}x   (against the in-process server: {:.2}x)",
+        lib_rps / null_rps,
+        lib_rps / in_rps
+    );
+}
+
+/// Serves [`Null`] on `listener` until the process ends.
+async fn serve_null(listener: tokio::net::TcpListener) {
+    tonic::transport::Server::builder()
+        .add_service(VolumeServer::new(Null))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
+        .await
+        .unwrap();
+}
+
+/// Starts this program again as a bare server (`--null-server`); returns the
+/// child (killed when dropped) and its address.
+async fn spawn_null_server() -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--null-server")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    (child, line.trim().to_owned())
+}
+
+/// `--null-server`: prints the address it listens on, then serves until its
+/// stdin closes (the parent ended, however it ended).
+async fn null_server_main() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("{}", listener.local_addr().unwrap());
+    tokio::spawn(serve_null(listener));
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
 }
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().any(|a| a == "--null-server") {
+        return null_server_main().await;
+    }
     let directory = arg("--directory").unwrap_or_else(|| "127.0.0.1:9330".into());
     let data_dir = std::path::PathBuf::from(arg("--data-dir").unwrap_or_else(|| "data".into()));
     let seconds: u64 = arg("--seconds").map_or(5, |s| s.parse().unwrap());
