@@ -80,6 +80,17 @@ upload_rate() {
     | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f" % r[0]["requests_per_sec"])'
 }
 
+# Prints the first warnings and errors a cluster's daemons logged (a copy
+# reported stale, a heartbeat lost...): a run that degraded says why.
+report_warnings() {
+  local lines
+  lines=$(grep -h -E ' (WARN|ERROR) ' "$1"/*.log 2>/dev/null | head -5 || true)
+  if [ -n "$lines" ]; then
+    echo "  the daemons logged warnings (first 5):"
+    echo "$lines" | cut -c1-300 | sed 's/^/    /'
+  fi
+}
+
 median() { python3 -c 'import statistics,sys; print("%.0f" % statistics.median(map(float, sys.argv[1:])))' "$@"; }
 
 echo "== uploads: replication 3 vs 1 (3 volume servers on loopback, durability always)"
@@ -94,6 +105,7 @@ for round in $(seq "$ROUNDS"); do
       echo "round $round  replication $replication  $size: $rate uploads/s"
     done
     stop_all
+    report_warnings "$WORK/r$replication-$round"
     rm -rf "$WORK/r$replication-$round"
   done
 done
