@@ -201,38 +201,49 @@ async fn wait_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)]) {
     }
 }
 
+/// Asks the directory for its status every 200 ms until `found` finds in it
+/// what the caller waits for; fails with `what` and the last status after
+/// `within`.
+async fn until_status<T>(
+    client: &Client,
+    within: Duration,
+    what: &str,
+    mut found: impl FnMut(&StatusResponse) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = client.status().await.unwrap();
+        if let Some(found) = found(&status) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until every volume has `copies` healthy copies.
 async fn wait_healthy(cluster: &Cluster, copies: usize) -> StatusResponse {
     let client = cluster.client().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = client.status().await.unwrap();
-        let healthy = status.volumes.iter().all(|v| {
-            v.health == VolumeHealth::Ok as i32
-                && v.replicas
-                    .iter()
-                    .filter(|r| r.health == ReplicaHealth::Ok as i32)
-                    .count()
-                    == copies
-        });
-        if healthy {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "volumes did not become healthy: {:?}",
+    until_status(
+        &client,
+        Duration::from_secs(30),
+        "volumes did not become healthy",
+        |status| {
             status
                 .volumes
                 .iter()
-                .map(|v| (
-                    v.status.as_ref().unwrap().volume_id,
-                    v.health,
-                    replica_ids(v)
-                ))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+                .all(|v| {
+                    v.health == VolumeHealth::Ok as i32
+                        && v.replicas
+                            .iter()
+                            .filter(|r| r.health == ReplicaHealth::Ok as i32)
+                            .count()
+                            == copies
+                })
+                .then(|| status.clone())
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -579,23 +590,23 @@ async fn a_lost_server_is_replaced_and_its_copy_removed_when_it_returns() {
     cluster.volumes[lost_index].take().unwrap().kill();
     // After repair_after, each of its copies is made again on the one
     // server that had none, and verified.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = client.status().await.unwrap();
-        let whole = status.volumes.iter().all(|v| {
-            !replica_ids(v).contains(&lost)
-                && v.health == VolumeHealth::Ok as i32
-                && v.replicas.len() == 3
-        });
-        if whole {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "copies were not replaced: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    until_status(
+        &client,
+        Duration::from_secs(60),
+        "copies were not replaced",
+        |status| {
+            status
+                .volumes
+                .iter()
+                .all(|v| {
+                    !replica_ids(v).contains(&lost)
+                        && v.health == VolumeHealth::Ok as i32
+                        && v.replicas.len() == 3
+                })
+                .then_some(())
+        },
+    )
+    .await;
     assert_on_every_copy(&cluster, &acked).await;
     // Zones still spread.
     let status = client.status().await.unwrap();
@@ -847,58 +858,53 @@ async fn repairing_after_a_loss(
 /// Waits (30 s at most) until a volume's repair has copied something, and
 /// returns that volume's record.
 async fn repair_under_way(client: &Client) -> VolumeRecord {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = client.status().await.unwrap();
-        if let Some(volume) = status
-            .volumes
-            .iter()
-            .find(|v| v.repairing && v.repair_progress > 0.0)
-        {
-            return volume.clone();
-        }
-        assert!(Instant::now() < deadline, "no repair under way: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_status(
+        client,
+        Duration::from_secs(30),
+        "no repair under way",
+        |status| {
+            status
+                .volumes
+                .iter()
+                .find(|v| v.repairing && v.repair_progress > 0.0)
+                .cloned()
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repair_resumes_after_its_target_and_the_directory_die() {
     let (mut cluster, client, acked, lost) = repairing_after_a_loss("2MiB", 24).await;
     // A repair starts (2 MiB/s: it takes seconds); kill its target mid-copy.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let target = loop {
-        let status = client.status().await.unwrap();
-        if let Some(volume) = status.volumes.iter().find(|v| v.repairing) {
-            let holders = replica_ids(volume);
-            let target = (0..4)
+    let target = until_status(
+        &client,
+        Duration::from_secs(30),
+        "no repair started",
+        |status| {
+            let holders = replica_ids(status.volumes.iter().find(|v| v.repairing)?);
+            (0..4)
                 .map(|i| format!("vs{i}"))
                 .find(|id| !holders.contains(id))
-                .unwrap();
-            break target;
-        }
-        assert!(Instant::now() < deadline, "no repair started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        },
+    )
+    .await;
     // Its progress shows, from the target's heartbeats.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = client.status().await.unwrap();
-        let progress = status
-            .volumes
-            .iter()
-            .find(|v| v.repairing)
-            .map(|v| v.repair_progress);
-        if let Some(p) = progress.filter(|p| *p > 0.0) {
-            assert!(p < 1.0, "repair progress {p}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no repair progress: {progress:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let progress = until_status(
+        &client,
+        Duration::from_secs(15),
+        "no repair progress",
+        |status| {
+            status
+                .volumes
+                .iter()
+                .find(|v| v.repairing)
+                .map(|v| v.repair_progress)
+                .filter(|p| *p > 0.0)
+        },
+    )
+    .await;
+    assert!(progress < 1.0, "repair progress {progress}");
     let (ok, out) = hayloft(&cluster, &["status"]);
     assert!(
         ok && out.contains("repairing ") && out.contains('%'),
@@ -917,19 +923,14 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
     // Planned again after the restarts, the repair resumes on the same
     // target and every volume is whole without the lost server.
     let client = cluster.client().await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let status = client.status().await.unwrap();
-        let whole = status
+    until_status(&client, Duration::from_secs(90), "not repaired", |status| {
+        status
             .volumes
             .iter()
-            .all(|v| !replica_ids(v).contains(&lost) && v.health == VolumeHealth::Ok as i32);
-        if whole {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not repaired: {status:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+            .all(|v| !replica_ids(v).contains(&lost) && v.health == VolumeHealth::Ok as i32)
+            .then_some(())
+    })
+    .await;
     wait_on_every_copy(&cluster, &acked).await;
 }
 
@@ -1134,25 +1135,25 @@ async fn a_leader_dying_between_a_repairs_result_and_its_end_leaves_the_next_to_
     // job and copies nothing again.
     let next = cluster.leader().await;
     assert_ne!(next, leader);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = client.status().await.unwrap();
-        let whole = status.volumes.iter().all(|v| {
-            let holders = replica_ids(v);
-            !v.repairing
-                && v.health == VolumeHealth::Ok as i32
-                && holders.len() == 3
-                && !holders.contains(&lost)
-        });
-        if whole {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the repair job was not ended: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    until_status(
+        &client,
+        Duration::from_secs(60),
+        "the repair job was not ended",
+        |status| {
+            status
+                .volumes
+                .iter()
+                .all(|v| {
+                    let holders = replica_ids(v);
+                    !v.repairing
+                        && v.health == VolumeHealth::Ok as i32
+                        && holders.len() == 3
+                        && !holders.contains(&lost)
+                })
+                .then_some(())
+        },
+    )
+    .await;
     let log = log_of(next);
     assert!(log.contains("repair job ended"), "{log}");
     assert!(
@@ -1319,19 +1320,19 @@ async fn with_the_directory_down_assigned_ids_are_still_written_to_every_copy() 
     // Back, the directory hears from every copy: healthy, every needle.
     cluster.start_directory();
     let client = cluster.client().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = client.status().await.unwrap();
-        let record = record(&status, &ids[0]);
-        let whole = record.health == VolumeHealth::Ok as i32
-            && record
-                .replicas
-                .iter()
-                .all(|r| r.health == ReplicaHealth::Ok as i32 && r.needles == ids.len() as u64);
-        if whole {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{record:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_status(
+        &client,
+        Duration::from_secs(30),
+        "not every copy healthy with every needle",
+        |status| {
+            let record = record(status, &ids[0]);
+            (record.health == VolumeHealth::Ok as i32
+                && record
+                    .replicas
+                    .iter()
+                    .all(|r| r.health == ReplicaHealth::Ok as i32 && r.needles == ids.len() as u64))
+            .then_some(())
+        },
+    )
+    .await;
 }
