@@ -23,8 +23,8 @@ use hayloft_proto::{
 };
 use hayloft_storage::volume::now_unix_secs;
 use hayloft_storage::{
-    BlobId, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, Store, Tier, VolumeId, Wake,
-    WriteReceipt,
+    BlobId, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, QueuedWrite, Store, Tier, VolumeId,
+    Wake, WriteReceipt,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -411,54 +411,88 @@ impl VolumeService {
 }
 
 /// Writes a whole small blob and waits until it is durable, without a thread
-/// per write: the `pwrite` into the page cache runs on this task (cheap for
-/// blobs this small), and the wait for the group commit is a channel; one
-/// blocking-pool task runs each group commit for every write it covers.
-/// Falls back to a blocking write when the volume holds writers back (a
-/// compaction's swap, a move's last copy) or, with durability `never`, when
-/// its periodic sync is due (the blocking write runs it).
+/// per write: see [`write_whole_then`]. The outer error is the write's task
+/// failing (a panic), the inner one the store's.
 async fn write_whole(
     volume: Arc<hayloft_storage::Volume>,
     blob: BlobId,
     data: impl AsRef<[u8]> + Send + 'static,
     meta: NeedleMeta,
 ) -> Result<Result<WriteReceipt, Error>, Status> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    write_whole_then(volume, blob, data, meta, move |outcome| {
+        let _ = tx.send(outcome);
+    });
+    rx.await
+        .map_err(|_| Status::internal("the storage task failed"))
+}
+
+/// Writes a whole small blob and calls `done` with the outcome once it is
+/// durable (or failed), without a task or a thread per write: the `pwrite`
+/// into the page cache runs here (cheap for blobs this small), and `done` is
+/// called by the group commit that makes the write durable, for every write
+/// it covers at once; one blocking-pool task runs each group commit. Falls
+/// back to a blocking write when the volume holds writers back (a
+/// compaction's swap, a move's last copy) or, with durability `never`, when
+/// its periodic sync is due (the blocking write runs it).
+///
+/// `done` may run under the volume's sync lock: it must only hand the news
+/// on (send on a channel), never call into the volume. It is dropped
+/// without being called only if a storage task panics.
+fn write_whole_then(
+    volume: Arc<hayloft_storage::Volume>,
+    blob: BlobId,
+    data: impl AsRef<[u8]> + Send + 'static,
+    meta: NeedleMeta,
+    done: impl FnOnce(Result<WriteReceipt, Error>) + Send + 'static,
+) {
     let write = NeedleWrite {
         id: blob.needle,
         cookie: blob.cookie,
         data: data.as_ref(),
         meta,
     };
-    let queued = match volume.try_write_queued(&write) {
-        Ok(Some(queued)) => queued,
+    match volume.try_write_queued(&write) {
+        Ok(Some(queued)) => when_durable(volume, queued, Box::new(done)),
         Ok(None) => {
             let meta = write.meta;
-            return blocking(move || {
-                volume.write(&NeedleWrite {
+            tokio::task::spawn_blocking(move || {
+                done(volume.write(&NeedleWrite {
                     id: blob.needle,
                     cookie: blob.cookie,
                     data: data.as_ref(),
                     meta,
-                })
-            })
-            .await;
+                }))
+            });
         }
-        Err(e) => return Ok(Err(e)),
-    };
-    loop {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let waiter = Box::new(move |wake| {
-            let _ = tx.send(wake);
-        });
-        if let Some(duty) = volume.when_durable(queued.seq, waiter) {
+        Err(e) => done(Err(e)),
+    }
+}
+
+/// Calls `done` once the queued write is durable (or the volume poisoned),
+/// running the group commit on the blocking pool if nobody else is.
+fn when_durable(
+    volume: Arc<hayloft_storage::Volume>,
+    queued: QueuedWrite,
+    done: Box<dyn FnOnce(Result<WriteReceipt, Error>) + Send>,
+) {
+    let runtime = tokio::runtime::Handle::current();
+    let (id, again) = (volume.id(), Arc::clone(&volume));
+    let waiter = Box::new(move |wake| match wake {
+        Wake::Durable => done(Ok(queued.receipt)),
+        Wake::Poisoned => done(Err(Error::Poisoned(id))),
+        // Nobody syncs now: register again, off the sync lock.
+        Wake::Lead => {
+            runtime.spawn(async move { when_durable(again, queued, done) });
+        }
+    });
+    if let Some(duty) = volume.when_durable(queued.seq, waiter) {
+        // Writes that are ready to run now (requests already received) go
+        // first and join this group commit: it starts once they have.
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
             tokio::task::spawn_blocking(move || duty.run());
-        }
-        match rx.await {
-            Ok(Wake::Durable) => return Ok(Ok(queued.receipt)),
-            Ok(Wake::Poisoned) => return Ok(Err(Error::Poisoned(volume.id()))),
-            // Nobody syncs now (or the waiter was dropped): ask again.
-            Ok(Wake::Lead) | Err(_) => continue,
-        }
+        });
     }
 }
 
@@ -470,26 +504,26 @@ pub const BATCH_BLOB_MAX: u64 = LINKED_FORWARD_MAX;
 /// answers queued).
 const STREAM_IN_FLIGHT: usize = 256;
 
-/// Serves a stream of independent requests (`Replicate`, `WriteBatch`): each
-/// runs on its own task, so their writes share group commits, and is
-/// answered as it finishes. At most [`STREAM_IN_FLIGHT`] at once: past that
-/// the stream is not read, and HTTP/2 flow control holds the sender back. A
-/// stream that breaks off ends the loop; requests in flight still finish
-/// (durable), though their answers may not reach the sender, which treats
-/// them as not stored. The stream ends with the server (the sender opens a
-/// new one when it needs one).
-fn answer_each<Req, Resp, F, Fut>(
-    mut incoming: Streaming<Req>,
+/// Serves a stream of independent requests (`Replicate`, `WriteBatch`):
+/// `handle` gets each with the [`Reply`] it owes and must not wait (it spawns
+/// or hands the reply on), so that the requests' writes share group commits;
+/// each is answered as it finishes. At most [`STREAM_IN_FLIGHT`] requests are
+/// in flight or answered and not yet sent: past that the stream is not read,
+/// and HTTP/2 flow control holds the sender back. A stream that breaks off
+/// ends the loop; requests in flight still finish (durable), though their
+/// answers may not reach the sender, which treats them as not stored. The
+/// stream ends with the server (the sender opens a new one when it needs
+/// one).
+fn answer_each<Resp, F>(
+    mut incoming: Streaming<Resp::Request>,
     mut stop: Option<tokio::sync::watch::Receiver<bool>>,
-    handle: F,
-) -> tokio_stream::wrappers::ReceiverStream<Result<Resp, Status>>
+    mut handle: F,
+) -> Answers<Resp>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    F: Fn(Req) -> Fut + Send + 'static,
-    Fut: Future<Output = Resp> + Send + 'static,
+    Resp: StreamAnswer,
+    F: FnMut(Resp::Request, Reply<Resp>) + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
     tokio::spawn(async move {
         loop {
@@ -508,15 +542,109 @@ where
                     break;
                 }
             };
-            let (answer, tx) = (handle(message), tx.clone());
-            tokio::spawn(async move {
-                let answer = answer.await;
-                drop(permit);
-                let _ = tx.send(Ok(answer)).await;
-            });
+            let seq = Resp::seq_of(&message);
+            handle(
+                message,
+                Reply {
+                    seq,
+                    owed: Some((tx.clone(), permit)),
+                },
+            );
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    Answers { rx }
+}
+
+/// An answer on a request stream ([`answer_each`]).
+trait StreamAnswer: Send + 'static {
+    /// The request this answers.
+    type Request: Send + 'static;
+    /// The request's sequence number, which its answer repeats.
+    fn seq_of(request: &Self::Request) -> u64;
+    /// The answer refusing request `seq` with `status`.
+    fn refused(seq: u64, status: &Status) -> Self;
+}
+
+impl StreamAnswer for ReplicateResponse {
+    type Request = ReplicateRequest;
+    fn seq_of(request: &ReplicateRequest) -> u64 {
+        request.seq
+    }
+    fn refused(seq: u64, status: &Status) -> Self {
+        ReplicateResponse {
+            seq,
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+impl StreamAnswer for WriteBatchResponse {
+    type Request = WriteBatchRequest;
+    fn seq_of(request: &WriteBatchRequest) -> u64 {
+        request.seq
+    }
+    fn refused(seq: u64, status: &Status) -> Self {
+        WriteBatchResponse {
+            seq,
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            written: None,
+        }
+    }
+}
+
+/// The answer owed to one request of a stream. Sending it frees the
+/// request's place among those in flight once the answer is sent on; dropped
+/// unsent (a task that panicked), it answers INTERNAL, so the sender does
+/// not wait for its timeout.
+struct Reply<Resp: StreamAnswer> {
+    seq: u64,
+    owed: Option<(Queue<Resp>, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+/// Where a stream's answers wait to be sent, each holding its request's
+/// place among those in flight.
+type Queue<Resp> = tokio::sync::mpsc::UnboundedSender<(Resp, tokio::sync::OwnedSemaphorePermit)>;
+
+impl<Resp: StreamAnswer> Reply<Resp> {
+    /// Answers the request. Never blocks: may run under a volume's sync lock.
+    fn send(mut self, answer: Resp) {
+        if let Some((queue, permit)) = self.owed.take() {
+            let _ = queue.send((answer, permit));
+        }
+    }
+}
+
+impl<Resp: StreamAnswer> Drop for Reply<Resp> {
+    fn drop(&mut self) {
+        if let Some((queue, permit)) = self.owed.take() {
+            let status = Status::internal("the write was abandoned (a storage task failed)");
+            let _ = queue.send((Resp::refused(self.seq, &status), permit));
+        }
+    }
+}
+
+/// The answers of a request stream ([`answer_each`]), in order of
+/// completion: those ready together go out together.
+pub struct Answers<Resp> {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(Resp, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+impl<Resp> Stream for Answers<Resp> {
+    type Item = Result<Resp, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        // The permit drops here: the request's place is free once its
+        // answer is on its way.
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|answer| answer.map(|(answer, _permit)| Ok(answer)))
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
@@ -843,29 +971,57 @@ impl VolumeService {
         }
     }
 
-    /// A small write forwarded by a primary over a `Replicate` stream.
-    async fn write_replicated(&self, request: ReplicateRequest) -> Result<(), Status> {
-        let header = request
+    /// A small write forwarded by a primary over a `Replicate` stream:
+    /// written on the stream's task, answered by the group commit that makes
+    /// it durable (with every other write it covers, in one message batch).
+    fn write_replicated(&self, request: ReplicateRequest, reply: Reply<ReplicateResponse>) {
+        let (seq, request_id) = (request.seq, request.request_id);
+        let answer = move |outcome: Result<(), Status>| {
+            reply.send(match outcome {
+                Ok(()) => ReplicateResponse {
+                    seq,
+                    code: 0,
+                    message: String::new(),
+                },
+                Err(status) => {
+                    tracing::warn!(request_id = %request_id, code = ?status.code(),
+                        error = %status.message(), "replicated write failed");
+                    ReplicateResponse::refused(seq, &status)
+                }
+            })
+        };
+        let checked = request
             .header
-            .ok_or_else(|| Status::invalid_argument("a replicated write without a header"))?;
-        let blob = parse_blob_id(&header.blob_id)?;
-        if request.data.len() as u64 != header.size || header.size > self.max_upload_bytes {
-            return Err(Status::invalid_argument(format!(
-                "replicated write of {} bytes declares {}",
-                request.data.len(),
-                header.size
-            )));
-        }
-        let volume = self
-            .store
-            .volume(blob.volume())
-            .map_err(|e| grpc_status(&e, None))?;
-        let meta = meta_of(&header)?;
-        write_whole(volume, blob, request.data, meta)
-            .await?
-            .map_err(|e| self.failed(e, Some(blob)))?;
-        metrics::bytes_in("grpc", header.size);
-        Ok(())
+            .ok_or_else(|| Status::invalid_argument("a replicated write without a header"))
+            .and_then(|header| {
+                let blob = parse_blob_id(&header.blob_id)?;
+                if request.data.len() as u64 != header.size || header.size > self.max_upload_bytes {
+                    return Err(Status::invalid_argument(format!(
+                        "replicated write of {} bytes declares {}",
+                        request.data.len(),
+                        header.size
+                    )));
+                }
+                let volume = self
+                    .store
+                    .volume(blob.volume())
+                    .map_err(|e| grpc_status(&e, None))?;
+                Ok((blob, volume, meta_of(&header)?))
+            });
+        let (blob, volume, meta) = match checked {
+            Ok(checked) => checked,
+            Err(status) => return answer(Err(status)),
+        };
+        let (service, size) = (self.clone(), request.data.len() as u64);
+        write_whole_then(volume, blob, request.data, meta, move |written| {
+            answer(match written {
+                Ok(_) => {
+                    metrics::bytes_in("grpc", size);
+                    Ok(())
+                }
+                Err(e) => Err(service.failed(e, Some(blob))),
+            })
+        });
     }
 
     async fn read_inner(
@@ -1306,8 +1462,7 @@ impl Volume for VolumeService {
         .await
     }
 
-    type ReplicateStream =
-        tokio_stream::wrappers::ReceiverStream<Result<ReplicateResponse, Status>>;
+    type ReplicateStream = Answers<ReplicateResponse>;
 
     async fn replicate(
         &self,
@@ -1317,34 +1472,11 @@ impl Volume for VolumeService {
         Ok(Response::new(answer_each(
             request.into_inner(),
             self.stop.clone(),
-            move |message: ReplicateRequest| {
-                let service = service.clone();
-                async move {
-                    let seq = message.seq;
-                    let request_id = message.request_id.clone();
-                    match service.write_replicated(message).await {
-                        Ok(()) => ReplicateResponse {
-                            seq,
-                            code: 0,
-                            message: String::new(),
-                        },
-                        Err(status) => {
-                            tracing::warn!(request_id = %request_id, code = ?status.code(),
-                            error = %status.message(), "replicated write failed");
-                            ReplicateResponse {
-                                seq,
-                                code: status.code() as i32,
-                                message: status.message().to_owned(),
-                            }
-                        }
-                    }
-                }
-            },
+            move |message, reply| service.write_replicated(message, reply),
         )))
     }
 
-    type WriteBatchStream =
-        tokio_stream::wrappers::ReceiverStream<Result<WriteBatchResponse, Status>>;
+    type WriteBatchStream = Answers<WriteBatchResponse>;
 
     async fn write_batch(
         &self,
@@ -1360,14 +1492,14 @@ impl Volume for VolumeService {
         Ok(Response::new(answer_each(
             request.into_inner(),
             self.stop.clone(),
-            move |message: WriteBatchRequest| {
+            move |message: WriteBatchRequest, reply: Reply<WriteBatchResponse>| {
                 let (service, request_id, who, note) = (
                     service.clone(),
                     request_id.clone(),
                     who.clone(),
                     note.clone(),
                 );
-                async move {
+                tokio::spawn(async move {
                     let seq = message.seq;
                     let (blob_id, size) = message
                         .header
@@ -1379,7 +1511,7 @@ impl Volume for VolumeService {
                         let collection = service.collection_of(&blob_id);
                         note.item(&blob_id, &collection, size, written.as_ref().map(|_| ()));
                     }
-                    match written {
+                    reply.send(match written {
                         Ok(written) => WriteBatchResponse {
                             seq,
                             code: 0,
@@ -1389,15 +1521,10 @@ impl Volume for VolumeService {
                         Err(status) => {
                             tracing::warn!(request_id = %request_id, code = ?status.code(),
                                 error = %status.message(), "batched write refused");
-                            WriteBatchResponse {
-                                seq,
-                                code: status.code() as i32,
-                                message: status.message().to_owned(),
-                                written: None,
-                            }
+                            WriteBatchResponse::refused(seq, &status)
                         }
-                    }
-                }
+                    });
+                });
             },
         )))
     }
@@ -1488,5 +1615,55 @@ impl Volume for VolumeService {
             self.delete_volume_inner(request),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    fn owed(
+        seq: u64,
+        queue: &Queue<ReplicateResponse>,
+        places: &Arc<tokio::sync::Semaphore>,
+    ) -> Reply<ReplicateResponse> {
+        Reply {
+            seq,
+            owed: Some((
+                queue.clone(),
+                Arc::clone(places)
+                    .try_acquire_owned()
+                    .expect("a free place"),
+            )),
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_go_out_in_order_of_completion_and_free_their_place_once_sent_on() {
+        let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut answers = Answers { rx };
+        let places = Arc::new(tokio::sync::Semaphore::new(2));
+        let (first, second) = (owed(1, &queue, &places), owed(2, &queue, &places));
+        assert_eq!(places.available_permits(), 0);
+        second.send(ReplicateResponse {
+            seq: 2,
+            code: 0,
+            message: String::new(),
+        });
+        // Answered but not yet sent on: its place is still taken.
+        assert_eq!(places.available_permits(), 0);
+        let answer = answers.next().await.unwrap().unwrap();
+        assert_eq!((answer.seq, answer.code), (2, 0));
+        assert_eq!(places.available_permits(), 1);
+        // A reply dropped unsent (its task failed) answers INTERNAL rather
+        // than leaving the sender to its timeout.
+        drop(queue);
+        drop(first);
+        let answer = answers.next().await.unwrap().unwrap();
+        assert_eq!(answer.seq, 1);
+        assert_eq!(answer.code, tonic::Code::Internal as i32);
+        assert!(answer.message.contains("abandoned"), "{}", answer.message);
+        assert_eq!(places.available_permits(), 2);
     }
 }
