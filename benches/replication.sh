@@ -3,7 +3,8 @@
 #   1. uploads/s of 4 KiB and 1 MiB blobs (durability always) through the
 #      client library (`hayloft bench --uploads-only`) into a cluster of a
 #      directory and 3 volume servers on loopback, with replication 3 and with
-#      replication 1, in interleaved rounds; prints the medians and the ratio
+#      replication 1, in interleaved rounds, each after a 2 s warm-up (volumes
+#      created, connections open); prints the medians and the ratio
 #      (target: replicated >= 0.5x unreplicated for 4 KiB);
 #   2. repair: 4 volume servers, replication 3, REPAIR_MIB MiB of 1 MiB blobs;
 #      one server is killed and its copies re-created on the fourth at the
@@ -99,6 +100,8 @@ for round in $(seq "$ROUNDS"); do
   order="1 3"; [ $((round % 2)) -eq 0 ] && order="3 1"
   for replication in $order; do
     start_cluster "r$replication-$round" "$replication" 3
+    # Warm-up (volumes created, connections open): steady state is measured.
+    HAYLOFT_DIRECTORY=$DIR_ADDR "$HAYLOFT" bench --uploads-only --sizes 4KiB --duration 2s > /dev/null
     for size in 4KiB 1MiB; do
       rate=$(upload_rate "$size")
       RATES[$replication-$size]="${RATES[$replication-$size]:-} $rate"
