@@ -419,7 +419,7 @@ impl AntiEntropy {
             }
             for volume in self.store.volumes() {
                 let id = volume.id().0;
-                let others = self.replication.others(id, &[]);
+                let others = self.replication.others(id, Vec::new());
                 if others.is_empty() {
                     continue;
                 }

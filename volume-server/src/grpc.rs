@@ -864,7 +864,8 @@ impl VolumeService {
                 Op::Write,
                 volume.collection(),
             )?;
-            self.replication.others(blob.volume().0, &header.replicas)
+            self.replication
+                .others(blob.volume().0, std::mem::take(&mut header.replicas))
         };
         Ok((blob, volume, meta, targets))
     }

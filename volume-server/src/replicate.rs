@@ -104,9 +104,9 @@ impl Replication {
         &self.server_id
     }
 
-    /// The other copies of `volume`: those named in a write header, else
-    /// those the directory told us of.
-    pub fn others(&self, volume: u32, named: &[ServerLocation]) -> Vec<ServerLocation> {
+    /// The other copies of `volume`: those named in a write header (taken
+    /// from it, not copied), else those the directory told us of.
+    pub fn others(&self, volume: u32, named: Vec<ServerLocation>) -> Vec<ServerLocation> {
         let all = if named.is_empty() {
             self.known
                 .read()
@@ -114,12 +114,17 @@ impl Replication {
                 .map(|v| v.locations.clone())
                 .unwrap_or_default()
         } else {
-            named.to_vec()
+            named
         };
-        let mut seen = BTreeSet::new();
-        all.into_iter()
-            .filter(|l| l.server_id != self.server_id && seen.insert(l.server_id.clone()))
-            .collect()
+        let mut others: Vec<ServerLocation> = Vec::with_capacity(all.len());
+        for location in all {
+            if location.server_id != self.server_id
+                && !others.iter().any(|o| o.server_id == location.server_id)
+            {
+                others.push(location);
+            }
+        }
+        others
     }
 
     /// Refuses a new (not forwarded) write to a volume that lacks a healthy
@@ -422,7 +427,7 @@ impl Replication {
         verified: bool,
         request_id: &str,
     ) -> (usize, Vec<ForwardFailure>) {
-        let targets = self.others(volume, &[]);
+        let targets = self.others(volume, Vec::new());
         let calls = targets.iter().map(|target| {
             let client = self.client(target);
             let request = hayloft_proto::with_request_id(
