@@ -150,6 +150,49 @@ impl Volume for Null {
     }
 }
 
+const USAGE: &str = "usage: upload-ceiling --directory ADDR --data-dir DIR [--seconds 5] \
+[--concurrency 32] [--large-rounds 3]   (--seconds 0: the 64 MiB comparison only)";
+
+/// Prints `message` and the usage, and exits with status 2.
+fn exit_with(message: &str) -> ! {
+    eprintln!("upload-ceiling: {message}\n{USAGE}");
+    std::process::exit(2)
+}
+
+/// Refuses flags this program does not know (and answers `--help`).
+fn check_args() {
+    const TAKE_VALUE: [&str; 5] = [
+        "--directory",
+        "--data-dir",
+        "--seconds",
+        "--concurrency",
+        "--large-rounds",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        if !TAKE_VALUE.contains(&flag.as_str()) {
+            exit_with(&format!("unknown argument {flag:?}"));
+        }
+        if args.next().is_none() {
+            exit_with(&format!("{flag} needs a value"));
+        }
+    }
+}
+
+/// The whole number given with `name`, or `default`.
+fn number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match arg(name) {
+        None => default,
+        Some(value) => value
+            .parse()
+            .unwrap_or_else(|_| exit_with(&format!("{name} takes a whole number, not {value:?}"))),
+    }
+}
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -365,12 +408,18 @@ async fn main() {
     if std::env::args().any(|a| a == "--null-server") {
         return null_server_main().await;
     }
+    check_args();
     let directory = arg("--directory").unwrap_or_else(|| "127.0.0.1:9330".into());
     let data_dir = std::path::PathBuf::from(arg("--data-dir").unwrap_or_else(|| "data".into()));
-    let seconds: u64 = arg("--seconds").map_or(5, |s| s.parse().unwrap());
-    let concurrency: usize = arg("--concurrency").map_or(32, |s| s.parse().unwrap());
-    let large_rounds: usize = arg("--large-rounds").map_or(3, |s| s.parse().unwrap());
-    let client = Arc::new(hayloft_client::Client::connect(&directory).await.unwrap());
+    let seconds: u64 = number("--seconds", 5);
+    let concurrency: usize = number("--concurrency", 32);
+    let large_rounds: usize = number("--large-rounds", 3);
+    let client = match hayloft_client::Client::connect(&directory).await {
+        Ok(client) => Arc::new(client),
+        Err(e) => exit_with(&format!(
+            "cannot reach the directory at {directory} (start `hayloft server` first): {e}"
+        )),
+    };
     if seconds > 0 {
         small(&directory, &client, seconds, concurrency).await;
     }
