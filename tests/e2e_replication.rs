@@ -1296,6 +1296,77 @@ async fn a_write_that_failed_on_its_primary_after_reaching_the_copies_ends_up_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_whose_fsync_fails_answers_its_forwarded_write_with_an_error_and_turns_stale() {
+    // vs2 fails every fsync while the trigger file exists: the group commit
+    // that covers a forwarded write answers it, on the `Replicate` link,
+    // with the error instead of a durable OK.
+    let trigger_dir = tempfile::tempdir().unwrap();
+    let trigger = trigger_dir.path().join("fail-fsync");
+    let mut cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &[]).await;
+    cluster.volumes[2].take().unwrap().stop();
+    cluster.volume_env = vec![(
+        "HAYLOFT_FAILPOINT".into(),
+        format!("fsync@{}", trigger.display()),
+    )];
+    cluster.start_volume(2);
+    // Up again: its gRPC port answers (the directory may not have noticed
+    // the restart, and creates the volume there at once).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_from(&cluster.grpc_addr(2), "100000001deadbeef")
+        .await
+        .is_err_and(|e| e.code() == Code::Unavailable)
+    {
+        assert!(Instant::now() < deadline, "vs2 did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.wait_alive(3).await;
+    let (ids, mut locations) = assign(&cluster, 2).await;
+    assert_eq!(locations.len(), 3);
+    // A primary other than vs2, so vs2's copy comes over its link.
+    locations.sort_by_key(|l| l.server_id == "vs2");
+    let kept = content(7, 3000);
+    write_to_primary(&locations, &ids[0], kept.clone())
+        .await
+        .unwrap();
+
+    std::fs::write(&trigger, b"").unwrap();
+    let err = write_to_primary(&locations, &ids[1], content(8, 3000))
+        .await
+        .unwrap_err();
+    std::fs::remove_file(&trigger).unwrap();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("vs2"), "{err:?}");
+
+    // Reported: the volume is degraded with vs2's copy stale, and what was
+    // acknowledged before reads from the healthy copies.
+    let client = cluster.client().await;
+    until_status(
+        &client,
+        Duration::from_secs(30),
+        "vs2's copy not reported stale",
+        |status| {
+            let volume = record(status, &ids[0]);
+            let copy = volume
+                .replicas
+                .iter()
+                .find(|r| r.location.as_ref().unwrap().server_id == "vs2")?;
+            (volume.health == VolumeHealth::Degraded as i32
+                && copy.health == ReplicaHealth::Stale as i32)
+                .then_some(())
+        },
+    )
+    .await;
+    for location in &locations[..2] {
+        assert_eq!(
+            read_from(&location.grpc_addr, &ids[0]).await.unwrap(),
+            kept,
+            "{}",
+            location.server_id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_directory_down_assigned_ids_are_still_written_to_every_copy() {
     let mut cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &[]).await;
     let (ids, locations) = assign(&cluster, 20).await;
