@@ -1,8 +1,11 @@
 //! The `hayloft.v1.Volume` gRPC service over the store.
 //!
-//! Blocking storage calls (appends, fsync waits, volume creation) run on
-//! tokio's blocking pool; reads of the mmap run inline (they touch resident
-//! pages, and the body is sent as zero-copy slices).
+//! Small whole-blob writes `pwrite` on their task and wait for their group
+//! commit through a callback (one blocking-pool task runs each group commit);
+//! other blocking storage calls (streamed appends, volume creation, writes a
+//! volume holds back) run on tokio's blocking pool; reads of the mmap run
+//! inline (they touch resident pages, and the body is sent as zero-copy
+//! slices).
 
 use std::pin::Pin;
 use std::sync::Arc;
