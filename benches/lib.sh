@@ -1,5 +1,14 @@
-# Shared by the HTTP read benchmarks (compare.sh, cpu-per-request.sh):
-# source it after setting WORK (a scratch directory) and HAYLOFT (the binary).
+# Shared by the benchmarks (compare.sh, cpu-per-request.sh, upload-cpu.sh,
+# replication.sh): source it after setting WORK (a scratch directory) and
+# HAYLOFT (the binary).
+
+# Daemons started by the script, stopped by stop_all (kill, then wait).
+PIDS=()
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
 
 # A free TCP port on loopback.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -33,16 +33,9 @@ bash scripts/setup.sh
 cargo build --release -q -p hayloft --bin hayloft
 HAYLOFT=$PWD/target/release/hayloft
 WORK=$(mktemp -d)
-PIDS=()
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
+source benches/lib.sh
 cleanup() { stop_all; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_cluster NAME REPLICATION SERVERS [extra volume flags...]
 start_cluster() {

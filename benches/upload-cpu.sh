@@ -24,15 +24,9 @@ if [ -z "${HAYLOFT:-}" ]; then
   HAYLOFT=$PWD/target/release/hayloft
 fi
 WORK=$(mktemp -d)
-PIDS=()
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
+source benches/lib.sh
 cleanup() { stop_all; rm -rf "$WORK"; }
 trap cleanup EXIT
-source benches/lib.sh
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
