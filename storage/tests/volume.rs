@@ -316,7 +316,9 @@ fn oversized_metadata_is_rejected() {
 fn streamed_writes_and_their_failures() {
     let dir = tempfile::tempdir().unwrap();
     let volume = Arc::new(create(dir.path()));
-    let data = blob(9, 3 << 20);
+    // Larger than the writeback step (4 MiB), in chunks that do not divide
+    // it nor a page: the writeback started along the way covers whole pages.
+    let data = blob(9, (9 << 20) + 777);
     let mut writer = volume
         .begin_write(
             NeedleId(9),
@@ -325,7 +327,7 @@ fn streamed_writes_and_their_failures() {
             NeedleMeta::default(),
         )
         .unwrap();
-    for chunk in data.chunks(64 * 1024) {
+    for chunk in data.chunks(300_001) {
         writer.write(chunk).unwrap();
     }
     let receipt = writer.finish().unwrap();
@@ -350,12 +352,16 @@ fn streamed_writes_and_their_failures() {
         .unwrap();
     writer.write(b"123").unwrap();
     assert!(matches!(writer.finish(), Err(Error::LengthMismatch { .. })));
-    // Abandoned mid-way (a client that hung up).
+    // Abandoned mid-way (a client that hung up), after its writeback began:
+    // the file is cut back to where the record began.
+    let (dat, _, _) = volume_paths(dir.path(), VID);
+    let before = std::fs::metadata(&dat).unwrap().len();
     let mut writer = volume
-        .begin_write(NeedleId(12), Cookie(13), 1000, NeedleMeta::default())
+        .begin_write(NeedleId(12), Cookie(13), 6 << 20, NeedleMeta::default())
         .unwrap();
-    writer.write(&[1u8; 500]).unwrap();
+    writer.write(&vec![1u8; 5 << 20]).unwrap();
     drop(writer);
+    assert_eq!(std::fs::metadata(&dat).unwrap().len(), before);
 
     for id in [10, 11, 12] {
         assert!(get(&volume, id).unwrap_err().is_not_found());

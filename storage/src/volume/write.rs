@@ -206,6 +206,7 @@ impl Volume {
             meta,
             offset,
             written: 0,
+            written_back: offset,
             hasher,
             finished: false,
         })
@@ -587,9 +588,23 @@ pub struct NeedleWriter {
     meta: NeedleMeta,
     offset: u64,
     written: u64,
+    /// Where the writeback started by [`NeedleWriter::write`] has reached
+    /// (an offset in the data file).
+    written_back: u64,
     hasher: crc32fast::Hasher,
     finished: bool,
 }
+
+/// A streamed write asks the kernel to start writing its bytes back to the
+/// disk each time this many more have been written (page-aligned), so the
+/// disk works while the rest arrives and the fsync at the end has little
+/// left to do, where otherwise it would write the whole blob after the last
+/// byte came in.
+const WRITEBACK_EVERY: u64 = 4 << 20;
+
+/// The page size writeback ranges are rounded down to (a partial page at
+/// the end is left to the next range, or to the fsync).
+const PAGE: u64 = 4096;
 
 impl NeedleWriter {
     /// Bytes of data received so far.
@@ -611,6 +626,13 @@ impl NeedleWriter {
         self.files.data.write_at(chunk, at)?;
         self.hasher.update(chunk);
         self.written += chunk.len() as u64;
+        let end = (at + chunk.len() as u64) / PAGE * PAGE;
+        if end >= self.written_back + WRITEBACK_EVERY {
+            self.files
+                .data
+                .start_writeback(self.written_back, end - self.written_back);
+            self.written_back = end;
+        }
         Ok(())
     }
 
