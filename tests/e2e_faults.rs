@@ -142,7 +142,7 @@ async fn every_blob_reads_back_after_a_restart(
     acked: &[(String, u64, usize)],
 ) {
     cluster.start_volume(0);
-    cluster.wait_http(0).await;
+    cluster.wait_up(0).await;
     let http = reqwest::Client::new();
     for (blob_id, seed, len) in acked {
         let response = http
@@ -1094,6 +1094,56 @@ async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
         client.download(&after.blob_id).await.unwrap().1,
         content(3, 10_000)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_write_that_fails_mid_upload_refuses_it_and_keeps_nothing_of_it() {
+    // Every data-chunk write of a streamed upload fails while the trigger
+    // file exists (a disk that returns EIO), after the needle's header has
+    // been written and while the client is still sending.
+    let trigger_dir = tempfile::tempdir().unwrap();
+    let trigger = trigger_dir.path().join("fail-chunk-write");
+    let failpoint = format!("chunk-write@{}", trigger.display());
+    let mut cluster = Cluster::start_with_env(1, &[], &[("HAYLOFT_FAILPOINT", &failpoint)]).await;
+    let client = cluster.client().await;
+    const LARGE: usize = 9 << 20;
+    let upload = |seed: u64, len: usize| {
+        let client = &client;
+        async move {
+            client
+                .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
+                .await
+        }
+    };
+    let small = upload(1, 10_000).await.unwrap();
+
+    std::fs::write(&trigger, b"").unwrap();
+    let refused = upload(2, LARGE).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Internal), "{refused}");
+    assert!(
+        refused.to_string().contains("failpoint chunk-write"),
+        "the error names what failed: {refused}"
+    );
+    std::fs::remove_file(&trigger).unwrap();
+
+    // The volume takes writes again at once (a failed write is not a failed
+    // fsync: nothing acknowledged is in doubt), and reads go on.
+    let large = upload(3, LARGE).await.unwrap();
+    assert_eq!(
+        client.download(&large.blob_id).await.unwrap().1,
+        content(3, LARGE)
+    );
+    // After a restart (recovery scans past the abandoned record, or finds
+    // it cut off), both acknowledged blobs are there.
+    cluster.volumes[0].take().unwrap().kill();
+    cluster.start_volume(0);
+    cluster.wait_up(0).await;
+    for (blob, seed, len) in [(&small, 1, 10_000), (&large, 3, LARGE)] {
+        assert_eq!(
+            client.download(&blob.blob_id).await.unwrap().1,
+            content(seed, len)
+        );
+    }
 }
 
 /// A tmpfs mounted for a test, unmounted when dropped.

@@ -677,7 +677,7 @@ async fn crash_and_resume(failpoint: &str) {
     );
     setup.cluster.volume_env.clear();
     setup.cluster.start_volume(0);
-    setup.cluster.wait_http(0).await;
+    setup.cluster.wait_up(0).await;
     let base = setup.cluster.http_base(0);
     check_all(&base, &blobs).await;
     wait_tier(&client, volume, ProtoTier::Cold).await;
@@ -762,7 +762,7 @@ async fn starting_with_s3_down_serves_local_volumes_and_fails_cold_reads_with_50
     setup.cluster.volumes[0].take().unwrap().stop();
     setup.s3.stop();
     setup.cluster.start_volume(0);
-    setup.cluster.wait_http(0).await;
+    setup.cluster.wait_up(0).await;
     let base = setup.cluster.http_base(0);
     for blob in &blobs {
         let (status, body) = get(&base, blob).await;

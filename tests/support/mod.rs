@@ -722,18 +722,21 @@ impl Cluster {
         }
     }
 
-    /// Waits until volume server `i` answers on its HTTP port.
-    pub async fn wait_http(&self, i: usize) {
+    /// Waits until volume server `i` accepts connections on its gRPC and
+    /// HTTP ports.
+    pub async fn wait_up(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.volume_ports[i].http))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "volume server {i} did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for port in [self.volume_ports[i].grpc, self.volume_ports[i].http] {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "volume server {i} did not come up"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }

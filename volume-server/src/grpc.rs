@@ -386,20 +386,53 @@ impl VolumeService {
         mut forward: Forward,
     ) -> Result<hayloft_storage::WriteReceipt, Status> {
         let size = header.size;
-        let mut writer = blocking(move || volume.begin_write(blob.needle, blob.cookie, size, meta))
+        let writer = blocking(move || volume.begin_write(blob.needle, blob.cookie, size, meta))
             .await?
             .map_err(|e| self.failed(e, Some(blob)))?;
-        // On any early return the writer is dropped, which abandons the
-        // record (its bytes become garbage, or are cut off if last).
-        while let Some(chunk) = next_chunk(stream).await? {
-            if writer.written() + chunk.len() as u64 > size {
-                return Err(too_long(size));
+        // One blocking task writes the chunks as this task hands them over,
+        // so the next chunk is received and decoded while the last one is
+        // written (a queue of a few chunks between them).
+        let (chunks, mut to_write) = tokio::sync::mpsc::channel::<Bytes>(STREAM_QUEUE_CHUNKS);
+        let writing = tokio::task::spawn_blocking(move || {
+            let mut writer = writer;
+            while let Some(chunk) = to_write.blocking_recv() {
+                writer.write(&chunk)?;
+            }
+            Ok::<_, Error>(writer)
+        });
+        // The writer comes back once every chunk is written, or with the
+        // write's error; on any early return here it is dropped, which
+        // abandons the record (its bytes become garbage, or are cut off if
+        // last).
+        let written = async move {
+            writing
+                .await
+                .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
+                .map_err(|e| self.failed(e, Some(blob)))
+        };
+        let mut received = 0u64;
+        let refused = loop {
+            let chunk = match next_chunk(stream).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break None,
+                Err(status) => break Some(status),
+            };
+            received += chunk.len() as u64;
+            if received > size {
+                break Some(too_long(size));
             }
             // The copies get the chunk while this one writes it.
             let forwarded = chunk.clone();
-            let local = blocking(move || writer.write(&chunk).map(|()| writer));
-            let (written, ()) = tokio::join!(local, forward.send(&forwarded));
-            writer = written?.map_err(|e| self.failed(e, Some(blob)))?;
+            let (queued, ()) = tokio::join!(chunks.send(chunk), forward.send(&forwarded));
+            if queued.is_err() {
+                // The writer stopped on an error: it is the answer.
+                break None;
+            }
+        };
+        drop(chunks);
+        let writer = written.await?;
+        if let Some(status) = refused {
+            return Err(status);
         }
         if writer.written() != size {
             return Err(truncated(writer.written(), size));
@@ -412,6 +445,11 @@ impl VolumeService {
         self.settle(blob, local, forward).await
     }
 }
+
+/// Chunks of a streamed write received but not yet written (1 MiB each
+/// from hayloft's clients): enough for the next chunks to be decoded while
+/// one is written, few enough to bound a slow disk's backlog per upload.
+const STREAM_QUEUE_CHUNKS: usize = 4;
 
 /// Writes a whole small blob and waits until it is durable, without a thread
 /// per write: see [`write_whole_then`]. The outer error is the write's task

@@ -623,6 +623,8 @@ impl NeedleWriter {
             });
         }
         let at = self.offset + NEEDLE_HEADER_LEN as u64 + self.written;
+        crate::failpoint::fail_at("chunk-write")
+            .map_err(|e| Error::io(self.files.data.path(), e))?;
         self.files.data.write_at(chunk, at)?;
         self.hasher.update(chunk);
         self.written += chunk.len() as u64;
