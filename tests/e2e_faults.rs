@@ -17,7 +17,7 @@ use hayloft_proto::{ReadRequest, StatRequest, WriteBatchRequest, WriteHeader, Wr
 use hayloft_storage::BlobId;
 use parking_lot_free::Acked;
 use reqwest::StatusCode;
-use support::{Cluster, content, hayloft, server_index, server_of};
+use support::{Cluster, Failpoint, content, hayloft, server_index, server_of};
 use tonic::Code;
 
 mod parking_lot_free {
@@ -990,11 +990,10 @@ async fn a_full_volume_seals_itself_and_tells_the_directory_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
-    // Every fsync of the volume server fails while the trigger file exists.
-    let trigger_dir = tempfile::tempdir().unwrap();
-    let trigger = trigger_dir.path().join("fail-fsync");
-    let failpoint = format!("fsync@{}", trigger.display());
-    let mut cluster = Cluster::start_with_env(1, &[], &[("HAYLOFT_FAILPOINT", &failpoint)]).await;
+    // Every fsync of the volume server fails while the failpoint is armed.
+    let failpoint = Failpoint::new("fsync");
+    let mut cluster =
+        Cluster::start_with_env(1, &[], &[("HAYLOFT_FAILPOINT", &failpoint.env())]).await;
     let client = cluster.client().await;
     let upload = |seed: u64| {
         let client = &client;
@@ -1010,10 +1009,10 @@ async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
     let first = upload(1).await.unwrap();
 
     // The disk fails an fsync: the upload is refused, never acknowledged.
-    std::fs::write(&trigger, b"").unwrap();
+    failpoint.arm();
     let refused = upload(2).await.unwrap_err();
     assert_eq!(refused.code(), Some(Code::Unavailable), "{refused}");
-    std::fs::remove_file(&trigger).unwrap();
+    failpoint.disarm();
 
     // The volumes it happened to are read-only and say why; writes go to
     // others; reads go on.
@@ -1098,13 +1097,12 @@ async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chunk_write_that_fails_mid_upload_refuses_it_and_keeps_nothing_of_it() {
-    // Every data-chunk write of a streamed upload fails while the trigger
-    // file exists (a disk that returns EIO), after the needle's header has
-    // been written and while the client is still sending.
-    let trigger_dir = tempfile::tempdir().unwrap();
-    let trigger = trigger_dir.path().join("fail-chunk-write");
-    let failpoint = format!("chunk-write@{}", trigger.display());
-    let mut cluster = Cluster::start_with_env(1, &[], &[("HAYLOFT_FAILPOINT", &failpoint)]).await;
+    // Every data-chunk write of a streamed upload fails while the failpoint
+    // is armed (a disk that returns EIO), after the needle's header has been
+    // written and while the client is still sending.
+    let failpoint = Failpoint::new("chunk-write");
+    let mut cluster =
+        Cluster::start_with_env(1, &[], &[("HAYLOFT_FAILPOINT", &failpoint.env())]).await;
     let client = cluster.client().await;
     const LARGE: usize = 9 << 20;
     let upload = |seed: u64, len: usize| {
@@ -1117,14 +1115,14 @@ async fn a_chunk_write_that_fails_mid_upload_refuses_it_and_keeps_nothing_of_it(
     };
     let small = upload(1, 10_000).await.unwrap();
 
-    std::fs::write(&trigger, b"").unwrap();
+    failpoint.arm();
     let refused = upload(2, LARGE).await.unwrap_err();
     assert_eq!(refused.code(), Some(Code::Internal), "{refused}");
     assert!(
         refused.to_string().contains("failpoint chunk-write"),
         "the error names what failed: {refused}"
     );
-    std::fs::remove_file(&trigger).unwrap();
+    failpoint.disarm();
 
     // The volume takes writes again at once (a failed write is not a failed
     // fsync: nothing acknowledged is in doubt), and reads go on.

@@ -17,7 +17,7 @@ use hayloft_proto::{
     ReadRequest, ReplicaHealth, StatusResponse, VolumeHealth, VolumeRecord, VolumeState,
 };
 use hayloft_storage::BlobId;
-use support::{Cluster, content, hayloft, server_index};
+use support::{Cluster, Failpoint, content, hayloft, server_index};
 
 /// Flags for volume servers whose copies heal quickly.
 const FAST_HEALING: [&str; 4] = ["--anti-entropy-interval", "1s", "--scrub-interval", "1s"];
@@ -1297,28 +1297,17 @@ async fn a_write_that_failed_on_its_primary_after_reaching_the_copies_ends_up_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_copy_whose_fsync_fails_answers_its_forwarded_write_with_an_error_and_turns_stale() {
-    // vs2 fails every fsync while the trigger file exists: the group commit
+    // vs2 fails every fsync while the failpoint is armed: the group commit
     // that covers a forwarded write answers it, on the `Replicate` link,
     // with the error instead of a durable OK.
-    let trigger_dir = tempfile::tempdir().unwrap();
-    let trigger = trigger_dir.path().join("fail-fsync");
+    let failpoint = Failpoint::new("fsync");
     let mut cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &[]).await;
     cluster.volumes[2].take().unwrap().stop();
-    cluster.volume_env = vec![(
-        "HAYLOFT_FAILPOINT".into(),
-        format!("fsync@{}", trigger.display()),
-    )];
+    cluster.volume_env = vec![("HAYLOFT_FAILPOINT".into(), failpoint.env())];
     cluster.start_volume(2);
-    // Up again: its gRPC port answers (the directory may not have noticed
-    // the restart, and creates the volume there at once).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while read_from(&cluster.grpc_addr(2), "100000001deadbeef")
-        .await
-        .is_err_and(|e| e.code() == Code::Unavailable)
-    {
-        assert!(Instant::now() < deadline, "vs2 did not come back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Up again: its ports answer (the directory may not have noticed the
+    // restart, and creates the volume there at once).
+    cluster.wait_up(2).await;
     cluster.wait_alive(3).await;
     let (ids, mut locations) = assign(&cluster, 2).await;
     assert_eq!(locations.len(), 3);
@@ -1329,11 +1318,11 @@ async fn a_copy_whose_fsync_fails_answers_its_forwarded_write_with_an_error_and_
         .await
         .unwrap();
 
-    std::fs::write(&trigger, b"").unwrap();
+    failpoint.arm();
     let err = write_to_primary(&locations, &ids[1], content(8, 3000))
         .await
         .unwrap_err();
-    std::fs::remove_file(&trigger).unwrap();
+    failpoint.disarm();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("vs2"), "{err:?}");
 

@@ -741,6 +741,44 @@ impl Cluster {
     }
 }
 
+/// A failpoint of the servers (`HAYLOFT_FAILPOINT=<name>@<trigger file>`)
+/// that fires while its trigger file exists: start the server with
+/// [`Failpoint::env`] in its environment, then [`Failpoint::arm`] and
+/// [`Failpoint::disarm`] it.
+pub struct Failpoint {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Failpoint {
+    /// The failpoint `name` (see `storage/src/failpoint.rs`), not armed.
+    pub fn new(name: &str) -> Failpoint {
+        Failpoint {
+            dir: tempfile::tempdir().unwrap(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn trigger(&self) -> PathBuf {
+        self.dir.path().join(format!("fail-{}", self.name))
+    }
+
+    /// The value of `HAYLOFT_FAILPOINT` that makes a server honour it.
+    pub fn env(&self) -> String {
+        format!("{}@{}", self.name, self.trigger().display())
+    }
+
+    /// From now on the step fails.
+    pub fn arm(&self) {
+        std::fs::write(self.trigger(), b"").unwrap();
+    }
+
+    /// From now on the step works again.
+    pub fn disarm(&self) {
+        std::fs::remove_file(self.trigger()).unwrap();
+    }
+}
+
 /// Deterministic pseudo-random content for a seed.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
