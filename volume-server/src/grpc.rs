@@ -400,10 +400,11 @@ impl VolumeService {
             }
             Ok::<_, Error>(writer)
         });
-        // The writer comes back once every chunk is written, or with the
-        // write's error; on any early return here it is dropped, which
-        // abandons the record (its bytes become garbage, or are cut off if
-        // last).
+        // The writer comes back once every queued chunk is written, or with
+        // the write's error (which is then the answer). Dropped unfinished
+        // (the stream was refused or cut off, or this future was), it
+        // abandons the record: its bytes become garbage, or are cut off if
+        // last.
         let written = async move {
             writing
                 .await
