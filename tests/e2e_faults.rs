@@ -56,8 +56,9 @@ async fn a_never_durable_server_killed_mid_upload_keeps_every_acknowledged_blob(
     every_blob_reads_back_after_a_restart(&mut cluster, &acked).await;
 }
 
-/// Uploads from `single` tasks (one blob a call) and `batched` tasks
-/// (batches of 32) for 1.5 s, then SIGKILLs volume server 0 mid-stream;
+/// Uploads from `single` tasks (one blob of up to 50 KB a call), one task
+/// of streamed 2-5 MiB blobs and `batched` tasks (batches of 32) for 1.5 s,
+/// then SIGKILLs volume server 0 mid-stream;
 /// returns the acknowledged uploads (blob id, content seed, length).
 async fn uploads_cut_by_a_kill(
     cluster: &mut Cluster,
@@ -77,6 +78,24 @@ async fn uploads_cut_by_a_kill(
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 seed += 1;
                 let len = 100 + (seed as usize % 50_000);
+                let data = Bytes::from(content(seed, len));
+                if let Ok(uploaded) = client.upload(data, &UploadOptions::default()).await {
+                    acked.lock().unwrap().push((uploaded.blob_id, seed, len));
+                }
+            }
+        }));
+    }
+    // And one uploader of blobs of 2-5 MiB, streamed in chunks (their
+    // writeback started as they arrive): a kill lands in the middle of one.
+    {
+        let client = Arc::clone(&client);
+        let acked = Arc::clone(&acked);
+        let stop = Arc::clone(&stop);
+        uploaders.push(tokio::spawn(async move {
+            let mut seed = (single + batched) << 32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seed += 1;
+                let len = (2 << 20) + (seed as usize * 770_001) % (3 << 20);
                 let data = Bytes::from(content(seed, len));
                 if let Ok(uploaded) = client.upload(data, &UploadOptions::default()).await {
                     acked.lock().unwrap().push((uploaded.blob_id, seed, len));
@@ -131,6 +150,10 @@ async fn uploads_cut_by_a_kill(
         acked.len() > 50,
         "only {} uploads before the kill",
         acked.len()
+    );
+    assert!(
+        acked.iter().any(|&(_, _, len)| len >= 2 << 20),
+        "no streamed upload was acknowledged before the kill"
     );
     acked
 }
