@@ -69,40 +69,33 @@ async fn uploads_cut_by_a_kill(
     let acked: Acked = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut uploaders = Vec::new();
-    for worker in 0..single {
+    // Uploads one blob a call, each of `len_of(seed)` bytes, until stopped.
+    let uploader = |first_seed: u64, len_of: fn(u64) -> usize| {
         let client = Arc::clone(&client);
         let acked = Arc::clone(&acked);
         let stop = Arc::clone(&stop);
-        uploaders.push(tokio::spawn(async move {
-            let mut seed = worker << 32;
+        tokio::spawn(async move {
+            let mut seed = first_seed;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 seed += 1;
-                let len = 100 + (seed as usize % 50_000);
+                let len = len_of(seed);
                 let data = Bytes::from(content(seed, len));
                 if let Ok(uploaded) = client.upload(data, &UploadOptions::default()).await {
                     acked.lock().unwrap().push((uploaded.blob_id, seed, len));
                 }
             }
+        })
+    };
+    for worker in 0..single {
+        uploaders.push(uploader(worker << 32, |seed| {
+            100 + (seed as usize % 50_000)
         }));
     }
     // And one uploader of blobs of 2-5 MiB, streamed in chunks (their
     // writeback started as they arrive): a kill lands in the middle of one.
-    {
-        let client = Arc::clone(&client);
-        let acked = Arc::clone(&acked);
-        let stop = Arc::clone(&stop);
-        uploaders.push(tokio::spawn(async move {
-            let mut seed = (single + batched) << 32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                seed += 1;
-                let len = (2 << 20) + (seed as usize * 770_001) % (3 << 20);
-                let data = Bytes::from(content(seed, len));
-                if let Ok(uploaded) = client.upload(data, &UploadOptions::default()).await {
-                    acked.lock().unwrap().push((uploaded.blob_id, seed, len));
-                }
-            }
-        }));
-    }
+    uploaders.push(uploader((single + batched) << 32, |seed| {
+        (2 << 20) + (seed as usize * 770_001) % (3 << 20)
+    }));
     // Batched uploads beside them: a batch cut off by the crash must have
     // acknowledged only blobs that are durable.
     for worker in single..single + batched {

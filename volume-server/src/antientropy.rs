@@ -33,6 +33,7 @@ use parking_lot::Mutex;
 use tonic::Status;
 
 use crate::error::{etag, grpc_status};
+use crate::grpc::blocking;
 use crate::replicate::Replication;
 
 /// Anti-entropy compares ranges of 2^RANGE_BITS needle ids.
@@ -58,12 +59,6 @@ pub struct AntiEntropy {
     running: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     /// When each volume was last scrubbed.
     scrubbed: Mutex<HashMap<u32, Instant>>,
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("storage task failed: {e}")))
 }
 
 fn timed_out(what: &str, server: &str) -> Status {

@@ -408,7 +408,7 @@ impl VolumeService {
         let written = async move {
             writing
                 .await
-                .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
+                .map_err(task_failed)?
                 .map_err(|e| self.failed(e, Some(blob)))
         };
         let mut received = 0u64;
@@ -689,10 +689,16 @@ impl<Resp> Stream for Answers<Resp> {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("storage task failed: {e}")))
+/// Runs `f` on tokio's blocking pool; a panic in it answers INTERNAL.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(task_failed)
+}
+
+/// A storage task that panicked (or was cancelled), as the caller's answer.
+fn task_failed(error: tokio::task::JoinError) -> Status {
+    Status::internal(format!("storage task failed: {error}"))
 }
 
 /// The metadata a write header gives its needle, checked.
