@@ -1225,16 +1225,35 @@ async fn assign(
     )
 }
 
-/// Writes one blob to `locations[0]`, which forwards it to the others, as
-/// the client library does.
+/// Writes one blob to its id's primary copy, which forwards it to the
+/// others, as the client library does.
 async fn write_to_primary(
+    locations: &[hayloft_proto::ServerLocation],
+    blob_id: &str,
+    data: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    write_at(primary_of(locations, blob_id), locations, blob_id, data).await
+}
+
+/// The copy that orders writes of `blob_id` (a client's write goes there).
+fn primary_of<'l>(
+    locations: &'l [hayloft_proto::ServerLocation],
+    blob_id: &str,
+) -> &'l hayloft_proto::ServerLocation {
+    let needle = blob_id.parse::<hayloft_storage::BlobId>().unwrap().needle.0;
+    &locations[hayloft_proto::primary_index(needle, locations).unwrap()]
+}
+
+/// Writes one blob as a client would, to the copy `at`, naming `locations`.
+async fn write_at(
+    at: &hayloft_proto::ServerLocation,
     locations: &[hayloft_proto::ServerLocation],
     blob_id: &str,
     data: Vec<u8>,
 ) -> Result<(), tonic::Status> {
     use hayloft_proto::write_request::Part;
     use hayloft_proto::{WriteHeader, WriteRequest};
-    let mut volume = VolumeClient::connect(format!("http://{}", locations[0].grpc_addr))
+    let mut volume = VolumeClient::connect(format!("http://{}", at.grpc_addr))
         .await
         .unwrap();
     let messages = vec![

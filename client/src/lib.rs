@@ -169,9 +169,6 @@ struct Reservation {
     /// The volume's copies as the directory listed them.
     locations: Vec<ServerLocation>,
     volume_id: u32,
-    /// Ids taken so far: each upload starts at the next copy in turn, so
-    /// forwarding work is shared by the copies.
-    taken: usize,
     at: Instant,
 }
 
@@ -366,7 +363,6 @@ impl Client {
                     blobs: assigned.blobs.into(),
                     locations: assigned.locations,
                     volume_id,
-                    taken: 0,
                     at: Instant::now(),
                 },
             );
@@ -376,10 +372,12 @@ impl Client {
             .blobs
             .pop_front()
             .ok_or(Error::NoLocation(reservation.volume_id))?;
+        // The copy that orders writes of this id goes first: a server takes
+        // a client's write of an id only there. Consecutive ids have
+        // consecutive primaries, so forwarding work is shared by the copies.
         let mut locations = reservation.locations.clone();
-        let turn = reservation.taken % locations.len();
+        let turn = hayloft_proto::primary_index(blob.needle_id, &locations).unwrap_or(0);
         locations.rotate_left(turn);
-        reservation.taken += 1;
         Ok(Slot {
             collection: collection.to_owned(),
             blob,

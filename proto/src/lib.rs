@@ -33,6 +33,24 @@ impl ServerLocation {
     }
 }
 
+/// Which copy of a volume is the primary for writes of needle `needle_id`:
+/// the index in `copies` of the copy that orders them. Every write of one
+/// id goes through one copy, which claims the id before it forwards the
+/// write to the others, so two writes of one id never both land (blob ids
+/// are written once) and the copies never disagree about its bytes. Ids
+/// are spread over the copies (consecutive ids to consecutive copies, in
+/// server-id order), so each copy leads a share of the writes. `None` for
+/// no copies.
+pub fn primary_index(needle_id: u64, copies: &[ServerLocation]) -> Option<usize> {
+    if copies.is_empty() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..copies.len()).collect();
+    order.sort_by(|&a, &b| copies[a].server_id.cmp(&copies[b].server_id));
+    order.dedup_by(|a, b| copies[*a].server_id == copies[*b].server_id);
+    Some(order[(needle_id % order.len() as u64) as usize])
+}
+
 /// Largest message either service accepts or sends (chunks are smaller).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
@@ -95,4 +113,39 @@ pub fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
         request.metadata_mut().insert(REQUEST_ID, value);
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(id: &str) -> ServerLocation {
+        ServerLocation {
+            server_id: id.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_primary_of_an_id_does_not_depend_on_the_order_copies_are_listed_in() {
+        let one = [at("b"), at("a"), at("c")];
+        let other = [at("c"), at("b"), at("a")];
+        for id in 0..30u64 {
+            let a = &one[primary_index(id, &one).unwrap()].server_id;
+            let b = &other[primary_index(id, &other).unwrap()].server_id;
+            assert_eq!(a, b, "needle {id}");
+        }
+        // Consecutive ids go to each copy in turn.
+        let ids: Vec<&str> = (0..3u64)
+            .map(|id| one[primary_index(id, &one).unwrap()].server_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(primary_index(7, &[]), None);
+        // A copy listed twice counts once.
+        let twice = [at("a"), at("b"), at("a")];
+        let ids: Vec<&str> = (0..4u64)
+            .map(|id| twice[primary_index(id, &twice).unwrap()].server_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b", "a", "b"]);
+    }
 }

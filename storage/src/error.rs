@@ -49,6 +49,30 @@ pub enum Error {
         needle: NeedleId,
     },
 
+    /// The needle id is taken: a blob id is written once (invariant 10).
+    /// A second write of a live id with other bytes, another cookie or other
+    /// metadata is refused; an exact retry is answered as the first write.
+    #[error(
+        "blob id {needle} in volume {volume} is already written with other bytes; a blob id is written once"
+    )]
+    NeedleExists {
+        /// Volume holding the needle.
+        volume: VolumeId,
+        /// The needle asked to be written again.
+        needle: NeedleId,
+    },
+
+    /// Another write of the same needle id is in progress here: one of the
+    /// two will be refused, so this one is, now (retry to learn the outcome:
+    /// an exact retry of a write that succeeded is answered as it was).
+    #[error("a write of needle {needle} in volume {volume} is in progress; retry later")]
+    WriteInProgress {
+        /// Volume being written.
+        volume: VolumeId,
+        /// The needle being written.
+        needle: NeedleId,
+    },
+
     /// The needle exists but its expiry time has passed.
     #[error("needle {needle} in volume {volume} expired")]
     Expired {

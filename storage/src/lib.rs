@@ -42,7 +42,7 @@ pub use space::{DiskSpace, Reserve, SpaceReport};
 pub use store::{Handle, Location, Store, StoreConfig, release_free_heap};
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
-    COMPACTION_MARGIN, CompactOptions, CompactReport, Durability, Needle, NeedleState, NeedleWrite,
-    NeedleWriter, QueuedWrite, RangeDigest, ScrubReport, SyncDuty, Volume, VolumeConfig,
-    VolumeStats, Waiter, Wake, WriteReceipt,
+    COMPACTION_MARGIN, Claim, CompactOptions, CompactReport, Durability, Needle, NeedleState,
+    NeedleWrite, NeedleWriter, Queued, QueuedWrite, RangeDigest, ScrubReport, SyncDuty, Volume,
+    VolumeConfig, VolumeStats, Waiter, Wake, WriteReceipt,
 };

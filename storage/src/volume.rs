@@ -13,8 +13,11 @@
 //!   waiting, then wakes them: blocked threads through the condvar, and
 //!   callers of [`Volume::when_durable`] through their [`Waiter`]s.
 //! - `index_file` (`Mutex`): the index file's append cursor.
+//! - `claims` (`Mutex`): needle ids held by writes in progress (write-once
+//!   ids, see `claim.rs`). Held for one set lookup and one index lookup.
 //!
-//! Lock order: `writer` before `state`. No lock is held across an fsync
+//! Lock order: `claims` before `state`, `writer` before `state`; `claims`
+//! and `writer` are never held together. No lock is held across an fsync
 //! except `index_file` (which only the sync leader uses).
 
 use std::path::{Path, PathBuf};
@@ -36,13 +39,15 @@ use crate::meta::VolumeMeta;
 use crate::recovery::{self, RecoveryReport};
 use crate::space::{DiskSpace, SpaceReport};
 
+mod claim;
 mod compact;
 mod replica;
 mod write;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
+pub use claim::Claim;
 pub use compact::{COMPACTION_MARGIN, CompactOptions, CompactReport};
 pub use replica::{NeedleState, RangeDigest};
-pub use write::{NeedleWriter, QueuedWrite, SyncDuty, Waiter, Wake};
+pub use write::{NeedleWriter, Queued, QueuedWrite, SyncDuty, Waiter, Wake};
 
 /// When a write counts as acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +272,8 @@ pub struct Volume {
     config: VolumeConfig,
     state: RwLock<ReadState>,
     writer: Mutex<WriterState>,
+    /// Needle ids claimed by writes in progress (see `claim.rs`).
+    claims: claim::Claims,
     /// Signalled when `paused`, `streams_paused` or the in-flight counts change.
     writer_changed: Condvar,
     /// True while a compaction runs (one at a time).
@@ -394,6 +401,7 @@ impl Volume {
                 streams_paused: false,
                 retired: false,
             }),
+            claims: Default::default(),
             writer_changed: Condvar::new(),
             compacting: std::sync::atomic::AtomicBool::new(false),
             compaction_progress: Default::default(),

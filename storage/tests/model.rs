@@ -116,6 +116,15 @@ proptest! {
                     if deleted.contains(&id) {
                         let refused = matches!(written, Err(hayloft_storage::Error::NeedleDeleted { .. }));
                         prop_assert!(refused, "a deleted id was written again");
+                    } else if let Some(stored) = model.get(&id) {
+                        // Written once: the same bytes again are an exact
+                        // retry, other bytes are refused.
+                        if *stored == bytes {
+                            written.unwrap();
+                        } else {
+                            let refused = matches!(written, Err(hayloft_storage::Error::NeedleExists { .. }));
+                            prop_assert!(refused, "a live id was written again with other bytes: {:?}", written);
+                        }
                     } else {
                         written.unwrap();
                         model.insert(id, bytes);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use hayloft_storage::volume::{NEVER_SYNC_EVERY, volume_paths};
 use hayloft_storage::{
-    Cookie, Durability, Error, NeedleId, NeedleMeta, NeedleWrite, QueuedWrite, Tier, Volume,
-    VolumeConfig, VolumeId, Wake,
+    Cookie, Durability, Error, NeedleId, NeedleMeta, NeedleWrite, Queued, QueuedWrite, Tier,
+    Volume, VolumeConfig, VolumeId, Wake,
 };
 
 const VID: VolumeId = VolumeId(7);
@@ -432,14 +432,22 @@ fn wait_queued(volume: &Arc<Volume>, seq: u64) -> Wake {
 }
 
 fn queued(volume: &Volume, id: u64, data: &[u8]) -> Option<QueuedWrite> {
-    volume
-        .try_write_queued(&NeedleWrite {
-            id: NeedleId(id),
-            cookie: Cookie(id as u32 + 1),
-            data,
-            meta: NeedleMeta::default(),
-        })
+    let claim = volume.claim(NeedleId(id)).unwrap();
+    match volume
+        .try_write_queued(
+            claim,
+            &NeedleWrite {
+                id: NeedleId(id),
+                cookie: Cookie(id as u32 + 1),
+                data,
+                meta: NeedleMeta::default(),
+            },
+        )
         .unwrap()
+    {
+        Queued::Queued(queued) => Some(queued),
+        Queued::WouldWait(_) => None,
+    }
 }
 
 #[test]
@@ -557,12 +565,7 @@ fn queued_writes_are_refused_where_they_cannot_be_cheap() {
     assert_eq!(wait_queued(&volume, q.seq), Wake::Durable);
     volume.delete(NeedleId(1), Cookie(2)).unwrap();
     assert!(matches!(
-        volume.try_write_queued(&NeedleWrite {
-            id: NeedleId(1),
-            cookie: Cookie(2),
-            data: b"again",
-            meta: NeedleMeta::default(),
-        }),
+        volume.claim(NeedleId(1)),
         Err(Error::NeedleDeleted { .. })
     ));
 }

@@ -414,7 +414,7 @@ impl AntiEntropy {
             }
             for volume in self.store.volumes() {
                 let id = volume.id().0;
-                let others = self.replication.others(id, Vec::new());
+                let others = self.replication.others_of(id);
                 if others.is_empty() {
                     continue;
                 }

@@ -24,7 +24,10 @@ pub fn grpc_status(error: &Error, blob: Option<BlobId>) -> tonic::Status {
         };
     }
     match error {
-        Error::VolumeExists(_) => Status::already_exists(error.to_string()),
+        Error::VolumeExists(_) | Error::NeedleExists { .. } => {
+            Status::already_exists(error.to_string())
+        }
+        Error::WriteInProgress { .. } => Status::aborted(error.to_string()),
         Error::VolumeFull { .. } | Error::LowSpace { .. } => {
             Status::resource_exhausted(error.to_string())
         }

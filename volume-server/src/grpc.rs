@@ -26,8 +26,8 @@ use hayloft_proto::{
 };
 use hayloft_storage::volume::now_unix_secs;
 use hayloft_storage::{
-    BlobId, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, QueuedWrite, Store, Tier, VolumeId,
-    Wake, WriteReceipt,
+    BlobId, Claim, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, Queued, QueuedWrite, Store,
+    Tier, VolumeId, Wake, WriteReceipt,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -337,7 +337,7 @@ impl VolumeService {
 
     async fn write_small(
         &self,
-        volume: Arc<hayloft_storage::Volume>,
+        place: Place,
         blob: BlobId,
         header: &WriteHeader,
         meta: NeedleMeta,
@@ -348,7 +348,7 @@ impl VolumeService {
             // One copy (or a copy's own write): a blob sent as one chunk is
             // written from the received buffer as it is.
             let data = gather(stream, header.size).await?;
-            return write_whole(volume, blob, data, meta)
+            return write_whole(place, blob, data, meta)
                 .await?
                 .map_err(|e| self.failed(e, Some(blob)));
         }
@@ -369,7 +369,7 @@ impl VolumeService {
             if fail {
                 return Err(Status::internal("failpoint primary-local-write"));
             }
-            write_whole(volume, blob, data, meta)
+            write_whole(place, blob, data, meta)
                 .await?
                 .map_err(|e| self.failed(e, Some(blob)))
         };
@@ -378,7 +378,7 @@ impl VolumeService {
 
     async fn write_streamed(
         &self,
-        volume: Arc<hayloft_storage::Volume>,
+        place: Place,
         blob: BlobId,
         header: &WriteHeader,
         meta: NeedleMeta,
@@ -386,7 +386,8 @@ impl VolumeService {
         mut forward: Forward,
     ) -> Result<hayloft_storage::WriteReceipt, Status> {
         let size = header.size;
-        let writer = blocking(move || volume.begin_write(blob.needle, blob.cookie, size, meta))
+        let Place { volume, claim } = place;
+        let writer = blocking(move || volume.begin_write_claimed(claim, blob.cookie, size, meta))
             .await?
             .map_err(|e| self.failed(e, Some(blob)))?;
         // One blocking task writes the chunks as this task hands them over,
@@ -447,6 +448,12 @@ impl VolumeService {
     }
 }
 
+/// The volume a write goes to, with the blob's id claimed there.
+struct Place {
+    volume: Arc<hayloft_storage::Volume>,
+    claim: Claim,
+}
+
 /// Chunks of a streamed write received but not yet written (1 MiB each
 /// from hayloft's clients): enough for the next chunks to be decoded while
 /// one is written, few enough to bound a slow disk's backlog per upload.
@@ -456,13 +463,13 @@ const STREAM_QUEUE_CHUNKS: usize = 4;
 /// per write: see [`write_whole_then`]. The outer error is the write's task
 /// failing (a panic), the inner one the store's.
 async fn write_whole(
-    volume: Arc<hayloft_storage::Volume>,
+    place: Place,
     blob: BlobId,
     data: impl AsRef<[u8]> + Send + 'static,
     meta: NeedleMeta,
 ) -> Result<Result<WriteReceipt, Error>, Status> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    write_whole_then(volume, blob, data, meta, move |outcome| {
+    write_whole_then(place, blob, data, meta, move |outcome| {
         let _ = tx.send(outcome);
     });
     rx.await
@@ -482,29 +489,33 @@ async fn write_whole(
 /// on (send on a channel), never call into the volume. It is dropped
 /// without being called only if a storage task panics.
 fn write_whole_then(
-    volume: Arc<hayloft_storage::Volume>,
+    place: Place,
     blob: BlobId,
     data: impl AsRef<[u8]> + Send + 'static,
     meta: NeedleMeta,
     done: impl FnOnce(Result<WriteReceipt, Error>) + Send + 'static,
 ) {
+    let Place { volume, claim } = place;
     let write = NeedleWrite {
         id: blob.needle,
         cookie: blob.cookie,
         data: data.as_ref(),
         meta,
     };
-    match volume.try_write_queued(&write) {
-        Ok(Some(queued)) => when_durable(volume, queued, Box::new(done)),
-        Ok(None) => {
+    match volume.try_write_queued(claim, &write) {
+        Ok(Queued::Queued(queued)) => when_durable(volume, queued, Box::new(done)),
+        Ok(Queued::WouldWait(claim)) => {
             let meta = write.meta;
             tokio::task::spawn_blocking(move || {
-                done(volume.write(&NeedleWrite {
-                    id: blob.needle,
-                    cookie: blob.cookie,
-                    data: data.as_ref(),
-                    meta,
-                }))
+                done(volume.write_claimed(
+                    claim,
+                    &NeedleWrite {
+                        id: blob.needle,
+                        cookie: blob.cookie,
+                        data: data.as_ref(),
+                        meta,
+                    },
+                ))
             });
         }
         Err(e) => done(Err(e)),
@@ -839,14 +850,14 @@ impl VolumeService {
                 header.size,
             );
         }
-        let (blob, volume, meta, targets) = self.prepare_write(&mut header, &who)?;
+        let (blob, place, meta, targets) = self.prepare_write(&mut header, &who)?;
         let receipt = if !targets.is_empty() && header.size <= LINKED_FORWARD_MAX {
             let data = gather(&mut stream, header.size).await?;
-            self.write_linked(volume, blob, &header, meta, data, &targets, &request_id)
+            self.write_linked(place, blob, &header, meta, data, &targets, &request_id)
                 .await?
         } else {
             self.write_forwarding(
-                volume,
+                place,
                 blob,
                 &header,
                 meta,
@@ -865,8 +876,12 @@ impl VolumeService {
     }
 
     /// Checks a write's header and finds what it needs: the blob id, the
-    /// volume, the needle's metadata and the copies to forward to (none for
-    /// a write forwarded by a primary). Sets `last_modified` if unset.
+    /// volume with the id claimed there, the needle's metadata and the
+    /// copies to forward to (none for a write forwarded by a primary, and
+    /// none for a write of an id written here already: it is an exact retry,
+    /// answered here, or refused before any copy sees it). Sets
+    /// `last_modified` if unset. A client's write must come to the id's
+    /// primary copy ([`hayloft_proto::primary_index`]).
     #[allow(clippy::type_complexity)]
     fn prepare_write(
         &self,
@@ -875,7 +890,7 @@ impl VolumeService {
     ) -> Result<
         (
             BlobId,
-            Arc<hayloft_storage::Volume>,
+            Place,
             NeedleMeta,
             Vec<hayloft_proto::ServerLocation>,
         ),
@@ -905,6 +920,10 @@ impl VolumeService {
             Vec::new()
         } else {
             self.replication.check_writable(blob.volume().0)?;
+            let copies = self
+                .replication
+                .copies(blob.volume().0, std::mem::take(&mut header.replicas));
+            self.replication.check_primary(blob, &copies)?;
             // Counted once it would be written: a write this volume cannot
             // take (the client retries elsewhere) costs the caller nothing.
             hayloft_access::grpc::Quota::charge_to(
@@ -912,10 +931,19 @@ impl VolumeService {
                 Op::Write,
                 volume.collection(),
             )?;
-            self.replication
-                .others(blob.volume().0, std::mem::take(&mut header.replicas))
+            self.replication.others(copies)
         };
-        Ok((blob, volume, meta, targets))
+        // Claimed before any copy is sent the write: no other write of the
+        // id proceeds here meanwhile, and so none reaches the copies.
+        let claim = volume
+            .claim(blob.needle)
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let targets = if claim.is_retry() {
+            Vec::new()
+        } else {
+            targets
+        };
+        Ok((blob, Place { volume, claim }, meta, targets))
     }
 
     /// One blob of a `WriteBatch`: a whole small blob, written here and sent
@@ -941,10 +969,10 @@ impl VolumeService {
         if (request.data.len() as u64) < header.size {
             return Err(truncated(request.data.len() as u64, header.size));
         }
-        let (blob, volume, meta, targets) = self.prepare_write(&mut header, who)?;
+        let (blob, place, meta, targets) = self.prepare_write(&mut header, who)?;
         let receipt = self
             .write_linked(
-                volume,
+                place,
                 blob,
                 &header,
                 meta,
@@ -966,7 +994,7 @@ impl VolumeService {
     #[allow(clippy::too_many_arguments)]
     async fn write_linked(
         &self,
-        volume: Arc<hayloft_storage::Volume>,
+        place: Place,
         blob: BlobId,
         header: &WriteHeader,
         meta: NeedleMeta,
@@ -981,7 +1009,7 @@ impl VolumeService {
             if fail {
                 return Err(Status::internal("failpoint primary-local-write"));
             }
-            write_whole(volume, blob, local_data, meta)
+            write_whole(place, blob, local_data, meta)
                 .await?
                 .map_err(|e| self.failed(e, Some(blob)))
         };
@@ -1002,7 +1030,7 @@ impl VolumeService {
     #[allow(clippy::too_many_arguments)]
     async fn write_forwarding(
         &self,
-        volume: Arc<hayloft_storage::Volume>,
+        place: Place,
         blob: BlobId,
         header: &WriteHeader,
         meta: NeedleMeta,
@@ -1012,10 +1040,10 @@ impl VolumeService {
     ) -> Result<hayloft_storage::WriteReceipt, Status> {
         let forward = self.replication.forward_write(header, targets, request_id);
         if header.size <= SMALL_BLOB {
-            self.write_small(volume, blob, header, meta, stream, forward)
+            self.write_small(place, blob, header, meta, stream, forward)
                 .await
         } else {
-            self.write_streamed(volume, blob, header, meta, stream, forward)
+            self.write_streamed(place, blob, header, meta, stream, forward)
                 .await
         }
     }
@@ -1055,14 +1083,18 @@ impl VolumeService {
                     .store
                     .volume(blob.volume())
                     .map_err(|e| grpc_status(&e, None))?;
-                Ok((blob, volume, meta_of(&header)?))
+                let meta = meta_of(&header)?;
+                let claim = volume
+                    .claim(blob.needle)
+                    .map_err(|e| grpc_status(&e, Some(blob)))?;
+                Ok((blob, Place { volume, claim }, meta))
             });
-        let (blob, volume, meta) = match checked {
+        let (blob, place, meta) = match checked {
             Ok(checked) => checked,
             Err(status) => return answer(Err(status)),
         };
         let (service, size) = (self.clone(), request.data.len() as u64);
-        write_whole_then(volume, blob, request.data, meta, move |written| {
+        write_whole_then(place, blob, request.data, meta, move |written| {
             answer(match written {
                 Ok(_) => {
                     metrics::bytes_in("grpc", size);

@@ -31,6 +31,7 @@ use hayloft_proto::{
     DeleteRequest, ReplicateRequest, ServerLocation, VolumeReplicas, WriteHeader, WriteRequest,
     WriteResponse,
 };
+use hayloft_storage::BlobId;
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
@@ -104,20 +105,26 @@ impl Replication {
         &self.server_id
     }
 
-    /// The other copies of `volume`: those named in a write header (taken
-    /// from it, not copied), else those the directory told us of.
-    pub fn others(&self, volume: u32, named: Vec<ServerLocation>) -> Vec<ServerLocation> {
-        let all = if named.is_empty() {
-            self.known
-                .read()
-                .get(&volume)
-                .map(|v| v.locations.clone())
-                .unwrap_or_default()
-        } else {
-            named
-        };
-        let mut others: Vec<ServerLocation> = Vec::with_capacity(all.len());
-        for location in all {
+    /// Every copy of `volume`, this one included: those the directory told
+    /// us of, else (a volume this server has not heard of yet) those named
+    /// in a write header. A header's list is not preferred: a client that
+    /// named fewer copies would have a write land on some copies only.
+    pub fn copies(&self, volume: u32, named: Vec<ServerLocation>) -> Vec<ServerLocation> {
+        match self.known.read().get(&volume) {
+            Some(known) if !known.locations.is_empty() => known.locations.clone(),
+            _ => named,
+        }
+    }
+
+    /// The copies of `volume` other than this one (see [`Replication::copies`]).
+    pub fn others_of(&self, volume: u32) -> Vec<ServerLocation> {
+        self.others(self.copies(volume, Vec::new()))
+    }
+
+    /// `copies` without this server, each once.
+    pub fn others(&self, copies: Vec<ServerLocation>) -> Vec<ServerLocation> {
+        let mut others: Vec<ServerLocation> = Vec::with_capacity(copies.len());
+        for location in copies {
             if location.server_id != self.server_id
                 && !others.iter().any(|o| o.server_id == location.server_id)
             {
@@ -125,6 +132,24 @@ impl Replication {
             }
         }
         others
+    }
+
+    /// Refuses a client's write of `blob` unless this server is the copy
+    /// that orders writes of its id ([`hayloft_proto::primary_index`]): two
+    /// writes of one id sent to two copies could otherwise both be written,
+    /// one on each.
+    pub fn check_primary(&self, blob: BlobId, copies: &[ServerLocation]) -> Result<(), Status> {
+        let Some(primary) = hayloft_proto::primary_index(blob.needle.0, copies) else {
+            return Ok(());
+        };
+        let primary = &copies[primary];
+        if primary.server_id == self.server_id {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "blob {blob}: writes of this id go to its volume's copy on server {} ({}), which orders them; send it there",
+            primary.server_id, primary.grpc_addr
+        )))
     }
 
     /// Refuses a new (not forwarded) write to a volume that lacks a healthy
@@ -427,7 +452,7 @@ impl Replication {
         verified: bool,
         request_id: &str,
     ) -> (usize, Vec<ForwardFailure>) {
-        let targets = self.others(volume, Vec::new());
+        let targets = self.others_of(volume);
         let calls = targets.iter().map(|target| {
             let client = self.client(target);
             let request = hayloft_proto::with_request_id(

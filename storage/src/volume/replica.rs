@@ -182,7 +182,8 @@ impl Volume {
 
     /// Starts writing a needle copied from another copy of the volume. Unlike
     /// [`Volume::begin_write`] it works on a sealed volume (a copy catching up
-    /// with a full one), and it refuses a needle deleted here.
+    /// with a full one). Like it, it refuses a needle deleted here, and a
+    /// needle live here is compared, not written again.
     pub fn begin_copy(
         self: &Arc<Self>,
         id: NeedleId,
@@ -190,7 +191,8 @@ impl Volume {
         data_len: u64,
         meta: NeedleMeta,
     ) -> Result<NeedleWriter> {
-        self.begin_write_inner(id, cookie, data_len, meta, true)
+        let claim = self.claim(id)?;
+        self.begin_write_inner(claim, cookie, data_len, meta, true)
     }
 
     /// Stores a tombstone for `id` copied from another copy of the volume,
@@ -198,9 +200,14 @@ impl Volume {
     /// Returns false if it was deleted here already. A live needle here with
     /// another cookie is a different needle: refused as a wrong cookie.
     pub fn delete_copied(&self, id: NeedleId, cookie: Cookie) -> Result<bool> {
-        if self.state.read().deleted.contains_key(&id) {
-            return Ok(false);
-        }
+        // Claimed, so that no write of the id lands between the check and
+        // the tombstone (its entry would follow the tombstone's and make
+        // the needle live again).
+        let _claim = match self.claim(id) {
+            Ok(claim) => claim,
+            Err(Error::NeedleDeleted { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         match self.find(id, cookie) {
             Ok(_) | Err(Error::NeedleNotFound { .. }) => {}
             Err(e) => return Err(e),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Durability, Files, NEVER_SYNC_EVERY, NeedleWrite, SyncState, Volume, WriteReceipt, WriterState,
-    now_unix_secs,
+    Claim, Durability, Files, NEVER_SYNC_EVERY, NeedleWrite, SyncState, Volume, WriteReceipt,
+    WriterState, now_unix_secs,
 };
 use crate::error::{Error, Result};
 use crate::format::{
@@ -21,10 +21,23 @@ impl Volume {
     /// Writes a whole blob and returns once it is durable (per the volume's
     /// [`Durability`]). The record is encoded in memory and written with one
     /// `pwrite`; use [`Volume::begin_write`] for blobs too big for memory.
+    ///
+    /// A blob id is written once: see [`Volume::claim`] for what a second
+    /// write of an id gets.
     pub fn write(&self, write: &NeedleWrite<'_>) -> Result<WriteReceipt> {
-        self.check_not_deleted(write.id)?;
+        let claim = self.claim(write.id)?;
+        self.write_claimed(claim, write)
+    }
+
+    /// [`Volume::write`] under a claim taken before (by a primary, before it
+    /// forwards the write to the other copies).
+    pub fn write_claimed(&self, claim: Claim, write: &NeedleWrite<'_>) -> Result<WriteReceipt> {
+        check_claim(&claim, write.id)?;
+        if claim.is_retry() {
+            return self.exact_retry(write.id, write.cookie, write.data, &write.meta);
+        }
         let record = encode_write(write)?;
-        self.append_record(write.id, &record.0, false)
+        self.append_record(write.id, &record.0, false, Some(claim))
             .map(|(offset, record_len)| WriteReceipt {
                 offset,
                 record_len,
@@ -38,21 +51,29 @@ impl Volume {
     /// Never blocks on a lock held across I/O: `Ok(None)` when the write
     /// would have to wait (a compaction or a move holds writers back) or,
     /// with [`Durability::Never`], when the periodic sync is due (every
-    /// [`NEVER_SYNC_EVERY`] writes); use [`Volume::write`] then, which runs it.
-    pub fn try_write_queued(&self, write: &NeedleWrite<'_>) -> Result<Option<QueuedWrite>> {
+    /// [`NEVER_SYNC_EVERY`] writes); use [`Volume::write_claimed`] then, with
+    /// the claim given back, which runs it. An exact retry is answered at
+    /// once (its sequence number is 0: durable already).
+    pub fn try_write_queued(&self, claim: Claim, write: &NeedleWrite<'_>) -> Result<Queued> {
+        check_claim(&claim, write.id)?;
+        if claim.is_retry() {
+            let receipt = self.exact_retry(write.id, write.cookie, write.data, &write.meta)?;
+            return Ok(Queued::Queued(QueuedWrite { receipt, seq: 0 }));
+        }
         if self.config.durability == Durability::Never
             && self.writer.lock().pending.len() >= NEVER_SYNC_EVERY
         {
-            return Ok(None);
+            return Ok(Queued::WouldWait(claim));
         }
-        self.check_not_deleted(write.id)?;
         let (record, checksum) = encode_write(write)?;
+        let mut claim = Some(claim);
         let Some((offset, record_len, seq)) =
-            self.append_queued(write.id, &record, false, false)?
+            self.append_queued(write.id, &record, false, false, &mut claim)?
         else {
-            return Ok(None);
+            let claim = claim.ok_or(Error::Busy(self.id))?;
+            return Ok(Queued::WouldWait(claim));
         };
-        Ok(Some(QueuedWrite {
+        Ok(Queued::Queued(QueuedWrite {
             receipt: WriteReceipt {
                 offset,
                 record_len,
@@ -77,7 +98,7 @@ impl Volume {
         let mut record = Vec::new();
         format::encode_needle(&mut record, FLAG_TOMBSTONE, id, cookie, &[], &meta)
             .map_err(|_| Error::InvalidNeedle("tombstone"))?;
-        self.append_record(id, &record, true).map(|_| ())
+        self.append_record(id, &record, true, None).map(|_| ())
     }
 
     /// Deletes a needle whatever its cookie (a move back from cold replays
@@ -97,26 +118,18 @@ impl Volume {
         self.delete(id, cookie)
     }
 
-    /// A deleted needle's id is never written again (ids are never handed
-    /// out twice, and copies must agree that it is gone).
-    fn check_not_deleted(&self, id: NeedleId) -> Result<()> {
-        if self.state.read().deleted.contains_key(&id) {
-            return Err(Error::NeedleDeleted {
-                volume: self.id,
-                needle: id,
-            });
-        }
-        Ok(())
-    }
-
+    /// Appends a record and waits until it is durable. A needle's write
+    /// holds its id's `claim` (none for a tombstone).
     pub(super) fn append_record(
         &self,
         id: NeedleId,
         record: &[u8],
         tombstone: bool,
+        claim: Option<Claim>,
     ) -> Result<(u64, u64)> {
+        let mut claim = claim;
         let (offset, len, seq) = self
-            .append_queued(id, record, tombstone, true)?
+            .append_queued(id, record, tombstone, true, &mut claim)?
             .ok_or(Error::Busy(self.id))?;
         self.wait_durable(seq)?;
         Ok((offset, len))
@@ -124,13 +137,15 @@ impl Volume {
 
     /// Writes `record` at the end of the data file and queues it for the
     /// next group commit; returns its offset, length and sequence number.
-    /// `None` if writers are held back and `wait` is false.
+    /// `None` if writers are held back and `wait` is false (`claim` is left
+    /// where it was; once the record is queued, the queue holds it).
     fn append_queued(
         &self,
         id: NeedleId,
         record: &[u8],
         tombstone: bool,
         wait: bool,
+        claim: &mut Option<Claim>,
     ) -> Result<Option<(u64, u64, u64)>> {
         let len = record.len() as u64;
         let Some((offset, files)) = self.reserve(len, false, tombstone, tombstone, wait)? else {
@@ -149,6 +164,7 @@ impl Volume {
                 tombstone,
             },
             false,
+            claim.take(),
         );
         Ok(Some((offset, len, seq)))
     }
@@ -164,21 +180,37 @@ impl Volume {
         data_len: u64,
         meta: NeedleMeta,
     ) -> Result<NeedleWriter> {
-        self.begin_write_inner(id, cookie, data_len, meta, false)
+        let claim = self.claim(id)?;
+        self.begin_write_inner(claim, cookie, data_len, meta, false)
     }
 
-    /// [`Volume::begin_write`]; `copied` (a needle copied from another copy
-    /// of the volume) is allowed into a sealed volume.
+    /// [`Volume::begin_write`] under a claim taken before. If the id is live
+    /// here, the writer checks the blob against the stored one instead of
+    /// writing it: [`NeedleWriter::finish`] answers with the stored needle's
+    /// receipt if every byte matched (an exact retry), and a chunk that
+    /// differs is refused ([`Error::NeedleExists`]).
+    pub fn begin_write_claimed(
+        self: &Arc<Self>,
+        claim: Claim,
+        cookie: Cookie,
+        data_len: u64,
+        meta: NeedleMeta,
+    ) -> Result<NeedleWriter> {
+        self.begin_write_inner(claim, cookie, data_len, meta, false)
+    }
+
+    /// [`Volume::begin_write_claimed`]; `copied` (a needle copied from
+    /// another copy of the volume) is allowed into a sealed volume.
     pub(super) fn begin_write_inner(
         self: &Arc<Self>,
-        id: NeedleId,
+        claim: Claim,
         cookie: Cookie,
         data_len: u64,
         meta: NeedleMeta,
         copied: bool,
     ) -> Result<NeedleWriter> {
+        let id = claim.id();
         check_data_len(data_len)?;
-        self.check_not_deleted(id)?;
         meta.validate()
             .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
         let header = NeedleHeader {
@@ -188,6 +220,25 @@ impl Volume {
             cookie,
             data_len: data_len as u32,
         };
+        // A copied needle may replace a live one whose record fails its
+        // checksum (scrub heals bit rot from another copy); anything else
+        // of a live id is a retry.
+        if claim.is_retry() && !(copied && self.stored_is_corrupt(id)) {
+            let receipt = self.retry_target(id, cookie, data_len, &meta)?;
+            return Ok(NeedleWriter {
+                volume: Arc::clone(self),
+                files: Arc::clone(&self.state.read().files),
+                header,
+                meta,
+                offset: receipt.offset,
+                written: 0,
+                written_back: 0,
+                hasher: crc32fast::Hasher::new(),
+                finished: false,
+                claim: Some(claim),
+                retry_of: Some(receipt),
+            });
+        }
         let record_len = header.record_len();
         let (offset, files) = self
             .reserve(record_len, true, copied, false, true)?
@@ -209,6 +260,8 @@ impl Volume {
             written_back: offset,
             hasher,
             finished: false,
+            claim: Some(claim),
+            retry_of: None,
         })
     }
 
@@ -293,17 +346,28 @@ impl Volume {
         self.release(&mut writer, streamed);
     }
 
-    /// Queues a written record for the next sync; returns its sequence number.
-    fn enqueue(&self, entry: IndexEntry, streamed: bool) -> u64 {
+    /// Queues a written record for the next sync; returns its sequence
+    /// number. The record's `claim` goes with it: the group commit that
+    /// applies the record frees the id (with durability `never`, applied at
+    /// once, it is freed here).
+    fn enqueue(&self, entry: IndexEntry, streamed: bool, claim: Option<Claim>) -> u64 {
         let mut writer = self.writer.lock();
         writer.commit_seq += 1;
         writer.pending.push(entry);
-        if self.config.durability == Durability::Never {
+        let applied = self.config.durability == Durability::Never;
+        if applied {
             // Visible at once; the index file catches up at the next sync.
             self.state.write().apply(&entry);
         }
         self.release(&mut writer, streamed);
-        writer.commit_seq
+        let seq = writer.commit_seq;
+        drop(writer);
+        // (Not under `writer`: `claims` and `writer` are never held together.)
+        match claim {
+            Some(claim) if !applied => claim.hand_over(),
+            _ => {}
+        }
+        seq
     }
 
     /// How long a group-commit leader waits after the previous sync, so that
@@ -452,10 +516,20 @@ impl Volume {
             index_file.end += buf.len() as u64;
         }
         if apply {
-            let mut state = self.state.write();
-            for entry in &batch {
-                state.apply(entry);
+            {
+                let mut state = self.state.write();
+                for entry in &batch {
+                    state.apply(entry);
+                }
             }
+            // Every needle record queued held its id's claim: applied, the
+            // id is found in the index from now on.
+            self.release_claims(
+                batch
+                    .iter()
+                    .filter(|entry| !entry.tombstone)
+                    .map(|entry| entry.needle_id),
+            );
         }
         Ok(target)
     }
@@ -489,6 +563,16 @@ impl Volume {
         self.release_sync_role(&mut sync);
         outcome
     }
+}
+
+/// What [`Volume::try_write_queued`] did.
+#[derive(Debug)]
+pub enum Queued {
+    /// Written, or answered as an exact retry.
+    Queued(QueuedWrite),
+    /// Not written: it would have had to wait. The claim comes back, for
+    /// [`Volume::write_claimed`].
+    WouldWait(Claim),
 }
 
 /// A whole-blob write in the page cache, not yet durable; see
@@ -593,6 +677,11 @@ pub struct NeedleWriter {
     written_back: u64,
     hasher: crc32fast::Hasher,
     finished: bool,
+    /// The id's claim, until the record is queued.
+    claim: Option<Claim>,
+    /// The stored needle this write is compared with, if its id was live
+    /// here: nothing is written, each chunk is compared with the stored one.
+    retry_of: Option<WriteReceipt>,
 }
 
 /// A streamed write asks the kernel to start writing its bytes back to the
@@ -622,6 +711,13 @@ impl NeedleWriter {
                 received: self.written + chunk.len() as u64,
             });
         }
+        if self.retry_of.is_some() {
+            let (id, cookie) = (self.header.needle_id, self.header.cookie);
+            self.volume
+                .compare_stored(id, cookie, self.written, chunk)?;
+            self.written += chunk.len() as u64;
+            return Ok(());
+        }
         let at = self.offset + NEEDLE_HEADER_LEN as u64 + self.written;
         crate::failpoint::fail_at("chunk-write")
             .map_err(|e| Error::io(self.files.data.path(), e))?;
@@ -648,6 +744,11 @@ impl NeedleWriter {
                 received: self.written,
             });
         }
+        if let Some(receipt) = self.retry_of {
+            // Every byte matched the stored needle: answered as it was.
+            self.finished = true;
+            return Ok(receipt);
+        }
         let record_len = self.header.record_len();
         let tail_at = NEEDLE_HEADER_LEN as u64 + declared;
         let mut tail = Vec::with_capacity((record_len - tail_at) as usize);
@@ -668,6 +769,7 @@ impl NeedleWriter {
                 tombstone: false,
             },
             true,
+            self.claim.take(),
         );
         volume.wait_durable(seq)?;
         Ok(WriteReceipt {
@@ -680,7 +782,7 @@ impl NeedleWriter {
 
 impl Drop for NeedleWriter {
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.finished && self.retry_of.is_none() {
             self.volume
                 .abandon(&self.files, self.offset, self.header.record_len(), true);
         }
@@ -690,6 +792,17 @@ impl Drop for NeedleWriter {
 fn check_data_len(len: u64) -> Result<()> {
     if len > MAX_DATA_LEN {
         return Err(Error::InvalidNeedle("blob larger than 4 GiB - 1"));
+    }
+    Ok(())
+}
+
+/// A claim is for one id: writing another under it would let two writes of
+/// that id through.
+fn check_claim(claim: &Claim, id: NeedleId) -> Result<()> {
+    if claim.id() != id {
+        return Err(Error::InvalidNeedle(
+            "written under the claim of another id",
+        ));
     }
     Ok(())
 }
