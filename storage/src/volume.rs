@@ -71,6 +71,15 @@ pub const NEVER_SYNC_EVERY: usize = 65_536;
 /// Default maximum size of a volume's data file.
 pub const DEFAULT_MAX_VOLUME_SIZE: u64 = 30 << 30;
 
+/// How far past its maximum size a copy of a volume may grow to take
+/// needles the other copies hold: copies hold the same needles, not the same
+/// bytes (each appends in its own order, keeps its own abandoned uploads and
+/// compacts on its own), so a copy that fell behind may need more room than
+/// its maximum to become whole. New writes stop at the maximum.
+pub fn catch_up_limit(max_size: u64) -> u64 {
+    (max_size + max_size / 4).min(format::MAX_VOLUME_SIZE)
+}
+
 /// How a volume behaves; the same for every volume of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VolumeConfig {
@@ -376,7 +385,12 @@ impl Volume {
                 &format!("superblock says volume {}", superblock.volume_id),
             ));
         }
-        let map = MappedFile::map(data.file(), file_len, config.max_size, &dat_path)?;
+        let map = MappedFile::map(
+            data.file(),
+            file_len,
+            catch_up_limit(config.max_size),
+            &dat_path,
+        )?;
         let files = Arc::new(Files { data, map });
         let recovered = recovery::recover(id, &files, &idx_path)?;
         if !recovered.report.is_clean() {

@@ -718,3 +718,63 @@ fn index_memory_stays_under_ten_bytes_a_needle() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn a_full_copy_takes_what_the_other_copies_hold_in_its_catch_up_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = VolumeConfig {
+        max_size: 64 * 1024,
+        durability: Durability::Always,
+    };
+    let volume = Arc::new(Volume::create(dir.path(), VID, Tier::Hot, "", small).unwrap());
+    let blob = |id: u64| NeedleWrite {
+        id: NeedleId(id),
+        cookie: Cookie(1),
+        data: &[7u8; 4000],
+        meta: NeedleMeta::default(),
+    };
+    let mut id = 0;
+    while volume.write(&blob(id)).is_ok() {
+        id += 1;
+    }
+    // A new write is refused at the maximum; the same write forwarded by
+    // the primary (a claim for a copy) and a needle copied by anti-entropy
+    // go in the catch-up room.
+    assert!(matches!(
+        volume.write(&blob(id)),
+        Err(Error::VolumeFull { .. })
+    ));
+    let claim = volume.claim_for_copy(NeedleId(id)).unwrap();
+    volume.write_claimed(claim, &blob(id)).unwrap();
+    let mut copy = volume
+        .begin_copy(NeedleId(id + 1), Cookie(1), 4000, NeedleMeta::default())
+        .unwrap();
+    copy.write(&[7u8; 4000]).unwrap();
+    copy.finish().unwrap();
+    assert!(volume.data_len() > small.max_size);
+    // The room is bounded too.
+    let limit = hayloft_storage::volume::catch_up_limit(small.max_size);
+    let mut next = id + 2;
+    let error = loop {
+        let claim = volume.claim_for_copy(NeedleId(next)).unwrap();
+        match volume.write_claimed(claim, &blob(next)) {
+            Ok(_) => next += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(error, Error::VolumeFull { .. }), "{error}");
+    assert!(volume.data_len() <= limit);
+    drop(volume);
+    // And all of it opens again.
+    let volume = Volume::open(dir.path(), VID, Tier::Hot, small).unwrap();
+    for n in 0..next {
+        assert_eq!(
+            volume
+                .read_verified(NeedleId(n), Cookie(1))
+                .unwrap()
+                .data
+                .len(),
+            4000
+        );
+    }
+}

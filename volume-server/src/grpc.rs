@@ -935,9 +935,12 @@ impl VolumeService {
         };
         // Claimed before any copy is sent the write: no other write of the
         // id proceeds here meanwhile, and so none reaches the copies.
-        let claim = volume
-            .claim(blob.needle)
-            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let claim = if header.forwarded {
+            volume.claim_for_copy(blob.needle)
+        } else {
+            volume.claim(blob.needle)
+        }
+        .map_err(|e| grpc_status(&e, Some(blob)))?;
         let targets = if claim.is_retry() {
             Vec::new()
         } else {
@@ -1085,7 +1088,7 @@ impl VolumeService {
                     .map_err(|e| grpc_status(&e, None))?;
                 let meta = meta_of(&header)?;
                 let claim = volume
-                    .claim(blob.needle)
+                    .claim_for_copy(blob.needle)
                     .map_err(|e| grpc_status(&e, Some(blob)))?;
                 Ok((blob, Place { volume, claim }, meta))
             });

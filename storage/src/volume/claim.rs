@@ -50,6 +50,9 @@ pub struct Claim {
     live: bool,
     /// Still to be freed by this claim's drop.
     held: bool,
+    /// For a copy's write (forwarded by the primary): it may use the
+    /// volume's catch-up room ([`super::catch_up_limit`]).
+    copy: bool,
 }
 
 impl Claim {
@@ -62,6 +65,11 @@ impl Claim {
     /// exact retry, or refused.
     pub fn is_retry(&self) -> bool {
         self.live
+    }
+
+    /// True for a claim taken with [`Volume::claim_for_copy`].
+    pub fn is_copy(&self) -> bool {
+        self.copy
     }
 
     /// The write was queued for the next group commit, which frees the id
@@ -116,7 +124,19 @@ impl Volume {
             id,
             live,
             held: true,
+            copy: false,
         })
+    }
+
+    /// [`Volume::claim`] for a write a copy takes from its volume's primary:
+    /// the primary decides whether the volume is full, and a copy that
+    /// holds the same needles in more bytes (its own abandoned uploads,
+    /// another compaction) takes the write in its catch-up room
+    /// ([`super::catch_up_limit`]) rather than refuse it and fall behind.
+    pub fn claim_for_copy(&self, id: NeedleId) -> Result<Claim> {
+        let mut claim = self.claim(id)?;
+        claim.copy = true;
+        Ok(claim)
     }
 
     /// Frees the ids of writes the group commit has just applied.

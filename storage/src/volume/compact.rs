@@ -454,7 +454,12 @@ impl Volume {
             crate::failpoint::abort_at("compact-after-data-rename");
 
             let data_file = VolumeFile::open(&dat_path)?;
-            let map = MappedFile::map(data_file.file(), end, self.config.max_size, &dat_path)?;
+            let map = MappedFile::map(
+                data_file.file(),
+                end,
+                super::catch_up_limit(self.config.max_size),
+                &dat_path,
+            )?;
             let index_file = VolumeFile::open(&idx_path)?;
             {
                 let mut state = self.state.write();

@@ -191,7 +191,7 @@ impl Volume {
         data_len: u64,
         meta: NeedleMeta,
     ) -> Result<NeedleWriter> {
-        let claim = self.claim(id)?;
+        let claim = self.claim_for_copy(id)?;
         self.begin_write_inner(claim, cookie, data_len, meta, true)
     }
 

@@ -148,7 +148,9 @@ impl Volume {
         claim: &mut Option<Claim>,
     ) -> Result<Option<(u64, u64, u64)>> {
         let len = record.len() as u64;
-        let Some((offset, files)) = self.reserve(len, false, tombstone, tombstone, wait)? else {
+        let copy = claim.as_ref().is_some_and(Claim::is_copy);
+        let Some((offset, files)) = self.reserve(len, false, tombstone, tombstone, copy, wait)?
+        else {
             return Ok(None);
         };
         if let Err(e) = files.data.write_at(record, offset) {
@@ -241,7 +243,7 @@ impl Volume {
         }
         let record_len = header.record_len();
         let (offset, files) = self
-            .reserve(record_len, true, copied, false, true)?
+            .reserve(record_len, true, copied, false, claim.is_copy(), true)?
             .ok_or(Error::Busy(self.id))?;
         let header_bytes = header.encode();
         if let Err(e) = files.data.write_at(&header_bytes, offset) {
@@ -272,12 +274,14 @@ impl Volume {
     /// (`even_if_sealed`). A tombstone may take its bytes out of the disk's
     /// free-space reserve; any other record is refused (`LowSpace`) when the
     /// disk is at its reserve.
+    #[allow(clippy::fn_params_excessive_bools)]
     fn reserve(
         &self,
         len: u64,
         streamed: bool,
         even_if_sealed: bool,
         tombstone: bool,
+        copy: bool,
         wait: bool,
     ) -> Result<Option<(u64, Arc<Files>)>> {
         if self.sync.lock().poisoned {
@@ -297,7 +301,15 @@ impl Volume {
             return Err(Error::Sealed(self.id));
         }
         let files = Arc::clone(&self.state.read().files);
-        if writer.end + len > self.config.max_size.min(files.map.capacity()) {
+        // A copy's records (a needle or tombstone another copy holds, a
+        // write forwarded by the primary) may use the catch-up room past
+        // the maximum; a new write may not.
+        let limit = if even_if_sealed || copy {
+            super::catch_up_limit(self.config.max_size)
+        } else {
+            self.config.max_size
+        };
+        if writer.end + len > limit.min(files.map.capacity()) {
             return Err(Error::VolumeFull {
                 volume: self.id,
                 needed: len,
