@@ -5,40 +5,16 @@
 
 mod support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hayloft_access::signed_url::sign;
 use hayloft_client::UploadOptions;
 use reqwest::{StatusCode, header};
+use support::access::{
+    Embedded, K1, K2, audit_lines, connect_when_up, get, now, wait_refused, write_keyring,
+};
 use support::{Cluster, hayloft};
-
-const K1: &[u8] = b"k1-secret-k1-secret-k1-secret-k1-secret";
-const K2: &[u8] = b"k2-secret-k2-secret-k2-secret-k2-secret";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// Writes the key ring: k1 (signing) and, if `with_k2`, k2.
-fn write_keyring(dir: &std::path::Path, with_k2: bool) -> std::path::PathBuf {
-    std::fs::write(dir.join("k1"), K1).unwrap();
-    std::fs::write(dir.join("k2"), K2).unwrap();
-    let mut text = "signing = \"k1\"\n[[keys]]\nid = \"k1\"\nsecret_file = \"k1\"\n".to_owned();
-    if with_k2 {
-        text += "[[keys]]\nid = \"k2\"\nsecret_file = \"k2\"\n";
-    }
-    let path = dir.join("keys.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn get(url: &str) -> reqwest::Response {
-    reqwest::get(url).await.unwrap()
-}
 
 /// A cluster of one volume server whose collection `private` is signed
 /// (key ring: k1 signing, k2), with two private blobs and a public one
@@ -94,18 +70,6 @@ impl Signed {
             other,
             public,
         }
-    }
-}
-
-/// Waits until an unsigned GET of `url` is refused (403).
-async fn wait_refused(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(url).await.status() != StatusCode::FORBIDDEN {
-        assert!(
-            Instant::now() < deadline,
-            "an unsigned private read was served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -521,49 +485,6 @@ async fn the_nginx_edge_checks_signatures_before_its_cache_and_keeps_one_copy() 
     assert_eq!(through(&public_url).await.1, "HIT");
 }
 
-/// A `hayloft server` started from a config file: the addresses at the top
-/// (every port free, metrics included), then `sections`; `flags` after
-/// `--config`.
-struct Embedded {
-    _server: support::Proc,
-    /// The directory's address.
-    addr: String,
-    http: u16,
-    metrics: u16,
-}
-
-impl Embedded {
-    fn start(dir: &std::path::Path, sections: &str, flags: &[&str]) -> Embedded {
-        let port = support::free_port;
-        let (directory, grpc, http, metrics) = (port(), port(), port(), port());
-        let config = dir.join("server.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{data}\"\n\
-                 directory_listen = \"127.0.0.1:{directory}\"\n\
-                 grpc_listen = \"127.0.0.1:{grpc}\"\n\
-                 http_listen = \"127.0.0.1:{http}\"\n\
-                 metrics_listen = \"127.0.0.1:{metrics}\"\n{sections}",
-                data = dir.join("data").display(),
-            ),
-        )
-        .unwrap();
-        let mut args = vec![
-            "server".to_owned(),
-            "--config".to_owned(),
-            config.display().to_string(),
-        ];
-        args.extend(flags.iter().map(|flag| (*flag).to_owned()));
-        Embedded {
-            _server: support::spawn(&args, &dir.join("server.log")),
-            addr: format!("127.0.0.1:{directory}"),
-            http,
-            metrics,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hayloft_server_takes_every_setting_from_one_config_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -653,18 +574,6 @@ async fn hayloft_server_takes_every_setting_from_one_config_file() {
             .contains("hayloft_http_denied_total")
     );
     assert!(dir.path().join("data/directory").is_dir());
-}
-
-/// A client of the embedded server at `addr`, once it answers.
-async fn connect_when_up(addr: &str) -> hayloft_client::Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match hayloft_client::Client::connect(addr).await {
-            Ok(client) => return client,
-            Err(e) => assert!(Instant::now() < deadline, "server not up: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `hayloft token create` with the test key ring.
@@ -1328,24 +1237,6 @@ async fn rate_limits_refuse_bursts_with_a_retry_hint_and_spare_everyone_else() {
 }
 
 /// The JSON lines of an audit log once one is `last` (or after 15 s).
-async fn audit_lines(
-    path: &std::path::Path,
-    last: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        if lines.iter().any(&last) || Instant::now() > deadline {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_audit_log_has_a_line_for_every_access_with_its_fields() {
     let dir = tempfile::tempdir().unwrap();

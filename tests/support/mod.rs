@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod access;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
