@@ -478,3 +478,62 @@ async fn a_directory_group_over_mutual_tls_with_tokens_outlives_its_leader() {
         Some(tonic::Code::Unauthenticated)
     );
 }
+
+/// A directory secured by client certificates alone cannot have its
+/// operator page ask a browser for one: it refuses to serve the page (and
+/// `/metrics`) on a public address, unless told `--insecure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_operator_page_without_tokens_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cluster");
+    let directory = pki.issue("directory");
+    let metrics = support::free_port();
+    let args = |insecure: bool| {
+        let mut args = vec![
+            "directory".to_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", support::free_port()),
+            "--data-dir".into(),
+            dir.path().join("directory").display().to_string(),
+            "--metrics-listen".into(),
+            format!("0.0.0.0:{metrics}"),
+        ];
+        args.extend(pki.server_args(&directory));
+        if insecure {
+            args.push("--insecure".into());
+        }
+        args
+    };
+    let out = std::process::Command::new(support::BIN)
+        .args(args(false))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("refusing to serve the operator page and /metrics on 0.0.0.0:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--insecure"), "{stderr}");
+    // Told --insecure, it serves the page there, and says so.
+    let log = dir.path().join("insecure.log");
+    let server = support::spawn(&args(true), &log);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("serving the operator page on a non-loopback address")
+    );
+    server.stop();
+}

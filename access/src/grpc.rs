@@ -294,10 +294,9 @@ impl Caller {
                     "token {} ({}) has no {} scope",
                     principal.token_id,
                     principal.subject,
-                    match (op.has_collection(), collection) {
-                        (false, _) => op.name().to_owned(),
-                        (true, "") => format!("{}:default", op.name()),
-                        (true, collection) => format!("{}:{collection}", op.name()),
+                    match op.has_collection() {
+                        false => op.name().to_owned(),
+                        true => format!("{}:{}", op.name(), crate::collection_name(collection)),
                     }
                 )))
             }
@@ -464,14 +463,20 @@ where
                     None => Box::pin(answer),
                     Some((log, started, note)) => Box::pin(async move {
                         let result = answer.await;
-                        let status = match &result {
-                            Ok(response) => response
-                                .headers()
-                                .get("grpc-status")
-                                .map_or(tonic::Code::Ok, |v| tonic::Code::from_bytes(v.as_bytes())),
-                            Err(_) => tonic::Code::Internal,
+                        // A method's refusal (a collection-narrowed scope,
+                        // a grant, a per-collection limit) is an error
+                        // answered in the headers: its message is the
+                        // line's reason.
+                        let (status, reason) = match &result {
+                            Ok(response) => {
+                                match tonic::Status::from_header_map(response.headers()) {
+                                    Some(status) => (status.code(), status.message().to_owned()),
+                                    None => (tonic::Code::Ok, String::new()),
+                                }
+                            }
+                            Err(_) => (tonic::Code::Internal, "the service failed".to_owned()),
                         };
-                        started.finish(&log, status, "", &note);
+                        started.finish(&log, status, &reason, &note);
                         result
                     }),
                 }
@@ -590,10 +595,12 @@ fn line(
         blob: blob.blob,
         collection: blob.collection,
         status: code_name(status),
-        reason: if status == tonic::Code::Ok {
-            String::new()
-        } else {
-            blob.reason.unwrap_or_else(|| reason.to_owned())
+        reason: match (status, blob.reason) {
+            (tonic::Code::Ok, _) => String::new(),
+            (_, Some(noted)) if !noted.is_empty() => noted,
+            _ if !reason.is_empty() => reason.to_owned(),
+            // Every refusal says why, if only by its code.
+            _ => status.description().to_owned(),
         },
         bytes: blob.bytes,
         micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -645,7 +652,9 @@ impl Note {
         extensions.get::<Note>().cloned()
     }
 
-    /// The call's blob, its collection and the bytes written or sent.
+    /// The call's blob, its collection (as people name it:
+    /// [`crate::collection_name`]; empty if unknown) and the bytes written
+    /// or sent.
     pub fn blob(&self, blob: &str, collection: &str, bytes: u64) {
         let mut notes = self.0.lock();
         notes.call.blob = blob.to_owned();

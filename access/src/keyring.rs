@@ -98,7 +98,17 @@ impl Keyring {
     fn read(path: &Path) -> Result<(Keyring, Vec<PathBuf>), KeyringError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| KeyringError::Io(path.to_owned(), e))?;
-        let file: KeyringFile = toml::from_str(&text)
+        Keyring::parse(path, &text)
+    }
+
+    /// The key ring `text` would be if it were the file at `path` (secret
+    /// files relative to its folder), and the files it names: to validate
+    /// an edit before it is written.
+    ///
+    /// # Errors
+    /// What [`Keyring::load`] would answer for that file.
+    pub fn parse(path: &Path, text: &str) -> Result<(Keyring, Vec<PathBuf>), KeyringError> {
+        let file: KeyringFile = toml::from_str(text)
             .map_err(|e| KeyringError::Parse(path.to_owned(), e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut files = vec![path.to_owned()];
@@ -199,23 +209,42 @@ impl Keyring {
 
 /// A key ring a server keeps, reloaded from its file without a restart
 /// ([`SharedKeyring::reload`] on SIGHUP, or when [`SharedKeyring::changed`]).
-/// A reload that fails keeps the keys in use and says why.
+/// A reload that fails keeps the keys in use and says why: the ring is then
+/// stale ([`SharedKeyring::stale`], the gauge [`STALE_METRIC`] at 1) until
+/// a reload succeeds, and a key removed from the file still verifies here.
 #[derive(Debug)]
 pub struct SharedKeyring {
     path: PathBuf,
     current: RwLock<Arc<Keyring>>,
     stamps: Mutex<FileStamps>,
+    /// Why the last reload failed, while the file and the keys in use
+    /// disagree.
+    stale: Mutex<Option<String>>,
 }
+
+/// The gauge that is 1 while the key ring in use is not what its file says
+/// (the last reload failed), 0 otherwise (`deploy/prometheus/alerts.yml`,
+/// `HayloftKeyringStale`).
+pub const STALE_METRIC: &str = "hayloft_keyring_stale";
 
 impl SharedKeyring {
     /// Loads the key ring at `path`.
     pub fn load(path: &Path) -> Result<Arc<SharedKeyring>, KeyringError> {
         let (ring, files) = Keyring::read(path)?;
+        metrics::gauge!(STALE_METRIC).set(0.0);
         Ok(Arc::new(SharedKeyring {
             path: path.to_owned(),
             current: RwLock::new(Arc::new(ring)),
             stamps: Mutex::new(FileStamps::of(files)),
+            stale: Mutex::new(None),
         }))
+    }
+
+    /// Why the keys in use are not what the file says (its last reload
+    /// failed), if they are not: a key removed from the file since still
+    /// verifies here.
+    pub fn stale(&self) -> Option<String> {
+        self.stale.lock().clone()
     }
 
     /// The keys in use.
@@ -243,11 +272,15 @@ impl SharedKeyring {
                 let ring = Arc::new(ring);
                 *self.current.write() = Arc::clone(&ring);
                 *self.stamps.lock() = FileStamps::of(files);
+                *self.stale.lock() = None;
+                metrics::gauge!(STALE_METRIC).set(0.0);
                 Ok(ring)
             }
             Err(e) => {
                 let mut stamps = self.stamps.lock();
                 *stamps = stamps.restamp();
+                *self.stale.lock() = Some(format!("{}: {e}", self.path.display()));
+                metrics::gauge!(STALE_METRIC).set(1.0);
                 Err(e)
             }
         }
@@ -273,6 +306,59 @@ impl Reload for SharedKeyring {
             })
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
+}
+
+/// Why a key cannot be removed from a key ring file.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveKeyError {
+    /// The file cannot be read or written.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// The file is not a key ring now: fix it first.
+    #[error("the key ring as it is does not load (fix it first): {0}")]
+    Invalid(KeyringError),
+    /// No `[[keys]]` entry has that id.
+    #[error("no key {0:?} in {1}")]
+    NoSuchKey(String, PathBuf),
+    /// The key signs: another must sign first.
+    #[error("key {0:?} is the signing key: make another key `signing` first")]
+    Signing(String),
+    /// The ring without the key would not load (it cannot happen for a
+    /// ring that loads, but the edit is checked before it is written).
+    #[error("the key ring without the key would not load: {0}")]
+    Result(KeyringError),
+}
+
+/// The text of the key ring file `text` (at `path`) without the key `id`,
+/// keeping everything else as written (comments included), checked to load
+/// before it is answered. The removal cannot fail halfway on a typo: the
+/// edit is made by the program, and refused whole if anything is wrong.
+///
+/// # Errors
+/// See [`RemoveKeyError`].
+pub fn without_key(path: &Path, text: &str, id: &str) -> Result<String, RemoveKeyError> {
+    let (ring, _) = Keyring::parse(path, text).map_err(RemoveKeyError::Invalid)?;
+    if ring.secret(id).is_none() {
+        return Err(RemoveKeyError::NoSuchKey(id.to_owned(), path.to_owned()));
+    }
+    if ring.signing_key().is_some_and(|(signing, _)| signing == id) {
+        return Err(RemoveKeyError::Signing(id.to_owned()));
+    }
+    let mut document: toml_edit::DocumentMut =
+        text.parse().map_err(|e: toml_edit::TomlError| {
+            RemoveKeyError::Invalid(KeyringError::Parse(path.to_owned(), e.to_string()))
+        })?;
+    let keys = document
+        .get_mut("keys")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+        .ok_or_else(|| RemoveKeyError::NoSuchKey(id.to_owned(), path.to_owned()))?;
+    keys.retain(|key| key.get("id").and_then(toml_edit::Item::as_str) != Some(id));
+    let edited = document.to_string();
+    let (after, _) = Keyring::parse(path, &edited).map_err(RemoveKeyError::Result)?;
+    if after.secret(id).is_some() || after.ids().count() + 1 != ring.ids().count() {
+        return Err(RemoveKeyError::NoSuchKey(id.to_owned(), path.to_owned()));
+    }
+    Ok(edited)
 }
 
 /// Reloads `keyring` on SIGHUP and when its files change, until `stop`.
@@ -333,6 +419,51 @@ mod tests {
         let error = shared.reload().unwrap_err().to_string();
         assert!(error.contains("nope"), "{error}");
         assert!(shared.get().secret("k1").is_some());
+    }
+
+    #[test]
+    fn a_failed_reload_leaves_the_ring_stale_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k1"), SECRET).unwrap();
+        let path = dir.path().join("keys.toml");
+        let good = "signing = \"k1\"\n[[keys]]\nid = \"k1\"\nsecret_file = \"k1\"\n";
+        std::fs::write(&path, good).unwrap();
+        let shared = SharedKeyring::load(&path).unwrap();
+        assert_eq!(shared.stale(), None);
+        std::fs::write(&path, "signing = \"k1\"\n[[keys]\n").unwrap();
+        assert!(shared.reload().is_err());
+        let why = shared.stale().unwrap();
+        assert!(why.contains("keys.toml"), "{why}");
+        std::fs::write(&path, good).unwrap();
+        shared.reload().unwrap();
+        assert_eq!(shared.stale(), None);
+    }
+
+    #[test]
+    fn a_key_is_removed_by_an_edit_checked_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        for key in ["k1", "k2"] {
+            std::fs::write(dir.path().join(key), SECRET).unwrap();
+        }
+        let path = dir.path().join("keys.toml");
+        let text = "# the ring\nsigning = \"k1\"\n\n[[keys]]\nid = \"k1\"\nsecret_file = \"k1\"\n\n\
+                    # leaked on 2026-11-30\n[[keys]]\nid = \"k2\"\nsecret_file = \"k2\"\n";
+        let edited = without_key(&path, text, "k2").unwrap();
+        assert!(edited.starts_with("# the ring\n"), "{edited}");
+        let (ring, _) = Keyring::parse(&path, &edited).unwrap();
+        assert_eq!(ring.ids().collect::<Vec<_>>(), ["k1"]);
+        assert!(matches!(
+            without_key(&path, text, "k1"),
+            Err(RemoveKeyError::Signing(_))
+        ));
+        assert!(matches!(
+            without_key(&path, text, "k3"),
+            Err(RemoveKeyError::NoSuchKey(..))
+        ));
+        assert!(matches!(
+            without_key(&path, "signing = [", "k2"),
+            Err(RemoveKeyError::Invalid(_))
+        ));
     }
 
     #[test]

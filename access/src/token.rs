@@ -97,11 +97,7 @@ impl Scope {
     /// Whether this scope allows `op` on `collection` (`""`, the default
     /// collection, is `default` in a scope).
     pub fn allows(&self, op: Op, collection: &str) -> bool {
-        let collection = if collection.is_empty() {
-            "default"
-        } else {
-            collection
-        };
+        let collection = crate::collection_name(collection);
         self.op == Op::Cluster
             || (self.op == op
                 && self
@@ -223,7 +219,7 @@ struct Claims {
 }
 
 /// The key a purpose derives from a key ring secret.
-fn derived_key(secret: &[u8], label: &[u8]) -> [u8; 32] {
+pub(crate) fn derived_key(secret: &[u8], label: &[u8]) -> [u8; 32] {
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC takes any key");
     mac.update(label);
     mac.finalize().into_bytes().into()

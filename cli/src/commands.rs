@@ -364,11 +364,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!(
             "{:>6} {:<12} {:<5} {:<12} {:<10} {:<13} {:<24} {:>9} {:>11} {:>11} {:>7.1}% {:>10.0}",
             stats.volume_id,
-            if stats.collection.is_empty() {
-                "-"
-            } else {
-                &stats.collection
-            },
+            hayloft_access::collection_name(&stats.collection),
             tier_name(stats.tier),
             if stats.storage_class.is_empty() {
                 "-"
@@ -584,7 +580,7 @@ pub fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value 
                 })
                 .collect();
             serde_json::json!({
-                "id": stats.volume_id, "collection": stats.collection,
+                "id": stats.volume_id, "collection": hayloft_access::collection_name(&stats.collection),
                 "tier": tier_name(stats.tier), "state": shown_state(v),
                 "paused": paused(v).unwrap_or_default(),
                 "health": if v.repairing { "repairing" } else { health_name(v.health) },

@@ -27,6 +27,27 @@ pub struct PageSource {
     /// The directory's own credential (its cluster token, its TLS client
     /// certificate).
     pub credential: hayloft_proto::Credential,
+    /// The directory requires tokens: the page is shown only to a viewer
+    /// presenting one, and asks with the viewer's (see `page_access`).
+    pub require_token: bool,
+}
+
+/// Refuses to serve the metrics address `addr` of a directory with
+/// `config` where it would show the cluster to anyone (see
+/// [`hayloft_access::insecure_metrics_listen`]).
+fn check_metrics_listen(addr: SocketAddr, config: &DirectoryConfig) -> anyhow::Result<()> {
+    match hayloft_access::insecure_metrics_listen(
+        addr,
+        config.require_tokens,
+        config
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.require_client_certs),
+        config.insecure,
+    ) {
+        Some(refusal) => anyhow::bail!(refusal),
+        None => Ok(()),
+    }
 }
 
 /// The metrics endpoint of this process, and (on a directory) the
@@ -82,20 +103,19 @@ pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> 
         )
         .route(
             "/",
-            axum::routing::get(move || {
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                use axum::response::IntoResponse;
                 let source = source.get().cloned();
                 async move {
                     match source {
-                        Some(source) => (
-                            axum::http::StatusCode::OK,
-                            crate::page::serve(&source).await,
-                        ),
+                        Some(source) => crate::page_access::answer(&source, &headers).await,
                         None => (
                             axum::http::StatusCode::NOT_FOUND,
                             axum::response::Html(
                                 "no operator page here: it is served by directories".to_owned(),
                             ),
-                        ),
+                        )
+                            .into_response(),
                     }
                 }
             }),
@@ -268,9 +288,13 @@ pub async fn server(
         .map(Path::to_owned)
         .unwrap_or_default();
     let metrics = match directory_config.metrics_listen {
-        Some(addr) => Some(serve_metrics(addr).await?),
+        Some(addr) => {
+            check_metrics_listen(addr, &directory_config)?;
+            Some(serve_metrics(addr).await?)
+        }
         None => None,
     };
+    let require_token = directory_config.require_tokens;
     let directory = Directory::bind(directory_config)
         .await
         .context("starting the directory")?;
@@ -278,6 +302,7 @@ pub async fn server(
         metrics.serve_page(PageSource {
             directory: directory.local_addr().to_string(),
             credential: directory.credential(),
+            require_token,
         });
     }
     volume_config.directory = directory.local_addr().to_string();
@@ -348,6 +373,10 @@ pub async fn server(
 pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
     let stop = shutdown_signal();
     let metrics = config.metrics_listen;
+    if let Some(addr) = metrics {
+        check_metrics_listen(addr, &config)?;
+    }
+    let require_token = config.require_tokens;
     let directory = Directory::bind(config)
         .await
         .context("starting the directory")?;
@@ -357,6 +386,7 @@ pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
         metrics.serve_page(PageSource {
             directory: directory.local_addr().to_string(),
             credential: directory.credential(),
+            require_token,
         });
         println!("directory operator page on http://{}/", metrics.addr);
         println!("directory metrics on http://{}/metrics", metrics.addr);

@@ -14,7 +14,9 @@ mod commands;
 mod compact;
 mod daemons;
 mod group;
+mod keyring;
 mod page;
+mod page_access;
 mod repair;
 mod sign;
 mod tier;
@@ -65,6 +67,8 @@ enum Command {
     Sign(sign::SignArgs),
     /// Tokens for clusters that require them (`hayloft token create`).
     Token(token::TokenArgs),
+    /// Edit a key ring file safely (`hayloft keyring remove KEY_ID`).
+    Keyring(keyring::KeyringArgs),
 }
 
 /// A server's access-control flags.
@@ -531,6 +535,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Repair(args) => repair::repair(args).await,
             Command::Sign(args) => sign::sign(args).await,
             Command::Token(args) => token::token(args).await,
+            Command::Keyring(args) => keyring::keyring(args),
         }
     })
 }

@@ -98,49 +98,63 @@ pub fn render(
     }
 }
 
-/// Asks the directory for its status and capacity history and renders
-/// the page (or, if it cannot be asked, a page saying why).
-pub async fn serve(source: &crate::daemons::PageSource) -> axum::response::Html<String> {
-    let gathered = gather(source).await.and_then(|gathered| {
-        // The built-in policy's prices (its parsing is tested).
-        crate::tier::load_policy(None)
-            .map(|policy| (gathered, policy))
-            .map_err(|e| format!("{e:#}"))
-    });
-    let page = match gathered {
-        Ok(((status, samples), policy)) => {
-            let report = crate::capacity::report(&samples, &policy);
-            let now = hayloft_storage::volume::now_unix_secs();
-            render(
-                &crate::commands::status_json(&status),
-                &report,
-                &samples,
-                now,
-            )
+/// Asks the directory for its status and capacity history, presenting
+/// `credential`, and renders the page (or, if it cannot be asked, a page
+/// saying why). The directory's refusal of the credential is the page's:
+/// 401 for none or an invalid one, 403 for one without `admin`.
+pub async fn serve(
+    directory: &str,
+    credential: hayloft_proto::Credential,
+) -> (axum::http::StatusCode, axum::response::Html<String>) {
+    use axum::http::StatusCode;
+    let page = match gather(directory, credential).await {
+        Ok((status, samples)) => match crate::tier::load_policy(None) {
+            // The built-in policy's prices (its parsing is tested).
+            Ok(policy) => {
+                let report = crate::capacity::report(&samples, &policy);
+                let now = hayloft_storage::volume::now_unix_secs();
+                render(
+                    &crate::commands::status_json(&status),
+                    &report,
+                    &samples,
+                    now,
+                )
+            }
+            Err(e) => unavailable(&format!("{e:#}")),
+        },
+        Err(refused) if refused.code() == tonic::Code::Unauthenticated => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                crate::page_access::asks(refused.message()),
+            );
         }
-        Err(e) => unavailable(&e),
+        Err(refused) if refused.code() == tonic::Code::PermissionDenied => {
+            return (
+                StatusCode::FORBIDDEN,
+                crate::page_access::asks(refused.message()),
+            );
+        }
+        Err(e) => unavailable(e.message()),
     };
-    axum::response::Html(page.into_string())
+    (StatusCode::OK, axum::response::Html(page.into_string()))
 }
 
 /// The directory's status and the capacity history of the last
 /// [`crate::commands::CAPACITY_HISTORY`] (what `status --capacity` reads).
 async fn gather(
-    source: &crate::daemons::PageSource,
-) -> Result<(hayloft_proto::StatusResponse, Vec<CapacitySample>), String> {
-    let directory = hayloft_proto::Directories::new(&source.directory)
-        .and_then(|d| d.with_credential(source.credential.clone()))
-        .map_err(|e| e.message().to_owned())?;
+    directory: &str,
+    credential: hayloft_proto::Credential,
+) -> Result<(hayloft_proto::StatusResponse, Vec<CapacitySample>), tonic::Status> {
+    let directory =
+        hayloft_proto::Directories::new(directory).and_then(|d| d.with_credential(credential))?;
     let status = directory
         .call(|mut d| async move { d.status(hayloft_proto::StatusRequest {}).await })
-        .await
-        .map_err(|e| e.message().to_owned())?;
+        .await?;
     let since = hayloft_storage::volume::now_unix_secs()
         .saturating_sub(crate::commands::CAPACITY_HISTORY.as_secs());
     let samples = directory
         .call(|mut d| async move { d.capacity(hayloft_proto::CapacityRequest { since }).await })
-        .await
-        .map_err(|e| e.message().to_owned())?
+        .await?
         .samples;
     Ok((status, samples))
 }
@@ -161,7 +175,7 @@ pub fn unavailable(reason: &str) -> Markup {
 
 /// The page's head: its title, its style, and a reload every `refresh`
 /// seconds.
-fn head(title: &str, refresh: u32) -> Markup {
+pub(crate) fn head(title: &str, refresh: u32) -> Markup {
     html! {
         head {
             meta charset="utf-8";

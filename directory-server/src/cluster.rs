@@ -138,6 +138,14 @@ pub(crate) type SnapshotParts = (
     StoredMembership<u64, BasicNode>,
 );
 
+/// The problem status names for a server (`who`) holding a stale key ring.
+pub fn stale_ring_problem(who: &str, why: &str) -> String {
+    format!(
+        "{who}: its key ring did not reload ({why}); it keeps the previous keys, so a key \
+         removed from the file still verifies there (fix the file, or use `hayloft keyring remove`)"
+    )
+}
+
 /// A zone or rack name as placement sees it ("" is "default").
 pub(crate) fn site(name: &str) -> String {
     if name.is_empty() {
@@ -572,6 +580,7 @@ impl Cluster {
                 server.last_heartbeat = now_unix();
                 server.free_hot_bytes = request.free_hot_bytes;
                 server.free_warm_bytes = request.free_warm_bytes;
+                server.keyring_problem = request.keyring_problem.clone();
             }
             let mut reported = HashMap::new();
             for status in request.volumes {
@@ -1012,6 +1021,11 @@ impl Cluster {
         Ok(known)
     }
 
+    /// This node's id in the directory group.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
     /// The collection of a volume, if the directory knows it.
     pub fn volume_collection(&self, volume_id: u32) -> Option<String> {
         let inner = self.inner.lock();
@@ -1050,6 +1064,7 @@ impl Cluster {
                     locations: Self::read_locations(&replicas),
                     health: self.volume_health(&inner, &entry.row) as i32,
                     replicas,
+                    collection: Some(entry.row.collection.clone()),
                 }
             })
             .collect())
@@ -1067,6 +1082,7 @@ impl Cluster {
                 last_heartbeat: s.last_heartbeat,
                 free_hot_bytes: s.free_hot_bytes,
                 free_warm_bytes: s.free_warm_bytes,
+                keyring_problem: s.keyring_problem.clone(),
             })
             .collect();
         servers.sort_by(|a, b| {
@@ -1105,6 +1121,21 @@ impl Cluster {
             .filter(|(at, _)| *at >= recent)
             .map(|(_, reason)| reason.clone())
             .collect();
+        // Servers whose key ring did not reload: a key removed from the
+        // file (a revocation) still verifies there.
+        for server in servers
+            .iter()
+            .filter(|s| s.alive && !s.keyring_problem.is_empty())
+        {
+            let id = server
+                .location
+                .as_ref()
+                .map_or("?", |l| l.server_id.as_str());
+            problems.push(stale_ring_problem(
+                &format!("server {id}"),
+                &server.keyring_problem,
+            ));
+        }
         // Copies that refuse writes against their will (an fsync failed),
         // or for now (their disk is at its free-space reserve).
         for volume in &volumes {
@@ -1857,6 +1888,7 @@ mod tests {
             volumes,
             free_hot_bytes: 1 << 40,
             free_warm_bytes: 1 << 40,
+            keyring_problem: String::new(),
         }
     }
 

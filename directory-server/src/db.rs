@@ -125,6 +125,9 @@ pub struct ServerRow {
     /// Free bytes on its warm disks.
     #[prost(uint64, tag = "4")]
     pub free_warm_bytes: u64,
+    /// Why its key ring did not reload (soft, from its last heartbeat).
+    #[prost(string, tag = "5")]
+    pub keyring_problem: String,
 }
 
 /// A revoked token: refused by every server until it would have expired.

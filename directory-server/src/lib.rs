@@ -164,19 +164,21 @@ pub struct CollectionConfig {
 }
 
 impl DirectoryConfig {
-    /// The collections whose access mode is `signed`.
+    /// The collections whose access mode is `signed`, by the names their
+    /// volumes store (`[collections.default]` is the empty name).
     pub fn signed_collections(&self) -> Vec<String> {
         self.collections
             .iter()
             .filter(|(_, c)| c.access == hayloft_access::Access::Signed)
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| hayloft_access::stored_collection(name).to_owned())
             .collect()
     }
 
-    /// Copies a new volume of `collection` gets (at least 1).
+    /// Copies a new volume of `collection` (its stored name: "" is
+    /// `[collections.default]`) gets (at least 1).
     pub fn replication_for(&self, collection: &str) -> usize {
         self.collections
-            .get(collection)
+            .get(hayloft_access::collection_name(collection))
             .and_then(|c| c.replication)
             .unwrap_or(self.replication)
             .max(1)
@@ -283,6 +285,13 @@ impl Directory {
             .map(hayloft_access::tls::ServerTls::load)
             .transpose()
             .map_err(|e| Error::InvalidArgument(format!("tls: {e}")))?;
+        if config.collections.contains_key("") {
+            return Err(Error::InvalidArgument(
+                "[collections.\"\"]: the default collection is called `default` \
+                 ([collections.default])"
+                    .into(),
+            ));
+        }
         if let Some(refusal) = hayloft_access::insecure_listen(
             config.listen,
             config.require_tokens,
@@ -389,6 +398,8 @@ impl Directory {
     /// Serves until `shutdown` completes, then drains requests and flushes
     /// the database.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        // At 0 from the start, key ring or not (alerts watch it).
+        metrics::gauge!(hayloft_access::STALE_METRIC).set(0.0);
         let repairs = Arc::new(repair::Repairs::default());
         let service = DirectoryService::new(
             Arc::clone(&self.cluster),

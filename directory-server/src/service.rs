@@ -233,14 +233,20 @@ impl DirectoryService {
         request: Request<AssignRequest>,
     ) -> Result<Response<AssignResponse>, Status> {
         if let Some(note) = hayloft_access::grpc::Note::of(request.extensions()) {
-            note.collection(&request.get_ref().collection);
+            note.collection(hayloft_access::collection_name(
+                &request.get_ref().collection,
+            ));
         }
         hayloft_access::grpc::require(
             request.extensions(),
             Op::Write,
             &request.get_ref().collection,
         )?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // `default` and the empty name are one collection (stored as "").
+        if request.collection == hayloft_access::DEFAULT_COLLECTION {
+            request.collection.clear();
+        }
         let count = request.count.max(1);
         if count > MAX_ASSIGN_COUNT {
             return Err(Status::invalid_argument(format!(
@@ -339,7 +345,11 @@ impl DirectoryService {
             .volume_collection(volume)
             .ok_or_else(|| Status::not_found(format!("volume {volume} is unknown")))?;
         if let Some(note) = hayloft_access::grpc::Note::of(request.extensions()) {
-            note.blob(&blob.to_string(), &collection, 0);
+            note.blob(
+                &blob.to_string(),
+                hayloft_access::collection_name(&collection),
+                0,
+            );
         }
         // Narrowed to the blob's collection: a token to sign photos' URLs
         // signs nothing else.
@@ -408,6 +418,13 @@ impl DirectoryService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let mut status = self.cluster.status();
+        // This node's own ring (it signs grants, URLs and its own token).
+        if let Some(why) = self.url_signer.as_ref().and_then(|ring| ring.stale()) {
+            let who = format!("directory node {}", self.cluster.node_id());
+            status
+                .problems
+                .push(crate::cluster::stale_ring_problem(&who, &why));
+        }
         for volume in status.volumes.iter_mut().filter(|v| v.repairing) {
             let id = volume.status.as_ref().map_or(0, |s| s.volume_id);
             volume.repair_progress = self.cluster.repair_progress(id, &volume.repair_target);

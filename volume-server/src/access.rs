@@ -1,6 +1,9 @@
 //! The HTTP origin's access checks: which collections need signed URLs
 //! (the directory says, with each heartbeat's answer) and the key ring that
-//! verifies them (reloaded on SIGHUP, or when its files change).
+//! verifies them (reloaded on SIGHUP, or when its files change); and the
+//! viewer's address of a read proxied between servers
+//! ([`hayloft_access::viewer`]), so that an address-bound URL gets the same
+//! verdict from every server.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -9,6 +12,15 @@ use std::sync::Arc;
 
 use hayloft_access::{Denied, SharedKeyring, UrlPolicy};
 use parking_lot::RwLock;
+
+/// Collection names as volumes store them: `default` (what a directory of
+/// an earlier release sent for `[collections.default]`) is the empty name.
+fn stored_names(collections: Vec<String>) -> BTreeSet<String> {
+    collections
+        .iter()
+        .map(|name| hayloft_access::stored_collection(name).to_owned())
+        .collect()
+}
 
 /// What the origin checks before serving a blob.
 pub struct OriginAccess {
@@ -33,7 +45,8 @@ impl OriginAccess {
         let signed = saved
             .as_deref()
             .and_then(|path| std::fs::read_to_string(path).ok())
-            .and_then(|text| serde_json::from_str::<BTreeSet<String>>(&text).ok())
+            .and_then(|text| serde_json::from_str::<Vec<String>>(&text).ok())
+            .map(stored_names)
             .unwrap_or_default();
         OriginAccess {
             keyring,
@@ -48,7 +61,8 @@ impl OriginAccess {
         self.signed.read().is_empty()
     }
 
-    /// Whether `collection` is read only through signed URLs.
+    /// Whether `collection` (as its volumes store it) is read only through
+    /// signed URLs.
     pub fn is_signed(&self, collection: &str) -> bool {
         self.signed.read().contains(collection)
     }
@@ -56,7 +70,7 @@ impl OriginAccess {
     /// The directory's list of signed collections; kept on disk when it
     /// changes.
     pub fn set_signed(&self, collections: Vec<String>) {
-        let collections: BTreeSet<String> = collections.into_iter().collect();
+        let collections = stored_names(collections);
         if **self.signed.read() == collections {
             return;
         }
@@ -77,6 +91,42 @@ impl OriginAccess {
         *self.signed.write() = Arc::new(collections);
     }
 
+    /// Why the key ring did not reload, if it did not (it keeps the last
+    /// good keys; the directory lists it as a problem).
+    pub fn keyring_problem(&self) -> Option<String> {
+        self.keyring.as_ref()?.stale()
+    }
+
+    /// The value of [`hayloft_access::viewer::VIEWER_HEADER`] vouching that
+    /// a request for `path_and_query`, proxied to another copy, is made for
+    /// `viewer` (none without a key ring to sign it).
+    pub fn vouch(&self, path_and_query: &str, viewer: IpAddr) -> Option<http::HeaderValue> {
+        let ring = self.keyring.as_ref()?.get();
+        let value = hayloft_access::viewer::vouch(&ring, path_and_query, viewer, now())?;
+        http::HeaderValue::try_from(value).ok()
+    }
+
+    /// The viewer a proxied request for `path_and_query` is made for, if
+    /// its [`hayloft_access::viewer::VIEWER_HEADER`] is genuine (made by a
+    /// holder of this key ring for this very request, not expired).
+    pub fn vouched_viewer(
+        &self,
+        headers: &http::HeaderMap,
+        path_and_query: &str,
+    ) -> Option<IpAddr> {
+        let value = headers
+            .get(hayloft_access::viewer::VIEWER_HEADER)?
+            .to_str()
+            .ok()?;
+        let ring = self.keyring.as_ref()?.get();
+        let skew = self.policy.clock_skew.as_secs();
+        let viewer = hayloft_access::viewer::vouched(&ring, value, path_and_query, now(), skew);
+        if viewer.is_none() {
+            tracing::debug!("a proxied read's viewer is not vouched for: taken from its peer");
+        }
+        viewer
+    }
+
     /// Checks a request for a blob of a signed collection: `path` and
     /// `query` as sent, from `client`.
     pub fn check(
@@ -88,9 +138,13 @@ impl OriginAccess {
         let Some(keyring) = &self.keyring else {
             return Err(Denied::UnknownKey);
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        hayloft_access::signed_url::verify(&keyring.get(), path, query, now, &self.policy, client)
+        hayloft_access::signed_url::verify(&keyring.get(), path, query, now(), &self.policy, client)
     }
+}
+
+/// Unix seconds.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -180,7 +180,8 @@ impl VolumeService {
         match self.store.handle(blob.volume()) {
             Ok(handle) => {
                 if let Some(note) = note {
-                    note.blob(&blob.to_string(), handle.collection(), 0);
+                    let collection = hayloft_access::collection_name(handle.collection());
+                    note.blob(&blob.to_string(), collection, 0);
                 }
                 hayloft_access::grpc::require(extensions, op, handle.collection())
             }
@@ -193,14 +194,14 @@ impl VolumeService {
         }
     }
 
-    /// The collection of a blob's volume, if it is held here (for the audit
-    /// log; empty otherwise).
+    /// The collection of a blob's volume as people name it, if it is held
+    /// here (for the audit log; empty otherwise).
     fn collection_of(&self, blob_id: &str) -> String {
         blob_id
             .parse::<BlobId>()
             .ok()
             .and_then(|blob| self.store.handle(blob.volume()).ok())
-            .map(|handle| handle.collection().to_owned())
+            .map(|handle| hayloft_access::collection_name(handle.collection()).to_owned())
             .unwrap_or_default()
     }
 

@@ -18,6 +18,7 @@ fn request(store: &Store, tiering: &Tiering, server: &ServerLocation) -> Heartbe
         volumes: all_statuses(&store.handles(), tiering),
         free_hot_bytes: crate::space::headroom(store, Tier::Hot),
         free_warm_bytes: crate::space::headroom(store, Tier::Warm),
+        keyring_problem: String::new(),
     }
 }
 
@@ -86,6 +87,7 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
             .await
         };
         if let Ok(mut beat) = beat {
+            beat.keyring_problem = access.keyring_problem().unwrap_or_default();
             // Copies that missed a forward: the directory marks them stale.
             let failures = replication.pending_failures();
             for status in &mut beat.volumes {

@@ -5,6 +5,7 @@
 //! The body is a zero-copy slice of the mmapped volume: no lock is held while
 //! a slow client drains it.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -285,11 +286,7 @@ fn audit_request(
 ) {
     use hayloft_access::audit::{AuditReads, Event};
     let status = response.status();
-    let refused = matches!(
-        status,
-        StatusCode::FORBIDDEN | StatusCode::GONE | StatusCode::TOO_MANY_REQUESTS
-    );
-    let logged = refused
+    let logged = refused(status)
         || match audit.reads() {
             AuditReads::All => true,
             // The signature was checked: it passed or was refused.
@@ -326,11 +323,9 @@ fn audit_request(
         collection: served.collection.clone().unwrap_or_default(),
         range: header(header::RANGE),
         status: status.as_u16().to_string(),
-        reason: match (refused, served.refusal) {
-            (true, Some(reason)) => reason.to_owned(),
-            (true, None) if status == StatusCode::TOO_MANY_REQUESTS => "rate limit http".into(),
-            _ => String::new(),
-        },
+        reason: refusal_reason(status, served)
+            .map(|reason| reason.into_owned())
+            .unwrap_or_default(),
         bytes: if request.method() == Method::HEAD {
             0
         } else {
@@ -345,6 +340,28 @@ fn audit_request(
     });
 }
 
+/// Whether an answer is a refusal (what the audit log always takes).
+fn refused(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::FORBIDDEN | StatusCode::GONE | StatusCode::TOO_MANY_REQUESTS
+    )
+}
+
+/// Why a request was refused (`None` if it was not): the signed-URL
+/// check's reason (here, or at the copy a read was proxied to), or the
+/// rate limit. Every refusal has one.
+fn refusal_reason(status: StatusCode, served: &Served) -> Option<Cow<'static, str>> {
+    if !refused(status) {
+        return None;
+    }
+    Some(match &served.refusal {
+        Some(reason) => reason.clone(),
+        None if status == StatusCode::TOO_MANY_REQUESTS => Cow::Borrowed("rate limit http"),
+        None => Cow::Borrowed("refused"),
+    })
+}
+
 /// 429 with `Retry-After`.
 fn too_many(limited: &hayloft_access::limits::Limited) -> Response {
     let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
@@ -356,7 +373,7 @@ fn too_many(limited: &hayloft_access::limits::Limited) -> Response {
     response
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response {
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {
     let mut response =
         http::Response::new(Either::Left(Full::new(Bytes::from_static(text.as_bytes()))));
     *response.status_mut() = status;
@@ -413,6 +430,19 @@ async fn handle(
         }
         _ => (peer, None),
     };
+    // A read another server proxied here: the viewer it vouches for (so a
+    // URL bound to the viewer's address is checked against the viewer).
+    let peer = match &state.access {
+        Some(access)
+            if request
+                .headers()
+                .contains_key(hayloft_access::viewer::VIEWER_HEADER) =>
+        {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            access.vouched_viewer(request.headers(), path).or(peer)
+        }
+        _ => peer,
+    };
     let local = match limited {
         Some(limited) => Local::Done(too_many(&limited)),
         None => span.in_scope(|| local_read(&state, &request, peer, &mut served)),
@@ -438,28 +468,30 @@ async fn handle(
         // Another server holds the volume: on the main runtime too, where
         // the directory client and the connection pool live.
         Local::Remote(remote, volume) => {
-            let (method, headers) = (request.method().clone(), request.headers().clone());
-            // With the query: the server holding the copy checks a signed
-            // URL's signature itself.
-            let path = request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned();
-            let read = async move {
-                match remote.read(volume, &path, &method, &headers).await {
-                    Ok(response) => response,
-                    Err(crate::proxy::RemoteMiss::Unknown) => {
-                        plain(StatusCode::NOT_FOUND, "not found\n")
-                    }
-                    Err(crate::proxy::RemoteMiss::Unreachable) => plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no copy of this blob is reachable\n",
-                    ),
-                }
+            let read = crate::viewer::ReadForViewer {
+                remote,
+                access: state.access.clone(),
+                volume,
+                path_and_query: request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                method: request.method().clone(),
+                headers: request.headers().clone(),
+                viewer: peer,
+                audited: state.audit.is_some(),
             };
-            match state.main.spawn(read.instrument(span.clone())).await {
-                Ok(response) => response,
+            match state
+                .main
+                .spawn(read.answer().instrument(span.clone()))
+                .await
+            {
+                Ok((response, refusal, collection)) => {
+                    served.refusal = refusal;
+                    served.collection = collection;
+                    response
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "proxied read task failed");
                     plain(StatusCode::INTERNAL_SERVER_ERROR, "error reading blob\n")
@@ -470,6 +502,13 @@ async fn handle(
     observe(op, &response, started);
     if let Some(audit) = &state.audit {
         audit_request(audit, &request, peer, &response, &served, started);
+    }
+    // A read proxied here by another server: it logs the same reason.
+    if request.headers().contains_key(crate::proxy::PROXIED)
+        && let Some(reason) = refusal_reason(response.status(), &served)
+        && let Ok(value) = HeaderValue::try_from(reason.as_ref())
+    {
+        response.headers_mut().insert(crate::proxy::REFUSAL, value);
     }
     span.in_scope(|| {
         tracing::debug!(
@@ -516,11 +555,7 @@ fn purge_tags(blob: BlobId, collection: &str) -> Option<(HeaderValue, HeaderValu
     use std::fmt::Write;
     let mut keys = String::with_capacity(80);
     let _ = write!(keys, "blob-{blob} volume-{}", blob.volume().0);
-    let name = if collection.is_empty() {
-        "default"
-    } else {
-        collection
-    };
+    let name = hayloft_access::collection_name(collection);
     // Only characters a tag header carries unescaped.
     if name
         .bytes()
@@ -538,7 +573,7 @@ fn purge_tags(blob: BlobId, collection: &str) -> Option<(HeaderValue, HeaderValu
 
 /// The answer to a request refused by the signed-URL check: 403 or 410,
 /// the same whether the blob exists or not.
-fn denied(denied: hayloft_access::Denied) -> Response {
+pub(crate) fn denied(denied: hayloft_access::Denied) -> Response {
     metrics::counter!("hayloft_http_denied_total", "reason" => denied.reason()).increment(1);
     let (status, text) = match denied.status() {
         410 => (StatusCode::GONE, "this signed URL has expired\n"),
@@ -571,8 +606,9 @@ struct Served {
     signed_until: Option<u64>,
     /// The blob's collection, when there is an audit log.
     collection: Option<String>,
-    /// Why its signed URL was refused.
-    refusal: Option<&'static str>,
+    /// Why it was refused (its signed URL, here or at the copy it was
+    /// proxied to).
+    refusal: Option<Cow<'static, str>>,
     /// `Surrogate-Key` and `Cache-Tag` of a blob of a volume held here.
     tags: Option<(HeaderValue, HeaderValue)>,
 }
@@ -612,7 +648,7 @@ fn local_read(
         }
     };
     if state.audit.is_some() {
-        served.collection = Some(handle.collection().to_owned());
+        served.collection = Some(hayloft_access::collection_name(handle.collection()).to_owned());
     }
     // A signed collection's blob: the signature is checked before the blob
     // is looked up, so a refusal says nothing of whether it exists.
@@ -622,7 +658,7 @@ fn local_read(
     {
         let (path, query) = (request.uri().path(), request.uri().query());
         if let Err(refused) = access.check(path, query, peer) {
-            served.refusal = Some(refused.reason());
+            served.refusal = Some(Cow::Borrowed(refused.reason()));
             return Local::Done(denied(refused));
         }
         served.signed_until = hayloft_access::signed_url::expires(query);

@@ -22,6 +22,8 @@ use hayloft_storage::Tier;
 /// (`deploy/prometheus/alerts.yml`): an `increase()` over a series that
 /// first appears at 1 would miss the first failure.
 pub fn register_failure_counters() {
+    // The key ring loaded at start (a stale one is set to 1 by its reload).
+    metrics::gauge!(hayloft_access::STALE_METRIC).set(0.0);
     for result in ["ok", "error"] {
         metrics::counter!("hayloft_compactions_total", "result" => result).absolute(0);
         for target in [Tier::Hot, Tier::Warm, Tier::Cold] {

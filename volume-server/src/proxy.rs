@@ -31,6 +31,11 @@ use std::sync::Arc;
 /// Header marking a request proxied by another volume server.
 pub const PROXIED: &str = "x-hayloft-proxied";
 
+/// Response header naming why a proxied request was refused (the reason
+/// of the audit log), so that the server that proxied it logs the same
+/// reason; that server takes it out before answering.
+pub const REFUSAL: &str = "x-hayloft-refusal";
+
 /// How long a volume's copies are cached.
 pub const LOCATION_TTL: Duration = Duration::from_secs(10);
 
@@ -156,9 +161,19 @@ pub struct RemoteReader {
     server_id: String,
     directory: hayloft_proto::Directories,
     http: Http,
-    /// Volume id -> (when looked up, HTTP addresses of healthy copies).
+    /// Volume id -> when looked up, and what.
     /// Held for a map lookup or insert, never across an `.await`.
-    cache: Mutex<HashMap<u32, (Instant, Vec<ServerLocation>)>>,
+    cache: Mutex<HashMap<u32, (Instant, Located)>>,
+}
+
+/// What the directory says of a volume this server holds no copy of.
+#[derive(Debug, Clone, Default)]
+struct Located {
+    /// Its collection as stored (`None`: a directory of an earlier release
+    /// did not say).
+    collection: Option<String>,
+    /// HTTP addresses of healthy copies.
+    copies: Vec<ServerLocation>,
 }
 
 impl RemoteReader {
@@ -192,7 +207,12 @@ impl RemoteReader {
         self.mode
     }
 
-    async fn copies(&self, volume: u32, refresh: bool) -> Vec<ServerLocation> {
+    /// The collection of `volume` (as stored), if the directory says.
+    pub async fn collection(&self, volume: u32) -> Option<String> {
+        self.locate(volume, false).await.collection
+    }
+
+    async fn locate(&self, volume: u32, refresh: bool) -> Located {
         if !refresh
             && let Some((at, found)) = self.cache.lock().get(&volume)
             && at.elapsed() < LOCATION_TTL
@@ -210,17 +230,26 @@ impl RemoteReader {
                     .await
             })
             .await;
-        let found: Vec<ServerLocation> = match looked_up {
-            Ok(response) => response
-                .volumes
-                .into_iter()
-                .filter(|v| v.volume_id == volume)
-                .flat_map(|v| v.locations)
-                .filter(|l| l.server_id != self.server_id && !l.http_addr.is_empty())
-                .collect(),
+        let found = match looked_up {
+            Ok(response) => {
+                let mut found = Located::default();
+                for v in response
+                    .volumes
+                    .into_iter()
+                    .filter(|v| v.volume_id == volume)
+                {
+                    found.collection = v.collection;
+                    found.copies.extend(
+                        v.locations
+                            .into_iter()
+                            .filter(|l| l.server_id != self.server_id && !l.http_addr.is_empty()),
+                    );
+                }
+                found
+            }
             Err(status) => {
                 tracing::warn!(volume, error = %status.message(), "directory lookup failed");
-                return Vec::new();
+                return Located::default();
             }
         };
         self.cache
@@ -229,7 +258,9 @@ impl RemoteReader {
         found
     }
 
-    /// Answers a read of `path` (a blob of `volume`) from another copy.
+    /// Answers a read of `path` (a blob of `volume`) from another copy,
+    /// sending `viewer` (a [`hayloft_access::viewer::VIEWER_HEADER`] value
+    /// vouching for the viewer's address) with it if given.
     ///
     /// # Errors
     /// [`RemoteMiss::Unknown`] if the directory knows no live copy of the
@@ -240,10 +271,11 @@ impl RemoteReader {
         path: &str,
         method: &Method,
         headers: &HeaderMap,
+        viewer: Option<HeaderValue>,
     ) -> Result<http::Response<Body>, RemoteMiss> {
         let mut miss = RemoteMiss::Unknown;
         for refresh in [false, true] {
-            let copies = self.copies(volume, refresh).await;
+            let copies = self.locate(volume, refresh).await.copies;
             if self.mode == RemoteReads::Redirect {
                 return copies
                     .first()
@@ -251,7 +283,10 @@ impl RemoteReader {
                     .ok_or(RemoteMiss::Unknown);
             }
             for copy in &copies {
-                match self.fetch(copy, path, method, headers).await {
+                match self
+                    .fetch(copy, path, method, headers, viewer.as_ref())
+                    .await
+                {
                     Ok(response) => return Ok(response),
                     Err(reason) => {
                         miss = RemoteMiss::Unreachable;
@@ -269,6 +304,7 @@ impl RemoteReader {
         path: &str,
         method: &Method,
         headers: &HeaderMap,
+        viewer: Option<&HeaderValue>,
     ) -> Result<http::Response<Body>, String> {
         let mut request = http::Request::builder()
             .method(method.clone())
@@ -276,6 +312,11 @@ impl RemoteReader {
             .header(PROXIED, HeaderValue::from_static("1"))
             .body(http_body_util::Empty::new())
             .map_err(|e| e.to_string())?;
+        if let Some(viewer) = viewer {
+            request
+                .headers_mut()
+                .insert(hayloft_access::viewer::VIEWER_HEADER, viewer.clone());
+        }
         for name in FORWARDED_HEADERS
             .iter()
             .chain([&header::HeaderName::from_static(hayloft_proto::REQUEST_ID)])

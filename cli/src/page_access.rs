@@ -1,0 +1,114 @@
+//! Who may see the operator page.
+//!
+//! In a cluster that requires tokens, the page is shown only to a request
+//! that presents a token (`Authorization: Bearer <token>`, or the cookie
+//! [`TOKEN_COOKIE`] for a browser), and it asks the directory for what it
+//! shows with that token, not with the directory's own credential: the
+//! directory's gate decides (an `admin` scope, as `hayloft status` needs),
+//! so the page never shows more than its viewer may see over gRPC. No token
+//! or an invalid one: 401 with `WWW-Authenticate: Bearer`; a token without
+//! `admin`: 403. In a cluster without tokens the page is shown as before,
+//! with the directory's credential, and the metrics address must be on
+//! loopback unless nothing on it would be protected anyway (see
+//! [`hayloft_access::insecure_metrics_listen`]).
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use maud::{DOCTYPE, html};
+
+/// The cookie a browser may carry the token in (`hayloft_token=<token>`).
+pub const TOKEN_COOKIE: &str = "hayloft_token";
+
+/// The token a request presents: its bearer token, else its
+/// [`TOKEN_COOKIE`].
+pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+    };
+    bearer
+        .or_else(cookie)
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// The page that asks for a token, saying why the last one did not do.
+pub fn asks(why: &str) -> Html<String> {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "hayloft: token required" } }
+            body {
+                h1 { "hayloft" }
+                p id="refused" { (why) }
+                p { "This cluster requires a token with the " code { "admin" } " scope: send it as "
+                    code { "Authorization: Bearer <token>" } ", or in a browser as the cookie "
+                    code { (TOKEN_COOKIE) "=<token>" } " (" code { "hayloft token create --scope admin" } ")." }
+            }
+        }
+    };
+    Html(page.into_string())
+}
+
+/// The answer to `GET /` with `headers`, from `source`.
+pub async fn answer(source: &crate::daemons::PageSource, headers: &HeaderMap) -> Response {
+    if !source.require_token {
+        return crate::page::serve(&source.directory, source.credential.clone())
+            .await
+            .into_response();
+    }
+    let credential = presented_token(headers)
+        .ok_or("this cluster requires a token: none was presented")
+        .and_then(|token| {
+            (source.credential.clone().with_token(token))
+                .map_err(|_| "the token has characters a header cannot carry")
+        });
+    let (status, page) = match credential {
+        Ok(credential) => crate::page::serve(&source.directory, credential).await,
+        Err(why) => (StatusCode::UNAUTHORIZED, asks(why)),
+    };
+    let mut response = (status, page).into_response();
+    let headers = response.headers_mut();
+    // What it shows is for this viewer only.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"hayloft\""),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_the_bearer_header_or_the_cookie() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_token(&headers), None);
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; hayloft_token=t1 ; c=d"),
+        );
+        assert_eq!(presented_token(&headers), Some("t1"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t2"));
+        assert_eq!(presented_token(&headers), Some("t2"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dTpw"),
+        );
+        assert_eq!(presented_token(&headers), Some("t1"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("hayloft_tokens=x"));
+        assert_eq!(presented_token(&headers), None);
+    }
+}
