@@ -473,6 +473,11 @@ impl Cluster {
             // No heartbeat since this directory started: the copy is taken
             // to be as it was (the next pulse says).
             .is_some_and(|volumes| !volumes.contains_key(&row.id))
+            // Registered a moment ago, its copies not yet recorded as
+            // reported (`register_volume` records them right after the
+            // Raft entry applies): a heartbeat answered in between must not
+            // call the new volume degraded, or its first writes are refused.
+            && !inner.creating.contains(&row.id)
         {
             ReplicaHealth::Missing
         } else if row.stale.iter().any(|s| s == server_id) {
@@ -1878,11 +1883,15 @@ mod tests {
     }
 
     fn heartbeat(volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
+        heartbeat_of("vs0", volumes)
+    }
+
+    fn heartbeat_of(server: &str, volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
         HeartbeatRequest {
             server: Some(ServerLocation {
-                server_id: "vs0".into(),
-                grpc_addr: "127.0.0.1:1".into(),
-                http_addr: "127.0.0.1:2".into(),
+                server_id: server.into(),
+                grpc_addr: format!("127.0.0.1:1{server}"),
+                http_addr: format!("127.0.0.1:2{server}"),
                 ..ServerLocation::default()
             }),
             volumes,
@@ -1910,6 +1919,62 @@ mod tests {
         // Readable (it has a location) but never handed out.
         assert_eq!(cluster.lookup(&[7], &[]).unwrap()[0].locations.len(), 1);
         assert!(cluster.assign("", 1).await.unwrap().is_none());
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_volume_registered_a_moment_ago_is_not_called_degraded() {
+        // The window in `register_volume` between the Raft entry applying
+        // and its copies being recorded as reported: a heartbeat answered
+        // there once called the new volume degraded (vs1's last report did
+        // not list it), and the server refused the first writes to it.
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, raft) = cluster(dir.path()).await;
+        for server in ["vs0", "vs1"] {
+            cluster
+                .heartbeat(heartbeat_of(server, vec![]))
+                .await
+                .unwrap();
+        }
+        let plan = cluster.plan_new_volume(Tier::Hot, "").await.unwrap();
+        let servers = vec!["vs0".to_owned(), "vs1".to_owned()];
+        let row = VolumeRow {
+            id: plan.volume_id,
+            tier: Tier::Hot as i32,
+            state: VolumeState::Writable as i32,
+            server_id: "vs0".into(),
+            needle_high_water: 1,
+            created_at: now_unix(),
+            replicas: servers.clone(),
+            replication: 2,
+            ..VolumeRow::default()
+        };
+        cluster
+            .propose(Command::CreateVolume {
+                row: row.encode_to_vec(),
+            })
+            .await
+            .unwrap();
+        let answer = cluster
+            .heartbeat(heartbeat_of("vs0", vec![]))
+            .await
+            .unwrap();
+        let new = answer
+            .iter()
+            .find(|v| v.volume_id == plan.volume_id)
+            .unwrap();
+        assert!(!new.degraded, "{new:?}");
+        // The registration completes (its entry applies again, unchanged):
+        // still healthy.
+        cluster
+            .register_volume(plan.volume_id, "", Tier::Hot, &servers)
+            .await
+            .unwrap();
+        let answer = cluster
+            .heartbeat(heartbeat_of("vs1", vec![]))
+            .await
+            .unwrap();
+        assert!(answer.iter().all(|v| !v.degraded), "{answer:?}");
         raft.shutdown().await.unwrap();
     }
 
