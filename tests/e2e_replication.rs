@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hayloft_client::{Client, UploadOptions};
 use hayloft_proto::volume_client::VolumeClient;
-use hayloft_proto::{
-    ReadRequest, ReplicaHealth, StatusResponse, VolumeHealth, VolumeRecord, VolumeState,
+use hayloft_proto::{ReplicaHealth, VolumeHealth, VolumeRecord, VolumeState};
+use support::replicas::{
+    assert_on_every_copy, assign, read_from, record, replica_ids, until_status, upload_many,
+    volumes_on, wait_healthy, wait_on_every_copy, write_to_primary,
 };
-use hayloft_storage::BlobId;
 use support::{Cluster, Failpoint, content, hayloft, server_index};
 
 /// Flags for volume servers whose copies heal quickly.
@@ -26,74 +27,12 @@ use tonic::Code;
 /// Acknowledged uploads (blob id, seed, length), shared between tasks.
 type Acked = Arc<std::sync::Mutex<Vec<(String, u64, usize)>>>;
 
-fn record<'a>(status: &'a StatusResponse, blob_id: &str) -> &'a VolumeRecord {
-    let volume = blob_id.parse::<BlobId>().unwrap().volume().0;
-    status
-        .volumes
-        .iter()
-        .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))
-        .expect("volume in the directory")
-}
-
-fn replica_ids(record: &VolumeRecord) -> Vec<String> {
-    record
-        .replicas
-        .iter()
-        .map(|r| r.location.clone().unwrap().server_id)
-        .collect()
-}
-
 /// The peak resident memory of a process (VmHWM), in bytes.
 fn peak_rss_bytes(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib << 10
-}
-
-/// Reads a blob over gRPC from one particular server (no failover).
-async fn read_from(addr: &str, blob_id: &str) -> Result<Vec<u8>, tonic::Status> {
-    let mut client = VolumeClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-        .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES);
-    let mut stream = client
-        .read(ReadRequest {
-            blob_id: blob_id.to_owned(),
-            offset: 0,
-            length: 0,
-        })
-        .await?
-        .into_inner();
-    let mut data = Vec::new();
-    while let Some(message) = stream.message().await? {
-        data.extend_from_slice(&message.chunk);
-    }
-    Ok(data)
-}
-
-/// Uploads `count` blobs of a few KiB from `tasks` concurrent tasks.
-async fn upload_many(client: &Arc<Client>, count: u64, tasks: u64) -> Vec<(String, u64, usize)> {
-    let acked: Acked = Arc::default();
-    let mut handles = Vec::new();
-    for task in 0..tasks {
-        let client = Arc::clone(client);
-        let acked = Arc::clone(&acked);
-        handles.push(tokio::spawn(async move {
-            for seed in (task..count).step_by(tasks as usize) {
-                let len = 1 + (seed as usize * 997) % 8192;
-                let uploaded = client
-                    .upload(Bytes::from(content(seed, len)), &UploadOptions::default())
-                    .await
-                    .unwrap();
-                acked.lock().unwrap().push((uploaded.blob_id, seed, len));
-            }
-        }));
-    }
-    for handle in handles {
-        handle.await.unwrap();
-    }
-    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
 }
 
 /// Uploads until `stop`, keeping what was acknowledged; every call must end
@@ -130,120 +69,6 @@ fn upload_until(
             })
         })
         .collect()
-}
-
-/// The volumes server `index` holds on disk (`ListVolumes`); `None` while it
-/// does not answer.
-async fn volumes_on(cluster: &Cluster, index: usize) -> Option<Vec<u32>> {
-    let mut client = VolumeClient::connect(format!("http://{}", cluster.grpc_addr(index)))
-        .await
-        .ok()?;
-    let list = client
-        .list_volumes(hayloft_proto::ListVolumesRequest {})
-        .await
-        .ok()?;
-    Some(
-        list.into_inner()
-            .volumes
-            .iter()
-            .map(|v| v.volume_id)
-            .collect(),
-    )
-}
-
-/// Every blob reads back byte for byte from every healthy copy.
-async fn assert_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)]) {
-    let status = cluster.client().await.status().await.unwrap();
-    for (blob_id, seed, len) in acked {
-        let record = record(&status, blob_id);
-        for replica in &record.replicas {
-            let location = replica.location.clone().unwrap();
-            let data = read_from(&location.grpc_addr, blob_id)
-                .await
-                .unwrap_or_else(|e| panic!("{blob_id} on {}: {e}", location.server_id));
-            assert_eq!(
-                data,
-                content(*seed, *len),
-                "{blob_id} differs on {}",
-                location.server_id
-            );
-        }
-    }
-}
-
-/// Waits until every volume is healthy and every blob reads back from
-/// every copy (a restarted server's copies are healthy to the directory
-/// only once its next heartbeat says so).
-async fn wait_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = wait_healthy(cluster, 3).await;
-        let mut missing = Vec::new();
-        for (blob_id, seed, len) in acked {
-            for replica in &record(&status, blob_id).replicas {
-                let location = replica.location.clone().unwrap();
-                match read_from(&location.grpc_addr, blob_id).await {
-                    Ok(data) if data == content(*seed, *len) => {}
-                    other => missing.push((blob_id.clone(), location.server_id, other.err())),
-                }
-            }
-        }
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} copies still missing, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(3)]
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// Asks the directory for its status every 200 ms until `found` finds in it
-/// what the caller waits for; fails with `what` and the last status after
-/// `within`.
-async fn until_status<T>(
-    client: &Client,
-    within: Duration,
-    what: &str,
-    mut found: impl FnMut(&StatusResponse) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let status = client.status().await.unwrap();
-        if let Some(found) = found(&status) {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what}: {status:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until every volume has `copies` healthy copies.
-async fn wait_healthy(cluster: &Cluster, copies: usize) -> StatusResponse {
-    let client = cluster.client().await;
-    until_status(
-        &client,
-        Duration::from_secs(30),
-        "volumes did not become healthy",
-        |status| {
-            status
-                .volumes
-                .iter()
-                .all(|v| {
-                    v.health == VolumeHealth::Ok as i32
-                        && v.replicas
-                            .iter()
-                            .filter(|r| r.health == ReplicaHealth::Ok as i32)
-                            .count()
-                            == copies
-                })
-                .then(|| status.clone())
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1198,81 +1023,6 @@ async fn a_delete_right_after_the_volume_is_created_reaches_every_copy() {
             .unwrap_err();
         assert_eq!(error.code(), Code::NotFound, "still on vs{server}");
     }
-}
-
-/// Assigns `count` ids in one volume: the blob ids and every copy, primary first.
-async fn assign(
-    cluster: &Cluster,
-    count: u32,
-) -> (Vec<String>, Vec<hayloft_proto::ServerLocation>) {
-    let mut directory = hayloft_proto::directory_client::DirectoryClient::connect(format!(
-        "http://{}",
-        cluster.directory_addr()
-    ))
-    .await
-    .unwrap();
-    let assigned = directory
-        .assign(hayloft_proto::AssignRequest {
-            count,
-            ..hayloft_proto::AssignRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (
-        assigned.blobs.into_iter().map(|b| b.blob_id).collect(),
-        assigned.locations,
-    )
-}
-
-/// Writes one blob to its id's primary copy, which forwards it to the
-/// others, as the client library does.
-async fn write_to_primary(
-    locations: &[hayloft_proto::ServerLocation],
-    blob_id: &str,
-    data: Vec<u8>,
-) -> Result<(), tonic::Status> {
-    write_at(primary_of(locations, blob_id), locations, blob_id, data).await
-}
-
-/// The copy that orders writes of `blob_id` (a client's write goes there).
-fn primary_of<'l>(
-    locations: &'l [hayloft_proto::ServerLocation],
-    blob_id: &str,
-) -> &'l hayloft_proto::ServerLocation {
-    let needle = blob_id.parse::<hayloft_storage::BlobId>().unwrap().needle.0;
-    &locations[hayloft_proto::primary_index(needle, locations).unwrap()]
-}
-
-/// Writes one blob as a client would, to the copy `at`, naming `locations`.
-async fn write_at(
-    at: &hayloft_proto::ServerLocation,
-    locations: &[hayloft_proto::ServerLocation],
-    blob_id: &str,
-    data: Vec<u8>,
-) -> Result<(), tonic::Status> {
-    use hayloft_proto::write_request::Part;
-    use hayloft_proto::{WriteHeader, WriteRequest};
-    let mut volume = VolumeClient::connect(format!("http://{}", at.grpc_addr))
-        .await
-        .unwrap();
-    let messages = vec![
-        WriteRequest {
-            part: Some(Part::Header(WriteHeader {
-                blob_id: blob_id.to_owned(),
-                size: data.len() as u64,
-                replicas: locations.to_vec(),
-                ..WriteHeader::default()
-            })),
-        },
-        WriteRequest {
-            part: Some(Part::Chunk(Bytes::from(data))),
-        },
-    ];
-    volume
-        .write(futures::stream::iter(messages))
-        .await
-        .map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -318,6 +318,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     for problem in &status.problems {
         println!("PROBLEM: {problem}");
     }
+    if status.below_spread > 0 {
+        println!(
+            "SPREAD: {} volume(s) span fewer zones or racks than the live servers allow; their copies move back one at a time",
+            status.below_spread
+        );
+    }
     println!("SERVERS");
     println!(
         "{:<16} {:<10} {:<10} {:<22} {:<22} {:<6} {:>12} {:>12}",
@@ -603,6 +609,7 @@ pub fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value 
         "replication": status.replication.max(1),
         "problems": status.problems,
         "under_replicated": status.volumes.iter().filter(|v| v.health != VolumeHealth::Ok as i32).count(),
+        "below_spread": status.below_spread,
         "servers": servers,
         "volumes": volumes,
     })

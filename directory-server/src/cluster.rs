@@ -10,7 +10,7 @@
 //! a node becomes leader.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hayloft_proto::{
     AssignedBlob, HeartbeatRequest, Replica, ReplicaHealth, ServerLocation, ServerStatus,
@@ -111,6 +111,8 @@ pub struct RepairView {
     pub tier: Tier,
     /// Copies it should have.
     pub desired: usize,
+    /// True if every copy it should have is healthy.
+    pub healthy: bool,
     /// Every copy.
     pub replicas: Vec<RepairReplica>,
 }
@@ -210,6 +212,7 @@ impl Cluster {
             && (entry.block.end - entry.block.start >= count
                 || row.needle_high_water.max(1) + count <= MAX_SEQ + 1)
             && self.volume_health(inner, row) == VolumeHealth::Ok
+            && !Self::moving(inner, row.id)
             && row.status.as_ref().is_none_or(|s| {
                 !s.sealed
                     && (s.file_bytes as f64) < s.max_bytes as f64 * self.config.volume_full_ratio
@@ -694,19 +697,61 @@ impl Cluster {
                     .iter()
                     .filter_map(|id| inner.servers.get(id)?.location.clone())
                     .collect(),
-                degraded: self.volume_health(inner, &e.row) != VolumeHealth::Ok,
+                // Also while a copy moves (to spread them over more zones):
+                // the volume takes no writes until the new copy has it all.
+                degraded: self.volume_health(inner, &e.row) != VolumeHealth::Ok
+                    || Self::moving(inner, e.row.id),
             })
             .collect())
     }
 
+    /// True while a copy of `volume_id` moves to another server (a `move`
+    /// repair job is open): the volume takes no new writes meanwhile.
+    fn moving(inner: &Inner, volume_id: u32) -> bool {
+        inner
+            .repair_jobs
+            .get(&volume_id)
+            .is_some_and(|job| job.kind == "move")
+    }
+
+    /// Waits until every server in `servers` has sent a heartbeat at least
+    /// two seconds after `since` (Unix seconds): its answer told it what
+    /// the directory knew at `since`. False after `within`.
+    pub async fn heard_from_since(&self, servers: &[String], since: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let heard = {
+                let inner = self.inner.lock();
+                servers.iter().all(|id| {
+                    inner
+                        .servers
+                        .get(id)
+                        .is_some_and(|s| s.last_heartbeat > since + 1)
+                })
+            };
+            if heard {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Degraded volumes with the health of each copy, for repair.
     pub fn degraded_volumes(&self) -> Vec<RepairView> {
+        self.volume_views(false)
+    }
+
+    /// Every volume as repair sees it (`all`), or only the degraded ones.
+    pub fn volume_views(&self, all: bool) -> Vec<RepairView> {
         let inner = self.inner.lock();
         let now = now_unix();
         inner
             .volumes
             .values()
-            .filter(|e| self.volume_health(&inner, &e.row) != VolumeHealth::Ok)
+            .filter(|e| all || self.volume_health(&inner, &e.row) != VolumeHealth::Ok)
             .map(|e| {
                 let replicas: Vec<RepairReplica> = self
                     .replicas(&inner, &e.row)
@@ -738,6 +783,7 @@ impl Cluster {
                     collection: e.row.collection.clone(),
                     tier,
                     desired: Self::desired_copies(&e.row),
+                    healthy: self.volume_health(&inner, &e.row) == VolumeHealth::Ok,
                     replicas,
                 }
             })
@@ -979,34 +1025,61 @@ impl Cluster {
         inner
             .extras
             .iter()
-            .filter(|(volume, server)| {
-                inner
-                    .repair_jobs
-                    .get(volume)
-                    .is_none_or(|job| job.target != *server)
-            })
-            .filter(|(volume, server)| {
-                inner.volumes.get(volume).is_some_and(|e| {
-                    !e.row.replicas.contains(server)
-                        && self.volume_health(&inner, &e.row) == VolumeHealth::Ok
-                }) && inner
-                    .reported
-                    .get(server)
-                    .is_some_and(|v| v.contains_key(volume))
-            })
             .filter_map(|(volume, server)| {
-                let location = inner.servers.get(server)?.location.clone()?;
-                let row = &inner.volumes.get(volume)?.row;
-                let keep_object = row.replicas.iter().any(|s| {
-                    inner
-                        .reported
-                        .get(s)
-                        .and_then(|v| v.get(volume))
-                        .is_none_or(|status| status.tier == Tier::Cold as i32)
-                });
+                let (location, keep_object) = self.removable(&inner, *volume, server)?;
                 Some((*volume, location, keep_object))
             })
             .collect()
+    }
+
+    /// True if the extra copy of `volume_id` on `server_id` may still be
+    /// deleted now: checked again right before each deletion, as the
+    /// volume may have turned degraded since the list was made (a copy
+    /// whose volume lost another copy meanwhile is kept).
+    pub fn still_removable(&self, volume_id: u32, server_id: &str) -> bool {
+        if !self.settled() {
+            return false;
+        }
+        let inner = self.inner.lock();
+        inner.extras.contains(&(volume_id, server_id.to_owned()))
+            && self.removable(&inner, volume_id, server_id).is_some()
+    }
+
+    /// The extra copy of `volume` on `server` may go (its volume has every
+    /// copy it should, healthy, none of them this one, and no repair is
+    /// copying to it): where it is, and whether its cold object is kept.
+    fn removable(
+        &self,
+        inner: &Inner,
+        volume: u32,
+        server: &str,
+    ) -> Option<(ServerLocation, bool)> {
+        if inner
+            .repair_jobs
+            .get(&volume)
+            .is_some_and(|job| job.target == server)
+        {
+            return None;
+        }
+        let row = &inner.volumes.get(&volume)?.row;
+        if row.replicas.iter().any(|s| s == server)
+            || self.volume_health(inner, row) != VolumeHealth::Ok
+            || !inner
+                .reported
+                .get(server)
+                .is_some_and(|v| v.contains_key(&volume))
+        {
+            return None;
+        }
+        let location = inner.servers.get(server)?.location.clone()?;
+        let keep_object = row.replicas.iter().any(|s| {
+            inner
+                .reported
+                .get(s)
+                .and_then(|v| v.get(&volume))
+                .is_none_or(|status| status.tier == Tier::Cold as i32)
+        });
+        Some((location, keep_object))
     }
 
     /// An extra copy was deleted.
@@ -1162,6 +1235,8 @@ impl Cluster {
             volumes,
             problems,
             replication: self.config.replication.max(1) as u32,
+            // Filled in by the service (it knows the planner).
+            below_spread: 0,
         }
     }
 

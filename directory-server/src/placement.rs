@@ -58,6 +58,65 @@ fn rendezvous(seed: u64, server_id: &str) -> u64 {
     x ^ (x >> 31)
 }
 
+/// How crowded `candidate`'s place is among `existing` copies: copies
+/// already in its zone, then in its rack. Lower spreads better.
+pub fn crowding(existing: &[Candidate], candidate: &Candidate) -> (usize, usize) {
+    let in_zone = existing.iter().filter(|c| c.zone == candidate.zone);
+    let in_rack = in_zone.clone().filter(|c| c.rack == candidate.rack).count();
+    (in_zone.count(), in_rack)
+}
+
+/// How widely `copies` spread: distinct zones, then distinct racks.
+pub fn spread(copies: &[Candidate]) -> (usize, usize) {
+    let zones: HashSet<&str> = copies.iter().map(|c| c.zone.as_str()).collect();
+    let racks: HashSet<(&str, &str)> = copies
+        .iter()
+        .map(|c| (c.zone.as_str(), c.rack.as_str()))
+        .collect();
+    (zones.len(), racks.len())
+}
+
+/// The move that widens the spread of `copies` (a volume's) the most: from
+/// one of them to one of `candidates` (not holding a copy), as
+/// `(from, to)`; None when no move spreads them more. `seed` (the volume
+/// id) breaks ties as in [`place`].
+pub fn widen(
+    copies: &[Candidate],
+    candidates: &[Candidate],
+    seed: u64,
+) -> Option<(String, String)> {
+    let now = spread(copies);
+    let mut best: Option<((usize, usize), String, String)> = None;
+    for from in copies {
+        let rest: Vec<Candidate> = copies
+            .iter()
+            .filter(|c| c.server_id != from.server_id)
+            .cloned()
+            .collect();
+        let free: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| !copies.iter().any(|h| h.server_id == c.server_id))
+            .cloned()
+            .collect();
+        let Some(to) = place(&free, &rest, 1, seed)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+        else {
+            continue;
+        };
+        let Some(chosen) = free.iter().find(|c| c.server_id == to) else {
+            continue;
+        };
+        let mut after = rest;
+        after.push(chosen.clone());
+        let wider = spread(&after);
+        if wider > now && best.as_ref().is_none_or(|(b, _, _)| wider > *b) {
+            best = Some((wider, from.server_id.clone(), to));
+        }
+    }
+    best.map(|(_, from, to)| (from, to))
+}
+
 /// Chooses `count` more servers for a volume out of `candidates`, none of
 /// them in `existing` (the servers already holding a copy, whose zones and
 /// racks count for spreading). `seed` (the volume id) breaks ties. Returns
@@ -81,19 +140,12 @@ pub fn place(
             existing: existing.len(),
         });
     }
-    let mut placed: Vec<(String, String)> = existing
-        .iter()
-        .map(|c| (c.zone.clone(), c.rack.clone()))
-        .collect();
+    let mut placed: Vec<Candidate> = existing.to_vec();
     let mut chosen = Vec::with_capacity(count);
     for _ in 0..count {
         let max_free = remaining.iter().map(|c| c.free_bytes).max().unwrap_or(0);
         let key = |c: &Candidate| {
-            let in_zone = placed.iter().filter(|(z, _)| *z == c.zone).count();
-            let in_rack = placed
-                .iter()
-                .filter(|(z, r)| *z == c.zone && *r == c.rack)
-                .count();
+            let (in_zone, in_rack) = crowding(&placed, c);
             // Servers within about an eighth of the freest one tie.
             let bucket = if max_free == 0 {
                 0
@@ -118,7 +170,7 @@ pub fn place(
                 existing: existing.len(),
             })?;
         let candidate = remaining.swap_remove(best);
-        placed.push((candidate.zone.clone(), candidate.rack.clone()));
+        placed.push(candidate.clone());
         chosen.push(candidate.server_id.clone());
     }
     Ok(chosen)
@@ -150,6 +202,39 @@ mod tests {
                     .as_str()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_move_widens_the_spread_only_when_a_wider_place_exists() {
+        let copies = [
+            server("a1", "a", "r1", 1),
+            server("a2", "a", "r2", 1),
+            server("b1", "b", "r1", 1),
+        ];
+        // No third zone: nothing to gain.
+        let same_zones = [server("b2", "b", "r2", 1)];
+        assert_eq!(widen(&copies, &same_zones, 7), None);
+        // A third zone's server is back: a copy in the doubled zone moves.
+        let back = [server("b2", "b", "r2", 1), server("c1", "c", "r1", 1)];
+        let (from, to) = widen(&copies, &back, 7).unwrap();
+        assert!(["a1", "a2"].contains(&from.as_str()), "{from}");
+        assert_eq!(to, "c1");
+        // Racks count after zones: two copies in one rack, another rack free.
+        let one_rack = [
+            server("a1", "a", "r1", 1),
+            server("b1", "b", "r1", 1),
+            server("b2", "b", "r1", 1),
+        ];
+        let (from, to) = widen(&one_rack, &[server("b3", "b", "r2", 1)], 7).unwrap();
+        assert!(["b1", "b2"].contains(&from.as_str()), "{from}");
+        assert_eq!(to, "b3");
+        // A spread as wide as the servers allow stays put.
+        let spread_out = [
+            server("a1", "a", "r1", 1),
+            server("b1", "b", "r1", 1),
+            server("c1", "c", "r1", 1),
+        ];
+        assert_eq!(widen(&spread_out, &[server("a2", "a", "r2", 1)], 7), None);
     }
 
     #[test]

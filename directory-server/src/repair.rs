@@ -18,6 +18,15 @@
 //! and waits. At most `max_per_server` repairs copy to one server at once,
 //! and each copies at `repair_rate`.
 //!
+//! A repair that fails is tried again after a growing wait (1 s, doubling,
+//! at most [`RETRY_MAX`]), and `hayloft status` names it with its last
+//! error. A copy that has failed to catch up for `repair_after` (and at
+//! least [`GIVE_UP_ATTEMPTS`] times) is given up on: it is replaced
+//! elsewhere like a lost one, and removed once the new copy is verified.
+//! A new copy goes where the copies spread over the most zones, then racks;
+//! when the servers that would keep that spread are busy, the repair waits
+//! for them rather than doubling a zone.
+//!
 //! A repair is a job in the directory group's replicated state: the leader
 //! commits `RepairStarted` (volume, target, kind) before it runs, the result
 //! (`CaughtUp`, `Replaced`) when it is verified, then `RepairEnded`. A
@@ -46,6 +55,17 @@ const RANGE_BITS: u32 = 12;
 
 /// A sync that sends no progress for this long has failed.
 const SYNC_SILENCE: Duration = Duration::from_secs(300);
+
+/// The longest wait between two attempts of a failing repair.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How long a move waits for the copies' servers to hear that the volume
+/// takes no writes.
+const SETTLE_WRITES: Duration = Duration::from_secs(30);
+
+/// Attempts a copy's catch-up gets (over at least `repair_after`) before the
+/// copy is replaced elsewhere.
+pub const GIVE_UP_ATTEMPTS: u32 = 3;
 
 /// How repair runs.
 #[derive(Debug, Clone)]
@@ -83,6 +103,13 @@ pub enum RepairKind {
         /// The server whose copy is lost.
         lost: String,
     },
+    /// The target gets a new copy of a healthy volume in place of the one
+    /// on `from`, so the copies spread over more zones (or racks): a
+    /// rebalance. The volume takes no writes meanwhile.
+    Move {
+        /// The server whose copy goes once the new one is verified.
+        from: String,
+    },
 }
 
 impl RepairKind {
@@ -94,6 +121,7 @@ impl RepairKind {
             RepairKind::Add => ("add", ""),
             RepairKind::CatchUpCold => ("catch-up-cold", ""),
             RepairKind::ReplaceCold { lost } => ("replace-cold", lost),
+            RepairKind::Move { from } => ("move", from),
         }
     }
 
@@ -107,6 +135,7 @@ impl RepairKind {
             "add" => RepairKind::Add,
             "catch-up-cold" => RepairKind::CatchUpCold,
             "replace-cold" => RepairKind::ReplaceCold { lost },
+            "move" => RepairKind::Move { from: lost },
             _ => return None,
         })
     }
@@ -199,10 +228,13 @@ fn decide(job: &RepairJobRow, volume: Option<&RepairView>) -> Resume {
     let still = match &kind {
         RepairKind::CatchUp | RepairKind::CatchUpCold => target
             .is_some_and(|r| matches!(r.health, ReplicaHealth::Stale | ReplicaHealth::Missing)),
+        // The lost copy is down, or was given up on (stale or missing).
         RepairKind::Replace { lost } | RepairKind::ReplaceCold { lost } => {
-            target.is_none() && copy(lost).is_some_and(|r| r.health == ReplicaHealth::Down)
+            target.is_none() && copy(lost).is_some_and(|r| r.health != ReplicaHealth::Ok)
         }
         RepairKind::Add => target.is_none() && volume.replicas.len() < volume.desired,
+        // Only a whole volume moves a copy.
+        RepairKind::Move { from } => target.is_none() && copy(from).is_some() && volume.healthy,
     };
     if !still {
         return Resume::End(format!(
@@ -234,12 +266,39 @@ fn decide(job: &RepairJobRow, volume: Option<&RepairView>) -> Resume {
     })
 }
 
+/// Copies repair keeps its hands off for now, by (volume, server).
+#[derive(Debug, Default, Clone)]
+pub struct Held {
+    /// Targets whose last repair failed, until their next attempt is due.
+    pub waiting: HashSet<(u32, String)>,
+    /// Copies that failed to catch up for `repair_after`: replaced elsewhere.
+    pub given_up: HashSet<(u32, String)>,
+}
+
+/// A repair of one volume to one target that keeps failing.
+struct Failing {
+    /// When its first failure in a row was.
+    since: Instant,
+    /// Failures in a row.
+    attempts: u32,
+    /// Not tried again before this.
+    retry_at: Instant,
+    /// The waits still to come.
+    delays: backon::ExponentialBackoff,
+    /// What the last attempt said.
+    error: String,
+}
+
 /// Repairs in flight, shared by the repair loop and the `Repair` call.
 #[derive(Default)]
 pub struct Repairs {
     /// Volume id -> its running repair. Held to look up or update, never
     /// across an `.await`.
     running: Mutex<HashMap<u32, RepairPlan>>,
+    /// (volume, target) -> its failures in a row (the leader's soft state:
+    /// a new leader starts counting again). Locked after `running`, never
+    /// across an `.await`.
+    failing: Mutex<HashMap<(u32, String), Failing>>,
     /// Set by `hayloft repair`: the next round ignores `repair_after`.
     urgent: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
@@ -260,6 +319,92 @@ impl Repairs {
     pub fn run_now(&self) {
         self.urgent.store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// Records how a repair of `volume_id` to `target` ended: a success
+    /// forgets its failures (and, for a replacement, the lost copy's).
+    fn ended(&self, plan: &RepairPlan, result: &Result<(), String>) {
+        let mut failing = self.failing.lock();
+        let key = (plan.volume_id, plan.target.server_id.clone());
+        match result {
+            Ok(()) => {
+                failing.remove(&key);
+                if let RepairKind::Replace { lost } | RepairKind::ReplaceCold { lost } = &plan.kind
+                {
+                    failing.remove(&(plan.volume_id, lost.clone()));
+                }
+            }
+            Err(error) => {
+                let now = Instant::now();
+                let entry = failing.entry(key).or_insert_with(|| Failing {
+                    since: now,
+                    attempts: 0,
+                    retry_at: now,
+                    delays: backon::BackoffBuilder::build(
+                        backon::ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_secs(1))
+                            .with_max_delay(RETRY_MAX)
+                            .with_jitter()
+                            .without_max_times(),
+                    ),
+                    error: String::new(),
+                });
+                entry.attempts += 1;
+                entry.retry_at = now + entry.delays.next().unwrap_or(RETRY_MAX).min(RETRY_MAX);
+                entry.error.clone_from(error);
+            }
+        }
+    }
+
+    /// The copies to leave alone now, and those to give up on; failures of
+    /// volumes no longer in `degraded` are forgotten. `urgent` (an
+    /// operator's `hayloft repair`) tries failing ones again at once.
+    pub fn held(&self, degraded: &HashSet<u32>, repair_after: Duration, urgent: bool) -> Held {
+        self.held_at(degraded, repair_after, urgent, Instant::now())
+    }
+
+    fn held_at(
+        &self,
+        degraded: &HashSet<u32>,
+        repair_after: Duration,
+        urgent: bool,
+        now: Instant,
+    ) -> Held {
+        let mut failing = self.failing.lock();
+        // A failed move (its volume is healthy) is remembered until its
+        // next attempt is due.
+        failing.retain(|(volume, _), f| degraded.contains(volume) || now < f.retry_at);
+        let mut held = Held::default();
+        for (key, f) in failing.iter() {
+            if f.attempts >= GIVE_UP_ATTEMPTS && now.duration_since(f.since) >= repair_after {
+                held.given_up.insert(key.clone());
+            }
+            if !urgent && now < f.retry_at {
+                held.waiting.insert(key.clone());
+            }
+        }
+        held
+    }
+
+    /// One line per repair that keeps failing, for `hayloft status`.
+    pub fn problems(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut lines: Vec<String> = self
+            .failing
+            .lock()
+            .iter()
+            .map(|((volume, target), f)| {
+                format!(
+                    "volume {volume}: repair on {target} failed {} time(s) in a row over {}s (next try in {}s): {}",
+                    f.attempts,
+                    now.duration_since(f.since).as_secs(),
+                    f.retry_at.saturating_duration_since(now).as_secs(),
+                    f.error
+                )
+            })
+            .collect();
+        lines.sort();
+        lines
     }
 
     fn busy(&self) -> (HashSet<u32>, HashMap<String, usize>) {
@@ -289,6 +434,8 @@ pub fn plan_now(
             *per_server.entry(job.target).or_default() += 1;
         }
     }
+    let ids: HashSet<u32> = degraded.iter().map(|v| v.volume_id).collect();
+    let held = repairs.held(&ids, repair_after, repair_after.is_zero());
     let mut plans = Vec::new();
     for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
         let views: Vec<RepairView> = degraded
@@ -307,6 +454,7 @@ pub fn plan_now(
             &busy,
             &per_server,
             max_per_server,
+            &held,
         ));
     }
     let stuck = degraded
@@ -332,7 +480,8 @@ fn candidate(location: &ServerLocation) -> Candidate {
 }
 
 /// The repairs to start now: at most one per volume, none for a volume in
-/// `busy`, at most `max_per_server` (counting `running`) per target.
+/// `busy`, at most `max_per_server` (counting `running`) per target, none
+/// to a target `held` waits on; a copy `held` gave up on is replaced.
 pub fn plan(
     degraded: &[RepairView],
     candidates: &[Candidate],
@@ -340,6 +489,7 @@ pub fn plan(
     busy: &HashSet<u32>,
     running: &HashMap<String, usize>,
     max_per_server: usize,
+    held: &Held,
 ) -> Vec<RepairPlan> {
     let mut load = running.clone();
     let mut candidates = candidates.to_vec();
@@ -372,12 +522,15 @@ pub fn plan(
         let full = |server: &str, load: &HashMap<String, usize>| {
             load.get(server).copied().unwrap_or(0) >= max_per_server
         };
+        let key = |server: &str| (volume.volume_id, server.to_owned());
         // A new copy on a server placement picks: every current copy (even
-        // a lost one) is excluded; the others count for spreading.
+        // a lost one) is excluded; the others count for spreading. Only the
+        // servers that spread the copies best qualify: if those are busy
+        // (or their last attempt failed), the repair waits for them rather
+        // than doubling a zone or rack.
         let new_copy = |lost: Option<&str>, load: &HashMap<String, usize>| {
-            let eligible: Vec<Candidate> = candidates
+            let free: Vec<Candidate> = candidates
                 .iter()
-                .filter(|c| !full(&c.server_id, load))
                 .filter(|c| {
                     !volume
                         .replicas
@@ -392,6 +545,16 @@ pub fn plan(
                 .filter(|r| Some(r.location.server_id.as_str()) != lost)
                 .map(|r| candidate(&r.location))
                 .collect();
+            let best = free
+                .iter()
+                .map(|c| placement::crowding(&existing, c))
+                .min()?;
+            let eligible: Vec<Candidate> = free
+                .into_iter()
+                .filter(|c| placement::crowding(&existing, c) == best)
+                .filter(|c| !full(&c.server_id, load))
+                .filter(|c| !held.waiting.contains(&key(&c.server_id)))
+                .collect();
             let chosen =
                 placement::place(&eligible, &existing, 1, u64::from(volume.volume_id)).ok()?;
             Some(ServerLocation {
@@ -400,8 +563,33 @@ pub fn plan(
             })
         };
         let repair = volume.replicas.iter().find_map(|r| match r.health {
+            // It failed to catch up for `repair_after`: replaced like a lost
+            // copy (and removed once the new one is verified).
+            // Until a server can take the new copy, it goes on trying.
             ReplicaHealth::Stale | ReplicaHealth::Missing
-                if local(r) && !sources.is_empty() && !full(&r.location.server_id, &load) =>
+                if local(r)
+                    && !sources.is_empty()
+                    && held.given_up.contains(&key(&r.location.server_id)) =>
+            {
+                let server = &r.location.server_id;
+                match new_copy(Some(server), &load) {
+                    Some(target) => Some((
+                        target,
+                        RepairKind::Replace {
+                            lost: server.clone(),
+                        },
+                    )),
+                    None if !full(server, &load) && !held.waiting.contains(&key(server)) => {
+                        Some((r.location.clone(), RepairKind::CatchUp))
+                    }
+                    None => None,
+                }
+            }
+            ReplicaHealth::Stale | ReplicaHealth::Missing
+                if local(r)
+                    && !sources.is_empty()
+                    && !full(&r.location.server_id, &load)
+                    && !held.waiting.contains(&key(&r.location.server_id)) =>
             {
                 Some((r.location.clone(), RepairKind::CatchUp))
             }
@@ -466,6 +654,63 @@ pub fn plan(
         });
     }
     plans
+}
+
+/// The copies of `view` as placement sees them, if all are local,
+/// healthy and still (none moving between tiers).
+fn local_copies(view: &RepairView) -> Option<Vec<Candidate>> {
+    view.replicas
+        .iter()
+        .map(|r| {
+            (r.health == ReplicaHealth::Ok
+                && matches!(r.tier, Tier::Hot | Tier::Warm)
+                && !matches!(r.state, VolumeState::Moving | VolumeState::Restoring))
+            .then(|| candidate(&r.location))
+        })
+        .collect()
+}
+
+/// True if a copy of the healthy volume `view` could move to one of
+/// `candidates` and so spread the copies over more zones, then racks.
+pub fn below_spread(view: &RepairView, candidates: &[Candidate]) -> bool {
+    view.healthy
+        && local_copies(view).is_some_and(|copies| {
+            placement::widen(&copies, candidates, u64::from(view.volume_id)).is_some()
+        })
+}
+
+/// The one move to start now, if any: of the first healthy volume (by id)
+/// whose copies could spread over more zones or racks, to a server
+/// placement picks among `candidates(tier)`.
+pub fn rebalance<'v>(
+    views: impl Iterator<Item = &'v RepairView>,
+    candidates: impl Fn(Tier) -> Vec<Candidate>,
+    held: &Held,
+) -> Option<RepairPlan> {
+    let mut views: Vec<&RepairView> = views.filter(|v| v.healthy).collect();
+    views.sort_by_key(|v| v.volume_id);
+    let mut by_tier: HashMap<Tier, Vec<Candidate>> = HashMap::new();
+    views.into_iter().find_map(|view| {
+        let copies = local_copies(view)?;
+        let candidates = by_tier
+            .entry(view.tier)
+            .or_insert_with(|| candidates(view.tier));
+        let (from, to) = placement::widen(&copies, candidates, u64::from(view.volume_id))?;
+        if held.waiting.contains(&(view.volume_id, to.clone())) {
+            return None;
+        }
+        Some(RepairPlan {
+            volume_id: view.volume_id,
+            collection: view.collection.clone(),
+            tier: view.tier,
+            target: ServerLocation {
+                server_id: to,
+                ..ServerLocation::default()
+            },
+            sources: view.replicas.iter().map(|r| r.location.clone()).collect(),
+            kind: RepairKind::Move { from },
+        })
+    })
 }
 
 async fn client(
@@ -605,6 +850,26 @@ async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Result<(), Stri
     Err("copies still differ after three syncs".into())
 }
 
+/// Before a copy moves: waits until every copy's server has heard that the
+/// volume takes no writes (a heartbeat answered after the move's job was
+/// committed), so the copies hold still while the new one is filled and
+/// compared. A write that started before is settled by the syncs and the
+/// digest comparison; one that lands later still is on the old copies and
+/// reaches the new one by anti-entropy.
+async fn settle_writes(cluster: &Cluster, plan: &RepairPlan) -> Result<(), String> {
+    let servers: Vec<String> = plan.sources.iter().map(|s| s.server_id.clone()).collect();
+    if cluster
+        .heard_from_since(&servers, now_unix(), SETTLE_WRITES)
+        .await
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "the copies' servers did not all send a heartbeat within {SETTLE_WRITES:?}"
+        ))
+    }
+}
+
 /// Runs `plan` (its job committed) in a task of its own: copy, verify,
 /// commit the result, then end the job (a failed repair is planned again).
 fn launch(
@@ -623,7 +888,14 @@ fn launch(
         let result = match cluster.server_location(&plan.target.server_id) {
             Some(location) => {
                 plan.target = location;
-                execute(&plan, settings).await
+                let settled = match &plan.kind {
+                    RepairKind::Move { .. } => settle_writes(&cluster, &plan).await,
+                    _ => Ok(()),
+                };
+                match settled {
+                    Ok(()) => execute(&plan, settings).await,
+                    Err(e) => Err(e),
+                }
             }
             None => Err(format!("no server {} is known", plan.target.server_id)),
         };
@@ -640,6 +912,10 @@ fn launch(
                 .replaced(plan.volume_id, None, &plan.target.server_id)
                 .await
                 .map_err(|e| e.to_string()),
+            (Ok(()), RepairKind::Move { from }) => cluster
+                .replaced(plan.volume_id, Some(from), &plan.target.server_id)
+                .await
+                .map_err(|e| e.to_string()),
             (Err(e), _) => Err(e.clone()),
         };
         let outcome = match &recorded {
@@ -650,7 +926,7 @@ fn launch(
             }
             Err(error) => {
                 tracing::warn!(volume = plan.volume_id, target = %plan.target.server_id,
-                    %error, "repair failed; will try again");
+                    %error, "repair failed; will try again after a growing wait");
                 "failed"
             }
         };
@@ -666,6 +942,7 @@ fn launch(
             tracing::warn!(volume = plan.volume_id, %error,
                 "could not end the repair job (the next leader will)");
         }
+        repairs.ended(&plan, &recorded);
         metrics::counter!("hayloft_directory_repairs_total", "result" => outcome).increment(1);
         metrics::histogram!("hayloft_directory_repair_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -704,7 +981,7 @@ pub async fn run(
         }
         // Jobs an earlier leader (or this node before a restart) started.
         let views: HashMap<u32, RepairView> = cluster
-            .degraded_volumes()
+            .volume_views(true)
             .into_iter()
             .map(|v| (v.volume_id, v))
             .collect();
@@ -713,7 +990,12 @@ pub async fn run(
             if repairs.is_running(job.volume_id) {
                 continue;
             }
-            match resume(&job, views.get(&job.volume_id), settled) {
+            // A repair job of a volume that is whole again ends (a move's
+            // volume is whole throughout).
+            let view = views
+                .get(&job.volume_id)
+                .filter(|v| !v.healthy || job.kind == "move");
+            match resume(&job, view, settled) {
                 Resume::Run(plan) => {
                     tracing::info!(volume = job.volume_id, target = %job.target, kind = %job.kind,
                         started_at = job.started_at, term = job.term,
@@ -739,7 +1021,29 @@ pub async fn run(
             }
             launch(&cluster, &repairs, plan, settings.clone());
         }
+        // With nothing to repair, one copy at a time moves to spread its
+        // volume over more zones (a zone's server back after its copies
+        // were made elsewhere).
+        if settled && views.values().all(|v| v.healthy) && cluster.repair_jobs().is_empty() {
+            let candidates = |tier| cluster.placement_candidates(tier);
+            let held = repairs.held(&HashSet::new(), settings.repair_after, false);
+            if let Some(plan) = rebalance(views.values(), candidates, &held) {
+                tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+                    kind = ?plan.kind, "moving a copy to spread the volume over more zones");
+                match cluster.start_repair(plan.job()).await {
+                    Ok(()) => launch(&cluster, &repairs, plan, settings.clone()),
+                    Err(error) => {
+                        tracing::warn!(volume = plan.volume_id, %error, "could not start a move")
+                    }
+                }
+            }
+        }
         for (volume_id, location, keep_object) in cluster.removable_extras() {
+            // The deletions before this one took time: the volume may have
+            // lost a copy since the list was made.
+            if !cluster.still_removable(volume_id, &location.server_id) {
+                continue;
+            }
             let removed = async {
                 client(&location, &settings.credential)
                     .await?
@@ -797,6 +1101,7 @@ mod tests {
             collection: String::new(),
             tier: Tier::Hot,
             desired: replicas.len(),
+            healthy: false,
             replicas,
         }
     }
@@ -917,6 +1222,7 @@ mod tests {
             &HashSet::new(),
             &idle,
             2,
+            &Held::default(),
         );
         assert_eq!(
             plans.len(),
@@ -934,12 +1240,194 @@ mod tests {
             &HashSet::new(),
             &idle,
             2,
+            &Held::default(),
         );
         assert_eq!(plans.len(), 2);
         // The new copy goes to the other zone's free server, never to a
         // server holding a copy.
         assert_eq!(plans[1].kind, RepairKind::Replace { lost: "c".into() });
         assert_eq!(plans[1].target.server_id, "d");
+    }
+
+    #[test]
+    fn a_new_copy_waits_for_a_busy_server_rather_than_doubling_a_zone() {
+        let servers = candidates(&[
+            ("a", "z1"),
+            ("b", "z1"),
+            ("c", "z2"),
+            ("d", "z2"),
+            ("f", "z3"),
+        ]);
+        let lost = view(
+            1,
+            vec![
+                replica("a", "z1", ReplicaHealth::Ok, 0),
+                replica("c", "z2", ReplicaHealth::Ok, 0),
+                replica("e", "z3", ReplicaHealth::Down, 999),
+            ],
+        );
+        let plan_with = |running: &HashMap<String, usize>| {
+            plan(
+                std::slice::from_ref(&lost),
+                &servers,
+                Duration::ZERO,
+                &HashSet::new(),
+                running,
+                2,
+                &Held::default(),
+            )
+        };
+        let plans = plan_with(&HashMap::new());
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        assert_eq!(
+            plans[0].target.server_id, "f",
+            "the zone the lost copy was in"
+        );
+        // f runs as many repairs as it may: the volume waits for it, and
+        // never goes to b or d (zones that hold a copy already).
+        let plans = plan_with(&HashMap::from([("f".to_owned(), 2)]));
+        assert!(plans.is_empty(), "{plans:?}");
+        // With z3 gone altogether, a doubled zone is the best there is.
+        let without_z3: Vec<Candidate> =
+            servers.iter().filter(|c| c.zone != "z3").cloned().collect();
+        let plans = plan(
+            std::slice::from_ref(&lost),
+            &without_z3,
+            Duration::ZERO,
+            &HashSet::new(),
+            &HashMap::new(),
+            2,
+            &Held::default(),
+        );
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        assert!(["b", "d"].contains(&plans[0].target.server_id.as_str()));
+    }
+
+    #[test]
+    fn failing_catch_ups_wait_longer_each_time_and_are_given_up_after_repair_after() {
+        let servers = candidates(&[("a", "z1"), ("b", "z2"), ("c", "z3"), ("d", "z3")]);
+        let stale = view(
+            1,
+            vec![
+                replica("a", "z1", ReplicaHealth::Ok, 0),
+                replica("b", "z2", ReplicaHealth::Ok, 0),
+                replica("c", "z3", ReplicaHealth::Stale, 0),
+            ],
+        );
+        let repairs = Repairs::default();
+        let catch_up = RepairPlan {
+            volume_id: 1,
+            collection: String::new(),
+            tier: Tier::Hot,
+            target: location("c", "z3"),
+            sources: vec![location("a", "z1"), location("b", "z2")],
+            kind: RepairKind::CatchUp,
+        };
+        let degraded: HashSet<u32> = [1].into();
+        let plan_held = |held: &Held| {
+            plan(
+                std::slice::from_ref(&stale),
+                &servers,
+                Duration::ZERO,
+                &HashSet::new(),
+                &HashMap::new(),
+                2,
+                held,
+            )
+        };
+        let repair_after = Duration::from_secs(3600);
+        for attempt in 1..=GIVE_UP_ATTEMPTS {
+            let before = Instant::now();
+            repairs.ended(&catch_up, &Err("volume 1 is full".into()));
+            // Not tried again at once...
+            let held = repairs.held_at(&degraded, repair_after, false, before);
+            assert!(held.waiting.contains(&(1, "c".to_owned())), "{held:?}");
+            assert!(held.given_up.is_empty(), "{held:?}");
+            assert!(plan_held(&held).is_empty());
+            // ...but once its wait is over (or an operator asks).
+            let later = before + RETRY_MAX + Duration::from_secs(1);
+            let held = repairs.held_at(&degraded, repair_after, false, later);
+            assert!(held.waiting.is_empty(), "attempt {attempt}: {held:?}");
+            let plans = plan_held(&held);
+            assert_eq!(plans[0].kind, RepairKind::CatchUp);
+            assert!(
+                repairs
+                    .held_at(&degraded, repair_after, true, before)
+                    .waiting
+                    .is_empty()
+            );
+        }
+        assert!(repairs.problems()[0].contains("volume 1 is full"));
+        // Failing for `repair_after`: the copy is replaced elsewhere.
+        let much_later = Instant::now() + repair_after;
+        let held = repairs.held_at(&degraded, repair_after, false, much_later);
+        assert!(held.given_up.contains(&(1, "c".to_owned())), "{held:?}");
+        let plans = plan_held(&held);
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        assert_eq!(plans[0].kind, RepairKind::Replace { lost: "c".into() });
+        assert_eq!(plans[0].target.server_id, "d");
+        // The replacement done, the failures are forgotten; a volume no
+        // longer degraded forgets its failures too.
+        repairs.ended(&plans[0], &Ok(()));
+        assert!(repairs.problems().is_empty());
+        repairs.ended(&catch_up, &Err("again".into()));
+        repairs.held(&HashSet::new(), repair_after, false);
+        assert_eq!(repairs.problems().len(), 1, "kept until its retry is due");
+        repairs.held_at(&HashSet::new(), repair_after, false, much_later);
+        assert!(repairs.problems().is_empty());
+    }
+
+    #[test]
+    fn a_whole_volume_in_two_zones_moves_one_copy_to_the_third() {
+        let mut doubled = view(
+            1,
+            vec![
+                replica("a", "z1", ReplicaHealth::Ok, 0),
+                replica("b", "z1", ReplicaHealth::Ok, 0),
+                replica("c", "z2", ReplicaHealth::Ok, 0),
+            ],
+        );
+        doubled.healthy = true;
+        let servers = candidates(&[("a", "z1"), ("b", "z1"), ("c", "z2"), ("e", "z3")]);
+        let plan = rebalance(
+            [&doubled].into_iter(),
+            |_| servers.clone(),
+            &Held::default(),
+        )
+        .unwrap();
+        assert_eq!(plan.target.server_id, "e");
+        let RepairKind::Move { from } = &plan.kind else {
+            panic!("{plan:?}")
+        };
+        assert!(["a", "b"].contains(&from.as_str()), "{from}");
+        assert_eq!(plan.sources.len(), 3, "every copy is a source");
+        assert!(below_spread(&doubled, &servers));
+        // The job it commits resumes as the same move while it makes sense.
+        let job = plan.job();
+        assert!(
+            matches!(resume(&job, Some(&doubled), true), Resume::Run(p) if p.kind == plan.kind)
+        );
+        let mut broken = doubled.clone();
+        broken.healthy = false;
+        assert!(matches!(resume(&job, Some(&broken), true), Resume::End(_)));
+        // A degraded volume is repaired, not moved; a move whose target
+        // just failed waits; without the third zone nothing moves.
+        assert!(rebalance([&broken].into_iter(), |_| servers.clone(), &Held::default()).is_none());
+        let held = Held {
+            waiting: [(1, "e".to_owned())].into(),
+            ..Held::default()
+        };
+        assert!(rebalance([&doubled].into_iter(), |_| servers.clone(), &held).is_none());
+        let two_zones = candidates(&[("a", "z1"), ("b", "z1"), ("c", "z2"), ("d", "z2")]);
+        assert!(
+            rebalance(
+                [&doubled].into_iter(),
+                |_| two_zones.clone(),
+                &Held::default()
+            )
+            .is_none()
+        );
+        assert!(!below_spread(&doubled, &two_zones));
     }
 
     #[test]
@@ -959,6 +1447,7 @@ mod tests {
             &HashSet::new(),
             &HashMap::new(),
             2,
+            &Held::default(),
         );
         assert!(plans.is_empty(), "nothing to copy from: {plans:?}");
 
@@ -974,7 +1463,15 @@ mod tests {
             })
             .collect();
         let busy: HashSet<u32> = [0].into();
-        let plans = plan(&many, &servers, Duration::ZERO, &busy, &HashMap::new(), 2);
+        let plans = plan(
+            &many,
+            &servers,
+            Duration::ZERO,
+            &busy,
+            &HashMap::new(),
+            2,
+            &Held::default(),
+        );
         assert_eq!(plans.len(), 2, "at most two repairs to b at once");
         assert!(
             plans.iter().all(|p| p.volume_id != 0),
@@ -1004,6 +1501,7 @@ mod tests {
             &HashSet::new(),
             &HashMap::new(),
             2,
+            &Held::default(),
         );
         assert_eq!(plans.len(), 1, "{plans:?}");
         assert_eq!(plans[0].kind, RepairKind::Add);
@@ -1027,6 +1525,7 @@ mod tests {
             &HashSet::new(),
             &HashMap::new(),
             2,
+            &Held::default(),
         );
         assert!(plans.is_empty(), "{plans:?}");
 
@@ -1041,6 +1540,7 @@ mod tests {
             &HashSet::new(),
             &HashMap::new(),
             2,
+            &Held::default(),
         );
         assert_eq!(plans.len(), 1, "{plans:?}");
         assert_eq!(plans[0].kind, RepairKind::CatchUpCold);
@@ -1069,6 +1569,7 @@ mod tests {
             &HashSet::new(),
             &HashMap::new(),
             2,
+            &Held::default(),
         );
         assert_eq!(plans.len(), 2, "{plans:?}");
         assert_eq!(plans[0].kind, RepairKind::ReplaceCold { lost: "b".into() });

@@ -425,6 +425,20 @@ impl DirectoryService {
                 .problems
                 .push(crate::cluster::stale_ring_problem(&who, &why));
         }
+        // Repairs that keep failing, with why (the leader's: it runs them).
+        status.problems.extend(self.repairs.problems());
+        let mut candidates = std::collections::HashMap::new();
+        status.below_spread = self
+            .cluster
+            .volume_views(true)
+            .iter()
+            .filter(|view| {
+                let candidates = candidates
+                    .entry(view.tier)
+                    .or_insert_with(|| self.cluster.placement_candidates(view.tier));
+                crate::repair::below_spread(view, candidates)
+            })
+            .count() as u32;
         for volume in status.volumes.iter_mut().filter(|v| v.repairing) {
             let id = volume.status.as_ref().map_or(0, |s| s.volume_id);
             volume.repair_progress = self.cluster.repair_progress(id, &volume.repair_target);
@@ -449,7 +463,8 @@ impl DirectoryService {
             sources: plan.sources.iter().map(|s| s.server_id.clone()).collect(),
             replaces: match &plan.kind {
                 crate::repair::RepairKind::Replace { lost }
-                | crate::repair::RepairKind::ReplaceCold { lost } => lost.clone(),
+                | crate::repair::RepairKind::ReplaceCold { lost }
+                | crate::repair::RepairKind::Move { from: lost } => lost.clone(),
                 crate::repair::RepairKind::CatchUp
                 | crate::repair::RepairKind::CatchUpCold
                 | crate::repair::RepairKind::Add => String::new(),

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 pub mod access;
+pub mod replicas;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -373,6 +374,32 @@ impl Cluster {
             self.start_volume(i);
         }
         self.wait_alive(zones.len()).await;
+    }
+
+    /// Starts one more volume server, in `zone` (its own rack), and waits
+    /// until the directory sees it: its index.
+    pub async fn add_volume_server(&mut self, zone: &str, args: &[&str]) -> usize {
+        let i = self.volumes.len();
+        self.volume_ports.push(VolumePorts {
+            grpc: free_port(),
+            http: free_port(),
+            metrics: free_port(),
+        });
+        self.volumes.push(None);
+        let mut site: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        site.extend([
+            "--zone".into(),
+            zone.into(),
+            "--rack".into(),
+            format!("r{i}"),
+        ]);
+        while self.volume_site_args.len() < i {
+            self.volume_site_args.push(Vec::new());
+        }
+        self.volume_site_args.push(site);
+        self.start_volume(i);
+        self.wait_alive(i + 1).await;
+        i
     }
 
     /// The address of directory group node `i` (node id `i + 1`).

@@ -110,6 +110,13 @@ impl AntiEntropy {
             lock.try_lock_owned()
                 .map_err(|_| Status::aborted(format!("volume {volume_id} is already syncing")))?
         };
+        // Tests: a copy that cannot take what the others hold (as a full
+        // volume once refused it).
+        if hayloft_storage::failpoint::active("sync-copy") {
+            return Err(Status::resource_exhausted(format!(
+                "failpoint sync-copy: volume {volume_id} cannot take the needles it lacks"
+            )));
+        }
         let rate = if bytes_per_sec == 0 {
             self.repair_rate
         } else {

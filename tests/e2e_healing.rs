@@ -1,0 +1,220 @@
+//! End-to-end healing: copies that fell behind become whole or are
+//! replaced, and copies keep their spread over zones (real `hayloft`
+//! processes, servers stopped, filled and brought back).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hayloft_proto::{VolumeHealth, VolumeRecord};
+use support::replicas::{
+    assert_on_every_copy, assign, primary_of, replica_ids, until_status, upload_many, volumes_on,
+    wait_on_every_copy, write_at,
+};
+use support::{Cluster, Failpoint, content, hayloft};
+use tonic::Code;
+
+/// Flags for volume servers whose copies heal quickly.
+const FAST_HEALING: [&str; 4] = ["--anti-entropy-interval", "1s", "--scrub-interval", "1s"];
+
+fn zones_of(volume: &VolumeRecord) -> BTreeSet<String> {
+    volume
+        .replicas
+        .iter()
+        .map(|r| r.location.clone().unwrap().zone)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_that_cannot_catch_up_is_replaced_elsewhere_and_removed() {
+    // Every sync into a copy on vs0-vs2 fails (a failpoint; the field saw a
+    // full volume refuse it): a stale copy there can never catch up.
+    let failpoint = Failpoint::new("sync-copy");
+    let mut cluster = Cluster::start_replicated_with_env(
+        &["a", "b", "c"],
+        3,
+        &["--repair-after", "2s"],
+        &["--replica-timeout", "2s"],
+        &[("HAYLOFT_FAILPOINT", &failpoint.env())],
+    )
+    .await;
+    failpoint.arm();
+    let (ids, locations) = assign(&cluster, 64).await;
+    assert_eq!(locations.len(), 3);
+    // Ids whose primary is not vs2, so vs2's copy comes as a forward.
+    let mut ids = ids
+        .into_iter()
+        .filter(|id| primary_of(&locations, id).server_id != "vs2");
+    let mut acked = Vec::new();
+    for seed in 0..5 {
+        let id = ids.next().unwrap();
+        let data = content(seed, 20_000);
+        write_at(primary_of(&locations, &id), &locations, &id, data)
+            .await
+            .unwrap();
+        acked.push((id, seed, 20_000));
+    }
+    // vs2 hangs through one write: it misses it and is reported stale.
+    let paused = cluster.volumes[2].as_ref().unwrap().pid();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(paused, libc::SIGSTOP) };
+    let missed = ids.next().unwrap();
+    let err = write_at(
+        primary_of(&locations, &missed),
+        &locations,
+        &missed,
+        content(99, 20_000),
+    )
+    .await
+    .unwrap_err();
+    // SAFETY: as above.
+    unsafe { libc::kill(paused, libc::SIGCONT) };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let volume = missed
+        .parse::<hayloft_storage::BlobId>()
+        .unwrap()
+        .volume()
+        .0;
+    let client = cluster.client().await;
+    // Each catch-up fails, further and further apart, and status says why.
+    until_status(
+        &client,
+        Duration::from_secs(30),
+        "the failing catch-up is not a problem in status",
+        |status| {
+            status
+                .problems
+                .iter()
+                .any(|p| p.contains(&format!("volume {volume}: repair on vs2 failed")))
+                .then_some(())
+        },
+    )
+    .await;
+    // A server for the copy to go to (zone c, as the copy it replaces),
+    // where syncs work.
+    cluster.volume_env.clear();
+    let spare = cluster.add_volume_server("c", &[]).await;
+    assert_eq!(spare, 3);
+    let status = until_status(
+        &client,
+        Duration::from_secs(60),
+        "the copy that cannot catch up was not replaced",
+        |status| {
+            let record = status
+                .volumes
+                .iter()
+                .find(|v| v.status.as_ref().unwrap().volume_id == volume)?;
+            let mut copies = replica_ids(record);
+            copies.sort();
+            (record.health == VolumeHealth::Ok as i32 && copies == ["vs0", "vs1", "vs3"])
+                .then(|| status.clone())
+        },
+    )
+    .await;
+    let record = status
+        .volumes
+        .iter()
+        .find(|v| v.status.as_ref().unwrap().volume_id == volume)
+        .unwrap();
+    assert_eq!(zones_of(record).len(), 3, "{record:?}");
+    assert_on_every_copy(&cluster, &acked).await;
+    // The copy left on vs2 is an extra now: removed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while volumes_on(&cluster, 2).await.unwrap().contains(&volume) {
+        assert!(Instant::now() < deadline, "the stale copy was not removed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_return_to_a_zone_whose_only_server_comes_back() {
+    // Zone c has one server. It is away past repair-after: its copies are
+    // made again in zones a and b (the best there is then). Back, its old
+    // copies are extras (removed), and one copy of each volume moves back
+    // to it, one volume at a time: every volume spans three zones again.
+    let mut cluster = Cluster::start_replicated(
+        &["a", "a", "b", "b", "c"],
+        3,
+        &["--repair-after", "2s"],
+        &FAST_HEALING,
+    )
+    .await;
+    let client = Arc::new(cluster.client().await);
+    let acked = upload_many(&client, 120, 4).await;
+    let all_in_three_zones = |status: &hayloft_proto::StatusResponse| {
+        status.volumes.iter().all(|v| {
+            v.health == VolumeHealth::Ok as i32 && v.replicas.len() == 3 && zones_of(v).len() == 3
+        })
+    };
+    let status = until_status(&client, Duration::from_secs(30), "not spread", |s| {
+        all_in_three_zones(s).then(|| s.clone())
+    })
+    .await;
+    let volumes = status.volumes.len();
+    assert!(volumes >= 2, "{status:?}");
+    assert_eq!(status.below_spread, 0);
+
+    cluster.volumes[4].take().unwrap().kill();
+    let status = until_status(
+        &client,
+        Duration::from_secs(60),
+        "copies were not made again in the other zones",
+        |status| {
+            status
+                .volumes
+                .iter()
+                .all(|v| {
+                    v.health == VolumeHealth::Ok as i32
+                        && !replica_ids(v).contains(&"vs4".to_owned())
+                })
+                .then(|| status.clone())
+        },
+    )
+    .await;
+    // Two zones are all there is now: nothing is below what the live
+    // servers allow.
+    assert_eq!(status.below_spread, 0, "{status:?}");
+
+    cluster.start_volume(4);
+    let status = until_status(
+        &client,
+        Duration::from_secs(120),
+        "copies did not return to zone c",
+        |status| (all_in_three_zones(status) && status.below_spread == 0).then(|| status.clone()),
+    )
+    .await;
+    assert_eq!(status.volumes.len(), volumes);
+    let (ok, text) = hayloft(&cluster, &["status"]);
+    assert!(ok, "{text}");
+    assert!(!text.contains("SPREAD:"), "{text}");
+    // Every blob on every copy, and no copy left outside its volume's set.
+    wait_on_every_copy(&cluster, &acked).await;
+    assert_on_every_copy(&cluster, &acked).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client.status().await.unwrap();
+        let mut extras = Vec::new();
+        for server in 0..5 {
+            let id = format!("vs{server}");
+            for volume in volumes_on(&cluster, server).await.unwrap() {
+                let record = status
+                    .volumes
+                    .iter()
+                    .find(|v| v.status.as_ref().unwrap().volume_id == volume)
+                    .unwrap();
+                if !replica_ids(record).contains(&id) {
+                    extras.push((volume, id.clone()));
+                }
+            }
+        }
+        if extras.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "extra copies left: {extras:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
