@@ -309,11 +309,13 @@ impl Volume {
         } else {
             self.config.max_size
         };
-        if writer.end + len > limit.min(files.map.capacity()) {
+        let limit = limit.min(files.map.capacity());
+        if writer.end + len > limit {
+            // The limit that refused it: the catch-up room's for a copy.
             return Err(Error::VolumeFull {
                 volume: self.id,
                 needed: len,
-                max_size: self.config.max_size,
+                max_size: limit,
             });
         }
         if let Some(space) = self.space.get() {
