@@ -131,6 +131,87 @@ async fn a_copy_that_cannot_catch_up_is_replaced_elsewhere_and_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_paused_near_the_end_of_a_volume_catches_up_and_every_copy_ends_whole() {
+    // vs2's volumes are smaller than the others' (its copy fills first), and
+    // vs2 hangs through one write near the end: it misses it, turns stale,
+    // and once resumed takes what the others hold (a copy's own records may
+    // use the catch-up room past the maximum). The volume then fills to
+    // vs2's limit, and every copy holds every blob.
+    let mut volume_args: Vec<Vec<String>> = ["4MiB", "4MiB", "1MiB"]
+        .iter()
+        .map(|size| {
+            let mut a = vec!["--max-volume-size".to_owned(), size.to_string()];
+            a.extend(["--replica-timeout", "2s"].map(String::from));
+            a.extend(FAST_HEALING.map(String::from));
+            a
+        })
+        .collect();
+    volume_args.truncate(3);
+    let cluster = Cluster::start_replicated_with(
+        &["a", "b", "c"],
+        3,
+        Vec::new(),
+        volume_args,
+        support::Access::default(),
+    )
+    .await;
+    let (ids, locations) = assign(&cluster, 64).await;
+    let mut ids = ids.into_iter();
+    let mut acked = Vec::new();
+    let write = |id: String, seed: u64| {
+        let locations = locations.clone();
+        async move {
+            let data = content(seed, 60_000);
+            let written = write_at(primary_of(&locations, &id), &locations, &id, data).await;
+            (id, seed, written)
+        }
+    };
+    for seed in 0..12 {
+        let (id, seed, written) = write(ids.next().unwrap(), seed).await;
+        written.unwrap();
+        acked.push((id, seed, 60_000));
+    }
+    // One write while vs2 hangs (to a primary other than vs2).
+    let missed = ids
+        .by_ref()
+        .find(|id| primary_of(&locations, id).server_id != "vs2")
+        .unwrap();
+    let paused = cluster.volumes[2].as_ref().unwrap().pid();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(paused, libc::SIGSTOP) };
+    let (missed, seed, written) = write(missed, 100).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(paused, libc::SIGCONT) };
+    assert_eq!(written.unwrap_err().code(), Code::Unavailable);
+    // Not acknowledged, but on vs0 and vs1: it spreads to vs2 as well.
+    acked.push((missed, seed, 60_000));
+    wait_on_every_copy(&cluster, &acked).await;
+    // The volume takes writes again, until vs2's copy is full and seals it.
+    // (Its servers hear it is whole with their next heartbeat; until then
+    // they refuse writes as to a degraded volume.)
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (seed, id) in (200..).zip(ids) {
+        loop {
+            let (id, seed, written) = write(id.clone(), seed).await;
+            match written {
+                Ok(()) => acked.push((id, seed, 60_000)),
+                Err(e) if e.message().contains("degraded") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(_) => refused += 1,
+            }
+            break;
+        }
+    }
+    assert!(refused > 0, "the volume never filled");
+    assert!(acked.len() > 16, "{} blobs", acked.len());
+    wait_on_every_copy(&cluster, &acked).await;
+    assert_on_every_copy(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copies_return_to_a_zone_whose_only_server_comes_back() {
     // Zone c has one server. It is away past repair-after: its copies are
     // made again in zones a and b (the best there is then). Back, its old

@@ -701,6 +701,7 @@ impl Cluster {
                 // the volume takes no writes until the new copy has it all.
                 degraded: self.volume_health(inner, &e.row) != VolumeHealth::Ok
                     || Self::moving(inner, e.row.id),
+                sealed: e.row.state != VolumeState::Writable as i32,
             })
             .collect())
     }

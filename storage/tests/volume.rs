@@ -744,21 +744,31 @@ fn a_full_copy_takes_what_the_other_copies_hold_in_its_catch_up_room() {
         volume.write(&blob(id)),
         Err(Error::VolumeFull { .. })
     ));
+    assert!(!volume.is_sealed());
     let claim = volume.claim_for_copy(NeedleId(id)).unwrap();
     volume.write_claimed(claim, &blob(id)).unwrap();
-    let mut copy = volume
-        .begin_copy(NeedleId(id + 1), Cookie(1), 4000, NeedleMeta::default())
-        .unwrap();
-    copy.write(&[7u8; 4000]).unwrap();
-    copy.finish().unwrap();
+    // Past the maximum, this copy is full: sealed, so the volume stops
+    // taking writes (another forwarded write is refused) while the room
+    // still takes what the other copies hold.
+    assert!(volume.is_sealed());
+    let claim = volume.claim_for_copy(NeedleId(id + 1)).unwrap();
+    assert!(matches!(
+        volume.write_claimed(claim, &blob(id + 1)),
+        Err(Error::Sealed(_))
+    ));
+    let copy_in = |n: u64| -> Result<(), Error> {
+        let mut copy = volume.begin_copy(NeedleId(n), Cookie(1), 4000, NeedleMeta::default())?;
+        copy.write(&[7u8; 4000])?;
+        copy.finish().map(|_| ())
+    };
+    copy_in(id + 1).unwrap();
     assert!(volume.data_len() > small.max_size);
     // The room is bounded too.
     let limit = hayloft_storage::volume::catch_up_limit(small.max_size);
     let mut next = id + 2;
     let error = loop {
-        let claim = volume.claim_for_copy(NeedleId(next)).unwrap();
-        match volume.write_claimed(claim, &blob(next)) {
-            Ok(_) => next += 1,
+        match copy_in(next) {
+            Ok(()) => next += 1,
             Err(e) => break e,
         }
     };

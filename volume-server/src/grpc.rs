@@ -317,7 +317,9 @@ impl VolumeService {
     }
 
     fn failed(&self, error: Error, blob: Option<BlobId>) -> Status {
-        if let Error::VolumeFull { volume, .. } = error {
+        // Full, or sealed by a copy's record past the maximum (made durable
+        // here, idempotently).
+        if let Error::VolumeFull { volume, .. } | Error::Sealed(volume) = error {
             // Stop the directory handing out ids in it as soon as possible.
             let store = Arc::clone(&self.store);
             let notify = Arc::clone(&self.heartbeat_now);

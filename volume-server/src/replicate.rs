@@ -153,7 +153,8 @@ impl Replication {
     }
 
     /// Refuses a new (not forwarded) write to a volume that lacks a healthy
-    /// copy, or whose copy missed a forward the directory has not heard of.
+    /// copy, whose copy missed a forward the directory has not heard of, or
+    /// that a copy sealed (the directory says so).
     pub fn check_writable(&self, volume: u32) -> Result<(), Status> {
         if let Some(failed) = self.failures.lock().get(&volume) {
             return Err(Status::unavailable(format!(
@@ -161,9 +162,18 @@ impl Replication {
                 failed.iter().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
-        if self.known.read().get(&volume).is_some_and(|v| v.degraded) {
+        let known = self.known.read();
+        let Some(replicas) = known.get(&volume) else {
+            return Ok(());
+        };
+        if replicas.degraded {
             return Err(Status::unavailable(format!(
                 "volume {volume} is degraded (a copy is down, missing or stale); write elsewhere"
+            )));
+        }
+        if replicas.sealed {
+            return Err(Status::failed_precondition(format!(
+                "volume {volume} is sealed (a copy is full or moving to another tier); write elsewhere"
             )));
         }
         Ok(())
@@ -229,6 +239,7 @@ impl Replication {
                 volume_id: volume,
                 locations,
                 degraded: false,
+                sealed: false,
             },
         );
     }

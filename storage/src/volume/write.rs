@@ -327,6 +327,15 @@ impl Volume {
         }
         let offset = writer.end;
         writer.end += len;
+        if copy && !tombstone && writer.end > self.config.max_size && !writer.sealed {
+            // A copy's record past the maximum for new writes, in the
+            // catch-up room: this copy is full. It is sealed now (in memory;
+            // the server makes it durable when it refuses the next write),
+            // so the volume stops taking writes (the directory hears it
+            // with the next heartbeat and tells every copy) while every copy
+            // still has room to take what the others hold.
+            writer.sealed = true;
+        }
         writer.in_flight += 1;
         if streamed {
             writer.streams_in_flight += 1;
