@@ -550,6 +550,57 @@ async fn the_operator_page_asks_for_the_clusters_credential() {
         .await
         .unwrap();
     assert_eq!(by_cookie.status(), StatusCode::OK);
+    // A browser signs in with the page's form: the token goes in the
+    // cookie, and back on `/` the page shows; signing out clears it.
+    assert!(body.contains("action=\"/login\""), "{body}");
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = format!("http://127.0.0.1:{metrics}/login");
+    let signed_in = no_redirects
+        .post(&login)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("token={admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.headers()[header::LOCATION], "/");
+    let cookie = signed_in.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let back = http
+        .get(&page)
+        .header(header::COOKIE, &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    assert!(back.text().await.unwrap().contains("id=\"servers\""));
+    let bad = no_redirects
+        .post(&login)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body("token=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let out = no_redirects
+        .post(format!("http://127.0.0.1:{metrics}/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert!(
+        out.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     // Counters for Prometheus need no token.
     let scrape = get(&format!("http://127.0.0.1:{metrics}/metrics")).await;
     assert_eq!(scrape.status(), StatusCode::OK);

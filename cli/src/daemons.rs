@@ -95,6 +95,18 @@ pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> 
     let source = std::sync::Arc::clone(&page);
     let app = axum::Router::new()
         .route(
+            "/login",
+            axum::routing::post(
+                |axum::Form(form): axum::Form<Vec<(String, String)>>| async move {
+                    crate::page_access::login(&form)
+                },
+            ),
+        )
+        .route(
+            "/logout",
+            axum::routing::post(|| async { crate::page_access::logout() }),
+        )
+        .route(
             "/metrics",
             axum::routing::get(move || {
                 let handle = handle.clone();

@@ -7,7 +7,10 @@
 //! directory's gate decides (an `admin` scope, as `hayloft status` needs),
 //! so the page never shows more than its viewer may see over gRPC. No token
 //! or an invalid one: 401 with `WWW-Authenticate: Bearer`; a token without
-//! `admin`: 403. In a cluster without tokens the page is shown as before,
+//! `admin`: 403. The page that asks has a form: `POST /login` with the token
+//! sets the cookie (`HttpOnly`, `SameSite=Strict`) and sends the browser
+//! back to `/`; `POST /logout` clears it. In a cluster without tokens the
+//! page is shown as before,
 //! with the directory's credential, and the metrics address must be on
 //! loopback unless nothing on it would be protected anyway (see
 //! [`hayloft_access::insecure_metrics_listen`]).
@@ -52,10 +55,61 @@ pub fn asks(why: &str) -> Html<String> {
                 p { "This cluster requires a token with the " code { "admin" } " scope: send it as "
                     code { "Authorization: Bearer <token>" } ", or in a browser as the cookie "
                     code { (TOKEN_COOKIE) "=<token>" } " (" code { "hayloft token create --scope admin" } ")." }
+                form id="login" method="post" action="/login" {
+                    label for="token" { "Token " }
+                    input id="token" name="token" type="password" autocomplete="off" required;
+                    " "
+                    button type="submit" { "Sign in" }
+                }
             }
         }
     };
     Html(page.into_string())
+}
+
+/// A token a cookie can carry as it is: printable ASCII without the
+/// characters that end or quote a cookie value.
+fn cookie_safe(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\'))
+}
+
+/// The answer to `POST /login` with the form field `token`: the cookie set
+/// and back to `/` (which checks the token), or the form again.
+pub fn login(form: &[(String, String)]) -> Response {
+    let token = form
+        .iter()
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.trim())
+        .unwrap_or_default();
+    if !cookie_safe(token) {
+        let why = "that is not a token (empty, or with characters no token has)";
+        return (StatusCode::BAD_REQUEST, asks(why)).into_response();
+    }
+    signed_in(&format!(
+        "{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+    ))
+}
+
+/// The answer to `POST /logout`: the cookie cleared, back to `/`.
+pub fn logout() -> Response {
+    signed_in(&format!(
+        "{TOKEN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+    ))
+}
+
+/// 303 to `/` with `cookie` set.
+fn signed_in(cookie: &str) -> Response {
+    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The answer to `GET /` with `headers`, from `source`.
@@ -91,6 +145,32 @@ pub async fn answer(source: &crate::daemons::PageSource, headers: &HeaderMap) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signing_in_sets_the_cookie_and_out_clears_it() {
+        let form = |token: &str| vec![("token".to_owned(), token.to_owned())];
+        let response = login(&form(" hl1.abc-DEF_09 "));
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(response.headers()[header::LOCATION], "/");
+        assert_eq!(
+            response.headers()[header::SET_COOKIE],
+            "hayloft_token=hl1.abc-DEF_09; Path=/; HttpOnly; SameSite=Strict"
+        );
+        for bad in ["", "a b", "a;b=c", "x\"y"] {
+            let response = login(&form(bad));
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+            assert!(!response.headers().contains_key(header::SET_COOKIE));
+        }
+        assert_eq!(login(&[]).status(), StatusCode::BAD_REQUEST);
+        let out = logout();
+        assert_eq!(out.status(), StatusCode::SEE_OTHER);
+        assert!(
+            out.headers()[header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0")
+        );
+    }
 
     #[test]
     fn the_token_comes_from_the_bearer_header_or_the_cookie() {
