@@ -200,6 +200,75 @@ async fn an_address_bound_url_gets_one_verdict_from_every_server() {
     }
 }
 
+/// A read a non-holder proxies counts against its viewer's rate limit, at
+/// the non-holder, and not again at the holder, where every proxied read
+/// comes from the non-holder's address (its viewers would share one
+/// limit). A viewer past its own limit is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxied_reads_count_against_each_viewer_not_the_proxy() {
+    let keys = tempfile::tempdir().unwrap();
+    let ring = write_keyring(keys.path(), false);
+    let config = keys.path().join("volume.toml");
+    std::fs::write(&config, "[limits]\nhttp = { per_minute = 3 }\n").unwrap();
+    let cluster = Cluster::start_replicated(
+        &["a", "b"],
+        1,
+        &[],
+        &[
+            "--keyring",
+            ring.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let client = cluster.client().await;
+    let blob = client
+        .upload(Bytes::from_static(b"popular"), &UploadOptions::default())
+        .await
+        .unwrap();
+    let status = client.status().await.unwrap();
+    let holder = support::server_index(&support::server_of(&status, &blob.blob_id));
+    let through = format!("{}/{}", cluster.http_base(1 - holder), blob.blob_id);
+    // Ten viewers, two reads each, all through the non-holder: each within
+    // its own limit, so all served (the holder saw twenty from one address).
+    for viewer in 2..12 {
+        for _ in 0..2 {
+            let read = get_from(&format!("127.0.0.{viewer}"), &through).await;
+            assert_eq!(read.status(), StatusCode::OK, "viewer 127.0.0.{viewer}");
+            assert_eq!(read.bytes().await.unwrap().as_ref(), b"popular");
+        }
+    }
+    // One viewer past its limit: refused, by the non-holder.
+    let statuses: Vec<StatusCode> = {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(get_from("127.0.0.20", &through).await.status());
+        }
+        statuses
+    };
+    assert_eq!(statuses[..3], [StatusCode::OK; 3], "{statuses:?}");
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+    // A proxied read whose vouch is not the cluster's is counted as usual
+    // (against the address it came from).
+    let at_holder = format!("{}/{}", cluster.http_base(holder), blob.blob_id);
+    let mut last = StatusCode::OK;
+    for _ in 0..4 {
+        last = reqwest::Client::builder()
+            .local_address("127.0.0.30".parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+            .get(&at_holder)
+            .header("x-hayloft-proxied", "1")
+            .header(hayloft_access::viewer::VIEWER_HEADER, "127.0.0.31")
+            .send()
+            .await
+            .unwrap()
+            .status();
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}
+
 /// Every refusal line of the audit log says why: refusals of the token
 /// gate, and those a method decides once it knows the collection (Assign,
 /// Read, Stat, Delete and SignUrl narrowed to it; a write grant for

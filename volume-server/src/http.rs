@@ -413,9 +413,26 @@ async fn handle(
             .unwrap_or("-")
     );
     let mut served = Served::default();
+    // A read another server proxied here: the viewer it vouches for (so a
+    // URL bound to the viewer's address is checked against the viewer). The
+    // proxying server counted the viewer against its own rate limit: the
+    // read is not counted again here, where the address is the proxy's
+    // (all its viewers would share one limit).
+    let vouched = match &state.access {
+        Some(access)
+            if request
+                .headers()
+                .contains_key(hayloft_access::viewer::VIEWER_HEADER) =>
+        {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            access.vouched_viewer(request.headers(), path)
+        }
+        _ => None,
+    };
     // The client (behind trusted proxies, the address they name), and its
     // rate limit.
     let (peer, limited) = match (&state.limits, peer) {
+        _ if vouched.is_some() => (vouched, None),
         (Some(limits), Some(ip)) => {
             let client = if limits.trusts_proxies() {
                 let forwarded = request
@@ -429,19 +446,6 @@ async fn handle(
             (Some(client), limits.check_http(client).err())
         }
         _ => (peer, None),
-    };
-    // A read another server proxied here: the viewer it vouches for (so a
-    // URL bound to the viewer's address is checked against the viewer).
-    let peer = match &state.access {
-        Some(access)
-            if request
-                .headers()
-                .contains_key(hayloft_access::viewer::VIEWER_HEADER) =>
-        {
-            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            access.vouched_viewer(request.headers(), path).or(peer)
-        }
-        _ => peer,
     };
     let local = match limited {
         Some(limited) => Local::Done(too_many(&limited)),
