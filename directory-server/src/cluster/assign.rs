@@ -1,0 +1,345 @@
+//! Handing out needle ids: which volume takes a write, and creating new
+//! volumes where placement says.
+
+use super::*;
+
+impl Cluster {
+    pub(super) fn writable(
+        &self,
+        inner: &Inner,
+        entry: &VolumeEntry,
+        collection: &str,
+        count: u64,
+    ) -> bool {
+        let row = &entry.row;
+        row.collection == collection
+            && row.state == VolumeState::Writable as i32
+            && (entry.block.end - entry.block.start >= count
+                || row.needle_high_water.max(1) + count <= MAX_SEQ + 1)
+            && self.volume_health(inner, row) == VolumeHealth::Ok
+            && !Self::moving(inner, row.id)
+            && row.status.as_ref().is_none_or(|s| {
+                !s.sealed
+                    && (s.file_bytes as f64) < s.max_bytes as f64 * self.config.volume_full_ratio
+            })
+            // No copy on a disk at its free-space reserve.
+            && !row.replicas.iter().any(|id| {
+                inner
+                    .reported
+                    .get(id)
+                    .and_then(|v| v.get(&row.id))
+                    .is_some_and(|s| !s.paused.is_empty())
+            })
+    }
+
+    /// Number of writable volumes in a collection.
+    pub fn writable_count(&self, collection: &str) -> usize {
+        let inner = self.inner.lock();
+        inner
+            .volumes
+            .values()
+            .filter(|e| self.writable(&inner, e, collection, 1))
+            .count()
+    }
+
+    /// Hands out `count` blob ids in a writable volume of `collection`, or
+    /// `None` if there is no such volume. Ids come from a block this node
+    /// reserved through the Raft log; a new block is committed before any id
+    /// in it is handed out.
+    pub async fn assign(
+        &self,
+        collection: &str,
+        count: u32,
+    ) -> Result<Option<(Vec<AssignedBlob>, Vec<ServerLocation>)>> {
+        let count = u64::from(count);
+        for _ in 0..3 {
+            let (volume_id, locations) = {
+                let mut inner = self.inner.lock();
+                let Some((volume_id, locations)) = self.pick_volume(&mut inner, collection, count)
+                else {
+                    return Ok(None);
+                };
+                let entry = inner
+                    .volumes
+                    .get_mut(&volume_id)
+                    .ok_or(Error::Corrupt("volume vanished"))?;
+                if entry.block.end - entry.block.start >= count {
+                    let first = entry.block.start;
+                    entry.block.start += count;
+                    return Ok(Some((blobs(volume_id, first, count), locations)));
+                }
+                (volume_id, locations)
+            };
+            let reserved = self
+                .propose(Command::ReserveNeedles {
+                    volume_id,
+                    count: count + NEEDLE_BLOCK,
+                    at_least: count,
+                })
+                .await?;
+            match reserved {
+                Applied::Needles { first, end } => {
+                    let mut inner = self.inner.lock();
+                    if let Some(entry) = inner.volumes.get_mut(&volume_id) {
+                        // Keep whichever block has more left (the other's
+                        // ids are never handed out).
+                        let rest = first + count..end;
+                        if rest.end - rest.start > entry.block.end - entry.block.start {
+                            entry.block = rest;
+                        }
+                    }
+                    return Ok(Some((blobs(volume_id, first, count), locations)));
+                }
+                Applied::Refused(reason) => {
+                    tracing::debug!(volume = volume_id, %reason, "needle reservation refused");
+                }
+                other => return Err(Error::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Picks a writable volume of `collection` with room for `count` ids,
+    /// and every copy's location, the primary of this write first:
+    /// primaries take turns, so forwarding work is shared by the copies.
+    pub(super) fn pick_volume(
+        &self,
+        inner: &mut Inner,
+        collection: &str,
+        count: u64,
+    ) -> Option<(u32, Vec<ServerLocation>)> {
+        let candidates: Vec<u32> = inner
+            .volumes
+            .values()
+            .filter(|e| self.writable(inner, e, collection, count))
+            .map(|e| e.row.id)
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        inner.round_robin = inner.round_robin.wrapping_add(1);
+        let volume_id = candidates[inner.round_robin % candidates.len()];
+        let mut locations: Vec<ServerLocation> = inner.volumes[&volume_id]
+            .row
+            .replicas
+            .iter()
+            .filter_map(|id| inner.servers.get(id)?.location.clone())
+            .collect();
+        if !locations.is_empty() {
+            let turn = inner.round_robin / candidates.len() % locations.len();
+            locations.rotate_left(turn);
+        }
+        Some((volume_id, locations))
+    }
+
+    /// Copies a new volume of `collection` gets.
+    pub fn replication_for(&self, collection: &str) -> usize {
+        self.config.replication_for(collection)
+    }
+
+    /// Reserves a volume id and places its copies: distinct live servers,
+    /// spread over zones, then racks, then the most free space on `tier`.
+    /// With too few live servers nothing is reserved and the error says why
+    /// (also shown by `status` until a creation succeeds).
+    pub async fn plan_new_volume(&self, tier: Tier, collection: &str) -> Result<NewVolume> {
+        let servers = self.place_new_volume(tier, collection)?;
+        let volume_id = match self.propose(Command::AllocateVolumeId).await? {
+            Applied::VolumeId(id) => id,
+            Applied::Refused(reason) => return Err(Error::Unavailable(reason)),
+            other => return Err(Error::Unexpected(format!("{other:?}"))),
+        };
+        self.inner.lock().creating.insert(volume_id);
+        Ok(NewVolume { volume_id, servers })
+    }
+
+    pub(super) fn place_new_volume(
+        &self,
+        tier: Tier,
+        collection: &str,
+    ) -> Result<Vec<ServerLocation>> {
+        let copies = self.replication_for(collection);
+        let mut inner = self.inner.lock();
+        let candidates = self.candidates(&inner, tier);
+        let chosen =
+            match placement::place(&candidates, &[], copies, u64::from(inner.next_volume_id)) {
+                Ok(chosen) => chosen,
+                Err(e) => {
+                    let reason = if inner.servers.values().any(|s| self.alive(s)) {
+                        format!("cannot create a volume of collection {collection:?}: {e}")
+                    } else {
+                        "no volume server is alive".to_owned()
+                    };
+                    inner
+                        .problems
+                        .insert(collection.to_owned(), (now_unix(), reason.clone()));
+                    return Err(Error::Unavailable(reason));
+                }
+            };
+        Ok(chosen
+            .iter()
+            .filter_map(|id| inner.servers.get(id)?.location.clone())
+            .collect())
+    }
+
+    /// Live servers as placement candidates for a volume on `tier`.
+    pub(super) fn candidates(&self, inner: &Inner, tier: Tier) -> Vec<Candidate> {
+        let mut copies: HashMap<&str, u64> = HashMap::new();
+        for entry in inner.volumes.values() {
+            for id in &entry.row.replicas {
+                *copies.entry(id.as_str()).or_default() += 1;
+            }
+        }
+        inner
+            .servers
+            .values()
+            .filter(|s| self.alive(s))
+            .filter_map(|s| {
+                let location = s.location.as_ref()?;
+                if inner.suspects.contains(&location.server_id) {
+                    return None;
+                }
+                let free_bytes = match tier {
+                    Tier::Warm => s.free_warm_bytes,
+                    _ => s.free_hot_bytes,
+                };
+                // No room above its free-space reserve: no new copies.
+                if free_bytes == 0 {
+                    return None;
+                }
+                Some(Candidate {
+                    server_id: location.server_id.clone(),
+                    zone: site(&location.zone),
+                    rack: site(&location.rack),
+                    free_bytes,
+                    volumes: copies
+                        .get(location.server_id.as_str())
+                        .copied()
+                        .unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Records a volume whose copies have just been created on `servers`
+    /// (taken as present for [`JUST_CREATED_SECS`] even by a heartbeat that
+    /// leaves them out: it may have been sent before the creation).
+    pub async fn register_volume(
+        &self,
+        volume_id: u32,
+        collection: &str,
+        tier: Tier,
+        servers: &[String],
+    ) -> Result<()> {
+        let row = VolumeRow {
+            id: volume_id,
+            collection: collection.to_owned(),
+            tier: tier as i32,
+            state: VolumeState::Writable as i32,
+            server_id: servers.first().cloned().unwrap_or_default(),
+            needle_high_water: 1,
+            created_at: now_unix(),
+            status: None,
+            replicas: servers.to_vec(),
+            replication: servers.len() as u32,
+            stale: Vec::new(),
+        };
+        self.propose(Command::CreateVolume {
+            row: row.encode_to_vec(),
+        })
+        .await?;
+        let mut inner = self.inner.lock();
+        inner.creating.remove(&volume_id);
+        inner.problems.remove(collection);
+        for server in servers {
+            // Created a moment ago: present until a heartbeat says otherwise.
+            inner.reported.entry(server.clone()).or_default().insert(
+                volume_id,
+                VolumeStatus {
+                    volume_id,
+                    collection: collection.to_owned(),
+                    tier: tier as i32,
+                    ..VolumeStatus::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Forgets a volume id whose creation failed (the id is never reused);
+    /// `unreachable` servers are left out of placement until they send a
+    /// heartbeat again.
+    pub fn abandon_volume(&self, volume_id: u32, unreachable: &[String]) {
+        let mut inner = self.inner.lock();
+        inner.creating.remove(&volume_id);
+        inner.abandoned.insert(volume_id);
+        inner.suspects.extend(unreachable.iter().cloned());
+    }
+
+    /// Live servers that could take a copy of a volume on `tier`.
+    pub fn placement_candidates(&self, tier: Tier) -> Vec<Candidate> {
+        let inner = self.inner.lock();
+        self.candidates(&inner, tier)
+    }
+
+    /// The collection of a volume, if the directory knows it.
+    pub fn volume_collection(&self, volume_id: u32) -> Option<String> {
+        let inner = self.inner.lock();
+        inner
+            .volumes
+            .get(&volume_id)
+            .map(|entry| entry.row.collection.clone())
+    }
+
+    /// Where each volume lives, for volume ids and blob/needle ids.
+    pub fn lookup(&self, volume_ids: &[u32], blob_ids: &[String]) -> Result<Vec<VolumeLocation>> {
+        let mut wanted: Vec<u32> = volume_ids.to_vec();
+        for id in blob_ids {
+            let blob = match id.parse::<BlobId>() {
+                Ok(blob) => blob.volume().0,
+                Err(_) => u64::from_str_radix(id, 16)
+                    .map(|needle| (needle >> 32) as u32)
+                    .map_err(|_| {
+                        Error::InvalidArgument(format!("malformed blob or needle id {id:?}"))
+                    })?,
+            };
+            wanted.push(blob);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let inner = self.inner.lock();
+        Ok(wanted
+            .into_iter()
+            .filter_map(|id| inner.volumes.get(&id))
+            .map(|entry| {
+                let replicas = self.replicas(&inner, &entry.row);
+                VolumeLocation {
+                    volume_id: entry.row.id,
+                    tier: entry.row.tier,
+                    state: entry.row.state,
+                    locations: Self::read_locations(&replicas),
+                    health: self.volume_health(&inner, &entry.row) as i32,
+                    replicas,
+                    collection: Some(entry.row.collection.clone()),
+                }
+            })
+            .collect())
+    }
+}
+
+/// `count` blob ids from sequence `first` of a volume, with fresh cookies.
+pub(super) fn blobs(volume_id: u32, first: u64, count: u64) -> Vec<AssignedBlob> {
+    let mut rng = rand::rng();
+    (first..first + count)
+        .map(|seq| {
+            let needle = needle_in(VolumeId(volume_id), seq as u32);
+            let cookie = Cookie(rng.random());
+            AssignedBlob {
+                blob_id: BlobId { needle, cookie }.to_string(),
+                volume_id,
+                needle_id: needle.0,
+                cookie: cookie.0,
+                grant: String::new(),
+            }
+        })
+        .collect()
+}

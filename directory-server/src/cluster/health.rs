@@ -1,0 +1,205 @@
+//! How each copy and each volume is doing, as the leader sees it.
+
+use super::*;
+
+impl Cluster {
+    pub(super) fn alive(&self, server: &ServerRow) -> bool {
+        now_unix().saturating_sub(server.last_heartbeat) <= self.config.dead_after.as_secs()
+    }
+
+    /// How one copy of `row` is doing.
+    pub(super) fn replica_health(
+        &self,
+        inner: &Inner,
+        row: &VolumeRow,
+        server_id: &str,
+    ) -> ReplicaHealth {
+        if !inner.servers.get(server_id).is_some_and(|s| self.alive(s)) {
+            ReplicaHealth::Down
+        } else if inner
+            .reported
+            .get(server_id)
+            // No heartbeat since this directory started: the copy is taken
+            // to be as it was (the next pulse says).
+            .is_some_and(|volumes| !volumes.contains_key(&row.id))
+            // Registered a moment ago, its copies not yet recorded as
+            // reported (`register_volume` records them right after the
+            // Raft entry applies): a heartbeat answered in between must not
+            // call the new volume degraded, or its first writes are refused.
+            && !inner.creating.contains(&row.id)
+        {
+            ReplicaHealth::Missing
+        } else if row.stale.iter().any(|s| s == server_id) {
+            ReplicaHealth::Stale
+        } else {
+            ReplicaHealth::Ok
+        }
+    }
+
+    /// Copies `row` should have.
+    pub(super) fn desired_copies(row: &VolumeRow) -> usize {
+        row.replication.max(1) as usize
+    }
+
+    /// OK when every copy it should have is healthy.
+    pub(super) fn volume_health(&self, inner: &Inner, row: &VolumeRow) -> VolumeHealth {
+        let healthy = row
+            .replicas
+            .iter()
+            .filter(|id| self.replica_health(inner, row, id) == ReplicaHealth::Ok)
+            .count();
+        if healthy >= row.replicas.len().max(Self::desired_copies(row)) {
+            VolumeHealth::Ok
+        } else {
+            VolumeHealth::Degraded
+        }
+    }
+
+    /// Every copy of `row` with its health, in placement order.
+    pub(super) fn replicas(&self, inner: &Inner, row: &VolumeRow) -> Vec<Replica> {
+        row.replicas
+            .iter()
+            .map(|id| Replica {
+                location: Some(
+                    inner
+                        .servers
+                        .get(id)
+                        .and_then(|s| s.location.clone())
+                        .unwrap_or_else(|| ServerLocation {
+                            server_id: id.clone(),
+                            ..ServerLocation::default()
+                        }),
+                ),
+                health: self.replica_health(inner, row, id) as i32,
+                needles: inner
+                    .reported
+                    .get(id)
+                    .and_then(|v| v.get(&row.id))
+                    .map_or(0, |s| s.needles),
+                status: inner.reported.get(id).and_then(|v| v.get(&row.id)).cloned(),
+            })
+            .collect()
+    }
+
+    /// Where to read `row` from: healthy copies; else stale ones and ones
+    /// the last heartbeat left out (a stale copy may lack recent deletes, and
+    /// a copy may be left out of one heartbeat in the middle of a tier move,
+    /// so they are read only when nothing better is alive).
+    pub(super) fn read_locations(replicas: &[Replica]) -> Vec<ServerLocation> {
+        let pick = |wanted: &[ReplicaHealth]| {
+            replicas
+                .iter()
+                .filter(|r| wanted.iter().any(|h| r.health == *h as i32))
+                .filter_map(|r| r.location.clone())
+                .collect::<Vec<_>>()
+        };
+        let healthy = pick(&[ReplicaHealth::Ok]);
+        if healthy.is_empty() {
+            pick(&[ReplicaHealth::Stale, ReplicaHealth::Missing])
+        } else {
+            healthy
+        }
+    }
+
+    /// True while a copy of `volume_id` moves to another server (a `move`
+    /// repair job is open): the volume takes no new writes meanwhile.
+    pub(super) fn moving(inner: &Inner, volume_id: u32) -> bool {
+        inner
+            .repair_jobs
+            .get(&volume_id)
+            .is_some_and(|job| job.kind == "move")
+    }
+
+    /// Waits until every server in `servers` has sent a heartbeat at least
+    /// two seconds after `since` (Unix seconds): its answer told it what
+    /// the directory knew at `since`. False after `within`.
+    pub async fn heard_from_since(&self, servers: &[String], since: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let heard = {
+                let inner = self.inner.lock();
+                servers.iter().all(|id| {
+                    inner
+                        .servers
+                        .get(id)
+                        .is_some_and(|s| s.last_heartbeat > since + 1)
+                })
+            };
+            if heard {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Degraded volumes with the health of each copy, for repair.
+    pub fn degraded_volumes(&self) -> Vec<RepairView> {
+        self.volume_views(false)
+    }
+
+    /// Every volume as repair sees it (`all`), or only the degraded ones.
+    pub fn volume_views(&self, all: bool) -> Vec<RepairView> {
+        let inner = self.inner.lock();
+        let now = now_unix();
+        inner
+            .volumes
+            .values()
+            .filter(|e| all || self.volume_health(&inner, &e.row) != VolumeHealth::Ok)
+            .map(|e| {
+                let replicas: Vec<RepairReplica> = self
+                    .replicas(&inner, &e.row)
+                    .into_iter()
+                    .map(|r| {
+                        let location = r.location.unwrap_or_default();
+                        let down_for = inner
+                            .servers
+                            .get(&location.server_id)
+                            .map_or(u64::MAX, |s| now.saturating_sub(s.last_heartbeat));
+                        let status = r.status.unwrap_or_default();
+                        RepairReplica {
+                            health: ReplicaHealth::try_from(r.health).unwrap_or_default(),
+                            location,
+                            down_for,
+                            tier: Tier::try_from(status.tier).unwrap_or_default(),
+                            state: VolumeState::try_from(status.state).unwrap_or_default(),
+                        }
+                    })
+                    .collect();
+                // The tier a new copy is made on: that of the local copies.
+                let tier = replicas
+                    .iter()
+                    .map(|r| r.tier)
+                    .find(|t| matches!(t, Tier::Hot | Tier::Warm))
+                    .unwrap_or_else(|| Tier::try_from(e.row.tier).unwrap_or(Tier::Hot));
+                RepairView {
+                    volume_id: e.row.id,
+                    collection: e.row.collection.clone(),
+                    tier,
+                    desired: Self::desired_copies(&e.row),
+                    healthy: self.volume_health(&inner, &e.row) == VolumeHealth::Ok,
+                    replicas,
+                }
+            })
+            .collect()
+    }
+
+    /// A server's addresses, as it last reported them.
+    pub fn server_location(&self, server_id: &str) -> Option<ServerLocation> {
+        self.inner.lock().servers.get(server_id)?.location.clone()
+    }
+
+    /// True once this leader has led for `dead_after`: every live server
+    /// has reported since, and a server that has not counts as down. Until
+    /// then a copy of a silent server is taken to be present, so nothing is
+    /// concluded from a volume looking whole.
+    pub fn settled(&self) -> bool {
+        let inner = self.inner.lock();
+        // Strictly more than `dead_after`: until then a silent server still
+        // counts as alive (see `alive`, and `lead` setting its heartbeat).
+        inner.led_term != 0
+            && now_unix().saturating_sub(inner.led_at) > self.config.dead_after.as_secs()
+    }
+}

@@ -1,0 +1,233 @@
+//! The directory's in-memory view of the cluster: the Raft state machine
+//! (backed by [`Db`]) plus the leader's soft state.
+//!
+//! One `parking_lot::Mutex` guards it: every operation is a few map lookups;
+//! no `.await` happens while it is held. A change to replicated state is
+//! decided by the leader under the lock, proposed as a [`Command`] after
+//! releasing it, and made by [`Cluster::apply`] on every node once
+//! committed. Soft state (heartbeat times, free space, volume stats, what
+//! each server reported) changes on the leader alone, and is set afresh when
+//! a node becomes leader.
+//!
+//! The rooms, each an `impl Cluster` over the same state: `assign` (ids and
+//! new volumes), `heartbeat`, `health` (each copy's and volume's), `repairs`
+//! (repair jobs, replica sets, extra copies), `revoke` (revoked tokens),
+//! `report` (status, capacity, gauges), `group` (proposing through Raft,
+//! leadership, the state machine's entry points) and `state` (the apply
+//! function over a RocksDB batch).
+
+mod assign;
+mod group;
+mod health;
+mod heartbeat;
+mod repairs;
+mod report;
+mod revoke;
+mod state;
+#[cfg(test)]
+mod tests;
+
+// Shared by the rooms (each takes `super::*`).
+use state::{apply_command, json};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hayloft_proto::{
+    AssignedBlob, HeartbeatRequest, Replica, ReplicaHealth, ServerLocation, ServerStatus,
+    StatusResponse, Tier, VolumeHealth, VolumeLocation, VolumeRecord, VolumeReplicas, VolumeState,
+    VolumeStatus,
+};
+use hayloft_storage::types::needle_in;
+use hayloft_storage::{BlobId, Cookie, VolumeId};
+use openraft::{BasicNode, EntryPayload, LogId, StoredMembership};
+use parking_lot::Mutex;
+use prost::Message;
+use rand::Rng;
+use rocksdb::WriteBatch;
+
+use crate::DirectoryConfig;
+use crate::consensus::{Applied, Command, Raft, TypeConfig};
+use crate::db::{self, Db, RepairJobRow, ServerRow, VolumeRow};
+use crate::error::{Error, Result};
+use crate::placement::{self, Candidate};
+
+/// Needle ids are reserved through the Raft log this many at a time, so
+/// allocation costs one commit per block rather than per upload.
+pub const NEEDLE_BLOCK: u64 = 100_000;
+
+/// Largest sequence number in a volume (needle ids are `volume << 32 | seq`).
+const MAX_SEQ: u64 = u32::MAX as u64;
+
+/// How long after its creation a copy a heartbeat leaves out is still
+/// taken as present (the heartbeat may have been sent before it existed).
+pub const JUST_CREATED_SECS: u64 = 15;
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct VolumeEntry {
+    row: VolumeRow,
+    /// Soft: sequence numbers this node reserved and has not handed out
+    /// yet. Nobody else ever hands them out (each reservation starts at the
+    /// committed high-water mark), so a leader may use them in any term;
+    /// lost on a restart, never reused.
+    block: std::ops::Range<u64>,
+}
+
+impl VolumeEntry {
+    fn new(row: VolumeRow) -> VolumeEntry {
+        VolumeEntry { row, block: 0..0 }
+    }
+}
+
+struct Inner {
+    servers: HashMap<String, ServerRow>,
+    /// Soft state: the volumes each server reported in its last heartbeat
+    /// (or was just asked to create). Rebuilt from heartbeats after a
+    /// restart; until a server's first one, its copies count as present.
+    reported: HashMap<String, HashMap<u32, VolumeStatus>>,
+    /// Soft state: copies reported by servers outside their volume's replica
+    /// set (left behind by a repair): removed once the volume is healthy.
+    extras: HashSet<(u32, String)>,
+    /// Soft state: volume ids whose creation failed (their copies are being
+    /// deleted; a heartbeat that still reports one is not an adoption).
+    abandoned: HashSet<u32>,
+    /// Soft state: servers that could not be reached to create a volume,
+    /// left out of placement until their next heartbeat.
+    suspects: HashSet<String>,
+    /// Soft state: why the last volume creation of a collection failed
+    /// (Unix seconds, reason), cleared by the next success.
+    problems: BTreeMap<String, (u64, String)>,
+    /// Volume ids reserved by [`Cluster::plan_new_volume`] whose creation is
+    /// in flight: heartbeats may report them before they are registered.
+    creating: HashSet<u32>,
+    volumes: BTreeMap<u32, VolumeEntry>,
+    /// Repairs started and not ended, by volume (replicated).
+    repair_jobs: BTreeMap<u32, RepairJobRow>,
+    /// Revoked token ids and when each may be forgotten (replicated).
+    revoked: BTreeMap<String, u64>,
+    next_volume_id: u32,
+    round_robin: usize,
+    /// The last Raft entry applied, and the membership it left.
+    applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    /// The term whose leadership the soft state was set up for.
+    led_term: u64,
+    /// Unix seconds when this node's soft state was set up for `led_term`.
+    led_at: u64,
+}
+
+/// A degraded volume as repair sees it.
+#[derive(Debug, Clone)]
+pub struct RepairView {
+    /// The volume.
+    pub volume_id: u32,
+    /// Its collection.
+    pub collection: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// Copies it should have.
+    pub desired: usize,
+    /// True if every copy it should have is healthy.
+    pub healthy: bool,
+    /// Every copy.
+    pub replicas: Vec<RepairReplica>,
+}
+
+/// One copy of a degraded volume.
+#[derive(Debug, Clone)]
+pub struct RepairReplica {
+    /// Where it is.
+    pub location: ServerLocation,
+    /// How it is.
+    pub health: ReplicaHealth,
+    /// Seconds since its server's last heartbeat.
+    pub down_for: u64,
+    /// Its tier and state as its server last reported them (unspecified
+    /// before the first report).
+    pub tier: Tier,
+    /// Its state.
+    pub state: VolumeState,
+}
+
+/// A snapshot's bytes, last log id and membership.
+pub(crate) type SnapshotParts = (
+    Vec<u8>,
+    Option<LogId<u64>>,
+    StoredMembership<u64, BasicNode>,
+);
+
+/// The problem status names for a server (`who`) holding a stale key ring.
+pub fn stale_ring_problem(who: &str, why: &str) -> String {
+    format!(
+        "{who}: its key ring did not reload ({why}); it keeps the previous keys, so a key \
+         removed from the file still verifies there (fix the file, or use `hayloft keyring remove`)"
+    )
+}
+
+/// A zone or rack name as placement sees it ("" is "default").
+pub(crate) fn site(name: &str) -> String {
+    if name.is_empty() {
+        "default".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
+/// The cluster map.
+pub struct Cluster {
+    db: std::sync::Arc<Db>,
+    config: DirectoryConfig,
+    inner: Mutex<Inner>,
+    /// This node's id in the directory group.
+    node_id: u64,
+    /// The Raft node (set once it is started).
+    raft: std::sync::OnceLock<Raft>,
+    /// Serialises changes that are checked against the state before being
+    /// proposed (a copy leaving or joining a replica set).
+    changes: tokio::sync::Mutex<()>,
+    /// The revoked token ids, for the token gate (kept equal to
+    /// `inner.revoked`).
+    revocations: std::sync::Arc<hayloft_access::grpc::Revoked>,
+}
+
+/// A volume to create: its id, and the servers to create its copies on.
+pub struct NewVolume {
+    /// The id reserved for it.
+    pub volume_id: u32,
+    /// Where to create its copies, in placement order.
+    pub servers: Vec<ServerLocation>,
+}
+impl Cluster {
+    /// Loads the cluster from the database; `node_id` is this node's id in
+    /// the directory group.
+    pub fn load(db: std::sync::Arc<Db>, config: DirectoryConfig, node_id: u64) -> Result<Cluster> {
+        let snapshot = db.load()?;
+        let inner = Inner::from_snapshot(snapshot)?;
+        let revocations = std::sync::Arc::new(hayloft_access::grpc::Revoked::default());
+        revocations.set(inner.revoked.keys().cloned());
+        Ok(Cluster {
+            db,
+            config,
+            revocations,
+            inner: Mutex::new(inner),
+            node_id,
+            raft: std::sync::OnceLock::new(),
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// This node's id in the directory group.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Flushes the database (on shutdown).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()
+    }
+}

@@ -1,0 +1,207 @@
+//! What the directory reports: status, capacity history, gauges.
+
+use super::*;
+
+impl Cluster {
+    /// Everything, for operators.
+    pub fn status(&self) -> StatusResponse {
+        let inner = self.inner.lock();
+        let mut servers: Vec<ServerStatus> = inner
+            .servers
+            .values()
+            .map(|s| ServerStatus {
+                location: s.location.clone(),
+                alive: self.alive(s),
+                last_heartbeat: s.last_heartbeat,
+                free_hot_bytes: s.free_hot_bytes,
+                free_warm_bytes: s.free_warm_bytes,
+                keyring_problem: s.keyring_problem.clone(),
+            })
+            .collect();
+        servers.sort_by(|a, b| {
+            let id = |s: &ServerStatus| s.location.as_ref().map(|l| l.server_id.clone());
+            id(a).cmp(&id(b))
+        });
+        let volumes: Vec<VolumeRecord> = inner
+            .volumes
+            .values()
+            .map(|e| (e, inner.repair_jobs.get(&e.row.id)))
+            .map(|(e, job)| VolumeRecord {
+                status: Some(e.row.status.clone().unwrap_or_else(|| VolumeStatus {
+                    volume_id: e.row.id,
+                    collection: e.row.collection.clone(),
+                    tier: e.row.tier,
+                    ..VolumeStatus::default()
+                })),
+                state: e.row.state,
+                server_id: e.row.server_id.clone(),
+                replicas: self.replicas(&inner, &e.row),
+                health: self.volume_health(&inner, &e.row) as i32,
+                replication: e.row.replication,
+                repairing: job.is_some(),
+                // Filled in by the service (from heartbeats).
+                repair_progress: 0.0,
+                repair_target: job.map(|j| j.target.clone()).unwrap_or_default(),
+                repair_started_at: job.map_or(0, |j| j.started_at),
+            })
+            .collect();
+        // A problem older than a few pulses was about servers that may have
+        // come since; the next creation attempt says again if not.
+        let recent = now_unix().saturating_sub(self.config.dead_after.as_secs() * 4);
+        let mut problems: Vec<String> = inner
+            .problems
+            .values()
+            .filter(|(at, _)| *at >= recent)
+            .map(|(_, reason)| reason.clone())
+            .collect();
+        // Servers whose key ring did not reload: a key removed from the
+        // file (a revocation) still verifies there.
+        for server in servers
+            .iter()
+            .filter(|s| s.alive && !s.keyring_problem.is_empty())
+        {
+            let id = server
+                .location
+                .as_ref()
+                .map_or("?", |l| l.server_id.as_str());
+            problems.push(stale_ring_problem(
+                &format!("server {id}"),
+                &server.keyring_problem,
+            ));
+        }
+        // Copies that refuse writes against their will (an fsync failed),
+        // or for now (their disk is at its free-space reserve).
+        for volume in &volumes {
+            for replica in &volume.replicas {
+                if let (Some(status), Some(location)) = (&replica.status, &replica.location) {
+                    for why in [&status.fault, &status.paused] {
+                        if !why.is_empty() {
+                            problems.push(format!(
+                                "volume {} on {}: {why}",
+                                status.volume_id, location.server_id
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        StatusResponse {
+            servers,
+            volumes,
+            problems,
+            replication: self.config.replication.max(1) as u32,
+            // Filled in by the service (it knows the planner).
+            below_spread: 0,
+        }
+    }
+
+    /// Bytes per tier (and per storage class in the cold tier) and free
+    /// bytes per local tier, now.
+    pub fn capacity_sample(&self) -> hayloft_proto::CapacitySample {
+        let inner = self.inner.lock();
+        let mut sample = hayloft_proto::CapacitySample {
+            at: now_unix(),
+            ..Default::default()
+        };
+        for tier in ["hot", "warm"] {
+            sample.used_bytes.insert(tier.into(), 0);
+        }
+        for entry in inner.volumes.values() {
+            let Some(status) = &entry.row.status else {
+                continue;
+            };
+            // Local tiers hold one file per copy; a cold volume is one object.
+            let copies = entry.row.replicas.len().max(1) as u64;
+            let (key, bytes) = match Tier::try_from(status.tier) {
+                Ok(Tier::Cold) if status.storage_class.is_empty() => {
+                    ("STANDARD".to_owned(), status.file_bytes)
+                }
+                Ok(Tier::Cold) => (status.storage_class.clone(), status.file_bytes),
+                Ok(Tier::Warm) => ("warm".to_owned(), status.file_bytes * copies),
+                _ => ("hot".to_owned(), status.file_bytes * copies),
+            };
+            *sample.used_bytes.entry(key).or_default() += bytes;
+        }
+        for server in inner.servers.values().filter(|s| self.alive(s)) {
+            *sample.free_bytes.entry("hot".into()).or_default() += server.free_hot_bytes;
+            *sample.free_bytes.entry("warm".into()).or_default() += server.free_warm_bytes;
+        }
+        sample
+    }
+
+    /// Records a capacity sample in the history, keeping `retention` of it.
+    pub async fn record_capacity(&self, retention: std::time::Duration) -> Result<()> {
+        let sample = self.capacity_sample();
+        self.propose(Command::RecordCapacity {
+            keep_since: sample.at.saturating_sub(retention.as_secs()),
+            sample: sample.encode_to_vec(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The history since `since`, with a sample of now at the end.
+    pub fn capacity(&self, since: u64) -> Result<Vec<hayloft_proto::CapacitySample>> {
+        let mut samples = self.db.samples(since)?;
+        samples.push(self.capacity_sample());
+        Ok(samples)
+    }
+
+    /// Volumes in this node's map.
+    pub fn volume_count(&self) -> usize {
+        self.inner.lock().volumes.len()
+    }
+
+    /// Updates the cluster gauges: `hayloft_directory_servers{alive}`,
+    /// `hayloft_directory_volumes{tier,state}`, `hayloft_directory_bytes{tier}`.
+    pub fn update_gauges(&self) {
+        let inner = self.inner.lock();
+        let alive = inner.servers.values().filter(|s| self.alive(s)).count();
+        metrics::gauge!("hayloft_directory_servers", "alive" => "true").set(alive as f64);
+        metrics::gauge!("hayloft_directory_servers", "alive" => "false")
+            .set((inner.servers.len() - alive) as f64);
+        let mut volumes: HashMap<(i32, i32), u64> = HashMap::new();
+        let mut bytes: HashMap<i32, u64> = HashMap::new();
+        let mut degraded = 0u64;
+        for entry in inner.volumes.values() {
+            if self.volume_health(&inner, &entry.row) != VolumeHealth::Ok {
+                degraded += 1;
+            }
+            *volumes
+                .entry((entry.row.tier, entry.row.state))
+                .or_default() += 1;
+            *bytes.entry(entry.row.tier).or_default() +=
+                entry.row.status.as_ref().map_or(0, |s| s.file_bytes);
+        }
+        metrics::gauge!("hayloft_directory_volumes_by_health", "health" => "ok")
+            .set((inner.volumes.len() as u64 - degraded) as f64);
+        metrics::gauge!("hayloft_directory_volumes_by_health", "health" => "degraded")
+            .set(degraded as f64);
+        for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
+            let name = tier
+                .as_str_name()
+                .trim_start_matches("TIER_")
+                .to_ascii_lowercase();
+            for state in [
+                VolumeState::Writable,
+                VolumeState::Sealed,
+                VolumeState::Moving,
+                VolumeState::Cold,
+                VolumeState::Restoring,
+            ] {
+                let state_name = state
+                    .as_str_name()
+                    .trim_start_matches("VOLUME_STATE_")
+                    .to_ascii_lowercase();
+                let count = volumes
+                    .get(&(tier as i32, state as i32))
+                    .copied()
+                    .unwrap_or(0);
+                metrics::gauge!("hayloft_directory_volumes", "tier" => name.clone(), "state" => state_name)
+                    .set(count as f64);
+            }
+            metrics::gauge!("hayloft_directory_bytes", "tier" => name)
+                .set(bytes.get(&(tier as i32)).copied().unwrap_or(0) as f64);
+        }
+    }
+}
