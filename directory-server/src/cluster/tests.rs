@@ -362,3 +362,53 @@ async fn a_database_from_before_raft_is_taken_over_with_nothing_lost() {
     assert_eq!(plan.volume_id, 8);
     raft.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_extra_copy_is_kept_if_its_volume_lost_a_copy_since_the_list_was_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, raft) = cluster(dir.path()).await;
+    let status = |id| VolumeStatus {
+        volume_id: id,
+        tier: Tier::Hot as i32,
+        file_bytes: 64,
+        max_bytes: 1 << 30,
+        ..VolumeStatus::default()
+    };
+    for server in ["vs0", "vs1"] {
+        cluster
+            .heartbeat(heartbeat_of(server, vec![]))
+            .await
+            .unwrap();
+    }
+    let plan = cluster.plan_new_volume(Tier::Hot, "").await.unwrap();
+    let volume = plan.volume_id;
+    cluster
+        .register_volume(volume, "", Tier::Hot, &["vs0".to_owned()])
+        .await
+        .unwrap();
+    cluster
+        .heartbeat(heartbeat_of("vs0", vec![status(volume)]))
+        .await
+        .unwrap();
+    // vs1 holds a copy outside the replica set: an extra.
+    cluster
+        .heartbeat(heartbeat_of("vs1", vec![status(volume)]))
+        .await
+        .unwrap();
+    // Settled long ago (as after `dead_after` of leadership).
+    cluster.inner.lock().led_at = 0;
+    let listed = cluster.removable_extras();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(cluster.still_removable(volume, "vs1"));
+    // Then vs0, its only copy, goes silent: the extra is kept after all.
+    cluster
+        .inner
+        .lock()
+        .servers
+        .get_mut("vs0")
+        .unwrap()
+        .last_heartbeat = 0;
+    assert!(!cluster.still_removable(volume, "vs1"));
+    assert!(cluster.removable_extras().is_empty());
+    raft.shutdown().await.unwrap();
+}
