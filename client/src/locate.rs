@@ -1,0 +1,128 @@
+//! Where a volume's copies are (cached), and connections to them.
+
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+pub(crate) fn endpoint(credential: &hayloft_proto::Credential, addr: &str) -> Result<Endpoint> {
+    // HTTP/2 pings while a call is open: a server that hangs (paused,
+    // wedged) fails the call within a few seconds instead of holding it for
+    // ever, and the read or upload goes to another copy.
+    credential
+        .endpoint(addr)
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(2))
+                .keep_alive_timeout(Duration::from_secs(3))
+        })
+        .map_err(Error::Status)
+}
+
+/// How long a client waits for a cluster that is still starting: a directory
+/// that refuses connections, or one that answers UNAVAILABLE to `Assign` (no
+/// volume server has registered yet). Then it fails with the last error.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(10);
+
+/// Retries `call` while it fails with an error that a starting cluster gives
+/// (connection refused, UNAVAILABLE), backing off, for at most
+/// [`STARTUP_WAIT`].
+pub(crate) async fn while_starting<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T>
+where
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + STARTUP_WAIT;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(e)
+                if (matches!(e, Error::Connect { .. }) || e.code() == Some(Code::Unavailable))
+                    && Instant::now() + pause < deadline =>
+            {
+                tracing::debug!(error = %e, "cluster not ready; waiting");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Client {
+    pub(crate) fn volume_client(&self, addr: &str) -> Result<VolumeClient<AuthChannel>> {
+        let channel = {
+            let mut channels = self.channels.lock();
+            match channels.get(addr) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let channel = endpoint(&self.credential, addr)?.connect_lazy();
+                    channels.insert(addr.to_owned(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(VolumeClient::new(self.credential.channel(channel))
+            .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// Where a volume lives (cached until a read through it fails).
+    pub(crate) async fn locate(&self, volume: u32, refresh: bool) -> Result<Vec<ServerLocation>> {
+        if !refresh && let Some(found) = self.locations.lock().get(&volume) {
+            return Ok(found.clone());
+        }
+        let response = self
+            .directory
+            .call(|mut directory| async move {
+                directory
+                    .lookup(LookupRequest {
+                        volume_ids: vec![volume],
+                        blob_ids: vec![],
+                    })
+                    .await
+            })
+            .await?;
+        let locations = response
+            .volumes
+            .into_iter()
+            .find(|v| v.volume_id == volume)
+            .map(|v| v.locations)
+            .filter(|l| !l.is_empty())
+            .ok_or(Error::NoLocation(volume))?;
+        self.locations.lock().insert(volume, locations.clone());
+        Ok(locations)
+    }
+
+    /// Runs `call` against a server holding the blob's volume, looking the
+    /// volume up again if the cached server is unreachable.
+    pub(crate) async fn with_volume<T, F, Fut>(&self, blob_id: &str, call: F) -> Result<T>
+    where
+        F: Fn(VolumeClient<AuthChannel>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let volume = blob_id.parse::<BlobId>()?.volume().0;
+        let mut refresh = false;
+        loop {
+            let locations = self.locate(volume, refresh).await?;
+            let mut last_error = None;
+            for location in &locations {
+                match call(self.volume_client(&location.grpc_addr)?).await {
+                    // A copy that is down, or whose bytes failed their
+                    // checksum: the next copy answers.
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            Some(Code::Unavailable | Code::Unknown | Code::DataLoss)
+                        ) =>
+                    {
+                        last_error = Some(e)
+                    }
+                    other => return other,
+                }
+            }
+            if refresh {
+                return Err(last_error.unwrap_or(Error::NoLocation(volume)));
+            }
+            refresh = true;
+        }
+    }
+}

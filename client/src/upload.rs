@@ -1,0 +1,232 @@
+//! Uploads: one blob (whole or streamed from a file) to its id's primary copy.
+
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+/// How to store an upload.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    /// MIME type to serve it with.
+    pub content_type: String,
+    /// File name for `Content-Disposition`.
+    pub file_name: String,
+    /// Collection to write into.
+    pub collection: String,
+    /// Expire the blob after this long.
+    pub ttl: Option<Duration>,
+    /// Id to log this upload under on every server (`x-request-id`);
+    /// a random one if `None`.
+    pub request_id: Option<String>,
+}
+
+/// A stored blob.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// Its id.
+    pub blob_id: String,
+    /// Its size.
+    pub size: u64,
+    /// Its strong ETag (quoted).
+    pub etag: String,
+    /// Its URL on the volume server's HTTP origin.
+    pub url: String,
+    /// The id the servers logged the upload under.
+    pub request_id: String,
+}
+
+/// Attempts per upload (each with a fresh id) and per download.
+pub(crate) const ATTEMPTS: usize = 4;
+
+/// The messages of one `Write` call: the header, then the chunks.
+///
+/// A task reads the source into a channel of two messages, so memory stays
+/// bounded and the stream handed to tonic is `Sync` whatever the source is.
+/// A local read error ends the stream early (so the server discards the
+/// partial blob) and is handed back through `errors`.
+/// The header of a write of `size` bytes under a reserved id.
+pub(crate) fn write_header(slot: &Slot, size: u64, options: &UploadOptions) -> WriteHeader {
+    WriteHeader {
+        blob_id: slot.blob.blob_id.clone(),
+        size,
+        content_type: options.content_type.clone(),
+        file_name: options.file_name.clone(),
+        // Counted from the write, not from when the id was reserved.
+        expires_at: options
+            .ttl
+            .map_or(0, |ttl| now_unix().saturating_add(ttl.as_secs().max(1))),
+        last_modified: 0,
+        // The primary forwards the blob to every other copy.
+        replicas: slot.locations.clone(),
+        forwarded: false,
+        grant: slot.blob.grant.clone(),
+    }
+}
+
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) fn write_requests(
+    header: WriteHeader,
+    body: Body,
+    errors: tokio::sync::oneshot::Sender<std::io::Error>,
+) -> Either<stream::Iter<std::vec::IntoIter<WriteRequest>>, ReceiverStream<WriteRequest>> {
+    let header = WriteRequest {
+        part: Some(Part::Header(header)),
+    };
+    let mut chunks = match body {
+        // Nothing to read and nothing that can fail: the messages go out
+        // as they are (no task, no channel: a small upload costs one call).
+        Body::Memory(data) => {
+            let mut messages = vec![header];
+            for start in (0..data.len()).step_by(hayloft_proto::CHUNK_BYTES) {
+                let end = (start + hayloft_proto::CHUNK_BYTES).min(data.len());
+                messages.push(WriteRequest {
+                    part: Some(Part::Chunk(data.slice(start..end))),
+                });
+            }
+            return Either::Left(stream::iter(messages));
+        }
+        Body::Stream(chunks) => chunks,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        if tx.send(header).await.is_err() {
+            return;
+        }
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    if tx
+                        .send(WriteRequest {
+                            part: Some(Part::Chunk(chunk)),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = errors.send(e);
+                    return;
+                }
+            }
+        }
+    });
+    Either::Right(ReceiverStream::new(rx))
+}
+
+/// The bytes of an upload: in memory, or read as they are sent (a read
+/// error ends the upload with that error).
+pub(crate) enum Body {
+    Memory(Bytes),
+    Stream(BoxStream<'static, std::io::Result<Bytes>>),
+}
+
+/// A file's contents as a stream of chunks.
+pub(crate) fn file_chunks(path: std::path::PathBuf) -> BoxStream<'static, std::io::Result<Bytes>> {
+    let state = (None::<tokio::fs::File>, path, false);
+    Box::pin(stream::unfold(state, |(file, path, done)| async move {
+        if done {
+            return None;
+        }
+        let mut file = match file {
+            Some(file) => file,
+            None => match tokio::fs::File::open(&path).await {
+                Ok(file) => file,
+                Err(e) => return Some((Err(e), (None, path, true))),
+            },
+        };
+        let mut buffer = BytesMut::with_capacity(hayloft_proto::CHUNK_BYTES);
+        while buffer.len() < hayloft_proto::CHUNK_BYTES {
+            match file.read_buf(&mut buffer).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Some((Err(e), (None, path, true))),
+            }
+        }
+        if buffer.is_empty() {
+            None
+        } else {
+            Some((Ok(buffer.freeze()), (Some(file), path, false)))
+        }
+    }))
+}
+
+impl Client {
+    /// Uploads bytes held in memory.
+    pub async fn upload(&self, data: Bytes, options: &UploadOptions) -> Result<Uploaded> {
+        let size = data.len() as u64;
+        self.upload_from(size, options, move || Body::Memory(data.clone()))
+            .await
+    }
+
+    /// Uploads a file, streaming it in chunks (bounded memory for any size).
+    pub async fn upload_file(&self, path: &Path, options: &UploadOptions) -> Result<Uploaded> {
+        let size = tokio::fs::metadata(path).await?.len();
+        let path = path.to_owned();
+        self.upload_from(size, options, move || {
+            Body::Stream(file_chunks(path.clone()))
+        })
+        .await
+    }
+
+    /// Uploads `size` bytes from a source that can be restarted (`body` is
+    /// called again for each attempt).
+    pub(crate) async fn upload_from(
+        &self,
+        size: u64,
+        options: &UploadOptions,
+        body: impl Fn() -> Body + Send + Sync,
+    ) -> Result<Uploaded> {
+        let mut last_error = None;
+        let request_id = options
+            .request_id
+            .clone()
+            .unwrap_or_else(hayloft_proto::new_request_id);
+        for attempt in 0..ATTEMPTS {
+            let slot = self.take_id(&options.collection, &request_id).await?;
+            let header = write_header(&slot, size, options);
+            let Slot {
+                blob, locations, ..
+            } = slot;
+            let location = &locations[0];
+            let (errors_tx, mut errors_rx) = tokio::sync::oneshot::channel();
+            let requests = write_requests(header, body(), errors_tx);
+            let result = match self.volume_client(&location.grpc_addr) {
+                Ok(mut client) => client
+                    .write(hayloft_proto::with_request_id(requests, &request_id))
+                    .await
+                    .map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            if let Ok(local) = errors_rx.try_recv() {
+                return Err(Error::Io(local));
+            }
+            match result {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    return Ok(Uploaded {
+                        url: format!("{}/{}", location.origin_url(), response.blob_id),
+                        blob_id: response.blob_id,
+                        size: response.size,
+                        etag: response.etag,
+                        request_id,
+                    });
+                }
+                Err(error) if retry_upload(&error) && attempt + 1 < ATTEMPTS => {
+                    tracing::warn!(server = %location.server_id, %error, attempt, "upload failed; retrying with a new id");
+                    self.forget_reserved(&options.collection, blob.volume_id)
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or(Error::NoLocation(0)))
+    }
+}
