@@ -108,6 +108,49 @@ impl VolumeFile {
     }
 }
 
+/// How a file will be read, told to the kernel (`posix_fadvise`), which
+/// sizes its readahead by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads of whole records at random places: no readahead, so a read
+    /// of a record fetches the record's pages and no more (one device read
+    /// of about the blob's size, as in Haystack).
+    Random,
+    /// Reads front to back (compaction, tier moves, scrub): a large
+    /// readahead window.
+    Sequential,
+}
+
+/// Opens `path` read-only with its own file description, so that the
+/// advice given here holds for reads through it alone (the kernel keeps
+/// readahead state per open file, not per inode: the data file's
+/// descriptor and its map keep the default).
+pub fn open_for(path: &Path, access: Access) -> Result<File> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    advise(&file, access);
+    Ok(file)
+}
+
+/// Tells the kernel how `file` will be read. A hint: a failure is ignored
+/// (reads work the same, only their readahead differs).
+pub fn advise(file: &File, access: Access) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let advice = match access {
+            Access::Random => libc::POSIX_FADV_RANDOM,
+            Access::Sequential => libc::POSIX_FADV_SEQUENTIAL,
+        };
+        // SAFETY: plain syscall on a descriptor `file` owns; it reads no
+        // memory of ours.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, access);
+}
+
 /// Writes `contents` to `path` so that after a crash the file holds either
 /// the old contents or the new, never a mix:
 ///
