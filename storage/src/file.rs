@@ -151,6 +151,44 @@ pub fn advise(file: &File, access: Access) {
     let _ = (file, access);
 }
 
+/// Reads exactly `len` bytes at `offset` into a new buffer, without
+/// zeroing it first (`vec![0; len]` then `read_exact_at` spent a twentieth
+/// of a read from disk's CPU on the memset).
+pub(crate) fn read_to_vec(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        let at = libc::off_t::try_from(at).map_err(std::io::Error::other)?;
+        let left = len - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..left];
+        // SAFETY: `spare` is writable memory owned by `buf`, `spare.len()`
+        // bytes long; pread writes at most that many bytes into it (and
+        // reads none of it), on a descriptor `file` owns.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast::<libc::c_void>(),
+                spare.len(),
+                at,
+            )
+        };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+            // SAFETY: pread returned `n` > 0: it initialised the first `n`
+            // bytes of the spare capacity, and `n <= spare.len()`.
+            n => unsafe { buf.set_len(buf.len() + n as usize) },
+        }
+    }
+    Ok(buf)
+}
+
 /// Writes `contents` to `path` so that after a crash the file holds either
 /// the old contents or the new, never a mix:
 ///

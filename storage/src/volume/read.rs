@@ -150,8 +150,8 @@ impl DiskRead {
             return Err(self.corrupt("record past end of file"));
         }
         if len <= BUFFERED_READ_MAX {
-            let mut record = vec![0u8; len as usize];
-            self.read_at(&mut record, self.offset)?;
+            let record = crate::file::read_to_vec(&self.files.reader, len as usize, self.offset)
+                .map_err(|e| Error::io(self.files.data.path(), e))?;
             disk_bytes += len;
             let needle = self.needle_from_buffer(record)?;
             return Ok(FromDisk { needle, disk_bytes });
