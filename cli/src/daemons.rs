@@ -463,6 +463,8 @@ mod tests {
         assert_eq!(volume.zone, defaults.zone);
         assert_eq!(volume.scrub_interval, defaults.scrub_interval);
         assert_eq!(volume.verify_reads_up_to, defaults.verify_reads_up_to);
+        assert_eq!(volume.disk_reads_in_flight, defaults.disk_reads_in_flight);
+        assert_eq!(volume.disk_reads_queued, defaults.disk_reads_queued);
         assert!(volume.cold.is_some());
         assert_eq!(
             volume.signed_url_max_lifetime,

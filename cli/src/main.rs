@@ -252,6 +252,13 @@ struct VolumeArgs {
     /// Anti-entropy and repair copy rate per second, e.g. "64MiB".
     #[arg(long)]
     repair_rate: Option<bytesize::ByteSize>,
+    /// Reads from disk running at once (see `disk_reads_in_flight`).
+    #[arg(long)]
+    disk_reads_in_flight: Option<usize>,
+    /// Reads from disk that may wait for a place before reads are refused
+    /// (503 / RESOURCE_EXHAUSTED).
+    #[arg(long)]
+    disk_reads_queued: Option<usize>,
     /// gRPC listen address.
     #[arg(long, env = "HAYLOFT_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
@@ -476,6 +483,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if let Some(interval) = args.scrub_interval {
                     config.scrub_interval = interval.into();
+                }
+                if let Some(n) = args.disk_reads_in_flight {
+                    config.disk_reads_in_flight = n;
+                }
+                if let Some(n) = args.disk_reads_queued {
+                    config.disk_reads_queued = n;
                 }
                 if let Some(rate) = args.repair_rate {
                     config.repair_rate = rate;

@@ -252,7 +252,10 @@ impl ColdVolume {
                     garbage_bytes += len;
                 }
             } else if entry.offset + entry.record_len <= object_len {
-                if index.insert(entry.needle_id, entry.offset).is_some() {
+                if index
+                    .insert(entry.needle_id, entry.offset, entry.record_len)
+                    .is_some()
+                {
                     let len = lens.remove(&entry.needle_id).unwrap_or(0);
                     live_bytes -= len;
                     garbage_bytes += len;

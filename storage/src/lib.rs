@@ -6,8 +6,10 @@
 //!
 //! - [`format`]: the on-disk format (superblock, needle records, index
 //!   entries) as pure encode/decode functions, with byte tables.
-//! - [`index`]: the in-memory needle index, about 4 bytes a needle.
-//! - [`volume`]: one volume: group-committed appends, zero-copy mmap reads,
+//! - [`index`]: the in-memory needle index, about 6 bytes a needle
+//!   (record offset and length).
+//! - [`volume`]: one volume: group-committed appends, zero-copy mmap reads
+//!   of resident records, one `pread` a record from disk,
 //!   tombstone deletes, seal, scrub.
 //! - [`recovery`]: what opening a volume does after a crash.
 //! - [`store`]: all volumes of a server across its hot and warm disks.
@@ -34,7 +36,7 @@ pub mod volume;
 
 pub use cold::{ColdManifest, ColdVolume};
 pub use error::{Error, Result};
-pub use file::{available_space, write_atomically};
+pub use file::{Access, advise, available_space, open_for, write_atomically};
 pub use format::NeedleMeta;
 pub use moves::MoveJob;
 pub use recovery::RecoveryReport;
@@ -42,7 +44,8 @@ pub use space::{DiskSpace, Reserve, SpaceReport};
 pub use store::{Handle, Location, Store, StoreConfig, release_free_heap};
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
 pub use volume::{
-    COMPACTION_MARGIN, Claim, CompactOptions, CompactReport, Durability, Needle, NeedleState,
-    NeedleWrite, NeedleWriter, Queued, QueuedWrite, RangeDigest, ScrubReport, SyncDuty, Volume,
-    VolumeConfig, VolumeStats, Waiter, Wake, WriteReceipt,
+    BUFFERED_READ_MAX, COMPACTION_MARGIN, Claim, CompactOptions, CompactReport, DiskRead,
+    Durability, FromDisk, Needle, NeedleState, NeedleWrite, NeedleWriter, Queued, QueuedWrite,
+    RangeDigest, ReadPlan, ScrubReport, SyncDuty, Volume, VolumeConfig, VolumeStats, Waiter, Wake,
+    WriteReceipt,
 };

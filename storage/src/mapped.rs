@@ -86,10 +86,64 @@ impl MappedFile {
         })
     }
 
+    /// True if every page of `offset .. offset + len` is in the page cache
+    /// (`mincore`), so reading it through the map waits for no disk (a
+    /// page not yet in this process's page tables is a minor fault: no
+    /// I/O). False past the readable end, and if the kernel cannot say.
+    ///
+    /// A page may still be evicted between this answer and the read that
+    /// follows; that read then faults it in from the disk (one page at a
+    /// time, with readahead): rare, and bounded by one fault per read.
+    pub(crate) fn is_resident(&self, offset: u64, len: u64) -> bool {
+        let Some(end) = offset.checked_add(len) else {
+            return false;
+        };
+        if end > self.readable_len() {
+            return false;
+        }
+        if len == 0 {
+            return true;
+        }
+        let page = page_size();
+        let start = offset / page * page;
+        let pages = (end - start).div_ceil(page) as usize;
+        let mut on_stack = [0u8; 64];
+        let mut on_heap = Vec::new();
+        let vec = if pages <= on_stack.len() {
+            &mut on_stack[..pages]
+        } else {
+            on_heap.resize(pages, 0);
+            &mut on_heap[..]
+        };
+        // SAFETY: `start` is page-aligned and `start .. end` lies inside the
+        // mapping (`end` is within the readable part of the file, which is
+        // within the mapping, and the mapping starts on a page boundary);
+        // mincore writes one byte per page of that range into `vec`, which
+        // holds exactly `pages` bytes. It reads no memory of the range.
+        let rc = unsafe {
+            libc::mincore(
+                self.map.as_ptr().add(start as usize) as *mut libc::c_void,
+                (end - start) as usize,
+                vec.as_mut_ptr(),
+            )
+        };
+        rc == 0 && vec.iter().all(|page| page & 1 == 1)
+    }
+
     /// Length of the mapping (the most the file may grow to while mapped).
     pub(crate) fn capacity(&self) -> u64 {
         self.map.len() as u64
     }
+}
+
+/// The system's page size.
+pub(crate) fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a system constant; no memory of ours.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
+    })
 }
 
 /// A range of a [`MappedFile`] that keeps the mapping alive.

@@ -286,7 +286,9 @@ pub fn copy_range(
     progress: &AtomicU64,
 ) -> Result<u32> {
     use std::io::Seek;
-    let mut input = std::fs::File::open(src).map_err(|e| Error::io(src, e))?;
+    // Read front to back on a descriptor of its own: a large readahead
+    // window (reads from disk of the same file go without one).
+    let mut input = crate::file::open_for(src, crate::file::Access::Sequential)?;
     input
         .seek(std::io::SeekFrom::Start(from))
         .and_then(|_| dst.seek(std::io::SeekFrom::Start(from)))
@@ -311,7 +313,7 @@ pub fn copy_range(
 /// CRC-32 of `len` bytes of a file from `from`.
 pub fn crc_of(path: &Path, from: u64, len: u64) -> Result<u32> {
     use std::io::Seek;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = crate::file::open_for(path, crate::file::Access::Sequential)?;
     file.seek(std::io::SeekFrom::Start(from))
         .map_err(|e| Error::io(path, e))?;
     let mut hasher = crc32fast::Hasher::new();

@@ -34,18 +34,20 @@ use crate::format::{
     NeedleHeader, NeedleMeta, SUPERBLOCK_LEN, Superblock,
 };
 use crate::index::NeedleIndex;
-use crate::mapped::{MappedFile, mapped_bytes};
+use crate::mapped::MappedFile;
 use crate::meta::VolumeMeta;
 use crate::recovery::{self, RecoveryReport};
 use crate::space::{DiskSpace, SpaceReport};
 
 mod claim;
 mod compact;
+mod read;
 mod replica;
 mod write;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
 pub use claim::Claim;
 pub use compact::{COMPACTION_MARGIN, CompactOptions, CompactReport};
+pub use read::{BUFFERED_READ_MAX, DiskRead, FromDisk, ReadPlan};
 pub use replica::{NeedleState, RangeDigest};
 pub use write::{NeedleWriter, Queued, QueuedWrite, SyncDuty, Waiter, Wake};
 
@@ -173,6 +175,18 @@ pub struct ScrubReport {
 pub(crate) struct Files {
     pub(crate) data: VolumeFile,
     pub(crate) map: Arc<MappedFile>,
+    /// The data file opened again for reads from disk
+    /// (`POSIX_FADV_RANDOM`: no readahead; see `read.rs`). Its own file
+    /// description, so the advice does not reach `data` or the map, through
+    /// which recovery, compaction and scrub read in order.
+    pub(crate) reader: std::fs::File,
+}
+
+impl Files {
+    pub(crate) fn new(data: VolumeFile, map: Arc<MappedFile>) -> Result<Files> {
+        let reader = crate::file::open_for(data.path(), crate::file::Access::Random)?;
+        Ok(Files { data, map, reader })
+    }
 }
 
 /// What readers see, behind one lock so that an index offset is always
@@ -221,7 +235,8 @@ impl ReadState {
             self.index.remove(entry.needle_id)
         } else {
             self.live_bytes += entry.record_len;
-            self.index.insert(entry.needle_id, entry.offset)
+            self.index
+                .insert(entry.needle_id, entry.offset, entry.record_len)
         };
         if let Some(old) = replaced {
             let old_len = record_len_at(&self.files.map, old).unwrap_or(0);
@@ -391,7 +406,7 @@ impl Volume {
             catch_up_limit(config.max_size),
             &dat_path,
         )?;
-        let files = Arc::new(Files { data, map });
+        let files = Arc::new(Files::new(data, map)?);
         let recovered = recovery::recover(id, &files, &idx_path)?;
         if !recovered.report.is_clean() {
             tracing::warn!(volume = %id, report = ?recovered.report, "volume recovered");
@@ -548,37 +563,23 @@ impl Volume {
         verify_up_to: Option<u64>,
     ) -> Result<Needle> {
         let (offset, files, header) = self.find(id, cookie)?;
-        let map = &files.map;
+        self.needle_in_map(&files, offset, header, verify_up_to)
+    }
+
+    /// The needle whose checked header is at `offset`, read through the
+    /// map (zero copy), its checksum verified if it is at most
+    /// `verify_up_to` bytes.
+    fn needle_in_map(
+        &self,
+        files: &Arc<Files>,
+        offset: u64,
+        header: NeedleHeader,
+        verify_up_to: Option<u64>,
+    ) -> Result<Needle> {
         if verify_up_to.is_some_and(|limit| u64::from(header.data_len) <= limit) {
-            self.verify_record(map, offset)?;
+            self.verify_record(&files.map, offset)?;
         }
-        let record = map
-            .slice(offset, header.record_len())
-            .ok_or_else(|| self.corrupt(offset, "record past end of file"))?;
-        let crc_at = header.checksum_offset();
-        let meta =
-            NeedleMeta::decode(&record[NEEDLE_HEADER_LEN + header.data_len as usize..crc_at])
-                .map_err(|_| self.corrupt(offset, "unreadable metadata"))?;
-        if meta.expires_at.is_some_and(|t| t <= now_unix_secs()) {
-            return Err(Error::Expired {
-                volume: self.id,
-                needle: id,
-            });
-        }
-        let mut checksum = [0u8; 4];
-        checksum.copy_from_slice(&record[crc_at..crc_at + 4]);
-        let data = mapped_bytes(
-            map,
-            offset + NEEDLE_HEADER_LEN as u64,
-            header.data_len as u64,
-        )
-        .ok_or_else(|| self.corrupt(offset, "record past end of file"))?;
-        Ok(Needle {
-            id,
-            data,
-            meta,
-            checksum: u32::from_le_bytes(checksum),
-        })
+        read::needle_from_map(self.id, files, offset, header)
     }
 
     fn header_at(&self, map: &MappedFile, offset: u64, id: NeedleId) -> Result<NeedleHeader> {

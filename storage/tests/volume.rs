@@ -713,8 +713,9 @@ fn index_memory_stays_under_ten_bytes_a_needle() {
     let volume = Volume::open(dir.path(), VID, Tier::Hot, config).unwrap();
     let stats = volume.stats();
     assert_eq!(stats.needles, 200_000);
+    // 4 bytes of offset and 2 of record length a needle.
     assert!(
-        stats.index_memory_bytes as f64 / stats.needles as f64 <= 4.5,
+        stats.index_memory_bytes as f64 / stats.needles as f64 <= 6.5,
         "{stats:?}"
     );
 }

@@ -37,6 +37,7 @@ use hayloft_access::grpc::{Caller, Need, Note, Who};
 use hayloft_access::token::Op;
 
 use crate::antientropy::AntiEntropy;
+use crate::disk_reads::{DiskReads, ReadError, Source};
 use crate::error::{etag, grpc_status};
 use crate::metrics;
 use crate::replicate::{Forward, LINKED_FORWARD_MAX, Replication};
@@ -60,6 +61,8 @@ pub struct VolumeService {
     anti_entropy: Arc<AntiEntropy>,
     /// Blobs up to this size are checksummed on every read.
     verify_up_to: u64,
+    /// Reads that wait for the disk (shared with the HTTP origin).
+    disk: Arc<DiskReads>,
     /// Becomes true when the server shuts down: long-lived streams end.
     stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Checks write grants (tokens are required).
@@ -127,7 +130,7 @@ pub struct ServiceLimits {
 }
 
 impl VolumeService {
-    /// A service over `store`.
+    /// A service over `store`, reading from disk through `disk`.
     pub fn new(
         store: Arc<Store>,
         limits: ServiceLimits,
@@ -135,8 +138,10 @@ impl VolumeService {
         tiering: Arc<Tiering>,
         replication: Arc<Replication>,
         anti_entropy: Arc<AntiEntropy>,
+        disk: Arc<DiskReads>,
     ) -> Self {
         VolumeService {
+            disk,
             store,
             max_upload_bytes: limits.max_upload_bytes,
             compaction_rate: limits.compaction_rate,
@@ -285,35 +290,63 @@ impl VolumeService {
         )))
     }
 
-    /// Reads a needle, locally or with one ranged GET for a cold volume.
+    /// Reads a needle: from the page cache, from disk on the bounded pool
+    /// (RESOURCE_EXHAUSTED at its bound), or with one ranged GET for a
+    /// cold volume.
     async fn read_needle(&self, blob: BlobId) -> Result<hayloft_storage::Needle, Status> {
         self.tiering.reads.record(blob.volume());
-        let read =
-            self.store
-                .read_checked(blob.volume(), blob.needle, blob.cookie, self.verify_up_to);
-        match read {
-            Err(Error::Cold(volume)) => {
-                let cold = self
-                    .store
-                    .cold_volume(volume)
-                    .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let started = std::time::Instant::now();
+        let handle = self
+            .store
+            .handle(blob.volume())
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let (needle, source) = match handle {
+            hayloft_storage::Handle::Local(volume) => self.read_local(&volume, blob).await?,
+            hayloft_storage::Handle::Cold(cold) => {
                 match self
                     .tiering
                     .read_cold(&cold, blob.needle, blob.cookie)
                     .await
                 {
-                    Ok(needle) => Ok(needle),
+                    Ok(needle) => (needle, Source::Cold),
                     // A restore may have committed meanwhile (the object is
                     // gone, the volume local again): read it here.
-                    Err(ColdReadError::Unavailable(reason)) => self
-                        .store
-                        .read_checked(blob.volume(), blob.needle, blob.cookie, self.verify_up_to)
-                        .map_err(|_| cold_status(ColdReadError::Unavailable(reason), blob)),
-                    Err(e) => Err(cold_status(e, blob)),
+                    Err(ColdReadError::Unavailable(reason)) => {
+                        let volume = self.store.volume(blob.volume()).map_err(|_| {
+                            cold_status(ColdReadError::Unavailable(reason.clone()), blob)
+                        })?;
+                        self.read_local(&volume, blob)
+                            .await
+                            .map_err(|_| cold_status(ColdReadError::Unavailable(reason), blob))?
+                    }
+                    Err(e) => return Err(cold_status(e, blob)),
                 }
             }
-            other => other.map_err(|e| grpc_status(&e, Some(blob))),
-        }
+        };
+        crate::disk_reads::observe_read(source, started);
+        Ok(needle)
+    }
+
+    async fn read_local(
+        &self,
+        volume: &hayloft_storage::Volume,
+        blob: BlobId,
+    ) -> Result<(hayloft_storage::Needle, Source), Status> {
+        self.disk
+            .read(volume, blob.needle, blob.cookie, self.verify_up_to)
+            .await
+            .map_err(|e| match e {
+                ReadError::Busy => {
+                    let mut status = Status::resource_exhausted(
+                        "too many reads from disk in flight; retry shortly or read another copy",
+                    );
+                    status
+                        .metadata_mut()
+                        .insert("retry-after", tonic::metadata::MetadataValue::from(1));
+                    status
+                }
+                ReadError::Storage(e) => grpc_status(&e, Some(blob)),
+            })
     }
 
     fn failed(&self, error: Error, blob: Option<BlobId>) -> Status {

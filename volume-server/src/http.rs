@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hayloft_storage::{BlobId, ColdVolume, Needle, Store};
+use hayloft_storage::{BlobId, ColdVolume, DiskRead, Needle, ReadPlan, Store, Volume};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::disk_reads::{DiskReads, ReadError, Source};
 use crate::error::{etag, http_status};
 use crate::tier::ColdReadError;
 
@@ -44,6 +45,8 @@ pub struct HttpState {
     main: tokio::runtime::Handle,
     /// Reads of blobs held by other servers.
     remote: Option<Arc<crate::proxy::RemoteReader>>,
+    /// Reads that wait for the disk (shared with gRPC).
+    disk: Arc<DiskReads>,
     /// Blobs up to this size are checksummed on every read.
     verify_up_to: u64,
     /// Signed collections and the key ring (none: every blob is public).
@@ -76,12 +79,22 @@ impl HttpState {
             metrics: HttpMetrics::new(),
             main: tokio::runtime::Handle::current(),
             remote: None,
+            disk: Arc::new(DiskReads::new(
+                Default::default(),
+                tokio::runtime::Handle::current(),
+            )),
             verify_up_to: 0,
             access: None,
             tls: None,
             limits: None,
             audit: None,
         }
+    }
+
+    /// Reads from disk through `disk` (the pool gRPC reads share).
+    pub fn with_disk_reads(mut self, disk: Arc<DiskReads>) -> Self {
+        self.disk = disk;
+        self
     }
 
     /// Logs refusals, and reads as the log's `reads` says, to `audit`.
@@ -472,38 +485,38 @@ async fn handle(
         // Another server holds the volume: on the main runtime too, where
         // the directory client and the connection pool live.
         Local::Remote(remote, volume) => {
-            let read = crate::viewer::ReadForViewer {
-                remote,
-                access: state.access.clone(),
-                volume,
-                path_and_query: request
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned(),
-                method: request.method().clone(),
-                headers: request.headers().clone(),
-                viewer: peer,
-                audited: state.audit.is_some(),
-            };
-            match state
-                .main
-                .spawn(read.answer().instrument(span.clone()))
-                .await
-            {
-                Ok((response, refusal, collection)) => {
-                    served.refusal = refusal;
-                    served.collection = collection;
-                    response
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "proxied read task failed");
-                    plain(StatusCode::INTERNAL_SERVER_ERROR, "error reading blob\n")
-                }
+            remote_read(&state, remote, volume, &request, peer, &span, &mut served).await
+        }
+        // Not in the page cache: read on the pool while this thread serves
+        // its other connections.
+        Local::Disk(volume, plan, blob) => match state.disk.read_from_disk(plan).await {
+            Ok(needle) => {
+                served.source = Some(Source::Disk);
+                served.tags = purge_tags(blob, volume.collection());
+                respond(&state, needle, request.method(), request.headers())
             }
+            Err(ReadError::Busy) => busy(),
+            // Corrupt here: another copy answers, as for a read from memory.
+            Err(ReadError::Storage(e)) => match (&e, state.remote.clone()) {
+                (hayloft_storage::Error::Corrupt { .. }, Some(remote))
+                    if !request.headers().contains_key(crate::proxy::PROXIED) =>
+                {
+                    let volume = blob.volume().0;
+                    let response =
+                        remote_read(&state, remote, volume, &request, peer, &span, &mut served)
+                            .await;
+                    instead_of_corrupt(response, &e)
+                }
+                _ => read_error(&e),
+            },
+        },
+        Local::Corrupt(remote, volume, error) => {
+            let response =
+                remote_read(&state, remote, volume, &request, peer, &span, &mut served).await;
+            instead_of_corrupt(response, &error)
         }
     };
-    observe(op, &response, started);
+    observe(op, &response, served.source, started);
     if let Some(audit) = &state.audit {
         audit_request(audit, &request, peer, &response, &served, started);
     }
@@ -547,6 +560,77 @@ async fn handle(
             );
         }
     }
+    response
+}
+
+/// A read of a blob another server holds (or whose copy here is corrupt):
+/// proxied or redirected, on the main runtime, where the directory client
+/// and the connection pool live.
+async fn remote_read(
+    state: &HttpState,
+    remote: Arc<crate::proxy::RemoteReader>,
+    volume: u32,
+    request: &Request<Incoming>,
+    peer: Option<std::net::IpAddr>,
+    span: &tracing::Span,
+    served: &mut Served,
+) -> Response {
+    served.source = Some(Source::Remote);
+    let read = crate::viewer::ReadForViewer {
+        remote,
+        access: state.access.clone(),
+        volume,
+        path_and_query: request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        method: request.method().clone(),
+        headers: request.headers().clone(),
+        viewer: peer,
+        audited: state.audit.is_some(),
+    };
+    match state
+        .main
+        .spawn(read.answer().instrument(span.clone()))
+        .await
+    {
+        Ok((response, refusal, collection)) => {
+            served.refusal = refusal;
+            served.collection = collection;
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "proxied read task failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "error reading blob\n")
+        }
+    }
+}
+
+/// The answer of another copy to a read whose copy here is corrupt; if no
+/// other copy is known (404), the local error (500): the blob exists, its
+/// bytes here are bad.
+fn instead_of_corrupt(response: Response, error: &hayloft_storage::Error) -> Response {
+    if response.status() == StatusCode::NOT_FOUND {
+        return read_error(error);
+    }
+    response
+}
+
+/// 503 with `Retry-After`: the reads from disk are at their bound (see
+/// `disk_reads.rs`); another copy, or this one a moment later, answers.
+fn busy() -> Response {
+    let mut response = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many reads from disk in flight; retry\n",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    // Never cached: the blob is there, only busy.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -601,6 +685,10 @@ enum Local {
     Cold(Arc<ColdVolume>, BlobId),
     /// This server holds no copy of the volume: another server does.
     Remote(Arc<crate::proxy::RemoteReader>, u32),
+    /// The blob is here, but not all in the page cache: a read from disk.
+    Disk(Arc<Volume>, DiskRead, BlobId),
+    /// The copy here is corrupt: another copy answers, if there is one.
+    Corrupt(Arc<crate::proxy::RemoteReader>, u32, hayloft_storage::Error),
 }
 
 /// What a request answered here adds to its response.
@@ -615,6 +703,8 @@ struct Served {
     refusal: Option<Cow<'static, str>>,
     /// `Surrogate-Key` and `Cache-Tag` of a blob of a volume held here.
     tags: Option<(HeaderValue, HeaderValue)>,
+    /// Where the blob's bytes came from (none: no blob was read).
+    source: Option<Source>,
 }
 
 /// What a request comes to. One look-up of the volume serves the
@@ -674,21 +764,24 @@ fn local_read(
         hayloft_storage::Handle::Local(volume) => volume,
         hayloft_storage::Handle::Cold(cold) => {
             served.tags = purge_tags(blob, cold.collection());
+            served.source = Some(Source::Cold);
             return Local::Cold(cold, blob);
         }
     };
-    let error = match volume.read_checked(blob.needle, blob.cookie, state.verify_up_to) {
-        Ok(needle) => {
+    let error = match volume.plan_read(blob.needle, blob.cookie, state.verify_up_to) {
+        Ok(ReadPlan::Resident(needle)) => {
             served.tags = purge_tags(blob, volume.collection());
+            served.source = Some(Source::Memory);
             return Local::Done(respond(state, needle, method, request.headers()));
         }
+        Ok(ReadPlan::Disk(plan)) => return Local::Disk(volume, plan, blob),
         // Corrupt here: another copy answers (a bad copy never serves
         // wrong bytes, and the reader does not see the fault).
         Err(e @ hayloft_storage::Error::Corrupt { .. })
             if !request.headers().contains_key(crate::proxy::PROXIED) =>
         {
             match &state.remote {
-                Some(remote) => return Local::Remote(Arc::clone(remote), blob.volume().0),
+                Some(remote) => return Local::Corrupt(Arc::clone(remote), blob.volume().0, e),
                 None => e,
             }
         }
@@ -752,10 +845,11 @@ async fn from_cold(
     // A restore may have committed while this read was on its way: the
     // object is gone, the volume is local again. Reads never fail because a
     // move is in progress (invariant 4).
-    if let Ok(needle) =
-        state
-            .store
-            .read_checked(blob.volume(), blob.needle, blob.cookie, state.verify_up_to)
+    if let Ok(volume) = state.store.volume(blob.volume())
+        && let Ok((needle, _)) = state
+            .disk
+            .read(&volume, blob.needle, blob.cookie, state.verify_up_to)
+            .await
     {
         return respond(state, needle, method, headers);
     }
@@ -867,6 +961,9 @@ struct HttpMetrics {
     get: OpMetrics,
     head: OpMetrics,
     bytes_out: metrics::Counter,
+    /// Reads and their durations by where the bytes came from (index:
+    /// [`Source::index`]).
+    sources: [(metrics::Counter, metrics::Histogram); Source::ALL.len()],
 }
 
 /// The statuses the origin sends, with a counter each.
@@ -896,6 +993,13 @@ impl HttpMetrics {
             get: OpMetrics::new(Op::Get.name()),
             head: OpMetrics::new(Op::Head.name()),
             bytes_out: metrics::counter!("hayloft_volume_bytes_out_total", "protocol" => "http"),
+            sources: Source::ALL.map(|source| {
+                (
+                    metrics::counter!("hayloft_volume_reads_total", "source" => source.name()),
+                    metrics::histogram!("hayloft_volume_read_duration_seconds",
+                        "source" => source.name()),
+                )
+            }),
         }
     }
 }
@@ -911,6 +1015,9 @@ struct LocalCounts {
     /// Request durations in seconds, by op.
     durations: [Vec<f64>; 2],
     bytes_out: u64,
+    /// Durations of GETs and HEADs that read a blob, by where its bytes
+    /// came from ([`Source::index`]).
+    by_source: [Vec<f64>; Source::ALL.len()],
     /// Reads by volume, for the lifecycle policy.
     reads: std::collections::HashMap<hayloft_storage::VolumeId, u64>,
 }
@@ -920,7 +1027,7 @@ thread_local! {
 }
 
 /// Counts one finished request.
-fn observe(op: Op, response: &Response, started: Instant) {
+fn observe(op: Op, response: &Response, source: Option<Source>, started: Instant) {
     let status = response.status().as_u16();
     let (i, index) = match (op, STATUSES.iter().position(|s| *s == status)) {
         (Op::Get, Some(index)) => (0, index),
@@ -939,6 +1046,9 @@ fn observe(op: Op, response: &Response, started: Instant) {
     COUNTS.with_borrow_mut(|counts| {
         counts.requests[i][index] += 1;
         counts.durations[i].push(seconds);
+        if let Some(source) = source {
+            counts.by_source[source.index()].push(seconds);
+        }
         // Blob bytes sent (error texts are not counted).
         if i == 0 && (status == 200 || status == 206) {
             counts.bytes_out += hyper::body::Body::size_hint(response.body()).lower();
@@ -965,6 +1075,14 @@ impl HttpState {
         }
         if counts.bytes_out > 0 {
             self.metrics.bytes_out.increment(counts.bytes_out);
+        }
+        for ((reads, duration), seconds) in self.metrics.sources.iter().zip(&counts.by_source) {
+            if !seconds.is_empty() {
+                reads.increment(seconds.len() as u64);
+            }
+            for seconds in seconds {
+                duration.record(*seconds);
+            }
         }
         for (volume, reads) in counts.reads {
             self.tiering.reads.record_many(volume, reads);

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 pub mod access;
 pub mod antientropy;
 pub mod compaction;
+pub mod disk_reads;
 pub mod error;
 pub mod grpc;
 mod heartbeat;
@@ -91,6 +92,15 @@ pub struct VolumeServerConfig {
     /// Larger blobs (and range reads of them) are checked by scrub. Default
     /// `16MiB`.
     pub verify_reads_up_to: ByteSize,
+    /// Reads from disk (blobs not in the page cache) running at once, each
+    /// on a blocking thread, while the event loops serve the rest. Default
+    /// 64 (the disk's queue is used; memory stays under 64 x 1 MiB).
+    pub disk_reads_in_flight: usize,
+    /// Reads from disk that may wait for a place; past this a read is
+    /// refused at once (HTTP 503 + `Retry-After: 1`, gRPC
+    /// RESOURCE_EXHAUSTED) rather than queued until clients time out.
+    /// Default 1024.
+    pub disk_reads_queued: usize,
     /// HTTP reads of blobs this server holds no copy of: `proxy` (fetch
     /// from a copy, streamed), `redirect` (307 to a copy) or `off` (404).
     /// Default `proxy`.
@@ -210,6 +220,8 @@ impl Default for VolumeServerConfig {
             replica_timeout: Duration::from_secs(10),
             remote_reads: proxy::RemoteReads::Proxy,
             verify_reads_up_to: ByteSize::mib(16),
+            disk_reads_in_flight: 64,
+            disk_reads_queued: 1024,
             repair_rate: ByteSize::mib(64),
             anti_entropy_interval: Duration::from_secs(600),
             scrub_interval: Duration::from_secs(86_400),
@@ -572,6 +584,13 @@ impl VolumeServer {
             self.config.scrub_interval,
             wait_stop(),
         ));
+        let disk_reads = Arc::new(disk_reads::DiskReads::new(
+            disk_reads::DiskReadLimits {
+                in_flight: self.config.disk_reads_in_flight,
+                queued: self.config.disk_reads_queued,
+            },
+            tokio::runtime::Handle::current(),
+        ));
         let service = grpc::VolumeService::new(
             Arc::clone(&self.store),
             grpc::ServiceLimits {
@@ -587,6 +606,7 @@ impl VolumeServer {
             Arc::clone(&tiering),
             replication,
             anti_entropy,
+            Arc::clone(&disk_reads),
         )
         .with_stop(http_stop.clone())
         .with_grants(self.keyring.clone().filter(|_| gate.is_some()));
@@ -633,6 +653,7 @@ impl VolumeServer {
                 self.config.cache_max_age,
             )
             .with_remote(remote)
+            .with_disk_reads(disk_reads)
             .with_verified_reads(self.config.verify_reads_up_to.as_u64())
             .with_access(access)
             .with_limits(self.limits.clone())

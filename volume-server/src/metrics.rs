@@ -12,6 +12,12 @@
 //! | `hayloft_index_memory_bytes`, `hayloft_needles` | gauge | |
 //! | `hayloft_compactions_running`, `hayloft_compaction_copied_bytes`, `hayloft_compaction_total_bytes` | gauge | |
 //! | `hayloft_compaction_reclaimed_bytes_total`, `hayloft_compactions_total` | counter | `result` (on the latter) |
+//! | `hayloft_volume_reads_total` | counter | `source`: `memory` (page cache), `disk`, `remote` (another copy), `cold` (object store) |
+//! | `hayloft_volume_read_duration_seconds` | histogram | `source` (request start to answer) |
+//! | `hayloft_volume_disk_read_bytes_total` | counter | bytes reads from disk read from volume files |
+//! | `hayloft_volume_disk_reads_in_flight`, `hayloft_volume_disk_reads_waiting` | gauge | reads on the disk-read pool, and waiting for a place |
+//! | `hayloft_volume_disk_reads_refused_total` | counter | reads refused at the pool's bound (503 / RESOURCE_EXHAUSTED) |
+//! | `hayloft_process_storage_read_bytes_total` | counter | bytes the process made the kernel fetch from storage (`/proc/self/io` `read_bytes`: readahead and page faults included), every pulse |
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -24,6 +30,7 @@ use hayloft_storage::Tier;
 pub fn register_failure_counters() {
     // The key ring loaded at start (a stale one is set to 1 by its reload).
     metrics::gauge!(hayloft_access::STALE_METRIC).set(0.0);
+    update_process_io();
     for result in ["ok", "error"] {
         metrics::counter!("hayloft_compactions_total", "result" => result).absolute(0);
         for target in [Tier::Hot, Tier::Warm, Tier::Cold] {
@@ -149,13 +156,33 @@ pub fn update_store_gauges(beat: &hayloft_proto::HeartbeatRequest) {
     metrics::gauge!("hayloft_compaction_total_bytes").set(total as f64);
 }
 
-/// Free space and the reserve per local tier, as last measured.
+/// Free space and the reserve per local tier, as last measured, and the
+/// process's reads from storage.
 pub fn update_disk_gauges(store: &hayloft_storage::Store) {
+    update_process_io();
     for tier in [Tier::Hot, Tier::Warm] {
         metrics::gauge!("hayloft_disk_free_bytes", "tier" => tier.as_str())
             .set(crate::space::free(store, tier) as f64);
         metrics::gauge!("hayloft_disk_reserved_bytes", "tier" => tier.as_str())
             .set(crate::space::reserved(store, tier) as f64);
+    }
+}
+
+/// Bytes this process made the kernel fetch from storage so far
+/// (`read_bytes` of `/proc/self/io`: reads from disk, readahead and page
+/// faults of the volume maps included; page-cache hits not), as
+/// `hayloft_process_storage_read_bytes_total`. Compared with the reads
+/// served, it says how many bytes the disk read per read.
+pub fn update_process_io() {
+    let Ok(io) = std::fs::read_to_string("/proc/self/io") else {
+        return;
+    };
+    if let Some(bytes) = io
+        .lines()
+        .find_map(|line| line.strip_prefix("read_bytes:"))
+        .and_then(|value| value.trim().parse::<u64>().ok())
+    {
+        metrics::counter!("hayloft_process_storage_read_bytes_total").absolute(bytes);
     }
 }
 

@@ -233,7 +233,8 @@ impl Target {
         } else {
             self.live_bytes += new.record_len;
             self.needles += 1;
-            self.entries.insert(new.needle_id, new.offset)
+            self.entries
+                .insert(new.needle_id, new.offset, new.record_len)
         };
         if let Some(old) = replaced {
             let len = self.record_len(old, cpd)?;
@@ -461,15 +462,13 @@ impl Volume {
                 &dat_path,
             )?;
             let index_file = VolumeFile::open(&idx_path)?;
+            let files = Arc::new(Files::new(data_file, map)?);
             {
                 let mut state = self.state.write();
                 state.index = entries;
                 state.index.shrink_to_fit();
                 state.deleted = deleted;
-                state.files = Arc::new(Files {
-                    data: data_file,
-                    map,
-                });
+                state.files = files;
                 state.live_bytes = live_bytes;
                 state.garbage_bytes = garbage_bytes;
                 state.compaction_log = None;

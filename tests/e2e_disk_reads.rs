@@ -1,0 +1,261 @@
+//! Reads from disk, with real `hayloft` processes: a volume's pages are
+//! evicted from the page cache (`POSIX_FADV_DONTNEED` from the test, once
+//! writes stopped), then cold reads (whole and ranged, HTTP and gRPC) are
+//! held on the disk-read pool by a failpoint while a hot blob keeps
+//! answering, the pool's bound refuses the excess with 503 / RESOURCE_EXHAUSTED,
+//! the held reads return the right bytes once let go, and a byte flipped on
+//! disk is refused, never served.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hayloft_client::UploadOptions;
+use hayloft_proto::ReadRequest;
+use hayloft_proto::volume_client::VolumeClient;
+use support::{Cluster, Failpoint, content};
+use tonic::Code;
+
+const BLOB: usize = 64 * 1024;
+
+/// Waits for a state, not a time: polls `check` until it holds (or fails
+/// the test after `timeout`, naming what it waited for).
+async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The sum of a metric's series (all labels, or those containing `labels`)
+/// on volume server 0's `/metrics`.
+async fn metric(cluster: &Cluster, name: &str, labels: &str) -> f64 {
+    let url = format!(
+        "http://127.0.0.1:{}/metrics",
+        cluster.volume_ports[0].metrics
+    );
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The data files of volume server 0.
+fn data_files(cluster: &Cluster) -> Vec<PathBuf> {
+    std::fs::read_dir(cluster.volume_dir(0).join("hot"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dat"))
+        .collect()
+}
+
+/// Drops a file's pages from the page cache (after syncing them: only
+/// clean pages go). Pages the server maps (the hot blob it read through
+/// its map) stay.
+fn evict(path: &Path) {
+    let file = std::fs::File::open(path).unwrap();
+    file.sync_all().unwrap();
+    // SAFETY: a plain syscall on a descriptor this function owns.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+}
+
+async fn grpc_read(
+    cluster: &Cluster,
+    blob_id: &str,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut client = VolumeClient::connect(format!("http://{}", cluster.grpc_addr(0)))
+        .await
+        .unwrap()
+        .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES);
+    let mut stream = client
+        .read(ReadRequest {
+            blob_id: blob_id.to_owned(),
+            offset,
+            length,
+        })
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(message) = stream.message().await? {
+        data.extend_from_slice(&message.chunk);
+    }
+    Ok(data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_reads_come_from_disk_right_while_a_hot_blob_keeps_answering() {
+    let hold = Failpoint::new("disk-read-hold");
+    let env = hold.env();
+    let cluster = Cluster::start_with_env(
+        1,
+        &["--disk-reads-in-flight", "2", "--disk-reads-queued", "1"],
+        &[("HAYLOFT_FAILPOINT", env.as_str())],
+    )
+    .await;
+    let client = cluster.client().await;
+    // The hot blob first (the lowest id of its volume), then the cold ones.
+    let mut blobs = Vec::new();
+    for seed in 0..8u64 {
+        let data = content(seed, BLOB);
+        let uploaded = client
+            .upload(Bytes::from(data.clone()), &UploadOptions::default())
+            .await
+            .unwrap();
+        blobs.push((uploaded.blob_id, data));
+    }
+    let http = reqwest::Client::new();
+    let url = |id: &str| format!("{}/{id}", cluster.http_base(0));
+    let (hot_id, hot) = blobs[0].clone();
+    let response = http.get(url(&hot_id)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), hot.as_slice());
+
+    // Writes stopped: evict every volume's pages.
+    for path in data_files(&cluster) {
+        evict(&path);
+    }
+    let disk_reads_before = metric(&cluster, "hayloft_volume_reads_total", "source=\"disk\"").await;
+
+    // Cold reads held on the pool: two run (whole), one waits (a range).
+    hold.arm();
+    let get = |id: String, range: Option<&'static str>| {
+        let (http, url) = (http.clone(), url(&id));
+        tokio::spawn(async move {
+            let mut request = http.get(url);
+            if let Some(range) = range {
+                request = request.header("range", range);
+            }
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.bytes().await.unwrap())
+        })
+    };
+    let held = [
+        get(blobs[1].0.clone(), None),
+        get(blobs[2].0.clone(), None),
+        get(blobs[3].0.clone(), Some("bytes=1000-40999")),
+    ];
+    eventually(
+        Duration::from_secs(30),
+        "2 reads running, 1 waiting",
+        || async {
+            metric(&cluster, "hayloft_volume_disk_reads_in_flight", "").await == 2.0
+                && metric(&cluster, "hayloft_volume_disk_reads_waiting", "").await == 1.0
+        },
+    )
+    .await;
+
+    // The pool and its queue are full: more cold reads are refused at once.
+    let refused = http.get(url(&blobs[4].0)).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let refused = grpc_read(&cluster, &blobs[4].0, 0, 0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+
+    // The hot blob answers meanwhile, over HTTP and gRPC, from memory.
+    for _ in 0..3 {
+        let response = http.get(url(&hot_id)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.unwrap().as_ref(), hot.as_slice());
+    }
+    assert_eq!(grpc_read(&cluster, &hot_id, 0, 0).await.unwrap(), hot);
+    assert!(
+        held.iter().all(|read| !read.is_finished()),
+        "a held read answered"
+    );
+
+    // Let go: the held reads answer with the right bytes.
+    hold.disarm();
+    let [first, second, ranged] = held;
+    assert_eq!(first.await.unwrap(), (200, Bytes::from(blobs[1].1.clone())));
+    assert_eq!(
+        second.await.unwrap(),
+        (200, Bytes::from(blobs[2].1.clone()))
+    );
+    assert_eq!(
+        ranged.await.unwrap(),
+        (206, Bytes::copy_from_slice(&blobs[3].1[1000..41_000]))
+    );
+    // More cold reads, gRPC (whole and a range) and HTTP.
+    assert_eq!(
+        grpc_read(&cluster, &blobs[4].0, 0, 0).await.unwrap(),
+        blobs[4].1
+    );
+    assert_eq!(
+        grpc_read(&cluster, &blobs[5].0, 5000, 100).await.unwrap(),
+        &blobs[5].1[5000..5100]
+    );
+    let response = http.get(url(&blobs[6].0)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        blobs[6].1.as_slice()
+    );
+
+    // Six reads came from disk, each about one blob's bytes. (The HTTP
+    // threads publish their counts every 100 ms.)
+    eventually(
+        Duration::from_secs(30),
+        "six reads counted from disk",
+        || async {
+            let disk_reads =
+                metric(&cluster, "hayloft_volume_reads_total", "source=\"disk\"").await;
+            disk_reads - disk_reads_before == 6.0
+        },
+    )
+    .await;
+    let bytes = metric(&cluster, "hayloft_volume_disk_read_bytes_total", "").await;
+    assert!(
+        bytes >= 6.0 * BLOB as f64 && bytes <= 6.0 * (BLOB as f64 + 512.0),
+        "{bytes} bytes read from disk for six reads"
+    );
+    assert!(metric(&cluster, "hayloft_volume_reads_total", "source=\"memory\"").await >= 5.0);
+    assert_eq!(
+        metric(&cluster, "hayloft_volume_disk_reads_refused_total", "").await,
+        2.0
+    );
+
+    // A byte flipped on disk in a blob not read since the eviction:
+    // refused over HTTP and gRPC, never served.
+    let (corrupt_id, corrupt) = &blobs[7];
+    let mut flipped = false;
+    for path in data_files(&cluster) {
+        let bytes = std::fs::read(&path).unwrap();
+        let Some(at) = bytes.windows(64).position(|w| w == &corrupt[..64]) else {
+            continue;
+        };
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let middle = (at + BLOB / 2) as u64;
+        file.write_all_at(&[bytes[at + BLOB / 2] ^ 0x20], middle)
+            .unwrap();
+        drop(file);
+        evict(&path);
+        flipped = true;
+    }
+    assert!(flipped, "the blob's bytes are in no data file");
+    let response = http.get(url(corrupt_id)).send().await.unwrap();
+    let status = response.status();
+    let body = response.bytes().await.unwrap();
+    assert!(status.is_server_error(), "{status}");
+    assert_ne!(body.as_ref(), corrupt.as_slice());
+    assert!(body.len() < 100, "{} bytes served", body.len());
+    let refused = grpc_read(&cluster, corrupt_id, 0, 0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::DataLoss, "{refused}");
+}
