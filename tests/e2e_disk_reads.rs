@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hayloft_client::UploadOptions;
-use hayloft_proto::ReadRequest;
-use hayloft_proto::volume_client::VolumeClient;
 use support::{Cluster, Failpoint, content};
 use tonic::Code;
 
@@ -81,23 +79,7 @@ async fn grpc_read(
     offset: u64,
     length: u64,
 ) -> Result<Vec<u8>, tonic::Status> {
-    let mut client = VolumeClient::connect(format!("http://{}", cluster.grpc_addr(0)))
-        .await
-        .unwrap()
-        .max_decoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES);
-    let mut stream = client
-        .read(ReadRequest {
-            blob_id: blob_id.to_owned(),
-            offset,
-            length,
-        })
-        .await?
-        .into_inner();
-    let mut data = Vec::new();
-    while let Some(message) = stream.message().await? {
-        data.extend_from_slice(&message.chunk);
-    }
-    Ok(data)
+    support::replicas::read_range_from(&cluster.grpc_addr(0), blob_id, offset, length).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -32,6 +32,17 @@ pub fn replica_ids(record: &VolumeRecord) -> Vec<String> {
 
 /// Reads a blob over gRPC from one particular server (no failover).
 pub async fn read_from(addr: &str, blob_id: &str) -> Result<Vec<u8>, tonic::Status> {
+    read_range_from(addr, blob_id, 0, 0).await
+}
+
+/// Reads `length` bytes (0: to the end) of a blob from `offset`, over gRPC
+/// from one particular server (no failover).
+pub async fn read_range_from(
+    addr: &str,
+    blob_id: &str,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut client = VolumeClient::connect(format!("http://{addr}"))
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?
@@ -39,8 +50,8 @@ pub async fn read_from(addr: &str, blob_id: &str) -> Result<Vec<u8>, tonic::Stat
     let mut stream = client
         .read(ReadRequest {
             blob_id: blob_id.to_owned(),
-            offset: 0,
-            length: 0,
+            offset,
+            length,
         })
         .await?
         .into_inner();
