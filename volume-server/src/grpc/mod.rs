@@ -1,0 +1,416 @@
+//! The `hayloft.v1.Volume` gRPC service over the store.
+//!
+//! Small whole-blob writes `pwrite` on their task and wait for their group
+//! commit through a callback (one blocking-pool task runs each group commit);
+//! other blocking storage calls (streamed appends, volume creation, writes a
+//! volume holds back) run on tokio's blocking pool; reads of the mmap run
+//! inline (they touch resident pages, and the body is sent as zero-copy
+//! slices).
+//!
+//! The rooms: `authz` (who may call what), `write` (a blob to every copy),
+//! `answers` (streams of independent requests: `WriteBatch`, `Replicate`),
+//! `read`, `sync` (the RPCs of anti-entropy and repair), `admin` (deletes
+//! and the operators' calls); this file holds the service, its dispatch
+//! (`impl Volume`) and what every room shares.
+
+mod admin;
+mod answers;
+mod authz;
+mod read;
+mod sync;
+mod write;
+
+#[allow(unused_imports)]
+use admin::*;
+#[allow(unused_imports)]
+use answers::*;
+pub use answers::{Answers, BATCH_BLOB_MAX};
+pub use authz::needs;
+pub use read::blob_info;
+#[allow(unused_imports)]
+use read::*;
+#[allow(unused_imports)]
+use write::*;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hayloft_proto::volume_server::Volume;
+use hayloft_proto::write_request::Part;
+use hayloft_proto::{
+    BlobInfo, ColdIndexRequest, ColdIndexResponse, CompactProgress, CompactRequest,
+    CreateVolumeRequest, CreateVolumeResponse, DeleteRequest, DeleteResponse, DeleteVolumeRequest,
+    DeleteVolumeResponse, FetchNeedleRequest, ListMovesRequest, ListMovesResponse,
+    ListNeedlesRequest, ListNeedlesResponse, ListVolumesRequest, ListVolumesResponse,
+    MoveVolumeRequest, MoveVolumeResponse, NeedleDigestsRequest, NeedleDigestsResponse,
+    NeedleEntry, RangeDigest, ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse,
+    StatRequest, StatResponse, SyncProgress, SyncVolumeRequest, Tier as ProtoTier,
+    WriteBatchRequest, WriteBatchResponse, WriteHeader, WriteRequest, WriteResponse,
+};
+use hayloft_storage::volume::now_unix_secs;
+use hayloft_storage::{
+    BlobId, Claim, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, Queued, QueuedWrite, Store,
+    Tier, VolumeId, Wake, WriteReceipt,
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use hayloft_access::grpc::{Caller, Need, Note, Who};
+use hayloft_access::token::Op;
+
+use crate::antientropy::AntiEntropy;
+use crate::disk_reads::{DiskReads, ReadError, Source};
+use crate::error::{etag, grpc_status};
+use crate::metrics;
+use crate::replicate::{Forward, LINKED_FORWARD_MAX, Replication};
+use crate::status::all_statuses;
+use crate::tier::{ColdReadError, MoveError, Tiering};
+/// The volume service.
+#[derive(Clone)]
+pub struct VolumeService {
+    store: Arc<Store>,
+    max_upload_bytes: u64,
+    compaction_rate: u64,
+    /// Wakes the heartbeat task (after a volume is created or fills up).
+    heartbeat_now: Arc<tokio::sync::Notify>,
+    tiering: Arc<Tiering>,
+    replication: Arc<Replication>,
+    anti_entropy: Arc<AntiEntropy>,
+    /// Blobs up to this size are checksummed on every read.
+    verify_up_to: u64,
+    /// Reads that wait for the disk (shared with the HTTP origin).
+    disk: Arc<DiskReads>,
+    /// Becomes true when the server shuts down: long-lived streams end.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Checks write grants (tokens are required).
+    grants: Option<Arc<hayloft_access::SharedKeyring>>,
+    /// Clock-skew allowance for grants.
+    skew: std::time::Duration,
+}
+
+/// The limits a [`VolumeService`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    /// Largest blob accepted.
+    pub max_upload_bytes: u64,
+    /// Default compaction copy rate (bytes a second, 0 = unlimited).
+    pub compaction_rate: u64,
+    /// Blobs up to this size are checksummed on every read.
+    pub verify_up_to: u64,
+}
+
+/// Runs `f` on tokio's blocking pool; a panic in it answers INTERNAL.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(task_failed)
+}
+
+/// A storage task that panicked (or was cancelled), as the caller's answer.
+fn task_failed(error: tokio::task::JoinError) -> Status {
+    Status::internal(format!("storage task failed: {error}"))
+}
+
+fn parse_blob_id(text: &str) -> Result<BlobId, Status> {
+    text.parse::<BlobId>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+
+type CompactStream = tokio_stream::wrappers::ReceiverStream<Result<CompactProgress, Status>>;
+
+type SyncStream = tokio_stream::wrappers::ReceiverStream<Result<SyncProgress, Status>>;
+
+/// A span for one request, carrying its id (from `x-request-id`, or a new
+/// one), so that every log line about it can be found from either server.
+pub fn request_span(op: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let id = hayloft_proto::request_id(metadata);
+    tracing::info_span!("request", op, request_id = %id)
+}
+
+/// Runs one call inside its request span, then counts and times it by
+/// operation and gRPC code.
+async fn traced<T>(
+    op: &'static str,
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = call.instrument(span.clone()).await;
+    let code = metrics::grpc_code(&result);
+    metrics::observe_grpc(op, &code, started);
+    span.in_scope(|| {
+        tracing::debug!(status = %code, micros = started.elapsed().as_micros() as u64, "request done")
+    });
+    result
+}
+
+/// Every call is timed and counted by operation and gRPC code.
+#[tonic::async_trait]
+impl Volume for VolumeService {
+    type ReadStream = ReadStream;
+    type CompactStream = CompactStream;
+    type FetchNeedleStream = ReadStream;
+    type SyncVolumeStream = SyncStream;
+
+    async fn needle_digests(
+        &self,
+        request: Request<NeedleDigestsRequest>,
+    ) -> Result<Response<NeedleDigestsResponse>, Status> {
+        let span = request_span("grpc_needle_digests", request.metadata());
+        traced(
+            "grpc_needle_digests",
+            span,
+            self.needle_digests_inner(request),
+        )
+        .await
+    }
+
+    async fn list_needles(
+        &self,
+        request: Request<ListNeedlesRequest>,
+    ) -> Result<Response<ListNeedlesResponse>, Status> {
+        let span = request_span("grpc_list_needles", request.metadata());
+        traced("grpc_list_needles", span, self.list_needles_inner(request)).await
+    }
+
+    async fn fetch_needle(
+        &self,
+        request: Request<FetchNeedleRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
+        let span = request_span("grpc_fetch_needle", request.metadata());
+        traced("grpc_fetch_needle", span, self.fetch_needle_inner(request)).await
+    }
+
+    async fn sync_volume(
+        &self,
+        request: Request<SyncVolumeRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let span = request_span("grpc_sync_volume", request.metadata());
+        traced("grpc_sync_volume", span, self.sync_volume_inner(request)).await
+    }
+
+    async fn cold_index(
+        &self,
+        request: Request<ColdIndexRequest>,
+    ) -> Result<Response<ColdIndexResponse>, Status> {
+        let span = request_span("grpc_cold_index", request.metadata());
+        let id = VolumeId(request.get_ref().volume_id);
+        let tiering = Arc::clone(&self.tiering);
+        let store = Arc::clone(&self.store);
+        traced("grpc_cold_index", span, async move {
+            if let Handle::Local(_) = store.handle(id).map_err(|e| grpc_status(&e, None))? {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is not cold on this server"
+                )));
+            }
+            let files = blocking(move || tiering.cold_files(id))
+                .await?
+                .map_err(|e| grpc_status(&e, None))?;
+            Ok(Response::new(files))
+        })
+        .await
+    }
+
+    type ReplicateStream = Answers<ReplicateResponse>;
+
+    async fn replicate(
+        &self,
+        request: Request<Streaming<ReplicateRequest>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let service = self.clone();
+        Ok(Response::new(answer_each(
+            request.into_inner(),
+            self.stop.clone(),
+            move |message, reply| service.write_replicated(message, reply),
+        )))
+    }
+
+    type WriteBatchStream = Answers<WriteBatchResponse>;
+
+    async fn write_batch(
+        &self,
+        request: Request<Streaming<WriteBatchRequest>>,
+    ) -> Result<Response<Self::WriteBatchStream>, Status> {
+        let request_id = hayloft_proto::request_id(request.metadata());
+        let who = Who::of(request.extensions());
+        let note = Note::of(request.extensions());
+        if let Some(note) = &note {
+            note.per_item();
+        }
+        let service = self.clone();
+        Ok(Response::new(answer_each(
+            request.into_inner(),
+            self.stop.clone(),
+            move |message: WriteBatchRequest, reply: Reply<WriteBatchResponse>| {
+                let (service, request_id, who, note) = (
+                    service.clone(),
+                    request_id.clone(),
+                    who.clone(),
+                    note.clone(),
+                );
+                tokio::spawn(async move {
+                    let seq = message.seq;
+                    let (blob_id, size) = message
+                        .header
+                        .as_ref()
+                        .map(|h| (h.blob_id.clone(), h.size))
+                        .unwrap_or_default();
+                    let written = service.write_batched(message, &request_id, &who).await;
+                    if let Some(note) = &note {
+                        let collection = service.collection_of(&blob_id);
+                        note.item(&blob_id, &collection, size, written.as_ref().map(|_| ()));
+                    }
+                    reply.send(match written {
+                        Ok(written) => WriteBatchResponse {
+                            seq,
+                            code: 0,
+                            message: String::new(),
+                            written: Some(written),
+                        },
+                        Err(status) => {
+                            tracing::warn!(request_id = %request_id, code = ?status.code(),
+                                error = %status.message(), "batched write refused");
+                            WriteBatchResponse::refused(seq, &status)
+                        }
+                    });
+                });
+            },
+        )))
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let span = request_span("grpc_write", request.metadata());
+        traced("grpc_write", span, self.write_inner(request)).await
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let span = request_span("grpc_read", request.metadata());
+        traced("grpc_read", span, self.read_inner(request)).await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let span = request_span("grpc_delete", request.metadata());
+        traced("grpc_delete", span, self.delete_inner(request)).await
+    }
+
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let span = request_span("grpc_stat", request.metadata());
+        traced("grpc_stat", span, self.stat_inner(request)).await
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let span = request_span("grpc_create_volume", request.metadata());
+        traced(
+            "grpc_create_volume",
+            span,
+            self.create_volume_inner(request),
+        )
+        .await
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let span = request_span("grpc_list_volumes", request.metadata());
+        traced("grpc_list_volumes", span, self.list_volumes_inner(request)).await
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactRequest>,
+    ) -> Result<Response<CompactStream>, Status> {
+        let span = request_span("grpc_compact", request.metadata());
+        traced("grpc_compact", span, self.compact_inner(request)).await
+    }
+
+    async fn move_volume(
+        &self,
+        request: Request<MoveVolumeRequest>,
+    ) -> Result<Response<MoveVolumeResponse>, Status> {
+        let span = request_span("grpc_move_volume", request.metadata());
+        traced("grpc_move_volume", span, self.move_volume_inner(request)).await
+    }
+
+    async fn list_moves(
+        &self,
+        request: Request<ListMovesRequest>,
+    ) -> Result<Response<ListMovesResponse>, Status> {
+        let span = request_span("grpc_list_moves", request.metadata());
+        let jobs = self.tiering.list();
+        traced("grpc_list_moves", span, async {
+            Ok(Response::new(ListMovesResponse { jobs }))
+        })
+        .await
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let span = request_span("grpc_delete_volume", request.metadata());
+        traced(
+            "grpc_delete_volume",
+            span,
+            self.delete_volume_inner(request),
+        )
+        .await
+    }
+}
+
+impl VolumeService {
+    /// A service over `store`, reading from disk through `disk`.
+    pub fn new(
+        store: Arc<Store>,
+        limits: ServiceLimits,
+        heartbeat_now: Arc<tokio::sync::Notify>,
+        tiering: Arc<Tiering>,
+        replication: Arc<Replication>,
+        anti_entropy: Arc<AntiEntropy>,
+        disk: Arc<DiskReads>,
+    ) -> Self {
+        VolumeService {
+            disk,
+            store,
+            max_upload_bytes: limits.max_upload_bytes,
+            compaction_rate: limits.compaction_rate,
+            heartbeat_now,
+            tiering,
+            replication,
+            anti_entropy,
+            verify_up_to: limits.verify_up_to,
+            stop: None,
+            grants: None,
+            skew: std::time::Duration::from_secs(60),
+        }
+    }
+
+    /// Accepts write grants checked with `keyring` (when tokens are
+    /// required: a write carries a grant, or a token with
+    /// `write:<collection>`).
+    pub fn with_grants(mut self, keyring: Option<Arc<hayloft_access::SharedKeyring>>) -> Self {
+        self.grants = keyring;
+        self
+    }
+
+    /// Ends long-lived streams (`Replicate`) once `stop` becomes true, so
+    /// that a graceful shutdown does not wait for them.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+}

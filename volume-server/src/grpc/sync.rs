@@ -1,0 +1,128 @@
+//! The RPCs anti-entropy and repair use: digests, needle lists, fetches,
+//! and syncing a copy from the others.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl VolumeService {
+    pub(super) async fn needle_digests_inner(
+        &self,
+        request: Request<NeedleDigestsRequest>,
+    ) -> Result<Response<NeedleDigestsResponse>, Status> {
+        let request = request.into_inner();
+        let volume = self
+            .store
+            .volume(VolumeId(request.volume_id))
+            .map_err(|e| grpc_status(&e, None))?;
+        let bits = request.range_bits.clamp(4, 40);
+        let ranges = blocking(move || volume.range_digests(bits))
+            .await?
+            .into_iter()
+            .map(|d| RangeDigest {
+                start: d.start.0,
+                count: d.count,
+                hash: d.hash,
+            })
+            .collect();
+        Ok(Response::new(NeedleDigestsResponse { ranges }))
+    }
+
+    pub(super) async fn list_needles_inner(
+        &self,
+        request: Request<ListNeedlesRequest>,
+    ) -> Result<Response<ListNeedlesResponse>, Status> {
+        let request = request.into_inner();
+        if request.to < request.from || request.to - request.from > 1 << 20 {
+            return Err(Status::invalid_argument(
+                "list at most 2^20 needle ids at a time",
+            ));
+        }
+        let volume = self
+            .store
+            .volume(VolumeId(request.volume_id))
+            .map_err(|e| grpc_status(&e, None))?;
+        let (from, to) = (NeedleId(request.from), NeedleId(request.to));
+        let needles = blocking(move || volume.needle_states(from, to))
+            .await?
+            .into_iter()
+            .map(|s| NeedleEntry {
+                needle_id: s.id.0,
+                cookie: s.cookie.0,
+                size: s.data_len,
+                deleted: s.deleted,
+            })
+            .collect();
+        Ok(Response::new(ListNeedlesResponse { needles }))
+    }
+
+    pub(super) async fn fetch_needle_inner(
+        &self,
+        request: Request<FetchNeedleRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
+        let blob = parse_blob_id(&request.get_ref().blob_id)?;
+        let volume = self
+            .store
+            .volume(blob.volume())
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let needle = blocking(move || volume.read_for_copy(blob.needle, blob.cookie))
+            .await?
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let info = blob_info(blob, &needle);
+        Ok(Response::new(read_stream(info, needle.data)))
+    }
+
+    pub(super) async fn sync_volume_inner(
+        &self,
+        request: Request<SyncVolumeRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let request = request.into_inner();
+        if request.volume_id == 0 {
+            return Err(Status::invalid_argument("volume id 0 is reserved"));
+        }
+        let id = VolumeId(request.volume_id);
+        if self.store.volume(id).is_err() {
+            // A new copy (repair) or a replaced disk: start from empty.
+            let tier = match ProtoTier::try_from(request.tier) {
+                Ok(ProtoTier::Warm) => Tier::Warm,
+                _ => Tier::Hot,
+            };
+            let store = Arc::clone(&self.store);
+            let collection = request.collection.clone();
+            match blocking(move || store.create_volume(id, tier, &collection)).await? {
+                Ok(_) | Err(Error::VolumeExists(_)) => {}
+                Err(e) => return Err(grpc_status(&e, None)),
+            }
+            tracing::info!(volume = %id, "empty copy created for a sync");
+            self.heartbeat_now.notify_one();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let anti_entropy = Arc::clone(&self.anti_entropy);
+        let heartbeat_now = Arc::clone(&self.heartbeat_now);
+        // The sync goes on if the caller goes away: it is idempotent, and
+        // whatever it copied stays.
+        tokio::spawn(async move {
+            let result = anti_entropy
+                .sync(
+                    request.volume_id,
+                    &request.sources,
+                    request.bytes_per_sec,
+                    true,
+                    Some(&tx),
+                )
+                .await;
+            heartbeat_now.notify_one();
+            let last = match result {
+                Ok(report) => report,
+                Err(status) => SyncProgress {
+                    done: true,
+                    error: status.message().to_owned(),
+                    ..SyncProgress::default()
+                },
+            };
+            let _ = tx.send(Ok(last)).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}
