@@ -655,6 +655,11 @@ impl Volume {
     /// Makes the volume read-only, durably.
     pub fn seal(&self) -> Result<()> {
         self.writer.lock().sealed = true;
+        if self.meta.lock().sealed {
+            // Sealed durably already (a repeated call: every write a sealed
+            // volume refuses asks again): nothing to sync or store.
+            return Ok(());
+        }
         self.sync_now()?;
         let (_, _, meta_path) = volume_paths(&self.dir, self.id);
         let mut meta = self.meta.lock();

@@ -223,7 +223,13 @@ impl VolumeService {
     pub(super) fn failed(&self, error: Error, blob: Option<BlobId>) -> Status {
         // Full, or sealed by a copy's record past the maximum (made durable
         // here, idempotently).
-        if let Error::VolumeFull { volume, .. } | Error::Sealed(volume) = error {
+        if let Error::VolumeFull { volume, .. } | Error::Sealed(volume) = error
+            // A volume sealed durably before needs nothing more.
+            && self
+                .store
+                .volume(volume)
+                .is_ok_and(|v| v.sealed_at().is_none())
+        {
             // Stop the directory handing out ids in it as soon as possible.
             let store = Arc::clone(&self.store);
             let notify = Arc::clone(&self.heartbeat_now);
