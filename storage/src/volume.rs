@@ -40,16 +40,18 @@ use crate::recovery::{self, RecoveryReport};
 use crate::space::{DiskSpace, SpaceReport};
 
 mod claim;
+mod commit;
 mod compact;
 mod read;
 mod replica;
 mod write;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
 pub use claim::Claim;
+pub use commit::{SyncDuty, Waiter, Wake};
 pub use compact::{COMPACTION_MARGIN, CompactOptions, CompactReport};
 pub use read::{BUFFERED_READ_MAX, DiskRead, FromDisk, ReadPlan};
 pub use replica::{NeedleState, RangeDigest};
-pub use write::{NeedleWriter, Queued, QueuedWrite, SyncDuty, Waiter, Wake};
+pub use write::{NeedleWriter, Queued, QueuedWrite};
 
 /// When a write counts as acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
