@@ -4,14 +4,21 @@
 //!
 //! - [`DirectoryConfig`]: the daemon's configuration (TOML, with defaults).
 //! - [`Directory`]: binds the gRPC port, then serves until shutdown.
-//! - `cluster`: the in-memory cluster map and the allocators.
-//! - `db`: its persistence in RocksDB (schema in the module docs).
+//! - `replicated`: the replicated state, the commands that change it and
+//!   its apply function over a RocksDB write batch (no Raft types).
+//! - `cluster`: the in-memory cluster map (that state plus the leader's
+//!   soft state) and the allocators; reaches the group through its
+//!   `Consensus` trait.
+//! - `consensus`: the directory group (openraft) behind that trait: every
+//!   change to the map is committed through the Raft log before it is acted
+//!   on.
+//! - `db`: the persistence in RocksDB (schema in the module docs).
 //! - `service`: the `hayloft.v1.Directory` gRPC service.
 //! - [`placement`]: which servers hold a volume's copies.
 //! - [`repair`]: brings degraded volumes back to all their copies.
 //!
-//! - `consensus`: the directory group (openraft): every change to the map
-//!   is committed through the Raft log before it is acted on.
+//! Dependencies between them go one way: `replicated` <- `cluster` <-
+//! `consensus` <- `service`.
 //!
 //! Needle ids are `volume id << 32 | sequence`: each volume owns a range, so
 //! a bare needle id resolves to its volume. Sequences are reserved in blocks
@@ -34,6 +41,7 @@ pub mod db;
 mod error;
 pub mod placement;
 pub mod repair;
+mod replicated;
 mod service;
 
 pub use cluster::{Cluster, NEEDLE_BLOCK};
@@ -418,7 +426,8 @@ impl Directory {
             self.keyring.clone().filter(|_| self.config.require_tokens),
             self.config.write_grant_ttl,
         )
-        .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime);
+        .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime)
+        .with_raft(self.raft.clone());
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let tls_watch = self
             .tls

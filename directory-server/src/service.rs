@@ -45,6 +45,8 @@ pub struct DirectoryService {
     grants: Option<Arc<hayloft_access::SharedKeyring>>,
     /// How long a write grant works.
     grant_ttl: std::time::Duration,
+    /// This node's Raft, for membership changes (none in unit tests).
+    raft: Option<crate::consensus::Raft>,
     /// Signs URLs for `SignUrl` (the directory's key ring, if it has one).
     url_signer: Option<Arc<hayloft_access::SharedKeyring>>,
     /// The longest lifetime `SignUrl` signs for.
@@ -94,7 +96,21 @@ impl DirectoryService {
             grant_ttl: std::time::Duration::from_secs(60),
             url_signer: None,
             url_max_lifetime: std::time::Duration::from_secs(24 * 3600),
+            raft: None,
         }
+    }
+
+    /// Adds and removes nodes of the group through `raft`.
+    pub(crate) fn with_raft(mut self, raft: crate::consensus::Raft) -> Self {
+        self.raft = Some(raft);
+        self
+    }
+
+    /// This node's Raft, for membership changes.
+    fn raft(&self) -> Result<&crate::consensus::Raft> {
+        self.raft
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable("the directory's Raft node is not running".into()))
     }
 
     /// Hands out, with each id, a grant to write it for `ttl`, signed with
@@ -645,7 +661,7 @@ impl Directory for DirectoryService {
         let cluster = &self.cluster;
         traced(cluster, "add_node", span, async {
             let hayloft_proto::AddNodeRequest { node_id, addr } = request.into_inner();
-            let raft = cluster.raft()?;
+            let raft = self.raft()?;
             let membership = crate::consensus::membership::add_node(
                 raft,
                 node_id,
@@ -706,7 +722,7 @@ impl Directory for DirectoryService {
         let span = request_span("remove_node", request.metadata());
         let cluster = &self.cluster;
         traced(cluster, "remove_node", span, async {
-            let raft = cluster.raft()?;
+            let raft = self.raft()?;
             let node = request.get_ref().node_id;
             let membership = crate::consensus::membership::remove_node(raft, node).await?;
             Ok(Response::new(membership))

@@ -7,14 +7,13 @@ impl Cluster {
     pub(super) fn writable(
         &self,
         inner: &Inner,
-        entry: &VolumeEntry,
+        row: &VolumeRow,
         collection: &str,
         count: u64,
     ) -> bool {
-        let row = &entry.row;
         row.collection == collection
             && row.state == VolumeState::Writable as i32
-            && (entry.block.end - entry.block.start >= count
+            && (inner.blocks.get(&row.id).map_or(0, |b| b.end - b.start) >= count
                 || row.needle_high_water.max(1) + count <= MAX_SEQ + 1)
             && self.volume_health(inner, row) == VolumeHealth::Ok
             && !Self::moving(inner, row.id)
@@ -36,6 +35,7 @@ impl Cluster {
     pub fn writable_count(&self, collection: &str) -> usize {
         let inner = self.inner.lock();
         inner
+            .state
             .volumes
             .values()
             .filter(|e| self.writable(&inner, e, collection, 1))
@@ -59,13 +59,13 @@ impl Cluster {
                 else {
                     return Ok(None);
                 };
-                let entry = inner
-                    .volumes
-                    .get_mut(&volume_id)
-                    .ok_or(Error::Corrupt("volume vanished"))?;
-                if entry.block.end - entry.block.start >= count {
-                    let first = entry.block.start;
-                    entry.block.start += count;
+                if !inner.state.volumes.contains_key(&volume_id) {
+                    return Err(Error::Corrupt("volume vanished"));
+                }
+                let block = inner.blocks.entry(volume_id).or_default();
+                if block.end - block.start >= count {
+                    let first = block.start;
+                    block.start += count;
                     return Ok(Some((blobs(volume_id, first, count), locations)));
                 }
                 (volume_id, locations)
@@ -80,12 +80,13 @@ impl Cluster {
             match reserved {
                 Applied::Needles { first, end } => {
                     let mut inner = self.inner.lock();
-                    if let Some(entry) = inner.volumes.get_mut(&volume_id) {
+                    if inner.state.volumes.contains_key(&volume_id) {
                         // Keep whichever block has more left (the other's
                         // ids are never handed out).
                         let rest = first + count..end;
-                        if rest.end - rest.start > entry.block.end - entry.block.start {
-                            entry.block = rest;
+                        let block = inner.blocks.entry(volume_id).or_default();
+                        if rest.end - rest.start > block.end - block.start {
+                            *block = rest;
                         }
                     }
                     return Ok(Some((blobs(volume_id, first, count), locations)));
@@ -109,21 +110,21 @@ impl Cluster {
         count: u64,
     ) -> Option<(u32, Vec<ServerLocation>)> {
         let candidates: Vec<u32> = inner
+            .state
             .volumes
             .values()
             .filter(|e| self.writable(inner, e, collection, count))
-            .map(|e| e.row.id)
+            .map(|e| e.id)
             .collect();
         if candidates.is_empty() {
             return None;
         }
         inner.round_robin = inner.round_robin.wrapping_add(1);
         let volume_id = candidates[inner.round_robin % candidates.len()];
-        let mut locations: Vec<ServerLocation> = inner.volumes[&volume_id]
-            .row
+        let mut locations: Vec<ServerLocation> = inner.state.volumes[&volume_id]
             .replicas
             .iter()
-            .filter_map(|id| inner.servers.get(id)?.location.clone())
+            .filter_map(|id| inner.state.servers.get(id)?.location.clone())
             .collect();
         if !locations.is_empty() {
             let turn = inner.round_robin / candidates.len() % locations.len();
@@ -160,36 +161,41 @@ impl Cluster {
         let copies = self.replication_for(collection);
         let mut inner = self.inner.lock();
         let candidates = self.candidates(&inner, tier);
-        let chosen =
-            match placement::place(&candidates, &[], copies, u64::from(inner.next_volume_id)) {
-                Ok(chosen) => chosen,
-                Err(e) => {
-                    let reason = if inner.servers.values().any(|s| self.alive(s)) {
-                        format!("cannot create a volume of collection {collection:?}: {e}")
-                    } else {
-                        "no volume server is alive".to_owned()
-                    };
-                    inner
-                        .problems
-                        .insert(collection.to_owned(), (now_unix(), reason.clone()));
-                    return Err(Error::Unavailable(reason));
-                }
-            };
+        let chosen = match placement::place(
+            &candidates,
+            &[],
+            copies,
+            u64::from(inner.state.next_volume_id),
+        ) {
+            Ok(chosen) => chosen,
+            Err(e) => {
+                let reason = if inner.state.servers.values().any(|s| self.alive(s)) {
+                    format!("cannot create a volume of collection {collection:?}: {e}")
+                } else {
+                    "no volume server is alive".to_owned()
+                };
+                inner
+                    .problems
+                    .insert(collection.to_owned(), (now_unix(), reason.clone()));
+                return Err(Error::Unavailable(reason));
+            }
+        };
         Ok(chosen
             .iter()
-            .filter_map(|id| inner.servers.get(id)?.location.clone())
+            .filter_map(|id| inner.state.servers.get(id)?.location.clone())
             .collect())
     }
 
     /// Live servers as placement candidates for a volume on `tier`.
     pub(super) fn candidates(&self, inner: &Inner, tier: Tier) -> Vec<Candidate> {
         let mut copies: HashMap<&str, u64> = HashMap::new();
-        for entry in inner.volumes.values() {
-            for id in &entry.row.replicas {
+        for entry in inner.state.volumes.values() {
+            for id in &entry.replicas {
                 *copies.entry(id.as_str()).or_default() += 1;
             }
         }
         inner
+            .state
             .servers
             .values()
             .filter(|s| self.alive(s))
@@ -285,9 +291,10 @@ impl Cluster {
     pub fn volume_collection(&self, volume_id: u32) -> Option<String> {
         let inner = self.inner.lock();
         inner
+            .state
             .volumes
             .get(&volume_id)
-            .map(|entry| entry.row.collection.clone())
+            .map(|entry| entry.collection.clone())
     }
 
     /// Where each volume lives, for volume ids and blob/needle ids.
@@ -309,17 +316,17 @@ impl Cluster {
         let inner = self.inner.lock();
         Ok(wanted
             .into_iter()
-            .filter_map(|id| inner.volumes.get(&id))
+            .filter_map(|id| inner.state.volumes.get(&id))
             .map(|entry| {
-                let replicas = self.replicas(&inner, &entry.row);
+                let replicas = self.replicas(&inner, entry);
                 VolumeLocation {
-                    volume_id: entry.row.id,
-                    tier: entry.row.tier,
-                    state: entry.row.state,
+                    volume_id: entry.id,
+                    tier: entry.tier,
+                    state: entry.state,
                     locations: Self::read_locations(&replicas),
-                    health: self.volume_health(&inner, &entry.row) as i32,
+                    health: self.volume_health(&inner, entry) as i32,
                     replicas,
-                    collection: Some(entry.row.collection.clone()),
+                    collection: Some(entry.collection.clone()),
                 }
             })
             .collect())

@@ -14,7 +14,12 @@ impl Cluster {
         row: &VolumeRow,
         server_id: &str,
     ) -> ReplicaHealth {
-        if !inner.servers.get(server_id).is_some_and(|s| self.alive(s)) {
+        if !inner
+            .state
+            .servers
+            .get(server_id)
+            .is_some_and(|s| self.alive(s))
+        {
             ReplicaHealth::Down
         } else if inner
             .reported
@@ -62,6 +67,7 @@ impl Cluster {
             .map(|id| Replica {
                 location: Some(
                     inner
+                        .state
                         .servers
                         .get(id)
                         .and_then(|s| s.location.clone())
@@ -105,6 +111,7 @@ impl Cluster {
     /// repair job is open): the volume takes no new writes meanwhile.
     pub(super) fn moving(inner: &Inner, volume_id: u32) -> bool {
         inner
+            .state
             .repair_jobs
             .get(&volume_id)
             .is_some_and(|job| job.kind == "move")
@@ -120,6 +127,7 @@ impl Cluster {
                 let inner = self.inner.lock();
                 servers.iter().all(|id| {
                     inner
+                        .state
                         .servers
                         .get(id)
                         .is_some_and(|s| s.last_heartbeat > since + 1)
@@ -145,16 +153,18 @@ impl Cluster {
         let inner = self.inner.lock();
         let now = now_unix();
         inner
+            .state
             .volumes
             .values()
-            .filter(|e| all || self.volume_health(&inner, &e.row) != VolumeHealth::Ok)
+            .filter(|e| all || self.volume_health(&inner, e) != VolumeHealth::Ok)
             .map(|e| {
                 let replicas: Vec<RepairReplica> = self
-                    .replicas(&inner, &e.row)
+                    .replicas(&inner, e)
                     .into_iter()
                     .map(|r| {
                         let location = r.location.unwrap_or_default();
                         let down_for = inner
+                            .state
                             .servers
                             .get(&location.server_id)
                             .map_or(u64::MAX, |s| now.saturating_sub(s.last_heartbeat));
@@ -173,13 +183,13 @@ impl Cluster {
                     .iter()
                     .map(|r| r.tier)
                     .find(|t| matches!(t, Tier::Hot | Tier::Warm))
-                    .unwrap_or_else(|| Tier::try_from(e.row.tier).unwrap_or(Tier::Hot));
+                    .unwrap_or_else(|| Tier::try_from(e.tier).unwrap_or(Tier::Hot));
                 RepairView {
-                    volume_id: e.row.id,
-                    collection: e.row.collection.clone(),
+                    volume_id: e.id,
+                    collection: e.collection.clone(),
                     tier,
-                    desired: Self::desired_copies(&e.row),
-                    healthy: self.volume_health(&inner, &e.row) == VolumeHealth::Ok,
+                    desired: Self::desired_copies(e),
+                    healthy: self.volume_health(&inner, e) == VolumeHealth::Ok,
                     replicas,
                 }
             })
@@ -188,7 +198,13 @@ impl Cluster {
 
     /// A server's addresses, as it last reported them.
     pub fn server_location(&self, server_id: &str) -> Option<ServerLocation> {
-        self.inner.lock().servers.get(server_id)?.location.clone()
+        self.inner
+            .lock()
+            .state
+            .servers
+            .get(server_id)?
+            .location
+            .clone()
     }
 
     /// True once this leader has led for `dead_after`: every live server

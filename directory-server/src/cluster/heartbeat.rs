@@ -20,6 +20,7 @@ impl Cluster {
         let registered = self
             .inner
             .lock()
+            .state
             .servers
             .get(&server_id)
             .and_then(|s| s.location.clone());
@@ -33,7 +34,7 @@ impl Cluster {
         {
             let mut inner = self.inner.lock();
             let inner = &mut *inner;
-            if let Some(server) = inner.servers.get_mut(&server_id) {
+            if let Some(server) = inner.state.servers.get_mut(&server_id) {
                 server.last_heartbeat = now_unix();
                 server.free_hot_bytes = request.free_hot_bytes;
                 server.free_warm_bytes = request.free_warm_bytes;
@@ -49,7 +50,7 @@ impl Cluster {
                     continue;
                 }
                 reported.insert(status.volume_id, status.clone());
-                let Some(entry) = inner.volumes.get_mut(&status.volume_id) else {
+                let Some(row) = inner.state.volumes.get_mut(&status.volume_id) else {
                     // A volume the directory has no record of (copied in by
                     // an operator, or created before the database was lost).
                     // Which of its needle ids were handed out is unknown, so
@@ -74,7 +75,6 @@ impl Cluster {
                     });
                     continue;
                 };
-                let row = &mut entry.row;
                 if !row.replicas.contains(&server_id) {
                     // A copy the directory did not place here (left behind by
                     // a repair, or copied in by hand): not served, not
@@ -118,9 +118,9 @@ impl Cluster {
             let now = now_unix();
             if let Some(previous) = inner.reported.get(&server_id) {
                 for (id, status) in previous {
-                    let just_created = inner.volumes.get(id).is_some_and(|e| {
-                        e.row.replicas.contains(&server_id)
-                            && now.saturating_sub(e.row.created_at) <= JUST_CREATED_SECS
+                    let just_created = inner.state.volumes.get(id).is_some_and(|e| {
+                        e.replicas.contains(&server_id)
+                            && now.saturating_sub(e.created_at) <= JUST_CREATED_SECS
                     });
                     if just_created && !reported.contains_key(id) {
                         reported.insert(*id, status.clone());
@@ -135,22 +135,22 @@ impl Cluster {
         }
         let inner = &*self.inner.lock();
         Ok(inner
+            .state
             .volumes
             .values()
-            .filter(|e| e.row.replicas.contains(&server_id))
+            .filter(|e| e.replicas.contains(&server_id))
             .map(|e| VolumeReplicas {
-                volume_id: e.row.id,
+                volume_id: e.id,
                 locations: e
-                    .row
                     .replicas
                     .iter()
-                    .filter_map(|id| inner.servers.get(id)?.location.clone())
+                    .filter_map(|id| inner.state.servers.get(id)?.location.clone())
                     .collect(),
                 // Also while a copy moves (to spread them over more zones):
                 // the volume takes no writes until the new copy has it all.
-                degraded: self.volume_health(inner, &e.row) != VolumeHealth::Ok
-                    || Self::moving(inner, e.row.id),
-                sealed: e.row.state != VolumeState::Writable as i32,
+                degraded: self.volume_health(inner, e) != VolumeHealth::Ok
+                    || Self::moving(inner, e.id),
+                sealed: e.state != VolumeState::Writable as i32,
             })
             .collect())
     }

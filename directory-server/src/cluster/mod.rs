@@ -13,8 +13,10 @@
 //! new volumes), `heartbeat`, `health` (each copy's and volume's), `repairs`
 //! (repair jobs, replica sets, extra copies), `revoke` (revoked tokens),
 //! `report` (status, capacity, gauges), `group` (proposing through Raft,
-//! leadership, the state machine's entry points) and `state` (the apply
-//! function over a RocksDB batch).
+//! leadership, the state machine's entry points). The replicated state and
+//! its apply function are in [`crate::replicated`], free of Raft; the
+//! cluster reaches the group through the [`Consensus`] trait (openraft in
+//! `consensus/`, or [`solo`] in unit tests).
 
 mod assign;
 mod group;
@@ -23,12 +25,12 @@ mod heartbeat;
 mod repairs;
 mod report;
 mod revoke;
-mod state;
+#[cfg(test)]
+pub(crate) mod solo;
 #[cfg(test)]
 mod tests;
 
-// Shared by the rooms (each takes `super::*`).
-use state::{apply_command, json};
+pub use group::{Consensus, Leadership};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,24 +42,20 @@ use hayloft_proto::{
 };
 use hayloft_storage::types::needle_in;
 use hayloft_storage::{BlobId, Cookie, VolumeId};
-use openraft::{BasicNode, EntryPayload, LogId, StoredMembership};
 use parking_lot::Mutex;
 use prost::Message;
 use rand::Rng;
 use rocksdb::WriteBatch;
 
 use crate::DirectoryConfig;
-use crate::consensus::{Applied, Command, Raft, TypeConfig};
 use crate::db::{self, Db, RepairJobRow, ServerRow, VolumeRow};
 use crate::error::{Error, Result};
 use crate::placement::{self, Candidate};
+use crate::replicated::{Applied, Command, MAX_SEQ, Position, Replicated};
 
 /// Needle ids are reserved through the Raft log this many at a time, so
 /// allocation costs one commit per block rather than per upload.
 pub const NEEDLE_BLOCK: u64 = 100_000;
-
-/// Largest sequence number in a volume (needle ids are `volume << 32 | seq`).
-const MAX_SEQ: u64 = u32::MAX as u64;
 
 /// How long after its creation a copy a heartbeat leaves out is still
 /// taken as present (the heartbeat may have been sent before it existed).
@@ -69,23 +67,14 @@ pub(crate) fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-struct VolumeEntry {
-    row: VolumeRow,
-    /// Soft: sequence numbers this node reserved and has not handed out
-    /// yet. Nobody else ever hands them out (each reservation starts at the
-    /// committed high-water mark), so a leader may use them in any term;
-    /// lost on a restart, never reused.
-    block: std::ops::Range<u64>,
-}
-
-impl VolumeEntry {
-    fn new(row: VolumeRow) -> VolumeEntry {
-        VolumeEntry { row, block: 0..0 }
-    }
-}
-
 struct Inner {
-    servers: HashMap<String, ServerRow>,
+    /// The replicated state (the same on every node of the group).
+    state: Replicated,
+    /// Soft: needle sequence numbers of each volume this node reserved and
+    /// has not handed out yet. Nobody else ever hands them out (each
+    /// reservation starts at the committed high-water mark), so a leader
+    /// may use them in any term; lost on a restart, never reused.
+    blocks: HashMap<u32, std::ops::Range<u64>>,
     /// Soft state: the volumes each server reported in its last heartbeat
     /// (or was just asked to create). Rebuilt from heartbeats after a
     /// restart; until a server's first one, its copies count as present.
@@ -105,20 +94,30 @@ struct Inner {
     /// Volume ids reserved by [`Cluster::plan_new_volume`] whose creation is
     /// in flight: heartbeats may report them before they are registered.
     creating: HashSet<u32>,
-    volumes: BTreeMap<u32, VolumeEntry>,
-    /// Repairs started and not ended, by volume (replicated).
-    repair_jobs: BTreeMap<u32, RepairJobRow>,
-    /// Revoked token ids and when each may be forgotten (replicated).
-    revoked: BTreeMap<String, u64>,
-    next_volume_id: u32,
     round_robin: usize,
-    /// The last Raft entry applied, and the membership it left.
-    applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, BasicNode>,
     /// The term whose leadership the soft state was set up for.
     led_term: u64,
     /// Unix seconds when this node's soft state was set up for `led_term`.
     led_at: u64,
+}
+
+impl Inner {
+    /// `state` with no soft state yet.
+    fn new(state: Replicated) -> Inner {
+        Inner {
+            state,
+            blocks: HashMap::new(),
+            reported: HashMap::new(),
+            extras: HashSet::new(),
+            abandoned: HashSet::new(),
+            suspects: HashSet::new(),
+            problems: BTreeMap::new(),
+            creating: HashSet::new(),
+            round_robin: 0,
+            led_term: 0,
+            led_at: 0,
+        }
+    }
 }
 
 /// A degraded volume as repair sees it.
@@ -154,13 +153,6 @@ pub struct RepairReplica {
     pub state: VolumeState,
 }
 
-/// A snapshot's bytes, last log id and membership.
-pub(crate) type SnapshotParts = (
-    Vec<u8>,
-    Option<LogId<u64>>,
-    StoredMembership<u64, BasicNode>,
-);
-
 /// The problem status names for a server (`who`) holding a stale key ring.
 pub fn stale_ring_problem(who: &str, why: &str) -> String {
     format!(
@@ -185,13 +177,13 @@ pub struct Cluster {
     inner: Mutex<Inner>,
     /// This node's id in the directory group.
     node_id: u64,
-    /// The Raft node (set once it is started).
-    raft: std::sync::OnceLock<Raft>,
+    /// The directory group's consensus (set once it is started).
+    consensus: std::sync::OnceLock<std::sync::Arc<dyn Consensus>>,
     /// Serialises changes that are checked against the state before being
     /// proposed (a copy leaving or joining a replica set).
     changes: tokio::sync::Mutex<()>,
     /// The revoked token ids, for the token gate (kept equal to
-    /// `inner.revoked`).
+    /// `inner.state.revoked`).
     revocations: std::sync::Arc<hayloft_access::grpc::Revoked>,
 }
 
@@ -206,17 +198,16 @@ impl Cluster {
     /// Loads the cluster from the database; `node_id` is this node's id in
     /// the directory group.
     pub fn load(db: std::sync::Arc<Db>, config: DirectoryConfig, node_id: u64) -> Result<Cluster> {
-        let snapshot = db.load()?;
-        let inner = Inner::from_snapshot(snapshot)?;
+        let inner = Inner::new(Replicated::from_snapshot(db.load()?));
         let revocations = std::sync::Arc::new(hayloft_access::grpc::Revoked::default());
-        revocations.set(inner.revoked.keys().cloned());
+        revocations.set(inner.state.revoked.keys().cloned());
         Ok(Cluster {
             db,
             config,
             revocations,
             inner: Mutex::new(inner),
             node_id,
-            raft: std::sync::OnceLock::new(),
+            consensus: std::sync::OnceLock::new(),
             changes: tokio::sync::Mutex::new(()),
         })
     }

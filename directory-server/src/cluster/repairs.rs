@@ -7,12 +7,18 @@ impl Cluster {
     /// Repairs started (by this leader or an earlier one) and not ended,
     /// by volume id.
     pub fn repair_jobs(&self) -> Vec<RepairJobRow> {
-        self.inner.lock().repair_jobs.values().cloned().collect()
+        self.inner
+            .lock()
+            .state
+            .repair_jobs
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The repair job of `volume_id`, if one was started and not ended.
     pub fn repair_job(&self, volume_id: u32) -> Option<RepairJobRow> {
-        self.inner.lock().repair_jobs.get(&volume_id).cloned()
+        self.inner.lock().state.repair_jobs.get(&volume_id).cloned()
     }
 
     /// Commits the start of a repair (stamped with this leader's term)
@@ -53,11 +59,10 @@ impl Cluster {
                 .filter(|s| s.tier != Tier::Cold as i32)
                 .map(|s| s.live_bytes)
         };
-        let Some(entry) = inner.volumes.get(&volume_id) else {
+        let Some(entry) = inner.state.volumes.get(&volume_id) else {
             return 0.0;
         };
         let full = entry
-            .row
             .replicas
             .iter()
             .filter(|s| *s != target)
@@ -75,9 +80,10 @@ impl Cluster {
         let stale = self
             .inner
             .lock()
+            .state
             .volumes
             .get(&volume_id)
-            .map(|e| e.row.stale.iter().any(|s| s == server_id));
+            .map(|e| e.stale.iter().any(|s| s == server_id));
         match stale {
             None => return Ok(()),
             Some(true) => {
@@ -109,9 +115,10 @@ impl Cluster {
         let known = self
             .inner
             .lock()
+            .state
             .volumes
             .get(&volume_id)
-            .map(|e| e.row.replicas.iter().any(|s| s == target));
+            .map(|e| e.replicas.iter().any(|s| s == target));
         if known != Some(false) {
             return Ok(());
         }
@@ -146,10 +153,9 @@ impl Cluster {
         let _change = self.changes.lock().await;
         {
             let inner = self.inner.lock();
-            let Some(entry) = inner.volumes.get(&volume_id) else {
+            let Some(row) = inner.state.volumes.get(&volume_id) else {
                 return Err(Error::NotFound(format!("volume {volume_id}")));
             };
-            let row = &entry.row;
             if !row.replicas.iter().any(|s| s == server_id) {
                 return Err(Error::NotFound(format!(
                     "volume {volume_id} has no copy on {server_id}"
@@ -222,13 +228,14 @@ impl Cluster {
         server: &str,
     ) -> Option<(ServerLocation, bool)> {
         if inner
+            .state
             .repair_jobs
             .get(&volume)
             .is_some_and(|job| job.target == server)
         {
             return None;
         }
-        let row = &inner.volumes.get(&volume)?.row;
+        let row = &inner.state.volumes.get(&volume)?;
         if row.replicas.iter().any(|s| s == server)
             || self.volume_health(inner, row) != VolumeHealth::Ok
             || !inner
@@ -238,7 +245,7 @@ impl Cluster {
         {
             return None;
         }
-        let location = inner.servers.get(server)?.location.clone()?;
+        let location = inner.state.servers.get(server)?.location.clone()?;
         let keep_object = row.replicas.iter().any(|s| {
             inner
                 .reported
@@ -261,7 +268,7 @@ impl Cluster {
     /// Drops a volume that was deleted (retention) from the map. Its id is
     /// never reused: the next volume id is kept separately.
     pub async fn forget_volume(&self, volume_id: u32) -> Result<bool> {
-        let known = self.inner.lock().volumes.contains_key(&volume_id);
+        let known = self.inner.lock().state.volumes.contains_key(&volume_id);
         self.propose(Command::ForgetVolume { volume_id }).await?;
         Ok(known)
     }

@@ -7,6 +7,7 @@ impl Cluster {
     pub fn status(&self) -> StatusResponse {
         let inner = self.inner.lock();
         let mut servers: Vec<ServerStatus> = inner
+            .state
             .servers
             .values()
             .map(|s| ServerStatus {
@@ -23,21 +24,22 @@ impl Cluster {
             id(a).cmp(&id(b))
         });
         let volumes: Vec<VolumeRecord> = inner
+            .state
             .volumes
             .values()
-            .map(|e| (e, inner.repair_jobs.get(&e.row.id)))
+            .map(|e| (e, inner.state.repair_jobs.get(&e.id)))
             .map(|(e, job)| VolumeRecord {
-                status: Some(e.row.status.clone().unwrap_or_else(|| VolumeStatus {
-                    volume_id: e.row.id,
-                    collection: e.row.collection.clone(),
-                    tier: e.row.tier,
+                status: Some(e.status.clone().unwrap_or_else(|| VolumeStatus {
+                    volume_id: e.id,
+                    collection: e.collection.clone(),
+                    tier: e.tier,
                     ..VolumeStatus::default()
                 })),
-                state: e.row.state,
-                server_id: e.row.server_id.clone(),
-                replicas: self.replicas(&inner, &e.row),
-                health: self.volume_health(&inner, &e.row) as i32,
-                replication: e.row.replication,
+                state: e.state,
+                server_id: e.server_id.clone(),
+                replicas: self.replicas(&inner, e),
+                health: self.volume_health(&inner, e) as i32,
+                replication: e.replication,
                 repairing: job.is_some(),
                 // Filled in by the service (from heartbeats).
                 repair_progress: 0.0,
@@ -106,12 +108,12 @@ impl Cluster {
         for tier in ["hot", "warm"] {
             sample.used_bytes.insert(tier.into(), 0);
         }
-        for entry in inner.volumes.values() {
-            let Some(status) = &entry.row.status else {
+        for entry in inner.state.volumes.values() {
+            let Some(status) = &entry.status else {
                 continue;
             };
             // Local tiers hold one file per copy; a cold volume is one object.
-            let copies = entry.row.replicas.len().max(1) as u64;
+            let copies = entry.replicas.len().max(1) as u64;
             let (key, bytes) = match Tier::try_from(status.tier) {
                 Ok(Tier::Cold) if status.storage_class.is_empty() => {
                     ("STANDARD".to_owned(), status.file_bytes)
@@ -122,7 +124,7 @@ impl Cluster {
             };
             *sample.used_bytes.entry(key).or_default() += bytes;
         }
-        for server in inner.servers.values().filter(|s| self.alive(s)) {
+        for server in inner.state.servers.values().filter(|s| self.alive(s)) {
             *sample.free_bytes.entry("hot".into()).or_default() += server.free_hot_bytes;
             *sample.free_bytes.entry("warm".into()).or_default() += server.free_warm_bytes;
         }
@@ -149,32 +151,35 @@ impl Cluster {
 
     /// Volumes in this node's map.
     pub fn volume_count(&self) -> usize {
-        self.inner.lock().volumes.len()
+        self.inner.lock().state.volumes.len()
     }
 
     /// Updates the cluster gauges: `hayloft_directory_servers{alive}`,
     /// `hayloft_directory_volumes{tier,state}`, `hayloft_directory_bytes{tier}`.
     pub fn update_gauges(&self) {
         let inner = self.inner.lock();
-        let alive = inner.servers.values().filter(|s| self.alive(s)).count();
+        let alive = inner
+            .state
+            .servers
+            .values()
+            .filter(|s| self.alive(s))
+            .count();
         metrics::gauge!("hayloft_directory_servers", "alive" => "true").set(alive as f64);
         metrics::gauge!("hayloft_directory_servers", "alive" => "false")
-            .set((inner.servers.len() - alive) as f64);
+            .set((inner.state.servers.len() - alive) as f64);
         let mut volumes: HashMap<(i32, i32), u64> = HashMap::new();
         let mut bytes: HashMap<i32, u64> = HashMap::new();
         let mut degraded = 0u64;
-        for entry in inner.volumes.values() {
-            if self.volume_health(&inner, &entry.row) != VolumeHealth::Ok {
+        for entry in inner.state.volumes.values() {
+            if self.volume_health(&inner, entry) != VolumeHealth::Ok {
                 degraded += 1;
             }
-            *volumes
-                .entry((entry.row.tier, entry.row.state))
-                .or_default() += 1;
-            *bytes.entry(entry.row.tier).or_default() +=
-                entry.row.status.as_ref().map_or(0, |s| s.file_bytes);
+            *volumes.entry((entry.tier, entry.state)).or_default() += 1;
+            *bytes.entry(entry.tier).or_default() +=
+                entry.status.as_ref().map_or(0, |s| s.file_bytes);
         }
         metrics::gauge!("hayloft_directory_volumes_by_health", "health" => "ok")
-            .set((inner.volumes.len() as u64 - degraded) as f64);
+            .set((inner.state.volumes.len() as u64 - degraded) as f64);
         metrics::gauge!("hayloft_directory_volumes_by_health", "health" => "degraded")
             .set(degraded as f64);
         for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {

@@ -11,7 +11,7 @@ impl Cluster {
     /// The revoked token ids (told to volume servers with heartbeat
     /// answers).
     pub fn revoked_tokens(&self) -> Vec<String> {
-        self.inner.lock().revoked.keys().cloned().collect()
+        self.inner.lock().state.revoked.keys().cloned().collect()
     }
 
     /// Revokes the token `token_id` until `expires_at` (Unix seconds):

@@ -6,8 +6,18 @@ use std::sync::Arc;
 use super::*;
 use hayloft_proto::VolumeStatus;
 
-/// A one-node group over the database in `dir`, leading.
-async fn cluster(dir: &std::path::Path) -> (Arc<Cluster>, Raft) {
+/// The cluster over the database in `dir`, leading a one-node group
+/// without Raft ([`solo::Solo`]).
+async fn cluster(dir: &std::path::Path) -> Arc<Cluster> {
+    let db = Arc::new(Db::open(dir).unwrap());
+    let cluster = Arc::new(Cluster::load(db, DirectoryConfig::default(), 1).unwrap());
+    solo::Solo::start(&cluster);
+    cluster.leader_check().unwrap();
+    cluster
+}
+
+/// A one-node Raft group over the database in `dir`, leading.
+async fn raft_cluster(dir: &std::path::Path) -> (Arc<Cluster>, crate::consensus::Raft) {
     let db = Arc::new(Db::open(dir).unwrap());
     let cluster = Arc::new(Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 1).unwrap());
     let peers = BTreeMap::from([(1, "127.0.0.1:1".to_owned())]);
@@ -33,11 +43,11 @@ async fn cluster(dir: &std::path::Path) -> (Arc<Cluster>, Raft) {
 /// A snapshot of `cluster` installed on a new node (id 2) with its own
 /// database: the database's directory, the database, the node.
 fn installed_elsewhere(cluster: &Cluster) -> (tempfile::TempDir, Arc<Db>, Cluster) {
-    let (data, applied, membership) = cluster.snapshot().unwrap();
+    let (data, position) = cluster.snapshot().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(Db::open(dir.path()).unwrap());
     let copy = Cluster::load(Arc::clone(&db), DirectoryConfig::default(), 2).unwrap();
-    copy.install(&data, applied, membership).unwrap();
+    copy.install(&data, position).unwrap();
     (dir, db, copy)
 }
 
@@ -63,7 +73,7 @@ fn heartbeat_of(server: &str, volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
 #[tokio::test]
 async fn unknown_volumes_are_adopted_read_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, raft) = cluster(dir.path()).await;
+    let cluster = cluster(dir.path()).await;
     let unknown = VolumeStatus {
         volume_id: 7,
         tier: Tier::Hot as i32,
@@ -78,7 +88,6 @@ async fn unknown_volumes_are_adopted_read_only() {
     // Readable (it has a location) but never handed out.
     assert_eq!(cluster.lookup(&[7], &[]).unwrap()[0].locations.len(), 1);
     assert!(cluster.assign("", 1).await.unwrap().is_none());
-    raft.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -88,7 +97,7 @@ async fn a_volume_registered_a_moment_ago_is_not_called_degraded() {
     // there once called the new volume degraded (vs1's last report did
     // not list it), and the server refused the first writes to it.
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, raft) = cluster(dir.path()).await;
+    let cluster = cluster(dir.path()).await;
     for server in ["vs0", "vs1"] {
         cluster
             .heartbeat(heartbeat_of(server, vec![]))
@@ -134,7 +143,6 @@ async fn a_volume_registered_a_moment_ago_is_not_called_degraded() {
         .await
         .unwrap();
     assert!(answer.iter().all(|v| !v.degraded), "{answer:?}");
-    raft.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -142,7 +150,7 @@ async fn ids_are_never_handed_out_twice_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..3 {
-        let (cluster, raft) = cluster(dir.path()).await;
+        let cluster = cluster(dir.path()).await;
         cluster.heartbeat(heartbeat(vec![])).await.unwrap();
         let volume = match cluster.status().volumes.first() {
             Some(v) => v.status.as_ref().unwrap().volume_id,
@@ -177,7 +185,6 @@ async fn ids_are_never_handed_out_twice_across_restarts() {
             }
         }
         // The unused rest of the node's block is lost with it.
-        raft.shutdown().await.unwrap();
     }
     assert_eq!(seen.len(), 150_000);
 }
@@ -185,7 +192,7 @@ async fn ids_are_never_handed_out_twice_across_restarts() {
 #[tokio::test]
 async fn a_snapshot_installed_elsewhere_holds_the_same_map() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, raft) = cluster(dir.path()).await;
+    let cluster = cluster(dir.path()).await;
     cluster.heartbeat(heartbeat(vec![])).await.unwrap();
     let plan = cluster.plan_new_volume(Tier::Hot, "photos").await.unwrap();
     cluster
@@ -193,11 +200,10 @@ async fn a_snapshot_installed_elsewhere_holds_the_same_map() {
         .await
         .unwrap();
     let (blobs, _) = cluster.assign("photos", 10).await.unwrap().unwrap();
-    let (_, applied, membership) = cluster.snapshot().unwrap();
-    raft.shutdown().await.unwrap();
+    let (_, position) = cluster.snapshot().unwrap();
 
     let (_other, db, copy) = installed_elsewhere(&cluster);
-    assert_eq!(copy.applied_state(), (applied, membership));
+    assert_eq!(copy.position(), position);
     let volumes = |c: &Cluster| {
         c.status()
             .volumes
@@ -208,11 +214,7 @@ async fn a_snapshot_installed_elsewhere_holds_the_same_map() {
     assert_eq!(volumes(&copy), volumes(&cluster));
     // The high-water mark came along: the copy would reserve past every
     // id the first node handed out.
-    let row = |c: &Cluster| {
-        c.inner.lock().volumes[&plan.volume_id]
-            .row
-            .needle_high_water
-    };
+    let row = |c: &Cluster| c.inner.lock().state.volumes[&plan.volume_id].needle_high_water;
     assert_eq!(row(&copy), row(&cluster));
     assert!(
         blobs
@@ -223,13 +225,13 @@ async fn a_snapshot_installed_elsewhere_holds_the_same_map() {
     drop(copy);
     let reopened = Cluster::load(db, DirectoryConfig::default(), 2).unwrap();
     assert_eq!(row(&reopened), row(&cluster));
-    assert_eq!(reopened.applied_state().0, applied);
+    assert_eq!(reopened.position(), position);
 }
 
 #[tokio::test]
 async fn repair_jobs_are_replicated_state_and_end_only_for_their_target() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, raft) = cluster(dir.path()).await;
+    let cluster = cluster(dir.path()).await;
     cluster.heartbeat(heartbeat(vec![])).await.unwrap();
     let plan = cluster.plan_new_volume(Tier::Hot, "photos").await.unwrap();
     let id = plan.volume_id;
@@ -273,13 +275,12 @@ async fn repair_jobs_are_replicated_state_and_end_only_for_their_target() {
     cluster.start_repair(job(id, "vs1")).await.unwrap();
     cluster.forget_volume(id).await.unwrap();
     assert!(cluster.repair_jobs().is_empty());
-    raft.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn revoked_tokens_are_replicated_state_until_they_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, raft) = cluster(dir.path()).await;
+    let cluster = cluster(dir.path()).await;
     let gate = cluster.revocations();
     let later = now_unix() + 3600;
     cluster.revoke_token("t1", later).await.unwrap();
@@ -313,7 +314,6 @@ async fn revoked_tokens_are_replicated_state_until_they_expire() {
         .unwrap();
     assert_eq!(cluster.revoked_tokens(), vec!["t3"]);
     assert!(!gate.contains("t1") && gate.contains("t3"));
-    raft.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -340,7 +340,7 @@ async fn a_database_from_before_raft_is_taken_over_with_nothing_lost() {
         );
         db.write(batch).unwrap();
     }
-    let (cluster, raft) = cluster(dir.path()).await;
+    let (cluster, raft) = raft_cluster(dir.path()).await;
     cluster
         .heartbeat(heartbeat(vec![VolumeStatus {
             volume_id: 7,
@@ -366,7 +366,7 @@ async fn a_database_from_before_raft_is_taken_over_with_nothing_lost() {
 #[tokio::test]
 async fn an_extra_copy_is_kept_if_its_volume_lost_a_copy_since_the_list_was_made() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, raft) = cluster(dir.path()).await;
+    let cluster = cluster(dir.path()).await;
     let status = |id| VolumeStatus {
         volume_id: id,
         tier: Tier::Hot as i32,
@@ -404,11 +404,11 @@ async fn an_extra_copy_is_kept_if_its_volume_lost_a_copy_since_the_list_was_made
     cluster
         .inner
         .lock()
+        .state
         .servers
         .get_mut("vs0")
         .unwrap()
         .last_heartbeat = 0;
     assert!(!cluster.still_removable(volume, "vs1"));
     assert!(cluster.removable_extras().is_empty());
-    raft.shutdown().await.unwrap();
 }

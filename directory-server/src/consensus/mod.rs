@@ -5,11 +5,16 @@
 //! volumes with their replica sets, states and tiers, needle-id block and
 //! volume-id reservations, capacity history) is a [`Command`] appended to
 //! the Raft log and applied, once committed, by every node's state machine
-//! ([`Cluster::apply`](crate::Cluster)). Load figures from heartbeats stay
-//! soft state on the leader.
+//! ([`crate::replicated`], through `Cluster::apply`). Load figures from
+//! heartbeats stay soft state on the leader. This module owns what is
+//! openraft's: log ids, membership, terms; the state machine sees the log
+//! position only as opaque bytes ([`crate::replicated::Position`]).
 //!
+//! - `group`: the cluster's [`Consensus`](crate::cluster::Consensus) trait
+//!   over a Raft node (propose, confirm leadership, who leads).
 //! - `store`: the log store and the state machine (openraft's storage-v2
 //!   traits) in RocksDB column families.
+//! - `membership`: adding and removing nodes.
 //! - `network`: Raft messages over tonic, client and server.
 
 // openraft's traits return its own error types, which are large by design.
@@ -19,12 +24,12 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+mod group;
 pub(crate) mod membership;
 pub(crate) mod network;
 pub(crate) mod store;
 
+pub(crate) use crate::replicated::{Applied, Command};
 pub use network::RaftService;
 
 openraft::declare_raft_types!(
@@ -40,81 +45,6 @@ openraft::declare_raft_types!(
 
 /// A running Raft node of the directory group.
 pub type Raft = openraft::Raft<TypeConfig>;
-
-/// A change to the directory's replicated state. Protobuf records travel as
-/// their encoded bytes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Command {
-    /// A volume server registered, or moved (address, zone or rack).
-    /// `location`: an encoded `ServerLocation`.
-    RegisterServer { location: Vec<u8> },
-    /// Takes the next volume id (answered with [`Applied::VolumeId`]).
-    AllocateVolumeId,
-    /// A volume whose copies have been created. `row`: an encoded
-    /// `VolumeRow`.
-    CreateVolume { row: Vec<u8> },
-    /// A volume the directory had no record of, reported by a server: served
-    /// read-only, never takes new ids. `row`: an encoded `VolumeRow`.
-    AdoptVolume { row: Vec<u8> },
-    /// Reserves `count` needle sequences of a volume, from its high-water
-    /// mark up (answered with [`Applied::Needles`]); refused if fewer than
-    /// `at_least` are left.
-    ReserveNeedles {
-        volume_id: u32,
-        count: u64,
-        at_least: u64,
-    },
-    /// A volume's state and tier as its servers report them, and copies that
-    /// missed a forwarded write or delete (stale until they catch up).
-    VolumeReported {
-        volume_id: u32,
-        state: i32,
-        tier: i32,
-        stale: Vec<String>,
-    },
-    /// A stale copy has caught up (verified).
-    CaughtUp { volume_id: u32, server_id: String },
-    /// A new copy on `target` replaces the one on `lost`, or joins.
-    Replaced {
-        volume_id: u32,
-        lost: Option<String>,
-        target: String,
-    },
-    /// A copy leaves the replica set.
-    RemoveReplica { volume_id: u32, server_id: String },
-    /// A deleted volume leaves the map.
-    ForgetVolume { volume_id: u32 },
-    /// A capacity sample (an encoded `CapacitySample`); samples before
-    /// `keep_since` are dropped.
-    RecordCapacity { sample: Vec<u8>, keep_since: u64 },
-    /// The leader starts a repair (`job`: an encoded `RepairJobRow`),
-    /// replacing any job of the same volume.
-    RepairStarted { job: Vec<u8> },
-    /// A repair ended (its result, if any, was committed before): the job
-    /// of `volume_id` on `target` is dropped.
-    RepairEnded { volume_id: u32, target: String },
-    /// Revokes the token `token_id` until `expires_at` (Unix seconds);
-    /// entries whose `expires_at` is before `now` (the leader's clock when
-    /// it proposed this) are dropped.
-    RevokeToken {
-        token_id: String,
-        expires_at: u64,
-        now: u64,
-    },
-}
-
-/// What applying a [`Command`] answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Applied {
-    /// Applied; nothing to answer.
-    Done,
-    /// The volume id taken.
-    VolumeId(u32),
-    /// The needle sequences reserved: `first..end`.
-    Needles { first: u64, end: u64 },
-    /// Not applied, and why (the state had changed since the leader looked).
-    Refused(String),
-}
 
 /// Timing of the group.
 #[derive(Debug, Clone, Copy)]
@@ -182,7 +112,7 @@ pub(crate) async fn start(
 ) -> crate::Result<Raft> {
     use crate::Error;
     let config = config(timing).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let takeover = db.has_state()? && cluster.applied_state().0.is_none();
+    let takeover = db.has_state()? && store::position(&cluster.position())?.0.is_none();
     let raft = Raft::new(
         node_id,
         config,
@@ -194,7 +124,7 @@ pub(crate) async fn start(
     )
     .await
     .map_err(|e| Error::Unavailable(format!("cannot start the directory's Raft node: {e}")))?;
-    cluster.set_raft(raft.clone());
+    cluster.set_consensus(Arc::new(group::Group::new(raft.clone(), node_id)));
     let initialized = raft
         .is_initialized()
         .await

@@ -4,7 +4,8 @@
 //! big-endian; value: JSON entry); vote, commit index, purge mark and the
 //! last snapshot are in `raft_meta`. The state machine is the
 //! [`Cluster`]: it applies entries to its map and to the default column
-//! family (see [`crate::db`]).
+//! family (see [`crate::db`] and [`crate::replicated`]), with their log id
+//! and membership as an opaque [`Position`] in the same batch.
 
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -13,8 +14,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::Serialize;
@@ -23,8 +24,12 @@ use serde::de::DeserializeOwned;
 use super::{Applied, TypeConfig};
 use crate::Cluster;
 use crate::db::{LOG_CF, META_CF, synced};
+use crate::replicated::Position;
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
+
+/// The last applied log id and the membership it left.
+pub(crate) type AppliedState = (Option<LogId<u64>>, StoredMembership<u64, BasicNode>);
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -205,10 +210,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// The state machine's position as openraft sees it: the last applied log
+/// id and the membership it left (decoded from the opaque [`Position`]; an
+/// empty one, from a database written before Raft, is none).
+pub(crate) fn position(position: &Position) -> crate::Result<AppliedState> {
+    let applied = match position.applied.as_slice() {
+        [] => None,
+        bytes => serde_json::from_slice(bytes)
+            .map_err(|_| crate::Error::Corrupt("undecodable last applied log id"))?,
+    };
+    let membership = match position.membership.as_slice() {
+        [] => StoredMembership::default(),
+        bytes => serde_json::from_slice(bytes)
+            .map_err(|_| crate::Error::Corrupt("undecodable Raft membership"))?,
+    };
+    Ok((applied, membership))
+}
+
+/// The opaque [`Position`] of `applied` and `membership`.
+fn encode_position(
+    applied: LogId<u64>,
+    membership: &StoredMembership<u64, BasicNode>,
+) -> StorageResult<Position> {
+    Ok(Position {
+        applied: serde_json::to_vec(&Some(applied)).map_err(machine_error)?,
+        membership: serde_json::to_vec(membership).map_err(machine_error)?,
+    })
+}
+
 /// The state machine: the cluster map.
 pub(crate) struct StateMachine {
     cluster: Arc<Cluster>,
     log: LogStore,
+    /// The membership as of the last entry applied (read from the state at
+    /// first use; a membership entry or a snapshot changes it).
+    membership: Option<StoredMembership<u64, BasicNode>>,
 }
 
 impl StateMachine {
@@ -216,7 +252,35 @@ impl StateMachine {
         StateMachine {
             cluster,
             log: LogStore::new(db),
+            membership: None,
         }
+    }
+
+    /// The cluster's position, decoded.
+    fn applied_position(&self) -> StorageResult<AppliedState> {
+        position(&self.cluster.position()).map_err(read_error)
+    }
+
+    /// Applies one committed entry to the cluster.
+    fn apply_entry(&mut self, entry: Entry<TypeConfig>) -> StorageResult<Applied> {
+        let membership = match self.membership.take() {
+            Some(membership) => membership,
+            None => self.applied_position()?.1,
+        };
+        let (command, membership) = match entry.payload {
+            EntryPayload::Blank => (None, membership),
+            EntryPayload::Normal(command) => (Some(command), membership),
+            EntryPayload::Membership(changed) => {
+                (None, StoredMembership::new(Some(entry.log_id), changed))
+            }
+        };
+        let position = encode_position(entry.log_id, &membership)?;
+        let applied = self
+            .cluster
+            .apply(command, position)
+            .map_err(machine_error)?;
+        self.membership = Some(membership);
+        Ok(applied)
     }
 
     fn store_snapshot(
@@ -234,8 +298,8 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (data, last_log_id, last_membership) =
-            self.cluster.snapshot().map_err(machine_error)?;
+        let (data, at) = self.cluster.snapshot().map_err(machine_error)?;
+        let (last_log_id, last_membership) = position(&at).map_err(machine_error)?;
         let meta = SnapshotMeta {
             snapshot_id: match last_log_id {
                 Some(id) => format!(
@@ -262,10 +326,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(
-        &mut self,
-    ) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
-        Ok(self.cluster.applied_state())
+    async fn applied_state(&mut self) -> StorageResult<AppliedState> {
+        self.applied_position()
     }
 
     async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Applied>>
@@ -275,11 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         entries
             .into_iter()
-            .map(|entry| {
-                self.cluster
-                    .apply(entry.log_id, entry.payload)
-                    .map_err(machine_error)
-            })
+            .map(|entry| self.apply_entry(entry))
             .collect()
     }
 
@@ -287,6 +345,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         StateMachine {
             cluster: Arc::clone(&self.cluster),
             log: self.log.clone(),
+            membership: None,
         }
     }
 
@@ -300,9 +359,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        self.cluster
-            .install(&data, meta.last_log_id, meta.last_membership.clone())
-            .map_err(machine_error)?;
+        let at = Position {
+            applied: serde_json::to_vec(&meta.last_log_id).map_err(machine_error)?,
+            membership: serde_json::to_vec(&meta.last_membership).map_err(machine_error)?,
+        };
+        self.cluster.install(&data, at).map_err(machine_error)?;
+        self.membership = Some(meta.last_membership.clone());
         self.store_snapshot(meta, &data)?;
         tracing::info!(index = ?meta.last_log_id.map(|id| id.index), bytes = data.len(),
             "directory snapshot installed from the leader");

@@ -1,0 +1,712 @@
+//! The directory's replicated state and its apply function, free of any
+//! consensus library: what every node of the directory group holds the
+//! same, the [`Command`]s that change it, and how each changes both the
+//! map in memory and the RocksDB write batch that makes it durable.
+//!
+//! The consensus layer (`consensus/`, openraft) decides the order of the
+//! commands and hands each committed one to [`Replicated::apply`] with its
+//! [`Position`] in the log; the position is opaque here and is stored in
+//! the same batch, so the state on disk and the log position it reflects
+//! never disagree. Applying is deterministic: the same commands in the
+//! same order give every node the same state and the same answers.
+//!
+//! Soft state (heartbeats, free space, what each server reported) is not
+//! here: it lives on the leader, in `cluster`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hayloft_proto::ServerLocation;
+use prost::Message;
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::db::{self, RepairJobRow, ServerRow, VolumeRow};
+use crate::error::{Error, Result};
+
+/// Largest sequence number in a volume (needle ids are `volume << 32 | seq`).
+pub(crate) const MAX_SEQ: u64 = u32::MAX as u64;
+
+/// A change to the directory's replicated state. Protobuf records travel as
+/// their encoded bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// A volume server registered, or moved (address, zone or rack).
+    /// `location`: an encoded `ServerLocation`.
+    RegisterServer { location: Vec<u8> },
+    /// Takes the next volume id (answered with [`Applied::VolumeId`]).
+    AllocateVolumeId,
+    /// A volume whose copies have been created. `row`: an encoded
+    /// `VolumeRow`.
+    CreateVolume { row: Vec<u8> },
+    /// A volume the directory had no record of, reported by a server: served
+    /// read-only, never takes new ids. `row`: an encoded `VolumeRow`.
+    AdoptVolume { row: Vec<u8> },
+    /// Reserves `count` needle sequences of a volume, from its high-water
+    /// mark up (answered with [`Applied::Needles`]); refused if fewer than
+    /// `at_least` are left.
+    ReserveNeedles {
+        volume_id: u32,
+        count: u64,
+        at_least: u64,
+    },
+    /// A volume's state and tier as its servers report them, and copies that
+    /// missed a forwarded write or delete (stale until they catch up).
+    VolumeReported {
+        volume_id: u32,
+        state: i32,
+        tier: i32,
+        stale: Vec<String>,
+    },
+    /// A stale copy has caught up (verified).
+    CaughtUp { volume_id: u32, server_id: String },
+    /// A new copy on `target` replaces the one on `lost`, or joins.
+    Replaced {
+        volume_id: u32,
+        lost: Option<String>,
+        target: String,
+    },
+    /// A copy leaves the replica set.
+    RemoveReplica { volume_id: u32, server_id: String },
+    /// A deleted volume leaves the map.
+    ForgetVolume { volume_id: u32 },
+    /// A capacity sample (an encoded `CapacitySample`); samples before
+    /// `keep_since` are dropped.
+    RecordCapacity { sample: Vec<u8>, keep_since: u64 },
+    /// The leader starts a repair (`job`: an encoded `RepairJobRow`),
+    /// replacing any job of the same volume.
+    RepairStarted { job: Vec<u8> },
+    /// A repair ended (its result, if any, was committed before): the job
+    /// of `volume_id` on `target` is dropped.
+    RepairEnded { volume_id: u32, target: String },
+    /// Revokes the token `token_id` until `expires_at` (Unix seconds);
+    /// entries whose `expires_at` is before `now` (the leader's clock when
+    /// it proposed this) are dropped.
+    RevokeToken {
+        token_id: String,
+        expires_at: u64,
+        now: u64,
+    },
+}
+
+/// What applying a [`Command`] answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Applied; nothing to answer.
+    Done,
+    /// The volume id taken.
+    VolumeId(u32),
+    /// The needle sequences reserved: `first..end`.
+    Needles { first: u64, end: u64 },
+    /// Not applied, and why (the state had changed since the leader looked).
+    Refused(String),
+}
+
+/// Where the consensus layer is: the last log entry applied and the group
+/// membership it left, each as the consensus layer encodes it (JSON).
+/// Opaque to the state; empty for none (a database written before Raft).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The last applied log id.
+    pub applied: Vec<u8>,
+    /// The membership as of that entry.
+    pub membership: Vec<u8>,
+}
+
+/// The replicated state: the same on every node that applied the same
+/// entries.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Replicated {
+    /// Every server ever registered, by id.
+    pub(crate) servers: HashMap<String, ServerRow>,
+    /// Every volume, by id.
+    pub(crate) volumes: BTreeMap<u32, VolumeRow>,
+    /// Repairs started and not ended, by volume.
+    pub(crate) repair_jobs: BTreeMap<u32, RepairJobRow>,
+    /// Revoked token ids and when each may be forgotten.
+    pub(crate) revoked: BTreeMap<String, u64>,
+    /// The next volume id to hand out (from 1).
+    pub(crate) next_volume_id: u32,
+    /// The consensus layer's position this state reflects.
+    pub(crate) position: Position,
+}
+
+impl Replicated {
+    /// The state a snapshot (or the database at start) holds.
+    pub(crate) fn from_snapshot(snapshot: db::Snapshot) -> Replicated {
+        Replicated {
+            servers: snapshot
+                .servers
+                .into_iter()
+                .filter_map(|row| Some((row.location.as_ref()?.server_id.clone(), row)))
+                .collect(),
+            volumes: snapshot
+                .volumes
+                .into_iter()
+                .map(|mut row| {
+                    row.migrate();
+                    (row.id, row)
+                })
+                .collect(),
+            repair_jobs: snapshot
+                .repair_jobs
+                .into_iter()
+                .map(|job| (job.volume_id, job))
+                .collect(),
+            revoked: snapshot
+                .revoked
+                .into_iter()
+                .map(|r| (r.token_id, r.expires_at))
+                .collect(),
+            next_volume_id: snapshot.next_volume_id.max(1),
+            position: Position {
+                applied: snapshot.applied,
+                membership: snapshot.membership,
+            },
+        }
+    }
+
+    /// The state as a snapshot, with the capacity `history` (kept in the
+    /// database only).
+    pub(crate) fn to_snapshot(&self, history: Vec<hayloft_proto::CapacitySample>) -> db::Snapshot {
+        db::Snapshot {
+            next_volume_id: self.next_volume_id,
+            volumes: self.volumes.values().cloned().collect(),
+            servers: self.servers.values().cloned().collect(),
+            history,
+            applied: self.position.applied.clone(),
+            membership: self.position.membership.clone(),
+            repair_jobs: self.repair_jobs.values().cloned().collect(),
+            revoked: self
+                .revoked
+                .iter()
+                .map(|(token_id, expires_at)| db::RevokedToken {
+                    token_id: token_id.clone(),
+                    expires_at: *expires_at,
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies one committed log entry at `position`: its `command` (none
+    /// for an entry that only moves the position, such as a membership
+    /// change) changes the state and `batch`, and the position goes into
+    /// the same batch. The caller writes the batch before anyone reads the
+    /// state (the cluster holds its lock across both).
+    pub(crate) fn apply(
+        &mut self,
+        batch: &mut WriteBatch,
+        command: Option<Command>,
+        position: Position,
+    ) -> Result<Applied> {
+        let applied = match command {
+            Some(command) => apply_command(self, batch, command)?,
+            None => Applied::Done,
+        };
+        db::put_applied(batch, &position.applied, &position.membership);
+        self.position = position;
+        Ok(applied)
+    }
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|_| Error::Corrupt("undecodable record in a Raft entry"))
+}
+
+/// Applies one command to the state and the batch.
+fn apply_command(
+    map: &mut Replicated,
+    batch: &mut WriteBatch,
+    command: Command,
+) -> Result<Applied> {
+    let changed = |batch: &mut WriteBatch, row: &VolumeRow| {
+        db::put_volume(batch, row);
+        Applied::Done
+    };
+    Ok(match command {
+        Command::RegisterServer { location } => {
+            let location: ServerLocation = decode(&location)?;
+            let server = map.servers.entry(location.server_id.clone()).or_default();
+            server.location = Some(location);
+            db::put_server(batch, server);
+            Applied::Done
+        }
+        Command::AllocateVolumeId => {
+            let id = map.next_volume_id;
+            match id.checked_add(1) {
+                Some(next) => {
+                    map.next_volume_id = next;
+                    db::put_next_volume_id(batch, next);
+                    Applied::VolumeId(id)
+                }
+                None => Applied::Refused("volume ids exhausted".into()),
+            }
+        }
+        Command::CreateVolume { row } | Command::AdoptVolume { row } => {
+            let mut row: VolumeRow = decode(&row)?;
+            row.migrate();
+            let row = map.volumes.entry(row.id).or_insert(row);
+            changed(batch, row)
+        }
+        Command::ReserveNeedles {
+            volume_id,
+            count,
+            at_least,
+        } => {
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Refused(format!(
+                    "volume {volume_id} is not in the map"
+                )));
+            };
+            let first = row.needle_high_water.max(1);
+            let end = first.saturating_add(count).min(MAX_SEQ + 1);
+            if end.saturating_sub(first) < at_least {
+                return Ok(Applied::Refused(format!(
+                    "volume {volume_id} has fewer than {at_least} needle ids left"
+                )));
+            }
+            row.needle_high_water = end;
+            db::put_volume(batch, row);
+            Applied::Needles { first, end }
+        }
+        Command::VolumeReported {
+            volume_id,
+            state,
+            tier,
+            stale,
+        } => {
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Done);
+            };
+            row.state = state;
+            row.tier = tier;
+            for server in stale {
+                if row.replicas.contains(&server) && !row.stale.contains(&server) {
+                    row.stale.push(server);
+                }
+            }
+            changed(batch, row)
+        }
+        Command::CaughtUp {
+            volume_id,
+            server_id,
+        } => {
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Done);
+            };
+            row.stale.retain(|s| *s != server_id);
+            changed(batch, row)
+        }
+        Command::Replaced {
+            volume_id,
+            lost,
+            target,
+        } => {
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Done);
+            };
+            if row.replicas.contains(&target) {
+                return Ok(Applied::Done);
+            }
+            match row
+                .replicas
+                .iter_mut()
+                .find(|s| Some(s.as_str()) == lost.as_deref())
+            {
+                Some(slot) => *slot = target.clone(),
+                None => row.replicas.push(target.clone()),
+            }
+            row.stale
+                .retain(|s| Some(s.as_str()) != lost.as_deref() && *s != target);
+            if Some(row.server_id.as_str()) == lost.as_deref() {
+                row.server_id = target;
+            }
+            changed(batch, row)
+        }
+        Command::RemoveReplica {
+            volume_id,
+            server_id,
+        } => {
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Done);
+            };
+            row.replicas.retain(|s| *s != server_id);
+            row.stale.retain(|s| *s != server_id);
+            if row.server_id == server_id {
+                row.server_id = row.replicas.first().cloned().unwrap_or_default();
+            }
+            changed(batch, row)
+        }
+        Command::ForgetVolume { volume_id } => {
+            map.volumes.remove(&volume_id);
+            db::delete_volume(batch, volume_id);
+            if map.repair_jobs.remove(&volume_id).is_some() {
+                db::delete_repair_job(batch, volume_id);
+            }
+            Applied::Done
+        }
+        Command::RepairStarted { job } => {
+            let job: RepairJobRow = decode(&job)?;
+            if !map.volumes.contains_key(&job.volume_id) {
+                return Ok(Applied::Refused(format!(
+                    "volume {} is not in the map",
+                    job.volume_id
+                )));
+            }
+            db::put_repair_job(batch, &job);
+            map.repair_jobs.insert(job.volume_id, job);
+            Applied::Done
+        }
+        Command::RepairEnded { volume_id, target } => {
+            if map
+                .repair_jobs
+                .get(&volume_id)
+                .is_some_and(|job| job.target == target)
+            {
+                map.repair_jobs.remove(&volume_id);
+                db::delete_repair_job(batch, volume_id);
+            }
+            Applied::Done
+        }
+        Command::RevokeToken {
+            token_id,
+            expires_at,
+            now,
+        } => {
+            let expired: Vec<String> = map
+                .revoked
+                .iter()
+                .filter(|(_, until)| **until < now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                map.revoked.remove(&id);
+                db::delete_revoked(batch, &id);
+            }
+            if expires_at >= now {
+                db::put_revoked(
+                    batch,
+                    &db::RevokedToken {
+                        token_id: token_id.clone(),
+                        expires_at,
+                    },
+                );
+                map.revoked.insert(token_id, expires_at);
+            }
+            Applied::Done
+        }
+        Command::RecordCapacity { sample, keep_since } => {
+            let sample: hayloft_proto::CapacitySample = decode(&sample)?;
+            db::put_sample(batch, &sample, keep_since);
+            Applied::Done
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn volume(id: u32, replicas: &[&str]) -> Command {
+        Command::CreateVolume {
+            row: VolumeRow {
+                id,
+                collection: "photos".into(),
+                tier: 1,
+                state: 1,
+                server_id: replicas[0].into(),
+                created_at: 1,
+                replicas: replicas.iter().map(|s| s.to_string()).collect(),
+                replication: replicas.len() as u32,
+                ..VolumeRow::default()
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    fn server(id: &str) -> Command {
+        Command::RegisterServer {
+            location: ServerLocation {
+                server_id: id.into(),
+                zone: "z".into(),
+                ..ServerLocation::default()
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    fn at(index: u64) -> Position {
+        Position {
+            applied: index.to_string().into_bytes(),
+            membership: b"m".to_vec(),
+        }
+    }
+
+    /// A state with a fresh database under it: applies each command as
+    /// the cluster does (one batch per entry, written before the next).
+    struct Machine {
+        _dir: tempfile::TempDir,
+        db: Db,
+        state: Replicated,
+        index: u64,
+    }
+
+    impl Machine {
+        fn new() -> Machine {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(dir.path()).unwrap();
+            let state = Replicated::from_snapshot(db.load().unwrap());
+            Machine {
+                _dir: dir,
+                db,
+                state,
+                index: 0,
+            }
+        }
+
+        fn apply(&mut self, command: Command) -> Applied {
+            self.index += 1;
+            let mut batch = WriteBatch::default();
+            let applied = self
+                .state
+                .apply(&mut batch, Some(command), at(self.index))
+                .unwrap();
+            self.db.write(batch).unwrap();
+            applied
+        }
+
+        /// The state as the database holds it now.
+        fn reloaded(&self) -> Replicated {
+            Replicated::from_snapshot(self.db.load().unwrap())
+        }
+    }
+
+    fn every_kind_of_command() -> Vec<Command> {
+        vec![
+            server("a"),
+            server("b"),
+            server("c"),
+            Command::AllocateVolumeId,
+            volume(1, &["a", "b"]),
+            Command::ReserveNeedles {
+                volume_id: 1,
+                count: 10,
+                at_least: 10,
+            },
+            Command::VolumeReported {
+                volume_id: 1,
+                state: 2,
+                tier: 1,
+                stale: vec!["b".into(), "nobody".into()],
+            },
+            Command::RepairStarted {
+                job: RepairJobRow {
+                    volume_id: 1,
+                    target: "c".into(),
+                    ..RepairJobRow::default()
+                }
+                .encode_to_vec(),
+            },
+            Command::Replaced {
+                volume_id: 1,
+                lost: Some("b".into()),
+                target: "c".into(),
+            },
+            Command::RepairEnded {
+                volume_id: 1,
+                target: "c".into(),
+            },
+            Command::RevokeToken {
+                token_id: "t".into(),
+                expires_at: 100,
+                now: 10,
+            },
+            Command::AllocateVolumeId,
+            volume(2, &["a"]),
+            Command::ForgetVolume { volume_id: 2 },
+        ]
+    }
+
+    #[test]
+    fn what_is_applied_is_what_the_database_holds() {
+        let mut machine = Machine::new();
+        for command in every_kind_of_command() {
+            machine.apply(command);
+            assert_eq!(machine.reloaded(), machine.state);
+        }
+        assert_eq!(machine.state.position, at(14));
+        // A snapshot of the state is the state.
+        let snapshot = machine.state.to_snapshot(Vec::new());
+        assert_eq!(Replicated::from_snapshot(snapshot), machine.state);
+    }
+
+    #[test]
+    fn the_same_commands_give_the_same_state_and_answers() {
+        let (mut one, mut two) = (Machine::new(), Machine::new());
+        for command in every_kind_of_command() {
+            assert_eq!(one.apply(command.clone()), two.apply(command));
+        }
+        assert_eq!(one.state, two.state);
+        let row = &one.state.volumes[&1];
+        assert_eq!(row.replicas, ["a", "c"]);
+        assert!(row.stale.is_empty(), "the stale copy was replaced");
+        assert_eq!(one.state.next_volume_id, 3);
+        assert!(!one.state.volumes.contains_key(&2));
+        assert!(one.state.repair_jobs.is_empty());
+    }
+
+    #[test]
+    fn an_entry_without_a_command_moves_only_the_position() {
+        let mut machine = Machine::new();
+        machine.apply(volume(1, &["a"]));
+        let before = machine.reloaded();
+        let mut batch = WriteBatch::default();
+        let applied = machine.state.apply(&mut batch, None, at(9)).unwrap();
+        machine.db.write(batch).unwrap();
+        assert_eq!(applied, Applied::Done);
+        let after = machine.reloaded();
+        assert_eq!(after.position, at(9));
+        assert_eq!(after.volumes, before.volumes);
+    }
+
+    #[test]
+    fn needle_blocks_start_at_the_high_water_mark_and_never_overlap() {
+        let mut machine = Machine::new();
+        let reserve = |m: &mut Machine, count, at_least| {
+            m.apply(Command::ReserveNeedles {
+                volume_id: 1,
+                count,
+                at_least,
+            })
+        };
+        assert!(matches!(
+            reserve(&mut machine, 5, 5),
+            Applied::Refused(r) if r.contains("not in the map")
+        ));
+        machine.apply(volume(1, &["a"]));
+        assert_eq!(
+            reserve(&mut machine, 5, 5),
+            Applied::Needles { first: 1, end: 6 }
+        );
+        assert_eq!(
+            reserve(&mut machine, 5, 5),
+            Applied::Needles { first: 6, end: 11 }
+        );
+        // Near the end of the volume: a shorter block if enough is left,
+        // refused if not; the refusal changes nothing.
+        machine.state.volumes.get_mut(&1).unwrap().needle_high_water = MAX_SEQ - 2;
+        assert!(matches!(reserve(&mut machine, 10, 5), Applied::Refused(_)));
+        assert_eq!(
+            reserve(&mut machine, 10, 3),
+            Applied::Needles {
+                first: MAX_SEQ - 2,
+                end: MAX_SEQ + 1
+            }
+        );
+        assert!(matches!(reserve(&mut machine, 1, 1), Applied::Refused(_)));
+    }
+
+    #[test]
+    fn volume_ids_are_refused_once_exhausted() {
+        let mut machine = Machine::new();
+        assert_eq!(
+            machine.apply(Command::AllocateVolumeId),
+            Applied::VolumeId(1)
+        );
+        machine.state.next_volume_id = u32::MAX;
+        assert!(matches!(
+            machine.apply(Command::AllocateVolumeId),
+            Applied::Refused(r) if r.contains("exhausted")
+        ));
+        assert_eq!(machine.state.next_volume_id, u32::MAX);
+    }
+
+    #[test]
+    fn a_replica_set_changes_one_copy_at_a_time() {
+        let mut machine = Machine::new();
+        machine.apply(volume(1, &["a", "b", "c"]));
+        machine.apply(Command::VolumeReported {
+            volume_id: 1,
+            state: 1,
+            tier: 1,
+            stale: vec!["a".into()],
+        });
+        // The primary's copy is replaced: the new one is the primary, and
+        // no longer stale.
+        machine.apply(Command::Replaced {
+            volume_id: 1,
+            lost: Some("a".into()),
+            target: "d".into(),
+        });
+        let row = &machine.state.volumes[&1];
+        assert_eq!((row.server_id.as_str(), row.replicas.len()), ("d", 3));
+        assert!(row.stale.is_empty());
+        // A target already in the set changes nothing.
+        let before = machine.state.volumes[&1].clone();
+        machine.apply(Command::Replaced {
+            volume_id: 1,
+            lost: Some("b".into()),
+            target: "c".into(),
+        });
+        assert_eq!(machine.state.volumes[&1], before);
+        // A copy that joins; then the primary leaves, and the next copy
+        // takes its place.
+        machine.apply(Command::Replaced {
+            volume_id: 1,
+            lost: None,
+            target: "e".into(),
+        });
+        machine.apply(Command::RemoveReplica {
+            volume_id: 1,
+            server_id: "d".into(),
+        });
+        let row = &machine.state.volumes[&1];
+        assert_eq!(row.replicas, ["b", "c", "e"]);
+        assert_eq!(row.server_id, "b");
+        // Commands about a volume that is not in the map change nothing.
+        let before = machine.reloaded();
+        machine.apply(Command::CaughtUp {
+            volume_id: 9,
+            server_id: "a".into(),
+        });
+        assert_eq!(machine.reloaded().volumes, before.volumes);
+    }
+
+    #[test]
+    fn revocations_expire_and_repairs_end_only_for_their_target() {
+        let mut machine = Machine::new();
+        let revoke = |m: &mut Machine, id: &str, expires_at, now| {
+            m.apply(Command::RevokeToken {
+                token_id: id.into(),
+                expires_at,
+                now,
+            })
+        };
+        revoke(&mut machine, "t1", 100, 10);
+        revoke(&mut machine, "t2", 300, 20);
+        // Already expired: not kept. t1 expired by now: dropped.
+        revoke(&mut machine, "t3", 150, 200);
+        assert_eq!(
+            machine.reloaded().revoked.into_keys().collect::<Vec<_>>(),
+            ["t2"]
+        );
+        let job = |target: &str| Command::RepairStarted {
+            job: RepairJobRow {
+                volume_id: 1,
+                target: target.into(),
+                ..RepairJobRow::default()
+            }
+            .encode_to_vec(),
+        };
+        assert!(matches!(machine.apply(job("x")), Applied::Refused(_)));
+        machine.apply(volume(1, &["a"]));
+        machine.apply(job("x"));
+        machine.apply(Command::RepairEnded {
+            volume_id: 1,
+            target: "y".into(),
+        });
+        assert_eq!(machine.reloaded().repair_jobs[&1].target, "x");
+        machine.apply(Command::ForgetVolume { volume_id: 1 });
+        assert!(machine.reloaded().repair_jobs.is_empty());
+    }
+}
