@@ -163,9 +163,7 @@ impl Gate {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = hayloft_proto::unix_now();
         let principal = crate::token::verify(&self.keyring.get(), token.trim(), now, self.skew)
             .map_err(|e| {
                 metrics::counter!("hayloft_grpc_denied_total", "reason" => denial(&e)).increment(1);

@@ -353,9 +353,7 @@ impl ClusterToken {
 
     /// The current token (`None` if the key ring has no signing key).
     pub fn current(&self) -> Option<String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = hayloft_proto::unix_now();
         let ring = self.keyring.get();
         let kid = ring.signing_key()?.0.to_owned();
         let mut cached = self.cached.lock();

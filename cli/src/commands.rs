@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 #[derive(Args)]
 pub struct Connection {
     /// The directory's gRPC address.
-    #[arg(long, env = "HAYLOFT_DIRECTORY", default_value = "127.0.0.1:9330")]
+    #[arg(long, env = "HAYLOFT_DIRECTORY", default_value = hayloft_proto::DEFAULT_DIRECTORY)]
     pub directory: String,
 }
 
@@ -232,12 +232,7 @@ pub struct StatusArgs {
 }
 
 fn tier_name(tier: i32) -> &'static str {
-    match Tier::try_from(tier) {
-        Ok(Tier::Hot) => "hot",
-        Ok(Tier::Warm) => "warm",
-        Ok(Tier::Cold) => "cold",
-        _ => "?",
-    }
+    Tier::storage(tier).map_or("?", |tier| tier.as_str())
 }
 
 /// Why a volume takes no new blobs for now (a copy's disk is at its
@@ -281,8 +276,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.capacity {
         let policy = crate::tier::load_policy(args.policy.as_deref())?;
         let directory = args.connection.directories()?;
-        let since =
-            hayloft_storage::volume::now_unix_secs().saturating_sub(CAPACITY_HISTORY.as_secs());
+        let since = hayloft_storage::volume::unix_now().saturating_sub(CAPACITY_HISTORY.as_secs());
         let samples = directory
             .call(|mut directory| async move {
                 directory

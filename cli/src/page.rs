@@ -112,7 +112,7 @@ pub async fn serve(
             // The built-in policy's prices (its parsing is tested).
             Ok(policy) => {
                 let report = crate::capacity::report(&samples, &policy);
-                let now = hayloft_storage::volume::now_unix_secs();
+                let now = hayloft_storage::volume::unix_now();
                 render(
                     &crate::commands::status_json(&status),
                     &report,
@@ -150,7 +150,7 @@ async fn gather(
     let status = directory
         .call(|mut d| async move { d.status(hayloft_proto::StatusRequest {}).await })
         .await?;
-    let since = hayloft_storage::volume::now_unix_secs()
+    let since = hayloft_storage::volume::unix_now()
         .saturating_sub(crate::commands::CAPACITY_HISTORY.as_secs());
     let samples = directory
         .call(|mut d| async move { d.capacity(hayloft_proto::CapacityRequest { since }).await })

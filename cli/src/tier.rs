@@ -10,7 +10,7 @@ use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 use hayloft_proto::{MoveJobStatus, StatusResponse};
 use hayloft_storage::Tier;
-use hayloft_tiering::policy::{Action, Plan, Policy};
+use hayloft_tiering::{Action, Plan, Policy};
 use hayloft_tiering::{replicas, worker};
 
 #[derive(Args)]
@@ -22,7 +22,7 @@ pub struct TierArgs {
         long,
         global = true,
         env = "HAYLOFT_DIRECTORY",
-        default_value = "127.0.0.1:9330"
+        default_value = hayloft_proto::DEFAULT_DIRECTORY
     )]
     directory: String,
 }
@@ -511,8 +511,8 @@ fn describe(action: &Action) -> String {
 }
 
 fn print_plan(policy: &Policy, plan: &Plan, json: bool) {
-    let before_cost = Plan::monthly_cost(policy, &plan.before);
-    let after_cost = Plan::monthly_cost(policy, &plan.after);
+    let before_cost = policy.monthly_cost(&plan.before);
+    let after_cost = policy.monthly_cost(&plan.after);
     if json {
         let actions: Vec<_> = plan
             .actions

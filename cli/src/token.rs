@@ -55,9 +55,7 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<()> {
             keep,
             connection,
         } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = hayloft_storage::unix_now();
             let request = hayloft_proto::RevokeTokenRequest {
                 token_id: token_id.clone(),
                 expires_at: now.saturating_add(std::time::Duration::from(keep).as_secs()),
@@ -86,9 +84,7 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             let ring = hayloft_access::Keyring::load(&keyring)
                 .with_context(|| format!("loading the key ring {}", keyring.display()))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = hayloft_storage::unix_now();
             let (token, id) =
                 hayloft_access::token::mint(&ring, &subject, &scopes, ttl.into(), now)?;
             eprintln!("token id {id}");

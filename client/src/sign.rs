@@ -18,10 +18,7 @@ pub fn sign_url(
     let blob: BlobId = blob_id.parse()?;
     let path = hayloft_access::signed_url::blob_path(&blob.to_string(), name)
         .map_err(Error::InvalidArgument)?;
-    let expires = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .saturating_add(ttl.as_secs().max(1));
+    let expires = hayloft_storage::unix_now().saturating_add(ttl.as_secs().max(1));
     let query =
         hayloft_access::signed_url::sign_with(ring, &path, expires, bind).ok_or_else(|| {
             Error::InvalidArgument(

@@ -53,7 +53,7 @@ pub(crate) fn write_header(slot: &Slot, size: u64, options: &UploadOptions) -> W
         // Counted from the write, not from when the id was reserved.
         expires_at: options
             .ttl
-            .map_or(0, |ttl| now_unix().saturating_add(ttl.as_secs().max(1))),
+            .map_or(0, |ttl| unix_now().saturating_add(ttl.as_secs().max(1))),
         last_modified: 0,
         // The primary forwards the blob to every other copy.
         replicas: slot.locations.clone(),
@@ -62,11 +62,7 @@ pub(crate) fn write_header(slot: &Slot, size: u64, options: &UploadOptions) -> W
     }
 }
 
-pub(crate) fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use hayloft_storage::unix_now;
 
 pub(crate) fn write_requests(
     header: WriteHeader,

@@ -266,7 +266,7 @@ pub fn parse_peers(
 }
 
 fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9330))
+    hayloft_proto::default_addr(hayloft_proto::DEFAULT_DIRECTORY)
 }
 
 /// A directory server bound to its port, ready to serve.

@@ -16,7 +16,7 @@ use hayloft_proto::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::cluster::{Cluster, now_unix};
+use crate::cluster::{Cluster, unix_now};
 use crate::error::{Error, Result};
 
 /// Most ids one `Assign` hands out.
@@ -280,14 +280,14 @@ impl DirectoryService {
         };
         let expires_at = match request.ttl_seconds {
             0 => 0,
-            ttl => now_unix().saturating_add(ttl),
+            ttl => unix_now().saturating_add(ttl),
         };
         for attempt in 0..3 {
             let assigned = self.cluster.assign(&request.collection, count).await?;
             if let Some((mut blobs, locations)) = assigned {
                 if let Some(keyring) = &self.grants {
                     let ring = keyring.get();
-                    let until = now_unix().saturating_add(self.grant_ttl.as_secs());
+                    let until = unix_now().saturating_add(self.grant_ttl.as_secs());
                     for blob in &mut blobs {
                         blob.grant = hayloft_access::token::grant(&ring, &blob.blob_id, until)
                             .map_err(|e| Status::failed_precondition(e.to_string()))?;
@@ -395,7 +395,7 @@ impl DirectoryService {
             .as_ref()
             .map(|ring| ring.get())
             .ok_or_else(|| Status::failed_precondition("this directory has no key ring"))?;
-        let expires_at = now_unix().saturating_add(ttl.as_secs());
+        let expires_at = unix_now().saturating_add(ttl.as_secs());
         let query = hayloft_access::signed_url::sign_with(&ring, &path, expires_at, bind)
             .ok_or_else(|| {
                 Status::failed_precondition("the directory's key ring names no signing key")

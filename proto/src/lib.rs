@@ -16,6 +16,67 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub use hayloft_storage::unix_now;
+
+/// Where a directory listens unless told otherwise (and where every
+/// client and server looks for one).
+pub const DEFAULT_DIRECTORY: &str = "127.0.0.1:9330";
+/// Where a volume server's gRPC port listens unless told otherwise.
+pub const DEFAULT_VOLUME_GRPC: &str = "127.0.0.1:9331";
+/// Where a volume server's HTTP origin listens unless told otherwise.
+pub const DEFAULT_VOLUME_HTTP: &str = "127.0.0.1:9380";
+
+/// One of the default addresses above, parsed.
+pub fn default_addr(addr: &str) -> std::net::SocketAddr {
+    addr.parse()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The wire tier of a storage tier: the one conversion between the two.
+impl From<hayloft_storage::Tier> for Tier {
+    fn from(tier: hayloft_storage::Tier) -> Tier {
+        match tier {
+            hayloft_storage::Tier::Hot => Tier::Hot,
+            hayloft_storage::Tier::Warm => Tier::Warm,
+            hayloft_storage::Tier::Cold => Tier::Cold,
+        }
+    }
+}
+
+/// The storage tier of a wire tier; `Unspecified` is none.
+impl TryFrom<Tier> for hayloft_storage::Tier {
+    type Error = UnspecifiedTier;
+
+    fn try_from(tier: Tier) -> Result<hayloft_storage::Tier, UnspecifiedTier> {
+        match tier {
+            Tier::Hot => Ok(hayloft_storage::Tier::Hot),
+            Tier::Warm => Ok(hayloft_storage::Tier::Warm),
+            Tier::Cold => Ok(hayloft_storage::Tier::Cold),
+            Tier::Unspecified => Err(UnspecifiedTier),
+        }
+    }
+}
+
+impl Tier {
+    /// The storage tier of a wire value (`i32` in messages): `None` for
+    /// unspecified or unknown values.
+    pub fn storage(wire: i32) -> Option<hayloft_storage::Tier> {
+        Tier::try_from(wire).ok()?.try_into().ok()
+    }
+}
+
+/// A wire tier that names no storage tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnspecifiedTier;
+
+impl std::fmt::Display for UnspecifiedTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no tier given (hot, warm or cold)")
+    }
+}
+
+impl std::error::Error for UnspecifiedTier {}
+
 pub mod auth;
 pub use auth::{AuthChannel, Credential, tls_refusal};
 
@@ -117,6 +178,22 @@ pub fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_addresses_parse_and_tiers_convert_both_ways() {
+        for addr in [DEFAULT_DIRECTORY, DEFAULT_VOLUME_GRPC, DEFAULT_VOLUME_HTTP] {
+            assert_eq!(default_addr(addr).to_string(), addr);
+        }
+        for tier in [
+            hayloft_storage::Tier::Hot,
+            hayloft_storage::Tier::Warm,
+            hayloft_storage::Tier::Cold,
+        ] {
+            assert_eq!(Tier::storage(Tier::from(tier) as i32), Some(tier));
+        }
+        assert_eq!(Tier::storage(Tier::Unspecified as i32), None);
+        assert_eq!(Tier::storage(99), None);
+    }
+
     use super::*;
 
     fn at(id: &str) -> ServerLocation {

@@ -34,7 +34,7 @@ use crate::format::{
 use crate::index::NeedleIndex;
 use crate::meta::VolumeMeta;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
-use crate::volume::{Needle, VolumeStats, now_unix_secs, volume_paths};
+use crate::volume::{Needle, VolumeStats, unix_now, volume_paths};
 
 /// Version of the manifest layout written by this build.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -372,7 +372,7 @@ impl ColdVolume {
         let record = bytes.get(..record_len).ok_or(corrupt("record cut short"))?;
         let decoded = format::decode_needle(record).map_err(|_| corrupt("checksum mismatch"))?;
         let meta = decoded.meta.clone();
-        if meta.expires_at.is_some_and(|t| t <= now_unix_secs()) {
+        if meta.expires_at.is_some_and(|t| t <= unix_now()) {
             return Err(Error::Expired {
                 volume: self.id,
                 needle: id,

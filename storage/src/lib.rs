@@ -42,7 +42,7 @@ pub use moves::MoveJob;
 pub use recovery::RecoveryReport;
 pub use space::{DiskSpace, Reserve, SpaceReport};
 pub use store::{Handle, Location, Store, StoreConfig, release_free_heap};
-pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId};
+pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId, unix_now};
 pub use volume::{
     BUFFERED_READ_MAX, COMPACTION_MARGIN, Claim, CompactOptions, CompactReport, DiskRead,
     Durability, FromDisk, Needle, NeedleState, NeedleWrite, NeedleWriter, Queued, QueuedWrite,

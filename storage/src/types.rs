@@ -138,6 +138,15 @@ impl FromStr for BlobId {
     }
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it): the one
+/// clock every hayloft crate reads wall time through (re-exported by
+/// `hayloft_proto` for the crates above it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -341,12 +341,7 @@ pub fn volume_paths(dir: &Path, id: VolumeId) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn now_unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use crate::types::unix_now;
 
 impl Volume {
     /// Creates a new, empty volume in `dir`.
@@ -371,7 +366,7 @@ impl Volume {
         VolumeMeta::new(collection).store(&meta)?;
         let superblock = Superblock {
             volume_id: id,
-            created_at: now_unix_secs(),
+            created_at: unix_now(),
         };
         write_atomically(&dat, &superblock.encode())?;
         Volume::open(dir, id, tier, config)
@@ -668,7 +663,7 @@ impl Volume {
         if !meta.sealed {
             let mut sealed = meta.clone();
             sealed.sealed = true;
-            sealed.sealed_at = Some(now_unix_secs());
+            sealed.sealed_at = Some(unix_now());
             sealed.store(&meta_path)?;
             *meta = sealed;
         }
@@ -742,7 +737,7 @@ impl Volume {
             )
         };
         if offsets.is_empty() {
-            return self.is_sealed().then(now_unix_secs);
+            return self.is_sealed().then(unix_now);
         }
         let mut latest = 0;
         for offset in offsets {

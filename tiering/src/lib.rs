@@ -1,11 +1,16 @@
 //! hayloft's tiering: the cold tier's object stores ([`object`]), the
-//! lifecycle policy ([`policy`]), and the worker that applies it
-//! ([`worker`]).
+//! lifecycle policy and its planner ([`policy`]), what a plan is made of
+//! ([`plan`]), the moves of replicated volumes ([`replicas`]), and the
+//! worker that carries plans out ([`worker`]).
+//!
+//! Dependencies go one way: `plan` <- `replicas` <- `policy` <- `worker`.
 
 pub mod object;
+pub mod plan;
 pub mod policy;
 pub mod replicas;
 pub mod worker;
 
 pub use object::{ObjectError, ObjectStore, ObjectStoreConfig};
-pub use policy::{Action, Plan, Policy};
+pub use plan::{Action, Plan};
+pub use policy::Policy;

@@ -52,6 +52,7 @@ use hayloft_storage::Tier;
 use serde::{Deserialize, Serialize};
 
 use crate::object::STORAGE_CLASSES;
+use crate::plan::{Action, Plan};
 use crate::replicas::{self, tier_of};
 
 /// A lifecycle policy.
@@ -214,83 +215,14 @@ impl Policy {
     pub fn price(&self, key: &str) -> Option<f64> {
         self.prices.get(key).copied()
     }
-}
 
-/// What the planner decided for one volume.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Move the volume.
-    Move {
-        /// The volume.
-        volume: u32,
-        /// Its server's id.
-        server: String,
-        /// From.
-        from: Tier,
-        /// To.
-        to: Tier,
-        /// For cold: bucket, prefix and class.
-        bucket: String,
-        /// Key prefix.
-        prefix: String,
-        /// Storage class.
-        storage_class: String,
-        /// Bytes to move.
-        bytes: u64,
-        /// The rule that decided it.
-        rule: String,
-        /// To cold without an upload: share the object of the cold copy on
-        /// this server (a replicated volume's follower; "" = upload).
-        share_cold_from: String,
-        /// From cold: keep the object (another copy still reads it).
-        keep_object: bool,
-    },
-    /// Take one copy of a replicated volume out of its replica set, then
-    /// delete it (the cold copies of a volume brought back from cold).
-    Drop {
-        /// The volume.
-        volume: u32,
-        /// The server whose copy goes.
-        server: String,
-        /// For a cold copy: keep the object (another copy reads it).
-        keep_object: bool,
-        /// Why.
-        rule: String,
-    },
-    /// Delete a copy of the volume (every copy: the whole volume).
-    Delete {
-        /// The volume.
-        volume: u32,
-        /// Its server's id.
-        server: String,
-        /// Bytes freed.
-        bytes: u64,
-        /// Why.
-        rule: String,
-        /// For a cold copy: keep the object (another copy is deleted after).
-        keep_object: bool,
-        /// The last copy: the directory forgets the volume after it.
-        forget: bool,
-    },
-}
-
-impl Action {
-    /// The volume it acts on.
-    pub fn volume(&self) -> u32 {
-        match self {
-            Action::Move { volume, .. }
-            | Action::Drop { volume, .. }
-            | Action::Delete { volume, .. } => *volume,
-        }
-    }
-
-    /// The server it runs on.
-    pub fn server(&self) -> &str {
-        match self {
-            Action::Move { server, .. }
-            | Action::Drop { server, .. }
-            | Action::Delete { server, .. } => server,
-        }
+    /// Monthly cost of `bytes` per billing key at these prices (keys
+    /// without a price are left out).
+    pub fn monthly_cost(&self, bytes: &BTreeMap<String, u64>) -> BTreeMap<String, f64> {
+        bytes
+            .iter()
+            .filter_map(|(key, b)| self.price(key).map(|p| (key.clone(), *b as f64 / 1e9 * p)))
+            .collect()
     }
 }
 
@@ -306,32 +238,6 @@ pub fn billing_key(status: &hayloft_proto::VolumeStatus) -> String {
         }
         Ok(ProtoTier::Warm) => "warm".into(),
         _ => "hot".into(),
-    }
-}
-
-/// A plan: actions, and bytes per billing key before and after.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Plan {
-    /// What to do.
-    pub actions: Vec<Action>,
-    /// Bytes per tier / storage class now.
-    pub before: BTreeMap<String, u64>,
-    /// Bytes per tier / storage class once the plan has run.
-    pub after: BTreeMap<String, u64>,
-}
-
-impl Plan {
-    /// Monthly cost of `bytes` per billing key at the policy's prices
-    /// (keys without a price are left out).
-    pub fn monthly_cost(policy: &Policy, bytes: &BTreeMap<String, u64>) -> BTreeMap<String, f64> {
-        bytes
-            .iter()
-            .filter_map(|(key, b)| {
-                policy
-                    .price(key)
-                    .map(|p| (key.clone(), *b as f64 / 1e9 * p))
-            })
-            .collect()
     }
 }
 
@@ -677,7 +583,7 @@ mod tests {
         assert_eq!(plan.before["hot"], 3_000_000_000);
         assert_eq!(plan.after["hot"], 2_000_000_000);
         assert_eq!(plan.after["GLACIER"], 1_000_000_000);
-        let cost = Plan::monthly_cost(&policy, &plan.after);
+        let cost = policy.monthly_cost(&plan.after);
         assert!((cost["GLACIER"] - 0.004).abs() < 1e-9);
     }
 

@@ -28,7 +28,7 @@ use hayloft_proto::{
 };
 use hayloft_storage::Tier;
 
-use crate::policy::Action;
+use crate::plan::Action;
 
 /// Where a replicated volume should go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,12 +64,9 @@ pub fn is_replicated(record: &VolumeRecord) -> bool {
     record.replication > 1 || record.replicas.len() > 1
 }
 
+/// A copy's tier as its server reported it (hot if it did not say).
 pub(crate) fn tier_of(status: &VolumeStatus) -> Tier {
-    match ProtoTier::try_from(status.tier) {
-        Ok(ProtoTier::Cold) => Tier::Cold,
-        Ok(ProtoTier::Warm) => Tier::Warm,
-        _ => Tier::Hot,
-    }
+    ProtoTier::storage(status.tier).unwrap_or(Tier::Hot)
 }
 
 fn server_of(replica: &Replica) -> String {

@@ -14,7 +14,8 @@ use hayloft_proto::{
 };
 use hayloft_storage::Tier;
 
-use crate::policy::{Action, Plan, Policy, plan};
+use crate::plan::{Action, Plan};
+use crate::policy::{Policy, plan};
 
 /// What the worker could not do.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +96,7 @@ pub async fn plan_now(
     policy: &Policy,
 ) -> Result<(Plan, StatusResponse), WorkerError> {
     let status = cluster_status(directory).await?;
-    let now = hayloft_storage::volume::now_unix_secs();
+    let now = hayloft_storage::volume::unix_now();
     Ok((plan(policy, &status.volumes, now), status))
 }
 
@@ -107,14 +108,6 @@ fn server_addr(status: &StatusResponse, server_id: &str) -> Option<String> {
         .filter_map(|s| s.location.as_ref())
         .find(|l| l.server_id == server_id)
         .map(|l| l.grpc_addr.clone())
-}
-
-fn proto_tier(tier: Tier) -> ProtoTier {
-    match tier {
-        Tier::Hot => ProtoTier::Hot,
-        Tier::Warm => ProtoTier::Warm,
-        Tier::Cold => ProtoTier::Cold,
-    }
 }
 
 /// Asks a volume server to move a volume.
@@ -131,7 +124,7 @@ pub async fn start_move(
         addr,
         MoveVolumeRequest {
             volume_id: volume,
-            target: proto_tier(to) as i32,
+            target: ProtoTier::from(to) as i32,
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
             storage_class: storage_class.to_owned(),
@@ -182,7 +175,7 @@ pub async fn run_action(
                 &addr(server)?,
                 MoveVolumeRequest {
                     volume_id: *volume,
-                    target: proto_tier(*to) as i32,
+                    target: ProtoTier::from(*to) as i32,
                     bucket: bucket.clone(),
                     prefix: prefix.clone(),
                     storage_class: storage_class.clone(),

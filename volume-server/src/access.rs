@@ -142,9 +142,4 @@ impl OriginAccess {
     }
 }
 
-/// Unix seconds.
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use hayloft_storage::unix_now as now;

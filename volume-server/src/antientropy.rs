@@ -32,8 +32,8 @@ use hayloft_storage::{BlobId, Cookie, NeedleId, NeedleMeta, Store, Volume, Volum
 use parking_lot::Mutex;
 use tonic::Status;
 
+use crate::blocking::blocking;
 use crate::error::{etag, grpc_status};
-use crate::grpc::blocking;
 use crate::replicate::Replication;
 
 /// Anti-entropy compares ranges of 2^RANGE_BITS needle ids.

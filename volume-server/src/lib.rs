@@ -16,6 +16,14 @@
 //! - [`antientropy`]: copies pull missing needles and tombstones from each
 //!   other (also the repair of a new or wiped copy), and scrub.
 //! - `error`: storage errors as gRPC codes and HTTP statuses, in one place.
+//! - [`access`]: the HTTP origin's access checks (signed URLs, key ring).
+//! - [`disk_reads`]: local reads from the page cache or, bounded, from disk.
+//! - [`compaction`]: the periodic trigger and the operators' `Compact`.
+//! - [`tier`]: moving a volume between hot, warm and cold.
+//! - [`reads`]: read counts per volume, for the lifecycle policy.
+//! - [`status`]: volume stats in their wire form.
+//! - [`metrics`]: the server's Prometheus metrics.
+//! - `blocking`: storage work on tokio's blocking pool.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +38,7 @@ use tokio::net::TcpListener;
 
 pub mod access;
 pub mod antientropy;
+mod blocking;
 pub mod compaction;
 pub mod disk_reads;
 pub mod error;
@@ -225,11 +234,11 @@ impl Default for VolumeServerConfig {
             repair_rate: ByteSize::mib(64),
             anti_entropy_interval: Duration::from_secs(600),
             scrub_interval: Duration::from_secs(86_400),
-            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 9331)),
-            http_listen: SocketAddr::from(([127, 0, 0, 1], 9380)),
+            grpc_listen: hayloft_proto::default_addr(hayloft_proto::DEFAULT_VOLUME_GRPC),
+            http_listen: hayloft_proto::default_addr(hayloft_proto::DEFAULT_VOLUME_HTTP),
             public_grpc_addr: None,
             public_http_addr: None,
-            directory: "127.0.0.1:9330".into(),
+            directory: hayloft_proto::DEFAULT_DIRECTORY.into(),
             hot_dirs: vec![PathBuf::from("data/hot")],
             warm_dirs: vec![PathBuf::from("data/warm")],
             max_volume_size: ByteSize::gib(30),

@@ -94,11 +94,7 @@ pub fn bytes_out(protocol: &'static str, bytes: u64) {
 /// built (every pulse), so the volumes and disks are read once, not twice.
 pub fn update_store_gauges(beat: &hayloft_proto::HeartbeatRequest) {
     use hayloft_proto::Tier as ProtoTier;
-    let tier_name = |tier: i32| match ProtoTier::try_from(tier) {
-        Ok(ProtoTier::Warm) => Tier::Warm.as_str(),
-        Ok(ProtoTier::Cold) => Tier::Cold.as_str(),
-        _ => Tier::Hot.as_str(),
-    };
+    let tier_name = |tier: i32| ProtoTier::storage(tier).unwrap_or(Tier::Hot).as_str();
     let mut volumes: BTreeMap<(&'static str, &'static str), f64> = BTreeMap::new();
     let mut per_tier: BTreeMap<&'static str, (u64, u64, u64)> = BTreeMap::new();
     let (mut index, mut needles, mut compacting, mut copied, mut total) = (0, 0, 0, 0, 0);

@@ -1,18 +1,9 @@
 //! Volume stats in their wire form.
 
 use hayloft_proto::{Tier as ProtoTier, VolumeStatus};
-use hayloft_storage::{ColdVolume, Handle, Tier, Volume};
+use hayloft_storage::{ColdVolume, Handle, Volume};
 
 use crate::tier::Tiering;
-
-/// The wire tier for a storage tier.
-pub fn proto_tier(tier: Tier) -> ProtoTier {
-    match tier {
-        Tier::Hot => ProtoTier::Hot,
-        Tier::Warm => ProtoTier::Warm,
-        Tier::Cold => ProtoTier::Cold,
-    }
-}
 
 /// A volume's stats as reported to the directory and operators.
 pub fn volume_status(volume: &Volume) -> VolumeStatus {
@@ -32,7 +23,7 @@ pub fn volume_status(volume: &Volume) -> VolumeStatus {
         },
         volume_id: stats.id.0,
         collection: volume.collection().to_owned(),
-        tier: proto_tier(stats.tier) as i32,
+        tier: ProtoTier::from(stats.tier) as i32,
         sealed: stats.sealed || poisoned,
         needles: stats.needles,
         live_bytes: stats.live_bytes,

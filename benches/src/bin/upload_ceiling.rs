@@ -409,7 +409,7 @@ async fn main() {
         return null_server_main().await;
     }
     check_args();
-    let directory = arg("--directory").unwrap_or_else(|| "127.0.0.1:9330".into());
+    let directory = arg("--directory").unwrap_or_else(|| hayloft_proto::DEFAULT_DIRECTORY.into());
     let data_dir = std::path::PathBuf::from(arg("--data-dir").unwrap_or_else(|| "data".into()));
     let seconds: u64 = number("--seconds", 5);
     let concurrency: usize = number("--concurrency", 32);

@@ -176,7 +176,7 @@ impl Cluster {
                 };
                 inner
                     .problems
-                    .insert(collection.to_owned(), (now_unix(), reason.clone()));
+                    .insert(collection.to_owned(), (unix_now(), reason.clone()));
                 return Err(Error::Unavailable(reason));
             }
         };
@@ -243,7 +243,7 @@ impl Cluster {
             state: VolumeState::Writable as i32,
             server_id: servers.first().cloned().unwrap_or_default(),
             needle_high_water: 1,
-            created_at: now_unix(),
+            created_at: unix_now(),
             status: None,
             replicas: servers.to_vec(),
             replication: servers.len() as u32,

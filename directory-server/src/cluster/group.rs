@@ -130,7 +130,7 @@ impl Cluster {
     /// counts as down (and its repair clock starts again), and every copy
     /// counts as present until its server reports.
     pub(super) fn lead(inner: &mut Inner, term: u64) {
-        let now = now_unix();
+        let now = unix_now();
         for server in inner.state.servers.values_mut() {
             server.last_heartbeat = server.last_heartbeat.max(now);
         }

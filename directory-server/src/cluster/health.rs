@@ -4,7 +4,7 @@ use super::*;
 
 impl Cluster {
     pub(super) fn alive(&self, server: &ServerRow) -> bool {
-        now_unix().saturating_sub(server.last_heartbeat) <= self.config.dead_after.as_secs()
+        unix_now().saturating_sub(server.last_heartbeat) <= self.config.dead_after.as_secs()
     }
 
     /// How one copy of `row` is doing.
@@ -151,7 +151,7 @@ impl Cluster {
     /// Every volume as repair sees it (`all`), or only the degraded ones.
     pub fn volume_views(&self, all: bool) -> Vec<RepairView> {
         let inner = self.inner.lock();
-        let now = now_unix();
+        let now = unix_now();
         inner
             .state
             .volumes
@@ -216,6 +216,6 @@ impl Cluster {
         // Strictly more than `dead_after`: until then a silent server still
         // counts as alive (see `alive`, and `lead` setting its heartbeat).
         inner.led_term != 0
-            && now_unix().saturating_sub(inner.led_at) > self.config.dead_after.as_secs()
+            && unix_now().saturating_sub(inner.led_at) > self.config.dead_after.as_secs()
     }
 }

@@ -35,7 +35,7 @@ impl Cluster {
             let mut inner = self.inner.lock();
             let inner = &mut *inner;
             if let Some(server) = inner.state.servers.get_mut(&server_id) {
-                server.last_heartbeat = now_unix();
+                server.last_heartbeat = unix_now();
                 server.free_hot_bytes = request.free_hot_bytes;
                 server.free_warm_bytes = request.free_warm_bytes;
                 server.keyring_problem = request.keyring_problem.clone();
@@ -64,7 +64,7 @@ impl Cluster {
                         state: VolumeState::Sealed as i32,
                         server_id: server_id.clone(),
                         needle_high_water: MAX_SEQ + 1,
-                        created_at: now_unix(),
+                        created_at: unix_now(),
                         status: None,
                         replicas: vec![server_id.clone()],
                         replication: 1,
@@ -115,7 +115,7 @@ impl Cluster {
             // answered after its registration: it does not make the new copy
             // missing (which would mark the volume degraded, refusing writes
             // until the next pulse). Later heartbeats do.
-            let now = now_unix();
+            let now = unix_now();
             if let Some(previous) = inner.reported.get(&server_id) {
                 for (id, status) in previous {
                     let just_created = inner.state.volumes.get(id).is_some_and(|e| {

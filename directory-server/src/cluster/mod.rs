@@ -33,7 +33,7 @@ mod tests;
 pub use group::{Consensus, Leadership};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hayloft_proto::{
     AssignedBlob, HeartbeatRequest, Replica, ReplicaHealth, ServerLocation, ServerStatus,
@@ -61,11 +61,7 @@ pub const NEEDLE_BLOCK: u64 = 100_000;
 /// taken as present (the heartbeat may have been sent before it existed).
 pub const JUST_CREATED_SECS: u64 = 15;
 
-pub(crate) fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use hayloft_storage::unix_now;
 
 struct Inner {
     /// The replicated state (the same on every node of the group).

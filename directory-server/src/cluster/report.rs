@@ -49,7 +49,7 @@ impl Cluster {
             .collect();
         // A problem older than a few pulses was about servers that may have
         // come since; the next creation attempt says again if not.
-        let recent = now_unix().saturating_sub(self.config.dead_after.as_secs() * 4);
+        let recent = unix_now().saturating_sub(self.config.dead_after.as_secs() * 4);
         let mut problems: Vec<String> = inner
             .problems
             .values()
@@ -102,7 +102,7 @@ impl Cluster {
     pub fn capacity_sample(&self) -> hayloft_proto::CapacitySample {
         let inner = self.inner.lock();
         let mut sample = hayloft_proto::CapacitySample {
-            at: now_unix(),
+            at: unix_now(),
             ..Default::default()
         };
         for tier in ["hot", "warm"] {

@@ -21,7 +21,7 @@ impl Cluster {
         self.propose(Command::RevokeToken {
             token_id: token_id.to_owned(),
             expires_at,
-            now: now_unix(),
+            now: unix_now(),
         })
         .await?;
         Ok(())

@@ -112,7 +112,7 @@ async fn a_volume_registered_a_moment_ago_is_not_called_degraded() {
         state: VolumeState::Writable as i32,
         server_id: "vs0".into(),
         needle_high_water: 1,
-        created_at: now_unix(),
+        created_at: unix_now(),
         replicas: servers.clone(),
         replication: 2,
         ..VolumeRow::default()
@@ -282,7 +282,7 @@ async fn revoked_tokens_are_replicated_state_until_they_expire() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
     let gate = cluster.revocations();
-    let later = now_unix() + 3600;
+    let later = unix_now() + 3600;
     cluster.revoke_token("t1", later).await.unwrap();
     cluster.revoke_token("t2", later).await.unwrap();
     assert!(gate.contains("t1") && gate.contains("t2") && !gate.contains("t3"));
@@ -299,9 +299,9 @@ async fn revoked_tokens_are_replicated_state_until_they_expire() {
 
     // An entry past its expiry goes with the next revocation; one
     // already expired is not kept.
-    cluster.revoke_token("old", now_unix() - 10).await.unwrap();
+    cluster.revoke_token("old", unix_now() - 10).await.unwrap();
     assert!(!gate.contains("old"));
-    cluster.revoke_token("soon", now_unix()).await.unwrap();
+    cluster.revoke_token("soon", unix_now()).await.unwrap();
     assert!(gate.contains("soon"));
     // A revocation proposed after t1 and t2 have expired drops them.
     cluster

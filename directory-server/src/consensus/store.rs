@@ -306,9 +306,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     "{}-{}-{}",
                     id.leader_id.term,
                     id.index,
-                    crate::cluster::now_unix()
+                    crate::cluster::unix_now()
                 ),
-                None => format!("empty-{}", crate::cluster::now_unix()),
+                None => format!("empty-{}", crate::cluster::unix_now()),
             },
             last_log_id,
             last_membership,

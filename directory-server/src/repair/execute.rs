@@ -8,7 +8,7 @@ use hayloft_proto::{
 };
 
 use super::{RepairKind, RepairPlan, RepairSettings};
-use crate::cluster::{Cluster, now_unix};
+use crate::cluster::{Cluster, unix_now};
 
 /// Anti-entropy's range size, for comparing digests after a repair.
 const RANGE_BITS: u32 = 12;
@@ -166,7 +166,7 @@ pub(super) async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Resu
 pub(super) async fn settle_writes(cluster: &Cluster, plan: &RepairPlan) -> Result<(), String> {
     let servers: Vec<String> = plan.sources.iter().map(|s| s.server_id.clone()).collect();
     if cluster
-        .heard_from_since(&servers, now_unix(), SETTLE_WRITES)
+        .heard_from_since(&servers, unix_now(), SETTLE_WRITES)
         .await
     {
         Ok(())

@@ -55,7 +55,7 @@ use std::time::Duration;
 
 use hayloft_proto::{ServerLocation, Tier};
 
-use crate::cluster::now_unix;
+use crate::cluster::unix_now;
 use crate::db::RepairJobRow;
 
 /// How repair runs.
@@ -167,7 +167,7 @@ impl RepairPlan {
             target: self.target.server_id.clone(),
             kind: kind.to_owned(),
             lost: lost.to_owned(),
-            started_at: now_unix(),
+            started_at: unix_now(),
             term: 0,
         }
     }

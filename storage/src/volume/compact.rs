@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Files, IndexFile, Volume, now_unix_secs, volume_paths};
+use super::{Files, IndexFile, Volume, unix_now, volume_paths};
 use crate::error::{Error, Result};
 use crate::file::{VolumeFile, available_space, sync_parent};
 use crate::format::{
@@ -179,7 +179,7 @@ impl Target {
         };
         let superblock = Superblock {
             volume_id: id,
-            created_at: now_unix_secs(),
+            created_at: unix_now(),
         };
         target
             .data

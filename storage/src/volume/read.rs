@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Files, Needle, Volume, now_unix_secs};
+use super::{Files, Needle, Volume, unix_now};
 use crate::error::{Error, Result};
 use crate::format::{self, NEEDLE_HEADER_LEN, NeedleHeader};
 use crate::types::{Cookie, NeedleId, VolumeId};
@@ -211,7 +211,7 @@ impl DiskRead {
             checksum.copy_from_slice(&record[crc_at..crc_at + 4]);
             (meta, u32::from_le_bytes(checksum), header.data_len as usize)
         };
-        if meta.expires_at.is_some_and(|t| t <= now_unix_secs()) {
+        if meta.expires_at.is_some_and(|t| t <= unix_now()) {
             return Err(Error::Expired {
                 volume: self.volume,
                 needle: self.id,
@@ -282,7 +282,7 @@ pub(super) fn needle_from_map(
     let meta =
         format::NeedleMeta::decode(&record[NEEDLE_HEADER_LEN + header.data_len as usize..crc_at])
             .map_err(|_| corrupt(volume, offset, "unreadable metadata"))?;
-    if meta.expires_at.is_some_and(|t| t <= now_unix_secs()) {
+    if meta.expires_at.is_some_and(|t| t <= unix_now()) {
         return Err(Error::Expired {
             volume,
             needle: header.needle_id,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{
     Claim, Durability, Files, NEVER_SYNC_EVERY, NeedleWrite, SyncState, Volume, WriteReceipt,
-    WriterState, now_unix_secs,
+    WriterState, unix_now,
 };
 use crate::error::{Error, Result};
 use crate::format::{
@@ -90,7 +90,7 @@ impl Volume {
     /// Appends a tombstone record for `id` and waits until it is durable.
     pub(super) fn append_tombstone(&self, id: NeedleId, cookie: Cookie) -> Result<()> {
         let meta = NeedleMeta {
-            last_modified: now_unix_secs(),
+            last_modified: unix_now(),
             ..NeedleMeta::default()
         };
         let mut record = Vec::new();

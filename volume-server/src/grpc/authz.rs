@@ -82,7 +82,7 @@ impl VolumeService {
             return Caller::require(who.caller.as_ref(), Op::Cluster, "");
         }
         if let (Some(keyring), false) = (&self.grants, header.grant.is_empty()) {
-            let now = now_unix_secs();
+            let now = unix_now();
             return hayloft_access::token::check_grant(
                 &keyring.get(),
                 &header.grant,

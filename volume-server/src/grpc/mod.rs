@@ -49,7 +49,7 @@ use hayloft_proto::{
     StatRequest, StatResponse, SyncProgress, SyncVolumeRequest, Tier as ProtoTier,
     WriteBatchRequest, WriteBatchResponse, WriteHeader, WriteRequest, WriteResponse,
 };
-use hayloft_storage::volume::now_unix_secs;
+use hayloft_storage::volume::unix_now;
 use hayloft_storage::{
     BlobId, Claim, Error, Handle, NeedleId, NeedleMeta, NeedleWrite, Queued, QueuedWrite, Store,
     Tier, VolumeId, Wake, WriteReceipt,
@@ -62,6 +62,7 @@ use hayloft_access::grpc::{Caller, Need, Note, Who};
 use hayloft_access::token::Op;
 
 use crate::antientropy::AntiEntropy;
+pub(crate) use crate::blocking::{blocking, task_failed};
 use crate::disk_reads::{DiskReads, ReadError, Source};
 use crate::error::{etag, grpc_status};
 use crate::metrics;
@@ -100,18 +101,6 @@ pub struct ServiceLimits {
     pub compaction_rate: u64,
     /// Blobs up to this size are checksummed on every read.
     pub verify_up_to: u64,
-}
-
-/// Runs `f` on tokio's blocking pool; a panic in it answers INTERNAL.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(task_failed)
-}
-
-/// A storage task that panicked (or was cancelled), as the caller's answer.
-fn task_failed(error: tokio::task::JoinError) -> Status {
-    Status::internal(format!("storage task failed: {error}"))
 }
 
 fn parse_blob_id(text: &str) -> Result<BlobId, Status> {

@@ -446,7 +446,7 @@ impl VolumeService {
         // One time for every copy (forwarded in the header), so that the
         // copies hold the same record bytes: same checksum, same ETag.
         if header.last_modified == 0 {
-            header.last_modified = now_unix_secs();
+            header.last_modified = unix_now();
         }
         let meta = meta_of(header)?;
         // A write from a client goes to every copy; one forwarded by the

@@ -157,9 +157,7 @@ pub(super) async fn handle(
         if let Some(expires) = served.signed_until
             && response.headers().contains_key(header::CACHE_CONTROL)
         {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = hayloft_storage::unix_now();
             insert(
                 response.headers_mut(),
                 header::CACHE_CONTROL,

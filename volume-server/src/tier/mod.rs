@@ -32,16 +32,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hayloft_proto::{MoveJobStatus, MoveVolumeRequest, VolumeState};
+use hayloft_proto::{MoveJobStatus, MoveVolumeRequest, Tier as ProtoTier, VolumeState};
 use hayloft_storage::cold::{ColdManifest, ColdVolume};
 use hayloft_storage::moves::{MoveJob, UploadedPart, moving_paths};
-use hayloft_storage::volume::{now_unix_secs, volume_paths};
+use hayloft_storage::volume::{unix_now, volume_paths};
 use hayloft_storage::{Cookie, Error, Handle, Needle, NeedleId, Store, Tier, VolumeId};
 use hayloft_tiering::object::{ObjectError, ObjectStore, Restore, md5_of, multipart_etag};
 use parking_lot::Mutex;
 
 use crate::reads::ReadStats;
-use crate::status::proto_tier;
 /// Tiering settings of a volume server.
 #[derive(Debug, Clone)]
 pub struct TierSettings {
@@ -105,7 +104,7 @@ impl JobState {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             finished: AtomicBool::new(false),
-            started_at: now_unix_secs(),
+            started_at: unix_now(),
             attempts: AtomicU32::new(0),
         })
     }
@@ -118,8 +117,8 @@ impl JobState {
     fn status(&self) -> MoveJobStatus {
         MoveJobStatus {
             volume_id: self.volume.0,
-            from: proto_tier(self.from) as i32,
-            target: proto_tier(self.target) as i32,
+            from: ProtoTier::from(self.from) as i32,
+            target: ProtoTier::from(self.target) as i32,
             step: (*self.step.lock()).to_owned(),
             done_bytes: self.done.load(Ordering::Relaxed),
             total_bytes: self.total.load(Ordering::Relaxed),

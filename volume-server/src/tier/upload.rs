@@ -15,7 +15,7 @@ impl Tiering {
         let sealing = Arc::clone(&volume);
         blocking(move || sealing.seal()).await?;
         let object_len = volume.data_len();
-        let key = format!("{}{}-{}.dat", request.prefix, job.volume, now_unix_secs());
+        let key = format!("{}{}-{}.dat", request.prefix, job.volume, unix_now());
         let pending = MoveJob::ToCold {
             volume: job.volume.0,
             dir: volume.dir().to_owned(),
@@ -224,7 +224,7 @@ impl Tiering {
             object_len,
             etag: expected,
             part_size,
-            uploaded_at: now_unix_secs(),
+            uploaded_at: unix_now(),
             expires_at: volume.expires_at(),
         };
         let store = Arc::clone(&self.store);
