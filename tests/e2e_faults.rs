@@ -17,7 +17,7 @@ use hayloft_proto::{ReadRequest, StatRequest, WriteBatchRequest, WriteHeader, Wr
 use hayloft_storage::BlobId;
 use parking_lot_free::Acked;
 use reqwest::StatusCode;
-use support::{Cluster, Failpoint, content, hayloft, server_index, server_of};
+use support::{Cluster, Failpoint, content, eventually, hayloft, secs, server_index, server_of};
 use tonic::Code;
 
 mod parking_lot_free {
@@ -27,7 +27,7 @@ mod parking_lot_free {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_uploads_loses_no_acknowledged_blob() {
-    let mut cluster = Cluster::start(1, &[]).await;
+    let mut cluster = Cluster::builder().volumes(1).start().await;
     let acked = uploads_cut_by_a_kill(&mut cluster, 16, 4).await;
     every_blob_reads_back_after_a_restart(&mut cluster, &acked).await;
     // And the server takes new uploads after recovery.
@@ -51,14 +51,19 @@ async fn a_never_durable_server_killed_mid_upload_keeps_every_acknowledged_blob(
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("volume.toml");
     std::fs::write(&config, "durability = \"never\"\n").unwrap();
-    let mut cluster = Cluster::start(1, &["--config", config.to_str().unwrap()]).await;
+    let mut cluster = Cluster::builder()
+        .volumes(1)
+        .volume_args(["--config", config.to_str().unwrap()])
+        .start()
+        .await;
     let acked = uploads_cut_by_a_kill(&mut cluster, 16, 0).await;
     every_blob_reads_back_after_a_restart(&mut cluster, &acked).await;
 }
 
 /// Uploads from `single` tasks (one blob of up to 50 KB a call), one task
-/// of streamed 2-5 MiB blobs and `batched` tasks (batches of 32) for 1.5 s,
-/// then SIGKILLs volume server 0 mid-stream;
+/// of streamed 2-5 MiB blobs and `batched` tasks (batches of 32) until more
+/// than 50 uploads, a streamed one among them, are acknowledged, then
+/// SIGKILLs volume server 0 mid-stream;
 /// returns the acknowledged uploads (blob id, content seed, length).
 async fn uploads_cut_by_a_kill(
     cluster: &mut Cluster,
@@ -131,8 +136,20 @@ async fn uploads_cut_by_a_kill(
         }));
     }
     // Let uploads run, then crash the volume server mid-stream.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    cluster.volumes[0].take().unwrap().kill();
+    eventually(
+        secs(60),
+        "50 uploads, a streamed one among them",
+        async || {
+            let acked = acked.lock().unwrap();
+            let streamed = acked.iter().any(|&(_, _, len)| len >= 2 << 20);
+            (acked.len() > 50 && streamed)
+                .then_some(())
+                .ok_or(acked.len())
+        },
+    )
+    .await;
+    cluster.kill_volume(0);
+    // Time, not a state: uploads in flight meet the dead server for a while.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for uploader in uploaders {
@@ -157,8 +174,7 @@ async fn every_blob_reads_back_after_a_restart(
     cluster: &mut Cluster,
     acked: &[(String, u64, usize)],
 ) {
-    cluster.start_volume(0);
-    cluster.wait_up(0).await;
+    cluster.restart_volume(0).await;
     let http = reqwest::Client::new();
     for (blob_id, seed, len) in acked {
         let response = http
@@ -251,7 +267,7 @@ fn batched(seq: u64, blob_id: &str, size: u64, data: Vec<u8>) -> WriteBatchReque
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_refuses_bad_blobs_alone_and_a_cut_off_batch_keeps_what_it_acknowledged() {
-    let cluster = Cluster::start(1, &[]).await;
+    let cluster = Cluster::builder().volumes(1).start().await;
     let client = cluster.client().await;
     let kept = client
         .upload(Bytes::from(content(7, 5000)), &UploadOptions::default())
@@ -411,13 +427,14 @@ fn put_in_background(cluster: &Cluster, file: &std::path::Path) -> std::process:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_put_waits_for_a_cluster_still_starting_and_errors_read_one_line_per_cause() {
-    let mut cluster = Cluster::start(1, &[]).await;
-    let file = cluster.root.path().join("early.txt");
+    let mut cluster = Cluster::builder().volumes(1).start().await;
+    let file = cluster.root().join("early.txt");
     std::fs::write(&file, b"early bird\n").unwrap();
 
     // The directory is not up yet: the put waits for it.
-    cluster.directory.take().unwrap().stop();
+    cluster.stop_directory();
     let put = put_in_background(&cluster, &file);
+    // Time, not a state: the put tries (and waits) while nothing answers.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.start_directory();
     let output = tokio::task::spawn_blocking(move || put.wait_with_output())
@@ -432,16 +449,15 @@ async fn a_put_waits_for_a_cluster_still_starting_and_errors_read_one_line_per_c
 
     // No volume server has registered yet (Assign answers UNAVAILABLE): the
     // put waits for one.
-    cluster.volumes[0].take().unwrap().kill();
+    cluster.kill_volume(0);
     let client = cluster.client().await;
-    for _ in 0..100 {
+    eventually(secs(15), "the directory to see vs0 dead", async || {
         let status = client.status().await.unwrap();
-        if status.servers.iter().all(|s| !s.alive) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        status.servers.iter().all(|s| !s.alive)
+    })
+    .await;
     let put = put_in_background(&cluster, &file);
+    // Time, not a state: the put tries (and waits) while no server is alive.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.start_volume(0);
     let output = tokio::task::spawn_blocking(move || put.wait_with_output())
@@ -491,7 +507,11 @@ async fn a_put_waits_for_a_cluster_still_starting_and_errors_read_one_line_per_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_clear_errors_and_loses_nothing() {
-    let cluster = Cluster::start(1, &["--max-upload-size", "1MiB"]).await;
+    let cluster = Cluster::builder()
+        .volumes(1)
+        .volume_args(["--max-upload-size", "1MiB"])
+        .start()
+        .await;
     let client = cluster.client().await;
     let kept = client
         .upload(Bytes::from(content(7, 5000)), &UploadOptions::default())
@@ -651,8 +671,8 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_put_get_rm_status() {
-    let cluster = Cluster::start(1, &[]).await;
-    let dir = cluster.root.path();
+    let cluster = Cluster::builder().volumes(1).start().await;
+    let dir = cluster.root();
     let photo = dir.join("cat photo.jpg");
     std::fs::write(&photo, content(1, 100_000)).unwrap();
     let notes = dir.join("notes.txt");
@@ -687,8 +707,14 @@ async fn cli_put_get_rm_status() {
     let response = reqwest::get(photo_url).await.unwrap();
     assert_eq!(response.headers()["content-type"], "image/jpeg");
 
-    tokio::time::sleep(Duration::from_millis(1200)).await; // one heartbeat
-    let (ok, status) = hayloft(&cluster, &["status"]);
+    // A heartbeat tells the directory of the volume and its state.
+    let (ok, status) = eventually(secs(10), "status to list vs0 writable", async || {
+        let (ok, status) = hayloft(&cluster, &["status"]);
+        (ok && status.contains("vs0") && status.contains("writable"))
+            .then(|| (ok, status.clone()))
+            .ok_or(status)
+    })
+    .await;
     assert!(ok, "{status}");
     assert!(status.contains("vs0"), "{status}");
     assert!(status.contains("writable"), "{status}");
@@ -701,36 +727,26 @@ async fn cli_put_get_rm_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_volume_server_gets_no_new_uploads() {
-    let mut cluster = Cluster::start(2, &[]).await;
+    let mut cluster = Cluster::builder().volumes(2).start().await;
     let client = cluster.client().await;
     let first = client
         .upload(Bytes::from_static(b"first"), &UploadOptions::default())
         .await
         .unwrap();
     let holder = server_of(&client.status().await.unwrap(), &first.blob_id);
-    cluster.volumes[server_index(&holder)]
-        .take()
-        .unwrap()
-        .kill();
+    cluster.kill_volume(server_index(&holder));
 
     // Within the dead-server timeout (4 s here) the directory notices...
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually(secs(15), "the server marked dead", async || {
         let status = client.status().await.unwrap();
         let server = status
             .servers
             .iter()
             .find(|s| s.location.as_ref().unwrap().server_id == holder)
             .unwrap();
-        if !server.alive {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "server never marked dead"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        !server.alive
+    })
+    .await;
     // ... and uploads go to the live server, on new volumes if need be.
     for n in 0..20u64 {
         let data = Bytes::from(content(n, 1000));
@@ -764,9 +780,9 @@ fn sample(text: &str, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_requests_are_made() {
-    let cluster = Cluster::start(1, &[]).await;
+    let cluster = Cluster::builder().volumes(1).start().await;
     let client = cluster.client().await;
-    let volume_port = cluster.volume_ports[0].metrics;
+    let volume_port = cluster.volume_ports(0).metrics;
     let uploaded = client
         .upload(Bytes::from(content(1, 10_000)), &UploadOptions::default())
         .await
@@ -781,8 +797,16 @@ async fn metrics_move_as_requests_are_made() {
     reqwest::get(format!("{}/{}", cluster.http_base(0), "0000000100000000"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await; // a pulse updates the gauges
-    let after = scrape(volume_port).await;
+    // A pulse updates the gauges.
+    let after = eventually(secs(10), "a pulse to update the gauges", async || {
+        let after = scrape(volume_port).await;
+        (sample(&after, "hayloft_needles") >= 1.0
+            && sample(&after, "hayloft_index_memory_bytes") > 0.0
+            && sample(&after, r#"hayloft_disk_free_bytes{tier="hot"}"#) > 0.0
+            && sample(&after, r#"hayloft_volumes{tier="hot",state="writable"}"#) >= 1.0)
+            .then_some(after)
+    })
+    .await;
     let reads = r#"hayloft_volume_requests_total{op="grpc_read",status="OK"}"#;
     assert_eq!(
         sample(&after, reads) - sample(&before, reads),
@@ -806,7 +830,7 @@ async fn metrics_move_as_requests_are_made() {
     assert!(sample(&after, r#"hayloft_disk_free_bytes{tier="hot"}"#) > 0.0);
     assert!(sample(&after, r#"hayloft_volumes{tier="hot",state="writable"}"#) >= 1.0);
 
-    let directory = scrape(cluster.directory_metrics_port).await;
+    let directory = scrape(cluster.directory_metrics_port()).await;
     assert!(
         sample(
             &directory,
@@ -822,7 +846,7 @@ async fn metrics_move_as_requests_are_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_follows_an_upload_from_directory_to_volume_server() {
-    let cluster = Cluster::start(1, &[]).await;
+    let cluster = Cluster::builder().volumes(1).start().await;
     let client = cluster.client().await;
     let options = UploadOptions {
         request_id: Some("e2e-trace-0042".into()),
@@ -842,29 +866,29 @@ async fn a_request_id_follows_an_upload_from_directory_to_volume_server() {
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "e2e-trace-0043");
     let logged = |name: &str, id: &str| {
-        let log = std::fs::read_to_string(cluster.root.path().join(name)).unwrap();
+        let log = cluster.log(name);
         log.lines()
             .filter(|line| line.contains(id))
             .all(|line| line.starts_with('{'))
             && log.contains(&format!("\"request_id\":\"{id}\""))
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !(logged("directory.log", "e2e-trace-0042")
-        && logged("vs0.log", "e2e-trace-0042")
-        && logged("vs0.log", "e2e-trace-0043"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request ids not in both servers' JSON logs (see {})",
-            cluster.root.path().display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        secs(10),
+        "request ids in both servers' JSON logs",
+        async || {
+            (logged("directory.log", "e2e-trace-0042")
+                && logged("vs0.log", "e2e-trace-0042")
+                && logged("vs0.log", "e2e-trace-0043"))
+            .then_some(())
+            .ok_or_else(|| format!("see {}", cluster.root().display()))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_bench_runs_every_phase() {
-    let cluster = Cluster::start(1, &[]).await;
+    let cluster = Cluster::builder().volumes(1).start().await;
     // A smoke test: figures are not asserted, only that every phase ran
     // requests without errors and the JSON is well formed.
     let (ok, out) = hayloft(
@@ -910,26 +934,53 @@ async fn the_load_bench_runs_every_phase() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn capacity_shows_bytes_growth_forecast_and_cost_per_tier() {
-    let cluster = Cluster::start(1, &[]).await;
+    let cluster = Cluster::builder().volumes(1).start().await;
     let client = cluster.client().await;
     let options = UploadOptions::default();
     client
         .upload(Bytes::from(content(1, 100_000)), &options)
         .await
         .unwrap();
-    // The directory records a sample a second (--history-interval 1s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The directory records a sample a second (--history-interval 1s):
+    // wait for two seconds of them.
+    let capacity = || {
+        let (ok, out) = hayloft(&cluster, &["status", "--capacity", "--json"]);
+        assert!(ok, "{out}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    eventually(secs(15), "two seconds of capacity history", async || {
+        let report = capacity();
+        (report["history_seconds"].as_u64().unwrap() >= 2)
+            .then_some(())
+            .ok_or(report)
+    })
+    .await;
     for seed in 2..12 {
         client
             .upload(Bytes::from(content(seed, 100_000)), &options)
             .await
             .unwrap();
     }
-    // Wait for a heartbeat to carry the new sizes.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (ok, out) = hayloft(&cluster, &["status", "--capacity", "--json"]);
-    assert!(ok, "{out}");
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Wait for a heartbeat to carry the new sizes into the history.
+    let hot = |report: &serde_json::Value| {
+        report["tiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tier"] == "hot")
+            .cloned()
+    };
+    let report = eventually(secs(15), "the new sizes in the report", async || {
+        let report = capacity();
+        hot(&report)
+            .is_some_and(|hot| {
+                hot["used_bytes"].as_u64().unwrap() >= 1_100_000
+                    && hot["growth_per_day"].as_f64().unwrap() > 0.0
+            })
+            .then_some(report.clone())
+            .ok_or(report)
+    })
+    .await;
     assert!(report["history_seconds"].as_u64().unwrap() >= 2, "{report}");
     let hot = report["tiers"]
         .as_array()
@@ -955,13 +1006,13 @@ async fn a_full_volume_seals_itself_and_tells_the_directory_at_once() {
     // Heartbeats once a minute (and the directory patient for five): the
     // uploads below go on past full volumes only if the volume server tells
     // the directory the moment one fills.
-    let cluster = Cluster::start_replicated(
-        &["a"],
-        1,
-        &["--dead-after", "300s"],
-        &["--max-volume-size", "1MiB", "--pulse", "60s"],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a"])
+        .replication(1)
+        .directory_args(["--dead-after", "300s"])
+        .volume_args(["--max-volume-size", "1MiB", "--pulse", "60s"])
+        .start()
+        .await;
     let client = cluster.client().await;
     let mut written = Vec::new();
     // 6 MB into volumes of 1 MiB: five or more fill and seal. Without the
@@ -1008,8 +1059,11 @@ async fn a_full_volume_seals_itself_and_tells_the_directory_at_once() {
 async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
     // Every fsync of the volume server fails while the failpoint is armed.
     let failpoint = Failpoint::new("fsync");
-    let mut cluster =
-        Cluster::start_with_env(1, &[], &[("HAYLOFT_FAILPOINT", &failpoint.env())]).await;
+    let mut cluster = Cluster::builder()
+        .volumes(1)
+        .volume_env("HAYLOFT_FAILPOINT", &failpoint.env())
+        .start()
+        .await;
     let client = cluster.client().await;
     let upload = |seed: u64| {
         let client = &client;
@@ -1045,19 +1099,12 @@ async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
             })
             .collect()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let (status, broken) = loop {
+    let (status, broken) = eventually(secs(30), "a volume to report its fault", async || {
         let status = client.status().await.unwrap();
         let broken = faulty(&status);
-        if !broken.is_empty() {
-            break (status, broken);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no volume reported its fault"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (!broken.is_empty()).then_some((status, broken))
+    })
+    .await;
     assert!(
         status
             .problems
@@ -1079,28 +1126,24 @@ async fn an_fsync_failure_turns_the_volume_read_only_until_a_restart() {
 
     // A restart opens the volumes again (recovery settles what reached the
     // disk): no fault, writable, everything acknowledged still there.
-    cluster.volumes[0].take().unwrap().kill();
+    cluster.kill_volume(0);
     cluster.start_volume(0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = client.status().await.unwrap();
-        let healed = faulty(&status).is_empty()
-            && status
-                .volumes
-                .iter()
-                .flat_map(|v| &v.replicas)
-                .filter_map(|r| r.status.as_ref())
-                .filter(|s| broken.contains(&s.volume_id))
-                .all(|s| !s.sealed);
-        if healed {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restarted server still reports its volumes read-only"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        secs(30),
+        "the restarted server to report its volumes writable",
+        async || {
+            let status = client.status().await.unwrap();
+            faulty(&status).is_empty()
+                && status
+                    .volumes
+                    .iter()
+                    .flat_map(|v| &v.replicas)
+                    .filter_map(|r| r.status.as_ref())
+                    .filter(|s| broken.contains(&s.volume_id))
+                    .all(|s| !s.sealed)
+        },
+    )
+    .await;
     assert_eq!(
         client.download(&first.blob_id).await.unwrap().1,
         content(1, 10_000)
@@ -1117,8 +1160,11 @@ async fn a_chunk_write_that_fails_mid_upload_refuses_it_and_keeps_nothing_of_it(
     // is armed (a disk that returns EIO), after the needle's header has been
     // written and while the client is still sending.
     let failpoint = Failpoint::new("chunk-write");
-    let mut cluster =
-        Cluster::start_with_env(1, &[], &[("HAYLOFT_FAILPOINT", &failpoint.env())]).await;
+    let mut cluster = Cluster::builder()
+        .volumes(1)
+        .volume_env("HAYLOFT_FAILPOINT", &failpoint.env())
+        .start()
+        .await;
     let client = cluster.client().await;
     const LARGE: usize = 9 << 20;
     let upload = |seed: u64, len: usize| {
@@ -1149,9 +1195,8 @@ async fn a_chunk_write_that_fails_mid_upload_refuses_it_and_keeps_nothing_of_it(
     );
     // After a restart (recovery scans past the abandoned record, or finds
     // it cut off), both acknowledged blobs are there.
-    cluster.volumes[0].take().unwrap().kill();
-    cluster.start_volume(0);
-    cluster.wait_up(0).await;
+    cluster.kill_volume(0);
+    cluster.restart_volume(0).await;
     for (blob, seed, len) in [(&small, 1, 10_000), (&large, 3, LARGE)] {
         assert_eq!(
             client.download(&blob.blob_id).await.unwrap().1,
@@ -1206,19 +1251,19 @@ async fn a_full_disk_keeps_its_reserve_takes_deletes_compacts_and_writes_again()
     // A 32 MiB disk keeping 6 MiB free, with 4 MiB volumes: the reserve also
     // covers compacting a full volume (4 MiB and a 1 MiB margin).
     let mut disks = Vec::new();
-    let cluster = Cluster::start_prepared(
-        1,
-        &[
+    let cluster = Cluster::builder()
+        .volumes(1)
+        .volume_args([
             "--max-volume-size",
             "4MiB",
             "--min-free-space",
             "6MiB",
             "--min-free-percent",
             "0",
-        ],
-        |dir| disks.push(Tmpfs::mount(&dir.join("hot"), "32m")),
-    )
-    .await;
+        ])
+        .prepare(|dir| disks.push(Tmpfs::mount(&dir.join("hot"), "32m")))
+        .start()
+        .await;
     let disk = &disks[0];
     let client = cluster.client().await;
 
@@ -1303,8 +1348,7 @@ async fn a_full_disk_keeps_its_reserve_takes_deletes_compacts_and_writes_again()
     assert!(!out.contains("failed"), "{out}");
 
     // With the space back, writes resume by themselves.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let fresh = loop {
+    let fresh = eventually(secs(30), "writes to resume", async || {
         match client
             .upload(
                 Bytes::from(content(999, 200_000)),
@@ -1312,14 +1356,11 @@ async fn a_full_disk_keeps_its_reserve_takes_deletes_compacts_and_writes_again()
             )
             .await
         {
-            Ok(uploaded) => break uploaded.blob_id,
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "writes did not resume: {e} ({} bytes free)",
-                disk.free()
-            ),
+            Ok(uploaded) => Ok(uploaded.blob_id),
+            Err(e) => Err(format!("{e} ({} bytes free)", disk.free())),
         }
-    };
+    })
+    .await;
     let (_, data) = client.download(&fresh).await.unwrap();
     assert!(data == content(999, 200_000));
     for (blob_id, seed) in &kept {
