@@ -96,11 +96,6 @@ impl Cluster {
         self.signal_node(i, libc::SIGCONT);
     }
 
-    /// True while group node `i` runs (started, not killed).
-    pub fn node_running(&self, i: usize) -> bool {
-        self.group[i].proc.is_some()
-    }
-
     /// True once group node `i` has exited by itself.
     pub fn node_exited(&mut self, i: usize) -> bool {
         self.group[i].proc.as_mut().is_some_and(Proc::exited)
