@@ -2,6 +2,15 @@
 //!
 //! Every test gets its own temp directory and its own ports (picked free on
 //! 127.0.0.1), so tests run in parallel without sharing anything.
+//!
+//! # Layout
+//! - this file: processes ([`Proc`]), free ports, failpoints, test content,
+//!   the `hayloft` command;
+//! - `cluster`: [`Cluster::builder`] and the cluster's verbs (`kill_volume`,
+//!   `pause_volume`, `restart_volume`, `kill_node`, ...);
+//! - `eventually`: waiting for a state ([`eventually`]), never for a time;
+//! - `s3`: a real S3-compatible server (moto) for the cold tier;
+//! - `replicas`, `access`: what the replication and access tests share.
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of this
 
