@@ -13,7 +13,7 @@ use hayloft_client::{Client, UploadOptions};
 use hayloft_storage::BlobId;
 use reqwest::StatusCode;
 use reqwest::header;
-use support::{Cluster, content, server_index, server_of};
+use support::{Cluster, content, eventually, secs, server_index, server_of};
 
 fn options(name: &str) -> UploadOptions {
     UploadOptions {
@@ -63,7 +63,7 @@ async fn upload_many(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_read_over_grpc_and_http_then_delete() {
-    let cluster = Cluster::start(2, &[]).await;
+    let cluster = Cluster::builder().volumes(2).start().await;
     let client = Arc::new(cluster.client().await);
 
     let small = upload_many(&client, 2000, 0).await;
@@ -328,16 +328,15 @@ async fn upload_read_over_grpc_and_http_then_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarts_keep_everything_and_never_reuse_an_id() {
-    let mut cluster = Cluster::start(2, &[]).await;
+    let mut cluster = Cluster::builder().volumes(2).start().await;
     let client = Arc::new(cluster.client().await);
     let before = upload_many(&client, 300, 10_000).await;
     drop(client);
 
     // Graceful restart of everything.
-    cluster.directory.take().unwrap().stop();
-    for volume in &mut cluster.volumes {
-        volume.take().unwrap().stop();
-    }
+    cluster.stop_directory();
+    cluster.stop_volume(0);
+    cluster.stop_volume(1);
     cluster.start_directory();
     cluster.start_volume(0);
     cluster.start_volume(1);
@@ -357,7 +356,7 @@ async fn restarts_keep_everything_and_never_reuse_an_id() {
     let mut kept = upload_many(&keeper, 1, 40_000).await;
 
     // A directory crash (SIGKILL) must not make it hand out an id twice.
-    cluster.directory.take().unwrap().kill();
+    cluster.kill_directory();
     cluster.start_directory();
     cluster.wait_alive(2).await;
     let client = Arc::new(cluster.client().await);
@@ -408,6 +407,7 @@ async fn sample_rss_anon(pid: i32, done: Arc<std::sync::atomic::AtomicBool>) -> 
                 .unwrap_or(0);
             peak = peak.max(kib * 1024);
         }
+        // The sampling interval, not a wait for a state.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     peak
@@ -416,17 +416,17 @@ async fn sample_rss_anon(pid: i32, done: Arc<std::sync::atomic::AtomicBool>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_one_gib_blob_streams_both_ways_in_bounded_memory() {
     use std::io::Write;
-    let cluster = Cluster::start(1, &[]).await;
+    let cluster = Cluster::builder().volumes(1).start().await;
     let client = cluster.client().await;
     let size: u64 = 1 << 30;
-    let source = cluster.root.path().join("big.bin");
+    let source = cluster.root().join("big.bin");
     {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&source).unwrap());
         for block in 0..size >> 20 {
             file.write_all(&content(block, 1 << 20)).unwrap();
         }
     }
-    let pid = cluster.volumes[0].as_ref().unwrap().pid();
+    let pid = cluster.volume_pid(0);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = tokio::spawn(sample_rss_anon(pid, Arc::clone(&done)));
     let uploaded = client
@@ -436,7 +436,7 @@ async fn a_one_gib_blob_streams_both_ways_in_bounded_memory() {
     assert_eq!(uploaded.size, size);
 
     // Download over gRPC into a file, and compare block by block.
-    let target = cluster.root.path().join("back.bin");
+    let target = cluster.root().join("back.bin");
     let mut out = tokio::fs::File::create(&target).await.unwrap();
     let info = client
         .download_to(&uploaded.blob_id, &mut out)
@@ -535,7 +535,7 @@ async fn alert_rules_and_the_dashboard_name_only_metrics_a_live_cluster_exports(
 
     // A live cluster, after an upload and a read (request metrics exist
     // once a request was served; failure counters from the start).
-    let cluster = Cluster::start(1, &[]).await;
+    let cluster = Cluster::builder().volumes(1).start().await;
     let client = cluster.client().await;
     let uploaded = client
         .upload(Bytes::from_static(b"scrape me"), &UploadOptions::default())
@@ -547,8 +547,8 @@ async fn alert_rules_and_the_dashboard_name_only_metrics_a_live_cluster_exports(
     );
     let mut scraped = String::new();
     for port in [
-        cluster.directory_metrics_port,
-        cluster.volume_ports[0].metrics,
+        cluster.directory_metrics_port(),
+        cluster.volume_ports(0).metrics,
     ] {
         let url = format!("http://127.0.0.1:{port}/metrics");
         scraped += &reqwest::get(url).await.unwrap().text().await.unwrap();
@@ -656,23 +656,22 @@ fn attribute(dom: &str, marks: &[&str], name: &str) -> Option<String> {
 async fn the_operator_page_shows_in_a_browser_what_the_cli_says() {
     // Slow compactions, so one can be seen running; servers given two
     // minutes before they count as dead, so they can be paused below.
-    let cluster = Cluster::start_replicated(
-        &["a", "b"],
-        1,
-        &["--dead-after", "120s"],
-        &["--compaction-threshold", "0", "--compaction-rate", "512KiB"],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b"])
+        .replication(1)
+        .directory_args(["--dead-after", "120s"])
+        .volume_args(["--compaction-threshold", "0", "--compaction-rate", "512KiB"])
+        .start()
+        .await;
     let client = cluster.client().await;
-    let page_url = format!("http://127.0.0.1:{}/", cluster.directory_metrics_port);
+    let page_url = format!("http://127.0.0.1:{}/", cluster.directory_metrics_port());
     support::upload_half_deleted(&client, 256, 16 << 10).await;
 
     // A compaction under way is on the page with its progress.
     let mut compact =
         support::hayloft_in_background(&cluster, &["compact", "--all", "--min-garbage", "0.1"]);
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    let percent = eventually(secs(30), "a compaction shown running", async || {
         let page = http
             .get(&page_url)
             .send()
@@ -681,26 +680,38 @@ async fn the_operator_page_shows_in_a_browser_what_the_cli_says() {
             .text()
             .await
             .unwrap();
-        if let Some(percent) = attribute(&page, &[r#"data-kind="compaction""#], "data-percent") {
-            assert!(percent.parse::<u32>().unwrap() < 100, "{percent}");
-            break;
-        }
+        let shown = attribute(&page, &[r#"data-kind="compaction""#], "data-percent");
         assert!(
-            std::time::Instant::now() < deadline && compact.child.try_wait().unwrap().is_none(),
-            "no compaction shown running: {page}"
+            shown.is_some() || compact.child.try_wait().unwrap().is_none(),
+            "the compaction ended before the page showed it: {page}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+        shown.ok_or(page)
+    })
+    .await;
+    assert!(percent.parse::<u32>().unwrap() < 100, "{percent}");
     assert!(compact.child.wait().unwrap().success());
-    // Two capacity samples (a second apart) and a heartbeat after the
-    // compaction; then the volume servers are paused so that nothing
+    // A heartbeat after the compaction, and two capacity samples (a second
+    // apart) after it; then the volume servers are paused so that nothing
     // changes between the page and the CLI.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let pids: Vec<i32> = cluster.volumes.iter().flatten().map(|p| p.pid()).collect();
-    for pid in &pids {
-        // SAFETY: signalling a child process this test started.
-        unsafe { libc::kill(*pid, libc::SIGSTOP) };
-    }
+    eventually(secs(10), "a heartbeat after the compaction", async || {
+        let (ok, out) = support::hayloft(&cluster, &["status"]);
+        (ok && !out.contains("compact")).then_some(()).ok_or(out)
+    })
+    .await;
+    let history = || {
+        let (ok, out) = support::hayloft(&cluster, &["status", "--capacity", "--json"]);
+        assert!(ok, "{out}");
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        report["history_seconds"].as_u64().unwrap()
+    };
+    let since = history();
+    eventually(secs(10), "two capacity samples after it", async || {
+        let now = history();
+        (now >= since + 2).then_some(()).ok_or(now)
+    })
+    .await;
+    cluster.pause_volume(0);
+    cluster.pause_volume(1);
 
     let shots = tempfile::tempdir().unwrap();
     let png = shots.path().join("page.png");
@@ -711,10 +722,8 @@ async fn the_operator_page_shows_in_a_browser_what_the_cli_says() {
     let (ok, capacity) = support::hayloft(&cluster, &["status", "--capacity", "--json"]);
     assert!(ok, "{capacity}");
     let capacity: serde_json::Value = serde_json::from_str(&capacity).unwrap();
-    for pid in &pids {
-        // SAFETY: as above.
-        unsafe { libc::kill(*pid, libc::SIGCONT) };
-    }
+    cluster.resume_volume(0);
+    cluster.resume_volume(1);
 
     // It rendered, with its chart.
     assert!(dom.contains("<h1>hayloft</h1>"), "{dom}");

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hayloft_access::signed_url::sign;
@@ -14,7 +14,7 @@ use reqwest::{StatusCode, header};
 use support::access::{
     Embedded, K1, K2, audit_lines, connect_when_up, get, now, wait_refused, write_keyring,
 };
-use support::{Cluster, hayloft};
+use support::{Cluster, eventually, hayloft, secs, try_eventually_blocking};
 
 /// A cluster of one volume server whose collection `private` is signed
 /// (key ring: k1 signing, k2), with two private blobs and a public one
@@ -36,13 +36,13 @@ impl Signed {
         let ring = write_keyring(keys.path(), true);
         let config = keys.path().join("directory.toml");
         std::fs::write(&config, "[collections.private]\naccess = \"signed\"\n").unwrap();
-        let cluster = Cluster::start_replicated(
-            &["a"],
-            1,
-            &["--config", config.to_str().unwrap()],
-            &["--keyring", ring.to_str().unwrap()],
-        )
-        .await;
+        let cluster = Cluster::builder()
+            .zones(&["a"])
+            .replication(1)
+            .directory_args(["--config", config.to_str().unwrap()])
+            .volume_args(["--keyring", ring.to_str().unwrap()])
+            .start()
+            .await;
         let client = cluster.client().await;
         let private = UploadOptions {
             collection: "private".into(),
@@ -216,14 +216,16 @@ async fn signed_urls_open_private_blobs_and_nothing_else() {
     );
     assert_eq!(get(&by_k2).await.status(), StatusCode::OK);
     write_keyring(keys.path(), false);
-    let pid = cluster.volumes[0].as_ref().unwrap().pid();
-    // SAFETY: signalling our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&by_k2).await.status() != StatusCode::FORBIDDEN {
-        assert!(Instant::now() < deadline, "a removed key still opens URLs");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.signal_volume(0, libc::SIGHUP);
+    eventually(
+        secs(10),
+        "a removed key to stop opening URLs",
+        async || match get(&by_k2).await.status() {
+            StatusCode::FORBIDDEN => Ok(()),
+            status => Err(status),
+        },
+    )
+    .await;
     assert_eq!(get(&url).await.status(), StatusCode::OK, "k1 still signs");
 }
 
@@ -280,18 +282,18 @@ impl Edge {
             .expect("nginx (with libnginx-mod-http-js) is installed by scripts/setup.sh");
         let base = format!("http://127.0.0.1:{port}");
         let mut edge = Edge { child, dir, base };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
+        eventually(secs(10), "nginx to start", async || {
             assert!(
-                Instant::now() < deadline && edge.child.try_wait().unwrap().is_none(),
-                "nginx did not start: {}",
+                edge.child.try_wait().unwrap().is_none(),
+                "nginx exited: {}",
                 edge.logs()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map(drop)
+                .map_err(|e| format!("{e}\n{}", edge.logs()))
+        })
+        .await;
         edge
     }
 
@@ -313,10 +315,10 @@ impl Drop for Edge {
         // SIGTERM: the master stops its workers (SIGKILL would orphan them).
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Up to 10 s for it to go; SIGKILL after that.
+        let _ = try_eventually_blocking(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -792,8 +794,7 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
         .unwrap_err();
     assert_eq!(refused.code(), Some(Code::Unauthenticated), "{refused}");
     assert!(refused.to_string().contains("revoked"), "{refused}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let refused = eventually(secs(30), "the volume server to refuse it", async || {
         let read = volume
             .read(hayloft_proto::ReadRequest {
                 blob_id: second.blob_id.clone(),
@@ -801,17 +802,12 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
             })
             .await;
         match read {
-            Err(status) if status.code() == Code::Unauthenticated => {
-                assert!(status.message().contains("revoked"), "{status:?}");
-                break;
-            }
-            _ => assert!(
-                Instant::now() < deadline,
-                "the volume server still takes it"
-            ),
+            Err(status) if status.code() == Code::Unauthenticated => Ok(status),
+            other => Err(other.map(|_| "read")),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    assert!(refused.message().contains("revoked"), "{refused:?}");
     // Other tokens still work.
     assert_eq!(status(admin).await, Ok(()));
     // Every kind of refusal is counted.
@@ -853,18 +849,13 @@ async fn tokens_gate_every_grpc_call_and_grants_write_one_blob() {
     let read_with = |token: String| {
         let blob_id = second.blob_id.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let channel = loop {
-                match tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+            let channel = eventually(secs(30), "the volume server up", async || {
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
                     .unwrap()
                     .connect()
                     .await
-                {
-                    Ok(channel) => break channel,
-                    Err(e) => assert!(Instant::now() < deadline, "volume server not up: {e}"),
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+            })
+            .await;
             VolumeClient::new(Credential::bearer(&token).unwrap().channel(channel))
                 .read(hayloft_proto::ReadRequest {
                     blob_id,
@@ -1410,8 +1401,14 @@ async fn a_replicated_cluster_that_requires_tokens_replicates_and_deletes_with_i
         &ring,
         &["admin", "write:photos", "read:photos", "delete:photos"],
     );
-    let mut cluster =
-        Cluster::start_replicated_with_token(&["a", "b"], 2, &auth, &auth, &operator).await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "b"])
+        .replication(2)
+        .directory_args(auth)
+        .volume_args(auth)
+        .token(&operator)
+        .start()
+        .await;
     let client = cluster.client().await;
     let photos = UploadOptions {
         collection: "photos".into(),
@@ -1419,30 +1416,16 @@ async fn a_replicated_cluster_that_requires_tokens_replicates_and_deletes_with_i
     };
     // A volume server without the key ring presents no token: its
     // heartbeats are refused, and it never joins.
-    cluster.volume_ports.push(support::VolumePorts {
-        grpc: support::free_port(),
-        http: support::free_port(),
-        metrics: support::free_port(),
-    });
-    cluster.volumes.push(None);
-    cluster
-        .volume_site_args
-        .push(vec!["--zone".into(), "c".into()]);
-    cluster.volume_args.clear();
-    cluster.start_volume(2);
-    let log = cluster.log_dir().join("vs2.log");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("requires a token")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "vs2's heartbeat was not refused:\n{}",
-            support::log_tails(&cluster.log_dir())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let bare = cluster.start_bare_volume_server("c");
+    assert_eq!(bare, 2);
+    eventually(secs(30), "vs2's heartbeat refused", async || {
+        cluster
+            .log("vs2.log")
+            .contains("requires a token")
+            .then_some(())
+            .ok_or_else(|| support::log_tails(&cluster.log_dir()))
+    })
+    .await;
     let status = client.status().await.unwrap();
     assert!(
         status
@@ -1557,18 +1540,13 @@ async fn a_server_on_a_public_address_without_tokens_refuses_to_start() {
         ],
         &log,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(secs(30), "the directory on a public address", async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map(drop)
+            .map_err(|_| std::fs::read_to_string(&log).unwrap())
+    })
+    .await;
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()

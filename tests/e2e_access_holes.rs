@@ -13,8 +13,8 @@ use bytes::Bytes;
 use hayloft_access::signed_url::{parse_bind, sign};
 use hayloft_client::UploadOptions;
 use reqwest::{StatusCode, header};
-use support::Cluster;
 use support::access::{Embedded, K1, connect_when_up, get, now, wait_refused, write_keyring};
+use support::{Cluster, eventually, secs};
 
 /// A GET of `url` from the loopback address `from` (127.0.0.2 and the rest
 /// of 127/8 are this machine's too, so a test plays several viewers).
@@ -38,13 +38,13 @@ async fn signing_the_default_collection_protects_its_blobs() {
     let ring = write_keyring(keys.path(), false);
     let config = keys.path().join("directory.toml");
     std::fs::write(&config, "[collections.default]\naccess = \"signed\"\n").unwrap();
-    let cluster = Cluster::start_replicated(
-        &["a"],
-        1,
-        &["--config", config.to_str().unwrap()],
-        &["--keyring", ring.to_str().unwrap()],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a"])
+        .replication(1)
+        .directory_args(["--config", config.to_str().unwrap()])
+        .volume_args(["--keyring", ring.to_str().unwrap()])
+        .start()
+        .await;
     let client = cluster.client().await;
     let unnamed = client
         .upload(
@@ -114,13 +114,13 @@ async fn an_address_bound_url_gets_one_verdict_from_every_server() {
     let ring = write_keyring(keys.path(), false);
     let config = keys.path().join("directory.toml");
     std::fs::write(&config, "[collections.private]\naccess = \"signed\"\n").unwrap();
-    let cluster = Cluster::start_replicated(
-        &["a", "b"],
-        1,
-        &["--config", config.to_str().unwrap()],
-        &["--keyring", ring.to_str().unwrap()],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b"])
+        .replication(1)
+        .directory_args(["--config", config.to_str().unwrap()])
+        .volume_args(["--keyring", ring.to_str().unwrap()])
+        .start()
+        .await;
     let client = cluster.client().await;
     let blob = client
         .upload(
@@ -210,18 +210,17 @@ async fn proxied_reads_count_against_each_viewer_not_the_proxy() {
     let ring = write_keyring(keys.path(), false);
     let config = keys.path().join("volume.toml");
     std::fs::write(&config, "[limits]\nhttp = { per_minute = 3 }\n").unwrap();
-    let cluster = Cluster::start_replicated(
-        &["a", "b"],
-        1,
-        &[],
-        &[
+    let cluster = Cluster::builder()
+        .zones(&["a", "b"])
+        .replication(1)
+        .volume_args([
             "--keyring",
             ring.to_str().unwrap(),
             "--config",
             config.to_str().unwrap(),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let client = cluster.client().await;
     let blob = client
         .upload(Bytes::from_static(b"popular"), &UploadOptions::default())
@@ -491,14 +490,13 @@ async fn a_non_holder_logs_the_reason_its_copy_refused() {
         ]);
         rings.push(dir);
     }
-    let cluster = Cluster::start_replicated_with(
-        &["a", "b"],
-        1,
-        vec!["--config".into(), config.display().to_string()],
-        volume_args,
-        support::Access::default(),
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b"])
+        .replication(1)
+        .directory_args(["--config", config.to_str().unwrap()])
+        .volume_args_each(volume_args)
+        .start()
+        .await;
     let client = cluster.client().await;
     let blob = client
         .upload(
@@ -518,18 +516,17 @@ async fn a_non_holder_logs_the_reason_its_copy_refused() {
     wait_refused(&format!("{}{path}", cluster.http_base(other))).await;
     // The holder drops k2 (a revocation that reached it first).
     write_keyring(&rings[holder], false);
-    let pid = cluster.volumes[holder].as_ref().unwrap().pid();
-    // SAFETY: signalling our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    cluster.signal_volume(holder, libc::SIGHUP);
     let at_holder = format!("{}{path}?{by_k2}", cluster.http_base(holder));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while get(&at_holder).await.status() != StatusCode::FORBIDDEN {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "k2 still opens the blob"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually(
+        secs(10),
+        "k2 to stop opening the blob",
+        async || match get(&at_holder).await.status() {
+            StatusCode::FORBIDDEN => Ok(()),
+            status => Err(status),
+        },
+    )
+    .await;
     let through = get(&format!("{}{path}?{by_k2}", cluster.http_base(other))).await;
     assert_eq!(through.status(), StatusCode::FORBIDDEN);
     assert!(
@@ -576,18 +573,13 @@ async fn the_operator_page_asks_for_the_clusters_credential() {
     );
     let page = format!("http://127.0.0.1:{metrics}/");
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let unauthenticated = loop {
-        match http.get(&page).send().await {
-            Ok(response) => break response,
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "{e}: {}",
-                std::fs::read_to_string(&log).unwrap()
-            ),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let unauthenticated = eventually(secs(30), "the operator page to answer", async || {
+        http.get(&page)
+            .send()
+            .await
+            .map_err(|e| format!("{e}: {}", std::fs::read_to_string(&log).unwrap()))
+    })
+    .await;
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         unauthenticated.headers()[header::WWW_AUTHENTICATE],
@@ -685,13 +677,13 @@ async fn a_key_ring_that_does_not_reload_is_a_problem_until_a_checked_removal() 
     let ring = write_keyring(keys.path(), true);
     let config = keys.path().join("directory.toml");
     std::fs::write(&config, "[collections.private]\naccess = \"signed\"\n").unwrap();
-    let cluster = Cluster::start_replicated(
-        &["a"],
-        1,
-        &["--config", config.to_str().unwrap()],
-        &["--keyring", ring.to_str().unwrap()],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a"])
+        .replication(1)
+        .directory_args(["--config", config.to_str().unwrap()])
+        .volume_args(["--keyring", ring.to_str().unwrap()])
+        .start()
+        .await;
     let client = cluster.client().await;
     let blob = client
         .upload(
@@ -711,15 +703,11 @@ async fn a_key_ring_that_does_not_reload_is_a_problem_until_a_checked_removal() 
         sign(support::access::K2, "k2", &path, now() + 600, None)
     );
     assert_eq!(get(&by_k2).await.status(), StatusCode::OK);
-    let reload = || {
-        let pid = cluster.volumes[0].as_ref().unwrap().pid();
-        // SAFETY: signalling our own child process.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    };
+    let reload = || cluster.signal_volume(0, libc::SIGHUP);
     let stale = || async {
         let url = format!(
             "http://127.0.0.1:{}/metrics",
-            cluster.volume_ports[0].metrics
+            cluster.volume_ports(0).metrics
         );
         let text = get(&url).await.text().await.unwrap();
         text.lines()
@@ -744,14 +732,10 @@ async fn a_key_ring_that_does_not_reload_is_a_problem_until_a_checked_removal() 
     )
     .unwrap();
     reload();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while stale().await.as_deref() != Some("1") || problems().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no word of the stale ring"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    eventually(secs(15), "word of the stale ring", async || {
+        stale().await.as_deref() == Some("1") && !problems().is_empty()
+    })
+    .await;
     assert!(problems()[0].contains("server vs0"), "{:?}", problems());
     assert_eq!(get(&by_k2).await.status(), StatusCode::OK);
 
@@ -790,17 +774,12 @@ async fn a_key_ring_that_does_not_reload_is_a_problem_until_a_checked_removal() 
     );
     assert!(!std::fs::read_to_string(&ring).unwrap().contains("\"k2\""));
     reload();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while get(&by_k2).await.status() != StatusCode::FORBIDDEN
-        || stale().await.as_deref() != Some("0")
-        || !problems().is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "k2 still valid, or still a problem"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    eventually(secs(15), "k2 refused and no problem left", async || {
+        get(&by_k2).await.status() == StatusCode::FORBIDDEN
+            && stale().await.as_deref() == Some("0")
+            && problems().is_empty()
+    })
+    .await;
     let by_k1 = format!("{}?{}", blob.url, sign(K1, "k1", &path, now() + 600, None));
     assert_eq!(get(&by_k1).await.status(), StatusCode::OK);
 }

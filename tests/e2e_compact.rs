@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use hayloft_client::{Client, UploadOptions};
 use hayloft_proto::ListVolumesRequest;
 use hayloft_proto::volume_client::VolumeClient;
 use reqwest::StatusCode;
-use support::{Cluster, content, hayloft};
+use support::{Cluster, content, eventually, hayloft, secs};
 
 async fn fill_and_delete(
     client: &Client,
@@ -82,7 +80,11 @@ async fn check_reads(cluster: &Cluster, kept: &[(String, u64)], deleted: &[Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_on_demand_with_dry_run_and_summary() {
-    let cluster = Cluster::start(1, &["--compaction-threshold", "0"]).await;
+    let cluster = Cluster::builder()
+        .volumes(1)
+        .volume_args(["--compaction-threshold", "0"])
+        .start()
+        .await;
     let client = cluster.client().await;
     let (kept, deleted) = fill_and_delete(&client, 300, 4).await;
     let (garbage, file_bytes) = garbage_on(&cluster).await;
@@ -128,68 +130,63 @@ async fn compact_on_demand_with_dry_run_and_summary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_past_the_threshold_is_compacted_automatically() {
-    let cluster = Cluster::start(
-        1,
-        &[
+    let cluster = Cluster::builder()
+        .volumes(1)
+        .volume_args([
             "--compaction-threshold",
             "0.3",
             "--compaction-check-interval",
             "500ms",
             "--compaction-min-garbage",
             "0",
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let client = cluster.client().await;
     let (kept, deleted) = fill_and_delete(&client, 400, 3).await;
     // Two thirds were deleted: without compaction the garbage ratio stays
     // near 0.66. The scheduler brings every volume back under the threshold
     // (new deletes after a compaction may leave a little garbage).
     let uploaded_bytes = 400 * 4096;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(secs(30), "every volume compacted", async || {
         let (garbage, file_bytes) = garbage_on(&cluster).await;
-        if (garbage as f64) < 0.3 * file_bytes as f64 && file_bytes < uploaded_bytes * 6 / 10 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never compacted: {garbage} bytes of garbage in {file_bytes}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ((garbage as f64) < 0.3 * file_bytes as f64 && file_bytes < uploaded_bytes * 6 / 10)
+            .then_some(())
+            .ok_or(format!("{garbage} bytes of garbage in {file_bytes}"))
+    })
+    .await;
     check_reads(&cluster, &kept, &deleted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_progress_of_a_running_compaction() {
     // 1 MiB/s over ~4 MiB of live needles: the copy takes seconds.
-    let cluster = Cluster::start(
-        1,
-        &["--compaction-threshold", "0", "--compaction-rate", "1MiB"],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .volumes(1)
+        .volume_args(["--compaction-threshold", "0", "--compaction-rate", "1MiB"])
+        .start()
+        .await;
     let client = cluster.client().await;
     let kept = support::upload_half_deleted(&client, 512, 16 << 10).await;
     let mut compact =
         support::hayloft_in_background(&cluster, &["compact", "--all", "--min-garbage", "0.1"]);
     // `hayloft status` shows it, from the server's heartbeats.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let line = loop {
+    let line = eventually(secs(30), "a compaction in progress shown", async || {
         let (ok, out) = hayloft(&cluster, &["status"]);
         assert!(ok, "{out}");
         if let Some(line) = out
             .lines()
             .find(|l| l.contains("compact") && l.contains('%'))
         {
-            break line.to_owned();
+            return Ok(line.to_owned());
         }
         assert!(
-            Instant::now() < deadline && compact.child.try_wait().unwrap().is_none(),
-            "no compaction in progress shown: {out}"
+            compact.child.try_wait().unwrap().is_none(),
+            "the compaction ended before status showed it: {out}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        Err(out)
+    })
+    .await;
     let percent: u32 = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("compact"))
@@ -208,15 +205,15 @@ async fn status_shows_the_progress_of_a_running_compaction() {
             .success()
     );
     // Done: the next heartbeat (one pulse) says so.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (ok, out) = hayloft(&cluster, &["status"]);
-        if ok && !out.contains("compact") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still shown compacting: {out}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        secs(10),
+        "status to stop showing the compaction",
+        async || {
+            let (ok, out) = hayloft(&cluster, &["status"]);
+            (ok && !out.contains("compact")).then_some(()).ok_or(out)
+        },
+    )
+    .await;
     for blob_id in &kept {
         client.download(blob_id).await.unwrap();
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hayloft_client::UploadOptions;
 use hayloft_storage::BlobId;
-use support::{Cluster, content};
+use support::{Cluster, content, eventually, secs};
 
 /// Acknowledged uploads `(blob id, seed, length)` and failed ones.
 #[derive(Default)]
@@ -81,20 +81,22 @@ async fn check_uploads(client: &hayloft_client::Client, uploads: &Uploads) {
 }
 
 async fn uploaded_more(uploads: &Uploads, than: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while uploads.acked.lock().unwrap().len() < than + 50 {
-        assert!(
-            Instant::now() < deadline,
-            "uploads stalled: {:?}",
-            uploads.failed.lock().unwrap().last()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(secs(60), "50 more uploads", async || {
+        (uploads.acked.lock().unwrap().len() >= than + 50)
+            .then_some(())
+            .ok_or_else(|| uploads.failed.lock().unwrap().last().cloned())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_group_outlives_its_leaders_and_never_hands_out_an_id_twice() {
-    let mut cluster = Cluster::start_group(3, &["a", "b", "c"], &["--replication", "2"], &[]).await;
+    let mut cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a", "b", "c"])
+        .replication(2)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let uploads = Arc::new(Uploads::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -105,15 +107,15 @@ async fn the_group_outlives_its_leaders_and_never_hands_out_an_id_twice() {
     // node at once; uploads only wait.
     for _ in 0..2 {
         let leader = cluster.leader().await;
-        cluster.group[leader].proc.take().unwrap().kill();
+        cluster.kill_node(leader);
         let before = uploads.acked.lock().unwrap().len();
         let next = cluster.leader().await;
         assert_ne!(next, leader);
         uploaded_more(&uploads, before).await;
         cluster.start_directory_node(leader);
     }
-    for node in &mut cluster.group {
-        node.proc.take().unwrap().kill();
+    for node in 0..cluster.node_count() {
+        cluster.kill_node(node);
     }
     let before = uploads.acked.lock().unwrap().len();
     cluster.start_directory();
@@ -161,24 +163,25 @@ async fn upload_in_collections(client: &hayloft_client::Client, count: u64) -> V
 /// Waits until node `i` has snapshotted and purged its log behind the
 /// snapshot (a node that needs that log must get the snapshot).
 async fn purged(cluster: &Cluster, i: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster
-        .node_metric(i, "hayloft_directory_raft_purged_index")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "node {i} never purged its log");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        secs(30),
+        &format!("node {i} to purge its log"),
+        async || {
+            let purged = cluster
+                .node_metric(i, "hayloft_directory_raft_purged_index")
+                .await;
+            (purged.unwrap_or(0.0) >= 1.0).then_some(()).ok_or(purged)
+        },
+    )
+    .await;
 }
 
 /// Waits until node `i` has installed a snapshot and holds the same
 /// volumes as node `leader` (still creating volumes ahead of need, so
 /// compared as it is now).
 async fn caught_up_by_snapshot(cluster: &Cluster, i: usize, leader: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("node {i} caught up by a snapshot");
+    eventually(secs(30), &what, async || {
         let snapshot = cluster
             .node_metric(i, "hayloft_directory_raft_snapshot_index")
             .await
@@ -191,15 +194,11 @@ async fn caught_up_by_snapshot(cluster: &Cluster, i: usize, leader: usize) {
             .node_metric(leader, "hayloft_directory_map_volumes")
             .await
             .unwrap_or(-1.0);
-        if snapshot >= 1.0 && map == volumes {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {i} has snapshot {snapshot} and {map} of {volumes} volumes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (snapshot >= 1.0 && map == volumes)
+            .then_some(())
+            .ok_or_else(|| format!("snapshot {snapshot} and {map} of {volumes} volumes"))
+    })
+    .await;
 }
 
 /// Every blob of `blobs` reads back.
@@ -212,22 +211,26 @@ async fn read_back(client: &hayloft_client::Client, blobs: &[(String, u64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_node_gets_the_map_back_from_a_snapshot() {
-    let mut cluster =
-        Cluster::start_group(3, &["a", "b"], &["--raft-snapshot-every", "10"], &[]).await;
+    let mut cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a", "b"])
+        .directory_args(["--raft-snapshot-every", "10"])
+        .start()
+        .await;
     let client = cluster.client().await;
     let blobs = upload_in_collections(&client, 8).await;
     let leader = cluster.leader().await;
     purged(&cluster, leader).await;
 
     let wiped = (leader + 1) % 3;
-    cluster.group[wiped].proc.take().unwrap().kill();
+    cluster.kill_node(wiped);
     std::fs::remove_dir_all(cluster.node_dir(wiped)).unwrap();
     cluster.start_directory_node(wiped);
     caught_up_by_snapshot(&cluster, wiped, leader).await;
 
     // Without the old leader, the wiped node and the third one carry on
     // with the whole map.
-    cluster.group[leader].proc.take().unwrap().kill();
+    cluster.kill_node(leader);
     let next = cluster.leader().await;
     assert_ne!(next, leader);
     let volumes = client.status().await.unwrap().volumes.len();
@@ -240,16 +243,14 @@ async fn a_wiped_node_gets_the_map_back_from_a_snapshot() {
     assert!(blobs.iter().all(|(id, _)| *id != uploaded.blob_id));
 }
 
-/// Sends `signal` to directory group node `i`.
-fn signal(cluster: &Cluster, i: usize, signal: i32) {
-    let pid = cluster.group[i].proc.as_ref().unwrap().pid();
-    // SAFETY: signalling our own child process.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_steps_down_when_it_wakes() {
-    let cluster = Cluster::start_group(3, &["a", "b", "c"], &["--replication", "2"], &[]).await;
+    let cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a", "b", "c"])
+        .replication(2)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let uploads = Arc::new(Uploads::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -257,42 +258,36 @@ async fn a_paused_leader_steps_down_when_it_wakes() {
     uploaded_more(&uploads, 0).await;
 
     let paused = cluster.leader().await;
-    signal(&cluster, paused, libc::SIGSTOP);
+    cluster.pause_node(paused);
     // The others elect a leader among themselves; uploads go on.
-    let mut next = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while next.is_none() {
-        for i in (0..3).filter(|i| *i != paused) {
-            if cluster
-                .node_metric(i, "hayloft_directory_raft_leader")
-                .await
-                == Some(1.0)
-            {
-                next = Some(i);
+    eventually(
+        secs(30),
+        "a new leader while the old one is paused",
+        async || {
+            for i in (0..3).filter(|i| *i != paused) {
+                if cluster
+                    .node_metric(i, "hayloft_directory_raft_leader")
+                    .await
+                    == Some(1.0)
+                {
+                    return true;
+                }
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no new leader while the old one is paused"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            false
+        },
+    )
+    .await;
     let before = uploads.acked.lock().unwrap().len();
     uploaded_more(&uploads, before).await;
 
-    signal(&cluster, paused, libc::SIGCONT);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster
-        .node_metric(paused, "hayloft_directory_raft_leader")
-        .await
-        != Some(0.0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the old leader did not step down"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.resume_node(paused);
+    eventually(secs(30), "the old leader to step down", async || {
+        let leads = cluster
+            .node_metric(paused, "hayloft_directory_raft_leader")
+            .await;
+        (leads == Some(0.0)).then_some(()).ok_or(leads)
+    })
+    .await;
     let before = uploads.acked.lock().unwrap().len();
     uploaded_more(&uploads, before).await;
     stop.store(true, Ordering::Relaxed);
@@ -328,7 +323,12 @@ async fn lookup_at(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_the_others_answers_no_linearizable_lookup() {
-    let cluster = Cluster::start_group(3, &["a"], &["--linearizable-lookups"], &[]).await;
+    let cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a"])
+        .directory_args(["--linearizable-lookups"])
+        .start()
+        .await;
     let client = cluster.client().await;
     let uploaded = client
         .upload(Bytes::from_static(b"where am i"), &UploadOptions::default())
@@ -345,7 +345,7 @@ async fn a_leader_cut_off_from_the_others_answers_no_linearizable_lookup() {
     // refuses rather than answer from a map a newer leader may have changed.
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     for follower in &followers {
-        signal(&cluster, *follower, libc::SIGSTOP);
+        cluster.pause_node(*follower);
     }
     let refused = lookup_at(&cluster, leader, &uploaded.blob_id)
         .await
@@ -356,7 +356,7 @@ async fn a_leader_cut_off_from_the_others_answers_no_linearizable_lookup() {
         "refused by the read index: {refused:?}"
     );
     for follower in &followers {
-        signal(&cluster, *follower, libc::SIGCONT);
+        cluster.resume_node(*follower);
     }
     // A majority again: lookups are answered (by whichever node leads).
     let (_, data) = client.download(&uploaded.blob_id).await.unwrap();
@@ -370,7 +370,7 @@ async fn a_leader_cut_off_from_the_others_answers_no_linearizable_lookup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_majority_nothing_is_assigned_but_reads_go_on() {
-    let mut cluster = Cluster::start_group(3, &["a", "b"], &[], &[]).await;
+    let mut cluster = Cluster::builder().group(3).zones(&["a", "b"]).start().await;
     let client = cluster.client().await;
     let mut blobs = Vec::new();
     for seed in 0..20u64 {
@@ -384,8 +384,8 @@ async fn without_a_majority_nothing_is_assigned_but_reads_go_on() {
     }
     let leader = cluster.leader().await;
     let survivor = (leader + 1) % 3;
-    cluster.group[leader].proc.take().unwrap().kill();
-    cluster.group[(leader + 2) % 3].proc.take().unwrap().kill();
+    cluster.kill_node(leader);
+    cluster.kill_node((leader + 2) % 3);
 
     // The survivor alone is no majority: it assigns nothing, whatever it
     // is asked, and never claims to lead.
@@ -410,6 +410,7 @@ async fn without_a_majority_nothing_is_assigned_but_reads_go_on() {
                 .get(hayloft_proto::NOT_LEADER_METADATA)
                 .is_some()
         );
+        // Time, not a state: the survivor keeps refusing for a while.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(
@@ -462,8 +463,12 @@ fn voters(output: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
-    let mut cluster =
-        Cluster::start_group(3, &["a", "b"], &["--raft-snapshot-every", "10"], &[]).await;
+    let mut cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a", "b"])
+        .directory_args(["--raft-snapshot-every", "10"])
+        .start()
+        .await;
     let client = cluster.client().await;
     let blobs = upload_in_collections(&client, 8).await;
     let leader = cluster.leader().await;
@@ -472,7 +477,7 @@ async fn a_replaced_node_catches_up_by_snapshot_and_can_lead() {
     // A node is lost for good: it leaves the group.
     let lost = (leader + 1) % 3;
     let other = 3 - leader - lost;
-    cluster.group[lost].proc.take().unwrap().kill();
+    cluster.kill_node(lost);
     let id = |i: usize| (i + 1).to_string();
     let (ok, out) = hayloft(
         &cluster,
@@ -626,19 +631,18 @@ async fn a_data_directory_from_before_raft_is_taken_over_with_nothing_lost() {
         let client = hayloft_client::Client::connect(&directory).await.unwrap();
         // The map names the server at the ports of its last run until its
         // first heartbeat here says otherwise.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !client.status().await.is_ok_and(|status| {
-            status
-                .servers
-                .iter()
-                .any(|s| s.alive && s.location.as_ref().is_some_and(|l| l.grpc_addr == grpc))
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "the server never reported its new address"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            secs(20),
+            "the server to report its new address",
+            async || {
+                client.status().await.is_ok_and(|status| {
+                    status.servers.iter().any(|s| {
+                        s.alive && s.location.as_ref().is_some_and(|l| l.grpc_addr == grpc)
+                    })
+                })
+            },
+        )
+        .await;
         for (id, data) in &blobs {
             match data {
                 Some(data) => {
@@ -745,6 +749,7 @@ async fn watch_terms(
                     .or_insert_with(Instant::now);
             }
         }
+        // The polling interval of a watcher, not a wait for a state.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -759,7 +764,12 @@ async fn a_long_random_run_of_kills_and_pauses_keeps_every_invariant() {
     // Printed for a rerun with HAYLOFT_CHAOS_SEED (timings still vary).
     println!("chaos seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::start_group(3, &["a", "b", "c"], &["--replication", "2"], &[]).await;
+    let mut cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a", "b", "c"])
+        .replication(2)
+        .start()
+        .await;
     let dead_after = Duration::from_secs(4); // support's --dead-after
     let addrs: Vec<String> = (0..3).map(|i| cluster.node_addr(i)).collect();
     let client = Arc::new(cluster.client().await);
@@ -780,6 +790,7 @@ async fn a_long_random_run_of_kills_and_pauses_keeps_every_invariant() {
                 if let Some(a) = probe_assign(&addrs).await {
                     assigned.lock().unwrap().push(a);
                 }
+                // The probing interval, not a wait for a state.
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         })
@@ -796,7 +807,7 @@ async fn a_long_random_run_of_kills_and_pauses_keeps_every_invariant() {
     let mut started: Vec<Vec<Instant>> = vec![Vec::new(); 3];
     for round in 0..12 {
         if round == lose_volume_at {
-            cluster.volumes[lost_volume].take().unwrap().kill();
+            cluster.kill_volume(lost_volume);
             volume_killed = Some(Instant::now());
             events.push(format!("volume server vs{lost_volume} killed"));
         }
@@ -804,23 +815,23 @@ async fn a_long_random_run_of_kills_and_pauses_keeps_every_invariant() {
         let down = Duration::from_millis(rng.random_range(500..4_000));
         match rng.random_range(0..3) {
             0 => {
-                cluster.group[leader].proc.take().unwrap().kill();
+                cluster.kill_node(leader);
                 events.push(format!("leader {} killed for {down:?}", leader + 1));
-                tokio::time::sleep(down).await;
+                tokio::time::sleep(down).await; // time: the random spell down
                 cluster.start_directory_node(leader);
                 started[leader].push(Instant::now());
             }
             1 => {
-                signal(&cluster, leader, libc::SIGSTOP);
+                cluster.pause_node(leader);
                 events.push(format!("leader {} paused for {down:?}", leader + 1));
-                tokio::time::sleep(down).await;
-                signal(&cluster, leader, libc::SIGCONT);
+                tokio::time::sleep(down).await; // time: the random spell down
+                cluster.resume_node(leader);
             }
             _ => {
                 let follower = (leader + rng.random_range(1..3)) % 3;
-                cluster.group[follower].proc.take().unwrap().kill();
+                cluster.kill_node(follower);
                 events.push(format!("follower {} killed for {down:?}", follower + 1));
-                tokio::time::sleep(down).await;
+                tokio::time::sleep(down).await; // time: the random spell down
                 cluster.start_directory_node(follower);
                 started[follower].push(Instant::now());
             }

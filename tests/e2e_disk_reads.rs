@@ -10,39 +10,23 @@
 
 mod support;
 
-use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hayloft_client::UploadOptions;
-use support::{Cluster, Failpoint, content};
+use support::{Cluster, Failpoint, content, eventually, secs};
 use tonic::Code;
 
 const BLOB: usize = 64 * 1024;
-
-/// Waits for a state, not a time: polls `check` until it holds (or fails
-/// the test after `timeout`, naming what it waited for).
-async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The sum of a metric's series (all labels, or those containing `labels`)
 /// on volume server 0's `/metrics`.
 async fn metric(cluster: &Cluster, name: &str, labels: &str) -> f64 {
     let url = format!(
         "http://127.0.0.1:{}/metrics",
-        cluster.volume_ports[0].metrics
+        cluster.volume_ports(0).metrics
     );
     let text = reqwest::get(url).await.unwrap().text().await.unwrap();
     text.lines()
@@ -86,12 +70,12 @@ async fn grpc_read(
 async fn cold_reads_come_from_disk_right_while_a_hot_blob_keeps_answering() {
     let hold = Failpoint::new("disk-read-hold");
     let env = hold.env();
-    let cluster = Cluster::start_with_env(
-        1,
-        &["--disk-reads-in-flight", "2", "--disk-reads-queued", "1"],
-        &[("HAYLOFT_FAILPOINT", env.as_str())],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .volumes(1)
+        .volume_args(["--disk-reads-in-flight", "2", "--disk-reads-queued", "1"])
+        .volume_env("HAYLOFT_FAILPOINT", &env)
+        .start()
+        .await;
     let client = cluster.client().await;
     // The hot blob first (the lowest id of its volume), then the cold ones.
     let mut blobs = Vec::new();
@@ -134,14 +118,13 @@ async fn cold_reads_come_from_disk_right_while_a_hot_blob_keeps_answering() {
         get(blobs[2].0.clone(), None),
         get(blobs[3].0.clone(), Some("bytes=1000-40999")),
     ];
-    eventually(
-        Duration::from_secs(30),
-        "2 reads running, 1 waiting",
-        || async {
-            metric(&cluster, "hayloft_volume_disk_reads_in_flight", "").await == 2.0
-                && metric(&cluster, "hayloft_volume_disk_reads_waiting", "").await == 1.0
-        },
-    )
+    eventually(secs(30), "2 reads running, 1 waiting", async || {
+        let running = metric(&cluster, "hayloft_volume_disk_reads_in_flight", "").await;
+        let waiting = metric(&cluster, "hayloft_volume_disk_reads_waiting", "").await;
+        (running == 2.0 && waiting == 1.0)
+            .then_some(())
+            .ok_or(format!("{running} running, {waiting} waiting"))
+    })
     .await;
 
     // The pool and its queue are full: more cold reads are refused at once.
@@ -193,15 +176,11 @@ async fn cold_reads_come_from_disk_right_while_a_hot_blob_keeps_answering() {
 
     // Six reads came from disk, each about one blob's bytes. (The HTTP
     // threads publish their counts every 100 ms.)
-    eventually(
-        Duration::from_secs(30),
-        "six reads counted from disk",
-        || async {
-            let disk_reads =
-                metric(&cluster, "hayloft_volume_reads_total", "source=\"disk\"").await;
-            disk_reads - disk_reads_before == 6.0
-        },
-    )
+    eventually(secs(30), "six reads counted from disk", async || {
+        let disk_reads = metric(&cluster, "hayloft_volume_reads_total", "source=\"disk\"").await;
+        let counted = disk_reads - disk_reads_before;
+        (counted == 6.0).then_some(()).ok_or(counted)
+    })
     .await;
     let bytes = metric(&cluster, "hayloft_volume_disk_read_bytes_total", "").await;
     assert!(

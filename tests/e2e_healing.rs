@@ -8,14 +8,14 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hayloft_proto::{VolumeHealth, VolumeRecord};
 use support::replicas::{
     assert_on_every_copy, assign, primary_of, replica_ids, until_status, upload_many, volumes_on,
     wait_on_every_copy, write_at,
 };
-use support::{Cluster, Failpoint, content, hayloft};
+use support::{Cluster, Failpoint, content, eventually, hayloft, secs};
 use tonic::Code;
 
 /// Flags for volume servers whose copies heal quickly.
@@ -34,14 +34,14 @@ async fn a_copy_that_cannot_catch_up_is_replaced_elsewhere_and_removed() {
     // Every sync into a copy on vs0-vs2 fails (a failpoint; the field saw a
     // full volume refuse it): a stale copy there can never catch up.
     let failpoint = Failpoint::new("sync-copy");
-    let mut cluster = Cluster::start_replicated_with_env(
-        &["a", "b", "c"],
-        3,
-        &["--repair-after", "2s"],
-        &["--replica-timeout", "2s"],
-        &[("HAYLOFT_FAILPOINT", &failpoint.env())],
-    )
-    .await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .directory_args(["--repair-after", "2s"])
+        .volume_args(["--replica-timeout", "2s"])
+        .volume_env("HAYLOFT_FAILPOINT", &failpoint.env())
+        .start()
+        .await;
     failpoint.arm();
     let (ids, locations) = assign(&cluster, 64).await;
     assert_eq!(locations.len(), 3);
@@ -59,9 +59,7 @@ async fn a_copy_that_cannot_catch_up_is_replaced_elsewhere_and_removed() {
         acked.push((id, seed, 20_000));
     }
     // vs2 hangs through one write: it misses it and is reported stale.
-    let paused = cluster.volumes[2].as_ref().unwrap().pid();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(paused, libc::SIGSTOP) };
+    cluster.pause_volume(2);
     let missed = ids.next().unwrap();
     let err = write_at(
         primary_of(&locations, &missed),
@@ -71,8 +69,7 @@ async fn a_copy_that_cannot_catch_up_is_replaced_elsewhere_and_removed() {
     )
     .await
     .unwrap_err();
-    // SAFETY: as above.
-    unsafe { libc::kill(paused, libc::SIGCONT) };
+    cluster.resume_volume(2);
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     let volume = missed
         .parse::<hayloft_storage::BlobId>()
@@ -96,7 +93,7 @@ async fn a_copy_that_cannot_catch_up_is_replaced_elsewhere_and_removed() {
     .await;
     // A server for the copy to go to (zone c, as the copy it replaces),
     // where syncs work.
-    cluster.volume_env.clear();
+    cluster.set_volume_env(&[]);
     let spare = cluster.add_volume_server("c", &[]).await;
     assert_eq!(spare, 3);
     let status = until_status(
@@ -123,11 +120,10 @@ async fn a_copy_that_cannot_catch_up_is_replaced_elsewhere_and_removed() {
     assert_eq!(zones_of(record).len(), 3, "{record:?}");
     assert_on_every_copy(&cluster, &acked).await;
     // The copy left on vs2 is an extra now: removed.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while volumes_on(&cluster, 2).await.unwrap().contains(&volume) {
-        assert!(Instant::now() < deadline, "the stale copy was not removed");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    eventually(secs(30), "the stale copy removed", async || {
+        !volumes_on(&cluster, 2).await.unwrap().contains(&volume)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -137,24 +133,16 @@ async fn a_copy_paused_near_the_end_of_a_volume_catches_up_and_every_copy_ends_w
     // and once resumed takes what the others hold (a copy's own records may
     // use the catch-up room past the maximum). The volume then fills to
     // vs2's limit, and every copy holds every blob.
-    let mut volume_args: Vec<Vec<String>> = ["4MiB", "4MiB", "1MiB"]
-        .iter()
-        .map(|size| {
-            let mut a = vec!["--max-volume-size".to_owned(), size.to_string()];
-            a.extend(["--replica-timeout", "2s"].map(String::from));
-            a.extend(FAST_HEALING.map(String::from));
-            a
-        })
-        .collect();
-    volume_args.truncate(3);
-    let cluster = Cluster::start_replicated_with(
-        &["a", "b", "c"],
-        3,
-        Vec::new(),
-        volume_args,
-        support::Access::default(),
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .volume_args(["--replica-timeout", "2s"])
+        .volume_args(FAST_HEALING)
+        .volume_args_each(
+            ["4MiB", "4MiB", "1MiB"].map(|size| vec!["--max-volume-size".to_owned(), size.into()]),
+        )
+        .start()
+        .await;
     let (ids, locations) = assign(&cluster, 64).await;
     let mut ids = ids.into_iter();
     let mut acked = Vec::new();
@@ -176,12 +164,9 @@ async fn a_copy_paused_near_the_end_of_a_volume_catches_up_and_every_copy_ends_w
         .by_ref()
         .find(|id| primary_of(&locations, id).server_id != "vs2")
         .unwrap();
-    let paused = cluster.volumes[2].as_ref().unwrap().pid();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(paused, libc::SIGSTOP) };
+    cluster.pause_volume(2);
     let (missed, seed, written) = write(missed, 100).await;
-    // SAFETY: as above.
-    unsafe { libc::kill(paused, libc::SIGCONT) };
+    cluster.resume_volume(2);
     assert_eq!(written.unwrap_err().code(), Code::Unavailable);
     // Not acknowledged, but on vs0 and vs1: it spreads to vs2 as well.
     acked.push((missed, seed, 60_000));
@@ -190,19 +175,19 @@ async fn a_copy_paused_near_the_end_of_a_volume_catches_up_and_every_copy_ends_w
     // (Its servers hear it is whole with their next heartbeat; until then
     // they refuse writes as to a degraded volume.)
     let mut refused = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
     for (seed, id) in (200..).zip(ids) {
-        loop {
-            let (id, seed, written) = write(id.clone(), seed).await;
-            match written {
-                Ok(()) => acked.push((id, seed, 60_000)),
-                Err(e) if e.message().contains("degraded") && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Err(_) => refused += 1,
-            }
-            break;
+        let written = eventually(
+            secs(30),
+            "writes no longer refused as degraded",
+            async || match write(id.clone(), seed).await.2 {
+                Err(e) if e.message().contains("degraded") => Err(e),
+                written => Ok(written),
+            },
+        )
+        .await;
+        match written {
+            Ok(()) => acked.push((id, seed, 60_000)),
+            Err(_) => refused += 1,
         }
     }
     assert!(refused > 0, "the volume never filled");
@@ -217,13 +202,13 @@ async fn copies_return_to_a_zone_whose_only_server_comes_back() {
     // made again in zones a and b (the best there is then). Back, its old
     // copies are extras (removed), and one copy of each volume moves back
     // to it, one volume at a time: every volume spans three zones again.
-    let mut cluster = Cluster::start_replicated(
-        &["a", "a", "b", "b", "c"],
-        3,
-        &["--repair-after", "2s"],
-        &FAST_HEALING,
-    )
-    .await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "a", "b", "b", "c"])
+        .replication(3)
+        .directory_args(["--repair-after", "2s"])
+        .volume_args(FAST_HEALING)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let acked = upload_many(&client, 120, 4).await;
     let all_in_three_zones = |status: &hayloft_proto::StatusResponse| {
@@ -239,7 +224,7 @@ async fn copies_return_to_a_zone_whose_only_server_comes_back() {
     assert!(volumes >= 2, "{status:?}");
     assert_eq!(status.below_spread, 0);
 
-    cluster.volumes[4].take().unwrap().kill();
+    cluster.kill_volume(4);
     let status = until_status(
         &client,
         Duration::from_secs(60),
@@ -275,27 +260,27 @@ async fn copies_return_to_a_zone_whose_only_server_comes_back() {
     // Every blob on every copy, and no copy left outside its volume's set.
     wait_on_every_copy(&cluster, &acked).await;
     assert_on_every_copy(&cluster, &acked).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = client.status().await.unwrap();
-        let mut extras = Vec::new();
-        for server in 0..5 {
-            let id = format!("vs{server}");
-            for volume in volumes_on(&cluster, server).await.unwrap() {
-                let record = status
-                    .volumes
-                    .iter()
-                    .find(|v| v.status.as_ref().unwrap().volume_id == volume)
-                    .unwrap();
-                if !replica_ids(record).contains(&id) {
-                    extras.push((volume, id.clone()));
+    eventually(
+        secs(30),
+        "no copy left outside its volume's set",
+        async || {
+            let status = client.status().await.unwrap();
+            let mut extras = Vec::new();
+            for server in 0..5 {
+                let id = format!("vs{server}");
+                for volume in volumes_on(&cluster, server).await.unwrap() {
+                    let record = status
+                        .volumes
+                        .iter()
+                        .find(|v| v.status.as_ref().unwrap().volume_id == volume)
+                        .unwrap();
+                    if !replica_ids(record).contains(&id) {
+                        extras.push((volume, id.clone()));
+                    }
                 }
             }
-        }
-        if extras.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "extra copies left: {extras:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+            extras.is_empty().then_some(()).ok_or(extras)
+        },
+    )
+    .await;
 }

@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::write_request::Part;
@@ -17,7 +15,7 @@ use hayloft_proto::{
     AssignRequest, AssignedBlob, AuthChannel, CompactRequest, Credential, ListVolumesRequest,
     ReadRequest, ServerLocation, WriteBatchRequest, WriteHeader, WriteRequest,
 };
-use support::Cluster;
+use support::{Cluster, eventually, secs};
 use tonic::Code;
 
 /// Writes a key ring with one key.
@@ -139,8 +137,14 @@ async fn a_blob_id_is_written_once_on_every_path_and_every_copy() {
     let writer = support::mint_token(&ring, &["write:photos", "read:photos"]).0;
     let reader = support::mint_token(&ring, &["read:photos"]).0;
     let peer = support::mint_token(&ring, &["cluster"]).0;
-    let mut cluster =
-        Cluster::start_replicated_with_token(&["a", "b"], 2, &auth, &auth, &operator).await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "b"])
+        .replication(2)
+        .directory_args(auth)
+        .volume_args(auth)
+        .token(&operator)
+        .start()
+        .await;
     let assigned = hayloft_proto::Directories::new(&cluster.directory_addr())
         .unwrap()
         .with_credential(Credential::bearer(&writer).unwrap())
@@ -328,9 +332,8 @@ async fn a_blob_id_is_written_once_on_every_path_and_every_copy() {
         .await
         .unwrap();
     for i in 0..2 {
-        cluster.volumes[i].take().unwrap().stop();
-        cluster.start_volume(i);
-        cluster.wait_up(i).await;
+        cluster.stop_volume(i);
+        cluster.restart_volume(i).await;
     }
     for location in &locations {
         let mut progress = volume_at(&location.grpc_addr, &operator)
@@ -352,18 +355,22 @@ async fn a_blob_id_is_written_once_on_every_path_and_every_copy() {
     }
     // (Until the directory has heard from both copies again the volume is
     // degraded, and writes to it are refused UNAVAILABLE.)
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let again = write(&primary.grpc_addr, &writer, blob, "", &locations, b"other")
-            .await
-            .unwrap_err();
-        if again.code() != Code::Unavailable {
-            assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "still degraded: {again:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let again = eventually(
+        secs(30),
+        "writes no longer refused as degraded",
+        async || {
+            let again = write(&primary.grpc_addr, &writer, blob, "", &locations, b"other")
+                .await
+                .unwrap_err();
+            if again.code() == Code::Unavailable {
+                Err(again)
+            } else {
+                Ok(again)
+            }
+        },
+    )
+    .await;
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
     let retried = write(
         &primary.grpc_addr,
         &reader,

@@ -18,7 +18,7 @@ use support::replicas::{
     assert_on_every_copy, assign, read_from, record, replica_ids, until_status, upload_many,
     volumes_on, wait_healthy, wait_on_every_copy, write_to_primary,
 };
-use support::{Cluster, Failpoint, content, hayloft, server_index};
+use support::{Cluster, Failpoint, content, eventually, hayloft, secs, server_index};
 
 /// Flags for volume servers whose copies heal quickly.
 const FAST_HEALING: [&str; 4] = ["--anti-entropy-interval", "1s", "--scrub-interval", "1s"];
@@ -63,6 +63,7 @@ fn upload_until(
                     );
                     match result {
                         Ok(uploaded) => acked.lock().unwrap().push((uploaded.blob_id, seed, len)),
+                        // A pause between attempts, not a wait for a state.
                         Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
                 }
@@ -71,9 +72,40 @@ fn upload_until(
         .collect()
 }
 
+/// Waits until `acked` holds at least `count` uploads (uploaders at work).
+async fn uploads_under_way(acked: &Acked, count: usize) {
+    eventually(
+        secs(60),
+        &format!("{count} acknowledged uploads"),
+        async || {
+            let done = acked.lock().unwrap().len();
+            (done >= count).then_some(()).ok_or(done)
+        },
+    )
+    .await;
+}
+
+/// Waits until the directory reports `server_id` dead (after dead_after,
+/// 4 s here).
+async fn noticed_dead(client: &Client, server_id: &str) {
+    let what = format!("the directory to notice {server_id} dead");
+    until_status(client, Duration::from_secs(30), &what, |status| {
+        status
+            .servers
+            .iter()
+            .any(|s| !s.alive && s.location.as_ref().unwrap().server_id == server_id)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicated_uploads_reach_every_copy_across_zones() {
-    let cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[], &[]).await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let mut acked = upload_many(&client, 600, 12).await;
     // Batched small blobs: a WriteBatch stream per primary, each blob
@@ -104,8 +136,7 @@ async fn replicated_uploads_reach_every_copy_across_zones() {
         .unwrap();
     acked.push((uploaded.blob_id, 2_000_000, big));
     for server in 0..4 {
-        let pid = cluster.volumes[server].as_ref().unwrap().pid();
-        let peak = peak_rss_bytes(pid);
+        let peak = peak_rss_bytes(cluster.volume_pid(server));
         assert!(
             peak < 160 << 20,
             "vs{server} peaked at {} MiB for a 256 MiB replicated upload",
@@ -213,7 +244,11 @@ async fn replicated_uploads_reach_every_copy_across_zones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn too_few_servers_for_the_copies_refuses_volume_creation() {
-    let cluster = Cluster::start_replicated(&["a", "b"], 3, &[], &[]).await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b"])
+        .replication(3)
+        .start()
+        .await;
     let client = cluster.client().await;
     let error = client
         .upload(Bytes::from_static(b"x"), &UploadOptions::default())
@@ -234,31 +269,29 @@ async fn too_few_servers_for_the_copies_refuses_volume_creation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
-    let mut cluster = Cluster::start_replicated(
-        &["a", "a", "b", "b"],
-        3,
-        &[],
-        &["--anti-entropy-interval", "1s"],
-    )
-    .await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .volume_args(["--anti-entropy-interval", "1s"])
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let uploaders = upload_until(&client, &stop, &acked, 8, Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    uploads_under_way(&acked, 20).await;
     // Kill a server holding a copy of a volume being written.
     let victim = {
         let status = client.status().await.unwrap();
         let written = acked.lock().unwrap().last().unwrap().0.clone();
         replica_ids(record(&status, &written))[1].clone()
     };
-    cluster.volumes[server_index(&victim)]
-        .take()
-        .unwrap()
-        .kill();
-    // Uploads go on (on volumes placed on the three survivors).
+    cluster.kill_volume(server_index(&victim));
+    // Uploads go on (on volumes placed on the three survivors, once the
+    // directory has noticed the death).
     let before = acked.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    noticed_dead(&client, &victim).await;
+    uploads_under_way(&acked, before + 21).await;
     stop.store(true, Ordering::Relaxed);
     for uploader in uploaders {
         uploader.await.unwrap();
@@ -337,30 +370,27 @@ async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_copy_fails_writes_within_the_deadline() {
-    let cluster = Cluster::start_replicated(
-        &["a", "a", "b", "b"],
-        3,
-        &[],
-        &["--replica-timeout", "2s", "--anti-entropy-interval", "1s"],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .volume_args(["--replica-timeout", "2s", "--anti-entropy-interval", "1s"])
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     // Volumes exist and hold data on every server.
     let first = upload_many(&client, 40, 4).await;
     let acked: Acked = Arc::new(std::sync::Mutex::new(first));
     let stop = Arc::new(AtomicBool::new(false));
     let uploaders = upload_until(&client, &stop, &acked, 6, Duration::from_secs(40));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let paused = cluster.volumes[3].as_ref().unwrap().pid();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(paused, libc::SIGSTOP) };
+    uploads_under_way(&acked, 60).await;
+    cluster.pause_volume(3);
     let before = acked.lock().unwrap().len();
     // The paused server is declared dead after 4 s; volumes are then placed
     // on the other three and writes go on.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    noticed_dead(&client, "vs3").await;
+    uploads_under_way(&acked, before + 21).await;
     let during = acked.lock().unwrap().len();
-    // SAFETY: as above.
-    unsafe { libc::kill(paused, libc::SIGCONT) };
+    cluster.resume_volume(3);
     stop.store(true, Ordering::Relaxed);
     for uploader in uploaders {
         uploader.await.unwrap();
@@ -381,12 +411,17 @@ async fn a_hung_copy_fails_writes_within_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_server_is_refilled_from_the_other_copies() {
-    let mut cluster = Cluster::start_replicated(&["a", "a", "b", "b"], 3, &[], &FAST_HEALING).await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .volume_args(FAST_HEALING)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let acked = upload_many(&client, 300, 8).await;
     wait_healthy(&cluster, 3).await;
     // A replaced disk: same server id, empty data directory.
-    cluster.volumes[1].take().unwrap().stop();
+    cluster.stop_volume(1);
     std::fs::remove_dir_all(cluster.volume_dir(1)).unwrap();
     cluster.start_volume(1);
     wait_on_every_copy(&cluster, &acked).await;
@@ -394,13 +429,13 @@ async fn a_wiped_server_is_refilled_from_the_other_copies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_server_is_replaced_and_its_copy_removed_when_it_returns() {
-    let mut cluster = Cluster::start_replicated(
-        &["a", "a", "b", "b"],
-        3,
-        &["--repair-after", "2s"],
-        &FAST_HEALING,
-    )
-    .await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .directory_args(["--repair-after", "2s"])
+        .volume_args(FAST_HEALING)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let acked = upload_many(&client, 300, 8).await;
     let status = wait_healthy(&cluster, 3).await;
@@ -412,7 +447,7 @@ async fn a_lost_server_is_replaced_and_its_copy_removed_when_it_returns() {
         .map(|v| v.status.as_ref().unwrap().volume_id)
         .collect();
     let lost_index = server_index(&lost);
-    cluster.volumes[lost_index].take().unwrap().kill();
+    cluster.kill_volume(lost_index);
     // After repair_after, each of its copies is made again on the one
     // server that had none, and verified.
     until_status(
@@ -445,26 +480,30 @@ async fn a_lost_server_is_replaced_and_its_copy_removed_when_it_returns() {
     }
     // The lost server returns: its old copies are extra now, and go.
     cluster.start_volume(lost_index);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(on_disk) = volumes_on(&cluster, lost_index).await
-            && !on_disk.iter().any(|id| held.contains(id))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "extra copies were not removed");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    eventually(secs(30), "the extra copies removed", async || {
+        let on_disk = volumes_on(&cluster, lost_index).await;
+        on_disk
+            .as_ref()
+            .is_some_and(|on_disk| !on_disk.iter().any(|id| held.contains(id)))
+            .then_some(())
+            .ok_or(on_disk)
+    })
+    .await;
     assert_on_every_copy(&cluster, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blobs_deleted_while_a_copy_is_down_stay_deleted_everywhere() {
-    let mut cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &FAST_HEALING).await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .volume_args(FAST_HEALING)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let acked = upload_many(&client, 200, 8).await;
     wait_healthy(&cluster, 3).await;
-    cluster.volumes[2].take().unwrap().kill();
+    cluster.kill_volume(2);
     let (deleted, kept) = acked.split_at(60);
     for (blob_id, _, _) in deleted {
         client.delete(blob_id).await.unwrap();
@@ -487,6 +526,8 @@ async fn blobs_deleted_while_a_copy_is_down_stay_deleted_everywhere() {
             .into_inner();
         while progress.message().await.unwrap().is_some() {}
     }
+    // Time, not a state: anti-entropy rounds (1 s apart) that must bring
+    // nothing back.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let http = reqwest::Client::new();
     for (blob_id, _, _) in deleted {
@@ -508,7 +549,12 @@ async fn blobs_deleted_while_a_copy_is_down_stay_deleted_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupt_bytes_in_one_copy_are_never_served_and_are_healed() {
-    let cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &FAST_HEALING).await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .volume_args(FAST_HEALING)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let acked = upload_many(&client, 120, 4).await;
     wait_healthy(&cluster, 3).await;
@@ -559,8 +605,7 @@ async fn corrupt_bytes_in_one_copy_are_never_served_and_are_healed() {
         }
     }
     // Scrub finds the bad records and copies them again from good copies.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    'heal: loop {
+    eventually(secs(60), "every blob readable on vs0 again", async || {
         let mut bad = 0;
         for (blob_id, seed, len) in &acked {
             match read_from(&cluster.grpc_addr(0), blob_id).await {
@@ -568,44 +613,36 @@ async fn corrupt_bytes_in_one_copy_are_never_served_and_are_healed() {
                 Err(_) => bad += 1,
             }
         }
-        if bad == 0 {
-            break 'heal;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{bad} blobs still unreadable on vs0"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        (bad == 0)
+            .then_some(())
+            .ok_or_else(|| format!("{bad} blobs unreadable"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hayloft_repair_plans_then_repairs_without_waiting_for_repair_after() {
-    let mut cluster = Cluster::start_replicated(
-        &["a", "a", "b", "b"],
-        3,
-        &["--repair-after", "1h"],
-        &FAST_HEALING,
-    )
-    .await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .directory_args(["--repair-after", "1h"])
+        .volume_args(FAST_HEALING)
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let acked = upload_many(&client, 200, 8).await;
     let status = wait_healthy(&cluster, 3).await;
     let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
-    cluster.volumes[server_index(&lost)].take().unwrap().kill();
+    cluster.kill_volume(server_index(&lost));
     // Degraded once the directory notices (dead_after 4 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .status()
-        .await
-        .unwrap()
-        .volumes
-        .iter()
-        .all(|v| v.health == VolumeHealth::Ok as i32)
-    {
-        assert!(Instant::now() < deadline, "the loss was not noticed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(secs(30), "the loss noticed", async || {
+        let status = client.status().await.unwrap();
+        status
+            .volumes
+            .iter()
+            .any(|v| v.health != VolumeHealth::Ok as i32)
+    })
+    .await;
     let (ok, out) = hayloft(&cluster, &["repair", "--dry-run"]);
     assert!(ok, "{out}");
     assert!(
@@ -652,7 +689,7 @@ async fn upload_then_lose_a_copy(
     }
     let status = wait_healthy(cluster, 3).await;
     let lost = replica_ids(record(&status, &acked[0].0))[0].clone();
-    cluster.volumes[server_index(&lost)].take().unwrap().kill();
+    cluster.kill_volume(server_index(&lost));
     (acked, lost)
 }
 
@@ -663,18 +700,18 @@ async fn repairing_after_a_loss(
     repair_rate: &str,
     blobs: u64,
 ) -> (Cluster, Arc<Client>, Vec<(String, u64, usize)>, String) {
-    let mut cluster = Cluster::start_replicated(
-        &["a", "a", "b", "b"],
-        3,
-        &["--repair-after", "1s"],
-        &[
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .directory_args(["--repair-after", "1s"])
+        .volume_args([
             "--anti-entropy-interval",
             "1s",
             "--repair-rate",
             repair_rate,
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, blobs).await;
     (cluster, client, acked, lost)
@@ -735,13 +772,19 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
         ok && out.contains("repairing ") && out.contains('%'),
         "{out}"
     );
-    cluster.volumes[server_index(&target)]
-        .take()
-        .unwrap()
-        .kill();
+    cluster.kill_volume(server_index(&target));
     // And the directory, while the repair is being retried.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.directory.take().unwrap().kill();
+    eventually(
+        secs(30),
+        "the directory to see the repair fail",
+        async || {
+            cluster
+                .log("directory.log")
+                .contains("repair failed; will try again")
+        },
+    )
+    .await;
+    cluster.kill_directory();
     cluster.start_volume(server_index(&target));
     cluster.start_directory();
     cluster.wait_alive(3).await;
@@ -775,8 +818,8 @@ async fn a_lost_server_returning_mid_repair_leaves_three_copies_and_no_extra() {
     // copies on three servers, the job closed, and no copy left on the
     // fourth server.
     cluster.start_volume(server_index(&lost));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let what = "settled after the lost server returned mid-repair";
+    eventually(secs(90), what, async || {
         let status = client.status().await.unwrap();
         let volume = status
             .volumes
@@ -796,15 +839,12 @@ async fn a_lost_server_returning_mid_repair_leaves_three_copies_and_no_extra() {
                 .await
                 .is_some_and(|on_disk| !on_disk.contains(&volume_id))
             {
-                break;
+                return Ok(());
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "not settled after the lost server returned mid-repair: {volume:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        Err(volume.clone())
+    })
+    .await;
     wait_on_every_copy(&cluster, &acked).await;
 }
 
@@ -812,20 +852,14 @@ async fn a_lost_server_returning_mid_repair_leaves_three_copies_and_no_extra() {
 async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
     // A directory group of 3; one volume (3 copies over 4 servers) of
     // 16 MiB, repaired at 1 MiB/s: the repair outlasts an election.
-    let mut cluster = Cluster::start_group(
-        3,
-        &["a", "a", "b", "b"],
-        &[
-            "--replication",
-            "3",
-            "--repair-after",
-            "1s",
-            "--min-writable-volumes",
-            "1",
-        ],
-        &["--repair-rate", "1MiB"],
-    )
-    .await;
+    let mut cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .directory_args(["--repair-after", "1s", "--min-writable-volumes", "1"])
+        .volume_args(["--repair-rate", "1MiB"])
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 16).await;
 
@@ -841,7 +875,7 @@ async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
     // Its leader dies mid-copy. The next one holds the same job (not a new
     // plan: the same start), and finishes it on the same target.
     let leader = cluster.leader().await;
-    cluster.group[leader].proc.take().unwrap().kill();
+    cluster.kill_node(leader);
     let next = cluster.leader().await;
     assert_ne!(next, leader);
     let status = client.status().await.unwrap();
@@ -856,37 +890,24 @@ async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
             && volume.repair_started_at == started_at,
         "the new leader lost the repair job: {volume:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let holders = eventually(secs(90), "the volume repaired", async || {
         let status = client.status().await.unwrap();
         let volume = status
             .volumes
             .iter()
             .find(|v| v.status.as_ref().unwrap().volume_id == volume_id)
             .unwrap();
-        let holders = replica_ids(volume);
-        if !volume.repairing && volume.health == VolumeHealth::Ok as i32 {
-            assert!(
-                holders.contains(&target) && !holders.contains(&lost),
-                "repaired elsewhere than the job's target {target}: {holders:?}\n{}",
-                support::log_tails(&cluster.log_dir())
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not repaired: {volume:?}\n{}",
-            support::log_tails(&cluster.log_dir())
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let log = std::fs::read_to_string(
-        cluster
-            .root
-            .path()
-            .join(format!("directory{}.log", next + 1)),
-    )
-    .unwrap();
+        (!volume.repairing && volume.health == VolumeHealth::Ok as i32)
+            .then(|| replica_ids(volume))
+            .ok_or_else(|| format!("{volume:?}\n{}", support::log_tails(&cluster.log_dir())))
+    })
+    .await;
+    assert!(
+        holders.contains(&target) && !holders.contains(&lost),
+        "repaired elsewhere than the job's target {target}: {holders:?}\n{}",
+        support::log_tails(&cluster.log_dir())
+    );
+    let log = cluster.log(&format!("directory{}.log", next + 1));
     assert!(
         log.contains("resuming a repair started before this leader"),
         "the new leader did not resume the job:\n{log}"
@@ -898,57 +919,26 @@ async fn a_repair_in_flight_is_resumed_by_the_next_leader_on_the_same_target() {
 async fn a_leader_dying_between_a_repairs_result_and_its_end_leaves_the_next_to_end_it() {
     // A directory group of 3 whose nodes abort right after committing a
     // repair's result, before `RepairEnded` (while the trigger file exists).
-    let mut cluster = Cluster::unstarted_group(
-        3,
-        [
-            "--replication",
-            "3",
-            "--repair-after",
-            "1s",
-            "--min-writable-volumes",
-            "1",
-        ]
-        .map(String::from)
-        .into(),
-        vec![Vec::new(); 4],
-        support::Access::default(),
-    );
-    let trigger = cluster.root.path().join("abort-before-repair-ended");
-    std::fs::write(&trigger, b"").unwrap();
-    cluster.directory_env = vec![(
-        "HAYLOFT_FAILPOINT".into(),
-        format!("repair-before-ended@{}", trigger.display()),
-    )];
-    cluster.start_directory();
-    cluster.start_zoned_volumes(&["a", "a", "b", "b"]).await;
+    let failpoint = Failpoint::new("repair-before-ended");
+    failpoint.arm();
+    let mut cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a", "a", "b", "b"])
+        .replication(3)
+        .directory_args(["--repair-after", "1s", "--min-writable-volumes", "1"])
+        .directory_env("HAYLOFT_FAILPOINT", &failpoint.env())
+        .start()
+        .await;
     let client = Arc::new(cluster.client().await);
     let (acked, lost) = upload_then_lose_a_copy(&mut cluster, &client, 4).await;
 
     // The leader repairs, records the new copy, and dies.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let leader = loop {
-        let exited = (0..3).find(|&i| cluster.group[i].proc.as_mut().unwrap().exited());
-        if let Some(node) = exited {
-            break node;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader reached the failpoint\n{}",
-            support::log_tails(&cluster.log_dir())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    std::fs::remove_file(&trigger).unwrap();
-    cluster.group[leader].proc = None;
-    let log_of = |node: usize| {
-        std::fs::read_to_string(
-            cluster
-                .root
-                .path()
-                .join(format!("directory{}.log", node + 1)),
-        )
-        .unwrap()
-    };
+    let leader = support::eventually_blocking(secs(60), "a leader at the failpoint", || {
+        (0..3).find(|&i| cluster.node_exited(i))
+    });
+    failpoint.disarm();
+    cluster.kill_node(leader); // reaps it
+    let log_of = |node: usize| cluster.log(&format!("directory{}.log", node + 1));
     let dead = log_of(leader);
     assert!(
         dead.contains("repair done, copy verified")
@@ -992,20 +982,20 @@ async fn a_leader_dying_between_a_repairs_result_and_its_end_leaves_the_next_to_
 async fn a_delete_right_after_the_volume_is_created_reaches_every_copy() {
     // One writable volume and heartbeats every 30 s: nothing but
     // `CreateVolume` tells the copies of the new volume about each other.
-    let cluster = Cluster::start_replicated(
-        &["a", "b", "c"],
-        3,
-        &[
+    let cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .directory_args([
             "--min-writable-volumes",
             "1",
             "--pulse",
             "30s",
             "--dead-after",
             "60s",
-        ],
-        &["--pulse", "30s"],
-    )
-    .await;
+        ])
+        .volume_args(["--pulse", "30s"])
+        .start()
+        .await;
     let client = cluster.client().await;
     // The first upload creates the volume; the delete follows at once,
     // before any heartbeat answer could have named the copies.
@@ -1029,14 +1019,13 @@ async fn a_delete_right_after_the_volume_is_created_reaches_every_copy() {
 async fn a_write_that_failed_on_its_primary_after_reaching_the_copies_ends_up_on_every_copy() {
     // Every primary fails its own write (a failpoint) after the copies have
     // made the needle durable: the client is told the write failed.
-    let cluster = Cluster::start_replicated_with_env(
-        &["a", "b", "c"],
-        3,
-        &[],
-        &FAST_HEALING,
-        &[("HAYLOFT_FAILPOINT", "primary-local-write")],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .volume_args(FAST_HEALING)
+        .volume_env("HAYLOFT_FAILPOINT", "primary-local-write")
+        .start()
+        .await;
     let (ids, locations) = assign(&cluster, 1).await;
     assert_eq!(locations.len(), 3);
     let data = content(42, 3000);
@@ -1046,22 +1035,18 @@ async fn a_write_that_failed_on_its_primary_after_reaching_the_copies_ends_up_on
     assert_eq!(err.code(), Code::Internal, "{err:?}");
     // Unacknowledged, it is settled by spreading it: anti-entropy brings it
     // to the primary, and then it reads the same from every copy.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(secs(30), "the needle on every copy", async || {
         let mut reads = Vec::new();
         for location in &locations {
             reads.push(read_from(&location.grpc_addr, &ids[0]).await.ok());
         }
-        if reads.iter().all(|r| r.as_deref() == Some(&data[..])) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the needle is on some copies only: {:?}",
-            reads.iter().map(Option::is_some).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        reads
+            .iter()
+            .all(|r| r.as_deref() == Some(&data[..]))
+            .then_some(())
+            .ok_or_else(|| reads.iter().map(Option::is_some).collect::<Vec<_>>())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1070,13 +1055,16 @@ async fn a_copy_whose_fsync_fails_answers_its_forwarded_write_with_an_error_and_
     // that covers a forwarded write answers it, on the `Replicate` link,
     // with the error instead of a durable OK.
     let failpoint = Failpoint::new("fsync");
-    let mut cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &[]).await;
-    cluster.volumes[2].take().unwrap().stop();
-    cluster.volume_env = vec![("HAYLOFT_FAILPOINT".into(), failpoint.env())];
-    cluster.start_volume(2);
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .start()
+        .await;
+    cluster.stop_volume(2);
+    cluster.set_volume_env(&[("HAYLOFT_FAILPOINT", &failpoint.env())]);
     // Up again: its ports answer (the directory may not have noticed the
     // restart, and creates the volume there at once).
-    cluster.wait_up(2).await;
+    cluster.restart_volume(2).await;
     cluster.wait_alive(3).await;
     let (ids, mut locations) = assign(&cluster, 2).await;
     assert_eq!(locations.len(), 3);
@@ -1126,9 +1114,13 @@ async fn a_copy_whose_fsync_fails_answers_its_forwarded_write_with_an_error_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_directory_down_assigned_ids_are_still_written_to_every_copy() {
-    let mut cluster = Cluster::start_replicated(&["a", "b", "c"], 3, &[], &[]).await;
+    let mut cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .start()
+        .await;
     let (ids, locations) = assign(&cluster, 20).await;
-    cluster.directory.take().unwrap().kill();
+    cluster.kill_directory();
     // The primary forwards to the copies the header names: no directory
     // is needed to write ids already handed out.
     for (seed, id) in ids.iter().enumerate() {

@@ -11,7 +11,7 @@ mod support;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hayloft_client::{Client, UploadOptions};
@@ -19,7 +19,7 @@ use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{ListMovesRequest, MoveJobStatus, ReadRequest, Tier as ProtoTier};
 use hayloft_tiering::object::{ObjectError, ObjectStore, ObjectStoreConfig};
 use reqwest::StatusCode;
-use support::{Cluster, S3Server, content, hayloft};
+use support::{Cluster, S3Server, content, eventually, eventually_blocking, hayloft, secs};
 
 const BUCKET: &str = "cold";
 
@@ -36,7 +36,13 @@ async fn setup(extra_config: &str, env: &[(&str, &str)]) -> Setup {
     s3.create_bucket(BUCKET).await;
     let config = config_dir.path().join("volume.toml");
     std::fs::write(&config, s3.volume_config(extra_config)).unwrap();
-    let cluster = Cluster::start_with_env(1, &["--config", config.to_str().unwrap()], env).await;
+    let mut cluster = Cluster::builder()
+        .volumes(1)
+        .volume_args(["--config", config.to_str().unwrap()]);
+    for (key, value) in env {
+        cluster = cluster.volume_env(key, value);
+    }
+    let cluster = cluster.start().await;
     Setup {
         cluster,
         s3,
@@ -81,8 +87,8 @@ async fn upload(
 /// them all (needle counts reach the directory with the next pulse, not with
 /// the upload).
 async fn volumes_with_data(client: &Client, uploaded: usize) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("heartbeats to report {uploaded} needles");
+    eventually(secs(30), &what, async || {
         let status = client.status().await.unwrap();
         let reported: Vec<_> = status
             .volumes
@@ -90,15 +96,12 @@ async fn volumes_with_data(client: &Client, uploaded: usize) -> Vec<u32> {
             .filter_map(|v| v.status.as_ref())
             .filter(|s| s.needles > 0)
             .collect();
-        if reported.iter().map(|s| s.needles).sum::<u64>() >= uploaded as u64 {
-            return reported.iter().map(|s| s.volume_id).collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "heartbeats never reported {uploaded} needles"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let needles = reported.iter().map(|s| s.needles).sum::<u64>();
+        (needles >= uploaded as u64)
+            .then(|| reported.iter().map(|s| s.volume_id).collect())
+            .ok_or(needles)
+    })
+    .await
 }
 
 fn volume_of(blob_id: &str) -> u32 {
@@ -205,14 +208,12 @@ async fn tier_of(client: &Client, volume: u32) -> (i32, String) {
 
 /// Waits until the directory reports `volume` on `tier`.
 async fn wait_tier(client: &Client, volume: u32, tier: ProtoTier) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tier_of(client, volume).await.0 != tier as i32 {
-        assert!(
-            Instant::now() < deadline,
-            "volume {volume} never reached {tier:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("volume {volume} on {tier:?}");
+    eventually(secs(20), &what, async || {
+        let now = tier_of(client, volume).await.0;
+        (now == tier as i32).then_some(()).ok_or(now)
+    })
+    .await;
 }
 
 async fn jobs(setup: &Setup) -> Vec<MoveJobStatus> {
@@ -258,7 +259,7 @@ async fn object_keys(setup: &Setup) -> Vec<String> {
 fn volume_files(setup: &Setup, volume: u32) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for tier in ["hot", "warm"] {
-        let dir = setup.cluster.root.path().join("vs0").join(tier);
+        let dir = setup.cluster.volume_dir(0).join(tier);
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.split('.').next() == Some(&volume.to_string()) {
@@ -448,20 +449,18 @@ async fn glacier_reads_answer_503_start_one_restore_then_work_and_promotion_brin
         assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
     }
     // Once restored, reads work.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let body = eventually(secs(20), "the restore to complete", async || {
         let (status, body) = get(&base, ours[0]).await;
-        if status == StatusCode::OK {
-            assert_eq!(&body[..], &content(ours[0].seed, ours[0].len)[..]);
-            break;
+        if status != StatusCode::OK {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         }
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(Instant::now() < deadline, "restore never completed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (status == StatusCode::OK).then_some(body).ok_or(status)
+    })
+    .await;
+    assert_eq!(&body[..], &content(ours[0].seed, ours[0].len)[..]);
     let metrics = reqwest::get(format!(
         "http://127.0.0.1:{}/metrics",
-        setup.cluster.volume_ports[0].metrics
+        setup.cluster.volume_ports(0).metrics
     ))
     .await
     .unwrap()
@@ -482,19 +481,19 @@ async fn glacier_reads_answer_503_start_one_restore_then_work_and_promotion_brin
     for blob in &ours {
         get(&base, blob).await;
     }
-    let policy = setup.cluster.root.path().join("policy.toml");
+    let policy = setup.cluster.root().join("policy.toml");
     std::fs::write(
         &policy,
         "min_observation = \"0s\"\n[[promote]]\nname = \"busy\"\nfrom = \"cold\"\nmin_reads_per_day = 100\ntarget = \"warm\"\n",
     )
     .unwrap();
     // Heartbeats carry the read rates: wait for one.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let out = tier_cmd(&setup, &["plan", "--policy", policy.to_str().unwrap()]);
-    assert!(
-        out.contains(&format!("volume {volume}: cold -> warm by busy")),
-        "{out}"
-    );
+    let promoted = format!("volume {volume}: cold -> warm by busy");
+    eventually(secs(10), "the plan to promote the volume", async || {
+        let out = tier_cmd(&setup, &["plan", "--policy", policy.to_str().unwrap()]);
+        out.contains(&promoted).then_some(()).ok_or(out)
+    })
+    .await;
     tier_cmd(&setup, &["run", "--policy", policy.to_str().unwrap()]);
     wait_tier(&client, volume, ProtoTier::Warm).await;
     for blob in &ours {
@@ -524,13 +523,14 @@ async fn volumes_whose_needles_all_expired_are_deleted() {
         &setup,
         &["move", "--volume", &volume.to_string(), "--to", "warm"],
     );
-    let empty_policy = setup.cluster.root.path().join("empty.toml");
+    let empty_policy = setup.cluster.root().join("empty.toml");
     std::fs::write(&empty_policy, "").unwrap();
     let out = tier_cmd(
         &setup,
         &["plan", "--policy", empty_policy.to_str().unwrap()],
     );
     assert!(!out.contains("delete"), "nothing has expired yet:\n{out}");
+    // Time, not a state: the needle's 2 s TTL runs out.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let out = tier_cmd(&setup, &["run", "--policy", empty_policy.to_str().unwrap()]);
     assert!(
@@ -546,6 +546,7 @@ async fn volumes_whose_needles_all_expired_are_deleted() {
             .all(|v| v.status.as_ref().unwrap().volume_id != volume)
     );
     // Heartbeats do not bring it back, and other volumes are untouched.
+    // Time, not a state: a heartbeat or so that must not bring it back.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let status = client.status().await.unwrap();
     assert!(
@@ -588,46 +589,37 @@ async fn s3_down_mid_upload_the_job_retries_and_resumes_and_reads_go_on() {
             "--no-wait",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while jobs(&setup).await.iter().all(|j| j.done_bytes == 0) {
-        assert!(Instant::now() < deadline, "upload never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(secs(20), "the upload to start", async || {
+        jobs(&setup).await.iter().any(|j| j.done_bytes > 0)
+    })
+    .await;
     setup.s3.stop();
     // The job retries; the volume stays readable from its source meanwhile.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(secs(60), "the job to retry", async || {
         let job = jobs(&setup)
             .await
             .into_iter()
             .find(|j| j.volume_id == volume)
             .unwrap();
         assert!(!job.finished, "{job:?}");
-        if job.attempts > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no retry: {job:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (job.attempts > 0).then_some(()).ok_or(job)
+    })
+    .await;
     check_all(&base, &blobs).await;
     assert_eq!(tier_of(&client, volume).await.0, ProtoTier::Hot as i32);
     // S3 comes back empty (moto keeps nothing): the job starts a new upload.
     setup.s3.restart().await;
     setup.s3.create_bucket(BUCKET).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let job = eventually(secs(60), "the job to finish", async || {
         let job = jobs(&setup)
             .await
             .into_iter()
             .find(|j| j.volume_id == volume)
             .unwrap();
-        if job.finished {
-            assert!(job.error.is_empty(), "{job:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "job never finished: {job:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        if job.finished { Ok(job) } else { Err(job) }
+    })
+    .await;
+    assert!(job.error.is_empty(), "{job:?}");
     wait_tier(&client, volume, ProtoTier::Cold).await;
     check_all(&base, &blobs).await;
 }
@@ -652,19 +644,9 @@ async fn crash_and_resume(failpoint: &str) {
         ],
     );
     assert!(!ok, "the move cannot finish past {failpoint}:\n{out}");
-    let proc = setup.cluster.volumes[0].take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut proc = proc;
-    loop {
-        if proc.exited() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not crash at {failpoint}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut proc = setup.cluster.take_volume(0);
+    let what = format!("the server to crash at {failpoint}");
+    eventually_blocking(secs(20), &what, || proc.exited());
     // The job file is there; the volume is still local.
     let files = volume_files(&setup, volume);
     assert!(
@@ -675,9 +657,8 @@ async fn crash_and_resume(failpoint: &str) {
         files.iter().any(|f| f.to_string_lossy().ends_with(".dat")),
         "{files:?}"
     );
-    setup.cluster.volume_env.clear();
-    setup.cluster.start_volume(0);
-    setup.cluster.wait_up(0).await;
+    setup.cluster.set_volume_env(&[]);
+    setup.cluster.restart_volume(0).await;
     let base = setup.cluster.http_base(0);
     check_all(&base, &blobs).await;
     wait_tier(&client, volume, ProtoTier::Cold).await;
@@ -759,10 +740,9 @@ async fn starting_with_s3_down_serves_local_volumes_and_fails_cold_reads_with_50
             BUCKET,
         ],
     );
-    setup.cluster.volumes[0].take().unwrap().stop();
+    setup.cluster.stop_volume(0);
     setup.s3.stop();
-    setup.cluster.start_volume(0);
-    setup.cluster.wait_up(0).await;
+    setup.cluster.restart_volume(0).await;
     let base = setup.cluster.http_base(0);
     for blob in &blobs {
         let (status, body) = get(&base, blob).await;
@@ -858,13 +838,12 @@ async fn replicated_setup() -> Setup {
     s3.create_bucket(BUCKET).await;
     let config = config_dir.path().join("volume.toml");
     std::fs::write(&config, s3.volume_config("")).unwrap();
-    let cluster = Cluster::start_replicated(
-        &["a", "b", "c"],
-        3,
-        &[],
-        &["--config", config.to_str().unwrap()],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(3)
+        .volume_args(["--config", config.to_str().unwrap()])
+        .start()
+        .await;
     Setup {
         cluster,
         s3,
@@ -894,13 +873,15 @@ async fn copies(client: &Client, volume: u32) -> (Vec<(String, i32)>, i32) {
     (copies, record.health)
 }
 
-/// Waits until `volume` is healthy (every copy ok); panics with `what`.
+/// Waits until `volume` is healthy (every copy ok); `what` names the wait.
 async fn wait_healthy(client: &Client, volume: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while copies(client, volume).await.1 != hayloft_proto::VolumeHealth::Ok as i32 {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(secs(30), what, async || {
+        let (copies, health) = copies(client, volume).await;
+        (health == hayloft_proto::VolumeHealth::Ok as i32)
+            .then_some(())
+            .ok_or(copies)
+    })
+    .await;
 }
 
 /// Every blob reads back from every server (its own copy, or proxied), and
@@ -994,7 +975,7 @@ async fn replicated_volumes_move_every_copy_share_one_cold_object_and_come_back(
     // through every live server, and a delete made meanwhile misses it.
     let lead = support::server_index(&cold[0].0);
     let others: Vec<usize> = all.iter().copied().filter(|i| *i != lead).collect();
-    setup.cluster.volumes[lead].take().unwrap().kill();
+    setup.cluster.kill_volume(lead);
     check_everywhere(&setup, &others, &blobs, &deleted).await;
     let mut deleted = deleted;
     let gone = blobs.pop().unwrap();
@@ -1003,17 +984,17 @@ async fn replicated_volumes_move_every_copy_share_one_cold_object_and_come_back(
     check_everywhere(&setup, &others, &blobs, &deleted).await;
     // It comes back stale and catches up from the other cold copies.
     setup.cluster.start_volume(lead);
-    wait_healthy(&client, volume, "the cold copy never caught up").await;
+    wait_healthy(&client, volume, "the cold copy to catch up").await;
     // With the other copies down, the one that missed the delete serves
     // alone: the deleted blob stays deleted.
     for &i in &others {
-        setup.cluster.volumes[i].take().unwrap().kill();
+        setup.cluster.kill_volume(i);
     }
     check_everywhere(&setup, &[lead], &blobs, &deleted).await;
     for &i in &others {
         setup.cluster.start_volume(i);
     }
-    wait_healthy(&client, volume, "the cold copies never came back").await;
+    wait_healthy(&client, volume, "the cold copies to come back").await;
 
     // cold -> hot: the first copy downloads, the other cold copies are
     // dropped (the last with the object), and repair brings the volume back
@@ -1050,13 +1031,13 @@ async fn a_cold_copy_lost_for_good_is_made_again_on_another_server() {
     s3.create_bucket(BUCKET).await;
     let config = config_dir.path().join("volume.toml");
     std::fs::write(&config, s3.volume_config("")).unwrap();
-    let cluster = Cluster::start_replicated(
-        &["a", "b", "c", "a"],
-        3,
-        &["--repair-after", "2s"],
-        &["--config", config.to_str().unwrap()],
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .zones(&["a", "b", "c", "a"])
+        .replication(3)
+        .directory_args(["--repair-after", "2s"])
+        .volume_args(["--config", config.to_str().unwrap()])
+        .start()
+        .await;
     let mut setup = Setup {
         cluster,
         s3,
@@ -1078,33 +1059,26 @@ async fn a_cold_copy_lost_for_good_is_made_again_on_another_server() {
     assert_eq!(cold.len(), 3, "{cold:?}");
     let holders: Vec<String> = cold.iter().map(|(s, _)| s.clone()).collect();
     let lost = holders[1].clone();
-    setup.cluster.volumes[support::server_index(&lost)]
-        .take()
-        .unwrap()
-        .kill();
+    setup.cluster.kill_volume(support::server_index(&lost));
     // After repair_after, the fourth server gets a cold copy (the index of
     // the same object), verified against the object, in the lost one's place.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let fresh = loop {
+    let fresh = eventually(secs(60), "the lost cold copy replaced", async || {
         let (now, health) = copies(&client, volume).await;
         let whole = health == hayloft_proto::VolumeHealth::Ok as i32
             && now.len() == 3
             && now
                 .iter()
                 .all(|(s, t)| *s != lost && *t == ProtoTier::Cold as i32);
-        if whole {
-            break now
-                .into_iter()
-                .map(|(s, _)| s)
-                .find(|s| !holders.contains(s))
-                .unwrap();
+        if !whole {
+            return Err(now);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the lost cold copy was not replaced: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+        Ok(now
+            .into_iter()
+            .map(|(s, _)| s)
+            .find(|s| !holders.contains(s))
+            .unwrap())
+    })
+    .await;
     let fresh = support::server_index(&fresh);
     let files = files_on(&setup, fresh, volume);
     assert!(

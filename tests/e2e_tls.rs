@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{Access, Cluster, hayloft};
+use support::{Access, Cluster, eventually, hayloft, secs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A certificate authority made by the test, in `dir`.
@@ -211,7 +211,7 @@ fn port_and_path(url: &str) -> (u16, String) {
 async fn directory_metric(cluster: &Cluster, name: &str) -> f64 {
     let text = reqwest::get(format!(
         "http://127.0.0.1:{}/metrics",
-        cluster.directory_metrics_port
+        cluster.directory_metrics_port()
     ))
     .await
     .unwrap()
@@ -240,18 +240,18 @@ async fn a_cluster_over_mutual_tls_serves_its_own_and_turns_strangers_away() {
     // Every heartbeat, volume creation and forwarded write below goes over
     // TLS with the servers' own certificates: the directory and the volume
     // servers all require one.
-    let cluster = Cluster::start_replicated_with(
-        &["a", "b", "c"],
-        2,
-        pki.server_args(&directory),
-        servers.iter().map(|s| pki.server_args(s)).collect(),
-        Access {
+    let cluster = Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(2)
+        .directory_args(pki.server_args(&directory))
+        .volume_args_each(servers.iter().map(|s| pki.server_args(s)))
+        .access(Access {
             token: None,
             credential,
             env: client_env(&pki.ca, Some(&client)),
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
 
     // An upload by the command line answers an https:// URL, and every
     // origin serves the blob: the two holding a copy from disk, the third by
@@ -267,7 +267,7 @@ async fn a_cluster_over_mutual_tls_serves_its_own_and_turns_strangers_away() {
         .unwrap_or_else(|| panic!("no https URL in {out}"))
         .to_owned();
     let (_, path) = port_and_path(&url);
-    for ports in &cluster.volume_ports {
+    for ports in (0..cluster.volume_count()).map(|i| cluster.volume_ports(i)) {
         let (status, body) = https_get(ports.http, &path, &pki.ca).await;
         assert_eq!(status, 200, "origin {} {path}", ports.http);
         assert!(body == content, "origin {} served other bytes", ports.http);
@@ -322,13 +322,13 @@ async fn a_cluster_over_mutual_tls_serves_its_own_and_turns_strangers_away() {
     assert!(
         reqwest::get(format!(
             "http://127.0.0.1:{}{path}",
-            cluster.volume_ports[0].http
+            cluster.volume_ports(0).http
         ))
         .await
         .is_err()
     );
     // The gRPC port refuses a handshake without a client certificate.
-    let grpc_port = cluster.volume_ports[0].grpc;
+    let grpc_port = cluster.volume_ports(0).grpc;
     let without = connect(grpc_port, &pki.ca, None, b"h2").await;
     if let Ok((mut stream, _)) = without {
         // TLS 1.3: the refusal arrives with the first read.
@@ -343,28 +343,24 @@ async fn a_cluster_over_mutual_tls_serves_its_own_and_turns_strangers_away() {
     // its ports get it; the cluster keeps working through it.
     let renewed = pki.issue("vs0");
     assert_ne!(renewed.der, servers[0].der);
-    let pid = cluster.volumes[0].as_ref().unwrap().pid();
-    // SAFETY: signalling a child process this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    let http_port = cluster.volume_ports[0].http;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, http_cert) = connect(http_port, &pki.ca, None, b"http/1.1")
-            .await
-            .unwrap();
-        let (_, grpc_cert) = connect(grpc_port, &pki.ca, Some(&client), b"h2")
-            .await
-            .unwrap();
-        if http_cert == renewed.der && grpc_cert == renewed.der {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "vs0 still presents its old certificate:\n{}",
-            support::log_tails(&cluster.log_dir())
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cluster.signal_volume(0, libc::SIGHUP);
+    let http_port = cluster.volume_ports(0).http;
+    eventually(
+        secs(20),
+        "vs0 to present its renewed certificate",
+        async || {
+            let (_, http_cert) = connect(http_port, &pki.ca, None, b"http/1.1")
+                .await
+                .unwrap();
+            let (_, grpc_cert) = connect(grpc_port, &pki.ca, Some(&client), b"h2")
+                .await
+                .unwrap();
+            (http_cert == renewed.der && grpc_cert == renewed.der)
+                .then_some(())
+                .ok_or_else(|| support::log_tails(&cluster.log_dir()))
+        },
+    )
+    .await;
     let again = rust_client
         .upload(
             bytes::Bytes::copy_from_slice(&content[..1000]),
@@ -416,26 +412,19 @@ async fn a_directory_group_over_mutual_tls_with_tokens_outlives_its_leader() {
     let tls = hayloft_proto::Credential::none()
         .with_tls_files(&pki.ca, Some((&client.cert, &client.key)))
         .unwrap();
-    let mut cluster = Cluster::start_group_with(
-        3,
-        &["a", "b"],
-        directory_args,
-        servers
-            .iter()
-            .map(|s| {
-                pki.server_args(s)
-                    .into_iter()
-                    .chain(tokens.iter().cloned())
-                    .collect()
-            })
-            .collect(),
-        Access {
+    let mut cluster = Cluster::builder()
+        .group(3)
+        .zones(&["a", "b"])
+        .directory_args(directory_args)
+        .volume_args(tokens.iter())
+        .volume_args_each(servers.iter().map(|s| pki.server_args(s)))
+        .access(Access {
             token: Some(token),
             credential: tls.clone(),
             env,
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let client = cluster.client().await;
     let first = client
         .upload(
@@ -448,7 +437,7 @@ async fn a_directory_group_over_mutual_tls_with_tokens_outlives_its_leader() {
 
     // The leader dies; the others elect one over mTLS and go on.
     let leader = cluster.leader().await;
-    cluster.group[leader].proc.take().unwrap().kill();
+    cluster.kill_node(leader);
     let next = cluster.leader().await;
     assert_ne!(next, leader);
     let second = client
@@ -518,18 +507,13 @@ async fn a_public_operator_page_without_tokens_refuses_to_start() {
     // Told --insecure, it serves the page there, and says so.
     let log = dir.path().join("insecure.log");
     let server = support::spawn(&args(true), &log);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(secs(30), "the operator page on 0.0.0.0", async || {
+        reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
+            .await
+            .map(|_| ())
+            .map_err(|_| std::fs::read_to_string(&log).unwrap())
+    })
+    .await;
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()

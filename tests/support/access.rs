@@ -1,9 +1,11 @@
 //! What the access-control tests share: a key ring with known secrets,
 //! plain HTTP reads, and waiting for an origin to guard a collection.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
+
+use super::{eventually, secs, try_eventually};
 
 pub const K1: &[u8] = b"k1-secret-k1-secret-k1-secret-k1-secret";
 pub const K2: &[u8] = b"k2-secret-k2-secret-k2-secret-k2-secret";
@@ -38,14 +40,15 @@ pub async fn get(url: &str) -> reqwest::Response {
 /// Waits until an unsigned GET of `url` is refused (403): the origin heard
 /// of the signed collections in a heartbeat's answer.
 pub async fn wait_refused(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(url).await.status() != StatusCode::FORBIDDEN {
-        assert!(
-            Instant::now() < deadline,
-            "an unsigned private read was served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        secs(10),
+        "an unsigned private read refused",
+        async || match get(url).await.status() {
+            StatusCode::FORBIDDEN => Ok(()),
+            status => Err(status),
+        },
+    )
+    .await;
 }
 
 /// The lines of the audit log at `path`, once one satisfies `last` (or
@@ -54,18 +57,19 @@ pub async fn audit_lines(
     path: &std::path::Path,
     last: impl Fn(&serde_json::Value) -> bool,
 ) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(path)
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        if lines.iter().any(&last) || Instant::now() > deadline {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .collect()
+    };
+    try_eventually(secs(15), async || {
+        let lines = read();
+        lines.iter().any(&last).then_some(lines)
+    })
+    .await
+    .unwrap_or_else(|_| read())
 }
 
 /// A `hayloft server` started from a config file: the addresses at the top
@@ -113,12 +117,8 @@ impl Embedded {
 
 /// A client of the embedded server at `addr`, once it answers.
 pub async fn connect_when_up(addr: &str) -> hayloft_client::Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match hayloft_client::Client::connect(addr).await {
-            Ok(client) => return client,
-            Err(e) => assert!(Instant::now() < deadline, "server not up: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(secs(30), "the server to answer", async || {
+        hayloft_client::Client::connect(addr).await
+    })
+    .await
 }

@@ -2,7 +2,7 @@
 //! copy directly, and waiting for the directory to say a volume is whole.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -11,7 +11,7 @@ use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{ReadRequest, ReplicaHealth, StatusResponse, VolumeHealth, VolumeRecord};
 use hayloft_storage::BlobId;
 
-use super::{Cluster, content};
+use super::{Cluster, content, eventually, secs};
 
 pub fn record<'a>(status: &'a StatusResponse, blob_id: &str) -> &'a VolumeRecord {
     let volume = blob_id.parse::<BlobId>().unwrap().volume().0;
@@ -105,8 +105,7 @@ pub async fn assert_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usiz
 /// every copy (a restarted server's copies are healthy to the directory
 /// only once its next heartbeat says so).
 pub async fn wait_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(secs(60), "every copy of every blob", async || {
         let status = wait_healthy(cluster, 3).await;
         let mut missing = Vec::new();
         for (blob_id, seed, len) in acked {
@@ -118,39 +117,31 @@ pub async fn wait_on_every_copy(cluster: &Cluster, acked: &[(String, u64, usize)
                 }
             }
         }
-        if missing.is_empty() {
-            return;
+        match missing.len() {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} copies missing, e.g. {:?}",
+                &missing[..n.min(3)]
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} copies still missing, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(3)]
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
 }
 
-/// Asks the directory for its status every 200 ms until `found` finds in it
-/// what the caller waits for; fails with `what` and the last status after
-/// `within`.
+/// Asks the directory for its status until `found` finds in it what the
+/// caller waits for; fails with `what` and the last status after `within`.
 pub async fn until_status<T>(
     client: &Client,
     within: Duration,
     what: &str,
     mut found: impl FnMut(&StatusResponse) -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + within;
-    loop {
+    eventually(within, what, async || {
         let status = client.status().await.unwrap();
-        if let Some(found) = found(&status) {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what}: {status:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        found(&status).ok_or(status)
+    })
+    .await
 }
-
 /// Waits until every volume has `copies` healthy copies.
 pub async fn wait_healthy(cluster: &Cluster, copies: usize) -> StatusResponse {
     let client = cluster.client().await;
