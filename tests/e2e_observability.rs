@@ -39,38 +39,47 @@ async fn metrics_move_as_requests_are_made() {
     let before = scrape(volume_port).await;
     for _ in 0..3 {
         client.download(&uploaded.blob_id).await.unwrap();
-        reqwest::get(format!("{}/{}", cluster.http_base(0), uploaded.blob_id))
+        let body = reqwest::get(format!("{}/{}", cluster.http_base(0), uploaded.blob_id))
+            .await
+            .unwrap()
+            .bytes()
             .await
             .unwrap();
+        assert_eq!(body.len(), 10_000);
     }
     reqwest::get(format!("{}/{}", cluster.http_base(0), "0000000100000000"))
         .await
         .unwrap();
-    // A pulse updates the gauges.
-    let after = eventually(secs(10), "a pulse to update the gauges", async || {
-        let after = scrape(volume_port).await;
-        (sample(&after, "hayloft_needles") >= 1.0
-            && sample(&after, "hayloft_index_memory_bytes") > 0.0
-            && sample(&after, r#"hayloft_disk_free_bytes{tier="hot"}"#) > 0.0
-            && sample(&after, r#"hayloft_volumes{tier="hot",state="writable"}"#) >= 1.0)
-            .then_some(after)
-    })
-    .await;
     let reads = r#"hayloft_volume_requests_total{op="grpc_read",status="OK"}"#;
+    let gets = r#"hayloft_volume_requests_total{op="http_get",status="200"}"#;
+    let not_found = r#"hayloft_volume_requests_total{op="http_get",status="404"}"#;
+    let out = r#"hayloft_volume_bytes_out_total{protocol="http"}"#;
+    // A pulse updates the gauges; a request is counted once its response
+    // has gone out, which may be a moment after the client has it all.
+    let after = eventually(
+        secs(10),
+        "the requests counted, a pulse to update the gauges",
+        async || {
+            let after = scrape(volume_port).await;
+            (sample(&after, reads) - sample(&before, reads) >= 3.0
+                && sample(&after, gets) - sample(&before, gets) >= 3.0
+                && sample(&after, out) - sample(&before, out) >= 30_000.0
+                && sample(&after, not_found) >= 1.0
+                && sample(&after, "hayloft_needles") >= 1.0
+                && sample(&after, "hayloft_index_memory_bytes") > 0.0
+                && sample(&after, r#"hayloft_disk_free_bytes{tier="hot"}"#) > 0.0
+                && sample(&after, r#"hayloft_volumes{tier="hot",state="writable"}"#) >= 1.0)
+                .then_some(after)
+        },
+    )
+    .await;
     assert_eq!(
         sample(&after, reads) - sample(&before, reads),
         3.0,
         "{after}"
     );
-    let gets = r#"hayloft_volume_requests_total{op="http_get",status="200"}"#;
     assert_eq!(sample(&after, gets) - sample(&before, gets), 3.0);
-    assert!(
-        sample(
-            &after,
-            r#"hayloft_volume_requests_total{op="http_get",status="404"}"#
-        ) >= 1.0
-    );
-    let out = r#"hayloft_volume_bytes_out_total{protocol="http"}"#;
+    assert!(sample(&after, not_found) >= 1.0);
     assert_eq!(sample(&after, out) - sample(&before, out), 30_000.0);
     assert!(sample(&after, r#"hayloft_volume_bytes_in_total{protocol="grpc"}"#) >= 10_000.0);
     assert!(after.contains("hayloft_volume_request_duration_seconds_bucket"));
