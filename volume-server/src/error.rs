@@ -3,6 +3,13 @@
 use hayloft_storage::{BlobId, Error};
 use http::StatusCode;
 
+use crate::tier::{ColdReadError, MoveError};
+
+/// Seconds a client is told to wait before retrying a read the object
+/// store could not answer (unreachable or failing), over HTTP
+/// (`Retry-After`) and gRPC (`retry-after` metadata) alike.
+pub const COLD_UNREACHABLE_RETRY_SECS: u64 = 30;
+
 /// True if the error is the operating system saying the disk is full.
 fn is_disk_full(error: &Error) -> bool {
     matches!(error, Error::Io { source, .. } if source.raw_os_error() == Some(28 /* ENOSPC */))
@@ -69,7 +76,109 @@ pub fn http_status(error: &Error) -> StatusCode {
     }
 }
 
+/// Seconds to wait before retrying a failed cold read, if retrying may
+/// help: the restore's wait for an archived object, a fixed wait for an
+/// unreachable store, none for a storage error (not found, corrupt...).
+/// HTTP and gRPC both answer with this.
+pub fn cold_retry_after(error: &ColdReadError) -> Option<u64> {
+    match error {
+        ColdReadError::Storage(_) => None,
+        ColdReadError::Archived(after) => Some(after.as_secs().max(1)),
+        ColdReadError::Unavailable(_) => Some(COLD_UNREACHABLE_RETRY_SECS),
+    }
+}
+
+/// The gRPC status of a failed cold read of `blob`: archived and
+/// unreachable are UNAVAILABLE with a `retry-after` (seconds, as
+/// [`cold_retry_after`]); a storage error as [`grpc_status`].
+pub fn cold_grpc_status(error: &ColdReadError, blob: BlobId) -> tonic::Status {
+    let mut status = match error {
+        ColdReadError::Storage(e) => return grpc_status(e, Some(blob)),
+        ColdReadError::Archived(after) => tonic::Status::unavailable(format!(
+            "blob {blob} is archived; a restore is under way, retry after {} s",
+            after.as_secs()
+        )),
+        ColdReadError::Unavailable(reason) => {
+            tonic::Status::unavailable(format!("cold storage unreachable: {reason}"))
+        }
+    };
+    if let Some(after) = cold_retry_after(error)
+        && let Ok(value) = after.to_string().parse()
+    {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}
+
+/// The HTTP answer to a failed cold read: status, body and `Retry-After`
+/// seconds (as [`cold_retry_after`]). Every "no such blob" is 404.
+pub fn cold_http(error: &ColdReadError) -> (StatusCode, &'static str, Option<u64>) {
+    let body = match error {
+        ColdReadError::Storage(e) if e.is_not_found() => {
+            return (StatusCode::NOT_FOUND, "not found\n", None);
+        }
+        ColdReadError::Storage(e) => return (http_status(e), "error reading blob\n", None),
+        ColdReadError::Archived(_) => "blob is archived; a restore is under way\n",
+        ColdReadError::Unavailable(_) => "cold storage unreachable\n",
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        body,
+        cold_retry_after(error),
+    )
+}
+
+/// The gRPC status of a tier move that failed or was refused.
+pub fn move_status(error: MoveError) -> tonic::Status {
+    use tonic::Status;
+    match error {
+        MoveError::Storage(e) => grpc_status(&e, None),
+        MoveError::Invalid(reason) => Status::failed_precondition(reason),
+        MoveError::Object(e) => Status::unavailable(e.to_string()),
+        MoveError::Mismatch(reason) => Status::data_loss(reason),
+    }
+}
+
 /// The strong entity tag of a blob (quoted), from its record checksum and size.
 pub fn etag(checksum: u32, size: u64) -> String {
     format!("\"{checksum:08x}{size:x}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_failed_cold_read_gets_the_same_wait_over_http_and_grpc() {
+        let blob = BlobId {
+            needle: hayloft_storage::NeedleId(1 << 32 | 1),
+            cookie: hayloft_storage::Cookie(0xabcdef01),
+        };
+        for error in [
+            ColdReadError::Archived(Duration::from_secs(3600)),
+            ColdReadError::Archived(Duration::from_millis(10)),
+            ColdReadError::Unavailable("connection refused".into()),
+            ColdReadError::Storage(Error::VolumeNotFound(hayloft_storage::VolumeId(1))),
+        ] {
+            let grpc = cold_grpc_status(&error, blob);
+            let grpc_wait = grpc
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let (http, _, http_wait) = cold_http(&error);
+            assert_eq!(grpc_wait, http_wait, "{error:?}");
+            assert_eq!(grpc_wait, cold_retry_after(&error));
+            if let ColdReadError::Storage(_) = error {
+                assert_eq!(http, StatusCode::NOT_FOUND);
+                assert_eq!(grpc.code(), tonic::Code::NotFound);
+                assert_eq!(http_wait, None);
+            } else {
+                assert_eq!(http, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(grpc.code(), tonic::Code::Unavailable);
+                assert!(http_wait.is_some_and(|s| s >= 1), "{error:?}");
+            }
+        }
+    }
 }

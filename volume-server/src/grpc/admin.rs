@@ -4,15 +4,6 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) fn move_status(error: MoveError) -> Status {
-    match error {
-        MoveError::Storage(e) => grpc_status(&e, None),
-        MoveError::Invalid(reason) => Status::failed_precondition(reason),
-        MoveError::Object(e) => Status::unavailable(e.to_string()),
-        MoveError::Mismatch(reason) => Status::data_loss(reason),
-    }
-}
-
 impl VolumeService {
     pub(super) async fn delete_inner(
         &self,

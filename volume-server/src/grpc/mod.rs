@@ -64,11 +64,11 @@ use hayloft_access::token::Op;
 use crate::antientropy::AntiEntropy;
 pub(crate) use crate::blocking::{blocking, task_failed};
 use crate::disk_reads::{DiskReads, ReadError, Source};
-use crate::error::{etag, grpc_status};
+use crate::error::{cold_grpc_status, etag, grpc_status, move_status};
 use crate::metrics;
 use crate::replicate::{Forward, LINKED_FORWARD_MAX, Replication};
 use crate::status::all_statuses;
-use crate::tier::{ColdReadError, MoveError, Tiering};
+use crate::tier::{ColdReadError, Tiering};
 /// The volume service.
 #[derive(Clone)]
 pub struct VolumeService {

@@ -3,25 +3,9 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// The gRPC status of a failed cold read: archived and unreachable are
-/// UNAVAILABLE, with a `retry-after` (seconds) for archived ones.
+/// The gRPC status of a failed cold read (see [`cold_grpc_status`]).
 pub(super) fn cold_status(error: ColdReadError, blob: BlobId) -> Status {
-    match error {
-        ColdReadError::Storage(e) => grpc_status(&e, Some(blob)),
-        ColdReadError::Archived(after) => {
-            let mut status = Status::unavailable(format!(
-                "blob {blob} is archived; a restore is under way, retry after {} s",
-                after.as_secs()
-            ));
-            if let Ok(value) = after.as_secs().max(1).to_string().parse() {
-                status.metadata_mut().insert("retry-after", value);
-            }
-            status
-        }
-        ColdReadError::Unavailable(reason) => {
-            Status::unavailable(format!("cold storage unreachable: {reason}"))
-        }
-    }
+    cold_grpc_status(&error, blob)
 }
 
 /// Metadata served for a blob.

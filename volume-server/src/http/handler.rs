@@ -432,20 +432,8 @@ pub(super) async fn from_cold(
         .await
     {
         Ok(needle) => return respond(state, needle, method, headers),
-        Err(ColdReadError::Storage(e)) => return read_error(&e),
-        Err(ColdReadError::Archived(retry_after)) => {
-            let mut response = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "blob is archived; a restore is under way\n",
-            );
-            insert(
-                response.headers_mut(),
-                header::RETRY_AFTER,
-                retry_after.as_secs().max(1).to_string(),
-            );
-            return response;
-        }
         Err(ColdReadError::Unavailable(reason)) => reason,
+        Err(error) => return cold_refusal(&error),
     };
     // A restore may have committed while this read was on its way: the
     // object is gone, the volume is local again. Reads never fail because a
@@ -459,13 +447,20 @@ pub(super) async fn from_cold(
         return respond(state, needle, method, headers);
     }
     tracing::warn!(%reason, "cold read failed");
-    let mut response = plain(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "cold storage unreachable\n",
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    cold_refusal(&ColdReadError::Unavailable(reason))
+}
+
+/// A failed cold read as HTTP answers it (see [`cold_http`]).
+fn cold_refusal(error: &ColdReadError) -> Response {
+    let (status, body, retry_after) = cold_http(error);
+    let mut response = plain(status, body);
+    if let Some(seconds) = retry_after {
+        insert(
+            response.headers_mut(),
+            header::RETRY_AFTER,
+            seconds.to_string(),
+        );
+    }
     response
 }
 

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::disk_reads::{DiskReads, ReadError, Source};
-use crate::error::{etag, http_status};
+use crate::error::{cold_http, etag, http_status};
 use crate::tier::ColdReadError;
 /// An origin response: the body is one chunk (a slice of the volume map),
 /// or a stream proxied from another copy.
