@@ -8,6 +8,9 @@
 //!   [`server::run`] on any addresses (port 0 included: it reports the ports
 //!   it got), stopped in order. Tests start a whole single-node hayloft
 //!   with it.
+//! - [`cluster`]: a directory and N volume servers in this process, each on
+//!   port 0 (a builder, and verbs to stop, crash and restart a server):
+//!   what the in-process tests of `hayloft-volume` and `hayloft-client` run.
 //! - [`metrics`]: the process's Prometheus `/metrics` endpoint, which also
 //!   serves the operator page ([`page`], [`page_access`]: who may see it;
 //!   [`capacity`]: the capacity report it shows).
@@ -19,6 +22,7 @@
 
 pub mod bench;
 pub mod capacity;
+pub mod cluster;
 pub mod commands;
 pub mod compact;
 pub mod daemons;
