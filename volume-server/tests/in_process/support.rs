@@ -1,6 +1,10 @@
 //! What the in-process tests share: a cluster with a client, waiting for a
 //! state, direct gRPC calls to one server.
 
+// Shared with the client's in-process tests (client/tests/in_process):
+// each binary uses part of it.
+#![allow(dead_code)]
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
