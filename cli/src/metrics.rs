@@ -67,12 +67,19 @@ pub struct MetricsEndpoint {
     /// The bound address.
     pub addr: SocketAddr,
     page: Arc<OnceLock<PageSource>>,
+    served: tokio::task::JoinHandle<()>,
 }
 
 impl MetricsEndpoint {
     /// Serves the operator page at `/` from `source` (a directory's).
     pub fn serve_page(&self, source: PageSource) {
         let _ = self.page.set(source);
+    }
+
+    /// Waits until the endpoint has stopped (its `stop` completed, its
+    /// connections drained) and its port is closed.
+    pub async fn stopped(self) {
+        let _ = self.served.await;
     }
 }
 
@@ -174,7 +181,7 @@ pub async fn serve(
         let _ = stopped_tx.send(true);
     });
     let mut server_stopped = stopped;
-    tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = server_stopped.wait_for(|stop| *stop).await;
         });
@@ -182,5 +189,9 @@ pub async fn serve(
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
-    Ok(MetricsEndpoint { addr: local, page })
+    Ok(MetricsEndpoint {
+        addr: local,
+        page,
+        served,
+    })
 }

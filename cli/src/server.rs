@@ -40,7 +40,7 @@ use hayloft_tiering::Policy;
 use hayloft_volume::{VolumeServer, VolumeServerConfig};
 use tokio::sync::oneshot;
 
-use crate::metrics::{MetricsError, PageSource};
+use crate::metrics::{MetricsEndpoint, MetricsError, PageSource};
 
 /// Why the embedded server could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +257,7 @@ pub async fn start(
         policy,
         tier_interval,
         shutdown,
-        stop_metrics,
+        (stop_metrics, metrics),
     ));
     Ok(Running {
         addresses,
@@ -282,7 +282,7 @@ async fn serve(
     policy: Policy,
     tier_interval: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    stop_metrics: oneshot::Sender<()>,
+    (stop_metrics, metrics): (oneshot::Sender<()>, Option<MetricsEndpoint>),
 ) -> Result<(), Error> {
     let (stop_volume, volume_stopped) = oneshot::channel::<()>();
     let (stop_directory, directory_stopped) = oneshot::channel::<()>();
@@ -332,6 +332,9 @@ async fn serve(
         None => directory_task.await,
     };
     let _ = stop_metrics.send(());
+    if let Some(metrics) = metrics {
+        metrics.stopped().await;
+    }
     volume_result?.map_err(Error::Volume)?;
     directory_result?.map_err(Error::Directory)?;
     if volume_early {

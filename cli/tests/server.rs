@@ -81,10 +81,15 @@ async fn an_embedded_server_on_port_zero_serves_on_the_ports_it_reports_and_stop
     stop.send(()).unwrap();
     running.stopped().await.unwrap();
     // Everything stopped: no port answers any more.
-    for addr in [addresses.directory, addresses.grpc, addresses.http, metrics] {
+    for (role, addr) in [
+        ("directory", addresses.directory),
+        ("volume gRPC", addresses.grpc),
+        ("origin", addresses.http),
+        ("metrics", metrics),
+    ] {
         assert!(
             tokio::net::TcpStream::connect(addr).await.is_err(),
-            "{addr} still answers"
+            "{role} {addr} still answers"
         );
     }
 
