@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::commands::Connection;
 
+/// `hayloft bench`'s arguments.
 #[derive(Args)]
 pub struct BenchArgs {
     /// How long each phase runs, e.g. "10s".
@@ -146,6 +147,7 @@ where
     started.elapsed()
 }
 
+/// `hayloft bench`: loads a running cluster and reports what it measured.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let client = Arc::new(args.connection.client().await?);
     let duration: Duration = args.duration.into();

@@ -12,6 +12,7 @@ use hayloft_proto::{ReplicaHealth, Tier, VolumeHealth, VolumeState};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
 
+/// Where the client commands find the cluster.
 #[derive(Args)]
 pub struct Connection {
     /// The directory's gRPC address.
@@ -20,6 +21,7 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A client of the directory, with the credential of the environment.
     pub async fn client(&self) -> anyhow::Result<Client> {
         Client::connect_with(&self.directory, credential()?)
             .await
@@ -39,6 +41,7 @@ pub fn credential() -> anyhow::Result<hayloft_proto::Credential> {
     hayloft_proto::Credential::from_env().map_err(|e| anyhow::anyhow!("{}", e.message()))
 }
 
+/// `hayloft put`'s arguments.
 #[derive(Args)]
 pub struct PutArgs {
     /// Files to upload.
@@ -63,6 +66,7 @@ pub struct PutArgs {
 /// Files `put` reads into memory and sends in one `upload_batch` at most.
 const PUT_BATCH_FILES: usize = 256;
 
+/// `hayloft put`: uploads files, printing one blob id per file.
 pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     let client = args.connection.client().await?;
     let options = |file: &PathBuf| UploadOptions {
@@ -150,6 +154,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `hayloft get`'s arguments.
 #[derive(Args)]
 pub struct GetArgs {
     /// The blob id.
@@ -161,6 +166,7 @@ pub struct GetArgs {
     connection: Connection,
 }
 
+/// `hayloft get`: downloads a blob to stdout or a file.
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let client = args.connection.client().await?;
     match &args.output {
@@ -193,6 +199,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `hayloft rm`'s arguments.
 #[derive(Args)]
 pub struct RmArgs {
     /// Blob ids to delete.
@@ -202,6 +209,7 @@ pub struct RmArgs {
     connection: Connection,
 }
 
+/// `hayloft rm`: deletes blobs.
 pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
     let client = args.connection.client().await?;
     for id in &args.ids {
@@ -213,6 +221,7 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `hayloft status`'s arguments.
 #[derive(Args)]
 pub struct StatusArgs {
     /// Bytes per tier, growth over the last day and week, when each tier
@@ -272,6 +281,7 @@ fn state_name(state: i32) -> &'static str {
 /// capacity history: a week for the weekly growth, and a day to spare.
 pub const CAPACITY_HISTORY: std::time::Duration = std::time::Duration::from_secs(8 * 86_400);
 
+/// `hayloft status`: the cluster's servers and volumes (and capacity).
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.capacity {
         let policy = crate::tier::load_policy(args.policy.as_deref())?;

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::commands::Connection;
 
+/// `hayloft compact`'s arguments.
 #[derive(Args)]
 pub struct CompactArgs {
     /// A volume to compact (repeat for several).
@@ -33,6 +34,7 @@ pub struct CompactArgs {
     connection: Connection,
 }
 
+/// `hayloft compact`: compacts volumes while they keep serving.
 pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let client = args.connection.client().await?;
     let status = client.status().await?;

@@ -1,4 +1,6 @@
-//! The server roles: `hayloft server`, `hayloft directory`, `hayloft volume`.
+//! The server roles' configuration files and signals, and the roles
+//! `hayloft directory` and `hayloft volume` (`hayloft server` is
+//! [`crate::server`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,6 +10,8 @@ use hayloft_directory::{Directory, DirectoryConfig};
 use hayloft_volume::{VolumeServer, VolumeServerConfig};
 use serde::de::DeserializeOwned;
 
+use crate::server::{Addresses, Embedded};
+
 /// Loads a TOML configuration file, or the defaults without one.
 pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     let Some(path) = path else {
@@ -16,128 +20,6 @@ pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// Where the operator page asks for what it shows: the directory (or the
-/// directory group) and what to present to it.
-#[derive(Clone)]
-pub struct PageSource {
-    /// gRPC address(es) of the directory.
-    pub directory: String,
-    /// The directory's own credential (its cluster token, its TLS client
-    /// certificate).
-    pub credential: hayloft_proto::Credential,
-    /// The directory requires tokens: the page is shown only to a viewer
-    /// presenting one, and asks with the viewer's (see `page_access`).
-    pub require_token: bool,
-}
-
-/// Refuses to serve the metrics address `addr` of a directory with
-/// `config` where it would show the cluster to anyone (see
-/// [`hayloft_access::insecure_metrics_listen`]).
-fn check_metrics_listen(addr: SocketAddr, config: &DirectoryConfig) -> anyhow::Result<()> {
-    match hayloft_access::insecure_metrics_listen(
-        addr,
-        config.require_tokens,
-        config
-            .tls
-            .as_ref()
-            .is_some_and(|tls| tls.require_client_certs),
-        config.insecure,
-    ) {
-        Some(refusal) => anyhow::bail!(refusal),
-        None => Ok(()),
-    }
-}
-
-/// The metrics endpoint of this process, and (on a directory) the
-/// operator page, served once its source is set.
-pub struct MetricsEndpoint {
-    /// The bound address.
-    pub addr: SocketAddr,
-    page: std::sync::Arc<std::sync::OnceLock<PageSource>>,
-}
-
-impl MetricsEndpoint {
-    /// Serves the operator page at `/` from `source` (a directory's).
-    pub fn serve_page(&self, source: PageSource) {
-        let _ = self.page.set(source);
-    }
-}
-
-/// Installs the Prometheus exporter for this process and serves `/metrics`
-/// on `addr` (and `/`, the operator page, once [`MetricsEndpoint::serve_page`]
-/// is called).
-pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
-    use metrics_exporter_prometheus::PrometheusBuilder;
-    // Latency buckets from 100 µs to 10 s.
-    let buckets = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        5.0, 10.0,
-    ];
-    let handle = PrometheusBuilder::new()
-        .set_buckets(&buckets)
-        .context("metrics buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics address {addr}"))?;
-    let local = listener.local_addr()?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
-    let page: std::sync::Arc<std::sync::OnceLock<PageSource>> = Default::default();
-    let source = std::sync::Arc::clone(&page);
-    let app = axum::Router::new()
-        .route(
-            "/login",
-            axum::routing::post(
-                |axum::Form(form): axum::Form<Vec<(String, String)>>| async move {
-                    crate::page_access::login(&form)
-                },
-            ),
-        )
-        .route(
-            "/logout",
-            axum::routing::post(|| async { crate::page_access::logout() }),
-        )
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let handle = handle.clone();
-                async move { handle.render() }
-            }),
-        )
-        .route(
-            "/",
-            axum::routing::get(move |headers: axum::http::HeaderMap| {
-                use axum::response::IntoResponse;
-                let source = source.get().cloned();
-                async move {
-                    match source {
-                        Some(source) => crate::page_access::answer(&source, &headers).await,
-                        None => (
-                            axum::http::StatusCode::NOT_FOUND,
-                            axum::response::Html(
-                                "no operator page here: it is served by directories".to_owned(),
-                            ),
-                        )
-                            .into_response(),
-                    }
-                }
-            }),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics endpoint stopped");
-        }
-    });
-    Ok(MetricsEndpoint { addr: local, page })
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this
@@ -210,25 +92,33 @@ const DIRECTORY_OWN: [&str; 6] = [
 const VOLUME_OWN: [&str; 4] = ["grpc_listen", "http_listen", "directory", "metrics_listen"];
 
 impl ServerConfig {
-    /// The directory's and the volume server's configs: the embedded
-    /// defaults at this file's layout, with the sections' keys over them.
-    pub fn configs(&self) -> anyhow::Result<(DirectoryConfig, VolumeServerConfig)> {
-        let addr = |given: Option<SocketAddr>, default: &str| {
-            given.unwrap_or_else(|| default.parse().expect("a valid default address"))
+    /// The embedded server's settings: the zero-configuration layout at
+    /// this file's data directory and addresses, with the sections' keys
+    /// over the directory's and the volume server's configs.
+    pub fn embedded(&self) -> anyhow::Result<Embedded> {
+        let defaults = Addresses::default();
+        let addresses = Addresses {
+            directory: self.directory_listen.unwrap_or(defaults.directory),
+            grpc: self.grpc_listen.unwrap_or(defaults.grpc),
+            http: self.http_listen.unwrap_or(defaults.http),
+            metrics: self.metrics_listen.or(defaults.metrics),
         };
-        let (directory, volume) = embedded_configs(
+        let embedded = Embedded::new(
             self.data_dir
                 .as_deref()
                 .unwrap_or_else(|| Path::new("data")),
-            addr(self.directory_listen, "127.0.0.1:9330"),
-            addr(self.grpc_listen, "127.0.0.1:9331"),
-            addr(self.http_listen, "127.0.0.1:9380"),
-            addr(self.metrics_listen, "127.0.0.1:9390"),
+            addresses,
         );
-        Ok((
-            overlay(directory, &self.directory, "directory", &DIRECTORY_OWN)?,
-            overlay(volume, &self.volume, "volume", &VOLUME_OWN)?,
-        ))
+        Ok(Embedded {
+            directory: overlay(
+                embedded.directory,
+                &self.directory,
+                "directory",
+                &DIRECTORY_OWN,
+            )?,
+            volume: overlay(embedded.volume, &self.volume, "volume", &VOLUME_OWN)?,
+            ..embedded
+        })
     }
 }
 
@@ -255,129 +145,29 @@ fn overlay<T: serde::Serialize + DeserializeOwned>(
         .with_context(|| format!("the [{name}] section"))
 }
 
-/// The configurations of the embedded `hayloft server`.
-pub fn embedded_configs(
-    data_dir: &Path,
-    directory_listen: SocketAddr,
-    grpc_listen: SocketAddr,
-    http_listen: SocketAddr,
-    metrics_listen: SocketAddr,
-) -> (DirectoryConfig, VolumeServerConfig) {
-    // One process, one metrics endpoint (carried by the directory's config).
-    let directory = DirectoryConfig {
-        listen: directory_listen,
-        data_dir: data_dir.join("directory"),
-        metrics_listen: Some(metrics_listen),
-        ..DirectoryConfig::default()
+/// Runs `hayloft server` ([`crate::server`]) until a signal, saying where
+/// it serves.
+pub async fn server(config: Embedded) -> anyhow::Result<()> {
+    let running = crate::server::start(config, shutdown_signal()).await?;
+    let addresses = running.addresses;
+    println!("hayloft server: data in {}", running.data_dir.display());
+    println!("  directory (gRPC)  {}", addresses.directory);
+    println!("  volume    (gRPC)  {}", addresses.grpc);
+    let origin = if running.origin_https {
+        "https"
+    } else {
+        "http"
     };
-    let volume = VolumeServerConfig {
-        server_id: "local".into(),
-        grpc_listen,
-        http_listen,
-        hot_dirs: vec![data_dir.join("hot")],
-        warm_dirs: vec![data_dir.join("warm")],
-        metrics_listen: None,
-        // The cold tier of the embedded default is a local directory behind
-        // the same interface as S3, so nothing else needs installing.
-        cold: Some(hayloft_tiering::ObjectStoreConfig::Local {
-            path: data_dir.join("cold"),
-        }),
-        ..VolumeServerConfig::default()
-    };
-    (directory, volume)
-}
-
-/// Runs the directory and a volume server in this process until a signal.
-pub async fn server(
-    (directory_config, mut volume_config): (DirectoryConfig, VolumeServerConfig),
-    policy: hayloft_tiering::Policy,
-    tier_interval: std::time::Duration,
-) -> anyhow::Result<()> {
-    let stop = shutdown_signal();
-    let data_dir = directory_config
-        .data_dir
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default();
-    let metrics = match directory_config.metrics_listen {
-        Some(addr) => {
-            check_metrics_listen(addr, &directory_config)?;
-            Some(serve_metrics(addr).await?)
-        }
-        None => None,
-    };
-    let require_token = directory_config.require_tokens;
-    let directory = Directory::bind(directory_config)
-        .await
-        .context("starting the directory")?;
-    if let Some(metrics) = &metrics {
-        metrics.serve_page(PageSource {
-            directory: directory.local_addr().to_string(),
-            credential: directory.credential(),
-            require_token,
-        });
-    }
-    volume_config.directory = directory.local_addr().to_string();
-    let origin_https = volume_config.tls.as_ref().is_some_and(|tls| tls.origin);
-    let volume = VolumeServer::bind(volume_config)
-        .await
-        .context("starting the volume server")?;
-    println!("hayloft server: data in {}", data_dir.display());
-    println!("  directory (gRPC)  {}", directory.local_addr());
-    println!("  volume    (gRPC)  {}", volume.grpc_addr());
-    let origin = if origin_https { "https" } else { "http" };
     println!(
         "  origin    (HTTP)  {origin}://{}/<blob id>",
-        volume.http_addr()
+        addresses.http
     );
-    if let Some(metrics) = &metrics {
-        println!("  operator page     http://{}/", metrics.addr);
-        println!("  metrics   (HTTP)  http://{}/metrics", metrics.addr);
+    if let Some(metrics) = addresses.metrics {
+        println!("  operator page     http://{metrics}/");
+        println!("  metrics   (HTTP)  http://{metrics}/metrics");
     }
     println!("try: hayloft put FILE --url; hayloft status");
-
-    let (stop_volume, volume_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (stop_directory, directory_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut volume_task = tokio::spawn(volume.serve(async {
-        let _ = volume_stopped.await;
-    }));
-    let directory_addr = directory.local_addr().to_string();
-    let worker_credential = directory.credential();
-    let mut directory_task = tokio::spawn(directory.serve(async {
-        let _ = directory_stopped.await;
-    }));
-    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
-    // The worker calls with the directory's own credential (a cluster
-    // token when the server has a key ring), not HAYLOFT_TOKEN.
-    let worker = tokio::spawn(hayloft_tiering::worker::run_as(
-        worker_credential,
-        directory_addr,
-        policy,
-        tier_interval,
-        async {
-            let _ = worker_stopped.await;
-        },
-    ));
-    tokio::select! {
-        _ = stop => {}
-        result = &mut volume_task => {
-            result?.context("volume server")?;
-            anyhow::bail!("volume server stopped unexpectedly");
-        }
-        result = &mut directory_task => {
-            result?.context("directory")?;
-            anyhow::bail!("directory stopped unexpectedly");
-        }
-    }
-    // The worker stops first (moves run on in the volume server and resume
-    // after a restart); then the volume server, so its volumes are synced
-    // while the directory still answers.
-    let _ = stop_worker.send(());
-    let _ = worker.await;
-    let _ = stop_volume.send(());
-    volume_task.await?.context("volume server")?;
-    let _ = stop_directory.send(());
-    directory_task.await?.context("directory")?;
+    running.stopped().await?;
     Ok(())
 }
 
@@ -386,7 +176,7 @@ pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
     let stop = shutdown_signal();
     let metrics = config.metrics_listen;
     if let Some(addr) = metrics {
-        check_metrics_listen(addr, &config)?;
+        crate::metrics::check_listen(addr, &config)?;
     }
     let require_token = config.require_tokens;
     let directory = Directory::bind(config)
@@ -394,8 +184,8 @@ pub async fn directory(config: DirectoryConfig) -> anyhow::Result<()> {
         .context("starting the directory")?;
     println!("directory listening on {}", directory.local_addr());
     if let Some(addr) = metrics {
-        let metrics = serve_metrics(addr).await?;
-        metrics.serve_page(PageSource {
+        let metrics = crate::metrics::serve(addr, std::future::pending()).await?;
+        metrics.serve_page(crate::metrics::PageSource {
             directory: directory.local_addr().to_string(),
             credential: directory.credential(),
             require_token,
@@ -419,7 +209,9 @@ pub async fn volume(config: VolumeServerConfig) -> anyhow::Result<()> {
     if let Some(addr) = metrics {
         println!(
             "volume server metrics on http://{}/metrics",
-            serve_metrics(addr).await?.addr
+            crate::metrics::serve(addr, std::future::pending())
+                .await?
+                .addr
         );
     }
     volume.serve(stop).await?;
@@ -511,7 +303,8 @@ mod tests {
     fn the_server_example_overlays_the_embedded_defaults() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         let file: ServerConfig = load_config(Some(&root.join("server.example.toml"))).unwrap();
-        let (directory, volume) = file.configs().unwrap();
+        let embedded = file.embedded().unwrap();
+        let (directory, volume) = (embedded.directory, embedded.volume);
         // The embedded layout: one node under data/, a local cold tier.
         assert_eq!(directory.data_dir, Path::new("data/directory"));
         assert_eq!(directory.listen, "127.0.0.1:9330".parse().unwrap());
@@ -535,7 +328,8 @@ mod tests {
         // owns is refused with the section named.
         let parse = |text: &str| -> anyhow::Result<(DirectoryConfig, VolumeServerConfig)> {
             let file: ServerConfig = toml::from_str(text)?;
-            file.configs()
+            let embedded = file.embedded()?;
+            Ok((embedded.directory, embedded.volume))
         };
         let (directory, volume) = parse(
             "[directory.collections.private]\naccess = \"signed\"\n\

@@ -20,6 +20,7 @@ pub enum GroupCommand {
     RemoveNode(RemoveNodeArgs),
 }
 
+/// `hayloft directory add-node`'s arguments.
 #[derive(Args)]
 pub struct AddNodeArgs {
     /// The new node's id (unused in the group).
@@ -32,6 +33,7 @@ pub struct AddNodeArgs {
     connection: Connection,
 }
 
+/// `hayloft directory remove-node`'s arguments.
 #[derive(Args)]
 pub struct RemoveNodeArgs {
     /// The id of the node to remove.
@@ -45,6 +47,7 @@ pub struct RemoveNodeArgs {
 /// on the leader) and for two commits.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Runs a `hayloft directory` group command.
 pub async fn run(command: GroupCommand) -> anyhow::Result<()> {
     let membership = match command {
         GroupCommand::AddNode(args) => {

@@ -1,26 +1,16 @@
 //! The `hayloft` command.
 //!
-//! `main` only parses arguments and hands over to [`daemons`] (the server
-//! roles) or [`commands`] (the client commands).
+//! `main` only parses arguments and configuration and hands over to the
+//! `hayloft` library: [`hayloft::server`] (`hayloft server`), [`daemons`]
+//! (the other server roles) or the client commands ([`commands`] and the
+//! others).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-mod bench;
-mod capacity;
-mod commands;
-mod compact;
-mod daemons;
-mod group;
-mod keyring;
-mod page;
-mod page_access;
-mod repair;
-mod sign;
-mod tier;
-mod token;
+use hayloft::{bench, commands, compact, daemons, group, keyring, repair, sign, tier, token};
 
 /// hayloft: a Haystack-style blob store with hot, warm and cold tiers.
 #[derive(Parser)]
@@ -374,27 +364,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 file.grpc_listen = args.grpc_listen.or(file.grpc_listen);
                 file.http_listen = args.http_listen.or(file.http_listen);
                 file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
-                let (mut directory, mut volume) = file.configs()?;
+                let mut embedded = file.embedded()?;
+                let (directory, volume) = (&mut embedded.directory, &mut embedded.volume);
                 if let Some(keyring) = args.auth.keyring.clone() {
                     volume.keyring = Some(keyring);
                 }
                 // The directory signs grants and checks tokens with the
                 // volume server's key ring.
-                directory.keyring = directory.keyring.or_else(|| volume.keyring.clone());
+                directory.keyring = directory.keyring.take().or_else(|| volume.keyring.clone());
                 directory.require_tokens |= args.auth.require_tokens;
                 volume.require_tokens |= args.auth.require_tokens;
                 directory.insecure |= args.auth.insecure;
                 volume.insecure |= args.auth.insecure;
                 // One certificate for both, unless the file gives each its own.
-                volume.tls = args.auth.tls(volume.tls);
-                directory.tls = args.auth.tls(directory.tls.or_else(|| volume.tls.clone()));
-                let policy = tier::load_policy(args.policy.as_deref().or(file.policy.as_deref()))?;
-                let tier_interval = args
+                volume.tls = args.auth.tls(volume.tls.take());
+                directory.tls = args
+                    .auth
+                    .tls(directory.tls.take().or_else(|| volume.tls.clone()));
+                embedded.policy =
+                    tier::load_policy(args.policy.as_deref().or(file.policy.as_deref()))?;
+                embedded.tier_interval = args
                     .tier_interval
                     .map(Into::into)
                     .or(file.tier_interval)
                     .unwrap_or(std::time::Duration::from_secs(600));
-                daemons::server((directory, volume), policy, tier_interval).await
+                daemons::server(embedded).await
             }
             Command::Directory(DirectoryArgs {
                 group: Some(command),

@@ -113,7 +113,7 @@ fn signed_in(cookie: &str) -> Response {
 }
 
 /// The answer to `GET /` with `headers`, from `source`.
-pub async fn answer(source: &crate::daemons::PageSource, headers: &HeaderMap) -> Response {
+pub async fn answer(source: &crate::metrics::PageSource, headers: &HeaderMap) -> Response {
     if !source.require_token {
         return crate::page::serve(&source.directory, source.credential.clone())
             .await

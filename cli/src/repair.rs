@@ -61,6 +61,7 @@ fn print_plan(plan: &RepairResponse) {
     }
 }
 
+/// `hayloft repair`: repairs degraded volumes now (or says what it would do).
 pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let addr = &args.connection.directory;
     let directory =

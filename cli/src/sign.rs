@@ -35,6 +35,7 @@ pub struct SignArgs {
     connection: Connection,
 }
 
+/// `hayloft sign`: prints a signed URL.
 pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
     let bind = match &args.ip {
         Some(ip) => Some(

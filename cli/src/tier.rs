@@ -13,6 +13,7 @@ use hayloft_storage::Tier;
 use hayloft_tiering::{Action, Plan, Policy};
 use hayloft_tiering::{replicas, worker};
 
+/// `hayloft tier`'s arguments.
 #[derive(Args)]
 pub struct TierArgs {
     #[command(subcommand)]
@@ -90,6 +91,7 @@ enum TierCommand {
     },
 }
 
+/// The lifecycle policy a tier command plans with.
 #[derive(Args)]
 pub struct PolicyArgs {
     /// The lifecycle policy (TOML; see README). Default: the built-in policy.
@@ -138,6 +140,12 @@ min_reads_per_day = 1000
 target = "warm"
 "#;
 
+/// The built-in policy ([`DEFAULT_POLICY`]), parsed.
+pub fn default_policy() -> Policy {
+    // A constant, parsed by a test (`daemons::tests`): never fails.
+    Policy::parse(DEFAULT_POLICY).expect("the built-in policy parses")
+}
+
 /// Loads a policy file, or the built-in policy.
 pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
     let text = match path {
@@ -159,6 +167,7 @@ impl TierArgs {
     }
 }
 
+/// Runs a `hayloft tier` command.
 pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
     let directory = args.directory;
     match args.command {

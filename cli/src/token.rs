@@ -48,6 +48,7 @@ enum TokenCommand {
     },
 }
 
+/// Runs a `hayloft token` command.
 pub async fn token(args: TokenArgs) -> anyhow::Result<()> {
     match args.command {
         TokenCommand::Revoke {

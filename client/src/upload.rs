@@ -37,6 +37,24 @@ pub struct Uploaded {
 /// Attempts per upload (each with a fresh id) and per download.
 pub(crate) const ATTEMPTS: usize = 4;
 
+/// The last failure of an upload that was tried [`ATTEMPTS`] times, each
+/// with a fresh id: the same code, and a message that says so and names the
+/// server of the last attempt ("Unavailable: tcp connect error" alone does
+/// not say which server, nor that it was retried).
+pub(crate) fn gave_up(error: Error, server_id: &str, addr: &str) -> Error {
+    match error {
+        Error::Status(status) => Error::Status(tonic::Status::new(
+            status.code(),
+            format!(
+                "upload failed {ATTEMPTS} times, each with a new id; the last attempt, on \
+                 server {server_id} ({addr}): {}",
+                status.message()
+            ),
+        )),
+        other => other,
+    }
+}
+
 /// The messages of one `Write` call: the header, then the chunks.
 ///
 /// A task reads the source into a channel of two messages, so memory stays
@@ -219,6 +237,9 @@ impl Client {
                         .await;
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                     last_error = Some(error);
+                }
+                Err(error) if retry_upload(&error) => {
+                    return Err(gave_up(error, &location.server_id, &location.grpc_addr));
                 }
                 Err(error) => return Err(error),
             }

@@ -1,0 +1,22 @@
+//! The volume server in process: directories and volume servers started by
+//! [`hayloft::cluster`] on port 0, driven over gRPC and HTTP. One test
+//! binary (one link) for every room:
+//!
+//! - `replication`: replicated writes and deletes reach every copy; a copy
+//!   down fails the write; anti-entropy fills a copy that missed writes
+//!   and deletes.
+//! - `heartbeat`: servers register, report their volumes, are found dead
+//!   and come back on new ports.
+//! - `proxy`: HTTP reads on a server without the volume (proxy, redirect,
+//!   off).
+//! - `origin`: the HTTP origin's headers, ranges and preconditions.
+//! - `grpc`: reads, writes, deletes, batches and their error codes.
+
+#![allow(clippy::unwrap_used)]
+
+mod grpc;
+mod heartbeat;
+mod origin;
+mod proxy;
+mod replication;
+mod support;
