@@ -289,8 +289,8 @@ async fn sigkill_of_a_copy_during_uploads_loses_nothing() {
     cluster.kill_volume(server_index(&victim));
     // Uploads go on (on volumes placed on the three survivors, once the
     // directory has noticed the death).
-    let before = acked.lock().unwrap().len();
     noticed_dead(&client, &victim).await;
+    let before = acked.lock().unwrap().len();
     uploads_under_way(&acked, before + 21).await;
     stop.store(true, Ordering::Relaxed);
     for uploader in uploaders {
@@ -384,11 +384,22 @@ async fn a_hung_copy_fails_writes_within_the_deadline() {
     let uploaders = upload_until(&client, &stop, &acked, 6, Duration::from_secs(40));
     uploads_under_way(&acked, 60).await;
     cluster.pause_volume(3);
-    let before = acked.lock().unwrap().len();
     // The paused server is declared dead after 4 s; volumes are then placed
-    // on the other three and writes go on.
+    // on the other three and writes go on: an uploader held by a write to
+    // the hung copy is freed by --replica-timeout (2 s), so 21 more uploads
+    // come well within 20 s (writes that blocked on the hung copy for good
+    // would stall every uploader).
     noticed_dead(&client, "vs3").await;
-    uploads_under_way(&acked, before + 21).await;
+    let before = acked.lock().unwrap().len();
+    eventually(
+        secs(20),
+        "writes to go on elsewhere while a copy hangs",
+        async || {
+            let done = acked.lock().unwrap().len();
+            (done > before + 20).then_some(()).ok_or(done)
+        },
+    )
+    .await;
     let during = acked.lock().unwrap().len();
     cluster.resume_volume(3);
     stop.store(true, Ordering::Relaxed);
@@ -773,14 +784,24 @@ async fn a_repair_resumes_after_its_target_and_the_directory_die() {
         "{out}"
     );
     cluster.kill_volume(server_index(&target));
-    // And the directory, while the repair is being retried.
+    // And the directory, while the repair is being retried: once the
+    // failure is recorded (the counter moves after the job has ended; the
+    // log line comes before).
+    let failed = r#"hayloft_directory_repairs_total{result="failed"}"#;
+    let metrics = format!(
+        "http://127.0.0.1:{}/metrics",
+        cluster.directory_metrics_port()
+    );
     eventually(
         secs(30),
-        "the directory to see the repair fail",
+        "the directory to record the repair's failure",
         async || {
-            cluster
-                .log("directory.log")
-                .contains("repair failed; will try again")
+            let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+            let count = text
+                .lines()
+                .find(|l| l.starts_with(failed))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())?;
+            (count >= 1.0).then_some(())
         },
     )
     .await;

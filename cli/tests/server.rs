@@ -113,6 +113,28 @@ async fn an_embedded_server_on_port_zero_serves_on_the_ports_it_reports_and_stop
     }
     let (_, bytes) = client.download(&uploaded.blob_id).await.unwrap();
     assert_eq!(&bytes[..], b"hello, hayloft");
+    // The directory, a group of one, records its own new address too (not
+    // the first start's, which no longer answers).
+    let own = format!("1={}", running.addresses.directory);
+    let mut node = hayloft_proto::directory_client::DirectoryClient::connect(format!(
+        "http://{}",
+        running.addresses.directory
+    ))
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = node
+            .node(hayloft_proto::NodeRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.members == [own.clone()] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let url = format!("http://{}/{}", running.addresses.http, uploaded.blob_id);
     let again = http.get(&url).send().await.unwrap();
     assert_eq!(&again.bytes().await.unwrap()[..], b"hello, hayloft");

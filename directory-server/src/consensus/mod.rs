@@ -144,6 +144,9 @@ pub(crate) async fn start(
              and waits to be added (hayloft directory add-node)"
         );
     }
+    if initialized && let Some(own) = peers.get(&node_id) {
+        tokio::spawn(readdress_alone(raft.clone(), node_id, own.clone()));
+    }
     if !initialized && first && !join && in_a_group.is_none() {
         let members: std::collections::BTreeMap<u64, openraft::BasicNode> = peers
             .iter()
@@ -170,6 +173,40 @@ pub(crate) async fn start(
         }
     }
     Ok(raft)
+}
+
+/// A group of one whose node now listens on another address (port 0, or a
+/// changed `--listen`) records the new one once it leads, so status and
+/// joining nodes do not see the old address. Only for a group of this node
+/// alone: there, replacing its own entry cannot split anything; in a larger
+/// group an address changes by removing and adding the node.
+async fn readdress_alone(raft: Raft, node_id: u64, own: String) {
+    let leading = raft
+        .wait(None)
+        .metrics(
+            |m| m.state.is_leader() && m.current_leader == Some(node_id),
+            "leader",
+        )
+        .await;
+    let Ok(metrics) = leading else {
+        return;
+    };
+    let membership = metrics.membership_config.membership();
+    let alone = membership.voter_ids().eq([node_id]) && membership.learner_ids().next().is_none();
+    let stored = membership.get_node(&node_id).map(|n| n.addr.clone());
+    if !alone || stored.as_deref() == Some(own.as_str()) {
+        return;
+    }
+    let nodes = std::collections::BTreeMap::from([(node_id, openraft::BasicNode::new(&own))]);
+    match raft
+        .change_membership(openraft::ChangeMembers::SetNodes(nodes), false)
+        .await
+    {
+        Ok(_) => tracing::info!(node = node_id, old = ?stored, new = %own,
+            "this node's address in the group updated"),
+        Err(error) => tracing::warn!(node = node_id, %error,
+            "cannot record this node's new address in the group"),
+    }
 }
 
 /// Once leader, snapshots the state taken over from a database written
