@@ -1,5 +1,9 @@
 //! End-to-end: a directory and two volume servers as separate processes,
 //! driven with the Rust client (gRPC) and reqwest (HTTP).
+//!
+//! Why one file of ~830 lines: the 6 first-contact scenarios (client, HTTP
+//! origin, CLI, operator page in a headless browser) each drive a whole
+//! cluster through many steps.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,6 +1,10 @@
 //! End-to-end: the directory as a Raft group of three `hayloft directory`
 //! processes. Leaders are SIGKILLed under uploads, every node is killed at
 //! once, and a wiped node gets the map back from a snapshot.
+//!
+//! Why one file of ~910 lines: its 8 scenarios all drive a three-node
+//! directory group of real processes (kills, pauses, wipes, the long random
+//! run) and share the group helpers at its top.
 
 #![allow(clippy::unwrap_used)]
 

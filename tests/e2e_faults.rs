@@ -1,6 +1,10 @@
 //! End-to-end faults: a volume server killed mid-upload or while the
 //! cluster starts, a dead server, failing fsyncs and chunk writes
 //! (failpoints), and a full disk.
+//!
+//! Why one file of ~640 lines: 7 fault-injection scenarios (SIGKILL under
+//! uploads, failpoints, a full disk), each long because it checks every
+//! acknowledged blob after the fault.
 
 #![allow(clippy::unwrap_used)]
 

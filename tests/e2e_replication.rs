@@ -1,5 +1,10 @@
 //! End-to-end replication: real `hayloft` processes, one directory and
 //! several volume servers in zones, killed and paused.
+//!
+//! Why one file of ~1180 lines: its 17 process scenarios share the uploader,
+//! the acknowledged-blob ledger and the death/degraded waits at its top; each
+//! scenario is long because it kills or pauses real servers and then checks
+//! every acknowledged blob on every copy.
 
 #![allow(clippy::unwrap_used)]
 

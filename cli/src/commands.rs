@@ -1,4 +1,8 @@
 //! The client commands: `put`, `get`, `rm`, `status`.
+//!
+//! Why one file of ~620 lines: `put`, `get`, `rm` and `status` share the
+//! connection arguments and the status printer; most of the length is
+//! `--help` text and the human/JSON status output.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -1,6 +1,14 @@
 //! The directory's error type and its mapping to gRPC codes.
+//!
+//! Each variant carries what it is about (a volume, a server, a node, how
+//! long was waited) rather than a sentence built where it happened; the
+//! message is made here, and [`Error::code`] decides the gRPC code in one
+//! place.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::replicated::Applied;
 
 /// What can go wrong in the directory.
 #[derive(Debug, thiserror::Error)]
@@ -17,18 +25,74 @@ pub enum Error {
     /// The gRPC server could not start.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The request is malformed.
+    /// A blocking task failed to run.
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+
+    /// The configuration cannot work (checked at start): which setting,
+    /// and why.
     #[error("{0}")]
-    InvalidArgument(String),
-    /// No volume server can take the request now.
+    Config(String),
+    /// The configuration would expose the cluster (listening beyond
+    /// loopback without tokens or client certificates).
     #[error("{0}")]
-    Unavailable(String),
-    /// The volume or copy named does not exist.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The request would leave the cluster worse off than it is.
+    Insecure(String),
+
+    /// A heartbeat that names no server.
+    #[error("heartbeat without {0}")]
+    BadHeartbeat(&'static str),
+    /// A blob or needle id that does not parse.
+    #[error("malformed blob or needle id {0:?}")]
+    MalformedId(String),
+    /// A volume the map does not hold.
+    #[error("volume {0} not found")]
+    VolumeNotFound(u32),
+    /// A volume with no copy on that server.
+    #[error("volume {volume} has no copy on {server}")]
+    NoCopy {
+        /// The volume.
+        volume: u32,
+        /// The server named.
+        server: String,
+    },
+    /// Taking the copy away would leave the volume without a healthy one.
+    #[error("volume {0} would have no healthy copy left")]
+    LastHealthyCopy(u32),
+    /// No volume of the collection can be created now (too few live
+    /// servers, volume ids exhausted): why, as status shows it.
     #[error("{0}")]
-    FailedPrecondition(String),
+    CannotCreate(String),
+    /// A change the leader proposed was refused when applied: the state
+    /// changed since the leader looked.
+    #[error("{0}")]
+    Refused(String),
+    /// A volume server could not be reached to create a volume's copy.
+    #[error("volume server {server} unreachable: {reason}")]
+    ServerUnreachable {
+        /// The server.
+        server: String,
+        /// What the connection said.
+        reason: String,
+    },
+    /// A volume server refused to create a volume's copy.
+    #[error("volume server {server} could not create volume {volume}: {reason}")]
+    CreateRefused {
+        /// The server.
+        server: String,
+        /// The volume.
+        volume: u32,
+        /// What it answered.
+        reason: String,
+    },
+    /// A volume server did not answer a creation in time.
+    #[error("volume server {server} did not create the volume within {waited:?}")]
+    CreateTimedOut {
+        /// The server.
+        server: String,
+        /// How long it was given.
+        waited: Duration,
+    },
+
     /// This node does not lead the directory group: ask the leader.
     #[error("{}", not_leader(*.leader, .addr.as_deref()))]
     NotLeader {
@@ -37,15 +101,97 @@ pub enum Error {
         /// The leader's gRPC address, if known.
         addr: Option<String>,
     },
-    /// The request was started but did not finish in time.
-    #[error("{0}")]
-    DeadlineExceeded(String),
-    /// Something that cannot happen did.
-    #[error("unexpected: {0}")]
-    Unexpected(String),
-    /// A blocking task failed to run.
-    #[error("internal task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    /// The node's consensus is not running (starting or stopped).
+    #[error("the directory's Raft node is not running")]
+    NotRunning,
+    /// No majority confirmed this node's leadership in time.
+    #[error("no majority of the directory group confirmed this node's leadership within {0:?}")]
+    NoMajority(Duration),
+    /// The consensus layer failed while doing something.
+    #[error("{doing}: {reason}")]
+    Consensus {
+        /// What the node was doing ("the directory group could not commit
+        /// a change"...).
+        doing: &'static str,
+        /// What openraft said.
+        reason: String,
+    },
+    /// An answer from the state machine that the caller cannot have asked
+    /// for.
+    #[error("unexpected: {0:?}")]
+    UnexpectedAnswer(Applied),
+
+    /// A node to add without an id or an address.
+    #[error("a node to add needs an id above 0 and an address")]
+    NodeWithoutAddress,
+    /// A node id that is a member at another address.
+    #[error(
+        "node {id} is already a member at {known}; remove it first to give the id another address"
+    )]
+    MemberElsewhere {
+        /// The node id.
+        id: u64,
+        /// Where it is a member.
+        known: String,
+    },
+    /// A node added as a learner that did not catch up in time.
+    #[error(
+        "node {id} at {addr} was added as a learner but has not caught up within {waited:?}; \
+         it keeps receiving the log: add it again to make it a voter, or remove it"
+    )]
+    LearnerBehind {
+        /// The node id.
+        id: u64,
+        /// Its address.
+        addr: String,
+        /// How long it was given.
+        waited: Duration,
+    },
+    /// A node the group does not have.
+    #[error("node {0} in the directory group not found")]
+    NodeNotFound(u64),
+    /// Removing the node would leave the group without a voter.
+    #[error("node {0} is the group's only voter; add another node first")]
+    OnlyVoter(u64),
+    /// The node to add does not answer.
+    #[error(
+        "the node to add does not answer at {addr} ({reason}); start it first with \
+         `hayloft directory --node-id {id} --listen {addr} --join`"
+    )]
+    NodeSilent {
+        /// The node id.
+        id: u64,
+        /// Its address.
+        addr: String,
+        /// What the call said.
+        reason: String,
+    },
+    /// Another node answers at the address given.
+    #[error("the node at {addr} is node {found}, not node {id}")]
+    WrongNode {
+        /// The node id asked for.
+        id: u64,
+        /// The address.
+        addr: String,
+        /// The node id that answered.
+        found: u64,
+    },
+    /// The node to add belongs to a group already.
+    #[error(
+        "node {id} at {addr} already belongs to a group ({members}); only an empty node \
+         started with --join can be added"
+    )]
+    NodeInAGroup {
+        /// The node id.
+        id: u64,
+        /// Its address.
+        addr: String,
+        /// The members it knows.
+        members: String,
+    },
+    /// openraft refused a membership change now (another is under way).
+    #[error("the membership cannot change now: {0}")]
+    MembershipBusy(String),
 }
 
 fn not_leader(leader: Option<u64>, addr: Option<&str>) -> String {
@@ -61,34 +207,130 @@ fn not_leader(leader: Option<u64>, addr: Option<&str>) -> String {
 /// Result with the directory [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// The gRPC code this error is answered with.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::Config(_)
+            | Error::BadHeartbeat(_)
+            | Error::MalformedId(_)
+            | Error::NodeWithoutAddress => Code::InvalidArgument,
+            Error::CannotCreate(_)
+            | Error::ServerUnreachable { .. }
+            | Error::CreateRefused { .. }
+            | Error::CreateTimedOut { .. }
+            | Error::NotLeader { .. }
+            | Error::NotRunning
+            | Error::NoMajority(_)
+            | Error::Consensus { .. } => Code::Unavailable,
+            Error::VolumeNotFound(_) | Error::NoCopy { .. } | Error::NodeNotFound(_) => {
+                Code::NotFound
+            }
+            Error::Insecure(_)
+            | Error::LastHealthyCopy(_)
+            | Error::Refused(_)
+            | Error::MemberElsewhere { .. }
+            | Error::OnlyVoter(_)
+            | Error::NodeSilent { .. }
+            | Error::WrongNode { .. }
+            | Error::NodeInAGroup { .. }
+            | Error::MembershipBusy(_) => Code::FailedPrecondition,
+            Error::LearnerBehind { .. } => Code::DeadlineExceeded,
+            Error::Corrupt(_) => Code::DataLoss,
+            Error::Db(_)
+            | Error::Io(..)
+            | Error::Transport(_)
+            | Error::Task(_)
+            | Error::UnexpectedAnswer(_) => Code::Internal,
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
-        match &error {
-            Error::InvalidArgument(_) => tonic::Status::invalid_argument(error.to_string()),
-            Error::Unavailable(_) => tonic::Status::unavailable(error.to_string()),
-            Error::NotLeader { addr, .. } => {
-                let mut status = tonic::Status::unavailable(error.to_string());
-                let metadata = status.metadata_mut();
-                metadata.insert(
-                    hayloft_proto::NOT_LEADER_METADATA,
-                    tonic::metadata::MetadataValue::from_static("1"),
-                );
-                if let Some(value) = addr.as_deref().and_then(|a| a.parse().ok()) {
-                    metadata.insert(hayloft_proto::LEADER_METADATA, value);
-                }
-                status
-            }
-            Error::NotFound(_) => tonic::Status::not_found(error.to_string()),
-            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(error.to_string()),
-            Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(error.to_string()),
-            Error::Corrupt(_) => {
-                tracing::error!(%error, "directory corruption");
-                tonic::Status::data_loss(error.to_string())
-            }
-            _ => {
-                tracing::error!(%error, "directory internal error");
-                tonic::Status::internal(error.to_string())
+        let code = error.code();
+        match code {
+            tonic::Code::DataLoss => tracing::error!(%error, "directory corruption"),
+            tonic::Code::Internal => tracing::error!(%error, "directory internal error"),
+            _ => {}
+        }
+        let mut status = tonic::Status::new(code, error.to_string());
+        if let Error::NotLeader { addr, .. } = &error {
+            let metadata = status.metadata_mut();
+            metadata.insert(
+                hayloft_proto::NOT_LEADER_METADATA,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            if let Some(value) = addr.as_deref().and_then(|a| a.parse().ok()) {
+                metadata.insert(hayloft_proto::LEADER_METADATA, value);
             }
         }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_names_what_it_is_about_with_its_code() {
+        let cases = [
+            (
+                Error::VolumeNotFound(7),
+                tonic::Code::NotFound,
+                "volume 7 not found",
+            ),
+            (
+                Error::NoCopy {
+                    volume: 7,
+                    server: "vs1".into(),
+                },
+                tonic::Code::NotFound,
+                "volume 7 has no copy on vs1",
+            ),
+            (
+                Error::LastHealthyCopy(7),
+                tonic::Code::FailedPrecondition,
+                "volume 7 would have no healthy copy left",
+            ),
+            (
+                Error::NoMajority(Duration::from_secs(2)),
+                tonic::Code::Unavailable,
+                "within 2s",
+            ),
+            (
+                Error::LearnerBehind {
+                    id: 4,
+                    addr: "h:1".into(),
+                    waited: Duration::from_secs(30),
+                },
+                tonic::Code::DeadlineExceeded,
+                "node 4 at h:1 was added as a learner but has not caught up within 30s",
+            ),
+            (
+                Error::NotLeader {
+                    leader: Some(2),
+                    addr: Some("127.0.0.1:9330".into()),
+                },
+                tonic::Code::Unavailable,
+                "the leader is node 2 at 127.0.0.1:9330",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert!(status.message().contains(message), "{}", status.message());
+        }
+        let status = tonic::Status::from(Error::NotLeader {
+            leader: Some(2),
+            addr: Some("127.0.0.1:9330".into()),
+        });
+        assert!(
+            status
+                .metadata()
+                .contains_key(hayloft_proto::LEADER_METADATA)
+        );
     }
 }

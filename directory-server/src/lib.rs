@@ -245,20 +245,19 @@ pub fn parse_peers(
     {
         let (id, addr) = peer
             .split_once('=')
-            .ok_or_else(|| Error::InvalidArgument(format!("peer {peer:?} is not id=host:port")))?;
-        let id: u64 = id.trim().parse().map_err(|_| {
-            Error::InvalidArgument(format!("peer {peer:?}: {id:?} is not a node id"))
-        })?;
+            .ok_or_else(|| Error::Config(format!("peer {peer:?} is not id=host:port")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| Error::Config(format!("peer {peer:?}: {id:?} is not a node id")))?;
         if map.insert(id, addr.trim().to_owned()).is_some() {
-            return Err(Error::InvalidArgument(format!(
-                "node id {id} is listed twice"
-            )));
+            return Err(Error::Config(format!("node id {id} is listed twice")));
         }
     }
     if map.is_empty() {
         map.insert(node_id, own.to_string());
     } else if !map.contains_key(&node_id) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Config(format!(
             "this node's id {node_id} is not among the peers {peers:?}"
         )));
     }
@@ -292,9 +291,9 @@ impl Directory {
         let tls = (config.tls.as_ref())
             .map(hayloft_access::tls::ServerTls::load)
             .transpose()
-            .map_err(|e| Error::InvalidArgument(format!("tls: {e}")))?;
+            .map_err(|e| Error::Config(format!("tls: {e}")))?;
         if config.collections.contains_key("") {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Config(
                 "[collections.\"\"]: the default collection is called `default` \
                  ([collections.default])"
                     .into(),
@@ -306,34 +305,34 @@ impl Directory {
             tls.as_ref().is_some_and(|tls| tls.requires_client_certs()),
             config.insecure,
         ) {
-            return Err(Error::FailedPrecondition(refusal));
+            return Err(Error::Insecure(refusal));
         }
         let keyring = match &config.keyring {
             Some(path) => Some(
                 hayloft_access::SharedKeyring::load(path)
-                    .map_err(|e| Error::InvalidArgument(format!("key ring: {e}")))?,
+                    .map_err(|e| Error::Config(format!("key ring: {e}")))?,
             ),
             None if config.require_tokens => {
-                return Err(Error::InvalidArgument(
+                return Err(Error::Config(
                     "require_tokens needs a key ring (keyring = \"/path/to/keyring.toml\")".into(),
                 ));
             }
             None => None,
         };
         if config.limits.http.is_some() || !config.limits.trusted_proxies.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Config(
                 "limits: a directory has no HTTP origin; set limits.http and \
                  limits.trusted_proxies on volume servers"
                     .into(),
             ));
         }
         let limits = hayloft_access::limits::RateLimits::new(&config.limits)
-            .map_err(|e| Error::InvalidArgument(format!("limits: {e}")))?;
+            .map_err(|e| Error::Config(format!("limits: {e}")))?;
         let audit = hayloft_access::audit::AuditLog::open(
             &config.audit,
             &format!("directory:{}", config.node_id),
         )
-        .map_err(|e| Error::InvalidArgument(format!("audit log: {e}")))?;
+        .map_err(|e| Error::Config(format!("audit log: {e}")))?;
         let db = {
             let path = config.data_dir.clone();
             tokio::task::spawn_blocking(move || db::Db::open(&path)).await??

@@ -1,4 +1,8 @@
 //! The `hayloft.v1.Directory` gRPC service.
+//!
+//! Why one file of ~780 lines: it is the gRPC surface: one method per RPC of
+//! `hayloft.v1.Directory`, each a thin translation to `Cluster` calls; the
+//! logic lives in `cluster/` and `repair/`.
 
 use std::sync::Arc;
 
@@ -108,9 +112,7 @@ impl DirectoryService {
 
     /// This node's Raft, for membership changes.
     fn raft(&self) -> Result<&crate::consensus::Raft> {
-        self.raft
-            .as_ref()
-            .ok_or_else(|| Error::Unavailable("the directory's Raft node is not running".into()))
+        self.raft.as_ref().ok_or(Error::NotRunning)
     }
 
     /// Hands out, with each id, a grant to write it for `ttl`, signed with
@@ -172,14 +174,15 @@ async fn grow(
         async move {
             let channel = credential
                 .endpoint(&server.grpc_addr)
-                .map_err(|e| Error::InvalidArgument(e.message().to_owned()))?
+                .map_err(|e| Error::ServerUnreachable {
+                    server: server.server_id.clone(),
+                    reason: e.message().to_owned(),
+                })?
                 .connect()
                 .await
-                .map_err(|e| {
-                    Error::Unavailable(format!(
-                        "volume server {} unreachable: {e}",
-                        server.server_id
-                    ))
+                .map_err(|e| Error::ServerUnreachable {
+                    server: server.server_id.clone(),
+                    reason: e.to_string(),
                 })?;
             let mut client = VolumeClient::new(credential.channel(channel));
             client
@@ -190,12 +193,10 @@ async fn grow(
                     replicas,
                 })
                 .await
-                .map_err(|e| {
-                    Error::Unavailable(format!(
-                        "volume server {} could not create volume {volume_id}: {}",
-                        server.server_id,
-                        e.message()
-                    ))
+                .map_err(|e| Error::CreateRefused {
+                    server: server.server_id.clone(),
+                    volume: volume_id,
+                    reason: e.message().to_owned(),
                 })?;
             Ok::<_, Error>(client)
         }
@@ -209,15 +210,16 @@ async fn grow(
             tokio::time::timeout(CREATE_TIMEOUT, call)
                 .await
                 .unwrap_or_else(|_| {
-                    Err(Error::Unavailable(format!(
-                        "volume server {server_id} did not create the volume within {CREATE_TIMEOUT:?}"
-                    )))
+                    Err(Error::CreateTimedOut {
+                        server: server_id,
+                        waited: CREATE_TIMEOUT,
+                    })
                 })
         }
     }))
     .await;
     if let Some(error) = created.iter().find_map(|r| r.as_ref().err()) {
-        let error = Error::Unavailable(error.to_string());
+        let error = Error::CannotCreate(error.to_string());
         let unreachable: Vec<String> = plan
             .servers
             .iter()

@@ -19,6 +19,11 @@
 //! Lock order: `claims` before `state`, `writer` before `state`; `claims`
 //! and `writer` are never held together. No lock is held across an fsync
 //! except `index_file` (which only the sync leader uses).
+//!
+//! Why one file of ~810 lines: the volume's state, its lock order and its
+//! file handles live here; reads, writes, the group commit, compaction and
+//! replication are already rooms in `volume/`, and what is left is the shared
+//! core they all use.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,5 +1,9 @@
 //! Behaviour of one volume: reads, writes, deletes, bad input, corruption and
 //! recovery.
+//!
+//! Why one file of ~790 lines: 20 tests of one volume's behaviour (reads,
+//! writes, deletes, bad input, corruption, recovery) over one set of helpers;
+//! splitting would duplicate them.
 
 #![allow(clippy::unwrap_used)] // test helpers may panic on setup failures
 

@@ -2,6 +2,11 @@
 //! S3-compatible server, any storage class, Glacier restores) through
 //! aws-sdk-s3, and a local directory for the embedded default, so that
 //! `hayloft server` runs with nothing else installed.
+//!
+//! Why one file of ~650 lines: the object-store interface and both of its
+//! implementations (S3 with Glacier restores, a local directory for tests and
+//! small deployments) must keep the same semantics, so they are read side by
+//! side.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -94,7 +94,7 @@ impl Cluster {
                 Applied::Refused(reason) => {
                     tracing::debug!(volume = volume_id, %reason, "needle reservation refused");
                 }
-                other => return Err(Error::Unexpected(format!("{other:?}"))),
+                other => return Err(Error::UnexpectedAnswer(other)),
             }
         }
         Ok(None)
@@ -146,8 +146,8 @@ impl Cluster {
         let servers = self.place_new_volume(tier, collection)?;
         let volume_id = match self.propose(Command::AllocateVolumeId).await? {
             Applied::VolumeId(id) => id,
-            Applied::Refused(reason) => return Err(Error::Unavailable(reason)),
-            other => return Err(Error::Unexpected(format!("{other:?}"))),
+            Applied::Refused(reason) => return Err(Error::CannotCreate(reason)),
+            other => return Err(Error::UnexpectedAnswer(other)),
         };
         self.inner.lock().creating.insert(volume_id);
         Ok(NewVolume { volume_id, servers })
@@ -177,7 +177,7 @@ impl Cluster {
                 inner
                     .problems
                     .insert(collection.to_owned(), (unix_now(), reason.clone()));
-                return Err(Error::Unavailable(reason));
+                return Err(Error::CannotCreate(reason));
             }
         };
         Ok(chosen
@@ -305,9 +305,7 @@ impl Cluster {
                 Ok(blob) => blob.volume().0,
                 Err(_) => u64::from_str_radix(id, 16)
                     .map(|needle| (needle >> 32) as u32)
-                    .map_err(|_| {
-                        Error::InvalidArgument(format!("malformed blob or needle id {id:?}"))
-                    })?,
+                    .map_err(|_| Error::MalformedId(id.clone()))?,
             };
             wanted.push(blob);
         }

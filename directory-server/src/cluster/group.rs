@@ -6,6 +6,9 @@ use futures::future::BoxFuture;
 
 use super::*;
 
+/// How long a read index may wait for a majority.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Leadership as this node's consensus sees it now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Leadership {
@@ -49,7 +52,7 @@ impl Cluster {
         self.consensus
             .get()
             .map(|c| c.as_ref())
-            .ok_or_else(|| Error::Unavailable("the directory's Raft node is not running".into()))
+            .ok_or(Error::NotRunning)
     }
 
     /// Commits `command` through the Raft log and answers what applying it
@@ -75,19 +78,11 @@ impl Cluster {
     pub async fn confirm_leadership(&self) -> Result<()> {
         let consensus = self.consensus()?;
         let started = std::time::Instant::now();
-        let confirmed = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            consensus.confirm_leadership(),
-        )
-        .await;
+        let confirmed =
+            tokio::time::timeout(READ_INDEX_TIMEOUT, consensus.confirm_leadership()).await;
         metrics::histogram!("hayloft_directory_read_index_seconds")
             .record(started.elapsed().as_secs_f64());
-        confirmed.unwrap_or_else(|_| {
-            Err(Error::Unavailable(
-                "no majority of the directory group confirmed this node's leadership within 2s"
-                    .into(),
-            ))
-        })
+        confirmed.unwrap_or(Err(Error::NoMajority(READ_INDEX_TIMEOUT)))
     }
 
     /// Ok if this node leads the directory group (setting up its soft state

@@ -12,9 +12,9 @@ impl Cluster {
     pub async fn heartbeat(&self, request: HeartbeatRequest) -> Result<Vec<VolumeReplicas>> {
         let location = request
             .server
-            .ok_or_else(|| Error::InvalidArgument("heartbeat without server".into()))?;
+            .ok_or_else(|| Error::BadHeartbeat("server"))?;
         if location.server_id.is_empty() {
-            return Err(Error::InvalidArgument("heartbeat without server id".into()));
+            return Err(Error::BadHeartbeat("server id"));
         }
         let server_id = location.server_id.clone();
         let registered = self

@@ -31,7 +31,7 @@ impl Cluster {
             })
             .await?
         {
-            Applied::Refused(reason) => Err(Error::FailedPrecondition(reason)),
+            Applied::Refused(reason) => Err(Error::Refused(reason)),
             _ => Ok(()),
         }
     }
@@ -154,12 +154,13 @@ impl Cluster {
         {
             let inner = self.inner.lock();
             let Some(row) = inner.state.volumes.get(&volume_id) else {
-                return Err(Error::NotFound(format!("volume {volume_id}")));
+                return Err(Error::VolumeNotFound(volume_id));
             };
             if !row.replicas.iter().any(|s| s == server_id) {
-                return Err(Error::NotFound(format!(
-                    "volume {volume_id} has no copy on {server_id}"
-                )));
+                return Err(Error::NoCopy {
+                    volume: volume_id,
+                    server: server_id.to_owned(),
+                });
             }
             let others_healthy = row
                 .replicas
@@ -167,9 +168,7 @@ impl Cluster {
                 .filter(|s| *s != server_id)
                 .any(|s| self.replica_health(&inner, row, s) == ReplicaHealth::Ok);
             if !others_healthy {
-                return Err(Error::FailedPrecondition(format!(
-                    "volume {volume_id} would have no healthy copy left"
-                )));
+                return Err(Error::LastHealthyCopy(volume_id));
             }
         }
         self.propose(Command::RemoveReplica {

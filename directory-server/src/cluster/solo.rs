@@ -30,10 +30,7 @@ impl Solo {
 impl Consensus for Solo {
     fn propose(&self, command: Command) -> BoxFuture<'_, Result<Applied>> {
         Box::pin(async move {
-            let cluster = self
-                .cluster
-                .upgrade()
-                .ok_or_else(|| Error::Unavailable("the cluster is gone".into()))?;
+            let cluster = self.cluster.upgrade().ok_or(Error::NotRunning)?;
             let mut index = self.index.lock();
             *index += 1;
             let position = Position {

@@ -48,9 +48,10 @@ impl Consensus for Group {
                         addr: forward.leader_node.map(|n| n.addr),
                     })
                 }
-                Err(e) => Err(Error::Unavailable(format!(
-                    "the directory group could not commit a change: {e}"
-                ))),
+                Err(e) => Err(Error::Consensus {
+                    doing: "the directory group could not commit a change",
+                    reason: e.to_string(),
+                }),
             }
         })
     }
@@ -62,9 +63,10 @@ impl Consensus for Group {
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                     Err(self.not_leader(forward))
                 }
-                Err(e) => Err(Error::Unavailable(format!(
-                    "this node could not confirm that it leads: {e}"
-                ))),
+                Err(e) => Err(Error::Consensus {
+                    doing: "this node could not confirm that it leads",
+                    reason: e.to_string(),
+                }),
             }
         })
     }

@@ -46,9 +46,7 @@ pub async fn add_node(
     credential: &hayloft_proto::Credential,
 ) -> Result<hayloft_proto::Membership> {
     if addr.trim().is_empty() || id == 0 {
-        return Err(Error::InvalidArgument(
-            "a node to add needs an id above 0 and an address".into(),
-        ));
+        return Err(Error::NodeWithoutAddress);
     }
     let (known, is_voter) = {
         let metrics = raft.metrics();
@@ -59,9 +57,10 @@ pub async fn add_node(
     };
     match known.as_deref() {
         Some(known) if known != addr => {
-            return Err(Error::FailedPrecondition(format!(
-                "node {id} is already a member at {known}; remove it first to give the id another address"
-            )));
+            return Err(Error::MemberElsewhere {
+                id,
+                known: known.to_owned(),
+            });
         }
         Some(_) if is_voter => return Ok(membership(raft)),
         _ => {}
@@ -85,10 +84,11 @@ pub async fn add_node(
         )
         .await;
     if caught_up.is_err() {
-        return Err(Error::DeadlineExceeded(format!(
-            "node {id} at {addr} was added as a learner but has not caught up within {catch_up:?}; \
-             it keeps receiving the log: add it again to make it a voter, or remove it"
-        )));
+        return Err(Error::LearnerBehind {
+            id,
+            addr: addr.to_owned(),
+            waited: catch_up,
+        });
     }
     raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
         .await
@@ -109,12 +109,10 @@ pub async fn remove_node(raft: &Raft, id: u64) -> Result<hayloft_proto::Membersh
         (voters, membership.get_node(&id).is_some())
     };
     if !member {
-        return Err(Error::NotFound(format!("node {id} in the directory group")));
+        return Err(Error::NodeNotFound(id));
     }
     if voters.len() == 1 && voters.contains(&id) {
-        return Err(Error::FailedPrecondition(format!(
-            "node {id} is the group's only voter; add another node first"
-        )));
+        return Err(Error::OnlyVoter(id));
     }
     let change = if voters.contains(&id) {
         ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -139,24 +137,24 @@ async fn probe(
 ) -> Result<()> {
     let status = hayloft_proto::ask_node(addr, PROBE_TIMEOUT, credential)
         .await
-        .map_err(|e| {
-            Error::FailedPrecondition(format!(
-                "the node to add does not answer at {addr} ({e}); start it first with \
-                 `hayloft directory --node-id {id} --listen {addr} --join`"
-            ))
+        .map_err(|e| Error::NodeSilent {
+            id,
+            addr: addr.to_owned(),
+            reason: e.to_string(),
         })?;
     if status.node_id != id {
-        return Err(Error::FailedPrecondition(format!(
-            "the node at {addr} is node {}, not node {id}",
-            status.node_id
-        )));
+        return Err(Error::WrongNode {
+            id,
+            addr: addr.to_owned(),
+            found: status.node_id,
+        });
     }
     if !member && !status.members.is_empty() {
-        return Err(Error::FailedPrecondition(format!(
-            "node {id} at {addr} already belongs to a group ({}); only an empty node started \
-             with --join can be added",
-            status.members.join(",")
-        )));
+        return Err(Error::NodeInAGroup {
+            id,
+            addr: addr.to_owned(),
+            members: status.members.join(","),
+        });
     }
     Ok(())
 }
@@ -169,9 +167,12 @@ fn write_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error
             addr: forward.leader_node.map(|n| n.addr),
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Error::FailedPrecondition(format!("the membership cannot change now: {e}"))
+            Error::MembershipBusy(e.to_string())
         }
-        e => Error::Unavailable(format!("the directory group could not change: {e}")),
+        e => Error::Consensus {
+            doing: "the directory group could not change",
+            reason: e.to_string(),
+        },
     }
 }
 

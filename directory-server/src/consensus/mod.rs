@@ -111,7 +111,7 @@ pub(crate) async fn start(
     credential: hayloft_proto::Credential,
 ) -> crate::Result<Raft> {
     use crate::Error;
-    let config = config(timing).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let config = config(timing).map_err(|e| Error::Config(format!("raft timing: {e}")))?;
     let takeover = db.has_state()? && store::position(&cluster.position())?.0.is_none();
     let raft = Raft::new(
         node_id,
@@ -123,12 +123,15 @@ pub(crate) async fn start(
         store::StateMachine::new(Arc::clone(cluster), db.handle()),
     )
     .await
-    .map_err(|e| Error::Unavailable(format!("cannot start the directory's Raft node: {e}")))?;
+    .map_err(|e| Error::Consensus {
+        doing: "cannot start the directory's Raft node",
+        reason: e.to_string(),
+    })?;
     cluster.set_consensus(Arc::new(group::Group::new(raft.clone(), node_id)));
-    let initialized = raft
-        .is_initialized()
-        .await
-        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let initialized = raft.is_initialized().await.map_err(|e| Error::Consensus {
+        doing: "cannot read the node's Raft state",
+        reason: e.to_string(),
+    })?;
     let first = peers.keys().next() == Some(&node_id);
     let in_a_group = if !initialized && first && !join && peers.len() > 1 {
         membership::peers_in_a_group(node_id, peers, &credential).await
@@ -163,9 +166,10 @@ pub(crate) async fn start(
                 openraft::error::InitializeError::NotAllowed(_),
             )) => {}
             Err(e) => {
-                return Err(Error::Unavailable(format!(
-                    "cannot initialise the directory group: {e}"
-                )));
+                return Err(Error::Consensus {
+                    doing: "cannot initialise the directory group",
+                    reason: e.to_string(),
+                });
             }
         }
         if takeover && peers.len() > 1 {

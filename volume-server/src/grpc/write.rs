@@ -1,5 +1,10 @@
 //! Writes: a client's blob to its id's primary copy, forwarded to the
 //! other copies, acknowledged once every copy is durable.
+//!
+//! Why one file of ~610 lines: one streamed write is one protocol (id check,
+//! grant, streaming to the primary, forwarding to the copies, the durable
+//! acknowledgement), read top to bottom; the batch and ordered answers are
+//! already in `answers.rs`.
 
 #[allow(unused_imports)]
 use super::*;
