@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hayloft_proto::ServerLocation;
+use hayloft_proto::{ServerLocation, Tier, VolumeState};
 use prost::Message;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -57,8 +57,10 @@ pub enum Command {
     /// missed a forwarded write or delete (stale until they catch up).
     VolumeReported {
         volume_id: u32,
-        state: i32,
-        tier: i32,
+        #[serde(with = "as_i32")]
+        state: VolumeState,
+        #[serde(with = "as_i32")]
+        tier: Tier,
         stale: Vec<String>,
     },
     /// A stale copy has caught up (verified).
@@ -212,6 +214,25 @@ impl Replicated {
     }
 }
 
+/// A wire enum in a command as the log has always stored it: its `i32`
+/// (an unknown value, from a newer node, reads as the default).
+mod as_i32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer, E: Copy + Into<i32>>(
+        value: &E,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i32((*value).into())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, E: TryFrom<i32> + Default>(
+        deserializer: D,
+    ) -> Result<E, D::Error> {
+        Ok(E::try_from(i32::deserialize(deserializer)?).unwrap_or_default())
+    }
+}
+
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|_| Error::Corrupt("undecodable record in a Raft entry"))
 }
@@ -281,8 +302,8 @@ fn apply_command(
             let Some(row) = map.volumes.get_mut(&volume_id) else {
                 return Ok(Applied::Done);
             };
-            row.state = state;
-            row.tier = tier;
+            row.state = state as i32;
+            row.tier = tier as i32;
             for server in stale {
                 if row.replicas.contains(&server) && !row.stale.contains(&server) {
                     row.stale.push(server);
@@ -499,8 +520,8 @@ mod tests {
             },
             Command::VolumeReported {
                 volume_id: 1,
-                state: 2,
-                tier: 1,
+                state: VolumeState::Sealed,
+                tier: Tier::Hot,
                 stale: vec!["b".into(), "nobody".into()],
             },
             Command::RepairStarted {
@@ -529,6 +550,39 @@ mod tests {
             volume(2, &["a"]),
             Command::ForgetVolume { volume_id: 2 },
         ]
+    }
+
+    #[test]
+    fn commands_keep_the_log_format_of_earlier_releases() {
+        // Enums travel as their i32, as when the command held raw i32s: a
+        // log written before reads the same, and entries written now read
+        // on a node not yet upgraded.
+        let old = format!(
+            r#"{{"VolumeReported":{{"volume_id":7,"state":{},"tier":{},"stale":["vs1"]}}}}"#,
+            VolumeState::Sealed as i32,
+            Tier::Warm as i32
+        );
+        let command: Command = serde_json::from_str(&old).unwrap();
+        assert!(matches!(
+            &command,
+            Command::VolumeReported {
+                volume_id: 7,
+                state: VolumeState::Sealed,
+                tier: Tier::Warm,
+                stale,
+            } if stale == &["vs1"]
+        ));
+        assert_eq!(serde_json::to_string(&command).unwrap(), old);
+        let unknown = r#"{"VolumeReported":{"volume_id":7,"state":99,"tier":99,"stale":[]}}"#;
+        let command: Command = serde_json::from_str(unknown).unwrap();
+        assert!(matches!(
+            command,
+            Command::VolumeReported {
+                state: VolumeState::Unspecified,
+                tier: Tier::Unspecified,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -631,8 +685,8 @@ mod tests {
         machine.apply(volume(1, &["a", "b", "c"]));
         machine.apply(Command::VolumeReported {
             volume_id: 1,
-            state: 1,
-            tier: 1,
+            state: VolumeState::Writable,
+            tier: Tier::Hot,
             stale: vec!["a".into()],
         });
         // The primary's copy is replaced: the new one is the primary, and

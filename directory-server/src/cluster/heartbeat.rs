@@ -102,8 +102,8 @@ impl Cluster {
                 if state != row.state || status.tier != row.tier || !stale.is_empty() {
                     commands.push(Command::VolumeReported {
                         volume_id: row.id,
-                        state,
-                        tier: status.tier,
+                        state: VolumeState::try_from(state).unwrap_or_default(),
+                        tier: Tier::try_from(status.tier).unwrap_or_default(),
                         stale,
                     });
                 }
