@@ -17,6 +17,8 @@
 //!   viewer wherever the read lands.
 //! - [`tls`]: TLS for gRPC and the HTTP origin, client certificates between
 //!   servers, reloaded without a restart ([`reload`]).
+//! - [`grpc`]: the gate in front of a server's gRPC services (tokens,
+//!   scopes, revocations, quotas, audit); [`keyring`]: the key ring file.
 
 pub mod audit;
 pub mod grpc;

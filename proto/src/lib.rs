@@ -7,6 +7,9 @@
 //! - `Raft`: messages between the nodes of a directory group.
 //! - [`Directories`]: calls to a directory group that find its leader.
 //! - [`Credential`]: the token a client sends with every call.
+//! - The seams shared by every crate above this one: the one conversion
+//!   between the wire [`Tier`] and the storage tier, the wall clock
+//!   ([`unix_now`]) and the default addresses ([`DEFAULT_DIRECTORY`]...).
 
 /// Generated messages, clients and servers of `hayloft.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -14,6 +14,11 @@
 //! - [`recovery`]: what opening a volume does after a crash.
 //! - [`store`]: all volumes of a server across its hot and warm disks.
 //! - `file`, `mapped`, [`meta`]: file I/O, the memory map, the volume state file.
+//! - [`cold`]: a volume whose data file is an object in the cold store (its
+//!   index stays local); [`moves`]: tier moves that survive a crash.
+//! - [`space`]: each disk's free-space reserve.
+//! - [`types`]: ids, cookies, tiers, and the one wall clock (`unix_now`).
+//! - [`error`]: the typed errors; [`failpoint`]: faults injected by tests.
 //!
 //! The invariants this crate keeps (see ARCHITECTURE.md): an acknowledged
 //! write is never lost or read back wrong; every record carries checksums
