@@ -27,7 +27,7 @@ use futures::StreamExt;
 use hayloft_proto::{
     FetchNeedleRequest, ListNeedlesRequest, NeedleDigestsRequest, ServerLocation, SyncProgress,
 };
-use hayloft_storage::moves::Throttle;
+use hayloft_storage::Throttle;
 use hayloft_storage::{BlobId, Cookie, NeedleId, NeedleMeta, Store, Volume, VolumeId};
 use parking_lot::Mutex;
 use tonic::Status;

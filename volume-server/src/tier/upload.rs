@@ -58,7 +58,7 @@ impl Tiering {
         job.total.store(object_len, Ordering::Relaxed);
         job.step("uploading");
         let mut md5s = Vec::with_capacity(part_count as usize);
-        let mut throttle = hayloft_storage::moves::Throttle::new(self.settings_rate(job));
+        let mut throttle = hayloft_storage::Throttle::new(self.settings_rate(job));
         let mut backoff = Duration::from_millis(200);
         let mut other_errors = 0;
         let mut n = 1u64;
