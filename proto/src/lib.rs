@@ -7,6 +7,7 @@
 //! - `Raft`: messages between the nodes of a directory group.
 //! - [`Directories`]: calls to a directory group that find its leader.
 //! - [`Credential`]: the token a client sends with every call.
+//! - [`retry`]: the one retry with backoff (on `backon`).
 
 /// Generated messages, clients and servers of `hayloft.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -78,6 +79,7 @@ impl std::fmt::Display for UnspecifiedTier {
 impl std::error::Error for UnspecifiedTier {}
 
 pub mod auth;
+pub mod retry;
 pub use auth::{AuthChannel, Credential, tls_refusal};
 
 mod directories;
