@@ -7,6 +7,8 @@
 //! - `Raft`: messages between the nodes of a directory group.
 //! - [`Directories`]: calls to a directory group that find its leader.
 //! - [`Credential`]: the token a client sends with every call.
+//! - [`background`]: the one shape of every server's background jobs (a
+//!   [`background::Worker`] trait, a runner, the registry `status` lists).
 //! - [`retry`]: the one retry with backoff (on `backon`).
 
 /// Generated messages, clients and servers of `hayloft.v1`.
@@ -79,6 +81,7 @@ impl std::fmt::Display for UnspecifiedTier {
 impl std::error::Error for UnspecifiedTier {}
 
 pub mod auth;
+pub mod background;
 pub mod retry;
 pub use auth::{AuthChannel, Credential, tls_refusal};
 
