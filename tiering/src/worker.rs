@@ -389,7 +389,7 @@ impl Worker for TieringWorker {
         };
         match result {
             Ok(started) => {
-                self.last = format!("{started} action(s) started in the last round");
+                self.last = format!("last round: {started} started");
                 Ok(Step::Idle)
             }
             Err(error) => {
