@@ -57,6 +57,42 @@ async fn cli_put_get_rm_status() {
     assert!(status.contains("vs0"), "{status}");
     assert!(status.contains("writable"), "{status}");
 
+    // Every background job is listed, the same way: the directory node's
+    // own and each server's, from its heartbeat.
+    assert!(status.contains("JOBS"), "{status}");
+    let (ok, json) = eventually(secs(10), "status --json to list the jobs", async || {
+        let (ok, json) = hayloft(&cluster, &["status", "--json"]);
+        (ok && json.contains("\"heartbeat\""))
+            .then(|| (ok, json.clone()))
+            .ok_or(json)
+    })
+    .await;
+    assert!(ok, "{json}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let jobs: Vec<(String, String, String)> = json["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| {
+            let text = |key: &str| job[key].as_str().unwrap().to_owned();
+            (text("where"), text("name"), text("state"))
+        })
+        .collect();
+    for (at, name) in [
+        ("directory", "repair"),
+        ("directory", "capacity-history"),
+        ("vs0", "heartbeat"),
+        ("vs0", "free-space"),
+        ("vs0", "read-counts"),
+    ] {
+        let job = jobs.iter().find(|(w, n, _)| w == at && n == name);
+        let (_, _, state) = job.unwrap_or_else(|| panic!("{at} {name} not in {jobs:?}"));
+        assert!(
+            ["busy", "idle"].contains(&state.as_str()),
+            "{at} {name}: {state}"
+        );
+    }
+
     assert!(hayloft(&cluster, &["rm", notes_id]).0);
     let (ok, missing) = hayloft(&cluster, &["get", notes_id]);
     assert!(!ok);

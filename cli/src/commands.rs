@@ -421,7 +421,70 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         status.volumes.len(),
         status.replication.max(1)
     );
+    print_jobs(&status);
     Ok(())
+}
+
+/// Every background job of the cluster, with where it runs: the
+/// directory node's own, then each server's (from its last heartbeat).
+fn jobs(status: &hayloft_proto::StatusResponse) -> Vec<(String, &hayloft_proto::WorkerStatus)> {
+    let own = status.workers.iter().map(|w| ("directory".to_owned(), w));
+    let servers = status.servers.iter().flat_map(|s| {
+        let id = s
+            .location
+            .as_ref()
+            .map(|l| l.server_id.clone())
+            .unwrap_or_default();
+        s.workers.iter().map(move |w| (id.clone(), w))
+    });
+    own.chain(servers).collect()
+}
+
+/// The JOBS table of `hayloft status`: one line a background job, the
+/// same columns for every kind.
+fn print_jobs(status: &hayloft_proto::StatusResponse) {
+    let jobs = jobs(status);
+    if jobs.is_empty() {
+        return;
+    }
+    let now = hayloft_proto::unix_now();
+    println!();
+    println!("JOBS");
+    println!(
+        "{:<16} {:<17} {:<8} {:<28} {:<9} ERROR",
+        "WHERE", "JOB", "STATE", "PROGRESS", "NEXT RUN"
+    );
+    for (at, job) in jobs {
+        let next = if job.next_run_at == 0 {
+            "-".to_owned()
+        } else {
+            format!("in {}s", job.next_run_at.saturating_sub(now))
+        };
+        let error = if job.last_error.is_empty() {
+            "-".to_owned()
+        } else if job.consecutive_errors > 0 {
+            format!("{} ({} in a row)", job.last_error, job.consecutive_errors)
+        } else {
+            format!(
+                "{} ({}s ago)",
+                job.last_error,
+                now.saturating_sub(job.last_error_at)
+            )
+        };
+        println!(
+            "{:<16} {:<17} {:<8} {:<28} {:<9} {}",
+            at,
+            job.name,
+            job.state,
+            if job.progress.is_empty() {
+                "-"
+            } else {
+                &job.progress
+            },
+            next,
+            error
+        );
+    }
 }
 
 fn site(name: &str) -> &str {
@@ -620,5 +683,14 @@ pub fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value 
         "below_spread": status.below_spread,
         "servers": servers,
         "volumes": volumes,
+        "jobs": jobs(status)
+            .into_iter()
+            .map(|(at, w)| serde_json::json!({
+                "where": at, "name": w.name, "state": w.state, "progress": w.progress,
+                "steps": w.steps, "errors": w.errors, "consecutive_errors": w.consecutive_errors,
+                "last_error": w.last_error, "last_error_at": w.last_error_at,
+                "next_run_at": w.next_run_at,
+            }))
+            .collect::<Vec<_>>(),
     })
 }

@@ -291,21 +291,20 @@ async fn serve(
     }));
     let directory_addr = directory.local_addr().to_string();
     let worker_credential = directory.credential();
+    let directory_workers = directory.workers();
     let mut directory_task = tokio::spawn(directory.serve(async {
         let _ = directory_stopped.await;
     }));
-    let (stop_worker, worker_stopped) = oneshot::channel::<()>();
+    let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     // The worker calls with the directory's own credential (a cluster
-    // token when the server has a key ring), not HAYLOFT_TOKEN.
-    let worker = tokio::spawn(hayloft_tiering::worker::run_as(
-        worker_credential,
-        directory_addr,
-        policy,
-        tier_interval,
-        async {
-            let _ = worker_stopped.await;
-        },
-    ));
+    // token when the server has a key ring), not HAYLOFT_TOKEN; it is
+    // listed in status with the directory's background jobs.
+    let mut worker =
+        hayloft_proto::background::Runner::with_registry(worker_stopped, directory_workers);
+    worker.spawn(
+        hayloft_tiering::worker::TieringWorker::new(directory_addr, policy, tier_interval)
+            .with_credential(worker_credential),
+    );
     let mut volume_ended = None;
     let mut directory_ended = None;
     tokio::select! {
@@ -319,8 +318,8 @@ async fn serve(
     // after a restart); then the volume server, so its volumes are synced
     // while the directory still answers. One that stopped early still has
     // the others stopped after it.
-    let _ = stop_worker.send(());
-    let _ = worker.await;
+    let _ = stop_worker.send(true);
+    worker.join().await;
     let _ = stop_volume.send(());
     let volume_result = match volume_ended {
         Some(result) => result,

@@ -26,25 +26,22 @@ pub const STARTUP_WAIT: Duration = Duration::from_secs(10);
 /// Retries `call` while it fails with an error that a starting cluster gives
 /// (connection refused, UNAVAILABLE), backing off, for at most
 /// [`STARTUP_WAIT`].
-pub(crate) async fn while_starting<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T>
+pub(crate) async fn while_starting<T, Fut>(call: impl FnMut() -> Fut) -> Result<T>
 where
     Fut: Future<Output = Result<T>>,
 {
+    use backon::Retryable;
     let deadline = Instant::now() + STARTUP_WAIT;
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match call().await {
-            Err(e)
-                if (matches!(e, Error::Connect { .. }) || e.code() == Some(Code::Unavailable))
-                    && Instant::now() + pause < deadline =>
-            {
-                tracing::debug!(error = %e, "cluster not ready; waiting");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-            other => return other,
-        }
-    }
+    call.retry(hayloft_proto::retry::doubling(
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+    ))
+    .sleep(tokio::time::sleep)
+    .when(|e| matches!(e, Error::Connect { .. }) || e.code() == Some(Code::Unavailable))
+    // No pause that would end past the deadline: then the last error.
+    .adjust(|_, pause| pause.filter(|pause| Instant::now() + *pause < deadline))
+    .notify(|e, _| tracing::debug!(error = %e, "cluster not ready; waiting"))
+    .await
 }
 
 impl Client {

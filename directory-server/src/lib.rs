@@ -16,6 +16,10 @@
 //! - `service`: the `hayloft.v1.Directory` gRPC service.
 //! - [`placement`]: which servers hold a volume's copies.
 //! - [`repair`]: brings degraded volumes back to all their copies.
+//! - `history`: records the capacity history.
+//!
+//! Background jobs (the repair loop, the capacity history) are
+//! `hayloft_proto::background` workers, listed by `hayloft status`.
 //!
 //! Dependencies between them go one way: `replicated` <- `cluster` <-
 //! `consensus` <- `service`.
@@ -39,6 +43,7 @@ mod cluster;
 mod consensus;
 pub mod db;
 mod error;
+mod history;
 pub mod placement;
 pub mod repair;
 mod replicated;
@@ -281,6 +286,8 @@ pub struct Directory {
     limits: Option<Arc<hayloft_access::limits::RateLimits>>,
     audit: Option<Arc<hayloft_access::audit::AuditLog>>,
     tls: Option<Arc<hayloft_access::tls::ServerTls>>,
+    /// Its background jobs, listed by `hayloft status`.
+    workers: hayloft_proto::background::Registry,
 }
 
 impl Directory {
@@ -388,7 +395,15 @@ impl Directory {
             limits,
             audit,
             tls,
+            workers: hayloft_proto::background::Registry::default(),
         })
+    }
+
+    /// The registry `hayloft status` lists this node's background jobs
+    /// from: a runner beside the directory (the tiering worker of `hayloft
+    /// server`) lists its workers here too.
+    pub fn workers(&self) -> hayloft_proto::background::Registry {
+        self.workers.clone()
     }
 
     /// What this node presents to volume servers and the other nodes (its
@@ -408,6 +423,9 @@ impl Directory {
         // At 0 from the start, key ring or not (alerts watch it).
         metrics::gauge!(hayloft_access::STALE_METRIC).set(0.0);
         let repairs = Arc::new(repair::Repairs::default());
+        let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
+        let mut workers =
+            hayloft_proto::background::Runner::with_registry(workers_stop, self.workers.clone());
         let service = DirectoryService::new(
             Arc::clone(&self.cluster),
             Arc::clone(&repairs),
@@ -426,7 +444,8 @@ impl Directory {
             self.config.write_grant_ttl,
         )
         .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime)
-        .with_raft(self.raft.clone());
+        .with_raft(self.raft.clone())
+        .with_workers(workers.registry());
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let tls_watch = self
             .tls
@@ -448,25 +467,12 @@ impl Directory {
             self.raft.clone(),
             Arc::clone(&self.cluster),
         ));
-        let history = {
-            let cluster = Arc::clone(&self.cluster);
-            let interval = self.config.history_interval.max(Duration::from_secs(1));
-            let retention = self.config.history_retention;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(interval).await;
-                    // The leader records the history, through the log.
-                    if !cluster.is_leader() {
-                        continue;
-                    }
-                    if let Err(error) = cluster.record_capacity(retention).await {
-                        tracing::warn!(%error, "cannot record capacity history");
-                    }
-                }
-            })
-        };
-        let (stop_repair, repair_stopped) = tokio::sync::oneshot::channel::<()>();
-        let repair = tokio::spawn(repair::run(
+        workers.spawn(history::CapacityHistory {
+            cluster: Arc::clone(&self.cluster),
+            interval: self.config.history_interval.max(Duration::from_secs(1)),
+            retention: self.config.history_retention,
+        });
+        workers.spawn(repair::RepairWorker::new(
             Arc::clone(&self.cluster),
             repairs,
             repair::RepairSettings {
@@ -476,9 +482,6 @@ impl Directory {
                 credential: self.auth.credential.clone(),
             },
             self.config.pulse.max(Duration::from_millis(200)),
-            async {
-                let _ = repair_stopped.await;
-            },
         ));
         let served = tonic::transport::Server::builder()
             .layer(
@@ -502,7 +505,6 @@ impl Directory {
                 shutdown,
             )
             .await;
-        history.abort();
         raft_metrics.abort();
         if let Some(task) = forgetting {
             task.abort();
@@ -516,8 +518,8 @@ impl Directory {
         if let Some(watch) = keyring_watch {
             watch.abort();
         }
-        let _ = stop_repair.send(());
-        let _ = repair.await;
+        let _ = stop_workers.send(true);
+        workers.join().await;
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "the directory's Raft node did not stop cleanly");
         }

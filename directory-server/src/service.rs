@@ -4,6 +4,7 @@
 //! `hayloft.v1.Directory`, each a thin translation to `Cluster` calls; the
 //! logic lives in `cluster/` and `repair/`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hayloft_access::grpc::Need;
@@ -15,7 +16,7 @@ use hayloft_proto::{
     DeleteVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse, HeartbeatRequest,
     HeartbeatResponse, LookupRequest, LookupResponse, PlannedRepair, RemoveReplicaRequest,
     RemoveReplicaResponse, RepairRequest, RepairResponse, ServerLocation, SignUrlRequest,
-    SignUrlResponse, StatusRequest, StatusResponse, Tier,
+    SignUrlResponse, StatusRequest, StatusResponse, Tier, WorkerStatus,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -55,6 +56,11 @@ pub struct DirectoryService {
     url_signer: Option<Arc<hayloft_access::SharedKeyring>>,
     /// The longest lifetime `SignUrl` signs for.
     url_max_lifetime: std::time::Duration,
+    /// This node's background jobs (repair, capacity history).
+    workers: hayloft_proto::background::Registry,
+    /// Each volume server's background jobs, from its last heartbeat: the
+    /// leader's soft state, like liveness. Held only to copy in or out.
+    server_workers: parking_lot::Mutex<HashMap<String, Vec<WorkerStatus>>>,
 }
 
 /// What each `Directory` and `Raft` method asks of a token (when tokens
@@ -101,7 +107,15 @@ impl DirectoryService {
             url_signer: None,
             url_max_lifetime: std::time::Duration::from_secs(24 * 3600),
             raft: None,
+            workers: hayloft_proto::background::Registry::default(),
+            server_workers: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lists `workers` (this node's background jobs) in status.
+    pub fn with_workers(mut self, workers: hayloft_proto::background::Registry) -> Self {
+        self.workers = workers;
+        self
     }
 
     /// Adds and removes nodes of the group through `raft`.
@@ -421,7 +435,14 @@ impl DirectoryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let volumes = self.cluster.heartbeat(request.into_inner()).await?;
+        let mut request = request.into_inner();
+        if let Some(server) = &request.server {
+            let workers = std::mem::take(&mut request.workers);
+            self.server_workers
+                .lock()
+                .insert(server.server_id.clone(), workers);
+        }
+        let volumes = self.cluster.heartbeat(request).await?;
         self.cluster.update_gauges();
         Ok(Response::new(HeartbeatResponse {
             pulse_seconds: self.pulse_seconds,
@@ -436,6 +457,17 @@ impl DirectoryService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let mut status = self.cluster.status();
+        // Background jobs: each server's from its heartbeats, this node's own.
+        {
+            let server_workers = self.server_workers.lock();
+            for server in &mut status.servers {
+                let id = server.location.as_ref().map(|l| l.server_id.as_str());
+                if let Some(workers) = id.and_then(|id| server_workers.get(id)) {
+                    server.workers.clone_from(workers);
+                }
+            }
+        }
+        status.workers = self.workers.statuses();
         // This node's own ring (it signs grants, URLs and its own token).
         if let Some(why) = self.url_signer.as_ref().and_then(|ring| ring.stale()) {
             let who = format!("directory node {}", self.cluster.node_id());

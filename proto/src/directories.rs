@@ -209,7 +209,11 @@ impl Directories {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
+        // Pauses between the addresses of an election or an unreachable node.
+        let mut pauses = backon::BackoffBuilder::build(crate::retry::doubling(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ));
         loop {
             let (addr, client) = {
                 let current = self.current.lock().expect("not poisoned");
@@ -270,8 +274,9 @@ impl Directories {
                 return Err(status);
             }
             if pause {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                // Never runs out (no limit on attempts): `patience` ends it.
+                let wait = pauses.next().unwrap_or(Duration::from_millis(500));
+                tokio::time::sleep(wait).await;
             }
         }
     }

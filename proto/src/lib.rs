@@ -10,6 +10,9 @@
 //! - The seams shared by every crate above this one: the one conversion
 //!   between the wire [`Tier`] and the storage tier, the wall clock
 //!   ([`unix_now`]) and the default addresses ([`DEFAULT_DIRECTORY`]...).
+//! - [`background`]: the one shape of every server's background jobs (a
+//!   [`background::Worker`] trait, a runner, the registry `status` lists).
+//! - [`retry`]: the one retry with backoff (on `backon`).
 
 /// Generated messages, clients and servers of `hayloft.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -81,6 +84,8 @@ impl std::fmt::Display for UnspecifiedTier {
 impl std::error::Error for UnspecifiedTier {}
 
 pub mod auth;
+pub mod background;
+pub mod retry;
 pub use auth::{AuthChannel, Credential, tls_refusal};
 
 mod directories;

@@ -13,6 +13,9 @@
 //!   tombstone deletes, seal, scrub.
 //! - [`recovery`]: what opening a volume does after a crash.
 //! - [`store`]: all volumes of a server across its hot and warm disks.
+//! - [`moves`]: tier moves as persisted jobs, settled on open.
+//! - [`space`]: the free-space reserve of each disk.
+//! - [`throttle`]: the one byte-rate limit of every background copy.
 //! - `file`, `mapped`, [`meta`]: file I/O, the memory map, the volume state file.
 //! - [`cold`]: a volume whose data file is an object in the cold store (its
 //!   index stays local); [`moves`]: tier moves that survive a crash.
@@ -36,6 +39,7 @@ pub mod moves;
 pub mod recovery;
 pub mod space;
 pub mod store;
+pub mod throttle;
 pub mod types;
 pub mod volume;
 
@@ -47,6 +51,7 @@ pub use moves::MoveJob;
 pub use recovery::RecoveryReport;
 pub use space::{DiskSpace, Reserve, SpaceReport};
 pub use store::{Handle, Location, Store, StoreConfig, release_free_heap};
+pub use throttle::Throttle;
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId, unix_now};
 pub use volume::{
     BUFFERED_READ_MAX, COMPACTION_MARGIN, Claim, CompactOptions, CompactReport, DiskRead,

@@ -17,13 +17,13 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cold::{cold_paths, remove_if_exists};
 use crate::error::{Error, Result};
 use crate::file::{sync_parent, write_atomically};
+use crate::throttle::Throttle;
 use crate::types::{Tier, VolumeId};
 use crate::volume::volume_paths;
 
@@ -246,35 +246,6 @@ pub fn remove_volume_files(dir: &Path, id: VolumeId) -> Result<()> {
     sync_parent(&meta)
 }
 
-/// A byte-rate limit shared by the copies of one job.
-#[derive(Debug)]
-pub struct Throttle {
-    bytes_per_sec: u64,
-    started: Instant,
-    sent: u64,
-}
-
-impl Throttle {
-    /// At most `bytes_per_sec` (0 = unlimited).
-    pub fn new(bytes_per_sec: u64) -> Self {
-        Throttle {
-            bytes_per_sec,
-            started: Instant::now(),
-            sent: 0,
-        }
-    }
-
-    /// How long to wait before moving `n` more bytes.
-    pub fn delay_for(&mut self, n: u64) -> Duration {
-        self.sent += n;
-        if self.bytes_per_sec == 0 {
-            return Duration::ZERO;
-        }
-        let due = Duration::from_secs_f64(self.sent as f64 / self.bytes_per_sec as f64);
-        due.saturating_sub(self.started.elapsed())
-    }
-}
-
 /// Copies `len` bytes of `src` from `from` into `dst` (at the same offset),
 /// returning the CRC-32 of the bytes copied. Throttled; adds to `progress`.
 pub fn copy_range(
@@ -305,7 +276,7 @@ pub fn copy_range(
         dst.write_all(&buf[..n]).map_err(|e| Error::io(src, e))?;
         left -= n as u64;
         progress.fetch_add(n as u64, Ordering::Relaxed);
-        std::thread::sleep(throttle.delay_for(n as u64));
+        throttle.block_for(n as u64);
     }
     Ok(hasher.finalize())
 }

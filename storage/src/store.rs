@@ -18,8 +18,9 @@ use crate::cold::{
 use crate::error::{Error, Result};
 use crate::file::{available_space, sync_parent};
 use crate::format::NeedleMeta;
-use crate::moves::{self, MoveJob, Throttle, moving_paths};
+use crate::moves::{self, MoveJob, moving_paths};
 use crate::space::{DiskSpace, Reserve, SpaceReport};
+use crate::throttle::Throttle;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
 use crate::volume::{
     COMPACTION_MARGIN, Needle, NeedleWrite, Volume, VolumeConfig, VolumeStats, WriteReceipt,

@@ -630,7 +630,7 @@ impl Volume {
     /// that foreground reads keep their latency. Blocks; run it off the
     /// async executor.
     pub fn scrub_throttled(&self, bytes_per_sec: u64) -> ScrubReport {
-        let mut throttle = crate::moves::Throttle::new(bytes_per_sec);
+        let mut throttle = crate::throttle::Throttle::new(bytes_per_sec);
         let (entries, files): (Vec<(NeedleId, u64)>, _) = {
             let state = self.state.read();
             (state.index.iter().collect(), Arc::clone(&state.files))
@@ -640,7 +640,7 @@ impl Volume {
             report.checked += 1;
             match self.verify_record(&files.map, offset) {
                 Ok(decoded) if decoded.header.needle_id == id => {
-                    std::thread::sleep(throttle.delay_for(decoded.header.record_len()));
+                    throttle.block_for(decoded.header.record_len());
                 }
                 _ => report.corrupt.push(id),
             }

@@ -1,7 +1,8 @@
 //! hayloft's tiering: the cold tier's object stores ([`object`]), the
 //! lifecycle policy and its planner ([`policy`]), what a plan is made of
 //! ([`plan`]), the moves of replicated volumes ([`replicas`]), and the
-//! worker that carries plans out ([`worker`]).
+//! worker that carries plans out ([`worker`], a `hayloft_proto::background`
+//! worker).
 //!
 //! Dependencies go one way: `plan` <- `replicas` <- `policy` <- `worker`.
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use hayloft_proto::Directories;
+use hayloft_proto::background::{Failed, Runner, Step, Worker};
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
     DeleteVolumeRequest, ForgetVolumeRequest, ListMovesRequest, MoveJobStatus, MoveVolumeRequest,
@@ -44,7 +45,7 @@ pub struct Outcome {
 
 tokio::task_local! {
     /// The credential the worker's calls carry when it runs inside a server
-    /// ([`run_as`]); elsewhere, what the environment says
+    /// ([`TieringWorker::with_credential`]); elsewhere, what the environment says
     /// (`HAYLOFT_TOKEN`, `HAYLOFT_TLS_*`).
     static CREDENTIAL: hayloft_proto::Credential;
 }
@@ -318,44 +319,106 @@ pub async fn jobs(directory: &str) -> Result<Vec<(String, MoveJobStatus)>, Worke
     Ok(all)
 }
 
-/// [`run`] with every call carrying `credential` (a server's own: the
-/// worker of `hayloft server` in a cluster that requires tokens).
-pub async fn run_as(
-    credential: hayloft_proto::Credential,
+/// The tiering worker as a background worker: plans and executes every
+/// `interval`, the first round at once. A failed round is logged and
+/// tried again at the next.
+pub struct TieringWorker {
     directory: String,
     policy: Policy,
     interval: Duration,
-    stop: impl Future<Output = ()>,
-) {
-    CREDENTIAL
-        .scope(credential, run(directory, policy, interval, stop))
-        .await;
+    /// What its calls carry (none: what the environment says).
+    credential: Option<hayloft_proto::Credential>,
+    /// What the last round did.
+    last: String,
 }
 
-/// Plans and executes every `interval` until `stop` completes. Errors are
-/// logged and retried at the next round.
+impl TieringWorker {
+    /// Rounds every `interval` against `directory` by `policy`.
+    pub fn new(directory: String, policy: Policy, interval: Duration) -> Self {
+        TieringWorker {
+            directory,
+            policy,
+            interval,
+            credential: None,
+            last: String::new(),
+        }
+    }
+
+    /// Every call carrying `credential` (a server's own: the worker of
+    /// `hayloft server` in a cluster that requires tokens).
+    #[must_use]
+    pub fn with_credential(mut self, credential: hayloft_proto::Credential) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// One round: plan, then start the actions; how many started.
+    async fn round(&self) -> Result<usize, WorkerError> {
+        let (plan, status) = plan_now(&self.directory, &self.policy).await?;
+        if plan.actions.is_empty() {
+            return Ok(0);
+        }
+        let outcomes = execute(&self.directory, &self.policy, &plan, &status).await;
+        let started = outcomes.iter().filter(|o| o.result.is_ok()).count();
+        metrics::counter!("hayloft_tier_actions_started_total").increment(started as u64);
+        Ok(started)
+    }
+}
+
+impl Worker for TieringWorker {
+    fn name(&self) -> String {
+        "tiering".into()
+    }
+
+    fn progress(&self) -> String {
+        self.last.clone()
+    }
+
+    fn starts_busy(&self) -> bool {
+        true
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        let result = match &self.credential {
+            Some(credential) => CREDENTIAL.scope(credential.clone(), self.round()).await,
+            None => self.round().await,
+        };
+        match result {
+            Ok(started) => {
+                self.last = format!("last round: {started} started");
+                Ok(Step::Idle)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "tiering round failed; will retry");
+                Err(Failed::new(error))
+            }
+        }
+    }
+}
+
+/// Plans and executes every `interval` until `stop` completes (a round
+/// under way when it does is finished first). Errors are logged and
+/// retried at the next round.
 pub async fn run(
     directory: String,
     policy: Policy,
     interval: Duration,
     stop: impl Future<Output = ()>,
 ) {
-    tokio::pin!(stop);
-    loop {
-        match plan_now(&directory, &policy).await {
-            Ok((plan, status)) => {
-                if !plan.actions.is_empty() {
-                    let outcomes = execute(&directory, &policy, &plan, &status).await;
-                    let started = outcomes.iter().filter(|o| o.result.is_ok()).count();
-                    metrics::counter!("hayloft_tier_actions_started_total")
-                        .increment(started as u64);
-                }
-            }
-            Err(error) => tracing::warn!(%error, "tiering round failed; will retry"),
-        }
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
+    run_worker(TieringWorker::new(directory, policy, interval), stop).await;
+}
+
+/// Runs `worker` alone until `stop` completes.
+async fn run_worker(worker: TieringWorker, stop: impl Future<Output = ()>) {
+    // A runner of its own: `hayloft tier worker` runs nothing else.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut runner = Runner::new(stop_rx);
+    runner.spawn(worker);
+    stop.await;
+    let _ = stop_tx.send(true);
+    runner.join().await;
 }

@@ -18,16 +18,17 @@
 //! Scrub: now and then each copy checksums every needle; one that fails is
 //! copied again from another copy (the bad record becomes garbage).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use hayloft_proto::background::{Failed, Step, Worker};
 use hayloft_proto::{
     FetchNeedleRequest, ListNeedlesRequest, NeedleDigestsRequest, ServerLocation, SyncProgress,
 };
-use hayloft_storage::moves::Throttle;
+use hayloft_storage::Throttle;
 use hayloft_storage::{BlobId, Cookie, NeedleId, NeedleMeta, Store, Volume, VolumeId};
 use parking_lot::Mutex;
 use tonic::Status;
@@ -401,61 +402,122 @@ impl AntiEntropy {
             .increment(replaced);
         replaced
     }
+}
 
-    /// Every `interval`: for each local volume with other copies, pull from
-    /// each of them; scrub a volume every `scrub_interval`. Stops with `stop`.
-    pub async fn run(
-        self: Arc<Self>,
+/// The periodic pass as a background worker: every `interval`, for each
+/// local volume with other copies, pull from each of them (one volume a
+/// step); scrub a volume every `scrub_interval`. Not run with an interval
+/// of 0.
+pub struct AntiEntropyWorker {
+    anti_entropy: Arc<AntiEntropy>,
+    interval: Duration,
+    scrub_interval: Duration,
+    /// The volumes of this pass still to visit.
+    pass: VecDeque<Arc<Volume>>,
+    /// How many the pass found.
+    pass_len: usize,
+    /// The volume of the last step.
+    last: Option<VolumeId>,
+}
+
+impl AntiEntropyWorker {
+    /// The periodic pass of `anti_entropy`.
+    pub fn new(
+        anti_entropy: Arc<AntiEntropy>,
         interval: Duration,
         scrub_interval: Duration,
-        stop: impl Future<Output = ()>,
-    ) {
-        if interval.is_zero() {
-            return stop.await;
+    ) -> Self {
+        AntiEntropyWorker {
+            anti_entropy,
+            interval,
+            scrub_interval,
+            pass: VecDeque::new(),
+            pass_len: 0,
+            last: None,
         }
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            for volume in self.store.volumes() {
-                let id = volume.id().0;
-                let others = self.replication.others_of(id);
-                if others.is_empty() {
-                    continue;
-                }
-                match self.sync(id, &others, 0, false, None).await {
-                    Ok(report) if report.needles_copied + report.tombstones_copied > 0 => {
-                        tracing::info!(
-                            volume = id,
-                            needles = report.needles_copied,
-                            tombstones = report.tombstones_copied,
-                            "anti-entropy copied what was missing"
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(status) if status.code() == tonic::Code::Aborted => {}
-                    Err(status) => {
-                        tracing::warn!(volume = id, error = %status.message(), "anti-entropy failed")
-                    }
-                }
-                // The first scrub of a volume comes one scrub_interval after
-                // this server started, not all at once at start-up.
-                let due = match self.scrubbed.lock().entry(id) {
-                    std::collections::hash_map::Entry::Occupied(at) => {
-                        at.get().elapsed() >= scrub_interval
-                    }
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert(Instant::now());
-                        false
-                    }
-                };
-                if due && !scrub_interval.is_zero() {
-                    self.scrubbed.lock().insert(id, Instant::now());
-                    self.scrub(&volume, &others).await;
-                }
-            }
+    }
+
+    /// False with an interval of 0: anti-entropy only when asked (`SyncVolume`).
+    pub fn enabled(&self) -> bool {
+        !self.interval.is_zero()
+    }
+}
+
+impl Worker for AntiEntropyWorker {
+    fn name(&self) -> String {
+        "anti-entropy".into()
+    }
+
+    fn progress(&self) -> String {
+        match self.last {
+            Some(id) => format!(
+                "volume {id} ({} of {})",
+                self.pass_len - self.pass.len(),
+                self.pass_len
+            ),
+            None => String::new(),
         }
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        let this = &self.anti_entropy;
+        if self.pass.is_empty() {
+            self.pass = this.store.volumes().into();
+            self.pass_len = self.pass.len();
+        }
+        // The next volume with other copies.
+        let (volume, others) = loop {
+            let Some(volume) = self.pass.pop_front() else {
+                return Ok(Step::Idle);
+            };
+            let others = this.replication.others_of(volume.id().0);
+            if !others.is_empty() {
+                break (volume, others);
+            }
+        };
+        let id = volume.id().0;
+        self.last = Some(volume.id());
+        let then = if self.pass.is_empty() {
+            Step::Idle
+        } else {
+            Step::Busy
+        };
+        let synced = match this.sync(id, &others, 0, false, None).await {
+            Ok(report) if report.needles_copied + report.tombstones_copied > 0 => {
+                tracing::info!(
+                    volume = id,
+                    needles = report.needles_copied,
+                    tombstones = report.tombstones_copied,
+                    "anti-entropy copied what was missing"
+                );
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::Aborted => Ok(()),
+            Err(status) => {
+                tracing::warn!(volume = id, error = %status.message(), "anti-entropy failed");
+                Err(Failed::new(format!("volume {id}: {}", status.message())).then(then))
+            }
+        };
+        // The first scrub of a volume comes one scrub_interval after
+        // this server started, not all at once at start-up.
+        let due = match this.scrubbed.lock().entry(id) {
+            std::collections::hash_map::Entry::Occupied(at) => {
+                at.get().elapsed() >= self.scrub_interval
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Instant::now());
+                false
+            }
+        };
+        if due && !self.scrub_interval.is_zero() {
+            this.scrubbed.lock().insert(id, Instant::now());
+            this.scrub(&volume, &others).await;
+        }
+        synced.map(|()| then)
     }
 }

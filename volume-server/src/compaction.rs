@@ -1,11 +1,12 @@
 //! Compaction on a volume server: the periodic trigger (garbage ratio past a
-//! threshold) and the operators' `Compact` call, both over
+//! threshold; a background [`CompactionWorker`]) and the operators' `Compact` call, both over
 //! [`hayloft_storage::Volume::compact`].
 
-use std::future::Future;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hayloft_proto::background::{Failed, Step, Worker};
 use hayloft_proto::{CompactProgress, CompactRequest};
 use hayloft_storage::{CompactOptions, Store, Volume, VolumeId, VolumeStats};
 use tokio_stream::wrappers::ReceiverStream;
@@ -54,40 +55,95 @@ async fn compact_one(
     result
 }
 
-/// Checks every `interval` for volumes past the threshold and compacts them
-/// one at a time, until `stop` completes.
-pub async fn run_scheduler(
+/// The periodic trigger as a background worker: every `interval`, it
+/// lists the volumes past the threshold and compacts them one a step.
+/// Not run at all with a threshold of 0 (see [`CompactionWorker::enabled`]).
+pub struct CompactionWorker {
     store: Arc<Store>,
     settings: CompactionSettings,
-    stop: impl Future<Output = ()>,
-) {
-    if settings.threshold <= 0.0 {
-        return;
-    }
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(settings.interval) => {}
+    /// The volumes of this pass still to compact.
+    due: VecDeque<Arc<Volume>>,
+    /// How many the pass found.
+    pass: usize,
+    /// The volume of the last step.
+    last: Option<VolumeId>,
+}
+
+impl CompactionWorker {
+    /// The trigger over `store`.
+    pub fn new(store: Arc<Store>, settings: CompactionSettings) -> Self {
+        CompactionWorker {
+            store,
+            settings,
+            due: VecDeque::new(),
+            pass: 0,
+            last: None,
         }
-        let due: Vec<Arc<Volume>> = store
+    }
+
+    /// False with a threshold of 0: compaction only when asked.
+    pub fn enabled(&self) -> bool {
+        self.settings.threshold > 0.0
+    }
+
+    fn find_due(&self) -> VecDeque<Arc<Volume>> {
+        self.store
             .volumes()
             .into_iter()
             .filter(|v| {
                 let stats = v.stats();
-                stats.garbage_bytes >= settings.min_garbage_bytes
-                    && garbage_ratio(&stats) >= settings.threshold
+                stats.garbage_bytes >= self.settings.min_garbage_bytes
+                    && garbage_ratio(&stats) >= self.settings.threshold
                     && !v.is_compacting()
             })
-            .collect();
-        for volume in due {
-            let id = volume.id();
-            tracing::info!(volume = %id, "garbage past threshold: compacting");
-            match compact_one(volume, settings.bytes_per_sec).await {
-                Ok(report) => {
-                    tracing::info!(volume = %id, reclaimed = report.reclaimed(), "automatic compaction done")
-                }
-                Err(error) => tracing::warn!(volume = %id, %error, "automatic compaction failed"),
+            .collect()
+    }
+}
+
+impl Worker for CompactionWorker {
+    fn name(&self) -> String {
+        "compaction".into()
+    }
+
+    fn progress(&self) -> String {
+        match self.last {
+            Some(id) => format!(
+                "volume {id} ({} of {})",
+                self.pass - self.due.len(),
+                self.pass
+            ),
+            None => String::new(),
+        }
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.settings.interval)
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        if self.due.is_empty() {
+            self.due = self.find_due();
+            self.pass = self.due.len();
+        }
+        let Some(volume) = self.due.pop_front() else {
+            return Ok(Step::Idle);
+        };
+        let id = volume.id();
+        self.last = Some(id);
+        let then = if self.due.is_empty() {
+            Step::Idle
+        } else {
+            Step::Busy
+        };
+        tracing::info!(volume = %id, "garbage past threshold: compacting");
+        match compact_one(volume, self.settings.bytes_per_sec).await {
+            Ok(report) => {
+                tracing::info!(volume = %id, reclaimed = report.reclaimed(), "automatic compaction done");
+                Ok(then)
+            }
+            Err(error) => {
+                tracing::warn!(volume = %id, %error, "automatic compaction failed");
+                Err(Failed::new(format!("volume {id}: {error}")).then(then))
             }
         }
     }

@@ -1,10 +1,11 @@
 //! Heartbeats: every pulse (and at once when a volume is created or fills
-//! up), report this server's volumes and free space to the directory.
+//! up), report this server's volumes, free space and background jobs to
+//! the directory.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hayloft_proto::background::{Failed, Registry, Step, Worker};
 use hayloft_proto::{HeartbeatRequest, ServerLocation};
 use hayloft_storage::{Store, Tier};
 
@@ -19,6 +20,8 @@ fn request(store: &Store, tiering: &Tiering, server: &ServerLocation) -> Heartbe
         free_hot_bytes: crate::space::headroom(store, Tier::Hot),
         free_warm_bytes: crate::space::headroom(store, Tier::Warm),
         keyring_problem: String::new(),
+        // Filled in by the worker (it holds the registry).
+        workers: Vec::new(),
     }
 }
 
@@ -45,39 +48,95 @@ pub(crate) struct Heartbeat {
     pub(crate) revoked_file: Option<std::path::PathBuf>,
 }
 
-/// Sends heartbeats until `stop` completes. Failures are logged and retried
-/// at the next pulse: a directory that is down must not stop the server
-/// from serving reads and writes to ids already handed out.
-pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
-    let Heartbeat {
-        store,
-        tiering,
-        replication,
-        directory,
-        server,
-        mut pulse,
-        now,
-        access,
-        credential,
-        revoked,
-        revoked_file,
-    } = heartbeat;
-    // Follows the group's leader; a call gives up after a pulse and is
-    // sent again at the next. A node that does not answer within a couple of
-    // seconds (paused, cut off) is left for the next well before the
-    // leader's `dead_after`.
-    let directories = hayloft_proto::Directories::new(&directory).and_then(|d| {
-        d.with_credential(credential)?
-            .with_patience(pulse.min(Duration::from_secs(5)))
-            .with_call_timeout(pulse.clamp(Duration::from_secs(2), Duration::from_secs(5)))
-    });
-    let mut warned = false;
-    tokio::pin!(stop);
-    loop {
+/// Sends heartbeats, as a background worker: one a step, then waits a
+/// pulse (or less: see [`Worker::interval`]), or until woken for an early
+/// one. Failures are logged and retried at the next pulse: a directory that
+/// is down must not stop the server from serving reads and writes to ids
+/// already handed out.
+pub(crate) struct HeartbeatWorker {
+    heartbeat: Heartbeat,
+    /// The directory group, or why its address is wrong.
+    directories: Result<hayloft_proto::Directories, tonic::Status>,
+    /// The last heartbeat failed (and was logged).
+    warned: bool,
+    /// The server's background jobs, reported with every heartbeat.
+    workers: Registry,
+}
+
+impl HeartbeatWorker {
+    /// Heartbeats as `heartbeat` says, reporting `workers`.
+    pub(crate) fn new(heartbeat: Heartbeat, workers: Registry) -> Self {
+        // Follows the group's leader; a call gives up after a pulse and is
+        // sent again at the next. A node that does not answer within a couple of
+        // seconds (paused, cut off) is left for the next well before the
+        // leader's `dead_after`.
+        let pulse = heartbeat.pulse;
+        let directories = hayloft_proto::Directories::new(&heartbeat.directory).and_then(|d| {
+            d.with_credential(heartbeat.credential.clone())?
+                .with_patience(pulse.min(Duration::from_secs(5)))
+                .with_call_timeout(pulse.clamp(Duration::from_secs(2), Duration::from_secs(5)))
+        });
+        HeartbeatWorker {
+            heartbeat,
+            directories,
+            warned: false,
+            workers,
+        }
+    }
+}
+
+impl Worker for HeartbeatWorker {
+    fn name(&self) -> String {
+        "heartbeat".into()
+    }
+
+    fn progress(&self) -> String {
+        format!("every {:?}", self.heartbeat.pulse)
+    }
+
+    fn starts_busy(&self) -> bool {
+        true
+    }
+
+    /// Unheard (the directory is starting, or down): try again within a
+    /// second rather than a whole pulse, so a restarted directory learns
+    /// of this server, and the copies it holds, at once.
+    fn interval(&self) -> Option<Duration> {
+        Some(if self.warned {
+            self.heartbeat.pulse.min(Duration::from_secs(1))
+        } else {
+            self.heartbeat.pulse
+        })
+    }
+
+    fn wait_for_work(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        let wait = self.interval().unwrap_or(self.heartbeat.pulse);
+        let now = Arc::clone(&self.heartbeat.now);
+        async move {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = now.notified() => {}
+            }
+        }
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        let Heartbeat {
+            store,
+            tiering,
+            replication,
+            directory,
+            server,
+            pulse,
+            access,
+            revoked,
+            revoked_file,
+            ..
+        } = &mut self.heartbeat;
         let beat = {
-            let store = Arc::clone(&store);
+            let store = Arc::clone(store);
             let server = server.clone();
-            let tiering = Arc::clone(&tiering);
+            let tiering = Arc::clone(tiering);
             tokio::task::spawn_blocking(move || {
                 let beat = request(&store, &tiering, &server);
                 crate::metrics::update_store_gauges(&beat);
@@ -86,62 +145,62 @@ pub(crate) async fn run(heartbeat: Heartbeat, stop: impl Future<Output = ()>) {
             })
             .await
         };
-        if let Ok(mut beat) = beat {
-            beat.keyring_problem = access.keyring_problem().unwrap_or_default();
-            // Copies that missed a forward: the directory marks them stale.
-            let failures = replication.pending_failures();
-            for status in &mut beat.volumes {
-                if let Some(failed) = failures.get(&status.volume_id) {
-                    status.failed_replicas = failed.iter().cloned().collect();
-                }
-            }
-            let sent = match &directories {
-                Ok(directories) => directories
-                    .call(|mut c| {
-                        let beat = beat.clone();
-                        async move { c.heartbeat(beat).await }
-                    })
-                    .await
-                    .map_err(|e| e.message().to_owned()),
-                Err(e) => Err(e.message().to_owned()),
-            };
-            match sent {
-                Ok(reply) => {
-                    if warned {
-                        tracing::info!(%directory, "directory reachable again");
-                    }
-                    warned = false;
-                    replication.heartbeat_answered(&failures, reply.volumes);
-                    access.set_signed(reply.signed_collections);
-                    if revoked.set(reply.revoked_tokens)
-                        && let Some(path) = &revoked_file
-                    {
-                        save_revoked(path, &revoked.ids());
-                    }
-                    if reply.pulse_seconds > 0 {
-                        pulse = pulse.min(Duration::from_secs(u64::from(reply.pulse_seconds)));
-                    }
-                }
-                Err(error) => {
-                    if !warned {
-                        tracing::warn!(%directory, %error, "heartbeat failed; will retry");
-                    }
-                    warned = true;
-                }
+        let Ok(mut beat) = beat else {
+            return Ok(Step::Idle);
+        };
+        beat.keyring_problem = access.keyring_problem().unwrap_or_default();
+        beat.workers = self.workers.statuses();
+        // This heartbeat is the step its own entry shows running; the
+        // directory sees it only if it arrives, so report it as it will be
+        // then: done, waiting for the next pulse.
+        let next_run_at = hayloft_proto::unix_now() + pulse.as_secs();
+        for own in beat.workers.iter_mut().filter(|w| w.name == "heartbeat") {
+            own.state = hayloft_proto::background::State::Idle.as_str().to_owned();
+            own.consecutive_errors = 0;
+            own.next_run_at = next_run_at;
+        }
+        // Copies that missed a forward: the directory marks them stale.
+        let failures = replication.pending_failures();
+        for status in &mut beat.volumes {
+            if let Some(failed) = failures.get(&status.volume_id) {
+                status.failed_replicas = failed.iter().cloned().collect();
             }
         }
-        // Unheard (the directory is starting, or down): try again within a
-        // second rather than a whole pulse, so a restarted directory learns
-        // of this server, and the copies it holds, at once.
-        let wait = if warned {
-            pulse.min(Duration::from_secs(1))
-        } else {
-            pulse
+        let sent = match &self.directories {
+            Ok(directories) => directories
+                .call(|mut c| {
+                    let beat = beat.clone();
+                    async move { c.heartbeat(beat).await }
+                })
+                .await
+                .map_err(|e| e.message().to_owned()),
+            Err(e) => Err(e.message().to_owned()),
         };
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = now.notified() => {}
+        match sent {
+            Ok(reply) => {
+                if self.warned {
+                    tracing::info!(%directory, "directory reachable again");
+                }
+                self.warned = false;
+                replication.heartbeat_answered(&failures, reply.volumes);
+                access.set_signed(reply.signed_collections);
+                if revoked.set(reply.revoked_tokens)
+                    && let Some(path) = &revoked_file
+                {
+                    save_revoked(path, &revoked.ids());
+                }
+                if reply.pulse_seconds > 0 {
+                    *pulse = (*pulse).min(Duration::from_secs(u64::from(reply.pulse_seconds)));
+                }
+                Ok(Step::Idle)
+            }
+            Err(error) => {
+                if !self.warned {
+                    tracing::warn!(%directory, %error, "heartbeat failed; will retry");
+                }
+                self.warned = true;
+                Err(Failed::new(error))
+            }
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`VolumeServer`]: opens the store, binds both ports, serves until shutdown.
 //! - [`grpc`]: the `hayloft.v1.Volume` service (streamed writes and reads).
 //! - [`http`]: `GET`/`HEAD /<blob id>` with ranges and conditional requests.
-//! - `heartbeat`: reports volumes and free space to the directory.
+//! - `heartbeat`: reports volumes, free space and background jobs to the
+//!   directory.
 //! - `space`: measures each disk against its free-space reserve.
 //! - [`replicate`]: forwards writes and deletes to the other copies.
 //! - [`proxy`]: HTTP reads of blobs held by other servers.
@@ -493,6 +494,7 @@ impl VolumeServer {
         .map_err(StartError::Audit)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let http_stop = stop_rx.clone();
+        let mut workers = hayloft_proto::background::Runner::new(stop_rx.clone());
         let wait_stop = move || {
             let mut rx = stop_rx.clone();
             async move {
@@ -543,11 +545,10 @@ impl VolumeServer {
             None => credential,
         };
         let reads = Arc::new(reads::ReadStats::new(self.config.read_window));
-        let read_ticker = tokio::spawn(Arc::clone(&reads).run(wait_stop()));
-        let space_watch = tokio::spawn(space::watch(
+        workers.spawn(reads::ReadWindow(Arc::clone(&reads)));
+        workers.spawn(space::SpaceWatch::new(
             Arc::clone(&self.store),
             Arc::clone(&heartbeat_now),
-            wait_stop(),
         ));
         let tiering = tier::Tiering::new(
             Arc::clone(&self.store),
@@ -570,7 +571,7 @@ impl VolumeServer {
             Arc::clone(&heartbeat_now),
             credential.clone(),
         ));
-        let heartbeat = tokio::spawn(heartbeat::run(
+        workers.spawn(heartbeat::HeartbeatWorker::new(
             heartbeat::Heartbeat {
                 store: Arc::clone(&self.store),
                 tiering: Arc::clone(&tiering),
@@ -584,7 +585,7 @@ impl VolumeServer {
                 revoked,
                 revoked_file,
             },
-            wait_stop(),
+            workers.registry(),
         ));
 
         let anti_entropy = Arc::new(antientropy::AntiEntropy::new(
@@ -592,11 +593,14 @@ impl VolumeServer {
             Arc::clone(&replication),
             self.config.repair_rate.as_u64(),
         ));
-        let anti_entropy_task = tokio::spawn(Arc::clone(&anti_entropy).run(
+        let anti_entropy_worker = antientropy::AntiEntropyWorker::new(
+            Arc::clone(&anti_entropy),
             self.config.anti_entropy_interval,
             self.config.scrub_interval,
-            wait_stop(),
-        ));
+        );
+        if anti_entropy_worker.enabled() {
+            workers.spawn(anti_entropy_worker);
+        }
         let disk_reads = Arc::new(disk_reads::DiskReads::new(
             disk_reads::DiskReadLimits {
                 in_flight: self.config.disk_reads_in_flight,
@@ -623,7 +627,7 @@ impl VolumeServer {
         )
         .with_stop(http_stop.clone())
         .with_grants(self.keyring.clone().filter(|_| gate.is_some()));
-        let scheduler = tokio::spawn(compaction::run_scheduler(
+        let compaction = compaction::CompactionWorker::new(
             Arc::clone(&self.store),
             compaction::CompactionSettings {
                 threshold: self.config.compaction_threshold,
@@ -631,8 +635,10 @@ impl VolumeServer {
                 bytes_per_sec: self.config.compaction_rate.as_u64(),
                 min_garbage_bytes: self.config.compaction_min_garbage.as_u64(),
             },
-            wait_stop(),
-        ));
+        );
+        if compaction.enabled() {
+            workers.spawn(compaction);
+        }
         let grpc_server = tonic::transport::Server::builder()
             .initial_stream_window_size(hayloft_proto::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(hayloft_proto::CONNECTION_WINDOW_BYTES)
@@ -683,11 +689,7 @@ impl VolumeServer {
             let _ = stop_tx.send(true);
         });
         let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
-        let _ = heartbeat.await;
-        let _ = scheduler.await;
-        let _ = anti_entropy_task.await;
-        let _ = read_ticker.await;
-        let _ = space_watch.await;
+        workers.join().await;
         if let Some(task) = forgetting {
             task.abort();
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hayloft_proto::background::{Failed, Step, Worker};
 use hayloft_storage::VolumeId;
 use parking_lot::{Mutex, RwLock};
 
@@ -103,16 +104,23 @@ impl ReadStats {
         let rate = now_count.saturating_sub(then) as f64 * 86_400.0 / seconds;
         (rate, observed.as_secs())
     }
+}
 
-    /// Snapshots every tick until `stop` completes.
-    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tokio::time::sleep(self.tick()) => self.snapshot(),
-            }
-        }
+/// Snapshots the read counters every tick, as a background worker.
+pub struct ReadWindow(pub Arc<ReadStats>);
+
+impl Worker for ReadWindow {
+    fn name(&self) -> String {
+        "read-counts".into()
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.0.tick())
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        self.0.snapshot();
+        Ok(Step::Idle)
     }
 }
 

@@ -2,13 +2,13 @@
 //! `hayloft_storage::space`): measured every [`CHECK_EVERY`], so writes
 //! resume by themselves once space comes back; a disk going below its
 //! reserve, or back above it, is logged and reported to the directory at
-//! once (its volumes are reported paused meanwhile). The same task hands
+//! once (its volumes are reported paused meanwhile). The same worker hands
 //! the allocator's free heap back to the system every ten seconds.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hayloft_proto::background::{Failed, Step, Worker};
 use hayloft_storage::{SpaceReport, Store, Tier};
 
 /// How often free space is measured.
@@ -40,29 +40,61 @@ fn per_tier(store: &Store, tier: Tier, figure: impl Fn(&SpaceReport) -> u64) -> 
     store.tier_space(tier).iter().map(figure).sum()
 }
 
-/// Measures free space every [`CHECK_EVERY`] until `stop` completes, and
+/// Measures free space every [`CHECK_EVERY`], as a background worker, and
 /// wakes the heartbeat when a disk goes below its reserve or comes back.
-pub(crate) async fn watch(
+pub(crate) struct SpaceWatch {
     store: Arc<Store>,
     heartbeat_now: Arc<tokio::sync::Notify>,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let start = store.space();
-    let mut low: Vec<bool> = start.iter().map(SpaceReport::is_low).collect();
-    for (location, report) in store.locations().iter().zip(start) {
-        if report.is_low() {
-            tracing::warn!(path = %location.path.display(), free = report.free,
-                reserved = report.reserved, "disk at its free-space reserve: its volumes take no new blobs");
+    /// Each location was below its reserve at the last measurement.
+    low: Vec<bool>,
+    /// Measurements so far.
+    tick: u32,
+}
+
+impl SpaceWatch {
+    /// Starts from the measurement the store was opened with, warning of
+    /// the disks below their reserve already.
+    pub(crate) fn new(store: Arc<Store>, heartbeat_now: Arc<tokio::sync::Notify>) -> Self {
+        let start = store.space();
+        let low: Vec<bool> = start.iter().map(SpaceReport::is_low).collect();
+        for (location, report) in store.locations().iter().zip(start) {
+            if report.is_low() {
+                tracing::warn!(path = %location.path.display(), free = report.free,
+                    reserved = report.reserved, "disk at its free-space reserve: its volumes take no new blobs");
+            }
+        }
+        SpaceWatch {
+            store,
+            heartbeat_now,
+            low,
+            tick: 0,
         }
     }
-    for tick in 1u32.. {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
+}
+
+impl Worker for SpaceWatch {
+    fn name(&self) -> String {
+        "free-space".into()
+    }
+
+    fn progress(&self) -> String {
+        let low = self.low.iter().filter(|low| **low).count();
+        if low == 0 {
+            String::new()
+        } else {
+            format!("{low} disk(s) at their reserve")
         }
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(CHECK_EVERY)
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        self.tick = self.tick.wrapping_add(1);
+        let tick = self.tick;
         let measured = {
-            let store = Arc::clone(&store);
+            let store = Arc::clone(&self.store);
             tokio::task::spawn_blocking(move || {
                 if tick.is_multiple_of(TRIM_EVERY) {
                     hayloft_storage::release_free_heap();
@@ -75,13 +107,17 @@ pub(crate) async fn watch(
             Ok(Ok(reports)) => reports,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot measure free space");
-                continue;
+                return Err(Failed::new(format!("cannot measure free space: {error}")));
             }
-            Err(_) => continue,
+            Err(error) => return Err(Failed::new(format!("cannot measure free space: {error}"))),
         };
         let mut changed = false;
-        for ((location, report), was_low) in
-            store.locations().iter().zip(&reports).zip(low.iter_mut())
+        for ((location, report), was_low) in self
+            .store
+            .locations()
+            .iter()
+            .zip(&reports)
+            .zip(self.low.iter_mut())
         {
             if report.is_low() == *was_low {
                 continue;
@@ -98,7 +134,8 @@ pub(crate) async fn watch(
             }
         }
         if changed {
-            heartbeat_now.notify_one();
+            self.heartbeat_now.notify_one();
         }
+        Ok(Step::Idle)
     }
 }

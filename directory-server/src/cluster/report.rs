@@ -17,6 +17,8 @@ impl Cluster {
                 free_hot_bytes: s.free_hot_bytes,
                 free_warm_bytes: s.free_warm_bytes,
                 keyring_problem: s.keyring_problem.clone(),
+                // Filled in by the service (it keeps them from heartbeats).
+                workers: Vec::new(),
             })
             .collect();
         servers.sort_by(|a, b| {
@@ -94,6 +96,8 @@ impl Cluster {
             replication: self.config.replication.max(1) as u32,
             // Filled in by the service (it knows the planner).
             below_spread: 0,
+            // Filled in by the service (it runs them).
+            workers: Vec::new(),
         }
     }
 

@@ -67,6 +67,7 @@ fn heartbeat_of(server: &str, volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
         free_hot_bytes: 1 << 40,
         free_warm_bytes: 1 << 40,
         keyring_problem: String::new(),
+        workers: Vec::new(),
     }
 }
 

@@ -49,7 +49,7 @@ mod schedule;
 pub use jobs::{GIVE_UP_ATTEMPTS, Held, RETRY_MAX, Repairs};
 pub use plan::{below_spread, plan, rebalance};
 pub use resume::{Resume, resume};
-pub use schedule::{plan_now, run};
+pub use schedule::{RepairWorker, plan_now};
 
 use std::time::Duration;
 

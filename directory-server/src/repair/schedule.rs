@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hayloft_proto::background::{Failed, Step, Worker};
 use hayloft_proto::{DeleteVolumeRequest, ReplicaHealth, Tier};
 
 use super::execute::{client, execute, settle_writes};
@@ -144,22 +145,68 @@ fn launch(
 }
 
 /// Plans and runs repairs every `pulse` (or at once after
-/// [`Repairs::run_now`]) until `stop`; also deletes extra copies of volumes
-/// that are whole again.
-pub async fn run(
+/// [`Repairs::run_now`]), as a background worker; also deletes extra
+/// copies of volumes that are whole again. The leader repairs; on the
+/// other nodes a round does nothing. The repairs themselves run on tasks
+/// of their own ([`launch`]), their jobs kept in the replicated state so
+/// that a new leader resumes them.
+pub struct RepairWorker {
     cluster: Arc<Cluster>,
     repairs: Arc<Repairs>,
     settings: RepairSettings,
     pulse: Duration,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            () = tokio::time::sleep(pulse) => {}
-            () = repairs.wake.notified() => {}
+    /// This node led at its last round.
+    leader: bool,
+}
+
+impl RepairWorker {
+    /// Rounds every `pulse` over `cluster`.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        repairs: Arc<Repairs>,
+        settings: RepairSettings,
+        pulse: Duration,
+    ) -> Self {
+        RepairWorker {
+            cluster,
+            repairs,
+            settings,
+            pulse,
+            leader: false,
         }
+    }
+}
+
+impl Worker for RepairWorker {
+    fn name(&self) -> String {
+        "repair".into()
+    }
+
+    fn progress(&self) -> String {
+        if self.leader {
+            format!("{} running", self.repairs.running.lock().len())
+        } else {
+            "not the leader".into()
+        }
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.pulse)
+    }
+
+    fn wait_for_work(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        let pulse = self.pulse;
+        let repairs = Arc::clone(&self.repairs);
+        async move {
+            tokio::select! {
+                () = tokio::time::sleep(pulse) => {}
+                () = repairs.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        let (cluster, repairs, settings) = (&self.cluster, &self.repairs, &self.settings);
         let repair_after = if repairs
             .urgent
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -170,8 +217,11 @@ pub async fn run(
         };
         // The leader repairs; the others wait for their turn.
         if !cluster.is_leader() {
-            continue;
+            self.leader = false;
+            return Ok(Step::Idle);
         }
+        self.leader = true;
+        let mut failure: Option<String> = None;
         // Jobs an earlier leader (or this node before a restart) started.
         let views: HashMap<u32, RepairView> = cluster
             .volume_views(true)
@@ -193,7 +243,7 @@ pub async fn run(
                     tracing::info!(volume = job.volume_id, target = %job.target, kind = %job.kind,
                         started_at = job.started_at, term = job.term,
                         "resuming a repair started before this leader");
-                    launch(&cluster, &repairs, plan, settings.clone());
+                    launch(cluster, repairs, plan, settings.clone());
                 }
                 Resume::Wait => {}
                 Resume::End(reason) => {
@@ -201,18 +251,26 @@ pub async fn run(
                         "repair job ended");
                     if let Err(error) = cluster.end_repair(job.volume_id, &job.target).await {
                         tracing::warn!(volume = job.volume_id, %error, "could not end a repair job");
+                        failure = Some(format!(
+                            "volume {}: could not end a repair job: {error}",
+                            job.volume_id
+                        ));
                     }
                 }
             }
         }
-        let (plans, _, _) = plan_now(&cluster, &repairs, repair_after, settings.max_per_server);
+        let (plans, _, _) = plan_now(cluster, repairs, repair_after, settings.max_per_server);
         for plan in plans {
             // Committed first: if this leader dies, the next one resumes it.
             if let Err(error) = cluster.start_repair(plan.job()).await {
                 tracing::warn!(volume = plan.volume_id, %error, "could not start a repair");
+                failure = Some(format!(
+                    "volume {}: could not start a repair: {error}",
+                    plan.volume_id
+                ));
                 continue;
             }
-            launch(&cluster, &repairs, plan, settings.clone());
+            launch(cluster, repairs, plan, settings.clone());
         }
         // With nothing to repair, one copy at a time moves to spread its
         // volume over more zones (a zone's server back after its copies
@@ -224,9 +282,13 @@ pub async fn run(
                 tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
                     kind = ?plan.kind, "moving a copy to spread the volume over more zones");
                 match cluster.start_repair(plan.job()).await {
-                    Ok(()) => launch(&cluster, &repairs, plan, settings.clone()),
+                    Ok(()) => launch(cluster, repairs, plan, settings.clone()),
                     Err(error) => {
-                        tracing::warn!(volume = plan.volume_id, %error, "could not start a move")
+                        tracing::warn!(volume = plan.volume_id, %error, "could not start a move");
+                        failure = Some(format!(
+                            "volume {}: could not start a move: {error}",
+                            plan.volume_id
+                        ));
                     }
                 }
             }
@@ -256,9 +318,17 @@ pub async fn run(
                 }
                 Err(error) => {
                     tracing::warn!(volume = volume_id, server = %location.server_id, %error,
-                        "could not remove an extra copy")
+                        "could not remove an extra copy");
+                    failure = Some(format!(
+                        "volume {volume_id}: could not remove an extra copy on {}: {error}",
+                        location.server_id
+                    ));
                 }
             }
+        }
+        match failure {
+            Some(error) => Err(Failed::new(error)),
+            None => Ok(Step::Idle),
         }
     }
 }

@@ -49,6 +49,7 @@ use crate::format::{
 };
 use crate::index::NeedleIndex;
 use crate::mapped::MappedFile;
+use crate::throttle::Throttle;
 use crate::types::VolumeId;
 
 /// Room a compaction leaves free beyond what it writes (by default), and
@@ -245,26 +246,6 @@ impl Target {
     }
 }
 
-/// Keeps a copy at or under a byte rate.
-struct Throttle {
-    bytes_per_sec: Option<u64>,
-    started: Instant,
-    bytes: u64,
-}
-
-impl Throttle {
-    fn account(&mut self, bytes: u64) {
-        self.bytes += bytes;
-        if let Some(rate) = self.bytes_per_sec.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
-            let elapsed = self.started.elapsed();
-            if due > elapsed {
-                std::thread::sleep(due - elapsed);
-            }
-        }
-    }
-}
-
 /// Clears the compaction state whatever happens.
 struct CompactionGuard<'a> {
     volume: &'a Volume,
@@ -369,11 +350,7 @@ impl Volume {
         if let (Some(min), Some(max)) = (min_id, max_id) {
             target.entries = NeedleIndex::for_range(min, max, snapshot.len());
         }
-        let mut throttle = Throttle {
-            bytes_per_sec: options.bytes_per_sec,
-            started: Instant::now(),
-            bytes: 0,
-        };
+        let mut throttle = Throttle::new(options.bytes_per_sec.unwrap_or(0));
         for (offset, id) in snapshot {
             let entry = IndexEntry {
                 needle_id: id,
@@ -385,7 +362,7 @@ impl Volume {
             self.compaction_progress
                 .0
                 .fetch_add(copied, Ordering::Relaxed);
-            throttle.account(copied);
+            throttle.block_for(copied);
         }
         crate::failpoint::abort_at("compact-after-copy");
 
@@ -395,7 +372,7 @@ impl Volume {
             let small = log.len() < 256;
             for entry in log {
                 let copied = self.copy_record(&old_files.map, entry, &mut target, &cpd, &cpx)?;
-                throttle.account(copied);
+                throttle.block_for(copied);
             }
             if small {
                 break;

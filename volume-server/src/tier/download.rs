@@ -70,7 +70,7 @@ impl Tiering {
         use std::io::Write;
         let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let mut md5s = Vec::new();
-        let mut throttle = hayloft_storage::moves::Throttle::new(rate);
+        let mut throttle = hayloft_storage::Throttle::new(rate);
         let mut start = 0;
         while start < manifest.object_len || md5s.is_empty() {
             let end = (start + manifest.part_size).min(manifest.object_len);

@@ -187,36 +187,42 @@ struct MoveRequest {
     keep_object: bool,
 }
 
+/// Waits between attempts of an object-store call: 200 ms doubling to 5 s.
+fn object_store_waits() -> backon::ExponentialBuilder {
+    hayloft_proto::retry::doubling(Duration::from_millis(200), Duration::from_secs(5))
+}
+
 /// Retries an object-store call while it fails transiently (the store is
 /// down or slow), with capped backoff; other errors return at once.
-async fn retry_transient<T, F, Fut>(job: &JobState, mut call: F) -> Result<T, ObjectError>
+async fn retry_transient<T, F, Fut>(job: &JobState, call: F) -> Result<T, ObjectError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ObjectError>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    use backon::Retryable;
     let mut errors = 0;
-    loop {
-        match call().await {
-            // An unreachable store is waited for; other errors get a few tries.
-            Err(e)
-                if matches!(e, ObjectError::Unreachable(_)) || (e.is_transient() && errors < 5) =>
-            {
+    let result = call
+        .retry(object_store_waits())
+        .sleep(tokio::time::sleep)
+        // An unreachable store is waited for; other errors get a few tries.
+        .when(|e| {
+            let again =
+                matches!(e, ObjectError::Unreachable(_)) || (e.is_transient() && errors < 5);
+            if again {
                 errors += 1;
-                job.attempts.fetch_add(1, Ordering::Relaxed);
-                *job.error.lock() = format!("retrying: {e}");
-                tracing::warn!(volume = %job.volume, error = %e, ?backoff, "object store call failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            other => {
-                if other.is_ok() {
-                    job.error.lock().clear();
-                }
-                return other;
-            }
-        }
+            again
+        })
+        .notify(|e, backoff| {
+            job.attempts.fetch_add(1, Ordering::Relaxed);
+            *job.error.lock() = format!("retrying: {e}");
+            tracing::warn!(volume = %job.volume, error = %e, ?backoff, "object store call failed; retrying");
+        })
+        .await;
+    if result.is_ok() {
+        job.error.lock().clear();
     }
+    result
 }
 
 impl Tiering {

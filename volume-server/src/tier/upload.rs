@@ -58,8 +58,8 @@ impl Tiering {
         job.total.store(object_len, Ordering::Relaxed);
         job.step("uploading");
         let mut md5s = Vec::with_capacity(part_count as usize);
-        let mut throttle = hayloft_storage::moves::Throttle::new(self.settings_rate(job));
-        let mut backoff = Duration::from_millis(200);
+        let mut throttle = hayloft_storage::Throttle::new(self.settings_rate(job));
+        let mut backoffs = backon::BackoffBuilder::build(super::object_store_waits());
         let mut other_errors = 0;
         let mut n = 1u64;
         while n <= part_count {
@@ -120,7 +120,7 @@ impl Tiering {
                     let stored = pending.clone();
                     blocking(move || stored.store()).await?;
                     job.done.fetch_add(len, Ordering::Relaxed);
-                    backoff = Duration::from_millis(200);
+                    backoffs = backon::BackoffBuilder::build(super::object_store_waits());
                     other_errors = 0;
                     if hayloft_storage::failpoint::active("tier-crash-after-part") {
                         tracing::error!("failpoint tier-crash-after-part: exiting");
@@ -172,9 +172,11 @@ impl Tiering {
                             continue;
                         }
                     }
+                    // The waits never run out: a transient error is retried
+                    // until the store answers (or a new upload starts).
+                    let backoff = backoffs.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(volume = %id, part = n, error = %e, ?backoff, "upload part failed; retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => return Err(e.into()),
             }
