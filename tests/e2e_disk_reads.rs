@@ -4,7 +4,9 @@
 //! held on the disk-read pool by a failpoint while a hot blob keeps
 //! answering, the pool's bound refuses the excess with 503 / RESOURCE_EXHAUSTED,
 //! the held reads return the right bytes once let go, and a byte flipped on
-//! disk is refused, never served.
+//! disk is refused, never served; a read the disk fails is answered with an
+//! error (500 / INTERNAL), the server goes on, and the blob reads again once
+//! the disk does.
 
 #![allow(clippy::unwrap_used)]
 
@@ -219,4 +221,72 @@ async fn cold_reads_come_from_disk_right_while_a_hot_blob_keeps_answering() {
     assert!(body.len() < 100, "{} bytes served", body.len());
     let refused = grpc_read(&cluster, corrupt_id, 0, 0).await.unwrap_err();
     assert_eq!(refused.code(), Code::DataLoss, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_the_disk_fails_is_an_error_and_the_server_goes_on() {
+    let failing = Failpoint::new("disk-read");
+    let cluster = Cluster::builder()
+        .volumes(1)
+        .volume_env("HAYLOFT_FAILPOINT", &failing.env())
+        .start()
+        .await;
+    let client = cluster.client().await;
+    let mut blobs = Vec::new();
+    for seed in 0..3u64 {
+        let data = content(100 + seed, BLOB);
+        let uploaded = client
+            .upload(Bytes::from(data.clone()), &UploadOptions::default())
+            .await
+            .unwrap();
+        blobs.push((uploaded.blob_id, data));
+    }
+    let http = reqwest::Client::new();
+    let url = |id: &str| format!("{}/{id}", cluster.http_base(0));
+    // The hot blob is read once, through the server's map: it stays
+    // resident when the rest is evicted.
+    let (hot_id, hot) = blobs[0].clone();
+    let response = http.get(url(&hot_id)).send().await.unwrap();
+    assert_eq!(response.bytes().await.unwrap().as_ref(), hot.as_slice());
+    for path in data_files(&cluster) {
+        evict(&path);
+    }
+
+    failing.arm();
+    let (cold_id, cold) = blobs[1].clone();
+    let response = http.get(url(&cold_id)).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body = response.text().await.unwrap();
+    assert!(
+        !body.contains("hayloft") || body.contains("error"),
+        "{body}"
+    );
+    let error = grpc_read(&cluster, &cold_id, 0, 0).await.unwrap_err();
+    assert_eq!(error.code(), Code::Internal, "{error}");
+    let ranged = http
+        .get(url(&blobs[2].0))
+        .header("range", "bytes=10-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 500);
+    // Reads from memory go on while the disk fails.
+    let response = http.get(url(&hot_id)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), hot.as_slice());
+
+    // The disk reads again: so does every blob, with the right bytes (the
+    // failure left nothing behind: no poisoned volume, no cached error).
+    failing.disarm();
+    let response = http.get(url(&cold_id)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), cold.as_slice());
+    assert_eq!(
+        grpc_read(&cluster, &blobs[2].0, 0, 0).await.unwrap(),
+        blobs[2].1
+    );
+    let response = client
+        .upload(Bytes::from(content(200, 1000)), &UploadOptions::default())
+        .await;
+    assert!(response.is_ok(), "{response:?}");
 }

@@ -136,6 +136,8 @@ impl DiskRead {
         while crate::failpoint::active("disk-read-hold") {
             std::thread::sleep(Duration::from_millis(5));
         }
+        // A disk that fails the read (tests).
+        crate::failpoint::fail_at("disk-read").map_err(|e| Error::io(self.files.data.path(), e))?;
         let mut disk_bytes = 0;
         let len = match self.len {
             Some(len) => len,
