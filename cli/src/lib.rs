@@ -30,7 +30,7 @@ pub mod group;
 pub mod keyring;
 pub mod metrics;
 pub mod page;
-pub mod page_access;
+pub use page::access as page_access;
 pub mod repair;
 pub mod server;
 pub mod sign;

@@ -29,19 +29,7 @@ pub enum MetricsError {
     Insecure(String),
 }
 
-/// Where the operator page asks for what it shows: the directory (or the
-/// directory group) and what to present to it.
-#[derive(Clone)]
-pub struct PageSource {
-    /// gRPC address(es) of the directory.
-    pub directory: String,
-    /// The directory's own credential (its cluster token, its TLS client
-    /// certificate).
-    pub credential: hayloft_proto::Credential,
-    /// The directory requires tokens: the page is shown only to a viewer
-    /// presenting one, and asks with the viewer's (see `page_access`).
-    pub require_token: bool,
-}
+pub use crate::page::access::PageSource;
 
 /// Refuses to serve the metrics address `addr` of a directory with
 /// `config` where it would show the cluster to anyone (see

@@ -8,8 +8,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::replicated::Applied;
-
 /// What can go wrong in the directory.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -117,9 +115,9 @@ pub enum Error {
         reason: String,
     },
     /// An answer from the state machine that the caller cannot have asked
-    /// for.
-    #[error("unexpected: {0:?}")]
-    UnexpectedAnswer(Applied),
+    /// for (as `Debug` shows it).
+    #[error("unexpected: {0}")]
+    UnexpectedAnswer(String),
 
     /// A node to add without an id or an address.
     #[error("a node to add needs an id above 0 and an address")]

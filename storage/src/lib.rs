@@ -11,7 +11,8 @@
 //! - [`volume`]: one volume: group-committed appends, zero-copy mmap reads
 //!   of resident records, one `pread` a record from disk,
 //!   tombstone deletes, seal, scrub.
-//! - [`recovery`]: what opening a volume does after a crash.
+//! - [`recovery`] (a room of `volume`): what opening a volume does after a
+//!   crash.
 //! - [`store`]: all volumes of a server across its hot and warm disks.
 //! - [`moves`]: tier moves as persisted jobs, settled on open.
 //! - [`space`]: the free-space reserve of each disk.
@@ -36,7 +37,6 @@ pub mod index;
 mod mapped;
 pub mod meta;
 pub mod moves;
-pub mod recovery;
 pub mod space;
 pub mod store;
 pub mod throttle;
@@ -48,11 +48,12 @@ pub use error::{Error, Result};
 pub use file::{Access, advise, available_space, open_for, write_atomically};
 pub use format::NeedleMeta;
 pub use moves::MoveJob;
-pub use recovery::RecoveryReport;
 pub use space::{DiskSpace, Reserve, SpaceReport};
 pub use store::{Handle, Location, Store, StoreConfig, release_free_heap};
 pub use throttle::Throttle;
 pub use types::{BlobId, Cookie, NeedleId, Tier, VolumeId, unix_now};
+pub use volume::recovery;
+pub use volume::recovery::RecoveryReport;
 pub use volume::{
     BUFFERED_READ_MAX, COMPACTION_MARGIN, Claim, CompactOptions, CompactReport, DiskRead,
     Durability, FromDisk, Needle, NeedleState, NeedleWrite, NeedleWriter, Queued, QueuedWrite,

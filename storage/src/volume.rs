@@ -41,13 +41,14 @@ use crate::format::{
 use crate::index::NeedleIndex;
 use crate::mapped::MappedFile;
 use crate::meta::VolumeMeta;
-use crate::recovery::{self, RecoveryReport};
 use crate::space::{DiskSpace, SpaceReport};
+use recovery::RecoveryReport;
 
 mod claim;
 mod commit;
 mod compact;
 mod read;
+pub mod recovery;
 mod replica;
 mod write;
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};

@@ -12,8 +12,8 @@
 //! - `space`: measures each disk against its free-space reserve.
 //! - [`replicate`]: forwards writes and deletes to the other copies.
 //! - [`proxy`]: HTTP reads of blobs held by other servers.
-//! - [`viewer`]: such a read checked for its viewer before it is proxied,
-//!   and passed on vouching for the viewer's address.
+//! - [`viewer`] (a room of `http`): such a read checked for its viewer
+//!   before it is proxied, and passed on vouching for the viewer's address.
 //! - [`antientropy`]: copies pull missing needles and tombstones from each
 //!   other (also the repair of a new or wiped copy), and scrub.
 //! - `error`: storage errors as gRPC codes and HTTP statuses, in one place.
@@ -57,7 +57,7 @@ pub mod replicate;
 mod space;
 pub mod status;
 pub mod tier;
-pub mod viewer;
+pub use http::viewer;
 
 /// When writes are acknowledged, as written in configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

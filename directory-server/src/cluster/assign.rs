@@ -94,7 +94,7 @@ impl Cluster {
                 Applied::Refused(reason) => {
                     tracing::debug!(volume = volume_id, %reason, "needle reservation refused");
                 }
-                other => return Err(Error::UnexpectedAnswer(other)),
+                other => return Err(Error::UnexpectedAnswer(format!("{other:?}"))),
             }
         }
         Ok(None)
@@ -147,7 +147,7 @@ impl Cluster {
         let volume_id = match self.propose(Command::AllocateVolumeId).await? {
             Applied::VolumeId(id) => id,
             Applied::Refused(reason) => return Err(Error::CannotCreate(reason)),
-            other => return Err(Error::UnexpectedAnswer(other)),
+            other => return Err(Error::UnexpectedAnswer(format!("{other:?}"))),
         };
         self.inner.lock().creating.insert(volume_id);
         Ok(NewVolume { volume_id, servers })

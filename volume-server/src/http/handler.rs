@@ -181,7 +181,7 @@ pub(super) async fn remote_read(
     served: &mut Served,
 ) -> Response {
     served.source = Some(Source::Remote);
-    let read = crate::viewer::ReadForViewer {
+    let read = super::viewer::ReadForViewer {
         remote,
         access: state.access.clone(),
         volume,

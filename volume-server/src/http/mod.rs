@@ -10,6 +10,7 @@ mod conditional;
 mod counts;
 mod handler;
 mod response;
+pub mod viewer;
 
 #[allow(unused_imports)]
 use audit::*;

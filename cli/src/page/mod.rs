@@ -10,6 +10,8 @@
 //! sits in a `data-*` attribute, for tests and scrapers. The page reloads
 //! itself every 30 seconds.
 
+pub mod access;
+
 use std::collections::BTreeMap;
 
 use bytesize::ByteSize;
@@ -123,16 +125,10 @@ pub async fn serve(
             Err(e) => unavailable(&format!("{e:#}")),
         },
         Err(refused) if refused.code() == tonic::Code::Unauthenticated => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                crate::page_access::asks(refused.message()),
-            );
+            return (StatusCode::UNAUTHORIZED, access::asks(refused.message()));
         }
         Err(refused) if refused.code() == tonic::Code::PermissionDenied => {
-            return (
-                StatusCode::FORBIDDEN,
-                crate::page_access::asks(refused.message()),
-            );
+            return (StatusCode::FORBIDDEN, access::asks(refused.message()));
         }
         Err(e) => unavailable(e.message()),
     };

@@ -21,6 +21,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::{Files, ReadState};
 use crate::error::Result;
 use crate::file::{VolumeFile, write_atomically};
 use crate::format::{
@@ -29,7 +30,6 @@ use crate::format::{
 };
 use crate::mapped::MappedFile;
 use crate::types::VolumeId;
-use crate::volume::{Files, ReadState};
 
 /// A range of the data file that recovery skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]

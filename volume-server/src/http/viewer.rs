@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::http::{Response, denied, plain};
+use super::{Response, denied, plain};
 
 /// A read to answer from another copy, with what its checks need.
 pub struct ReadForViewer {

@@ -19,6 +19,20 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, html};
 
+/// Where the operator page asks for what it shows: the directory (or the
+/// directory group) and what to present to it.
+#[derive(Clone)]
+pub struct PageSource {
+    /// gRPC address(es) of the directory.
+    pub directory: String,
+    /// The directory's own credential (its cluster token, its TLS client
+    /// certificate).
+    pub credential: hayloft_proto::Credential,
+    /// The directory requires tokens: the page is shown only to a viewer
+    /// presenting one, and asks with the viewer's (see this module).
+    pub require_token: bool,
+}
+
 /// The cookie a browser may carry the token in (`hayloft_token=<token>`).
 pub const TOKEN_COOKIE: &str = "hayloft_token";
 
@@ -113,9 +127,9 @@ fn signed_in(cookie: &str) -> Response {
 }
 
 /// The answer to `GET /` with `headers`, from `source`.
-pub async fn answer(source: &crate::metrics::PageSource, headers: &HeaderMap) -> Response {
+pub async fn answer(source: &PageSource, headers: &HeaderMap) -> Response {
     if !source.require_token {
-        return crate::page::serve(&source.directory, source.credential.clone())
+        return super::serve(&source.directory, source.credential.clone())
             .await
             .into_response();
     }
@@ -126,7 +140,7 @@ pub async fn answer(source: &crate::metrics::PageSource, headers: &HeaderMap) ->
                 .map_err(|_| "the token has characters a header cannot carry")
         });
     let (status, page) = match credential {
-        Ok(credential) => crate::page::serve(&source.directory, credential).await,
+        Ok(credential) => super::serve(&source.directory, credential).await,
         Err(why) => (StatusCode::UNAUTHORIZED, asks(why)),
     };
     let mut response = (status, page).into_response();
