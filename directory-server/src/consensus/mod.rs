@@ -147,7 +147,10 @@ pub(crate) async fn start(
              and waits to be added (hayloft directory add-node)"
         );
     }
-    if initialized && let Some(own) = peers.get(&node_id) {
+    if initialized
+        && let Some(own) = peers.get(&node_id)
+        && stale_own_address(&raft.metrics().borrow(), node_id, own).is_some()
+    {
         tokio::spawn(readdress_alone(raft.clone(), node_id, own.clone()));
     }
     if !initialized && first && !join && in_a_group.is_none() {
@@ -179,6 +182,19 @@ pub(crate) async fn start(
     Ok(raft)
 }
 
+/// `Some(the stored address)` if this node is its group's only member and
+/// the membership records it at another address than `own`.
+fn stale_own_address(
+    metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+    node_id: u64,
+    own: &str,
+) -> Option<Option<String>> {
+    let membership = metrics.membership_config.membership();
+    let alone = membership.voter_ids().eq([node_id]) && membership.learner_ids().next().is_none();
+    let stored = membership.get_node(&node_id).map(|n| n.addr.clone());
+    (alone && stored.as_deref() != Some(own)).then_some(stored)
+}
+
 /// A group of one whose node now listens on another address (port 0, or a
 /// changed `--listen`) records the new one once it leads, so status and
 /// joining nodes do not see the old address. Only for a group of this node
@@ -195,12 +211,10 @@ async fn readdress_alone(raft: Raft, node_id: u64, own: String) {
     let Ok(metrics) = leading else {
         return;
     };
-    let membership = metrics.membership_config.membership();
-    let alone = membership.voter_ids().eq([node_id]) && membership.learner_ids().next().is_none();
-    let stored = membership.get_node(&node_id).map(|n| n.addr.clone());
-    if !alone || stored.as_deref() == Some(own.as_str()) {
+    // Checked again as leader: the membership may have changed since.
+    let Some(stored) = stale_own_address(&metrics, node_id, &own) else {
         return;
-    }
+    };
     let nodes = std::collections::BTreeMap::from([(node_id, openraft::BasicNode::new(&own))]);
     match raft
         .change_membership(openraft::ChangeMembers::SetNodes(nodes), false)
