@@ -182,6 +182,12 @@ pub enum Error {
     #[error("copies disagree: {0}")]
     Diverged(String),
 
+    /// Too few of an erasure-coded volume's shards are readable to give the
+    /// bytes asked for (more than `m` shards lost or unreachable). Never
+    /// answered with other bytes.
+    #[error("not enough shards: {0}")]
+    Unavailable(String),
+
     /// An operating-system I/O error, with the file it concerned.
     #[error("I/O error on {path}: {source}")]
     Io {

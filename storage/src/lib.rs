@@ -20,6 +20,10 @@
 //! - `file`, `mapped`, [`meta`]: file I/O, the memory map, the volume state file.
 //! - [`cold`]: a volume whose data file is an object in the cold store (its
 //!   index stays local); [`moves`]: tier moves that survive a crash.
+//! - [`erasure`]: a sealed volume as `k` data and `m` parity shards: the
+//!   stripe layout, the codec, shard files, encoding, the holder's view.
+//! - [`sealed`]: the index and delete journal of a sealed data file held
+//!   elsewhere (cold object or shards), shared by `cold` and `erasure`.
 //! - [`space`]: each disk's free-space reserve.
 //! - [`types`]: ids, cookies, tiers, and the one wall clock (`unix_now`).
 //! - [`error`]: the typed errors; [`failpoint`]: faults injected by tests.
@@ -29,6 +33,7 @@
 //! that recovery, scrub and verifying reads check; files are append-only.
 
 pub mod cold;
+pub mod erasure;
 pub mod error;
 pub mod failpoint;
 mod file;
@@ -37,6 +42,7 @@ pub mod index;
 mod mapped;
 pub mod meta;
 pub mod moves;
+pub mod sealed;
 pub mod space;
 pub mod store;
 pub mod throttle;

@@ -42,7 +42,7 @@ pub fn grpc_status(error: &Error, blob: Option<BlobId>) -> tonic::Status {
         Error::Sealed(_) | Error::NeedleDeleted { .. } | Error::Diverged(_) => {
             Status::failed_precondition(error.to_string())
         }
-        Error::Poisoned(_) => Status::unavailable(error.to_string()),
+        Error::Poisoned(_) | Error::Unavailable(_) => Status::unavailable(error.to_string()),
         Error::Busy(_) => Status::aborted(error.to_string()),
         Error::InvalidNeedle(_) | Error::LengthMismatch { .. } => {
             Status::invalid_argument(error.to_string())
@@ -64,7 +64,7 @@ pub fn http_status(error: &Error) -> StatusCode {
         return StatusCode::NOT_FOUND;
     }
     match error {
-        Error::Poisoned(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Poisoned(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Corrupt { .. } => {
             tracing::error!(%error, "serving corrupt needle refused");
             StatusCode::INTERNAL_SERVER_ERROR

@@ -1,0 +1,36 @@
+//! Erasure-coded volumes: a sealed volume's data file as `k` data shards and
+//! `m` parity shards on `k + m` servers (f4's warm tier), 1.4 times the bytes
+//! for RS(10,4) instead of 3 copies' 3.
+//!
+//! # Layout
+//!
+//! - [`layout`]: the code (`K+M`) and the stripe arithmetic: which piece of
+//!   which shard holds a byte range of the data file. Pure.
+//! - [`codec`]: parity of a stripe, and the slices of lost shards restored
+//!   from any `k` others (`reed-solomon-simd`). Pure.
+//! - [`shard`]: one shard file: header, body, a CRC-32 per 64 KiB chunk, the
+//!   digest of the whole; the writer (temp, fsync, rename) and reader.
+//! - [`encode`]: a sealed data file read stripe by stripe into shards.
+//! - [`volume`]: an erasure-coded volume as one holder keeps it: manifest,
+//!   index, delete journal, the shards it holds; locating a needle's pieces
+//!   and restoring a piece from other shards.
+//!
+//! A healthy read of a needle is one read of one shard (a needle crosses
+//! into a second block only at a block's end), checked by the needle's own
+//! checksum. A read whose shard is lost or fails the checksum restores just
+//! the needle's range (widened to 64-byte units) from `k` other shards.
+
+pub mod codec;
+pub mod encode;
+pub mod layout;
+pub mod shard;
+pub mod volume;
+
+pub use codec::CodecError;
+pub use encode::{Encoder, STEP_LEN, Stripe, encode_to_dir};
+pub use layout::{CHUNK_LEN, CODEC_UNIT, Code, CodeError, Layout, MAX_BLOCK_LEN, Piece};
+pub use shard::{BodyDigest, ShardFile, ShardHeader, ShardWriter, shard_path};
+pub use volume::{EcManifest, EcVolume, Located, ec_paths, restore_piece};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+//! A real sealed volume encoded, shards lost and corrupted, every needle
+//! read back byte for byte.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+use crate::Error;
+use crate::format::NeedleMeta;
+use crate::meta::VolumeMeta;
+use crate::sealed::read_index_file;
+use crate::throttle::Throttle;
+use crate::types::{Cookie, NeedleId, Tier, VolumeId};
+use crate::volume::{Durability, NeedleWrite, Volume, VolumeConfig, volume_paths};
+
+const VOLUME: VolumeId = VolumeId(7);
+
+/// Writes `sizes` blobs (contents derived from their index), seals the
+/// volume, and returns the blobs.
+fn sealed_volume(dir: &Path, sizes: &[usize]) -> Vec<(NeedleId, Cookie, Vec<u8>)> {
+    let config = VolumeConfig {
+        max_size: 1 << 30,
+        durability: Durability::Never,
+    };
+    let volume = Volume::create(dir, VOLUME, Tier::Warm, "photos", config).unwrap();
+    let mut blobs = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let id = NeedleId(i as u64 + 1);
+        let cookie = Cookie(0xC0 + i as u32);
+        let data: Vec<u8> = (0..size).map(|b| (b * 7 + i * 13) as u8).collect();
+        volume
+            .write(&NeedleWrite {
+                id,
+                cookie,
+                data: &data,
+                meta: NeedleMeta::default(),
+            })
+            .unwrap();
+        blobs.push((id, cookie, data));
+    }
+    volume.seal().unwrap();
+    volume.close().unwrap();
+    blobs
+}
+
+/// Encodes the sealed volume in `src` and installs it, with every shard,
+/// in `dst`.
+fn encode(src: &Path, dst: &Path, code: Code, max_block: u64) -> EcVolume {
+    let (dat, idx, meta) = volume_paths(src, VOLUME);
+    let data_len = std::fs::metadata(&dat).unwrap().len();
+    let layout = Layout::plan(code, data_len, max_block);
+    let digests = encode_to_dir(&dat, VOLUME, layout, dst, &mut Throttle::new(0)).unwrap();
+    let entries = read_index_file(&idx, VOLUME).unwrap();
+    let meta = VolumeMeta::load(&meta).unwrap().unwrap();
+    EcVolume::install(
+        dst,
+        VOLUME,
+        &EcManifest::new(layout, digests),
+        &entries,
+        &meta,
+        &[],
+    )
+    .unwrap();
+    EcVolume::open(dst, VOLUME).unwrap()
+}
+
+/// Reads a needle from the shards held, restoring pieces of the shards in
+/// `lost` from the others.
+fn read(volume: &EcVolume, id: NeedleId, cookie: Cookie, lost: &[u8]) -> crate::Result<Vec<u8>> {
+    let located = volume.locate(id)?;
+    let mut record = Vec::new();
+    for piece in located.pieces {
+        let bytes = match volume.read_piece(piece)? {
+            Some(bytes) if !lost.contains(&piece.shard) => bytes,
+            _ => {
+                let range = piece.widened();
+                let have: BTreeMap<u8, Vec<u8>> = volume
+                    .held()
+                    .into_iter()
+                    .filter(|s| !lost.contains(s) && *s != piece.shard)
+                    .map(|s| {
+                        let file = volume.shard(s).unwrap();
+                        (s, file.read(range.start, range.end - range.start).unwrap())
+                    })
+                    .collect();
+                restore_piece(volume.layout(), piece, &have)?
+            }
+        };
+        record.extend_from_slice(&bytes);
+    }
+    Ok(volume
+        .decode(id, cookie, Bytes::from(record))?
+        .data
+        .to_vec())
+}
+
+#[test]
+fn every_needle_reads_back_from_its_shard_and_with_m_shards_lost() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Blobs that cross block ends: blocks of one chunk, needles up to 3.
+    let sizes: Vec<usize> = (0..40).map(|i| (i * 7919) % 200_000 + 1).collect();
+    let blobs = sealed_volume(src.path(), &sizes);
+    let code = Code::new(4, 2).unwrap();
+    let volume = encode(src.path(), dst.path(), code, CHUNK_LEN);
+    assert!(volume.layout().rows() > 1);
+    assert_eq!(volume.held(), vec![0, 1, 2, 3, 4, 5]);
+    for (id, cookie, data) in &blobs {
+        assert_eq!(&read(&volume, *id, *cookie, &[]).unwrap(), data);
+        // Any two shards lost: data shards, parity shards, or one of each.
+        for lost in [[0u8, 1], [2, 3], [0, 4], [4, 5], [1, 3]] {
+            assert_eq!(
+                &read(&volume, *id, *cookie, &lost).unwrap(),
+                data,
+                "lost {lost:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn more_than_m_shards_lost_is_unavailable_never_other_bytes() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let blobs = sealed_volume(src.path(), &[5000, 70_000, 3]);
+    let volume = encode(src.path(), dst.path(), Code::new(2, 1).unwrap(), CHUNK_LEN);
+    let (id, cookie, _) = &blobs[1];
+    let error = read(&volume, *id, *cookie, &[0, 1]).unwrap_err();
+    assert!(matches!(error, Error::Unavailable(_)), "{error}");
+    assert!(error.to_string().contains("1 of the 2 shards"), "{error}");
+}
+
+#[test]
+fn a_flipped_byte_fails_the_needle_checksum_and_the_restored_piece_is_right() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let blobs = sealed_volume(src.path(), &[1000, 50_000, 20_000]);
+    let volume = encode(src.path(), dst.path(), Code::new(3, 2).unwrap(), 1 << 30);
+    let (id, cookie, data) = &blobs[1];
+    let piece = volume.locate(*id).unwrap().pieces[0];
+    let file = volume.shard(piece.shard).unwrap();
+    // Flip one byte in the middle of the needle, inside the shard file.
+    let at = shard::SHARD_HEADER_LEN + piece.offset + piece.len / 2;
+    flip(file.path(), at);
+    let error = read(&volume, *id, *cookie, &[]).unwrap_err();
+    assert!(error.is_corruption(), "{error}");
+    assert_eq!(&read(&volume, *id, *cookie, &[piece.shard]).unwrap(), data);
+    // Scrub names the chunk; the chunk restored from the others mends it.
+    let bad = file.scrub(&mut Throttle::new(0)).unwrap();
+    let chunk = (piece.offset + piece.len / 2) / CHUNK_LEN;
+    assert_eq!(bad, vec![chunk]);
+    let chunk_piece = Piece {
+        shard: piece.shard,
+        offset: chunk * CHUNK_LEN,
+        len: CHUNK_LEN,
+    };
+    let have: BTreeMap<u8, Vec<u8>> = volume
+        .held()
+        .into_iter()
+        .filter(|&s| s != piece.shard)
+        .map(|s| {
+            (
+                s,
+                volume
+                    .shard(s)
+                    .unwrap()
+                    .read(chunk * CHUNK_LEN, CHUNK_LEN)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let restored = restore_piece(volume.layout(), chunk_piece, &have).unwrap();
+    file.repair_chunk(chunk, &restored).unwrap();
+    assert!(file.scrub(&mut Throttle::new(0)).unwrap().is_empty());
+    assert_eq!(&read(&volume, *id, *cookie, &[]).unwrap(), data);
+    // Wrong bytes are never written back.
+    assert!(
+        file.repair_chunk(chunk, &vec![0u8; CHUNK_LEN as usize])
+            .is_err()
+    );
+}
+
+#[test]
+fn a_shard_that_differs_from_the_manifest_is_not_taken() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    sealed_volume(src.path(), &[1000, 2000]);
+    let volume = encode(src.path(), dst.path(), Code::new(2, 1).unwrap(), 1 << 30);
+    let path = volume.shard(2).unwrap().path().to_owned();
+    drop(volume);
+    // A flipped byte in the checksum table: the digest no longer matches.
+    let len = std::fs::metadata(&path).unwrap().len();
+    flip(&path, len - 6);
+    let volume = EcVolume::open(dst.path(), VOLUME).unwrap();
+    assert_eq!(volume.held(), vec![0, 1]);
+    assert_eq!(volume.damaged().len(), 1);
+    assert_eq!(volume.damaged()[0].0, 2);
+    // A torn shard (cut short) is refused the same way.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    assert!(volume.add_shard(2).is_err());
+}
+
+#[test]
+fn deletes_are_journaled_and_outlive_a_reopen() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let blobs = sealed_volume(src.path(), &[10, 20, 30]);
+    let volume = encode(src.path(), dst.path(), Code::new(2, 1).unwrap(), 1 << 30);
+    let before = volume.stats();
+    volume.delete(blobs[1].0).unwrap();
+    assert!(
+        read(&volume, blobs[1].0, blobs[1].1, &[])
+            .unwrap_err()
+            .is_not_found()
+    );
+    let after = volume.stats();
+    assert_eq!(after.needles, before.needles - 1);
+    assert!(after.garbage_bytes > before.garbage_bytes);
+    drop(volume);
+    let volume = EcVolume::open(dst.path(), VOLUME).unwrap();
+    assert!(
+        read(&volume, blobs[1].0, blobs[1].1, &[])
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert_eq!(
+        read(&volume, blobs[0].0, blobs[0].1, &[]).unwrap(),
+        blobs[0].2
+    );
+    // A wrong cookie reads as missing.
+    assert!(
+        read(&volume, blobs[2].0, Cookie(1), &[])
+            .unwrap_err()
+            .is_not_found()
+    );
+}
+
+#[test]
+fn a_writer_refuses_a_short_body_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::plan(Code::new(2, 1).unwrap(), 1000, 1 << 30);
+    let mut writer = ShardWriter::create(dir.path(), VOLUME, 0, layout).unwrap();
+    writer.append(&[1u8; 100]).unwrap();
+    assert!(writer.finish(None).is_err());
+    let mut writer = ShardWriter::create(dir.path(), VOLUME, 1, layout).unwrap();
+    writer.append(&[1u8; 100]).unwrap();
+    drop(writer);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    /// Any code, any blob sizes, any `m` or fewer shards lost: every needle
+    /// reads back byte for byte.
+    #[test]
+    fn encode_lose_up_to_m_shards_and_read_back(
+        k in 1u8..7,
+        m in 1u8..4,
+        sizes in prop::collection::vec(1usize..150_000, 1..12),
+        blocks in 1u64..4,
+        lost_seed in any::<u64>(),
+    ) {
+        let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let blobs = sealed_volume(src.path(), &sizes);
+        let code = Code::new(k, m).unwrap();
+        let volume = encode(src.path(), dst.path(), code, blocks * CHUNK_LEN);
+        let n = code.shards() as u64;
+        let lost: Vec<u8> = (0..lost_seed % (u64::from(m) + 1))
+            .map(|i| ((lost_seed / 7 + i * 5) % n) as u8)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for (id, cookie, data) in &blobs {
+            prop_assert_eq!(&read(&volume, *id, *cookie, &lost).unwrap(), data);
+        }
+    }
+}
