@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".hayloft.v1.ReadResponse.chunk")
         .bytes(".hayloft.v1.ReplicateRequest.data")
         .bytes(".hayloft.v1.WriteBatchRequest.data")
+        .bytes(".hayloft.v1.EcWriteShardRequest.data")
+        .bytes(".hayloft.v1.EcReadShardResponse.data")
         .compile_protos(&protos, &["."])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -44,7 +44,16 @@ impl VolumeMeta {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
-        let meta: VolumeMeta = toml::from_str(&text).map_err(|e| Error::BadFile {
+        Self::decode(text.as_bytes(), path).map(Some)
+    }
+
+    /// Decodes a meta file's bytes (`path` names them in errors).
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Self> {
+        let text = std::str::from_utf8(bytes).map_err(|e| Error::BadFile {
+            path: path.to_owned(),
+            reason: format!("unreadable volume state: {e}"),
+        })?;
+        let meta: VolumeMeta = toml::from_str(text).map_err(|e| Error::BadFile {
             path: path.to_owned(),
             reason: format!("unreadable volume state: {e}"),
         })?;
@@ -58,7 +67,7 @@ impl VolumeMeta {
             });
         }
         // Version 1 is the first; later versions add their migrations here.
-        Ok(Some(meta))
+        Ok(meta)
     }
 
     /// Writes the meta file atomically.

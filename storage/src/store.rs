@@ -15,6 +15,7 @@ use crate::cold::{
     ColdManifest, ColdVolume, cold_paths, parse_index, read_index_file, write_index_file,
     write_tomb_file,
 };
+use crate::erasure::held::Holdings;
 use crate::error::{Error, Result};
 use crate::file::{available_space, sync_parent};
 use crate::format::NeedleMeta;
@@ -133,6 +134,8 @@ pub struct Store {
     pending_moves: parking_lot::Mutex<Vec<MoveJob>>,
     /// The reserve of each location, in the order of `config.locations`.
     spaces: Vec<Arc<DiskSpace>>,
+    /// The erasure-coded volumes held here (see [`crate::erasure::held`]).
+    pub(crate) erasure: Holdings,
 }
 
 impl Store {
@@ -186,6 +189,8 @@ impl Store {
                 }
             }
         }
+        let (erasure, failed_erasure) = Holdings::open(&config.locations)?;
+        failed.extend(failed_erasure);
         // Locations on one file system share its reserve and headroom.
         let mut by_device: HashMap<u64, Arc<DiskSpace>> = HashMap::new();
         let mut spaces = Vec::with_capacity(config.locations.len());
@@ -211,6 +216,7 @@ impl Store {
             failed,
             pending_moves: parking_lot::Mutex::new(pending_moves),
             spaces,
+            erasure,
         };
         for volume in store.volumes() {
             store.attach_space(&volume);

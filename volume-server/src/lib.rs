@@ -21,6 +21,7 @@
 //! - [`disk_reads`]: local reads from the page cache or, bounded, from disk.
 //! - [`compaction`]: the periodic trigger and the operators' `Compact`.
 //! - [`tier`]: moving a volume between hot, warm and cold.
+//! - [`erasure`]: encoding a sealed copy into shards on their holders.
 //! - [`reads`]: read counts per volume, for the lifecycle policy.
 //! - [`status`]: volume stats in their wire form.
 //! - [`metrics`]: the server's Prometheus metrics.
@@ -46,6 +47,7 @@ pub mod antientropy;
 mod blocking;
 pub mod compaction;
 pub mod disk_reads;
+pub mod erasure;
 pub mod error;
 pub mod grpc;
 mod heartbeat;

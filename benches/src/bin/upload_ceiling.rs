@@ -39,6 +39,38 @@ impl Volume for Null {
     type CompactStream = Stream<CompactProgress>;
     type FetchNeedleStream = Stream<ReadResponse>;
     type SyncVolumeStream = Stream<SyncProgress>;
+    type EcEncodeStream = Stream<hayloft_proto::EcEncodeProgress>;
+
+    async fn ec_encode(
+        &self,
+        _: Request<hayloft_proto::EcEncodeRequest>,
+    ) -> Result<Response<Self::EcEncodeStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn ec_install(
+        &self,
+        _: Request<hayloft_proto::EcInstallRequest>,
+    ) -> Result<Response<hayloft_proto::EcInstallResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn ec_write_shard(
+        &self,
+        _: Request<Streaming<hayloft_proto::EcWriteShardRequest>>,
+    ) -> Result<Response<hayloft_proto::EcWriteShardResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn ec_read_shard(
+        &self,
+        _: Request<hayloft_proto::EcReadShardRequest>,
+    ) -> Result<Response<hayloft_proto::EcReadShardResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn ec_drop(
+        &self,
+        _: Request<hayloft_proto::EcDropRequest>,
+    ) -> Result<Response<hayloft_proto::EcDropResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
 
     async fn write(
         &self,

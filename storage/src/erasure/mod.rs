@@ -11,6 +11,8 @@
 //! - [`shard`]: one shard file: header, body, a CRC-32 per 64 KiB chunk, the
 //!   digest of the whole; the writer (temp, fsync, rename) and reader.
 //! - [`encode`]: a sealed data file read stripe by stripe into shards.
+//! - [`held`]: the erasure-coded volumes of a store, beside its replicated
+//!   ones (install, take a written shard, remove).
 //! - [`volume`]: an erasure-coded volume as one holder keeps it: manifest,
 //!   index, delete journal, the shards it holds; locating a needle's pieces
 //!   and restoring a piece from other shards.
@@ -22,6 +24,7 @@
 
 pub mod codec;
 pub mod encode;
+pub mod held;
 pub mod layout;
 pub mod shard;
 pub mod volume;

@@ -292,3 +292,76 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_store_holds_what_was_installed_and_forgets_half_written_shards() {
+    use crate::store::{Location, Store, StoreConfig};
+    let root = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let blobs = sealed_volume(src.path(), &[3000, 9000]);
+    let open = || {
+        Store::open(StoreConfig {
+            locations: Location::hot_and_warm(root.path()),
+            volume: VolumeConfig::default(),
+            reserve: crate::space::Reserve::NONE,
+        })
+        .unwrap()
+    };
+    let store = open();
+    let (dat, idx, meta) = volume_paths(src.path(), VOLUME);
+    let layout = Layout::plan(
+        Code::new(2, 1).unwrap(),
+        std::fs::metadata(&dat).unwrap().len(),
+        1 << 30,
+    );
+    // Shards written before the manifest (as an encode does), then installed.
+    let mut encoder = Encoder::open(&dat, layout).unwrap();
+    let mut writers: Vec<_> = (0..3)
+        .map(|s| store.shard_writer(VOLUME, s, layout).unwrap())
+        .collect();
+    while let Some(stripe) = encoder.next_stripe().unwrap() {
+        for (writer, slice) in writers.iter_mut().zip(&stripe.slices) {
+            writer.append(slice).unwrap();
+        }
+    }
+    let digests = encoder.digests();
+    for (shard, (writer, digest)) in writers.into_iter().zip(&digests).enumerate() {
+        store
+            .finish_shard(VOLUME, shard as u8, writer, *digest)
+            .unwrap();
+    }
+    let manifest = EcManifest::new(layout, digests);
+    let entries = read_index_file(&idx, VOLUME).unwrap();
+    let meta = VolumeMeta::load(&meta).unwrap().unwrap();
+    let held = store
+        .install_erasure(VOLUME, &manifest, &entries, &meta, &[])
+        .unwrap();
+    assert_eq!(held.held(), vec![0, 1, 2]);
+    assert_eq!(held.dir(), root.path().join("warm"));
+    // The same manifest again is the same volume; another one is refused.
+    store
+        .install_erasure(VOLUME, &manifest, &entries, &meta, &[])
+        .unwrap();
+    let other = EcManifest::new(layout, vec![1, 2, 3]);
+    assert!(matches!(
+        store.install_erasure(VOLUME, &other, &entries, &meta, &[]),
+        Err(Error::VolumeExists(_))
+    ));
+    // A shard a crash left half written is gone when the store opens again.
+    let tmp = root.path().join("warm").join(format!("{VOLUME}.ec01.tmp"));
+    std::fs::write(&tmp, b"half").unwrap();
+    drop((held, store));
+    let store = open();
+    assert!(!tmp.exists());
+    let held = store.erasure(VOLUME).unwrap();
+    assert_eq!(
+        read(&held, blobs[1].0, blobs[1].1, &[0]).unwrap(),
+        blobs[1].2
+    );
+    store.remove_erasure(VOLUME).unwrap();
+    assert!(store.erasure(VOLUME).is_err());
+    assert_eq!(
+        std::fs::read_dir(root.path().join("warm")).unwrap().count(),
+        0
+    );
+}

@@ -8,7 +8,7 @@
 //! | `<id>.ecx` | the sealed data file's index (same format as `.idx`) | before the manifest, never changed after |
 //! | `<id>.ecj` | needles deleted since encoding, 16 bytes each | appended and fsynced per delete |
 //! | `<id>.ecNN` | shard `NN` (see `shard`) | temp file, fsync, rename |
-//! | `<id>.meta` | the volume state file (collection, sealed time) | before the manifest |
+//! | `<id>.ecmeta` | the volume state file (collection, sealed time), `.meta` format; a file of its own, as a replicated copy of the same volume may share the directory | before the manifest |
 //!
 //! No networking here: the server reads the pieces [`EcVolume::locate`]
 //! names from itself or from their holders, restores missing ones with
@@ -34,7 +34,7 @@ use crate::format::{IndexEntry, NeedleHeader};
 use crate::meta::VolumeMeta;
 use crate::sealed::{SealedIndex, read_index_file, write_index_file};
 use crate::types::{Cookie, NeedleId, Tier, VolumeId};
-use crate::volume::{Needle, VolumeStats, volume_paths};
+use crate::volume::{Needle, VolumeStats};
 
 /// Version of the manifest layout written by this build.
 pub const EC_MANIFEST_VERSION: u32 = 1;
@@ -135,6 +135,11 @@ pub fn ec_paths(dir: &Path, id: VolumeId) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// Path of an erasure-coded volume's state file.
+pub fn ec_meta_path(dir: &Path, id: VolumeId) -> PathBuf {
+    dir.join(format!("{id}.ecmeta"))
+}
+
 /// An open erasure-coded volume.
 pub struct EcVolume {
     id: VolumeId,
@@ -183,8 +188,7 @@ impl EcVolume {
         manifest.layout(&manifest_path)?;
         write_index_file(&ecx, id, entries)?;
         crate::sealed::write_tomb_file(&ecj, deleted)?;
-        let (_, _, meta_path) = volume_paths(dir, id);
-        meta.store(&meta_path)?;
+        meta.store(&ec_meta_path(dir, id))?;
         write_atomically(&manifest_path, &manifest.encode()?)
     }
 
@@ -200,8 +204,7 @@ impl EcVolume {
         let bytes = std::fs::read(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
         let manifest = EcManifest::decode(&bytes, &manifest_path)?;
         let layout = manifest.layout(&manifest_path)?;
-        let (_, _, meta_path) = volume_paths(dir, id);
-        let meta = VolumeMeta::load(&meta_path)?.unwrap_or_else(|| VolumeMeta::new(""));
+        let meta = VolumeMeta::load(&ec_meta_path(dir, id))?.unwrap_or_else(|| VolumeMeta::new(""));
         let entries = read_index_file(&ecx, id)?;
         let index = SealedIndex::open(id, &entries, layout.data_len, &ecj)?;
         let mut shards = BTreeMap::new();
@@ -377,7 +380,7 @@ impl EcVolume {
         for shard in 0..shards as u8 {
             remove_if_exists(&shard_path(dir, id, shard))?;
         }
-        for path in [ecx, ecj] {
+        for path in [ecx, ecj, ec_meta_path(dir, id)] {
             remove_if_exists(&path)?;
         }
         Ok(())

@@ -9,13 +9,15 @@
 //!
 //! The rooms: `authz` (who may call what), `write` (a blob to every copy),
 //! `answers` (streams of independent requests: `WriteBatch`, `Replicate`),
-//! `read`, `sync` (the RPCs of anti-entropy and repair), `admin` (deletes
-//! and the operators' calls); this file holds the service, its dispatch
+//! `read`, `sync` (the RPCs of anti-entropy and repair), `erasure` (shards
+//! of erasure-coded volumes in and out), `admin` (deletes and the
+//! operators' calls); this file holds the service, its dispatch
 //! (`impl Volume`) and what every room shares.
 
 mod admin;
 mod answers;
 mod authz;
+mod erasure;
 mod read;
 mod sync;
 mod write;
@@ -26,6 +28,7 @@ use admin::*;
 use answers::*;
 pub use answers::{Answers, BATCH_BLOB_MAX};
 pub use authz::needs;
+pub use erasure::SHARD_READ_MAX;
 pub use read::blob_info;
 #[allow(unused_imports)]
 use read::*;
@@ -220,6 +223,57 @@ impl Volume for VolumeService {
     }
 
     type WriteBatchStream = Answers<WriteBatchResponse>;
+    type EcEncodeStream = erasure::EncodeStream;
+
+    async fn ec_encode(
+        &self,
+        request: Request<hayloft_proto::EcEncodeRequest>,
+    ) -> Result<Response<Self::EcEncodeStream>, Status> {
+        let span = request_span("grpc_ec_encode", request.metadata());
+        traced("grpc_ec_encode", span, self.ec_encode_inner(request)).await
+    }
+
+    async fn ec_install(
+        &self,
+        request: Request<hayloft_proto::EcInstallRequest>,
+    ) -> Result<Response<hayloft_proto::EcInstallResponse>, Status> {
+        let span = request_span("grpc_ec_install", request.metadata());
+        traced("grpc_ec_install", span, self.ec_install_inner(request)).await
+    }
+
+    async fn ec_write_shard(
+        &self,
+        request: Request<Streaming<hayloft_proto::EcWriteShardRequest>>,
+    ) -> Result<Response<hayloft_proto::EcWriteShardResponse>, Status> {
+        let span = request_span("grpc_ec_write_shard", request.metadata());
+        traced(
+            "grpc_ec_write_shard",
+            span,
+            self.ec_write_shard_inner(request),
+        )
+        .await
+    }
+
+    async fn ec_read_shard(
+        &self,
+        request: Request<hayloft_proto::EcReadShardRequest>,
+    ) -> Result<Response<hayloft_proto::EcReadShardResponse>, Status> {
+        let span = request_span("grpc_ec_read_shard", request.metadata());
+        traced(
+            "grpc_ec_read_shard",
+            span,
+            self.ec_read_shard_inner(request),
+        )
+        .await
+    }
+
+    async fn ec_drop(
+        &self,
+        request: Request<hayloft_proto::EcDropRequest>,
+    ) -> Result<Response<hayloft_proto::EcDropResponse>, Status> {
+        let span = request_span("grpc_ec_drop", request.metadata());
+        traced("grpc_ec_drop", span, self.ec_drop_inner(request)).await
+    }
 
     async fn write_batch(
         &self,

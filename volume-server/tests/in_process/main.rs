@@ -11,9 +11,12 @@
 //!   off).
 //! - `origin`: the HTTP origin's headers, ranges and preconditions.
 //! - `grpc`: reads, writes, deletes, batches and their error codes.
+//! - `erasure`: a sealed copy encoded into shards on five servers, read
+//!   back with shards lost; shards that arrive wrong are never kept.
 
 #![allow(clippy::unwrap_used)]
 
+mod erasure;
 mod grpc;
 mod heartbeat;
 mod origin;

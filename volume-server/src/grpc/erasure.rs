@@ -1,0 +1,201 @@
+//! The RPCs of erasure-coded volumes: encoding a copy held here (the
+//! coordinator's side, in `crate::erasure`), and a holder's side: shards in,
+//! installation, shard reads, dropping.
+
+#[allow(unused_imports)]
+use super::*;
+
+use hayloft_proto::{
+    EcDropRequest, EcDropResponse, EcEncodeProgress, EcEncodeRequest, EcInstallRequest,
+    EcInstallResponse, EcReadShardRequest, EcReadShardResponse, EcWriteShardRequest,
+    EcWriteShardResponse,
+};
+use hayloft_storage::erasure::{CHUNK_LEN, Code, EcManifest, Layout, ShardWriter};
+
+/// Largest range one `EcReadShard` returns.
+pub const SHARD_READ_MAX: u64 = 16 << 20;
+
+pub(super) type EncodeStream =
+    tokio_stream::wrappers::ReceiverStream<Result<EcEncodeProgress, Status>>;
+
+fn shard_index(shard: u32) -> Result<u8, Status> {
+    u8::try_from(shard).map_err(|_| Status::invalid_argument(format!("no shard {shard}")))
+}
+
+impl VolumeService {
+    pub(super) async fn ec_encode_inner(
+        &self,
+        request: Request<EcEncodeRequest>,
+    ) -> Result<Response<EncodeStream>, Status> {
+        let request = request.into_inner();
+        let code: Code =
+            request
+                .code
+                .parse()
+                .map_err(|e: hayloft_storage::erasure::CodeError| {
+                    Status::invalid_argument(e.to_string())
+                })?;
+        let job = crate::erasure::EncodeRequest {
+            volume: VolumeId(request.volume_id),
+            code,
+            max_block: request.max_block,
+            holders: request.holders,
+            rate: request.rate,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let store = Arc::clone(&self.store);
+        let replication = Arc::clone(&self.replication);
+        tokio::spawn(async move {
+            let last = match crate::erasure::encode(store, replication, job, tx.clone()).await {
+                Ok(manifest) => manifest
+                    .encode()
+                    .map(|manifest| EcEncodeProgress {
+                        done: manifest.len() as u64,
+                        total: manifest.len() as u64,
+                        manifest,
+                    })
+                    .map_err(|e| grpc_status(&e, None)),
+                Err(status) => Err(status),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    pub(super) async fn ec_install_inner(
+        &self,
+        request: Request<EcInstallRequest>,
+    ) -> Result<Response<EcInstallResponse>, Status> {
+        let request = request.into_inner();
+        let id = VolumeId(request.volume_id);
+        let store = Arc::clone(&self.store);
+        blocking(move || {
+            let label = std::path::Path::new("<EcInstall>");
+            let manifest = EcManifest::decode(&request.manifest, label)?;
+            let entries = hayloft_storage::sealed::parse_index(&request.index, id, label)?;
+            let meta = hayloft_storage::meta::VolumeMeta::decode(&request.meta, label)?;
+            let deleted = hayloft_storage::sealed::parse_tombs(&request.tombstones);
+            store.install_erasure(id, &manifest, &entries, &meta, &deleted)
+        })
+        .await?
+        .map_err(|e| match e {
+            Error::BadFile { .. } => Status::invalid_argument(e.to_string()),
+            e => grpc_status(&e, None),
+        })?;
+        tracing::info!(volume = %id, "erasure-coded volume installed");
+        self.heartbeat_now.notify_one();
+        Ok(Response::new(EcInstallResponse {}))
+    }
+
+    pub(super) async fn ec_write_shard_inner(
+        &self,
+        request: Request<Streaming<EcWriteShardRequest>>,
+    ) -> Result<Response<EcWriteShardResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty shard stream"))?;
+        let id = VolumeId(first.volume_id);
+        let shard = shard_index(first.shard)?;
+        let code: Code = first
+            .code
+            .parse()
+            .map_err(|e: hayloft_storage::erasure::CodeError| {
+                Status::invalid_argument(e.to_string())
+            })?;
+        if first.block_len == 0 || !first.block_len.is_multiple_of(CHUNK_LEN) {
+            return Err(Status::invalid_argument(format!(
+                "block length {} is not a multiple of {CHUNK_LEN}",
+                first.block_len
+            )));
+        }
+        let layout = Layout {
+            code,
+            data_len: first.data_len,
+            block_len: first.block_len,
+        };
+        let store = Arc::clone(&self.store);
+        let mut writer: ShardWriter = blocking(move || store.shard_writer(id, shard, layout))
+            .await?
+            .map_err(|e| grpc_status(&e, None))?;
+        let mut message = first;
+        loop {
+            let data = std::mem::take(&mut message.data);
+            if !data.is_empty() {
+                let (back, written) = blocking(move || {
+                    let result = writer.append(&data);
+                    (writer, result)
+                })
+                .await?;
+                writer = back;
+                written.map_err(|e| match e {
+                    Error::BadFile { .. } => Status::invalid_argument(e.to_string()),
+                    e => grpc_status(&e, None),
+                })?;
+            }
+            if let Some(digest) = message.digest {
+                let store = Arc::clone(&self.store);
+                blocking(move || store.finish_shard(id, shard, writer, digest))
+                    .await?
+                    .map_err(|e| match e {
+                        Error::Corrupt { .. } => Status::data_loss(e.to_string()),
+                        Error::BadFile { .. } => Status::invalid_argument(e.to_string()),
+                        e => grpc_status(&e, None),
+                    })?;
+                tracing::info!(volume = %id, shard, "shard written");
+                return Ok(Response::new(EcWriteShardResponse { digest }));
+            }
+            message = stream.message().await?.ok_or_else(|| {
+                Status::invalid_argument("shard stream ended before its digest: nothing kept")
+            })?;
+        }
+    }
+
+    pub(super) async fn ec_read_shard_inner(
+        &self,
+        request: Request<EcReadShardRequest>,
+    ) -> Result<Response<EcReadShardResponse>, Status> {
+        let request = request.into_inner();
+        let id = VolumeId(request.volume_id);
+        let shard = shard_index(request.shard)?;
+        if request.length > SHARD_READ_MAX {
+            return Err(Status::invalid_argument(format!(
+                "read at most {SHARD_READ_MAX} bytes of a shard at a time"
+            )));
+        }
+        let volume = self.store.erasure(id).map_err(|e| grpc_status(&e, None))?;
+        let file = volume.shard(shard).ok_or_else(|| {
+            Status::not_found(format!("shard {shard} of volume {id} is not here"))
+        })?;
+        let data = blocking(move || {
+            if request.verified {
+                file.read_verified(file.chunks_of(request.offset, request.length))
+            } else {
+                file.read(request.offset, request.length)
+            }
+        })
+        .await?
+        .map_err(|e| match e {
+            Error::BadFile { .. } => Status::out_of_range(e.to_string()),
+            e => grpc_status(&e, None),
+        })?;
+        Ok(Response::new(EcReadShardResponse { data: data.into() }))
+    }
+
+    pub(super) async fn ec_drop_inner(
+        &self,
+        request: Request<EcDropRequest>,
+    ) -> Result<Response<EcDropResponse>, Status> {
+        let id = VolumeId(request.into_inner().volume_id);
+        let store = Arc::clone(&self.store);
+        blocking(move || store.remove_erasure(id))
+            .await?
+            .map_err(|e| grpc_status(&e, None))?;
+        tracing::info!(volume = %id, "erasure-coded volume dropped");
+        self.heartbeat_now.notify_one();
+        Ok(Response::new(EcDropResponse {}))
+    }
+}
