@@ -11,6 +11,8 @@
 //!   off).
 //! - `origin`: the HTTP origin's headers, ranges and preconditions.
 //! - `grpc`: reads, writes, deletes, batches and their error codes.
+//! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
+//!   worker and by `MoveVolume`, reads from cold, the way back, S3 gone.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,4 +21,6 @@ mod heartbeat;
 mod origin;
 mod proxy;
 mod replication;
+mod s3;
 mod support;
+mod tier;
