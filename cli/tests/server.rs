@@ -3,11 +3,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+// The e2e tests' wait for a state; this binary uses only part of it.
+#[allow(dead_code)]
+#[path = "../../tests/support/eventually.rs"]
+mod eventually;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use hayloft::server::{Addresses, Embedded, Error, Running};
 use hayloft_client::{Client, UploadOptions};
+
+use eventually::{eventually, secs};
 
 /// Starts an embedded server on port 0 under `dir`, and the sender that stops it.
 async fn start(dir: &std::path::Path) -> (Running, tokio::sync::oneshot::Sender<()>) {
@@ -101,16 +108,20 @@ async fn an_embedded_server_on_port_zero_serves_on_the_ports_it_reports_and_stop
         .unwrap();
     // The directory still names the old ports until the first heartbeat.
     let grpc = running.addresses.grpc.to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = client.status().await.unwrap();
-        let location = status.servers[0].location.clone().unwrap();
-        if location.grpc_addr == grpc {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        secs(30),
+        "the directory names the volume server's new gRPC address",
+        async || {
+            let status = client.status().await.unwrap();
+            let location = status.servers[0].location.clone().unwrap();
+            if location.grpc_addr == grpc {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    )
+    .await;
     let (_, bytes) = client.download(&uploaded.blob_id).await.unwrap();
     assert_eq!(&bytes[..], b"hello, hayloft");
     // The directory, a group of one, records its own new address too (not
@@ -122,19 +133,23 @@ async fn an_embedded_server_on_port_zero_serves_on_the_ports_it_reports_and_stop
     ))
     .await
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = node
-            .node(hayloft_proto::NodeRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if status.members == [own.clone()] {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        secs(30),
+        "the directory records its own new address as the group's one member",
+        async || {
+            let status = node
+                .node(hayloft_proto::NodeRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if status.members == [own.clone()] {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    )
+    .await;
     let url = format!("http://{}/{}", running.addresses.http, uploaded.blob_id);
     let again = http.get(&url).send().await.unwrap();
     assert_eq!(&again.bytes().await.unwrap()[..], b"hello, hayloft");

@@ -19,13 +19,16 @@ impl Client {
         let mut results: Vec<Option<Result<Uploaded>>> = blobs.iter().map(|_| None).collect();
         let (mut pending, alone): (Vec<usize>, Vec<usize>) =
             (0..blobs.len()).partition(|&i| blobs[i].0.len() as u64 <= BATCH_BLOB_MAX);
-        for attempt in 0..ATTEMPTS {
-            if pending.is_empty() {
-                break;
-            }
+        let mut pauses = upload_pauses().peekable();
+        let mut attempt = 0;
+        while !pending.is_empty() {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
+                // Blobs are left pending only while a pause is left.
+                let Some(pause) = pauses.next() else { break };
+                tokio::time::sleep(pause).await;
             }
+            // Whether a blob refused now is tried again in another round.
+            let another_round = pauses.peek().is_some();
             // Fresh ids for every blob of this round, grouped by primary.
             let mut by_server: HashMap<String, Vec<(usize, Slot, WriteBatchRequest)>> =
                 HashMap::new();
@@ -67,7 +70,7 @@ impl Client {
             for answers in futures::future::join_all(batches).await {
                 for (i, answer) in answers {
                     match answer {
-                        Err(error) if retry_upload(&error) && attempt + 1 < ATTEMPTS => {
+                        Err(error) if retry_upload(&error) && another_round => {
                             tracing::warn!(%error, attempt, "batched upload failed; retrying with a new id");
                             pending.push(i);
                         }
@@ -75,6 +78,7 @@ impl Client {
                     }
                 }
             }
+            attempt += 1;
         }
         for i in alone {
             let (data, options) = &blobs[i];

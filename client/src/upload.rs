@@ -37,6 +37,16 @@ pub struct Uploaded {
 /// Attempts per upload (each with a fresh id) and per download.
 pub(crate) const ATTEMPTS: usize = 4;
 
+/// The pauses between the attempts of an upload (or a batch's rounds),
+/// each with fresh ids: 100 ms, doubling, one fewer than [`ATTEMPTS`]
+/// (100, 200, 400 ms). When they run out, the upload gives up.
+pub(crate) fn upload_pauses() -> impl Iterator<Item = Duration> {
+    backon::BackoffBuilder::build(
+        hayloft_proto::retry::doubling(Duration::from_millis(100), Duration::from_secs(1))
+            .with_max_times(ATTEMPTS - 1),
+    )
+}
+
 /// The last failure of an upload that was tried [`ATTEMPTS`] times, each
 /// with a fresh id: the same code, and a message that says so and names the
 /// server of the last attempt ("Unavailable: tcp connect error" alone does
@@ -196,12 +206,13 @@ impl Client {
         options: &UploadOptions,
         body: impl Fn() -> Body + Send + Sync,
     ) -> Result<Uploaded> {
-        let mut last_error = None;
         let request_id = options
             .request_id
             .clone()
             .unwrap_or_else(hayloft_proto::new_request_id);
-        for attempt in 0..ATTEMPTS {
+        let mut pauses = upload_pauses();
+        let mut attempt = 0;
+        loop {
             let slot = self.take_id(&options.collection, &request_id).await?;
             let header = write_header(&slot, size, options);
             let Slot {
@@ -231,19 +242,30 @@ impl Client {
                         request_id,
                     });
                 }
-                Err(error) if retry_upload(&error) && attempt + 1 < ATTEMPTS => {
+                Err(error) if retry_upload(&error) => {
+                    let Some(pause) = pauses.next() else {
+                        return Err(gave_up(error, &location.server_id, &location.grpc_addr));
+                    };
                     tracing::warn!(server = %location.server_id, %error, attempt, "upload failed; retrying with a new id");
                     self.forget_reserved(&options.collection, blob.volume_id)
                         .await;
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    last_error = Some(error);
-                }
-                Err(error) if retry_upload(&error) => {
-                    return Err(gave_up(error, &location.server_id, &location.grpc_addr));
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(last_error.unwrap_or(Error::NoLocation(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_waits_100_200_400_ms_between_its_four_attempts() {
+        // backon's doubling is in floating point: to the millisecond.
+        let pauses: Vec<u128> = upload_pauses().map(|p| p.as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400], "{ATTEMPTS} attempts");
     }
 }

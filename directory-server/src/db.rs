@@ -33,6 +33,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hayloft_proto::{ServerLocation, VolumeStatus};
+use hayloft_storage::VolumeId;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use crate::error::{Error, Result};
@@ -99,6 +100,11 @@ pub struct VolumeRow {
 }
 
 impl VolumeRow {
+    /// The volume's id.
+    pub fn volume_id(&self) -> VolumeId {
+        VolumeId(self.id)
+    }
+
     /// Upgrades a row written before replication (one copy, on `server_id`).
     pub fn migrate(&mut self) {
         if self.replicas.is_empty() && !self.server_id.is_empty() {
@@ -165,6 +171,13 @@ pub struct RepairJobRow {
     /// The term of the leader that started it.
     #[prost(uint64, tag = "6")]
     pub term: u64,
+}
+
+impl RepairJobRow {
+    /// The id of the volume repaired.
+    pub fn volume_id(&self) -> VolumeId {
+        VolumeId(self.volume_id)
+    }
 }
 
 /// Everything the directory persisted: its state machine.
@@ -351,11 +364,14 @@ impl Db {
 
 /// Adds a volume row to `batch`.
 pub fn put_volume(batch: &mut WriteBatch, row: &VolumeRow) {
-    batch.put(volume_key(row.id), prost::Message::encode_to_vec(row));
+    batch.put(
+        volume_key(row.volume_id()),
+        prost::Message::encode_to_vec(row),
+    );
 }
 
 /// Adds the deletion of a volume row to `batch`.
-pub fn delete_volume(batch: &mut WriteBatch, id: u32) {
+pub fn delete_volume(batch: &mut WriteBatch, id: VolumeId) {
     batch.delete(volume_key(id));
 }
 
@@ -381,8 +397,8 @@ pub fn delete_revoked(batch: &mut WriteBatch, token_id: &str) {
 }
 
 /// Adds the deletion of a volume's repair job to `batch`.
-pub fn delete_repair_job(batch: &mut WriteBatch, volume_id: u32) {
-    batch.delete([REPAIR_PREFIX, &volume_id.to_be_bytes()].concat());
+pub fn delete_repair_job(batch: &mut WriteBatch, volume_id: VolumeId) {
+    batch.delete([REPAIR_PREFIX, &volume_id.0.to_be_bytes()].concat());
 }
 
 /// Adds a server row to `batch`.
@@ -399,8 +415,8 @@ pub fn put_server(batch: &mut WriteBatch, row: &ServerRow) {
 }
 
 /// Adds the next volume id to `batch`.
-pub fn put_next_volume_id(batch: &mut WriteBatch, next: u32) {
-    batch.put(NEXT_VOLUME_ID, next.to_le_bytes());
+pub fn put_next_volume_id(batch: &mut WriteBatch, next: VolumeId) {
+    batch.put(NEXT_VOLUME_ID, next.0.to_le_bytes());
 }
 
 /// Adds a capacity sample to `batch`, dropping those taken before
@@ -427,8 +443,8 @@ pub(crate) fn synced() -> WriteOptions {
     options
 }
 
-fn volume_key(id: u32) -> Vec<u8> {
-    [VOLUME_PREFIX, &id.to_be_bytes()].concat()
+fn volume_key(id: VolumeId) -> Vec<u8> {
+    [VOLUME_PREFIX, &id.0.to_be_bytes()].concat()
 }
 
 fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M> {
@@ -453,7 +469,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
-        put_next_volume_id(&mut batch, 7);
+        put_next_volume_id(&mut batch, VolumeId(7));
         db.write(batch).unwrap();
         // With RocksDB's defaults: a 70 MB write-ahead log and a 4 MiB
         // manifest, preallocated, for a few bytes of state.

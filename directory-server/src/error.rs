@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hayloft_storage::VolumeId;
+
 /// What can go wrong in the directory.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,18 +46,18 @@ pub enum Error {
     MalformedId(String),
     /// A volume the map does not hold.
     #[error("volume {0} not found")]
-    VolumeNotFound(u32),
+    VolumeNotFound(VolumeId),
     /// A volume with no copy on that server.
     #[error("volume {volume} has no copy on {server}")]
     NoCopy {
         /// The volume.
-        volume: u32,
+        volume: VolumeId,
         /// The server named.
         server: String,
     },
     /// Taking the copy away would leave the volume without a healthy one.
     #[error("volume {0} would have no healthy copy left")]
-    LastHealthyCopy(u32),
+    LastHealthyCopy(VolumeId),
     /// No volume of the collection can be created now (too few live
     /// servers, volume ids exhausted): why, as status shows it.
     #[error("{0}")]
@@ -78,7 +80,7 @@ pub enum Error {
         /// The server.
         server: String,
         /// The volume.
-        volume: u32,
+        volume: VolumeId,
         /// What it answered.
         reason: String,
     },
@@ -276,20 +278,20 @@ mod tests {
     fn each_error_names_what_it_is_about_with_its_code() {
         let cases = [
             (
-                Error::VolumeNotFound(7),
+                Error::VolumeNotFound(VolumeId(7)),
                 tonic::Code::NotFound,
                 "volume 7 not found",
             ),
             (
                 Error::NoCopy {
-                    volume: 7,
+                    volume: VolumeId(7),
                     server: "vs1".into(),
                 },
                 tonic::Code::NotFound,
                 "volume 7 has no copy on vs1",
             ),
             (
-                Error::LastHealthyCopy(7),
+                Error::LastHealthyCopy(VolumeId(7)),
                 tonic::Code::FailedPrecondition,
                 "volume 7 would have no healthy copy left",
             ),

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hayloft_proto::{ServerLocation, Tier, VolumeState};
+use hayloft_storage::VolumeId;
 use prost::Message;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,9 @@ use crate::error::{Error, Result};
 pub(crate) const MAX_SEQ: u64 = u32::MAX as u64;
 
 /// A change to the directory's replicated state. Protobuf records travel as
-/// their encoded bytes.
+/// their encoded bytes, and volume ids as the bare `u32` the log has always
+/// held: this is the log's wire format, like the protobuf messages, and
+/// the apply function makes them [`VolumeId`]s.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     /// A volume server registered, or moved (address, zone or rack).
@@ -100,7 +103,7 @@ pub enum Applied {
     /// Applied; nothing to answer.
     Done,
     /// The volume id taken.
-    VolumeId(u32),
+    VolumeId(VolumeId),
     /// The needle sequences reserved: `first..end`.
     Needles { first: u64, end: u64 },
     /// Not applied, and why (the state had changed since the leader looked).
@@ -120,18 +123,18 @@ pub struct Position {
 
 /// The replicated state: the same on every node that applied the same
 /// entries.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct Replicated {
     /// Every server ever registered, by id.
     pub(crate) servers: HashMap<String, ServerRow>,
     /// Every volume, by id.
-    pub(crate) volumes: BTreeMap<u32, VolumeRow>,
+    pub(crate) volumes: BTreeMap<VolumeId, VolumeRow>,
     /// Repairs started and not ended, by volume.
-    pub(crate) repair_jobs: BTreeMap<u32, RepairJobRow>,
+    pub(crate) repair_jobs: BTreeMap<VolumeId, RepairJobRow>,
     /// Revoked token ids and when each may be forgotten.
     pub(crate) revoked: BTreeMap<String, u64>,
     /// The next volume id to hand out (from 1).
-    pub(crate) next_volume_id: u32,
+    pub(crate) next_volume_id: VolumeId,
     /// The consensus layer's position this state reflects.
     pub(crate) position: Position,
 }
@@ -150,20 +153,20 @@ impl Replicated {
                 .into_iter()
                 .map(|mut row| {
                     row.migrate();
-                    (row.id, row)
+                    (row.volume_id(), row)
                 })
                 .collect(),
             repair_jobs: snapshot
                 .repair_jobs
                 .into_iter()
-                .map(|job| (job.volume_id, job))
+                .map(|job| (job.volume_id(), job))
                 .collect(),
             revoked: snapshot
                 .revoked
                 .into_iter()
                 .map(|r| (r.token_id, r.expires_at))
                 .collect(),
-            next_volume_id: snapshot.next_volume_id.max(1),
+            next_volume_id: VolumeId(snapshot.next_volume_id.max(1)),
             position: Position {
                 applied: snapshot.applied,
                 membership: snapshot.membership,
@@ -175,7 +178,7 @@ impl Replicated {
     /// database only).
     pub(crate) fn to_snapshot(&self, history: Vec<hayloft_proto::CapacitySample>) -> db::Snapshot {
         db::Snapshot {
-            next_volume_id: self.next_volume_id,
+            next_volume_id: self.next_volume_id.0,
             volumes: self.volumes.values().cloned().collect(),
             servers: self.servers.values().cloned().collect(),
             history,
@@ -257,7 +260,7 @@ fn apply_command(
         }
         Command::AllocateVolumeId => {
             let id = map.next_volume_id;
-            match id.checked_add(1) {
+            match id.0.checked_add(1).map(VolumeId) {
                 Some(next) => {
                     map.next_volume_id = next;
                     db::put_next_volume_id(batch, next);
@@ -269,7 +272,7 @@ fn apply_command(
         Command::CreateVolume { row } | Command::AdoptVolume { row } => {
             let mut row: VolumeRow = decode(&row)?;
             row.migrate();
-            let row = map.volumes.entry(row.id).or_insert(row);
+            let row = map.volumes.entry(row.volume_id()).or_insert(row);
             changed(batch, row)
         }
         Command::ReserveNeedles {
@@ -277,6 +280,7 @@ fn apply_command(
             count,
             at_least,
         } => {
+            let volume_id = VolumeId(volume_id);
             let Some(row) = map.volumes.get_mut(&volume_id) else {
                 return Ok(Applied::Refused(format!(
                     "volume {volume_id} is not in the map"
@@ -299,6 +303,7 @@ fn apply_command(
             tier,
             stale,
         } => {
+            let volume_id = VolumeId(volume_id);
             let Some(row) = map.volumes.get_mut(&volume_id) else {
                 return Ok(Applied::Done);
             };
@@ -315,6 +320,7 @@ fn apply_command(
             volume_id,
             server_id,
         } => {
+            let volume_id = VolumeId(volume_id);
             let Some(row) = map.volumes.get_mut(&volume_id) else {
                 return Ok(Applied::Done);
             };
@@ -326,6 +332,7 @@ fn apply_command(
             lost,
             target,
         } => {
+            let volume_id = VolumeId(volume_id);
             let Some(row) = map.volumes.get_mut(&volume_id) else {
                 return Ok(Applied::Done);
             };
@@ -351,6 +358,7 @@ fn apply_command(
             volume_id,
             server_id,
         } => {
+            let volume_id = VolumeId(volume_id);
             let Some(row) = map.volumes.get_mut(&volume_id) else {
                 return Ok(Applied::Done);
             };
@@ -362,6 +370,7 @@ fn apply_command(
             changed(batch, row)
         }
         Command::ForgetVolume { volume_id } => {
+            let volume_id = VolumeId(volume_id);
             map.volumes.remove(&volume_id);
             db::delete_volume(batch, volume_id);
             if map.repair_jobs.remove(&volume_id).is_some() {
@@ -371,17 +380,18 @@ fn apply_command(
         }
         Command::RepairStarted { job } => {
             let job: RepairJobRow = decode(&job)?;
-            if !map.volumes.contains_key(&job.volume_id) {
+            if !map.volumes.contains_key(&job.volume_id()) {
                 return Ok(Applied::Refused(format!(
                     "volume {} is not in the map",
                     job.volume_id
                 )));
             }
             db::put_repair_job(batch, &job);
-            map.repair_jobs.insert(job.volume_id, job);
+            map.repair_jobs.insert(job.volume_id(), job);
             Applied::Done
         }
         Command::RepairEnded { volume_id, target } => {
+            let volume_id = VolumeId(volume_id);
             if map
                 .repair_jobs
                 .get(&volume_id)
@@ -605,11 +615,11 @@ mod tests {
             assert_eq!(one.apply(command.clone()), two.apply(command));
         }
         assert_eq!(one.state, two.state);
-        let row = &one.state.volumes[&1];
+        let row = &one.state.volumes[&VolumeId(1)];
         assert_eq!(row.replicas, ["a", "c"]);
         assert!(row.stale.is_empty(), "the stale copy was replaced");
-        assert_eq!(one.state.next_volume_id, 3);
-        assert!(!one.state.volumes.contains_key(&2));
+        assert_eq!(one.state.next_volume_id, VolumeId(3));
+        assert!(!one.state.volumes.contains_key(&VolumeId(2)));
         assert!(one.state.repair_jobs.is_empty());
     }
 
@@ -652,7 +662,12 @@ mod tests {
         );
         // Near the end of the volume: a shorter block if enough is left,
         // refused if not; the refusal changes nothing.
-        machine.state.volumes.get_mut(&1).unwrap().needle_high_water = MAX_SEQ - 2;
+        machine
+            .state
+            .volumes
+            .get_mut(&VolumeId(1))
+            .unwrap()
+            .needle_high_water = MAX_SEQ - 2;
         assert!(matches!(reserve(&mut machine, 10, 5), Applied::Refused(_)));
         assert_eq!(
             reserve(&mut machine, 10, 3),
@@ -669,14 +684,14 @@ mod tests {
         let mut machine = Machine::new();
         assert_eq!(
             machine.apply(Command::AllocateVolumeId),
-            Applied::VolumeId(1)
+            Applied::VolumeId(VolumeId(1))
         );
-        machine.state.next_volume_id = u32::MAX;
+        machine.state.next_volume_id = VolumeId(u32::MAX);
         assert!(matches!(
             machine.apply(Command::AllocateVolumeId),
             Applied::Refused(r) if r.contains("exhausted")
         ));
-        assert_eq!(machine.state.next_volume_id, u32::MAX);
+        assert_eq!(machine.state.next_volume_id, VolumeId(u32::MAX));
     }
 
     #[test]
@@ -696,17 +711,17 @@ mod tests {
             lost: Some("a".into()),
             target: "d".into(),
         });
-        let row = &machine.state.volumes[&1];
+        let row = &machine.state.volumes[&VolumeId(1)];
         assert_eq!((row.server_id.as_str(), row.replicas.len()), ("d", 3));
         assert!(row.stale.is_empty());
         // A target already in the set changes nothing.
-        let before = machine.state.volumes[&1].clone();
+        let before = machine.state.volumes[&VolumeId(1)].clone();
         machine.apply(Command::Replaced {
             volume_id: 1,
             lost: Some("b".into()),
             target: "c".into(),
         });
-        assert_eq!(machine.state.volumes[&1], before);
+        assert_eq!(machine.state.volumes[&VolumeId(1)], before);
         // A copy that joins; then the primary leaves, and the next copy
         // takes its place.
         machine.apply(Command::Replaced {
@@ -718,7 +733,7 @@ mod tests {
             volume_id: 1,
             server_id: "d".into(),
         });
-        let row = &machine.state.volumes[&1];
+        let row = &machine.state.volumes[&VolumeId(1)];
         assert_eq!(row.replicas, ["b", "c", "e"]);
         assert_eq!(row.server_id, "b");
         // Commands about a volume that is not in the map change nothing.
@@ -763,7 +778,7 @@ mod tests {
             volume_id: 1,
             target: "y".into(),
         });
-        assert_eq!(machine.reloaded().repair_jobs[&1].target, "x");
+        assert_eq!(machine.reloaded().repair_jobs[&VolumeId(1)].target, "x");
         machine.apply(Command::ForgetVolume { volume_id: 1 });
         assert!(machine.reloaded().repair_jobs.is_empty());
     }

@@ -18,6 +18,7 @@ use hayloft_proto::{
     RemoveReplicaResponse, RepairRequest, RepairResponse, ServerLocation, SignUrlRequest,
     SignUrlResponse, StatusRequest, StatusResponse, Tier, WorkerStatus,
 };
+use hayloft_storage::VolumeId;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -179,7 +180,7 @@ async fn grow(
     }
     let plan = cluster.plan_new_volume(tier, &collection).await?;
     let server_ids: Vec<String> = plan.servers.iter().map(|s| s.server_id.clone()).collect();
-    tracing::info!(volume = plan.volume_id, servers = ?server_ids, collection, "creating volume");
+    tracing::info!(volume = plan.volume_id.0, servers = ?server_ids, collection, "creating volume");
     let create = |server: ServerLocation| {
         let collection = collection.clone();
         let volume_id = plan.volume_id;
@@ -201,7 +202,7 @@ async fn grow(
             let mut client = VolumeClient::new(credential.channel(channel));
             client
                 .create_volume(CreateVolumeRequest {
-                    volume_id,
+                    volume_id: volume_id.0,
                     collection,
                     tier: tier as i32,
                     replicas,
@@ -244,11 +245,11 @@ async fn grow(
         cluster.abandon_volume(plan.volume_id, &unreachable);
         for mut client in created.into_iter().flatten() {
             let request = DeleteVolumeRequest {
-                volume_id: plan.volume_id,
+                volume_id: plan.volume_id.0,
                 keep_object: false,
             };
             if let Err(e) = client.delete_volume(request).await {
-                tracing::warn!(volume = plan.volume_id, error = %e.message(),
+                tracing::warn!(volume = plan.volume_id.0, error = %e.message(),
                     "could not delete the copy of a volume whose creation failed");
             }
         }
@@ -357,9 +358,8 @@ impl DirectoryService {
         if self.cluster.linearizable_lookups() {
             self.cluster.confirm_leadership().await?;
         }
-        let volumes = self
-            .cluster
-            .lookup(&request.volume_ids, &request.blob_ids)?;
+        let volume_ids: Vec<VolumeId> = request.volume_ids.iter().copied().map(VolumeId).collect();
+        let volumes = self.cluster.lookup(&volume_ids, &request.blob_ids)?;
         Ok(Response::new(LookupResponse { volumes }))
     }
 
@@ -371,7 +371,7 @@ impl DirectoryService {
             request.get_ref().blob_id.parse().map_err(|e| {
                 Status::invalid_argument(format!("blob id {:?}: {e}", request.get_ref().blob_id))
             })?;
-        let volume = blob.volume().0;
+        let volume = blob.volume();
         let collection = self
             .cluster
             .volume_collection(volume)
@@ -490,7 +490,7 @@ impl DirectoryService {
             })
             .count() as u32;
         for volume in status.volumes.iter_mut().filter(|v| v.repairing) {
-            let id = volume.status.as_ref().map_or(0, |s| s.volume_id);
+            let id = VolumeId(volume.status.as_ref().map_or(0, |s| s.volume_id));
             volume.repair_progress = self.cluster.repair_progress(id, &volume.repair_target);
         }
         Ok(Response::new(status))
@@ -508,7 +508,7 @@ impl DirectoryService {
             self.repair_settings.max_per_server,
         );
         let describe = |plan: &crate::repair::RepairPlan| PlannedRepair {
-            volume_id: plan.volume_id,
+            volume_id: plan.volume_id.0,
             target: plan.target.server_id.clone(),
             sources: plan.sources.iter().map(|s| s.server_id.clone()).collect(),
             replaces: match &plan.kind {
@@ -532,7 +532,7 @@ impl DirectoryService {
                 volume_id: job.volume_id,
                 sources: self
                     .repairs
-                    .plan(job.volume_id)
+                    .plan(job.volume_id())
                     .map(|p| p.sources.iter().map(|s| s.server_id.clone()).collect())
                     .unwrap_or_default(),
                 replaces: job.lost,
@@ -550,7 +550,7 @@ impl DirectoryService {
         Ok(Response::new(RepairResponse {
             repairs,
             degraded: degraded as u32,
-            stuck,
+            stuck: stuck.into_iter().map(|id| id.0).collect(),
         }))
     }
 
@@ -570,12 +570,12 @@ impl DirectoryService {
         &self,
         request: Request<ForgetVolumeRequest>,
     ) -> Result<Response<ForgetVolumeResponse>, Status> {
-        let id = request.get_ref().volume_id;
+        let id = VolumeId(request.get_ref().volume_id);
         let known = self.cluster.forget_volume(id).await?;
         if !known {
             return Err(Status::not_found(format!("volume {id} is not in the map")));
         }
-        tracing::info!(volume = id, "volume forgotten");
+        tracing::info!(volume = id.0, "volume forgotten");
         Ok(Response::new(ForgetVolumeResponse {}))
     }
 
@@ -587,7 +587,9 @@ impl DirectoryService {
             volume_id,
             server_id,
         } = request.into_inner();
-        self.cluster.remove_replica(volume_id, &server_id).await?;
+        self.cluster
+            .remove_replica(VolumeId(volume_id), &server_id)
+            .await?;
         Ok(Response::new(RemoveReplicaResponse {}))
     }
 }

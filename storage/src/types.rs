@@ -4,7 +4,11 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A volume's id, unique in a cluster (assigned by the directory).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialised as its bare `u32` (`serde(transparent)`), as raw ids were.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct VolumeId(pub u32);
 
 /// A needle's id: 64 bits, unique in a cluster, never reused.
@@ -19,6 +23,13 @@ pub struct Cookie(pub u32);
 impl fmt::Display for VolumeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// A volume id as a 64-bit seed (placement hashes it).
+impl From<VolumeId> for u64 {
+    fn from(id: VolumeId) -> u64 {
+        u64::from(id.0)
     }
 }
 

@@ -13,10 +13,10 @@ impl Cluster {
     ) -> bool {
         row.collection == collection
             && row.state == VolumeState::Writable as i32
-            && (inner.blocks.get(&row.id).map_or(0, |b| b.end - b.start) >= count
+            && (inner.blocks.get(&row.volume_id()).map_or(0, |b| b.end - b.start) >= count
                 || row.needle_high_water.max(1) + count <= MAX_SEQ + 1)
             && self.volume_health(inner, row) == VolumeHealth::Ok
-            && !Self::moving(inner, row.id)
+            && !Self::moving(inner, row.volume_id())
             && row.status.as_ref().is_none_or(|s| {
                 !s.sealed
                     && (s.file_bytes as f64) < s.max_bytes as f64 * self.config.volume_full_ratio
@@ -26,7 +26,7 @@ impl Cluster {
                 inner
                     .reported
                     .get(id)
-                    .and_then(|v| v.get(&row.id))
+                    .and_then(|v| v.get(&row.volume_id()))
                     .is_some_and(|s| !s.paused.is_empty())
             })
     }
@@ -72,7 +72,7 @@ impl Cluster {
             };
             let reserved = self
                 .propose(Command::ReserveNeedles {
-                    volume_id,
+                    volume_id: volume_id.0,
                     count: count + NEEDLE_BLOCK,
                     at_least: count,
                 })
@@ -92,7 +92,7 @@ impl Cluster {
                     return Ok(Some((blobs(volume_id, first, count), locations)));
                 }
                 Applied::Refused(reason) => {
-                    tracing::debug!(volume = volume_id, %reason, "needle reservation refused");
+                    tracing::debug!(volume = volume_id.0, %reason, "needle reservation refused");
                 }
                 other => return Err(Error::UnexpectedAnswer(format!("{other:?}"))),
             }
@@ -108,13 +108,13 @@ impl Cluster {
         inner: &mut Inner,
         collection: &str,
         count: u64,
-    ) -> Option<(u32, Vec<ServerLocation>)> {
-        let candidates: Vec<u32> = inner
+    ) -> Option<(VolumeId, Vec<ServerLocation>)> {
+        let candidates: Vec<VolumeId> = inner
             .state
             .volumes
             .values()
             .filter(|e| self.writable(inner, e, collection, count))
-            .map(|e| e.id)
+            .map(|e| e.volume_id())
             .collect();
         if candidates.is_empty() {
             return None;
@@ -231,13 +231,13 @@ impl Cluster {
     /// leaves them out: it may have been sent before the creation).
     pub async fn register_volume(
         &self,
-        volume_id: u32,
+        volume_id: VolumeId,
         collection: &str,
         tier: Tier,
         servers: &[String],
     ) -> Result<()> {
         let row = VolumeRow {
-            id: volume_id,
+            id: volume_id.0,
             collection: collection.to_owned(),
             tier: tier as i32,
             state: VolumeState::Writable as i32,
@@ -261,7 +261,7 @@ impl Cluster {
             inner.reported.entry(server.clone()).or_default().insert(
                 volume_id,
                 VolumeStatus {
-                    volume_id,
+                    volume_id: volume_id.0,
                     collection: collection.to_owned(),
                     tier: tier as i32,
                     ..VolumeStatus::default()
@@ -274,7 +274,7 @@ impl Cluster {
     /// Forgets a volume id whose creation failed (the id is never reused);
     /// `unreachable` servers are left out of placement until they send a
     /// heartbeat again.
-    pub fn abandon_volume(&self, volume_id: u32, unreachable: &[String]) {
+    pub fn abandon_volume(&self, volume_id: VolumeId, unreachable: &[String]) {
         let mut inner = self.inner.lock();
         inner.creating.remove(&volume_id);
         inner.abandoned.insert(volume_id);
@@ -288,7 +288,7 @@ impl Cluster {
     }
 
     /// The collection of a volume, if the directory knows it.
-    pub fn volume_collection(&self, volume_id: u32) -> Option<String> {
+    pub fn volume_collection(&self, volume_id: VolumeId) -> Option<String> {
         let inner = self.inner.lock();
         inner
             .state
@@ -298,13 +298,17 @@ impl Cluster {
     }
 
     /// Where each volume lives, for volume ids and blob/needle ids.
-    pub fn lookup(&self, volume_ids: &[u32], blob_ids: &[String]) -> Result<Vec<VolumeLocation>> {
-        let mut wanted: Vec<u32> = volume_ids.to_vec();
+    pub fn lookup(
+        &self,
+        volume_ids: &[VolumeId],
+        blob_ids: &[String],
+    ) -> Result<Vec<VolumeLocation>> {
+        let mut wanted: Vec<VolumeId> = volume_ids.to_vec();
         for id in blob_ids {
             let blob = match id.parse::<BlobId>() {
-                Ok(blob) => blob.volume().0,
+                Ok(blob) => blob.volume(),
                 Err(_) => u64::from_str_radix(id, 16)
-                    .map(|needle| (needle >> 32) as u32)
+                    .map(|needle| volume_of(NeedleId(needle)))
                     .map_err(|_| Error::MalformedId(id.clone()))?,
             };
             wanted.push(blob);
@@ -332,15 +336,15 @@ impl Cluster {
 }
 
 /// `count` blob ids from sequence `first` of a volume, with fresh cookies.
-pub(super) fn blobs(volume_id: u32, first: u64, count: u64) -> Vec<AssignedBlob> {
+pub(super) fn blobs(volume_id: VolumeId, first: u64, count: u64) -> Vec<AssignedBlob> {
     let mut rng = rand::rng();
     (first..first + count)
         .map(|seq| {
-            let needle = needle_in(VolumeId(volume_id), seq as u32);
+            let needle = needle_in(volume_id, seq as u32);
             let cookie = Cookie(rng.random());
             AssignedBlob {
                 blob_id: BlobId { needle, cookie }.to_string(),
-                volume_id,
+                volume_id: volume_id.0,
                 needle_id: needle.0,
                 cookie: cookie.0,
                 grant: String::new(),

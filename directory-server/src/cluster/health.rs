@@ -26,12 +26,12 @@ impl Cluster {
             .get(server_id)
             // No heartbeat since this directory started: the copy is taken
             // to be as it was (the next pulse says).
-            .is_some_and(|volumes| !volumes.contains_key(&row.id))
+            .is_some_and(|volumes| !volumes.contains_key(&row.volume_id()))
             // Registered a moment ago, its copies not yet recorded as
             // reported (`register_volume` records them right after the
             // Raft entry applies): a heartbeat answered in between must not
             // call the new volume degraded, or its first writes are refused.
-            && !inner.creating.contains(&row.id)
+            && !inner.creating.contains(&row.volume_id())
         {
             ReplicaHealth::Missing
         } else if row.stale.iter().any(|s| s == server_id) {
@@ -80,9 +80,13 @@ impl Cluster {
                 needles: inner
                     .reported
                     .get(id)
-                    .and_then(|v| v.get(&row.id))
+                    .and_then(|v| v.get(&row.volume_id()))
                     .map_or(0, |s| s.needles),
-                status: inner.reported.get(id).and_then(|v| v.get(&row.id)).cloned(),
+                status: inner
+                    .reported
+                    .get(id)
+                    .and_then(|v| v.get(&row.volume_id()))
+                    .cloned(),
             })
             .collect()
     }
@@ -109,7 +113,7 @@ impl Cluster {
 
     /// True while a copy of `volume_id` moves to another server (a `move`
     /// repair job is open): the volume takes no new writes meanwhile.
-    pub(super) fn moving(inner: &Inner, volume_id: u32) -> bool {
+    pub(super) fn moving(inner: &Inner, volume_id: VolumeId) -> bool {
         inner
             .state
             .repair_jobs
@@ -185,7 +189,7 @@ impl Cluster {
                     .find(|t| matches!(t, Tier::Hot | Tier::Warm))
                     .unwrap_or_else(|| Tier::try_from(e.tier).unwrap_or(Tier::Hot));
                 RepairView {
-                    volume_id: e.id,
+                    volume_id: e.volume_id(),
                     collection: e.collection.clone(),
                     tier,
                     desired: Self::desired_copies(e),

@@ -42,15 +42,14 @@ impl Cluster {
             }
             let mut reported = HashMap::new();
             for status in request.volumes {
-                if inner.creating.contains(&status.volume_id)
-                    || inner.abandoned.contains(&status.volume_id)
-                {
+                let volume_id = VolumeId(status.volume_id);
+                if inner.creating.contains(&volume_id) || inner.abandoned.contains(&volume_id) {
                     // Reported between its creation and its registration, or
                     // a copy of a creation that failed (being deleted).
                     continue;
                 }
-                reported.insert(status.volume_id, status.clone());
-                let Some(row) = inner.state.volumes.get_mut(&status.volume_id) else {
+                reported.insert(volume_id, status.clone());
+                let Some(row) = inner.state.volumes.get_mut(&volume_id) else {
                     // A volume the directory has no record of (copied in by
                     // an operator, or created before the database was lost).
                     // Which of its needle ids were handed out is unknown, so
@@ -80,7 +79,7 @@ impl Cluster {
                     // a repair, or copied in by hand): not served, not
                     // counted, and deleted once the volume has all its copies
                     // again.
-                    if inner.extras.insert((status.volume_id, server_id.clone())) {
+                    if inner.extras.insert((volume_id, server_id.clone())) {
                         tracing::warn!(volume = status.volume_id, server = %server_id,
                             "server reports a copy outside the volume's replica set");
                     }
@@ -101,7 +100,7 @@ impl Cluster {
                 let state = reported_state(row.state, &status);
                 if state != row.state || status.tier != row.tier || !stale.is_empty() {
                     commands.push(Command::VolumeReported {
-                        volume_id: row.id,
+                        volume_id: volume_id.0,
                         state: VolumeState::try_from(state).unwrap_or_default(),
                         tier: Tier::try_from(status.tier).unwrap_or_default(),
                         stale,
@@ -149,7 +148,7 @@ impl Cluster {
                 // Also while a copy moves (to spread them over more zones):
                 // the volume takes no writes until the new copy has it all.
                 degraded: self.volume_health(inner, e) != VolumeHealth::Ok
-                    || Self::moving(inner, e.id),
+                    || Self::moving(inner, e.volume_id()),
                 sealed: e.state != VolumeState::Writable as i32,
             })
             .collect())

@@ -40,8 +40,8 @@ use hayloft_proto::{
     StatusResponse, Tier, VolumeHealth, VolumeLocation, VolumeRecord, VolumeReplicas, VolumeState,
     VolumeStatus,
 };
-use hayloft_storage::types::needle_in;
-use hayloft_storage::{BlobId, Cookie, VolumeId};
+use hayloft_storage::types::{needle_in, volume_of};
+use hayloft_storage::{BlobId, Cookie, NeedleId, VolumeId};
 use parking_lot::Mutex;
 use prost::Message;
 use rand::Rng;
@@ -70,17 +70,17 @@ struct Inner {
     /// has not handed out yet. Nobody else ever hands them out (each
     /// reservation starts at the committed high-water mark), so a leader
     /// may use them in any term; lost on a restart, never reused.
-    blocks: HashMap<u32, std::ops::Range<u64>>,
+    blocks: HashMap<VolumeId, std::ops::Range<u64>>,
     /// Soft state: the volumes each server reported in its last heartbeat
     /// (or was just asked to create). Rebuilt from heartbeats after a
     /// restart; until a server's first one, its copies count as present.
-    reported: HashMap<String, HashMap<u32, VolumeStatus>>,
+    reported: HashMap<String, HashMap<VolumeId, VolumeStatus>>,
     /// Soft state: copies reported by servers outside their volume's replica
     /// set (left behind by a repair): removed once the volume is healthy.
-    extras: HashSet<(u32, String)>,
+    extras: HashSet<(VolumeId, String)>,
     /// Soft state: volume ids whose creation failed (their copies are being
     /// deleted; a heartbeat that still reports one is not an adoption).
-    abandoned: HashSet<u32>,
+    abandoned: HashSet<VolumeId>,
     /// Soft state: servers that could not be reached to create a volume,
     /// left out of placement until their next heartbeat.
     suspects: HashSet<String>,
@@ -89,7 +89,7 @@ struct Inner {
     problems: BTreeMap<String, (u64, String)>,
     /// Volume ids reserved by [`Cluster::plan_new_volume`] whose creation is
     /// in flight: heartbeats may report them before they are registered.
-    creating: HashSet<u32>,
+    creating: HashSet<VolumeId>,
     round_robin: usize,
     /// The term whose leadership the soft state was set up for.
     led_term: u64,
@@ -120,7 +120,7 @@ impl Inner {
 #[derive(Debug, Clone)]
 pub struct RepairView {
     /// The volume.
-    pub volume_id: u32,
+    pub volume_id: VolumeId,
     /// Its collection.
     pub collection: String,
     /// Its tier.
@@ -186,7 +186,7 @@ pub struct Cluster {
 /// A volume to create: its id, and the servers to create its copies on.
 pub struct NewVolume {
     /// The id reserved for it.
-    pub volume_id: u32,
+    pub volume_id: VolumeId,
     /// Where to create its copies, in placement order.
     pub servers: Vec<ServerLocation>,
 }

@@ -17,7 +17,7 @@ impl Cluster {
     }
 
     /// The repair job of `volume_id`, if one was started and not ended.
-    pub fn repair_job(&self, volume_id: u32) -> Option<RepairJobRow> {
+    pub fn repair_job(&self, volume_id: VolumeId) -> Option<RepairJobRow> {
         self.inner.lock().state.repair_jobs.get(&volume_id).cloned()
     }
 
@@ -38,9 +38,9 @@ impl Cluster {
 
     /// Commits the end of the repair of `volume_id` on `target` (after its
     /// result, if any, was committed).
-    pub async fn end_repair(&self, volume_id: u32, target: &str) -> Result<()> {
+    pub async fn end_repair(&self, volume_id: VolumeId, target: &str) -> Result<()> {
         self.propose(Command::RepairEnded {
-            volume_id,
+            volume_id: volume_id.0,
             target: target.to_owned(),
         })
         .await?;
@@ -49,7 +49,7 @@ impl Cluster {
 
     /// How far the copy on `target` is: its live bytes over those of the
     /// fullest other local copy, as heartbeats last reported them (0..1).
-    pub fn repair_progress(&self, volume_id: u32, target: &str) -> f64 {
+    pub fn repair_progress(&self, volume_id: VolumeId, target: &str) -> f64 {
         let inner = self.inner.lock();
         let live = |server: &str| {
             inner
@@ -76,7 +76,7 @@ impl Cluster {
     }
 
     /// A stale or missing copy has caught up with the others (verified).
-    pub async fn caught_up(&self, volume_id: u32, server_id: &str) -> Result<()> {
+    pub async fn caught_up(&self, volume_id: VolumeId, server_id: &str) -> Result<()> {
         let stale = self
             .inner
             .lock()
@@ -88,7 +88,7 @@ impl Cluster {
             None => return Ok(()),
             Some(true) => {
                 self.propose(Command::CaughtUp {
-                    volume_id,
+                    volume_id: volume_id.0,
                     server_id: server_id.to_owned(),
                 })
                 .await?;
@@ -102,7 +102,7 @@ impl Cluster {
             .or_default()
             .entry(volume_id)
             .or_insert_with(|| VolumeStatus {
-                volume_id,
+                volume_id: volume_id.0,
                 ..VolumeStatus::default()
             });
         Ok(())
@@ -110,7 +110,12 @@ impl Cluster {
 
     /// A new copy on `target` (verified) replaces the copy on `lost`, or
     /// joins the copies (`lost` is `None`: the volume had too few).
-    pub async fn replaced(&self, volume_id: u32, lost: Option<&str>, target: &str) -> Result<()> {
+    pub async fn replaced(
+        &self,
+        volume_id: VolumeId,
+        lost: Option<&str>,
+        target: &str,
+    ) -> Result<()> {
         let _change = self.changes.lock().await;
         let known = self
             .inner
@@ -123,7 +128,7 @@ impl Cluster {
             return Ok(());
         }
         self.propose(Command::Replaced {
-            volume_id,
+            volume_id: volume_id.0,
             lost: lost.map(str::to_owned),
             target: target.to_owned(),
         })
@@ -135,7 +140,7 @@ impl Cluster {
             .or_default()
             .entry(volume_id)
             .or_insert_with(|| VolumeStatus {
-                volume_id,
+                volume_id: volume_id.0,
                 ..VolumeStatus::default()
             });
         // The lost server's copy, if it comes back, is an extra copy now.
@@ -149,7 +154,7 @@ impl Cluster {
     /// stop going to it, and the copy left on the server is an extra (the
     /// caller deletes it; repair does if the caller cannot). Refused if no
     /// other healthy copy would be left.
-    pub async fn remove_replica(&self, volume_id: u32, server_id: &str) -> Result<()> {
+    pub async fn remove_replica(&self, volume_id: VolumeId, server_id: &str) -> Result<()> {
         let _change = self.changes.lock().await;
         {
             let inner = self.inner.lock();
@@ -172,7 +177,7 @@ impl Cluster {
             }
         }
         self.propose(Command::RemoveReplica {
-            volume_id,
+            volume_id: volume_id.0,
             server_id: server_id.to_owned(),
         })
         .await?;
@@ -180,7 +185,7 @@ impl Cluster {
             .lock()
             .extras
             .insert((volume_id, server_id.to_owned()));
-        tracing::info!(volume = volume_id, server = %server_id, "copy taken out of the replica set");
+        tracing::info!(volume = volume_id.0, server = %server_id, "copy taken out of the replica set");
         Ok(())
     }
 
@@ -189,7 +194,7 @@ impl Cluster {
     /// [settled](Self::settled), nor the target of an open repair job).
     /// With each, whether its cold object must be kept (a copy in the
     /// replica set is cold on it).
-    pub fn removable_extras(&self) -> Vec<(u32, ServerLocation, bool)> {
+    pub fn removable_extras(&self) -> Vec<(VolumeId, ServerLocation, bool)> {
         if !self.settled() {
             return Vec::new();
         }
@@ -208,7 +213,7 @@ impl Cluster {
     /// deleted now: checked again right before each deletion, as the
     /// volume may have turned degraded since the list was made (a copy
     /// whose volume lost another copy meanwhile is kept).
-    pub fn still_removable(&self, volume_id: u32, server_id: &str) -> bool {
+    pub fn still_removable(&self, volume_id: VolumeId, server_id: &str) -> bool {
         if !self.settled() {
             return false;
         }
@@ -223,7 +228,7 @@ impl Cluster {
     pub(super) fn removable(
         &self,
         inner: &Inner,
-        volume: u32,
+        volume: VolumeId,
         server: &str,
     ) -> Option<(ServerLocation, bool)> {
         if inner
@@ -256,7 +261,7 @@ impl Cluster {
     }
 
     /// An extra copy was deleted.
-    pub fn extra_removed(&self, volume_id: u32, server_id: &str) {
+    pub fn extra_removed(&self, volume_id: VolumeId, server_id: &str) {
         let mut inner = self.inner.lock();
         inner.extras.remove(&(volume_id, server_id.to_owned()));
         if let Some(volumes) = inner.reported.get_mut(server_id) {
@@ -266,9 +271,12 @@ impl Cluster {
 
     /// Drops a volume that was deleted (retention) from the map. Its id is
     /// never reused: the next volume id is kept separately.
-    pub async fn forget_volume(&self, volume_id: u32) -> Result<bool> {
+    pub async fn forget_volume(&self, volume_id: VolumeId) -> Result<bool> {
         let known = self.inner.lock().state.volumes.contains_key(&volume_id);
-        self.propose(Command::ForgetVolume { volume_id }).await?;
+        self.propose(Command::ForgetVolume {
+            volume_id: volume_id.0,
+        })
+        .await?;
         Ok(known)
     }
 }

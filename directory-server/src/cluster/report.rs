@@ -29,7 +29,7 @@ impl Cluster {
             .state
             .volumes
             .values()
-            .map(|e| (e, inner.state.repair_jobs.get(&e.id)))
+            .map(|e| (e, inner.state.repair_jobs.get(&e.volume_id())))
             .map(|(e, job)| VolumeRecord {
                 status: Some(e.status.clone().unwrap_or_else(|| VolumeStatus {
                     volume_id: e.id,

@@ -87,7 +87,12 @@ async fn unknown_volumes_are_adopted_read_only() {
     assert_eq!(status.volumes.len(), 1);
     assert_eq!(status.volumes[0].state, VolumeState::Sealed as i32);
     // Readable (it has a location) but never handed out.
-    assert_eq!(cluster.lookup(&[7], &[]).unwrap()[0].locations.len(), 1);
+    assert_eq!(
+        cluster.lookup(&[VolumeId(7)], &[]).unwrap()[0]
+            .locations
+            .len(),
+        1
+    );
     assert!(cluster.assign("", 1).await.unwrap().is_none());
 }
 
@@ -108,7 +113,7 @@ async fn a_volume_registered_a_moment_ago_is_not_called_degraded() {
     let plan = cluster.plan_new_volume(Tier::Hot, "").await.unwrap();
     let servers = vec!["vs0".to_owned(), "vs1".to_owned()];
     let row = VolumeRow {
-        id: plan.volume_id,
+        id: plan.volume_id.0,
         tier: Tier::Hot as i32,
         state: VolumeState::Writable as i32,
         server_id: "vs0".into(),
@@ -130,7 +135,7 @@ async fn a_volume_registered_a_moment_ago_is_not_called_degraded() {
         .unwrap();
     let new = answer
         .iter()
-        .find(|v| v.volume_id == plan.volume_id)
+        .find(|v| v.volume_id == plan.volume_id.0)
         .unwrap();
     assert!(!new.degraded, "{new:?}");
     // The registration completes (its entry applies again, unchanged):
@@ -154,7 +159,7 @@ async fn ids_are_never_handed_out_twice_across_restarts() {
         let cluster = cluster(dir.path()).await;
         cluster.heartbeat(heartbeat(vec![])).await.unwrap();
         let volume = match cluster.status().volumes.first() {
-            Some(v) => v.status.as_ref().unwrap().volume_id,
+            Some(v) => VolumeId(v.status.as_ref().unwrap().volume_id),
             None => {
                 let plan = cluster.plan_new_volume(Tier::Hot, "").await.unwrap();
                 cluster
@@ -167,7 +172,7 @@ async fn ids_are_never_handed_out_twice_across_restarts() {
         // A heartbeat that reports the volume keeps it writable.
         cluster
             .heartbeat(heartbeat(vec![VolumeStatus {
-                volume_id: volume,
+                volume_id: volume.0,
                 tier: Tier::Hot as i32,
                 file_bytes: 64,
                 max_bytes: 1 << 30,
@@ -240,8 +245,8 @@ async fn repair_jobs_are_replicated_state_and_end_only_for_their_target() {
         .register_volume(id, "photos", Tier::Hot, &["vs0".to_owned()])
         .await
         .unwrap();
-    let job = |volume_id: u32, target: &str| RepairJobRow {
-        volume_id,
+    let job = |volume_id: VolumeId, target: &str| RepairJobRow {
+        volume_id: volume_id.0,
         target: target.into(),
         kind: "replace".into(),
         lost: "vs0".into(),
@@ -249,7 +254,12 @@ async fn repair_jobs_are_replicated_state_and_end_only_for_their_target() {
         term: 0,
     };
     // No job for a volume the map does not hold.
-    assert!(cluster.start_repair(job(id + 1, "vs1")).await.is_err());
+    assert!(
+        cluster
+            .start_repair(job(VolumeId(id.0 + 1), "vs1"))
+            .await
+            .is_err()
+    );
     cluster.start_repair(job(id, "vs1")).await.unwrap();
     let started = cluster.repair_job(id).unwrap();
     assert_eq!(started.target, "vs1");
@@ -325,7 +335,7 @@ async fn a_database_from_before_raft_is_taken_over_with_nothing_lost() {
         // log id.
         let db = Db::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
-        db::put_next_volume_id(&mut batch, 8);
+        db::put_next_volume_id(&mut batch, VolumeId(8));
         db::put_volume(
             &mut batch,
             &VolumeRow {
@@ -360,7 +370,7 @@ async fn a_database_from_before_raft_is_taken_over_with_nothing_lost() {
         assert!(blob.needle_id & 0xffff_ffff >= 500_000, "{blob:?}");
     }
     let plan = cluster.plan_new_volume(Tier::Hot, "new").await.unwrap();
-    assert_eq!(plan.volume_id, 8);
+    assert_eq!(plan.volume_id, VolumeId(8));
     raft.shutdown().await.unwrap();
 }
 
@@ -368,8 +378,8 @@ async fn a_database_from_before_raft_is_taken_over_with_nothing_lost() {
 async fn an_extra_copy_is_kept_if_its_volume_lost_a_copy_since_the_list_was_made() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
-    let status = |id| VolumeStatus {
-        volume_id: id,
+    let status = |id: VolumeId| VolumeStatus {
+        volume_id: id.0,
         tier: Tier::Hot as i32,
         file_bytes: 64,
         max_bytes: 1 << 30,

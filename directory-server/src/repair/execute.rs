@@ -7,6 +7,8 @@ use hayloft_proto::{
     MoveVolumeRequest, NeedleDigestsRequest, ServerLocation, SyncVolumeRequest, Tier,
 };
 
+use hayloft_storage::VolumeId;
+
 use super::{RepairKind, RepairPlan, RepairSettings};
 use crate::cluster::{Cluster, unix_now};
 
@@ -47,7 +49,7 @@ async fn sync(
     let mut client = client(target, &settings.credential).await?;
     let mut stream = client
         .sync_volume(SyncVolumeRequest {
-            volume_id: plan.volume_id,
+            volume_id: plan.volume_id.0,
             collection: plan.collection.clone(),
             tier: plan.tier as i32,
             sources: sources.to_vec(),
@@ -81,13 +83,13 @@ async fn sync(
 
 async fn digests(
     location: &ServerLocation,
-    volume_id: u32,
+    volume_id: VolumeId,
     credential: &hayloft_proto::Credential,
 ) -> Result<Vec<(u64, u64, u64)>, String> {
     let mut client = client(location, credential).await?;
     let ranges = client
         .needle_digests(NeedleDigestsRequest {
-            volume_id,
+            volume_id: volume_id.0,
             range_bits: RANGE_BITS,
         })
         .await
@@ -104,13 +106,13 @@ async fn digests(
 async fn merge_cold(
     to: &ServerLocation,
     from: &ServerLocation,
-    volume_id: u32,
+    volume_id: VolumeId,
     credential: &hayloft_proto::Credential,
 ) -> Result<(), String> {
     client(to, credential)
         .await?
         .move_volume(MoveVolumeRequest {
-            volume_id,
+            volume_id: volume_id.0,
             target: Tier::Cold as i32,
             share_cold_from: from.grpc_addr.clone(),
             ..MoveVolumeRequest::default()
@@ -151,7 +153,7 @@ pub(super) async fn execute(plan: &RepairPlan, settings: RepairSettings) -> Resu
         if equal {
             return Ok(());
         }
-        tracing::info!(volume = plan.volume_id, target = %target.server_id,
+        tracing::info!(volume = plan.volume_id.0, target = %target.server_id,
             "copies still differ after a sync (deletes meanwhile); syncing again");
     }
     Err("copies still differ after three syncs".into())

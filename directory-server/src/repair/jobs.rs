@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::{RepairKind, RepairPlan};
+use hayloft_storage::VolumeId;
 use parking_lot::Mutex;
 
 /// The longest wait between two attempts of a failing repair.
@@ -18,9 +19,9 @@ pub const GIVE_UP_ATTEMPTS: u32 = 3;
 #[derive(Debug, Default, Clone)]
 pub struct Held {
     /// Targets whose last repair failed, until their next attempt is due.
-    pub waiting: HashSet<(u32, String)>,
+    pub waiting: HashSet<(VolumeId, String)>,
     /// Copies that failed to catch up for `repair_after`: replaced elsewhere.
-    pub given_up: HashSet<(u32, String)>,
+    pub given_up: HashSet<(VolumeId, String)>,
 }
 
 /// A repair of one volume to one target that keeps failing.
@@ -42,11 +43,11 @@ struct Failing {
 pub struct Repairs {
     /// Volume id -> its running repair. Held to look up or update, never
     /// across an `.await`.
-    pub(super) running: Mutex<HashMap<u32, RepairPlan>>,
+    pub(super) running: Mutex<HashMap<VolumeId, RepairPlan>>,
     /// (volume, target) -> its failures in a row (the leader's soft state:
     /// a new leader starts counting again). Locked after `running`, never
     /// across an `.await`.
-    failing: Mutex<HashMap<(u32, String), Failing>>,
+    failing: Mutex<HashMap<(VolumeId, String), Failing>>,
     /// Set by `hayloft repair`: the next round ignores `repair_after`.
     pub(super) urgent: std::sync::atomic::AtomicBool,
     pub(super) wake: tokio::sync::Notify,
@@ -54,12 +55,12 @@ pub struct Repairs {
 
 impl Repairs {
     /// The repair of `volume_id` running on this node, if any.
-    pub fn plan(&self, volume_id: u32) -> Option<RepairPlan> {
+    pub fn plan(&self, volume_id: VolumeId) -> Option<RepairPlan> {
         self.running.lock().get(&volume_id).cloned()
     }
 
     /// True while a repair of `volume_id` runs.
-    pub fn is_running(&self, volume_id: u32) -> bool {
+    pub fn is_running(&self, volume_id: VolumeId) -> bool {
         self.running.lock().contains_key(&volume_id)
     }
 
@@ -107,13 +108,13 @@ impl Repairs {
     /// The copies to leave alone now, and those to give up on; failures of
     /// volumes no longer in `degraded` are forgotten. `urgent` (an
     /// operator's `hayloft repair`) tries failing ones again at once.
-    pub fn held(&self, degraded: &HashSet<u32>, repair_after: Duration, urgent: bool) -> Held {
+    pub fn held(&self, degraded: &HashSet<VolumeId>, repair_after: Duration, urgent: bool) -> Held {
         self.held_at(degraded, repair_after, urgent, Instant::now())
     }
 
     pub(super) fn held_at(
         &self,
-        degraded: &HashSet<u32>,
+        degraded: &HashSet<VolumeId>,
         repair_after: Duration,
         urgent: bool,
         now: Instant,
@@ -155,7 +156,7 @@ impl Repairs {
         lines
     }
 
-    pub(super) fn busy(&self) -> (HashSet<u32>, HashMap<String, usize>) {
+    pub(super) fn busy(&self) -> (HashSet<VolumeId>, HashMap<String, usize>) {
         let running = self.running.lock();
         let mut per_server: HashMap<String, usize> = HashMap::new();
         for plan in running.values() {
@@ -186,14 +187,14 @@ mod tests {
         );
         let repairs = Repairs::default();
         let catch_up = RepairPlan {
-            volume_id: 1,
+            volume_id: VolumeId(1),
             collection: String::new(),
             tier: Tier::Hot,
             target: location("c", "z3"),
             sources: vec![location("a", "z1"), location("b", "z2")],
             kind: RepairKind::CatchUp,
         };
-        let degraded: HashSet<u32> = [1].into();
+        let degraded: HashSet<VolumeId> = [VolumeId(1)].into();
         let plan_held = |held: &Held| {
             plan(
                 std::slice::from_ref(&stale),
@@ -211,7 +212,10 @@ mod tests {
             repairs.ended(&catch_up, &Err("volume 1 is full".into()));
             // Not tried again at once...
             let held = repairs.held_at(&degraded, repair_after, false, before);
-            assert!(held.waiting.contains(&(1, "c".to_owned())), "{held:?}");
+            assert!(
+                held.waiting.contains(&(VolumeId(1), "c".to_owned())),
+                "{held:?}"
+            );
             assert!(held.given_up.is_empty(), "{held:?}");
             assert!(plan_held(&held).is_empty());
             // ...but once its wait is over (or an operator asks).
@@ -231,7 +235,10 @@ mod tests {
         // Failing for `repair_after`: the copy is replaced elsewhere.
         let much_later = Instant::now() + repair_after;
         let held = repairs.held_at(&degraded, repair_after, false, much_later);
-        assert!(held.given_up.contains(&(1, "c".to_owned())), "{held:?}");
+        assert!(
+            held.given_up.contains(&(VolumeId(1), "c".to_owned())),
+            "{held:?}"
+        );
         let plans = plan_held(&held);
         assert_eq!(plans.len(), 1, "{plans:?}");
         assert_eq!(plans[0].kind, RepairKind::Replace { lost: "c".into() });

@@ -54,6 +54,7 @@ pub use schedule::{RepairWorker, plan_now};
 use std::time::Duration;
 
 use hayloft_proto::{ServerLocation, Tier};
+use hayloft_storage::VolumeId;
 
 use crate::cluster::unix_now;
 use crate::db::RepairJobRow;
@@ -145,7 +146,7 @@ impl RepairKind {
 #[derive(Debug, Clone)]
 pub struct RepairPlan {
     /// The volume.
-    pub volume_id: u32,
+    pub volume_id: VolumeId,
     /// Its collection and tier, to create an empty copy.
     pub collection: String,
     /// Its tier.
@@ -163,7 +164,7 @@ impl RepairPlan {
     pub fn job(&self) -> RepairJobRow {
         let (kind, lost) = self.kind.job_kind();
         RepairJobRow {
-            volume_id: self.volume_id,
+            volume_id: self.volume_id.0,
             target: self.target.server_id.clone(),
             kind: kind.to_owned(),
             lost: lost.to_owned(),
@@ -177,6 +178,7 @@ impl RepairPlan {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use hayloft_proto::{ReplicaHealth, ServerLocation, Tier, VolumeState};
+    use hayloft_storage::VolumeId;
 
     use crate::cluster::{RepairReplica, RepairView};
     use crate::placement::Candidate;
@@ -202,7 +204,7 @@ pub(crate) mod fixtures {
 
     pub fn view(id: u32, replicas: Vec<RepairReplica>) -> RepairView {
         RepairView {
-            volume_id: id,
+            volume_id: VolumeId(id),
             collection: String::new(),
             tier: Tier::Hot,
             desired: replicas.len(),

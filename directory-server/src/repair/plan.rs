@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use hayloft_proto::{ReplicaHealth, ServerLocation, Tier, VolumeState};
 
+use hayloft_storage::VolumeId;
+
 use super::{Held, RepairKind, RepairPlan};
 use crate::cluster::{RepairReplica, RepairView, site};
 use crate::placement::{self, Candidate};
@@ -27,7 +29,7 @@ pub fn plan(
     degraded: &[RepairView],
     candidates: &[Candidate],
     repair_after: Duration,
-    busy: &HashSet<u32>,
+    busy: &HashSet<VolumeId>,
     running: &HashMap<String, usize>,
     max_per_server: usize,
     held: &Held,
@@ -408,7 +410,7 @@ mod tests {
         // just failed waits; without the third zone nothing moves.
         assert!(rebalance([&broken].into_iter(), |_| servers.clone(), &Held::default()).is_none());
         let held = Held {
-            waiting: [(1, "e".to_owned())].into(),
+            waiting: [(VolumeId(1), "e".to_owned())].into(),
             ..Held::default()
         };
         assert!(rebalance([&doubled].into_iter(), |_| servers.clone(), &held).is_none());
@@ -456,7 +458,7 @@ mod tests {
                 )
             })
             .collect();
-        let busy: HashSet<u32> = [0].into();
+        let busy: HashSet<VolumeId> = [VolumeId(0)].into();
         let plans = plan(
             &many,
             &servers,
@@ -468,7 +470,7 @@ mod tests {
         );
         assert_eq!(plans.len(), 2, "at most two repairs to b at once");
         assert!(
-            plans.iter().all(|p| p.volume_id != 0),
+            plans.iter().all(|p| p.volume_id != VolumeId(0)),
             "volume 0 is being repaired"
         );
     }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use hayloft_proto::background::{Failed, Step, Worker};
 use hayloft_proto::{DeleteVolumeRequest, ReplicaHealth, Tier};
 
+use hayloft_storage::VolumeId;
+
 use super::execute::{client, execute, settle_writes};
 use super::{RepairKind, RepairPlan, RepairSettings, Repairs, Resume, plan, rebalance, resume};
 use crate::cluster::{Cluster, RepairView};
@@ -19,17 +21,17 @@ pub fn plan_now(
     repairs: &Repairs,
     repair_after: Duration,
     max_per_server: usize,
-) -> (Vec<RepairPlan>, Vec<u32>, usize) {
+) -> (Vec<RepairPlan>, Vec<VolumeId>, usize) {
     let degraded = cluster.degraded_volumes();
     // Open jobs count as running, wherever they run (a new leader resumes
     // them rather than planning them again).
     let (mut busy, mut per_server) = repairs.busy();
     for job in cluster.repair_jobs() {
-        if busy.insert(job.volume_id) {
+        if busy.insert(job.volume_id()) {
             *per_server.entry(job.target).or_default() += 1;
         }
     }
-    let ids: HashSet<u32> = degraded.iter().map(|v| v.volume_id).collect();
+    let ids: HashSet<VolumeId> = degraded.iter().map(|v| v.volume_id).collect();
     let held = repairs.held(&ids, repair_after, repair_after.is_zero());
     let mut plans = Vec::new();
     for tier in [Tier::Hot, Tier::Warm, Tier::Cold] {
@@ -76,7 +78,7 @@ fn launch(
     let (cluster, repairs) = (Arc::clone(cluster), Arc::clone(repairs));
     tokio::spawn(async move {
         let started = Instant::now();
-        tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+        tracing::info!(volume = plan.volume_id.0, target = %plan.target.server_id,
             kind = ?plan.kind, "repair started");
         // The target's addresses, from the directory's records.
         let result = match cluster.server_location(&plan.target.server_id) {
@@ -114,12 +116,12 @@ fn launch(
         };
         let outcome = match &recorded {
             Ok(()) => {
-                tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+                tracing::info!(volume = plan.volume_id.0, target = %plan.target.server_id,
                     seconds = started.elapsed().as_secs_f64(), "repair done, copy verified");
                 "ok"
             }
             Err(error) => {
-                tracing::warn!(volume = plan.volume_id, target = %plan.target.server_id,
+                tracing::warn!(volume = plan.volume_id.0, target = %plan.target.server_id,
                     %error, "repair failed; will try again after a growing wait");
                 "failed"
             }
@@ -133,7 +135,7 @@ fn launch(
             .end_repair(plan.volume_id, &plan.target.server_id)
             .await
         {
-            tracing::warn!(volume = plan.volume_id, %error,
+            tracing::warn!(volume = plan.volume_id.0, %error,
                 "could not end the repair job (the next leader will)");
         }
         repairs.ended(&plan, &recorded);
@@ -223,20 +225,20 @@ impl Worker for RepairWorker {
         self.leader = true;
         let mut failure: Option<String> = None;
         // Jobs an earlier leader (or this node before a restart) started.
-        let views: HashMap<u32, RepairView> = cluster
+        let views: HashMap<VolumeId, RepairView> = cluster
             .volume_views(true)
             .into_iter()
             .map(|v| (v.volume_id, v))
             .collect();
         let settled = cluster.settled();
         for job in cluster.repair_jobs() {
-            if repairs.is_running(job.volume_id) {
+            if repairs.is_running(job.volume_id()) {
                 continue;
             }
             // A repair job of a volume that is whole again ends (a move's
             // volume is whole throughout).
             let view = views
-                .get(&job.volume_id)
+                .get(&job.volume_id())
                 .filter(|v| !v.healthy || job.kind == "move");
             match resume(&job, view, settled) {
                 Resume::Run(plan) => {
@@ -249,7 +251,7 @@ impl Worker for RepairWorker {
                 Resume::End(reason) => {
                     tracing::info!(volume = job.volume_id, target = %job.target, %reason,
                         "repair job ended");
-                    if let Err(error) = cluster.end_repair(job.volume_id, &job.target).await {
+                    if let Err(error) = cluster.end_repair(job.volume_id(), &job.target).await {
                         tracing::warn!(volume = job.volume_id, %error, "could not end a repair job");
                         failure = Some(format!(
                             "volume {}: could not end a repair job: {error}",
@@ -263,7 +265,7 @@ impl Worker for RepairWorker {
         for plan in plans {
             // Committed first: if this leader dies, the next one resumes it.
             if let Err(error) = cluster.start_repair(plan.job()).await {
-                tracing::warn!(volume = plan.volume_id, %error, "could not start a repair");
+                tracing::warn!(volume = plan.volume_id.0, %error, "could not start a repair");
                 failure = Some(format!(
                     "volume {}: could not start a repair: {error}",
                     plan.volume_id
@@ -279,12 +281,12 @@ impl Worker for RepairWorker {
             let candidates = |tier| cluster.placement_candidates(tier);
             let held = repairs.held(&HashSet::new(), settings.repair_after, false);
             if let Some(plan) = rebalance(views.values(), candidates, &held) {
-                tracing::info!(volume = plan.volume_id, target = %plan.target.server_id,
+                tracing::info!(volume = plan.volume_id.0, target = %plan.target.server_id,
                     kind = ?plan.kind, "moving a copy to spread the volume over more zones");
                 match cluster.start_repair(plan.job()).await {
                     Ok(()) => launch(cluster, repairs, plan, settings.clone()),
                     Err(error) => {
-                        tracing::warn!(volume = plan.volume_id, %error, "could not start a move");
+                        tracing::warn!(volume = plan.volume_id.0, %error, "could not start a move");
                         failure = Some(format!(
                             "volume {}: could not start a move: {error}",
                             plan.volume_id
@@ -303,7 +305,7 @@ impl Worker for RepairWorker {
                 client(&location, &settings.credential)
                     .await?
                     .delete_volume(DeleteVolumeRequest {
-                        volume_id,
+                        volume_id: volume_id.0,
                         keep_object,
                     })
                     .await
@@ -312,12 +314,12 @@ impl Worker for RepairWorker {
             .await;
             match removed {
                 Ok(_) => {
-                    tracing::info!(volume = volume_id, server = %location.server_id,
+                    tracing::info!(volume = volume_id.0, server = %location.server_id,
                         "extra copy removed (the volume has all its copies)");
                     cluster.extra_removed(volume_id, &location.server_id);
                 }
                 Err(error) => {
-                    tracing::warn!(volume = volume_id, server = %location.server_id, %error,
+                    tracing::warn!(volume = volume_id.0, server = %location.server_id, %error,
                         "could not remove an extra copy");
                     failure = Some(format!(
                         "volume {volume_id}: could not remove an extra copy on {}: {error}",

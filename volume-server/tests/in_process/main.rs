@@ -13,6 +13,8 @@
 //! - `grpc`: reads, writes, deletes, batches and their error codes.
 //! - `erasure`: a sealed copy encoded into shards on five servers, read
 //!   back with shards lost; shards that arrive wrong are never kept.
+//! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
+//!   worker and by `MoveVolume`, reads from cold, the way back, S3 gone.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,4 +24,6 @@ mod heartbeat;
 mod origin;
 mod proxy;
 mod replication;
+mod s3;
 mod support;
+mod tier;
