@@ -10,7 +10,7 @@
 //! | offset | size | field                                          |
 //! |-------:|-----:|------------------------------------------------|
 //! |      0 |    4 | magic `"HLVS"`                                 |
-//! |      4 |    2 | format version (currently 1)                   |
+//! |      4 |    2 | format version (1 or 2, see below)             |
 //! |      6 |    2 | flags (reserved, 0)                            |
 //! |      8 |    4 | volume id                                      |
 //! |     12 |    4 | reserved (0)                                   |
@@ -23,7 +23,7 @@
 //! | offset        | size     | field                                        |
 //! |--------------:|---------:|----------------------------------------------|
 //! |             0 |        4 | magic `"HLND"`                               |
-//! |             4 |        1 | flags: bit 0 = tombstone                     |
+//! |             4 |        1 | flags: bit 0 = tombstone, bit 1 = chunk CRCs |
 //! |             5 |        1 | reserved (0)                                 |
 //! |             6 |        2 | metadata length `M`                          |
 //! |             8 |        8 | needle id                                    |
@@ -35,6 +35,29 @@
 //! |        32 + D |      `M`| metadata, see below                          |
 //! |    32 + D + M |        4 | record CRC-32 of bytes 0 .. 32 + D + M       |
 //! |    36 + D + M |    0..=7 | zero padding to a multiple of 8              |
+//!
+//! # Format 2: chunk checksums (volumes whose superblock says version 2)
+//!
+//! Every record of a version-2 volume has flag bit 1 and a trailer after the
+//! record CRC, so that part of a blob can be read and verified without the
+//! rest (a range of a large blob, or a HEAD that reads no data at all):
+//!
+//! | offset            | size   | field                                          |
+//! |------------------:|-------:|------------------------------------------------|
+//! |        36 + D + M | 4 * N  | CRC-32 of each 64 KiB chunk of the data, N = ceil(D / 65536) |
+//! |  36 + D + M + 4N  |      4 | trailer CRC-32 of bytes 32 + D .. 36 + D + M + 4N |
+//! |  40 + D + M + 4N  | 0..=7  | zero padding to a multiple of 8                |
+//!
+//! The trailer CRC covers the metadata, the record CRC and the chunk CRCs:
+//! with the header's own CRC, everything but the data is verified by reading
+//! the header and the tail alone. The record CRC is computed exactly as in
+//! version 1, over the header *without* bit 1 (and its header CRC computed
+//! so), then data and metadata: the same blob has the same record CRC, hence
+//! the same ETag, in a volume of either version (copies of one volume may be
+//! of both versions during an upgrade, and compare ETags). Version-1 volumes
+//! are read as they are and keep taking version-1 records; new volumes are
+//! version 2. A build that knows only version 1 refuses a version-2 volume
+//! (its superblock says so) rather than misreading its records.
 //!
 //! The header has a checksum of its own so that recovery can trust a record's
 //! length before its body is complete: a record with a valid header but a bad
@@ -78,19 +101,29 @@
 //!
 //! Offsets in 8-byte units in 32 bits address 32 GiB, the largest volume.
 //!
-//! Why one file of ~640 lines: the on-disk format with its byte tables in one
-//! place, and its round-trip and corruption tests (a fifth of the file).
+//! Why one file of ~720 lines: the on-disk format with its byte tables in one
+//! place. Its round-trip and corruption tests are in `format/tests.rs`, the
+//! chunk checksums of format 2 in `format/chunks.rs`.
 
 use bytes::{Buf, BufMut};
 
 use crate::types::{Cookie, NeedleId, VolumeId};
 
+pub mod chunks;
+pub use chunks::CHUNK_LEN;
+
 /// Length of the volume superblock at the start of the data file.
 pub const SUPERBLOCK_LEN: usize = 64;
 /// Magic number opening the superblock.
 pub const SUPERBLOCK_MAGIC: [u8; 4] = *b"HLVS";
-/// Current version of the volume format.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the volume format new volumes are created with (2: records
+/// carry chunk checksums).
+pub const FORMAT_VERSION: u16 = 2;
+/// The first volume format: records without chunk checksums. Volumes of it
+/// are read, and written, as they are.
+pub const FORMAT_VERSION_1: u16 = 1;
+/// Version of the index file format (not changed by volume format 2).
+pub const INDEX_FORMAT_VERSION: u16 = 1;
 
 /// Magic number opening every needle record.
 pub const NEEDLE_MAGIC: [u8; 4] = *b"HLND";
@@ -111,6 +144,9 @@ pub const MAX_VOLUME_SIZE: u64 = (u32::MAX as u64 + 1) * ALIGNMENT;
 
 /// Needle flag: this record deletes the needle with its id.
 pub const FLAG_TOMBSTONE: u8 = 1;
+/// Needle flag: the record CRC is followed by chunk CRCs and a trailer CRC
+/// (format 2).
+pub const FLAG_CHUNK_CRCS: u8 = 2;
 
 /// Magic number opening the index file.
 pub const INDEX_MAGIC: [u8; 4] = *b"HLIX";
@@ -147,6 +183,8 @@ pub struct Superblock {
     pub volume_id: VolumeId,
     /// When the volume was created, Unix seconds.
     pub created_at: u64,
+    /// Format version ([`FORMAT_VERSION`] for new volumes).
+    pub version: u16,
 }
 
 impl Superblock {
@@ -155,7 +193,7 @@ impl Superblock {
         let mut out = [0u8; SUPERBLOCK_LEN];
         let mut buf = &mut out[..];
         buf.put_slice(&SUPERBLOCK_MAGIC);
-        buf.put_u16_le(FORMAT_VERSION);
+        buf.put_u16_le(self.version);
         buf.put_u16_le(0);
         buf.put_u32_le(self.volume_id.0);
         buf.put_u32_le(0);
@@ -179,7 +217,8 @@ impl Superblock {
             return Err(FormatError::BadChecksum);
         }
         buf.advance(4);
-        if buf.get_u16_le() != FORMAT_VERSION {
+        let version = buf.get_u16_le();
+        if !(FORMAT_VERSION_1..=FORMAT_VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion);
         }
         let _flags = buf.get_u16_le();
@@ -189,6 +228,7 @@ impl Superblock {
         Ok(Superblock {
             volume_id,
             created_at,
+            version,
         })
     }
 }
@@ -291,9 +331,60 @@ impl NeedleHeader {
         self.flags & FLAG_TOMBSTONE != 0
     }
 
+    /// True if the record carries chunk CRCs and a trailer CRC (format 2).
+    pub fn has_chunk_crcs(&self) -> bool {
+        self.flags & FLAG_CHUNK_CRCS != 0
+    }
+
     /// Total length of the record this header opens, padding included.
     pub fn record_len(&self) -> u64 {
-        record_len(self.data_len as u64, self.metadata_len as usize)
+        record_len(
+            self.data_len as u64,
+            self.metadata_len as usize,
+            self.has_chunk_crcs(),
+        )
+    }
+
+    /// Offset of the metadata within the record: where its tail starts.
+    pub fn metadata_offset(&self) -> usize {
+        NEEDLE_HEADER_LEN + self.data_len as usize
+    }
+
+    /// Offset of the chunk CRCs within the record (format 2).
+    pub fn chunk_crcs_offset(&self) -> usize {
+        self.checksum_offset() + CHECKSUM_LEN
+    }
+
+    /// Number of chunk CRCs the record carries (0 without them).
+    pub fn chunk_count(&self) -> u64 {
+        if self.has_chunk_crcs() {
+            u64::from(self.data_len).div_ceil(CHUNK_LEN)
+        } else {
+            0
+        }
+    }
+
+    /// End of the tail within the record (metadata, record CRC and, in
+    /// format 2, chunk CRCs and trailer CRC): where the padding starts.
+    pub fn tail_end(&self) -> usize {
+        if self.has_chunk_crcs() {
+            self.chunk_crcs_offset() + 4 * self.chunk_count() as usize + CHECKSUM_LEN
+        } else {
+            self.checksum_offset() + CHECKSUM_LEN
+        }
+    }
+
+    /// A hasher that has hashed this header as the record CRC covers it:
+    /// as version 1 encodes it (without [`FLAG_CHUNK_CRCS`]), so that the
+    /// record CRC of a blob does not depend on the volume's version.
+    pub fn record_crc_start(&self) -> crc32fast::Hasher {
+        let v1 = NeedleHeader {
+            flags: self.flags & !FLAG_CHUNK_CRCS,
+            ..*self
+        };
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&v1.encode());
+        hasher
     }
 
     /// Offset of the data within the record.
@@ -358,10 +449,22 @@ impl NeedleHeader {
 }
 
 /// Length of a record with `data_len` bytes of data and `metadata_len` bytes of
-/// metadata, padding included.
-pub fn record_len(data_len: u64, metadata_len: usize) -> u64 {
-    let raw = NEEDLE_HEADER_LEN as u64 + data_len + metadata_len as u64 + CHECKSUM_LEN as u64;
+/// metadata, padding included; with chunk CRCs (format 2) or not.
+pub fn record_len(data_len: u64, metadata_len: usize, chunk_crcs: bool) -> u64 {
+    let mut raw = NEEDLE_HEADER_LEN as u64 + data_len + metadata_len as u64 + CHECKSUM_LEN as u64;
+    if chunk_crcs {
+        raw += 4 * data_len.div_ceil(CHUNK_LEN) + CHECKSUM_LEN as u64;
+    }
     raw.next_multiple_of(ALIGNMENT)
+}
+
+/// The flags of a record written into a volume of format `version`.
+pub fn record_flags(version: u16, tombstone: bool) -> u8 {
+    let mut flags = if tombstone { FLAG_TOMBSTONE } else { 0 };
+    if version >= FORMAT_VERSION {
+        flags |= FLAG_CHUNK_CRCS;
+    }
+    flags
 }
 
 /// Encodes a whole needle record (header, data, metadata, checksum, padding)
@@ -383,15 +486,46 @@ pub fn encode_needle(
         cookie,
         data_len,
     };
-    let start = buf.len();
     buf.reserve(header.record_len() as usize);
     buf.put_slice(&header.encode());
     buf.put_slice(data);
+    let mut hasher = header.record_crc_start();
+    hasher.update(data);
+    let chunk_crcs = if header.has_chunk_crcs() {
+        chunks::chunk_crcs(data)
+    } else {
+        Vec::new()
+    };
+    Ok(encode_tail(buf, &header, meta, hasher, &chunk_crcs))
+}
+
+/// Appends a record's tail to `buf`, which holds (or whose record holds)
+/// its header and data: metadata, record CRC (`hasher` has hashed the header
+/// as [`NeedleHeader::record_crc_start`] does, and the data), then in format
+/// 2 the chunk CRCs and the trailer CRC, then padding. Returns the record CRC.
+pub fn encode_tail(
+    buf: &mut Vec<u8>,
+    header: &NeedleHeader,
+    meta: &NeedleMeta,
+    mut hasher: crc32fast::Hasher,
+    chunk_crcs: &[u32],
+) -> u32 {
+    let start = buf.len();
     meta.encode(buf);
-    let crc = crc32fast::hash(&buf[start..]);
+    hasher.update(&buf[start..]);
+    let crc = hasher.finalize();
     buf.put_u32_le(crc);
-    buf.resize(start + header.record_len() as usize, 0);
-    Ok(crc)
+    if header.has_chunk_crcs() {
+        debug_assert_eq!(chunk_crcs.len() as u64, header.chunk_count());
+        for chunk_crc in chunk_crcs {
+            buf.put_u32_le(*chunk_crc);
+        }
+        let trailer = crc32fast::hash(&buf[start..]);
+        buf.put_u32_le(trailer);
+    }
+    let tail_len = header.record_len() as usize - header.metadata_offset();
+    buf.resize(start + tail_len, 0);
+    crc
 }
 
 /// A needle record decoded from a byte slice, borrowing its data.
@@ -405,6 +539,19 @@ pub struct DecodedNeedle<'a> {
     pub meta: NeedleMeta,
     /// The stored checksum (verified by [`decode_needle`]).
     pub checksum: u32,
+    /// The chunk CRCs, encoded (empty in format 1; covered by the trailer
+    /// CRC, not compared with the data: see [`DecodedNeedle::chunks_match`]).
+    pub chunk_crcs: &'a [u8],
+}
+
+impl DecodedNeedle<'_> {
+    /// True if every chunk CRC matches its chunk of the data (scrub's
+    /// check; a read of the whole record relies on the record CRC).
+    pub fn chunks_match(&self) -> bool {
+        !self.header.has_chunk_crcs()
+            || (self.chunk_crcs.len() as u64 == 4 * self.header.chunk_count()
+                && chunks::verify(self.data, 0, self.chunk_crcs).is_ok())
+    }
 }
 
 /// Decodes and fully validates (magic, lengths, checksum, padding) the record at
@@ -417,10 +564,18 @@ pub fn decode_needle(bytes: &[u8]) -> Result<DecodedNeedle<'_>, FormatError> {
     }
     let crc_at = header.checksum_offset();
     let checksum = u32::from_le_bytes(read_array(&bytes[crc_at..]));
-    if crc32fast::hash(&bytes[..crc_at]) != checksum {
+    let mut hasher = header.record_crc_start();
+    hasher.update(&bytes[NEEDLE_HEADER_LEN..crc_at]);
+    if hasher.finalize() != checksum {
         return Err(FormatError::BadChecksum);
     }
-    let data_end = NEEDLE_HEADER_LEN + header.data_len as usize;
+    let data_end = header.metadata_offset();
+    let chunk_crcs = if header.has_chunk_crcs() {
+        let tail = decode_tail(&header, &bytes[data_end..header.tail_end()])?;
+        tail.chunk_crcs
+    } else {
+        &[]
+    };
     let meta = NeedleMeta::decode(&bytes[data_end..crc_at])?;
     if header.is_tombstone() && header.data_len != 0 {
         return Err(FormatError::InvalidField);
@@ -430,6 +585,45 @@ pub fn decode_needle(bytes: &[u8]) -> Result<DecodedNeedle<'_>, FormatError> {
         data: &bytes[NEEDLE_HEADER_LEN..data_end],
         meta,
         checksum,
+        chunk_crcs,
+    })
+}
+
+/// A record's tail (metadata onwards) decoded without its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail<'a> {
+    /// The metadata.
+    pub meta: NeedleMeta,
+    /// The stored record CRC (the ETag's source).
+    pub checksum: u32,
+    /// The chunk CRCs, encoded, 4 bytes each.
+    pub chunk_crcs: &'a [u8],
+}
+
+/// Decodes the tail of a format-2 record, `bytes` being its bytes from
+/// [`NeedleHeader::metadata_offset`] to [`NeedleHeader::tail_end`]: checks
+/// the trailer CRC, so metadata, record CRC and chunk CRCs are as written.
+/// A format-1 record's tail has no CRC of its own: `InvalidField`.
+pub fn decode_tail<'a>(header: &NeedleHeader, bytes: &'a [u8]) -> Result<Tail<'a>, FormatError> {
+    if !header.has_chunk_crcs() {
+        return Err(FormatError::InvalidField);
+    }
+    let start = header.metadata_offset();
+    let len = header.tail_end() - start;
+    if bytes.len() < len {
+        return Err(FormatError::Truncated);
+    }
+    let trailer_at = len - CHECKSUM_LEN;
+    let trailer = u32::from_le_bytes(read_array(&bytes[trailer_at..]));
+    if crc32fast::hash(&bytes[..trailer_at]) != trailer {
+        return Err(FormatError::BadChecksum);
+    }
+    let crc_at = header.checksum_offset() - start;
+    let meta = NeedleMeta::decode(&bytes[..crc_at])?;
+    Ok(Tail {
+        meta,
+        checksum: u32::from_le_bytes(read_array(&bytes[crc_at..])),
+        chunk_crcs: &bytes[crc_at + CHECKSUM_LEN..trailer_at],
     })
 }
 
@@ -446,7 +640,7 @@ impl IndexHeader {
         let mut out = [0u8; INDEX_HEADER_LEN];
         let mut buf = &mut out[..];
         buf.put_slice(&INDEX_MAGIC);
-        buf.put_u16_le(FORMAT_VERSION);
+        buf.put_u16_le(INDEX_FORMAT_VERSION);
         buf.put_u16_le(0);
         buf.put_u32_le(self.volume_id.0);
         let crc = crc32fast::hash(&out[..12]);
@@ -466,7 +660,7 @@ impl IndexHeader {
             return Err(FormatError::BadChecksum);
         }
         let mut buf = &bytes[4..12];
-        if buf.get_u16_le() != FORMAT_VERSION {
+        if buf.get_u16_le() != INDEX_FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion);
         }
         let _reserved = buf.get_u16_le();
@@ -525,120 +719,4 @@ fn read_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn arb_meta() -> impl Strategy<Value = NeedleMeta> {
-        (
-            "[a-z/+.-]{0,40}",
-            "\\PC{0,60}",
-            any::<u64>(),
-            proptest::option::of(1u64..),
-        )
-            .prop_map(
-                |(content_type, file_name, last_modified, expires_at)| NeedleMeta {
-                    content_type,
-                    file_name,
-                    last_modified,
-                    expires_at,
-                },
-            )
-    }
-
-    proptest! {
-        #[test]
-        fn needle_round_trips(
-            id in any::<u64>(),
-            cookie in any::<u32>(),
-            data in proptest::collection::vec(any::<u8>(), 0..3000),
-            meta in arb_meta(),
-        ) {
-            let mut buf = Vec::new();
-            let crc = encode_needle(&mut buf, 0, NeedleId(id), Cookie(cookie), &data, &meta).unwrap();
-            prop_assert_eq!(buf.len() as u64 % ALIGNMENT, 0);
-            prop_assert_eq!(buf.len() as u64, record_len(data.len() as u64, meta.encoded_len()));
-            let decoded = decode_needle(&buf).unwrap();
-            prop_assert_eq!(decoded.header.needle_id, NeedleId(id));
-            prop_assert_eq!(decoded.header.cookie, Cookie(cookie));
-            prop_assert_eq!(decoded.data, &data[..]);
-            prop_assert_eq!(&decoded.meta, &meta);
-            prop_assert_eq!(decoded.checksum, crc);
-            prop_assert!(!decoded.header.is_tombstone());
-        }
-
-        #[test]
-        fn any_flipped_bit_is_detected(
-            data in proptest::collection::vec(any::<u8>(), 1..500),
-            bit in any::<prop::sample::Index>(),
-        ) {
-            let mut buf = Vec::new();
-            let meta = NeedleMeta { content_type: "image/png".into(), ..Default::default() };
-            encode_needle(&mut buf, 0, NeedleId(7), Cookie(9), &data, &meta).unwrap();
-            let header = NeedleHeader::decode(&buf).unwrap();
-            // Flip a bit anywhere in the checksummed bytes or the checksum itself.
-            let covered = header.checksum_offset() + CHECKSUM_LEN;
-            let bit = bit.index(covered * 8);
-            buf[bit / 8] ^= 1 << (bit % 8);
-            prop_assert!(decode_needle(&buf).is_err());
-        }
-
-        #[test]
-        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_needle(&bytes);
-            let _ = Superblock::decode(&bytes);
-            let _ = IndexHeader::decode(&bytes);
-            let mut with_magic = NEEDLE_MAGIC.to_vec();
-            with_magic.extend_from_slice(&bytes);
-            let _ = decode_needle(&with_magic);
-        }
-
-        #[test]
-        fn index_entry_round_trips(id in any::<u64>(), off in 0u32.., len in 1u32..(1 << 31), tomb in any::<bool>()) {
-            let entry = IndexEntry {
-                needle_id: NeedleId(id),
-                offset: off as u64 * ALIGNMENT,
-                record_len: len as u64 * ALIGNMENT,
-                tombstone: tomb,
-            };
-            let mut buf = Vec::new();
-            entry.encode(&mut buf);
-            prop_assert_eq!(buf.len(), INDEX_ENTRY_LEN);
-            prop_assert_eq!(IndexEntry::decode(&buf), entry);
-        }
-    }
-
-    #[test]
-    fn superblock_round_trips_and_detects_damage() {
-        let sb = Superblock {
-            volume_id: VolumeId(42),
-            created_at: 1_700_000_000,
-        };
-        let mut bytes = sb.encode();
-        assert_eq!(Superblock::decode(&bytes), Ok(sb));
-        bytes[9] ^= 0x10;
-        assert_eq!(Superblock::decode(&bytes), Err(FormatError::BadChecksum));
-        assert_eq!(
-            Superblock::decode(&bytes[..10]),
-            Err(FormatError::Truncated)
-        );
-    }
-
-    #[test]
-    fn truncated_record_is_reported_as_truncated() {
-        let mut buf = Vec::new();
-        encode_needle(
-            &mut buf,
-            0,
-            NeedleId(1),
-            Cookie(2),
-            b"hello world",
-            &NeedleMeta::default(),
-        )
-        .unwrap();
-        for cut in 0..buf.len() {
-            // Records are written whole, padding included: any prefix is torn.
-            assert!(decode_needle(&buf[..cut]).is_err(), "cut at {cut}");
-        }
-    }
-}
+mod tests;

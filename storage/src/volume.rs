@@ -55,7 +55,10 @@ use crate::types::{Cookie, NeedleId, Tier, VolumeId};
 pub use claim::Claim;
 pub use commit::{SyncDuty, Waiter, Wake};
 pub use compact::{COMPACTION_MARGIN, CompactOptions, CompactReport};
-pub use read::{BUFFERED_READ_MAX, DiskRead, FromDisk, ReadPlan};
+pub use read::{
+    BUFFERED_READ_MAX, DiskRead, FromDisk, HEAD_BYTES, HEAD_RECORD_MAX, Hint, NeedleInfo,
+    NeedlePart, Part, RANGE_RECORD_MAX, ReadPlan, Shape, shape,
+};
 pub use replica::{NeedleState, RangeDigest};
 pub use write::{NeedleWriter, Queued, QueuedWrite};
 
@@ -302,6 +305,9 @@ pub struct Volume {
     tier: Tier,
     dir: PathBuf,
     config: VolumeConfig,
+    /// The data file's format version (its superblock's): the format of
+    /// the records written into it.
+    format_version: u16,
     state: RwLock<ReadState>,
     writer: Mutex<WriterState>,
     /// Needle ids claimed by writes in progress (see `claim.rs`).
@@ -373,6 +379,7 @@ impl Volume {
         let superblock = Superblock {
             volume_id: id,
             created_at: unix_now(),
+            version: format::FORMAT_VERSION,
         };
         write_atomically(&dat, &superblock.encode())?;
         Volume::open(dir, id, tier, config)
@@ -421,6 +428,7 @@ impl Volume {
             tier,
             dir: dir.to_owned(),
             config,
+            format_version: superblock.version,
             state: RwLock::new(recovered.state),
             writer: Mutex::new(WriterState {
                 end,
@@ -496,6 +504,12 @@ impl Volume {
     /// The volume's id.
     pub fn id(&self) -> VolumeId {
         self.id
+    }
+
+    /// The data file's format version (see `format.rs`): 2 for volumes
+    /// created now, 1 for older ones.
+    pub fn format_version(&self) -> u16 {
+        self.format_version
     }
 
     /// The tier the volume's files are on.
@@ -640,7 +654,7 @@ impl Volume {
         for (id, offset) in entries {
             report.checked += 1;
             match self.verify_record(&files.map, offset) {
-                Ok(decoded) if decoded.header.needle_id == id => {
+                Ok(decoded) if decoded.header.needle_id == id && decoded.chunks_match() => {
                     throttle.block_for(decoded.header.record_len());
                 }
                 _ => report.corrupt.push(id),

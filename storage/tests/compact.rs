@@ -195,7 +195,7 @@ fn compaction_under_concurrent_writes_deletes_and_reads() {
     let meta_len = NeedleMeta::default().encoded_len();
     let deleted_by_writers: u64 = deleted
         .iter()
-        .map(|id| hayloft_storage::format::record_len(blob(*id).len() as u64, meta_len))
+        .map(|id| hayloft_storage::format::record_len(blob(*id).len() as u64, meta_len, true))
         .sum();
     let garbage_after = volume.stats().garbage_bytes;
     assert!(

@@ -26,7 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use hayloft_storage::{Cookie, DiskRead, Error, FromDisk, Needle, NeedleId, ReadPlan, Volume};
+use hayloft_storage::{
+    Cookie, DiskRead, Error, FromDisk, Hint, Needle, NeedleId, NeedleInfo, NeedlePart, Part,
+    ReadPlan, Volume,
+};
 use tokio::sync::Semaphore;
 
 /// Where a read's bytes came from, for the metrics.
@@ -157,11 +160,46 @@ impl DiskReads {
         }
     }
 
+    /// Reads of needle `id` of `volume` what `want` asks for once its size,
+    /// record CRC and metadata are known (see [`DiskRead::run_part`]): the
+    /// whole needle at once if its record is in the page cache, else from
+    /// disk on the pool, only what `want` asks for (no data for a HEAD, a
+    /// range's chunks) where the volume's format allows.
+    pub async fn read_part(
+        &self,
+        volume: &Volume,
+        (id, cookie): (NeedleId, Cookie),
+        verify_up_to: u64,
+        hint: Hint,
+        want: impl FnOnce(&NeedleInfo<'_>) -> Part + Send + 'static,
+    ) -> Result<(NeedlePart, Source), ReadError> {
+        match volume.plan_read(id, cookie, verify_up_to)? {
+            ReadPlan::Resident(needle) => Ok((NeedlePart::whole(needle), Source::Memory)),
+            ReadPlan::Disk(plan) => Ok((
+                self.read_part_from_disk(plan, hint, want).await?,
+                Source::Disk,
+            )),
+        }
+    }
+
     /// Runs a planned read from disk on the pool.
     pub async fn read_from_disk(&self, plan: DiskRead) -> Result<Needle, ReadError> {
-        let FromDisk { needle, disk_bytes } = self.run(move || plan.run()).await??;
+        let part = self
+            .read_part_from_disk(plan, Hint::Whole, |_| Part::Whole)
+            .await?;
+        Ok(part.needle)
+    }
+
+    /// Runs a planned read from disk of what `want` asks for on the pool.
+    pub async fn read_part_from_disk(
+        &self,
+        plan: DiskRead,
+        hint: Hint,
+        want: impl FnOnce(&NeedleInfo<'_>) -> Part + Send + 'static,
+    ) -> Result<NeedlePart, ReadError> {
+        let FromDisk { part, disk_bytes } = self.run(move || plan.run_part(hint, want)).await??;
         self.metrics.bytes.increment(disk_bytes);
-        Ok(needle)
+        Ok(part)
     }
 
     /// Runs `read` on the pool once admitted and given a place; `Busy` at

@@ -67,6 +67,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &Superblock {
             volume_id: id,
             created_at: 0,
+            // Records without chunk CRCs (flags 0 below): format 1.
+            version: hayloft_storage::format::FORMAT_VERSION_1,
         }
         .encode(),
     )?;

@@ -151,7 +151,9 @@ struct Target {
 }
 
 impl Target {
-    fn create(cpd: &Path, cpx: &Path, id: VolumeId) -> Result<Target> {
+    /// A new data file of format `version` (the volume's: its records are
+    /// copied byte for byte).
+    fn create(cpd: &Path, cpx: &Path, id: VolumeId, version: u16) -> Result<Target> {
         // Read and write: `record_len` reads headers back when a logged
         // write replaces a needle already copied.
         let data_file = std::fs::OpenOptions::new()
@@ -181,6 +183,7 @@ impl Target {
         let superblock = Superblock {
             volume_id: id,
             created_at: unix_now(),
+            version,
         };
         target
             .data
@@ -344,7 +347,7 @@ impl Volume {
             garbage_bytes = stats.garbage_bytes, "compaction started");
 
         // 2. Copy.
-        let mut target = Target::create(&cpd, &cpx, self.id)?;
+        let mut target = Target::create(&cpd, &cpx, self.id, self.format_version)?;
         let min_id = snapshot.iter().map(|(_, id)| *id).min();
         let max_id = snapshot.iter().map(|(_, id)| *id).max();
         if let (Some(min), Some(max)) = (min_id, max_id) {

@@ -177,7 +177,7 @@ fn load_index(
         valid_len: (INDEX_HEADER_LEN + whole * INDEX_ENTRY_LEN) as u64,
     };
     let mut last = None;
-    let min_record = format::record_len(0, format::FIXED_METADATA_LEN);
+    let min_record = format::record_len(0, format::FIXED_METADATA_LEN, false);
     let mut chunk = [0u8; INDEX_ENTRY_LEN];
     for i in 0..whole {
         reader

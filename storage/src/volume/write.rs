@@ -11,9 +11,8 @@ use super::{
     WriterState, unix_now,
 };
 use crate::error::{Error, Result};
-use crate::format::{
-    self, FLAG_TOMBSTONE, IndexEntry, MAX_DATA_LEN, NEEDLE_HEADER_LEN, NeedleHeader, NeedleMeta,
-};
+use crate::format::chunks::ChunkHasher;
+use crate::format::{self, IndexEntry, MAX_DATA_LEN, NEEDLE_HEADER_LEN, NeedleHeader, NeedleMeta};
 use crate::types::{Cookie, NeedleId};
 impl Volume {
     /// Writes a whole blob and returns once it is durable (per the volume's
@@ -34,7 +33,7 @@ impl Volume {
         if claim.is_retry() {
             return self.exact_retry(write.id, write.cookie, write.data, &write.meta);
         }
-        let record = encode_write(write)?;
+        let record = encode_write(write, self.format_version)?;
         self.append_record(write.id, &record.0, false, Some(claim))
             .map(|(offset, record_len)| WriteReceipt {
                 offset,
@@ -63,7 +62,7 @@ impl Volume {
         {
             return Ok(Queued::WouldWait(claim));
         }
-        let (record, checksum) = encode_write(write)?;
+        let (record, checksum) = encode_write(write, self.format_version)?;
         let mut claim = Some(claim);
         let Some((offset, record_len, seq)) =
             self.append_queued(write.id, &record, false, false, &mut claim)?
@@ -94,7 +93,8 @@ impl Volume {
             ..NeedleMeta::default()
         };
         let mut record = Vec::new();
-        format::encode_needle(&mut record, FLAG_TOMBSTONE, id, cookie, &[], &meta)
+        let flags = format::record_flags(self.format_version, true);
+        format::encode_needle(&mut record, flags, id, cookie, &[], &meta)
             .map_err(|_| Error::InvalidNeedle("tombstone"))?;
         self.append_record(id, &record, true, None).map(|_| ())
     }
@@ -214,7 +214,7 @@ impl Volume {
         meta.validate()
             .map_err(|_| Error::InvalidNeedle("metadata too long"))?;
         let header = NeedleHeader {
-            flags: 0,
+            flags: format::record_flags(self.format_version, false),
             metadata_len: meta.encoded_len() as u16,
             needle_id: id,
             cookie,
@@ -233,7 +233,8 @@ impl Volume {
                 offset: receipt.offset,
                 written: 0,
                 written_back: 0,
-                hasher: crc32fast::Hasher::new(),
+                hasher: header.record_crc_start(),
+                chunks: None,
                 finished: false,
                 claim: Some(claim),
                 retry_of: Some(receipt),
@@ -248,8 +249,8 @@ impl Volume {
             self.abandon(&files, offset, record_len, true);
             return Err(e);
         }
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&header_bytes);
+        let hasher = header.record_crc_start();
+        let chunks = header.has_chunk_crcs().then(ChunkHasher::default);
         Ok(NeedleWriter {
             volume: Arc::clone(self),
             files,
@@ -259,6 +260,7 @@ impl Volume {
             written: 0,
             written_back: offset,
             hasher,
+            chunks,
             finished: false,
             claim: Some(claim),
             retry_of: None,
@@ -422,8 +424,9 @@ pub struct QueuedWrite {
     pub seq: u64,
 }
 
-/// Encodes a whole-blob write as a needle record; returns it and its CRC.
-fn encode_write(write: &NeedleWrite<'_>) -> Result<(Vec<u8>, u32)> {
+/// Encodes a whole-blob write as a needle record of a volume of format
+/// `version`; returns it and its CRC.
+fn encode_write(write: &NeedleWrite<'_>, version: u16) -> Result<(Vec<u8>, u32)> {
     check_data_len(write.data.len() as u64)?;
     write
         .meta
@@ -432,7 +435,7 @@ fn encode_write(write: &NeedleWrite<'_>) -> Result<(Vec<u8>, u32)> {
     let mut record = Vec::new();
     let checksum = format::encode_needle(
         &mut record,
-        0,
+        format::record_flags(version, false),
         write.id,
         write.cookie,
         write.data,
@@ -453,7 +456,10 @@ pub struct NeedleWriter {
     /// Where the writeback started by [`NeedleWriter::write`] has reached
     /// (an offset in the data file).
     written_back: u64,
+    /// The record CRC so far (header as the record CRC covers it, data).
     hasher: crc32fast::Hasher,
+    /// The chunk CRCs so far (format 2).
+    chunks: Option<ChunkHasher>,
     finished: bool,
     /// The id's claim, until the record is queued.
     claim: Option<Claim>,
@@ -501,6 +507,9 @@ impl NeedleWriter {
             .map_err(|e| Error::io(self.files.data.path(), e))?;
         self.files.data.write_at(chunk, at)?;
         self.hasher.update(chunk);
+        if let Some(chunks) = &mut self.chunks {
+            chunks.update(chunk);
+        }
         self.written += chunk.len() as u64;
         let end = (at + chunk.len() as u64) / PAGE * PAGE;
         if end >= self.written_back + WRITEBACK_EVERY {
@@ -530,11 +539,14 @@ impl NeedleWriter {
         let record_len = self.header.record_len();
         let tail_at = NEEDLE_HEADER_LEN as u64 + declared;
         let mut tail = Vec::with_capacity((record_len - tail_at) as usize);
-        self.meta.encode(&mut tail);
-        self.hasher.update(&tail);
-        let checksum = self.hasher.clone().finalize();
-        tail.extend_from_slice(&checksum.to_le_bytes());
-        tail.resize((record_len - tail_at) as usize, 0);
+        let chunk_crcs = self.chunks.take().map(ChunkHasher::finish);
+        let checksum = format::encode_tail(
+            &mut tail,
+            &self.header,
+            &self.meta,
+            self.hasher.clone(),
+            chunk_crcs.as_deref().unwrap_or_default(),
+        );
         let volume = Arc::clone(&self.volume);
         self.files.data.write_at(&tail, self.offset + tail_at)?;
         self.files.map.extend_readable(self.offset + record_len);

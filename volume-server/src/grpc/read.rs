@@ -3,6 +3,8 @@
 #[allow(unused_imports)]
 use super::*;
 
+use hayloft_storage::{Hint, NeedleInfo, NeedlePart, Part};
+
 /// The gRPC status of a failed cold read (see [`cold_grpc_status`]).
 pub(super) fn cold_status(error: ColdReadError, blob: BlobId) -> Status {
     cold_grpc_status(&error, blob)
@@ -10,15 +12,34 @@ pub(super) fn cold_status(error: ColdReadError, blob: BlobId) -> Status {
 
 /// Metadata served for a blob.
 pub fn blob_info(blob: BlobId, needle: &hayloft_storage::Needle) -> BlobInfo {
+    info_of(blob, needle, needle.data.len() as u64)
+}
+
+/// Metadata served for a blob of `size` bytes, `needle` holding all or part
+/// of its data.
+fn info_of(blob: BlobId, needle: &hayloft_storage::Needle, size: u64) -> BlobInfo {
     BlobInfo {
         blob_id: blob.to_string(),
-        size: needle.data.len() as u64,
+        size,
         content_type: needle.meta.content_type.clone(),
         file_name: needle.meta.file_name.clone(),
         last_modified: needle.meta.last_modified,
         expires_at: needle.meta.expires_at.unwrap_or(0),
-        etag: etag(needle.checksum, needle.data.len() as u64),
+        etag: etag(needle.checksum, size),
     }
+}
+
+/// The bytes `offset..` (`length` of them, 0 = to the end) of a blob of
+/// `size` bytes, or `None` if `offset` is past its end.
+fn read_span(size: u64, offset: u64, length: u64) -> Option<(u64, u64)> {
+    if offset > size || (offset == size && size > 0) {
+        return None;
+    }
+    let end = match length {
+        0 => size,
+        length => offset.saturating_add(length).min(size),
+    };
+    Some((offset, end))
 }
 
 /// A blob's bytes as `Read` streams them: metadata first, 1 MiB chunks.
@@ -38,12 +59,15 @@ pub(super) fn read_stream(info: BlobInfo, data: Bytes) -> ReadStream {
 
 impl VolumeService {
     /// Reads a needle: from the page cache, from disk on the bounded pool
-    /// (RESOURCE_EXHAUSTED at its bound), or with one ranged GET for a
-    /// cold volume.
+    /// (RESOURCE_EXHAUSTED at its bound; only what `want` asks for, see
+    /// `DiskReads::read_part`), or with one ranged GET for a cold volume
+    /// (the whole needle).
     pub(super) async fn read_needle(
         &self,
         blob: BlobId,
-    ) -> Result<hayloft_storage::Needle, Status> {
+        hint: Hint,
+        want: impl FnOnce(&NeedleInfo<'_>) -> Part + Send + 'static,
+    ) -> Result<NeedlePart, Status> {
         self.tiering.reads.record(blob.volume());
         let started = std::time::Instant::now();
         let handle = self
@@ -51,21 +75,23 @@ impl VolumeService {
             .handle(blob.volume())
             .map_err(|e| grpc_status(&e, Some(blob)))?;
         let (needle, source) = match handle {
-            hayloft_storage::Handle::Local(volume) => self.read_local(&volume, blob).await?,
+            hayloft_storage::Handle::Local(volume) => {
+                self.read_local(&volume, blob, hint, want).await?
+            }
             hayloft_storage::Handle::Cold(cold) => {
                 match self
                     .tiering
                     .read_cold(&cold, blob.needle, blob.cookie)
                     .await
                 {
-                    Ok(needle) => (needle, Source::Cold),
+                    Ok(needle) => (NeedlePart::whole(needle), Source::Cold),
                     // A restore may have committed meanwhile (the object is
                     // gone, the volume local again): read it here.
                     Err(ColdReadError::Unavailable(reason)) => {
                         let volume = self.store.volume(blob.volume()).map_err(|_| {
                             cold_status(ColdReadError::Unavailable(reason.clone()), blob)
                         })?;
-                        self.read_local(&volume, blob)
+                        self.read_local(&volume, blob, hint, want)
                             .await
                             .map_err(|_| cold_status(ColdReadError::Unavailable(reason), blob))?
                     }
@@ -81,9 +107,17 @@ impl VolumeService {
         &self,
         volume: &hayloft_storage::Volume,
         blob: BlobId,
-    ) -> Result<(hayloft_storage::Needle, Source), Status> {
+        hint: Hint,
+        want: impl FnOnce(&NeedleInfo<'_>) -> Part + Send + 'static,
+    ) -> Result<(NeedlePart, Source), Status> {
         self.disk
-            .read(volume, blob.needle, blob.cookie, self.verify_up_to)
+            .read_part(
+                volume,
+                (blob.needle, blob.cookie),
+                self.verify_up_to,
+                hint,
+                want,
+            )
             .await
             .map_err(|e| match e {
                 ReadError::Busy => {
@@ -105,21 +139,34 @@ impl VolumeService {
     ) -> Result<Response<ReadStream>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
         self.require_on(request.extensions(), Op::Read, blob)?;
-        let request = request.into_inner();
-        let needle = self.read_needle(blob).await?;
-        let size = needle.data.len() as u64;
-        if request.offset > size || (request.offset == size && size > 0) {
-            return Err(Status::out_of_range(format!(
-                "offset {} is past the end of the {size}-byte blob",
-                request.offset
-            )));
-        }
-        let end = match request.length {
-            0 => size,
-            length => request.offset.saturating_add(length).min(size),
+        let (offset, length) = {
+            let request = request.into_inner();
+            (request.offset, request.length)
         };
-        let info = blob_info(blob, &needle);
-        let data = needle.data.slice(request.offset as usize..end as usize);
+        // Part of a blob: from disk, only its chunks are read.
+        let hint = if offset > 0 || length > 0 {
+            Hint::Range
+        } else {
+            Hint::Whole
+        };
+        let part = self
+            .read_needle(blob, hint, move |info| {
+                match read_span(info.size, offset, length) {
+                    Some((start, end)) => Part::Bytes { start, end },
+                    None => Part::Nothing,
+                }
+            })
+            .await?;
+        let size = part.size;
+        let Some((start, end)) = read_span(size, offset, length) else {
+            return Err(Status::out_of_range(format!(
+                "offset {offset} is past the end of the {size}-byte blob"
+            )));
+        };
+        let info = info_of(blob, &part.needle, size);
+        let data = part
+            .bytes(start, end)
+            .ok_or_else(|| Status::internal("a part read lacks the bytes asked for"))?;
         metrics::bytes_out("grpc", data.len() as u64);
         Ok(Response::new(read_stream(info, data)))
     }
@@ -130,9 +177,12 @@ impl VolumeService {
     ) -> Result<Response<StatResponse>, Status> {
         let blob = parse_blob_id(&request.get_ref().blob_id)?;
         self.require_on(request.extensions(), Op::Read, blob)?;
-        let needle = self.read_needle(blob).await?;
+        // No data: from disk, the header and tail alone are read.
+        let part = self
+            .read_needle(blob, Hint::Head, |_| Part::Nothing)
+            .await?;
         Ok(Response::new(StatResponse {
-            info: Some(blob_info(blob, &needle)),
+            info: Some(info_of(blob, &part.needle, part.size)),
         }))
     }
 }

@@ -95,12 +95,13 @@ pub(super) async fn handle(
             remote_read(&state, remote, volume, &request, peer, &span, &mut served).await
         }
         // Not in the page cache: read on the pool while this thread serves
-        // its other connections.
-        Local::Disk(volume, plan, blob) => match state.disk.read_from_disk(plan).await {
-            Ok(needle) => {
+        // its other connections; only what the answer needs (a HEAD no
+        // data, a range its chunks: see `DiskRead::run_part`).
+        Local::Disk(volume, plan, blob) => match read_from_disk(&state, plan, &request).await {
+            Ok(part) => {
                 served.source = Some(Source::Disk);
                 served.tags = purge_tags(blob, volume.collection());
-                respond(&state, needle, request.method(), request.headers())
+                respond(&state, part, request.method(), request.headers())
             }
             Err(ReadError::Busy) => busy(),
             // Corrupt here: another copy answers, as for a read from memory.
@@ -166,6 +167,22 @@ pub(super) async fn handle(
         }
     }
     response
+}
+
+/// A read from disk of what the request's answer needs: the decision of
+/// [`wanted`] is made on the pool's thread once the needle's header and
+/// tail are read, with the request's method and headers.
+async fn read_from_disk(
+    state: &HttpState,
+    plan: DiskRead,
+    request: &Request<Incoming>,
+) -> Result<NeedlePart, ReadError> {
+    let (method, headers) = (request.method().clone(), request.headers().clone());
+    let hint = hint(&method, &headers);
+    state
+        .disk
+        .read_part_from_disk(plan, hint, move |info| wanted(&method, &headers, info))
+        .await
 }
 
 /// A read of a blob another server holds (or whose copy here is corrupt):
@@ -377,7 +394,8 @@ pub(super) fn local_read(
         Ok(ReadPlan::Resident(needle)) => {
             served.tags = purge_tags(blob, volume.collection());
             served.source = Some(Source::Memory);
-            return Local::Done(respond(state, needle, method, request.headers()));
+            let whole = NeedlePart::whole(needle);
+            return Local::Done(respond(state, whole, method, request.headers()));
         }
         Ok(ReadPlan::Disk(plan)) => return Local::Disk(volume, plan, blob),
         // Corrupt here: another copy answers (a bad copy never serves
@@ -431,7 +449,7 @@ pub(super) async fn from_cold(
         .read_cold(&volume, blob.needle, blob.cookie)
         .await
     {
-        Ok(needle) => return respond(state, needle, method, headers),
+        Ok(needle) => return respond(state, NeedlePart::whole(needle), method, headers),
         Err(ColdReadError::Unavailable(reason)) => reason,
         Err(error) => return cold_refusal(&error),
     };
@@ -444,7 +462,7 @@ pub(super) async fn from_cold(
             .read(&volume, blob.needle, blob.cookie, state.verify_up_to)
             .await
     {
-        return respond(state, needle, method, headers);
+        return respond(state, NeedlePart::whole(needle), method, headers);
     }
     tracing::warn!(%reason, "cold read failed");
     cold_refusal(&ColdReadError::Unavailable(reason))

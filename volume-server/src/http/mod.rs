@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hayloft_storage::{BlobId, ColdVolume, DiskRead, Needle, ReadPlan, Store, Volume};
+use hayloft_storage::{
+    BlobId, ColdVolume, DiskRead, Hint, NeedleInfo, NeedlePart, Part, ReadPlan, Store, Volume,
+};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;

@@ -25,16 +25,80 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {
     response
 }
 
-/// The response for a needle read: validators, preconditions, range.
+/// What a read of a blob answers, decided from the request's headers and
+/// what is known of the blob before its data (size, ETag, date): the one
+/// decision both [`wanted`] (what to read) and [`respond`] (what to send)
+/// make, so that a read from disk fetches exactly what the answer needs.
+pub(super) enum Answer {
+    NotModified,
+    Failed,
+    Unsatisfiable,
+    /// Bytes `first..=last`.
+    Range(u64, u64),
+    Whole,
+}
+
+pub(super) fn answer(
+    method: &Method,
+    headers: &HeaderMap,
+    size: u64,
+    tag: &str,
+    modified: u64,
+) -> Answer {
+    match preconditions(headers, tag, modified, method) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => return Answer::NotModified,
+        Precondition::Failed => return Answer::Failed,
+    }
+    let range = headers
+        .get(header::RANGE)
+        .filter(|_| method == Method::GET && if_range_holds(headers, tag, modified))
+        .and_then(|value| value.to_str().ok())
+        .map(|value| parse_range(value, size));
+    match range {
+        Some(RangeSpec::Unsatisfiable) => Answer::Unsatisfiable,
+        Some(RangeSpec::Bytes(first, last)) => Answer::Range(first, last),
+        Some(RangeSpec::Ignore) | None => Answer::Whole,
+    }
+}
+
+/// What a read from disk must fetch of the blob to answer the request: no
+/// data for a HEAD, a 304, 412 or 416; the range's bytes for a range.
+pub(super) fn wanted(method: &Method, headers: &HeaderMap, info: &NeedleInfo<'_>) -> Part {
+    let tag = etag(info.checksum, info.size);
+    match answer(method, headers, info.size, &tag, info.meta.last_modified) {
+        Answer::Range(first, last) => Part::Bytes {
+            start: first,
+            end: last + 1,
+        },
+        Answer::Whole if method == Method::GET => Part::Whole,
+        _ => Part::Nothing,
+    }
+}
+
+/// What a request will probably need of a blob, before anything is known
+/// of it (to choose how to read it from disk).
+pub(super) fn hint(method: &Method, headers: &HeaderMap) -> Hint {
+    if method == Method::HEAD {
+        Hint::Head
+    } else if headers.contains_key(header::RANGE) {
+        Hint::Range
+    } else {
+        Hint::Whole
+    }
+}
+
+/// The response for a needle read (whole, or the part [`wanted`] asked
+/// for): validators, preconditions, range.
 pub(super) fn respond(
     state: &HttpState,
-    needle: Needle,
+    part: NeedlePart,
     method: &Method,
     headers: &HeaderMap,
 ) -> Response {
-    let size = needle.data.len() as u64;
-    let tag = etag(needle.checksum, size);
-    let modified = needle.meta.last_modified;
+    let size = part.size;
+    let tag = etag(part.needle.checksum, size);
+    let modified = part.needle.meta.last_modified;
 
     let mut base = HeaderMap::with_capacity(12);
     base.insert(header::CACHE_CONTROL, state.cache_control.clone());
@@ -44,32 +108,27 @@ pub(super) fn respond(
         header::LAST_MODIFIED,
         httpdate::fmt_http_date(unix(modified)),
     );
-    let precondition = preconditions(headers, &tag, modified, method);
-    let range = headers
-        .get(header::RANGE)
-        .filter(|_| method == Method::GET && if_range_holds(headers, &tag, modified))
-        .and_then(|value| value.to_str().ok())
-        .map(|value| parse_range(value, size));
+    let answer = answer(method, headers, size, &tag, modified);
     insert(&mut base, header::ETAG, tag);
 
-    match precondition {
-        Precondition::Proceed => {}
-        Precondition::NotModified => {
+    match answer {
+        Answer::NotModified => {
             return with_headers(StatusCode::NOT_MODIFIED, base, Bytes::new());
         }
-        Precondition::Failed => {
+        Answer::Failed => {
             return with_headers(StatusCode::PRECONDITION_FAILED, base, Bytes::new());
         }
+        Answer::Unsatisfiable | Answer::Range(..) | Answer::Whole => {}
     }
 
-    let meta = needle.meta;
+    let meta = &part.needle.meta;
     if meta.content_type.is_empty() {
         base.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
     } else {
-        insert(&mut base, header::CONTENT_TYPE, meta.content_type);
+        insert(&mut base, header::CONTENT_TYPE, meta.content_type.clone());
     }
     if !meta.file_name.is_empty() {
         insert(
@@ -79,26 +138,46 @@ pub(super) fn respond(
         );
     }
 
-    match range {
-        Some(RangeSpec::Unsatisfiable) => {
+    match answer {
+        Answer::Unsatisfiable => {
             insert(&mut base, header::CONTENT_RANGE, format!("bytes */{size}"));
             with_headers(StatusCode::RANGE_NOT_SATISFIABLE, base, Bytes::new())
         }
-        Some(RangeSpec::Bytes(first, last)) => {
+        Answer::Range(first, last) => {
+            let Some(body) = part.bytes(first, last + 1) else {
+                return part_missing(&part);
+            };
             insert(
                 &mut base,
                 header::CONTENT_RANGE,
                 format!("bytes {first}-{last}/{size}"),
             );
             base.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
-            let body = needle.data.slice(first as usize..=last as usize);
             with_headers(StatusCode::PARTIAL_CONTENT, base, body)
         }
-        Some(RangeSpec::Ignore) | None => {
+        _ => {
+            // A HEAD sends the length and no body (none may have been read).
+            let body = if method == Method::HEAD {
+                Bytes::new()
+            } else {
+                match part.bytes(0, size) {
+                    Some(body) => body,
+                    None => return part_missing(&part),
+                }
+            };
             base.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-            with_headers(StatusCode::OK, base, needle.data)
+            with_headers(StatusCode::OK, base, body)
         }
     }
+}
+
+/// A part read that lacks what the answer needs: cannot happen ([`wanted`]
+/// and [`respond`] decide alike), answered as an error rather than with
+/// wrong bytes if it ever did.
+fn part_missing(part: &NeedlePart) -> Response {
+    tracing::error!(needle = %part.needle.id, start = part.start, len = part.needle.data.len(),
+        "a part read lacks the bytes its answer needs");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "error reading blob\n")
 }
 
 pub(super) fn unix(secs: u64) -> SystemTime {
