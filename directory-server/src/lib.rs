@@ -288,7 +288,14 @@ pub struct Directory {
     tls: Option<Arc<hayloft_access::tls::ServerTls>>,
     /// Its background jobs, listed by `hayloft status`.
     workers: hayloft_proto::background::Registry,
+    /// The database, to know when every task has let go of it.
+    db: std::sync::Weak<db::Db>,
 }
+
+/// How long [`Directory::serve`] waits, once stopped, for the tasks that
+/// still hold the database (openraft's state machine worker ends a moment
+/// after its core) to let go of it.
+const DB_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 impl Directory {
     /// Opens the database, binds the listen address and starts the node's
@@ -396,6 +403,7 @@ impl Directory {
             audit,
             tls,
             workers: hayloft_proto::background::Registry::default(),
+            db: Arc::downgrade(&db),
         })
     }
 
@@ -505,7 +513,11 @@ impl Directory {
                 shutdown,
             )
             .await;
+        // Aborted tasks are dropped when the runtime next polls them: wait
+        // for that, as the metrics task holds the cluster (and so the
+        // database's lock, which a restart in the same process needs).
         raft_metrics.abort();
+        let _ = raft_metrics.await;
         if let Some(task) = forgetting {
             task.abort();
         }
@@ -525,6 +537,32 @@ impl Directory {
         }
         served?;
         self.cluster.flush()?;
+        // When this returns the database is closed (its lock released), so
+        // that the same process can open it again (a restart in place, or
+        // a failed start that is retried).
+        let Directory {
+            cluster,
+            raft,
+            config,
+            keyring,
+            auth,
+            limits,
+            audit,
+            tls,
+            workers,
+            db,
+            ..
+        } = self;
+        drop((
+            cluster, raft, config, keyring, auth, limits, audit, tls, workers,
+        ));
+        let deadline = tokio::time::Instant::now() + DB_RELEASE_WAIT;
+        while db.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if db.strong_count() > 0 {
+            tracing::warn!("the directory's database is still held by a task after it stopped");
+        }
         tracing::info!("directory stopped");
         Ok(())
     }

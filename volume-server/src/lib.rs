@@ -623,13 +623,21 @@ impl VolumeServer {
             },
             heartbeat_now,
             Arc::clone(&tiering),
-            replication,
+            Arc::clone(&replication),
             anti_entropy,
             Arc::clone(&disk_reads),
         )
         .with_stop(http_stop.clone())
         .with_grants(self.keyring.clone().filter(|_| gate.is_some()));
         let erasure_reads = service.erasure_reads();
+        workers.spawn(erasure::JournalSync::new(
+            Arc::clone(&self.store),
+            Arc::clone(&replication),
+            Arc::clone(&erasure_reads),
+            self.config
+                .anti_entropy_interval
+                .max(Duration::from_secs(1)),
+        ));
         let compaction = compaction::CompactionWorker::new(
             Arc::clone(&self.store),
             compaction::CompactionSettings {

@@ -40,6 +40,26 @@ impl Volume for Null {
     type FetchNeedleStream = Stream<ReadResponse>;
     type SyncVolumeStream = Stream<SyncProgress>;
     type EcEncodeStream = Stream<hayloft_proto::EcEncodeProgress>;
+    type EcRebuildStream = Stream<hayloft_proto::EcRebuildProgress>;
+
+    async fn ec_files(
+        &self,
+        _: Request<hayloft_proto::EcFilesRequest>,
+    ) -> Result<Response<hayloft_proto::EcInstallRequest>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn ec_journal(
+        &self,
+        _: Request<hayloft_proto::EcJournalRequest>,
+    ) -> Result<Response<hayloft_proto::EcJournalResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn ec_rebuild(
+        &self,
+        _: Request<hayloft_proto::EcRebuildRequest>,
+    ) -> Result<Response<Self::EcRebuildStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
 
     async fn ec_encode(
         &self,

@@ -8,6 +8,7 @@
 //! | `<id>.ecx` | the sealed data file's index (same format as `.idx`) | before the manifest, never changed after |
 //! | `<id>.ecj` | needles deleted since encoding, 16 bytes each | appended and fsynced per delete |
 //! | `<id>.ecNN` | shard `NN` (see `shard`) | temp file, fsync, rename |
+//! | `<id>.ech` | the gRPC address of each shard's holder, one a line, shard by shard, as last told | atomically, whenever told |
 //! | `<id>.ecmeta` | the volume state file (collection, sealed time), `.meta` format; a file of its own, as a replicated copy of the same volume may share the directory | before the manifest |
 //!
 //! No networking here: the server reads the pieces [`EcVolume::locate`]
@@ -135,6 +136,11 @@ pub fn ec_paths(dir: &Path, id: VolumeId) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// Path of the file naming an erasure-coded volume's holders.
+pub fn ec_holders_path(dir: &Path, id: VolumeId) -> PathBuf {
+    dir.join(format!("{id}.ech"))
+}
+
 /// Path of an erasure-coded volume's state file.
 pub fn ec_meta_path(dir: &Path, id: VolumeId) -> PathBuf {
     dir.join(format!("{id}.ecmeta"))
@@ -151,6 +157,8 @@ pub struct EcVolume {
     shards: RwLock<BTreeMap<u8, Arc<ShardFile>>>,
     /// Shard files present but unreadable when opened (rebuilt like lost ones).
     damaged: Vec<(u8, String)>,
+    /// Where each shard is, as last told (`<id>.ech`).
+    holders: RwLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for EcVolume {
@@ -221,6 +229,11 @@ impl EcVolume {
                 Err(e) => damaged.push((shard, e.to_string())),
             }
         }
+        let holders = match std::fs::read_to_string(ec_holders_path(dir, id)) {
+            Ok(text) => text.lines().map(str::to_owned).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(ec_holders_path(dir, id), e)),
+        };
         Ok(EcVolume {
             id,
             dir: dir.to_owned(),
@@ -230,6 +243,7 @@ impl EcVolume {
             index,
             shards: RwLock::new(shards),
             damaged,
+            holders: RwLock::new(holders),
         })
     }
 
@@ -272,6 +286,25 @@ impl EcVolume {
         let path = shard_path(&self.dir, self.id, shard);
         remove_if_exists(&path)?;
         sync_parent(&path)
+    }
+
+    /// The gRPC address of each shard's holder, shard by shard, as last
+    /// told (empty if never told).
+    pub fn holders(&self) -> Vec<String> {
+        self.holders.read().clone()
+    }
+
+    /// Records where each shard is (kept across restarts).
+    pub fn set_holders(&self, holders: Vec<String>) -> Result<()> {
+        let mut current = self.holders.write();
+        if *current == holders {
+            return Ok(());
+        }
+        let mut text = holders.join("\n");
+        text.push('\n');
+        write_atomically(&ec_holders_path(&self.dir, self.id), text.as_bytes())?;
+        *current = holders;
+        Ok(())
     }
 
     /// The volume's id.
@@ -380,7 +413,7 @@ impl EcVolume {
         for shard in 0..shards as u8 {
             remove_if_exists(&shard_path(dir, id, shard))?;
         }
-        for path in [ecx, ecj, ec_meta_path(dir, id)] {
+        for path in [ecx, ecj, ec_meta_path(dir, id), ec_holders_path(dir, id)] {
             remove_if_exists(&path)?;
         }
         Ok(())

@@ -10,7 +10,7 @@
 //! before any byte is served; bytes that fail it are restored once more
 //! from other shards, never served.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +19,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hayloft_proto::{EcReadShardRequest, ServerLocation};
 use hayloft_storage::erasure::{EcVolume, Piece, restore_piece};
-use hayloft_storage::{BlobId, Error, Needle, VolumeId};
-use parking_lot::RwLock;
+use hayloft_storage::{BlobId, Error, Needle};
 
 use crate::blocking::blocking;
 use crate::replicate::Replication;
@@ -29,19 +28,18 @@ use crate::replicate::Replication;
 /// from the other shards instead.
 pub const PIECE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where each erasure-coded volume's shards are, and reads from them.
+/// Reads from the shards of erasure-coded volumes, at the holders each
+/// volume names (`EcVolume::holders`: from `EcInstall`, then from the
+/// directory).
 pub struct ErasureReads {
     /// Connections to the other holders (none: shards held here only).
     replication: Option<Arc<Replication>>,
-    /// The gRPC address of each shard's holder, shard by shard, by volume:
-    /// from `EcInstall` first, then from the directory's heartbeat answers.
-    holders: RwLock<HashMap<VolumeId, Vec<String>>>,
 }
 
 impl std::fmt::Debug for ErasureReads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ErasureReads")
-            .field("volumes", &self.holders.read().len())
+            .field("remote", &self.replication.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -62,43 +60,32 @@ impl ErasureReads {
     pub fn new(replication: Arc<Replication>) -> Self {
         ErasureReads {
             replication: Some(replication),
-            holders: RwLock::new(HashMap::new()),
         }
     }
 
     /// Reads from the shards held here only.
     pub fn local() -> Self {
-        ErasureReads {
-            replication: None,
-            holders: RwLock::new(HashMap::new()),
-        }
+        ErasureReads { replication: None }
     }
 
     /// Records the holders of `volume`'s shards (gRPC addresses, shard by
-    /// shard).
-    pub fn set_holders(&self, volume: VolumeId, holders: Vec<String>) {
-        self.holders.write().insert(volume, holders);
-    }
-
-    /// Forgets a volume no longer held here.
-    pub fn forget(&self, volume: VolumeId) {
-        self.holders.write().remove(&volume);
+    /// shard), kept with the volume across restarts.
+    pub fn set_holders(&self, volume: &EcVolume, holders: Vec<String>) {
+        if let Err(error) = volume.set_holders(holders) {
+            tracing::warn!(volume = %volume.id(), %error, "cannot record the holders");
+        }
     }
 
     /// The holders of `volume`'s shards, shard by shard (empty if unknown).
-    pub fn holders_of(&self, volume: VolumeId) -> Vec<String> {
-        self.holders
-            .read()
-            .get(&volume)
-            .cloned()
-            .unwrap_or_default()
+    pub fn holders_of(&self, volume: &EcVolume) -> Vec<String> {
+        volume.holders()
     }
 
-    fn holder(&self, volume: VolumeId, shard: u8) -> Option<String> {
-        self.holders
-            .read()
-            .get(&volume)
-            .and_then(|h| h.get(usize::from(shard)).cloned())
+    fn holder(&self, volume: &EcVolume, shard: u8) -> Option<String> {
+        volume
+            .holders()
+            .get(usize::from(shard))
+            .cloned()
             .filter(|addr| !addr.is_empty())
     }
 
@@ -166,7 +153,7 @@ impl ErasureReads {
                 Err(status) => tracing::warn!(%status, "shard read task failed"),
             }
         }
-        let addr = self.holder(volume.id(), shard)?;
+        let addr = self.holder(volume, shard)?;
         let mut client = self
             .replication
             .as_ref()?
@@ -204,7 +191,11 @@ impl ErasureReads {
 
     /// Restores `piece` from the same range of the other shards, read in
     /// parallel; the first `k` to answer are used.
-    async fn restore(&self, volume: &Arc<EcVolume>, piece: Piece) -> Result<Vec<u8>, Error> {
+    pub(crate) async fn restore(
+        &self,
+        volume: &Arc<EcVolume>,
+        piece: Piece,
+    ) -> Result<Vec<u8>, Error> {
         let layout = volume.layout();
         let range = piece.widened();
         let len = range.end - range.start;

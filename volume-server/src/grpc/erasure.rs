@@ -72,7 +72,7 @@ impl VolumeService {
         let id = VolumeId(request.volume_id);
         let store = Arc::clone(&self.store);
         let holders = request.holders.clone();
-        blocking(move || {
+        let installed = blocking(move || {
             let label = std::path::Path::new("<EcInstall>");
             let manifest = EcManifest::decode(&request.manifest, label)?;
             let entries = hayloft_storage::sealed::parse_index(&request.index, id, label)?;
@@ -86,7 +86,7 @@ impl VolumeService {
             e => grpc_status(&e, None),
         })?;
         if !holders.is_empty() {
-            self.erasure.set_holders(id, holders);
+            self.erasure.set_holders(&installed, holders);
         }
         tracing::info!(volume = %id, "erasure-coded volume installed");
         self.heartbeat_now.notify_one();
@@ -198,7 +198,6 @@ impl VolumeService {
         blocking(move || store.remove_erasure(id))
             .await?
             .map_err(|e| grpc_status(&e, None))?;
-        self.erasure.forget(id);
         tracing::info!(volume = %id, "erasure-coded volume dropped");
         self.heartbeat_now.notify_one();
         Ok(Response::new(EcDropResponse {}))
@@ -240,7 +239,7 @@ impl VolumeService {
             .await
             .map_err(|e| grpc_status(&e, Some(blob)))?;
         let id = volume.id();
-        let holders = self.erasure.holders_of(id);
+        let holders = self.erasure.holders_of(&volume);
         let mut missed = Vec::new();
         let local = Arc::clone(&volume);
         match blocking(move || local.delete(blob.needle)).await? {
@@ -277,5 +276,87 @@ impl VolumeService {
             )));
         }
         Ok(Response::new(DeleteResponse {}))
+    }
+}
+
+pub(super) type RebuildStream =
+    tokio_stream::wrappers::ReceiverStream<Result<hayloft_proto::EcRebuildProgress, Status>>;
+
+impl VolumeService {
+    pub(super) async fn ec_files_inner(
+        &self,
+        request: Request<hayloft_proto::EcFilesRequest>,
+    ) -> Result<Response<EcInstallRequest>, Status> {
+        let id = VolumeId(request.into_inner().volume_id);
+        let volume = self.store.erasure(id).map_err(|e| grpc_status(&e, None))?;
+        let holders = self.erasure.holders_of(&volume);
+        let files = blocking(move || {
+            let dir = volume.dir();
+            let (manifest, index, journal) = hayloft_storage::erasure::ec_paths(dir, id);
+            let meta = hayloft_storage::erasure::volume::ec_meta_path(dir, id);
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| hayloft_storage::Error::io(path, e))
+            };
+            Ok::<_, Error>(EcInstallRequest {
+                volume_id: id.0,
+                manifest: read(&manifest)?,
+                index: read(&index)?,
+                meta: read(&meta)?,
+                tombstones: read(&journal)?,
+                holders,
+            })
+        })
+        .await?
+        .map_err(|e| grpc_status(&e, None))?;
+        Ok(Response::new(files))
+    }
+
+    pub(super) async fn ec_journal_inner(
+        &self,
+        request: Request<hayloft_proto::EcJournalRequest>,
+    ) -> Result<Response<hayloft_proto::EcJournalResponse>, Status> {
+        let id = VolumeId(request.into_inner().volume_id);
+        let volume = self.store.erasure(id).map_err(|e| grpc_status(&e, None))?;
+        let tombstones = blocking(move || {
+            let (_, _, journal) = hayloft_storage::erasure::ec_paths(volume.dir(), id);
+            std::fs::read(&journal).map_err(|e| hayloft_storage::Error::io(&journal, e))
+        })
+        .await?
+        .map_err(|e| grpc_status(&e, None))?;
+        Ok(Response::new(hayloft_proto::EcJournalResponse {
+            tombstones,
+        }))
+    }
+
+    pub(super) async fn ec_rebuild_inner(
+        &self,
+        request: Request<hayloft_proto::EcRebuildRequest>,
+    ) -> Result<Response<RebuildStream>, Status> {
+        let request = request.into_inner();
+        let shard = shard_index(request.shard)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let store = Arc::clone(&self.store);
+        let replication = Arc::clone(&self.replication);
+        let reads = Arc::clone(&self.erasure);
+        let heartbeat_now = Arc::clone(&self.heartbeat_now);
+        // The rebuild goes on if the caller goes away; a second call finds
+        // the shard there, or starts again (nothing half done counts).
+        tokio::spawn(async move {
+            let job = crate::erasure::RebuildRequest {
+                volume: VolumeId(request.volume_id),
+                shard,
+                source: request.source,
+                rate: request.rate,
+            };
+            let result =
+                crate::erasure::rebuild(store, (replication, reads), job, tx.clone()).await;
+            heartbeat_now.notify_one();
+            if let Err(status) = result {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 }

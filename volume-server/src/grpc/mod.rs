@@ -226,6 +226,31 @@ impl Volume for VolumeService {
 
     type WriteBatchStream = Answers<WriteBatchResponse>;
     type EcEncodeStream = erasure::EncodeStream;
+    type EcRebuildStream = erasure::RebuildStream;
+
+    async fn ec_files(
+        &self,
+        request: Request<hayloft_proto::EcFilesRequest>,
+    ) -> Result<Response<hayloft_proto::EcInstallRequest>, Status> {
+        let span = request_span("grpc_ec_files", request.metadata());
+        traced("grpc_ec_files", span, self.ec_files_inner(request)).await
+    }
+
+    async fn ec_journal(
+        &self,
+        request: Request<hayloft_proto::EcJournalRequest>,
+    ) -> Result<Response<hayloft_proto::EcJournalResponse>, Status> {
+        let span = request_span("grpc_ec_journal", request.metadata());
+        traced("grpc_ec_journal", span, self.ec_journal_inner(request)).await
+    }
+
+    async fn ec_rebuild(
+        &self,
+        request: Request<hayloft_proto::EcRebuildRequest>,
+    ) -> Result<Response<Self::EcRebuildStream>, Status> {
+        let span = request_span("grpc_ec_rebuild", request.metadata());
+        traced("grpc_ec_rebuild", span, self.ec_rebuild_inner(request)).await
+    }
 
     async fn ec_encode(
         &self,

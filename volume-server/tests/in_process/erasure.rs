@@ -18,9 +18,15 @@ use tonic::Code;
 
 use crate::support::*;
 
-/// Fills a 1 MiB volume on server 0 until it seals itself; returns the
-/// blobs written.
-async fn sealed_volume(started: &Started) -> (u32, Vec<(BlobId, Bytes)>) {
+/// Fills a 1 MiB volume on server 0 (the only one at first) until it seals
+/// itself, then starts servers up to `servers` in all; returns the blobs
+/// written.
+async fn sealed_volume(started: &mut Started, servers: usize) -> (u32, Vec<(BlobId, Bytes)>) {
+    assert_eq!(
+        started.cluster.volume_count(),
+        1,
+        "the copy goes to server 0"
+    );
     let (ids, locations) = assign(&started.cluster, 16).await;
     let mut client = volume_client(&locations[0].grpc_addr).await;
     let mut written = Vec::new();
@@ -50,6 +56,10 @@ async fn sealed_volume(started: &Started) -> (u32, Vec<(BlobId, Bytes)>) {
         record.status.as_ref()?.sealed.then_some(())
     })
     .await;
+    while started.cluster.volume_count() < servers {
+        started.cluster.add_volume_server().await.unwrap();
+    }
+    assert!(started.cluster.volume_servers_alive(servers).await);
     (volume, written)
 }
 
@@ -154,13 +164,13 @@ fn ec_dir(cluster: &Cluster, server: usize) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_copy_encoded_on_five_servers_reads_back_with_two_shards_lost() {
-    let started = start(
+    let mut started = start(
         Cluster::builder()
-            .volume_servers(5)
+            .volume_servers(1)
             .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
     )
     .await;
-    let (volume, blobs) = sealed_volume(&started).await;
+    let (volume, blobs) = sealed_volume(&mut started, 5).await;
     let holders = holders(&started.cluster);
     let coordinator = &started.cluster.volume(0).unwrap().grpc_addr();
     let mut progress = volume_client(coordinator)
@@ -362,11 +372,11 @@ async fn a_shard_that_arrives_wrong_or_cut_short_is_never_kept() {
 async fn every_holder_serves_every_blob_over_http_and_grpc_with_two_holders_down() {
     let mut started = start(
         Cluster::builder()
-            .volume_servers(5)
+            .volume_servers(1)
             .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
     )
     .await;
-    let (volume, blobs) = sealed_volume(&started).await;
+    let (volume, blobs) = sealed_volume(&mut started, 5).await;
     encode(&started, volume, "3+2").await;
     // Servers 1-4 hold shards only (server 0 also still has the copy).
     for server in 1..5 {
@@ -455,13 +465,13 @@ async fn every_holder_serves_every_blob_over_http_and_grpc_with_two_holders_down
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_blob_of_an_erasure_coded_volume_is_gone_from_every_holder() {
-    let started = start(
+    let mut started = start(
         Cluster::builder()
-            .volume_servers(3)
+            .volume_servers(1)
             .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
     )
     .await;
-    let (volume, blobs) = sealed_volume(&started).await;
+    let (volume, blobs) = sealed_volume(&mut started, 3).await;
     encode(&started, volume, "2+1").await;
     let (blob, _) = &blobs[0];
     let addr = started.cluster.volume(2).unwrap().grpc_addr();
@@ -498,6 +508,124 @@ async fn a_deleted_blob_of_an_erasure_coded_volume_is_gone_from_every_holder() {
     }
     // The others still read.
     let (other, data) = &blobs[1];
+    let response = http_get(&started.cluster, 1, *other, None).await;
+    assert!(response.bytes().await.unwrap() == data, "wrong bytes");
+}
+
+/// Removes every file of erasure-coded volume `volume` on server `server`
+/// (a wiped disk).
+fn wipe(cluster: &Cluster, server: usize, volume: u32) {
+    let dir = ec_dir(cluster, server);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.starts_with(&format!("{volume}.ec")) {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_holder_rebuilds_its_shard_and_blobs_read_with_m_others_down() {
+    let mut started = start(
+        Cluster::builder()
+            .volume_servers(1)
+            .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
+    )
+    .await;
+    let (volume, blobs) = sealed_volume(&mut started, 5).await;
+    let manifest = encode(&started, volume, "3+2").await;
+    started.cluster.stop_volume(2).await.unwrap();
+    wipe(&started.cluster, 2, volume);
+    started.cluster.start_volume(2).await.unwrap();
+    let rebuilder = started.cluster.volume(2).unwrap().grpc_addr();
+    let source = started.cluster.volume(3).unwrap().grpc_addr();
+    let mut progress = volume_client(&rebuilder)
+        .await
+        .ec_rebuild(hayloft_proto::EcRebuildRequest {
+            volume_id: volume,
+            shard: 2,
+            source,
+            rate: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(step) = progress.message().await.unwrap() {
+        last = Some((step.done, step.total));
+    }
+    let (done, total) = last.unwrap();
+    assert_eq!(done, total);
+    // The shard is back, byte for byte as encoded.
+    let ec = EcVolume::open(
+        &ec_dir(&started.cluster, 2),
+        hayloft_storage::VolumeId(volume),
+    )
+    .unwrap();
+    assert_eq!(ec.held(), vec![2]);
+    assert_eq!(ec.shard(2).unwrap().digest(), manifest.digests[2]);
+    // Two other holders down: every blob reads from the rebuilt one.
+    started.cluster.stop_volume(0).await.unwrap();
+    started.cluster.stop_volume(1).await.unwrap();
+    for (blob, data) in &blobs {
+        let response = http_get(&started.cluster, 2, *blob, None).await;
+        assert_eq!(response.status(), reqwest::StatusCode::OK, "{blob}");
+        assert!(response.bytes().await.unwrap() == data, "wrong bytes");
+    }
+    // A second rebuild of a shard held: nothing to do.
+    let mut again = volume_client(&rebuilder)
+        .await
+        .ec_rebuild(hayloft_proto::EcRebuildRequest {
+            volume_id: volume,
+            shard: 2,
+            source: String::new(),
+            rate: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.message().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_missed_a_delete_catches_up_from_the_others_journals() {
+    let mut started = start(Cluster::builder().volume_servers(1).volume(|_, config| {
+        config.max_volume_size = ByteSize::mib(1);
+        config.anti_entropy_interval = Duration::from_millis(300);
+    }))
+    .await;
+    let (volume, blobs) = sealed_volume(&mut started, 3).await;
+    encode(&started, volume, "2+1").await;
+    started.cluster.stop_volume(1).await.unwrap();
+    let (blob, _) = &blobs[3];
+    let addr = started.cluster.volume(2).unwrap().grpc_addr();
+    let refused = volume_client(&addr)
+        .await
+        .delete(hayloft_proto::DeleteRequest {
+            blob_id: blob.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // Server 1 comes back without the delete, and pulls it from the others.
+    started.cluster.start_volume(1).await.unwrap();
+    let dir = ec_dir(&started.cluster, 1);
+    eventually(
+        Duration::from_secs(20),
+        "the delete reached server 1",
+        || async {
+            let journal = std::fs::read(dir.join(format!("{volume}.ecj"))).ok()?;
+            hayloft_storage::sealed::parse_tombs(&journal)
+                .contains(&blob.needle)
+                .then_some(())
+        },
+    )
+    .await;
+    let response = http_get(&started.cluster, 1, *blob, None).await;
+    assert_eq!(response.status(), reqwest::StatusCode::NOT_FOUND);
+    let (other, data) = &blobs[4];
     let response = http_get(&started.cluster, 1, *other, None).await;
     assert!(response.bytes().await.unwrap() == data, "wrong bytes");
 }

@@ -1,0 +1,283 @@
+//! Rebuilding a lost shard on this server, and the holders' delete
+//! journals kept in step.
+//!
+//! A rebuild (`EcRebuild`), step by step:
+//!
+//! 1. Not a holder yet (a new server, or a wiped disk): the volume's files
+//!    (manifest, index, state, journal, holders) are fetched from a holder
+//!    (`EcFiles`) and installed, manifest last.
+//! 2. The shard's body is restored front to back in steps of 1 MiB: each
+//!    step is the same range of the other shards, the first `k` to answer,
+//!    through the codec; throttled; written to `<id>.ecNN.tmp`.
+//! 3. The shard is finished only if its digest equals the manifest's (the
+//!    shard as encoded, byte for byte): fsynced, renamed into place, served.
+//!    Anything else (a source that lied, a crash) leaves no shard: a temp
+//!    file, removed on the next open.
+//!
+//! The journals: a delete is acknowledged once every holder journaled it;
+//! one that failed midway left it on some holders only. Every holder pulls
+//! the journals of the others now and then (`EcJournal`) and journals what
+//! it lacks, so a holder that was down when a blob was deleted stops
+//! serving it once it has caught up, and a rebuilt holder starts from the
+//! journal of the holder it was installed from.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hayloft_proto::background::{Failed, Step, Worker};
+use hayloft_proto::{EcFilesRequest, EcJournalRequest, EcRebuildProgress, ServerLocation};
+use hayloft_storage::erasure::{EcManifest, EcVolume, Piece, STEP_LEN};
+use hayloft_storage::{NeedleId, Store, Throttle, VolumeId};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::ErasureReads;
+use crate::blocking::blocking;
+use crate::error::grpc_status;
+use crate::replicate::Replication;
+
+fn location(addr: &str) -> ServerLocation {
+    ServerLocation {
+        server_id: addr.to_owned(),
+        grpc_addr: addr.to_owned(),
+        ..ServerLocation::default()
+    }
+}
+
+/// What a rebuild needs to know.
+#[derive(Debug, Clone)]
+pub struct RebuildRequest {
+    /// The volume.
+    pub volume: VolumeId,
+    /// The shard to rebuild here.
+    pub shard: u8,
+    /// A holder to fetch the volume's files from, if not held here.
+    pub source: String,
+    /// Bytes a second written (0: unlimited).
+    pub rate: u64,
+}
+
+/// Rebuilds a shard here (steps above), fetching the volume's files from
+/// the request's source if this server does not hold it yet.
+pub async fn rebuild(
+    store: Arc<Store>,
+    (replication, reads): (Arc<Replication>, Arc<ErasureReads>),
+    request: RebuildRequest,
+    progress: mpsc::Sender<Result<EcRebuildProgress, Status>>,
+) -> Result<(), Status> {
+    let RebuildRequest {
+        volume: id,
+        shard,
+        source,
+        rate,
+    } = request;
+    let source = source.as_str();
+    // Step 1.
+    let volume = match store.erasure(id) {
+        Ok(volume) => volume,
+        Err(_) => {
+            if source.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is not held here: name a holder to fetch it from"
+                )));
+            }
+            let files = replication
+                .client(&location(source))?
+                .ec_files(EcFilesRequest { volume_id: id.0 })
+                .await
+                .map_err(|e| Status::new(e.code(), format!("holder {source}: {}", e.message())))?
+                .into_inner();
+            let holders = files.holders.clone();
+            let installing = Arc::clone(&store);
+            let volume = blocking(move || {
+                let label = std::path::Path::new("<EcFiles>");
+                let manifest = EcManifest::decode(&files.manifest, label)?;
+                let entries = hayloft_storage::sealed::parse_index(&files.index, id, label)?;
+                let meta = hayloft_storage::meta::VolumeMeta::decode(&files.meta, label)?;
+                let deleted = hayloft_storage::sealed::parse_tombs(&files.tombstones);
+                installing.install_erasure(id, &manifest, &entries, &meta, &deleted)
+            })
+            .await?
+            .map_err(|e| grpc_status(&e, None))?;
+            reads.set_holders(&volume, holders);
+            volume
+        }
+    };
+    let layout = volume.layout();
+    if usize::from(shard) >= layout.code.shards() {
+        return Err(Status::invalid_argument(format!(
+            "no shard {shard} in a {} code",
+            layout.code
+        )));
+    }
+    if volume.shard(shard).is_some() {
+        return Ok(());
+    }
+    let digest = volume.manifest().digests[usize::from(shard)];
+    // Step 2.
+    let writing = Arc::clone(&store);
+    let mut writer = blocking(move || writing.shard_writer(id, shard, layout))
+        .await?
+        .map_err(|e| grpc_status(&e, None))?;
+    let total = layout.body_len();
+    let mut throttle = Throttle::new(rate);
+    let mut offset = 0;
+    while offset < total {
+        let len = STEP_LEN.min(total - offset);
+        let piece = Piece { shard, offset, len };
+        let bytes = reads
+            .restore(&volume, piece)
+            .await
+            .map_err(|e| grpc_status(&e, None))?;
+        let pause = throttle.delay_for(len);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let (back, written) = blocking(move || {
+            let result = writer.append(&bytes);
+            (writer, result)
+        })
+        .await?;
+        writer = back;
+        written.map_err(|e| grpc_status(&e, None))?;
+        offset += len;
+        let _ = progress
+            .send(Ok(EcRebuildProgress {
+                done: offset,
+                total,
+            }))
+            .await;
+    }
+    // Step 3.
+    let finishing = Arc::clone(&store);
+    blocking(move || finishing.finish_shard(id, shard, writer, digest))
+        .await?
+        .map_err(|e| match e {
+            hayloft_storage::Error::Corrupt { .. } => Status::data_loss(format!(
+                "shard {shard} of volume {id} rebuilt with another digest than encoded: not kept"
+            )),
+            e => grpc_status(&e, None),
+        })?;
+    tracing::info!(volume = %id, shard, "shard rebuilt");
+    Ok(())
+}
+
+/// Pulls the other holders' delete journals and journals what this
+/// holder lacks, one volume a step.
+pub struct JournalSync {
+    store: Arc<Store>,
+    replication: Arc<Replication>,
+    reads: Arc<ErasureReads>,
+    interval: Duration,
+    pass: Vec<Arc<EcVolume>>,
+    last: Option<VolumeId>,
+}
+
+impl JournalSync {
+    /// Every `interval`, through `replication`'s connections, to the
+    /// holders `reads` knows.
+    pub fn new(
+        store: Arc<Store>,
+        replication: Arc<Replication>,
+        reads: Arc<ErasureReads>,
+        interval: Duration,
+    ) -> Self {
+        JournalSync {
+            store,
+            replication,
+            reads,
+            interval,
+            pass: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// Brings `volume`'s journal here up to the union of its holders';
+    /// returns the deletes it journaled.
+    pub async fn sync(
+        store_reads: (&Replication, &ErasureReads),
+        volume: &Arc<EcVolume>,
+    ) -> Result<usize, Status> {
+        let (replication, reads) = store_reads;
+        let mut added = 0;
+        let mut seen = HashSet::new();
+        for addr in reads.holders_of(volume) {
+            if addr.is_empty() || !seen.insert(addr.clone()) {
+                continue;
+            }
+            let Ok(mut client) = replication.client(&location(&addr)) else {
+                continue;
+            };
+            let reply = match client
+                .ec_journal(EcJournalRequest {
+                    volume_id: volume.id().0,
+                })
+                .await
+            {
+                Ok(reply) => reply.into_inner(),
+                // A holder down or without the volume: the next pass.
+                Err(_) => continue,
+            };
+            let ids: Vec<NeedleId> = hayloft_storage::sealed::parse_tombs(&reply.tombstones);
+            let volume = Arc::clone(volume);
+            added += blocking(move || {
+                let mut added = 0;
+                for id in ids {
+                    match volume.delete(id) {
+                        Ok(()) => added += 1,
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(added)
+            })
+            .await?
+            .map_err(|e| grpc_status(&e, None))?;
+        }
+        Ok(added)
+    }
+}
+
+impl Worker for JournalSync {
+    fn name(&self) -> String {
+        "erasure-journals".into()
+    }
+
+    fn progress(&self) -> String {
+        self.last
+            .map(|id| format!("volume {id}"))
+            .unwrap_or_default()
+    }
+
+    fn starts_busy(&self) -> bool {
+        true
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        if self.pass.is_empty() {
+            self.pass = self.store.erasure_volumes();
+            self.pass.reverse();
+        }
+        let Some(volume) = self.pass.pop() else {
+            return Ok(Step::Idle);
+        };
+        self.last = Some(volume.id());
+        match Self::sync((&self.replication, &self.reads), &volume).await {
+            Ok(0) => {}
+            Ok(added) => {
+                tracing::info!(volume = %volume.id(), added, "deletes journaled from other holders")
+            }
+            Err(status) => return Err(Failed::new(status.message())),
+        }
+        Ok(if self.pass.is_empty() {
+            Step::Idle
+        } else {
+            Step::Busy
+        })
+    }
+}
