@@ -18,6 +18,17 @@ use tonic::Code;
 
 use crate::support::*;
 
+/// One volume server whose volumes seal at 1 MiB (more are added by
+/// [`sealed_volume`]).
+async fn one_mib_volumes() -> Started {
+    start(
+        Cluster::builder()
+            .volume_servers(1)
+            .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
+    )
+    .await
+}
+
 /// Fills a 1 MiB volume on server 0 (the only one at first) until it seals
 /// itself, then starts servers up to `servers` in all; returns the blobs
 /// written.
@@ -164,12 +175,7 @@ fn ec_dir(cluster: &Cluster, server: usize) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_copy_encoded_on_five_servers_reads_back_with_two_shards_lost() {
-    let mut started = start(
-        Cluster::builder()
-            .volume_servers(1)
-            .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
-    )
-    .await;
+    let mut started = one_mib_volumes().await;
     let (volume, blobs) = sealed_volume(&mut started, 5).await;
     let holders = holders(&started.cluster);
     let coordinator = &started.cluster.volume(0).unwrap().grpc_addr();
@@ -370,12 +376,7 @@ async fn a_shard_that_arrives_wrong_or_cut_short_is_never_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_holder_serves_every_blob_over_http_and_grpc_with_two_holders_down() {
-    let mut started = start(
-        Cluster::builder()
-            .volume_servers(1)
-            .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
-    )
-    .await;
+    let mut started = one_mib_volumes().await;
     let (volume, blobs) = sealed_volume(&mut started, 5).await;
     encode(&started, volume, "3+2").await;
     // Servers 1-4 hold shards only (server 0 also still has the copy).
@@ -465,12 +466,7 @@ async fn every_holder_serves_every_blob_over_http_and_grpc_with_two_holders_down
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_blob_of_an_erasure_coded_volume_is_gone_from_every_holder() {
-    let mut started = start(
-        Cluster::builder()
-            .volume_servers(1)
-            .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
-    )
-    .await;
+    let mut started = one_mib_volumes().await;
     let (volume, blobs) = sealed_volume(&mut started, 3).await;
     encode(&started, volume, "2+1").await;
     let (blob, _) = &blobs[0];
@@ -527,12 +523,7 @@ fn wipe(cluster: &Cluster, server: usize, volume: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_holder_rebuilds_its_shard_and_blobs_read_with_m_others_down() {
-    let mut started = start(
-        Cluster::builder()
-            .volume_servers(1)
-            .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
-    )
-    .await;
+    let mut started = one_mib_volumes().await;
     let (volume, blobs) = sealed_volume(&mut started, 5).await;
     let manifest = encode(&started, volume, "3+2").await;
     started.cluster.stop_volume(2).await.unwrap();
