@@ -638,6 +638,12 @@ impl VolumeServer {
                 .anti_entropy_interval
                 .max(Duration::from_secs(1)),
         ));
+        workers.spawn(erasure::ShardScrub::new(
+            Arc::clone(&self.store),
+            Arc::clone(&erasure_reads),
+            self.config.scrub_interval.max(Duration::from_millis(100)),
+            self.config.repair_rate.as_u64(),
+        ));
         let compaction = compaction::CompactionWorker::new(
             Arc::clone(&self.store),
             compaction::CompactionSettings {

@@ -3,8 +3,9 @@
 //! - `encode`: this server's sealed copy of a volume encoded into `k + m`
 //!   shards written to their holders ([`encode()`]).
 //! - `rebuild`: a lost shard restored here from `k` others
-//!   ([`rebuild()`]), and the holders' delete journals kept in step
-//!   ([`JournalSync`]).
+//!   ([`rebuild()`]), the holders' delete journals kept in step
+//!   ([`JournalSync`]), and shards scrubbed, a bad chunk mended from `k`
+//!   others ([`ShardScrub`]).
 //! - `read`: needles of an erasure-coded volume held here, read from the
 //!   shards (here or on their holders) or restored from `k` of them
 //!   ([`ErasureReads`]).
@@ -15,4 +16,4 @@ mod rebuild;
 
 pub use encode::{EncodeRequest, encode};
 pub use read::{ErasureReads, PIECE_TIMEOUT, Served};
-pub use rebuild::{JournalSync, RebuildRequest, rebuild};
+pub use rebuild::{JournalSync, RebuildRequest, ShardScrub, rebuild};

@@ -281,3 +281,121 @@ impl Worker for JournalSync {
         })
     }
 }
+
+/// Reads every shard held here front to back now and then, checking each
+/// 64 KiB chunk against the shard's table; a chunk that fails is restored
+/// from `k` other shards and written back only if it then matches the
+/// table. One shard a step.
+pub struct ShardScrub {
+    store: Arc<Store>,
+    reads: Arc<ErasureReads>,
+    interval: Duration,
+    rate: u64,
+    pass: Vec<(Arc<EcVolume>, u8)>,
+    last: Option<(VolumeId, u8)>,
+}
+
+impl ShardScrub {
+    /// Every `interval`, reading at most `rate` bytes a second (0:
+    /// unlimited).
+    pub fn new(store: Arc<Store>, reads: Arc<ErasureReads>, interval: Duration, rate: u64) -> Self {
+        ShardScrub {
+            store,
+            reads,
+            interval,
+            rate,
+            pass: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// Scrubs shard `shard` of `volume`: the chunks mended, or an error
+    /// naming those that could not be.
+    pub async fn scrub(&self, volume: &Arc<EcVolume>, shard: u8) -> Result<usize, Status> {
+        let Some(file) = volume.shard(shard) else {
+            return Ok(0);
+        };
+        let rate = self.rate;
+        let scrubbed = Arc::clone(&file);
+        let bad = blocking(move || scrubbed.scrub(&mut Throttle::new(rate)))
+            .await?
+            .map_err(|e| grpc_status(&e, None))?;
+        let mut mended = 0;
+        let mut failed = Vec::new();
+        for chunk in bad {
+            tracing::error!(volume = %volume.id(), shard, chunk, "shard chunk fails its checksum");
+            let piece = Piece {
+                shard,
+                offset: chunk * hayloft_storage::erasure::CHUNK_LEN,
+                len: hayloft_storage::erasure::CHUNK_LEN,
+            };
+            let restored = match self.reads.restore(volume, piece).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    failed.push(format!("chunk {chunk}: {error}"));
+                    continue;
+                }
+            };
+            let file = Arc::clone(&file);
+            match blocking(move || file.repair_chunk(chunk, &restored)).await? {
+                Ok(()) => {
+                    tracing::info!(volume = %volume.id(), shard, chunk, "shard chunk mended");
+                    mended += 1;
+                }
+                Err(error) => failed.push(format!("chunk {chunk}: {error}")),
+            }
+        }
+        if failed.is_empty() {
+            Ok(mended)
+        } else {
+            Err(Status::data_loss(format!(
+                "shard {shard} of volume {}: {}",
+                volume.id(),
+                failed.join("; ")
+            )))
+        }
+    }
+}
+
+impl Worker for ShardScrub {
+    fn name(&self) -> String {
+        "shard-scrub".into()
+    }
+
+    fn progress(&self) -> String {
+        self.last
+            .map(|(id, shard)| format!("volume {id} shard {shard}"))
+            .unwrap_or_default()
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    async fn work(&mut self) -> Result<Step, Failed> {
+        if self.pass.is_empty() {
+            for volume in self.store.erasure_volumes() {
+                for shard in volume.held() {
+                    self.pass.push((Arc::clone(&volume), shard));
+                }
+            }
+            self.pass.reverse();
+        }
+        let Some((volume, shard)) = self.pass.pop() else {
+            return Ok(Step::Idle);
+        };
+        self.last = Some((volume.id(), shard));
+        let then = if self.pass.is_empty() {
+            Step::Idle
+        } else {
+            Step::Busy
+        };
+        match self.scrub(&volume, shard).await {
+            Ok(_) => Ok(then),
+            Err(status) => Err(Failed {
+                error: status.message().to_owned(),
+                then,
+            }),
+        }
+    }
+}

@@ -620,3 +620,53 @@ async fn a_holder_that_missed_a_delete_catches_up_from_the_others_journals() {
     let response = http_get(&started.cluster, 1, *other, None).await;
     assert!(response.bytes().await.unwrap() == data, "wrong bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_mends_a_flipped_byte_in_a_shard_from_the_other_shards() {
+    let mut started = start(Cluster::builder().volume_servers(1).volume(|_, config| {
+        config.max_volume_size = ByteSize::mib(1);
+        config.scrub_interval = Duration::from_millis(300);
+    }))
+    .await;
+    let (volume, blobs) = sealed_volume(&mut started, 3).await;
+    let manifest = encode(&started, volume, "2+1").await;
+    let path = hayloft_storage::erasure::shard_path(
+        &ec_dir(&started.cluster, 1),
+        hayloft_storage::VolumeId(volume),
+        1,
+    );
+    // A byte flipped on disk in the second chunk of shard 1's body.
+    let at = hayloft_storage::erasure::shard::SHARD_HEADER_LEN + CHUNK_LEN + 123;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    }
+    let shard = hayloft_storage::erasure::ShardFile::open(&path).unwrap();
+    let bad = shard.scrub(&mut hayloft_storage::Throttle::new(0)).unwrap();
+    assert!(bad == vec![1] || bad.is_empty(), "{bad:?}");
+    eventually(
+        Duration::from_secs(20),
+        "scrub mended the chunk",
+        || async {
+            let shard = hayloft_storage::erasure::ShardFile::open(&path).ok()?;
+            shard
+                .scrub(&mut hayloft_storage::Throttle::new(0))
+                .ok()?
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(shard.digest(), manifest.digests[1]);
+    for (blob, data) in &blobs {
+        let response = http_get(&started.cluster, 1, *blob, None).await;
+        assert!(response.bytes().await.unwrap() == data, "wrong bytes");
+    }
+}
