@@ -248,6 +248,7 @@ impl Cluster {
             replicas: servers.to_vec(),
             replication: servers.len() as u32,
             stale: Vec::new(),
+            erasure: None,
         };
         self.propose(Command::CreateVolume {
             row: row.encode_to_vec(),

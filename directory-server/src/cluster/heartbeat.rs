@@ -68,6 +68,7 @@ impl Cluster {
                         replicas: vec![server_id.clone()],
                         replication: 1,
                         stale: Vec::new(),
+                        erasure: None,
                     };
                     commands.push(Command::AdoptVolume {
                         row: row.encode_to_vec(),
