@@ -15,6 +15,7 @@
 //! - `db`: the persistence in RocksDB (schema in the module docs).
 //! - `service`: the `hayloft.v1.Directory` gRPC service.
 //! - [`placement`]: which servers hold a volume's copies.
+//! - [`erasure`]: erasure-coded volumes: where their shards go.
 //! - [`repair`]: brings degraded volumes back to all their copies.
 //! - `history`: records the capacity history.
 //!
@@ -42,6 +43,7 @@ use tokio::net::TcpListener;
 mod cluster;
 mod consensus;
 pub mod db;
+pub mod erasure;
 mod error;
 mod history;
 pub mod placement;

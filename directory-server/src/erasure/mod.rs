@@ -1,0 +1,8 @@
+//! Erasure-coded volumes, the directory's part (issue 33): where the
+//! shards of a volume go ([`placement`]).
+//!
+//! See ARCHITECTURE.md, "Erasure-coded volumes: encoding".
+
+pub mod placement;
+
+pub use placement::{ShardPlacementError, ShardPlan, place_shards};
