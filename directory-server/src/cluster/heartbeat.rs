@@ -156,6 +156,15 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Every erasure-coded volume `server_id` holds a shard of, with the
+    /// holder of each shard (told in its heartbeat's answer: any holder
+    /// serves any needle, reading the other shards from their holders).
+    pub fn erasure_for(&self, server_id: &str) -> Vec<hayloft_proto::ErasureHolders> {
+        Self::erasure_held_by(&self.inner.lock(), server_id)
+    }
+}
+
 /// A volume's state after its server's report: moving, cold or restoring as
 /// reported; sealed once it is sealed (a writable volume, or one back from a
 /// move); otherwise as it was.
