@@ -43,11 +43,23 @@ pub enum Source {
     Remote,
     /// The object store (a cold volume).
     Cold,
+    /// The shards of an erasure-coded volume (here or on their holders).
+    Shards,
+    /// An erasure-coded volume's needle restored from other shards (its
+    /// own shard lost, unreachable or corrupt).
+    Restored,
 }
 
 impl Source {
     /// Every source, in the order of [`Source::index`].
-    pub const ALL: [Source; 4] = [Source::Memory, Source::Disk, Source::Remote, Source::Cold];
+    pub const ALL: [Source; 6] = [
+        Source::Memory,
+        Source::Disk,
+        Source::Remote,
+        Source::Cold,
+        Source::Shards,
+        Source::Restored,
+    ];
 
     /// The `source` label.
     pub fn name(self) -> &'static str {
@@ -56,6 +68,8 @@ impl Source {
             Source::Disk => "disk",
             Source::Remote => "remote",
             Source::Cold => "cold",
+            Source::Shards => "shards",
+            Source::Restored => "restored",
         }
     }
 

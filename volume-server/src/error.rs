@@ -39,7 +39,9 @@ pub fn grpc_status(error: &Error, blob: Option<BlobId>) -> tonic::Status {
             Status::resource_exhausted(error.to_string())
         }
         _ if is_disk_full(error) => Status::resource_exhausted(format!("disk full: {error}")),
-        Error::Sealed(_) | Error::NeedleDeleted { .. } | Error::Diverged(_) => {
+        // A volume gone cold takes no writes, as a sealed one: the client
+        // takes a new id elsewhere.
+        Error::Sealed(_) | Error::Cold(_) | Error::NeedleDeleted { .. } | Error::Diverged(_) => {
             Status::failed_precondition(error.to_string())
         }
         Error::Poisoned(_) | Error::Unavailable(_) => Status::unavailable(error.to_string()),

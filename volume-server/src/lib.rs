@@ -629,6 +629,7 @@ impl VolumeServer {
         )
         .with_stop(http_stop.clone())
         .with_grants(self.keyring.clone().filter(|_| gate.is_some()));
+        let erasure_reads = service.erasure_reads();
         let compaction = compaction::CompactionWorker::new(
             Arc::clone(&self.store),
             compaction::CompactionSettings {
@@ -674,6 +675,7 @@ impl VolumeServer {
                 self.config.cache_max_age,
             )
             .with_remote(remote)
+            .with_erasure(erasure_reads)
             .with_disk_reads(disk_reads)
             .with_verified_reads(self.config.verify_reads_up_to.as_u64())
             .with_access(access)

@@ -65,6 +65,12 @@ impl Volume for Null {
     ) -> Result<Response<hayloft_proto::EcReadShardResponse>, Status> {
         Err(Status::unimplemented("null server"))
     }
+    async fn ec_delete(
+        &self,
+        _: Request<hayloft_proto::EcDeleteRequest>,
+    ) -> Result<Response<hayloft_proto::EcDeleteResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
     async fn ec_drop(
         &self,
         _: Request<hayloft_proto::EcDropRequest>,

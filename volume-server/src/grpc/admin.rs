@@ -40,6 +40,11 @@ impl VolumeService {
             }
             return self.delete_local(blob).await;
         }
+        if self.store.handle(blob.volume()).is_err()
+            && let Ok(erasure) = self.store.erasure(blob.volume())
+        {
+            return self.delete_erasure(erasure, blob).await;
+        }
         // Delete here, and on every other copy, so that each holds the
         // tombstone. Found on any copy, the delete succeeded; a copy that
         // could not be reached missed it and is reported stale.

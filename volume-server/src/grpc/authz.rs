@@ -40,15 +40,15 @@ impl VolumeService {
         {
             return Ok(());
         }
-        match self.store.handle(blob.volume()) {
-            Ok(handle) => {
+        match self.collection_here(blob.volume()) {
+            Some(collection) => {
                 if let Some(note) = note {
-                    let collection = hayloft_access::collection_name(handle.collection());
-                    note.blob(&blob.to_string(), collection, 0);
+                    let name = hayloft_access::collection_name(&collection);
+                    note.blob(&blob.to_string(), name, 0);
                 }
-                hayloft_access::grpc::require(extensions, op, handle.collection())
+                hayloft_access::grpc::require(extensions, op, &collection)
             }
-            Err(_) => {
+            None => {
                 if let Some(note) = note {
                     note.blob(&blob.to_string(), "", 0);
                 }
@@ -63,9 +63,22 @@ impl VolumeService {
         blob_id
             .parse::<BlobId>()
             .ok()
-            .and_then(|blob| self.store.handle(blob.volume()).ok())
-            .map(|handle| hayloft_access::collection_name(handle.collection()).to_owned())
+            .and_then(|blob| self.collection_here(blob.volume()))
+            .map(|collection| hayloft_access::collection_name(&collection).to_owned())
             .unwrap_or_default()
+    }
+
+    /// The collection of a volume held here: a copy, or an erasure-coded
+    /// volume (whose shards may be elsewhere).
+    fn collection_here(&self, volume: VolumeId) -> Option<String> {
+        match self.store.handle(volume) {
+            Ok(handle) => Some(handle.collection().to_owned()),
+            Err(_) => self
+                .store
+                .erasure(volume)
+                .ok()
+                .map(|erasure| erasure.collection().to_owned()),
+        }
     }
 
     /// May `caller` write `header`'s blob into a volume of `collection`?

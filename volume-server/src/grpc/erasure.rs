@@ -71,6 +71,7 @@ impl VolumeService {
         let request = request.into_inner();
         let id = VolumeId(request.volume_id);
         let store = Arc::clone(&self.store);
+        let holders = request.holders.clone();
         blocking(move || {
             let label = std::path::Path::new("<EcInstall>");
             let manifest = EcManifest::decode(&request.manifest, label)?;
@@ -84,6 +85,9 @@ impl VolumeService {
             Error::BadFile { .. } => Status::invalid_argument(e.to_string()),
             e => grpc_status(&e, None),
         })?;
+        if !holders.is_empty() {
+            self.erasure.set_holders(id, holders);
+        }
         tracing::info!(volume = %id, "erasure-coded volume installed");
         self.heartbeat_now.notify_one();
         Ok(Response::new(EcInstallResponse {}))
@@ -194,8 +198,84 @@ impl VolumeService {
         blocking(move || store.remove_erasure(id))
             .await?
             .map_err(|e| grpc_status(&e, None))?;
+        self.erasure.forget(id);
         tracing::info!(volume = %id, "erasure-coded volume dropped");
         self.heartbeat_now.notify_one();
         Ok(Response::new(EcDropResponse {}))
+    }
+}
+
+impl VolumeService {
+    pub(super) async fn ec_delete_inner(
+        &self,
+        request: Request<hayloft_proto::EcDeleteRequest>,
+    ) -> Result<Response<hayloft_proto::EcDeleteResponse>, Status> {
+        let request = request.into_inner();
+        let volume = self
+            .store
+            .erasure(VolumeId(request.volume_id))
+            .map_err(|e| grpc_status(&e, None))?;
+        let needle = NeedleId(request.needle_id);
+        match blocking(move || volume.delete(needle)).await? {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(grpc_status(&e, None)),
+        }
+        Ok(Response::new(hayloft_proto::EcDeleteResponse {}))
+    }
+
+    /// A client's delete of a blob of an erasure-coded volume held here:
+    /// the cookie checked on the needle, then the needle journaled here and
+    /// on every other holder. Acknowledged only once every holder has it;
+    /// otherwise UNAVAILABLE naming those not reached, for the client to
+    /// retry (the holders reached keep it and answer 404 at once; one that
+    /// missed it would serve the blob until the retry reaches it).
+    pub(super) async fn delete_erasure(
+        &self,
+        volume: Arc<hayloft_storage::erasure::EcVolume>,
+        blob: BlobId,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        self.erasure
+            .read(&volume, blob)
+            .await
+            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let id = volume.id();
+        let holders = self.erasure.holders_of(id);
+        let mut missed = Vec::new();
+        let local = Arc::clone(&volume);
+        match blocking(move || local.delete(blob.needle)).await? {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(grpc_status(&e, Some(blob))),
+        }
+        let mut done = std::collections::HashSet::new();
+        for addr in holders {
+            if addr.is_empty() || !done.insert(addr.clone()) {
+                continue;
+            }
+            let request = hayloft_proto::EcDeleteRequest {
+                volume_id: id.0,
+                needle_id: blob.needle.0,
+            };
+            let sent = match self.replication.client(&hayloft_proto::ServerLocation {
+                server_id: addr.clone(),
+                grpc_addr: addr.clone(),
+                ..Default::default()
+            }) {
+                Ok(mut client) => client.ec_delete(request).await.map(|_| ()),
+                Err(status) => Err(status),
+            };
+            if let Err(status) = sent {
+                tracing::warn!(volume = %id, holder = %addr, %status, "delete not journaled on a holder");
+                missed.push(addr);
+            }
+        }
+        if !missed.is_empty() {
+            return Err(Status::unavailable(format!(
+                "blob {blob} deleted on some holders of its volume; not reached: {}; retry the delete",
+                missed.join(", ")
+            )));
+        }
+        Ok(Response::new(DeleteResponse {}))
     }
 }

@@ -93,6 +93,8 @@ pub struct VolumeService {
     grants: Option<Arc<hayloft_access::SharedKeyring>>,
     /// Clock-skew allowance for grants.
     skew: std::time::Duration,
+    /// Reads of erasure-coded volumes held here (shared with HTTP).
+    erasure: Arc<crate::erasure::ErasureReads>,
 }
 
 /// The limits a [`VolumeService`] applies.
@@ -267,6 +269,14 @@ impl Volume for VolumeService {
         .await
     }
 
+    async fn ec_delete(
+        &self,
+        request: Request<hayloft_proto::EcDeleteRequest>,
+    ) -> Result<Response<hayloft_proto::EcDeleteResponse>, Status> {
+        let span = request_span("grpc_ec_delete", request.metadata());
+        traced("grpc_ec_delete", span, self.ec_delete_inner(request)).await
+    }
+
     async fn ec_drop(
         &self,
         request: Request<hayloft_proto::EcDropRequest>,
@@ -428,6 +438,7 @@ impl VolumeService {
     ) -> Self {
         VolumeService {
             disk,
+            erasure: Arc::new(crate::erasure::ErasureReads::new(Arc::clone(&replication))),
             store,
             max_upload_bytes: limits.max_upload_bytes,
             compaction_rate: limits.compaction_rate,
@@ -448,6 +459,11 @@ impl VolumeService {
     pub fn with_grants(mut self, keyring: Option<Arc<hayloft_access::SharedKeyring>>) -> Self {
         self.grants = keyring;
         self
+    }
+
+    /// Reads of erasure-coded volumes held here, for the HTTP origin.
+    pub fn erasure_reads(&self) -> Arc<crate::erasure::ErasureReads> {
+        Arc::clone(&self.erasure)
     }
 
     /// Ends long-lived streams (`Replicate`) once `stop` becomes true, so

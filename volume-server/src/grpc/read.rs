@@ -70,10 +70,23 @@ impl VolumeService {
     ) -> Result<NeedlePart, Status> {
         self.tiering.reads.record(blob.volume());
         let started = std::time::Instant::now();
-        let handle = self
-            .store
-            .handle(blob.volume())
-            .map_err(|e| grpc_status(&e, Some(blob)))?;
+        let handle = match self.store.handle(blob.volume()) {
+            Ok(handle) => handle,
+            Err(e) => {
+                // An erasure-coded volume held here: from its shards.
+                let erasure = self
+                    .store
+                    .erasure(blob.volume())
+                    .map_err(|_| grpc_status(&e, Some(blob)))?;
+                let (needle, from) = self
+                    .erasure
+                    .read(&erasure, blob)
+                    .await
+                    .map_err(|e| grpc_status(&e, Some(blob)))?;
+                crate::disk_reads::observe_read(from.source(), started);
+                return Ok(NeedlePart::whole(needle));
+            }
+        };
         let (needle, source) = match handle {
             hayloft_storage::Handle::Local(volume) => {
                 self.read_local(&volume, blob, hint, want).await?

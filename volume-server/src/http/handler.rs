@@ -118,6 +118,20 @@ pub(super) async fn handle(
                 _ => read_error(&e),
             },
         },
+        // An erasure-coded volume: its pieces from the shards, here or on
+        // their holders, restored from the others if need be.
+        Local::Erasure(erasure, blob) => match state.erasure.read(&erasure, blob).await {
+            Ok((needle, from)) => {
+                served.source = Some(from.source());
+                respond(
+                    &state,
+                    NeedlePart::whole(needle),
+                    request.method(),
+                    request.headers(),
+                )
+            }
+            Err(e) => read_error(&e),
+        },
         Local::Corrupt(remote, volume, error) => {
             let response =
                 remote_read(&state, remote, volume, &request, peer, &span, &mut served).await;
@@ -311,6 +325,8 @@ pub(super) enum Local {
     Disk(Arc<Volume>, DiskRead, BlobId),
     /// The copy here is corrupt: another copy answers, if there is one.
     Corrupt(Arc<crate::proxy::RemoteReader>, u32, hayloft_storage::Error),
+    /// The volume is erasure-coded and held here: read from its shards.
+    Erasure(Arc<hayloft_storage::erasure::EcVolume>, BlobId),
 }
 
 /// What a request answered here adds to its response.
@@ -351,26 +367,34 @@ pub(super) fn local_read(
     let Ok(blob) = blob_id.parse::<BlobId>() else {
         return Local::Done(plain(StatusCode::BAD_REQUEST, "malformed blob id\n"));
     };
-    let handle = match state.store.handle(blob.volume()) {
-        Ok(handle) => handle,
-        // Not here: another copy answers, and checks a signed URL itself.
-        Err(e) => {
-            return match &state.remote {
-                Some(remote) if !request.headers().contains_key(crate::proxy::PROXIED) => {
-                    Local::Remote(Arc::clone(remote), blob.volume().0)
-                }
-                _ => Local::Done(read_error(&e)),
-            };
-        }
+    let (handle, erasure) = match state.store.handle(blob.volume()) {
+        Ok(handle) => (Some(handle), None),
+        Err(e) => match state.store.erasure(blob.volume()) {
+            Ok(erasure) => (None, Some(erasure)),
+            // Not here: another copy answers, and checks a signed URL itself.
+            Err(_) => {
+                return match &state.remote {
+                    Some(remote) if !request.headers().contains_key(crate::proxy::PROXIED) => {
+                        Local::Remote(Arc::clone(remote), blob.volume().0)
+                    }
+                    _ => Local::Done(read_error(&e)),
+                };
+            }
+        },
+    };
+    let collection = match (&handle, &erasure) {
+        (Some(handle), _) => handle.collection(),
+        (None, Some(erasure)) => erasure.collection(),
+        (None, None) => "",
     };
     if state.audit.is_some() {
-        served.collection = Some(hayloft_access::collection_name(handle.collection()).to_owned());
+        served.collection = Some(hayloft_access::collection_name(collection).to_owned());
     }
     // A signed collection's blob: the signature is checked before the blob
     // is looked up, so a refusal says nothing of whether it exists.
     if let Some(access) = &state.access
         && !access.all_public()
-        && access.is_signed(handle.collection())
+        && access.is_signed(collection)
     {
         let (path, query) = (request.uri().path(), request.uri().query());
         if let Err(refused) = access.check(path, query, peer) {
@@ -382,9 +406,14 @@ pub(super) fn local_read(
     COUNTS.with_borrow_mut(|counts| *counts.reads.entry(blob.volume()).or_default() += 1);
     // The purge tags are made only for answers from here (a read proxied
     // to another copy carries that copy's).
-    let volume = match handle {
-        hayloft_storage::Handle::Local(volume) => volume,
-        hayloft_storage::Handle::Cold(cold) => {
+    let volume = match (handle, erasure) {
+        (_, Some(erasure)) => {
+            served.tags = purge_tags(blob, erasure.collection());
+            return Local::Erasure(erasure, blob);
+        }
+        (None, None) => return Local::Done(plain(StatusCode::NOT_FOUND, "not found\n")),
+        (Some(hayloft_storage::Handle::Local(volume)), None) => volume,
+        (Some(hayloft_storage::Handle::Cold(cold)), None) => {
             served.tags = purge_tags(blob, cold.collection());
             served.source = Some(Source::Cold);
             return Local::Cold(cold, blob);

@@ -80,6 +80,8 @@ pub struct HttpState {
     audit: Option<Arc<hayloft_access::audit::AuditLog>>,
     /// TLS (none, or an origin that serves plain HTTP: plain HTTP).
     tls: Option<Arc<hayloft_access::tls::ServerTls>>,
+    /// Reads of erasure-coded volumes held here.
+    erasure: Arc<crate::erasure::ErasureReads>,
 }
 
 impl HttpState {
@@ -111,7 +113,15 @@ impl HttpState {
             tls: None,
             limits: None,
             audit: None,
+            erasure: Arc::new(crate::erasure::ErasureReads::local()),
         }
+    }
+
+    /// Reads needles of erasure-coded volumes held here through `erasure`
+    /// (the holders it knows, and restores).
+    pub fn with_erasure(mut self, erasure: Arc<crate::erasure::ErasureReads>) -> Self {
+        self.erasure = erasure;
+        self
     }
 
     /// Reads from disk through `disk` (the pool gRPC reads share).

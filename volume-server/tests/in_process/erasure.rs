@@ -110,6 +110,44 @@ async fn read_blob(
         .data)
 }
 
+/// Encodes `volume` from server 0 onto every server with `code`, blocks
+/// of 64 KiB; returns the manifest.
+async fn encode(started: &Started, volume: u32, code: &str) -> EcManifest {
+    let coordinator = started.cluster.volume(0).unwrap().grpc_addr();
+    let mut progress = volume_client(&coordinator)
+        .await
+        .ec_encode(EcEncodeRequest {
+            volume_id: volume,
+            code: code.into(),
+            max_block: CHUNK_LEN,
+            holders: holders(&started.cluster),
+            rate: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(message) = progress.message().await.unwrap() {
+        last = Some(message);
+    }
+    EcManifest::decode(&last.unwrap().manifest, "<test>".as_ref()).unwrap()
+}
+
+/// A blob over HTTP from server `server`, whole or a range.
+async fn http_get(
+    cluster: &Cluster,
+    server: usize,
+    blob: BlobId,
+    range: Option<&str>,
+) -> reqwest::Response {
+    let base = cluster.volume(server).unwrap().http_base();
+    let mut request = reqwest::Client::new().get(format!("{base}/{blob}"));
+    if let Some(range) = range {
+        request = request.header("range", range);
+    }
+    request.send().await.unwrap()
+}
+
 fn ec_dir(cluster: &Cluster, server: usize) -> PathBuf {
     cluster.volume_dir(server).join("warm")
 }
@@ -318,4 +356,148 @@ async fn a_shard_that_arrives_wrong_or_cut_short_is_never_kept() {
         .into_inner();
     let status = progress.message().await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_holder_serves_every_blob_over_http_and_grpc_with_two_holders_down() {
+    let mut started = start(
+        Cluster::builder()
+            .volume_servers(5)
+            .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
+    )
+    .await;
+    let (volume, blobs) = sealed_volume(&started).await;
+    encode(&started, volume, "3+2").await;
+    // Servers 1-4 hold shards only (server 0 also still has the copy).
+    for server in 1..5 {
+        let addr = started.cluster.volume(server).unwrap().grpc_addr();
+        for (blob, data) in &blobs {
+            let response = http_get(&started.cluster, server, *blob, None).await;
+            assert_eq!(
+                response.status(),
+                reqwest::StatusCode::OK,
+                "{blob} from {server}"
+            );
+            let etag = response.headers()["etag"].clone();
+            assert!(response.bytes().await.unwrap() == data, "wrong bytes");
+            let ranged = http_get(&started.cluster, server, *blob, Some("bytes=1000-70999")).await;
+            assert_eq!(ranged.status(), reqwest::StatusCode::PARTIAL_CONTENT);
+            assert!(
+                ranged.bytes().await.unwrap()[..] == data[1000..71000],
+                "wrong range"
+            );
+            // The same ETag as the copy gives: a CDN sees one blob.
+            let copy = http_get(&started.cluster, 0, *blob, None).await;
+            assert_eq!(copy.headers()["etag"], etag);
+            assert_eq!(
+                read_from(&addr, &blob.to_string()).await.unwrap(),
+                &data[..]
+            );
+        }
+    }
+    // A wrong cookie is a plain 404, as for any blob.
+    let (blob, _) = blobs[0];
+    let wrong: BlobId = format!("{:x}{:08x}", blob.needle.0, blob.cookie.0 ^ 1)
+        .parse()
+        .unwrap();
+    let response = http_get(&started.cluster, 2, wrong, None).await;
+    assert_eq!(response.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // Two holders down (shards 1 and 2): every blob still reads, restored.
+    started.cluster.stop_volume(1).await.unwrap();
+    started.cluster.stop_volume(2).await.unwrap();
+    for server in [3, 4] {
+        let addr = started.cluster.volume(server).unwrap().grpc_addr();
+        for (blob, data) in &blobs {
+            let response = http_get(&started.cluster, server, *blob, None).await;
+            assert_eq!(
+                response.status(),
+                reqwest::StatusCode::OK,
+                "{blob} from {server}"
+            );
+            assert!(response.bytes().await.unwrap() == data, "wrong bytes");
+            assert_eq!(
+                read_from(&addr, &blob.to_string()).await.unwrap(),
+                &data[..]
+            );
+        }
+    }
+    // A delete is acknowledged only once every holder has it: with two
+    // down it is refused UNAVAILABLE, for the client to retry.
+    let (blob, data) = &blobs[1];
+    let addr = started.cluster.volume(3).unwrap().grpc_addr();
+    let refused = volume_client(&addr)
+        .await
+        .delete(hayloft_proto::DeleteRequest {
+            blob_id: blob.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("retry the delete"),
+        "{refused:?}"
+    );
+    // The holders it reached have it: they answer 404 at once.
+    let response = http_get(&started.cluster, 4, *blob, None).await;
+    assert_eq!(response.status(), reqwest::StatusCode::NOT_FOUND);
+    let _ = data;
+    // Three holders down (more than m): 503 and UNAVAILABLE, never bytes.
+    started.cluster.stop_volume(0).await.unwrap();
+    let (blob, _) = &blobs[2];
+    let response = http_get(&started.cluster, 4, *blob, None).await;
+    assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let addr = started.cluster.volume(4).unwrap().grpc_addr();
+    let status = read_from(&addr, &blob.to_string()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_blob_of_an_erasure_coded_volume_is_gone_from_every_holder() {
+    let started = start(
+        Cluster::builder()
+            .volume_servers(3)
+            .volume(|_, config| config.max_volume_size = ByteSize::mib(1)),
+    )
+    .await;
+    let (volume, blobs) = sealed_volume(&started).await;
+    encode(&started, volume, "2+1").await;
+    let (blob, _) = &blobs[0];
+    let addr = started.cluster.volume(2).unwrap().grpc_addr();
+    volume_client(&addr)
+        .await
+        .delete(hayloft_proto::DeleteRequest {
+            blob_id: blob.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for server in 1..3 {
+        let response = http_get(&started.cluster, server, *blob, None).await;
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::NOT_FOUND,
+            "from {server}"
+        );
+        let addr = started.cluster.volume(server).unwrap().grpc_addr();
+        let status = read_from(&addr, &blob.to_string()).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    // Every holder journaled it: it stays deleted when read from the files.
+    for server in 0..3 {
+        let ec = EcVolume::open(
+            &ec_dir(&started.cluster, server),
+            hayloft_storage::VolumeId(volume),
+        )
+        .unwrap();
+        assert!(
+            ec.locate(blob.needle).unwrap_err().is_not_found(),
+            "holder {server}"
+        );
+    }
+    // The others still read.
+    let (other, data) = &blobs[1];
+    let response = http_get(&started.cluster, 1, *other, None).await;
+    assert!(response.bytes().await.unwrap() == data, "wrong bytes");
 }

@@ -284,14 +284,11 @@ async fn with_s3_gone_cold_reads_answer_503_and_local_volumes_still_serve() {
     check_reads(&started, &blobs[..2]).await;
 
     s3.stop();
-    // New writes go to a new local volume (the cold ones are sealed). A
-    // fresh client: the first one still holds ids reserved in a volume that
-    // is cold now, and a write there is refused INTERNAL ("volume N is in
-    // cold storage"), which the client does not retry.
-    let writer = Client::connect(&started.cluster.directory_addr())
-        .await
-        .unwrap();
-    let local = upload_many(&writer, 3, 1000, 500).await;
+    // New writes go to a new local volume (the cold ones are sealed). The
+    // same client: it still holds ids reserved in a volume that is cold
+    // now; a write there is refused FAILED_PRECONDITION, as on a sealed
+    // volume, and the client takes new ids elsewhere.
+    let local = upload_many(&started.client, 3, 1000, 500).await;
     assert!(volumes.is_disjoint(&self::volumes(&local)));
     check_reads(&started, &local).await;
     let (cold, _) = &blobs[0];

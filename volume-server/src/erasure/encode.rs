@@ -1,4 +1,4 @@
-//! Erasure coding on a volume server: encoding this server's sealed copy of
+//! Encoding this server's sealed copy of
 //! a volume into `k + m` shards written to their holders.
 //!
 //! The encode, step by step (see ARCHITECTURE.md, "Erasure-coded volumes"):
@@ -208,6 +208,7 @@ pub async fn encode(
                 index: index.clone(),
                 meta: meta.clone(),
                 tombstones: Vec::new(),
+                holders: request.holders.clone(),
             })
             .await
             .map_err(|e| Status::new(e.code(), format!("shard holder {addr}: {}", e.message())))?;
