@@ -9,7 +9,7 @@
 //! | key | value | written |
 //! |---|---|---|
 //! | `v1/next_volume_id` | u32, little-endian | synced, before a volume id is used |
-//! | `v1/volume/<id: u32 big-endian>` | [`VolumeRow`] | synced when the needle high-water mark, state, replica set or stale copies change; unsynced for heartbeat stats |
+//! | `v1/volume/<id: u32 big-endian>` | [`VolumeRow`] (with its `ErasureLayout` once erasure-coded) | synced when the needle high-water mark, state, replica set, stale copies or layout change; unsynced for heartbeat stats |
 //! | `v1/server/<server id>` | [`ServerRow`] | unsynced, on heartbeats |
 //! | `v1/history/<unix secs: u64 big-endian>` | `CapacitySample` | unsynced, every `history_interval`; older than `history_retention` deleted |
 //! | `v1/repair/<volume id: u32 big-endian>` | [`RepairJobRow`] | when the leader starts a repair; deleted when it ends |
@@ -97,12 +97,22 @@ pub struct VolumeRow {
     /// stale until they have caught up.
     #[prost(string, repeated, tag = "11")]
     pub stale: Vec<String>,
+    /// Set once the volume is erasure-coded: its code, lengths, the holder
+    /// of each shard and each shard's digest. Its `replicas` are then
+    /// copies left to remove (none once the encode has finished).
+    #[prost(message, optional, tag = "12")]
+    pub erasure: Option<hayloft_proto::ErasureLayout>,
 }
 
 impl VolumeRow {
     /// The volume's id.
     pub fn volume_id(&self) -> VolumeId {
         VolumeId(self.id)
+    }
+
+    /// True once the volume is erasure-coded.
+    pub fn is_erasure_coded(&self) -> bool {
+        self.erasure.is_some()
     }
 
     /// Upgrades a row written before replication (one copy, on `server_id`).

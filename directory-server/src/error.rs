@@ -58,6 +58,30 @@ pub enum Error {
     /// Taking the copy away would leave the volume without a healthy one.
     #[error("volume {0} would have no healthy copy left")]
     LastHealthyCopy(VolumeId),
+    /// A volume that cannot be erasure-coded now, and why.
+    #[error("volume {volume} cannot be erasure-coded: {why}")]
+    NotEncodable {
+        /// The volume.
+        volume: VolumeId,
+        /// Why not (not sealed, cold, too few servers...).
+        why: String,
+    },
+    /// An erasure code that does not parse or is out of range.
+    #[error("{0}")]
+    BadCode(String),
+    /// The volume server encoding a volume failed: the volume stays
+    /// replicated (its holders were told to drop what they got).
+    #[error("encoding volume {volume} on {server} failed: {reason}")]
+    EncodeFailed {
+        /// The volume.
+        volume: VolumeId,
+        /// The server whose copy was encoded.
+        server: String,
+        /// What it said.
+        reason: String,
+        /// The code it answered with.
+        code: tonic::Code,
+    },
     /// No volume of the collection can be created now (too few live
     /// servers, volume ids exhausted): why, as status shows it.
     #[error("{0}")]
@@ -215,7 +239,9 @@ impl Error {
             Error::Config(_)
             | Error::BadHeartbeat(_)
             | Error::MalformedId(_)
-            | Error::NodeWithoutAddress => Code::InvalidArgument,
+            | Error::NodeWithoutAddress
+            | Error::BadCode(_) => Code::InvalidArgument,
+            Error::EncodeFailed { code, .. } => *code,
             Error::CannotCreate(_)
             | Error::ServerUnreachable { .. }
             | Error::CreateRefused { .. }
@@ -229,6 +255,7 @@ impl Error {
             }
             Error::Insecure(_)
             | Error::LastHealthyCopy(_)
+            | Error::NotEncodable { .. }
             | Error::Refused(_)
             | Error::MemberElsewhere { .. }
             | Error::OnlyVoter(_)
@@ -294,6 +321,14 @@ mod tests {
                 Error::LastHealthyCopy(VolumeId(7)),
                 tonic::Code::FailedPrecondition,
                 "volume 7 would have no healthy copy left",
+            ),
+            (
+                Error::NotEncodable {
+                    volume: VolumeId(7),
+                    why: "it is writable: seal it first".into(),
+                },
+                tonic::Code::FailedPrecondition,
+                "volume 7 cannot be erasure-coded: it is writable: seal it first",
             ),
             (
                 Error::NoMajority(Duration::from_secs(2)),

@@ -15,6 +15,7 @@
 //! - `db`: the persistence in RocksDB (schema in the module docs).
 //! - `service`: the `hayloft.v1.Directory` gRPC service.
 //! - [`placement`]: which servers hold a volume's copies.
+//! - [`erasure`]: erasure-coded volumes: where their shards go.
 //! - [`repair`]: brings degraded volumes back to all their copies.
 //! - `history`: records the capacity history.
 //!
@@ -42,6 +43,7 @@ use tokio::net::TcpListener;
 mod cluster;
 mod consensus;
 pub mod db;
+pub mod erasure;
 mod error;
 mod history;
 pub mod placement;
@@ -162,6 +164,10 @@ pub struct DirectoryConfig {
     /// other nodes (see README, "TLS"; `origin` does not apply). Default:
     /// none (plain TCP).
     pub tls: Option<hayloft_access::tls::TlsConfig>,
+    /// The erasure code `EncodeVolume` uses when the request names none,
+    /// `K+M` (`K` data shards, `M` parity shards: any `M` may be lost).
+    /// Default `10+4`.
+    pub ec_code: String,
 }
 
 /// Settings of one collection (`[collections.<name>]` in the config).
@@ -231,8 +237,13 @@ impl Default for DirectoryConfig {
             limits: hayloft_access::limits::LimitsConfig::default(),
             audit: hayloft_access::audit::AuditConfig::default(),
             tls: None,
+            ec_code: default_ec_code(),
         }
     }
+}
+
+fn default_ec_code() -> String {
+    "10+4".into()
 }
 
 /// Parses `id=host:port` peers into a map; empty means this node alone at
@@ -434,6 +445,11 @@ impl Directory {
         let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
         let mut workers =
             hayloft_proto::background::Runner::with_registry(workers_stop, self.workers.clone());
+        let ec_code = self
+            .config
+            .ec_code
+            .parse::<hayloft_storage::erasure::Code>()
+            .map_err(|e| Error::Config(format!("ec_code: {e}")))?;
         let service = DirectoryService::new(
             Arc::clone(&self.cluster),
             Arc::clone(&repairs),
@@ -453,6 +469,7 @@ impl Directory {
         )
         .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime)
         .with_raft(self.raft.clone())
+        .with_ec_code(ec_code)
         .with_workers(workers.registry());
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let tls_watch = self

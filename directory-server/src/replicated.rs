@@ -87,6 +87,12 @@ pub enum Command {
     /// A repair ended (its result, if any, was committed before): the job
     /// of `volume_id` on `target` is dropped.
     RepairEnded { volume_id: u32, target: String },
+    /// A volume is erasure-coded: `layout` (an encoded `ErasureLayout`) is
+    /// recorded in its row, and reads go to its shard holders from now on;
+    /// its copies are removed after this (each with `RemoveReplica`).
+    /// Answered again with the same layout: nothing changes; with another:
+    /// refused.
+    ErasureEncoded { volume_id: u32, layout: Vec<u8> },
     /// Revokes the token `token_id` until `expires_at` (Unix seconds);
     /// entries whose `expires_at` is before `now` (the leader's clock when
     /// it proposed this) are dropped.
@@ -402,6 +408,29 @@ fn apply_command(
             }
             Applied::Done
         }
+        Command::ErasureEncoded { volume_id, layout } => {
+            let layout: hayloft_proto::ErasureLayout = decode(&layout)?;
+            let volume_id = VolumeId(volume_id);
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Refused(format!(
+                    "volume {volume_id} is not in the map"
+                )));
+            };
+            match &row.erasure {
+                Some(recorded) if *recorded == layout => return Ok(Applied::Done),
+                Some(recorded) => {
+                    return Ok(Applied::Refused(format!(
+                        "volume {volume_id} is already erasure-coded ({} on {})",
+                        recorded.code,
+                        recorded.holders.join(", ")
+                    )));
+                }
+                None => {}
+            }
+            row.erasure = Some(layout);
+            row.state = VolumeState::Sealed as i32;
+            changed(batch, row)
+        }
         Command::RevokeToken {
             token_id,
             expires_at,
@@ -559,7 +588,22 @@ mod tests {
             Command::AllocateVolumeId,
             volume(2, &["a"]),
             Command::ForgetVolume { volume_id: 2 },
+            Command::ErasureEncoded {
+                volume_id: 1,
+                layout: layout(&["a", "b", "c"]).encode_to_vec(),
+            },
         ]
+    }
+
+    fn layout(holders: &[&str]) -> hayloft_proto::ErasureLayout {
+        hayloft_proto::ErasureLayout {
+            code: format!("{}+1", holders.len() - 1),
+            data_len: 1 << 20,
+            block_len: 1 << 16,
+            holders: holders.iter().map(|s| s.to_string()).collect(),
+            digests: (0..holders.len() as u32).collect(),
+            encoded_at: 5,
+        }
     }
 
     #[test]
@@ -596,13 +640,69 @@ mod tests {
     }
 
     #[test]
+    fn the_erasure_coded_entry_has_a_format_of_its_own_beside_the_old_ones() {
+        // A new variant: entries written before it read as they did (the
+        // test above), and this one's JSON is fixed from now on.
+        let written = r#"{"ErasureEncoded":{"volume_id":7,"layout":[10,3,51,43,50]}}"#;
+        let command: Command = serde_json::from_str(written).unwrap();
+        let Command::ErasureEncoded { volume_id, layout } = &command else {
+            panic!("{command:?}");
+        };
+        assert_eq!(*volume_id, 7);
+        let layout = hayloft_proto::ErasureLayout::decode(layout.as_slice()).unwrap();
+        assert_eq!(layout.code, "3+2");
+        assert_eq!(serde_json::to_string(&command).unwrap(), written);
+    }
+
+    #[test]
+    fn an_erasure_coded_volume_keeps_its_layout_while_its_copies_leave() {
+        let mut machine = Machine::new();
+        let encoded = |m: &mut Machine, id: u32, holders: &[&str]| {
+            m.apply(Command::ErasureEncoded {
+                volume_id: id,
+                layout: layout(holders).encode_to_vec(),
+            })
+        };
+        assert!(matches!(
+            encoded(&mut machine, 1, &["d", "e", "f"]),
+            Applied::Refused(r) if r.contains("not in the map")
+        ));
+        machine.apply(volume(1, &["a", "b", "c"]));
+        assert_eq!(encoded(&mut machine, 1, &["d", "e", "f"]), Applied::Done);
+        let row = &machine.state.volumes[&VolumeId(1)];
+        assert_eq!(row.erasure, Some(layout(&["d", "e", "f"])));
+        assert_eq!(row.state, VolumeState::Sealed as i32);
+        assert_eq!(row.replicas, ["a", "b", "c"], "the copies go one by one");
+        // The same layout again (a retried proposal) changes nothing;
+        // another is refused.
+        let before = machine.reloaded();
+        assert_eq!(encoded(&mut machine, 1, &["d", "e", "f"]), Applied::Done);
+        assert!(matches!(
+            encoded(&mut machine, 1, &["x", "y", "z"]),
+            Applied::Refused(r) if r.contains("already erasure-coded (2+1 on d, e, f)")
+        ));
+        assert_eq!(machine.reloaded().volumes, before.volumes);
+        for copy in ["a", "b", "c"] {
+            machine.apply(Command::RemoveReplica {
+                volume_id: 1,
+                server_id: copy.into(),
+            });
+        }
+        let reloaded = machine.reloaded();
+        let row = &reloaded.volumes[&VolumeId(1)];
+        assert!(row.replicas.is_empty());
+        assert_eq!(row.erasure, Some(layout(&["d", "e", "f"])));
+        assert_eq!(reloaded, machine.state);
+    }
+
+    #[test]
     fn what_is_applied_is_what_the_database_holds() {
         let mut machine = Machine::new();
         for command in every_kind_of_command() {
             machine.apply(command);
             assert_eq!(machine.reloaded(), machine.state);
         }
-        assert_eq!(machine.state.position, at(14));
+        assert_eq!(machine.state.position, at(15));
         // A snapshot of the state is the state.
         let snapshot = machine.state.to_snapshot(Vec::new());
         assert_eq!(Replicated::from_snapshot(snapshot), machine.state);

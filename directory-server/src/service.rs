@@ -13,10 +13,11 @@ use hayloft_proto::directory_server::Directory;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
     AssignRequest, AssignResponse, CapacityRequest, CapacityResponse, CreateVolumeRequest,
-    DeleteVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse, HeartbeatRequest,
-    HeartbeatResponse, LookupRequest, LookupResponse, PlannedRepair, RemoveReplicaRequest,
-    RemoveReplicaResponse, RepairRequest, RepairResponse, ServerLocation, SignUrlRequest,
-    SignUrlResponse, StatusRequest, StatusResponse, Tier, WorkerStatus,
+    DeleteVolumeRequest, EncodeVolumeProgress, EncodeVolumeRequest, ForgetVolumeRequest,
+    ForgetVolumeResponse, HeartbeatRequest, HeartbeatResponse, LookupRequest, LookupResponse,
+    PlannedRepair, RemoveReplicaRequest, RemoveReplicaResponse, RepairRequest, RepairResponse,
+    ServerLocation, SignUrlRequest, SignUrlResponse, StatusRequest, StatusResponse, Tier,
+    WorkerStatus,
 };
 use hayloft_storage::VolumeId;
 use tonic::{Request, Response, Status};
@@ -62,6 +63,10 @@ pub struct DirectoryService {
     /// Each volume server's background jobs, from its last heartbeat: the
     /// leader's soft state, like liveness. Held only to copy in or out.
     server_workers: parking_lot::Mutex<HashMap<String, Vec<WorkerStatus>>>,
+    /// The code `EncodeVolume` uses when the request names none.
+    ec_code: hayloft_storage::erasure::Code,
+    /// Volumes this node is encoding now.
+    encoding: Arc<crate::erasure::encode::Encoding>,
 }
 
 /// What each `Directory` and `Raft` method asks of a token (when tokens
@@ -78,6 +83,7 @@ pub fn needs(path: &str) -> Need {
         | "/hayloft.v1.Directory/ForgetVolume"
         | "/hayloft.v1.Directory/Repair"
         | "/hayloft.v1.Directory/RemoveReplica"
+        | "/hayloft.v1.Directory/EncodeVolume"
         | "/hayloft.v1.Directory/AddNode"
         | "/hayloft.v1.Directory/RemoveNode"
         | "/hayloft.v1.Directory/RevokeToken" => Need::Scope(Op::Admin),
@@ -110,7 +116,18 @@ impl DirectoryService {
             raft: None,
             workers: hayloft_proto::background::Registry::default(),
             server_workers: parking_lot::Mutex::new(HashMap::new()),
+            ec_code: hayloft_storage::erasure::Code {
+                data: 10,
+                parity: 4,
+            },
+            encoding: Arc::default(),
         }
+    }
+
+    /// `EncodeVolume` uses `code` when the request names none.
+    pub fn with_ec_code(mut self, code: hayloft_storage::erasure::Code) -> Self {
+        self.ec_code = code;
+        self
     }
 
     /// Lists `workers` (this node's background jobs) in status.
@@ -442,6 +459,11 @@ impl DirectoryService {
                 .lock()
                 .insert(server.server_id.clone(), workers);
         }
+        let server_id = request
+            .server
+            .as_ref()
+            .map(|s| s.server_id.clone())
+            .unwrap_or_default();
         let volumes = self.cluster.heartbeat(request).await?;
         self.cluster.update_gauges();
         Ok(Response::new(HeartbeatResponse {
@@ -449,6 +471,7 @@ impl DirectoryService {
             volumes,
             signed_collections: self.signed_collections.clone(),
             revoked_tokens: self.cluster.revoked_tokens(),
+            erasure: self.cluster.erasure_for(&server_id),
         }))
     }
 
@@ -579,6 +602,42 @@ impl DirectoryService {
         Ok(Response::new(ForgetVolumeResponse {}))
     }
 
+    /// Plans the encode (refusing what cannot be encoded before any
+    /// message), answers the plan, and, unless it is a dry run, runs the
+    /// encode on a task of its own that streams its progress.
+    async fn encode_volume_inner(
+        &self,
+        request: Request<EncodeVolumeRequest>,
+    ) -> Result<Response<EncodeVolumeStream>, Status> {
+        let request = request.into_inner();
+        let planned = crate::erasure::encode::plan(&self.cluster, &request, self.ec_code)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let first = EncodeVolumeProgress {
+            plan: Some(planned.plan.clone()),
+            ..EncodeVolumeProgress::default()
+        };
+        if request.dry_run {
+            let _ = sender.send(Ok(first)).await;
+        } else {
+            let guard = self.encoding.start(planned.source.volume_id)?;
+            let _ = sender.send(Ok(first)).await;
+            tracing::info!(volume = request.volume_id, code = %planned.code,
+                holders = ?planned.plan.holders.iter().map(|h| &h.server_id).collect::<Vec<_>>(),
+                "erasure coding a volume");
+            tokio::spawn(crate::erasure::encode::run(
+                Arc::clone(&self.cluster),
+                planned,
+                request.rate,
+                self.repair_settings.credential.clone(),
+                sender,
+                guard,
+            ));
+        }
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+
     async fn remove_replica_inner(
         &self,
         request: Request<RemoveReplicaRequest>,
@@ -599,8 +658,28 @@ impl DirectoryService {
 /// Only the group's leader answers; another node answers UNAVAILABLE with
 /// the leader's address in the `hayloft-leader` metadata (the clients
 /// switch to it).
+/// `EncodeVolume`'s answer: the plan, progress, the layout.
+pub type EncodeVolumeStream =
+    tokio_stream::wrappers::ReceiverStream<Result<EncodeVolumeProgress, Status>>;
+
 #[tonic::async_trait]
 impl Directory for DirectoryService {
+    type EncodeVolumeStream = EncodeVolumeStream;
+
+    async fn encode_volume(
+        &self,
+        request: Request<EncodeVolumeRequest>,
+    ) -> Result<Response<EncodeVolumeStream>, Status> {
+        let span = request_span("encode_volume", request.metadata());
+        traced(
+            &self.cluster,
+            "encode_volume",
+            span,
+            self.encode_volume_inner(request),
+        )
+        .await
+    }
+
     async fn assign(
         &self,
         request: Request<AssignRequest>,

@@ -190,7 +190,8 @@ impl Cluster {
     pub(super) fn candidates(&self, inner: &Inner, tier: Tier) -> Vec<Candidate> {
         let mut copies: HashMap<&str, u64> = HashMap::new();
         for entry in inner.state.volumes.values() {
-            for id in &entry.replicas {
+            let shards = entry.erasure.iter().flat_map(|l| &l.holders);
+            for id in entry.replicas.iter().chain(shards) {
                 *copies.entry(id.as_str()).or_default() += 1;
             }
         }
@@ -248,6 +249,7 @@ impl Cluster {
             replicas: servers.to_vec(),
             replication: servers.len() as u32,
             stale: Vec::new(),
+            erasure: None,
         };
         self.propose(Command::CreateVolume {
             row: row.encode_to_vec(),
@@ -320,6 +322,21 @@ impl Cluster {
             .into_iter()
             .filter_map(|id| inner.state.volumes.get(&id))
             .map(|entry| {
+                if let Some(erasure) = Self::erasure_holders(&inner, entry) {
+                    // Any holder serves any needle: the live ones are
+                    // where to read.
+                    let replicas = self.holder_replicas(&inner, entry);
+                    return VolumeLocation {
+                        volume_id: entry.id,
+                        tier: entry.tier,
+                        state: entry.state,
+                        locations: Self::read_locations(&replicas),
+                        health: self.volume_health(&inner, entry) as i32,
+                        replicas,
+                        collection: Some(entry.collection.clone()),
+                        erasure: Some(erasure),
+                    };
+                }
                 let replicas = self.replicas(&inner, entry);
                 VolumeLocation {
                     volume_id: entry.id,
@@ -329,6 +346,7 @@ impl Cluster {
                     health: self.volume_health(&inner, entry) as i32,
                     replicas,
                     collection: Some(entry.collection.clone()),
+                    erasure: None,
                 }
             })
             .collect())

@@ -41,13 +41,30 @@ impl Cluster {
         }
     }
 
-    /// Copies `row` should have.
+    /// Copies `row` should have (none once it is erasure-coded: the
+    /// copies it still has are on their way out).
     pub(super) fn desired_copies(row: &VolumeRow) -> usize {
+        if row.is_erasure_coded() {
+            return 0;
+        }
         row.replication.max(1) as usize
     }
 
-    /// OK when every copy it should have is healthy.
+    /// OK when every copy it should have is healthy; for an erasure-coded
+    /// volume, when every shard holder's server is alive (copies not yet
+    /// removed do not count).
     pub(super) fn volume_health(&self, inner: &Inner, row: &VolumeRow) -> VolumeHealth {
+        if row.is_erasure_coded() {
+            let down = self
+                .holder_replicas(inner, row)
+                .iter()
+                .any(|r| r.health != ReplicaHealth::Ok as i32);
+            return if down {
+                VolumeHealth::Degraded
+            } else {
+                VolumeHealth::Ok
+            };
+        }
         let healthy = row
             .replicas
             .iter()
@@ -152,7 +169,10 @@ impl Cluster {
         self.volume_views(false)
     }
 
-    /// Every volume as repair sees it (`all`), or only the degraded ones.
+    /// Every replicated volume as repair sees it (`all`), or only the
+    /// degraded ones. Erasure-coded volumes are not repaired by copying
+    /// (their copies are leaving; rebuilding a lost shard is not built
+    /// yet), so they are left out.
     pub fn volume_views(&self, all: bool) -> Vec<RepairView> {
         let inner = self.inner.lock();
         let now = unix_now();
@@ -160,6 +180,7 @@ impl Cluster {
             .state
             .volumes
             .values()
+            .filter(|e| !e.is_erasure_coded())
             .filter(|e| all || self.volume_health(&inner, e) != VolumeHealth::Ok)
             .map(|e| {
                 let replicas: Vec<RepairReplica> = self

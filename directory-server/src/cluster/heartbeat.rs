@@ -68,6 +68,7 @@ impl Cluster {
                         replicas: vec![server_id.clone()],
                         replication: 1,
                         stale: Vec::new(),
+                        erasure: None,
                     };
                     commands.push(Command::AdoptVolume {
                         row: row.encode_to_vec(),
@@ -152,6 +153,15 @@ impl Cluster {
                 sealed: e.state != VolumeState::Writable as i32,
             })
             .collect())
+    }
+}
+
+impl Cluster {
+    /// Every erasure-coded volume `server_id` holds a shard of, with the
+    /// holder of each shard (told in its heartbeat's answer: any holder
+    /// serves any needle, reading the other shards from their holders).
+    pub fn erasure_for(&self, server_id: &str) -> Vec<hayloft_proto::ErasureHolders> {
+        Self::erasure_held_by(&self.inner.lock(), server_id)
     }
 }
 

@@ -153,7 +153,8 @@ impl Cluster {
     /// Takes the copy on `server_id` out of the volume's replica set: reads
     /// stop going to it, and the copy left on the server is an extra (the
     /// caller deletes it; repair does if the caller cannot). Refused if no
-    /// other healthy copy would be left.
+    /// other healthy copy would be left, unless the volume is erasure-coded
+    /// (its shards hold it: every copy goes).
     pub async fn remove_replica(&self, volume_id: VolumeId, server_id: &str) -> Result<()> {
         let _change = self.changes.lock().await;
         {
@@ -172,7 +173,7 @@ impl Cluster {
                 .iter()
                 .filter(|s| *s != server_id)
                 .any(|s| self.replica_health(&inner, row, s) == ReplicaHealth::Ok);
-            if !others_healthy {
+            if !others_healthy && !row.is_erasure_coded() {
                 return Err(Error::LastHealthyCopy(volume_id));
             }
         }

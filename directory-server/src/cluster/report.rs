@@ -47,6 +47,7 @@ impl Cluster {
                 repair_progress: 0.0,
                 repair_target: job.map(|j| j.target.clone()).unwrap_or_default(),
                 repair_started_at: job.map_or(0, |j| j.started_at),
+                erasure: Self::erasure_holders(&inner, e),
             })
             .collect();
         // A problem older than a few pulses was about servers that may have
@@ -89,7 +90,19 @@ impl Cluster {
                 }
             }
         }
+        let (mut erasure_stored_bytes, mut erasure_logical_bytes) = (0, 0);
+        for layout in inner
+            .state
+            .volumes
+            .values()
+            .filter_map(|e| e.erasure.as_ref())
+        {
+            erasure_stored_bytes += super::stored_bytes(layout);
+            erasure_logical_bytes += layout.data_len;
+        }
         StatusResponse {
+            erasure_stored_bytes,
+            erasure_logical_bytes,
             servers,
             volumes,
             problems,
@@ -113,6 +126,12 @@ impl Cluster {
             sample.used_bytes.insert(tier.into(), 0);
         }
         for entry in inner.state.volumes.values() {
+            if let Some(layout) = &entry.erasure {
+                // Shards live on the warm tier (copies not yet removed
+                // are left out: they go in moments).
+                *sample.used_bytes.entry("warm".into()).or_default() += super::stored_bytes(layout);
+                continue;
+            }
             let Some(status) = &entry.status else {
                 continue;
             };

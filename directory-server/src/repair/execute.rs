@@ -22,7 +22,8 @@ const SYNC_SILENCE: Duration = Duration::from_secs(300);
 /// takes no writes.
 const SETTLE_WRITES: Duration = Duration::from_secs(30);
 
-pub(super) async fn client(
+/// A client of the volume server at `location`, connected within 10 s.
+pub(crate) async fn client(
     location: &ServerLocation,
     credential: &hayloft_proto::Credential,
 ) -> Result<VolumeClient<hayloft_proto::AuthChannel>, String> {

@@ -46,6 +46,7 @@ pub mod plan;
 pub mod resume;
 mod schedule;
 
+pub(crate) use execute::client as volume_client;
 pub use jobs::{GIVE_UP_ATTEMPTS, Held, RETRY_MAX, Repairs};
 pub use plan::{below_spread, plan, rebalance};
 pub use resume::{Resume, resume};

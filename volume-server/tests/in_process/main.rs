@@ -13,11 +13,14 @@
 //! - `grpc`: reads, writes, deletes, batches and their error codes.
 //! - `erasure`: a sealed copy encoded into shards on five servers, read
 //!   back with shards lost; shards that arrive wrong are never kept.
+//! - `encode_volume`: the directory's `EncodeVolume` on five servers:
+//!   plan, dry run, refusals, layout, copies removed, lookups, shards.
 //! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
 //!   worker and by `MoveVolume`, reads from cold, the way back, S3 gone.
 
 #![allow(clippy::unwrap_used)]
 
+mod encode_volume;
 mod erasure;
 mod grpc;
 mod heartbeat;
