@@ -183,6 +183,18 @@ impl Worker for HeartbeatWorker {
                 }
                 self.warned = false;
                 replication.heartbeat_answered(&failures, reply.volumes);
+                // Where the shards of each erasure-coded volume held here
+                // are now (after a rebuild moved one, or a holder's
+                // address changed); kept with the volume.
+                for layout in reply.erasure {
+                    let id = hayloft_storage::VolumeId(layout.volume_id);
+                    if let Ok(volume) = store.erasure(id) {
+                        let holders = layout.holders.into_iter().map(|l| l.grpc_addr).collect();
+                        if let Err(error) = volume.set_holders(holders) {
+                            tracing::warn!(volume = %id, %error, "cannot record the shard holders");
+                        }
+                    }
+                }
                 access.set_signed(reply.signed_collections);
                 if revoked.set(reply.revoked_tokens)
                     && let Some(path) = &revoked_file

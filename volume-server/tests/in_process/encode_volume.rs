@@ -272,4 +272,23 @@ async fn a_sealed_volume_is_encoded_3_2_on_five_holders_and_its_copy_removed() {
         .unwrap()
         .into_inner();
     assert_eq!(record(&status, volume).erasure.unwrap(), erasure);
+
+    // With the copy gone, every server serves every blob from the shards,
+    // over HTTP and gRPC, and knows where each shard is.
+    for server in 0..cluster.volume_count() {
+        let node = cluster.volume(server).unwrap();
+        for (blob, data) in &blobs {
+            let url = format!("{}/{blob}", node.http_base());
+            let response = reqwest::get(&url).await.unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::OK, "{url}");
+            assert!(
+                response.bytes().await.unwrap() == data,
+                "wrong bytes from {url}"
+            );
+            let read = read_from(&node.grpc_addr(), &blob.to_string())
+                .await
+                .unwrap();
+            assert!(read == data[..], "wrong bytes over gRPC from {server}");
+        }
+    }
 }
