@@ -1,6 +1,6 @@
 //! The `hayloft.v1.Directory` gRPC service.
 //!
-//! Why one file of ~780 lines: it is the gRPC surface: one method per RPC of
+//! Why one file of ~900 lines: it is the gRPC surface: one method per RPC of
 //! `hayloft.v1.Directory`, each a thin translation to `Cluster` calls; the
 //! logic lives in `cluster/` and `repair/`.
 
