@@ -5,11 +5,9 @@
 //! an unsealed volume and too few servers are refused.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use bytes::Bytes;
 use bytesize::ByteSize;
-use futures::stream;
 use hayloft::cluster::Cluster;
 use hayloft_proto::directory_client::DirectoryClient;
 use hayloft_proto::{
@@ -31,35 +29,7 @@ async fn directory(cluster: &Cluster) -> DirectoryClient<Channel> {
 
 /// Fills a 1 MiB volume until it seals itself; returns it and its blobs.
 async fn sealed_volume(started: &Started) -> (u32, Vec<(BlobId, Bytes)>) {
-    let (ids, locations) = assign(&started.cluster, 16).await;
-    let mut client = volume_client(&locations[0].grpc_addr).await;
-    let mut written = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let data = content(i as u64, 90_000 + i * 7_001);
-        match client
-            .write(stream::iter(write_messages(
-                header(id, data.len() as u64),
-                &data,
-            )))
-            .await
-        {
-            Ok(_) => written.push((id.parse::<BlobId>().unwrap(), data)),
-            Err(status) if status.code() == Code::ResourceExhausted => break,
-            Err(status) => panic!("write failed: {status:?}"),
-        }
-    }
-    let volume = written[0].0.volume().0;
-    let client = &started.client;
-    eventually(Duration::from_secs(20), "the volume sealed", || async {
-        let status = client.status().await.ok()?;
-        let record = status
-            .volumes
-            .iter()
-            .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))?;
-        (record.state == hayloft_proto::VolumeState::Sealed as i32).then_some(())
-    })
-    .await;
-    (volume, written)
+    fill_until_sealed(started).await
 }
 
 /// Runs `EncodeVolume` to its end: every message, or the error.

@@ -38,35 +38,7 @@ async fn sealed_volume(started: &mut Started, servers: usize) -> (u32, Vec<(Blob
         1,
         "the copy goes to server 0"
     );
-    let (ids, locations) = assign(&started.cluster, 16).await;
-    let mut client = volume_client(&locations[0].grpc_addr).await;
-    let mut written = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        // Sizes that put needles across 64 KiB block ends.
-        let data = content(i as u64, 90_000 + i * 7_001);
-        match client
-            .write(stream::iter(write_messages(
-                header(id, data.len() as u64),
-                &data,
-            )))
-            .await
-        {
-            Ok(_) => written.push((id.parse::<BlobId>().unwrap(), data)),
-            Err(status) if status.code() == Code::ResourceExhausted => break,
-            Err(status) => panic!("write failed: {status:?}"),
-        }
-    }
-    let volume = written[0].0.volume().0;
-    let client = &started.client;
-    eventually(Duration::from_secs(20), "the volume sealed", || async {
-        let status = client.status().await.ok()?;
-        let record = status
-            .volumes
-            .iter()
-            .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))?;
-        record.status.as_ref()?.sealed.then_some(())
-    })
-    .await;
+    let (volume, written) = fill_until_sealed(started).await;
     while started.cluster.volume_count() < servers {
         started.cluster.add_volume_server().await.unwrap();
     }

@@ -199,3 +199,41 @@ pub fn header(blob_id: &str, size: u64) -> hayloft_proto::WriteHeader {
 pub fn server_index(server_id: &str) -> usize {
     server_id.trim_start_matches("vs").parse().unwrap()
 }
+
+/// Fills a volume (of 1 MiB, as the test's cluster sets) until it seals
+/// itself: blobs of 90 KiB and more, so that needles cross 64 KiB block
+/// ends. Returns the volume and the blobs written.
+pub async fn fill_until_sealed(started: &Started) -> (u32, Vec<(hayloft_storage::BlobId, Bytes)>) {
+    use futures::stream;
+    let (ids, locations) = assign(&started.cluster, 16).await;
+    let mut client = volume_client(&locations[0].grpc_addr).await;
+    let mut written = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let data = content(i as u64, 90_000 + i * 7_001);
+        match client
+            .write(stream::iter(write_messages(
+                header(id, data.len() as u64),
+                &data,
+            )))
+            .await
+        {
+            Ok(_) => written.push((id.parse::<hayloft_storage::BlobId>().unwrap(), data)),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => break,
+            Err(status) => panic!("write failed: {status:?}"),
+        }
+    }
+    let volume = written[0].0.volume().0;
+    let client = &started.client;
+    eventually(Duration::from_secs(20), "the volume sealed", || async {
+        let status = client.status().await.ok()?;
+        let record = status
+            .volumes
+            .iter()
+            .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))?;
+        // Sealed as its server reports it, and in the directory's state.
+        let sealed = record.state == hayloft_proto::VolumeState::Sealed as i32;
+        (sealed && record.status.as_ref()?.sealed).then_some(())
+    })
+    .await;
+    (volume, written)
+}
