@@ -227,6 +227,19 @@ pub struct Snapshot {
 /// between flushes, which a directory's write rate makes rare anyway.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
+/// Waits, at most `within`, until no one holds `db` any more (RocksDB
+/// releases its lock when the last handle drops), so that the same process
+/// can open it again; says so if it is still held.
+pub async fn wait_closed(db: &std::sync::Weak<Db>, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while db.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if db.strong_count() > 0 {
+        tracing::warn!("the directory's database is still held by a task after it stopped");
+    }
+}
+
 /// The RocksDB database.
 pub struct Db {
     db: Arc<DB>,

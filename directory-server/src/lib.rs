@@ -573,13 +573,7 @@ impl Directory {
         drop((
             cluster, raft, config, keyring, auth, limits, audit, tls, workers,
         ));
-        let deadline = tokio::time::Instant::now() + DB_RELEASE_WAIT;
-        while db.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if db.strong_count() > 0 {
-            tracing::warn!("the directory's database is still held by a task after it stopped");
-        }
+        db::wait_closed(&db, DB_RELEASE_WAIT).await;
         tracing::info!("directory stopped");
         Ok(())
     }

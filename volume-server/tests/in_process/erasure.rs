@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use bytes::Bytes;
 use bytesize::ByteSize;
@@ -20,7 +19,7 @@ use crate::support::*;
 
 /// One volume server whose volumes seal at 1 MiB (more are added by
 /// [`sealed_volume`]).
-async fn one_mib_volumes() -> Started {
+pub(crate) async fn one_mib_volumes() -> Started {
     start(
         Cluster::builder()
             .volume_servers(1)
@@ -32,7 +31,10 @@ async fn one_mib_volumes() -> Started {
 /// Fills a 1 MiB volume on server 0 (the only one at first) until it seals
 /// itself, then starts servers up to `servers` in all; returns the blobs
 /// written.
-async fn sealed_volume(started: &mut Started, servers: usize) -> (u32, Vec<(BlobId, Bytes)>) {
+pub(crate) async fn sealed_volume(
+    started: &mut Started,
+    servers: usize,
+) -> (u32, Vec<(BlobId, Bytes)>) {
     assert_eq!(
         started.cluster.volume_count(),
         1,
@@ -46,14 +48,20 @@ async fn sealed_volume(started: &mut Started, servers: usize) -> (u32, Vec<(Blob
     (volume, written)
 }
 
-fn holders(cluster: &Cluster) -> Vec<String> {
+pub(crate) fn holders(cluster: &Cluster) -> Vec<String> {
     (0..cluster.volume_count())
         .map(|i| cluster.volume(i).unwrap().grpc_addr())
         .collect()
 }
 
 /// Reads `len` bytes of shard `shard` from its holder.
-async fn read_shard(addr: &str, volume: u32, shard: u8, offset: u64, len: u64) -> Vec<u8> {
+pub(crate) async fn read_shard(
+    addr: &str,
+    volume: u32,
+    shard: u8,
+    offset: u64,
+    len: u64,
+) -> Vec<u8> {
     volume_client(addr)
         .await
         .ec_read_shard(EcReadShardRequest {
@@ -72,7 +80,7 @@ async fn read_shard(addr: &str, volume: u32, shard: u8, offset: u64, len: u64) -
 
 /// Reads a blob from the shards over gRPC, restoring the pieces of shards
 /// in `lost` from the others.
-async fn read_blob(
+pub(crate) async fn read_blob(
     ec: &EcVolume,
     holders: &[String],
     blob: BlobId,
@@ -105,7 +113,7 @@ async fn read_blob(
 
 /// Encodes `volume` from server 0 onto every server with `code`, blocks
 /// of 64 KiB; returns the manifest.
-async fn encode(started: &Started, volume: u32, code: &str) -> EcManifest {
+pub(crate) async fn encode(started: &Started, volume: u32, code: &str) -> EcManifest {
     let coordinator = started.cluster.volume(0).unwrap().grpc_addr();
     let mut progress = volume_client(&coordinator)
         .await
@@ -127,7 +135,7 @@ async fn encode(started: &Started, volume: u32, code: &str) -> EcManifest {
 }
 
 /// A blob over HTTP from server `server`, whole or a range.
-async fn http_get(
+pub(crate) async fn http_get(
     cluster: &Cluster,
     server: usize,
     blob: BlobId,
@@ -141,7 +149,19 @@ async fn http_get(
     request.send().await.unwrap()
 }
 
-fn ec_dir(cluster: &Cluster, server: usize) -> PathBuf {
+/// A client's delete of `blob` at the server at `addr`.
+pub(crate) async fn delete(addr: &str, blob: BlobId) -> Result<(), tonic::Status> {
+    volume_client(addr)
+        .await
+        .delete(hayloft_proto::DeleteRequest {
+            blob_id: blob.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+pub(crate) fn ec_dir(cluster: &Cluster, server: usize) -> PathBuf {
     cluster.volume_dir(server).join("warm")
 }
 
@@ -409,14 +429,7 @@ async fn every_holder_serves_every_blob_over_http_and_grpc_with_two_holders_down
     // down it is refused UNAVAILABLE, for the client to retry.
     let (blob, data) = &blobs[1];
     let addr = started.cluster.volume(3).unwrap().grpc_addr();
-    let refused = volume_client(&addr)
-        .await
-        .delete(hayloft_proto::DeleteRequest {
-            blob_id: blob.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let refused = delete(&addr, *blob).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(
         refused.message().contains("retry the delete"),
@@ -443,14 +456,7 @@ async fn a_deleted_blob_of_an_erasure_coded_volume_is_gone_from_every_holder() {
     encode(&started, volume, "2+1").await;
     let (blob, _) = &blobs[0];
     let addr = started.cluster.volume(2).unwrap().grpc_addr();
-    volume_client(&addr)
-        .await
-        .delete(hayloft_proto::DeleteRequest {
-            blob_id: blob.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete(&addr, *blob).await.unwrap();
     for server in 1..3 {
         let response = http_get(&started.cluster, server, *blob, None).await;
         assert_eq!(
@@ -478,167 +484,4 @@ async fn a_deleted_blob_of_an_erasure_coded_volume_is_gone_from_every_holder() {
     let (other, data) = &blobs[1];
     let response = http_get(&started.cluster, 1, *other, None).await;
     assert!(response.bytes().await.unwrap() == data, "wrong bytes");
-}
-
-/// Removes every file of erasure-coded volume `volume` on server `server`
-/// (a wiped disk).
-fn wipe(cluster: &Cluster, server: usize, volume: u32) {
-    let dir = ec_dir(cluster, server);
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.starts_with(&format!("{volume}.ec")) {
-            std::fs::remove_file(path).unwrap();
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_holder_rebuilds_its_shard_and_blobs_read_with_m_others_down() {
-    let mut started = one_mib_volumes().await;
-    let (volume, blobs) = sealed_volume(&mut started, 5).await;
-    let manifest = encode(&started, volume, "3+2").await;
-    started.cluster.stop_volume(2).await.unwrap();
-    wipe(&started.cluster, 2, volume);
-    started.cluster.start_volume(2).await.unwrap();
-    let rebuilder = started.cluster.volume(2).unwrap().grpc_addr();
-    let source = started.cluster.volume(3).unwrap().grpc_addr();
-    let mut progress = volume_client(&rebuilder)
-        .await
-        .ec_rebuild(hayloft_proto::EcRebuildRequest {
-            volume_id: volume,
-            shard: 2,
-            source,
-            rate: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(step) = progress.message().await.unwrap() {
-        last = Some((step.done, step.total));
-    }
-    let (done, total) = last.unwrap();
-    assert_eq!(done, total);
-    // The shard is back, byte for byte as encoded.
-    let ec = EcVolume::open(
-        &ec_dir(&started.cluster, 2),
-        hayloft_storage::VolumeId(volume),
-    )
-    .unwrap();
-    assert_eq!(ec.held(), vec![2]);
-    assert_eq!(ec.shard(2).unwrap().digest(), manifest.digests[2]);
-    // Two other holders down: every blob reads from the rebuilt one.
-    started.cluster.stop_volume(0).await.unwrap();
-    started.cluster.stop_volume(1).await.unwrap();
-    for (blob, data) in &blobs {
-        let response = http_get(&started.cluster, 2, *blob, None).await;
-        assert_eq!(response.status(), reqwest::StatusCode::OK, "{blob}");
-        assert!(response.bytes().await.unwrap() == data, "wrong bytes");
-    }
-    // A second rebuild of a shard held: nothing to do.
-    let mut again = volume_client(&rebuilder)
-        .await
-        .ec_rebuild(hayloft_proto::EcRebuildRequest {
-            volume_id: volume,
-            shard: 2,
-            source: String::new(),
-            rate: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(again.message().await.unwrap().is_none());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holder_that_missed_a_delete_catches_up_from_the_others_journals() {
-    let mut started = start(Cluster::builder().volume_servers(1).volume(|_, config| {
-        config.max_volume_size = ByteSize::mib(1);
-        config.anti_entropy_interval = Duration::from_millis(300);
-    }))
-    .await;
-    let (volume, blobs) = sealed_volume(&mut started, 3).await;
-    encode(&started, volume, "2+1").await;
-    started.cluster.stop_volume(1).await.unwrap();
-    let (blob, _) = &blobs[3];
-    let addr = started.cluster.volume(2).unwrap().grpc_addr();
-    let refused = volume_client(&addr)
-        .await
-        .delete(hayloft_proto::DeleteRequest {
-            blob_id: blob.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    // Server 1 comes back without the delete, and pulls it from the others.
-    started.cluster.start_volume(1).await.unwrap();
-    let dir = ec_dir(&started.cluster, 1);
-    eventually(
-        Duration::from_secs(20),
-        "the delete reached server 1",
-        || async {
-            let journal = std::fs::read(dir.join(format!("{volume}.ecj"))).ok()?;
-            hayloft_storage::sealed::parse_tombs(&journal)
-                .contains(&blob.needle)
-                .then_some(())
-        },
-    )
-    .await;
-    let response = http_get(&started.cluster, 1, *blob, None).await;
-    assert_eq!(response.status(), reqwest::StatusCode::NOT_FOUND);
-    let (other, data) = &blobs[4];
-    let response = http_get(&started.cluster, 1, *other, None).await;
-    assert!(response.bytes().await.unwrap() == data, "wrong bytes");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scrub_mends_a_flipped_byte_in_a_shard_from_the_other_shards() {
-    let mut started = start(Cluster::builder().volume_servers(1).volume(|_, config| {
-        config.max_volume_size = ByteSize::mib(1);
-        config.scrub_interval = Duration::from_millis(300);
-    }))
-    .await;
-    let (volume, blobs) = sealed_volume(&mut started, 3).await;
-    let manifest = encode(&started, volume, "2+1").await;
-    let path = hayloft_storage::erasure::shard_path(
-        &ec_dir(&started.cluster, 1),
-        hayloft_storage::VolumeId(volume),
-        1,
-    );
-    // A byte flipped on disk in the second chunk of shard 1's body.
-    let at = hayloft_storage::erasure::shard::SHARD_HEADER_LEN + CHUNK_LEN + 123;
-    {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let mut byte = [0u8];
-        file.read_exact_at(&mut byte, at).unwrap();
-        file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
-    }
-    let shard = hayloft_storage::erasure::ShardFile::open(&path).unwrap();
-    let bad = shard.scrub(&mut hayloft_storage::Throttle::new(0)).unwrap();
-    assert!(bad == vec![1] || bad.is_empty(), "{bad:?}");
-    eventually(
-        Duration::from_secs(20),
-        "scrub mended the chunk",
-        || async {
-            let shard = hayloft_storage::erasure::ShardFile::open(&path).ok()?;
-            shard
-                .scrub(&mut hayloft_storage::Throttle::new(0))
-                .ok()?
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await;
-    assert_eq!(shard.digest(), manifest.digests[1]);
-    for (blob, data) in &blobs {
-        let response = http_get(&started.cluster, 1, *blob, None).await;
-        assert!(response.bytes().await.unwrap() == data, "wrong bytes");
-    }
 }

@@ -13,6 +13,8 @@
 //! - `grpc`: reads, writes, deletes, batches and their error codes.
 //! - `erasure`: a sealed copy encoded into shards on five servers, read
 //!   back with shards lost; shards that arrive wrong are never kept.
+//! - `erasure_heal`: rebuild of a wiped holder, delete journals caught up,
+//!   shard scrub.
 //! - `encode_volume`: the directory's `EncodeVolume` on five servers:
 //!   plan, dry run, refusals, layout, copies removed, lookups, shards.
 //! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
@@ -22,6 +24,7 @@
 
 mod encode_volume;
 mod erasure;
+mod erasure_heal;
 mod grpc;
 mod heartbeat;
 mod origin;
