@@ -264,6 +264,7 @@ async fn grow(
             let request = DeleteVolumeRequest {
                 volume_id: plan.volume_id.0,
                 keep_object: false,
+                ..Default::default()
             };
             if let Err(e) = client.delete_volume(request).await {
                 tracing::warn!(volume = plan.volume_id.0, error = %e.message(),

@@ -326,6 +326,38 @@ impl SealedIndex {
         Ok(())
     }
 
+    /// Deletes every needle of `ids` still live here: one journal append
+    /// and one fsync for all of them. Ids not live here (deleted already,
+    /// or never in this volume) are skipped. Answers how many were deleted.
+    pub fn delete_many(&self, ids: &[NeedleId]) -> Result<usize> {
+        let mut journal = self.journal.lock();
+        let live: Vec<NeedleId> = {
+            let state = self.state.read();
+            let mut seen = std::collections::HashSet::new();
+            ids.iter()
+                .copied()
+                .filter(|id| state.index.get(*id).is_some() && seen.insert(*id))
+                .collect()
+        };
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let entries: Vec<u8> = live.iter().flat_map(|id| tomb_entry(*id)).collect();
+        journal
+            .write_all(&entries)
+            .and_then(|()| journal.sync_data())
+            .map_err(|e| Error::io(&self.journal_path, e))?;
+        let mut state = self.state.write();
+        for id in &live {
+            if state.index.remove(*id).is_some() {
+                let len = state.lens.remove(id).unwrap_or(0);
+                state.live_bytes -= len;
+                state.garbage_bytes += len;
+            }
+        }
+        Ok(live.len())
+    }
+
     /// Holds deletes while `f` runs (a move or a decode applies the journal
     /// to a data file under it).
     pub fn with_deletes_held<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {

@@ -212,6 +212,7 @@ pub async fn run_action(
                 .delete_volume(DeleteVolumeRequest {
                     volume_id: *volume,
                     keep_object: *keep_object,
+                    ..Default::default()
                 })
                 .await?;
             Ok(())
@@ -228,6 +229,7 @@ pub async fn run_action(
                 .delete_volume(DeleteVolumeRequest {
                     volume_id: *volume,
                     keep_object: *keep_object,
+                    ..Default::default()
                 })
                 .await
             {

@@ -194,8 +194,9 @@ impl Cluster {
     /// copies healthy: safe to delete (none before the leader has
     /// [settled](Self::settled), nor the target of an open repair job).
     /// With each, whether its cold object must be kept (a copy in the
-    /// replica set is cold on it).
-    pub fn removable_extras(&self) -> Vec<(VolumeId, ServerLocation, bool)> {
+    /// replica set is cold on it), and the shard holders it hands its
+    /// deletes to first if its volume is erasure-coded now.
+    pub fn removable_extras(&self) -> Vec<ExtraCopy> {
         if !self.settled() {
             return Vec::new();
         }
@@ -205,7 +206,40 @@ impl Cluster {
             .iter()
             .filter_map(|(volume, server)| {
                 let (location, keep_object) = self.removable(&inner, *volume, server)?;
-                Some((*volume, location, keep_object))
+                let erasure_holders = inner
+                    .state
+                    .volumes
+                    .get(volume)
+                    .and_then(|row| row.erasure.as_ref())
+                    .map(|layout| {
+                        layout
+                            .holders
+                            .iter()
+                            .map(|id| {
+                                inner
+                                    .state
+                                    .servers
+                                    .get(id)
+                                    .and_then(|s| s.location.as_ref())
+                                    .map(|l| l.grpc_addr.clone())
+                                    .unwrap_or_default()
+                            })
+                            .collect::<Vec<_>>()
+                    });
+                // A holder whose address is not known yet: the copy waits
+                // (its deletes must reach every holder).
+                if erasure_holders
+                    .as_ref()
+                    .is_some_and(|h| h.iter().any(String::is_empty))
+                {
+                    return None;
+                }
+                Some(ExtraCopy {
+                    volume: *volume,
+                    location,
+                    keep_object,
+                    erasure_holders: erasure_holders.unwrap_or_default(),
+                })
             })
             .collect()
     }
@@ -280,4 +314,18 @@ impl Cluster {
         .await?;
         Ok(known)
     }
+}
+
+/// A copy outside its volume's replica set that may be deleted now.
+#[derive(Debug, Clone)]
+pub struct ExtraCopy {
+    /// Its volume.
+    pub volume: VolumeId,
+    /// Its server.
+    pub location: ServerLocation,
+    /// A cold copy's object is kept (another copy reads it).
+    pub keep_object: bool,
+    /// The shard holders' gRPC addresses, if the volume is erasure-coded
+    /// now: the copy hands them its deletes before going.
+    pub erasure_holders: Vec<String>,
 }

@@ -410,6 +410,7 @@ async fn an_extra_copy_is_kept_if_its_volume_lost_a_copy_since_the_list_was_made
     cluster.inner.lock().led_at = 0;
     let listed = cluster.removable_extras();
     assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].erasure_holders.is_empty(), "{listed:?}");
     assert!(cluster.still_removable(volume, "vs1"));
     // Then vs0, its only copy, goes silent: the extra is kept after all.
     cluster

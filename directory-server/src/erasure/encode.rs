@@ -154,7 +154,13 @@ pub async fn run(
     let answer = match outcome {
         Ok(layout) => {
             tracing::info!(volume = volume.0, code = %planned.code, "volume erasure-coded; removing its copies");
-            let (removed, left) = remove_copies(&cluster, &planned.source, &credential).await;
+            let holders: Vec<String> = planned
+                .holders
+                .iter()
+                .map(|h| h.grpc_addr.clone())
+                .collect();
+            let (removed, left) =
+                remove_copies(&cluster, &planned.source, &holders, &credential).await;
             Ok(EncodeVolumeProgress {
                 layout: Some(layout),
                 removed,
@@ -297,14 +303,16 @@ async fn drop_shards(
     }
 }
 
-/// Step 4, after the commit: each copy on a live server is deleted there,
+/// Step 4, after the commit: each copy on a live server hands its deletes
+/// to the shard holders (`holders`, gRPC addresses) and is deleted there,
 /// then leaves the replica set; a copy whose server is down (or whose
-/// deletion failed) leaves the set too, and is removed as an extra copy
-/// when its server reports it. Answers the copies removed and those left
-/// for later.
+/// hand-over or deletion failed) leaves the set too, and is removed as an
+/// extra copy, with the same hand-over, when its server reports it.
+/// Answers the copies removed and those left for later.
 async fn remove_copies(
     cluster: &Cluster,
     source: &EncodeSource,
+    holders: &[String],
     credential: &hayloft_proto::Credential,
 ) -> (Vec<String>, Vec<String>) {
     let volume = source.volume_id;
@@ -317,6 +325,7 @@ async fn remove_copies(
                     .delete_volume(DeleteVolumeRequest {
                         volume_id: volume.0,
                         keep_object: false,
+                        erasure_holders: holders.to_vec(),
                     })
                     .await
                     .map_err(|s| s.message().to_owned())

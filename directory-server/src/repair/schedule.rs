@@ -295,18 +295,20 @@ impl Worker for RepairWorker {
                 }
             }
         }
-        for (volume_id, location, keep_object) in cluster.removable_extras() {
+        for extra in cluster.removable_extras() {
+            let (volume_id, location) = (extra.volume, &extra.location);
             // The deletions before this one took time: the volume may have
             // lost a copy since the list was made.
             if !cluster.still_removable(volume_id, &location.server_id) {
                 continue;
             }
             let removed = async {
-                client(&location, &settings.credential)
+                client(location, &settings.credential)
                     .await?
                     .delete_volume(DeleteVolumeRequest {
                         volume_id: volume_id.0,
-                        keep_object,
+                        keep_object: extra.keep_object,
+                        erasure_holders: extra.erasure_holders.clone(),
                     })
                     .await
                     .map_err(|e| e.message().to_owned())

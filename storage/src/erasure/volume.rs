@@ -383,6 +383,12 @@ impl EcVolume {
         self.index.delete(id)
     }
 
+    /// Deletes every needle of `ids` still live here, with one fsync (a
+    /// replaced copy handing over its tombstones); answers how many.
+    pub fn delete_many(&self, ids: &[NeedleId]) -> Result<usize> {
+        self.index.delete_many(ids)
+    }
+
     /// Every live needle id.
     pub fn needle_ids(&self) -> Vec<NeedleId> {
         self.index.needle_ids()

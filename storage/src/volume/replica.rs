@@ -220,4 +220,11 @@ impl Volume {
     pub fn is_deleted(&self, id: NeedleId) -> bool {
         self.state.read().deleted.contains_key(&id)
     }
+
+    /// Every needle with a tombstone stored here, in id order.
+    pub fn deleted_ids(&self) -> Vec<NeedleId> {
+        let mut ids: Vec<NeedleId> = self.state.read().deleted.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
 }

@@ -74,13 +74,20 @@ impl VolumeService {
     ) -> Result<Response<DeleteResponse>, Status> {
         // A move may replace the volume while the delete waits (Moved): the
         // delete then goes to the volume's new home.
+        let mut moved = false;
         for _ in 0..3 {
             let store = Arc::clone(&self.store);
             let result =
                 blocking(move || store.delete(blob.volume(), blob.needle, blob.cookie)).await?;
             match result {
                 Ok(()) => return Ok(Response::new(DeleteResponse {})),
-                Err(Error::Moved(_)) => continue,
+                Err(Error::Moved(_)) => {
+                    moved = true;
+                    continue;
+                }
+                // Gone while the delete waited (a copy replaced by shards,
+                // or deleted): the client asks the directory again.
+                Err(Error::VolumeNotFound(_)) if moved => break,
                 Err(Error::Cold(volume)) => {
                     let cold = self
                         .store
@@ -190,13 +197,25 @@ impl VolumeService {
         &self,
         request: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
-        self.tiering
-            .delete_volume(
-                VolumeId(request.get_ref().volume_id),
-                request.get_ref().keep_object,
-            )
-            .await
-            .map_err(move_status)?;
+        let id = VolumeId(request.get_ref().volume_id);
+        // A copy replaced by shards first hands its deletes to the holders
+        // (see handoff.rs); it stays paused until its files are gone.
+        let handed_over = if request.get_ref().erasure_holders.is_empty() {
+            None
+        } else {
+            self.hand_over_deletes(id, &request.get_ref().erasure_holders)
+                .await?
+        };
+        let deleted = self
+            .tiering
+            .delete_volume(id, request.get_ref().keep_object)
+            .await;
+        if let Err(error) = deleted {
+            if let Some(volume) = handed_over {
+                volume.resume();
+            }
+            return Err(move_status(error));
+        }
         self.replication.forget(request.get_ref().volume_id);
         Ok(Response::new(DeleteVolumeResponse {}))
     }

@@ -214,6 +214,19 @@ impl VolumeService {
             .store
             .erasure(VolumeId(request.volume_id))
             .map_err(|e| grpc_status(&e, None))?;
+        if !request.needle_ids.is_empty() {
+            // A replaced copy's tombstones: those not live here are skipped.
+            let ids: Vec<NeedleId> = request.needle_ids.into_iter().map(NeedleId).collect();
+            let deleted = blocking(move || volume.delete_many(&ids))
+                .await?
+                .map_err(|e| grpc_status(&e, None))?;
+            tracing::debug!(
+                volume = request.volume_id,
+                deleted,
+                "tombstones handed over"
+            );
+            return Ok(Response::new(hayloft_proto::EcDeleteResponse {}));
+        }
         let needle = NeedleId(request.needle_id);
         match blocking(move || volume.delete(needle)).await? {
             Ok(()) => {}
@@ -255,16 +268,9 @@ impl VolumeService {
             let request = hayloft_proto::EcDeleteRequest {
                 volume_id: id.0,
                 needle_id: blob.needle.0,
-            };
-            let sent = match self.replication.client(&hayloft_proto::ServerLocation {
-                server_id: addr.clone(),
-                grpc_addr: addr.clone(),
                 ..Default::default()
-            }) {
-                Ok(mut client) => client.ec_delete(request).await.map(|_| ()),
-                Err(status) => Err(status),
             };
-            if let Err(status) = sent {
+            if let Err(status) = self.send_ec_delete(&addr, request).await {
                 tracing::warn!(volume = %id, holder = %addr, %status, "delete not journaled on a holder");
                 missed.push(addr);
             }

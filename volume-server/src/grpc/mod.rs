@@ -18,6 +18,7 @@ mod admin;
 mod answers;
 mod authz;
 mod erasure;
+mod handoff;
 mod read;
 mod sync;
 mod write;

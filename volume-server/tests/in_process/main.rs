@@ -15,6 +15,8 @@
 //!   back with shards lost; shards that arrive wrong are never kept.
 //! - `erasure_heal`: rebuild of a wiped holder, delete journals caught up,
 //!   shard scrub.
+//! - `erasure_handoff`: a copy replaced by shards hands its deletes to the
+//!   holders before its files go, or is kept.
 //! - `encode_volume`: the directory's `EncodeVolume` on five servers:
 //!   plan, dry run, refusals, layout, copies removed, lookups, shards.
 //! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
@@ -24,6 +26,7 @@
 
 mod encode_volume;
 mod erasure;
+mod erasure_handoff;
 mod erasure_heal;
 mod grpc;
 mod heartbeat;
