@@ -197,6 +197,9 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
                     (Action::Drop { volume, server, .. }, Ok(())) => {
                         println!("volume {volume} on {server}: copy dropped")
                     }
+                    (Action::Encode { volume, .. }, Ok(())) => {
+                        println!("volume {volume}: erasure coding started by the directory")
+                    }
                     (action, Err(e)) => {
                         failed += 1;
                         eprintln!("{}: refused: {e}", describe(action));
@@ -520,6 +523,16 @@ fn describe(action: &Action) -> String {
             rule,
             ..
         } => format!("volume {volume}: delete ({rule}) (on {server})"),
+        Action::Encode {
+            volume, code, rule, ..
+        } => {
+            let code = if code.is_empty() {
+                "the directory's code"
+            } else {
+                code
+            };
+            format!("volume {volume}: erasure-code ({code}) by {rule}")
+        }
     }
 }
 
@@ -561,6 +574,13 @@ fn print_plan(policy: &Policy, plan: &Plan, json: bool) {
                     ..
                 } => serde_json::json!({"volume": volume, "server": server,
                     "action": "delete", "bytes": bytes, "rule": rule}),
+                Action::Encode {
+                    volume,
+                    code,
+                    bytes,
+                    rule,
+                } => serde_json::json!({"volume": volume, "action": "encode",
+                    "code": code, "bytes": bytes, "rule": rule}),
             })
             .collect();
         println!(

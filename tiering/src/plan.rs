@@ -64,6 +64,18 @@ pub enum Action {
         /// The last copy: the directory forgets the volume after it.
         forget: bool,
     },
+    /// Erasure-code the volume (the directory's `EncodeVolume`: it places
+    /// the shards, and removes the copies once they are recorded).
+    Encode {
+        /// The volume.
+        volume: u32,
+        /// The code, `K+M` ("" = the directory's `ec_code`).
+        code: String,
+        /// Bytes of the data file encoded.
+        bytes: u64,
+        /// The rule that decided it.
+        rule: String,
+    },
 }
 
 impl Action {
@@ -72,16 +84,18 @@ impl Action {
         match self {
             Action::Move { volume, .. }
             | Action::Drop { volume, .. }
-            | Action::Delete { volume, .. } => *volume,
+            | Action::Delete { volume, .. }
+            | Action::Encode { volume, .. } => *volume,
         }
     }
 
-    /// The server it runs on.
+    /// The server it runs on ("" for an encode: the directory runs it).
     pub fn server(&self) -> &str {
         match self {
             Action::Move { server, .. }
             | Action::Drop { server, .. }
             | Action::Delete { server, .. } => server,
+            Action::Encode { .. } => "",
         }
     }
 }

@@ -38,6 +38,11 @@
 //! name = "tmp"
 //! collection = "tmp"
 //! min_age = "30d"
+//!
+//! [[encode]]               # erasure coding of warm volumes (`encode.rs`)
+//! name = "warm-to-shards"
+//! min_age = "30d"
+//! code = "10+4"
 //! ```
 //!
 //! Volumes whose every needle has expired (per-needle expiry set at upload)
@@ -54,6 +59,7 @@ use hayloft_proto::{Tier as ProtoTier, VolumeRecord, VolumeState};
 use hayloft_storage::Tier;
 use serde::{Deserialize, Serialize};
 
+use crate::encode::{self, EncodeRule};
 use crate::object::STORAGE_CLASSES;
 use crate::plan::{Action, Plan};
 use crate::replicas::{self, tier_of};
@@ -81,6 +87,10 @@ pub struct Policy {
     /// Retention of whole volumes.
     #[serde(rename = "expire")]
     pub expiries: Vec<Expiry>,
+    /// Erasure coding of warm sealed volumes, first match wins (see
+    /// [`crate::encode`]).
+    #[serde(rename = "encode")]
+    pub encodes: Vec<EncodeRule>,
 }
 
 /// A rule that moves volumes to a colder tier.
@@ -211,6 +221,7 @@ impl Policy {
                 )));
             }
         }
+        crate::encode::check(&policy.encodes).map_err(PolicyError)?;
         Ok(policy)
     }
 
@@ -248,6 +259,15 @@ pub fn billing_key(status: &hayloft_proto::VolumeStatus) -> String {
 pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
     let mut plan = Plan::default();
     for record in volumes {
+        if encode::is_erasure_coded(record) {
+            // Its shards stay where they are; billed as warm bytes.
+            let logical = record.status.as_ref().map_or(0, |s| s.file_bytes);
+            let code = record.erasure.as_ref().map_or("", |e| e.code.as_str());
+            let stored = encode::stored_bytes(code, logical);
+            *plan.before.entry("warm".into()).or_default() += stored;
+            *plan.after.entry("warm".into()).or_default() += stored;
+            continue;
+        }
         if replicas::is_replicated(record) {
             plan_replicated(policy, record, now, &mut plan);
             continue;
@@ -257,7 +277,17 @@ pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
         };
         let key = billing_key(status);
         *plan.before.entry(key.clone()).or_default() += status.file_bytes;
-        let action = decide(policy, record, status, now);
+        let action = decide(policy, record, status, now).or_else(|| {
+            let copies = [status];
+            encode::decide(
+                &policy.encodes,
+                policy.min_observation,
+                record,
+                status,
+                &copies,
+                now,
+            )
+        });
         match &action {
             Some(Action::Move {
                 to, storage_class, ..
@@ -271,6 +301,10 @@ pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
                     // A move copies the whole file (garbage included).
                     status.file_bytes,
                 );
+            }
+            Some(Action::Encode { code, .. }) => {
+                *plan.after.entry(key).or_default() +=
+                    encode::stored_bytes(code, status.file_bytes);
             }
             Some(Action::Delete { .. } | Action::Drop { .. }) => {}
             None => *plan.after.entry(key).or_default() += status.file_bytes,
@@ -309,6 +343,23 @@ fn plan_replicated(policy: &Policy, record: &VolumeRecord, now: u64, plan: &mut 
             _ if !follow.is_empty() => follow,
             // Too few copies (back from cold): repair adds them first.
             _ if record.health != hayloft_proto::VolumeHealth::Ok as i32 => Vec::new(),
+            None => {
+                let copies: Vec<&hayloft_proto::VolumeStatus> = record
+                    .replicas
+                    .iter()
+                    .filter_map(|r| r.status.as_ref())
+                    .collect();
+                encode::decide(
+                    &policy.encodes,
+                    policy.min_observation,
+                    record,
+                    &status,
+                    &copies,
+                    now,
+                )
+                .into_iter()
+                .collect()
+            }
             Some(Action::Move {
                 to,
                 bucket,
@@ -348,6 +399,14 @@ fn plan_replicated(policy: &Policy, record: &VolumeRecord, now: u64, plan: &mut 
             *plan.after.entry(to.as_str().to_owned()).or_default() += status.file_bytes * copies
         }
         None if actions.iter().any(|a| matches!(a, Action::Delete { .. })) => {}
+        None if actions.iter().any(|a| matches!(a, Action::Encode { .. })) => {
+            let code = actions.iter().find_map(|a| match a {
+                Action::Encode { code, .. } => Some(code.as_str()),
+                _ => None,
+            });
+            *plan.after.entry(billing_key(&status)).or_default() +=
+                encode::stored_bytes(code.unwrap_or(""), status.file_bytes);
+        }
         None => {
             *plan.after.entry(billing_key(&status)).or_default() +=
                 if tier_of(&status) == Tier::Cold {

@@ -10,8 +10,8 @@ use hayloft_proto::Directories;
 use hayloft_proto::background::{Failed, Runner, Step, Worker};
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
-    DeleteVolumeRequest, ForgetVolumeRequest, ListMovesRequest, MoveJobStatus, MoveVolumeRequest,
-    RemoveReplicaRequest, StatusRequest, StatusResponse, Tier as ProtoTier,
+    DeleteVolumeRequest, EncodeVolumeRequest, ForgetVolumeRequest, ListMovesRequest, MoveJobStatus,
+    MoveVolumeRequest, RemoveReplicaRequest, StatusRequest, StatusResponse, Tier as ProtoTier,
 };
 use hayloft_storage::Tier;
 
@@ -217,6 +217,9 @@ pub async fn run_action(
                 .await?;
             Ok(())
         }
+        Action::Encode { volume, code, .. } => {
+            start_encode(directory, *volume, code, bytes_per_sec).await
+        }
         Action::Delete {
             volume,
             server,
@@ -254,6 +257,35 @@ pub async fn run_action(
     }
 }
 
+/// Asks the directory to erasure-code `volume` and waits for its plan (the
+/// encode then runs on at the directory, whether anyone listens or not;
+/// a second request while it runs is refused, FAILED_PRECONDITION).
+async fn start_encode(
+    directory: &str,
+    volume: u32,
+    code: &str,
+    rate: u64,
+) -> Result<(), WorkerError> {
+    let request = EncodeVolumeRequest {
+        volume_id: volume,
+        code: code.to_owned(),
+        rate,
+        ..EncodeVolumeRequest::default()
+    };
+    connect_directory(directory)?
+        .call(|mut directory| {
+            let request = request.clone();
+            async move {
+                let mut stream = directory.encode_volume(request).await?.into_inner();
+                // The first message is the plan, sent once the checks pass.
+                stream.message().await?;
+                Ok(tonic::Response::new(()))
+            }
+        })
+        .await?;
+    Ok(())
+}
+
 /// Runs a plan: starts its moves (at most the policy's `max_moves_per_run`)
 /// and deletions. Moves run on in the background on their servers.
 pub async fn execute(
@@ -271,7 +303,7 @@ pub async fn execute(
         if failed.contains(&action.volume()) {
             continue;
         }
-        if let Action::Move { .. } = action {
+        if let Action::Move { .. } | Action::Encode { .. } = action {
             if moves >= policy.max_moves_per_run {
                 continue;
             }

@@ -15,6 +15,8 @@
 //!   back with shards lost; shards that arrive wrong are never kept.
 //! - `erasure_heal`: rebuild of a wiped holder, delete journals caught up,
 //!   shard scrub.
+//! - `erasure_policy`: the tiering worker encodes a warm sealed volume by
+//!   its policy's encode rule, then leaves it alone.
 //! - `erasure_handoff`: a copy replaced by shards hands its deletes to the
 //!   holders before its files go, or is kept.
 //! - `encode_volume`: the directory's `EncodeVolume` on five servers:
@@ -28,6 +30,7 @@ mod encode_volume;
 mod erasure;
 mod erasure_handoff;
 mod erasure_heal;
+mod erasure_policy;
 mod grpc;
 mod heartbeat;
 mod origin;

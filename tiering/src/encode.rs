@@ -1,0 +1,279 @@
+//! The policy's encode rules: warm sealed volumes re-stored as
+//! Reed-Solomon shards by the directory (`EncodeVolume`), and what the
+//! planner does with volumes that already are.
+//!
+//! ```toml
+//! [[encode]]
+//! name = "warm-to-shards"
+//! collection = "photos"     # all collections if unset
+//! min_age = "30d"           # sealed at least this long ago
+//! max_reads_per_day = 100   # optional
+//! min_size = "256MiB"       # optional
+//! code = "10+4"             # optional: the directory's `ec_code` if unset
+//! ```
+//!
+//! An encode is planned only for a volume every copy of which is on the
+//! warm tier, sealed, healthy and idle, that no demotion, promotion or
+//! expiry wants to act on this round (those come first). A volume that is
+//! erasure-coded already is left alone: its shards are not moved, promoted
+//! or expired by the tiering worker (moving shards to the cold tier is not
+//! built).
+
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use hayloft_proto::{VolumeHealth, VolumeRecord, VolumeStatus};
+use hayloft_storage::Tier;
+use hayloft_storage::erasure::Code;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Action;
+use crate::replicas::tier_of;
+
+/// A rule that erasure-codes warm sealed volumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeRule {
+    /// Shown in plans and logs.
+    pub name: String,
+    /// Only volumes of this collection (all if unset).
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Sealed at least this long ago.
+    #[serde(default, with = "humantime_serde")]
+    pub min_age: Option<Duration>,
+    /// Read at most this often (needs the policy's `min_observation`).
+    #[serde(default)]
+    pub max_reads_per_day: Option<f64>,
+    /// At least this big.
+    #[serde(default)]
+    pub min_size: Option<ByteSize>,
+    /// The code, `K+M` (the directory's `ec_code` if unset).
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// Checks the encode rules of a policy: why the first bad one is bad.
+pub(crate) fn check(rules: &[EncodeRule]) -> Result<(), String> {
+    for rule in rules {
+        if let Some(code) = &rule.code {
+            code.parse::<Code>()
+                .map_err(|e| format!("encode rule {:?}: {e}", rule.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// True if the volume is erasure-coded (its record names shard holders):
+/// the tiering worker leaves it alone.
+pub fn is_erasure_coded(record: &VolumeRecord) -> bool {
+    record.erasure.is_some()
+}
+
+/// Bytes the shards of `logical` bytes take under `code` ("" = the
+/// directory's default).
+pub fn stored_bytes(code: &str, logical: u64) -> u64 {
+    let code = code.parse::<Code>().unwrap_or(Code::DEFAULT);
+    let (k, n) = (u64::from(code.data), u64::from(code.data + code.parity));
+    logical.div_ceil(k) * n
+}
+
+/// The encode the first matching rule of `rules` wants for a volume no
+/// other rule acts on, given the status that stands for it (the first
+/// copy's, with every copy's reads) and the status of each copy. A
+/// reads-per-day limit needs `min_observation` of read statistics.
+pub(crate) fn decide(
+    rules: &[EncodeRule],
+    min_observation: Duration,
+    record: &VolumeRecord,
+    status: &VolumeStatus,
+    copies: &[&VolumeStatus],
+    now: u64,
+) -> Option<Action> {
+    let idle = |s: &VolumeStatus| s.sealed && !s.compacting && tier_of(s) == Tier::Warm;
+    if is_erasure_coded(record)
+        || record.health != VolumeHealth::Ok as i32
+        || record.repairing
+        || copies.is_empty()
+        || !copies.iter().all(|s| idle(s))
+    {
+        return None;
+    }
+    let age =
+        (status.sealed_at > 0).then(|| Duration::from_secs(now.saturating_sub(status.sealed_at)));
+    let observed = Duration::from_secs(status.read_stats_seconds) >= min_observation;
+    let rule = rules.iter().find(|rule| {
+        rule.collection
+            .as_deref()
+            .is_none_or(|c| c == status.collection)
+            && rule.min_age.is_none_or(|m| age.is_some_and(|a| a >= m))
+            && rule
+                .max_reads_per_day
+                .is_none_or(|m| observed && status.reads_per_day <= m)
+            && rule
+                .min_size
+                .is_none_or(|m| status.file_bytes >= m.as_u64())
+    })?;
+    Some(Action::Encode {
+        volume: status.volume_id,
+        code: rule.code.clone().unwrap_or_default(),
+        bytes: status.file_bytes,
+        rule: rule.name.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Policy, plan};
+    use hayloft_proto::{
+        ErasureHolders, Replica, ReplicaHealth, ServerLocation, Tier as ProtoTier, VolumeState,
+    };
+
+    const DAY: u64 = 86_400;
+    const NOW: u64 = 1000 * DAY;
+
+    const POLICY: &str = r#"
+        [prices]
+        warm = 0.03
+
+        [[rule]]
+        name = "archive"
+        min_age = "180d"
+        max_reads_per_day = 1
+        target = "cold"
+        bucket = "archive"
+
+        [[encode]]
+        name = "shards"
+        collection = "photos"
+        min_age = "30d"
+        max_reads_per_day = 100
+        code = "6+3"
+    "#;
+
+    fn status(id: u32, tier: ProtoTier, sealed_days_ago: u64, reads: f64) -> VolumeStatus {
+        VolumeStatus {
+            volume_id: id,
+            tier: tier as i32,
+            sealed: true,
+            sealed_at: NOW - sealed_days_ago * DAY,
+            reads_per_day: reads,
+            read_stats_seconds: 7 * DAY,
+            file_bytes: 600_000_000,
+            live_bytes: 600_000_000,
+            collection: "photos".into(),
+            ..VolumeStatus::default()
+        }
+    }
+
+    /// A volume with three copies on `tiers`.
+    fn replicated(id: u32, tiers: [ProtoTier; 3], sealed_days_ago: u64) -> VolumeRecord {
+        VolumeRecord {
+            status: Some(status(id, tiers[0], sealed_days_ago, 1.0)),
+            state: VolumeState::Sealed as i32,
+            server_id: "s0".into(),
+            replication: 3,
+            health: hayloft_proto::VolumeHealth::Ok as i32,
+            replicas: tiers
+                .iter()
+                .enumerate()
+                .map(|(i, tier)| Replica {
+                    location: Some(ServerLocation {
+                        server_id: format!("s{i}"),
+                        ..ServerLocation::default()
+                    }),
+                    health: ReplicaHealth::Ok as i32,
+                    status: Some(status(id, *tier, sealed_days_ago, 1.0)),
+                    ..Replica::default()
+                })
+                .collect(),
+            ..VolumeRecord::default()
+        }
+    }
+
+    #[test]
+    fn warm_sealed_volumes_old_enough_are_encoded_and_the_plan_counts_the_shards() {
+        let policy = Policy::parse(POLICY).unwrap();
+        let warm = [ProtoTier::Warm; 3];
+        let mut archived = replicated(4, warm, 200);
+        for replica in &mut archived.replicas {
+            replica.status.as_mut().unwrap().reads_per_day = 0.0;
+        }
+        let volumes = vec![
+            replicated(1, warm, 40), // encoded
+            replicated(2, warm, 10), // too young
+            replicated(3, [ProtoTier::Warm, ProtoTier::Hot, ProtoTier::Warm], 40), // a copy not warm
+            archived, // unread: archived first
+        ];
+        let plan = plan(&policy, &volumes, NOW);
+        let encodes: Vec<_> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Encode {
+                    volume, code, rule, ..
+                } => Some((*volume, code.as_str(), rule.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(encodes, vec![(1, "6+3", "shards")]);
+        assert!(
+            plan.actions.iter().any(|a| matches!(
+                a,
+                Action::Move {
+                    volume: 4,
+                    to: Tier::Cold,
+                    ..
+                }
+            )),
+            "{:?}",
+            plan.actions
+        );
+        // Volume 1's three copies (1.8 GB) become 1.5x its 0.6 GB.
+        assert_eq!(stored_bytes("6+3", 600_000_000), 900_000_000);
+        let alone = crate::policy::plan(&policy, &[replicated(1, warm, 40)], NOW);
+        assert_eq!(alone.before["warm"], 3 * 600_000_000);
+        assert_eq!(alone.after["warm"], 900_000_000);
+    }
+
+    #[test]
+    fn a_busy_or_unhealthy_volume_or_another_collection_is_not_encoded() {
+        let policy = Policy::parse(POLICY).unwrap();
+        let warm = [ProtoTier::Warm; 3];
+        let mut busy = replicated(1, warm, 40);
+        for replica in &mut busy.replicas {
+            replica.status.as_mut().unwrap().reads_per_day = 50.0;
+        }
+        let mut degraded = replicated(2, warm, 40);
+        degraded.health = hayloft_proto::VolumeHealth::Degraded as i32;
+        let mut other = replicated(3, warm, 40);
+        for replica in &mut other.replicas {
+            replica.status.as_mut().unwrap().collection = "logs".into();
+        }
+        let plan = plan(&policy, &[busy, degraded, other], NOW);
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    }
+
+    #[test]
+    fn an_erasure_coded_volume_is_left_alone_even_with_copies_left_over() {
+        let policy = Policy::parse(POLICY).unwrap();
+        // Old and unread: the archive rule would move it to cold.
+        let mut record = replicated(7, [ProtoTier::Warm; 3], 400);
+        record.erasure = Some(ErasureHolders {
+            volume_id: 7,
+            code: "6+3".into(),
+            holders: Vec::new(),
+        });
+        let plan = plan(&policy, &[record], NOW);
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.before["warm"], 900_000_000);
+        assert_eq!(plan.after["warm"], 900_000_000);
+    }
+
+    #[test]
+    fn a_bad_code_in_an_encode_rule_is_refused_with_its_name() {
+        let error = Policy::parse("[[encode]]\nname = \"x\"\ncode = \"10-4\"\n").unwrap_err();
+        assert!(error.to_string().contains("encode rule \"x\""), "{error}");
+    }
+}
