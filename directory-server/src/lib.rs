@@ -15,11 +15,13 @@
 //! - `db`: the persistence in RocksDB (schema in the module docs).
 //! - `service`: the `hayloft.v1.Directory` gRPC service.
 //! - [`placement`]: which servers hold a volume's copies.
-//! - [`erasure`]: erasure-coded volumes: where their shards go.
+//! - [`erasure`]: erasure-coded volumes: where their shards go, their
+//!   encode, lost shards rebuilt, orphan shards dropped.
 //! - [`repair`]: brings degraded volumes back to all their copies.
 //! - `history`: records the capacity history.
 //!
-//! Background jobs (the repair loop, the capacity history) are
+//! Background jobs (the repair loop, the shard worker, the capacity
+//! history) are
 //! `hayloft_proto::background` workers, listed by `hayloft status`.
 //!
 //! Dependencies between them go one way: `replicated` <- `cluster` <-
@@ -450,15 +452,16 @@ impl Directory {
             .ec_code
             .parse::<hayloft_storage::erasure::Code>()
             .map_err(|e| Error::Config(format!("ec_code: {e}")))?;
+        let settings = repair::RepairSettings {
+            repair_after: self.config.repair_after,
+            max_per_server: self.config.max_repairs_per_server.max(1),
+            bytes_per_sec: self.config.repair_rate.as_u64(),
+            credential: self.auth.credential.clone(),
+        };
         let service = DirectoryService::new(
             Arc::clone(&self.cluster),
             Arc::clone(&repairs),
-            repair::RepairSettings {
-                repair_after: self.config.repair_after,
-                max_per_server: self.config.max_repairs_per_server.max(1),
-                bytes_per_sec: self.config.repair_rate.as_u64(),
-                credential: self.auth.credential.clone(),
-            },
+            settings.clone(),
             self.config.pulse.as_secs().max(1) as u32,
             self.config.min_writable_volumes,
         )
@@ -471,6 +474,7 @@ impl Directory {
         .with_raft(self.raft.clone())
         .with_ec_code(ec_code)
         .with_workers(workers.registry());
+        let encoding = service.encoding();
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let tls_watch = self
             .tls
@@ -500,12 +504,13 @@ impl Directory {
         workers.spawn(repair::RepairWorker::new(
             Arc::clone(&self.cluster),
             repairs,
-            repair::RepairSettings {
-                repair_after: self.config.repair_after,
-                max_per_server: self.config.max_repairs_per_server.max(1),
-                bytes_per_sec: self.config.repair_rate.as_u64(),
-                credential: self.auth.credential.clone(),
-            },
+            settings.clone(),
+            self.config.pulse.max(Duration::from_millis(200)),
+        ));
+        workers.spawn(erasure::shard_worker::ShardWorker::new(
+            Arc::clone(&self.cluster),
+            encoding,
+            settings,
             self.config.pulse.max(Duration::from_millis(200)),
         ));
         let served = tonic::transport::Server::builder()

@@ -15,6 +15,9 @@
 //!   back with shards lost; shards that arrive wrong are never kept.
 //! - `erasure_heal`: rebuild of a wiped holder, delete journals caught up,
 //!   shard scrub.
+//! - `erasure_rebuild`: the directory rebuilds a lost holder's shard on
+//!   another server, drops the orphan shard it comes back with, and
+//!   resumes a rebuild across its own restart.
 //! - `encode_volume`: the directory's `EncodeVolume` on five servers:
 //!   plan, dry run, refusals, layout, copies removed, lookups, shards.
 //! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
@@ -25,6 +28,7 @@
 mod encode_volume;
 mod erasure;
 mod erasure_heal;
+mod erasure_rebuild;
 mod grpc;
 mod heartbeat;
 mod origin;
