@@ -15,13 +15,11 @@
 //! - `db`: the persistence in RocksDB (schema in the module docs).
 //! - `service`: the `hayloft.v1.Directory` gRPC service.
 //! - [`placement`]: which servers hold a volume's copies.
-//! - [`erasure`]: erasure-coded volumes: where their shards go, their
-//!   encode, lost shards rebuilt, orphan shards dropped.
+//! - [`erasure`]: erasure-coded volumes: shards placed, encoded, rebuilt.
 //! - [`repair`]: brings degraded volumes back to all their copies.
 //! - `history`: records the capacity history.
 //!
-//! Background jobs (the repair loop, the shard worker, the capacity
-//! history) are
+//! Background jobs (the repair loop, shard rebuilds, the capacity history) are
 //! `hayloft_proto::background` workers, listed by `hayloft status`.
 //!
 //! Dependencies between them go one way: `replicated` <- `cluster` <-
@@ -474,7 +472,6 @@ impl Directory {
         .with_raft(self.raft.clone())
         .with_ec_code(ec_code)
         .with_workers(workers.registry());
-        let encoding = service.encoding();
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let tls_watch = self
             .tls
@@ -509,7 +506,7 @@ impl Directory {
         ));
         workers.spawn(erasure::shard_worker::ShardWorker::new(
             Arc::clone(&self.cluster),
-            encoding,
+            service.encoding(),
             settings,
             self.config.pulse.max(Duration::from_millis(200)),
         ));
