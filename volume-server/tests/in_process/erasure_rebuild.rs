@@ -2,9 +2,10 @@
 //! six servers by `EncodeVolume`, a holder stopped past `repair_after` ->
 //! its shard rebuilt on the sixth server (digest as encoded), the layout
 //! changed, the returned holder's orphan shard dropped; then two more
-//! original holders stopped -> every blob still reads byte-identical. And
-//! a rebuild under way when the directory restarts is resumed by it on the
-//! same target.
+//! original holders stopped -> every blob still reads byte-identical. A
+//! live holder whose disk was wiped has its shard rebuilt elsewhere from
+//! its own report. A rebuild under way when the directory restarts is
+//! resumed by it on the same target.
 
 #![allow(clippy::unwrap_used)]
 
@@ -228,4 +229,34 @@ async fn a_rebuild_under_way_when_the_directory_restarts_is_resumed_on_the_same_
             .unwrap();
     }
     every_blob_reads(&started, server_index(&holders[3]), &blobs, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_holder_whose_shard_is_gone_has_it_rebuilt_elsewhere() {
+    // repair_after is long: only the holder's own report can start this.
+    let mut started = six_servers(Duration::from_secs(3600), 0).await;
+    let (volume, blobs, layout) = encoded_volume(&started).await;
+    let wiped = server_index(&layout.holders[1]);
+    // A disk wiped under a live server: it comes back holding nothing.
+    started.cluster.stop_volume(wiped).await.unwrap();
+    let dir = ec_dir(&started.cluster, wiped);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.starts_with(&format!("{volume}.ec")) {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    started.cluster.start_volume(wiped).await.unwrap();
+    let moved = eventually(
+        Duration::from_secs(60),
+        "shard 1 rebuilt elsewhere",
+        || async {
+            let holders = holders_now(&started, volume).await?;
+            (holders[1] != layout.holders[1]).then_some(holders)
+        },
+    )
+    .await;
+    assert!(!layout.holders.contains(&moved[1]), "{moved:?}");
+    every_blob_reads(&started, server_index(&moved[1]), &blobs, true).await;
 }
