@@ -102,18 +102,14 @@ impl ClusterBuilder {
         directory_config.listen = any_port();
         directory_config.data_dir = root.join("directory");
         directory_config.metrics_listen = None;
-        let directory = Directory::bind(directory_config)
-            .await
-            .map_err(Error::Directory)?;
-        let directory_addr = directory.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(directory.serve(async {
-            let _ = stopped.await;
-        }));
+        let (directory_addr, running) = serve_directory(directory_config.clone()).await?;
+        // A restart binds the same address (the volume servers know it).
+        directory_config.listen = directory_addr;
         let mut cluster = Cluster {
             root: root.to_owned(),
             directory_addr,
-            directory: Some((stop, task)),
+            directory_config,
+            directory: Some(running),
             volumes: (0..self.volume_servers).map(|_| None).collect(),
             volume_setup: self.volume,
         };
@@ -154,12 +150,28 @@ impl VolumeNode {
 pub struct Cluster {
     root: PathBuf,
     directory_addr: SocketAddr,
-    directory: Option<(
-        oneshot::Sender<()>,
-        JoinHandle<hayloft_directory::Result<()>>,
-    )>,
+    /// The directory's config, its address bound (for a restart).
+    directory_config: DirectoryConfig,
+    directory: Option<RunningDirectory>,
     volumes: Vec<Option<VolumeNode>>,
     volume_setup: VolumeSetup,
+}
+
+/// A directory serving: its stop signal and its task.
+type RunningDirectory = (
+    oneshot::Sender<()>,
+    JoinHandle<hayloft_directory::Result<()>>,
+);
+
+/// Binds and serves a directory on a task of its own.
+async fn serve_directory(config: DirectoryConfig) -> Result<(SocketAddr, RunningDirectory), Error> {
+    let directory = Directory::bind(config).await.map_err(Error::Directory)?;
+    let addr = directory.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(directory.serve(async {
+        let _ = stopped.await;
+    }));
+    Ok((addr, (stop, task)))
 }
 
 fn any_port() -> SocketAddr {
@@ -306,6 +318,18 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// Stops the directory cleanly and starts it again on the same address
+    /// and database (volume servers carry on and find it again).
+    pub async fn restart_directory(&mut self) -> Result<(), Error> {
+        if let Some((stop, task)) = self.directory.take() {
+            let _ = stop.send(());
+            task.await?.map_err(Error::Directory)?;
+        }
+        let (_, running) = serve_directory(self.directory_config.clone()).await?;
+        self.directory = Some(running);
+        Ok(())
     }
 
     /// Stops every volume server, then the directory (the order of

@@ -395,10 +395,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 shown_state(volume).to_owned()
             },
             &if volume.repairing {
-                format!(
-                    "repairing {}%",
-                    (volume.repair_progress * 100.0).floor().min(99.0) as u32
-                )
+                let percent = (volume.repair_progress * 100.0).floor().min(99.0) as u32;
+                if volume.repair_kind == "rebuild-shard" {
+                    format!("rebuild s{} {percent}%", volume.repair_shard)
+                } else {
+                    format!("repairing {percent}%")
+                }
             } else {
                 health_name(volume.health).to_owned()
             },
@@ -664,6 +666,8 @@ pub fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value 
                 "repair_progress": v.repair_progress,
                 "repair_target": v.repair_target,
                 "repair_started_at": v.repair_started_at,
+                "repair_kind": v.repair_kind,
+                "repair_shard": v.repair_shard,
                 "replication": v.replication,
                 "replicas": replicas, "needles": stats.needles,
                 "file_bytes": stats.file_bytes, "garbage_bytes": stats.garbage_bytes,

@@ -168,11 +168,13 @@ pub struct RepairJobRow {
     /// The server whose copy is made whole (or made).
     #[prost(string, tag = "2")]
     pub target: String,
-    /// What the repair does: `catch-up`, `replace`, `add`, `catch-up-cold`
-    /// or `replace-cold`.
+    /// What the repair does: `catch-up`, `replace`, `add`, `catch-up-cold`,
+    /// `replace-cold`, `move`, or `rebuild-shard` (a shard of an
+    /// erasure-coded volume rebuilt on `target`).
     #[prost(string, tag = "3")]
     pub kind: String,
-    /// For `replace` and `replace-cold`: the server whose copy is lost.
+    /// For `replace` and `replace-cold`: the server whose copy is lost;
+    /// for `rebuild-shard`, the holder whose shard is lost.
     #[prost(string, tag = "4")]
     pub lost: String,
     /// Unix seconds when the first leader started it.
@@ -181,6 +183,10 @@ pub struct RepairJobRow {
     /// The term of the leader that started it.
     #[prost(uint64, tag = "6")]
     pub term: u64,
+    /// For `rebuild-shard`: the shard's index (rows written before have
+    /// none: 0, and no other kind reads it).
+    #[prost(uint32, tag = "7")]
+    pub shard: u32,
 }
 
 impl RepairJobRow {

@@ -15,11 +15,11 @@
 //! - `db`: the persistence in RocksDB (schema in the module docs).
 //! - `service`: the `hayloft.v1.Directory` gRPC service.
 //! - [`placement`]: which servers hold a volume's copies.
-//! - [`erasure`]: erasure-coded volumes: where their shards go.
+//! - [`erasure`]: erasure-coded volumes: shards placed, encoded, rebuilt.
 //! - [`repair`]: brings degraded volumes back to all their copies.
 //! - `history`: records the capacity history.
 //!
-//! Background jobs (the repair loop, the capacity history) are
+//! Background jobs (the repair loop, shard rebuilds, the capacity history) are
 //! `hayloft_proto::background` workers, listed by `hayloft status`.
 //!
 //! Dependencies between them go one way: `replicated` <- `cluster` <-
@@ -450,15 +450,16 @@ impl Directory {
             .ec_code
             .parse::<hayloft_storage::erasure::Code>()
             .map_err(|e| Error::Config(format!("ec_code: {e}")))?;
+        let settings = repair::RepairSettings {
+            repair_after: self.config.repair_after,
+            max_per_server: self.config.max_repairs_per_server.max(1),
+            bytes_per_sec: self.config.repair_rate.as_u64(),
+            credential: self.auth.credential.clone(),
+        };
         let service = DirectoryService::new(
             Arc::clone(&self.cluster),
             Arc::clone(&repairs),
-            repair::RepairSettings {
-                repair_after: self.config.repair_after,
-                max_per_server: self.config.max_repairs_per_server.max(1),
-                bytes_per_sec: self.config.repair_rate.as_u64(),
-                credential: self.auth.credential.clone(),
-            },
+            settings.clone(),
             self.config.pulse.as_secs().max(1) as u32,
             self.config.min_writable_volumes,
         )
@@ -500,12 +501,13 @@ impl Directory {
         workers.spawn(repair::RepairWorker::new(
             Arc::clone(&self.cluster),
             repairs,
-            repair::RepairSettings {
-                repair_after: self.config.repair_after,
-                max_per_server: self.config.max_repairs_per_server.max(1),
-                bytes_per_sec: self.config.repair_rate.as_u64(),
-                credential: self.auth.credential.clone(),
-            },
+            settings.clone(),
+            self.config.pulse.max(Duration::from_millis(200)),
+        ));
+        workers.spawn(erasure::shard_worker::ShardWorker::new(
+            Arc::clone(&self.cluster),
+            service.encoding(),
+            settings,
             self.config.pulse.max(Duration::from_millis(200)),
         ));
         let served = tonic::transport::Server::builder()

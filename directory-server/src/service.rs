@@ -124,6 +124,12 @@ impl DirectoryService {
         }
     }
 
+    /// The volumes this node is encoding (the shard worker leaves them
+    /// alone).
+    pub fn encoding(&self) -> Arc<crate::erasure::encode::Encoding> {
+        Arc::clone(&self.encoding)
+    }
+
     /// `EncodeVolume` uses `code` when the request names none.
     pub fn with_ec_code(mut self, code: hayloft_storage::erasure::Code) -> Self {
         self.ec_code = code;

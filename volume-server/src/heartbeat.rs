@@ -22,7 +22,33 @@ fn request(store: &Store, tiering: &Tiering, server: &ServerLocation) -> Heartbe
         keyring_problem: String::new(),
         // Filled in by the worker (it holds the registry).
         workers: Vec::new(),
+        erasure_shards: erasure_shards(store),
+        erasure_reported: true,
     }
+}
+
+/// The shards of every erasure-coded volume held here: those served, and
+/// those found damaged when the volume was opened (for the directory's
+/// rebuilds and orphan removal).
+fn erasure_shards(store: &Store) -> Vec<hayloft_proto::ErasureShards> {
+    store
+        .erasure_volumes()
+        .iter()
+        .map(|volume| {
+            let held = volume.held();
+            hayloft_proto::ErasureShards {
+                volume_id: volume.id().0,
+                held: held.iter().map(|shard| u32::from(*shard)).collect(),
+                // A damaged shard rebuilt here since is held.
+                damaged: volume
+                    .damaged()
+                    .iter()
+                    .filter(|(shard, _)| !held.contains(shard))
+                    .map(|(shard, _)| u32::from(*shard))
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// What the heartbeat task reports and to whom.

@@ -150,8 +150,8 @@ impl Cluster {
     }
 
     /// Every shard holder of `row` (once each, in shard order) with its
-    /// health: down if its server is, ok otherwise (a holder's shards are
-    /// not in its heartbeats: what it holds is the layout's word).
+    /// health: down if its server is, ok otherwise (a shard its holder
+    /// reports missing is the shard worker's to rebuild elsewhere).
     pub(super) fn holder_replicas(&self, inner: &Inner, row: &VolumeRow) -> Vec<Replica> {
         let Some(layout) = &row.erasure else {
             return Vec::new();

@@ -171,8 +171,8 @@ impl Cluster {
 
     /// Every replicated volume as repair sees it (`all`), or only the
     /// degraded ones. Erasure-coded volumes are not repaired by copying
-    /// (their copies are leaving; rebuilding a lost shard is not built
-    /// yet), so they are left out.
+    /// (their copies are leaving; lost shards are rebuilt by the shard
+    /// worker, `erasure::shard_worker`), so they are left out.
     pub fn volume_views(&self, all: bool) -> Vec<RepairView> {
         let inner = self.inner.lock();
         let now = unix_now();

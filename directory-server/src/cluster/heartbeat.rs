@@ -128,6 +128,9 @@ impl Cluster {
                 }
             }
             inner.reported.insert(server_id.clone(), reported);
+            if request.erasure_reported {
+                Self::record_shards(inner, &server_id, request.erasure_shards, now);
+            }
             inner.suspects.remove(&server_id);
         }
         for command in commands {

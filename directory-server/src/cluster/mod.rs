@@ -11,7 +11,8 @@
 //!
 //! The rooms, each an `impl Cluster` over the same state: `assign` (ids and
 //! new volumes), `erasure` (erasure-coded volumes), `heartbeat`, `health` (each copy's and volume's), `repairs`
-//! (repair jobs, replica sets, extra copies), `revoke` (revoked tokens),
+//! (repair jobs, replica sets, extra copies), `revoke` (revoked tokens), `shards`
+//! (shards as servers report them: rebuilds, orphans),
 //! `report` (status, capacity, gauges), `group` (proposing through Raft,
 //! leadership, the state machine's entry points). The replicated state and
 //! its apply function are in [`crate::replicated`], free of Raft; the
@@ -26,6 +27,7 @@ mod heartbeat;
 mod repairs;
 mod report;
 mod revoke;
+mod shards;
 #[cfg(test)]
 pub(crate) mod solo;
 #[cfg(test)]
@@ -93,6 +95,8 @@ struct Inner {
     /// in flight: heartbeats may report them before they are registered.
     creating: HashSet<VolumeId>,
     round_robin: usize,
+    /// Soft state: the shards each server reported, and what follows.
+    shards: shards::ShardState,
     /// The term whose leadership the soft state was set up for.
     led_term: u64,
     /// Unix seconds when this node's soft state was set up for `led_term`.
@@ -112,6 +116,7 @@ impl Inner {
             problems: BTreeMap::new(),
             creating: HashSet::new(),
             round_robin: 0,
+            shards: shards::ShardState::default(),
             led_term: 0,
             led_at: 0,
         }

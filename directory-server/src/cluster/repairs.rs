@@ -48,9 +48,15 @@ impl Cluster {
     }
 
     /// How far the copy on `target` is: its live bytes over those of the
-    /// fullest other local copy, as heartbeats last reported them (0..1).
+    /// fullest other local copy, as heartbeats last reported them (0..1);
+    /// for a shard rebuild running on this node, its bytes written over
+    /// the shard's.
     pub fn repair_progress(&self, volume_id: VolumeId, target: &str) -> f64 {
         let inner = self.inner.lock();
+        // A shard rebuild: its bytes written over the shard's.
+        if let Some(progress) = Self::shard_rebuild_progress(&inner, volume_id) {
+            return progress;
+        }
         let live = |server: &str| {
             inner
                 .reported

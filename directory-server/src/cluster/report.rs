@@ -48,6 +48,8 @@ impl Cluster {
                 repair_target: job.map(|j| j.target.clone()).unwrap_or_default(),
                 repair_started_at: job.map_or(0, |j| j.started_at),
                 erasure: Self::erasure_holders(&inner, e),
+                repair_kind: job.map(|j| j.kind.clone()).unwrap_or_default(),
+                repair_shard: job.map_or(0, |j| j.shard),
             })
             .collect();
         // A problem older than a few pulses was about servers that may have
@@ -59,6 +61,7 @@ impl Cluster {
             .filter(|(at, _)| *at >= recent)
             .map(|(_, reason)| reason.clone())
             .collect();
+        problems.extend(Self::shard_problems(&inner));
         // Servers whose key ring did not reload: a key removed from the
         // file (a revocation) still verifies there.
         for server in servers

@@ -68,6 +68,8 @@ fn heartbeat_of(server: &str, volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
         free_warm_bytes: 1 << 40,
         keyring_problem: String::new(),
         workers: Vec::new(),
+        erasure_shards: Vec::new(),
+        erasure_reported: true,
     }
 }
 
@@ -252,6 +254,7 @@ async fn repair_jobs_are_replicated_state_and_end_only_for_their_target() {
         lost: "vs0".into(),
         started_at: 1_700_000_000,
         term: 0,
+        shard: 0,
     };
     // No job for a volume the map does not hold.
     assert!(
@@ -424,3 +427,5 @@ async fn an_extra_copy_is_kept_if_its_volume_lost_a_copy_since_the_list_was_made
     assert!(!cluster.still_removable(volume, "vs1"));
     assert!(cluster.removable_extras().is_empty());
 }
+
+mod shards;

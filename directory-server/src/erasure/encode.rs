@@ -52,6 +52,11 @@ pub struct EncodingGuard {
 }
 
 impl Encoding {
+    /// True while this node encodes `volume`.
+    pub fn contains(&self, volume: VolumeId) -> bool {
+        self.0.lock().contains(&volume)
+    }
+
     /// Marks `volume` as being encoded, or refuses if it already is.
     pub fn start(self: &Arc<Self>, volume: VolumeId) -> Result<EncodingGuard> {
         if !self.0.lock().insert(volume) {

@@ -106,6 +106,7 @@ mod tests {
             lost: lost.into(),
             started_at: 1,
             term: 1,
+            shard: 0,
         };
         let lost = view(
             2,

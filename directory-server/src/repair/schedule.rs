@@ -232,7 +232,10 @@ impl Worker for RepairWorker {
             .collect();
         let settled = cluster.settled();
         for job in cluster.repair_jobs() {
-            if repairs.is_running(job.volume_id()) {
+            // Shard rebuilds are the shard worker's (`erasure::shard_worker`).
+            if repairs.is_running(job.volume_id())
+                || job.kind == crate::erasure::rebuild::REBUILD_KIND
+            {
                 continue;
             }
             // A repair job of a volume that is whole again ends (a move's

@@ -16,4 +16,4 @@ mod rebuild;
 
 pub use encode::{EncodeRequest, encode};
 pub use read::{ErasureReads, PIECE_TIMEOUT, Served};
-pub use rebuild::{JournalSync, RebuildRequest, ShardScrub, rebuild};
+pub use rebuild::{JournalSync, RebuildRequest, Rebuilding, ShardScrub, rebuild};

@@ -58,6 +58,41 @@ pub struct RebuildRequest {
     pub rate: u64,
 }
 
+/// The shards being rebuilt on this server: a second `EcRebuild` of one
+/// while the first runs (a directory that restarted and resumes its job)
+/// is refused, as two writers of one temp file would mix their bytes.
+#[derive(Debug, Default)]
+pub struct Rebuilding(parking_lot::Mutex<HashSet<(VolumeId, u8)>>);
+
+/// Holds a shard in [`Rebuilding`] until dropped.
+#[derive(Debug)]
+pub struct RebuildingGuard {
+    rebuilding: Arc<Rebuilding>,
+    shard: (VolumeId, u8),
+}
+
+impl Rebuilding {
+    /// Marks shard `shard` of `volume` as being rebuilt here; ABORTED if
+    /// it already is.
+    pub fn start(self: &Arc<Self>, volume: VolumeId, shard: u8) -> Result<RebuildingGuard, Status> {
+        if !self.0.lock().insert((volume, shard)) {
+            return Err(Status::aborted(format!(
+                "a rebuild of shard {shard} of volume {volume} is under way here: try again once it ends"
+            )));
+        }
+        Ok(RebuildingGuard {
+            rebuilding: Arc::clone(self),
+            shard: (volume, shard),
+        })
+    }
+}
+
+impl Drop for RebuildingGuard {
+    fn drop(&mut self) {
+        self.rebuilding.0.lock().remove(&self.shard);
+    }
+}
+
 /// Rebuilds a shard here (steps above), fetching the volume's files from
 /// the request's source if this server does not hold it yet.
 pub async fn rebuild(

@@ -340,6 +340,7 @@ impl VolumeService {
     ) -> Result<Response<RebuildStream>, Status> {
         let request = request.into_inner();
         let shard = shard_index(request.shard)?;
+        let guard = self.rebuilding.start(VolumeId(request.volume_id), shard)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let store = Arc::clone(&self.store);
         let replication = Arc::clone(&self.replication);
@@ -356,6 +357,7 @@ impl VolumeService {
             };
             let result =
                 crate::erasure::rebuild(store, (replication, reads), job, tx.clone()).await;
+            drop(guard);
             heartbeat_now.notify_one();
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;

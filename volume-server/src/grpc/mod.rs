@@ -96,6 +96,8 @@ pub struct VolumeService {
     skew: std::time::Duration,
     /// Reads of erasure-coded volumes held here (shared with HTTP).
     erasure: Arc<crate::erasure::ErasureReads>,
+    /// Shards being rebuilt here (one rebuild of a shard at a time).
+    rebuilding: Arc<crate::erasure::Rebuilding>,
 }
 
 /// The limits a [`VolumeService`] applies.
@@ -465,6 +467,7 @@ impl VolumeService {
         VolumeService {
             disk,
             erasure: Arc::new(crate::erasure::ErasureReads::new(Arc::clone(&replication))),
+            rebuilding: Arc::default(),
             store,
             max_upload_bytes: limits.max_upload_bytes,
             compaction_rate: limits.compaction_rate,

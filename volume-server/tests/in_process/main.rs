@@ -19,6 +19,9 @@
 //!   its policy's encode rule, then leaves it alone.
 //! - `erasure_handoff`: a copy replaced by shards hands its deletes to the
 //!   holders before its files go, or is kept.
+//! - `erasure_rebuild`: the directory rebuilds a lost holder's shard on
+//!   another server, drops the orphan shard it comes back with, and
+//!   resumes a rebuild across its own restart.
 //! - `encode_volume`: the directory's `EncodeVolume` on five servers:
 //!   plan, dry run, refusals, layout, copies removed, lookups, shards.
 //! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
@@ -31,6 +34,7 @@ mod erasure;
 mod erasure_handoff;
 mod erasure_heal;
 mod erasure_policy;
+mod erasure_rebuild;
 mod grpc;
 mod heartbeat;
 mod origin;
