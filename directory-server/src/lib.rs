@@ -17,6 +17,7 @@
 //! - [`placement`]: which servers hold a volume's copies.
 //! - [`erasure`]: erasure-coded volumes: where their shards go.
 //! - [`repair`]: brings degraded volumes back to all their copies.
+//! - `seal`: a writable volume sealed by hand (`SealVolume`).
 //! - `history`: records the capacity history.
 //!
 //! Background jobs (the repair loop, the capacity history) are
@@ -49,6 +50,7 @@ mod history;
 pub mod placement;
 pub mod repair;
 mod replicated;
+mod seal;
 mod service;
 
 pub use cluster::{Cluster, NEEDLE_BLOCK};
@@ -91,7 +93,8 @@ pub struct DirectoryConfig {
     /// over zones then racks. Default 1 (`hayloft server` is one node).
     pub replication: usize,
     /// Per-collection settings, `[collections.<name>]`: `replication`
-    /// overrides the default for that collection's new volumes.
+    /// overrides the default for that collection's new volumes, `ec_code`
+    /// the erasure code of its volumes.
     pub collections: std::collections::BTreeMap<String, CollectionConfig>,
     /// A copy whose server has sent no heartbeat for this long is made
     /// again on another server. Stale or missing copies on live servers
@@ -176,6 +179,9 @@ pub struct DirectoryConfig {
 pub struct CollectionConfig {
     /// Copies of each of its volumes. Default: the directory's `replication`.
     pub replication: Option<usize>,
+    /// The erasure code `EncodeVolume` uses for its volumes when the
+    /// request names none, `K+M`. Default: the directory's `ec_code`.
+    pub ec_code: Option<String>,
     /// Who may read its blobs over HTTP: `public` (anyone with the blob
     /// id, the default) or `signed` (only with a signed URL; the volume
     /// servers need a key ring).
@@ -317,6 +323,8 @@ impl Directory {
             .map(hayloft_access::tls::ServerTls::load)
             .transpose()
             .map_err(|e| Error::Config(format!("tls: {e}")))?;
+        // A bad code stops the start, naming its setting.
+        erasure::EcCodes::from_config(&config)?;
         if config.collections.contains_key("") {
             return Err(Error::Config(
                 "[collections.\"\"]: the default collection is called `default` \
@@ -445,11 +453,7 @@ impl Directory {
         let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
         let mut workers =
             hayloft_proto::background::Runner::with_registry(workers_stop, self.workers.clone());
-        let ec_code = self
-            .config
-            .ec_code
-            .parse::<hayloft_storage::erasure::Code>()
-            .map_err(|e| Error::Config(format!("ec_code: {e}")))?;
+        let ec_codes = erasure::EcCodes::from_config(&self.config)?;
         let service = DirectoryService::new(
             Arc::clone(&self.cluster),
             Arc::clone(&repairs),
@@ -469,7 +473,7 @@ impl Directory {
         )
         .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime)
         .with_raft(self.raft.clone())
-        .with_ec_code(ec_code)
+        .with_ec_codes(ec_codes)
         .with_workers(workers.registry());
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let tls_watch = self
