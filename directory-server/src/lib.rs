@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`DirectoryConfig`]: the daemon's configuration (TOML, with defaults).
+//! - [`DirectoryConfig`]: the daemon's configuration (TOML, with defaults);
+//!   `collections` its per-collection settings ([`CollectionConfig`]).
 //! - [`Directory`]: binds the gRPC port, then serves until shutdown.
 //! - `replicated`: the replicated state, the commands that change it and
 //!   its apply function over a RocksDB write batch (no Raft types).
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 mod cluster;
+mod collections;
 mod consensus;
 pub mod db;
 pub mod erasure;
@@ -54,6 +56,7 @@ mod seal;
 mod service;
 
 pub use cluster::{Cluster, NEEDLE_BLOCK};
+pub use collections::CollectionConfig;
 pub use consensus::Timing;
 pub use error::{Error, Result};
 pub use service::{DirectoryService, MAX_ASSIGN_COUNT};
@@ -171,43 +174,6 @@ pub struct DirectoryConfig {
     /// `K+M` (`K` data shards, `M` parity shards: any `M` may be lost).
     /// Default `10+4`.
     pub ec_code: String,
-}
-
-/// Settings of one collection (`[collections.<name>]` in the config).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CollectionConfig {
-    /// Copies of each of its volumes. Default: the directory's `replication`.
-    pub replication: Option<usize>,
-    /// The erasure code `EncodeVolume` uses for its volumes when the
-    /// request names none, `K+M`. Default: the directory's `ec_code`.
-    pub ec_code: Option<String>,
-    /// Who may read its blobs over HTTP: `public` (anyone with the blob
-    /// id, the default) or `signed` (only with a signed URL; the volume
-    /// servers need a key ring).
-    pub access: hayloft_access::Access,
-}
-
-impl DirectoryConfig {
-    /// The collections whose access mode is `signed`, by the names their
-    /// volumes store (`[collections.default]` is the empty name).
-    pub fn signed_collections(&self) -> Vec<String> {
-        self.collections
-            .iter()
-            .filter(|(_, c)| c.access == hayloft_access::Access::Signed)
-            .map(|(name, _)| hayloft_access::stored_collection(name).to_owned())
-            .collect()
-    }
-
-    /// Copies a new volume of `collection` (its stored name: "" is
-    /// `[collections.default]`) gets (at least 1).
-    pub fn replication_for(&self, collection: &str) -> usize {
-        self.collections
-            .get(hayloft_access::collection_name(collection))
-            .and_then(|c| c.replication)
-            .unwrap_or(self.replication)
-            .max(1)
-    }
 }
 
 impl Default for DirectoryConfig {
