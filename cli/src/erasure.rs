@@ -189,17 +189,19 @@ fn list_or_none(ids: &[String]) -> String {
     }
 }
 
-/// The plan, shard by shard, with its warnings and bytes.
+/// The plan, shard by shard, with its warnings and bytes (of the data file
+/// as its server last reported it).
 fn print_plan(plan: &EncodePlan, dry_run: bool) {
     let source = plan.source.as_ref().map_or("?", |s| s.server_id.as_str());
     println!(
-        "volume {}: {}EC {} from the copy on {source}: {} of data -> {} in shards ({:.2}x)",
+        "volume {}: {}EC {} from the copy on {source}: {} of data -> {} in shards ({})",
         plan.volume_id,
         if dry_run { "would encode as " } else { "" },
         plan.code,
         ByteSize(plan.logical_bytes),
         ByteSize(plan.stored_bytes),
-        factor(plan.stored_bytes, plan.logical_bytes).unwrap_or(0.0),
+        factor(plan.stored_bytes, plan.logical_bytes)
+            .map_or_else(|| "-".to_owned(), |f| format!("{f:.2}x")),
     );
     for (shard, holder) in plan.holders.iter().enumerate() {
         println!(
@@ -213,8 +215,7 @@ fn print_plan(plan: &EncodePlan, dry_run: bool) {
         println!("  WARNING: {warning}");
     }
     println!(
-        "  copies {} once the layout is recorded: {}",
-        if dry_run { "to remove" } else { "removed" },
+        "  copies to remove once the layout is recorded: {}",
         list_or_none(&plan.copies)
     );
 }
@@ -262,7 +263,7 @@ impl Progress {
         if quarter > self.quarter {
             self.quarter = quarter;
             println!(
-                "volume {}: {} of {} of shards written",
+                "volume {}: {} of {} of each shard written",
                 self.volume,
                 ByteSize(done),
                 ByteSize(total)

@@ -141,12 +141,12 @@ pub fn plan(
 }
 
 /// A dry run's word on a writable volume: the plan is of the data file as
-/// it is now, and the volume must be sealed first.
+/// its server last reported it, and the volume must be sealed first.
 fn writable_warning(source: &EncodeSource) -> Option<String> {
     source.writable.then(|| {
         format!(
             "volume {} is writable: it must be sealed before it is encoded \
-             (`hayloft tier ec` seals it; the plan is of its data file as it is now)",
+             (`hayloft tier ec` seals it; the plan is of its data file as last reported)",
             source.volume_id
         )
     })
