@@ -1,6 +1,6 @@
 //! The client commands: `put`, `get`, `rm`, `status`.
 //!
-//! Why one file of ~620 lines: `put`, `get`, `rm` and `status` share the
+//! Why one file of ~710 lines: `put`, `get`, `rm` and `status` share the
 //! connection arguments and the status printer; most of the length is
 //! `--help` text and the human/JSON status output.
 
@@ -354,13 +354,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!();
     println!("VOLUMES");
     println!(
-        "{:>6} {:<12} {:<5} {:<12} {:<10} {:<13} {:<24} {:>9} {:>11} {:>11} {:>8} {:>10}",
+        "{:>6} {:<12} {:<5} {:<12} {:<10} {:<13} {:<9} {:<24} {:>9} {:>11} {:>11} {:>8} {:>10}",
         "ID",
         "COLLECTION",
         "TIER",
         "CLASS",
         "STATE",
         "HEALTH",
+        "LAYOUT",
         "REPLICAS",
         "NEEDLES",
         "SIZE",
@@ -376,7 +377,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             0.0
         };
         println!(
-            "{:>6} {:<12} {:<5} {:<12} {:<10} {:<13} {:<24} {:>9} {:>11} {:>11} {:>7.1}% {:>10.0}",
+            "{:>6} {:<12} {:<5} {:<12} {:<10} {:<13} {:<9} {:<24} {:>9} {:>11} {:>11} {:>7.1}% {:>10.0}",
             stats.volume_id,
             hayloft_access::collection_name(&stats.collection),
             tier_name(stats.tier),
@@ -404,6 +405,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             } else {
                 health_name(volume.health).to_owned()
             },
+            crate::erasure::layout_text(volume),
             replicas_text(volume),
             stats.needles,
             ByteSize(stats.file_bytes).to_string(),
@@ -423,6 +425,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         status.volumes.len(),
         status.replication.max(1)
     );
+    crate::erasure::print_factor(&status);
     print_jobs(&status);
     Ok(())
 }
@@ -489,7 +492,8 @@ fn print_jobs(status: &hayloft_proto::StatusResponse) {
     }
 }
 
-fn site(name: &str) -> &str {
+/// A zone or rack as shown (`default` for none).
+pub fn site(name: &str) -> &str {
     if name.is_empty() { "default" } else { name }
 }
 
@@ -512,7 +516,12 @@ fn replica_health_name(health: i32) -> &'static str {
 }
 
 /// "vs0,vs1,vs2(down)": every copy, with the health of the unhealthy ones.
+/// The copies of a volume (with their health if not ok), or the holders of
+/// an erasure-coded volume's shards, shard by shard.
 fn replicas_text(volume: &hayloft_proto::VolumeRecord) -> String {
+    if let Some(holders) = crate::erasure::holders(volume) {
+        return holders.join(",");
+    }
     if volume.replicas.is_empty() {
         return volume.server_id.clone();
     }
@@ -670,6 +679,8 @@ pub fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value 
                 "repair_shard": v.repair_shard,
                 "replication": v.replication,
                 "replicas": replicas, "needles": stats.needles,
+                "layout": crate::erasure::layout_json(v),
+                "stored_bytes": v.stored_bytes, "logical_bytes": v.logical_bytes,
                 "file_bytes": stats.file_bytes, "garbage_bytes": stats.garbage_bytes,
                 "compacting": stats.compacting,
                 "compaction_progress": if stats.compacting {
@@ -685,6 +696,7 @@ pub fn status_json(status: &hayloft_proto::StatusResponse) -> serde_json::Value 
         "problems": status.problems,
         "under_replicated": status.volumes.iter().filter(|v| v.health != VolumeHealth::Ok as i32).count(),
         "below_spread": status.below_spread,
+        "replication_factor": crate::erasure::factor_json(status),
         "servers": servers,
         "volumes": volumes,
         "jobs": jobs(status)

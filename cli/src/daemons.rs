@@ -243,6 +243,10 @@ mod tests {
         assert_eq!(directory.replication_for("photos"), 3);
         assert_eq!(directory.replication_for("thumbnails"), 2);
         assert_eq!(directory.signed_collections(), ["private"]);
+        // Erasure codes: the default, and thumbnails' own.
+        let codes = hayloft_directory::erasure::EcCodes::from_config(&directory).unwrap();
+        assert_eq!(codes.for_collection("photos").to_string(), "10+4");
+        assert_eq!(codes.for_collection("thumbnails").to_string(), "6+3");
         let volume: VolumeServerConfig =
             load_config(Some(&root.join("volume.example.toml"))).unwrap();
         let defaults = VolumeServerConfig::default();

@@ -17,7 +17,8 @@
 //! - [`daemons`]: the servers' configuration files, signals, and the roles
 //!   `hayloft directory` and `hayloft volume`.
 //! - The client and operator commands: [`commands`] (`put`, `get`, `rm`,
-//!   `status`), [`compact`], [`tier`], [`repair`], [`group`] (`directory
+//!   `status`), [`compact`], [`tier`] ([`erasure`]: `tier ec`, and the
+//!   layouts `status` shows), [`repair`], [`group`] (`directory
 //!   add-node` and friends), [`sign`], [`token`], [`keyring`], [`bench`].
 
 pub mod bench;
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod commands;
 pub mod compact;
 pub mod daemons;
+pub mod erasure;
 pub mod group;
 pub mod keyring;
 pub mod metrics;

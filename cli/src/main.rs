@@ -181,6 +181,11 @@ struct DirectoryArgs {
     /// racks (per-collection overrides in the config file).
     #[arg(long, env = "HAYLOFT_REPLICATION")]
     replication: Option<usize>,
+    /// The erasure code `hayloft tier ec` uses when it names none, `K+M`
+    /// (K data shards, M parity shards; default 10+4; per-collection
+    /// `ec_code` in the config file overrides it for their volumes).
+    #[arg(long, env = "HAYLOFT_EC_CODE", value_name = "K+M")]
+    ec_code: Option<hayloft_storage::erasure::Code>,
     #[command(flatten)]
     auth: AuthArgs,
     /// A copy whose server is silent this long is made again elsewhere, e.g. "10m".
@@ -418,6 +423,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(copies) = args.replication {
                     anyhow::ensure!(copies >= 1, "--replication must be at least 1");
                     config.replication = copies;
+                }
+                if let Some(code) = args.ec_code {
+                    config.ec_code = code.to_string();
                 }
                 if let Some(keyring) = args.auth.keyring.clone() {
                     config.keyring = Some(keyring);

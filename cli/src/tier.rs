@@ -1,7 +1,7 @@
 //! `hayloft tier`: plan, run and watch tier moves; restore cold volumes;
 //! run the tiering worker as its own daemon.
 //!
-//! Why one file of ~640 lines: `hayloft tier` has six subcommands sharing one
+//! Why one file of ~650 lines: `hayloft tier` has seven subcommands sharing one
 //! argument set and one plan printer; most of the length is their `clap`
 //! documentation (the `--help` text).
 
@@ -85,6 +85,11 @@ enum TierCommand {
         #[arg(long)]
         volume: u32,
     },
+    /// Erasure-code volumes by hand: seal each (if writable), print the
+    /// plan (holders, zones, warnings, bytes), encode with progress, and
+    /// say what the copies became. Goes on past a volume that fails;
+    /// exits non-zero if any did.
+    Ec(crate::erasure::EcArgs),
     /// The tiering worker as a daemon: plans and runs by the policy every interval.
     Worker {
         #[command(flatten)]
@@ -258,6 +263,7 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
             .await
         }
         TierCommand::Compact { volume } => compact_cold(&directory, volume).await,
+        TierCommand::Ec(args) => crate::erasure::tier_ec(&directory, args).await,
         TierCommand::Worker { policy, interval } => {
             let policy = load_policy(policy.policy.as_deref())?;
             println!("tiering worker: directory {directory}, every {interval}");

@@ -66,6 +66,40 @@ pub enum Error {
         /// Why not (not sealed, cold, too few servers...).
         why: String,
     },
+    /// A volume that cannot be sealed by hand, and why.
+    #[error("volume {volume} cannot be sealed: {why}")]
+    NotSealable {
+        /// The volume.
+        volume: VolumeId,
+        /// Why not (cold, moving, no live copy).
+        why: String,
+    },
+    /// A copy's server refused or failed to seal its copy: the volume takes
+    /// no new ids (the directory records it sealed), and sealing again
+    /// finishes the job.
+    #[error("sealing the copy of volume {volume} on {server} failed: {reason}")]
+    SealFailed {
+        /// The volume.
+        volume: VolumeId,
+        /// The copy's server.
+        server: String,
+        /// What it said.
+        reason: String,
+        /// The code it answered with.
+        code: tonic::Code,
+    },
+    /// The copies are sealed but have not all reported it within `waited`.
+    #[error(
+        "volume {volume} is sealed on its copies, but {waiting} did not report it within {waited:?}; ask again"
+    )]
+    SealNotReported {
+        /// The volume.
+        volume: VolumeId,
+        /// The servers that have not reported it (`vs1, vs2`).
+        waiting: String,
+        /// How long was waited.
+        waited: Duration,
+    },
     /// An erasure code that does not parse or is out of range.
     #[error("{0}")]
     BadCode(String),
@@ -241,7 +275,7 @@ impl Error {
             | Error::MalformedId(_)
             | Error::NodeWithoutAddress
             | Error::BadCode(_) => Code::InvalidArgument,
-            Error::EncodeFailed { code, .. } => *code,
+            Error::EncodeFailed { code, .. } | Error::SealFailed { code, .. } => *code,
             Error::CannotCreate(_)
             | Error::ServerUnreachable { .. }
             | Error::CreateRefused { .. }
@@ -256,6 +290,7 @@ impl Error {
             Error::Insecure(_)
             | Error::LastHealthyCopy(_)
             | Error::NotEncodable { .. }
+            | Error::NotSealable { .. }
             | Error::Refused(_)
             | Error::MemberElsewhere { .. }
             | Error::OnlyVoter(_)
@@ -263,7 +298,7 @@ impl Error {
             | Error::WrongNode { .. }
             | Error::NodeInAGroup { .. }
             | Error::MembershipBusy(_) => Code::FailedPrecondition,
-            Error::LearnerBehind { .. } => Code::DeadlineExceeded,
+            Error::LearnerBehind { .. } | Error::SealNotReported { .. } => Code::DeadlineExceeded,
             Error::Corrupt(_) => Code::DataLoss,
             Error::Db(_)
             | Error::Io(..)

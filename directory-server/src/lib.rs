@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`DirectoryConfig`]: the daemon's configuration (TOML, with defaults).
+//! - [`DirectoryConfig`]: the daemon's configuration (TOML, with defaults);
+//!   `collections` its per-collection settings ([`CollectionConfig`]).
 //! - [`Directory`]: binds the gRPC port, then serves until shutdown.
 //! - `replicated`: the replicated state, the commands that change it and
 //!   its apply function over a RocksDB write batch (no Raft types).
@@ -17,6 +18,7 @@
 //! - [`placement`]: which servers hold a volume's copies.
 //! - [`erasure`]: erasure-coded volumes: shards placed, encoded, rebuilt.
 //! - [`repair`]: brings degraded volumes back to all their copies.
+//! - `seal`: a writable volume sealed by hand (`SealVolume`).
 //! - `history`: records the capacity history.
 //!
 //! Background jobs (the repair loop, shard rebuilds, the capacity history) are
@@ -41,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 mod cluster;
+mod collections;
 mod consensus;
 pub mod db;
 pub mod erasure;
@@ -49,9 +52,11 @@ mod history;
 pub mod placement;
 pub mod repair;
 mod replicated;
+mod seal;
 mod service;
 
 pub use cluster::{Cluster, NEEDLE_BLOCK};
+pub use collections::CollectionConfig;
 pub use consensus::Timing;
 pub use error::{Error, Result};
 pub use service::{DirectoryService, MAX_ASSIGN_COUNT};
@@ -91,7 +96,8 @@ pub struct DirectoryConfig {
     /// over zones then racks. Default 1 (`hayloft server` is one node).
     pub replication: usize,
     /// Per-collection settings, `[collections.<name>]`: `replication`
-    /// overrides the default for that collection's new volumes.
+    /// overrides the default for that collection's new volumes, `ec_code`
+    /// the erasure code of its volumes.
     pub collections: std::collections::BTreeMap<String, CollectionConfig>,
     /// A copy whose server has sent no heartbeat for this long is made
     /// again on another server. Stale or missing copies on live servers
@@ -168,40 +174,6 @@ pub struct DirectoryConfig {
     /// `K+M` (`K` data shards, `M` parity shards: any `M` may be lost).
     /// Default `10+4`.
     pub ec_code: String,
-}
-
-/// Settings of one collection (`[collections.<name>]` in the config).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CollectionConfig {
-    /// Copies of each of its volumes. Default: the directory's `replication`.
-    pub replication: Option<usize>,
-    /// Who may read its blobs over HTTP: `public` (anyone with the blob
-    /// id, the default) or `signed` (only with a signed URL; the volume
-    /// servers need a key ring).
-    pub access: hayloft_access::Access,
-}
-
-impl DirectoryConfig {
-    /// The collections whose access mode is `signed`, by the names their
-    /// volumes store (`[collections.default]` is the empty name).
-    pub fn signed_collections(&self) -> Vec<String> {
-        self.collections
-            .iter()
-            .filter(|(_, c)| c.access == hayloft_access::Access::Signed)
-            .map(|(name, _)| hayloft_access::stored_collection(name).to_owned())
-            .collect()
-    }
-
-    /// Copies a new volume of `collection` (its stored name: "" is
-    /// `[collections.default]`) gets (at least 1).
-    pub fn replication_for(&self, collection: &str) -> usize {
-        self.collections
-            .get(hayloft_access::collection_name(collection))
-            .and_then(|c| c.replication)
-            .unwrap_or(self.replication)
-            .max(1)
-    }
 }
 
 impl Default for DirectoryConfig {
@@ -317,6 +289,8 @@ impl Directory {
             .map(hayloft_access::tls::ServerTls::load)
             .transpose()
             .map_err(|e| Error::Config(format!("tls: {e}")))?;
+        // A bad code stops the start, naming its setting.
+        erasure::EcCodes::from_config(&config)?;
         if config.collections.contains_key("") {
             return Err(Error::Config(
                 "[collections.\"\"]: the default collection is called `default` \
@@ -445,11 +419,7 @@ impl Directory {
         let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
         let mut workers =
             hayloft_proto::background::Runner::with_registry(workers_stop, self.workers.clone());
-        let ec_code = self
-            .config
-            .ec_code
-            .parse::<hayloft_storage::erasure::Code>()
-            .map_err(|e| Error::Config(format!("ec_code: {e}")))?;
+        let ec_codes = erasure::EcCodes::from_config(&self.config)?;
         let settings = repair::RepairSettings {
             repair_after: self.config.repair_after,
             max_per_server: self.config.max_repairs_per_server.max(1),
@@ -470,7 +440,7 @@ impl Directory {
         )
         .with_url_signing(self.keyring.clone(), self.config.signed_url_max_lifetime)
         .with_raft(self.raft.clone())
-        .with_ec_code(ec_code)
+        .with_ec_codes(ec_codes)
         .with_workers(workers.registry());
         let forgetting = self.limits.as_ref().map(|limits| limits.spawn_forgetting());
         let tls_watch = self

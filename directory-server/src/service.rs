@@ -16,8 +16,8 @@ use hayloft_proto::{
     DeleteVolumeRequest, EncodeVolumeProgress, EncodeVolumeRequest, ForgetVolumeRequest,
     ForgetVolumeResponse, HeartbeatRequest, HeartbeatResponse, LookupRequest, LookupResponse,
     PlannedRepair, RemoveReplicaRequest, RemoveReplicaResponse, RepairRequest, RepairResponse,
-    ServerLocation, SignUrlRequest, SignUrlResponse, StatusRequest, StatusResponse, Tier,
-    WorkerStatus,
+    SealVolumeRequest, SealVolumeResponse, ServerLocation, SignUrlRequest, SignUrlResponse,
+    StatusRequest, StatusResponse, Tier, WorkerStatus,
 };
 use hayloft_storage::VolumeId;
 use tonic::{Request, Response, Status};
@@ -63,8 +63,9 @@ pub struct DirectoryService {
     /// Each volume server's background jobs, from its last heartbeat: the
     /// leader's soft state, like liveness. Held only to copy in or out.
     server_workers: parking_lot::Mutex<HashMap<String, Vec<WorkerStatus>>>,
-    /// The code `EncodeVolume` uses when the request names none.
-    ec_code: hayloft_storage::erasure::Code,
+    /// The code `EncodeVolume` uses when the request names none, by the
+    /// volume's collection.
+    ec_codes: crate::erasure::EcCodes,
     /// Volumes this node is encoding now.
     encoding: Arc<crate::erasure::encode::Encoding>,
 }
@@ -84,6 +85,7 @@ pub fn needs(path: &str) -> Need {
         | "/hayloft.v1.Directory/Repair"
         | "/hayloft.v1.Directory/RemoveReplica"
         | "/hayloft.v1.Directory/EncodeVolume"
+        | "/hayloft.v1.Directory/SealVolume"
         | "/hayloft.v1.Directory/AddNode"
         | "/hayloft.v1.Directory/RemoveNode"
         | "/hayloft.v1.Directory/RevokeToken" => Need::Scope(Op::Admin),
@@ -116,10 +118,7 @@ impl DirectoryService {
             raft: None,
             workers: hayloft_proto::background::Registry::default(),
             server_workers: parking_lot::Mutex::new(HashMap::new()),
-            ec_code: hayloft_storage::erasure::Code {
-                data: 10,
-                parity: 4,
-            },
+            ec_codes: crate::erasure::EcCodes::default(),
             encoding: Arc::default(),
         }
     }
@@ -130,9 +129,10 @@ impl DirectoryService {
         Arc::clone(&self.encoding)
     }
 
-    /// `EncodeVolume` uses `code` when the request names none.
-    pub fn with_ec_code(mut self, code: hayloft_storage::erasure::Code) -> Self {
-        self.ec_code = code;
+    /// `EncodeVolume` uses `codes` (the volume's collection's code, else
+    /// the default) when the request names none.
+    pub fn with_ec_codes(mut self, codes: crate::erasure::EcCodes) -> Self {
+        self.ec_codes = codes;
         self
     }
 
@@ -609,6 +609,25 @@ impl DirectoryService {
         Ok(Response::new(ForgetVolumeResponse {}))
     }
 
+    /// Seals a volume by hand (`crate::seal`), waiting for the copies'
+    /// reports up to three pulses (ten seconds at least).
+    async fn seal_volume_inner(
+        &self,
+        request: Request<SealVolumeRequest>,
+    ) -> Result<Response<SealVolumeResponse>, Status> {
+        let volume = VolumeId(request.into_inner().volume_id);
+        let patience = std::time::Duration::from_secs(u64::from(self.pulse_seconds) * 3)
+            .max(std::time::Duration::from_secs(10));
+        let answer = crate::seal::seal_volume(
+            &self.cluster,
+            volume,
+            &self.repair_settings.credential,
+            patience,
+        )
+        .await?;
+        Ok(Response::new(answer))
+    }
+
     /// Plans the encode (refusing what cannot be encoded before any
     /// message), answers the plan, and, unless it is a dry run, runs the
     /// encode on a task of its own that streams its progress.
@@ -617,7 +636,12 @@ impl DirectoryService {
         request: Request<EncodeVolumeRequest>,
     ) -> Result<Response<EncodeVolumeStream>, Status> {
         let request = request.into_inner();
-        let planned = crate::erasure::encode::plan(&self.cluster, &request, self.ec_code)?;
+        let collection = self
+            .cluster
+            .volume_collection(VolumeId(request.volume_id))
+            .unwrap_or_default();
+        let default_code = self.ec_codes.for_collection(&collection);
+        let planned = crate::erasure::encode::plan(&self.cluster, &request, default_code)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let first = EncodeVolumeProgress {
             plan: Some(planned.plan.clone()),
@@ -672,6 +696,20 @@ pub type EncodeVolumeStream =
 #[tonic::async_trait]
 impl Directory for DirectoryService {
     type EncodeVolumeStream = EncodeVolumeStream;
+
+    async fn seal_volume(
+        &self,
+        request: Request<SealVolumeRequest>,
+    ) -> Result<Response<SealVolumeResponse>, Status> {
+        let span = request_span("seal_volume", request.metadata());
+        traced(
+            &self.cluster,
+            "seal_volume",
+            span,
+            self.seal_volume_inner(request),
+        )
+        .await
+    }
 
     async fn encode_volume(
         &self,

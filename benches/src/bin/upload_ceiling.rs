@@ -97,6 +97,12 @@ impl Volume for Null {
     ) -> Result<Response<hayloft_proto::EcDropResponse>, Status> {
         Err(Status::unimplemented("null server"))
     }
+    async fn seal_copy(
+        &self,
+        _: Request<hayloft_proto::SealCopyRequest>,
+    ) -> Result<Response<hayloft_proto::SealCopyResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
 
     async fn write(
         &self,

@@ -13,6 +13,9 @@ pub struct EncodeSource {
     pub volume_id: VolumeId,
     /// A live copy that reports the volume sealed: the one encoded.
     pub source: ServerLocation,
+    /// The volume is writable (planned by a dry run only): it must be
+    /// sealed before it is encoded.
+    pub writable: bool,
     /// Bytes of its data file, as its server last reported them.
     pub data_len: u64,
     /// Every copy (to remove once the layout is committed), with whether
@@ -42,7 +45,10 @@ impl Cluster {
     /// Checks that `volume_id` can be erasure-coded now and gathers what
     /// the encode needs: a sealed replicated volume, local (not cold, not
     /// moving), not being repaired, with a live copy reporting it sealed.
-    pub fn encode_source(&self, volume_id: VolumeId) -> Result<EncodeSource> {
+    /// With `dry_run`, a writable volume is planned too (from a live copy,
+    /// sealed or not: `hayloft tier ec` seals it before encoding), and
+    /// [`EncodeSource::writable`] says so.
+    pub fn encode_source(&self, volume_id: VolumeId, dry_run: bool) -> Result<EncodeSource> {
         let inner = self.inner.lock();
         let row = inner
             .state
@@ -60,6 +66,7 @@ impl Cluster {
         }
         match VolumeState::try_from(row.state).unwrap_or_default() {
             VolumeState::Sealed => {}
+            VolumeState::Writable | VolumeState::Unspecified if dry_run => {}
             VolumeState::Writable | VolumeState::Unspecified => {
                 return refuse("it is writable: seal it first".into());
             }
@@ -71,6 +78,7 @@ impl Cluster {
         if row.tier == Tier::Cold as i32 {
             return refuse("it is in the cold tier".into());
         }
+        let writable = row.state != VolumeState::Sealed as i32;
         if inner.state.repair_jobs.contains_key(&volume_id) {
             return refuse("a repair of it is under way".into());
         }
@@ -78,7 +86,7 @@ impl Cluster {
             let status = inner.reported.get(id)?.get(&volume_id)?;
             let local = status.tier != Tier::Cold as i32
                 && status.state != VolumeState::Moving as i32
-                && status.sealed;
+                && (status.sealed || writable);
             (local && self.replica_health(&inner, row, id) == ReplicaHealth::Ok)
                 .then(|| {
                     Some((
@@ -101,6 +109,7 @@ impl Cluster {
             .collect();
         Ok(EncodeSource {
             volume_id,
+            writable,
             source,
             data_len,
             copies,

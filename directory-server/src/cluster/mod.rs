@@ -12,7 +12,8 @@
 //! The rooms, each an `impl Cluster` over the same state: `assign` (ids and
 //! new volumes), `erasure` (erasure-coded volumes), `heartbeat`, `health` (each copy's and volume's), `repairs`
 //! (repair jobs, replica sets, extra copies), `revoke` (revoked tokens), `shards`
-//! (shards as servers report them: rebuilds, orphans),
+//! (shards as servers report them: rebuilds, orphans), `seal` (a volume
+//! sealed by hand),
 //! `report` (status, capacity, gauges), `group` (proposing through Raft,
 //! leadership, the state machine's entry points). The replicated state and
 //! its apply function are in [`crate::replicated`], free of Raft; the
@@ -27,6 +28,7 @@ mod heartbeat;
 mod repairs;
 mod report;
 mod revoke;
+mod seal;
 mod shards;
 #[cfg(test)]
 pub(crate) mod solo;
@@ -35,6 +37,7 @@ mod tests;
 
 pub use erasure::{EncodeSource, stored_bytes};
 pub use group::{Consensus, Leadership};
+pub use seal::SealStart;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

@@ -2,6 +2,41 @@
 
 use super::*;
 
+/// Bytes `row` takes on disk and in the object store, and the bytes of its
+/// data file: an erasure-coded volume's shard bodies (copies not yet removed
+/// left out: they go in moments) and the encoded file's length; a cold
+/// volume's one object; a local volume's copies (each as its server last
+/// reported it; the fullest is the logical size).
+fn footprint(inner: &Inner, row: &VolumeRow) -> (u64, u64) {
+    if let Some(layout) = &row.erasure {
+        return (super::stored_bytes(layout), layout.data_len);
+    }
+    let recorded = row.status.as_ref().map_or(0, |s| s.file_bytes);
+    if row.tier == Tier::Cold as i32
+        || row
+            .status
+            .as_ref()
+            .is_some_and(|s| s.tier == Tier::Cold as i32)
+    {
+        return (recorded, recorded);
+    }
+    let copies: Vec<u64> = row
+        .replicas
+        .iter()
+        .map(|id| {
+            inner
+                .reported
+                .get(id)
+                .and_then(|v| v.get(&row.volume_id()))
+                .map_or(recorded, |s| s.file_bytes)
+        })
+        .collect();
+    (
+        copies.iter().sum(),
+        copies.iter().copied().max().unwrap_or(recorded),
+    )
+}
+
 impl Cluster {
     /// Everything, for operators.
     pub fn status(&self) -> StatusResponse {
@@ -50,8 +85,12 @@ impl Cluster {
                 erasure: Self::erasure_holders(&inner, e),
                 repair_kind: job.map(|j| j.kind.clone()).unwrap_or_default(),
                 repair_shard: job.map_or(0, |j| j.shard),
+                stored_bytes: footprint(&inner, e).0,
+                logical_bytes: footprint(&inner, e).1,
             })
             .collect();
+        let stored_bytes = volumes.iter().map(|v| v.stored_bytes).sum();
+        let logical_bytes = volumes.iter().map(|v| v.logical_bytes).sum();
         // A problem older than a few pulses was about servers that may have
         // come since; the next creation attempt says again if not.
         let recent = unix_now().saturating_sub(self.config.dead_after.as_secs() * 4);
@@ -104,6 +143,8 @@ impl Cluster {
             erasure_logical_bytes += layout.data_len;
         }
         StatusResponse {
+            stored_bytes,
+            logical_bytes,
             erasure_stored_bytes,
             erasure_logical_bytes,
             servers,

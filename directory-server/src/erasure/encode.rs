@@ -93,7 +93,7 @@ pub fn plan(
             .map_err(|e| Error::BadCode(e.to_string()))?
     };
     let volume_id = VolumeId(request.volume_id);
-    let source = cluster.encode_source(volume_id)?;
+    let source = cluster.encode_source(volume_id, request.dry_run)?;
     let max_block = if request.max_block == 0 {
         DEFAULT_MAX_BLOCK
     } else {
@@ -124,7 +124,10 @@ pub fn plan(
         code: code.to_string(),
         source: Some(source.source.clone()),
         holders: holders.clone(),
-        warnings: shard_plan.warnings,
+        warnings: writable_warning(&source)
+            .into_iter()
+            .chain(shard_plan.warnings)
+            .collect(),
         copies: source
             .copies
             .iter()
@@ -139,6 +142,18 @@ pub fn plan(
         max_block,
         holders,
         plan,
+    })
+}
+
+/// A dry run's word on a writable volume: the plan is of the data file as
+/// its server last reported it, and the volume must be sealed first.
+fn writable_warning(source: &EncodeSource) -> Option<String> {
+    source.writable.then(|| {
+        format!(
+            "volume {} is writable: it must be sealed before it is encoded \
+             (`hayloft tier ec` seals it; the plan is of its data file as last reported)",
+            source.volume_id
+        )
     })
 }
 

@@ -1,15 +1,18 @@
 //! Erasure-coded volumes, the directory's part (issue 33): where the
 //! shards of a volume go ([`placement`]), `EncodeVolume`'s steps on the
-//! leader ([`encode`]), which lost shards to rebuild where ([`rebuild`],
-//! pure) and the worker that rebuilds them, drops orphan shards and
-//! removes copies an encode left ([`shard_worker`]).
+//! leader ([`encode`]) and which code it uses ([`codes`]), which lost
+//! shards to rebuild where ([`rebuild`], pure) and the worker that rebuilds
+//! them, drops orphan shards and removes copies an encode left
+//! ([`shard_worker`]).
 //!
 //! See ARCHITECTURE.md, "Erasure-coded volumes: encoding" and "Rebuilding
 //! lost shards".
 
+pub mod codes;
 pub mod encode;
 pub mod placement;
 pub mod rebuild;
 pub mod shard_worker;
 
+pub use codes::EcCodes;
 pub use placement::{ShardPlacementError, ShardPlan, place_shards};

@@ -16,7 +16,7 @@ pub fn needs(path: &str) -> Need {
         "Read" | "Stat" => Need::Scope(Op::Read),
         "Delete" => Need::Scope(Op::Delete),
         "CreateVolume" | "ListVolumes" | "Compact" | "MoveVolume" | "ListMoves"
-        | "DeleteVolume" => Need::Scope(Op::Admin),
+        | "DeleteVolume" | "SealCopy" => Need::Scope(Op::Admin),
         _ => Need::Scope(Op::Cluster),
     }
 }

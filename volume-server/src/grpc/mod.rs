@@ -11,8 +11,8 @@
 //! `answers` (streams of independent requests: `WriteBatch`, `Replicate`),
 //! `read`, `sync` (the RPCs of anti-entropy and repair), `erasure` (shards
 //! of erasure-coded volumes in and out), `admin` (deletes and the
-//! operators' calls); this file holds the service, its dispatch
-//! (`impl Volume`) and what every room shares.
+//! operators' calls), `seal` (a copy sealed by hand); this file holds the
+//! service, its dispatch (`impl Volume`) and what every room shares.
 
 mod admin;
 mod answers;
@@ -20,6 +20,7 @@ mod authz;
 mod erasure;
 mod handoff;
 mod read;
+mod seal;
 mod sync;
 mod write;
 
@@ -311,6 +312,14 @@ impl Volume for VolumeService {
     ) -> Result<Response<hayloft_proto::EcDropResponse>, Status> {
         let span = request_span("grpc_ec_drop", request.metadata());
         traced("grpc_ec_drop", span, self.ec_drop_inner(request)).await
+    }
+
+    async fn seal_copy(
+        &self,
+        request: Request<hayloft_proto::SealCopyRequest>,
+    ) -> Result<Response<hayloft_proto::SealCopyResponse>, Status> {
+        let span = request_span("grpc_seal_copy", request.metadata());
+        traced("grpc_seal_copy", span, self.seal_copy_inner(request)).await
     }
 
     async fn write_batch(

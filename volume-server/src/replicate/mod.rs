@@ -248,6 +248,14 @@ impl Replication {
         );
     }
 
+    /// Refuses new writes to `volume` from now on, as the directory's
+    /// next heartbeat answer will (a copy sealed by hand: `SealCopy`).
+    pub fn seal(&self, volume: u32) {
+        if let Some(replicas) = self.known.write().get_mut(&volume) {
+            replicas.sealed = true;
+        }
+    }
+
     /// Forgets a volume deleted here.
     pub fn forget(&self, volume: u32) {
         self.known.write().remove(&volume);

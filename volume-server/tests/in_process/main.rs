@@ -24,6 +24,8 @@
 //!   resumes a rebuild across its own restart.
 //! - `encode_volume`: the directory's `EncodeVolume` on five servers:
 //!   plan, dry run, refusals, layout, copies removed, lookups, shards.
+//! - `tier_ec`: `hayloft tier ec` seals a writable volume and encodes it;
+//!   status shows its layout and the replication factor.
 //! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
 //!   worker and by `MoveVolume`, reads from cold, the way back, S3 gone.
 
@@ -43,3 +45,4 @@ mod replication;
 mod s3;
 mod support;
 mod tier;
+mod tier_ec;

@@ -116,12 +116,19 @@ async fn copies_an_encode_left_leave_the_replica_set_under_a_new_leader_and_go_a
     // Out of the replica set, it is an extra the repair loop deletes.
     cluster.remove_replica(volume, "vs0").await.unwrap();
     assert!(cluster.leftover_copies(&nobody).is_empty());
-    let extras: Vec<(VolumeId, String)> = cluster
-        .removable_extras()
-        .into_iter()
-        .map(|(v, l, _)| (v, l.server_id))
+    let listed = cluster.removable_extras();
+    let extras: Vec<(VolumeId, String)> = listed
+        .iter()
+        .map(|e| (e.volume, e.location.server_id.clone()))
         .collect();
     assert_eq!(extras, [(volume, "vs0".to_owned())]);
+    // Its deletes go to every holder before it is deleted.
+    let layout = cluster.inner.lock().state.volumes[&volume]
+        .erasure
+        .clone()
+        .unwrap();
+    assert_eq!(listed[0].erasure_holders.len(), layout.holders.len());
+    assert!(listed[0].erasure_holders.iter().all(|a| !a.is_empty()));
 }
 
 #[tokio::test]
