@@ -17,7 +17,7 @@
 //! - [`daemons`]: the servers' configuration files, signals, and the roles
 //!   `hayloft directory` and `hayloft volume`.
 //! - The client and operator commands: [`commands`] (`put`, `get`, `rm`,
-//!   `status`), [`compact`], [`tier`], [`repair`], [`group`] (`directory
+//!   `status`), [`compact`], [`tier`] ([`decode`]: `tier decode`), [`repair`], [`group`] (`directory
 //!   add-node` and friends), [`sign`], [`token`], [`keyring`], [`bench`].
 
 pub mod bench;
@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod commands;
 pub mod compact;
 pub mod daemons;
+pub mod decode;
 pub mod group;
 pub mod keyring;
 pub mod metrics;

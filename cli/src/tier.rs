@@ -85,6 +85,9 @@ enum TierCommand {
         #[arg(long)]
         volume: u32,
     },
+    /// Turn erasure-coded volumes back into replicated volumes (plan first;
+    /// `--dry-run`: the plan only).
+    Decode(crate::decode::DecodeArgs),
     /// The tiering worker as a daemon: plans and runs by the policy every interval.
     Worker {
         #[command(flatten)]
@@ -255,6 +258,7 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
             .await
         }
         TierCommand::Compact { volume } => compact_cold(&directory, volume).await,
+        TierCommand::Decode(decode) => crate::decode::decode(&directory, decode).await,
         TierCommand::Worker { policy, interval } => {
             let policy = load_policy(policy.policy.as_deref())?;
             println!("tiering worker: directory {directory}, every {interval}");

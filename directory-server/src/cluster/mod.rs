@@ -10,7 +10,7 @@
 //! a node becomes leader.
 //!
 //! The rooms, each an `impl Cluster` over the same state: `assign` (ids and
-//! new volumes), `erasure` (erasure-coded volumes), `heartbeat`, `health` (each copy's and volume's), `repairs`
+//! new volumes), `erasure` (erasure-coded volumes), `decode` (their decode back to copies), `heartbeat`, `health` (each copy's and volume's), `repairs`
 //! (repair jobs, replica sets, extra copies), `revoke` (revoked tokens),
 //! `report` (status, capacity, gauges), `group` (proposing through Raft,
 //! leadership, the state machine's entry points). The replicated state and
@@ -19,6 +19,7 @@
 //! `consensus/`, or [`solo`] in unit tests).
 
 mod assign;
+mod decode;
 mod erasure;
 mod group;
 mod health;
@@ -31,6 +32,7 @@ pub(crate) mod solo;
 #[cfg(test)]
 mod tests;
 
+pub use decode::DecodeSource;
 pub use erasure::{EncodeSource, stored_bytes};
 pub use group::{Consensus, Leadership};
 

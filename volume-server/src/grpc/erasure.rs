@@ -215,7 +215,7 @@ impl VolumeService {
             .erasure(VolumeId(request.volume_id))
             .map_err(|e| grpc_status(&e, None))?;
         let needle = NeedleId(request.needle_id);
-        match blocking(move || volume.delete(needle)).await? {
+        match blocking(move || volume.delete_unfenced(needle)).await? {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(grpc_status(&e, None)),
@@ -242,7 +242,7 @@ impl VolumeService {
         let holders = self.erasure.holders_of(&volume);
         let mut missed = Vec::new();
         let local = Arc::clone(&volume);
-        match blocking(move || local.delete(blob.needle)).await? {
+        match blocking(move || local.delete_unfenced(blob.needle)).await? {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(grpc_status(&e, Some(blob))),

@@ -24,6 +24,7 @@
 
 mod encode_volume;
 mod erasure;
+mod erasure_decode;
 mod erasure_heal;
 mod grpc;
 mod heartbeat;
