@@ -87,10 +87,7 @@ pub async fn decode(directory: &str, args: DecodeArgs) -> anyhow::Result<()> {
             rate: args.rate.map_or(0, |r| r.as_u64()),
         };
         let mut stream = directories
-            .call(|mut directory| {
-                let request = request.clone();
-                async move { directory.decode_volume(request).await }
-            })
+            .call(|mut directory| async move { directory.decode_volume(request).await })
             .await
             .with_context(|| format!("decoding volume {volume}"))?;
         while let Some(message) = stream

@@ -256,8 +256,7 @@ async fn an_erasure_coded_volume_is_decoded_to_two_copies_and_its_deletes_stay_d
     }
     let built = messages
         .iter()
-        .filter(|m| m.step == "build" && m.total > 0)
-        .next_back()
+        .rfind(|m| m.step == "build" && m.total > 0)
         .unwrap();
     assert_eq!(built.done, built.total);
     let last = messages.last().unwrap();
