@@ -18,7 +18,7 @@
 //!   `hayloft directory` and `hayloft volume`.
 //! - The client and operator commands: [`commands`] (`put`, `get`, `rm`,
 //!   `status`), [`compact`], [`tier`] ([`erasure`]: `tier ec`, and the
-//!   layouts `status` shows), [`repair`], [`group`] (`directory
+//!   layouts `status` shows; [`decode`]: `tier decode`), [`repair`], [`group`] (`directory
 //!   add-node` and friends), [`sign`], [`token`], [`keyring`], [`bench`].
 
 pub mod bench;
@@ -28,6 +28,7 @@ pub mod commands;
 pub mod compact;
 pub mod daemons;
 pub mod erasure;
+pub mod decode;
 pub mod group;
 pub mod keyring;
 pub mod metrics;

@@ -90,6 +90,9 @@ enum TierCommand {
     /// say what the copies became. Goes on past a volume that fails;
     /// exits non-zero if any did.
     Ec(crate::erasure::EcArgs),
+    /// Turn erasure-coded volumes back into replicated volumes (plan first;
+    /// `--dry-run`: the plan only).
+    Decode(crate::decode::DecodeArgs),
     /// The tiering worker as a daemon: plans and runs by the policy every interval.
     Worker {
         #[command(flatten)]
@@ -264,6 +267,7 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
         }
         TierCommand::Compact { volume } => compact_cold(&directory, volume).await,
         TierCommand::Ec(args) => crate::erasure::tier_ec(&directory, args).await,
+        TierCommand::Decode(decode) => crate::decode::decode(&directory, decode).await,
         TierCommand::Worker { policy, interval } => {
             let policy = load_policy(policy.policy.as_deref())?;
             println!("tiering worker: directory {directory}, every {interval}");

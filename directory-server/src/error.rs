@@ -116,6 +116,29 @@ pub enum Error {
         /// The code it answered with.
         code: tonic::Code,
     },
+    /// A volume that cannot be decoded now, and why.
+    #[error("volume {volume} cannot be decoded: {why}")]
+    NotDecodable {
+        /// The volume.
+        volume: VolumeId,
+        /// Why not (not erasure-coded, being repaired, too few servers...).
+        why: String,
+    },
+    /// A step of a decode failed: the volume stays erasure-coded (the
+    /// staged copies were removed and the fences lifted, best effort).
+    #[error("decoding volume {volume} failed at {step} on {server}: {reason}")]
+    DecodeFailed {
+        /// The volume.
+        volume: VolumeId,
+        /// The step (`build`, `fence`, `journals`, `commit`).
+        step: &'static str,
+        /// The server that failed it ("" for the directory itself).
+        server: String,
+        /// What it said.
+        reason: String,
+        /// The code it answered with.
+        code: tonic::Code,
+    },
     /// No volume of the collection can be created now (too few live
     /// servers, volume ids exhausted): why, as status shows it.
     #[error("{0}")]
@@ -275,7 +298,8 @@ impl Error {
             | Error::MalformedId(_)
             | Error::NodeWithoutAddress
             | Error::BadCode(_) => Code::InvalidArgument,
-            Error::EncodeFailed { code, .. } | Error::SealFailed { code, .. } => *code,
+            Error::EncodeFailed { code, .. } | Error::SealFailed { code, .. }
+            | Error::DecodeFailed { code, .. } => *code,
             Error::CannotCreate(_)
             | Error::ServerUnreachable { .. }
             | Error::CreateRefused { .. }
@@ -291,6 +315,7 @@ impl Error {
             | Error::LastHealthyCopy(_)
             | Error::NotEncodable { .. }
             | Error::NotSealable { .. }
+            | Error::NotDecodable { .. }
             | Error::Refused(_)
             | Error::MemberElsewhere { .. }
             | Error::OnlyVoter(_)

@@ -13,9 +13,9 @@
 //! Soft state (heartbeats, free space, what each server reported) is not
 //! here: it lives on the leader, in `cluster`.
 //!
-//! Why one file of ~990 lines: more than half of it is its tests (the
-//! apply function tested on its own, as issue 32 asked); the code is one
-//! enum and one match.
+//! Why one file of ~1,000 lines: almost half of it is its tests (the apply
+//! function tested on its own, as issue 32 asked); the code is one enum and
+//! one match.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -93,6 +93,17 @@ pub enum Command {
     /// Answered again with the same layout: nothing changes; with another:
     /// refused.
     ErasureEncoded { volume_id: u32, layout: Vec<u8> },
+    /// An erasure-coded volume is decoded: its row loses `layout` (an
+    /// encoded `ErasureLayout`, which must be the one recorded) and its
+    /// replica set becomes `replicas` (copies written, fsynced and
+    /// verified before); reads go to them from now on, and the shards are
+    /// dropped after this. Applied again (a retried proposal): nothing
+    /// changes; refused if the row holds another layout.
+    ErasureDecoded {
+        volume_id: u32,
+        layout: Vec<u8>,
+        replicas: Vec<String>,
+    },
     /// Revokes the token `token_id` until `expires_at` (Unix seconds);
     /// entries whose `expires_at` is before `now` (the leader's clock when
     /// it proposed this) are dropped.
@@ -441,6 +452,35 @@ fn apply_command(
             row.state = VolumeState::Sealed as i32;
             changed(batch, row)
         }
+        Command::ErasureDecoded {
+            volume_id,
+            layout,
+            replicas,
+        } => {
+            let layout: hayloft_proto::ErasureLayout = decode(&layout)?;
+            let volume_id = VolumeId(volume_id);
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Refused(format!(
+                    "volume {volume_id} is not in the map"
+                )));
+            };
+            match &row.erasure {
+                Some(recorded) if *recorded == layout => {}
+                None if row.replicas == replicas => return Ok(Applied::Done),
+                _ => {
+                    return Ok(Applied::Refused(format!(
+                        "volume {volume_id} is no longer erasure-coded as the decode read it"
+                    )));
+                }
+            }
+            row.erasure = None;
+            row.server_id = replicas.first().cloned().unwrap_or_default();
+            row.replicas = replicas;
+            row.stale.clear();
+            row.state = VolumeState::Sealed as i32;
+            row.tier = Tier::Warm as i32;
+            changed(batch, row)
+        }
         Command::RevokeToken {
             token_id,
             expires_at,
@@ -640,6 +680,11 @@ mod tests {
                 from: "b".into(),
                 to: "d".into(),
             },
+            Command::ErasureDecoded {
+                volume_id: 1,
+                layout: layout(&["a", "d", "c"]).encode_to_vec(),
+                replicas: vec!["d".into(), "c".into()],
+            },
         ]
     }
 
@@ -801,6 +846,84 @@ mod tests {
     }
 
     #[test]
+    fn the_erasure_decoded_entry_has_a_format_of_its_own_beside_the_old_ones() {
+        let written =
+            r#"{"ErasureDecoded":{"volume_id":7,"layout":[10,3,51,43,50],"replicas":["a","b"]}}"#;
+        let command: Command = serde_json::from_str(written).unwrap();
+        let Command::ErasureDecoded {
+            volume_id,
+            layout,
+            replicas,
+        } = &command
+        else {
+            panic!("{command:?}");
+        };
+        assert_eq!(
+            (*volume_id, replicas.as_slice()),
+            (7, &["a".to_owned(), "b".to_owned()][..])
+        );
+        let layout = hayloft_proto::ErasureLayout::decode(layout.as_slice()).unwrap();
+        assert_eq!(layout.code, "3+2");
+        assert_eq!(serde_json::to_string(&command).unwrap(), written);
+    }
+
+    #[test]
+    fn a_decoded_volume_takes_its_new_copies_only_from_the_layout_it_was_decoded_from() {
+        let mut machine = Machine::new();
+        let decoded = |m: &mut Machine, holders: &[&str], replicas: &[&str]| {
+            m.apply(Command::ErasureDecoded {
+                volume_id: 1,
+                layout: layout(holders).encode_to_vec(),
+                replicas: replicas.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert!(matches!(
+            decoded(&mut machine, &["d", "e", "f"], &["a"]),
+            Applied::Refused(r) if r.contains("not in the map")
+        ));
+        machine.apply(volume(1, &["a", "b", "c"]));
+        // Not erasure-coded: refused, nothing changes.
+        assert!(matches!(
+            decoded(&mut machine, &["d", "e", "f"], &["x", "y"]),
+            Applied::Refused(r) if r.contains("no longer erasure-coded")
+        ));
+        machine.apply(Command::ErasureEncoded {
+            volume_id: 1,
+            layout: layout(&["d", "e", "f"]).encode_to_vec(),
+        });
+        for copy in ["a", "b", "c"] {
+            machine.apply(Command::RemoveReplica {
+                volume_id: 1,
+                server_id: copy.into(),
+            });
+        }
+        // Another layout than recorded (re-encoded since): refused.
+        let before = machine.reloaded();
+        assert!(matches!(
+            decoded(&mut machine, &["x", "y", "z"], &["d", "e"]),
+            Applied::Refused(_)
+        ));
+        assert_eq!(machine.reloaded().volumes, before.volumes);
+        assert_eq!(
+            decoded(&mut machine, &["d", "e", "f"], &["e", "d"]),
+            Applied::Done
+        );
+        let reloaded = machine.reloaded();
+        let row = &reloaded.volumes[&VolumeId(1)];
+        assert_eq!(row.erasure, None);
+        assert_eq!(row.replicas, ["e", "d"]);
+        assert_eq!(row.server_id, "e");
+        assert_eq!(row.tier, Tier::Warm as i32);
+        assert_eq!(row.state, VolumeState::Sealed as i32);
+        // The same entry again (a retried proposal): nothing changes.
+        assert_eq!(
+            decoded(&mut machine, &["d", "e", "f"], &["e", "d"]),
+            Applied::Done
+        );
+        assert_eq!(machine.reloaded().volumes, reloaded.volumes);
+    }
+
+    #[test]
     fn what_is_applied_is_what_the_database_holds() {
         let mut machine = Machine::new();
         for command in every_kind_of_command() {
@@ -821,7 +944,8 @@ mod tests {
         }
         assert_eq!(one.state, two.state);
         let row = &one.state.volumes[&VolumeId(1)];
-        assert_eq!(row.replicas, ["a", "c"]);
+        assert_eq!(row.replicas, ["b", "c"], "decoded onto b and c");
+        assert_eq!(row.erasure, None);
         assert!(row.stale.is_empty(), "the stale copy was replaced");
         assert_eq!(one.state.next_volume_id, VolumeId(3));
         assert!(!one.state.volumes.contains_key(&VolumeId(2)));

@@ -1,6 +1,6 @@
 //! The `hayloft.v1.Directory` gRPC service.
 //!
-//! Why one file of ~900 lines: it is the gRPC surface: one method per RPC of
+//! Why one file of ~960 lines: it is the gRPC surface: one method per RPC of
 //! `hayloft.v1.Directory`, each a thin translation to `Cluster` calls; the
 //! logic lives in `cluster/` and `repair/`.
 
@@ -86,6 +86,7 @@ pub fn needs(path: &str) -> Need {
         | "/hayloft.v1.Directory/RemoveReplica"
         | "/hayloft.v1.Directory/EncodeVolume"
         | "/hayloft.v1.Directory/SealVolume"
+        | "/hayloft.v1.Directory/DecodeVolume"
         | "/hayloft.v1.Directory/AddNode"
         | "/hayloft.v1.Directory/RemoveNode"
         | "/hayloft.v1.Directory/RevokeToken" => Need::Scope(Op::Admin),
@@ -669,6 +670,48 @@ impl DirectoryService {
         )))
     }
 
+    /// Plans the decode (refusing what cannot be decoded before any
+    /// message), answers the plan, and, unless it is a dry run, runs the
+    /// decode on a task of its own that streams its progress.
+    async fn decode_volume_inner(
+        &self,
+        request: Request<hayloft_proto::DecodeVolumeRequest>,
+    ) -> Result<Response<DecodeVolumeStream>, Status> {
+        let request = request.into_inner();
+        let planned = crate::erasure::decode::plan(&self.cluster, &request)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let first = hayloft_proto::DecodeVolumeProgress {
+            plan: Some(planned.plan.clone()),
+            step: "plan".into(),
+            ..Default::default()
+        };
+        if request.dry_run {
+            let _ = sender.send(Ok(first)).await;
+        } else {
+            let guard = self.encoding.start(planned.source.volume_id).map_err(|_| {
+                crate::error::Error::NotDecodable {
+                    volume: planned.source.volume_id,
+                    why: "an encode or decode of it is under way".into(),
+                }
+            })?;
+            let _ = sender.send(Ok(first)).await;
+            tracing::info!(volume = request.volume_id,
+                targets = ?planned.plan.targets.iter().map(|t| &t.server_id).collect::<Vec<_>>(),
+                "decoding an erasure-coded volume");
+            tokio::spawn(crate::erasure::decode::run(
+                Arc::clone(&self.cluster),
+                planned,
+                request.rate,
+                self.repair_settings.credential.clone(),
+                sender,
+                guard,
+            ));
+        }
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+
     async fn remove_replica_inner(
         &self,
         request: Request<RemoveReplicaRequest>,
@@ -693,9 +736,28 @@ impl DirectoryService {
 pub type EncodeVolumeStream =
     tokio_stream::wrappers::ReceiverStream<Result<EncodeVolumeProgress, Status>>;
 
+/// `DecodeVolume`'s answer: the plan, progress, the replicas.
+pub type DecodeVolumeStream =
+    tokio_stream::wrappers::ReceiverStream<Result<hayloft_proto::DecodeVolumeProgress, Status>>;
+
 #[tonic::async_trait]
 impl Directory for DirectoryService {
     type EncodeVolumeStream = EncodeVolumeStream;
+    type DecodeVolumeStream = DecodeVolumeStream;
+
+    async fn decode_volume(
+        &self,
+        request: Request<hayloft_proto::DecodeVolumeRequest>,
+    ) -> Result<Response<DecodeVolumeStream>, Status> {
+        let span = request_span("decode_volume", request.metadata());
+        traced(
+            &self.cluster,
+            "decode_volume",
+            span,
+            self.decode_volume_inner(request),
+        )
+        .await
+    }
 
     async fn seal_volume(
         &self,

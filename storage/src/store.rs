@@ -333,6 +333,24 @@ impl Store {
         Ok(volume)
     }
 
+    /// The settings every local volume is opened with.
+    pub(crate) fn volume_config(&self) -> VolumeConfig {
+        self.config.volume
+    }
+
+    /// Serves `volume` (opened by the caller) under the reserve of its
+    /// location; refused if a volume of its id is served already.
+    pub(crate) fn insert_local(&self, volume: Arc<Volume>) -> Result<()> {
+        let _creating = self.creating.lock();
+        let mut volumes = self.volumes.write();
+        if volumes.contains_key(&volume.id()) {
+            return Err(Error::VolumeExists(volume.id()));
+        }
+        self.attach_space(&volume);
+        volumes.insert(volume.id(), Handle::Local(volume));
+        Ok(())
+    }
+
     /// The volume with this id, local or cold.
     pub fn handle(&self, id: VolumeId) -> Result<Handle> {
         self.volumes

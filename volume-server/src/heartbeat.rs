@@ -208,7 +208,10 @@ impl Worker for HeartbeatWorker {
                     tracing::info!(%directory, "directory reachable again");
                 }
                 self.warned = false;
+                let named: Vec<u32> = reply.volumes.iter().map(|v| v.volume_id).collect();
                 replication.heartbeat_answered(&failures, reply.volumes);
+                // A decoded copy staged here whose commit named this server.
+                crate::erasure::decode::activate_committed(store, named).await;
                 // Where the shards of each erasure-coded volume held here
                 // are now (after a rebuild moved one, or a holder's
                 // address changed); kept with the volume.

@@ -41,6 +41,20 @@ impl Volume for Null {
     type SyncVolumeStream = Stream<SyncProgress>;
     type EcEncodeStream = Stream<hayloft_proto::EcEncodeProgress>;
     type EcRebuildStream = Stream<hayloft_proto::EcRebuildProgress>;
+    type EcDecodeStream = Stream<hayloft_proto::EcDecodeProgress>;
+
+    async fn ec_decode(
+        &self,
+        _: Request<hayloft_proto::EcDecodeRequest>,
+    ) -> Result<Response<Self::EcDecodeStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+    async fn ec_fence(
+        &self,
+        _: Request<hayloft_proto::EcFenceRequest>,
+    ) -> Result<Response<hayloft_proto::EcFenceResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
 
     async fn ec_files(
         &self,

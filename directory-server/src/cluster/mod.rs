@@ -10,7 +10,7 @@
 //! a node becomes leader.
 //!
 //! The rooms, each an `impl Cluster` over the same state: `assign` (ids and
-//! new volumes), `erasure` (erasure-coded volumes), `heartbeat`, `health` (each copy's and volume's), `repairs`
+//! new volumes), `erasure` (erasure-coded volumes), `decode` (their decode back to copies), `heartbeat`, `health` (each copy's and volume's), `repairs`
 //! (repair jobs, replica sets, extra copies), `revoke` (revoked tokens), `shards`
 //! (shards as servers report them: rebuilds, orphans), `seal` (a volume
 //! sealed by hand),
@@ -21,6 +21,7 @@
 //! `consensus/`, or [`solo`] in unit tests).
 
 mod assign;
+mod decode;
 mod erasure;
 mod group;
 mod health;
@@ -35,6 +36,7 @@ pub(crate) mod solo;
 #[cfg(test)]
 mod tests;
 
+pub use decode::DecodeSource;
 pub use erasure::{EncodeSource, stored_bytes};
 pub use group::{Consensus, Leadership};
 pub use seal::SealStart;

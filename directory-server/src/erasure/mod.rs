@@ -3,12 +3,14 @@
 //! leader ([`encode`]) and which code it uses ([`codes`]), which lost
 //! shards to rebuild where ([`rebuild`], pure) and the worker that rebuilds
 //! them, drops orphan shards and removes copies an encode left
-//! ([`shard_worker`]).
+//! ([`shard_worker`]), and `DecodeVolume`'s steps, back to copies
+//! ([`decode`]).
 //!
 //! See ARCHITECTURE.md, "Erasure-coded volumes: encoding" and "Rebuilding
 //! lost shards".
 
 pub mod codes;
+pub mod decode;
 pub mod encode;
 pub mod placement;
 pub mod rebuild;

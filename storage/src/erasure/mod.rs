@@ -11,6 +11,8 @@
 //! - [`shard`]: one shard file: header, body, a CRC-32 per 64 KiB chunk, the
 //!   digest of the whole; the writer (temp, fsync, rename) and reader.
 //! - [`encode`]: a sealed data file read stripe by stripe into shards.
+//! - [`decode`]: the data file restored from the shards as a replicated
+//!   copy, staged until the directory commits it, then served.
 //! - [`held`]: the erasure-coded volumes of a store, beside its replicated
 //!   ones (install, take a written shard, remove).
 //! - [`volume`]: an erasure-coded volume as one holder keeps it: manifest,
@@ -23,6 +25,7 @@
 //! the needle's range (widened to 64-byte units) from `k` other shards.
 
 pub mod codec;
+pub mod decode;
 pub mod encode;
 pub mod held;
 pub mod layout;

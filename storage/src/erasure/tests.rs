@@ -365,3 +365,87 @@ fn a_store_holds_what_was_installed_and_forgets_half_written_shards() {
         0
     );
 }
+
+#[test]
+fn a_decoded_copy_is_staged_unseen_then_served_with_its_deletes_across_a_crash() {
+    use std::collections::BTreeSet;
+
+    use crate::store::{Location, Store, StoreConfig};
+    let root = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let blobs = sealed_volume(src.path(), &[3000, 70_000, 5, 130_000, 900]);
+    let open = || {
+        Store::open(StoreConfig {
+            locations: Location::hot_and_warm(root.path()),
+            volume: VolumeConfig::default(),
+            reserve: crate::space::Reserve::NONE,
+        })
+        .unwrap()
+    };
+    let store = open();
+    let (dat, idx, meta) = volume_paths(src.path(), VOLUME);
+    let bytes = std::fs::read(&dat).unwrap();
+    // The data file written out of order (as data shards arrive), padding
+    // past its end dropped.
+    let writer = store.decoded_writer(VOLUME, bytes.len() as u64).unwrap();
+    let half = bytes.len() / 2;
+    writer.write_at(half as u64, &bytes[half..]).unwrap();
+    writer.write_at(0, &bytes[..half]).unwrap();
+    let mut padded = bytes.clone();
+    padded.resize(bytes.len() + 4096, 0);
+    writer.write_at(0, &padded).unwrap();
+    let entries = read_index_file(&idx, VOLUME).unwrap();
+    let meta = VolumeMeta::load(&meta).unwrap().unwrap();
+    let deleted: BTreeSet<NeedleId> = [blobs[1].0, NeedleId(999)].into();
+    let counts = store
+        .stage_decoded(writer, &entries, &meta, &deleted)
+        .unwrap();
+    assert_eq!((counts.needles, counts.deleted), (4, 1));
+    // Staged: not served, not opened by a store, listed.
+    assert!(store.volume(VOLUME).is_err());
+    drop(store);
+    let store = open();
+    assert!(store.volume(VOLUME).is_err());
+    assert_eq!(store.staged_decodes(), [VOLUME]);
+    // A delete made at the holders later (the journals step).
+    let later: BTreeSet<NeedleId> = [blobs[1].0, blobs[3].0].into();
+    let counts = store.apply_staged_deletes(VOLUME, &later).unwrap();
+    assert_eq!((counts.needles, counts.deleted), (3, 1));
+    // A crash midway through the activation: state and index moved, the
+    // data file not: still no volume; the next activation finishes.
+    let staging = root.path().join("warm").join(decode::STAGING_DIR);
+    let (s_dat, s_idx, s_meta) = volume_paths(&staging, VOLUME);
+    let (w_dat, w_idx, w_meta) = volume_paths(&root.path().join("warm"), VOLUME);
+    std::fs::rename(&s_meta, &w_meta).unwrap();
+    std::fs::rename(&s_idx, &w_idx).unwrap();
+    drop(store);
+    let store = open();
+    assert!(store.volume(VOLUME).is_err());
+    assert!(s_dat.exists() && !w_dat.exists());
+    let volume = store.activate_decoded(VOLUME).unwrap();
+    assert!(volume.is_sealed());
+    assert!(store.staged_decodes().is_empty());
+    // Served; again after a restart; a second activation is a no-op.
+    drop(store);
+    let store = open();
+    store.activate_decoded(VOLUME).unwrap();
+    for (i, (id, cookie, data)) in blobs.iter().enumerate() {
+        let read = store.read(VOLUME, *id, *cookie);
+        if i == 1 || i == 3 {
+            assert!(read.unwrap_err().is_not_found(), "blob {i} deleted");
+        } else {
+            assert_eq!(read.unwrap().data, Bytes::from(data.clone()), "blob {i}");
+        }
+    }
+    // A copy served here already: a new decode here is refused.
+    assert!(matches!(
+        store.decoded_writer(VOLUME, 10),
+        Err(Error::VolumeExists(_))
+    ));
+    // An aborted decode leaves nothing staged.
+    store.abort_decoded(VolumeId(8)).unwrap();
+    let other = store.decoded_writer(VolumeId(8), 4096).unwrap();
+    drop(other);
+    store.abort_decoded(VolumeId(8)).unwrap();
+    assert!(std::fs::read_dir(&staging).unwrap().next().is_none());
+}

@@ -159,6 +159,11 @@ pub struct EcVolume {
     damaged: Vec<(u8, String)>,
     /// Where each shard is, as last told (`<id>.ech`).
     holders: RwLock<Vec<String>>,
+    /// The token of the fence on client deletes (a decode's last step),
+    /// if any. A delete holds it for reading while it checks and journals,
+    /// so once [`EcVolume::fence`] returns no delete that passed the check
+    /// is still to be journaled. In memory: a restart unfences.
+    fence: RwLock<Option<u64>>,
 }
 
 impl std::fmt::Debug for EcVolume {
@@ -244,6 +249,7 @@ impl EcVolume {
             shards: RwLock::new(shards),
             damaged,
             holders: RwLock::new(holders),
+            fence: RwLock::new(None),
         })
     }
 
@@ -385,8 +391,57 @@ impl EcVolume {
 
     /// Deletes every needle of `ids` still live here, with one fsync (a
     /// replaced copy handing over its tombstones); answers how many.
+    /// Refused while deletes are fenced, as [`EcVolume::delete_unfenced`].
     pub fn delete_many(&self, ids: &[NeedleId]) -> Result<usize> {
+        // Held to the end, as `delete_unfenced` does: a fence set meanwhile
+        // waits for this delete.
+        let fence = self.fence.read();
+        if fence.is_some() {
+            return Err(Error::Unavailable(format!(
+                "volume {} is being decoded: its deletes wait for the new copies; retry",
+                self.id
+            )));
+        }
         self.index.delete_many(ids)
+    }
+
+    /// A client's delete (or another holder's `EcDelete`): journaled
+    /// unless deletes are fenced ([`Error::Unavailable`], to retry).
+    pub fn delete_unfenced(&self, id: NeedleId) -> Result<()> {
+        let fence = self.fence.read();
+        if fence.is_some() {
+            return Err(Error::Unavailable(format!(
+                "volume {} is being decoded: its deletes wait for the new copies; retry",
+                self.id
+            )));
+        }
+        self.index.delete(id)
+    }
+
+    /// Fences client deletes with `token` (replacing another token's
+    /// fence). Answers whether this token's fence was in place already.
+    /// Returns only once no delete that passed the check is in flight.
+    pub fn fence(&self, token: u64) -> bool {
+        let mut fence = self.fence.write();
+        let held = *fence == Some(token);
+        *fence = Some(token);
+        held
+    }
+
+    /// Lifts the fence of `token` (another token's fence stays). Answers
+    /// whether it was in place.
+    pub fn unfence(&self, token: u64) -> bool {
+        let mut fence = self.fence.write();
+        let held = *fence == Some(token);
+        if held {
+            *fence = None;
+        }
+        held
+    }
+
+    /// The token of the fence on deletes, if any.
+    pub fn fenced(&self) -> Option<u64> {
+        *self.fence.read()
     }
 
     /// Every live needle id.

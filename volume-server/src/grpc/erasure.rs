@@ -228,7 +228,7 @@ impl VolumeService {
             return Ok(Response::new(hayloft_proto::EcDeleteResponse {}));
         }
         let needle = NeedleId(request.needle_id);
-        match blocking(move || volume.delete(needle)).await? {
+        match blocking(move || volume.delete_unfenced(needle)).await? {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(grpc_status(&e, None)),
@@ -255,7 +255,7 @@ impl VolumeService {
         let holders = self.erasure.holders_of(&volume);
         let mut missed = Vec::new();
         let local = Arc::clone(&volume);
-        match blocking(move || local.delete(blob.needle)).await? {
+        match blocking(move || local.delete_unfenced(blob.needle)).await? {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(grpc_status(&e, Some(blob))),

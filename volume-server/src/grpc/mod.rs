@@ -19,6 +19,7 @@ mod answers;
 mod authz;
 mod erasure;
 mod handoff;
+mod erasure_decode;
 mod read;
 mod seal;
 mod sync;
@@ -246,6 +247,24 @@ impl Volume for VolumeService {
     ) -> Result<Response<hayloft_proto::EcJournalResponse>, Status> {
         let span = request_span("grpc_ec_journal", request.metadata());
         traced("grpc_ec_journal", span, self.ec_journal_inner(request)).await
+    }
+
+    type EcDecodeStream = erasure_decode::DecodeStream;
+
+    async fn ec_decode(
+        &self,
+        request: Request<hayloft_proto::EcDecodeRequest>,
+    ) -> Result<Response<Self::EcDecodeStream>, Status> {
+        let span = request_span("grpc_ec_decode", request.metadata());
+        traced("grpc_ec_decode", span, self.ec_decode_inner(request)).await
+    }
+
+    async fn ec_fence(
+        &self,
+        request: Request<hayloft_proto::EcFenceRequest>,
+    ) -> Result<Response<hayloft_proto::EcFenceResponse>, Status> {
+        let span = request_span("grpc_ec_fence", request.metadata());
+        traced("grpc_ec_fence", span, self.ec_fence_inner(request)).await
     }
 
     async fn ec_rebuild(

@@ -34,6 +34,7 @@
 mod encode_volume;
 mod erasure;
 mod erasure_handoff;
+mod erasure_decode;
 mod erasure_heal;
 mod erasure_policy;
 mod erasure_rebuild;

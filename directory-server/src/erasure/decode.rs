@@ -1,0 +1,418 @@
+//! `DecodeVolume` on the leader: an erasure-coded volume turned back into
+//! a replicated sealed volume. The steps, and what a failure at each
+//! leaves, are in ARCHITECTURE.md ("Decoding an erasure-coded volume"):
+//!
+//! 1. **plan**: the copies placed as any volume's (replication factor,
+//!    zones then racks); a dry run ends here.
+//! 2. **build** on each target (`EcDecode` BUILD): the data file restored
+//!    from the shards, checked against the manifest's digests, staged with
+//!    the deletes of the journals of the holders reached; not served.
+//! 3. **fence**: every live holder refuses client deletes (`EcFence`, one
+//!    token). A delete is acknowledged only once *every* holder journaled
+//!    it, so from the first fence on none is acknowledged any more.
+//! 4. **journals** on each target (`EcDecode` JOURNALS): every fenced
+//!    holder's journal read again and applied. Each target must have read
+//!    every fenced holder's journal.
+//! 5. **check**: at least one holder answers that the fence of step 3 is
+//!    still in place (fences live in memory: a holder that restarted lost
+//!    its). That holder refused every delete since step 3, so no delete
+//!    was acknowledged after the journals were read; every delete
+//!    acknowledged before is in its journal (a delete is acknowledged only
+//!    once every holder has it), which every target read. Hence no
+//!    acknowledged delete is missing from the copies, even with holders
+//!    down.
+//! 6. **commit** `ErasureDecoded`: the layout leaves the row, the targets
+//!    become the replica set.
+//! 7. **activate** each staged copy (`EcDecode` ACTIVATE); a target that
+//!    misses it serves its copy when a heartbeat answer names it a replica.
+//! 8. **drop** the shards (`EcDrop`), only once every copy is served; a
+//!    holder down keeps its shards (an orphan, see [`orphan_note`]).
+//!
+//! A failure before step 6 removes the staged copies and lifts the fences
+//! (best effort): the volume stays erasure-coded as it was.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use hayloft_proto::{
+    DecodePlan, DecodeStep, DecodeVolumeProgress, DecodeVolumeRequest, EcDecodeProgress,
+    EcDecodeRequest, EcDropRequest, EcFenceRequest, ServerLocation,
+};
+use hayloft_storage::VolumeId;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::encode::EncodingGuard;
+use crate::cluster::{Cluster, DecodeSource};
+use crate::error::{Error, Result};
+use crate::repair::volume_client;
+
+type Progress = mpsc::Sender<Result<DecodeVolumeProgress, Status>>;
+
+/// What a planned decode does.
+#[derive(Debug, Clone)]
+pub struct PlannedDecode {
+    /// The volume as the map has it, and the copies placed.
+    pub source: DecodeSource,
+    /// What the plan is, as the caller sees it.
+    pub plan: DecodePlan,
+}
+
+/// Checks the volume and places its copies (nothing changes).
+pub fn plan(cluster: &Cluster, request: &DecodeVolumeRequest) -> Result<PlannedDecode> {
+    let source = cluster.decode_source(VolumeId(request.volume_id))?;
+    let plan = DecodePlan {
+        volume_id: request.volume_id,
+        code: source.layout.code.clone(),
+        holders: source.holders.iter().map(|(l, _)| l.clone()).collect(),
+        holders_down: source
+            .holders
+            .iter()
+            .filter(|(_, alive)| !alive)
+            .map(|(l, _)| l.server_id.clone())
+            .collect(),
+        targets: source.targets.clone(),
+        warnings: source.warnings.clone(),
+        logical_bytes: source.layout.data_len,
+    };
+    Ok(PlannedDecode { source, plan })
+}
+
+/// The note left for a holder whose shards could not be dropped: the
+/// volume is replicated now, so its shards are an orphan. Dropping
+/// orphans when their holder returns is not built yet: the hook is the
+/// holder's heartbeat (it reports no shards; the directory would compare
+/// the `.ecm` files a holder keeps with the layouts it records and send
+/// `EcDrop` for those of a replicated volume, after merging the orphan's
+/// journal into the copies).
+pub fn orphan_note(volume: VolumeId, holder: &str) -> String {
+    format!(
+        "{holder}: shards of volume {volume} left (holder down); drop them with EcDrop when it returns"
+    )
+}
+
+/// Runs a planned decode to its end, sending progress to `progress` (a
+/// caller that goes away does not stop it). The last message names the
+/// replicas and the holders dropped and left, or is the error.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    planned: PlannedDecode,
+    rate: u64,
+    credential: hayloft_proto::Credential,
+    progress: Progress,
+    _guard: EncodingGuard,
+) {
+    let volume = planned.source.volume_id;
+    let answer = match decode(&cluster, &planned, rate, &credential, &progress).await {
+        Ok(last) => Ok(last),
+        Err(error) => {
+            tracing::warn!(volume = volume.0, %error, "decode failed; the volume stays erasure-coded");
+            Err(Status::from(error))
+        }
+    };
+    let _ = progress.send(answer).await;
+}
+
+/// The steps of a decode on the leader (see the module's doc).
+struct Decode<'a> {
+    cluster: &'a Cluster,
+    source: &'a DecodeSource,
+    credential: &'a hayloft_proto::Credential,
+    progress: &'a Progress,
+    /// The holders' addresses, shard by shard ("" for one down).
+    holders: Vec<String>,
+    rate: u64,
+}
+
+impl Decode<'_> {
+    fn failed(&self, step: &'static str, server: &str, status: &Status) -> Error {
+        Error::DecodeFailed {
+            volume: self.source.volume_id,
+            step,
+            server: server.to_owned(),
+            reason: status.message().to_owned(),
+            code: status.code(),
+        }
+    }
+
+    /// Runs decode step `step` on `target`, forwarding its progress;
+    /// returns its last message.
+    async fn on_target(
+        &self,
+        target: &ServerLocation,
+        step: DecodeStep,
+        name: &'static str,
+    ) -> Result<EcDecodeProgress> {
+        let failed = |status: Status| self.failed(name, &target.server_id, &status);
+        let mut client = volume_client(target, self.credential)
+            .await
+            .map_err(|reason| failed(Status::unavailable(reason)))?;
+        let mut stream = client
+            .ec_decode(EcDecodeRequest {
+                volume_id: self.source.volume_id.0,
+                holders: self.holders.clone(),
+                rate: self.rate,
+                step: step as i32,
+            })
+            .await
+            .map_err(failed)?
+            .into_inner();
+        loop {
+            let message =
+                stream.message().await.map_err(failed)?.ok_or_else(|| {
+                    failed(Status::unavailable("the step ended without an answer"))
+                })?;
+            if message.finished {
+                return Ok(message);
+            }
+            let _ = self
+                .progress
+                .send(Ok(DecodeVolumeProgress {
+                    step: name.into(),
+                    server_id: target.server_id.clone(),
+                    done: message.done,
+                    total: message.total,
+                    ..DecodeVolumeProgress::default()
+                }))
+                .await;
+        }
+    }
+
+    async fn say(&self, step: &str, server: &str) {
+        let _ = self
+            .progress
+            .send(Ok(DecodeVolumeProgress {
+                step: step.into(),
+                server_id: server.into(),
+                ..DecodeVolumeProgress::default()
+            }))
+            .await;
+    }
+
+    /// Fences (or with `release`, unfences) deletes on each live holder;
+    /// answers the holders that answered, each with whether the fence of
+    /// `token` was in place before.
+    async fn fence(&self, token: u64, release: bool) -> Vec<(ServerLocation, bool)> {
+        let mut answered = Vec::new();
+        let mut seen = HashSet::new();
+        for (holder, alive) in &self.source.holders {
+            if !alive || !seen.insert(holder.server_id.clone()) {
+                continue;
+            }
+            let fenced = async {
+                volume_client(holder, self.credential)
+                    .await
+                    .map_err(Status::unavailable)?
+                    .ec_fence(EcFenceRequest {
+                        volume_id: self.source.volume_id.0,
+                        token,
+                        release,
+                    })
+                    .await
+                    .map(|r| r.into_inner().held)
+            }
+            .await;
+            match fenced {
+                Ok(held) => answered.push((holder.clone(), held)),
+                Err(status) => tracing::warn!(volume = self.source.volume_id.0,
+                    holder = %holder.server_id, %status, release, "holder not (un)fenced"),
+            }
+        }
+        answered
+    }
+
+    /// Best effort after a failure before the commit: the staged copies
+    /// removed, the fences lifted.
+    async fn roll_back(&self, token: Option<u64>) {
+        for target in &self.source.targets {
+            if let Err(error) = self.on_target(target, DecodeStep::Abort, "abort").await {
+                tracing::warn!(volume = self.source.volume_id.0, target = %target.server_id,
+                    %error, "staged copy not removed (removed by the next decode there)");
+            }
+        }
+        if let Some(token) = token {
+            self.fence(token, true).await;
+        }
+    }
+
+    /// Steps 2-5; answers the first copy's live needles and needles
+    /// written as deleted (every copy holds the same).
+    async fn prepare(&self, token: u64) -> Result<EcDecodeProgress> {
+        let volume = self.source.volume_id;
+        // Step 2.
+        let mut deleted_at_build = Vec::new();
+        for target in &self.source.targets {
+            let built = self.on_target(target, DecodeStep::Build, "build").await?;
+            tracing::info!(volume = volume.0, target = %target.server_id, needles = built.needles,
+                deleted = built.deleted, restored = ?built.restored_shards, "copy built and staged");
+            deleted_at_build.push(built.deleted);
+        }
+        // Step 3.
+        self.say("fence", "").await;
+        let fenced = self.fence(token, false).await;
+        if fenced.is_empty() {
+            return Err(self.failed(
+                "fence",
+                "",
+                &Status::unavailable("no holder could be fenced"),
+            ));
+        }
+        // Step 4.
+        let mut last = EcDecodeProgress::default();
+        for (i, target) in self.source.targets.iter().enumerate() {
+            let applied = self
+                .on_target(target, DecodeStep::Journals, "journals")
+                .await?;
+            let read: HashSet<&str> = applied.journals.iter().map(String::as_str).collect();
+            if let Some((missed, _)) = fenced
+                .iter()
+                .find(|(h, _)| !read.contains(h.grpc_addr.as_str()))
+            {
+                return Err(self.failed(
+                    "journals",
+                    &target.server_id,
+                    &Status::unavailable(format!(
+                        "the journal of fenced holder {} was not read",
+                        missed.server_id
+                    )),
+                ));
+            }
+            if i == 0 {
+                last = EcDecodeProgress {
+                    deleted: applied.deleted + deleted_at_build[0],
+                    ..applied
+                };
+            }
+        }
+        // Step 5.
+        let kept: Vec<String> = self
+            .fence(token, false)
+            .await
+            .into_iter()
+            .filter(|(h, held)| *held && fenced.iter().any(|(f, _)| f.server_id == h.server_id))
+            .map(|(h, _)| h.server_id)
+            .collect();
+        if kept.is_empty() {
+            return Err(self.failed(
+                "fence",
+                "",
+                &Status::unavailable(
+                    "no holder kept its fence until the journals were read (restarted?)",
+                ),
+            ));
+        }
+        Ok(last)
+    }
+}
+
+/// Steps 2-8 (see the module's doc).
+async fn decode(
+    cluster: &Cluster,
+    planned: &PlannedDecode,
+    rate: u64,
+    credential: &hayloft_proto::Credential,
+    progress: &Progress,
+) -> Result<DecodeVolumeProgress> {
+    let source = &planned.source;
+    let volume = source.volume_id;
+    let run = Decode {
+        cluster,
+        source,
+        credential,
+        progress,
+        holders: source
+            .holders
+            .iter()
+            .map(|(l, alive)| {
+                if *alive {
+                    l.grpc_addr.clone()
+                } else {
+                    String::new()
+                }
+            })
+            .collect(),
+        rate,
+    };
+    let token: u64 = rand::rng().random::<u64>().max(1);
+    let counts = match run.prepare(token).await {
+        Ok(counts) => counts,
+        Err(error) => {
+            run.roll_back(Some(token)).await;
+            return Err(error);
+        }
+    };
+    // Step 6.
+    run.say("commit", "").await;
+    let replicas: Vec<String> = source.targets.iter().map(|t| t.server_id.clone()).collect();
+    match run
+        .cluster
+        .erasure_decoded(volume, &source.layout, replicas.clone())
+        .await
+    {
+        Ok(()) => {}
+        Err(error @ Error::Refused(_)) => {
+            run.roll_back(Some(token)).await;
+            return Err(error);
+        }
+        // The entry may yet commit under another leader: the staged copies
+        // stay (served once a heartbeat names them) and so do the fences.
+        Err(error) => return Err(error),
+    }
+    tracing::info!(volume = volume.0, replicas = ?replicas, "volume decoded: replica set committed");
+    // Step 7.
+    let mut served = true;
+    for target in &source.targets {
+        if let Err(error) = run
+            .on_target(target, DecodeStep::Activate, "activate")
+            .await
+        {
+            served = false;
+            tracing::warn!(volume = volume.0, target = %target.server_id, %error,
+                "decoded copy not served yet (its heartbeat will)");
+        }
+    }
+    // Step 8.
+    let (mut dropped, mut left) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    for (holder, alive) in &source.holders {
+        if !seen.insert(holder.server_id.clone()) {
+            continue;
+        }
+        if !served {
+            left.push(holder.server_id.clone());
+            continue;
+        }
+        let result = if *alive {
+            async {
+                volume_client(holder, credential)
+                    .await?
+                    .ec_drop(EcDropRequest {
+                        volume_id: volume.0,
+                    })
+                    .await
+                    .map_err(|s| s.message().to_owned())
+            }
+            .await
+            .map(drop)
+        } else {
+            Err("its server is down".to_owned())
+        };
+        match result {
+            Ok(()) => dropped.push(holder.server_id.clone()),
+            Err(error) => {
+                tracing::warn!(volume = volume.0, %error, "{}", orphan_note(volume, &holder.server_id));
+                left.push(holder.server_id.clone());
+            }
+        }
+    }
+    Ok(DecodeVolumeProgress {
+        step: "done".into(),
+        replicas,
+        dropped,
+        left,
+        needles: counts.needles,
+        deleted: counts.deleted,
+        ..DecodeVolumeProgress::default()
+    })
+}

@@ -1,0 +1,90 @@
+//! The RPCs of a decode on the volume servers: `EcDecode` on a target
+//! (`crate::erasure::decode` does the work) and `EcFence` on a holder.
+
+#[allow(unused_imports)]
+use super::*;
+
+use hayloft_proto::{
+    DecodeStep, EcDecodeProgress, EcDecodeRequest, EcFenceRequest, EcFenceResponse,
+};
+
+pub(super) type DecodeStream =
+    tokio_stream::wrappers::ReceiverStream<Result<EcDecodeProgress, Status>>;
+
+impl VolumeService {
+    pub(super) async fn ec_decode_inner(
+        &self,
+        request: Request<EcDecodeRequest>,
+    ) -> Result<Response<DecodeStream>, Status> {
+        let request = request.into_inner();
+        let step = DecodeStep::try_from(request.step).unwrap_or_default();
+        let job = crate::erasure::DecodeRequest {
+            volume: VolumeId(request.volume_id),
+            holders: request.holders,
+            rate: request.rate,
+        };
+        let id = job.volume;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let store = Arc::clone(&self.store);
+        let replication = Arc::clone(&self.replication);
+        let heartbeat_now = Arc::clone(&self.heartbeat_now);
+        // The step goes on if the caller goes away (each is idempotent or
+        // starts again from nothing).
+        tokio::spawn(async move {
+            let last = match step {
+                DecodeStep::Build => {
+                    crate::erasure::decode::build(store, replication, job, tx.clone()).await
+                }
+                DecodeStep::Journals => {
+                    crate::erasure::decode::apply_journals(store, replication, job).await
+                }
+                DecodeStep::Activate => blocking(move || store.activate_decoded(id))
+                    .await
+                    .and_then(|r| r.map_err(|e| grpc_status(&e, None)))
+                    .map(|volume| {
+                        tracing::info!(volume = %id, "decoded copy served");
+                        heartbeat_now.notify_one();
+                        EcDecodeProgress {
+                            finished: true,
+                            needles: volume.needle_ids().len() as u64,
+                            ..EcDecodeProgress::default()
+                        }
+                    }),
+                DecodeStep::Abort => blocking(move || store.abort_decoded(id))
+                    .await
+                    .and_then(|r| r.map_err(|e| grpc_status(&e, None)))
+                    .map(|()| EcDecodeProgress {
+                        finished: true,
+                        ..EcDecodeProgress::default()
+                    }),
+                DecodeStep::Unspecified => Err(Status::invalid_argument("no decode step named")),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    pub(super) async fn ec_fence_inner(
+        &self,
+        request: Request<EcFenceRequest>,
+    ) -> Result<Response<EcFenceResponse>, Status> {
+        let request = request.into_inner();
+        let id = VolumeId(request.volume_id);
+        let volume = self.store.erasure(id).map_err(|e| grpc_status(&e, None))?;
+        let token = request.token;
+        let release = request.release;
+        // Setting the fence waits for deletes in flight (their fsync).
+        let held = blocking(move || {
+            if release {
+                volume.unfence(token)
+            } else {
+                volume.fence(token)
+            }
+        })
+        .await?;
+        tracing::info!(volume = %id, token, release, held, "deletes fenced for a decode");
+        Ok(Response::new(EcFenceResponse { held }))
+    }
+}
