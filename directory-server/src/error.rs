@@ -298,7 +298,8 @@ impl Error {
             | Error::MalformedId(_)
             | Error::NodeWithoutAddress
             | Error::BadCode(_) => Code::InvalidArgument,
-            Error::EncodeFailed { code, .. } | Error::SealFailed { code, .. }
+            Error::EncodeFailed { code, .. }
+            | Error::SealFailed { code, .. }
             | Error::DecodeFailed { code, .. } => *code,
             Error::CannotCreate(_)
             | Error::ServerUnreachable { .. }

@@ -930,7 +930,7 @@ mod tests {
             machine.apply(command);
             assert_eq!(machine.reloaded(), machine.state);
         }
-        assert_eq!(machine.state.position, at(16));
+        assert_eq!(machine.state.position, at(17));
         // A snapshot of the state is the state.
         let snapshot = machine.state.to_snapshot(Vec::new());
         assert_eq!(Replicated::from_snapshot(snapshot), machine.state);
@@ -944,7 +944,7 @@ mod tests {
         }
         assert_eq!(one.state, two.state);
         let row = &one.state.volumes[&VolumeId(1)];
-        assert_eq!(row.replicas, ["b", "c"], "decoded onto b and c");
+        assert_eq!(row.replicas, ["d", "c"], "decoded onto d and c");
         assert_eq!(row.erasure, None);
         assert!(row.stale.is_empty(), "the stale copy was replaced");
         assert_eq!(one.state.next_volume_id, VolumeId(3));

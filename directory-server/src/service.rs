@@ -1,6 +1,9 @@
 //! The `hayloft.v1.Directory` gRPC service.
 //!
-//! Why one file of ~960 lines: it is the gRPC surface: one method per RPC of
+//! The erasure-coding RPCs' bodies (seal, encode, decode) are in
+//! [`erasure`].
+//!
+//! Why one file of ~900 lines: it is the gRPC surface: one method per RPC of
 //! `hayloft.v1.Directory`, each a thin translation to `Cluster` calls; the
 //! logic lives in `cluster/` and `repair/`.
 
@@ -13,11 +16,11 @@ use hayloft_proto::directory_server::Directory;
 use hayloft_proto::volume_client::VolumeClient;
 use hayloft_proto::{
     AssignRequest, AssignResponse, CapacityRequest, CapacityResponse, CreateVolumeRequest,
-    DeleteVolumeRequest, EncodeVolumeProgress, EncodeVolumeRequest, ForgetVolumeRequest,
-    ForgetVolumeResponse, HeartbeatRequest, HeartbeatResponse, LookupRequest, LookupResponse,
-    PlannedRepair, RemoveReplicaRequest, RemoveReplicaResponse, RepairRequest, RepairResponse,
-    SealVolumeRequest, SealVolumeResponse, ServerLocation, SignUrlRequest, SignUrlResponse,
-    StatusRequest, StatusResponse, Tier, WorkerStatus,
+    DeleteVolumeRequest, EncodeVolumeRequest, ForgetVolumeRequest, ForgetVolumeResponse,
+    HeartbeatRequest, HeartbeatResponse, LookupRequest, LookupResponse, PlannedRepair,
+    RemoveReplicaRequest, RemoveReplicaResponse, RepairRequest, RepairResponse, SealVolumeRequest,
+    SealVolumeResponse, ServerLocation, SignUrlRequest, SignUrlResponse, StatusRequest,
+    StatusResponse, Tier, WorkerStatus,
 };
 use hayloft_storage::VolumeId;
 use tonic::{Request, Response, Status};
@@ -25,6 +28,9 @@ use tracing::Instrument;
 
 use crate::cluster::{Cluster, unix_now};
 use crate::error::{Error, Result};
+
+mod erasure;
+pub use erasure::{DecodeVolumeStream, EncodeVolumeStream};
 
 /// Most ids one `Assign` hands out.
 pub const MAX_ASSIGN_COUNT: u32 = 10_000;
@@ -610,108 +616,6 @@ impl DirectoryService {
         Ok(Response::new(ForgetVolumeResponse {}))
     }
 
-    /// Seals a volume by hand (`crate::seal`), waiting for the copies'
-    /// reports up to three pulses (ten seconds at least).
-    async fn seal_volume_inner(
-        &self,
-        request: Request<SealVolumeRequest>,
-    ) -> Result<Response<SealVolumeResponse>, Status> {
-        let volume = VolumeId(request.into_inner().volume_id);
-        let patience = std::time::Duration::from_secs(u64::from(self.pulse_seconds) * 3)
-            .max(std::time::Duration::from_secs(10));
-        let answer = crate::seal::seal_volume(
-            &self.cluster,
-            volume,
-            &self.repair_settings.credential,
-            patience,
-        )
-        .await?;
-        Ok(Response::new(answer))
-    }
-
-    /// Plans the encode (refusing what cannot be encoded before any
-    /// message), answers the plan, and, unless it is a dry run, runs the
-    /// encode on a task of its own that streams its progress.
-    async fn encode_volume_inner(
-        &self,
-        request: Request<EncodeVolumeRequest>,
-    ) -> Result<Response<EncodeVolumeStream>, Status> {
-        let request = request.into_inner();
-        let collection = self
-            .cluster
-            .volume_collection(VolumeId(request.volume_id))
-            .unwrap_or_default();
-        let default_code = self.ec_codes.for_collection(&collection);
-        let planned = crate::erasure::encode::plan(&self.cluster, &request, default_code)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        let first = EncodeVolumeProgress {
-            plan: Some(planned.plan.clone()),
-            ..EncodeVolumeProgress::default()
-        };
-        if request.dry_run {
-            let _ = sender.send(Ok(first)).await;
-        } else {
-            let guard = self.encoding.start(planned.source.volume_id)?;
-            let _ = sender.send(Ok(first)).await;
-            tracing::info!(volume = request.volume_id, code = %planned.code,
-                holders = ?planned.plan.holders.iter().map(|h| &h.server_id).collect::<Vec<_>>(),
-                "erasure coding a volume");
-            tokio::spawn(crate::erasure::encode::run(
-                Arc::clone(&self.cluster),
-                planned,
-                request.rate,
-                self.repair_settings.credential.clone(),
-                sender,
-                guard,
-            ));
-        }
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
-    }
-
-    /// Plans the decode (refusing what cannot be decoded before any
-    /// message), answers the plan, and, unless it is a dry run, runs the
-    /// decode on a task of its own that streams its progress.
-    async fn decode_volume_inner(
-        &self,
-        request: Request<hayloft_proto::DecodeVolumeRequest>,
-    ) -> Result<Response<DecodeVolumeStream>, Status> {
-        let request = request.into_inner();
-        let planned = crate::erasure::decode::plan(&self.cluster, &request)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        let first = hayloft_proto::DecodeVolumeProgress {
-            plan: Some(planned.plan.clone()),
-            step: "plan".into(),
-            ..Default::default()
-        };
-        if request.dry_run {
-            let _ = sender.send(Ok(first)).await;
-        } else {
-            let guard = self.encoding.start(planned.source.volume_id).map_err(|_| {
-                crate::error::Error::NotDecodable {
-                    volume: planned.source.volume_id,
-                    why: "an encode or decode of it is under way".into(),
-                }
-            })?;
-            let _ = sender.send(Ok(first)).await;
-            tracing::info!(volume = request.volume_id,
-                targets = ?planned.plan.targets.iter().map(|t| &t.server_id).collect::<Vec<_>>(),
-                "decoding an erasure-coded volume");
-            tokio::spawn(crate::erasure::decode::run(
-                Arc::clone(&self.cluster),
-                planned,
-                request.rate,
-                self.repair_settings.credential.clone(),
-                sender,
-                guard,
-            ));
-        }
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
-    }
-
     async fn remove_replica_inner(
         &self,
         request: Request<RemoveReplicaRequest>,
@@ -732,14 +636,6 @@ impl DirectoryService {
 /// Only the group's leader answers; another node answers UNAVAILABLE with
 /// the leader's address in the `hayloft-leader` metadata (the clients
 /// switch to it).
-/// `EncodeVolume`'s answer: the plan, progress, the layout.
-pub type EncodeVolumeStream =
-    tokio_stream::wrappers::ReceiverStream<Result<EncodeVolumeProgress, Status>>;
-
-/// `DecodeVolume`'s answer: the plan, progress, the replicas.
-pub type DecodeVolumeStream =
-    tokio_stream::wrappers::ReceiverStream<Result<hayloft_proto::DecodeVolumeProgress, Status>>;
-
 #[tonic::async_trait]
 impl Directory for DirectoryService {
     type EncodeVolumeStream = EncodeVolumeStream;

@@ -33,8 +33,8 @@
 
 mod encode_volume;
 mod erasure;
-mod erasure_handoff;
 mod erasure_decode;
+mod erasure_handoff;
 mod erasure_heal;
 mod erasure_policy;
 mod erasure_rebuild;

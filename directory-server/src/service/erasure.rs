@@ -1,0 +1,126 @@
+//! The bodies of the directory's erasure-coding RPCs: `SealVolume` (a
+//! volume sealed by hand before an encode), `EncodeVolume` and
+//! `DecodeVolume`. Each checks and plans before its first message, then
+//! runs on a task of its own (see `crate::erasure`).
+
+use std::sync::Arc;
+
+use hayloft_proto::{
+    EncodeVolumeProgress, EncodeVolumeRequest, SealVolumeRequest, SealVolumeResponse,
+};
+use hayloft_storage::VolumeId;
+use tonic::{Request, Response, Status};
+
+use super::DirectoryService;
+
+/// `EncodeVolume`'s answer: the plan, progress, the layout.
+pub type EncodeVolumeStream =
+    tokio_stream::wrappers::ReceiverStream<Result<EncodeVolumeProgress, Status>>;
+
+/// `DecodeVolume`'s answer: the plan, progress, the replicas.
+pub type DecodeVolumeStream =
+    tokio_stream::wrappers::ReceiverStream<Result<hayloft_proto::DecodeVolumeProgress, Status>>;
+
+impl DirectoryService {
+    /// Seals a volume by hand (`crate::seal`), waiting for the copies'
+    /// reports up to three pulses (ten seconds at least).
+    pub(super) async fn seal_volume_inner(
+        &self,
+        request: Request<SealVolumeRequest>,
+    ) -> Result<Response<SealVolumeResponse>, Status> {
+        let volume = VolumeId(request.into_inner().volume_id);
+        let patience = std::time::Duration::from_secs(u64::from(self.pulse_seconds) * 3)
+            .max(std::time::Duration::from_secs(10));
+        let answer = crate::seal::seal_volume(
+            &self.cluster,
+            volume,
+            &self.repair_settings.credential,
+            patience,
+        )
+        .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Plans the encode (refusing what cannot be encoded before any
+    /// message), answers the plan, and, unless it is a dry run, runs the
+    /// encode on a task of its own that streams its progress.
+    pub(super) async fn encode_volume_inner(
+        &self,
+        request: Request<EncodeVolumeRequest>,
+    ) -> Result<Response<EncodeVolumeStream>, Status> {
+        let request = request.into_inner();
+        let collection = self
+            .cluster
+            .volume_collection(VolumeId(request.volume_id))
+            .unwrap_or_default();
+        let default_code = self.ec_codes.for_collection(&collection);
+        let planned = crate::erasure::encode::plan(&self.cluster, &request, default_code)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let first = EncodeVolumeProgress {
+            plan: Some(planned.plan.clone()),
+            ..EncodeVolumeProgress::default()
+        };
+        if request.dry_run {
+            let _ = sender.send(Ok(first)).await;
+        } else {
+            let guard = self.encoding.start(planned.source.volume_id)?;
+            let _ = sender.send(Ok(first)).await;
+            tracing::info!(volume = request.volume_id, code = %planned.code,
+                holders = ?planned.plan.holders.iter().map(|h| &h.server_id).collect::<Vec<_>>(),
+                "erasure coding a volume");
+            tokio::spawn(crate::erasure::encode::run(
+                Arc::clone(&self.cluster),
+                planned,
+                request.rate,
+                self.repair_settings.credential.clone(),
+                sender,
+                guard,
+            ));
+        }
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+
+    /// Plans the decode (refusing what cannot be decoded before any
+    /// message), answers the plan, and, unless it is a dry run, runs the
+    /// decode on a task of its own that streams its progress.
+    pub(super) async fn decode_volume_inner(
+        &self,
+        request: Request<hayloft_proto::DecodeVolumeRequest>,
+    ) -> Result<Response<DecodeVolumeStream>, Status> {
+        let request = request.into_inner();
+        let planned = crate::erasure::decode::plan(&self.cluster, &request)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let first = hayloft_proto::DecodeVolumeProgress {
+            plan: Some(planned.plan.clone()),
+            step: "plan".into(),
+            ..Default::default()
+        };
+        if request.dry_run {
+            let _ = sender.send(Ok(first)).await;
+        } else {
+            let guard = self.encoding.start(planned.source.volume_id).map_err(|_| {
+                crate::error::Error::NotDecodable {
+                    volume: planned.source.volume_id,
+                    why: "an encode or decode of it is under way".into(),
+                }
+            })?;
+            let _ = sender.send(Ok(first)).await;
+            tracing::info!(volume = request.volume_id,
+                targets = ?planned.plan.targets.iter().map(|t| &t.server_id).collect::<Vec<_>>(),
+                "decoding an erasure-coded volume");
+            tokio::spawn(crate::erasure::decode::run(
+                Arc::clone(&self.cluster),
+                planned,
+                request.rate,
+                self.repair_settings.credential.clone(),
+                sender,
+                guard,
+            ));
+        }
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+}
