@@ -1,7 +1,7 @@
 //! `hayloft tier`: plan, run and watch tier moves; restore cold volumes;
 //! run the tiering worker as its own daemon.
 //!
-//! Why one file of ~650 lines: `hayloft tier` has seven subcommands sharing one
+//! Why one file of ~680 lines: `hayloft tier` has seven subcommands sharing one
 //! argument set and one plan printer; most of the length is their `clap`
 //! documentation (the `--help` text).
 

@@ -1,6 +1,6 @@
 //! A store: every volume on this server, across its disk locations.
 //!
-//! Why one file of ~890 lines: every operation on the store's map of
+//! Why one file of ~920 lines: every operation on the store's map of
 //! volumes (open, create, delete, move between locations, list, release)
 //! goes through the same map lock and creation lock, documented once on
 //! [`Store`]; reading them side by side is how their use is checked.

@@ -73,17 +73,7 @@ async fn fill_two_copies(started: &Started) -> (u32, Vec<(BlobId, Bytes)>) {
         panic!("no copy took blob {id}");
     }
     let volume = written[0].0.volume().0;
-    let client = &started.client;
-    eventually(Duration::from_secs(20), "the volume sealed", || async {
-        let status = client.status().await.ok()?;
-        let record = status
-            .volumes
-            .iter()
-            .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))?;
-        let sealed = record.state == hayloft_proto::VolumeState::Sealed as i32;
-        (sealed && record.status.as_ref()?.sealed).then_some(())
-    })
-    .await;
+    wait_sealed(started, volume).await;
     (volume, written)
 }
 

@@ -223,6 +223,13 @@ pub async fn fill_until_sealed(started: &Started) -> (u32, Vec<(hayloft_storage:
         }
     }
     let volume = written[0].0.volume().0;
+    wait_sealed(started, volume).await;
+    (volume, written)
+}
+
+/// Waits until `volume` is sealed as its server reports it, and in the
+/// directory's state.
+pub async fn wait_sealed(started: &Started, volume: u32) {
     let client = &started.client;
     eventually(Duration::from_secs(20), "the volume sealed", || async {
         let status = client.status().await.ok()?;
@@ -230,10 +237,8 @@ pub async fn fill_until_sealed(started: &Started) -> (u32, Vec<(hayloft_storage:
             .volumes
             .iter()
             .find(|v| v.status.as_ref().is_some_and(|s| s.volume_id == volume))?;
-        // Sealed as its server reports it, and in the directory's state.
         let sealed = record.state == hayloft_proto::VolumeState::Sealed as i32;
         (sealed && record.status.as_ref()?.sealed).then_some(())
     })
     .await;
-    (volume, written)
 }
