@@ -109,7 +109,7 @@ impl Client {
                         if matches!(
                             e.code(),
                             Some(Code::Unavailable | Code::Unknown | Code::DataLoss)
-                        ) =>
+                        ) || not_here(&e) =>
                     {
                         last_error = Some(e)
                     }
@@ -122,4 +122,13 @@ impl Client {
             refresh = true;
         }
     }
+}
+
+/// True for a server's answer that it holds nothing of the volume (the
+/// cached location is stale: it moved, was erasure-coded or decoded), as
+/// opposed to a blob it knows is not there.
+fn not_here(error: &Error) -> bool {
+    matches!(error, Error::Status(status)
+        if status.code() == Code::NotFound
+            && status.metadata().contains_key(hayloft_proto::VOLUME_NOT_HERE))
 }

@@ -145,6 +145,13 @@ pub const MAX_FRAME_BYTES: u32 = 256 << 10;
 /// of one upload or read can be found on every server it touched.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// Metadata of a NOT_FOUND a volume server answers when it holds neither a
+/// copy nor shards of the blob's volume (its value: the volume id). The
+/// volume may have moved, been erasure-coded or decoded since the caller
+/// looked it up: a client with a cached location asks the directory again
+/// rather than taking the blob to be gone.
+pub const VOLUME_NOT_HERE: &str = "hayloft-volume-not-here";
+
 /// A fresh random request id (16 hex digits).
 pub fn new_request_id() -> String {
     use std::hash::{BuildHasher, Hasher};

@@ -26,6 +26,19 @@ pub fn grpc_status(error: &Error, blob: Option<BlobId>) -> tonic::Status {
             (Error::VolumeNotFound(v), None) => {
                 Status::not_found(format!("volume {v} is not on this server"))
             }
+            // The volume is not here at all: marked, so that a client whose
+            // cached location went stale asks the directory again.
+            (Error::VolumeNotFound(v), Some(blob)) => {
+                let mut status = Status::not_found(format!(
+                    "blob {blob} not found: volume {v} is not on this server"
+                ));
+                if let Ok(value) = v.0.to_string().parse() {
+                    status
+                        .metadata_mut()
+                        .insert(hayloft_proto::VOLUME_NOT_HERE, value);
+                }
+                status
+            }
             (_, Some(blob)) => Status::not_found(format!("blob {blob} not found")),
             (_, None) => Status::not_found("not found"),
         };
