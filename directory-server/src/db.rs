@@ -169,8 +169,10 @@ pub struct RepairJobRow {
     #[prost(string, tag = "2")]
     pub target: String,
     /// What the repair does: `catch-up`, `replace`, `add`, `catch-up-cold`,
-    /// `replace-cold`, `move`, or `rebuild-shard` (a shard of an
-    /// erasure-coded volume rebuilt on `target`).
+    /// `replace-cold`, `move`, `rebuild-shard` (a shard of an
+    /// erasure-coded volume rebuilt on `target`), `encode` (the volume
+    /// erasure-coded from the copy on `target`) or `decode` (turned back
+    /// into copies; `target` is the first of them).
     #[prost(string, tag = "3")]
     pub kind: String,
     /// For `replace` and `replace-cold`: the server whose copy is lost;
@@ -187,6 +189,23 @@ pub struct RepairJobRow {
     /// none: 0, and no other kind reads it).
     #[prost(uint32, tag = "7")]
     pub shard: u32,
+    /// For `encode`: the code (`K+M`).
+    #[prost(string, tag = "8")]
+    pub code: String,
+    /// For `encode`: the largest block asked for.
+    #[prost(uint64, tag = "9")]
+    pub max_block: u64,
+    /// For `encode` and `decode`: bytes a second (0: unthrottled).
+    #[prost(uint64, tag = "10")]
+    pub rate: u64,
+    /// For `decode`: the token of the holders' delete fences, so that a
+    /// new leader can lift them.
+    #[prost(uint64, tag = "11")]
+    pub fence_token: u64,
+    /// For `encode`: the shard holders placed, shard by shard; for
+    /// `decode`: the servers the copies are built on.
+    #[prost(string, repeated, tag = "12")]
+    pub servers: Vec<String>,
 }
 
 impl RepairJobRow {

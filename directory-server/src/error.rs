@@ -147,6 +147,10 @@ pub enum Error {
     /// changed since the leader looked.
     #[error("{0}")]
     Refused(String),
+    /// A change the leader proposed may or may not have been committed
+    /// (leadership lost while proposing it): the next leader finds out.
+    #[error("its commit is in doubt: {0}")]
+    CommitUnknown(String),
     /// A volume server could not be reached to create a volume's copy.
     #[error("volume server {server} unreachable: {reason}")]
     ServerUnreachable {
@@ -308,6 +312,7 @@ impl Error {
             | Error::NotLeader { .. }
             | Error::NotRunning
             | Error::NoMajority(_)
+            | Error::CommitUnknown(_)
             | Error::Consensus { .. } => Code::Unavailable,
             Error::VolumeNotFound(_) | Error::NoCopy { .. } | Error::NodeNotFound(_) => {
                 Code::NotFound

@@ -284,6 +284,14 @@ impl Cluster {
             .collect();
     }
 
+    /// The environment of directories started from now on (failpoints).
+    pub fn set_directory_env(&mut self, env: &[(&str, &str)]) {
+        self.directory_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     fn push_volume_server(&mut self, args: Vec<String>) -> usize {
         self.volumes.push(VolumeServer {
             ports: VolumePorts::free(),

@@ -42,7 +42,14 @@ impl Cluster {
         let Some(layout) = row.erasure.clone() else {
             return refuse("it is not erasure-coded".into());
         };
-        if inner.state.repair_jobs.contains_key(&volume_id) {
+        // An open decode job (a leader's that died, rolled back) is this
+        // decode's own; any other job holds the volume.
+        if inner
+            .state
+            .repair_jobs
+            .get(&volume_id)
+            .is_some_and(|job| job.kind != crate::erasure::jobs::DECODE_KIND)
+        {
             return refuse("a repair of it is under way".into());
         }
         // A copy the encode left must hand its deletes to the holders and

@@ -79,7 +79,14 @@ impl Cluster {
             return refuse("it is in the cold tier".into());
         }
         let writable = row.state != VolumeState::Sealed as i32;
-        if inner.state.repair_jobs.contains_key(&volume_id) {
+        // An open encode job (a leader's that died) is this encode's own,
+        // run again; any other job holds the volume.
+        if inner
+            .state
+            .repair_jobs
+            .get(&volume_id)
+            .is_some_and(|job| job.kind != crate::erasure::jobs::ENCODE_KIND)
+        {
             return refuse("a repair of it is under way".into());
         }
         let source = row.replicas.iter().find_map(|id| {
@@ -115,6 +122,28 @@ impl Cluster {
             copies,
             candidates: self.candidates(&inner, Tier::Warm),
         })
+    }
+
+    /// Whether `volume_id` has an erasure-coded layout in the map (`None`:
+    /// no such volume).
+    pub fn is_erasure_coded(&self, volume_id: VolumeId) -> Option<bool> {
+        self.inner
+            .lock()
+            .state
+            .volumes
+            .get(&volume_id)
+            .map(|row| row.erasure.is_some())
+    }
+
+    /// The erasure-coded layout of `volume_id` as the map has it.
+    pub fn erasure_layout(&self, volume_id: VolumeId) -> Option<ErasureLayout> {
+        self.inner
+            .lock()
+            .state
+            .volumes
+            .get(&volume_id)?
+            .erasure
+            .clone()
     }
 
     /// Commits the layout of `volume_id` (its shards written, fsynced,

@@ -255,6 +255,7 @@ async fn repair_jobs_are_replicated_state_and_end_only_for_their_target() {
         started_at: 1_700_000_000,
         term: 0,
         shard: 0,
+        ..RepairJobRow::default()
     };
     // No job for a volume the map does not hold.
     assert!(

@@ -43,8 +43,9 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::encode::EncodingGuard;
+use super::encode::{EncodingGuard, end_job};
 use crate::cluster::{Cluster, DecodeSource};
+use crate::db::RepairJobRow;
 use crate::error::{Error, Result};
 use crate::repair::volume_client;
 
@@ -90,6 +91,51 @@ pub fn orphan_note(volume: VolumeId, holder: &str) -> String {
     format!(
         "{holder}: shards of volume {volume} left (holder down); drop them with EcDrop when it returns"
     )
+}
+
+/// Rolls back a decode a dead leader left uncommitted (`job`): the staged
+/// copies on its targets removed, the fences of its token lifted on every
+/// holder of the layout (best effort: a holder that restarted has no fence
+/// left, a target down keeps a staged copy that is never served).
+pub async fn roll_back_job(
+    cluster: &Cluster,
+    job: &RepairJobRow,
+    credential: &hayloft_proto::Credential,
+) {
+    let volume = job.volume_id();
+    let Some(layout) = cluster.erasure_layout(volume) else {
+        return;
+    };
+    let known = |id: &String| cluster.server_location(id);
+    let source = DecodeSource {
+        volume_id: volume,
+        holders: layout
+            .holders
+            .iter()
+            .filter_map(known)
+            .map(|location| (location, true))
+            .collect(),
+        targets: job.servers.iter().filter_map(known).collect(),
+        layout,
+        warnings: Vec::new(),
+    };
+    let (progress, _) = mpsc::channel(1);
+    let run = Decode {
+        cluster,
+        source: &source,
+        credential,
+        progress: &progress,
+        holders: source
+            .holders
+            .iter()
+            .map(|(l, _)| l.grpc_addr.clone())
+            .collect(),
+        rate: job.rate,
+    };
+    tracing::info!(volume = volume.0, targets = ?job.servers,
+        "rolling back a decode a dead leader left before its commit");
+    run.roll_back(Some(job.fence_token).filter(|t| *t != 0))
+        .await;
 }
 
 /// Runs a planned decode to its end, sending progress to `progress` (a
@@ -335,16 +381,31 @@ async fn decode(
         rate,
     };
     let token: u64 = rand::rng().random::<u64>().max(1);
+    let replicas: Vec<String> = source.targets.iter().map(|t| t.server_id.clone()).collect();
+    // The job first: a leader that dies from here on leaves it to the next
+    // (`super::jobs`), which rolls back with this token and runs it again.
+    let job = RepairJobRow {
+        volume_id: volume.0,
+        target: replicas.first().cloned().unwrap_or_default(),
+        kind: super::jobs::DECODE_KIND.to_owned(),
+        started_at: crate::cluster::unix_now(),
+        rate,
+        fence_token: token,
+        servers: replicas.clone(),
+        ..RepairJobRow::default()
+    };
+    cluster.start_repair(job.clone()).await?;
     let counts = match run.prepare(token).await {
         Ok(counts) => counts,
         Err(error) => {
             run.roll_back(Some(token)).await;
+            end_job(cluster, &job).await;
             return Err(error);
         }
     };
+    hayloft_storage::failpoint::abort_at("decode-before-commit");
     // Step 6.
     run.say("commit", "").await;
-    let replicas: Vec<String> = source.targets.iter().map(|t| t.server_id.clone()).collect();
     match run
         .cluster
         .erasure_decoded(volume, &source.layout, replicas.clone())
@@ -353,13 +414,16 @@ async fn decode(
         Ok(()) => {}
         Err(error @ Error::Refused(_)) => {
             run.roll_back(Some(token)).await;
+            end_job(cluster, &job).await;
             return Err(error);
         }
         // The entry may yet commit under another leader: the staged copies
-        // stay (served once a heartbeat names them) and so do the fences.
+        // stay (served once a heartbeat names them) and so do the fences;
+        // the job stays open for the next leader to end or roll back.
         Err(error) => return Err(error),
     }
     tracing::info!(volume = volume.0, replicas = ?replicas, "volume decoded: replica set committed");
+    hayloft_storage::failpoint::abort_at("decode-after-commit");
     // Step 7.
     let mut served = true;
     for target in &source.targets {
@@ -406,6 +470,7 @@ async fn decode(
             }
         }
     }
+    end_job(cluster, &job).await;
     Ok(DecodeVolumeProgress {
         step: "done".into(),
         replicas,

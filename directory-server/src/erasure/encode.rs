@@ -18,6 +18,7 @@ use tonic::Status;
 
 use super::placement::place_shards;
 use crate::cluster::{Cluster, EncodeSource, unix_now};
+use crate::db::RepairJobRow;
 use crate::error::{Error, Result};
 use crate::repair::volume_client;
 
@@ -157,10 +158,35 @@ fn writable_warning(source: &EncodeSource) -> Option<String> {
     })
 }
 
+/// The job committed before an encode's first step, so that a new leader
+/// runs it again if this one dies before the commit (`super::jobs`).
+fn job_of(planned: &PlannedEncode, rate: u64) -> RepairJobRow {
+    RepairJobRow {
+        volume_id: planned.source.volume_id.0,
+        target: planned.source.source.server_id.clone(),
+        kind: super::jobs::ENCODE_KIND.to_owned(),
+        started_at: unix_now(),
+        code: planned.code.to_string(),
+        max_block: planned.max_block,
+        rate,
+        servers: planned
+            .holders
+            .iter()
+            .map(|h| h.server_id.clone())
+            .collect(),
+        ..RepairJobRow::default()
+    }
+}
+
 /// Runs a planned encode to its end, sending progress to `progress` (a
 /// caller that went away does not stop it: the copies are removed once the
 /// layout is committed whether anyone listens or not). The last message
 /// is the layout and the copies removed, or the error.
+///
+/// The job is committed first and ended once the layout is committed (the
+/// copies are then removed here, or as leftovers by any leader) or the
+/// encode failed and its shards were dropped. A commit whose outcome is
+/// unknown (leadership lost) leaves the job for the next leader to decide.
 pub async fn run(
     cluster: Arc<Cluster>,
     planned: PlannedEncode,
@@ -170,9 +196,15 @@ pub async fn run(
     _guard: EncodingGuard,
 ) {
     let volume = planned.source.volume_id;
-    let outcome = encode(&cluster, &planned, rate, &credential, &progress).await;
+    let job = job_of(&planned, rate);
+    let outcome = match cluster.start_repair(job.clone()).await {
+        Ok(()) => encode(&cluster, &planned, rate, &credential, &progress).await,
+        Err(error) => Err(error),
+    };
     let answer = match outcome {
         Ok(layout) => {
+            hayloft_storage::failpoint::abort_at("encode-after-commit");
+            end_job(&cluster, &job).await;
             tracing::info!(volume = volume.0, code = %planned.code, "volume erasure-coded; removing its copies");
             let holders: Vec<String> = planned
                 .holders
@@ -188,12 +220,29 @@ pub async fn run(
                 ..EncodeVolumeProgress::default()
             })
         }
+        Err(Error::CommitUnknown(error)) => {
+            tracing::warn!(volume = volume.0, %error,
+                "erasure coding: the layout's commit failed and may yet apply; the next leader decides (its job stays open)");
+            Err(Status::unavailable(format!(
+                "volume {volume}: the layout's commit failed ({error}); the leader that follows finishes or runs the encode again"
+            )))
+        }
         Err(error) => {
             tracing::warn!(volume = volume.0, %error, "erasure coding failed; the volume stays replicated");
+            end_job(&cluster, &job).await;
             Err(Status::from(error))
         }
     };
     let _ = progress.send(answer).await;
+}
+
+/// Ends an encode's or decode's job (logged if it cannot: the next leader
+/// ends it, as it finds the result committed or runs it again).
+pub(super) async fn end_job(cluster: &Cluster, job: &RepairJobRow) {
+    if let Err(error) = cluster.end_repair(job.volume_id(), &job.target).await {
+        tracing::warn!(volume = job.volume_id, kind = %job.kind, %error,
+            "could not end the job (the next leader will)");
+    }
 }
 
 /// Steps 1-3: encode, check the manifest, commit the layout. An encode
@@ -292,8 +341,12 @@ async fn encode(
             manifest.encoded_at
         },
     };
-    cluster.erasure_encoded(volume, layout.clone()).await?;
-    Ok(layout)
+    hayloft_storage::failpoint::abort_at("encode-before-commit");
+    match cluster.erasure_encoded(volume, layout.clone()).await {
+        Ok(()) => Ok(layout),
+        Err(error @ Error::Refused(_)) => Err(error),
+        Err(error) => Err(Error::CommitUnknown(error.to_string())),
+    }
 }
 
 /// Best effort after a failed encode: every holder drops what it got (a

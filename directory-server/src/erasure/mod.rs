@@ -4,7 +4,8 @@
 //! shards to rebuild where ([`rebuild`], pure) and the worker that rebuilds
 //! them, drops orphan shards and removes copies an encode left
 //! ([`shard_worker`]), and `DecodeVolume`'s steps, back to copies
-//! ([`decode`]).
+//! ([`decode`]); encodes and decodes kept as jobs a new leader finishes
+//! ([`jobs`]).
 //!
 //! See ARCHITECTURE.md, "Erasure-coded volumes: encoding" and "Rebuilding
 //! lost shards".
@@ -12,6 +13,7 @@
 pub mod codes;
 pub mod decode;
 pub mod encode;
+pub mod jobs;
 pub mod placement;
 pub mod rebuild;
 pub mod shard_worker;

@@ -104,6 +104,7 @@ impl ShardRebuild {
             started_at: unix_now(),
             term: 0,
             shard: self.shard,
+            ..RepairJobRow::default()
         }
     }
 }
@@ -433,6 +434,7 @@ mod tests {
             started_at: 1,
             term: 1,
             shard: 4,
+            ..RepairJobRow::default()
         };
         let mut holders = healthy_view();
         holders[4].down_for = Some(700);

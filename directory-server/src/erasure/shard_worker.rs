@@ -1,5 +1,6 @@
 //! The leader's erasure-coded upkeep, a background worker: every pulse it
-//! resumes open shard rebuilds, plans and starts new ones (each committed
+//! resumes open shard rebuilds and the encodes and decodes an earlier
+//! leader started (`super::jobs`), plans and starts new ones (each committed
 //! as a job first, run on a task of its own: `EcRebuild` on the target,
 //! then `ShardMoved`, then the job's end), drops orphan shards (`EcDrop`),
 //! and takes copies left by an encode out of the replica set (the repair
@@ -348,6 +349,7 @@ impl Worker for ShardWorker {
         let by_id: HashMap<VolumeId, ShardView> =
             views.iter().map(|v| (v.volume_id, v.clone())).collect();
         let mut failures = self.resume(&by_id, true).await;
+        failures.extend(super::jobs::resume(&self.cluster, &self.encoding, &self.settings).await);
         failures.extend(self.start_new(&views).await);
         failures.extend(self.tidy().await);
         for failure in &failures {

@@ -171,7 +171,7 @@ impl RepairPlan {
             lost: lost.to_owned(),
             started_at: unix_now(),
             term: 0,
-            shard: 0,
+            ..RepairJobRow::default()
         }
     }
 }

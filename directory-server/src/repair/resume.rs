@@ -107,6 +107,7 @@ mod tests {
             started_at: 1,
             term: 1,
             shard: 0,
+            ..RepairJobRow::default()
         };
         let lost = view(
             2,

@@ -232,9 +232,10 @@ impl Worker for RepairWorker {
             .collect();
         let settled = cluster.settled();
         for job in cluster.repair_jobs() {
-            // Shard rebuilds are the shard worker's (`erasure::shard_worker`).
+            // Shard rebuilds, encodes and decodes are the erasure code's
+            // (`erasure::shard_worker`, `erasure::jobs`).
             if repairs.is_running(job.volume_id())
-                || job.kind == crate::erasure::rebuild::REBUILD_KIND
+                || crate::erasure::jobs::is_erasure_job(&job.kind)
             {
                 continue;
             }

@@ -154,13 +154,22 @@ pub async fn encode(
             drop(stripes);
             return Err(holder_failed(&addr, streams).await);
         }
-        let _ = progress
+        // The caller gone (its leader died): stop, so that the encode it
+        // runs again is the only one writing these shards.
+        if progress
             .send(Ok(EcEncodeProgress {
                 done,
                 total,
                 ..EcEncodeProgress::default()
             }))
-            .await;
+            .await
+            .is_err()
+        {
+            drop(stripes);
+            return Err(Status::cancelled(format!(
+                "the encode of volume {id} was given up by its caller"
+            )));
+        }
     }
     let digests = reader
         .await
