@@ -397,10 +397,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             },
             &if volume.repairing {
                 let percent = (volume.repair_progress * 100.0).floor().min(99.0) as u32;
-                if volume.repair_kind == "rebuild-shard" {
-                    format!("rebuild s{} {percent}%", volume.repair_shard)
-                } else {
-                    format!("repairing {percent}%")
+                match volume.repair_kind.as_str() {
+                    "rebuild-shard" => format!("rebuild s{} {percent}%", volume.repair_shard),
+                    // Erasure coding, or back to copies (their progress is
+                    // the command's, not the map's).
+                    "encode" => "encoding".to_owned(),
+                    "decode" => "decoding".to_owned(),
+                    _ => format!("repairing {percent}%"),
                 }
             } else {
                 health_name(volume.health).to_owned()
