@@ -93,6 +93,9 @@ enum TierCommand {
     /// Turn erasure-coded volumes back into replicated volumes (plan first;
     /// `--dry-run`: the plan only).
     Decode(crate::decode::DecodeArgs),
+    /// Re-encode erasure-coded volumes without their deleted needles, so
+    /// their space comes back (plan first; `--dry-run`: the plan only).
+    Reencode(crate::reencode::ReencodeArgs),
     /// The tiering worker as a daemon: plans and runs by the policy every interval.
     Worker {
         #[command(flatten)]
@@ -268,6 +271,7 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
         TierCommand::Compact { volume } => compact_cold(&directory, volume).await,
         TierCommand::Ec(args) => crate::erasure::tier_ec(&directory, args).await,
         TierCommand::Decode(decode) => crate::decode::decode(&directory, decode).await,
+        TierCommand::Reencode(args) => crate::reencode::reencode(&directory, args).await,
         TierCommand::Worker { policy, interval } => {
             let policy = load_policy(policy.policy.as_deref())?;
             println!("tiering worker: directory {directory}, every {interval}");

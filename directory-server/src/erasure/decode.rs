@@ -48,7 +48,7 @@ use crate::cluster::{Cluster, DecodeSource};
 use crate::error::{Error, Result};
 use crate::repair::volume_client;
 
-type Progress = mpsc::Sender<Result<DecodeVolumeProgress, Status>>;
+pub(super) type Progress = mpsc::Sender<Result<DecodeVolumeProgress, Status>>;
 
 /// What a planned decode does.
 #[derive(Debug, Clone)]
@@ -114,19 +114,24 @@ pub async fn run(
     let _ = progress.send(answer).await;
 }
 
-/// The steps of a decode on the leader (see the module's doc).
-struct Decode<'a> {
-    cluster: &'a Cluster,
-    source: &'a DecodeSource,
-    credential: &'a hayloft_proto::Credential,
-    progress: &'a Progress,
+/// The steps of a decode on the leader (see the module's doc); a
+/// re-encode (`super::reencode`) runs some of them too.
+pub(super) struct Decode<'a> {
+    pub(super) cluster: &'a Cluster,
+    pub(super) source: &'a DecodeSource,
+    pub(super) credential: &'a hayloft_proto::Credential,
+    pub(super) progress: &'a Progress,
     /// The holders' addresses, shard by shard ("" for one down).
-    holders: Vec<String>,
-    rate: u64,
+    pub(super) holders: Vec<String>,
+    pub(super) rate: u64,
+    /// A re-encode's code and largest block (REENCODE step); "" and 0
+    /// otherwise.
+    pub(super) code: String,
+    pub(super) max_block: u64,
 }
 
 impl Decode<'_> {
-    fn failed(&self, step: &'static str, server: &str, status: &Status) -> Error {
+    pub(super) fn failed(&self, step: &'static str, server: &str, status: &Status) -> Error {
         Error::DecodeFailed {
             volume: self.source.volume_id,
             step,
@@ -138,7 +143,7 @@ impl Decode<'_> {
 
     /// Runs decode step `step` on `target`, forwarding its progress;
     /// returns its last message.
-    async fn on_target(
+    pub(super) async fn on_target(
         &self,
         target: &ServerLocation,
         step: DecodeStep,
@@ -154,6 +159,8 @@ impl Decode<'_> {
                 holders: self.holders.clone(),
                 rate: self.rate,
                 step: step as i32,
+                code: self.code.clone(),
+                max_block: self.max_block,
             })
             .await
             .map_err(failed)?
@@ -179,7 +186,7 @@ impl Decode<'_> {
         }
     }
 
-    async fn say(&self, step: &str, server: &str) {
+    pub(super) async fn say(&self, step: &str, server: &str) {
         let _ = self
             .progress
             .send(Ok(DecodeVolumeProgress {
@@ -193,7 +200,7 @@ impl Decode<'_> {
     /// Fences (or with `release`, unfences) deletes on each live holder;
     /// answers the holders that answered, each with whether the fence of
     /// `token` was in place before.
-    async fn fence(&self, token: u64, release: bool) -> Vec<(ServerLocation, bool)> {
+    pub(super) async fn fence(&self, token: u64, release: bool) -> Vec<(ServerLocation, bool)> {
         let mut answered = Vec::new();
         let mut seen = HashSet::new();
         for (holder, alive) in &self.source.holders {
@@ -333,6 +340,8 @@ async fn decode(
             })
             .collect(),
         rate,
+        code: String::new(),
+        max_block: 0,
     };
     let token: u64 = rand::rng().random::<u64>().max(1);
     let counts = match run.prepare(token).await {
@@ -389,6 +398,7 @@ async fn decode(
                     .await?
                     .ec_drop(EcDropRequest {
                         volume_id: volume.0,
+                        staged: false,
                     })
                     .await
                     .map_err(|s| s.message().to_owned())

@@ -4,7 +4,8 @@
 //! shards to rebuild where ([`rebuild`], pure) and the worker that rebuilds
 //! them, drops orphan shards and removes copies an encode left
 //! ([`shard_worker`]), and `DecodeVolume`'s steps, back to copies
-//! ([`decode`]).
+//! ([`decode`]), and `ReencodeVolume`'s, the space of deleted needles
+//! given back ([`reencode`]).
 //!
 //! See ARCHITECTURE.md, "Erasure-coded volumes: encoding" and "Rebuilding
 //! lost shards".
@@ -14,6 +15,7 @@ pub mod decode;
 pub mod encode;
 pub mod placement;
 pub mod rebuild;
+pub mod reencode;
 pub mod shard_worker;
 
 pub use codes::EcCodes;
