@@ -211,6 +211,9 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
                     (Action::Encode { volume, .. }, Ok(())) => {
                         println!("volume {volume}: erasure coding started by the directory")
                     }
+                    (Action::Reencode { volume, .. }, Ok(())) => {
+                        println!("volume {volume}: re-encode started by the directory")
+                    }
                     (action, Err(e)) => {
                         failed += 1;
                         eprintln!("{}: refused: {e}", describe(action));
@@ -547,6 +550,16 @@ fn describe(action: &Action) -> String {
             };
             format!("volume {volume}: erasure-code ({code}) by {rule}")
         }
+        Action::Reencode {
+            volume,
+            deleted_bytes,
+            logical_bytes,
+            rule,
+        } => format!(
+            "volume {volume}: re-encode without {} deleted of {} by {rule}",
+            bytesize::ByteSize::b(*deleted_bytes),
+            bytesize::ByteSize::b(*logical_bytes)
+        ),
     }
 }
 
@@ -595,6 +608,13 @@ fn print_plan(policy: &Policy, plan: &Plan, json: bool) {
                     rule,
                 } => serde_json::json!({"volume": volume, "action": "encode",
                     "code": code, "bytes": bytes, "rule": rule}),
+                Action::Reencode {
+                    volume,
+                    deleted_bytes,
+                    logical_bytes,
+                    rule,
+                } => serde_json::json!({"volume": volume, "action": "reencode",
+                    "deleted_bytes": deleted_bytes, "bytes": logical_bytes, "rule": rule}),
             })
             .collect();
         println!(

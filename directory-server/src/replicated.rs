@@ -897,9 +897,15 @@ mod tests {
 
     #[test]
     fn the_erasure_reencoded_entry_has_a_format_of_its_own_beside_the_old_ones() {
-        let written = r#"{"ErasureReencoded":{"volume_id":7,"old":[10,3,51,43,50],"new":[10,3,51,43,49]}}"#;
+        let written =
+            r#"{"ErasureReencoded":{"volume_id":7,"old":[10,3,51,43,50],"new":[10,3,51,43,49]}}"#;
         let command: Command = serde_json::from_str(written).unwrap();
-        let Command::ErasureReencoded { volume_id, old, new } = &command else {
+        let Command::ErasureReencoded {
+            volume_id,
+            old,
+            new,
+        } = &command
+        else {
             panic!("{command:?}");
         };
         assert_eq!(*volume_id, 7);
@@ -940,7 +946,10 @@ mod tests {
             reencode(&mut machine, &moved),
             Applied::Refused(r) if r.contains("no longer erasure-coded")
         ));
-        assert_eq!(machine.state.volumes[&VolumeId(1)].erasure, Some(first.clone()));
+        assert_eq!(
+            machine.state.volumes[&VolumeId(1)].erasure,
+            Some(first.clone())
+        );
         assert_eq!(reencode(&mut machine, &first), Applied::Done);
         // Applied again (a retried proposal): nothing changes.
         assert_eq!(reencode(&mut machine, &first), Applied::Done);
@@ -1037,7 +1046,7 @@ mod tests {
             machine.apply(command);
             assert_eq!(machine.reloaded(), machine.state);
         }
-        assert_eq!(machine.state.position, at(17));
+        assert_eq!(machine.state.position, at(18));
         // A snapshot of the state is the state.
         let snapshot = machine.state.to_snapshot(Vec::new());
         assert_eq!(Replicated::from_snapshot(snapshot), machine.state);

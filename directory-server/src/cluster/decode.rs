@@ -53,7 +53,11 @@ impl Cluster {
         Ok(source)
     }
 
-    fn decode_source_with(&self, volume_id: VolumeId, copies: Option<usize>) -> Result<DecodeSource> {
+    fn decode_source_with(
+        &self,
+        volume_id: VolumeId,
+        copies: Option<usize>,
+    ) -> Result<DecodeSource> {
         let inner = self.inner.lock();
         let row = inner
             .state
@@ -102,7 +106,11 @@ impl Cluster {
             .into_iter()
             .filter(|c| c.free_bytes >= layout.data_len)
             .collect();
-        if copies == 1 && candidates.iter().any(|c| layout.holders.contains(&c.server_id)) {
+        if copies == 1
+            && candidates
+                .iter()
+                .any(|c| layout.holders.contains(&c.server_id))
+        {
             // A re-encode's target: a holder reads its own shards locally.
             candidates.retain(|c| layout.holders.contains(&c.server_id));
         }

@@ -210,9 +210,14 @@ async fn prepare(run: &Decode<'_>, token: u64) -> Result<(EcManifest, u64)> {
     let encoded = run
         .on_target(target, DecodeStep::Reencode, "reencode")
         .await?;
-    let manifest =
-        EcManifest::decode(&encoded.manifest, std::path::Path::new("<new manifest>"))
-            .map_err(|e| run.failed("reencode", &target.server_id, &Status::internal(e.to_string())))?;
+    let manifest = EcManifest::decode(&encoded.manifest, std::path::Path::new("<new manifest>"))
+        .map_err(|e| {
+            run.failed(
+                "reencode",
+                &target.server_id,
+                &Status::internal(e.to_string()),
+            )
+        })?;
     // Step 4.
     run.say("fence", "").await;
     let fenced = run.fence(token, false).await;
@@ -291,8 +296,12 @@ async fn reencode(
     drop(decode_tx);
     let _ = forwarding.await;
     let (new, needles, swapped, left) = result?;
-    tracing::info!(volume = volume.0, before = source.layout.data_len, after = new.data_len,
-        "volume re-encoded without its deleted needles");
+    tracing::info!(
+        volume = volume.0,
+        before = source.layout.data_len,
+        after = new.data_len,
+        "volume re-encoded without its deleted needles"
+    );
     Ok(ReencodeVolumeProgress {
         step: "done".into(),
         logical_before: source.layout.data_len,
@@ -351,7 +360,10 @@ async fn steps(
         digests: manifest.digests.clone(),
         encoded_at: manifest.encoded_at,
     };
-    match cluster.erasure_reencoded(volume, &source.layout, &new).await {
+    match cluster
+        .erasure_reencoded(volume, &source.layout, &new)
+        .await
+    {
         Ok(()) => {}
         Err(error @ Error::Refused(_)) => {
             roll_back(&run, Some(token)).await;

@@ -112,7 +112,10 @@ pub(crate) fn finish_interrupted_swaps(locations: &[Location]) -> Result<()> {
             else {
                 continue;
             };
-            tracing::info!(volume = id, "finishing a re-encode's swap a crash interrupted");
+            tracing::info!(
+                volume = id,
+                "finishing a re-encode's swap a crash interrupted"
+            );
             finish_swap(&location.path, &staging, VolumeId(id))?;
         }
     }

@@ -134,7 +134,7 @@ impl VolumeService {
             }
         })
         .await?
-            .map_err(|e| grpc_status(&e, None))?;
+        .map_err(|e| grpc_status(&e, None))?;
         let mut message = first;
         loop {
             let data = std::mem::take(&mut message.data);
@@ -160,11 +160,11 @@ impl VolumeService {
                     }
                 })
                 .await?
-                    .map_err(|e| match e {
-                        Error::Corrupt { .. } => Status::data_loss(e.to_string()),
-                        Error::BadFile { .. } => Status::invalid_argument(e.to_string()),
-                        e => grpc_status(&e, None),
-                    })?;
+                .map_err(|e| match e {
+                    Error::Corrupt { .. } => Status::data_loss(e.to_string()),
+                    Error::BadFile { .. } => Status::invalid_argument(e.to_string()),
+                    e => grpc_status(&e, None),
+                })?;
                 tracing::info!(volume = %id, shard, "shard written");
                 return Ok(Response::new(EcWriteShardResponse { digest }));
             }

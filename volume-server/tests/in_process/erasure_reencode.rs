@@ -56,7 +56,10 @@ async fn reencode(
 fn shard_files(cluster: &Cluster, volume: u32) -> Vec<(PathBuf, u64)> {
     let mut files = Vec::new();
     for server in 0..cluster.volume_count() {
-        for entry in std::fs::read_dir(ec_dir(cluster, server)).unwrap().flatten() {
+        for entry in std::fs::read_dir(ec_dir(cluster, server))
+            .unwrap()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             let shard = name
                 .strip_prefix(&format!("{volume}.ec"))
@@ -74,9 +77,11 @@ fn shard_files(cluster: &Cluster, volume: u32) -> Vec<(PathBuf, u64)> {
 fn reencode_staged(cluster: &Cluster, server: usize, volume: u32) -> bool {
     let staging = ec_dir(cluster, server).join("reencoding");
     std::fs::read_dir(staging).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(&format!("{volume}.")))
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{volume}."))
+        })
     })
 }
 
@@ -90,7 +95,10 @@ async fn etag_and_range(cluster: &Cluster, server: usize, blob: BlobId, data: &B
     let response = http_get(cluster, server, blob, Some("bytes=100-4099")).await;
     assert_eq!(response.status(), 206, "{blob} range from server {server}");
     let etag = response.headers()["etag"].to_str().unwrap().to_owned();
-    assert!(response.bytes().await.unwrap() == data[100..4100], "range of {blob}");
+    assert!(
+        response.bytes().await.unwrap() == data[100..4100],
+        "range of {blob}"
+    );
     etag
 }
 
@@ -116,15 +124,21 @@ async fn a_reencode_gives_the_deleted_space_back_and_keeps_every_delete() {
         etags.push(etag_and_range(cluster, 0, *blob, data).await);
     }
     // The holders report the deleted bytes; status shows them.
-    let deleted_bytes = eventually(Duration::from_secs(10), "deleted bytes reported", || async {
-        let status = started.client.status().await.ok()?;
-        let bytes = record(&status, volume).deleted_bytes;
-        (bytes > 0).then_some(bytes)
-    })
+    let deleted_bytes = eventually(
+        Duration::from_secs(10),
+        "deleted bytes reported",
+        || async {
+            let status = started.client.status().await.ok()?;
+            let bytes = record(&status, volume).deleted_bytes;
+            (bytes > 0).then_some(bytes)
+        },
+    )
     .await;
 
     // A dry run: the plan only.
-    let messages = reencode(cluster, volume, (true, 0), async |_| {}).await.unwrap();
+    let messages = reencode(cluster, volume, (true, 0), async |_| {})
+        .await
+        .unwrap();
     assert_eq!(messages.len(), 1);
     let plan = messages[0].plan.clone().unwrap();
     assert_eq!((plan.code.as_str(), plan.holders.len()), ("3+2", 5));
@@ -150,7 +164,9 @@ async fn a_reencode_gives_the_deleted_space_back_and_keeps_every_delete() {
     assert!(late_done, "no reencode progress seen");
     deleted.insert(*late);
     let steps: Vec<&str> = messages.iter().map(|m| m.step.as_str()).collect();
-    for step in ["plan", "build", "reencode", "fence", "journals", "commit", "swap", "done"] {
+    for step in [
+        "plan", "build", "reencode", "fence", "journals", "commit", "swap", "done",
+    ] {
         assert!(steps.contains(&step), "{step} missing from {steps:?}");
     }
     let last = messages.last().unwrap();
@@ -173,8 +189,14 @@ async fn a_reencode_gives_the_deleted_space_back_and_keeps_every_delete() {
         let new = manifest(cluster, server, volume);
         assert_eq!(new.data_len, last.logical_after);
         assert!(new.digests.iter().zip(&old.digests).all(|(a, b)| a != b));
-        assert!(!reencode_staged(cluster, server, volume), "staged on {server}");
-        assert!(!staged(cluster, server, volume), "decoded copy left on {server}");
+        assert!(
+            !reencode_staged(cluster, server, volume),
+            "staged on {server}"
+        );
+        assert!(
+            !staged(cluster, server, volume),
+            "decoded copy left on {server}"
+        );
     }
     let status = started.client.status().await.unwrap();
     let layout = record(&status, volume).erasure.unwrap();
@@ -182,7 +204,14 @@ async fn a_reencode_gives_the_deleted_space_back_and_keeps_every_delete() {
 
     // Every live blob byte-identical over HTTP from every server and gRPC
     // from every holder, Range and ETag as before; deleted ones 404.
-    every_blob_reads_right(cluster, &blobs, &deleted, &[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4]).await;
+    every_blob_reads_right(
+        cluster,
+        &blobs,
+        &deleted,
+        &[0, 1, 2, 3, 4],
+        &[0, 1, 2, 3, 4],
+    )
+    .await;
     for ((blob, data), etag) in live.iter().zip(&etags).skip(1) {
         for server in 0..5 {
             assert_eq!(&etag_and_range(cluster, server, *blob, data).await, etag);
@@ -198,7 +227,11 @@ async fn a_reencode_gives_the_deleted_space_back_and_keeps_every_delete() {
     // Decoded after: the deleted stay deleted.
     let messages = decode(cluster, volume, false).await.unwrap();
     let last = messages.last().unwrap();
-    assert_eq!(last.needles, (blobs.len() - deleted.len()) as u64, "{last:?}");
+    assert_eq!(
+        last.needles,
+        (blobs.len() - deleted.len()) as u64,
+        "{last:?}"
+    );
     let copies: Vec<usize> = last.replicas.iter().map(|t| server_index(t)).collect();
     for server in 0..5 {
         assert!(!holds_shards(cluster, server, volume));
@@ -224,7 +257,9 @@ async fn a_reencode_that_fails_mid_way_leaves_the_old_generation_serving() {
         deleted.insert(*blob);
     }
     let cluster = &started.cluster;
-    let plan = reencode(cluster, volume, (true, 0), async |_| {}).await.unwrap()[0]
+    let plan = reencode(cluster, volume, (true, 0), async |_| {})
+        .await
+        .unwrap()[0]
         .plan
         .clone()
         .unwrap();
@@ -244,13 +279,26 @@ async fn a_reencode_that_fails_mid_way_leaves_the_old_generation_serving() {
     assert_eq!(shard_files(cluster, volume), before);
     for server in 0..5 {
         assert_eq!(manifest(cluster, server, volume), old);
-        assert!(!reencode_staged(cluster, server, volume), "staged on {server}");
-        assert!(!staged(cluster, server, volume), "decoded copy left on {server}");
+        assert!(
+            !reencode_staged(cluster, server, volume),
+            "staged on {server}"
+        );
+        assert!(
+            !staged(cluster, server, volume),
+            "decoded copy left on {server}"
+        );
         assert!(!holds_copy(cluster, server, volume).await);
     }
     let status = started.client.status().await.unwrap();
     assert_eq!(record(&status, volume).logical_bytes, old.data_len);
-    every_blob_reads_right(cluster, &blobs, &deleted, &[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4]).await;
+    every_blob_reads_right(
+        cluster,
+        &blobs,
+        &deleted,
+        &[0, 1, 2, 3, 4],
+        &[0, 1, 2, 3, 4],
+    )
+    .await;
     let (blob, _) = blobs.iter().find(|(b, _)| !deleted.contains(b)).unwrap();
     delete(&cluster.volume(4).unwrap().grpc_addr(), *blob)
         .await
@@ -259,11 +307,24 @@ async fn a_reencode_that_fails_mid_way_leaves_the_old_generation_serving() {
 
     // The obstacle gone, it runs again and succeeds.
     std::fs::remove_file(&obstacle).unwrap();
-    let messages = reencode(cluster, volume, (false, 0), async |_| {}).await.unwrap();
+    let messages = reencode(cluster, volume, (false, 0), async |_| {})
+        .await
+        .unwrap();
     let last = messages.last().unwrap();
     assert_eq!(last.swapped.len(), 5, "{last:?}");
-    assert_eq!(last.needles, (blobs.len() - deleted.len()) as u64, "{last:?}");
-    every_blob_reads_right(cluster, &blobs, &deleted, &[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4]).await;
+    assert_eq!(
+        last.needles,
+        (blobs.len() - deleted.len()) as u64,
+        "{last:?}"
+    );
+    every_blob_reads_right(
+        cluster,
+        &blobs,
+        &deleted,
+        &[0, 1, 2, 3, 4],
+        &[0, 1, 2, 3, 4],
+    )
+    .await;
 
     // A holder down: refused before anything is done (every holder takes
     // the new generation).
