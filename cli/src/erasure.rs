@@ -306,7 +306,8 @@ pub fn holders(volume: &VolumeRecord) -> Option<Vec<String>> {
 
 /// A volume's `layout` in `hayloft status --json`:
 /// `{"kind":"replicated","copies":3}` or `{"kind":"erasure","code":"10+4",
-/// "holders":[...],"data_len":...,"stored_bytes":...}`.
+/// "holders":[...],"data_len":...,"stored_bytes":...,"deleted_bytes":...}`
+/// (`deleted_bytes`: deleted since the encode, what a re-encode gives back).
 pub fn layout_json(volume: &VolumeRecord) -> serde_json::Value {
     match (&volume.erasure, holders(volume)) {
         (Some(erasure), Some(holders)) => serde_json::json!({
@@ -315,6 +316,7 @@ pub fn layout_json(volume: &VolumeRecord) -> serde_json::Value {
             "holders": holders,
             "data_len": volume.logical_bytes,
             "stored_bytes": volume.stored_bytes,
+            "deleted_bytes": volume.deleted_bytes,
         }),
         _ => serde_json::json!({
             "kind": "replicated",
