@@ -400,13 +400,15 @@ mod tests {
             }),
             stored_bytes: 3 << 16,
             logical_bytes: 100_000,
+            deleted_bytes: 4_000,
             ..VolumeRecord::default()
         };
         assert_eq!(layout_text(&encoded), "EC 2+1");
         assert_eq!(
             layout_json(&encoded),
             serde_json::json!({"kind": "erasure", "code": "2+1",
-                "holders": ["vs2", "vs0", "vs1"], "data_len": 100_000, "stored_bytes": 3 << 16})
+                "holders": ["vs2", "vs0", "vs1"], "data_len": 100_000, "stored_bytes": 3 << 16,
+                "deleted_bytes": 4_000})
         );
         assert_eq!(factor(150, 100), Some(1.5));
         assert_eq!(factor(150, 0), None);
