@@ -11,7 +11,7 @@ mod support;
 
 use bytes::Bytes;
 use hayloft_client::{Client, UploadOptions};
-use support::{Cluster, Failpoint, content, eventually, hayloft, secs};
+use support::{Cluster, Failpoint, content, eventually, hayloft, secs, try_eventually};
 
 /// Three servers in three zones, two copies of each volume, the code
 /// 2+1; the directory honours the failpoint `failpoint`.
@@ -499,19 +499,22 @@ async fn rs_10_4_on_fifteen_servers_reads_through_four_lost_holders_and_rebuilds
     std::fs::remove_dir_all(cluster.volume_dir(wiped)).unwrap();
     cluster.restart_volume(wiped).await;
     let spare_id = format!("vs{spare}");
-    eventually(
-        secs(120),
-        "the wiped holder's shard to be rebuilt on the spare",
-        async || {
-            let v = volume_json(&cluster, volume);
-            let now = v["layout"]["holders"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            now.get(7).is_some_and(|h| *h == spare_id.as_str()) && v["repair_kind"] == ""
-        },
-    )
+    let rebuilt = try_eventually(secs(120), async || {
+        let v = volume_json(&cluster, volume);
+        let now = v["layout"]["holders"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let done = now.get(7).is_some_and(|h| *h == spare_id.as_str()) && v["repair_kind"] == "";
+        if done { Ok(()) } else { Err(v) }
+    })
     .await;
+    if let Err(last) = rebuilt {
+        panic!(
+            "the wiped holder's shard was not rebuilt on vs{spare}: {last}\n{}",
+            logged(&cluster, "rebuil")
+        );
+    }
     let others: Vec<usize> = holders
         .iter()
         .copied()

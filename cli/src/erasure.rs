@@ -306,7 +306,8 @@ pub fn holders(volume: &VolumeRecord) -> Option<Vec<String>> {
 
 /// A volume's `layout` in `hayloft status --json`:
 /// `{"kind":"replicated","copies":3}` or `{"kind":"erasure","code":"10+4",
-/// "holders":[...],"data_len":...,"stored_bytes":...}`.
+/// "holders":[...],"data_len":...,"stored_bytes":...,"deleted_bytes":...}`
+/// (`deleted_bytes`: deleted since the encode, what a re-encode gives back).
 pub fn layout_json(volume: &VolumeRecord) -> serde_json::Value {
     match (&volume.erasure, holders(volume)) {
         (Some(erasure), Some(holders)) => serde_json::json!({
@@ -315,6 +316,7 @@ pub fn layout_json(volume: &VolumeRecord) -> serde_json::Value {
             "holders": holders,
             "data_len": volume.logical_bytes,
             "stored_bytes": volume.stored_bytes,
+            "deleted_bytes": volume.deleted_bytes,
         }),
         _ => serde_json::json!({
             "kind": "replicated",
@@ -398,13 +400,15 @@ mod tests {
             }),
             stored_bytes: 3 << 16,
             logical_bytes: 100_000,
+            deleted_bytes: 4_000,
             ..VolumeRecord::default()
         };
         assert_eq!(layout_text(&encoded), "EC 2+1");
         assert_eq!(
             layout_json(&encoded),
             serde_json::json!({"kind": "erasure", "code": "2+1",
-                "holders": ["vs2", "vs0", "vs1"], "data_len": 100_000, "stored_bytes": 3 << 16})
+                "holders": ["vs2", "vs0", "vs1"], "data_len": 100_000, "stored_bytes": 3 << 16,
+                "deleted_bytes": 4_000})
         );
         assert_eq!(factor(150, 100), Some(1.5));
         assert_eq!(factor(150, 0), None);

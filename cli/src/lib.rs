@@ -34,6 +34,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod page;
 pub use page::access as page_access;
+pub mod reencode;
 pub mod repair;
 pub mod server;
 pub mod sign;

@@ -93,6 +93,9 @@ enum TierCommand {
     /// Turn erasure-coded volumes back into replicated volumes (plan first;
     /// `--dry-run`: the plan only).
     Decode(crate::decode::DecodeArgs),
+    /// Re-encode erasure-coded volumes without their deleted needles, so
+    /// their space comes back (plan first; `--dry-run`: the plan only).
+    Reencode(crate::reencode::ReencodeArgs),
     /// The tiering worker as a daemon: plans and runs by the policy every interval.
     Worker {
         #[command(flatten)]
@@ -208,6 +211,9 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
                     (Action::Encode { volume, .. }, Ok(())) => {
                         println!("volume {volume}: erasure coding started by the directory")
                     }
+                    (Action::Reencode { volume, .. }, Ok(())) => {
+                        println!("volume {volume}: re-encode started by the directory")
+                    }
                     (action, Err(e)) => {
                         failed += 1;
                         eprintln!("{}: refused: {e}", describe(action));
@@ -268,6 +274,7 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
         TierCommand::Compact { volume } => compact_cold(&directory, volume).await,
         TierCommand::Ec(args) => crate::erasure::tier_ec(&directory, args).await,
         TierCommand::Decode(decode) => crate::decode::decode(&directory, decode).await,
+        TierCommand::Reencode(args) => crate::reencode::reencode(&directory, args).await,
         TierCommand::Worker { policy, interval } => {
             let policy = load_policy(policy.policy.as_deref())?;
             println!("tiering worker: directory {directory}, every {interval}");
@@ -543,6 +550,16 @@ fn describe(action: &Action) -> String {
             };
             format!("volume {volume}: erasure-code ({code}) by {rule}")
         }
+        Action::Reencode {
+            volume,
+            deleted_bytes,
+            logical_bytes,
+            rule,
+        } => format!(
+            "volume {volume}: re-encode without {} deleted of {} by {rule}",
+            bytesize::ByteSize::b(*deleted_bytes),
+            bytesize::ByteSize::b(*logical_bytes)
+        ),
     }
 }
 
@@ -591,6 +608,13 @@ fn print_plan(policy: &Policy, plan: &Plan, json: bool) {
                     rule,
                 } => serde_json::json!({"volume": volume, "action": "encode",
                     "code": code, "bytes": bytes, "rule": rule}),
+                Action::Reencode {
+                    volume,
+                    deleted_bytes,
+                    logical_bytes,
+                    rule,
+                } => serde_json::json!({"volume": volume, "action": "reencode",
+                    "deleted_bytes": deleted_bytes, "bytes": logical_bytes, "rule": rule}),
             })
             .collect();
         println!(

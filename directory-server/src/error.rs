@@ -116,6 +116,29 @@ pub enum Error {
         /// The code it answered with.
         code: tonic::Code,
     },
+    /// A volume that cannot be re-encoded now, and why.
+    #[error("volume {volume} cannot be re-encoded: {why}")]
+    NotReencodable {
+        /// The volume.
+        volume: VolumeId,
+        /// Why not (not erasure-coded, a holder down, being repaired...).
+        why: String,
+    },
+    /// A step of a re-encode failed: the volume stays erasure-coded as it
+    /// was (the staged generation dropped, the fences lifted, best effort).
+    #[error("re-encoding volume {volume} failed at {step} on {server}: {reason}")]
+    ReencodeFailed {
+        /// The volume.
+        volume: VolumeId,
+        /// The step (`build`, `reencode`, `fence`, `journals`, `commit`).
+        step: String,
+        /// The server that failed it ("" for the directory itself).
+        server: String,
+        /// What it said.
+        reason: String,
+        /// The code it answered with.
+        code: tonic::Code,
+    },
     /// A volume that cannot be decoded now, and why.
     #[error("volume {volume} cannot be decoded: {why}")]
     NotDecodable {
@@ -304,7 +327,8 @@ impl Error {
             | Error::BadCode(_) => Code::InvalidArgument,
             Error::EncodeFailed { code, .. }
             | Error::SealFailed { code, .. }
-            | Error::DecodeFailed { code, .. } => *code,
+            | Error::DecodeFailed { code, .. }
+            | Error::ReencodeFailed { code, .. } => *code,
             Error::CannotCreate(_)
             | Error::ServerUnreachable { .. }
             | Error::CreateRefused { .. }
@@ -322,6 +346,7 @@ impl Error {
             | Error::NotEncodable { .. }
             | Error::NotSealable { .. }
             | Error::NotDecodable { .. }
+            | Error::NotReencodable { .. }
             | Error::Refused(_)
             | Error::MemberElsewhere { .. }
             | Error::OnlyVoter(_)

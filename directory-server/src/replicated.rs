@@ -122,6 +122,17 @@ pub enum Command {
         from: String,
         to: String,
     },
+    /// An erasure-coded volume is re-encoded without its deleted needles:
+    /// its layout `old` (an encoded `ErasureLayout`, which must be the one
+    /// recorded) becomes `new` (same code and holders, the new generation's
+    /// lengths and digests, staged on every holder before). The holders
+    /// serve the new generation after this (`EcSwap`). Applied again: nothing
+    /// changes; refused if the row holds another layout.
+    ErasureReencoded {
+        volume_id: u32,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    },
 }
 
 /// What applying a [`Command`] answered.
@@ -540,6 +551,31 @@ fn apply_command(
             *holder = to;
             changed(batch, row)
         }
+        Command::ErasureReencoded {
+            volume_id,
+            old,
+            new,
+        } => {
+            let old: hayloft_proto::ErasureLayout = decode(&old)?;
+            let new: hayloft_proto::ErasureLayout = decode(&new)?;
+            let volume_id = VolumeId(volume_id);
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Refused(format!(
+                    "volume {volume_id} is not in the map"
+                )));
+            };
+            match &row.erasure {
+                Some(recorded) if *recorded == new => return Ok(Applied::Done),
+                Some(recorded) if *recorded == old => {}
+                _ => {
+                    return Ok(Applied::Refused(format!(
+                        "volume {volume_id} is no longer erasure-coded as the re-encode read it"
+                    )));
+                }
+            }
+            row.erasure = Some(new);
+            changed(batch, row)
+        }
         Command::RecordCapacity { sample, keep_since } => {
             let sample: hayloft_proto::CapacitySample = decode(&sample)?;
             db::put_sample(batch, &sample, keep_since);
@@ -680,12 +716,26 @@ mod tests {
                 from: "b".into(),
                 to: "d".into(),
             },
+            Command::ErasureReencoded {
+                volume_id: 1,
+                old: layout(&["a", "d", "c"]).encode_to_vec(),
+                new: reencoded(&["a", "d", "c"]).encode_to_vec(),
+            },
             Command::ErasureDecoded {
                 volume_id: 1,
-                layout: layout(&["a", "d", "c"]).encode_to_vec(),
+                layout: reencoded(&["a", "d", "c"]).encode_to_vec(),
                 replicas: vec!["d".into(), "c".into()],
             },
         ]
+    }
+
+    /// `layout(holders)` re-encoded: a shorter data file, other digests.
+    fn reencoded(holders: &[&str]) -> hayloft_proto::ErasureLayout {
+        let mut layout = layout(holders);
+        layout.data_len /= 2;
+        layout.digests.iter_mut().for_each(|d| *d += 100);
+        layout.encoded_at += 1;
+        layout
     }
 
     fn layout(holders: &[&str]) -> hayloft_proto::ErasureLayout {
@@ -846,6 +896,72 @@ mod tests {
     }
 
     #[test]
+    fn the_erasure_reencoded_entry_has_a_format_of_its_own_beside_the_old_ones() {
+        let written =
+            r#"{"ErasureReencoded":{"volume_id":7,"old":[10,3,51,43,50],"new":[10,3,51,43,49]}}"#;
+        let command: Command = serde_json::from_str(written).unwrap();
+        let Command::ErasureReencoded {
+            volume_id,
+            old,
+            new,
+        } = &command
+        else {
+            panic!("{command:?}");
+        };
+        assert_eq!(*volume_id, 7);
+        let old = hayloft_proto::ErasureLayout::decode(old.as_slice()).unwrap();
+        let new = hayloft_proto::ErasureLayout::decode(new.as_slice()).unwrap();
+        assert_eq!((old.code.as_str(), new.code.as_str()), ("3+2", "3+1"));
+        assert_eq!(serde_json::to_string(&command).unwrap(), written);
+    }
+
+    #[test]
+    fn a_reencoded_layout_replaces_only_the_layout_it_was_read_from() {
+        let mut machine = Machine::new();
+        let reencode = |m: &mut Machine, old: &hayloft_proto::ErasureLayout| {
+            m.apply(Command::ErasureReencoded {
+                volume_id: 1,
+                old: old.encode_to_vec(),
+                new: reencoded(&["d", "e", "f"]).encode_to_vec(),
+            })
+        };
+        let first = layout(&["d", "e", "f"]);
+        assert!(matches!(
+            reencode(&mut machine, &first),
+            Applied::Refused(r) if r.contains("not in the map")
+        ));
+        machine.apply(volume(1, &["a"]));
+        // Not erasure-coded: refused.
+        assert!(matches!(
+            reencode(&mut machine, &first),
+            Applied::Refused(r) if r.contains("no longer erasure-coded")
+        ));
+        machine.apply(Command::ErasureEncoded {
+            volume_id: 1,
+            layout: first.encode_to_vec(),
+        });
+        // A shard moved since the re-encode read the layout: refused.
+        let moved = layout(&["d", "x", "f"]);
+        assert!(matches!(
+            reencode(&mut machine, &moved),
+            Applied::Refused(r) if r.contains("no longer erasure-coded")
+        ));
+        assert_eq!(
+            machine.state.volumes[&VolumeId(1)].erasure,
+            Some(first.clone())
+        );
+        assert_eq!(reencode(&mut machine, &first), Applied::Done);
+        // Applied again (a retried proposal): nothing changes.
+        assert_eq!(reencode(&mut machine, &first), Applied::Done);
+        let reloaded = machine.reloaded();
+        assert_eq!(
+            reloaded.volumes[&VolumeId(1)].erasure,
+            Some(reencoded(&["d", "e", "f"]))
+        );
+        assert_eq!(reloaded, machine.state);
+    }
+
+    #[test]
     fn the_erasure_decoded_entry_has_a_format_of_its_own_beside_the_old_ones() {
         let written =
             r#"{"ErasureDecoded":{"volume_id":7,"layout":[10,3,51,43,50],"replicas":["a","b"]}}"#;
@@ -930,7 +1046,7 @@ mod tests {
             machine.apply(command);
             assert_eq!(machine.reloaded(), machine.state);
         }
-        assert_eq!(machine.state.position, at(17));
+        assert_eq!(machine.state.position, at(18));
         // A snapshot of the state is the state.
         let snapshot = machine.state.to_snapshot(Vec::new());
         assert_eq!(Replicated::from_snapshot(snapshot), machine.state);

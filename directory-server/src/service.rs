@@ -30,7 +30,7 @@ use crate::cluster::{Cluster, unix_now};
 use crate::error::{Error, Result};
 
 mod erasure;
-pub use erasure::{DecodeVolumeStream, EncodeVolumeStream};
+pub use erasure::{DecodeVolumeStream, EncodeVolumeStream, ReencodeVolumeStream};
 
 /// Most ids one `Assign` hands out.
 pub const MAX_ASSIGN_COUNT: u32 = 10_000;
@@ -93,6 +93,7 @@ pub fn needs(path: &str) -> Need {
         | "/hayloft.v1.Directory/EncodeVolume"
         | "/hayloft.v1.Directory/SealVolume"
         | "/hayloft.v1.Directory/DecodeVolume"
+        | "/hayloft.v1.Directory/ReencodeVolume"
         | "/hayloft.v1.Directory/AddNode"
         | "/hayloft.v1.Directory/RemoveNode"
         | "/hayloft.v1.Directory/RevokeToken" => Need::Scope(Op::Admin),
@@ -640,6 +641,21 @@ impl DirectoryService {
 impl Directory for DirectoryService {
     type EncodeVolumeStream = EncodeVolumeStream;
     type DecodeVolumeStream = DecodeVolumeStream;
+    type ReencodeVolumeStream = ReencodeVolumeStream;
+
+    async fn reencode_volume(
+        &self,
+        request: Request<hayloft_proto::ReencodeVolumeRequest>,
+    ) -> Result<Response<ReencodeVolumeStream>, Status> {
+        let span = request_span("reencode_volume", request.metadata());
+        traced(
+            &self.cluster,
+            "reencode_volume",
+            span,
+            self.reencode_volume_inner(request),
+        )
+        .await
+    }
 
     async fn decode_volume(
         &self,

@@ -10,6 +10,7 @@
 //! max_reads_per_day = 100   # optional
 //! min_size = "256MiB"       # optional
 //! code = "10+4"             # optional: the directory's `ec_code` if unset
+//! reencode_deleted_ratio = 0.3  # optional: re-encode once 30% is deleted
 //! ```
 //!
 //! An encode is planned only for a volume every copy of which is on the
@@ -17,7 +18,11 @@
 //! expiry wants to act on this round (those come first). A volume that is
 //! erasure-coded already is left alone: its shards are not moved, promoted
 //! or expired by the tiering worker (moving shards to the cold tier is not
-//! built).
+//! built), except for a re-encode: an erasure-coded volume of the rule's
+//! collection whose deleted bytes (as its holders report them from their
+//! delete journals) reach `reencode_deleted_ratio` of its data file is
+//! re-encoded without them by the directory (`ReencodeVolume`), which
+//! gives their space back.
 
 use std::time::Duration;
 
@@ -51,6 +56,10 @@ pub struct EncodeRule {
     /// The code, `K+M` (the directory's `ec_code` if unset).
     #[serde(default)]
     pub code: Option<String>,
+    /// Re-encode an erasure-coded volume of the rule's collection once
+    /// this fraction of its data file is deleted (never if unset).
+    #[serde(default)]
+    pub reencode_deleted_ratio: Option<f64>,
 }
 
 /// Checks the encode rules of a policy: why the first bad one is bad.
@@ -60,8 +69,47 @@ pub(crate) fn check(rules: &[EncodeRule]) -> Result<(), String> {
             code.parse::<Code>()
                 .map_err(|e| format!("encode rule {:?}: {e}", rule.name))?;
         }
+        if let Some(ratio) = rule.reencode_deleted_ratio
+            && !(ratio > 0.0 && ratio <= 1.0)
+        {
+            return Err(format!(
+                "encode rule {:?}: reencode_deleted_ratio {ratio} is not in (0, 1]",
+                rule.name
+            ));
+        }
     }
     Ok(())
+}
+
+/// The re-encode the first rule of `rules` with a `reencode_deleted_ratio`
+/// for the volume's collection wants for an erasure-coded volume: one
+/// whose deleted bytes reach that fraction of its data file, healthy and
+/// not being repaired.
+pub(crate) fn decide_reencode(rules: &[EncodeRule], record: &VolumeRecord) -> Option<Action> {
+    let status = record.status.as_ref()?;
+    if !is_erasure_coded(record)
+        || record.health != VolumeHealth::Ok as i32
+        || record.repairing
+        || record.deleted_bytes == 0
+    {
+        return None;
+    }
+    let logical = record.logical_bytes.max(status.file_bytes);
+    let (rule, _) = rules.iter().find_map(|rule| {
+        let ratio = rule.reencode_deleted_ratio?;
+        let collection = rule
+            .collection
+            .as_deref()
+            .is_none_or(|c| c == status.collection);
+        (collection && record.deleted_bytes as f64 >= ratio * logical as f64)
+            .then_some((rule, ratio))
+    })?;
+    Some(Action::Reencode {
+        volume: status.volume_id,
+        deleted_bytes: record.deleted_bytes,
+        logical_bytes: logical,
+        rule: rule.name.clone(),
+    })
 }
 
 /// True if the volume is erasure-coded (its record names shard holders):
@@ -269,6 +317,87 @@ mod tests {
         assert!(plan.actions.is_empty(), "{:?}", plan.actions);
         assert_eq!(plan.before["warm"], 900_000_000);
         assert_eq!(plan.after["warm"], 900_000_000);
+    }
+
+    /// An erasure-coded volume of `collection`, `deleted` of its 1000
+    /// bytes deleted.
+    fn erasure_coded(id: u32, collection: &str, deleted: u64) -> VolumeRecord {
+        let mut record = replicated(id, [ProtoTier::Warm; 3], 400);
+        record.replicas.clear();
+        let status = record.status.as_mut().unwrap();
+        status.collection = collection.into();
+        status.file_bytes = 1000;
+        record.logical_bytes = 1000;
+        record.deleted_bytes = deleted;
+        record.erasure = Some(ErasureHolders {
+            volume_id: id,
+            code: "6+3".into(),
+            holders: Vec::new(),
+        });
+        record
+    }
+
+    #[test]
+    fn an_erasure_coded_volume_is_reencoded_once_its_deleted_share_reaches_the_ratio() {
+        let policy = Policy::parse(
+            r#"
+            [[encode]]
+            name = "photos"
+            collection = "photos"
+            reencode_deleted_ratio = 0.3
+
+            [[encode]]
+            name = "no-ratio"
+            collection = "logs"
+        "#,
+        )
+        .unwrap();
+        let mut repairing = erasure_coded(5, "photos", 900);
+        repairing.repairing = true;
+        let mut degraded = erasure_coded(6, "photos", 900);
+        degraded.health = hayloft_proto::VolumeHealth::Degraded as i32;
+        let volumes = vec![
+            erasure_coded(1, "photos", 300), // at the ratio: re-encoded
+            erasure_coded(2, "photos", 299), // just below
+            erasure_coded(3, "logs", 900),   // its rule has no ratio
+            erasure_coded(4, "photos", 0),   // nothing deleted
+            repairing,
+            degraded,
+        ];
+        let plan = plan(&policy, &volumes, NOW);
+        assert_eq!(
+            plan.actions,
+            vec![Action::Reencode {
+                volume: 1,
+                deleted_bytes: 300,
+                logical_bytes: 1000,
+                rule: "photos".into(),
+            }]
+        );
+        // The plan counts the shards of the live bytes after it.
+        let alone = crate::policy::plan(&policy, &[erasure_coded(1, "photos", 300)], NOW);
+        assert_eq!(alone.before["warm"], stored_bytes("6+3", 1000));
+        assert_eq!(alone.after["warm"], stored_bytes("6+3", 700));
+        // A replicated volume is never re-encoded.
+        assert_eq!(
+            decide_reencode(&policy.encodes, &replicated(9, [ProtoTier::Warm; 3], 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_reencode_ratio_outside_zero_to_one_is_refused() {
+        for ratio in ["0", "1.5", "-0.1"] {
+            let error = Policy::parse(&format!(
+                "[[encode]]\nname = \"x\"\nreencode_deleted_ratio = {ratio}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                error.to_string().contains("reencode_deleted_ratio"),
+                "{error}"
+            );
+        }
+        Policy::parse("[[encode]]\nname = \"x\"\nreencode_deleted_ratio = 1\n").unwrap();
     }
 
     #[test]

@@ -76,6 +76,18 @@ pub enum Action {
         /// The rule that decided it.
         rule: String,
     },
+    /// Re-encode an erasure-coded volume without its deleted needles (the
+    /// directory's `ReencodeVolume`).
+    Reencode {
+        /// The volume.
+        volume: u32,
+        /// Bytes deleted since its encode, and of its data file now.
+        deleted_bytes: u64,
+        /// Bytes of its data file now.
+        logical_bytes: u64,
+        /// The rule that decided it.
+        rule: String,
+    },
 }
 
 impl Action {
@@ -85,7 +97,8 @@ impl Action {
             Action::Move { volume, .. }
             | Action::Drop { volume, .. }
             | Action::Delete { volume, .. }
-            | Action::Encode { volume, .. } => *volume,
+            | Action::Encode { volume, .. }
+            | Action::Reencode { volume, .. } => *volume,
         }
     }
 
@@ -95,7 +108,7 @@ impl Action {
             Action::Move { server, .. }
             | Action::Drop { server, .. }
             | Action::Delete { server, .. } => server,
-            Action::Encode { .. } => "",
+            Action::Encode { .. } | Action::Reencode { .. } => "",
         }
     }
 }

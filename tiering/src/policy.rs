@@ -265,7 +265,15 @@ pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
             let code = record.erasure.as_ref().map_or("", |e| e.code.as_str());
             let stored = encode::stored_bytes(code, logical);
             *plan.before.entry("warm".into()).or_default() += stored;
-            *plan.after.entry("warm".into()).or_default() += stored;
+            let action = encode::decide_reencode(&policy.encodes, record);
+            let after = match &action {
+                Some(Action::Reencode { deleted_bytes, .. }) => {
+                    encode::stored_bytes(code, logical.saturating_sub(*deleted_bytes))
+                }
+                _ => stored,
+            };
+            *plan.after.entry("warm".into()).or_default() += after;
+            plan.actions.extend(action);
             continue;
         }
         if replicas::is_replicated(record) {
@@ -306,7 +314,7 @@ pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
                 *plan.after.entry(key).or_default() +=
                     encode::stored_bytes(code, status.file_bytes);
             }
-            Some(Action::Delete { .. } | Action::Drop { .. }) => {}
+            Some(Action::Delete { .. } | Action::Drop { .. } | Action::Reencode { .. }) => {}
             None => *plan.after.entry(key).or_default() += status.file_bytes,
         }
         plan.actions.extend(action);

@@ -300,6 +300,7 @@ mod tests {
                 } => ("drop".into(), server.clone(), format!("keep={keep_object}")),
                 Action::Delete { server, .. } => ("delete".into(), server.clone(), String::new()),
                 Action::Encode { code, .. } => ("encode".into(), String::new(), code.clone()),
+                Action::Reencode { .. } => ("reencode".into(), String::new(), String::new()),
             })
             .collect()
     }

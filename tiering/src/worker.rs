@@ -220,6 +220,7 @@ pub async fn run_action(
         Action::Encode { volume, code, .. } => {
             start_encode(directory, *volume, code, bytes_per_sec).await
         }
+        Action::Reencode { volume, .. } => start_reencode(directory, *volume, bytes_per_sec).await,
         Action::Delete {
             volume,
             server,
@@ -286,6 +287,28 @@ async fn start_encode(
     Ok(())
 }
 
+/// Asks the directory to re-encode `volume` without its deleted needles
+/// and waits for its plan (the re-encode runs on at the directory; a
+/// second request while it runs is refused, FAILED_PRECONDITION).
+async fn start_reencode(directory: &str, volume: u32, rate: u64) -> Result<(), WorkerError> {
+    let request = hayloft_proto::ReencodeVolumeRequest {
+        volume_id: volume,
+        rate,
+        dry_run: false,
+    };
+    connect_directory(directory)?
+        .call(|mut directory| {
+            async move {
+                let mut stream = directory.reencode_volume(request).await?.into_inner();
+                // The first message is the plan, sent once the checks pass.
+                stream.message().await?;
+                Ok(tonic::Response::new(()))
+            }
+        })
+        .await?;
+    Ok(())
+}
+
 /// Runs a plan: starts its moves (at most the policy's `max_moves_per_run`)
 /// and deletions. Moves run on in the background on their servers.
 pub async fn execute(
@@ -303,7 +326,7 @@ pub async fn execute(
         if failed.contains(&action.volume()) {
             continue;
         }
-        if let Action::Move { .. } | Action::Encode { .. } = action {
+        if let Action::Move { .. } | Action::Encode { .. } | Action::Reencode { .. } = action {
             if moves >= policy.max_moves_per_run {
                 continue;
             }

@@ -46,6 +46,7 @@ fn erasure_shards(store: &Store) -> Vec<hayloft_proto::ErasureShards> {
                     .filter(|(shard, _)| !held.contains(shard))
                     .map(|(shard, _)| u32::from(*shard))
                     .collect(),
+                deleted_bytes: volume.stats().garbage_bytes,
             }
         })
         .collect()

@@ -55,6 +55,12 @@ impl Volume for Null {
     ) -> Result<Response<hayloft_proto::EcFenceResponse>, Status> {
         Err(Status::unimplemented("null server"))
     }
+    async fn ec_swap(
+        &self,
+        _: Request<hayloft_proto::EcSwapRequest>,
+    ) -> Result<Response<hayloft_proto::EcSwapResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
 
     async fn ec_files(
         &self,

@@ -27,6 +27,37 @@ impl Cluster {
     /// being repaired) and places its copies: live servers with room for
     /// the data file on the warm tier, spread over zones then racks.
     pub fn decode_source(&self, volume_id: VolumeId) -> Result<DecodeSource> {
+        self.decode_source_with(volume_id, None)
+    }
+
+    /// Checks that `volume_id` can be re-encoded now: as for a decode, and
+    /// every holder alive (each takes the new generation); one target, to
+    /// rebuild and compact the data file on (a holder with room first:
+    /// its own shards are read locally).
+    pub fn reencode_source(&self, volume_id: VolumeId) -> Result<DecodeSource> {
+        let source = self
+            .decode_source_with(volume_id, Some(1))
+            .map_err(|e| match e {
+                Error::NotDecodable { volume, why } => Error::NotReencodable { volume, why },
+                e => e,
+            })?;
+        if let Some((down, _)) = source.holders.iter().find(|(_, alive)| !alive) {
+            return Err(Error::NotReencodable {
+                volume: volume_id,
+                why: format!(
+                    "holder {} is down: every holder takes the new generation (its shard is rebuilt first)",
+                    down.server_id
+                ),
+            });
+        }
+        Ok(source)
+    }
+
+    fn decode_source_with(
+        &self,
+        volume_id: VolumeId,
+        copies: Option<usize>,
+    ) -> Result<DecodeSource> {
         let inner = self.inner.lock();
         let row = inner
             .state
@@ -76,12 +107,20 @@ impl Cluster {
                 (location, server.is_some_and(|s| self.alive(s)))
             })
             .collect();
-        let copies = row.replication.max(1) as usize;
-        let candidates: Vec<Candidate> = self
+        let copies = copies.unwrap_or(row.replication.max(1) as usize);
+        let mut candidates: Vec<Candidate> = self
             .candidates(&inner, Tier::Warm)
             .into_iter()
             .filter(|c| c.free_bytes >= layout.data_len)
             .collect();
+        if copies == 1
+            && candidates
+                .iter()
+                .any(|c| layout.holders.contains(&c.server_id))
+        {
+            // A re-encode's target: a holder reads its own shards locally.
+            candidates.retain(|c| layout.holders.contains(&c.server_id));
+        }
         let chosen = match placement::place(&candidates, &[], copies, u64::from(volume_id.0)) {
             Ok(chosen) => chosen,
             Err(error) => return refuse(error.to_string()),
@@ -118,6 +157,28 @@ impl Cluster {
             targets,
             warnings,
         })
+    }
+
+    /// Commits the re-encode of `volume_id`: `old` (the layout read by the
+    /// re-encode) becomes `new` (its next generation, staged on every
+    /// holder). Refused if the row holds another layout than `old` now.
+    pub async fn erasure_reencoded(
+        &self,
+        volume_id: VolumeId,
+        old: &ErasureLayout,
+        new: &ErasureLayout,
+    ) -> Result<()> {
+        match self
+            .propose(Command::ErasureReencoded {
+                volume_id: volume_id.0,
+                old: old.encode_to_vec(),
+                new: new.encode_to_vec(),
+            })
+            .await?
+        {
+            Applied::Refused(reason) => Err(Error::Refused(reason)),
+            _ => Ok(()),
+        }
     }
 
     /// Commits the decode of `volume_id`: `layout` (the one decoded) leaves

@@ -87,6 +87,7 @@ impl Cluster {
                 repair_shard: job.map_or(0, |j| j.shard),
                 stored_bytes: footprint(&inner, e).0,
                 logical_bytes: footprint(&inner, e).1,
+                deleted_bytes: Self::erasure_deleted_bytes(&inner, e),
             })
             .collect();
         let stored_bytes = volumes.iter().map(|v| v.stored_bytes).sum();

@@ -29,6 +29,32 @@ pub(super) struct ShardState {
 }
 
 impl Cluster {
+    /// Bytes of the needles deleted from erasure-coded volume `volume`
+    /// since its encode, as its holders last reported them (0 if unknown).
+    pub fn deleted_bytes(&self, volume: VolumeId) -> u64 {
+        let inner = self.inner.lock();
+        inner
+            .state
+            .volumes
+            .get(&volume)
+            .map_or(0, |row| Self::erasure_deleted_bytes(&inner, row))
+    }
+
+    /// Bytes of the needles deleted since `row`'s encode: the most any of
+    /// its holders reported (their journals converge), 0 if none did.
+    pub(super) fn erasure_deleted_bytes(inner: &Inner, row: &VolumeRow) -> u64 {
+        let Some(layout) = &row.erasure else {
+            return 0;
+        };
+        layout
+            .holders
+            .iter()
+            .filter_map(|h| inner.shards.reported.get(h)?.get(&row.volume_id()))
+            .map(|r| r.deleted_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Records the shards `server_id` reported in a heartbeat (`now`: Unix
     /// seconds): which of its shards in the layouts it lacks, and which
     /// volumes it holds files of without being a holder.

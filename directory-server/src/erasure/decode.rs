@@ -49,7 +49,7 @@ use crate::db::RepairJobRow;
 use crate::error::{Error, Result};
 use crate::repair::volume_client;
 
-type Progress = mpsc::Sender<Result<DecodeVolumeProgress, Status>>;
+pub(super) type Progress = mpsc::Sender<Result<DecodeVolumeProgress, Status>>;
 
 /// What a planned decode does.
 #[derive(Debug, Clone)]
@@ -131,6 +131,8 @@ pub async fn roll_back_job(
             .map(|(l, _)| l.grpc_addr.clone())
             .collect(),
         rate: job.rate,
+        code: String::new(),
+        max_block: 0,
     };
     tracing::info!(volume = volume.0, targets = ?job.servers,
         "rolling back a decode a dead leader left before its commit");
@@ -160,19 +162,24 @@ pub async fn run(
     let _ = progress.send(answer).await;
 }
 
-/// The steps of a decode on the leader (see the module's doc).
-struct Decode<'a> {
-    cluster: &'a Cluster,
-    source: &'a DecodeSource,
-    credential: &'a hayloft_proto::Credential,
-    progress: &'a Progress,
+/// The steps of a decode on the leader (see the module's doc); a
+/// re-encode (`super::reencode`) runs some of them too.
+pub(super) struct Decode<'a> {
+    pub(super) cluster: &'a Cluster,
+    pub(super) source: &'a DecodeSource,
+    pub(super) credential: &'a hayloft_proto::Credential,
+    pub(super) progress: &'a Progress,
     /// The holders' addresses, shard by shard ("" for one down).
-    holders: Vec<String>,
-    rate: u64,
+    pub(super) holders: Vec<String>,
+    pub(super) rate: u64,
+    /// A re-encode's code and largest block (REENCODE step); "" and 0
+    /// otherwise.
+    pub(super) code: String,
+    pub(super) max_block: u64,
 }
 
 impl Decode<'_> {
-    fn failed(&self, step: &'static str, server: &str, status: &Status) -> Error {
+    pub(super) fn failed(&self, step: &'static str, server: &str, status: &Status) -> Error {
         Error::DecodeFailed {
             volume: self.source.volume_id,
             step,
@@ -184,7 +191,7 @@ impl Decode<'_> {
 
     /// Runs decode step `step` on `target`, forwarding its progress;
     /// returns its last message.
-    async fn on_target(
+    pub(super) async fn on_target(
         &self,
         target: &ServerLocation,
         step: DecodeStep,
@@ -200,6 +207,8 @@ impl Decode<'_> {
                 holders: self.holders.clone(),
                 rate: self.rate,
                 step: step as i32,
+                code: self.code.clone(),
+                max_block: self.max_block,
             })
             .await
             .map_err(failed)?
@@ -225,7 +234,7 @@ impl Decode<'_> {
         }
     }
 
-    async fn say(&self, step: &str, server: &str) {
+    pub(super) async fn say(&self, step: &str, server: &str) {
         let _ = self
             .progress
             .send(Ok(DecodeVolumeProgress {
@@ -239,7 +248,7 @@ impl Decode<'_> {
     /// Fences (or with `release`, unfences) deletes on each live holder;
     /// answers the holders that answered, each with whether the fence of
     /// `token` was in place before.
-    async fn fence(&self, token: u64, release: bool) -> Vec<(ServerLocation, bool)> {
+    pub(super) async fn fence(&self, token: u64, release: bool) -> Vec<(ServerLocation, bool)> {
         let mut answered = Vec::new();
         let mut seen = HashSet::new();
         for (holder, alive) in &self.source.holders {
@@ -379,6 +388,8 @@ async fn decode(
             })
             .collect(),
         rate,
+        code: String::new(),
+        max_block: 0,
     };
     let token: u64 = rand::rng().random::<u64>().max(1);
     let replicas: Vec<String> = source.targets.iter().map(|t| t.server_id.clone()).collect();
@@ -453,6 +464,7 @@ async fn decode(
                     .await?
                     .ec_drop(EcDropRequest {
                         volume_id: volume.0,
+                        staged: false,
                     })
                     .await
                     .map_err(|s| s.message().to_owned())

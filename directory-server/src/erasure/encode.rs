@@ -364,6 +364,7 @@ async fn drop_shards(
                 .await?
                 .ec_drop(EcDropRequest {
                     volume_id: volume.0,
+                    staged: false,
                 })
                 .await
                 .map_err(|s| s.message().to_owned())

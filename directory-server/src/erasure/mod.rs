@@ -4,8 +4,9 @@
 //! shards to rebuild where ([`rebuild`], pure) and the worker that rebuilds
 //! them, drops orphan shards and removes copies an encode left
 //! ([`shard_worker`]), and `DecodeVolume`'s steps, back to copies
-//! ([`decode`]); encodes and decodes kept as jobs a new leader finishes
-//! ([`jobs`]).
+//! ([`decode`]), `ReencodeVolume`'s, the space of deleted needles given
+//! back ([`reencode`]); encodes and decodes kept as jobs a new leader
+//! finishes ([`jobs`]).
 //!
 //! See ARCHITECTURE.md, "Erasure-coded volumes: encoding" and "Rebuilding
 //! lost shards".
@@ -16,6 +17,7 @@ pub mod encode;
 pub mod jobs;
 pub mod placement;
 pub mod rebuild;
+pub mod reencode;
 pub mod shard_worker;
 
 pub use codes::EcCodes;

@@ -243,6 +243,7 @@ impl ShardWorker {
                     .await?
                     .ec_drop(EcDropRequest {
                         volume_id: volume.0,
+                        staged: false,
                     })
                     .await
                     .map_err(|s| s.message().to_owned())

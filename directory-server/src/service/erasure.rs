@@ -1,6 +1,6 @@
 //! The bodies of the directory's erasure-coding RPCs: `SealVolume` (a
-//! volume sealed by hand before an encode), `EncodeVolume` and
-//! `DecodeVolume`. Each checks and plans before its first message, then
+//! volume sealed by hand before an encode), `EncodeVolume`,
+//! `DecodeVolume` and `ReencodeVolume`. Each checks and plans before its first message, then
 //! runs on a task of its own (see `crate::erasure`).
 
 use std::sync::Arc;
@@ -20,6 +20,10 @@ pub type EncodeVolumeStream =
 /// `DecodeVolume`'s answer: the plan, progress, the replicas.
 pub type DecodeVolumeStream =
     tokio_stream::wrappers::ReceiverStream<Result<hayloft_proto::DecodeVolumeProgress, Status>>;
+
+/// `ReencodeVolume`'s answer: the plan, progress, the bytes after.
+pub type ReencodeVolumeStream =
+    tokio_stream::wrappers::ReceiverStream<Result<hayloft_proto::ReencodeVolumeProgress, Status>>;
 
 impl DirectoryService {
     /// Seals a volume by hand (`crate::seal`), waiting for the copies'
@@ -111,6 +115,48 @@ impl DirectoryService {
                 targets = ?planned.plan.targets.iter().map(|t| &t.server_id).collect::<Vec<_>>(),
                 "decoding an erasure-coded volume");
             tokio::spawn(crate::erasure::decode::run(
+                Arc::clone(&self.cluster),
+                planned,
+                request.rate,
+                self.repair_settings.credential.clone(),
+                sender,
+                guard,
+            ));
+        }
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+
+    /// Plans the re-encode (refusing what cannot be re-encoded before any
+    /// message), answers the plan, and, unless it is a dry run, runs it on
+    /// a task of its own that streams its progress.
+    pub(super) async fn reencode_volume_inner(
+        &self,
+        request: Request<hayloft_proto::ReencodeVolumeRequest>,
+    ) -> Result<Response<ReencodeVolumeStream>, Status> {
+        let request = request.into_inner();
+        let planned = crate::erasure::reencode::plan(&self.cluster, &request)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let first = hayloft_proto::ReencodeVolumeProgress {
+            plan: Some(planned.plan.clone()),
+            step: "plan".into(),
+            ..Default::default()
+        };
+        if request.dry_run {
+            let _ = sender.send(Ok(first)).await;
+        } else {
+            let guard = self.encoding.start(planned.source.volume_id).map_err(|_| {
+                crate::error::Error::NotReencodable {
+                    volume: planned.source.volume_id,
+                    why: "an encode, decode or re-encode of it is under way".into(),
+                }
+            })?;
+            let _ = sender.send(Ok(first)).await;
+            tracing::info!(volume = request.volume_id,
+                target = ?planned.plan.target.as_ref().map(|t| &t.server_id),
+                "re-encoding an erasure-coded volume without its deleted needles");
+            tokio::spawn(crate::erasure::reencode::run(
                 Arc::clone(&self.cluster),
                 planned,
                 request.rate,

@@ -81,6 +81,23 @@ pub struct DecodedCounts {
     pub deleted: u64,
 }
 
+/// A staged copy compacted for a re-encode ([`Store::compact_decoded`]).
+#[derive(Debug, Clone)]
+pub struct CompactedCopy {
+    /// Its data file, index and state file.
+    pub dat: PathBuf,
+    /// Its index.
+    pub idx: PathBuf,
+    /// Its state file.
+    pub meta: PathBuf,
+    /// The data file's length after the compaction, and before.
+    pub data_len: u64,
+    /// The data file's length before the compaction.
+    pub bytes_before: u64,
+    /// Live needles.
+    pub needles: u64,
+}
+
 /// The live needles of a sealed index: entries in order, a tombstone
 /// removing its needle.
 pub fn live_in(entries: &[IndexEntry]) -> HashSet<NeedleId> {
@@ -247,6 +264,34 @@ impl Store {
         sync_parent(&dat)?;
         sync_parent(&from_dat)?;
         self.adopt_local(&dir, id)
+    }
+
+    /// A re-encode's step on its target: the staged copy of `id` compacted
+    /// (deleted needles dropped: the storage engine's compaction, its
+    /// tombstones kept as records so no copy brings a needle back), sealed
+    /// and closed. Answers its files' paths, data file length and live
+    /// needles; the files stay staged (removed with the copy).
+    pub fn compact_decoded(&self, id: VolumeId) -> Result<CompactedCopy> {
+        let Some((_, staging)) = self.staged(id) else {
+            return Err(Error::VolumeNotFound(id));
+        };
+        let volume = self.open_staged(&staging, id)?;
+        let report = volume.compact(&crate::volume::CompactOptions::default());
+        let needles = volume.needle_ids().len() as u64;
+        let data_len = volume.data_len();
+        volume.seal()?;
+        volume.close()?;
+        volume.retire();
+        let report = report?;
+        let (dat, idx, meta) = volume_paths(&staging, id);
+        Ok(CompactedCopy {
+            dat,
+            idx,
+            meta,
+            data_len,
+            bytes_before: report.bytes_before,
+            needles,
+        })
     }
 
     /// Removes whatever is staged of `id` (a decode that failed).

@@ -23,15 +23,16 @@ use crate::types::{NeedleId, Tier, VolumeId};
 /// The erasure-coded volumes of a store.
 #[derive(Debug, Default)]
 pub struct Holdings {
-    volumes: RwLock<HashMap<VolumeId, Arc<EcVolume>>>,
+    pub(super) volumes: RwLock<HashMap<VolumeId, Arc<EcVolume>>>,
     /// One installation or removal at a time.
-    changing: parking_lot::Mutex<()>,
+    pub(super) changing: parking_lot::Mutex<()>,
 }
 
 impl Holdings {
     /// Opens every erasure-coded volume in `locations`; those that cannot
     /// be opened are returned beside, logged.
     pub(crate) fn open(locations: &[Location]) -> Result<(Holdings, Vec<FailedVolume>)> {
+        super::reencode::finish_interrupted_swaps(locations)?;
         let mut volumes = HashMap::new();
         let mut failed = Vec::new();
         for location in locations {
@@ -202,6 +203,7 @@ impl Store {
     /// Stops holding erasure-coded volume `id` and removes its files
     /// (manifest first). Not held: nothing to do.
     pub fn remove_erasure(&self, id: VolumeId) -> Result<()> {
+        self.drop_staged_erasure(id)?;
         let _changing = self.erasure.changing.lock();
         let Some(volume) = self.erasure.volumes.write().remove(&id) else {
             return Ok(());

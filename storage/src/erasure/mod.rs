@@ -13,6 +13,8 @@
 //! - [`encode`]: a sealed data file read stripe by stripe into shards.
 //! - [`decode`]: the data file restored from the shards as a replicated
 //!   copy, staged until the directory commits it, then served.
+//! - [`reencode`]: a re-encode's next generation staged beside the one
+//!   served, and swapped in once committed.
 //! - [`held`]: the erasure-coded volumes of a store, beside its replicated
 //!   ones (install, take a written shard, remove).
 //! - [`volume`]: an erasure-coded volume as one holder keeps it: manifest,
@@ -29,6 +31,7 @@ pub mod decode;
 pub mod encode;
 pub mod held;
 pub mod layout;
+pub mod reencode;
 pub mod shard;
 pub mod volume;
 

@@ -449,3 +449,122 @@ fn a_decoded_copy_is_staged_unseen_then_served_with_its_deletes_across_a_crash()
     store.abort_decoded(VolumeId(8)).unwrap();
     assert!(std::fs::read_dir(&staging).unwrap().next().is_none());
 }
+
+/// Encodes the sealed volume in `src` 2+1 into `store`: served, or with
+/// `staged` as a re-encode's next generation. Returns its manifest.
+fn encode_into(store: &crate::store::Store, src: &Path, staged: bool) -> EcManifest {
+    let (dat, idx, meta) = volume_paths(src, VOLUME);
+    let layout = Layout::plan(
+        Code::new(2, 1).unwrap(),
+        std::fs::metadata(&dat).unwrap().len(),
+        1 << 30,
+    );
+    let mut encoder = Encoder::open(&dat, layout).unwrap();
+    let mut writers: Vec<_> = (0..3)
+        .map(|s| {
+            if staged {
+                store.staged_shard_writer(VOLUME, s, layout).unwrap()
+            } else {
+                store.shard_writer(VOLUME, s, layout).unwrap()
+            }
+        })
+        .collect();
+    while let Some(stripe) = encoder.next_stripe().unwrap() {
+        for (writer, slice) in writers.iter_mut().zip(&stripe.slices) {
+            writer.append(slice).unwrap();
+        }
+    }
+    let digests = encoder.digests();
+    for (shard, (writer, digest)) in writers.into_iter().zip(&digests).enumerate() {
+        if staged {
+            store.finish_staged_shard(writer, *digest).unwrap();
+        } else {
+            store
+                .finish_shard(VOLUME, shard as u8, writer, *digest)
+                .unwrap();
+        }
+    }
+    let manifest = EcManifest::new(layout, digests);
+    let entries = read_index_file(&idx, VOLUME).unwrap();
+    let meta = VolumeMeta::load(&meta).unwrap().unwrap();
+    if staged {
+        store
+            .install_staged_erasure(VOLUME, &manifest, &entries, &meta, &["a".into()])
+            .unwrap();
+    } else {
+        store
+            .install_erasure(VOLUME, &manifest, &entries, &meta, &[])
+            .unwrap();
+    }
+    manifest
+}
+
+#[test]
+fn a_staged_generation_is_unseen_until_swapped_and_a_crashed_swap_is_finished_on_open() {
+    use crate::store::{Location, Store, StoreConfig};
+    let root = tempfile::tempdir().unwrap();
+    let (old_src, new_src) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old_blobs = sealed_volume(old_src.path(), &[3000, 90_000, 20_000]);
+    let new_blobs = sealed_volume(new_src.path(), &[3000]);
+    let open = || {
+        Store::open(StoreConfig {
+            locations: Location::hot_and_warm(root.path()),
+            volume: VolumeConfig::default(),
+            reserve: crate::space::Reserve::NONE,
+        })
+        .unwrap()
+    };
+    let warm = root.path().join("warm");
+    let staging = warm.join(reencode::REENCODE_DIR);
+    let store = open();
+    let old = encode_into(&store, old_src.path(), false);
+    let new = encode_into(&store, new_src.path(), true);
+    assert_eq!(store.staged_erasure_manifest(VOLUME), Some(new.clone()));
+    // Staged: not served, not even after a restart.
+    assert_eq!(store.erasure(VOLUME).unwrap().manifest(), &old);
+    drop(store);
+    let store = open();
+    assert_eq!(store.erasure(VOLUME).unwrap().manifest(), &old);
+    // A swap naming another generation is refused.
+    assert!(store.swap_reencoded(VOLUME, &[1, 2, 3]).is_err());
+
+    // A crash part way through a swap: the marker written, the served
+    // manifest gone, one shard renamed. The next open finishes it.
+    std::fs::write(staging.join(format!("{VOLUME}.ecswap")), b"swap\n").unwrap();
+    std::fs::remove_file(warm.join(format!("{VOLUME}.ecm"))).unwrap();
+    std::fs::rename(
+        staging.join(format!("{VOLUME}.ec01")),
+        warm.join(format!("{VOLUME}.ec01")),
+    )
+    .unwrap();
+    drop(store);
+    let store = open();
+    let held = store.erasure(VOLUME).unwrap();
+    assert_eq!(held.manifest(), &new);
+    assert_eq!(held.held(), vec![0, 1, 2]);
+    assert!(held.damaged().is_empty());
+    let (id, cookie, data) = &new_blobs[0];
+    assert_eq!(&read(&held, *id, *cookie, &[1]).unwrap(), data);
+    assert!(matches!(
+        read(&held, old_blobs[1].0, old_blobs[1].1, &[]),
+        Err(e) if e.is_not_found()
+    ));
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    // Swapping again: done already.
+    assert!(!store.swap_reencoded(VOLUME, &new.digests).unwrap());
+
+    // A staged generation that is dropped (a re-encode that failed) leaves
+    // the served one as it is.
+    let again = encode_into(&store, old_src.path(), true);
+    assert_ne!(again, new);
+    store.drop_staged_erasure(VOLUME).unwrap();
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    assert_eq!(store.erasure(VOLUME).unwrap().manifest(), &new);
+    // Staged and swapped in by the call: served at once.
+    let third = encode_into(&store, old_src.path(), true);
+    assert!(store.swap_reencoded(VOLUME, &third.digests).unwrap());
+    let held = store.erasure(VOLUME).unwrap();
+    assert_eq!(held.manifest(), &third);
+    let (id, cookie, data) = &old_blobs[2];
+    assert_eq!(&read(&held, *id, *cookie, &[0]).unwrap(), data);
+}

@@ -398,7 +398,7 @@ impl EcVolume {
         let fence = self.fence.read();
         if fence.is_some() {
             return Err(Error::Unavailable(format!(
-                "volume {} is being decoded: its deletes wait for the new copies; retry",
+                "volume {} is being decoded or re-encoded: its deletes wait for the new copies or shards; retry",
                 self.id
             )));
         }
@@ -411,7 +411,7 @@ impl EcVolume {
         let fence = self.fence.read();
         if fence.is_some() {
             return Err(Error::Unavailable(format!(
-                "volume {} is being decoded: its deletes wait for the new copies; retry",
+                "volume {} is being decoded or re-encoded: its deletes wait for the new copies or shards; retry",
                 self.id
             )));
         }

@@ -88,6 +88,7 @@ async fn files(
                 meta: read(&meta)?,
                 tombstones: read(&journal)?,
                 holders: Vec::new(),
+                staged: false,
             })
         })
         .await?
@@ -388,6 +389,7 @@ pub async fn build(
         journals: read,
         unreachable,
         restored_shards: lost.into_iter().filter(|&s| s < k).map(u32::from).collect(),
+        manifest: Vec::new(),
     })
 }
 

@@ -84,13 +84,55 @@ pub async fn encode(
             "volume {id} is not sealed: seal it before encoding"
         )));
     }
+    let (dat, idx, meta) = hayloft_storage::volume::volume_paths(volume.dir(), id);
+    let source = SourceFiles {
+        dat,
+        idx,
+        meta,
+        data_len: volume.data_len(),
+    };
+    encode_files(&replication, &request, source, false, progress).await
+}
+
+/// The sealed data file an encode reads, its index and state file.
+#[derive(Debug, Clone)]
+pub struct SourceFiles {
+    /// The data file.
+    pub dat: std::path::PathBuf,
+    /// Its index (sent to every holder as it is after the encode).
+    pub idx: std::path::PathBuf,
+    /// Its state file.
+    pub meta: std::path::PathBuf,
+    /// The data file's length: what is encoded.
+    pub data_len: u64,
+}
+
+/// Steps 2-4 of an encode from `source`; with `staged`, the holders stage
+/// the shards and files as the next generation of a volume being
+/// re-encoded (served only after `EcSwap`).
+pub async fn encode_files(
+    replication: &Replication,
+    request: &EncodeRequest,
+    source: SourceFiles,
+    staged: bool,
+    progress: mpsc::Sender<Result<EcEncodeProgress, Status>>,
+) -> Result<EcManifest, Status> {
+    let id = request.volume;
+    let code = request.code;
+    if request.holders.len() != code.shards() {
+        return Err(Status::invalid_argument(format!(
+            "a {code} code needs {} holders, not {}",
+            code.shards(),
+            request.holders.len()
+        )));
+    }
     let max_block = if request.max_block == 0 {
         MAX_BLOCK_LEN
     } else {
         request.max_block
     };
-    let layout = Layout::plan(code, volume.data_len(), max_block);
-    let (dat, idx, meta) = hayloft_storage::volume::volume_paths(volume.dir(), id);
+    let layout = Layout::plan(code, source.data_len, max_block);
+    let SourceFiles { dat, idx, meta, .. } = source;
 
     // Step 2: a stream to each holder, opened with the layout.
     let mut streams = Vec::with_capacity(code.shards());
@@ -107,6 +149,7 @@ pub async fn encode(
             code: code.to_string(),
             data_len: layout.data_len,
             block_len: layout.block_len,
+            staged,
             ..EcWriteShardRequest::default()
         };
         tx.send(first)
@@ -218,11 +261,12 @@ pub async fn encode(
                 meta: meta.clone(),
                 tombstones: Vec::new(),
                 holders: request.holders.clone(),
+                staged,
             })
             .await
             .map_err(|e| Status::new(e.code(), format!("shard holder {addr}: {}", e.message())))?;
     }
-    tracing::info!(volume = %id, %code, holders = ?request.holders, "volume encoded");
+    tracing::info!(volume = %id, %code, holders = ?request.holders, staged, "volume encoded");
     Ok(manifest)
 }
 

@@ -9,6 +9,9 @@
 //! - `decode`: a decode's target: the data file restored from the shards
 //!   and staged as a replicated copy, the journals applied, the copy
 //!   served once committed ([`decode::build`]).
+//! - `reencode`: a re-encode's target: the staged copy compacted and
+//!   encoded as the volume's next generation, staged on its holders
+//!   ([`reencode::reencode`]).
 //! - `read`: needles of an erasure-coded volume held here, read from the
 //!   shards (here or on their holders) or restored from `k` of them
 //!   ([`ErasureReads`]).
@@ -17,6 +20,7 @@ pub mod decode;
 mod encode;
 mod read;
 mod rebuild;
+pub mod reencode;
 
 pub use decode::DecodeRequest;
 pub use encode::{EncodeRequest, encode};

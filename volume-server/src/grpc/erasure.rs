@@ -69,6 +69,9 @@ impl VolumeService {
         request: Request<EcInstallRequest>,
     ) -> Result<Response<EcInstallResponse>, Status> {
         let request = request.into_inner();
+        if request.staged {
+            return self.ec_install_staged(request).await;
+        }
         let id = VolumeId(request.volume_id);
         let store = Arc::clone(&self.store);
         let holders = request.holders.clone();
@@ -122,9 +125,16 @@ impl VolumeService {
             block_len: first.block_len,
         };
         let store = Arc::clone(&self.store);
-        let mut writer: ShardWriter = blocking(move || store.shard_writer(id, shard, layout))
-            .await?
-            .map_err(|e| grpc_status(&e, None))?;
+        let staged = first.staged;
+        let mut writer: ShardWriter = blocking(move || {
+            if staged {
+                store.staged_shard_writer(id, shard, layout)
+            } else {
+                store.shard_writer(id, shard, layout)
+            }
+        })
+        .await?
+        .map_err(|e| grpc_status(&e, None))?;
         let mut message = first;
         loop {
             let data = std::mem::take(&mut message.data);
@@ -142,13 +152,19 @@ impl VolumeService {
             }
             if let Some(digest) = message.digest {
                 let store = Arc::clone(&self.store);
-                blocking(move || store.finish_shard(id, shard, writer, digest))
-                    .await?
-                    .map_err(|e| match e {
-                        Error::Corrupt { .. } => Status::data_loss(e.to_string()),
-                        Error::BadFile { .. } => Status::invalid_argument(e.to_string()),
-                        e => grpc_status(&e, None),
-                    })?;
+                blocking(move || {
+                    if staged {
+                        store.finish_staged_shard(writer, digest)
+                    } else {
+                        store.finish_shard(id, shard, writer, digest)
+                    }
+                })
+                .await?
+                .map_err(|e| match e {
+                    Error::Corrupt { .. } => Status::data_loss(e.to_string()),
+                    Error::BadFile { .. } => Status::invalid_argument(e.to_string()),
+                    e => grpc_status(&e, None),
+                })?;
                 tracing::info!(volume = %id, shard, "shard written");
                 return Ok(Response::new(EcWriteShardResponse { digest }));
             }
@@ -193,8 +209,16 @@ impl VolumeService {
         &self,
         request: Request<EcDropRequest>,
     ) -> Result<Response<EcDropResponse>, Status> {
-        let id = VolumeId(request.into_inner().volume_id);
+        let request = request.into_inner();
+        let id = VolumeId(request.volume_id);
         let store = Arc::clone(&self.store);
+        if request.staged {
+            blocking(move || store.drop_staged_erasure(id))
+                .await?
+                .map_err(|e| grpc_status(&e, None))?;
+            tracing::info!(volume = %id, "staged generation of a re-encode dropped");
+            return Ok(Response::new(EcDropResponse {}));
+        }
         blocking(move || store.remove_erasure(id))
             .await?
             .map_err(|e| grpc_status(&e, None))?;
@@ -210,6 +234,9 @@ impl VolumeService {
         request: Request<hayloft_proto::EcDeleteRequest>,
     ) -> Result<Response<hayloft_proto::EcDeleteResponse>, Status> {
         let request = request.into_inner();
+        if request.staged {
+            return self.ec_delete_staged(request).await;
+        }
         let volume = self
             .store
             .erasure(VolumeId(request.volume_id))
@@ -310,6 +337,7 @@ impl VolumeService {
                 meta: read(&meta)?,
                 tombstones: read(&journal)?,
                 holders,
+                staged: false,
             })
         })
         .await?

@@ -18,6 +18,18 @@ impl VolumeService {
     ) -> Result<Response<DecodeStream>, Status> {
         let request = request.into_inner();
         let step = DecodeStep::try_from(request.step).unwrap_or_default();
+        let reencode_as = if step == DecodeStep::Reencode {
+            let code: hayloft_storage::erasure::Code =
+                request
+                    .code
+                    .parse()
+                    .map_err(|e: hayloft_storage::erasure::CodeError| {
+                        Status::invalid_argument(e.to_string())
+                    })?;
+            Some((code, request.max_block))
+        } else {
+            None
+        };
         let job = crate::erasure::DecodeRequest {
             volume: VolumeId(request.volume_id),
             holders: request.holders,
@@ -57,6 +69,19 @@ impl VolumeService {
                         finished: true,
                         ..EcDecodeProgress::default()
                     }),
+                DecodeStep::Reencode => match reencode_as {
+                    Some(code) => {
+                        crate::erasure::reencode::reencode(
+                            store,
+                            replication,
+                            job,
+                            code,
+                            tx.clone(),
+                        )
+                        .await
+                    }
+                    None => Err(Status::internal("no code for a re-encode")),
+                },
                 DecodeStep::Unspecified => Err(Status::invalid_argument("no decode step named")),
             };
             let _ = tx.send(last).await;

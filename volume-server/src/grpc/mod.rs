@@ -19,6 +19,7 @@ mod answers;
 mod authz;
 mod erasure;
 mod erasure_decode;
+mod erasure_reencode;
 mod handoff;
 mod read;
 mod seal;
@@ -265,6 +266,14 @@ impl Volume for VolumeService {
     ) -> Result<Response<hayloft_proto::EcFenceResponse>, Status> {
         let span = request_span("grpc_ec_fence", request.metadata());
         traced("grpc_ec_fence", span, self.ec_fence_inner(request)).await
+    }
+
+    async fn ec_swap(
+        &self,
+        request: Request<hayloft_proto::EcSwapRequest>,
+    ) -> Result<Response<hayloft_proto::EcSwapResponse>, Status> {
+        let span = request_span("grpc_ec_swap", request.metadata());
+        traced("grpc_ec_swap", span, self.ec_swap_inner(request)).await
     }
 
     async fn ec_rebuild(

@@ -276,7 +276,10 @@ async fn a_sealed_copy_encoded_on_five_servers_reads_back_with_two_shards_lost()
 
     // Dropping the volume removes every file of it on that holder.
     client
-        .ec_drop(hayloft_proto::EcDropRequest { volume_id: volume })
+        .ec_drop(hayloft_proto::EcDropRequest {
+            volume_id: volume,
+            staged: false,
+        })
         .await
         .unwrap();
     let left: Vec<_> = std::fs::read_dir(ec_dir(&started.cluster, 1))

@@ -27,14 +27,14 @@ use tonic::transport::Channel;
 use crate::erasure::{delete, ec_dir, http_get};
 use crate::support::*;
 
-async fn directory(cluster: &Cluster) -> DirectoryClient<Channel> {
+pub(crate) async fn directory(cluster: &Cluster) -> DirectoryClient<Channel> {
     DirectoryClient::connect(format!("http://{}", cluster.directory_addr()))
         .await
         .unwrap()
 }
 
 /// Five servers whose volumes seal at 1 MiB, two copies a volume.
-async fn five_servers() -> Started {
+pub(crate) async fn five_servers() -> Started {
     start(
         Cluster::builder()
             .volume_servers(5)
@@ -79,7 +79,7 @@ async fn fill_two_copies(started: &Started) -> (u32, Vec<(BlobId, Bytes)>) {
 
 /// A sealed volume encoded 3+2 in 64 KiB blocks (its copies removed);
 /// returns it and its blobs.
-async fn encoded_volume(started: &Started) -> (u32, Vec<(BlobId, Bytes)>) {
+pub(crate) async fn encoded_volume(started: &Started) -> (u32, Vec<(BlobId, Bytes)>) {
     let (volume, blobs) = fill_two_copies(started).await;
     let mut stream = directory(&started.cluster)
         .await
@@ -102,7 +102,7 @@ async fn encoded_volume(started: &Started) -> (u32, Vec<(BlobId, Bytes)>) {
 }
 
 /// Runs `DecodeVolume` to its end: every message, or the error.
-async fn decode(
+pub(crate) async fn decode(
     cluster: &Cluster,
     volume: u32,
     dry_run: bool,
@@ -123,7 +123,7 @@ async fn decode(
     Ok(messages)
 }
 
-fn record(status: &StatusResponse, id: u32) -> VolumeRecord {
+pub(crate) fn record(status: &StatusResponse, id: u32) -> VolumeRecord {
     status
         .volumes
         .iter()
@@ -132,14 +132,14 @@ fn record(status: &StatusResponse, id: u32) -> VolumeRecord {
         .clone()
 }
 
-fn server_ids(locations: &[hayloft_proto::ServerLocation]) -> Vec<String> {
+pub(crate) fn server_ids(locations: &[hayloft_proto::ServerLocation]) -> Vec<String> {
     locations.iter().map(|l| l.server_id.clone()).collect()
 }
 
 /// Every live blob reads byte-identical over HTTP from every server in
 /// `servers` and over gRPC from each of `copies`; every deleted blob is
 /// 404 / NOT_FOUND on each.
-async fn every_blob_reads_right(
+pub(crate) async fn every_blob_reads_right(
     cluster: &Cluster,
     blobs: &[(BlobId, Bytes)],
     deleted: &HashSet<BlobId>,
@@ -183,7 +183,7 @@ async fn every_blob_reads_right(
 }
 
 /// True if server `server` holds a copy of `volume` (served, sealed).
-async fn holds_copy(cluster: &Cluster, server: usize, volume: u32) -> bool {
+pub(crate) async fn holds_copy(cluster: &Cluster, server: usize, volume: u32) -> bool {
     let addr = cluster.volume(server).unwrap().grpc_addr();
     volume_client(&addr)
         .await
@@ -196,11 +196,11 @@ async fn holds_copy(cluster: &Cluster, server: usize, volume: u32) -> bool {
         .any(|v| v.volume_id == volume && v.sealed)
 }
 
-fn holds_shards(cluster: &Cluster, server: usize, volume: u32) -> bool {
+pub(crate) fn holds_shards(cluster: &Cluster, server: usize, volume: u32) -> bool {
     EcVolume::exists(&ec_dir(cluster, server), hayloft_storage::VolumeId(volume))
 }
 
-fn staged(cluster: &Cluster, server: usize, volume: u32) -> bool {
+pub(crate) fn staged(cluster: &Cluster, server: usize, volume: u32) -> bool {
     ec_dir(cluster, server)
         .join("decoding")
         .join(format!("{volume}.dat"))

@@ -22,6 +22,9 @@
 //! - `erasure_rebuild`: the directory rebuilds a lost holder's shard on
 //!   another server, drops the orphan shard it comes back with, and
 //!   resumes a rebuild across its own restart.
+//! - `erasure_reencode`: `ReencodeVolume`: an erasure-coded volume encoded
+//!   again without its deleted needles (space back, deletes kept, a delete
+//!   during it kept), a failure mid-way leaving the old generation.
 //! - `encode_volume`: the directory's `EncodeVolume` on five servers:
 //!   plan, dry run, refusals, layout, copies removed, lookups, shards.
 //! - `tier_ec`: `hayloft tier ec` seals a writable volume and encodes it;
@@ -38,6 +41,7 @@ mod erasure_handoff;
 mod erasure_heal;
 mod erasure_policy;
 mod erasure_rebuild;
+mod erasure_reencode;
 mod grpc;
 mod heartbeat;
 mod origin;

@@ -43,6 +43,7 @@ async fn beat(
             volume_id: volume.0,
             held: held.clone(),
             damaged: Vec::new(),
+            deleted_bytes: 0,
         })
         .collect();
     cluster.heartbeat(request).await.unwrap();
