@@ -1,6 +1,6 @@
 //! The client commands: `put`, `get`, `rm`, `status`.
 //!
-//! Why one file of ~710 lines: `put`, `get`, `rm` and `status` share the
+//! Why one file of ~720 lines: `put`, `get`, `rm` and `status` share the
 //! connection arguments and the status printer; most of the length is
 //! `--help` text and the human/JSON status output.
 

@@ -4,6 +4,9 @@
 //! `hayloft` library: [`hayloft::server`] (`hayloft server`), [`daemons`]
 //! (the other server roles) or the client commands ([`commands`] and the
 //! others).
+//!
+//! About 610 lines, most of them the flags' `--help` text; the region
+//! flags shared by the server roles live in `hayloft::regions`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -27,7 +27,7 @@
 //! - [`metrics`]: the server's Prometheus metrics.
 //! - `blocking`: storage work on tokio's blocking pool.
 //!
-//! Why one file of ~730 lines: about half of it is `VolumeServerConfig`,
+//! Why one file of ~780 lines: about half of it is `VolumeServerConfig`,
 //! every key documented where it is declared (the configuration reference
 //! operators read); the composition of the server is the rest.
 
