@@ -142,6 +142,12 @@ impl VolumeNode {
     pub fn http_base(&self) -> String {
         format!("http://{}", self.http)
     }
+
+    /// Whether it has stopped by itself (a start-up refusal, a failure);
+    /// [`Cluster::stop_volume`] then returns why.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
 }
 
 /// A directory and volume servers serving in this process until
@@ -318,6 +324,16 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// Stops the directory cleanly, changes its config with `change` (its
+    /// address and data folder stay), and starts it again.
+    pub async fn restart_directory_with(
+        &mut self,
+        change: impl FnOnce(&mut DirectoryConfig),
+    ) -> Result<(), Error> {
+        change(&mut self.directory_config);
+        self.restart_directory().await
     }
 
     /// Stops the directory cleanly and starts it again on the same address

@@ -1,6 +1,6 @@
 //! The client commands: `put`, `get`, `rm`, `status`.
 //!
-//! Why one file of ~710 lines: `put`, `get`, `rm` and `status` share the
+//! Why one file of ~720 lines: `put`, `get`, `rm` and `status` share the
 //! connection arguments and the status printer; most of the length is
 //! `--help` text and the human/JSON status output.
 
@@ -316,13 +316,23 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let client = args.connection.client().await?;
     let status = client.status().await?;
     let nodes = directory_nodes(&args.connection.directory).await;
+    let regions = crate::regions::fetch(&args.connection.directories()?)
+        .await
+        .with_context(|| {
+            format!(
+                "asking the directory at {} for the regions",
+                args.connection.directory
+            )
+        })?;
     if args.json {
         let mut json = status_json(&status);
         json["directory_nodes"] = nodes_json(&nodes);
+        json["regions"] = crate::regions::json(&regions);
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
     print_nodes(&nodes);
+    crate::regions::print(&regions);
     for problem in &status.problems {
         println!("PROBLEM: {problem}");
     }

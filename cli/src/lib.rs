@@ -15,7 +15,8 @@
 //!   serves the operator page ([`page`], [`page_access`]: who may see it;
 //!   [`capacity`]: the capacity report it shows).
 //! - [`daemons`]: the servers' configuration files, signals, and the roles
-//!   `hayloft directory` and `hayloft volume`.
+//!   `hayloft directory` and `hayloft volume`; [`regions`]: their region
+//!   flags.
 //! - The client and operator commands: [`commands`] (`put`, `get`, `rm`,
 //!   `status`), [`compact`], [`tier`] ([`erasure`]: `tier ec`, and the
 //!   layouts `status` shows; [`decode`]: `tier decode`), [`repair`], [`group`] (`directory
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod page;
 pub use page::access as page_access;
 pub mod reencode;
+pub mod regions;
 pub mod repair;
 pub mod server;
 pub mod sign;

@@ -4,6 +4,9 @@
 //! `hayloft` library: [`hayloft::server`] (`hayloft server`), [`daemons`]
 //! (the other server roles) or the client commands ([`commands`] and the
 //! others).
+//!
+//! About 610 lines, most of them the flags' `--help` text; the region
+//! flags shared by the server roles live in `hayloft::regions`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,6 +152,10 @@ struct ServerArgs {
     tier_interval: Option<humantime_serde::re::humantime::Duration>,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    regions: hayloft::regions::RegionArgs,
+    #[command(flatten)]
+    replicate_to: hayloft::regions::ReplicateToArgs,
 }
 
 #[derive(Args)]
@@ -188,6 +195,10 @@ struct DirectoryArgs {
     ec_code: Option<hayloft_storage::erasure::Code>,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    regions: hayloft::regions::RegionArgs,
+    #[command(flatten)]
+    replicate_to: hayloft::regions::ReplicateToArgs,
     /// A copy whose server is silent this long is made again elsewhere, e.g. "10m".
     #[arg(long)]
     repair_after: Option<humantime_serde::re::humantime::Duration>,
@@ -235,6 +246,8 @@ struct VolumeArgs {
     rack: Option<String>,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    regions: hayloft::regions::RegionArgs,
     /// A copy silent for this long fails a replicated write, e.g. "10s".
     #[arg(long)]
     replica_timeout: Option<humantime_serde::re::humantime::Duration>,
@@ -386,6 +399,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 directory.tls = args
                     .auth
                     .tls(directory.tls.take().or_else(|| volume.tls.clone()));
+                // One region for both roles.
+                args.regions
+                    .apply(&mut directory.region, &mut directory.regions);
+                args.regions.apply(&mut volume.region, &mut volume.regions);
+                args.replicate_to.apply(&mut directory.replicate_to);
                 embedded.policy =
                     tier::load_policy(args.policy.as_deref().or(file.policy.as_deref()))?;
                 embedded.tier_interval = args
@@ -457,6 +475,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if args.linearizable_lookups {
                     config.linearizable_lookups = true;
                 }
+                args.regions.apply(&mut config.region, &mut config.regions);
+                args.replicate_to.apply(&mut config.replicate_to);
                 daemons::directory(config).await
             }
             Command::Volume(args) => {
@@ -471,6 +491,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(rack) = args.rack {
                     config.rack = rack;
                 }
+                args.regions.apply(&mut config.region, &mut config.regions);
                 if let Some(keyring) = args.auth.keyring.clone() {
                     config.keyring = Some(keyring);
                 }

@@ -41,6 +41,20 @@ pub enum Error {
     /// A heartbeat that names no server.
     #[error("heartbeat without {0}")]
     BadHeartbeat(&'static str),
+    /// A volume server configured for another region than this directory
+    /// group serves: it is not registered.
+    #[error(
+        "volume server {server:?} is configured for region {server_region:?}, but this directory serves region {region:?}: \
+         start it with --region {region} (or point it at region {server_region:?}'s directory)"
+    )]
+    WrongRegion {
+        /// The server.
+        server: String,
+        /// Its region.
+        server_region: String,
+        /// This directory's region.
+        region: String,
+    },
     /// A blob or needle id that does not parse.
     #[error("malformed blob or needle id {0:?}")]
     MalformedId(String),
@@ -352,6 +366,7 @@ impl Error {
             | Error::OnlyVoter(_)
             | Error::NodeSilent { .. }
             | Error::WrongNode { .. }
+            | Error::WrongRegion { .. }
             | Error::NodeInAGroup { .. }
             | Error::MembershipBusy(_) => Code::FailedPrecondition,
             Error::LearnerBehind { .. } | Error::SealNotReported { .. } => Code::DeadlineExceeded,

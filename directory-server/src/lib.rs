@@ -174,6 +174,20 @@ pub struct DirectoryConfig {
     /// `K+M` (`K` data shards, `M` parity shards: any `M` may be lost).
     /// Default `10+4`.
     pub ec_code: String,
+    /// The region this directory group serves (see README, "Regions"):
+    /// its volume servers must be configured with the same, and it
+    /// allocates volume ids from its region number's range. Default
+    /// `default`.
+    pub region: String,
+    /// `[regions.<name>]`: every region of the deployment, with its
+    /// `number` and (for the others) its directory group's addresses.
+    /// Default: none (one region).
+    pub regions: hayloft_proto::regions::RegionsConfig,
+    /// The regions every collection's blobs are replicated to, unless its
+    /// `[collections.<name>] replicate_to` says otherwise. Checked at
+    /// start (each must be another region of `regions`); nothing is
+    /// shipped yet (README, "Regions"). Default: none.
+    pub replicate_to: Vec<String>,
 }
 
 impl Default for DirectoryConfig {
@@ -210,6 +224,9 @@ impl Default for DirectoryConfig {
             audit: hayloft_access::audit::AuditConfig::default(),
             tls: None,
             ec_code: default_ec_code(),
+            region: hayloft_proto::regions::default_region(),
+            regions: hayloft_proto::regions::RegionsConfig::new(),
+            replicate_to: Vec::new(),
         }
     }
 }
@@ -291,6 +308,8 @@ impl Directory {
             .map_err(|e| Error::Config(format!("tls: {e}")))?;
         // A bad code stops the start, naming its setting.
         erasure::EcCodes::from_config(&config)?;
+        // So do bad regions and replication targets.
+        config.resolve_regions()?;
         if config.collections.contains_key("") {
             return Err(Error::Config(
                 "[collections.\"\"]: the default collection is called `default` \

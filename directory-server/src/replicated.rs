@@ -13,7 +13,7 @@
 //! Soft state (heartbeats, free space, what each server reported) is not
 //! here: it lives on the leader, in `cluster`.
 //!
-//! Why one file of ~1,110 lines: almost half of it is its tests (the apply
+//! Why one file of ~1,180 lines: almost half of it is its tests (the apply
 //! function tested on its own, as issue 32 asked); the code is one enum and
 //! one match.
 
@@ -133,6 +133,11 @@ pub enum Command {
         old: Vec<u8>,
         new: Vec<u8>,
     },
+    /// Takes the next volume id in region `region`'s range (answered with
+    /// [`Applied::VolumeId`]): the group's counter, or the range's first id
+    /// if the counter is below it; refused once the range is used up.
+    /// Regions other than 0 propose this (see `hayloft_storage::region`).
+    AllocateRegionVolumeId { region: u8 },
 }
 
 /// What applying a [`Command`] answered.
@@ -305,6 +310,20 @@ fn apply_command(
                     Applied::VolumeId(id)
                 }
                 None => Applied::Refused("volume ids exhausted".into()),
+            }
+        }
+        Command::AllocateRegionVolumeId { region } => {
+            let region = hayloft_storage::RegionNumber(region);
+            let taken = region
+                .allocate(map.next_volume_id.0)
+                .and_then(|id| Some((id, id.0.checked_add(1)?)));
+            match taken {
+                Some((id, next)) => {
+                    map.next_volume_id = VolumeId(next);
+                    db::put_next_volume_id(batch, VolumeId(next));
+                    Applied::VolumeId(id)
+                }
+                None => Applied::Refused(format!("volume ids of region {region} are exhausted")),
             }
         }
         Command::CreateVolume { row } | Command::AdoptVolume { row } => {
@@ -726,6 +745,7 @@ mod tests {
                 layout: reencoded(&["a", "d", "c"]).encode_to_vec(),
                 replicas: vec!["d".into(), "c".into()],
             },
+            Command::AllocateRegionVolumeId { region: 1 },
         ]
     }
 
@@ -1046,7 +1066,7 @@ mod tests {
             machine.apply(command);
             assert_eq!(machine.reloaded(), machine.state);
         }
-        assert_eq!(machine.state.position, at(18));
+        assert_eq!(machine.state.position, at(19));
         // A snapshot of the state is the state.
         let snapshot = machine.state.to_snapshot(Vec::new());
         assert_eq!(Replicated::from_snapshot(snapshot), machine.state);
@@ -1063,7 +1083,7 @@ mod tests {
         assert_eq!(row.replicas, ["d", "c"], "decoded onto d and c");
         assert_eq!(row.erasure, None);
         assert!(row.stale.is_empty(), "the stale copy was replaced");
-        assert_eq!(one.state.next_volume_id, VolumeId(3));
+        assert_eq!(one.state.next_volume_id, VolumeId(0x0100_0001));
         assert!(!one.state.volumes.contains_key(&VolumeId(2)));
         assert!(one.state.repair_jobs.is_empty());
     }
@@ -1122,6 +1142,47 @@ mod tests {
             }
         );
         assert!(matches!(reserve(&mut machine, 1, 1), Applied::Refused(_)));
+    }
+
+    #[test]
+    fn a_region_takes_ids_from_its_own_range_and_keeps_them_across_restarts() {
+        let mut machine = Machine::new();
+        let region = |region| Command::AllocateRegionVolumeId { region };
+        // A fresh group of region 2 starts at its range's first id.
+        assert_eq!(
+            machine.apply(region(2)),
+            Applied::VolumeId(VolumeId(0x0200_0000))
+        );
+        assert_eq!(
+            machine.apply(region(2)),
+            Applied::VolumeId(VolumeId(0x0200_0001))
+        );
+        assert_eq!(machine.reloaded().next_volume_id, VolumeId(0x0200_0002));
+        // A group whose counter is past a region's range (it was given a
+        // lower number than before) is refused rather than reuse ids.
+        assert!(matches!(machine.apply(region(1)), Applied::Refused(r) if r.contains("exhausted")));
+        machine.state.next_volume_id = VolumeId(0x02FF_FFFF);
+        assert_eq!(
+            machine.apply(region(2)),
+            Applied::VolumeId(VolumeId(0x02FF_FFFF))
+        );
+        assert!(matches!(machine.apply(region(2)), Applied::Refused(r) if r.contains("exhausted")));
+        assert_eq!(machine.state.next_volume_id, VolumeId(0x0300_0000));
+    }
+
+    #[test]
+    fn region_zero_keeps_the_ids_of_a_single_region_cluster() {
+        // A cluster that allocated 1..=4 before regions existed allocates
+        // 5 next, as region 0, with the command it always proposed.
+        let mut machine = Machine::new();
+        for _ in 1..=4 {
+            machine.apply(Command::AllocateVolumeId);
+        }
+        assert_eq!(
+            machine.apply(Command::AllocateVolumeId),
+            Applied::VolumeId(VolumeId(5))
+        );
+        assert_eq!(VolumeId(5).region(), hayloft_storage::RegionNumber::DEFAULT);
     }
 
     #[test]

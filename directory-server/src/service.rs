@@ -30,6 +30,7 @@ use crate::cluster::{Cluster, unix_now};
 use crate::error::{Error, Result};
 
 mod erasure;
+mod regions;
 pub use erasure::{DecodeVolumeStream, EncodeVolumeStream, ReencodeVolumeStream};
 
 /// Most ids one `Assign` hands out.
@@ -83,7 +84,7 @@ pub struct DirectoryService {
 pub fn needs(path: &str) -> Need {
     match path {
         "/hayloft.v1.Directory/Assign" => Need::Scope(Op::Write),
-        "/hayloft.v1.Directory/Lookup" => Need::Token,
+        "/hayloft.v1.Directory/Lookup" | "/hayloft.v1.Directory/Regions" => Need::Token,
         "/hayloft.v1.Directory/Node" => Need::Open,
         "/hayloft.v1.Directory/Status"
         | "/hayloft.v1.Directory/Capacity"
@@ -735,6 +736,14 @@ impl Directory for DirectoryService {
     ) -> Result<Response<StatusResponse>, Status> {
         let span = request_span("status", request.metadata());
         traced(&self.cluster, "status", span, self.status_inner(request)).await
+    }
+
+    async fn regions(
+        &self,
+        request: Request<hayloft_proto::RegionsRequest>,
+    ) -> Result<Response<hayloft_proto::RegionsResponse>, Status> {
+        let span = request_span("regions", request.metadata());
+        traced(&self.cluster, "regions", span, self.regions_inner(request)).await
     }
 
     async fn capacity(

@@ -13,6 +13,8 @@
 //! - [`background`]: the one shape of every server's background jobs (a
 //!   [`background::Worker`] trait, a runner, the registry `status` lists).
 //! - [`retry`]: the one retry with backoff (on `backon`).
+//! - [`regions`]: the deployment's regions as configured, checked, and
+//!   the region that allocated any volume id.
 
 /// Generated messages, clients and servers of `hayloft.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -85,6 +87,7 @@ impl std::error::Error for UnspecifiedTier {}
 
 pub mod auth;
 pub mod background;
+pub mod regions;
 pub mod retry;
 pub use auth::{AuthChannel, Credential, tls_refusal};
 

@@ -25,6 +25,7 @@
 //! - [`sealed`]: the index and delete journal of a sealed data file held
 //!   elsewhere (cold object or shards), shared by `cold` and `erasure`.
 //! - [`space`]: each disk's free-space reserve.
+//! - [`region`]: the volume id layout that tells which region allocated an id.
 //! - [`types`]: ids, cookies, tiers, and the one wall clock (`unix_now`).
 //! - [`error`]: the typed errors; [`failpoint`]: faults injected by tests.
 //!
@@ -42,6 +43,7 @@ pub mod index;
 mod mapped;
 pub mod meta;
 pub mod moves;
+pub mod region;
 pub mod sealed;
 pub mod space;
 pub mod store;
@@ -54,6 +56,7 @@ pub use error::{Error, Result};
 pub use file::{Access, advise, available_space, open_for, write_atomically};
 pub use format::NeedleMeta;
 pub use moves::MoveJob;
+pub use region::RegionNumber;
 pub use space::{DiskSpace, Reserve, SpaceReport};
 pub use store::{Handle, Location, Store, StoreConfig, release_free_heap};
 pub use throttle::Throttle;

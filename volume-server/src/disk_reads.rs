@@ -48,17 +48,20 @@ pub enum Source {
     /// An erasure-coded volume's needle restored from other shards (its
     /// own shard lost, unreachable or corrupt).
     Restored,
+    /// A copy in another region (proxied; its volume was allocated there).
+    Region,
 }
 
 impl Source {
     /// Every source, in the order of [`Source::index`].
-    pub const ALL: [Source; 6] = [
+    pub const ALL: [Source; 7] = [
         Source::Memory,
         Source::Disk,
         Source::Remote,
         Source::Cold,
         Source::Shards,
         Source::Restored,
+        Source::Region,
     ];
 
     /// The `source` label.
@@ -70,6 +73,7 @@ impl Source {
             Source::Cold => "cold",
             Source::Shards => "shards",
             Source::Restored => "restored",
+            Source::Region => "region",
         }
     }
 

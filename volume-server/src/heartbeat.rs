@@ -24,6 +24,8 @@ fn request(store: &Store, tiering: &Tiering, server: &ServerLocation) -> Heartbe
         workers: Vec::new(),
         erasure_shards: erasure_shards(store),
         erasure_reported: true,
+        // Filled in by the worker.
+        region: String::new(),
     }
 }
 
@@ -73,6 +75,8 @@ pub(crate) struct Heartbeat {
     /// Where the revoked ids are kept, so that a restarted server refuses
     /// them before its first heartbeat is answered.
     pub(crate) revoked_file: Option<std::path::PathBuf>,
+    /// This server's region (a directory of another refuses it).
+    pub(crate) region: String,
 }
 
 /// Sends heartbeats, as a background worker: one a step, then waits a
@@ -158,6 +162,7 @@ impl Worker for HeartbeatWorker {
             access,
             revoked,
             revoked_file,
+            region,
             ..
         } = &mut self.heartbeat;
         let beat = {
@@ -176,6 +181,7 @@ impl Worker for HeartbeatWorker {
             return Ok(Step::Idle);
         };
         beat.keyring_problem = access.keyring_problem().unwrap_or_default();
+        beat.region.clone_from(region);
         beat.workers = self.workers.statuses();
         // This heartbeat is the step its own entry shows running; the
         // directory sees it only if it arrives, so report it as it will be

@@ -27,7 +27,7 @@
 //! - [`metrics`]: the server's Prometheus metrics.
 //! - `blocking`: storage work on tokio's blocking pool.
 //!
-//! Why one file of ~730 lines: about half of it is `VolumeServerConfig`,
+//! Why one file of ~780 lines: about half of it is `VolumeServerConfig`,
 //! every key documented where it is declared (the configuration reference
 //! operators read); the composition of the server is the rest.
 
@@ -55,6 +55,7 @@ pub mod http;
 pub mod metrics;
 pub mod proxy;
 pub mod reads;
+mod region;
 pub mod replicate;
 mod space;
 pub mod status;
@@ -225,6 +226,15 @@ pub struct VolumeServerConfig {
     /// TLS for gRPC and the HTTP origin, and for this server's calls to the
     /// others (see README, "TLS"). Default: none (plain TCP).
     pub tls: Option<hayloft_access::tls::TlsConfig>,
+    /// The region this server is in: its directory must serve the same
+    /// (a directory of another region refuses it, and the server stops).
+    /// Default `default`.
+    pub region: String,
+    /// `[regions.<name>]`: the deployment's regions, each with its
+    /// `number` and (for the others) its directory group: reads of their
+    /// volumes (HTTP and gRPC) are served from their copies there (see
+    /// README, "Regions"). Default: none (one region).
+    pub regions: hayloft_proto::regions::RegionsConfig,
 }
 
 impl Default for VolumeServerConfig {
@@ -235,6 +245,8 @@ impl Default for VolumeServerConfig {
             rack: "default".into(),
             replica_timeout: Duration::from_secs(10),
             remote_reads: proxy::RemoteReads::Proxy,
+            region: hayloft_proto::regions::default_region(),
+            regions: hayloft_proto::regions::RegionsConfig::new(),
             verify_reads_up_to: ByteSize::mib(16),
             disk_reads_in_flight: 64,
             disk_reads_queued: 1024,
@@ -360,6 +372,9 @@ pub enum StartError {
     /// A setting is out of its range.
     #[error("{0}")]
     Config(String),
+    /// The directory serves another region than this server's.
+    #[error("{0}")]
+    WrongRegion(String),
 }
 
 /// A volume server with its store open and its ports bound.
@@ -372,6 +387,8 @@ pub struct VolumeServer {
     keyring: Option<Arc<hayloft_access::SharedKeyring>>,
     limits: Option<Arc<hayloft_access::limits::RateLimits>>,
     tls: Option<Arc<hayloft_access::tls::ServerTls>>,
+    /// The deployment's regions (checked at bind).
+    regions: hayloft_proto::regions::Regions,
 }
 
 impl VolumeServer {
@@ -383,6 +400,8 @@ impl VolumeServer {
                 config.min_free_percent
             )));
         }
+        let regions = hayloft_proto::regions::Regions::resolve(&config.region, &config.regions)
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let store_config = config.store_config();
         let store = tokio::task::spawn_blocking(move || Store::open(store_config))
             .await
@@ -429,6 +448,7 @@ impl VolumeServer {
             None => None,
         };
         Ok(VolumeServer {
+            regions,
             config,
             store: Arc::new(store),
             objects,
@@ -586,6 +606,7 @@ impl VolumeServer {
                 credential: credential.clone(),
                 revoked,
                 revoked_file,
+                region: self.regions.local.name.clone(),
             },
             workers.registry(),
         ));
@@ -610,6 +631,17 @@ impl VolumeServer {
             },
             tokio::runtime::Handle::current(),
         ));
+        let remote = Arc::new(
+            proxy::RemoteReader::new(
+                self.config.remote_reads,
+                advertised.server_id.clone(),
+                &self.config.directory,
+                credential.clone(),
+                self.tls.clone(),
+            )
+            .and_then(|remote| remote.with_regions(self.regions.clone(), &credential))
+            .map_err(StartError::Directory)?,
+        );
         let service = grpc::VolumeService::new(
             Arc::clone(&self.store),
             grpc::ServiceLimits {
@@ -628,7 +660,8 @@ impl VolumeServer {
             Arc::clone(&disk_reads),
         )
         .with_stop(http_stop.clone())
-        .with_grants(self.keyring.clone().filter(|_| gate.is_some()));
+        .with_grants(self.keyring.clone().filter(|_| gate.is_some()))
+        .with_remote(Arc::clone(&remote));
         let erasure_reads = service.erasure_reads();
         workers.spawn(erasure::JournalSync::new(
             Arc::clone(&self.store),
@@ -674,14 +707,6 @@ impl VolumeServer {
                 hayloft_access::tls::incoming(self.grpc, self.tls.clone()),
                 wait_stop(),
             );
-        let remote = proxy::RemoteReader::new(
-            self.config.remote_reads,
-            advertised.server_id.clone(),
-            &self.config.directory,
-            credential,
-            self.tls.clone(),
-        )
-        .map_err(StartError::Directory)?;
         let http_state = Arc::new(
             http::HttpState::new(
                 Arc::clone(&self.store),
@@ -702,11 +727,32 @@ impl VolumeServer {
         tracing::info!(server = %advertised.server_id, grpc = %advertised.grpc_addr,
             http = %advertised.http_addr, "volume server serving");
 
+        // A directory of another region: stop, and say why.
+        let stop_tx = Arc::new(stop_tx);
+        let wrong_region = Arc::new(std::sync::OnceLock::new());
+        let region_check = {
+            let (stop_tx, wrong_region) = (Arc::clone(&stop_tx), Arc::clone(&wrong_region));
+            let (directory, region) = (
+                self.config.directory.clone(),
+                self.regions.local.name.clone(),
+            );
+            let pulse = self.config.pulse.max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                if let Some(why) =
+                    region::other_region(&directory, credential, &region, pulse).await
+                {
+                    tracing::error!("{why}");
+                    let _ = wrong_region.set(why);
+                    let _ = stop_tx.send(true);
+                }
+            })
+        };
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
         let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+        region_check.abort();
         workers.join().await;
         if let Some(task) = forgetting {
             task.abort();
@@ -721,6 +767,9 @@ impl VolumeServer {
         match closed {
             Ok(result) => result?,
             Err(e) => return Err(StartError::Http(std::io::Error::other(e))),
+        }
+        if let Some(why) = wrong_region.get() {
+            return Err(StartError::WrongRegion(why.clone()));
         }
         tracing::info!("volume server stopped; volumes synced");
         Ok(())

@@ -12,7 +12,7 @@
 //! | `hayloft_index_memory_bytes`, `hayloft_needles` | gauge | |
 //! | `hayloft_compactions_running`, `hayloft_compaction_copied_bytes`, `hayloft_compaction_total_bytes` | gauge | |
 //! | `hayloft_compaction_reclaimed_bytes_total`, `hayloft_compactions_total` | counter | `result` (on the latter) |
-//! | `hayloft_volume_reads_total` | counter | `source`: `memory` (page cache), `disk`, `remote` (another copy), `cold` (object store) |
+//! | `hayloft_volume_reads_total` | counter | `source`: `memory` (page cache), `disk`, `remote` (another copy), `region` (a copy in another region), `cold` (object store) |
 //! | `hayloft_volume_read_duration_seconds` | histogram | `source` (request start to answer) |
 //! | `hayloft_volume_disk_read_bytes_total` | counter | bytes reads from disk read from volume files |
 //! | `hayloft_volume_disk_reads_in_flight`, `hayloft_volume_disk_reads_waiting` | gauge | reads on the disk-read pool, and waiting for a place |

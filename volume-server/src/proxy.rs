@@ -12,12 +12,21 @@
 //! [`PROXIED`], and a server never proxies such a request again (no loops).
 //! A copy whose origin serves HTTPS (`ServerLocation.http_tls`) is reached
 //! over HTTPS, trusting the cluster's CA (`[tls] ca`).
+//!
+//! A volume another region allocated (its id's region number, see
+//! `hayloft_storage::region`) is looked up in that region's directory
+//! group instead (`--regions`), and read from its copies there the same
+//! way; such an answer carries [`FromRegion`] (counted as
+//! `source="region"`). That region's directory unreachable: 503, like
+//! copies that do not answer.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hayloft_proto::regions::Regions;
 use hayloft_proto::{LookupRequest, ServerLocation};
+use hayloft_storage::VolumeId;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
@@ -71,12 +80,18 @@ pub type Body = http_body_util::Either<
     http_body_util::combinators::BoxBody<Bytes, hyper::Error>,
 >;
 
+/// Marks (in its extensions) an answer fetched from a copy in another
+/// region: that region's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromRegion(pub String);
+
 /// Why a blob could not be read from another copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteMiss {
     /// No live copy of the volume is known.
     Unknown,
-    /// Copies are known but none answered.
+    /// Copies are known but none answered, or the directory of the
+    /// region that allocated the volume did not answer.
     Unreachable,
 }
 
@@ -164,6 +179,10 @@ pub struct RemoteReader {
     /// Volume id -> when looked up, and what.
     /// Held for a map lookup or insert, never across an `.await`.
     cache: Mutex<HashMap<u32, (Instant, Located)>>,
+    /// The deployment's regions, and a client of each other region's
+    /// directory group (in the order of `regions.others`).
+    regions: Regions,
+    region_directories: Vec<hayloft_proto::Directories>,
 }
 
 /// What the directory says of a volume this server holds no copy of.
@@ -174,6 +193,10 @@ struct Located {
     collection: Option<String>,
     /// HTTP addresses of healthy copies.
     copies: Vec<ServerLocation>,
+    /// The other region whose directory was asked (`None`: this one's).
+    region: Option<String>,
+    /// That directory did not answer (not cached).
+    unreachable: bool,
 }
 
 impl RemoteReader {
@@ -199,7 +222,73 @@ impl RemoteReader {
             directory,
             http: Http::new(tls),
             cache: Mutex::new(HashMap::new()),
+            regions: Regions::single(),
+            region_directories: Vec::new(),
         })
+    }
+
+    /// Reads volumes of the other regions of `regions` from their copies
+    /// there, looked up in their directory groups with `credential` (one
+    /// key ring per deployment).
+    ///
+    /// # Errors
+    /// A malformed directory address.
+    pub fn with_regions(
+        mut self,
+        regions: Regions,
+        credential: &hayloft_proto::Credential,
+    ) -> Result<Self, tonic::Status> {
+        self.region_directories = regions
+            .others
+            .iter()
+            .map(|region| {
+                Ok(
+                    hayloft_proto::Directories::new(&region.directory.join(","))?
+                        .with_credential(credential.clone())?
+                        .with_call_timeout(Duration::from_secs(5))?
+                        .with_patience(Duration::from_secs(5)),
+                )
+            })
+            .collect::<Result<_, tonic::Status>>()?;
+        self.regions = regions;
+        Ok(self)
+    }
+
+    /// The other region that allocated `volume` and its directory group,
+    /// or `None` if this region did (or a region not configured here).
+    fn owner(&self, volume: u32) -> Option<(&str, &hayloft_proto::Directories)> {
+        let number = VolumeId(volume).region();
+        self.regions
+            .others
+            .iter()
+            .zip(&self.region_directories)
+            .find(|(region, _)| region.number == number && number != self.regions.local.number)
+            .map(|(region, directory)| (region.name.as_str(), directory))
+    }
+
+    /// Whether `volume` was allocated by another region configured here
+    /// (reads of it go there).
+    pub fn is_foreign(&self, volume: u32) -> bool {
+        self.owner(volume).is_some()
+    }
+
+    /// The copies of a volume of another region, for a gRPC read: their
+    /// gRPC addresses and the region's name.
+    ///
+    /// # Errors
+    /// [`RemoteMiss::Unknown`] (not another region's, or none known),
+    /// [`RemoteMiss::Unreachable`] (its directory did not answer).
+    pub async fn foreign_copies(
+        &self,
+        volume: u32,
+        refresh: bool,
+    ) -> Result<(String, Vec<ServerLocation>), RemoteMiss> {
+        let located = self.locate(volume, refresh).await;
+        match located.region {
+            Some(_) if located.unreachable => Err(RemoteMiss::Unreachable),
+            Some(region) if !located.copies.is_empty() => Ok((region, located.copies)),
+            _ => Err(RemoteMiss::Unknown),
+        }
     }
 
     /// The mode it was configured with.
@@ -219,8 +308,11 @@ impl RemoteReader {
         {
             return found.clone();
         }
-        let looked_up = self
-            .directory
+        let (directory, region) = match self.owner(volume) {
+            Some((region, directory)) => (directory, Some(region.to_owned())),
+            None => (&self.directory, None),
+        };
+        let looked_up = directory
             .call(|mut directory| async move {
                 directory
                     .lookup(LookupRequest {
@@ -232,24 +324,33 @@ impl RemoteReader {
             .await;
         let found = match looked_up {
             Ok(response) => {
-                let mut found = Located::default();
+                let mut found = Located {
+                    region: region.clone(),
+                    ..Located::default()
+                };
+                // Server ids are unique within a region only: another
+                // region's copies are all someone else.
+                let foreign = region.is_some();
                 for v in response
                     .volumes
                     .into_iter()
                     .filter(|v| v.volume_id == volume)
                 {
                     found.collection = v.collection;
-                    found.copies.extend(
-                        v.locations
-                            .into_iter()
-                            .filter(|l| l.server_id != self.server_id && !l.http_addr.is_empty()),
-                    );
+                    found.copies.extend(v.locations.into_iter().filter(|l| {
+                        (foreign || l.server_id != self.server_id) && !l.http_addr.is_empty()
+                    }));
                 }
                 found
             }
             Err(status) => {
-                tracing::warn!(volume, error = %status.message(), "directory lookup failed");
-                return Located::default();
+                tracing::warn!(volume, region = region.as_deref().unwrap_or(&self.regions.local.name),
+                    error = %status.message(), "directory lookup failed");
+                return Located {
+                    unreachable: region.is_some(),
+                    region,
+                    ..Located::default()
+                };
             }
         };
         self.cache
@@ -275,19 +376,25 @@ impl RemoteReader {
     ) -> Result<http::Response<Body>, RemoteMiss> {
         let mut miss = RemoteMiss::Unknown;
         for refresh in [false, true] {
-            let copies = self.locate(volume, refresh).await.copies;
+            let located = self.locate(volume, refresh).await;
+            if located.unreachable {
+                miss = RemoteMiss::Unreachable;
+            }
+            let copies = located.copies;
             if self.mode == RemoteReads::Redirect {
-                return copies
-                    .first()
-                    .map(|copy| redirect(copy, path))
-                    .ok_or(RemoteMiss::Unknown);
+                return copies.first().map(|copy| redirect(copy, path)).ok_or(miss);
             }
             for copy in &copies {
                 match self
                     .fetch(copy, path, method, headers, viewer.as_ref())
                     .await
                 {
-                    Ok(response) => return Ok(response),
+                    Ok(mut response) => {
+                        if let Some(region) = located.region {
+                            response.extensions_mut().insert(FromRegion(region));
+                        }
+                        return Ok(response);
+                    }
                     Err(reason) => {
                         miss = RemoteMiss::Unreachable;
                         tracing::debug!(server = %copy.server_id, %reason, "proxied read failed")

@@ -138,13 +138,33 @@ impl Cluster {
         self.config.replication_for(collection)
     }
 
+    /// The command that takes this region's next volume id. Region 0
+    /// proposes the command it always did (a group of nodes not yet
+    /// upgraded applies it the same: the ids it allocates are region 0's
+    /// until `0x00FF_FFFF`, refused here past that); the others propose
+    /// one that takes ids from their own range (ARCHITECTURE.md, "Regions").
+    fn allocate_volume_id(&self) -> Result<Command> {
+        let number = self.regions.local.number;
+        if number != hayloft_storage::RegionNumber::DEFAULT {
+            return Ok(Command::AllocateRegionVolumeId { region: number.0 });
+        }
+        let next = self.inner.lock().state.next_volume_id.0;
+        match number.allocate(next) {
+            Some(_) => Ok(Command::AllocateVolumeId),
+            None => Err(Error::CannotCreate(format!(
+                "volume ids of region {:?} (number 0) are exhausted",
+                self.regions.local.name
+            ))),
+        }
+    }
+
     /// Reserves a volume id and places its copies: distinct live servers,
     /// spread over zones, then racks, then the most free space on `tier`.
     /// With too few live servers nothing is reserved and the error says why
     /// (also shown by `status` until a creation succeeds).
     pub async fn plan_new_volume(&self, tier: Tier, collection: &str) -> Result<NewVolume> {
         let servers = self.place_new_volume(tier, collection)?;
-        let volume_id = match self.propose(Command::AllocateVolumeId).await? {
+        let volume_id = match self.propose(self.allocate_volume_id()?).await? {
             Applied::VolumeId(id) => id,
             Applied::Refused(reason) => return Err(Error::CannotCreate(reason)),
             other => return Err(Error::UnexpectedAnswer(format!("{other:?}"))),

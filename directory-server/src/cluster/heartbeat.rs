@@ -17,6 +17,17 @@ impl Cluster {
             return Err(Error::BadHeartbeat("server id"));
         }
         let server_id = location.server_id.clone();
+        let server_region = match request.region.as_str() {
+            "" => hayloft_proto::regions::DEFAULT_REGION,
+            named => named,
+        };
+        if server_region != self.regions.local.name {
+            return Err(Error::WrongRegion {
+                server: server_id,
+                server_region: server_region.to_owned(),
+                region: self.regions.local.name.clone(),
+            });
+        }
         let registered = self
             .inner
             .lock()

@@ -193,6 +193,9 @@ pub struct Cluster {
     /// The revoked token ids, for the token gate (kept equal to
     /// `inner.state.revoked`).
     revocations: std::sync::Arc<hayloft_access::grpc::Revoked>,
+    /// The deployment's regions as configured (checked at load): this
+    /// group's region number decides the range of its volume ids.
+    regions: hayloft_proto::regions::Regions,
 }
 
 /// A volume to create: its id, and the servers to create its copies on.
@@ -206,6 +209,7 @@ impl Cluster {
     /// Loads the cluster from the database; `node_id` is this node's id in
     /// the directory group.
     pub fn load(db: std::sync::Arc<Db>, config: DirectoryConfig, node_id: u64) -> Result<Cluster> {
+        let regions = config.resolve_regions()?;
         let inner = Inner::new(Replicated::from_snapshot(db.load()?));
         let revocations = std::sync::Arc::new(hayloft_access::grpc::Revoked::default());
         revocations.set(inner.state.revoked.keys().cloned());
@@ -217,7 +221,19 @@ impl Cluster {
             node_id,
             consensus: std::sync::OnceLock::new(),
             changes: tokio::sync::Mutex::new(()),
+            regions,
         })
+    }
+
+    /// The deployment's regions as this directory knows them.
+    pub fn regions(&self) -> &hayloft_proto::regions::Regions {
+        &self.regions
+    }
+
+    /// The regions collections replicate to unless their own
+    /// `replicate_to` says otherwise.
+    pub fn replicate_to(&self) -> &[String] {
+        &self.config.replicate_to
     }
 
     /// This node's id in the directory group.

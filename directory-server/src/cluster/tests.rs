@@ -70,6 +70,7 @@ fn heartbeat_of(server: &str, volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
         workers: Vec::new(),
         erasure_shards: Vec::new(),
         erasure_reported: true,
+        region: String::new(),
     }
 }
 

@@ -20,6 +20,7 @@ mod authz;
 mod erasure;
 mod erasure_decode;
 mod erasure_reencode;
+mod foreign;
 mod handoff;
 mod read;
 mod seal;
@@ -101,6 +102,9 @@ pub struct VolumeService {
     erasure: Arc<crate::erasure::ErasureReads>,
     /// Shards being rebuilt here (one rebuild of a shard at a time).
     rebuilding: Arc<crate::erasure::Rebuilding>,
+    /// Finds copies in other regions, for reads of their volumes (none:
+    /// this server reads only what it holds).
+    remote: Option<Arc<crate::proxy::RemoteReader>>,
 }
 
 /// The limits a [`VolumeService`] applies.
@@ -505,6 +509,7 @@ impl VolumeService {
             disk,
             erasure: Arc::new(crate::erasure::ErasureReads::new(Arc::clone(&replication))),
             rebuilding: Arc::default(),
+            remote: None,
             store,
             max_upload_bytes: limits.max_upload_bytes,
             compaction_rate: limits.compaction_rate,
@@ -530,6 +535,13 @@ impl VolumeService {
     /// Reads of erasure-coded volumes held here, for the HTTP origin.
     pub fn erasure_reads(&self) -> Arc<crate::erasure::ErasureReads> {
         Arc::clone(&self.erasure)
+    }
+
+    /// Reads blobs of volumes other regions allocated from their copies
+    /// there, found through `remote`.
+    pub fn with_remote(mut self, remote: Arc<crate::proxy::RemoteReader>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// Ends long-lived streams (`Replicate`) once `stop` becomes true, so

@@ -156,6 +156,9 @@ impl VolumeService {
             let request = request.into_inner();
             (request.offset, request.length)
         };
+        if self.reads_elsewhere(blob) {
+            return self.read_foreign(blob, offset, length).await;
+        }
         // Part of a blob: from disk, only its chunks are read.
         let hint = if offset > 0 || length > 0 {
             Hint::Range

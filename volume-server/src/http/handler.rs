@@ -234,6 +234,13 @@ pub(super) async fn remote_read(
         Ok((response, refusal, collection)) => {
             served.refusal = refusal;
             served.collection = collection;
+            if response
+                .extensions()
+                .get::<crate::proxy::FromRegion>()
+                .is_some()
+            {
+                served.source = Some(Source::Region);
+            }
             response
         }
         Err(e) => {

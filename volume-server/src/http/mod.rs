@@ -165,8 +165,8 @@ impl HttpState {
 
     /// Answers reads of blobs this server holds no copy of through `remote`
     /// (proxied or redirected to a copy).
-    pub fn with_remote(mut self, remote: crate::proxy::RemoteReader) -> Self {
-        self.remote = (remote.mode() != crate::proxy::RemoteReads::Off).then(|| Arc::new(remote));
+    pub fn with_remote(mut self, remote: Arc<crate::proxy::RemoteReader>) -> Self {
+        self.remote = (remote.mode() != crate::proxy::RemoteReads::Off).then_some(remote);
         self
     }
 }

@@ -29,6 +29,9 @@
 //!   plan, dry run, refusals, layout, copies removed, lookups, shards.
 //! - `tier_ec`: `hayloft tier ec` seals a writable volume and encodes it;
 //!   status shows its layout and the replication factor.
+//! - `regions`: two regions: ids from each region's range, reads of the
+//!   other region's blobs (HTTP and gRPC), the other region down, a server
+//!   of the wrong region refused.
 //! - `tier`: moves to a real S3 (moto on loopback, `s3`) by the tiering
 //!   worker and by `MoveVolume`, reads from cold, the way back, S3 gone.
 
@@ -46,6 +49,7 @@ mod grpc;
 mod heartbeat;
 mod origin;
 mod proxy;
+mod regions;
 mod replication;
 mod s3;
 mod support;
