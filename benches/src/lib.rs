@@ -15,3 +15,15 @@ pub fn bench_dir() -> tempfile::TempDir {
     std::fs::create_dir_all(&base).expect("create HAYLOFT_BENCH_DIR");
     tempfile::tempdir_in(base).expect("create a temp dir for the benchmark")
 }
+
+/// The best (shortest) time of `rounds` runs of `f` (at least one run).
+pub fn best_of(rounds: usize, mut f: impl FnMut()) -> std::time::Duration {
+    (0..rounds.max(1))
+        .map(|_| {
+            let started = std::time::Instant::now();
+            f();
+            started.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}

@@ -18,11 +18,13 @@
 //! phase (it is smaller than memory): the figures are CPU figures, not
 //! disk figures. One thread: GiB/s per core.
 //!
-//! `cargo run --bin ec-encode -- [--mib 1024] [--code 10+4] [--rounds 3]`
+//! `HAYLOFT_BENCH_DIR=/disk/under/test cargo run --bin ec-encode -- [--mib 1024]
+//! [--code 10+4] [--rounds 3]`
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hayloft_benches::best_of;
 use hayloft_storage::erasure::{Code, Encoder, Layout, MAX_BLOCK_LEN, encode_to_dir};
 use hayloft_storage::{Throttle, VolumeId};
 use rand::RngCore;
@@ -59,25 +61,13 @@ fn args() -> Args {
     args
 }
 
-/// Best time of `rounds` runs of `f`.
-fn best(rounds: usize, mut f: impl FnMut()) -> Duration {
-    (0..rounds.max(1))
-        .map(|_| {
-            let started = Instant::now();
-            f();
-            started.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
-
 fn gib_per_sec(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / (1u64 << 30) as f64 / took.as_secs_f64()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args();
-    let dir = tempfile::tempdir_in(".")?;
+    let dir = hayloft_benches::bench_dir();
     let data = dir.path().join("1.dat");
     let len = args.mib << 20;
     {
@@ -90,18 +80,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         file.sync_all()?;
     }
     let layout = Layout::plan(args.code, len, MAX_BLOCK_LEN);
-    let read = best(args.rounds, || {
+    let read = best_of(args.rounds, || {
         let mut file = std::fs::File::open(&data).expect("open");
         let mut buffer = vec![0u8; 1 << 20];
         while file.read(&mut buffer).expect("read") > 0 {}
     });
-    let encode = best(args.rounds, || {
+    let encode = best_of(args.rounds, || {
         let mut encoder = Encoder::open(&data, layout).expect("open");
         while encoder.next_stripe().expect("stripe").is_some() {}
         let _ = encoder.digests();
     });
     let shards = dir.path().join("shards");
-    let written = best(args.rounds, || {
+    let written = best_of(args.rounds, || {
         let _ = std::fs::remove_dir_all(&shards);
         std::fs::create_dir_all(&shards).expect("mkdir");
         encode_to_dir(&data, VolumeId(1), layout, &shards, &mut Throttle::new(0)).expect("encode");
@@ -109,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The disk's share of the last phase: the same bytes the shards take,
     // written in 1 MiB writes and fsynced, without any encoding.
     let stored = len / u64::from(args.code.data) * args.code.shards() as u64;
-    let plain = best(args.rounds, || {
+    let plain = best_of(args.rounds, || {
         let path = dir.path().join("plain");
         let mut file = std::fs::File::create(&path).expect("create");
         let block = vec![7u8; 1 << 20];

@@ -15,8 +15,9 @@
 //!
 //! `cargo run --bin erasure-codecs -- [--k 10] [--m 4] [--rounds 5]`
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hayloft_benches::best_of;
 use rand::RngCore;
 
 struct Args {
@@ -47,18 +48,6 @@ fn args() -> Args {
     args
 }
 
-/// Best time of `rounds` runs of `f`.
-fn best(rounds: usize, mut f: impl FnMut()) -> Duration {
-    (0..rounds.max(1))
-        .map(|_| {
-            let started = Instant::now();
-            f();
-            started.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
-
 fn gib_per_s(bytes: usize, took: Duration) -> f64 {
     bytes as f64 / (1u64 << 30) as f64 / took.as_secs_f64().max(1e-9)
 }
@@ -81,13 +70,13 @@ fn simd(
     range: std::ops::Range<usize>,
 ) -> (Duration, Duration, bool) {
     let (k, m) = (args.k, args.m);
-    let encode = best(args.rounds, || {
+    let encode = best_of(args.rounds, || {
         reed_solomon_simd::encode(k, m, data).expect("encode");
     });
     let parity = reed_solomon_simd::encode(k, m, data).expect("encode");
     // The first m data shards are lost; the rest and every parity shard
     // rebuild them.
-    let rebuild = best(args.rounds, || {
+    let rebuild = best_of(args.rounds, || {
         let kept = data.iter().enumerate().skip(m);
         let restored =
             reed_solomon_simd::decode(k, m, kept, parity.iter().enumerate()).expect("decode");
@@ -119,10 +108,10 @@ fn erasure(
         all
     };
     let mut all = stripe(data);
-    let encode = best(args.rounds, || {
+    let encode = best_of(args.rounds, || {
         codec.encode(&mut all).expect("encode");
     });
-    let rebuild = best(args.rounds, || {
+    let rebuild = best_of(args.rounds, || {
         let mut lost: Vec<Option<Vec<u8>>> = all.iter().cloned().map(Some).collect();
         for shard in lost.iter_mut().take(m) {
             *shard = None;
