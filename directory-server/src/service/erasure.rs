@@ -59,31 +59,25 @@ impl DirectoryService {
             .unwrap_or_default();
         let default_code = self.ec_codes.for_collection(&collection);
         let planned = crate::erasure::encode::plan(&self.cluster, &request, default_code)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let first = EncodeVolumeProgress {
             plan: Some(planned.plan.clone()),
             ..EncodeVolumeProgress::default()
         };
         if request.dry_run {
-            let _ = sender.send(Ok(first)).await;
-        } else {
-            let guard = self.encoding.start(planned.source.volume_id)?;
-            let _ = sender.send(Ok(first)).await;
-            tracing::info!(volume = request.volume_id, code = %planned.code,
-                holders = ?planned.plan.holders.iter().map(|h| &h.server_id).collect::<Vec<_>>(),
-                "erasure coding a volume");
-            tokio::spawn(crate::erasure::encode::run(
-                Arc::clone(&self.cluster),
-                planned,
-                request.rate,
-                self.repair_settings.credential.clone(),
-                sender,
-                guard,
-            ));
+            return Ok(plan_only(first).await);
         }
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
+        let guard = self.encoding.start(planned.source.volume_id)?;
+        tracing::info!(volume = request.volume_id, code = %planned.code,
+            holders = ?planned.plan.holders.iter().map(|h| &h.server_id).collect::<Vec<_>>(),
+            "erasure coding a volume");
+        let (cluster, credential) = (
+            Arc::clone(&self.cluster),
+            self.repair_settings.credential.clone(),
+        );
+        Ok(spawn_run(first, |sender| {
+            crate::erasure::encode::run(cluster, planned, request.rate, credential, sender, guard)
+        })
+        .await)
     }
 
     /// Plans the decode (refusing what cannot be decoded before any
@@ -95,37 +89,31 @@ impl DirectoryService {
     ) -> Result<Response<DecodeVolumeStream>, Status> {
         let request = request.into_inner();
         let planned = crate::erasure::decode::plan(&self.cluster, &request)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let first = hayloft_proto::DecodeVolumeProgress {
             plan: Some(planned.plan.clone()),
             step: "plan".into(),
             ..Default::default()
         };
         if request.dry_run {
-            let _ = sender.send(Ok(first)).await;
-        } else {
-            let guard = self.encoding.start(planned.source.volume_id).map_err(|_| {
-                crate::error::Error::NotDecodable {
-                    volume: planned.source.volume_id,
-                    why: "an encode or decode of it is under way".into(),
-                }
-            })?;
-            let _ = sender.send(Ok(first)).await;
-            tracing::info!(volume = request.volume_id,
-                targets = ?planned.plan.targets.iter().map(|t| &t.server_id).collect::<Vec<_>>(),
-                "decoding an erasure-coded volume");
-            tokio::spawn(crate::erasure::decode::run(
-                Arc::clone(&self.cluster),
-                planned,
-                request.rate,
-                self.repair_settings.credential.clone(),
-                sender,
-                guard,
-            ));
+            return Ok(plan_only(first).await);
         }
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
+        let guard = self.encoding.start(planned.source.volume_id).map_err(|_| {
+            crate::error::Error::NotDecodable {
+                volume: planned.source.volume_id,
+                why: "an encode or decode of it is under way".into(),
+            }
+        })?;
+        tracing::info!(volume = request.volume_id,
+            targets = ?planned.plan.targets.iter().map(|t| &t.server_id).collect::<Vec<_>>(),
+            "decoding an erasure-coded volume");
+        let (cluster, credential) = (
+            Arc::clone(&self.cluster),
+            self.repair_settings.credential.clone(),
+        );
+        Ok(spawn_run(first, |sender| {
+            crate::erasure::decode::run(cluster, planned, request.rate, credential, sender, guard)
+        })
+        .await)
     }
 
     /// Plans the re-encode (refusing what cannot be re-encoded before any
@@ -137,36 +125,53 @@ impl DirectoryService {
     ) -> Result<Response<ReencodeVolumeStream>, Status> {
         let request = request.into_inner();
         let planned = crate::erasure::reencode::plan(&self.cluster, &request)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let first = hayloft_proto::ReencodeVolumeProgress {
             plan: Some(planned.plan.clone()),
             step: "plan".into(),
             ..Default::default()
         };
         if request.dry_run {
-            let _ = sender.send(Ok(first)).await;
-        } else {
-            let guard = self.encoding.start(planned.source.volume_id).map_err(|_| {
-                crate::error::Error::NotReencodable {
-                    volume: planned.source.volume_id,
-                    why: "an encode, decode or re-encode of it is under way".into(),
-                }
-            })?;
-            let _ = sender.send(Ok(first)).await;
-            tracing::info!(volume = request.volume_id,
-                target = ?planned.plan.target.as_ref().map(|t| &t.server_id),
-                "re-encoding an erasure-coded volume without its deleted needles");
-            tokio::spawn(crate::erasure::reencode::run(
-                Arc::clone(&self.cluster),
-                planned,
-                request.rate,
-                self.repair_settings.credential.clone(),
-                sender,
-                guard,
-            ));
+            return Ok(plan_only(first).await);
         }
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
+        let guard = self.encoding.start(planned.source.volume_id).map_err(|_| {
+            crate::error::Error::NotReencodable {
+                volume: planned.source.volume_id,
+                why: "an encode, decode or re-encode of it is under way".into(),
+            }
+        })?;
+        tracing::info!(volume = request.volume_id,
+            target = ?planned.plan.target.as_ref().map(|t| &t.server_id),
+            "re-encoding an erasure-coded volume without its deleted needles");
+        let (cluster, credential) = (
+            Arc::clone(&self.cluster),
+            self.repair_settings.credential.clone(),
+        );
+        Ok(spawn_run(first, |sender| {
+            crate::erasure::reencode::run(cluster, planned, request.rate, credential, sender, guard)
+        })
+        .await)
     }
+}
+
+type Sender<T> = tokio::sync::mpsc::Sender<Result<T, Status>>;
+type Stream<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
+
+/// A dry run's answer: the plan alone.
+async fn plan_only<T>(first: T) -> Response<Stream<T>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let _ = sender.send(Ok(first)).await;
+    Response::new(Stream::new(receiver))
+}
+
+/// The answer of a job that runs: the plan first, then whatever `run`
+/// (spawned on a task of its own, so that a caller going away does not
+/// stop it half way) sends.
+async fn spawn_run<T, F>(first: T, run: impl FnOnce(Sender<T>) -> F) -> Response<Stream<T>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let _ = sender.send(Ok(first)).await;
+    tokio::spawn(run(sender));
+    Response::new(Stream::new(receiver))
 }
