@@ -17,10 +17,23 @@ struct Region {
     directory: String,
     http: String,
     metrics: String,
-    _server: support::Proc,
+    server: support::Proc,
 }
 
 fn start(root: &std::path::Path, name: &str, me: &str, other: &str, ports: [String; 4]) -> Region {
+    start_with(root, name, me, other, ports, &[], name)
+}
+
+/// [`start`] with more flags, logging to `<log>.log`.
+fn start_with(
+    root: &std::path::Path,
+    name: &str,
+    me: &str,
+    other: &str,
+    ports: [String; 4],
+    extra: &[&str],
+    log: &str,
+) -> Region {
     let [directory, grpc, http, metrics] = ports;
     let args: Vec<String> = [
         "server",
@@ -40,14 +53,15 @@ fn start(root: &std::path::Path, name: &str, me: &str, other: &str, ports: [Stri
         other,
     ]
     .iter()
+    .chain(extra)
     .map(|a| a.to_string())
     .collect();
-    let server = support::spawn(&args, &root.join(format!("{name}.log")));
+    let server = support::spawn(&args, &root.join(format!("{log}.log")));
     Region {
         directory,
         http,
         metrics,
-        _server: server,
+        server,
     }
 }
 
@@ -163,4 +177,308 @@ fn a_directory_told_to_replicate_to_an_unknown_region_does_not_start() {
         stderr.contains("--replicate-to") && stderr.contains("\"mars\"") && stderr.contains("us"),
         "{stderr}"
     );
+}
+
+/// The value of the metric line starting with `name{labels} ` in `text`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn metrics_of(region: &Region) -> String {
+    match reqwest::get(format!("http://{}/metrics", region.metrics)).await {
+        Ok(answer) => answer.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until `region` has applied `needles` needles and `tombstones`
+/// tombstones from the logs of regions `from` (since it started, summed)
+/// and is caught up with each.
+async fn shipped(
+    root: &std::path::Path,
+    region: &Region,
+    from: &[&str],
+    needles: f64,
+    tombstones: f64,
+) {
+    eventually(secs(60), "the other regions' logs applied", async || {
+        let text = metrics_of(region).await;
+        let value = |name: &str, from: &str| metric(&text, &format!("{name}{{from=\"{from}\"}}"));
+        let sum = |name: &str| -> f64 { from.iter().filter_map(|f| value(name, f)).sum() };
+        let ok = sum("hayloft_region_shipped_needles_total") >= needles
+            && sum("hayloft_region_shipped_tombstones_total") >= tombstones
+            && from
+                .iter()
+                .all(|f| value("hayloft_region_lag_entries", f) == Some(0.0));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}\n{}",
+                text.lines()
+                    .filter(|l| l.starts_with("hayloft_region_"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                support::log_tails(root)
+            ))
+        }
+    })
+    .await;
+}
+
+async fn client_of(directory: &str) -> hayloft_client::Client {
+    eventually(secs(30), "a client", async || {
+        hayloft_client::Client::connect(directory)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Every blob of `live` reads back byte-identical from `region` over HTTP
+/// and gRPC, and every one of `deleted` is gone (404, NOT_FOUND).
+async fn reads_all_from(region: &Region, live: &[(String, Bytes)], deleted: &[String]) {
+    let client = client_of(&region.directory).await;
+    for (id, data) in live {
+        let read = reqwest::get(format!("http://{}/{id}", region.http))
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200, "{id}");
+        assert_eq!(&read.bytes().await.unwrap(), data, "{id} over HTTP");
+        let (_, bytes) = client.download(id).await.unwrap();
+        assert_eq!(&bytes, data, "{id} over gRPC");
+    }
+    for id in deleted {
+        let read = reqwest::get(format!("http://{}/{id}", region.http))
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 404, "deleted {id}");
+        assert!(client.download(id).await.is_err(), "deleted {id} over gRPC");
+    }
+}
+
+/// Region a replicates to region b. Blobs uploaded and deleted in a reach
+/// b (its own copy: they read from b with a killed); b killed while a
+/// uploads and deletes more, then restarted, catches up from its position;
+/// nothing deleted comes back, and a applies nothing of its own from b's
+/// log (no loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", support::free_port());
+    let ports_a = [port(), port(), port(), port()];
+    let ports_b = [port(), port(), port(), port()];
+    let a = start_with(
+        root.path(),
+        "a",
+        "a:0",
+        &format!("b:1={}", ports_b[0]),
+        ports_a.clone(),
+        &["--replicate-to", "b"],
+        "a",
+    );
+    let b_args = |log: &str| {
+        start_with(
+            root.path(),
+            "b",
+            "b:1",
+            &format!("a:0={}", ports_a[0]),
+            ports_b.clone(),
+            &[],
+            log,
+        )
+    };
+    let b = b_args("b");
+    let client = client_of(&a.directory).await;
+    let upload = async |seed: u64| {
+        let data = Bytes::from(content(seed, 1_000 + (seed as usize * 977) % 30_000));
+        let uploaded = eventually(secs(30), "an upload", async || {
+            client
+                .upload(data.clone(), &UploadOptions::default())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        (uploaded.blob_id, data)
+    };
+    let mut live = Vec::new();
+    for seed in 0..40 {
+        live.push(upload(seed).await);
+    }
+    let mut deleted = Vec::new();
+    for _ in 0..10 {
+        let (id, _) = live.remove(0);
+        client.delete(&id).await.unwrap();
+        deleted.push(id);
+    }
+    shipped(root.path(), &b, &["a"], 30.0, 10.0).await;
+
+    // b down while a goes on: more blobs, more deletes (also of blobs b has).
+    b.server.kill();
+    for seed in 100..120 {
+        live.push(upload(seed).await);
+    }
+    for _ in 0..5 {
+        let (id, _) = live.remove(0);
+        client.delete(&id).await.unwrap();
+        deleted.push(id);
+    }
+    let b = b_args("b-again");
+    shipped(root.path(), &b, &["a"], 20.0, 5.0).await;
+    // a follows b's log too (for deletes made in b) and takes nothing of
+    // what came from itself.
+    let text = metrics_of(&a).await;
+    for name in ["needles", "tombstones"] {
+        let series = format!("hayloft_region_shipped_{name}_total{{from=\"b\"}}");
+        assert_eq!(metric(&text, &series).unwrap_or(0.0), 0.0, "{series}");
+    }
+
+    // With a gone, b answers every blob from its own copy.
+    a.server.kill();
+    reads_all_from(&b, &live, &deleted).await;
+}
+
+/// Three regions: a and b replicate to each other and to c; c replicates
+/// nowhere. Each blob reaches each region that keeps it once (no loop:
+/// b takes nothing from c's copies of a's volumes, which it has from a);
+/// a delete made in b of a's blob reaches a and c; c's blobs never leave c
+/// (no volume file of c's on a's or b's disks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_regions_ship_each_blob_once_per_region_and_keep_what_stays_home() {
+    let root = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", support::free_port());
+    let ports: Vec<[String; 4]> = (0..3).map(|_| [port(), port(), port(), port()]).collect();
+    let names = ["a", "b", "c"];
+    let table = |me: usize| {
+        (0..3)
+            .filter(|i| *i != me)
+            .map(|i| format!("{}:{i}={}", names[i], ports[i][0]))
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    let targets: [&[&str]; 3] = [&["--replicate-to", "b,c"], &["--replicate-to", "a,c"], &[]];
+    let regions: Vec<Region> = (0..3)
+        .map(|i| {
+            start_with(
+                root.path(),
+                names[i],
+                &format!("{}:{i}", names[i]),
+                &table(i),
+                ports[i].clone(),
+                targets[i],
+                names[i],
+            )
+        })
+        .collect();
+    let mut blobs: Vec<Vec<(String, Bytes)>> = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        let client = client_of(&region.directory).await;
+        let mut mine = Vec::new();
+        for seed in 0..12 {
+            let data = Bytes::from(content(1000 * i as u64 + seed, 5_000 + seed as usize * 311));
+            let uploaded = eventually(secs(30), "an upload", async || {
+                client
+                    .upload(data.clone(), &UploadOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            mine.push((uploaded.blob_id, data));
+        }
+        blobs.push(mine);
+    }
+    // a's blobs in b and c, b's in a and c, once each.
+    shipped(root.path(), &regions[0], &["b", "c"], 12.0, 0.0).await;
+    shipped(root.path(), &regions[1], &["a", "c"], 12.0, 0.0).await;
+    shipped(root.path(), &regions[2], &["a", "b"], 24.0, 0.0).await;
+    // A delete in b of one of a's blobs: applied in b at once, then in a
+    // (a follows b's log) and c.
+    let (gone, _) = blobs[0].remove(0);
+    client_of(&regions[1].directory)
+        .await
+        .delete(&gone)
+        .await
+        .unwrap();
+    for region in &regions {
+        eventually(secs(60), "the delete everywhere", async || {
+            let read = reqwest::get(format!("http://{}/{gone}", region.http))
+                .await
+                .map_err(|e| e.to_string())?;
+            if read.status() == 404 {
+                Ok(())
+            } else {
+                Err(format!("{}: {}", region.http, read.status()))
+            }
+        })
+        .await;
+    }
+    shipped(root.path(), &regions[0], &["b", "c"], 12.0, 1.0).await;
+    shipped(root.path(), &regions[2], &["a", "b"], 24.0, 1.0).await;
+    for (i, region) in regions.iter().enumerate() {
+        let text = metrics_of(region).await;
+        let total = |name: &str, from: &str| {
+            metric(
+                &text,
+                &format!("hayloft_region_shipped_{name}_total{{from=\"{from}\"}}"),
+            )
+            .unwrap_or(0.0)
+        };
+        let fetched: f64 = names.iter().map(|from| total("needles", from)).sum();
+        // Each region fetched exactly the blobs of the regions replicating
+        // to it, each once.
+        let expected = match i {
+            0 => 12.0,
+            1 => 12.0,
+            _ => 24.0,
+        };
+        assert_eq!(fetched, expected, "region {}:\n{text}", names[i]);
+    }
+    // c's blobs stayed in c: no volume of c's numbers on a's or b's disks.
+    let c_volume = blobs[2][0]
+        .0
+        .parse::<hayloft_storage::BlobId>()
+        .unwrap()
+        .volume();
+    assert_eq!(c_volume.region().0, 2);
+    for name in ["a", "b"] {
+        let found = walk(&root.path().join(name))
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{c_volume}.")))
+            })
+            .collect::<Vec<_>>();
+        assert!(found.is_empty(), "c's volume on {name}'s disks: {found:?}");
+    }
+    // And every blob still reads from every region.
+    for region in &regions {
+        for mine in &blobs {
+            for (id, data) in mine {
+                let read = reqwest::get(format!("http://{}/{id}", region.http))
+                    .await
+                    .unwrap();
+                assert_eq!(read.status(), 200, "{id} from {}", region.http);
+                assert_eq!(&read.bytes().await.unwrap(), data);
+            }
+        }
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -23,7 +23,7 @@ pub struct CollectionConfig {
     pub access: hayloft_access::Access,
     /// The regions its blobs are replicated to (none: they stay in this
     /// region). Default: the directory's `replicate_to`. Checked at start;
-    /// not shipped yet (README, "Regions").
+    /// shipped asynchronously (ARCHITECTURE.md, "Shipping between regions").
     pub replicate_to: Option<Vec<String>>,
 }
 

@@ -102,6 +102,12 @@ pub struct VolumeRow {
     /// copies left to remove (none once the encode has finished).
     #[prost(message, optional, tag = "12")]
     pub erasure: Option<hayloft_proto::ErasureLayout>,
+    /// Set on a volume another region created and this one keeps copies
+    /// of (`AdoptVolumes`): every region holding it, its creator first.
+    /// Empty for this region's own volumes (their regions come from the
+    /// collection's `replicate_to`).
+    #[prost(string, repeated, tag = "20")]
+    pub regions: Vec<String>,
 }
 
 impl VolumeRow {

@@ -54,6 +54,7 @@ pub mod repair;
 mod replicated;
 mod seal;
 mod service;
+mod shipping;
 
 pub use cluster::{Cluster, NEEDLE_BLOCK};
 pub use collections::CollectionConfig;
@@ -499,6 +500,14 @@ impl Directory {
             settings,
             self.config.pulse.max(Duration::from_millis(200)),
         ));
+        workers.spawn(
+            shipping::Adopter::new(
+                Arc::clone(&self.cluster),
+                &self.auth.credential,
+                self.config.pulse.max(Duration::from_millis(200)),
+            )
+            .map_err(|e| Error::Config(e.message().to_owned()))?,
+        );
         let served = tonic::transport::Server::builder()
             .layer(
                 hayloft_access::grpc::GateLayer::new(self.auth.gate.clone())

@@ -213,10 +213,37 @@ async fn grow(
     let plan = cluster.plan_new_volume(tier, &collection).await?;
     let server_ids: Vec<String> = plan.servers.iter().map(|s| s.server_id.clone()).collect();
     tracing::info!(volume = plan.volume_id.0, servers = ?server_ids, collection, "creating volume");
+    if let Err((error, unreachable)) = create_copies(
+        &plan.servers,
+        plan.volume_id,
+        &collection,
+        tier,
+        &credential,
+    )
+    .await
+    {
+        cluster.abandon_volume(plan.volume_id, &unreachable);
+        return Err(error);
+    }
+    cluster
+        .register_volume(plan.volume_id, &collection, tier, &server_ids)
+        .await
+}
+
+/// Creates a copy of `volume_id` on each of `servers` (each told of all of
+/// them). All or none: if one cannot be created, those that were are
+/// deleted again (best effort) and the error comes back with the servers
+/// that failed.
+pub(crate) async fn create_copies(
+    servers: &[ServerLocation],
+    volume_id: VolumeId,
+    collection: &str,
+    tier: Tier,
+    credential: &hayloft_proto::Credential,
+) -> std::result::Result<(), (Error, Vec<String>)> {
     let create = |server: ServerLocation| {
-        let collection = collection.clone();
-        let volume_id = plan.volume_id;
-        let replicas = plan.servers.clone();
+        let collection = collection.to_owned();
+        let replicas = servers.to_vec();
         let credential = credential.clone();
         async move {
             let channel = credential
@@ -250,7 +277,7 @@ async fn grow(
     };
     // A hung server (alive to the directory until `dead_after`) must not
     // hold volume creation, and the Assign waiting on it, for ever.
-    let created = futures::future::join_all(plan.servers.iter().cloned().map(|server| {
+    let created = futures::future::join_all(servers.iter().cloned().map(|server| {
         let server_id = server.server_id.clone();
         let call = create(server);
         async move {
@@ -265,32 +292,28 @@ async fn grow(
         }
     }))
     .await;
-    if let Some(error) = created.iter().find_map(|r| r.as_ref().err()) {
-        let error = Error::CannotCreate(error.to_string());
-        let unreachable: Vec<String> = plan
-            .servers
-            .iter()
-            .zip(&created)
-            .filter(|(_, r)| r.is_err())
-            .map(|(s, _)| s.server_id.clone())
-            .collect();
-        cluster.abandon_volume(plan.volume_id, &unreachable);
-        for mut client in created.into_iter().flatten() {
-            let request = DeleteVolumeRequest {
-                volume_id: plan.volume_id.0,
-                keep_object: false,
-                ..Default::default()
-            };
-            if let Err(e) = client.delete_volume(request).await {
-                tracing::warn!(volume = plan.volume_id.0, error = %e.message(),
-                    "could not delete the copy of a volume whose creation failed");
-            }
+    let Some(error) = created.iter().find_map(|r| r.as_ref().err()) else {
+        return Ok(());
+    };
+    let error = Error::CannotCreate(error.to_string());
+    let unreachable: Vec<String> = servers
+        .iter()
+        .zip(&created)
+        .filter(|(_, r)| r.is_err())
+        .map(|(s, _)| s.server_id.clone())
+        .collect();
+    for mut client in created.into_iter().flatten() {
+        let request = DeleteVolumeRequest {
+            volume_id: volume_id.0,
+            keep_object: false,
+            ..Default::default()
+        };
+        if let Err(e) = client.delete_volume(request).await {
+            tracing::warn!(volume = volume_id.0, error = %e.message(),
+                "could not delete the copy of a volume whose creation failed");
         }
-        return Err(error);
     }
-    cluster
-        .register_volume(plan.volume_id, &collection, tier, &server_ids)
-        .await
+    Err((error, unreachable))
 }
 
 impl DirectoryService {
@@ -744,6 +767,20 @@ impl Directory for DirectoryService {
     ) -> Result<Response<hayloft_proto::RegionsResponse>, Status> {
         let span = request_span("regions", request.metadata());
         traced(&self.cluster, "regions", span, self.regions_inner(request)).await
+    }
+
+    async fn adopt_volumes(
+        &self,
+        request: Request<hayloft_proto::AdoptVolumesRequest>,
+    ) -> Result<Response<hayloft_proto::AdoptVolumesResponse>, Status> {
+        let span = request_span("adopt_volumes", request.metadata());
+        traced(
+            &self.cluster,
+            "adopt_volumes",
+            span,
+            self.adopt_volumes_inner(request),
+        )
+        .await
     }
 
     async fn capacity(

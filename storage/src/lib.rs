@@ -65,8 +65,8 @@ pub use volume::recovery;
 pub use volume::recovery::RecoveryReport;
 pub use volume::{
     BUFFERED_READ_MAX, COMPACTION_MARGIN, Claim, CompactOptions, CompactReport, DiskRead,
-    Durability, FromDisk, HEAD_BYTES, HEAD_RECORD_MAX, Hint, Needle, NeedleInfo, NeedlePart,
-    NeedleState, NeedleWrite, NeedleWriter, Part, Queued, QueuedWrite, RANGE_RECORD_MAX,
-    RangeDigest, ReadPlan, ScrubReport, Shape, SyncDuty, Volume, VolumeConfig, VolumeStats, Waiter,
-    Wake, WriteReceipt, shape,
+    Durability, FromDisk, HEAD_BYTES, HEAD_RECORD_MAX, Hint, LogEntry, MAX_LOG_ENTRIES, Needle,
+    NeedleInfo, NeedlePart, NeedleState, NeedleWrite, NeedleWriter, Part, Queued, QueuedWrite,
+    RANGE_RECORD_MAX, RangeDigest, ReadPlan, ScrubReport, Shape, SyncDuty, Volume, VolumeConfig,
+    VolumeLog, VolumeStats, Waiter, Wake, WriteReceipt, shape,
 };

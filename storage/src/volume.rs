@@ -47,6 +47,7 @@ use recovery::RecoveryReport;
 mod claim;
 mod commit;
 mod compact;
+mod log;
 mod read;
 pub mod recovery;
 mod replica;
@@ -55,6 +56,7 @@ use crate::types::{Cookie, NeedleId, Tier, VolumeId};
 pub use claim::Claim;
 pub use commit::{SyncDuty, Waiter, Wake};
 pub use compact::{COMPACTION_MARGIN, CompactOptions, CompactReport};
+pub use log::{LogEntry, MAX_LOG_ENTRIES, VolumeLog};
 pub use read::{
     BUFFERED_READ_MAX, DiskRead, FromDisk, HEAD_BYTES, HEAD_RECORD_MAX, Hint, NeedleInfo,
     NeedlePart, Part, RANGE_RECORD_MAX, ReadPlan, Shape, shape,

@@ -200,3 +200,56 @@ fn read_for_copy_verifies_the_checksum_and_ignores_expiry() {
     assert_eq!(copied.data.as_ref(), b"expired already");
     assert_eq!(copied.meta.expires_at, Some(1));
 }
+
+/// A copy's log lists its writes and tombstones in the order they became
+/// durable, from any position, with each needle's cookie and length; a
+/// compaction rewrites it (another log id).
+#[test]
+fn the_log_lists_writes_and_tombstones_in_order_from_any_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = Volume::create(dir.path(), VID, Tier::Hot, "", config()).unwrap();
+    for id in [5, 3, 9] {
+        put(&volume, id);
+    }
+    volume.delete(NeedleId(3), cookie(3)).unwrap();
+    put(&volume, 7);
+    let log = volume.read_log(0, 100).unwrap();
+    assert_eq!(log.total, 5);
+    let seen: Vec<(u64, bool)> = log.entries.iter().map(|e| (e.id.0, e.deleted)).collect();
+    assert_eq!(
+        seen,
+        [(5, false), (3, false), (9, false), (3, true), (7, false)]
+    );
+    for entry in &log.entries {
+        assert_eq!(entry.cookie, cookie(entry.id.0));
+        let len = if entry.deleted {
+            0
+        } else {
+            blob(entry.id.0).len() as u64
+        };
+        assert_eq!(entry.data_len, len);
+    }
+    assert!(volume.holds(NeedleId(5)) && !volume.holds(NeedleId(3)) && !volume.holds(NeedleId(4)));
+
+    let tail = volume.read_log(3, 1).unwrap();
+    assert_eq!(tail.entries, log.entries[3..4]);
+    assert_eq!((tail.total, tail.log_id), (5, log.log_id));
+    assert!(volume.read_log(5, 10).unwrap().entries.is_empty());
+    assert!(volume.read_log(99, 10).unwrap().entries.is_empty());
+
+    volume.seal().unwrap();
+    volume.compact(&CompactOptions::default()).unwrap();
+    let compacted = volume.read_log(0, 100).unwrap();
+    assert_ne!(
+        compacted.log_id, log.log_id,
+        "a compaction starts another log"
+    );
+    let live: Vec<u64> = compacted
+        .entries
+        .iter()
+        .filter(|e| !e.deleted)
+        .map(|e| e.id.0)
+        .collect();
+    assert_eq!(live.len(), 3);
+    assert!(!live.contains(&3));
+}

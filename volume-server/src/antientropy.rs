@@ -247,10 +247,7 @@ impl AntiEntropy {
             for (batch, in_flight) in [(small, COPIES_IN_FLIGHT), (large, 1)] {
                 let mut copies = futures::stream::iter(batch.into_iter().map(|(id, cookie, _)| {
                     let mut client = client.clone();
-                    async move {
-                        self.copy_needle(volume, &mut client, source, id, cookie)
-                            .await
-                    }
+                    async move { copy_needle(volume, &mut client, source, id, cookie).await }
                 }))
                 .buffer_unordered(in_flight);
                 while let Some(copied) = copies.next().await {
@@ -268,92 +265,94 @@ impl AntiEntropy {
         }
         Ok(())
     }
+}
 
-    /// Copies one live needle from `source`; returns its size (0 if it went
-    /// away meanwhile: deleted, or refused here as deleted).
-    async fn copy_needle(
-        &self,
-        volume: &Arc<Volume>,
-        client: &mut hayloft_proto::volume_client::VolumeClient<hayloft_proto::AuthChannel>,
-        source: &ServerLocation,
-        id: NeedleId,
-        cookie: Cookie,
-    ) -> Result<u64, Status> {
-        let blob = BlobId { needle: id, cookie };
-        let fetched = tokio::time::timeout(
-            CALL_TIMEOUT,
-            client.fetch_needle(FetchNeedleRequest {
-                blob_id: blob.to_string(),
-            }),
-        )
-        .await
-        .map_err(|_| timed_out("FetchNeedle", &source.server_id))?;
-        let mut stream = match fetched {
-            Ok(response) => response.into_inner(),
-            Err(status) if status.code() == tonic::Code::NotFound => return Ok(0),
-            Err(status) if status.code() == tonic::Code::DataLoss => {
-                tracing::error!(volume = %volume.id(), needle = %id, source = %source.server_id,
+/// Copies one live needle from `source` into `volume`; returns its size (0
+/// if it went away meanwhile: deleted, or refused here as deleted). Used by
+/// anti-entropy and by followers of other regions' copies.
+pub(crate) async fn copy_needle(
+    volume: &Arc<Volume>,
+    client: &mut hayloft_proto::volume_client::VolumeClient<hayloft_proto::AuthChannel>,
+    source: &ServerLocation,
+    id: NeedleId,
+    cookie: Cookie,
+) -> Result<u64, Status> {
+    let blob = BlobId { needle: id, cookie };
+    let fetched = tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.fetch_needle(FetchNeedleRequest {
+            blob_id: blob.to_string(),
+        }),
+    )
+    .await
+    .map_err(|_| timed_out("FetchNeedle", &source.server_id))?;
+    let mut stream = match fetched {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => return Ok(0),
+        Err(status) if status.code() == tonic::Code::DataLoss => {
+            tracing::error!(volume = %volume.id(), needle = %id, source = %source.server_id,
                     "source copy of a needle is corrupt; trying the others");
-                return Ok(0);
+            return Ok(0);
+        }
+        Err(status) => return Err(status),
+    };
+    let first = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+        .await
+        .map_err(|_| timed_out("FetchNeedle", &source.server_id))??
+        .ok_or_else(|| Status::data_loss("fetched needle without metadata"))?;
+    let info = first
+        .info
+        .ok_or_else(|| Status::data_loss("fetched needle without metadata"))?;
+    let meta = NeedleMeta {
+        content_type: info.content_type.clone(),
+        file_name: info.file_name.clone(),
+        last_modified: info.last_modified,
+        expires_at: (info.expires_at != 0).then_some(info.expires_at),
+    };
+    let size = info.size;
+    let writer = {
+        let volume = Arc::clone(volume);
+        blocking(move || volume.begin_copy(id, cookie, size, meta)).await?
+    };
+    let mut writer = match writer {
+        Ok(writer) => writer,
+        Err(hayloft_storage::Error::NeedleDeleted { .. }) => return Ok(0),
+        Err(e) => return Err(grpc_status(&e, Some(blob))),
+    };
+    let mut chunk = first.chunk;
+    loop {
+        if !chunk.is_empty() {
+            if writer.written() + chunk.len() as u64 > size {
+                return Err(Status::data_loss("fetched needle longer than announced"));
             }
-            Err(status) => return Err(status),
-        };
-        let first = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+            writer = blocking(move || writer.write(&chunk).map(|()| writer))
+                .await?
+                .map_err(|e| grpc_status(&e, Some(blob)))?;
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, stream.message())
             .await
             .map_err(|_| timed_out("FetchNeedle", &source.server_id))??
-            .ok_or_else(|| Status::data_loss("fetched needle without metadata"))?;
-        let info = first
-            .info
-            .ok_or_else(|| Status::data_loss("fetched needle without metadata"))?;
-        let meta = NeedleMeta {
-            content_type: info.content_type.clone(),
-            file_name: info.file_name.clone(),
-            last_modified: info.last_modified,
-            expires_at: (info.expires_at != 0).then_some(info.expires_at),
-        };
-        let size = info.size;
-        let writer = {
-            let volume = Arc::clone(volume);
-            blocking(move || volume.begin_copy(id, cookie, size, meta)).await?
-        };
-        let mut writer = match writer {
-            Ok(writer) => writer,
-            Err(hayloft_storage::Error::NeedleDeleted { .. }) => return Ok(0),
-            Err(e) => return Err(grpc_status(&e, Some(blob))),
-        };
-        let mut chunk = first.chunk;
-        loop {
-            if !chunk.is_empty() {
-                if writer.written() + chunk.len() as u64 > size {
-                    return Err(Status::data_loss("fetched needle longer than announced"));
-                }
-                writer = blocking(move || writer.write(&chunk).map(|()| writer))
-                    .await?
-                    .map_err(|e| grpc_status(&e, Some(blob)))?;
-            }
-            match tokio::time::timeout(CALL_TIMEOUT, stream.message())
-                .await
-                .map_err(|_| timed_out("FetchNeedle", &source.server_id))??
-            {
-                Some(message) => chunk = message.chunk,
-                None => break,
-            }
+        {
+            Some(message) => chunk = message.chunk,
+            None => break,
         }
-        if writer.written() != size {
-            return Err(Status::unavailable("fetched needle cut short"));
-        }
-        let receipt = blocking(move || writer.finish())
-            .await?
-            .map_err(|e| grpc_status(&e, Some(blob)))?;
-        if etag(receipt.checksum, size) != info.etag {
-            tracing::error!(volume = %volume.id(), needle = %id, "copied needle's checksum differs from its source's");
-            return Err(Status::data_loss(format!(
-                "copy of {blob} does not match its source"
-            )));
-        }
-        Ok(size)
     }
+    if writer.written() != size {
+        return Err(Status::unavailable("fetched needle cut short"));
+    }
+    let receipt = blocking(move || writer.finish())
+        .await?
+        .map_err(|e| grpc_status(&e, Some(blob)))?;
+    if etag(receipt.checksum, size) != info.etag {
+        tracing::error!(volume = %volume.id(), needle = %id, "copied needle's checksum differs from its source's");
+        return Err(Status::data_loss(format!(
+            "copy of {blob} does not match its source"
+        )));
+    }
+    Ok(size)
+}
 
+impl AntiEntropy {
     /// Checksums every needle of `volume` and copies the corrupt ones again
     /// from another copy; returns how many were replaced.
     pub async fn scrub(&self, volume: &Arc<Volume>, sources: &[ServerLocation]) -> u64 {
@@ -388,9 +387,8 @@ impl AntiEntropy {
                     replaced += 1;
                     break;
                 }
-                if let Ok(n) = self
-                    .copy_needle(volume, &mut client, source, id, Cookie(entry.cookie))
-                    .await
+                if let Ok(n) =
+                    copy_needle(volume, &mut client, source, id, Cookie(entry.cookie)).await
                     && n > 0
                 {
                     replaced += 1;

@@ -57,6 +57,7 @@ pub mod proxy;
 pub mod reads;
 mod region;
 pub mod replicate;
+pub mod shipping;
 mod space;
 pub mod status;
 pub mod tier;
@@ -642,6 +643,14 @@ impl VolumeServer {
             .and_then(|remote| remote.with_regions(self.regions.clone(), &credential))
             .map_err(StartError::Directory)?,
         );
+        workers.spawn(shipping::Follower::new(
+            Arc::clone(&self.store),
+            Arc::clone(&replication),
+            Arc::clone(&remote),
+            self.config
+                .pulse
+                .clamp(Duration::from_millis(100), Duration::from_secs(1)),
+        ));
         let service = grpc::VolumeService::new(
             Arc::clone(&self.store),
             grpc::ServiceLimits {

@@ -291,6 +291,52 @@ impl RemoteReader {
         }
     }
 
+    /// The copies of `volume` in region `region` (another region's name),
+    /// as its directory group answers now (not cached): their gRPC
+    /// addresses, for a follower of that region's log.
+    ///
+    /// # Errors
+    /// [`RemoteMiss::Unknown`] (no such region, or it keeps no copy),
+    /// [`RemoteMiss::Unreachable`] (its directory did not answer).
+    pub async fn copies_in(
+        &self,
+        region: &str,
+        volume: u32,
+    ) -> Result<Vec<ServerLocation>, RemoteMiss> {
+        let Some(directory) = self
+            .regions
+            .others
+            .iter()
+            .zip(&self.region_directories)
+            .find(|(r, _)| r.name == region)
+            .map(|(_, d)| d)
+        else {
+            return Err(RemoteMiss::Unknown);
+        };
+        let answer = directory
+            .call(|mut directory| async move {
+                directory
+                    .lookup(LookupRequest {
+                        volume_ids: vec![volume],
+                        blob_ids: Vec::new(),
+                    })
+                    .await
+            })
+            .await
+            .map_err(|_| RemoteMiss::Unreachable)?;
+        let copies: Vec<ServerLocation> = answer
+            .volumes
+            .into_iter()
+            .filter(|v| v.volume_id == volume)
+            .flat_map(|v| v.locations)
+            .filter(|l| !l.grpc_addr.is_empty())
+            .collect();
+        if copies.is_empty() {
+            return Err(RemoteMiss::Unknown);
+        }
+        Ok(copies)
+    }
+
     /// The mode it was configured with.
     pub fn mode(&self) -> RemoteReads {
         self.mode
@@ -346,6 +392,14 @@ impl RemoteReader {
             Err(status) => {
                 tracing::warn!(volume, region = region.as_deref().unwrap_or(&self.regions.local.name),
                     error = %status.message(), "directory lookup failed");
+                // The region that created the volume does not answer: the
+                // copies this region keeps of it, if any, answer instead
+                // (ARCHITECTURE.md, "Shipping between regions").
+                if region.is_some()
+                    && let Some(kept) = self.kept_here(volume).await
+                {
+                    return kept;
+                }
                 return Located {
                     unreachable: region.is_some(),
                     region,
@@ -357,6 +411,33 @@ impl RemoteReader {
             .lock()
             .insert(volume, (Instant::now(), found.clone()));
         found
+    }
+
+    /// The copies this region keeps of another region's volume, as this
+    /// region's directory answers (`None`: none, or no answer).
+    async fn kept_here(&self, volume: u32) -> Option<Located> {
+        let answer = self
+            .directory
+            .call(|mut directory| async move {
+                directory
+                    .lookup(LookupRequest {
+                        volume_ids: vec![volume],
+                        blob_ids: Vec::new(),
+                    })
+                    .await
+            })
+            .await
+            .ok()?;
+        let mut found = Located::default();
+        for v in answer.volumes.into_iter().filter(|v| v.volume_id == volume) {
+            found.collection = v.collection;
+            found.copies.extend(
+                v.locations
+                    .into_iter()
+                    .filter(|l| l.server_id != self.server_id && !l.http_addr.is_empty()),
+            );
+        }
+        (!found.copies.is_empty()).then_some(found)
     }
 
     /// Answers a read of `path` (a blob of `volume`) from another copy,

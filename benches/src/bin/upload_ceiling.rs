@@ -62,6 +62,13 @@ impl Volume for Null {
         Err(Status::unimplemented("null server"))
     }
 
+    async fn read_log(
+        &self,
+        _: Request<hayloft_proto::ReadLogRequest>,
+    ) -> Result<Response<hayloft_proto::ReadLogResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+
     async fn ec_files(
         &self,
         _: Request<hayloft_proto::EcFilesRequest>,

@@ -173,7 +173,7 @@ impl Cluster {
         Ok(NewVolume { volume_id, servers })
     }
 
-    pub(super) fn place_new_volume(
+    pub(crate) fn place_new_volume(
         &self,
         tier: Tier,
         collection: &str,
@@ -270,6 +270,7 @@ impl Cluster {
             replication: servers.len() as u32,
             stale: Vec::new(),
             erasure: None,
+            regions: Vec::new(),
         };
         self.propose(Command::CreateVolume {
             row: row.encode_to_vec(),

@@ -133,6 +133,7 @@ impl Cluster {
         inner.extras.clear();
         inner.suspects.clear();
         inner.problems.clear();
+        inner.adopted.clear();
         Self::forget_shards(inner);
         inner.led_term = term;
         inner.led_at = now;

@@ -80,6 +80,7 @@ impl Cluster {
                         replication: 1,
                         stale: Vec::new(),
                         erasure: None,
+                        regions: Vec::new(),
                     };
                     commands.push(Command::AdoptVolume {
                         row: row.encode_to_vec(),
@@ -153,18 +154,23 @@ impl Cluster {
             .volumes
             .values()
             .filter(|e| e.replicas.contains(&server_id))
-            .map(|e| VolumeReplicas {
-                volume_id: e.id,
-                locations: e
-                    .replicas
-                    .iter()
-                    .filter_map(|id| inner.state.servers.get(id)?.location.clone())
-                    .collect(),
-                // Also while a copy moves (to spread them over more zones):
-                // the volume takes no writes until the new copy has it all.
-                degraded: self.volume_health(inner, e) != VolumeHealth::Ok
-                    || Self::moving(inner, e.volume_id()),
-                sealed: e.state != VolumeState::Writable as i32,
+            .map(|e| {
+                let (follow_regions, follow_server) = self.follow_for(inner, e, &server_id);
+                VolumeReplicas {
+                    volume_id: e.id,
+                    locations: e
+                        .replicas
+                        .iter()
+                        .filter_map(|id| inner.state.servers.get(id)?.location.clone())
+                        .collect(),
+                    // Also while a copy moves (to spread them over more zones):
+                    // the volume takes no writes until the new copy has it all.
+                    degraded: self.volume_health(inner, e) != VolumeHealth::Ok
+                        || Self::moving(inner, e.volume_id()),
+                    sealed: e.state != VolumeState::Writable as i32,
+                    follow_regions,
+                    follow_server,
+                }
             })
             .collect())
     }

@@ -31,6 +31,7 @@ mod report;
 mod revoke;
 mod seal;
 mod shards;
+mod shipping;
 #[cfg(test)]
 pub(crate) mod solo;
 #[cfg(test)]
@@ -106,6 +107,9 @@ struct Inner {
     led_term: u64,
     /// Unix seconds when this node's soft state was set up for `led_term`.
     led_at: u64,
+    /// Soft state: (volume, region) pairs whose region answered that it
+    /// keeps copies of the volume, since this node leads (`AdoptVolumes`).
+    adopted: HashSet<(VolumeId, String)>,
 }
 
 impl Inner {
@@ -124,6 +128,7 @@ impl Inner {
             shards: shards::ShardState::default(),
             led_term: 0,
             led_at: 0,
+            adopted: HashSet::new(),
         }
     }
 }

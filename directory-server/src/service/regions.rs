@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use hayloft_proto::regions::Region;
-use hayloft_proto::{RegionStatus, RegionsRequest, RegionsResponse};
+use hayloft_proto::{
+    AdoptVolumesRequest, AdoptVolumesResponse, RegionStatus, RegionsRequest, RegionsResponse,
+};
+use hayloft_storage::VolumeId;
 use tonic::{Request, Response, Status};
 
 use super::DirectoryService;
@@ -104,4 +107,84 @@ async fn ask(region: &Region, credential: hayloft_proto::Credential) -> Result<(
         });
     }
     Ok(())
+}
+
+impl DirectoryService {
+    /// `AdoptVolumes`: keeps copies here of another region's volumes (see
+    /// ARCHITECTURE.md, "Shipping between regions"). A volume known here
+    /// already is answered as it is; a new one is placed like a new volume
+    /// of its collection, created on its servers and recorded sealed (its
+    /// ids are the other region's to hand out) with the regions that keep
+    /// it. One creation at a time (with `Assign`'s).
+    pub(super) async fn adopt_volumes_inner(
+        &self,
+        request: Request<AdoptVolumesRequest>,
+    ) -> Result<Response<AdoptVolumesResponse>, Status> {
+        self.cluster.leader_check().map_err(Status::from)?;
+        let request = request.into_inner();
+        let regions = self.cluster.regions();
+        if !regions.others.iter().any(|r| r.name == request.region) {
+            return Err(Status::failed_precondition(format!(
+                "region {:?} is not configured in region {:?}",
+                request.region, regions.local.name
+            )));
+        }
+        let mut answer = AdoptVolumesResponse::default();
+        for adopt in request.volumes {
+            let volume = VolumeId(adopt.volume_id);
+            if volume.region() == regions.local.number {
+                answer.problems.push(format!(
+                    "volume {volume} is region {:?}'s own",
+                    regions.local.name
+                ));
+                continue;
+            }
+            if !adopt.regions.contains(&regions.local.name) {
+                answer.problems.push(format!(
+                    "volume {volume} is not to be kept in region {:?}",
+                    regions.local.name
+                ));
+                continue;
+            }
+            let _creating = self.grow.lock().await;
+            if let Some(known) = self.cluster.replicas_of(volume) {
+                answer.volumes.push(known);
+                continue;
+            }
+            let placed = match self
+                .cluster
+                .place_new_volume(hayloft_proto::Tier::Hot, &adopt.collection)
+            {
+                Ok(placed) => placed,
+                Err(e) => {
+                    answer.problems.push(format!("volume {volume}: {e}"));
+                    continue;
+                }
+            };
+            let servers: Vec<String> = placed.iter().map(|s| s.server_id.clone()).collect();
+            tracing::info!(volume = volume.0, from = %request.region, servers = ?servers,
+                collection = %adopt.collection, "adopting another region's volume");
+            if let Err((e, unreachable)) = super::create_copies(
+                &placed,
+                volume,
+                &adopt.collection,
+                hayloft_proto::Tier::Hot,
+                &self.repair_settings.credential,
+            )
+            .await
+            {
+                self.cluster.abandon_volume(volume, &unreachable);
+                answer.problems.push(format!("volume {volume}: {e}"));
+                continue;
+            }
+            self.cluster
+                .register_adopted(&adopt, &servers)
+                .await
+                .map_err(Status::from)?;
+            if let Some(known) = self.cluster.replicas_of(volume) {
+                answer.volumes.push(known);
+            }
+        }
+        Ok(Response::new(answer))
+    }
 }

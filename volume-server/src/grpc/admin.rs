@@ -64,6 +64,13 @@ impl VolumeService {
             Err(status) if status.code() == tonic::Code::NotFound && deleted_elsewhere > 0 => {
                 Ok(Response::new(DeleteResponse {}))
             }
+            // Another region's blob not shipped here yet: deleted where it
+            // was created; the tombstone comes back here with its log.
+            Err(status)
+                if status.code() == tonic::Code::NotFound && self.deletes_elsewhere(blob) =>
+            {
+                self.delete_foreign(blob).await
+            }
             other => other,
         }
     }

@@ -33,12 +33,23 @@ fn try_next(code: tonic::Code) -> bool {
 impl VolumeService {
     /// Whether reads of `blob` go to another region: its volume is not
     /// held here and another configured region allocated it.
+    /// Also when this server holds a copy of the volume that lacks the
+    /// needle (not shipped here yet, nor deleted here).
     pub(super) fn reads_elsewhere(&self, blob: BlobId) -> bool {
-        self.remote
+        if !self
+            .remote
             .as_ref()
             .is_some_and(|remote| remote.is_foreign(blob.volume().0))
-            && self.store.handle(blob.volume()).is_err()
-            && self.store.erasure(blob.volume()).is_err()
+        {
+            return false;
+        }
+        match self.store.volume(blob.volume()) {
+            Ok(volume) => !volume.holds(blob.needle) && !volume.is_deleted(blob.needle),
+            Err(_) => {
+                self.store.handle(blob.volume()).is_err()
+                    && self.store.erasure(blob.volume()).is_err()
+            }
+        }
     }
 
     /// Reads `blob` (`offset`, `length` as asked) from a copy in the region
@@ -131,5 +142,62 @@ impl VolumeService {
             )),
             None => Status::unavailable(format!("no copy of volume {volume} answers")),
         })
+    }
+
+    /// Whether a delete of `blob` that found no needle here goes to the
+    /// region that created its volume: another region's, and not deleted
+    /// here.
+    pub(super) fn deletes_elsewhere(&self, blob: BlobId) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|remote| remote.is_foreign(blob.volume().0))
+            && self
+                .store
+                .volume(blob.volume())
+                .map_or(true, |volume| !volume.is_deleted(blob.needle))
+    }
+
+    /// Deletes `blob` on a copy in the region that created its volume (as
+    /// a forwarded delete: that copy checks the cookie; its region's other
+    /// copies and every region keeping the volume take the tombstone from
+    /// its log).
+    pub(super) async fn delete_foreign(
+        &self,
+        blob: BlobId,
+    ) -> Result<Response<hayloft_proto::DeleteResponse>, Status> {
+        let Some(remote) = &self.remote else {
+            return Err(Status::not_found(format!("blob {blob} not found")));
+        };
+        let volume = blob.volume().0;
+        let (region, copies) = match remote.foreign_copies(volume, false).await {
+            Ok(found) => found,
+            Err(RemoteMiss::Unreachable) => {
+                return Err(Status::unavailable(format!(
+                    "blob {blob} is not here yet and the region that created it does not answer; try again"
+                )));
+            }
+            Err(RemoteMiss::Unknown) => {
+                return Err(Status::not_found(format!("blob {blob} not found")));
+            }
+        };
+        let mut last = None;
+        for copy in &copies {
+            let mut client = self.replication.client(copy)?;
+            let request = hayloft_proto::DeleteRequest {
+                blob_id: blob.to_string(),
+                forwarded: true,
+                ..Default::default()
+            };
+            match client.delete(request).await {
+                Ok(answer) => return Ok(answer),
+                Err(status) if try_next(status.code()) => last = Some(status),
+                Err(status) => return Err(status),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "no copy of volume {volume} in region {region} answers{}",
+            last.map(|s| format!(": {}", s.message()))
+                .unwrap_or_default()
+        )))
     }
 }

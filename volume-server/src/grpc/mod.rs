@@ -182,6 +182,14 @@ impl Volume for VolumeService {
         traced("grpc_list_needles", span, self.list_needles_inner(request)).await
     }
 
+    async fn read_log(
+        &self,
+        request: Request<hayloft_proto::ReadLogRequest>,
+    ) -> Result<Response<hayloft_proto::ReadLogResponse>, Status> {
+        let span = request_span("grpc_read_log", request.metadata());
+        traced("grpc_read_log", span, self.read_log_inner(request)).await
+    }
+
     async fn fetch_needle(
         &self,
         request: Request<FetchNeedleRequest>,

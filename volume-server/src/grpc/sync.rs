@@ -55,6 +55,48 @@ impl VolumeService {
         Ok(Response::new(ListNeedlesResponse { needles }))
     }
 
+    /// `ReadLog`: this copy's log of a volume from an entry on, for a
+    /// follower (ARCHITECTURE.md, "Shipping between regions").
+    pub(super) async fn read_log_inner(
+        &self,
+        request: Request<hayloft_proto::ReadLogRequest>,
+    ) -> Result<Response<hayloft_proto::ReadLogResponse>, Status> {
+        let request = request.into_inner();
+        let volume = self
+            .store
+            .volume(VolumeId(request.volume_id))
+            .map_err(|e| grpc_status(&e, None))?;
+        let max = match request.max {
+            0 => crate::shipping::BATCH as usize,
+            max => max as usize,
+        };
+        let log = match blocking(move || volume.read_log(request.from, max)).await? {
+            Ok(log) => log,
+            // A compaction swapped the index meanwhile: the caller asks again.
+            Err(hayloft_storage::Error::Corrupt { .. }) => {
+                return Err(Status::unavailable(format!(
+                    "the log of volume {} changed while it was read; ask again",
+                    request.volume_id
+                )));
+            }
+            Err(e) => return Err(grpc_status(&e, None)),
+        };
+        Ok(Response::new(hayloft_proto::ReadLogResponse {
+            entries: log
+                .entries
+                .into_iter()
+                .map(|e| hayloft_proto::LogEntry {
+                    needle_id: e.id.0,
+                    cookie: e.cookie.0,
+                    deleted: e.deleted,
+                    size: e.data_len,
+                })
+                .collect(),
+            total: log.total,
+            log_id: log.log_id.to_string(),
+        }))
+    }
+
     pub(super) async fn fetch_needle_inner(
         &self,
         request: Request<FetchNeedleRequest>,

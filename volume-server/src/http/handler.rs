@@ -444,6 +444,20 @@ pub(super) fn local_read(
                 None => e,
             }
         }
+        // Another region's volume whose copy here lacks the needle (not
+        // shipped here yet, nor deleted here): the region that created it
+        // answers (ARCHITECTURE.md, "Shipping between regions").
+        Err(e @ hayloft_storage::Error::NeedleNotFound { .. })
+            if !request.headers().contains_key(crate::proxy::PROXIED)
+                && !volume.is_deleted(blob.needle) =>
+        {
+            match &state.remote {
+                Some(remote) if remote.is_foreign(blob.volume().0) => {
+                    return Local::Remote(Arc::clone(remote), blob.volume().0);
+                }
+                _ => e,
+            }
+        }
         Err(e) => e,
     };
     Local::Done(read_error(&error))

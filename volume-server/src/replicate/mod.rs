@@ -244,6 +244,7 @@ impl Replication {
                 locations,
                 degraded: false,
                 sealed: false,
+                ..VolumeReplicas::default()
             },
         );
     }
@@ -254,6 +255,29 @@ impl Replication {
         if let Some(replicas) = self.known.write().get_mut(&volume) {
             replicas.sealed = true;
         }
+    }
+
+    /// The volumes whose copy here follows other copies' logs (regions:
+    /// ARCHITECTURE.md, "Shipping between regions"): each with the other
+    /// regions it follows, or the copy in this region it follows.
+    pub fn follows(&self) -> Vec<(u32, Vec<String>, Option<ServerLocation>)> {
+        let mut follows: Vec<_> = self
+            .known
+            .read()
+            .values()
+            .filter(|v| !v.follow_regions.is_empty() || v.follow_server.is_some())
+            .map(|v| {
+                (
+                    v.volume_id,
+                    v.follow_regions.clone(),
+                    v.follow_server
+                        .clone()
+                        .filter(|s| s.server_id != self.server_id),
+                )
+            })
+            .collect();
+        follows.sort_unstable_by_key(|(id, _, _)| *id);
+        follows
     }
 
     /// Forgets a volume deleted here.
