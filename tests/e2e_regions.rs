@@ -34,6 +34,21 @@ fn start_with(
     extra: &[&str],
     log: &str,
 ) -> Region {
+    start_env(root, name, me, other, ports, extra, log, &[])
+}
+
+/// [`start_with`] with more environment variables.
+#[allow(clippy::too_many_arguments)]
+fn start_env(
+    root: &std::path::Path,
+    name: &str,
+    me: &str,
+    other: &str,
+    ports: [String; 4],
+    extra: &[&str],
+    log: &str,
+    env: &[(String, String)],
+) -> Region {
     let [directory, grpc, http, metrics] = ports;
     let args: Vec<String> = [
         "server",
@@ -56,7 +71,7 @@ fn start_with(
     .chain(extra)
     .map(|a| a.to_string())
     .collect();
-    let server = support::spawn(&args, &root.join(format!("{log}.log")));
+    let server = support::spawn_with_env(&args, &root.join(format!("{log}.log")), env);
     Region {
         directory,
         http,
@@ -326,6 +341,25 @@ async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
     }
     let b = b_args("b-again");
     shipped(root.path(), &b, &["a"], 20.0, 5.0).await;
+    // b's status shows how far it is behind a: caught up, and what it cost.
+    eventually(secs(30), "b's lag in its status", async || {
+        let status = std::process::Command::new(support::BIN)
+            .args(["status", "--json", "--directory", &b.directory])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
+        let lag = &json["regions"][1]["lag"];
+        if json["regions"][1]["name"] == "a"
+            && lag["entries"] == 0
+            && lag["shipped_bytes"].as_u64().is_some_and(|b| b > 0)
+        {
+            Ok(())
+        } else {
+            Err(format!("{}", json["regions"]))
+        }
+    })
+    .await;
     // a follows b's log too (for deletes made in b) and takes nothing of
     // what came from itself.
     let text = metrics_of(&a).await;
@@ -481,4 +515,95 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// A follower that crashes (a failpoint aborts it) after applying log
+/// entries and before writing its position past them applies them again
+/// when it is back: nothing is missed and nothing is written twice (its
+/// own log has each needle once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_crashing_before_its_position_applies_the_entries_again_and_writes_nothing_twice()
+ {
+    let root = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", support::free_port());
+    let ports_a = [port(), port(), port(), port()];
+    let ports_b = [port(), port(), port(), port()];
+    let a = start_with(
+        root.path(),
+        "a",
+        "a:0",
+        &format!("b:1={}", ports_b[0]),
+        ports_a.clone(),
+        &["--replicate-to", "b"],
+        "a",
+    );
+    let failpoint = support::Failpoint::new("follow-before-position");
+    failpoint.arm();
+    let mut b = start_env(
+        root.path(),
+        "b",
+        "b:1",
+        &format!("a:0={}", ports_a[0]),
+        ports_b.clone(),
+        &[],
+        "b",
+        &[("HAYLOFT_FAILPOINT".to_owned(), failpoint.env())],
+    );
+    let client = client_of(&a.directory).await;
+    let mut live = Vec::new();
+    for seed in 0..30 {
+        let data = Bytes::from(content(500 + seed, 2_000 + seed as usize * 701));
+        let uploaded = eventually(secs(30), "an upload", async || {
+            client
+                .upload(data.clone(), &UploadOptions::default())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        live.push((uploaded.blob_id, data));
+    }
+    eventually(secs(60), "b to crash at the failpoint", async || {
+        if b.server.exited() {
+            Ok(())
+        } else {
+            Err(support::log_tails(root.path()))
+        }
+    })
+    .await;
+    failpoint.disarm();
+    let b = start_with(
+        root.path(),
+        "b",
+        "b:1",
+        &format!("a:0={}", ports_a[0]),
+        ports_b.clone(),
+        &[],
+        "b-again",
+    );
+    shipped(root.path(), &b, &["a"], 0.0, 0.0).await;
+    let volume = live[0]
+        .0
+        .parse::<hayloft_storage::BlobId>()
+        .unwrap()
+        .volume();
+    let mut copy =
+        hayloft_proto::volume_client::VolumeClient::connect(format!("http://{}", ports_b[1]))
+            .await
+            .unwrap();
+    let log = copy
+        .read_log(hayloft_proto::ReadLogRequest {
+            volume_id: volume.0,
+            from: 0,
+            max: 4096,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<u64> = log.entries.iter().map(|e| e.needle_id).collect();
+    assert_eq!(log.total, 30, "b's log: {ids:?}");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "each needle once in b's copy");
+    a.server.kill();
+    reads_all_from(&b, &live, &[]).await;
 }

@@ -108,8 +108,9 @@ pub async fn fetch(
 }
 
 /// `regions` of `hayloft status --json`: one object a region, this one
-/// first. `lag` is null until the shipper exists (issue 34): it will hold
-/// each target's lag in seconds and bytes.
+/// first. `lag` (another region): how far this region's copies are behind
+/// its logs (`entries`, `seconds`, `shipped_bytes`), null if no copy here
+/// follows it.
 pub fn json(regions: &[hayloft_proto::RegionStatus]) -> serde_json::Value {
     regions
         .iter()
@@ -122,7 +123,11 @@ pub fn json(regions: &[hayloft_proto::RegionStatus]) -> serde_json::Value {
                 "reachable": r.reachable,
                 "error": (!r.error.is_empty()).then_some(&r.error),
                 "replicate_to": r.replicate_to,
-                "lag": serde_json::Value::Null,
+                "lag": r.lag.as_ref().map(|lag| serde_json::json!({
+                    "entries": lag.entries,
+                    "seconds": lag.seconds,
+                    "shipped_bytes": lag.shipped_bytes,
+                })),
             })
         })
         .collect()
@@ -154,8 +159,13 @@ pub fn print(regions: &[hayloft_proto::RegionStatus]) {
         } else {
             String::new()
         };
+        let lag = match &region.lag {
+            Some(lag) if lag.entries == 0 => "caught up".to_owned(),
+            Some(lag) => format!("{} entries, {:.0}s", lag.entries, lag.seconds),
+            None => "-".to_owned(),
+        };
         println!(
-            "{:<16} {:>6} {:<10} {:<8} {:<32} -",
+            "{:<16} {:>6} {:<10} {:<8} {:<32} {lag}",
             region.name,
             region.number,
             reachable,

@@ -26,6 +26,7 @@ fn request(store: &Store, tiering: &Tiering, server: &ServerLocation) -> Heartbe
         erasure_reported: true,
         // Filled in by the worker.
         region: String::new(),
+        region_lags: Vec::new(),
     }
 }
 
@@ -77,6 +78,8 @@ pub(crate) struct Heartbeat {
     pub(crate) revoked_file: Option<std::path::PathBuf>,
     /// This server's region (a directory of another refuses it).
     pub(crate) region: String,
+    /// How far the copies here are behind other regions.
+    pub(crate) lags: Arc<crate::shipping::Lags>,
 }
 
 /// Sends heartbeats, as a background worker: one a step, then waits a
@@ -163,6 +166,7 @@ impl Worker for HeartbeatWorker {
             revoked,
             revoked_file,
             region,
+            lags,
             ..
         } = &mut self.heartbeat;
         let beat = {
@@ -182,6 +186,7 @@ impl Worker for HeartbeatWorker {
         };
         beat.keyring_problem = access.keyring_problem().unwrap_or_default();
         beat.region.clone_from(region);
+        beat.region_lags = lags.by_region();
         beat.workers = self.workers.statuses();
         // This heartbeat is the step its own entry shows running; the
         // directory sees it only if it arrives, so report it as it will be

@@ -594,6 +594,7 @@ impl VolumeServer {
             Arc::clone(&heartbeat_now),
             credential.clone(),
         ));
+        let lags = Arc::new(shipping::Lags::default());
         workers.spawn(heartbeat::HeartbeatWorker::new(
             heartbeat::Heartbeat {
                 store: Arc::clone(&self.store),
@@ -608,6 +609,7 @@ impl VolumeServer {
                 revoked,
                 revoked_file,
                 region: self.regions.local.name.clone(),
+                lags: Arc::clone(&lags),
             },
             workers.registry(),
         ));
@@ -650,6 +652,7 @@ impl VolumeServer {
             self.config
                 .pulse
                 .clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            lags,
         ));
         let service = grpc::VolumeService::new(
             Arc::clone(&self.store),

@@ -111,15 +111,50 @@ struct Applied {
     behind: u64,
 }
 
+/// How far the copies here are behind their sources, shared by the
+/// follower and the heartbeat (which reports it to the directory).
+#[derive(Default)]
+pub struct Lags {
+    /// (volume, source) -> lag. Held only to read or update, never across
+    /// an `.await`.
+    by_volume: Mutex<HashMap<(u32, String), Lag>>,
+    /// Source region -> bytes fetched from it since start.
+    shipped_bytes: Mutex<HashMap<String, u64>>,
+}
+
+impl Lags {
+    /// Each other region's lag, summed over volumes, for the heartbeat.
+    pub fn by_region(&self) -> Vec<hayloft_proto::RegionLag> {
+        let shipped = self.shipped_bytes.lock().clone();
+        let mut by: HashMap<String, hayloft_proto::RegionLag> = HashMap::new();
+        for ((_, source), lag) in self.by_volume.lock().iter() {
+            if source.starts_with("server:") {
+                continue;
+            }
+            let entry = by
+                .entry(source.clone())
+                .or_insert_with(|| hayloft_proto::RegionLag {
+                    region: source.clone(),
+                    shipped_bytes: shipped.get(source).copied().unwrap_or(0),
+                    ..Default::default()
+                });
+            entry.entries += lag.entries;
+            let seconds = lag.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            entry.seconds = entry.seconds.max(seconds);
+        }
+        let mut lags: Vec<_> = by.into_values().collect();
+        lags.sort_by(|a, b| a.region.cmp(&b.region));
+        lags
+    }
+}
+
 /// Follows other copies' logs for the volumes the directory says.
 pub struct Follower {
     store: Arc<Store>,
     replication: Arc<Replication>,
     remote: Arc<RemoteReader>,
     interval: Duration,
-    /// (volume, source) -> lag, for metrics and status. Held only to
-    /// read or update, never across an `.await`.
-    lags: Mutex<HashMap<(u32, String), Lag>>,
+    lags: Arc<Lags>,
 }
 
 impl Follower {
@@ -130,6 +165,7 @@ impl Follower {
         replication: Arc<Replication>,
         remote: Arc<RemoteReader>,
         interval: Duration,
+        lags: Arc<Lags>,
     ) -> Self {
         // The series alerts and the dashboard watch exist from the start.
         metrics::gauge!("hayloft_region_lag_seconds", "from" => "local").set(0.0);
@@ -145,7 +181,7 @@ impl Follower {
             replication,
             remote,
             interval,
-            lags: Mutex::new(HashMap::new()),
+            lags,
         }
     }
 
@@ -153,7 +189,7 @@ impl Follower {
     /// seconds behind at most).
     pub fn lag_by_source(&self) -> Vec<(String, u64, f64)> {
         let mut by: HashMap<String, (u64, f64)> = HashMap::new();
-        for ((_, source), lag) in self.lags.lock().iter() {
+        for ((_, source), lag) in self.lags.by_volume.lock().iter() {
             let entry = by.entry(source.clone()).or_default();
             entry.0 += lag.entries;
             let seconds = lag.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
@@ -170,7 +206,10 @@ impl Follower {
         let mut failures = Vec::new();
         let follows = self.replication.follows();
         let followed: std::collections::HashSet<u32> = follows.iter().map(|f| f.0).collect();
-        self.lags.lock().retain(|(v, _), _| followed.contains(v));
+        self.lags
+            .by_volume
+            .lock()
+            .retain(|(v, _), _| followed.contains(v));
         for (volume_id, regions, server) in follows {
             let Ok(volume) = self.store.volume(VolumeId(volume_id)) else {
                 continue;
@@ -195,7 +234,13 @@ impl Follower {
                             .increment(applied.tombstones);
                         metrics::counter!("hayloft_region_shipped_bytes_total", "from" => label.clone())
                             .increment(applied.bytes);
-                        let mut lags = self.lags.lock();
+                        *self
+                            .lags
+                            .shipped_bytes
+                            .lock()
+                            .entry(key.clone())
+                            .or_default() += applied.bytes;
+                        let mut lags = self.lags.by_volume.lock();
                         let lag = lags.entry((volume_id, key.clone())).or_default();
                         lag.entries = applied.behind;
                         lag.behind_since = match (applied.behind, lag.behind_since) {
@@ -209,7 +254,7 @@ impl Follower {
                             .increment(1);
                         tracing::warn!(volume = volume_id, source = %key,
                             error = %status.message(), "following a copy's log failed");
-                        let mut lags = self.lags.lock();
+                        let mut lags = self.lags.by_volume.lock();
                         let lag = lags.entry((volume_id, key.clone())).or_default();
                         lag.behind_since.get_or_insert_with(Instant::now);
                         failures.push(format!(
@@ -345,6 +390,9 @@ impl Follower {
                     return Err(status);
                 }
                 if count > 0 {
+                    // Tests: a crash between applying entries and writing
+                    // the position past them.
+                    hayloft_storage::failpoint::abort_at("follow-before-position");
                     position.entries += count;
                     applied.entries += count;
                 }
@@ -378,7 +426,7 @@ impl Worker for Follower {
     }
 
     fn progress(&self) -> String {
-        let behind: u64 = self.lags.lock().values().map(|l| l.entries).sum();
+        let behind: u64 = self.lags.by_volume.lock().values().map(|l| l.entries).sum();
         if behind == 0 {
             String::new()
         } else {

@@ -17,6 +17,14 @@ impl Cluster {
             return Err(Error::BadHeartbeat("server id"));
         }
         let server_id = location.server_id.clone();
+        if !request.region_lags.is_empty() {
+            self.inner
+                .lock()
+                .region_lags
+                .insert(server_id.clone(), request.region_lags.clone());
+        } else {
+            self.inner.lock().region_lags.remove(&server_id);
+        }
         let server_region = match request.region.as_str() {
             "" => hayloft_proto::regions::DEFAULT_REGION,
             named => named,

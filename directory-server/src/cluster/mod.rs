@@ -110,6 +110,9 @@ struct Inner {
     /// Soft state: (volume, region) pairs whose region answered that it
     /// keeps copies of the volume, since this node leads (`AdoptVolumes`).
     adopted: HashSet<(VolumeId, String)>,
+    /// Soft state: each server's lag behind other regions, from its last
+    /// heartbeat.
+    region_lags: HashMap<String, Vec<hayloft_proto::RegionLag>>,
 }
 
 impl Inner {
@@ -129,6 +132,7 @@ impl Inner {
             led_term: 0,
             led_at: 0,
             adopted: HashSet::new(),
+            region_lags: HashMap::new(),
         }
     }
 }

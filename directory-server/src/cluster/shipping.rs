@@ -73,6 +73,35 @@ impl Cluster {
         }
     }
 
+    /// How far this region's copies are behind each other region, summed
+    /// over the live servers' last reports.
+    pub fn region_lags(&self) -> HashMap<String, hayloft_proto::RegionLag> {
+        let inner = self.inner.lock();
+        let mut by: HashMap<String, hayloft_proto::RegionLag> = HashMap::new();
+        for (server, lags) in &inner.region_lags {
+            if !inner
+                .state
+                .servers
+                .get(server)
+                .is_some_and(|s| self.alive(s))
+            {
+                continue;
+            }
+            for lag in lags {
+                let entry =
+                    by.entry(lag.region.clone())
+                        .or_insert_with(|| hayloft_proto::RegionLag {
+                            region: lag.region.clone(),
+                            ..Default::default()
+                        });
+                entry.entries += lag.entries;
+                entry.seconds = entry.seconds.max(lag.seconds);
+                entry.shipped_bytes += lag.shipped_bytes;
+            }
+        }
+        by
+    }
+
     /// This region's volumes that `region` keeps copies of, with their
     /// collections and regions, for its `AdoptVolumes`: each until that
     /// region has answered for it once since this node leads.

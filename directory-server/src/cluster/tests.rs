@@ -71,6 +71,7 @@ fn heartbeat_of(server: &str, volumes: Vec<VolumeStatus>) -> HeartbeatRequest {
         erasure_shards: Vec::new(),
         erasure_reported: true,
         region: String::new(),
+        region_lags: Vec::new(),
     }
 }
 

@@ -33,15 +33,19 @@ impl DirectoryService {
             reachable: true,
             error: String::new(),
             replicate_to: self.cluster.replicate_to().to_vec(),
+            lag: None,
         };
         let credential = self.repair_settings.credential.clone();
+        let lags = self.cluster.region_lags();
         let others = regions.others.iter().map(|region| {
             let credential = credential.clone();
+            let lag = lags.get(&region.name).cloned();
             async move {
                 let mut status = RegionStatus {
                     name: region.name.clone(),
                     number: u32::from(region.number.0),
                     directory: region.directory.clone(),
+                    lag,
                     ..RegionStatus::default()
                 };
                 if probe {
