@@ -2,7 +2,9 @@
 //! regions `a` (number 0) and `b` (number 1), each told of the other.
 //!
 //! - The Rust client and the CLI given `[a, b]` upload to `a`; with `a`
-//!   killed (SIGKILL) their uploads go to `b` (ids of region 1) and read
+//!   hung (SIGSTOP) the client's uploads go to `b`, and back to `a` once
+//!   it resumes; with `a` killed (SIGKILL) their uploads go to `b` (ids of
+//!   region 1) and read
 //!   back, `b`'s blobs read, a blob only `a` holds fails naming both
 //!   regions; `a` restarted, uploads go to `a` again.
 //! - A real nginx with `a`'s origin first and `b`'s as `backup`
@@ -91,6 +93,13 @@ impl Region {
         if let Some(server) = self.server.take() {
             server.kill();
         }
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a region that takes
+    /// connections (the kernel does) but answers nothing.
+    fn pause(&self, paused: bool) {
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        self.server.as_ref().unwrap().signal(signal);
     }
 
     /// Starts it again on its addresses and data.
@@ -233,6 +242,29 @@ async fn with_region_a_killed_uploads_go_to_b_and_come_back_to_a() {
     assert_eq!(region_of(&in_b.blob_id), 1);
     // A blob of b reads through the list with a up too (a does not hold it).
     assert_eq!(client.download(&in_b.blob_id).await.unwrap().1, data_in_b);
+
+    // a hangs (SIGSTOP) while the client holds ids reserved there: the
+    // write gets no answer (HTTP/2 pings), a's directory none either, and
+    // the upload is made in b.
+    regions.a.pause(true);
+    let data = Bytes::from(content(5, 50_000));
+    let uploaded = client.upload(data.clone(), &options).await.unwrap();
+    assert_eq!(region_of(&uploaded.blob_id), 1, "{uploaded:?}");
+    regions.a.pause(false);
+    assert_eq!(client.download(&uploaded.blob_id).await.unwrap().1, data);
+    eventually(
+        secs(60),
+        "uploads to go to a again after its pause",
+        async || {
+            let data = Bytes::from(content(6, 1_000));
+            match client.upload(data, &options).await {
+                Ok(uploaded) if uploaded.region == "a" => Ok(()),
+                Ok(uploaded) => Err(format!("went to {}", uploaded.region)),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
 
     // a is killed while the client holds ids reserved there: the next
     // upload fails there, is made whole again in b, with b's id.

@@ -156,6 +156,14 @@ impl Client {
                     last_error.unwrap_or(Error::NoLocation(volume)),
                 ));
             }
+            // Every copy failed: with other regions to ask, a directory
+            // that takes no connection is not waited for.
+            if self.multi_region()
+                && last_error.is_some()
+                && let Err(down) = self.check_region(&self.regions[region]).await
+            {
+                return Err(Miss::Down(down));
+            }
             refresh = true;
         }
     }

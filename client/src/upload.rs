@@ -279,6 +279,17 @@ impl Client {
                             &location.grpc_addr,
                         )));
                     };
+                    // With other regions to go to: if the region's
+                    // directory takes no connection either, the region is
+                    // down (a refused connection says so at once, where
+                    // asking it for new ids would wait the failover
+                    // patience). A server cut off mid-stream answers
+                    // UNKNOWN ("transport error"), so any failure is checked.
+                    if self.multi_region()
+                        && let Err(down) = self.check_region(&self.regions[region]).await
+                    {
+                        return Err(Miss::Down(down));
+                    }
                     tracing::warn!(server = %location.server_id, %error, attempt, "upload failed; retrying with a new id");
                     tokio::time::sleep(pause).await;
                     attempt += 1;
