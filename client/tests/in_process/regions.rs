@@ -71,8 +71,9 @@ async fn an_upload_whose_every_attempt_fails_in_the_first_region_is_made_in_the_
         .unwrap();
     assert_eq!((first.region.as_str(), region_of(&first.blob_id)), ("a", 0));
     // a's directory answers, its only volume server is gone: every
-    // attempt there fails (ids on a dead server, or none at all).
-    a.cluster.abort_volume(0).await.unwrap();
+    // attempt there fails (ids on a dead server, or none at all). Stopped,
+    // not aborted: an aborted server's open connections would still serve.
+    a.cluster.stop_volume(0).await.unwrap();
     let moved = client
         .upload(data.clone(), &UploadOptions::default())
         .await
