@@ -38,6 +38,44 @@ impl Connection {
     }
 }
 
+/// Where `put`, `get` and `rm` find the deployment: one region's
+/// directory (`--directory`), or several regions in order (`--regions`).
+#[derive(Args)]
+pub struct DataConnection {
+    #[command(flatten)]
+    connection: Connection,
+    /// The regions to use, the local one first, each with its directory
+    /// group: `NAME=ADDR[,ADDR...][;NAME=...]` (the syntax of the servers'
+    /// `--regions`, listing every region, in the order to fail over).
+    /// Uploads go to the first region whose directory answers (the id is
+    /// that region's), reads to the first region holding the blob; a
+    /// region that fails is skipped for 30 s. When given, `--directory`
+    /// is not used.
+    #[arg(long, env = "HAYLOFT_CLIENT_REGIONS", value_name = "NAME=ADDR,...;...", value_parser = client_regions)]
+    regions: Option<ClientRegions>,
+}
+
+/// `--regions` of the client commands, parsed.
+#[derive(Debug, Clone)]
+pub struct ClientRegions(pub Vec<hayloft_client::RegionDirectory>);
+
+fn client_regions(text: &str) -> Result<ClientRegions, hayloft_client::Error> {
+    hayloft_client::parse_regions(text).map(ClientRegions)
+}
+
+impl DataConnection {
+    /// A client of the regions given, or of the directory.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let Some(ClientRegions(regions)) = &self.regions else {
+            return self.connection.client().await;
+        };
+        let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+        Client::connect_regions(regions.clone(), credential()?)
+            .await
+            .with_context(|| format!("connecting to the regions {}", names.join(", ")))
+    }
+}
+
 /// What client commands present: the token in `HAYLOFT_TOKEN`, TLS with
 /// the CA in `HAYLOFT_TLS_CA` and the client certificate in
 /// `HAYLOFT_TLS_CERT` / `HAYLOFT_TLS_KEY` (each if set).
@@ -64,7 +102,7 @@ pub struct PutArgs {
     #[arg(long)]
     ttl: Option<humantime_serde::re::humantime::Duration>,
     #[command(flatten)]
-    connection: Connection,
+    connection: DataConnection,
 }
 
 /// Files `put` reads into memory and sends in one `upload_batch` at most.
@@ -167,7 +205,7 @@ pub struct GetArgs {
     #[arg(short, long)]
     output: Option<PathBuf>,
     #[command(flatten)]
-    connection: Connection,
+    connection: DataConnection,
 }
 
 /// `hayloft get`: downloads a blob to stdout or a file.
@@ -210,7 +248,7 @@ pub struct RmArgs {
     #[arg(required = true)]
     ids: Vec<String>,
     #[command(flatten)]
-    connection: Connection,
+    connection: DataConnection,
 }
 
 /// `hayloft rm`: deletes blobs.

@@ -13,13 +13,18 @@ impl Client {
     /// durable on every copy; their writes share group commits), larger ones
     /// one by one. A blob refused for a reason worth retrying (a copy down,
     /// the volume full, the stream cut off) is uploaded again with a
-    /// fresh id, in a new batch (up to 4 rounds). Answers come back in the
-    /// order of `blobs`.
+    /// fresh id, in a new batch (up to 4 rounds). With several regions, the
+    /// ids come from the first region whose directory answers, and a blob
+    /// still refused after the rounds is uploaded alone (which fails over
+    /// to the next region). Answers come back in the order of `blobs`.
     pub async fn upload_batch(&self, blobs: Vec<(Bytes, UploadOptions)>) -> Vec<Result<Uploaded>> {
         let mut results: Vec<Option<Result<Uploaded>>> = blobs.iter().map(|_| None).collect();
         let (mut pending, alone): (Vec<usize>, Vec<usize>) =
             (0..blobs.len()).partition(|&i| blobs[i].0.len() as u64 <= BATCH_BLOB_MAX);
         let mut pauses = upload_pauses().peekable();
+        // Set once no directory handed out an id in some round: the blobs
+        // that got that error are not tried alone after the rounds.
+        let mut ever_unassigned = false;
         let mut attempt = 0;
         while !pending.is_empty() {
             if attempt > 0 {
@@ -60,6 +65,7 @@ impl Client {
                     Err(error) => {
                         results[i] = Some(Err(copy_error(&error)));
                         unassigned = Some(error);
+                        ever_unassigned = true;
                     }
                 }
             }
@@ -79,6 +85,20 @@ impl Client {
                 }
             }
             attempt += 1;
+        }
+        // With several regions, a blob still refused for a reason worth
+        // retrying (its region's servers down while its directory still
+        // hands out ids there) is uploaded alone: that upload moves on to
+        // the next region once every attempt in one failed.
+        if self.multi_region() && !ever_unassigned {
+            for (i, result) in results.iter_mut().enumerate() {
+                if let Some(Err(error)) = result
+                    && retry_upload(error)
+                {
+                    let (data, options) = &blobs[i];
+                    *result = Some(self.upload(data.clone(), options).await);
+                }
+            }
         }
         for i in alone {
             let (data, options) = &blobs[i];
@@ -125,6 +145,7 @@ impl Client {
                         size: written.size,
                         etag: written.etag,
                         request_id: request_id.clone(),
+                        region: self.regions[slot.region].name.clone(),
                     }),
                     _ => {
                         let error = Error::Status(tonic::Status::new(
@@ -132,8 +153,12 @@ impl Client {
                             response.message,
                         ));
                         if retry_upload(&error) {
-                            self.forget_reserved(&slot.collection, slot.blob.volume_id)
-                                .await;
+                            self.forget_reserved(
+                                slot.region,
+                                &slot.collection,
+                                slot.blob.volume_id,
+                            )
+                            .await;
                         }
                         Err(error)
                     }
@@ -145,7 +170,7 @@ impl Client {
         .await;
         let broke = outcome.err();
         for (_, (i, slot)) in waiting {
-            self.forget_reserved(&slot.collection, slot.blob.volume_id)
+            self.forget_reserved(slot.region, &slot.collection, slot.blob.volume_id)
                 .await;
             answers.push((
                 i,

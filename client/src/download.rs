@@ -80,9 +80,11 @@ impl Client {
         .await
     }
 
-    /// The cluster's servers and volumes.
+    /// The cluster's servers and volumes (with several regions: the local
+    /// region's, the first).
     pub async fn status(&self) -> Result<StatusResponse> {
         Ok(self
+            .local()
             .directory
             .call(|mut directory| async move { directory.status(StatusRequest {}).await })
             .await?)

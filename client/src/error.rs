@@ -29,13 +29,25 @@ pub enum Error {
     /// An argument is unusable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A client of several regions found none that could serve the call:
+    /// each region, in the order tried, and why.
+    #[error("{}", crate::failover::describe(.0))]
+    Regions(Vec<crate::failover::RegionFailure>),
 }
 
 impl Error {
     /// The gRPC code, if the server answered.
+    ///
+    /// For [`Error::Regions`]: UNAVAILABLE if a region was unreachable
+    /// (it may hold what was asked), else the first region's answer with a
+    /// code (a blob no region has is NOT_FOUND).
     pub fn code(&self) -> Option<Code> {
         match self {
             Error::Status(status) => Some(status.code()),
+            Error::Regions(failures) if failures.iter().any(|f| f.unreachable) => {
+                Some(Code::Unavailable)
+            }
+            Error::Regions(failures) => failures.iter().find_map(|f| f.error.code()),
             _ => None,
         }
     }

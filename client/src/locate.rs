@@ -24,14 +24,14 @@ pub(crate) fn endpoint(credential: &hayloft_proto::Credential, addr: &str) -> Re
 pub const STARTUP_WAIT: Duration = Duration::from_secs(10);
 
 /// Retries `call` while it fails with an error that a starting cluster gives
-/// (connection refused, UNAVAILABLE), backing off, for at most
-/// [`STARTUP_WAIT`].
-pub(crate) async fn while_starting<T, Fut>(call: impl FnMut() -> Fut) -> Result<T>
+/// (connection refused, UNAVAILABLE), backing off, for at most `wait`
+/// ([`STARTUP_WAIT`], or with several regions the failover patience).
+pub(crate) async fn while_starting<T, Fut>(wait: Duration, call: impl FnMut() -> Fut) -> Result<T>
 where
     Fut: Future<Output = Result<T>>,
 {
     use backon::Retryable;
-    let deadline = Instant::now() + STARTUP_WAIT;
+    let deadline = Instant::now() + wait;
     call.retry(hayloft_proto::retry::doubling(
         Duration::from_millis(100),
         Duration::from_secs(1),
@@ -62,12 +62,19 @@ impl Client {
             .max_encoding_message_size(hayloft_proto::MAX_MESSAGE_BYTES))
     }
 
-    /// Where a volume lives (cached until a read through it fails).
-    pub(crate) async fn locate(&self, volume: u32, refresh: bool) -> Result<Vec<ServerLocation>> {
-        if !refresh && let Some(found) = self.locations.lock().get(&volume) {
+    /// Where a volume lives in `region` (cached until a read through it
+    /// fails).
+    pub(crate) async fn locate(
+        &self,
+        region: usize,
+        volume: u32,
+        refresh: bool,
+    ) -> Result<Vec<ServerLocation>> {
+        let region = &self.regions[region];
+        if !refresh && let Some(found) = region.locations.lock().get(&volume) {
             return Ok(found.clone());
         }
-        let response = self
+        let response = region
             .directory
             .call(|mut directory| async move {
                 directory
@@ -85,24 +92,49 @@ impl Client {
             .map(|v| v.locations)
             .filter(|l| !l.is_empty())
             .ok_or(Error::NoLocation(volume))?;
-        self.locations.lock().insert(volume, locations.clone());
+        region.locations.lock().insert(volume, locations.clone());
         Ok(locations)
     }
 
-    /// Runs `call` against a server holding the blob's volume, looking the
-    /// volume up again if the cached server is unreachable.
+    /// Runs `call` against a server holding the blob's volume, in the
+    /// first region that holds it (one region: the directory's), looking
+    /// the volume up again if the cached server is unreachable.
     pub(crate) async fn with_volume<T, F, Fut>(&self, blob_id: &str, call: F) -> Result<T>
     where
         F: Fn(VolumeClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let volume = blob_id.parse::<BlobId>()?.volume().0;
+        self.in_regions(|region| self.with_volume_in(region, volume, &call))
+            .await
+    }
+
+    /// [`Client::with_volume`] in one region: the volume unknown there,
+    /// its copies unreachable or without the blob send the call on to the
+    /// next region; the directory unreachable skips the region.
+    async fn with_volume_in<T, F, Fut>(
+        &self,
+        region: usize,
+        volume: u32,
+        call: &F,
+    ) -> Result<T, Miss>
+    where
+        F: Fn(VolumeClient<AuthChannel>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let mut refresh = false;
         loop {
-            let locations = self.locate(volume, refresh).await?;
+            let locations = match self.locate(region, volume, refresh).await {
+                Ok(locations) => locations,
+                Err(e @ Error::NoLocation(_)) => return Err(Miss::NotHere(e)),
+                Err(e) => return Err(Miss::directory(e)),
+            };
             let mut last_error = None;
             for location in &locations {
-                match call(self.volume_client(&location.grpc_addr)?).await {
+                let client = self
+                    .volume_client(&location.grpc_addr)
+                    .map_err(Miss::Answer)?;
+                match call(client).await {
                     // A copy that is down, or whose bytes failed their
                     // checksum: the next copy answers.
                     Err(e)
@@ -113,11 +145,24 @@ impl Client {
                     {
                         last_error = Some(e)
                     }
-                    other => return other,
+                    // Not in this region (yet): another may have it.
+                    Err(e) if e.code() == Some(Code::NotFound) => return Err(Miss::NotHere(e)),
+                    Err(e) => return Err(Miss::Answer(e)),
+                    Ok(answer) => return Ok(answer),
                 }
             }
             if refresh {
-                return Err(last_error.unwrap_or(Error::NoLocation(volume)));
+                return Err(Miss::NotHere(
+                    last_error.unwrap_or(Error::NoLocation(volume)),
+                ));
+            }
+            // Every copy failed: with other regions to ask, a directory
+            // that takes no connection is not waited for.
+            if self.multi_region()
+                && last_error.is_some()
+                && let Err(down) = self.check_region(&self.regions[region]).await
+            {
+                return Err(Miss::Down(down));
             }
             refresh = true;
         }

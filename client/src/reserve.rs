@@ -23,6 +23,8 @@ pub(crate) struct Reservation {
 
 /// One reserved id and where to write it.
 pub(crate) struct Slot {
+    /// The region that handed the id out (its index in the client's list).
+    pub(crate) region: usize,
     pub(crate) collection: String,
     pub(crate) blob: AssignedBlob,
     /// Every copy of its volume, the primary for this upload first.
@@ -30,10 +32,27 @@ pub(crate) struct Slot {
 }
 
 impl Client {
-    /// Takes a reserved id in `collection`, reserving more at the directory
-    /// when none is left (or they are too old).
+    /// Takes a reserved id in `collection` in the first region whose
+    /// directory hands one out (see [`Client::take_id_in`]).
     pub(crate) async fn take_id(&self, collection: &str, request_id: &str) -> Result<Slot> {
-        let mut reserved = self.reserved.lock().await;
+        self.in_regions(|region| async move {
+            self.take_id_in(region, collection, request_id)
+                .await
+                .map_err(Miss::directory)
+        })
+        .await
+    }
+
+    /// Takes a reserved id in `collection` in `region`, reserving more at
+    /// its directory when none is left (or they are too old).
+    pub(crate) async fn take_id_in(
+        &self,
+        region: usize,
+        collection: &str,
+        request_id: &str,
+    ) -> Result<Slot> {
+        let directory = &self.regions[region].directory;
+        let mut reserved = self.regions[region].reserved.lock().await;
         let fresh = reserved.get(collection).is_some_and(|r| {
             !r.blobs.is_empty() && !r.locations.is_empty() && r.at.elapsed() < RESERVATION_MAX_AGE
         });
@@ -46,9 +65,8 @@ impl Client {
             };
             // Right after the cluster starts no volume server may have
             // registered yet: wait for one (bounded).
-            let assigned = while_starting(|| async {
-                Ok(self
-                    .directory
+            let assigned = while_starting(self.startup_wait(), || async {
+                Ok(directory
                     .call(|mut directory| {
                         let assign = hayloft_proto::with_request_id(assign.clone(), request_id);
                         async move { directory.assign(assign).await }
@@ -86,16 +104,18 @@ impl Client {
         let turn = hayloft_proto::primary_index(blob.needle_id, &locations).unwrap_or(0);
         locations.rotate_left(turn);
         Ok(Slot {
+            region,
             collection: collection.to_owned(),
             blob,
             locations,
         })
     }
 
-    /// Drops the ids reserved in `volume_id`: a write there failed in a way
-    /// that says the volume takes no more (full, sealed, a copy down).
-    pub(crate) async fn forget_reserved(&self, collection: &str, volume_id: u32) {
-        let mut reserved = self.reserved.lock().await;
+    /// Drops the ids reserved in `volume_id` of `region`: a write there
+    /// failed in a way that says the volume takes no more (full, sealed, a
+    /// copy down).
+    pub(crate) async fn forget_reserved(&self, region: usize, collection: &str, volume_id: u32) {
+        let mut reserved = self.regions[region].reserved.lock().await;
         if reserved
             .get(collection)
             .is_some_and(|r| r.volume_id == volume_id)

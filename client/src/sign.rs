@@ -39,7 +39,15 @@ impl Client {
         bind: Option<ipnet::IpNet>,
     ) -> Result<String> {
         let volume = blob_id.parse::<BlobId>()?.volume().0;
-        let locations = self.locate(volume, false).await?;
+        let locations = self
+            .in_regions(|region| async move {
+                match self.locate(region, volume, false).await {
+                    Ok(locations) => Ok(locations),
+                    Err(e @ Error::NoLocation(_)) => Err(Miss::NotHere(e)),
+                    Err(e) => Err(Miss::directory(e)),
+                }
+            })
+            .await?;
         let location = locations.first().ok_or(Error::NoLocation(volume))?;
         sign_url(ring, &location.origin_url(), blob_id, None, ttl, bind)
     }
@@ -49,6 +57,9 @@ impl Client {
     /// the key ring: valid for `ttl`, `/<blob id>/<name>` if named, for
     /// clients in `bind` only if given. The answer's `path` goes after a
     /// CDN's base; its `urls` are the path at each live copy's origin.
+    /// With several regions, signed by the first region that knows the
+    /// blob's volume (one key ring per deployment: any region's signature
+    /// verifies in every region).
     pub async fn request_signed_url(
         &self,
         blob_id: &str,
@@ -62,12 +73,20 @@ impl Client {
             name: name.unwrap_or_default().to_owned(),
             client_network: bind.map(|net| net.to_string()).unwrap_or_default(),
         };
-        Ok(self
-            .directory
-            .call(|mut directory| {
-                let request = request.clone();
-                async move { directory.sign_url(request).await }
-            })
-            .await?)
+        let request = &request;
+        self.in_regions(|region| async move {
+            self.regions[region]
+                .directory
+                .call(|mut directory| {
+                    let request = request.clone();
+                    async move { directory.sign_url(request).await }
+                })
+                .await
+                .map_err(|status| match Error::Status(status) {
+                    e if e.code() == Some(Code::NotFound) => Miss::NotHere(e),
+                    e => Miss::directory(e),
+                })
+        })
+        .await
     }
 }

@@ -32,6 +32,9 @@ pub struct Uploaded {
     pub url: String,
     /// The id the servers logged the upload under.
     pub request_id: String,
+    /// The region that stored it (and whose id it is): `default` for a
+    /// client of one region.
+    pub region: String,
 }
 
 /// Attempts per upload (each with a fresh id) and per download.
@@ -199,7 +202,11 @@ impl Client {
     }
 
     /// Uploads `size` bytes from a source that can be restarted (`body` is
-    /// called again for each attempt).
+    /// called again for each attempt), in the first region that takes it:
+    /// a region that fails every attempt (its directory or its servers
+    /// unreachable) is skipped, and the upload is made whole again in the
+    /// next one, with an id of that region. An id is returned only once
+    /// its region acknowledged the write (durable on every copy there).
     pub(crate) async fn upload_from(
         &self,
         size: u64,
@@ -210,10 +217,27 @@ impl Client {
             .request_id
             .clone()
             .unwrap_or_else(hayloft_proto::new_request_id);
+        self.in_regions(|region| self.upload_in(region, size, options, &body, &request_id))
+            .await
+    }
+
+    /// One upload in `region`: up to [`ATTEMPTS`] attempts, each with a
+    /// fresh id.
+    async fn upload_in(
+        &self,
+        region: usize,
+        size: u64,
+        options: &UploadOptions,
+        body: &(impl Fn() -> Body + Send + Sync),
+        request_id: &str,
+    ) -> Result<Uploaded, Miss> {
         let mut pauses = upload_pauses();
         let mut attempt = 0;
         loop {
-            let slot = self.take_id(&options.collection, &request_id).await?;
+            let slot = self
+                .take_id_in(region, &options.collection, request_id)
+                .await
+                .map_err(Miss::directory)?;
             let header = write_header(&slot, size, options);
             let Slot {
                 blob, locations, ..
@@ -223,13 +247,13 @@ impl Client {
             let requests = write_requests(header, body(), errors_tx);
             let result = match self.volume_client(&location.grpc_addr) {
                 Ok(mut client) => client
-                    .write(hayloft_proto::with_request_id(requests, &request_id))
+                    .write(hayloft_proto::with_request_id(requests, request_id))
                     .await
                     .map_err(Error::from),
                 Err(e) => Err(e),
             };
             if let Ok(local) = errors_rx.try_recv() {
-                return Err(Error::Io(local));
+                return Err(Miss::Answer(Error::Io(local)));
             }
             match result {
                 Ok(response) => {
@@ -239,20 +263,38 @@ impl Client {
                         blob_id: response.blob_id,
                         size: response.size,
                         etag: response.etag,
-                        request_id,
+                        request_id: request_id.to_owned(),
+                        region: self.regions[region].name.clone(),
                     });
                 }
                 Err(error) if retry_upload(&error) => {
-                    let Some(pause) = pauses.next() else {
-                        return Err(gave_up(error, &location.server_id, &location.grpc_addr));
-                    };
-                    tracing::warn!(server = %location.server_id, %error, attempt, "upload failed; retrying with a new id");
-                    self.forget_reserved(&options.collection, blob.volume_id)
+                    self.forget_reserved(region, &options.collection, blob.volume_id)
                         .await;
+                    let Some(pause) = pauses.next() else {
+                        // Every attempt failed: this region takes no
+                        // uploads now (the next one is tried).
+                        return Err(Miss::Down(gave_up(
+                            error,
+                            &location.server_id,
+                            &location.grpc_addr,
+                        )));
+                    };
+                    // With other regions to go to: if the region's
+                    // directory takes no connection either, the region is
+                    // down (a refused connection says so at once, where
+                    // asking it for new ids would wait the failover
+                    // patience). A server cut off mid-stream answers
+                    // UNKNOWN ("transport error"), so any failure is checked.
+                    if self.multi_region()
+                        && let Err(down) = self.check_region(&self.regions[region]).await
+                    {
+                        return Err(Miss::Down(down));
+                    }
+                    tracing::warn!(server = %location.server_id, %error, attempt, "upload failed; retrying with a new id");
                     tokio::time::sleep(pause).await;
                     attempt += 1;
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Err(Miss::Answer(error)),
             }
         }
     }
