@@ -421,20 +421,21 @@ async fn settles_cold(cluster: &Cluster, volume: u32) -> serde_json::Value {
     settled
 }
 
+/// A cluster whose erasure-coded volume's move to cold was killed.
+struct KilledMove {
+    cluster: Cluster,
+    client: Client,
+    s3: S3Server,
+    _dir: tempfile::TempDir,
+    blobs: Vec<(String, Vec<u8>)>,
+    deleted: String,
+    volume: u32,
+}
+
 /// An erasure-coded volume (2+1) of six blobs, one of them deleted while
 /// erasure-coded, on a cluster whose cold tier is a fresh moto; the move
 /// to cold is then killed at `failpoint` and the directory restarted.
-async fn ec_volume_moved_to_cold_through(
-    failpoint: &str,
-) -> (
-    Cluster,
-    Client,
-    S3Server,
-    tempfile::TempDir,
-    Vec<(String, Vec<u8>)>,
-    String,
-    u32,
-) {
+async fn ec_volume_moved_to_cold_through(failpoint: &str) -> KilledMove {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(dir.path()).await;
     s3.create_bucket(COLD_BUCKET).await;
@@ -465,7 +466,15 @@ async fn ec_volume_moved_to_cold_through(
         ],
     )
     .await;
-    (cluster, client, s3, dir, blobs, deleted, volume)
+    KilledMove {
+        cluster,
+        client,
+        s3,
+        _dir: dir,
+        blobs,
+        deleted,
+        volume,
+    }
 }
 
 /// A move of an erasure-coded volume to cold whose directory dies after
@@ -476,8 +485,15 @@ async fn ec_volume_moved_to_cold_through(
 /// shard is left, and deletes work after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_to_cold_killed_between_its_upload_and_its_commit_is_run_again() {
-    let (cluster, client, s3, _dir, blobs, deleted, volume) =
-        ec_volume_moved_to_cold_through("to-cold-before-commit").await;
+    let KilledMove {
+        cluster,
+        client,
+        s3,
+        _dir,
+        blobs,
+        deleted,
+        volume,
+    } = ec_volume_moved_to_cold_through("to-cold-before-commit").await;
     let settled = settles_cold(&cluster, volume).await;
     assert_eq!(settled["layout"]["copies"], 2, "{settled}");
     let log = cluster.log("directory.log");
@@ -506,8 +522,15 @@ async fn a_move_to_cold_killed_between_its_upload_and_its_commit_is_run_again() 
 /// heartbeat answers, the shards dropped as orphans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_to_cold_killed_after_its_commit_is_finished() {
-    let (cluster, client, s3, _dir, blobs, deleted, volume) =
-        ec_volume_moved_to_cold_through("to-cold-after-commit").await;
+    let KilledMove {
+        cluster,
+        client,
+        s3,
+        _dir,
+        blobs,
+        deleted,
+        volume,
+    } = ec_volume_moved_to_cold_through("to-cold-after-commit").await;
     settles_cold(&cluster, volume).await;
     assert_eq!(keys(&s3, COLD_BUCKET).await.len(), 1);
     every_blob_reads(&cluster, &client, &blobs, std::slice::from_ref(&deleted)).await;

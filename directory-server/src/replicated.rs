@@ -792,6 +792,13 @@ mod tests {
                 replicas: vec!["d".into(), "c".into()],
             },
             Command::AllocateRegionVolumeId { region: 1 },
+            // Volume 1 is replicated again: refused, nothing changes (the
+            // move itself: `an_erasure_coded_volume_goes_cold_only_...`).
+            Command::ErasureToCold {
+                volume_id: 1,
+                layout: reencoded(&["a", "d", "c"]).encode_to_vec(),
+                replicas: vec!["d".into(), "c".into()],
+            },
         ]
     }
 
@@ -1173,7 +1180,7 @@ mod tests {
             machine.apply(command);
             assert_eq!(machine.reloaded(), machine.state);
         }
-        assert_eq!(machine.state.position, at(19));
+        assert_eq!(machine.state.position, at(20));
         // A snapshot of the state is the state.
         let snapshot = machine.state.to_snapshot(Vec::new());
         assert_eq!(Replicated::from_snapshot(snapshot), machine.state);
