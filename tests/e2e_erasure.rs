@@ -3,7 +3,9 @@
 //! a dead leader used to leave the work half done. The next start finds
 //! the job in its state and finishes it or rolls it back and runs it again
 //! (ARCHITECTURE.md, "Encodes and decodes survive their leader"): no blob
-//! is lost, no delete comes back, no fence stays.
+//! is lost, no delete comes back, no fence stays. The same for a move of
+//! an erasure-coded volume to the cold tier (a real moto as S3), killed
+//! between its upload and its commit, and after its commit.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +13,7 @@ mod support;
 
 use bytes::Bytes;
 use hayloft_client::{Client, UploadOptions};
-use support::{Cluster, Failpoint, content, eventually, hayloft, secs, try_eventually};
+use support::{Cluster, Failpoint, S3Server, content, eventually, hayloft, secs, try_eventually};
 
 /// Three servers in three zones, two copies of each volume, the code
 /// 2+1; the directory honours the failpoint `failpoint`.
@@ -272,6 +274,266 @@ async fn encodes_and_decodes_killed_after_their_commit_are_finished() {
         if left.is_empty() { Ok(()) } else { Err(left) }
     })
     .await;
+}
+
+/// The files of `volume` in any volume server's `reencoding/` folder.
+fn staged_generation(cluster: &Cluster, volume: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("{volume}.");
+    (0..cluster.volume_count())
+        .flat_map(|i| walk(&cluster.volume_dir(i)))
+        .filter(|p| {
+            p.to_string_lossy().contains("reencoding")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// Waits until the volume is erasure-coded with a data file shorter than
+/// `than` bytes (re-encoded), no job open, and no staged generation left.
+async fn settles_reencoded(cluster: &Cluster, volume: u32, than: u64) -> u64 {
+    let len = eventually(secs(90), "the volume to settle re-encoded", async || {
+        let v = volume_json(cluster, volume);
+        let len = v["layout"]["data_len"].as_u64().unwrap_or(u64::MAX);
+        let done = v["layout"]["kind"] == "erasure"
+            && v["repair_kind"] == ""
+            && v["health"] == "ok"
+            && len < than;
+        if done { Ok(len) } else { Err(v) }
+    })
+    .await;
+    eventually(secs(30), "no staged generation left", async || {
+        let left = staged_generation(cluster, volume);
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
+    len
+}
+
+/// A re-encode whose directory dies with the new generation staged on
+/// every holder and the holders fenced, before `ErasureReencoded`: the
+/// next start drops the staged generations, lifts the fences and runs it
+/// again to the end. Then one whose directory dies right after the commit:
+/// the next start swaps every holder to the new generation and ends the
+/// job. Each time the deleted blobs stay deleted, the space comes back,
+/// every blob reads, and deletes work after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencodes_killed_before_and_after_their_commit_are_rolled_back_or_finished() {
+    let failpoint = Failpoint::new("reencode-before-commit");
+    let mut cluster = cluster(&failpoint).await;
+    let client = cluster.client().await;
+    let (volume, blobs) = blobs(&client).await;
+    let id = volume.to_string();
+    let (ok, out) = hayloft(&cluster, &["tier", "ec", &id, "--max-block", "64KiB"]);
+    assert!(ok, "{out}");
+    let encoded = settles_as(&cluster, volume, true).await;
+    let before = encoded["layout"]["data_len"].as_u64().unwrap();
+    let mut deleted = vec![blobs[0].0.clone()];
+    client.delete(&blobs[0].0).await.unwrap();
+
+    killed_then_restarted(&mut cluster, &failpoint, &["tier", "reencode", &id]).await;
+    let once = settles_reencoded(&cluster, volume, before).await;
+    every_blob_reads(&cluster, &client, &blobs, &deleted).await;
+    let log = cluster.log("directory.log");
+    assert!(
+        log.contains("rolling back a re-encode a dead leader left before its commit"),
+        "{log}"
+    );
+    // No fence stayed: deletes go through.
+    client.delete(&blobs[1].0).await.unwrap();
+    deleted.push(blobs[1].0.clone());
+    every_blob_reads(&cluster, &client, &blobs, &deleted).await;
+
+    let failpoint = Failpoint::new("reencode-after-commit");
+    cluster.set_directory_env(&[("HAYLOFT_FAILPOINT", &failpoint.env())]);
+    restarted(&mut cluster).await;
+    killed_then_restarted(&mut cluster, &failpoint, &["tier", "reencode", &id]).await;
+    settles_reencoded(&cluster, volume, once).await;
+    every_blob_reads(&cluster, &client, &blobs, &deleted).await;
+    let log = cluster.log("directory.log");
+    assert!(
+        log.contains("finishing a re-encode a dead leader committed"),
+        "{log}"
+    );
+    // The new generation is unfenced: deletes go through.
+    client.delete(&blobs[2].0).await.unwrap();
+    deleted.push(blobs[2].0.clone());
+    every_blob_reads(&cluster, &client, &blobs, &deleted).await;
+}
+
+/// Three servers as [`cluster`] whose cold tier is `s3` (bucket
+/// [`COLD_BUCKET`]); the directory honours `failpoint`.
+async fn cold_cluster(failpoint: &Failpoint, s3: &S3Server, dir: &std::path::Path) -> Cluster {
+    let config = dir.join("volume.toml");
+    std::fs::write(&config, s3.volume_config("")).unwrap();
+    Cluster::builder()
+        .zones(&["a", "b", "c"])
+        .replication(2)
+        .directory_args(["--ec-code", "2+1", "--repair-after", "2s"])
+        .directory_env("HAYLOFT_FAILPOINT", &failpoint.env())
+        .volume_args([
+            "--max-volume-size",
+            "4MiB",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .start()
+        .await
+}
+
+const COLD_BUCKET: &str = "cold";
+
+/// The keys of the objects in `bucket`.
+async fn keys(s3: &S3Server, bucket: &str) -> Vec<String> {
+    let body = reqwest::get(format!("{}/{bucket}", s3.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the volume is cold with two healthy cold copies and no job
+/// open on it, and no shard of it is left on any server.
+async fn settles_cold(cluster: &Cluster, volume: u32) -> serde_json::Value {
+    let settled = eventually(secs(90), "the volume to settle cold", async || {
+        let v = volume_json(cluster, volume);
+        let copies = v["replicas"].as_array().map_or(99, Vec::len);
+        let done = v["tier"] == "cold"
+            && v["layout"]["kind"] == "replicated"
+            && v["repair_kind"] == ""
+            && v["health"] == "ok"
+            && copies == 2;
+        if done { Ok(v) } else { Err(v) }
+    })
+    .await;
+    eventually(secs(60), "the shards to be dropped", async || {
+        let mut left = files(cluster, &format!("{volume}.ecm"));
+        left.extend(files(cluster, &format!("{volume}.ec00")));
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
+    settled
+}
+
+/// A cluster whose erasure-coded volume's move to cold was killed.
+struct KilledMove {
+    cluster: Cluster,
+    client: Client,
+    s3: S3Server,
+    _dir: tempfile::TempDir,
+    blobs: Vec<(String, Vec<u8>)>,
+    deleted: String,
+    volume: u32,
+}
+
+/// An erasure-coded volume (2+1) of six blobs, one of them deleted while
+/// erasure-coded, on a cluster whose cold tier is a fresh moto; the move
+/// to cold is then killed at `failpoint` and the directory restarted.
+async fn ec_volume_moved_to_cold_through(failpoint: &str) -> KilledMove {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(dir.path()).await;
+    s3.create_bucket(COLD_BUCKET).await;
+    let failpoint = Failpoint::new(failpoint);
+    let mut cluster = cold_cluster(&failpoint, &s3, dir.path()).await;
+    let client = cluster.client().await;
+    let (volume, blobs) = blobs(&client).await;
+    let id = volume.to_string();
+    let (ok, out) = hayloft(&cluster, &["tier", "ec", &id, "--max-block", "64KiB"]);
+    assert!(ok, "{out}");
+    settles_as(&cluster, volume, true).await;
+    let deleted = blobs[0].0.clone();
+    client.delete(&deleted).await.unwrap();
+    killed_then_restarted(
+        &mut cluster,
+        &failpoint,
+        &[
+            "tier",
+            "move",
+            "--volume",
+            &id,
+            "--to",
+            "cold",
+            "--bucket",
+            COLD_BUCKET,
+            "--prefix",
+            "ec/",
+        ],
+    )
+    .await;
+    KilledMove {
+        cluster,
+        client,
+        s3,
+        _dir: dir,
+        blobs,
+        deleted,
+        volume,
+    }
+}
+
+/// A move of an erasure-coded volume to cold whose directory dies after
+/// the object is uploaded and verified and every cold copy staged, before
+/// `ErasureToCold`: the next start rolls it back (the object deleted, the
+/// staged copies removed, the fences lifted) and runs it again to the end.
+/// One object is left, every blob reads, the deleted one stays deleted, no
+/// shard is left, and deletes work after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_cold_killed_between_its_upload_and_its_commit_is_run_again() {
+    let KilledMove {
+        cluster,
+        client,
+        s3,
+        _dir,
+        blobs,
+        deleted,
+        volume,
+    } = ec_volume_moved_to_cold_through("to-cold-before-commit").await;
+    let settled = settles_cold(&cluster, volume).await;
+    assert_eq!(settled["layout"]["copies"], 2, "{settled}");
+    let log = cluster.log("directory.log");
+    assert!(
+        log.contains("rolling back a move to cold a dead leader left before its commit"),
+        "{log}"
+    );
+    // The rolled-back attempt's object went; the new one is the volume.
+    let objects = keys(&s3, COLD_BUCKET).await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    every_blob_reads(&cluster, &client, &blobs, std::slice::from_ref(&deleted)).await;
+    for staged in ["dat", "cold", "cidx"] {
+        let left: Vec<_> = files(&cluster, &format!("{volume}.{staged}"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("decoding"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    // No fence stayed: deletes go through (to the cold copies).
+    client.delete(&blobs[1].0).await.unwrap();
+    every_blob_reads(&cluster, &client, &blobs, &[deleted, blobs[1].0.clone()]).await;
+}
+
+/// A move to cold whose directory dies right after `ErasureToCold`: the
+/// next start ends the job; the cold copies are served from their
+/// heartbeat answers, the shards dropped as orphans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_cold_killed_after_its_commit_is_finished() {
+    let KilledMove {
+        cluster,
+        client,
+        s3,
+        _dir,
+        blobs,
+        deleted,
+        volume,
+    } = ec_volume_moved_to_cold_through("to-cold-after-commit").await;
+    settles_cold(&cluster, volume).await;
+    assert_eq!(keys(&s3, COLD_BUCKET).await.len(), 1);
+    every_blob_reads(&cluster, &client, &blobs, std::slice::from_ref(&deleted)).await;
 }
 
 /// Every file under `dir`.

@@ -54,7 +54,10 @@ enum TierCommand {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Move one volume now, whatever the policy says.
+    /// Move one volume now, whatever the policy says. An erasure-coded
+    /// volume moves to cold as one object (the directory rebuilds its data
+    /// file from the shards on one server, uploads it, makes its copies
+    /// cold copies of it, then drops the shards).
     Move {
         /// The volume.
         #[arg(long)]
@@ -213,6 +216,9 @@ pub async fn tier(args: TierArgs) -> anyhow::Result<()> {
                     }
                     (Action::Reencode { volume, .. }, Ok(())) => {
                         println!("volume {volume}: re-encode started by the directory")
+                    }
+                    (Action::EcToCold { volume, .. }, Ok(())) => {
+                        println!("volume {volume}: move to cold started by the directory")
                     }
                     (action, Err(e)) => {
                         failed += 1;
@@ -373,6 +379,21 @@ async fn move_one(
     no_wait: bool,
 ) -> anyhow::Result<()> {
     let status = worker::cluster_status(directory).await?;
+    if status
+        .volumes
+        .iter()
+        .any(|v| v.erasure.as_ref().is_some_and(|e| e.volume_id == volume))
+    {
+        // An erasure-coded volume goes to cold as one object, through the
+        // directory (it runs the move as a job, to its end).
+        if to != Tier::Cold {
+            anyhow::bail!(
+                "volume {volume} is erasure-coded: `hayloft tier decode {volume}` makes it replicated (warm) again"
+            );
+        }
+        return crate::decode::to_cold(directory, volume, (bucket, prefix, storage_class), rate)
+            .await;
+    }
     let (record, addr) = find_volume(&status, volume)?;
     if replicas::is_replicated(&record) {
         let target = replicas::Target {
@@ -560,6 +581,15 @@ fn describe(action: &Action) -> String {
             bytesize::ByteSize::b(*deleted_bytes),
             bytesize::ByteSize::b(*logical_bytes)
         ),
+        Action::EcToCold {
+            volume,
+            bucket,
+            storage_class,
+            rule,
+            ..
+        } => format!(
+            "volume {volume}: erasure-coded -> cold ({storage_class}, s3://{bucket}, one object) by {rule}"
+        ),
     }
 }
 
@@ -615,6 +645,16 @@ fn print_plan(policy: &Policy, plan: &Plan, json: bool) {
                     rule,
                 } => serde_json::json!({"volume": volume, "action": "reencode",
                     "deleted_bytes": deleted_bytes, "bytes": logical_bytes, "rule": rule}),
+                Action::EcToCold {
+                    volume,
+                    bucket,
+                    storage_class,
+                    bytes,
+                    rule,
+                    ..
+                } => serde_json::json!({"volume": volume, "action": "ec-to-cold",
+                    "from": "warm", "to": "cold", "storage_class": storage_class,
+                    "bucket": bucket, "bytes": bytes, "rule": rule}),
             })
             .collect();
         println!(

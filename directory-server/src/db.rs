@@ -177,8 +177,11 @@ pub struct RepairJobRow {
     /// What the repair does: `catch-up`, `replace`, `add`, `catch-up-cold`,
     /// `replace-cold`, `move`, `rebuild-shard` (a shard of an
     /// erasure-coded volume rebuilt on `target`), `encode` (the volume
-    /// erasure-coded from the copy on `target`) or `decode` (turned back
-    /// into copies; `target` is the first of them).
+    /// erasure-coded from the copy on `target`), `decode` (turned back
+    /// into copies; `target` is the first of them), `to-cold` (an
+    /// erasure-coded volume moved to the cold tier; `target` uploads) or
+    /// `reencode` (re-encoded without its deleted needles; `target`
+    /// rebuilds and compacts the data file).
     #[prost(string, tag = "3")]
     pub kind: String,
     /// For `replace` and `replace-cold`: the server whose copy is lost;
@@ -204,14 +207,28 @@ pub struct RepairJobRow {
     /// For `encode` and `decode`: bytes a second (0: unthrottled).
     #[prost(uint64, tag = "10")]
     pub rate: u64,
-    /// For `decode`: the token of the holders' delete fences, so that a
-    /// new leader can lift them.
+    /// For `decode`, `to-cold` and `reencode`: the token of the holders'
+    /// delete fences, so that a new leader can lift them.
     #[prost(uint64, tag = "11")]
     pub fence_token: u64,
     /// For `encode`: the shard holders placed, shard by shard; for
-    /// `decode`: the servers the copies are built on.
+    /// `decode` and `to-cold`: the servers the copies are built on.
     #[prost(string, repeated, tag = "12")]
     pub servers: Vec<String>,
+    /// For `to-cold` (an erasure-coded volume moved to the cold tier): the
+    /// bucket, key prefix and storage class of its object.
+    #[prost(string, tag = "13")]
+    pub bucket: String,
+    /// For `to-cold`: the key prefix.
+    #[prost(string, tag = "14")]
+    pub prefix: String,
+    /// For `to-cold`: the storage class.
+    #[prost(string, tag = "15")]
+    pub storage_class: String,
+    /// For `reencode`: the layout it read (an encoded `ErasureLayout`, the
+    /// generation it replaces): still recorded, nothing was committed.
+    #[prost(bytes = "vec", tag = "16")]
+    pub layout: Vec<u8>,
 }
 
 impl RepairJobRow {

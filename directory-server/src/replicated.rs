@@ -138,6 +138,17 @@ pub enum Command {
     /// if the counter is below it; refused once the range is used up.
     /// Regions other than 0 propose this (see `hayloft_storage::region`).
     AllocateRegionVolumeId { region: u8 },
+    /// An erasure-coded volume moved to the cold tier: its row loses
+    /// `layout` (an encoded `ErasureLayout`, which must be the one
+    /// recorded), its replica set becomes `replicas` (cold copies of one
+    /// verified object, staged on each before), and it is cold from now on;
+    /// the shards are dropped after this. Applied again: nothing changes;
+    /// refused if the row holds another layout.
+    ErasureToCold {
+        volume_id: u32,
+        layout: Vec<u8>,
+        replicas: Vec<String>,
+    },
 }
 
 /// What applying a [`Command`] answered.
@@ -511,6 +522,41 @@ fn apply_command(
             row.tier = Tier::Warm as i32;
             changed(batch, row)
         }
+        Command::ErasureToCold {
+            volume_id,
+            layout,
+            replicas,
+        } => {
+            let layout: hayloft_proto::ErasureLayout = decode(&layout)?;
+            let volume_id = VolumeId(volume_id);
+            let Some(row) = map.volumes.get_mut(&volume_id) else {
+                return Ok(Applied::Refused(format!(
+                    "volume {volume_id} is not in the map"
+                )));
+            };
+            match &row.erasure {
+                Some(recorded) if *recorded == layout => {}
+                None if row.replicas == replicas && row.tier == Tier::Cold as i32 => {
+                    return Ok(Applied::Done);
+                }
+                _ => {
+                    return Ok(Applied::Refused(format!(
+                        "volume {volume_id} is no longer erasure-coded as the move to cold read it"
+                    )));
+                }
+            }
+            row.erasure = None;
+            row.server_id = replicas.first().cloned().unwrap_or_default();
+            row.replicas = replicas;
+            row.stale.clear();
+            row.state = VolumeState::Cold as i32;
+            row.tier = Tier::Cold as i32;
+            if let Some(status) = row.status.as_mut() {
+                status.tier = Tier::Cold as i32;
+                status.state = VolumeState::Cold as i32;
+            }
+            changed(batch, row)
+        }
         Command::RevokeToken {
             token_id,
             expires_at,
@@ -746,6 +792,13 @@ mod tests {
                 replicas: vec!["d".into(), "c".into()],
             },
             Command::AllocateRegionVolumeId { region: 1 },
+            // Volume 1 is replicated again: refused, nothing changes (the
+            // move itself: `an_erasure_coded_volume_goes_cold_only_...`).
+            Command::ErasureToCold {
+                volume_id: 1,
+                layout: reencoded(&["a", "d", "c"]).encode_to_vec(),
+                replicas: vec!["d".into(), "c".into()],
+            },
         ]
     }
 
@@ -1060,13 +1113,74 @@ mod tests {
     }
 
     #[test]
+    fn an_erasure_coded_volume_goes_cold_only_from_the_layout_it_was_read_from() {
+        let mut machine = Machine::new();
+        let to_cold = |m: &mut Machine, holders: &[&str], replicas: &[&str]| {
+            m.apply(Command::ErasureToCold {
+                volume_id: 1,
+                layout: layout(holders).encode_to_vec(),
+                replicas: replicas.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        machine.apply(volume(1, &["a", "b"]));
+        // Not erasure-coded: refused.
+        assert!(matches!(
+            to_cold(&mut machine, &["d", "e", "f"], &["d", "e"]),
+            Applied::Refused(r) if r.contains("no longer erasure-coded")
+        ));
+        machine.apply(Command::ErasureEncoded {
+            volume_id: 1,
+            layout: layout(&["d", "e", "f"]).encode_to_vec(),
+        });
+        for copy in ["a", "b"] {
+            machine.apply(Command::RemoveReplica {
+                volume_id: 1,
+                server_id: copy.into(),
+            });
+        }
+        // Another layout than recorded (a shard moved since): refused.
+        let before = machine.reloaded();
+        assert!(matches!(
+            to_cold(&mut machine, &["d", "x", "f"], &["d", "e"]),
+            Applied::Refused(_)
+        ));
+        assert_eq!(machine.reloaded().volumes, before.volumes);
+        assert_eq!(
+            to_cold(&mut machine, &["d", "e", "f"], &["e", "d"]),
+            Applied::Done
+        );
+        let reloaded = machine.reloaded();
+        let row = &reloaded.volumes[&VolumeId(1)];
+        assert_eq!(row.erasure, None);
+        assert_eq!(row.replicas, ["e", "d"]);
+        assert_eq!(row.server_id, "e");
+        assert_eq!(row.tier, Tier::Cold as i32);
+        assert_eq!(row.state, VolumeState::Cold as i32);
+        // The same entry again (a retried proposal): nothing changes.
+        assert_eq!(
+            to_cold(&mut machine, &["d", "e", "f"], &["e", "d"]),
+            Applied::Done
+        );
+        assert_eq!(machine.reloaded().volumes, reloaded.volumes);
+        // A decode of the layout it no longer has: refused.
+        assert!(matches!(
+            machine.apply(Command::ErasureDecoded {
+                volume_id: 1,
+                layout: layout(&["d", "e", "f"]).encode_to_vec(),
+                replicas: vec!["x".into()],
+            }),
+            Applied::Refused(_)
+        ));
+    }
+
+    #[test]
     fn what_is_applied_is_what_the_database_holds() {
         let mut machine = Machine::new();
         for command in every_kind_of_command() {
             machine.apply(command);
             assert_eq!(machine.reloaded(), machine.state);
         }
-        assert_eq!(machine.state.position, at(19));
+        assert_eq!(machine.state.position, at(20));
         // A snapshot of the state is the state.
         let snapshot = machine.state.to_snapshot(Vec::new());
         assert_eq!(Replicated::from_snapshot(snapshot), machine.state);

@@ -98,11 +98,16 @@ impl ColdManifest {
 
     /// Writes the manifest atomically (temp file, fsync, rename, fsync dir).
     pub fn store(&self, path: &Path) -> Result<()> {
+        write_atomically(path, &self.encode(path)?)
+    }
+
+    /// The manifest file's bytes (`path` names it in errors).
+    pub fn encode(&self, path: &Path) -> Result<Vec<u8>> {
         let text = toml::to_string(self).map_err(|e| Error::BadFile {
             path: path.to_owned(),
             reason: format!("cannot encode cold manifest: {e}"),
         })?;
-        write_atomically(path, text.as_bytes())
+        Ok(text.into_bytes())
     }
 }
 

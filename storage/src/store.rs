@@ -351,6 +351,18 @@ impl Store {
         Ok(())
     }
 
+    /// Serves the cold volume `cold` (opened by the caller); refused if a
+    /// volume of its id is served already.
+    pub(crate) fn insert_cold(&self, cold: Arc<ColdVolume>) -> Result<()> {
+        let _creating = self.creating.lock();
+        let mut volumes = self.volumes.write();
+        if volumes.contains_key(&cold.id()) {
+            return Err(Error::VolumeExists(cold.id()));
+        }
+        volumes.insert(cold.id(), Handle::Cold(cold));
+        Ok(())
+    }
+
     /// The volume with this id, local or cold.
     pub fn handle(&self, id: VolumeId) -> Result<Handle> {
         self.volumes

@@ -16,9 +16,10 @@
 //! An encode is planned only for a volume every copy of which is on the
 //! warm tier, sealed, healthy and idle, that no demotion, promotion or
 //! expiry wants to act on this round (those come first). A volume that is
-//! erasure-coded already is left alone: its shards are not moved, promoted
-//! or expired by the tiering worker (moving shards to the cold tier is not
-//! built), except for a re-encode: an erasure-coded volume of the rule's
+//! erasure-coded already is not promoted or expired by the tiering worker;
+//! a demotion rule whose target is cold moves it to the cold tier as one
+//! object (`EcToCold`: the directory's `DecodeVolume` with a cold bucket,
+//! [`decide_cold`]); otherwise it may be re-encoded: an erasure-coded volume of the rule's
 //! collection whose deleted bytes (as its holders report them from their
 //! delete journals) reach `reencode_deleted_ratio` of its data file is
 //! re-encoded without them by the directory (`ReencodeVolume`), which
@@ -112,8 +113,60 @@ pub(crate) fn decide_reencode(rules: &[EncodeRule], record: &VolumeRecord) -> Op
     })
 }
 
+/// The move to cold a demotion rule wants for an erasure-coded volume
+/// (`decide` is the policy's rule matcher, given the status standing for
+/// the volume): healthy, not being repaired, encoded or decoded, no copy
+/// left from before its encode, and a rule
+/// whose target is cold. Its shards are on the warm tier, its size and
+/// deleted share are the layout's. Promotions and expiries leave it alone.
+/// The reads a rule's `max_reads_per_day` sees are those its copies last
+/// reported (holders do not report reads yet).
+pub(crate) fn decide_cold(
+    record: &VolumeRecord,
+    decide: impl Fn(&VolumeStatus) -> Option<Action>,
+) -> Option<Action> {
+    let status = record.status.as_ref()?;
+    // Copies left from before its encode go first (the directory refuses
+    // the move while one is there).
+    if !is_erasure_coded(record)
+        || record.health != VolumeHealth::Ok as i32
+        || record.repairing
+        || !record.replicas.is_empty()
+    {
+        return None;
+    }
+    let mut status = status.clone();
+    status.tier = hayloft_proto::Tier::Warm as i32;
+    status.sealed = true;
+    status.compacting = false;
+    status.expires_at = 0;
+    status.file_bytes = record.logical_bytes.max(status.file_bytes);
+    status.garbage_bytes = record.deleted_bytes;
+    match decide(&status)? {
+        Action::Move {
+            volume,
+            to: Tier::Cold,
+            bucket,
+            prefix,
+            storage_class,
+            bytes,
+            rule,
+            ..
+        } => Some(Action::EcToCold {
+            volume,
+            bucket,
+            prefix,
+            storage_class,
+            bytes,
+            rule,
+        }),
+        _ => None,
+    }
+}
+
 /// True if the volume is erasure-coded (its record names shard holders):
-/// the tiering worker leaves it alone.
+/// the tiering worker neither moves its shards nor promotes or expires it;
+/// it may move it to cold ([`decide_cold`]) or re-encode it.
 pub fn is_erasure_coded(record: &VolumeRecord) -> bool {
     record.erasure.is_some()
 }
@@ -335,6 +388,36 @@ mod tests {
             holders: Vec::new(),
         });
         record
+    }
+
+    #[test]
+    fn a_cold_rule_moves_an_erasure_coded_volume_to_cold_as_one_object() {
+        let policy = Policy::parse(POLICY).unwrap();
+        // Old and unread: the archive rule takes it (as one object).
+        let mut old = erasure_coded(1, "photos", 100);
+        old.status.as_mut().unwrap().reads_per_day = 0.0;
+        // Read too often for the rule.
+        let mut busy = erasure_coded(2, "photos", 100);
+        busy.status.as_mut().unwrap().reads_per_day = 50.0;
+        let mut repairing = erasure_coded(3, "photos", 0);
+        repairing.status.as_mut().unwrap().reads_per_day = 0.0;
+        repairing.repairing = true;
+        let plan = plan(&policy, &[old, busy, repairing], NOW);
+        assert_eq!(
+            plan.actions,
+            vec![Action::EcToCold {
+                volume: 1,
+                bucket: "archive".into(),
+                prefix: String::new(),
+                storage_class: "STANDARD".into(),
+                bytes: 1000,
+                rule: "archive".into(),
+            }]
+        );
+        // Its shards leave the warm tier; the object is billed once.
+        assert_eq!(plan.before["warm"], 3 * stored_bytes("6+3", 1000));
+        assert_eq!(plan.after["warm"], 2 * stored_bytes("6+3", 1000));
+        assert_eq!(plan.after["STANDARD"], 1000);
     }
 
     #[test]

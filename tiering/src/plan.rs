@@ -76,6 +76,24 @@ pub enum Action {
         /// The rule that decided it.
         rule: String,
     },
+    /// Move an erasure-coded volume to the cold tier (the directory's
+    /// `DecodeVolume` with a cold bucket: the data file rebuilt from the
+    /// shards on one server, uploaded as one object, the volume's copies
+    /// cold copies of it, the shards dropped once that is committed).
+    EcToCold {
+        /// The volume.
+        volume: u32,
+        /// Where the object goes.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+        /// Storage class.
+        storage_class: String,
+        /// Bytes of the data file uploaded.
+        bytes: u64,
+        /// The rule that decided it.
+        rule: String,
+    },
     /// Re-encode an erasure-coded volume without its deleted needles (the
     /// directory's `ReencodeVolume`).
     Reencode {
@@ -98,6 +116,7 @@ impl Action {
             | Action::Drop { volume, .. }
             | Action::Delete { volume, .. }
             | Action::Encode { volume, .. }
+            | Action::EcToCold { volume, .. }
             | Action::Reencode { volume, .. } => *volume,
         }
     }
@@ -108,7 +127,7 @@ impl Action {
             Action::Move { server, .. }
             | Action::Drop { server, .. }
             | Action::Delete { server, .. } => server,
-            Action::Encode { .. } | Action::Reencode { .. } => "",
+            Action::Encode { .. } | Action::EcToCold { .. } | Action::Reencode { .. } => "",
         }
     }
 }

@@ -260,19 +260,26 @@ pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
     let mut plan = Plan::default();
     for record in volumes {
         if encode::is_erasure_coded(record) {
-            // Its shards stay where they are; billed as warm bytes.
+            // Its shards are billed as warm bytes; a cold rule moves it to
+            // the cold tier (one object), else a re-encode rule may act.
             let logical = record.status.as_ref().map_or(0, |s| s.file_bytes);
             let code = record.erasure.as_ref().map_or("", |e| e.code.as_str());
             let stored = encode::stored_bytes(code, logical);
             *plan.before.entry("warm".into()).or_default() += stored;
-            let action = encode::decide_reencode(&policy.encodes, record);
-            let after = match &action {
+            let action = encode::decide_cold(record, |status| decide(policy, record, status, now))
+                .or_else(|| encode::decide_reencode(&policy.encodes, record));
+            match &action {
                 Some(Action::Reencode { deleted_bytes, .. }) => {
-                    encode::stored_bytes(code, logical.saturating_sub(*deleted_bytes))
+                    *plan.after.entry("warm".into()).or_default() +=
+                        encode::stored_bytes(code, logical.saturating_sub(*deleted_bytes));
                 }
-                _ => stored,
-            };
-            *plan.after.entry("warm".into()).or_default() += after;
+                Some(Action::EcToCold {
+                    storage_class,
+                    bytes,
+                    ..
+                }) => *plan.after.entry(storage_class.clone()).or_default() += bytes,
+                _ => *plan.after.entry("warm".into()).or_default() += stored,
+            }
             plan.actions.extend(action);
             continue;
         }
@@ -314,7 +321,12 @@ pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
                 *plan.after.entry(key).or_default() +=
                     encode::stored_bytes(code, status.file_bytes);
             }
-            Some(Action::Delete { .. } | Action::Drop { .. } | Action::Reencode { .. }) => {}
+            Some(
+                Action::Delete { .. }
+                | Action::Drop { .. }
+                | Action::Reencode { .. }
+                | Action::EcToCold { .. },
+            ) => {}
             None => *plan.after.entry(key).or_default() += status.file_bytes,
         }
         plan.actions.extend(action);

@@ -301,6 +301,9 @@ mod tests {
                 Action::Delete { server, .. } => ("delete".into(), server.clone(), String::new()),
                 Action::Encode { code, .. } => ("encode".into(), String::new(), code.clone()),
                 Action::Reencode { .. } => ("reencode".into(), String::new(), String::new()),
+                Action::EcToCold { bucket, .. } => {
+                    ("ec-to-cold".into(), String::new(), bucket.clone())
+                }
             })
             .collect()
     }

@@ -221,6 +221,21 @@ pub async fn run_action(
             start_encode(directory, *volume, code, bytes_per_sec).await
         }
         Action::Reencode { volume, .. } => start_reencode(directory, *volume, bytes_per_sec).await,
+        Action::EcToCold {
+            volume,
+            bucket,
+            prefix,
+            storage_class,
+            ..
+        } => {
+            start_ec_to_cold(
+                directory,
+                *volume,
+                (bucket, prefix, storage_class),
+                bytes_per_sec,
+            )
+            .await
+        }
         Action::Delete {
             volume,
             server,
@@ -309,6 +324,38 @@ async fn start_reencode(directory: &str, volume: u32, rate: u64) -> Result<(), W
     Ok(())
 }
 
+/// Asks the directory to move the erasure-coded `volume` to the cold tier
+/// (`DecodeVolume` with a cold bucket) and waits for its plan (the move
+/// runs on at the directory, as a job a new leader finishes; a second
+/// request while it runs is refused, FAILED_PRECONDITION).
+pub async fn start_ec_to_cold(
+    directory: &str,
+    volume: u32,
+    (bucket, prefix, storage_class): (&str, &str, &str),
+    rate: u64,
+) -> Result<(), WorkerError> {
+    let request = hayloft_proto::DecodeVolumeRequest {
+        volume_id: volume,
+        rate,
+        dry_run: false,
+        cold_bucket: bucket.to_owned(),
+        cold_prefix: prefix.to_owned(),
+        cold_storage_class: storage_class.to_owned(),
+    };
+    connect_directory(directory)?
+        .call(|mut directory| {
+            let request = request.clone();
+            async move {
+                let mut stream = directory.decode_volume(request).await?.into_inner();
+                // The first message is the plan, sent once the checks pass.
+                stream.message().await?;
+                Ok(tonic::Response::new(()))
+            }
+        })
+        .await?;
+    Ok(())
+}
+
 /// Runs a plan: starts its moves (at most the policy's `max_moves_per_run`)
 /// and deletions. Moves run on in the background on their servers.
 pub async fn execute(
@@ -326,7 +373,11 @@ pub async fn execute(
         if failed.contains(&action.volume()) {
             continue;
         }
-        if let Action::Move { .. } | Action::Encode { .. } | Action::Reencode { .. } = action {
+        if let Action::Move { .. }
+        | Action::Encode { .. }
+        | Action::EcToCold { .. }
+        | Action::Reencode { .. } = action
+        {
             if moves >= policy.max_moves_per_run {
                 continue;
             }

@@ -75,12 +75,10 @@ impl Cluster {
         };
         // An open decode job (a leader's that died, rolled back) is this
         // decode's own; any other job holds the volume.
-        if inner
-            .state
-            .repair_jobs
-            .get(&volume_id)
-            .is_some_and(|job| job.kind != crate::erasure::jobs::DECODE_KIND)
-        {
+        if inner.state.repair_jobs.get(&volume_id).is_some_and(|job| {
+            job.kind != crate::erasure::jobs::DECODE_KIND
+                && job.kind != crate::erasure::jobs::TO_COLD_KIND
+        }) {
             return refuse("a repair of it is under way".into());
         }
         // A copy the encode left must hand its deletes to the holders and
@@ -173,6 +171,29 @@ impl Cluster {
                 volume_id: volume_id.0,
                 old: old.encode_to_vec(),
                 new: new.encode_to_vec(),
+            })
+            .await?
+        {
+            Applied::Refused(reason) => Err(Error::Refused(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Commits the move of `volume_id` to the cold tier: `layout` (the one
+    /// read) leaves its row, `replicas` (cold copies of one verified
+    /// object, staged on each) become its replica set, and it is cold.
+    /// Refused if the row holds another layout now.
+    pub async fn erasure_to_cold(
+        &self,
+        volume_id: VolumeId,
+        layout: &ErasureLayout,
+        replicas: Vec<String>,
+    ) -> Result<()> {
+        match self
+            .propose(Command::ErasureToCold {
+                volume_id: volume_id.0,
+                layout: layout.encode_to_vec(),
+                replicas,
             })
             .await?
         {

@@ -221,6 +221,16 @@ impl Cluster {
             .collect()
     }
 
+    /// True if the server `server_id` is known and alive.
+    pub fn server_alive(&self, server_id: &str) -> bool {
+        let inner = self.inner.lock();
+        inner
+            .state
+            .servers
+            .get(server_id)
+            .is_some_and(|s| self.alive(s))
+    }
+
     /// A server's addresses, as it last reported them.
     pub fn server_location(&self, server_id: &str) -> Option<ServerLocation> {
         self.inner

@@ -30,6 +30,17 @@
 //!
 //! A failure before step 6 removes the staged copies and lifts the fences
 //! (best effort): the volume stays erasure-coded as it was.
+//!
+//! **To the cold tier** (`DecodeVolume` with a `cold_bucket`; ARCHITECTURE.md,
+//! "Erasure-coded volumes to the cold tier"), the same steps with one data
+//! file for all the targets: step 2 builds it on the first target only,
+//! which uploads it as one object (`EcDecode` UPLOAD: multipart, verified by
+//! length and ETag, exactly as a replicated volume's move to cold) and keeps
+//! it as a staged cold copy; step 4 applies the journals to that cold copy
+//! (its `.tomb`); after step 5 every other target stages a cold copy of the
+//! same object from it (`EcDecode` SHARE_COLD, the object checked again);
+//! step 6 commits `ErasureToCold` (the volume cold, the targets its cold
+//! copies); 7 and 8 as above. A rollback's ABORT also deletes the object.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -58,10 +69,40 @@ pub struct PlannedDecode {
     pub source: DecodeSource,
     /// What the plan is, as the caller sees it.
     pub plan: DecodePlan,
+    /// To the cold tier instead of local copies (see the module's doc).
+    pub cold: Option<ColdTarget>,
+}
+
+/// Where a move to cold puts the volume's object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColdTarget {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix.
+    pub prefix: String,
+    /// The storage class (`STANDARD` if the request named none).
+    pub storage_class: String,
 }
 
 /// Checks the volume and places its copies (nothing changes).
 pub fn plan(cluster: &Cluster, request: &DecodeVolumeRequest) -> Result<PlannedDecode> {
+    let cold = (!request.cold_bucket.is_empty()).then(|| ColdTarget {
+        bucket: request.cold_bucket.clone(),
+        prefix: request.cold_prefix.clone(),
+        storage_class: if request.cold_storage_class.is_empty() {
+            "STANDARD".to_owned()
+        } else {
+            request.cold_storage_class.clone()
+        },
+    });
+    if request.cold_bucket.is_empty()
+        && !(request.cold_prefix.is_empty() && request.cold_storage_class.is_empty())
+    {
+        return Err(Error::NotDecodable {
+            volume: VolumeId(request.volume_id),
+            why: "a move to cold needs a bucket".into(),
+        });
+    }
     let source = cluster.decode_source(VolumeId(request.volume_id))?;
     let plan = DecodePlan {
         volume_id: request.volume_id,
@@ -76,8 +117,13 @@ pub fn plan(cluster: &Cluster, request: &DecodeVolumeRequest) -> Result<PlannedD
         targets: source.targets.clone(),
         warnings: source.warnings.clone(),
         logical_bytes: source.layout.data_len,
+        cold_bucket: cold.as_ref().map(|c| c.bucket.clone()).unwrap_or_default(),
+        cold_storage_class: cold
+            .as_ref()
+            .map(|c| c.storage_class.clone())
+            .unwrap_or_default(),
     };
-    Ok(PlannedDecode { source, plan })
+    Ok(PlannedDecode { source, plan, cold })
 }
 
 /// The note left for a holder whose shards could not be dropped: the
@@ -133,9 +179,15 @@ pub async fn roll_back_job(
         rate: job.rate,
         code: String::new(),
         max_block: 0,
+        cold: None,
     };
-    tracing::info!(volume = volume.0, targets = ?job.servers,
-        "rolling back a decode a dead leader left before its commit");
+    if job.kind == super::jobs::TO_COLD_KIND {
+        tracing::info!(volume = volume.0, targets = ?job.servers,
+            "rolling back a move to cold a dead leader left before its commit");
+    } else {
+        tracing::info!(volume = volume.0, targets = ?job.servers,
+            "rolling back a decode a dead leader left before its commit");
+    }
     run.roll_back(Some(job.fence_token).filter(|t| *t != 0))
         .await;
 }
@@ -176,6 +228,8 @@ pub(super) struct Decode<'a> {
     /// otherwise.
     pub(super) code: String,
     pub(super) max_block: u64,
+    /// A move to cold's object (UPLOAD step); `None` otherwise.
+    pub(super) cold: Option<ColdTarget>,
 }
 
 impl Decode<'_> {
@@ -209,6 +263,28 @@ impl Decode<'_> {
                 step: step as i32,
                 code: self.code.clone(),
                 max_block: self.max_block,
+                bucket: self
+                    .cold
+                    .as_ref()
+                    .map(|c| c.bucket.clone())
+                    .unwrap_or_default(),
+                prefix: self
+                    .cold
+                    .as_ref()
+                    .map(|c| c.prefix.clone())
+                    .unwrap_or_default(),
+                storage_class: self
+                    .cold
+                    .as_ref()
+                    .map(|c| c.storage_class.clone())
+                    .unwrap_or_default(),
+                // SHARE_COLD: the first target uploaded.
+                cold_from: self
+                    .source
+                    .targets
+                    .first()
+                    .map(|t| t.grpc_addr.clone())
+                    .unwrap_or_default(),
             })
             .await
             .map_err(failed)?
@@ -292,8 +368,12 @@ impl Decode<'_> {
     }
 
     /// Steps 2-5; answers the first copy's live needles and needles
-    /// written as deleted (every copy holds the same).
-    async fn prepare(&self, token: u64) -> Result<EcDecodeProgress> {
+    /// written as deleted (every copy holds the same), and for a move to
+    /// cold the object (`bucket/key`).
+    async fn prepare(&self, token: u64) -> Result<(EcDecodeProgress, String)> {
+        if self.cold.is_some() {
+            return self.prepare_cold(token).await;
+        }
         let volume = self.source.volume_id;
         // Step 2.
         let mut deleted_at_build = Vec::new();
@@ -303,7 +383,27 @@ impl Decode<'_> {
                 deleted = built.deleted, restored = ?built.restored_shards, "copy built and staged");
             deleted_at_build.push(built.deleted);
         }
-        // Step 3.
+        let fenced = self.fence_all(token).await?;
+        // Step 4.
+        let mut last = EcDecodeProgress::default();
+        for (i, target) in self.source.targets.iter().enumerate() {
+            let applied = self
+                .on_target(target, DecodeStep::Journals, "journals")
+                .await?;
+            self.read_every_fenced_journal(target, &applied, &fenced)?;
+            if i == 0 {
+                last = EcDecodeProgress {
+                    deleted: applied.deleted + deleted_at_build[0],
+                    ..applied
+                };
+            }
+        }
+        self.check_fence(token, &fenced).await?;
+        Ok((last, String::new()))
+    }
+
+    /// Step 3: every live holder fenced; answers those that answered.
+    async fn fence_all(&self, token: u64) -> Result<Vec<(ServerLocation, bool)>> {
         self.say("fence", "").await;
         let fenced = self.fence(token, false).await;
         if fenced.is_empty() {
@@ -313,34 +413,83 @@ impl Decode<'_> {
                 &Status::unavailable("no holder could be fenced"),
             ));
         }
-        // Step 4.
-        let mut last = EcDecodeProgress::default();
-        for (i, target) in self.source.targets.iter().enumerate() {
-            let applied = self
-                .on_target(target, DecodeStep::Journals, "journals")
-                .await?;
-            let read: HashSet<&str> = applied.journals.iter().map(String::as_str).collect();
-            if let Some((missed, _)) = fenced
-                .iter()
-                .find(|(h, _)| !read.contains(h.grpc_addr.as_str()))
-            {
-                return Err(self.failed(
-                    "journals",
-                    &target.server_id,
-                    &Status::unavailable(format!(
-                        "the journal of fenced holder {} was not read",
-                        missed.server_id
-                    )),
-                ));
-            }
-            if i == 0 {
-                last = EcDecodeProgress {
-                    deleted: applied.deleted + deleted_at_build[0],
-                    ..applied
-                };
-            }
+        Ok(fenced)
+    }
+
+    /// The journals `applied` on `target` must include every fenced
+    /// holder's.
+    fn read_every_fenced_journal(
+        &self,
+        target: &ServerLocation,
+        applied: &EcDecodeProgress,
+        fenced: &[(ServerLocation, bool)],
+    ) -> Result<()> {
+        let read: HashSet<&str> = applied.journals.iter().map(String::as_str).collect();
+        match fenced
+            .iter()
+            .find(|(h, _)| !read.contains(h.grpc_addr.as_str()))
+        {
+            Some((missed, _)) => Err(self.failed(
+                "journals",
+                &target.server_id,
+                &Status::unavailable(format!(
+                    "the journal of fenced holder {} was not read",
+                    missed.server_id
+                )),
+            )),
+            None => Ok(()),
         }
-        // Step 5.
+    }
+
+    /// A move to cold's steps 2-5 (see the module's doc): the data file
+    /// built on the first target and uploaded there as one object (staged
+    /// as a cold copy); the holders fenced; the journals applied to that
+    /// cold copy; the fence checked; then every other target stages a cold
+    /// copy of the same object from it.
+    async fn prepare_cold(&self, token: u64) -> Result<(EcDecodeProgress, String)> {
+        let volume = self.source.volume_id;
+        let Some((lead, followers)) = self.source.targets.split_first() else {
+            return Err(self.failed(
+                "build",
+                "",
+                &Status::failed_precondition("no target placed"),
+            ));
+        };
+        let built = self.on_target(lead, DecodeStep::Build, "build").await?;
+        tracing::info!(volume = volume.0, target = %lead.server_id, needles = built.needles,
+            deleted = built.deleted, restored = ?built.restored_shards,
+            "data file built and staged for its move to cold");
+        let uploaded = self.on_target(lead, DecodeStep::Upload, "upload").await?;
+        let label = std::path::Path::new("<staged cold manifest>");
+        let object = hayloft_storage::cold::ColdManifest::decode(&uploaded.cold_manifest, label)
+            .map(|m| format!("{}/{}", m.bucket, m.key))
+            .map_err(|e| {
+                self.failed("upload", &lead.server_id, &Status::internal(e.to_string()))
+            })?;
+        tracing::info!(volume = volume.0, target = %lead.server_id, %object,
+            "object uploaded, verified and staged as a cold copy");
+        hayloft_storage::failpoint::abort_at("to-cold-after-upload");
+        let fenced = self.fence_all(token).await?;
+        self.say("journals", &lead.server_id).await;
+        let applied = self
+            .on_target(lead, DecodeStep::Journals, "journals")
+            .await?;
+        self.read_every_fenced_journal(lead, &applied, &fenced)?;
+        self.check_fence(token, &fenced).await?;
+        for follower in followers {
+            self.say("share", &follower.server_id).await;
+            self.on_target(follower, DecodeStep::ShareCold, "share")
+                .await?;
+        }
+        let last = EcDecodeProgress {
+            deleted: applied.deleted + built.deleted,
+            ..applied
+        };
+        Ok((last, object))
+    }
+
+    /// Step 5: at least one fenced holder kept its fence all along.
+    async fn check_fence(&self, token: u64, fenced: &[(ServerLocation, bool)]) -> Result<()> {
         let kept: Vec<String> = self
             .fence(token, false)
             .await
@@ -357,7 +506,7 @@ impl Decode<'_> {
                 ),
             ));
         }
-        Ok(last)
+        Ok(())
     }
 }
 
@@ -390,38 +539,62 @@ async fn decode(
         rate,
         code: String::new(),
         max_block: 0,
+        cold: planned.cold.clone(),
     };
+    let to_cold = planned.cold.is_some();
     let token: u64 = rand::rng().random::<u64>().max(1);
     let replicas: Vec<String> = source.targets.iter().map(|t| t.server_id.clone()).collect();
     // The job first: a leader that dies from here on leaves it to the next
     // (`super::jobs`), which rolls back with this token and runs it again.
+    let cold = planned.cold.clone().unwrap_or(ColdTarget {
+        bucket: String::new(),
+        prefix: String::new(),
+        storage_class: String::new(),
+    });
     let job = RepairJobRow {
         volume_id: volume.0,
         target: replicas.first().cloned().unwrap_or_default(),
-        kind: super::jobs::DECODE_KIND.to_owned(),
+        kind: if to_cold {
+            super::jobs::TO_COLD_KIND
+        } else {
+            super::jobs::DECODE_KIND
+        }
+        .to_owned(),
         started_at: crate::cluster::unix_now(),
         rate,
         fence_token: token,
         servers: replicas.clone(),
+        bucket: cold.bucket,
+        prefix: cold.prefix,
+        storage_class: cold.storage_class,
         ..RepairJobRow::default()
     };
     cluster.start_repair(job.clone()).await?;
-    let counts = match run.prepare(token).await {
-        Ok(counts) => counts,
+    let (counts, object) = match run.prepare(token).await {
+        Ok(prepared) => prepared,
         Err(error) => {
             run.roll_back(Some(token)).await;
             end_job(cluster, &job).await;
             return Err(error);
         }
     };
-    hayloft_storage::failpoint::abort_at("decode-before-commit");
+    hayloft_storage::failpoint::abort_at(if to_cold {
+        "to-cold-before-commit"
+    } else {
+        "decode-before-commit"
+    });
     // Step 6.
     run.say("commit", "").await;
-    match run
-        .cluster
-        .erasure_decoded(volume, &source.layout, replicas.clone())
-        .await
-    {
+    let committed = if to_cold {
+        run.cluster
+            .erasure_to_cold(volume, &source.layout, replicas.clone())
+            .await
+    } else {
+        run.cluster
+            .erasure_decoded(volume, &source.layout, replicas.clone())
+            .await
+    };
+    match committed {
         Ok(()) => {}
         Err(error @ Error::Refused(_)) => {
             run.roll_back(Some(token)).await;
@@ -433,8 +606,14 @@ async fn decode(
         // the job stays open for the next leader to end or roll back.
         Err(error) => return Err(error),
     }
-    tracing::info!(volume = volume.0, replicas = ?replicas, "volume decoded: replica set committed");
-    hayloft_storage::failpoint::abort_at("decode-after-commit");
+    if to_cold {
+        tracing::info!(volume = volume.0, replicas = ?replicas, %object,
+            "volume moved to cold: cold copies committed");
+        hayloft_storage::failpoint::abort_at("to-cold-after-commit");
+    } else {
+        tracing::info!(volume = volume.0, replicas = ?replicas, "volume decoded: replica set committed");
+        hayloft_storage::failpoint::abort_at("decode-after-commit");
+    }
     // Step 7.
     let mut served = true;
     for target in &source.targets {
@@ -490,6 +669,7 @@ async fn decode(
         left,
         needles: counts.needles,
         deleted: counts.deleted,
+        cold_object: object,
         ..DecodeVolumeProgress::default()
     })
 }

@@ -17,7 +17,17 @@
 //! - **decode**, committed: ends it (targets activate from their heartbeat
 //!   answers, the holders' shards go as orphans once the copies are whole);
 //! - **decode**, not committed: rolls it back (staged copies removed, the
-//!   fences of its token lifted) and runs it again with a new token.
+//!   fences of its token lifted) and runs it again with a new token;
+//! - **to-cold** (an erasure-coded volume moved to the cold tier,
+//!   [`super::decode`]), committed: ends it (the targets serve their cold
+//!   copies from their heartbeat answers, the shards go as orphans);
+//!   not committed: rolls it back as a decode (the targets delete the
+//!   object with their staged cold copies) and runs it again;
+//! - **reencode** ([`super::reencode`]), the layout it read still recorded
+//!   (not committed): rolls it back (every holder's staged generation
+//!   dropped, the target's staged copy removed, the fences lifted) and runs
+//!   it again; another layout recorded (committed): swaps every live holder
+//!   to it (`EcSwap`, idempotent) and ends it.
 //!
 //! Steps and failures: ARCHITECTURE.md, "Encodes and decodes survive their
 //! leader".
@@ -36,11 +46,21 @@ use crate::repair::RepairSettings;
 pub const ENCODE_KIND: &str = "encode";
 /// The kind of a decode's job.
 pub const DECODE_KIND: &str = "decode";
+/// The kind of a move to cold's job (an erasure-coded volume uploaded as
+/// one object, its targets cold copies of it: [`super::decode`]).
+pub const TO_COLD_KIND: &str = "to-cold";
+/// The kind of a re-encode's job (an erasure-coded volume encoded again
+/// without its deleted needles: [`super::reencode`]).
+pub const REENCODE_KIND: &str = "reencode";
 
 /// True for the jobs the erasure-coding code runs and resumes (the repair
 /// loop leaves them alone).
 pub fn is_erasure_job(kind: &str) -> bool {
-    kind == ENCODE_KIND || kind == DECODE_KIND || kind == super::rebuild::REBUILD_KIND
+    kind == ENCODE_KIND
+        || kind == DECODE_KIND
+        || kind == TO_COLD_KIND
+        || kind == REENCODE_KIND
+        || kind == super::rebuild::REBUILD_KIND
 }
 
 /// What a leader does with an open encode or decode job it is not running.
@@ -52,6 +72,14 @@ pub enum JobResume {
     Encode,
     /// A decode not committed: roll it back, then run it again.
     Decode,
+    /// A move to cold not committed: roll it back (the object deleted
+    /// with the staged cold copies), then run it again.
+    ToCold,
+    /// A re-encode not committed: roll it back (the staged generations
+    /// dropped, the fences lifted), then run it again.
+    Reencode,
+    /// A re-encode committed: swap the holders that missed it, then end.
+    Swap,
 }
 
 /// Decides from the volume as the map has it (`erasure_coded`: whether it
@@ -60,7 +88,27 @@ pub fn decide(job: &RepairJobRow, erasure_coded: Option<bool>) -> JobResume {
     match (job.kind.as_str(), erasure_coded) {
         (ENCODE_KIND, Some(false)) => JobResume::Encode,
         (DECODE_KIND, Some(true)) => JobResume::Decode,
+        (TO_COLD_KIND, Some(true)) => JobResume::ToCold,
         _ => JobResume::End,
+    }
+}
+
+/// Decides a re-encode's job from the layout recorded now (`None`: the
+/// volume is gone or no longer erasure-coded, which ends it): the layout
+/// the job read still recorded means nothing was committed.
+pub fn decide_reencode(
+    job: &RepairJobRow,
+    recorded: Option<&hayloft_proto::ErasureLayout>,
+) -> JobResume {
+    use prost::Message;
+    let read = (!job.layout.is_empty())
+        .then(|| hayloft_proto::ErasureLayout::decode(job.layout.as_slice()).ok())
+        .flatten();
+    match recorded {
+        None => JobResume::End,
+        Some(recorded) if read.as_ref() == Some(recorded) => JobResume::Reencode,
+        Some(_) if read.is_none() => JobResume::End,
+        Some(_) => JobResume::Swap,
     }
 }
 
@@ -74,13 +122,21 @@ pub async fn resume(
 ) -> Vec<String> {
     let mut failures = Vec::new();
     for job in cluster.repair_jobs() {
-        if !(job.kind == ENCODE_KIND || job.kind == DECODE_KIND)
+        if !(job.kind == ENCODE_KIND
+            || job.kind == DECODE_KIND
+            || job.kind == TO_COLD_KIND
+            || job.kind == REENCODE_KIND)
             || encoding.contains(job.volume_id())
         {
             continue;
         }
         let volume = job.volume_id();
-        let decided = decide(&job, cluster.is_erasure_coded(volume));
+        let recorded = cluster.erasure_layout(volume);
+        let decided = if job.kind == REENCODE_KIND {
+            decide_reencode(&job, recorded.as_ref())
+        } else {
+            decide(&job, cluster.is_erasure_coded(volume))
+        };
         tracing::info!(volume = volume.0, kind = %job.kind, started_at = job.started_at,
             term = job.term, ?decided, "an encode or decode started before this leader");
         let outcome = match decided {
@@ -89,10 +145,20 @@ pub async fn resume(
                 .await
                 .map_err(|e| e.to_string()),
             JobResume::Encode => encode_again(cluster, encoding, settings, &job),
-            JobResume::Decode => {
+            JobResume::Decode | JobResume::ToCold => {
                 super::decode::roll_back_job(cluster, &job, &settings.credential).await;
                 decode_again(cluster, encoding, settings, &job).await
             }
+            JobResume::Reencode => {
+                super::reencode::roll_back_job(cluster, &job, &settings.credential).await;
+                reencode_again(cluster, encoding, settings, &job).await
+            }
+            JobResume::Swap => match &recorded {
+                Some(layout) => {
+                    super::reencode::finish_job(cluster, &job, layout, &settings.credential).await
+                }
+                None => Ok(()),
+            },
         };
         if let Err(error) = outcome {
             failures.push(format!(
@@ -146,7 +212,8 @@ fn encode_again(
     Ok(())
 }
 
-/// Plans the decode again (new targets, new token) and runs it.
+/// Plans the decode (or the move to cold, with the job's bucket, prefix
+/// and class) again (new targets, new token) and runs it.
 async fn decode_again(
     cluster: &Arc<Cluster>,
     encoding: &Arc<Encoding>,
@@ -157,6 +224,9 @@ async fn decode_again(
         volume_id: job.volume_id,
         rate: job.rate,
         dry_run: false,
+        cold_bucket: job.bucket.clone(),
+        cold_prefix: job.prefix.clone(),
+        cold_storage_class: job.storage_class.clone(),
     };
     // The rolled-back job must end first: a decode is refused while
     // another job holds the volume.
@@ -171,6 +241,41 @@ async fn decode_again(
         .map_err(|e| e.to_string())?;
     let (progress, _) = tokio::sync::mpsc::channel(1);
     tokio::spawn(super::decode::run(
+        Arc::clone(cluster),
+        planned,
+        job.rate,
+        settings.credential.clone(),
+        progress,
+        guard,
+    ));
+    Ok(())
+}
+
+/// Plans the re-encode again (new token) and runs it.
+async fn reencode_again(
+    cluster: &Arc<Cluster>,
+    encoding: &Arc<Encoding>,
+    settings: &RepairSettings,
+    job: &RepairJobRow,
+) -> Result<(), String> {
+    let request = hayloft_proto::ReencodeVolumeRequest {
+        volume_id: job.volume_id,
+        rate: job.rate,
+        dry_run: false,
+    };
+    // The rolled-back job must end first: a re-encode is refused while
+    // another job holds the volume.
+    cluster
+        .end_repair(job.volume_id(), &job.target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let planned = super::reencode::plan(cluster, &request)
+        .map_err(|error| format!("rolled back, not run again: {error}"))?;
+    let guard = encoding
+        .start(VolumeId(job.volume_id))
+        .map_err(|e| e.to_string())?;
+    let (progress, _) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(super::reencode::run(
         Arc::clone(cluster),
         planned,
         job.rate,
@@ -214,6 +319,40 @@ mod tests {
         assert_eq!(decide(&job(DECODE_KIND), Some(true)), JobResume::Decode);
         assert_eq!(decide(&job(ENCODE_KIND), None), JobResume::End);
         assert_eq!(decide(&job(DECODE_KIND), None), JobResume::End);
+        assert_eq!(decide(&job(TO_COLD_KIND), Some(true)), JobResume::ToCold);
+        assert_eq!(decide(&job(TO_COLD_KIND), Some(false)), JobResume::End);
+        assert_eq!(decide(&job(TO_COLD_KIND), None), JobResume::End);
+    }
+
+    #[test]
+    fn a_reencode_is_rolled_back_while_its_layout_is_recorded_and_swapped_once_committed() {
+        use prost::Message;
+        let layout = |digest: u32| hayloft_proto::ErasureLayout {
+            code: "2+1".into(),
+            data_len: 1000,
+            block_len: 65_536,
+            holders: vec!["a".into(), "b".into(), "c".into()],
+            digests: vec![digest; 3],
+            encoded_at: u64::from(digest),
+        };
+        let reencode = RepairJobRow {
+            layout: layout(1).encode_to_vec(),
+            ..job(REENCODE_KIND)
+        };
+        assert_eq!(
+            decide_reencode(&reencode, Some(&layout(1))),
+            JobResume::Reencode
+        );
+        assert_eq!(
+            decide_reencode(&reencode, Some(&layout(2))),
+            JobResume::Swap
+        );
+        assert_eq!(decide_reencode(&reencode, None), JobResume::End);
+        // A job without the layout it read (cannot be told apart): ended.
+        assert_eq!(
+            decide_reencode(&job(REENCODE_KIND), Some(&layout(2))),
+            JobResume::End
+        );
     }
 
     #[test]
@@ -221,6 +360,8 @@ mod tests {
         for kind in [
             ENCODE_KIND,
             DECODE_KIND,
+            TO_COLD_KIND,
+            REENCODE_KIND,
             super::super::rebuild::REBUILD_KIND,
         ] {
             assert!(is_erasure_job(kind), "{kind}");

@@ -25,6 +25,12 @@
 //! A failure before 7 drops the staged generation on every holder and the
 //! target's staged copy and lifts the fences (best effort): the volume
 //! stays as it was, served all along by its old generation.
+//!
+//! A re-encode is a job (kind `reencode`, [`super::jobs`]) committed
+//! before step 2 with its target, fence token and the layout it read, and
+//! ended once swapped or rolled back: a leader that dies leaves it to the
+//! next, which rolls back one not committed ([`roll_back_job`]) and runs it
+//! again, and swaps the holders of one committed ([`finish_job`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -35,13 +41,15 @@ use hayloft_proto::{
 };
 use hayloft_storage::VolumeId;
 use hayloft_storage::erasure::EcManifest;
+use prost::Message;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::decode::Decode;
-use super::encode::EncodingGuard;
+use super::encode::{EncodingGuard, end_job};
 use crate::cluster::{Cluster, DecodeSource, stored_bytes};
+use crate::db::RepairJobRow;
 use crate::error::{Error, Result};
 use crate::repair::volume_client;
 
@@ -113,6 +121,138 @@ fn reencoded_error(error: Error, volume: VolumeId) -> Error {
         },
         e => e,
     }
+}
+
+/// The source a job's volume has now: its recorded layout's holders (all
+/// taken as alive: a call to one that is down fails and is logged) and
+/// the job's target.
+fn job_source(
+    cluster: &Cluster,
+    job: &RepairJobRow,
+    layout: hayloft_proto::ErasureLayout,
+) -> DecodeSource {
+    let known = |id: &String| cluster.server_location(id);
+    DecodeSource {
+        volume_id: job.volume_id(),
+        holders: layout
+            .holders
+            .iter()
+            .filter_map(known)
+            .map(|location| (location, true))
+            .collect(),
+        targets: job.servers.iter().filter_map(known).collect(),
+        layout,
+        warnings: Vec::new(),
+    }
+}
+
+/// Rolls back a re-encode a dead leader left uncommitted (`job`): every
+/// holder's staged generation dropped, the target's staged copy removed,
+/// the fences of its token lifted (best effort: a holder down keeps its
+/// staged generation, which is never served and goes with the next
+/// re-encode or drop there).
+pub async fn roll_back_job(
+    cluster: &Cluster,
+    job: &RepairJobRow,
+    credential: &hayloft_proto::Credential,
+) {
+    let Some(layout) = cluster.erasure_layout(job.volume_id()) else {
+        return;
+    };
+    let source = job_source(cluster, job, layout);
+    let (progress, _) = mpsc::channel(1);
+    let run = job_run(&source, cluster, credential, &progress, job.rate);
+    tracing::info!(volume = job.volume_id, target = %job.target,
+        "rolling back a re-encode a dead leader left before its commit");
+    roll_back(&run, Some(job.fence_token).filter(|t| *t != 0)).await;
+}
+
+/// Finishes a re-encode a dead leader committed (`job`; `layout` the one
+/// recorded, its new generation): `EcSwap` on every holder (idempotent:
+/// a holder swapped already answers so), the target's staged copy
+/// removed, the job ended. A live holder whose swap fails keeps the job
+/// open (the next round tries again); a holder down keeps its old
+/// generation (see ARCHITECTURE.md).
+pub async fn finish_job(
+    cluster: &Cluster,
+    job: &RepairJobRow,
+    layout: &hayloft_proto::ErasureLayout,
+    credential: &hayloft_proto::Credential,
+) -> std::result::Result<(), String> {
+    let source = job_source(cluster, job, layout.clone());
+    let (progress, _) = mpsc::channel(1);
+    let run = job_run(&source, cluster, credential, &progress, job.rate);
+    tracing::info!(
+        volume = job.volume_id,
+        "finishing a re-encode a dead leader committed"
+    );
+    let (_, left) = swap(&run, &layout.digests).await;
+    let failed: Vec<&String> = left
+        .iter()
+        .filter(|holder| cluster.server_alive(holder))
+        .collect();
+    if !failed.is_empty() {
+        return Err(format!("holders {failed:?} not swapped yet"));
+    }
+    clean_target(&run).await;
+    end_job(cluster, job).await;
+    Ok(())
+}
+
+/// The steps' runner for a job's volume (its holders' addresses as the map
+/// has them).
+fn job_run<'a>(
+    source: &'a DecodeSource,
+    cluster: &'a Cluster,
+    credential: &'a hayloft_proto::Credential,
+    progress: &'a super::decode::Progress,
+    rate: u64,
+) -> Decode<'a> {
+    Decode {
+        cluster,
+        source,
+        credential,
+        progress,
+        holders: source
+            .holders
+            .iter()
+            .map(|(l, _)| l.grpc_addr.clone())
+            .collect(),
+        rate,
+        code: source.layout.code.clone(),
+        max_block: source.layout.block_len,
+        cold: None,
+    }
+}
+
+/// Step 8's `EcSwap` on every holder: those swapped (or swapped already),
+/// and those left.
+async fn swap(run: &Decode<'_>, digests: &[u32]) -> (Vec<String>, Vec<String>) {
+    let volume = run.source.volume_id;
+    let (mut swapped, mut left) = (Vec::new(), Vec::new());
+    for (holder, _) in distinct(run.source) {
+        run.say("swap", &holder.server_id).await;
+        let answer = async {
+            volume_client(&holder, run.credential)
+                .await
+                .map_err(Status::unavailable)?
+                .ec_swap(EcSwapRequest {
+                    volume_id: volume.0,
+                    digests: digests.to_vec(),
+                })
+                .await
+        }
+        .await;
+        match answer {
+            Ok(_) => swapped.push(holder.server_id.clone()),
+            Err(status) => {
+                tracing::warn!(volume = volume.0, holder = %holder.server_id, %status,
+                    "new generation not served there yet");
+                left.push(holder.server_id.clone());
+            }
+        }
+    }
+    (swapped, left)
 }
 
 /// The union of every holder's journal, read now (after their fence):
@@ -341,15 +481,37 @@ async fn steps(
         rate,
         code: source.layout.code.clone(),
         max_block: source.layout.block_len,
+        cold: None,
     };
     let token: u64 = rand::rng().random::<u64>().max(1);
+    // The job first: a leader that dies from here on leaves it to the next
+    // (`super::jobs`), which rolls back with this token (the recorded layout
+    // still the one read) or swaps the holders (another one recorded).
+    let job = RepairJobRow {
+        volume_id: volume.0,
+        target: source
+            .targets
+            .first()
+            .map(|t| t.server_id.clone())
+            .unwrap_or_default(),
+        kind: super::jobs::REENCODE_KIND.to_owned(),
+        started_at: crate::cluster::unix_now(),
+        rate,
+        fence_token: token,
+        servers: source.targets.iter().map(|t| t.server_id.clone()).collect(),
+        layout: source.layout.encode_to_vec(),
+        ..RepairJobRow::default()
+    };
+    cluster.start_repair(job.clone()).await?;
     let (manifest, needles) = match prepare(&run, token).await {
         Ok(done) => done,
         Err(error) => {
             roll_back(&run, Some(token)).await;
+            end_job(cluster, &job).await;
             return Err(error);
         }
     };
+    hayloft_storage::failpoint::abort_at("reencode-before-commit");
     // Step 7.
     run.say("commit", "").await;
     let new = ErasureLayout {
@@ -367,42 +529,31 @@ async fn steps(
         Ok(()) => {}
         Err(error @ Error::Refused(_)) => {
             roll_back(&run, Some(token)).await;
+            end_job(cluster, &job).await;
             return Err(error);
         }
         // The entry may yet commit under another leader: the staged
-        // generations stay (see ARCHITECTURE.md), and so do the fences.
+        // generations stay (see ARCHITECTURE.md), and so do the fences and
+        // the job (the next leader rolls back or swaps).
         Err(error) => return Err(error),
     }
+    hayloft_storage::failpoint::abort_at("reencode-after-commit");
     // Step 8.
-    let (mut swapped, mut left) = (Vec::new(), Vec::new());
-    for (holder, _) in distinct(source) {
-        run.say("swap", &holder.server_id).await;
-        let answer = async {
-            volume_client(&holder, credential)
-                .await
-                .map_err(Status::unavailable)?
-                .ec_swap(EcSwapRequest {
-                    volume_id: volume.0,
-                    digests: manifest.digests.clone(),
-                })
-                .await
-        }
-        .await;
-        match answer {
-            Ok(_) => swapped.push(holder.server_id.clone()),
-            Err(status) => {
-                tracing::warn!(volume = volume.0, holder = %holder.server_id, %status,
-                    "new generation not served there yet");
-                left.push(holder.server_id.clone());
-            }
-        }
-    }
+    let (swapped, left) = swap(&run, &manifest.digests).await;
     run.say("clean", "").await;
     clean_target(&run).await;
-    if !left.is_empty() {
-        // Those not swapped keep their fence: no delete is acknowledged
-        // on the old generation.
-        tracing::warn!(volume = volume.0, left = ?left, "holders still serve the old generation");
+    if left.iter().any(|holder| cluster.server_alive(holder)) {
+        // A live holder not swapped keeps its fence (no delete is
+        // acknowledged on the old generation) and the job stays open: the
+        // next round swaps it (`super::jobs`).
+        tracing::warn!(volume = volume.0, left = ?left,
+            "holders still serve the old generation; the job stays open to swap them");
+    } else {
+        if !left.is_empty() {
+            tracing::warn!(volume = volume.0, left = ?left,
+                "holders down keep the old generation");
+        }
+        end_job(cluster, &job).await;
     }
     Ok((new, needles, swapped, left))
 }

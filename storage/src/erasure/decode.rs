@@ -30,13 +30,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::cold::remove_if_exists;
+use crate::cold::{cold_paths, remove_if_exists};
 use crate::error::{Error, Result};
 use crate::file::sync_parent;
 use crate::format::IndexEntry;
 use crate::meta::VolumeMeta;
 use crate::sealed::write_index_file;
-use crate::store::Store;
+use crate::store::{Handle, Store};
 use crate::types::{NeedleId, Tier, VolumeId};
 use crate::volume::{Volume, volume_paths};
 
@@ -120,14 +120,16 @@ impl Store {
             .collect()
     }
 
-    /// The location and staging folder holding a staged copy of `id`.
-    fn staged(&self, id: VolumeId) -> Option<(PathBuf, PathBuf)> {
-        self.staging_dirs()
-            .into_iter()
-            .find(|(_, staging)| volume_paths(staging, id).0.exists())
+    /// The location and staging folder holding a staged copy of `id`: a
+    /// decoded data file, or a cold copy (a move to cold's, see
+    /// [`super::to_cold`]).
+    pub(crate) fn staged(&self, id: VolumeId) -> Option<(PathBuf, PathBuf)> {
+        self.staging_dirs().into_iter().find(|(_, staging)| {
+            volume_paths(staging, id).0.exists() || cold_paths(staging, id).0.exists()
+        })
     }
 
-    /// Volumes with a staged decoded copy here.
+    /// Volumes with a staged decoded copy (or staged cold copy) here.
     pub fn staged_decodes(&self) -> Vec<VolumeId> {
         let mut ids = Vec::new();
         for (_, staging) in self.staging_dirs() {
@@ -138,7 +140,7 @@ impl Store {
                 if let Some(id) = entry
                     .file_name()
                     .to_str()
-                    .and_then(|n| n.strip_suffix(".dat"))
+                    .and_then(|n| n.strip_suffix(".dat").or_else(|| n.strip_suffix(".cold")))
                     .and_then(|n| n.parse::<u32>().ok())
                 {
                     ids.push(VolumeId(id));
@@ -146,6 +148,7 @@ impl Store {
             }
         }
         ids.sort();
+        ids.dedup();
         ids
     }
 
@@ -226,6 +229,9 @@ impl Store {
         let Some((_, staging)) = self.staged(id) else {
             return Err(Error::VolumeNotFound(id));
         };
+        if cold_paths(&staging, id).0.exists() {
+            return super::to_cold::apply_staged_cold_deletes(&staging, id, deleted);
+        }
         let volume = self.open_staged(&staging, id)?;
         let live: HashSet<NeedleId> = volume.needle_ids().into_iter().collect();
         let doomed: Vec<NeedleId> = deleted
@@ -240,19 +246,23 @@ impl Store {
         Volume::open(staging, id, Tier::Warm, self.volume_config())
     }
 
-    /// Step 4: the staged copy of `id` moved into its location and served.
-    /// A copy served already (activated before) is returned as it is.
-    pub fn activate_decoded(&self, id: VolumeId) -> Result<Arc<Volume>> {
+    /// Step 4: the staged copy of `id` moved into its location and served
+    /// (a staged cold copy: see [`super::to_cold`]). A copy served already
+    /// (activated before) is returned as it is.
+    pub fn activate_decoded(&self, id: VolumeId) -> Result<Handle> {
         // The directory's ACTIVATE and a heartbeat's may come together: one
         // activation at a time (renames are quick; a process-wide lock is
         // enough).
         static ACTIVATING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
         let _one = ACTIVATING.lock();
         let Some((dir, staging)) = self.staged(id) else {
-            return self.volume(id);
+            return self.handle(id);
         };
         if self.handle(id).is_ok() {
             return Err(Error::VolumeExists(id));
+        }
+        if cold_paths(&staging, id).0.exists() {
+            return self.activate_staged_cold(&dir, &staging, id);
         }
         let (from_dat, from_idx, from_meta) = volume_paths(&staging, id);
         let (dat, idx, meta) = volume_paths(&dir, id);
@@ -263,7 +273,7 @@ impl Store {
         }
         sync_parent(&dat)?;
         sync_parent(&from_dat)?;
-        self.adopt_local(&dir, id)
+        self.adopt_local(&dir, id).map(Handle::Local)
     }
 
     /// A re-encode's step on its target: the staged copy of `id` compacted
@@ -294,14 +304,28 @@ impl Store {
         })
     }
 
-    /// Removes whatever is staged of `id` (a decode that failed).
+    /// Removes whatever is staged of `id` (a decode or a move to cold that
+    /// failed; the caller deals with an object a staged cold copy names).
     pub fn abort_decoded(&self, id: VolumeId) -> Result<()> {
         for (_, staging) in self.staging_dirs() {
             if !staging.exists() {
                 continue;
             }
+            // A staged cold copy's manifest first: without it the rest of
+            // it counts for nothing.
+            let (manifest, cidx, tomb) = cold_paths(&staging, id);
+            remove_if_exists(&manifest)?;
             let (dat, idx, meta) = volume_paths(&staging, id);
-            for path in [dat.with_extension("dat.tmp"), dat, idx, meta] {
+            let upload = crate::moves::MoveJob::path(&staging, id);
+            for path in [
+                dat.with_extension("dat.tmp"),
+                dat,
+                idx,
+                meta,
+                cidx,
+                tomb,
+                upload,
+            ] {
                 remove_if_exists(&path)?;
             }
         }

@@ -13,6 +13,8 @@
 //! - [`encode`]: a sealed data file read stripe by stripe into shards.
 //! - [`decode`]: the data file restored from the shards as a replicated
 //!   copy, staged until the directory commits it, then served.
+//! - [`to_cold`]: the restored data file staged as a cold copy once
+//!   uploaded (a move of the volume to the cold tier), then served.
 //! - [`reencode`]: a re-encode's next generation staged beside the one
 //!   served, and swapped in once committed.
 //! - [`held`]: the erasure-coded volumes of a store, beside its replicated
@@ -33,6 +35,7 @@ pub mod held;
 pub mod layout;
 pub mod reencode;
 pub mod shard;
+pub mod to_cold;
 pub mod volume;
 
 pub use codec::CodecError;

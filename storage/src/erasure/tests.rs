@@ -422,8 +422,8 @@ fn a_decoded_copy_is_staged_unseen_then_served_with_its_deletes_across_a_crash()
     let store = open();
     assert!(store.volume(VOLUME).is_err());
     assert!(s_dat.exists() && !w_dat.exists());
-    let volume = store.activate_decoded(VOLUME).unwrap();
-    assert!(volume.is_sealed());
+    let activated = store.activate_decoded(VOLUME).unwrap();
+    assert!(matches!(activated, crate::Handle::Local(v) if v.is_sealed()));
     assert!(store.staged_decodes().is_empty());
     // Served; again after a restart; a second activation is a no-op.
     drop(store);

@@ -389,7 +389,7 @@ pub async fn build(
         journals: read,
         unreachable,
         restored_shards: lost.into_iter().filter(|&s| s < k).map(u32::from).collect(),
-        manifest: Vec::new(),
+        ..EcDecodeProgress::default()
     })
 }
 

@@ -11,6 +11,30 @@ use hayloft_proto::{
 pub(super) type DecodeStream =
     tokio_stream::wrappers::ReceiverStream<Result<EcDecodeProgress, Status>>;
 
+/// What a move to cold's steps need (UPLOAD, SHARE_COLD).
+struct ColdStep {
+    bucket: String,
+    prefix: String,
+    storage_class: String,
+    cold_from: String,
+}
+
+/// The last message of UPLOAD and SHARE_COLD: the staged manifest.
+fn staged_cold_answer(
+    manifest: &hayloft_storage::cold::ColdManifest,
+) -> Result<EcDecodeProgress, Status> {
+    let bytes = manifest
+        .encode(std::path::Path::new("<staged cold manifest>"))
+        .map_err(|e| grpc_status(&e, None))?;
+    Ok(EcDecodeProgress {
+        done: manifest.object_len,
+        total: manifest.object_len,
+        finished: true,
+        cold_manifest: bytes,
+        ..EcDecodeProgress::default()
+    })
+}
+
 impl VolumeService {
     pub(super) async fn ec_decode_inner(
         &self,
@@ -36,10 +60,17 @@ impl VolumeService {
             rate: request.rate,
         };
         let id = job.volume;
+        let cold = ColdStep {
+            bucket: request.bucket,
+            prefix: request.prefix,
+            storage_class: request.storage_class,
+            cold_from: request.cold_from,
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let store = Arc::clone(&self.store);
         let replication = Arc::clone(&self.replication);
         let heartbeat_now = Arc::clone(&self.heartbeat_now);
+        let tiering = Arc::clone(&self.tiering);
         // The step goes on if the caller goes away (each is idempotent or
         // starts again from nothing).
         tokio::spawn(async move {
@@ -53,22 +84,51 @@ impl VolumeService {
                 DecodeStep::Activate => blocking(move || store.activate_decoded(id))
                     .await
                     .and_then(|r| r.map_err(|e| grpc_status(&e, None)))
-                    .map(|volume| {
+                    .map(|handle| {
                         tracing::info!(volume = %id, "decoded copy served");
                         heartbeat_now.notify_one();
                         EcDecodeProgress {
                             finished: true,
-                            needles: volume.needle_ids().len() as u64,
+                            needles: handle.stats().needles,
                             ..EcDecodeProgress::default()
                         }
                     }),
-                DecodeStep::Abort => blocking(move || store.abort_decoded(id))
+                DecodeStep::Abort => {
+                    // A move to cold's object and upload go with it.
+                    tiering.discard_staged(id).await;
+                    blocking(move || store.abort_decoded(id))
+                        .await
+                        .and_then(|r| r.map_err(|e| grpc_status(&e, None)))
+                        .map(|()| EcDecodeProgress {
+                            finished: true,
+                            ..EcDecodeProgress::default()
+                        })
+                }
+                DecodeStep::Upload => {
+                    let progress = tx.clone();
+                    tiering
+                        .upload_staged(
+                            id,
+                            &cold.bucket,
+                            &cold.prefix,
+                            &cold.storage_class,
+                            move |done, total| {
+                                let _ = progress.try_send(Ok(EcDecodeProgress {
+                                    done,
+                                    total,
+                                    ..EcDecodeProgress::default()
+                                }));
+                            },
+                        )
+                        .await
+                        .map_err(move_status)
+                        .and_then(|manifest| staged_cold_answer(&manifest))
+                }
+                DecodeStep::ShareCold => tiering
+                    .share_staged(id, &cold.cold_from)
                     .await
-                    .and_then(|r| r.map_err(|e| grpc_status(&e, None)))
-                    .map(|()| EcDecodeProgress {
-                        finished: true,
-                        ..EcDecodeProgress::default()
-                    }),
+                    .map_err(move_status)
+                    .and_then(|manifest| staged_cold_answer(&manifest)),
                 DecodeStep::Reencode => match reencode_as {
                     Some(code) => {
                         crate::erasure::reencode::reencode(

@@ -212,9 +212,16 @@ impl Volume for VolumeService {
     ) -> Result<Response<ColdIndexResponse>, Status> {
         let span = request_span("grpc_cold_index", request.metadata());
         let id = VolumeId(request.get_ref().volume_id);
+        let staged = request.get_ref().staged;
         let tiering = Arc::clone(&self.tiering);
         let store = Arc::clone(&self.store);
         traced("grpc_cold_index", span, async move {
+            if staged {
+                let files = blocking(move || tiering.staged_cold_files(id))
+                    .await?
+                    .map_err(|e| grpc_status(&e, None))?;
+                return Ok(Response::new(files));
+            }
             if let Handle::Local(_) = store.handle(id).map_err(|e| grpc_status(&e, None))? {
                 return Err(Status::failed_precondition(format!(
                     "volume {id} is not cold on this server"

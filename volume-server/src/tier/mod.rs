@@ -15,12 +15,14 @@
 //! For archive classes the read answers "retry after" and starts one restore.
 //!
 //! The rooms: `upload` (to cold), `download` (back from cold), `share`
-//! (copies sharing one cold object), `cold_read` (reads and deletes of cold
-//! needles); this file holds the jobs and their runner.
+//! (copies sharing one cold object), `staged` (an erasure-coded volume's
+//! data file uploaded and staged as cold copies), `cold_read` (reads and
+//! deletes of cold needles); this file holds the jobs and their runner.
 
 mod cold_read;
 mod download;
 mod share;
+mod staged;
 mod upload;
 
 #[allow(unused_imports)]

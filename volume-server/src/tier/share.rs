@@ -11,6 +11,18 @@ impl Tiering {
         id: VolumeId,
         source: &str,
     ) -> Result<hayloft_proto::ColdIndexResponse, MoveError> {
+        self.fetch_cold_files(id, source, false).await
+    }
+
+    /// Fetches the cold files of the copy of volume `id` on `source`: the
+    /// one served, or (`staged`) the one an erasure-coded volume's move to
+    /// cold staged there.
+    pub(super) async fn fetch_cold_files(
+        &self,
+        id: VolumeId,
+        source: &str,
+        staged: bool,
+    ) -> Result<hayloft_proto::ColdIndexResponse, MoveError> {
         let unreachable = |e: String| MoveError::Invalid(format!("copy on {source}: {e}"));
         let channel = self
             .settings
@@ -26,7 +38,10 @@ impl Tiering {
             self.settings.credential.channel(channel),
         )
         .max_decoding_message_size(usize::MAX)
-        .cold_index(hayloft_proto::ColdIndexRequest { volume_id: id.0 })
+        .cold_index(hayloft_proto::ColdIndexRequest {
+            volume_id: id.0,
+            staged,
+        })
         .await
         .map_err(|e| unreachable(e.message().to_owned()))?
         .into_inner())

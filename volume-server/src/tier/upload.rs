@@ -37,8 +37,27 @@ impl Tiering {
     pub(super) async fn upload(
         &self,
         job: &Arc<JobState>,
-        mut pending: MoveJob,
+        pending: MoveJob,
     ) -> Result<(), MoveError> {
+        let (pending, mut manifest) = self.upload_verified(job, pending).await?;
+        job.step("switching");
+        let id = job.volume;
+        let volume = self.store.volume(id)?;
+        manifest.expires_at = volume.expires_at();
+        let store = Arc::clone(&self.store);
+        blocking(move || store.commit_to_cold(id, &manifest, &pending)).await?;
+        Ok(())
+    }
+
+    /// Uploads (or resumes uploading) the data file `pending` names and
+    /// verifies the object (length and ETag); answers the job as it ended
+    /// and the manifest of the object (no expiry: the caller's). On a
+    /// mismatch the object and the job file go.
+    pub(super) async fn upload_verified(
+        &self,
+        job: &Arc<JobState>,
+        mut pending: MoveJob,
+    ) -> Result<(MoveJob, ColdManifest), MoveError> {
         let objects = self.objects()?.clone();
         let MoveJob::ToCold {
             dir,
@@ -216,8 +235,6 @@ impl Tiering {
             tracing::error!("failpoint tier-crash-before-switch: exiting");
             std::process::exit(86);
         }
-        job.step("switching");
-        let volume = self.store.volume(id)?;
         let manifest = ColdManifest {
             version: hayloft_storage::cold::MANIFEST_VERSION,
             bucket: bucket.clone(),
@@ -227,10 +244,8 @@ impl Tiering {
             etag: expected,
             part_size,
             uploaded_at: unix_now(),
-            expires_at: volume.expires_at(),
+            expires_at: None,
         };
-        let store = Arc::clone(&self.store);
-        blocking(move || store.commit_to_cold(id, &manifest, &pending)).await?;
-        Ok(())
+        Ok((pending, manifest))
     }
 }

@@ -113,6 +113,7 @@ pub(crate) async fn decode(
             volume_id: volume,
             dry_run,
             rate: 0,
+            ..DecodeVolumeRequest::default()
         })
         .await?
         .into_inner();

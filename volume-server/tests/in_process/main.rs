@@ -39,6 +39,7 @@
 
 mod encode_volume;
 mod erasure;
+mod erasure_cold;
 mod erasure_decode;
 mod erasure_handoff;
 mod erasure_heal;
