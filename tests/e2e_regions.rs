@@ -242,6 +242,54 @@ async fn shipped(
     .await;
 }
 
+/// Uploads `content(seed, len)` through `client` (retried while the
+/// cluster settles): its blob id and bytes.
+async fn upload_seeded(client: &hayloft_client::Client, seed: u64, len: usize) -> (String, Bytes) {
+    let data = Bytes::from(content(seed, len));
+    let uploaded = eventually(secs(30), "an upload", async || {
+        client
+            .upload(data.clone(), &UploadOptions::default())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    (uploaded.blob_id, data)
+}
+
+/// Region a (number 0) replicating to region b (number 1), on `ports_a`.
+fn region_a(root: &std::path::Path, ports_a: &[String; 4], ports_b: &[String; 4]) -> Region {
+    start_with(
+        root,
+        "a",
+        "a:0",
+        &format!("b:1={}", ports_b[0]),
+        ports_a.clone(),
+        &["--replicate-to", "b"],
+        "a",
+    )
+}
+
+/// Region b (number 1), told of region a, logging to `<log>.log`, with
+/// `env`.
+fn region_b(
+    root: &std::path::Path,
+    ports_a: &[String; 4],
+    ports_b: &[String; 4],
+    log: &str,
+    env: &[(String, String)],
+) -> Region {
+    start_env(
+        root,
+        "b",
+        "b:1",
+        &format!("a:0={}", ports_a[0]),
+        ports_b.clone(),
+        &[],
+        log,
+        env,
+    )
+}
+
 async fn client_of(directory: &str) -> hayloft_client::Client {
     eventually(secs(30), "a client", async || {
         hayloft_client::Client::connect(directory)
@@ -284,38 +332,11 @@ async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
     let port = || format!("127.0.0.1:{}", support::free_port());
     let ports_a = [port(), port(), port(), port()];
     let ports_b = [port(), port(), port(), port()];
-    let a = start_with(
-        root.path(),
-        "a",
-        "a:0",
-        &format!("b:1={}", ports_b[0]),
-        ports_a.clone(),
-        &["--replicate-to", "b"],
-        "a",
-    );
-    let b_args = |log: &str| {
-        start_with(
-            root.path(),
-            "b",
-            "b:1",
-            &format!("a:0={}", ports_a[0]),
-            ports_b.clone(),
-            &[],
-            log,
-        )
-    };
-    let b = b_args("b");
+    let a = region_a(root.path(), &ports_a, &ports_b);
+    let b = region_b(root.path(), &ports_a, &ports_b, "b", &[]);
     let client = client_of(&a.directory).await;
     let upload = async |seed: u64| {
-        let data = Bytes::from(content(seed, 1_000 + (seed as usize * 977) % 30_000));
-        let uploaded = eventually(secs(30), "an upload", async || {
-            client
-                .upload(data.clone(), &UploadOptions::default())
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        (uploaded.blob_id, data)
+        upload_seeded(&client, seed, 1_000 + (seed as usize * 977) % 30_000).await
     };
     let mut live = Vec::new();
     for seed in 0..40 {
@@ -339,7 +360,7 @@ async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
         client.delete(&id).await.unwrap();
         deleted.push(id);
     }
-    let b = b_args("b-again");
+    let b = region_b(root.path(), &ports_a, &ports_b, "b-again", &[]);
     shipped(root.path(), &b, &["a"], 20.0, 5.0).await;
     // b's status shows how far it is behind a: caught up, and what it cost.
     eventually(secs(30), "b's lag in its status", async || {
@@ -410,15 +431,9 @@ async fn three_regions_ship_each_blob_once_per_region_and_keep_what_stays_home()
         let client = client_of(&region.directory).await;
         let mut mine = Vec::new();
         for seed in 0..12 {
-            let data = Bytes::from(content(1000 * i as u64 + seed, 5_000 + seed as usize * 311));
-            let uploaded = eventually(secs(30), "an upload", async || {
-                client
-                    .upload(data.clone(), &UploadOptions::default())
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-            mine.push((uploaded.blob_id, data));
+            mine.push(
+                upload_seeded(&client, 1000 * i as u64 + seed, 5_000 + seed as usize * 311).await,
+            );
         }
         blobs.push(mine);
     }
@@ -528,39 +543,20 @@ async fn a_follower_crashing_before_its_position_applies_the_entries_again_and_w
     let port = || format!("127.0.0.1:{}", support::free_port());
     let ports_a = [port(), port(), port(), port()];
     let ports_b = [port(), port(), port(), port()];
-    let a = start_with(
-        root.path(),
-        "a",
-        "a:0",
-        &format!("b:1={}", ports_b[0]),
-        ports_a.clone(),
-        &["--replicate-to", "b"],
-        "a",
-    );
+    let a = region_a(root.path(), &ports_a, &ports_b);
     let failpoint = support::Failpoint::new("follow-before-position");
     failpoint.arm();
-    let mut b = start_env(
+    let mut b = region_b(
         root.path(),
-        "b",
-        "b:1",
-        &format!("a:0={}", ports_a[0]),
-        ports_b.clone(),
-        &[],
+        &ports_a,
+        &ports_b,
         "b",
         &[("HAYLOFT_FAILPOINT".to_owned(), failpoint.env())],
     );
     let client = client_of(&a.directory).await;
     let mut live = Vec::new();
     for seed in 0..30 {
-        let data = Bytes::from(content(500 + seed, 2_000 + seed as usize * 701));
-        let uploaded = eventually(secs(30), "an upload", async || {
-            client
-                .upload(data.clone(), &UploadOptions::default())
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        live.push((uploaded.blob_id, data));
+        live.push(upload_seeded(&client, 500 + seed, 2_000 + seed as usize * 701).await);
     }
     eventually(secs(60), "b to crash at the failpoint", async || {
         if b.server.exited() {
@@ -571,15 +567,7 @@ async fn a_follower_crashing_before_its_position_applies_the_entries_again_and_w
     })
     .await;
     failpoint.disarm();
-    let b = start_with(
-        root.path(),
-        "b",
-        "b:1",
-        &format!("a:0={}", ports_a[0]),
-        ports_b.clone(),
-        &[],
-        "b-again",
-    );
+    let b = region_b(root.path(), &ports_a, &ports_b, "b-again", &[]);
     shipped(root.path(), &b, &["a"], 0.0, 0.0).await;
     let volume = live[0]
         .0
