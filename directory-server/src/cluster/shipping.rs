@@ -156,6 +156,24 @@ impl Cluster {
         })
     }
 
+    /// Another region's volume is being adopted: its copies' reports are
+    /// left alone until it is registered (as for a new volume), or a
+    /// heartbeat sent in between would record it as an unknown volume,
+    /// without its regions.
+    pub fn adopting(&self, volume: VolumeId) {
+        self.inner.lock().creating.insert(volume);
+    }
+
+    /// Adopting `volume` failed (its copies are deleted again): `unreachable`
+    /// servers are left out of placement until they send a heartbeat.
+    /// Unlike an abandoned new volume, its reports are taken again: it is
+    /// asked for again next pulse.
+    pub fn adoption_failed(&self, volume: VolumeId, unreachable: &[String]) {
+        let mut inner = self.inner.lock();
+        inner.creating.remove(&volume);
+        inner.suspects.extend(unreachable.iter().cloned());
+    }
+
     /// Records copies of another region's volume just created on
     /// `servers`: sealed (this region hands out none of its ids), with the
     /// regions that keep it.

@@ -168,6 +168,7 @@ impl DirectoryService {
             let servers: Vec<String> = placed.iter().map(|s| s.server_id.clone()).collect();
             tracing::info!(volume = volume.0, from = %request.region, servers = ?servers,
                 collection = %adopt.collection, "adopting another region's volume");
+            self.cluster.adopting(volume);
             if let Err((e, unreachable)) = super::create_copies(
                 &placed,
                 volume,
@@ -177,14 +178,14 @@ impl DirectoryService {
             )
             .await
             {
-                self.cluster.abandon_volume(volume, &unreachable);
+                self.cluster.adoption_failed(volume, &unreachable);
                 answer.problems.push(format!("volume {volume}: {e}"));
                 continue;
             }
-            self.cluster
-                .register_adopted(&adopt, &servers)
-                .await
-                .map_err(Status::from)?;
+            if let Err(e) = self.cluster.register_adopted(&adopt, &servers).await {
+                self.cluster.adoption_failed(volume, &[]);
+                return Err(Status::from(e));
+            }
             if let Some(known) = self.cluster.replicas_of(volume) {
                 answer.volumes.push(known);
             }
