@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hayloft_proto::regions::Regions;
-use hayloft_proto::{LookupRequest, ServerLocation};
+use hayloft_proto::{LookupRequest, ServerLocation, VolumeLocation};
 use hayloft_storage::VolumeId;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
@@ -313,21 +313,10 @@ impl RemoteReader {
         else {
             return Err(RemoteMiss::Unknown);
         };
-        let answer = directory
-            .call(|mut directory| async move {
-                directory
-                    .lookup(LookupRequest {
-                        volume_ids: vec![volume],
-                        blob_ids: Vec::new(),
-                    })
-                    .await
-            })
+        let copies: Vec<ServerLocation> = look_up(directory, volume)
             .await
-            .map_err(|_| RemoteMiss::Unreachable)?;
-        let copies: Vec<ServerLocation> = answer
-            .volumes
+            .map_err(|_| RemoteMiss::Unreachable)?
             .into_iter()
-            .filter(|v| v.volume_id == volume)
             .flat_map(|v| v.locations)
             .filter(|l| !l.grpc_addr.is_empty())
             .collect();
@@ -358,18 +347,8 @@ impl RemoteReader {
             Some((region, directory)) => (directory, Some(region.to_owned())),
             None => (&self.directory, None),
         };
-        let looked_up = directory
-            .call(|mut directory| async move {
-                directory
-                    .lookup(LookupRequest {
-                        volume_ids: vec![volume],
-                        blob_ids: Vec::new(),
-                    })
-                    .await
-            })
-            .await;
-        let found = match looked_up {
-            Ok(response) => {
+        let found = match look_up(directory, volume).await {
+            Ok(rows) => {
                 let mut found = Located {
                     region: region.clone(),
                     ..Located::default()
@@ -377,11 +356,7 @@ impl RemoteReader {
                 // Server ids are unique within a region only: another
                 // region's copies are all someone else.
                 let foreign = region.is_some();
-                for v in response
-                    .volumes
-                    .into_iter()
-                    .filter(|v| v.volume_id == volume)
-                {
+                for v in rows {
                     found.collection = v.collection;
                     found.copies.extend(v.locations.into_iter().filter(|l| {
                         (foreign || l.server_id != self.server_id) && !l.http_addr.is_empty()
@@ -416,20 +391,9 @@ impl RemoteReader {
     /// The copies this region keeps of another region's volume, as this
     /// region's directory answers (`None`: none, or no answer).
     async fn kept_here(&self, volume: u32) -> Option<Located> {
-        let answer = self
-            .directory
-            .call(|mut directory| async move {
-                directory
-                    .lookup(LookupRequest {
-                        volume_ids: vec![volume],
-                        blob_ids: Vec::new(),
-                    })
-                    .await
-            })
-            .await
-            .ok()?;
+        let rows = look_up(&self.directory, volume).await.ok()?;
         let mut found = Located::default();
-        for v in answer.volumes.into_iter().filter(|v| v.volume_id == volume) {
+        for v in rows {
             found.collection = v.collection;
             found.copies.extend(
                 v.locations
@@ -525,6 +489,28 @@ impl RemoteReader {
             http_body_util::Either::Right(body.boxed()),
         ))
     }
+}
+
+/// What `directory` says of `volume`: its rows (normally one).
+async fn look_up(
+    directory: &hayloft_proto::Directories,
+    volume: u32,
+) -> Result<Vec<VolumeLocation>, tonic::Status> {
+    let answer = directory
+        .call(|mut directory| async move {
+            directory
+                .lookup(LookupRequest {
+                    volume_ids: vec![volume],
+                    blob_ids: Vec::new(),
+                })
+                .await
+        })
+        .await?;
+    Ok(answer
+        .volumes
+        .into_iter()
+        .filter(|v| v.volume_id == volume)
+        .collect())
 }
 
 fn redirect(copy: &ServerLocation, path: &str) -> http::Response<Body> {

@@ -34,7 +34,9 @@ impl DirectoryService {
             error: String::new(),
             replicate_to: self.cluster.replicate_to().to_vec(),
             lag: None,
+            behind: None,
         };
+        let local_name = &local.name;
         let credential = self.repair_settings.credential.clone();
         let lags = self.cluster.region_lags();
         let others = regions.others.iter().map(|region| {
@@ -49,8 +51,11 @@ impl DirectoryService {
                     ..RegionStatus::default()
                 };
                 if probe {
-                    match ask(region, credential).await {
-                        Ok(()) => status.reachable = true,
+                    match ask(region, local_name, credential).await {
+                        Ok(behind) => {
+                            status.reachable = true;
+                            status.behind = behind;
+                        }
                         Err(why) => {
                             status.reachable = why.answered;
                             status.error = why.error;
@@ -75,8 +80,13 @@ struct ProbeFailed {
 }
 
 /// Asks `region`'s directory group for its own region, and checks that it
-/// is the name and number configured here.
-async fn ask(region: &Region, credential: hayloft_proto::Credential) -> Result<(), ProbeFailed> {
+/// is the name and number configured here; answers how far its copies are
+/// behind the logs of `me` (this region), if any copy there follows them.
+async fn ask(
+    region: &Region,
+    me: &str,
+    credential: hayloft_proto::Credential,
+) -> Result<Option<hayloft_proto::RegionLag>, ProbeFailed> {
     let unreachable = |error: String| ProbeFailed {
         answered: false,
         error,
@@ -95,6 +105,11 @@ async fn ask(region: &Region, credential: hayloft_proto::Credential) -> Result<(
     .await
     .map_err(|_| unreachable(format!("no answer within {:?}", PROBE_TIMEOUT * 2)))?
     .map_err(|s| unreachable(s.message().to_owned()))?;
+    let behind = answer
+        .regions
+        .iter()
+        .find(|r| !r.local && r.name == me)
+        .and_then(|r| r.lag.clone());
     let Some(theirs) = answer.regions.into_iter().find(|r| r.local) else {
         return Err(ProbeFailed {
             answered: true,
@@ -110,7 +125,7 @@ async fn ask(region: &Region, credential: hayloft_proto::Credential) -> Result<(
             ),
         });
     }
-    Ok(())
+    Ok(behind)
 }
 
 impl DirectoryService {
@@ -169,7 +184,7 @@ impl DirectoryService {
             tracing::info!(volume = volume.0, from = %request.region, servers = ?servers,
                 collection = %adopt.collection, "adopting another region's volume");
             self.cluster.adopting(volume);
-            if let Err((e, unreachable)) = super::create_copies(
+            if let Err((e, unreachable)) = super::create::create_copies(
                 &placed,
                 volume,
                 &adopt.collection,

@@ -437,15 +437,20 @@ async fn a_failed_decode_leaves_the_volume_erasure_coded_and_fenced_deletes_are_
     let status = started.client.status().await.unwrap();
     assert!(record(&status, volume).erasure.is_some());
     // The restarted holders listen on new ports: reads reach them once
-    // the heartbeat answers have told every holder.
-    let (live, _) = partly.iter().find(|(b, _)| !deleted.contains(b)).unwrap();
+    // the heartbeat answers have told every server of every holder (each
+    // server learns on its own heartbeat: all five are waited for, over
+    // HTTP and gRPC, or a read can still find 2 of the 3 shards it needs).
     eventually(
         Duration::from_secs(20),
         "holders reachable again",
         || async {
-            for server in [0, 2, 4] {
-                if http_get(cluster, server, *live, None).await.status() != 200 {
-                    return None;
+            for (blob, _) in partly.iter().filter(|(b, _)| !deleted.contains(b)) {
+                for server in 0..5 {
+                    if http_get(cluster, server, *blob, None).await.status() != 200 {
+                        return None;
+                    }
+                    let addr = cluster.volume(server).unwrap().grpc_addr();
+                    read_from(&addr, &blob.to_string()).await.ok()?;
                 }
             }
             Some(())
