@@ -110,8 +110,19 @@ pub async fn fetch(
 /// `regions` of `hayloft status --json`: one object a region, this one
 /// first. `lag` (another region): how far this region's copies are behind
 /// its logs (`entries`, `seconds`, `shipped_bytes`), null if no copy here
-/// follows it.
+/// follows it; `behind`: how far its copies are behind this region's logs,
+/// as its directory reports (the same fields), null if it did not answer
+/// or no copy there follows this region.
 pub fn json(regions: &[hayloft_proto::RegionStatus]) -> serde_json::Value {
+    let lag = |lag: &Option<hayloft_proto::RegionLag>| {
+        lag.as_ref().map(|lag| {
+            serde_json::json!({
+                "entries": lag.entries,
+                "seconds": lag.seconds,
+                "shipped_bytes": lag.shipped_bytes,
+            })
+        })
+    };
     regions
         .iter()
         .map(|r| {
@@ -123,11 +134,8 @@ pub fn json(regions: &[hayloft_proto::RegionStatus]) -> serde_json::Value {
                 "reachable": r.reachable,
                 "error": (!r.error.is_empty()).then_some(&r.error),
                 "replicate_to": r.replicate_to,
-                "lag": r.lag.as_ref().map(|lag| serde_json::json!({
-                    "entries": lag.entries,
-                    "seconds": lag.seconds,
-                    "shipped_bytes": lag.shipped_bytes,
-                })),
+                "lag": lag(&r.lag),
+                "behind": lag(&r.behind),
             })
         })
         .collect()
@@ -145,9 +153,14 @@ pub fn print(regions: &[hayloft_proto::RegionStatus]) {
     }
     println!("REGIONS");
     println!(
-        "{:<16} {:>6} {:<10} {:<8} {:<32} LAG",
-        "NAME", "NUMBER", "REACHABLE", "", "DIRECTORY"
+        "{:<16} {:>6} {:<10} {:<8} {:<32} {:<20} BEHIND US",
+        "NAME", "NUMBER", "REACHABLE", "", "DIRECTORY", "LAG"
     );
+    let show = |lag: &Option<hayloft_proto::RegionLag>| match lag {
+        Some(lag) if lag.entries == 0 => "caught up".to_owned(),
+        Some(lag) => format!("{} entries, {:.0}s", lag.entries, lag.seconds),
+        None => "-".to_owned(),
+    };
     for region in regions {
         let reachable = match (region.local, region.reachable) {
             (true, _) => "local",
@@ -159,13 +172,9 @@ pub fn print(regions: &[hayloft_proto::RegionStatus]) {
         } else {
             String::new()
         };
-        let lag = match &region.lag {
-            Some(lag) if lag.entries == 0 => "caught up".to_owned(),
-            Some(lag) => format!("{} entries, {:.0}s", lag.entries, lag.seconds),
-            None => "-".to_owned(),
-        };
+        let (lag, behind) = (show(&region.lag), show(&region.behind));
         println!(
-            "{:<16} {:>6} {:<10} {:<8} {:<32} {lag}",
+            "{:<16} {:>6} {:<10} {:<8} {:<32} {lag:<20} {behind}",
             region.name,
             region.number,
             reachable,
