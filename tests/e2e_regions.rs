@@ -381,6 +381,26 @@ async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
         }
     })
     .await;
+    // a's status shows how far b is behind a's logs, as b's directory
+    // answers its probe: nothing left.
+    eventually(secs(30), "b's lag behind a in a's status", async || {
+        let status = std::process::Command::new(support::BIN)
+            .args(["status", "--json", "--directory", &a.directory])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
+        let behind = &json["regions"][1]["behind"];
+        if json["regions"][1]["name"] == "b"
+            && behind["entries"] == 0
+            && behind["shipped_bytes"].as_u64().is_some_and(|b| b > 0)
+        {
+            Ok(())
+        } else {
+            Err(format!("{}", json["regions"]))
+        }
+    })
+    .await;
     // a follows b's log too (for deletes made in b) and takes nothing of
     // what came from itself.
     let text = metrics_of(&a).await;
@@ -594,4 +614,211 @@ async fn a_follower_crashing_before_its_position_applies_the_entries_again_and_w
     assert_eq!(ids.len(), 30, "each needle once in b's copy");
     a.server.kill();
     reads_all_from(&b, &live, &[]).await;
+}
+
+/// A delete made in the target region of a blob whose needle has not been
+/// shipped there yet (its follower is held back by a failpoint) is made
+/// in the region that created the blob: it is gone there at once, gone in
+/// the target, and when the follower catches up, the target keeps the
+/// tombstone, so the blob stays gone there with the creator killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_in_the_target_of_a_blob_not_shipped_yet_is_made_where_it_was_created() {
+    let root = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", support::free_port());
+    let ports_a = [port(), port(), port(), port()];
+    let ports_b = [port(), port(), port(), port()];
+    let a = region_a(root.path(), &ports_a, &ports_b);
+    let paused = support::Failpoint::new("follow-paused");
+    paused.arm();
+    let b = region_b(
+        root.path(),
+        &ports_a,
+        &ports_b,
+        "b",
+        &[("HAYLOFT_FAILPOINT".to_owned(), paused.env())],
+    );
+    let client_a = client_of(&a.directory).await;
+    let mut live = Vec::new();
+    for seed in 0..10 {
+        live.push(upload_seeded(&client_a, 900 + seed, 3_000 + seed as usize * 313).await);
+    }
+    let volume = live[0]
+        .0
+        .parse::<hayloft_storage::BlobId>()
+        .unwrap()
+        .volume();
+    // b keeps a copy of the volume (adopted), still empty.
+    eventually(secs(60), "b to keep a copy of a's volume", async || {
+        let mut directory = hayloft_proto::directory_client::DirectoryClient::connect(format!(
+            "http://{}",
+            b.directory
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        let answer = directory
+            .lookup(hayloft_proto::LookupRequest {
+                volume_ids: vec![volume.0],
+                blob_ids: Vec::new(),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let kept = answer
+            .volumes
+            .iter()
+            .any(|v| v.locations.iter().any(|l| l.grpc_addr == ports_b[1]));
+        if kept {
+            Ok(())
+        } else {
+            Err(format!("{answer:?}\n{}", support::log_tails(root.path())))
+        }
+    })
+    .await;
+    let text = metrics_of(&b).await;
+    let series = "hayloft_region_shipped_needles_total{from=\"a\"}";
+    assert_eq!(metric(&text, series).unwrap_or(0.0), 0.0, "{series}");
+
+    let (gone, _) = live.remove(0);
+    let client_b = client_of(&b.directory).await;
+    client_b.delete(&gone).await.unwrap();
+    for region in [&a, &b] {
+        let read = reqwest::get(format!("http://{}/{gone}", region.http))
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 404, "{gone} at {}", region.http);
+    }
+
+    paused.disarm();
+    shipped(root.path(), &b, &["a"], 9.0, 1.0).await;
+    a.server.kill();
+    reads_all_from(&b, &live, &[gone]).await;
+}
+
+/// The region drill (README, "Regions: a drill"): regions a and b
+/// replicate to each other; a client given both uploads and reads under
+/// load. Region a is SIGKILLed mid-load: no upload or read of a shipped
+/// blob fails (uploads go to b, reads of a's blobs come from b's copies),
+/// and a delete of one of a's blobs is made in b. a returns, catches up
+/// with everything b took meanwhile (blobs, and the delete of its own
+/// blob), and with b killed, a serves it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_drill_stops_a_under_load_and_it_catches_up_when_it_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", support::free_port());
+    let ports_a = [port(), port(), port(), port()];
+    let ports_b = [port(), port(), port(), port()];
+    let start_a = |log: &str| {
+        start_with(
+            root.path(),
+            "a",
+            "a:0",
+            &format!("b:1={}", ports_b[0]),
+            ports_a.clone(),
+            &["--replicate-to", "b"],
+            log,
+        )
+    };
+    let a = start_a("a");
+    let b = start_with(
+        root.path(),
+        "b",
+        "b:1",
+        &format!("a:0={}", ports_a[0]),
+        ports_b.clone(),
+        &["--replicate-to", "a"],
+        "b",
+    );
+    // Both directories answer before the client is made (it asks each
+    // for its region).
+    client_of(&a.directory).await;
+    client_of(&b.directory).await;
+    let list = vec![
+        hayloft_client::RegionDirectory {
+            name: "a".into(),
+            directory: vec![a.directory.clone()],
+        },
+        hayloft_client::RegionDirectory {
+            name: "b".into(),
+            directory: vec![b.directory.clone()],
+        },
+    ];
+    let client = std::sync::Arc::new(
+        hayloft_client::Client::connect_regions(list, hayloft_proto::Credential::none())
+            .await
+            .unwrap()
+            .with_failover(hayloft_client::Failover {
+                skip_for: std::time::Duration::from_secs(2),
+                ..hayloft_client::Failover::default()
+            }),
+    );
+    let options = UploadOptions::default();
+    let mut in_a = Vec::new();
+    for seed in 0..30 {
+        let data = Bytes::from(content(2_000 + seed, 4_000 + seed as usize * 211));
+        let uploaded = client.upload(data.clone(), &options).await.unwrap();
+        assert_eq!(uploaded.region, "a");
+        in_a.push((uploaded.blob_id, data));
+    }
+    shipped(root.path(), &b, &["a"], 30.0, 0.0).await;
+
+    // Under load: one task uploads, one reads a's (shipped) blobs; a is
+    // killed in the middle.
+    let uploads = {
+        let client = std::sync::Arc::clone(&client);
+        tokio::spawn(async move {
+            let mut made = Vec::new();
+            for seed in 0..40u64 {
+                let data = Bytes::from(content(3_000 + seed, 3_000 + seed as usize * 97));
+                let uploaded = client.upload(data.clone(), &UploadOptions::default()).await;
+                made.push((uploaded.map_err(|e| e.to_string()), data));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            made
+        })
+    };
+    let reads = {
+        let client = client.clone();
+        let in_a = in_a.clone();
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for round in 0..3 {
+                for (id, data) in &in_a {
+                    match client.download(id).await {
+                        Ok((_, bytes)) if bytes == *data => {}
+                        Ok(_) => failed.push(format!("round {round}: {id}: other bytes")),
+                        Err(e) => failed.push(format!("round {round}: {id}: {e}")),
+                    }
+                }
+            }
+            failed
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    a.server.kill();
+    let made = uploads.await.unwrap();
+    let failed = reads.await.unwrap();
+    assert!(failed.is_empty(), "reads that failed: {failed:?}");
+    let mut in_b = Vec::new();
+    for (uploaded, data) in made {
+        let uploaded = uploaded.unwrap_or_else(|e| panic!("an upload failed: {e}"));
+        if uploaded.region == "b" {
+            in_b.push((uploaded.blob_id, data));
+        } else {
+            in_a.push((uploaded.blob_id, data));
+        }
+    }
+    assert!(!in_b.is_empty(), "no upload went to b");
+    // A delete, made in b, of one of a's blobs (b holds its needle).
+    let (gone, _) = in_a.remove(0);
+    client.delete(&gone).await.unwrap();
+
+    // a returns and catches up with b: its blobs, and the delete.
+    let a = start_a("a-again");
+    shipped(root.path(), &a, &["b"], in_b.len() as f64, 1.0).await;
+    b.server.kill();
+    // a's blobs uploaded just before the kill and not shipped yet were in
+    // a all along (its own disk): all of it reads from a.
+    let mut all = in_a;
+    all.extend(in_b);
+    reads_all_from(&a, &all, &[gone]).await;
 }

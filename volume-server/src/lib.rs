@@ -97,6 +97,10 @@ pub struct VolumeServerConfig {
     /// Copy rate of anti-entropy and repair (its own budget, apart from
     /// compaction's; 0 = unlimited). Default `64MiB` (a second).
     pub repair_rate: ByteSize,
+    /// Bytes a second this server fetches from other regions' copies of
+    /// the volumes it follows (egress of the other regions; 0 =
+    /// unlimited, as fast as the link). Default `0B`.
+    pub ship_rate: ByteSize,
     /// How often each copy compares itself with the other copies of its
     /// volumes and pulls what it lacks (0 = never). Default `10m`.
     #[serde(with = "humantime_serde")]
@@ -252,6 +256,7 @@ impl Default for VolumeServerConfig {
             disk_reads_in_flight: 64,
             disk_reads_queued: 1024,
             repair_rate: ByteSize::mib(64),
+            ship_rate: ByteSize::b(0),
             anti_entropy_interval: Duration::from_secs(600),
             scrub_interval: Duration::from_secs(86_400),
             grpc_listen: hayloft_proto::default_addr(hayloft_proto::DEFAULT_VOLUME_GRPC),
@@ -653,6 +658,7 @@ impl VolumeServer {
                 .pulse
                 .clamp(Duration::from_millis(100), Duration::from_secs(1)),
             lags,
+            self.config.ship_rate.as_u64(),
         ));
         let service = grpc::VolumeService::new(
             Arc::clone(&self.store),

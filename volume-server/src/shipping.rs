@@ -20,6 +20,9 @@
 //!    durably, and a crash at any step applies the same entries again,
 //!    which changes nothing the second time.
 //!
+//! Fetches from other regions are paced at `ship_rate` (all volumes
+//! together; unlimited by default).
+//!
 //! There are no loops: a record applied where it is already changes
 //! nothing and so adds nothing to any log, and a needle is fetched only by
 //! a copy that lacks it, so a needle crosses to each region once. Uploads
@@ -100,10 +103,9 @@ pub struct Lag {
     pub behind_since: Option<Instant>,
 }
 
-/// What a pass over one source did.
+/// What one batch of a source's log did.
 #[derive(Debug, Default, Clone, Copy)]
 struct Applied {
-    entries: u64,
     needles: u64,
     tombstones: u64,
     bytes: u64,
@@ -155,6 +157,9 @@ pub struct Follower {
     remote: Arc<RemoteReader>,
     interval: Duration,
     lags: Arc<Lags>,
+    /// `ship_rate`, over every volume followed. Held only to count bytes,
+    /// never across an `.await`.
+    throttle: Mutex<hayloft_storage::Throttle>,
 }
 
 impl Follower {
@@ -166,6 +171,7 @@ impl Follower {
         remote: Arc<RemoteReader>,
         interval: Duration,
         lags: Arc<Lags>,
+        ship_rate: u64,
     ) -> Self {
         // The series alerts and the dashboard watch exist from the start.
         metrics::gauge!("hayloft_region_lag_seconds", "from" => "local").set(0.0);
@@ -182,6 +188,7 @@ impl Follower {
             remote,
             interval,
             lags,
+            throttle: Mutex::new(hayloft_storage::Throttle::new(ship_rate)),
         }
     }
 
@@ -204,6 +211,11 @@ impl Follower {
     /// (or a source fails). Returns the failures.
     async fn pass(&self) -> Vec<String> {
         let mut failures = Vec::new();
+        // Tests: a follower that falls behind (while the failpoint's file
+        // exists), as one whose source region is far away or down.
+        if hayloft_storage::failpoint::active("follow-paused") {
+            return failures;
+        }
         let follows = self.replication.follows();
         let followed: std::collections::HashSet<u32> = follows.iter().map(|f| f.0).collect();
         self.lags
@@ -222,46 +234,18 @@ impl Follower {
                 sources.push((format!("server:{}", server.server_id), Source::Copy(server)));
             }
             for (key, source) in sources {
-                let label = match &source {
-                    Source::Region(r) => r.clone(),
-                    Source::Copy(_) => "local".to_owned(),
-                };
-                match self.follow(&volume, &key, &source).await {
-                    Ok(applied) => {
-                        metrics::counter!("hayloft_region_shipped_needles_total", "from" => label.clone())
-                            .increment(applied.needles);
-                        metrics::counter!("hayloft_region_shipped_tombstones_total", "from" => label.clone())
-                            .increment(applied.tombstones);
-                        metrics::counter!("hayloft_region_shipped_bytes_total", "from" => label.clone())
-                            .increment(applied.bytes);
-                        *self
-                            .lags
-                            .shipped_bytes
-                            .lock()
-                            .entry(key.clone())
-                            .or_default() += applied.bytes;
-                        let mut lags = self.lags.by_volume.lock();
-                        let lag = lags.entry((volume_id, key.clone())).or_default();
-                        lag.entries = applied.behind;
-                        lag.behind_since = match (applied.behind, lag.behind_since) {
-                            (0, _) => None,
-                            (_, Some(since)) => Some(since),
-                            (_, None) => Some(Instant::now()),
-                        };
-                    }
-                    Err(status) => {
-                        metrics::counter!("hayloft_region_ship_failures_total", "from" => label)
-                            .increment(1);
-                        tracing::warn!(volume = volume_id, source = %key,
-                            error = %status.message(), "following a copy's log failed");
-                        let mut lags = self.lags.by_volume.lock();
-                        let lag = lags.entry((volume_id, key.clone())).or_default();
-                        lag.behind_since.get_or_insert_with(Instant::now);
-                        failures.push(format!(
-                            "volume {volume_id} from {key}: {}",
-                            status.message()
-                        ));
-                    }
+                if let Err(status) = self.follow(&volume, &key, &source).await {
+                    metrics::counter!("hayloft_region_ship_failures_total", "from" => label_of(&key))
+                        .increment(1);
+                    tracing::warn!(volume = volume_id, source = %key,
+                        error = %status.message(), "following a copy's log failed");
+                    let mut lags = self.lags.by_volume.lock();
+                    let lag = lags.entry((volume_id, key.clone())).or_default();
+                    lag.behind_since.get_or_insert_with(Instant::now);
+                    failures.push(format!(
+                        "volume {volume_id} from {key}: {}",
+                        status.message()
+                    ));
                 }
             }
         }
@@ -269,14 +253,40 @@ impl Follower {
         failures
     }
 
+    /// Counts what one batch of `key`'s log applied to `volume_id` and
+    /// how far behind it leaves the copy, as it goes (a long catch-up
+    /// shows in the metrics and the heartbeat while it runs).
+    fn record(&self, volume_id: u32, key: &str, batch: &Applied) {
+        let from = label_of(key);
+        metrics::counter!("hayloft_region_shipped_needles_total", "from" => from.clone())
+            .increment(batch.needles);
+        metrics::counter!("hayloft_region_shipped_tombstones_total", "from" => from.clone())
+            .increment(batch.tombstones);
+        metrics::counter!("hayloft_region_shipped_bytes_total", "from" => from)
+            .increment(batch.bytes);
+        *self
+            .lags
+            .shipped_bytes
+            .lock()
+            .entry(key.to_owned())
+            .or_default() += batch.bytes;
+        {
+            let mut lags = self.lags.by_volume.lock();
+            let lag = lags.entry((volume_id, key.to_owned())).or_default();
+            lag.entries = batch.behind;
+            lag.behind_since = match (batch.behind, lag.behind_since) {
+                (0, _) => None,
+                (_, Some(since)) => Some(since),
+                (_, None) => Some(Instant::now()),
+            };
+        }
+        self.publish();
+    }
+
     /// Sets the lag gauges.
     fn publish(&self) {
         for (source, entries, seconds) in self.lag_by_source() {
-            let from = if source.starts_with("server:") {
-                "local".to_owned()
-            } else {
-                source
-            };
+            let from = label_of(&source);
             metrics::gauge!("hayloft_region_lag_entries", "from" => from.clone())
                 .set(entries as f64);
             metrics::gauge!("hayloft_region_lag_seconds", "from" => from).set(seconds);
@@ -302,12 +312,7 @@ impl Follower {
 
     /// Applies `source`'s log to `volume` from the position on, until
     /// caught up.
-    async fn follow(
-        &self,
-        volume: &Arc<Volume>,
-        key: &str,
-        source: &Source,
-    ) -> Result<Applied, Status> {
+    async fn follow(&self, volume: &Arc<Volume>, key: &str, source: &Source) -> Result<(), Status> {
         let volume_id = volume.id().0;
         let mut positions = {
             let volume = Arc::clone(volume);
@@ -315,7 +320,6 @@ impl Follower {
         };
         let mut position = positions.sources.get(key).cloned().unwrap_or_default();
         let copies = self.copies(volume_id, source).await?;
-        let mut applied = Applied::default();
         let mut last = None;
         for copy in &copies {
             let mut client = self.replication.client(copy)?;
@@ -349,6 +353,7 @@ impl Follower {
                     continue;
                 }
                 let count = answer.entries.len() as u64;
+                let mut applied = Applied::default();
                 for entry in answer.entries.iter().filter(|e| e.deleted) {
                     let (id, cookie) = (NeedleId(entry.needle_id), Cookie(entry.cookie));
                     let target = Arc::clone(volume);
@@ -380,6 +385,12 @@ impl Follower {
                         Ok(bytes) => {
                             applied.needles += 1;
                             applied.bytes += bytes;
+                            // Another region's egress; copies in this
+                            // region follow as fast as anti-entropy would.
+                            if matches!(source, Source::Region(_)) {
+                                let wait = self.throttle.lock().delay_for(bytes);
+                                tokio::time::sleep(wait).await;
+                            }
                         }
                         Err(status) => failed = Some(status),
                     }
@@ -394,21 +405,33 @@ impl Follower {
                     // the position past them.
                     hayloft_storage::failpoint::abort_at("follow-before-position");
                     position.entries += count;
-                    applied.entries += count;
                 }
-                positions.sources.insert(key.to_owned(), position.clone());
-                {
+                // Written (and fsynced) only when it moved: an idle pass
+                // over a caught-up volume touches no disk.
+                if positions.sources.get(key) != Some(&position) {
+                    positions.sources.insert(key.to_owned(), position.clone());
                     let volume = Arc::clone(volume);
                     let positions = positions.clone();
                     blocking(move || store(&volume, &positions)).await??;
                 }
                 applied.behind = answer.total.saturating_sub(position.entries);
+                self.record(volume_id, key, &applied);
                 if applied.behind == 0 || count == 0 {
-                    return Ok(applied);
+                    return Ok(());
                 }
             }
         }
         Err(last.unwrap_or_else(|| Status::unavailable("no copy to follow")))
+    }
+}
+
+/// The `from` label of a source's series: its region, or `local` for a
+/// copy in this region.
+fn label_of(key: &str) -> String {
+    if key.starts_with("server:") {
+        "local".to_owned()
+    } else {
+        key.to_owned()
     }
 }
 
