@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".hayloft.v1.WriteRequest.chunk")
         .bytes(".hayloft.v1.ReadResponse.chunk")
+        .bytes(".hayloft.v1.FetchNeedlesResponse.chunk")
         .bytes(".hayloft.v1.ReplicateRequest.data")
         .bytes(".hayloft.v1.WriteBatchRequest.data")
         .bytes(".hayloft.v1.EcWriteShardRequest.data")

@@ -17,7 +17,7 @@ use hayloft_client::{Client, UploadOptions};
 use hayloft_storage::BlobId;
 use reqwest::StatusCode;
 use reqwest::header;
-use support::{Cluster, content, eventually, secs, server_index, server_of};
+use support::{Cluster, attribute, browse, content, eventually, secs, server_index, server_of};
 
 fn options(name: &str) -> UploadOptions {
     UploadOptions {
@@ -614,46 +614,6 @@ fn systemd_units_verify_and_are_hardened() {
             String::from_utf8_lossy(&security.stdout)
         );
     }
-}
-
-/// The operator page's DOM as a real headless browser (Debian's
-/// `chromium`, installed by scripts/setup.sh) renders it; also saves a
-/// screenshot to `png`.
-fn browse(url: &str, png: &std::path::Path) -> String {
-    let run = |args: &[&str]| {
-        let output = std::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-            ])
-            .args(args)
-            .arg(url)
-            .output()
-            .expect("chromium is installed by scripts/setup.sh");
-        assert!(
-            output.status.success(),
-            "chromium failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
-    run(&[
-        "--window-size=1000,1600",
-        &format!("--screenshot={}", png.display()),
-    ]);
-    run(&["--dump-dom"])
-}
-
-/// The value of attribute `name` in the first element of `dom` whose tag
-/// holds every one of `marks` (attribute values are unique enough here).
-fn attribute(dom: &str, marks: &[&str], name: &str) -> Option<String> {
-    dom.split('<')
-        .find(|tag| marks.iter().all(|m| tag.contains(m)))
-        .and_then(|tag| tag.split(&format!(" {name}=\"")).nth(1))
-        .and_then(|rest| rest.split('"').next())
-        .map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -401,6 +401,32 @@ async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
         }
     })
     .await;
+    // a's operator page, in a real browser, shows both regions: b
+    // reachable and caught up with a; and b's shows a with what b fetched.
+    let png = root.path().join("page-a.png");
+    let dom = support::browse(&format!("http://{}/", a.metrics), &png);
+    let b_row = [r#"class="region""#, r#"data-region="b""#];
+    assert_eq!(
+        support::attribute(&dom, &b_row, "data-reachable").as_deref(),
+        Some("true"),
+        "{dom}"
+    );
+    assert_eq!(
+        support::attribute(&dom, &b_row, "data-behind-entries").as_deref(),
+        Some("0")
+    );
+    let dom = support::browse(&format!("http://{}/", b.metrics), &png);
+    let a_row = [r#"class="region""#, r#"data-region="a""#];
+    assert_eq!(
+        support::attribute(&dom, &a_row, "data-lag-entries").as_deref(),
+        Some("0"),
+        "{dom}"
+    );
+    assert!(
+        support::attribute(&dom, &a_row, "data-shipped-bytes")
+            .and_then(|b| b.parse::<u64>().ok())
+            .is_some_and(|b| b > 0)
+    );
     // a follows b's log too (for deletes made in b) and takes nothing of
     // what came from itself.
     let text = metrics_of(&a).await;

@@ -1,6 +1,8 @@
 //! `hayloft status --capacity`: bytes per tier, growth over the last day and
 //! week from the directory's history, when each local tier fills at that
-//! rate, and the monthly storage cost per tier.
+//! rate, and the monthly storage cost per tier; with several regions, the
+//! bytes shipped in from each (their egress), per day, and its monthly cost
+//! at the policy's `egress` price ($ per GB).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +33,22 @@ pub struct TierCapacity {
     pub monthly_cost: Option<f64>,
 }
 
+/// Bytes this region's copies fetched from another region: that region's
+/// egress, what replication between regions costs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Shipped {
+    /// The other region.
+    pub region: String,
+    /// Bytes fetched from it so far (as the directory counted them).
+    pub total_bytes: u64,
+    /// Bytes a day, from the last day of history (extrapolated from a
+    /// shorter one).
+    pub per_day: Option<f64>,
+    /// A month (30 days) at that rate, at the policy's `egress` price ($
+    /// per GB).
+    pub monthly_cost: Option<f64>,
+}
+
 /// The report; `history_seconds` is the span of history it is based on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CapacityReport {
@@ -38,18 +56,31 @@ pub struct CapacityReport {
     pub history_seconds: u64,
     /// Per tier.
     pub tiers: Vec<TierCapacity>,
+    /// Per other region this one keeps copies from (none for a region
+    /// alone).
+    pub shipped: Vec<Shipped>,
 }
 
 /// Growth of `key` per `period` seconds, from the oldest sample within
 /// `period` of the newest one (scaled when the history is shorter).
 fn growth(samples: &[CapacitySample], key: &str, period: u64) -> Option<f64> {
+    growth_of(samples, period, |s| s.used_bytes.get(key).copied())
+}
+
+/// Growth of the figure `of` takes from a sample per `period` seconds, as
+/// [`growth`].
+fn growth_of(
+    samples: &[CapacitySample],
+    period: u64,
+    of: impl Fn(&CapacitySample) -> Option<u64>,
+) -> Option<f64> {
     let now = samples.last()?;
     let then = samples
         .iter()
         .find(|s| s.at + period >= now.at && s.at < now.at)?;
     let span = (now.at - then.at) as f64;
-    let used = |s: &CapacitySample| s.used_bytes.get(key).copied().unwrap_or(0) as f64;
-    Some((used(now) - used(then)) / span * period as f64)
+    let value = |s: &CapacitySample| of(s).unwrap_or(0) as f64;
+    Some((value(now) - value(then)) / span * period as f64)
 }
 
 /// Builds the report from the history (oldest first, the last sample being now).
@@ -58,6 +89,7 @@ pub fn report(samples: &[CapacitySample], policy: &Policy) -> CapacityReport {
         return CapacityReport {
             history_seconds: 0,
             tiers: Vec::new(),
+            shipped: Vec::new(),
         };
     };
     let keys: BTreeSet<&String> = samples.iter().flat_map(|s| s.used_bytes.keys()).collect();
@@ -82,9 +114,29 @@ pub fn report(samples: &[CapacitySample], policy: &Policy) -> CapacityReport {
             }
         })
         .collect();
+    let regions: BTreeSet<&String> = samples
+        .iter()
+        .flat_map(|s| s.shipped_bytes.keys())
+        .collect();
+    let shipped = regions
+        .into_iter()
+        .map(|region| {
+            let per_day = growth_of(samples, DAY, |s| s.shipped_bytes.get(region).copied())
+                .map(|rate| rate.max(0.0));
+            Shipped {
+                region: region.clone(),
+                total_bytes: now.shipped_bytes.get(region).copied().unwrap_or(0),
+                per_day,
+                monthly_cost: per_day
+                    .zip(policy.price("egress"))
+                    .map(|(rate, price)| rate * 30.0 / 1e9 * price),
+            }
+        })
+        .collect();
     CapacityReport {
         history_seconds: now.at - samples[0].at,
         tiers,
+        shipped,
     }
 }
 
@@ -133,6 +185,33 @@ pub fn print(report: &CapacityReport) {
         );
     }
     println!("{:<14} {:>90.2}", "total $/month", total);
+    if !report.shipped.is_empty() {
+        println!();
+        println!(
+            "{:<14} {:>12} {:>13} {:>14} {:>10}",
+            "SHIPPED FROM", "SO FAR", "PER DAY", "PER MONTH", "$/MONTH"
+        );
+        for shipped in &report.shipped {
+            let per = |days: f64| {
+                shipped
+                    .per_day
+                    .map_or("-".to_owned(), |r| ByteSize((r * days) as u64).to_string())
+            };
+            println!(
+                "{:<14} {:>12} {:>13} {:>14} {:>10}",
+                shipped.region,
+                ByteSize(shipped.total_bytes).to_string(),
+                per(1.0),
+                per(30.0),
+                shipped
+                    .monthly_cost
+                    .map_or("no price".into(), |c| format!("{c:.2}")),
+            );
+        }
+        println!(
+            "(bytes this region fetched from each other region: their egress, at the policy's egress price)"
+        );
+    }
     if report.history_seconds < DAY {
         println!("(less than a day of history: growth is extrapolated from what there is)");
     }
@@ -149,6 +228,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             free_bytes: [("hot".to_owned(), free_hot)].into_iter().collect(),
+            shipped_bytes: [("eu".to_owned(), at * 10)].into_iter().collect(),
         }
     }
 
@@ -177,6 +257,17 @@ mod tests {
         assert_eq!(glacier.free_bytes, None);
         assert_eq!(glacier.full_in_days, None);
         assert!((glacier.monthly_cost.unwrap() - 0.04).abs() < 1e-9);
+        // 10 bytes a second from eu: 864,000 a day; no egress price.
+        assert_eq!(report.shipped.len(), 1);
+        let eu = &report.shipped[0];
+        assert_eq!((eu.region.as_str(), eu.total_bytes), ("eu", 10 * DAY * 10));
+        assert!((eu.per_day.unwrap() - 864_000.0).abs() < 1e-6);
+        assert_eq!(eu.monthly_cost, None);
+        let priced = Policy::parse("[prices]\negress = 0.02\n").unwrap();
+        let cost = super::report(&samples, &priced).shipped[0]
+            .monthly_cost
+            .unwrap();
+        assert!((cost - 864_000.0 * 30.0 / 1e9 * 0.02).abs() < 1e-12);
     }
 
     #[test]

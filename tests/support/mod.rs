@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - this file: processes ([`Proc`]), free ports, failpoints, test content,
+//!   the operator page in a headless browser ([`browse`]),
 //!   the `hayloft` command;
 //! - `cluster`: [`Cluster::builder`] and the cluster's verbs (`kill_volume`,
 //!   `pause_volume`, `restart_volume`, `kill_node`, ...);
@@ -314,4 +315,44 @@ pub async fn upload_half_deleted(client: &Client, count: u64, size: usize) -> Ve
         }
     }
     kept
+}
+
+/// The operator page's DOM as a real headless browser (Debian's
+/// `chromium`, installed by scripts/setup.sh) renders it; also saves a
+/// screenshot to `png`.
+pub fn browse(url: &str, png: &std::path::Path) -> String {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(args)
+            .arg(url)
+            .output()
+            .expect("chromium is installed by scripts/setup.sh");
+        assert!(
+            output.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    run(&[
+        "--window-size=1000,1600",
+        &format!("--screenshot={}", png.display()),
+    ]);
+    run(&["--dump-dom"])
+}
+
+/// The value of attribute `name` in the first element of `dom` whose tag
+/// holds every one of `marks` (attribute values are unique enough here).
+pub fn attribute(dom: &str, marks: &[&str], name: &str) -> Option<String> {
+    dom.split('<')
+        .find(|tag| marks.iter().all(|m| tag.contains(m)))
+        .and_then(|tag| tag.split(&format!(" {name}=\"")).nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_owned)
 }

@@ -10,6 +10,7 @@
 //! warm = 0.03
 //! STANDARD = 0.023
 //! GLACIER = 0.0036
+//! egress = 0.02            # $ per GB shipped between regions (status --capacity)
 //!
 //! [[rule]]                 # demotions: first match wins
 //! name = "aged-to-warm"

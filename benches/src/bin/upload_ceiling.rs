@@ -38,6 +38,7 @@ impl Volume for Null {
     type ReadStream = Stream<ReadResponse>;
     type CompactStream = Stream<CompactProgress>;
     type FetchNeedleStream = Stream<ReadResponse>;
+    type FetchNeedlesStream = Stream<hayloft_proto::FetchNeedlesResponse>;
     type SyncVolumeStream = Stream<SyncProgress>;
     type EcEncodeStream = Stream<hayloft_proto::EcEncodeProgress>;
     type EcRebuildStream = Stream<hayloft_proto::EcRebuildProgress>;
@@ -66,6 +67,13 @@ impl Volume for Null {
         &self,
         _: Request<hayloft_proto::ReadLogRequest>,
     ) -> Result<Response<hayloft_proto::ReadLogResponse>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
+
+    async fn fetch_needles(
+        &self,
+        _: Request<hayloft_proto::FetchNeedlesRequest>,
+    ) -> Result<Response<Self::FetchNeedlesStream>, Status> {
         Err(Status::unimplemented("null server"))
     }
 

@@ -6,9 +6,10 @@
 //! disagree: servers (alive, zone, free space), volumes by tier and state and
 //! their health, work in progress (compactions, tier moves, repairs) with its
 //! progress, problems, and capacity per tier over time with the growth
-//! forecast and the days until each local tier is full. Every figure also
-//! sits in a `data-*` attribute, for tests and scrapers. The page reloads
-//! itself every 30 seconds.
+//! forecast and the days until each local tier is full; with several
+//! regions, each region's reachability and replication lag both ways.
+//! Every figure also sits in a `data-*` attribute, for tests and scrapers.
+//! The page reloads itself every 30 seconds.
 
 pub mod access;
 
@@ -91,6 +92,7 @@ pub fn render(
                 p.sub { "Cluster status, " (format_time(now)) " UTC. Reloads every 30 s. Same figures as "
                     code { "hayloft status --json" } " and " code { "hayloft status --capacity --json" } "." }
                 (problems(status))
+                (regions(status))
                 (servers(status))
                 (volumes(status))
                 (work(status))
@@ -110,17 +112,14 @@ pub async fn serve(
 ) -> (axum::http::StatusCode, axum::response::Html<String>) {
     use axum::http::StatusCode;
     let page = match gather(directory, credential).await {
-        Ok((status, samples)) => match crate::tier::load_policy(None) {
+        Ok((status, samples, regions)) => match crate::tier::load_policy(None) {
             // The built-in policy's prices (its parsing is tested).
             Ok(policy) => {
                 let report = crate::capacity::report(&samples, &policy);
                 let now = hayloft_storage::volume::unix_now();
-                render(
-                    &crate::commands::status_json(&status),
-                    &report,
-                    &samples,
-                    now,
-                )
+                let mut json = crate::commands::status_json(&status);
+                json["regions"] = crate::regions::json(&regions);
+                render(&json, &report, &samples, now)
             }
             Err(e) => unavailable(&format!("{e:#}")),
         },
@@ -135,12 +134,20 @@ pub async fn serve(
     (StatusCode::OK, axum::response::Html(page.into_string()))
 }
 
-/// The directory's status and the capacity history of the last
-/// [`crate::commands::CAPACITY_HISTORY`] (what `status --capacity` reads).
+/// What the page shows, as the directory answers.
+type Gathered = (
+    hayloft_proto::StatusResponse,
+    Vec<CapacitySample>,
+    Vec<hayloft_proto::RegionStatus>,
+);
+
+/// The directory's status, the capacity history of the last
+/// [`crate::commands::CAPACITY_HISTORY`] (what `status --capacity` reads)
+/// and the regions, each other one probed (what `status` shows).
 async fn gather(
     directory: &str,
     credential: hayloft_proto::Credential,
-) -> Result<(hayloft_proto::StatusResponse, Vec<CapacitySample>), tonic::Status> {
+) -> Result<Gathered, tonic::Status> {
     let directory =
         hayloft_proto::Directories::new(directory).and_then(|d| d.with_credential(credential))?;
     let status = directory
@@ -152,7 +159,8 @@ async fn gather(
         .call(|mut d| async move { d.capacity(hayloft_proto::CapacityRequest { since }).await })
         .await?
         .samples;
-    Ok((status, samples))
+    let regions = crate::regions::fetch(&directory).await?;
+    Ok((status, samples, regions))
 }
 
 /// The page when the directory cannot be asked.
@@ -197,6 +205,71 @@ fn problems(status: &Value) -> Markup {
                 h2 { "Problems" }
                 ul {
                     @for problem in &problems { li.problem { (problem) } }
+                }
+            }
+        }
+    }
+}
+
+/// "N entries, Ts" or "caught up" for a lag of `regions --json`; "-" for
+/// none.
+fn lag_text(lag: &Value) -> String {
+    if lag.is_null() {
+        return "-".to_owned();
+    }
+    match u64_of(lag, "entries") {
+        0 => "caught up".to_owned(),
+        n => format!(
+            "{n} entries, {:.0} s",
+            lag["seconds"].as_f64().unwrap_or(0.0)
+        ),
+    }
+}
+
+/// The regions (as `hayloft status` shows them): shown when there are
+/// several, or this one is not `default`.
+fn regions(status: &Value) -> Markup {
+    let regions = status["regions"].as_array().cloned().unwrap_or_default();
+    let single = regions.len() <= 1
+        && regions
+            .iter()
+            .all(|r| str_of(r, "name") == hayloft_proto::regions::DEFAULT_REGION);
+    if single {
+        return html! {};
+    }
+    let entries = |lag: &Value| (!lag.is_null()).then(|| u64_of(lag, "entries"));
+    html! {
+        section id="regions" data-count=(regions.len()) {
+            h2 { "Regions" }
+            table {
+                thead { tr { th { "region" } th.num { "number" } th { "reachable" }
+                    th { "replicates to" } th { "lag here" } th { "behind us" }
+                    th.num { "shipped here" } } }
+                tbody {
+                    @for region in &regions {
+                        @let local = region["local"].as_bool().unwrap_or(false);
+                        @let reachable = region["reachable"].as_bool().unwrap_or(false);
+                        @let (lag, behind) = (&region["lag"], &region["behind"]);
+                        tr.region data-region=(str_of(region, "name")) data-local=(local)
+                            data-reachable=(reachable)
+                            data-lag-entries=[entries(lag)]
+                            data-behind-entries=[entries(behind)]
+                            data-shipped-bytes=[(!lag.is_null()).then(|| u64_of(lag, "shipped_bytes"))] {
+                            td { (str_of(region, "name")) @if local { " (this one)" } }
+                            td.num { (u64_of(region, "number")) }
+                            td class=(if local || reachable { "ok" } else { "problem" }) {
+                                (if local { "-" } else if reachable { "yes" } else { "NO" })
+                            }
+                            td { (region["replicate_to"].as_array().into_iter().flatten()
+                                .filter_map(Value::as_str).collect::<Vec<_>>().join(", ")) }
+                            td { (lag_text(lag)) }
+                            td { (lag_text(behind)) }
+                            td.num { @if lag.is_null() { "-" } @else { (bytes(u64_of(lag, "shipped_bytes"))) } }
+                        }
+                        @if let Some(error) = region["error"].as_str() {
+                            tr { td.problem colspan="7" { (str_of(region, "name")) ": " (error) } }
+                        }
+                    }
                 }
             }
         }
@@ -508,6 +581,7 @@ mod tests {
             at,
             used_bytes: [("hot".to_owned(), hot)].into_iter().collect(),
             free_bytes: [("hot".to_owned(), free)].into_iter().collect(),
+            ..CapacitySample::default()
         }
     }
 
@@ -524,6 +598,13 @@ mod tests {
                 {"id": 2, "tier": "hot", "state": "paused", "health": "ok"},
                 {"id": 3, "tier": "cold", "state": "cold", "health": "ok"},
             ],
+            "regions": [
+                {"name": "eu", "number": 1, "local": true, "reachable": true,
+                 "replicate_to": ["<us>"], "lag": null, "behind": null},
+                {"name": "<us>", "number": 2, "local": false, "reachable": false,
+                 "error": "no answer", "replicate_to": [],
+                 "lag": {"entries": 3, "seconds": 2.0, "shipped_bytes": 10}, "behind": null},
+            ],
         });
         let report = CapacityReport {
             history_seconds: 7200,
@@ -536,6 +617,7 @@ mod tests {
                 full_in_days: Some(8.0),
                 monthly_cost: None,
             }],
+            shipped: Vec::new(),
         };
         let samples = [sample(1000, 1000, 9000), sample(8200, 2000, 8000)];
         let page = render(&status, &report, &samples, 8200).into_string();
@@ -547,6 +629,10 @@ mod tests {
         assert!(page.contains(r#"class="used" data-tier="hot""#));
         assert!(page.contains(r#"class="forecast" data-tier="hot""#));
         assert!(page.contains(r#"data-full-in-days="8.0""#));
+        assert!(page.contains(
+            r#"data-region="&lt;us&gt;" data-local="false" data-reachable="false" data-lag-entries="3" data-shipped-bytes="10""#
+        ), "{page}");
+        assert!(page.contains("3 entries, 2 s"));
         assert_eq!(format_time(8200), "1970-01-01 02:16");
     }
 
@@ -556,6 +642,7 @@ mod tests {
         let report = CapacityReport {
             history_seconds: 0,
             tiers: Vec::new(),
+            shipped: Vec::new(),
         };
         let page = render(&status, &report, &[], 0).into_string();
         assert!(page.contains("No capacity history yet."));

@@ -134,6 +134,8 @@ impl Cluster {
         inner.suspects.clear();
         inner.problems.clear();
         inner.adopted.clear();
+        inner.shipped = None;
+        inner.shipped_seen.clear();
         Self::forget_shards(inner);
         inner.led_term = term;
         inner.led_at = now;

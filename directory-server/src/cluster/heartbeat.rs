@@ -18,8 +18,9 @@ impl Cluster {
         }
         let server_id = location.server_id.clone();
         if !request.region_lags.is_empty() {
-            self.inner
-                .lock()
+            let mut inner = self.inner.lock();
+            Self::count_shipped(&mut inner, &server_id, &request.region_lags);
+            inner
                 .region_lags
                 .insert(server_id.clone(), request.region_lags.clone());
         } else {

@@ -113,6 +113,13 @@ struct Inner {
     /// Soft state: each server's lag behind other regions, from its last
     /// heartbeat.
     region_lags: HashMap<String, Vec<hayloft_proto::RegionLag>>,
+    /// Soft state: bytes fetched from each other region, cumulative (see
+    /// `CapacitySample.shipped_bytes`); `None` until taken from the last
+    /// sample since this node leads.
+    shipped: Option<HashMap<String, u64>>,
+    /// Soft state: each (server, region)'s `shipped_bytes` at its last
+    /// heartbeat, since this node leads.
+    shipped_seen: HashMap<(String, String), u64>,
 }
 
 impl Inner {
@@ -133,6 +140,8 @@ impl Inner {
             led_at: 0,
             adopted: HashSet::new(),
             region_lags: HashMap::new(),
+            shipped: None,
+            shipped_seen: HashMap::new(),
         }
     }
 }

@@ -159,12 +159,15 @@ impl Cluster {
         }
     }
 
-    /// Bytes per tier (and per storage class in the cold tier) and free
-    /// bytes per local tier, now.
+    /// Bytes per tier (and per storage class in the cold tier), free
+    /// bytes per local tier, and bytes fetched from each other region so
+    /// far, now.
     pub fn capacity_sample(&self) -> hayloft_proto::CapacitySample {
+        let shipped_bytes = self.shipped_bytes().into_iter().collect();
         let inner = self.inner.lock();
         let mut sample = hayloft_proto::CapacitySample {
             at: unix_now(),
+            shipped_bytes,
             ..Default::default()
         };
         for tier in ["hot", "warm"] {

@@ -102,6 +102,54 @@ impl Cluster {
         by
     }
 
+    /// Adds what `server` fetched from each other region since its last
+    /// heartbeat to the cumulative count (`CapacitySample.shipped_bytes`):
+    /// a counter that went back (the server restarted) counts from 0; a
+    /// server's first report since this node leads only sets its mark.
+    pub(super) fn count_shipped(
+        inner: &mut Inner,
+        server: &str,
+        lags: &[hayloft_proto::RegionLag],
+    ) {
+        for lag in lags {
+            let key = (server.to_owned(), lag.region.clone());
+            let Some(last) = inner.shipped_seen.insert(key, lag.shipped_bytes) else {
+                continue;
+            };
+            let delta = if lag.shipped_bytes >= last {
+                lag.shipped_bytes - last
+            } else {
+                lag.shipped_bytes
+            };
+            if let Some(shipped) = inner.shipped.as_mut() {
+                *shipped.entry(lag.region.clone()).or_default() += delta;
+            } else {
+                // Not loaded from the last sample yet: keep the mark where
+                // it was, so the bytes are counted once it is.
+                inner
+                    .shipped_seen
+                    .insert((server.to_owned(), lag.region.clone()), last);
+            }
+        }
+    }
+
+    /// The cumulative bytes fetched from each other region, taken from the
+    /// last capacity sample the first time since this node leads.
+    pub(super) fn shipped_bytes(&self) -> HashMap<String, u64> {
+        if let Some(shipped) = &self.inner.lock().shipped {
+            return shipped.clone();
+        }
+        // Read without the lock; a heartbeat meanwhile keeps its mark.
+        let last = self
+            .db
+            .samples(unix_now().saturating_sub(8 * 86_400))
+            .ok()
+            .and_then(|samples| samples.into_iter().last())
+            .map(|sample| sample.shipped_bytes.into_iter().collect())
+            .unwrap_or_default();
+        self.inner.lock().shipped.get_or_insert(last).clone()
+    }
+
     /// This region's volumes that `region` keeps copies of, with their
     /// collections and regions, for its `AdoptVolumes`: each until that
     /// region has answered for it once since this node leads.

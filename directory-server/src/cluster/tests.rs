@@ -432,3 +432,52 @@ async fn an_extra_copy_is_kept_if_its_volume_lost_a_copy_since_the_list_was_made
 }
 
 mod shards;
+
+/// What a server reports it fetched from another region, counted up into
+/// the capacity samples: across its restarts (its counter starts again at
+/// 0) and a change of leader (the count goes on from the last sample;
+/// nothing counted twice).
+#[tokio::test]
+async fn bytes_shipped_from_other_regions_are_counted_across_restarts_and_leaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _raft) = raft_cluster(dir.path()).await;
+    let shipped = |bytes: u64| {
+        let mut beat = heartbeat(Vec::new());
+        beat.region_lags = vec![hayloft_proto::RegionLag {
+            region: "eu".into(),
+            shipped_bytes: bytes,
+            ..Default::default()
+        }];
+        beat
+    };
+    let counted = |cluster: &Cluster| {
+        cluster
+            .capacity_sample()
+            .shipped_bytes
+            .get("eu")
+            .copied()
+            .unwrap_or(0)
+    };
+    // The first report only sets the mark.
+    cluster.heartbeat(shipped(100)).await.unwrap();
+    assert_eq!(counted(&cluster), 0);
+    cluster.heartbeat(shipped(300)).await.unwrap();
+    assert_eq!(counted(&cluster), 200);
+    // The server restarted: its counter starts again.
+    cluster.heartbeat(shipped(50)).await.unwrap();
+    assert_eq!(counted(&cluster), 250);
+    cluster
+        .record_capacity(std::time::Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    // Another term: the count goes on from the last sample.
+    {
+        let mut inner = cluster.inner.lock();
+        let term = inner.led_term + 1;
+        Cluster::lead(&mut inner, term);
+    }
+    cluster.heartbeat(shipped(80)).await.unwrap();
+    assert_eq!(counted(&cluster), 250);
+    cluster.heartbeat(shipped(100)).await.unwrap();
+    assert_eq!(counted(&cluster), 270);
+}

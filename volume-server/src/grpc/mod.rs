@@ -159,6 +159,7 @@ impl Volume for VolumeService {
     type ReadStream = ReadStream;
     type CompactStream = CompactStream;
     type FetchNeedleStream = ReadStream;
+    type FetchNeedlesStream = sync::FetchNeedlesStream;
     type SyncVolumeStream = SyncStream;
 
     async fn needle_digests(
@@ -196,6 +197,19 @@ impl Volume for VolumeService {
     ) -> Result<Response<ReadStream>, Status> {
         let span = request_span("grpc_fetch_needle", request.metadata());
         traced("grpc_fetch_needle", span, self.fetch_needle_inner(request)).await
+    }
+
+    async fn fetch_needles(
+        &self,
+        request: Request<hayloft_proto::FetchNeedlesRequest>,
+    ) -> Result<Response<sync::FetchNeedlesStream>, Status> {
+        let span = request_span("grpc_fetch_needles", request.metadata());
+        traced(
+            "grpc_fetch_needles",
+            span,
+            self.fetch_needles_inner(request),
+        )
+        .await
     }
 
     async fn sync_volume(

@@ -13,8 +13,9 @@
 //!    again at 0 of that log;
 //! 2. apply each entry here: a tombstone is written (a deleted needle is
 //!    never taken back); a needle live or deleted here already is skipped,
-//!    any other is fetched (`FetchNeedle`, checksum checked at both ends)
-//!    and written, byte for byte the same record;
+//!    any other is fetched (`FetchNeedles`, a batch a round trip, a few
+//!    batches at once; checksum checked at both ends) and written, byte for
+//!    byte the same record;
 //! 3. only then the position moves past them, written to `<id>.follow`
 //!    (atomically, fsynced): it never runs ahead of what this copy holds
 //!    durably, and a crash at any step applies the same entries again,
@@ -41,16 +42,24 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use crate::antientropy::copy_needle;
 use crate::blocking::blocking;
 use crate::proxy::{RemoteMiss, RemoteReader};
 use crate::replicate::Replication;
 
-/// Log entries asked for at once.
-pub const BATCH: u32 = 1024;
+mod fetch;
 
-/// Needles fetched at once from one copy.
-const FETCHES_IN_FLIGHT: usize = 16;
+/// Log entries asked for at once (the most `ReadLog` answers).
+pub const BATCH: u32 = 4096;
+
+/// Most needles one `FetchNeedles` asks for.
+const PART_NEEDLES: usize = 1024;
+
+/// Most bytes one `FetchNeedles` asks for (a needle larger is a part
+/// alone).
+const PART_BYTES: u64 = 32 << 20;
+
+/// `FetchNeedles` calls in flight for one volume.
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// How long a copy may take to answer `ReadLog`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -366,24 +375,39 @@ impl Follower {
                         }
                     }
                 }
-                let wanted: Vec<(NeedleId, Cookie)> = answer
-                    .entries
-                    .iter()
-                    .filter(|e| !e.deleted)
-                    .map(|e| (NeedleId(e.needle_id), Cookie(e.cookie)))
-                    .filter(|(id, _)| !volume.holds(*id) && !volume.is_deleted(*id))
-                    .collect();
-                let mut fetches = futures::stream::iter(wanted.into_iter().map(|(id, cookie)| {
+                // Fetched in parts of at most PART_NEEDLES needles and
+                // PART_BYTES bytes, PARTS_IN_FLIGHT at once: one round trip
+                // a part, several overlapping (a region away, round trips
+                // are what a needle at a time waited for).
+                let mut parts: Vec<Vec<(NeedleId, Cookie)>> = Vec::new();
+                let mut part_bytes = 0u64;
+                for entry in answer.entries.iter().filter(|e| !e.deleted) {
+                    let id = NeedleId(entry.needle_id);
+                    if volume.holds(id) || volume.is_deleted(id) {
+                        continue;
+                    }
+                    let full = parts.last().is_none_or(|part| {
+                        part.len() >= PART_NEEDLES || part_bytes + entry.size > PART_BYTES
+                    });
+                    if full {
+                        parts.push(Vec::new());
+                        part_bytes = 0;
+                    }
+                    part_bytes += entry.size;
+                    if let Some(part) = parts.last_mut() {
+                        part.push((id, Cookie(entry.cookie)));
+                    }
+                }
+                let mut fetches = futures::stream::iter(parts.into_iter().map(|part| {
                     let mut client = client.clone();
-                    async move { copy_needle(volume, &mut client, copy, id, cookie).await }
+                    async move { fetch::fetch_needles(volume, &mut client, copy, &part).await }
                 }))
-                .buffer_unordered(FETCHES_IN_FLIGHT);
+                .buffer_unordered(PARTS_IN_FLIGHT);
                 let mut failed = None;
-                while let Some(copied) = fetches.next().await {
-                    match copied {
-                        Ok(0) => {}
-                        Ok(bytes) => {
-                            applied.needles += 1;
+                while let Some(fetched) = fetches.next().await {
+                    match fetched {
+                        Ok((needles, bytes)) => {
+                            applied.needles += needles;
                             applied.bytes += bytes;
                             // Another region's egress; copies in this
                             // region follow as fast as anti-entropy would.
@@ -397,7 +421,8 @@ impl Follower {
                 }
                 drop(fetches);
                 if let Some(status) = failed {
-                    // The position stays: the batch is applied again.
+                    // The position stays: the batch is applied again
+                    // (what was written is held, and not fetched again).
                     return Err(status);
                 }
                 if count > 0 {
