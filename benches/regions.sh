@@ -5,7 +5,7 @@
 # network namespace, b in its own (`hayloft-b`), joined by a veth pair.
 # Every byte between them goes through `delay-proxy`, which holds it
 # DELAY_MS each way (a round trip of 2 x DELAY_MS; default 50, so 100 ms) and
-# carries at most RATE_MBIT megabits a second each way (default 200): a link
+# carries at most RATE_MBIT megabits a second each way (default 1000): a link
 # between two data centres. `tc netem` is not in this kernel, so the delay
 # is the proxy's: b's view of a's addresses is a proxy in b's namespace,
 # a's view of b's one in this one (each server binds 0.0.0.0 and advertises
@@ -19,7 +19,9 @@
 #   3. the same into a replicating to b, while `region-lag` polls b's copy's
 #      log every 20 ms: a's upload rate against (2), and per blob the time
 #      from its acknowledgement in a to its being durable in b (p50, p99,
-#      p99.99, max);
+#      p99.99, max); then (3c) the same lag under a steady RATE uploads a
+#      second, and (3b) 20 reads in b of blobs just uploaded in a (not
+#      shipped yet: read from a, one round trip more);
 #   4. b killed for OUTAGE seconds while a takes uploads of 64 KiB blobs at
 #      full speed, then restarted: how long b takes to catch up from its
 #      position (b's hayloft_region_lag_entries{from="a"} back to 0) and at
@@ -33,8 +35,8 @@
 #
 # Usage: benches/regions.sh [SECONDS] [CONCURRENCY] [SIZE] [OUTAGE]
 #   (defaults: 30 s, 16 uploaders, 4096 bytes, 120 s of outage; the issue's
-#   10-minute outage is OUTAGE=600). DELAY_MS and RATE_MBIT from the
-#   environment.
+#   10-minute outage is OUTAGE=600). DELAY_MS, RATE_MBIT and RATE (steady
+#   uploads a second, default 2000) from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +45,8 @@ CONCURRENCY=${2:-16}
 SIZE=${3:-4096}
 OUTAGE=${4:-120}
 DELAY_MS=${DELAY_MS:-50}
-RATE_MBIT=${RATE_MBIT:-200}
+RATE_MBIT=${RATE_MBIT:-1000}
+RATE=${RATE:-2000}
 
 bash scripts/setup.sh
 cargo build --release -q -p hayloft --bin hayloft
@@ -174,6 +177,13 @@ echo "a replicating to b: $shipping"
 ratio=$(python3 -c "print(f'{$(value uploads_per_s "$shipping") / $(value uploads_per_s "$alone"):.2f}')")
 echo "upload rate with replication / without: ${ratio}x (target >= 0.9x)"
 echo "lag p99 $(value lag_p99_ms "$shipping") ms (target <= 2000), p99.99 $(value lag_p9999_ms "$shipping") ms (target <= 60000), max $(value lag_max_ms "$shipping") ms"
+
+# 3c. Steady uploads at RATE a second (what the region takes day to day),
+#     b's copy watched: the lag a steady load sees.
+steady=$("$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" --rate "$RATE" \
+  --concurrency "$CONCURRENCY" --size "$SIZE" --watch "$B_LINK:$GB" | tee -a "$WORK/lag.txt" | tail -1)
+echo "steady ${RATE}/s into a replicating to b: $steady"
+echo "steady lag p50 $(value lag_p50_ms "$steady") ms, p99 $(value lag_p99_ms "$steady") ms (target <= 2000), p99.99 $(value lag_p9999_ms "$steady") ms (target <= 60000), max $(value lag_max_ms "$steady") ms"
 
 # 3b. Reads in b of blobs just uploaded in a (not shipped yet: b's copy
 #     reads them from a, one round trip more): status and time of each.

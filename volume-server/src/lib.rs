@@ -656,7 +656,7 @@ impl VolumeServer {
             Arc::clone(&remote),
             self.config
                 .pulse
-                .clamp(Duration::from_millis(100), Duration::from_secs(1)),
+                .clamp(Duration::from_millis(100), Duration::from_millis(500)),
             lags,
             self.config.ship_rate.as_u64(),
         ));

@@ -183,7 +183,14 @@ pub struct RemoteReader {
     /// directory group (in the order of `regions.others`).
     regions: Regions,
     region_directories: Vec<hayloft_proto::Directories>,
+    /// (region, volume) -> when looked up, and the copies there
+    /// ([`RemoteReader::copies_in`]). Held for a map lookup or insert,
+    /// never across an `.await`.
+    copies_cache: Mutex<HashMap<(String, u32), Found>>,
 }
+
+/// When copies were looked up, and which.
+type Found = (Instant, Vec<ServerLocation>);
 
 /// What the directory says of a volume this server holds no copy of.
 #[derive(Debug, Clone, Default)]
@@ -224,6 +231,7 @@ impl RemoteReader {
             cache: Mutex::new(HashMap::new()),
             regions: Regions::single(),
             region_directories: Vec::new(),
+            copies_cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -292,8 +300,8 @@ impl RemoteReader {
     }
 
     /// The copies of `volume` in region `region` (another region's name),
-    /// as its directory group answers now (not cached): their gRPC
-    /// addresses, for a follower of that region's log.
+    /// as its directory group answered within [`LOCATION_TTL`] (or now):
+    /// their gRPC addresses, for a follower of that region's log.
     ///
     /// # Errors
     /// [`RemoteMiss::Unknown`] (no such region, or it keeps no copy),
@@ -303,6 +311,12 @@ impl RemoteReader {
         region: &str,
         volume: u32,
     ) -> Result<Vec<ServerLocation>, RemoteMiss> {
+        let key = (region.to_owned(), volume);
+        if let Some((at, copies)) = self.copies_cache.lock().get(&key)
+            && at.elapsed() < LOCATION_TTL
+        {
+            return Ok(copies.clone());
+        }
         let Some(directory) = self
             .regions
             .others
@@ -323,7 +337,18 @@ impl RemoteReader {
         if copies.is_empty() {
             return Err(RemoteMiss::Unknown);
         }
+        self.copies_cache
+            .lock()
+            .insert(key, (Instant::now(), copies.clone()));
         Ok(copies)
+    }
+
+    /// Forgets the copies [`RemoteReader::copies_in`] found of `volume` in
+    /// `region` (none of them served): the next call looks them up again.
+    pub fn forget_copies_in(&self, region: &str, volume: u32) {
+        self.copies_cache
+            .lock()
+            .remove(&(region.to_owned(), volume));
     }
 
     /// The mode it was configured with.

@@ -61,6 +61,9 @@ const PART_BYTES: u64 = 32 << 20;
 /// `FetchNeedles` calls in flight for one volume.
 const PARTS_IN_FLIGHT: usize = 4;
 
+/// Volumes followed at once.
+const VOLUMES_IN_FLIGHT: usize = 16;
+
 /// How long a copy may take to answer `ReadLog`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -231,33 +234,48 @@ impl Follower {
             .by_volume
             .lock()
             .retain(|(v, _), _| followed.contains(v));
-        for (volume_id, regions, server) in follows {
-            let Ok(volume) = self.store.volume(VolumeId(volume_id)) else {
-                continue;
-            };
-            let mut sources: Vec<(String, Source)> = regions
-                .into_iter()
-                .map(|r| (r.clone(), Source::Region(r)))
-                .collect();
-            if let Some(server) = server {
-                sources.push((format!("server:{}", server.server_id), Source::Copy(server)));
-            }
-            for (key, source) in sources {
-                if let Err(status) = self.follow(&volume, &key, &source).await {
-                    metrics::counter!("hayloft_region_ship_failures_total", "from" => label_of(&key))
-                        .increment(1);
-                    tracing::warn!(volume = volume_id, source = %key,
-                        error = %status.message(), "following a copy's log failed");
-                    let mut lags = self.lags.by_volume.lock();
-                    let lag = lags.entry((volume_id, key.clone())).or_default();
-                    lag.behind_since.get_or_insert_with(Instant::now);
-                    failures.push(format!(
-                        "volume {volume_id} from {key}: {}",
-                        status.message()
-                    ));
+        // Volumes at once (a region away, a pass is round trips); the
+        // sources of one volume one after the other (they share its
+        // positions file).
+        let mut passes = futures::stream::iter(follows.into_iter().map(
+            |(volume_id, regions, server)| async move {
+                let mut failures = Vec::new();
+                let Ok(volume) = self.store.volume(VolumeId(volume_id)) else {
+                    return failures;
+                };
+                let mut sources: Vec<(String, Source)> = regions
+                    .into_iter()
+                    .map(|r| (r.clone(), Source::Region(r)))
+                    .collect();
+                if let Some(server) = server {
+                    sources.push((format!("server:{}", server.server_id), Source::Copy(server)));
                 }
-            }
+                for (key, source) in sources {
+                    if let Err(status) = self.follow(&volume, &key, &source).await {
+                        if let Source::Region(region) = &source {
+                            self.remote.forget_copies_in(region, volume_id);
+                        }
+                        metrics::counter!("hayloft_region_ship_failures_total", "from" => label_of(&key))
+                            .increment(1);
+                        tracing::warn!(volume = volume_id, source = %key,
+                            error = %status.message(), "following a copy's log failed");
+                        let mut lags = self.lags.by_volume.lock();
+                        let lag = lags.entry((volume_id, key.clone())).or_default();
+                        lag.behind_since.get_or_insert_with(Instant::now);
+                        failures.push(format!(
+                            "volume {volume_id} from {key}: {}",
+                            status.message()
+                        ));
+                    }
+                }
+                failures
+            },
+        ))
+        .buffer_unordered(VOLUMES_IN_FLIGHT);
+        while let Some(failed) = passes.next().await {
+            failures.extend(failed);
         }
+        drop(passes);
         self.publish();
         failures
     }
