@@ -427,6 +427,33 @@ async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
             .and_then(|b| b.parse::<u64>().ok())
             .is_some_and(|b| b > 0)
     );
+    // A volume b keeps stays in a's local tiers: a move to cold by hand
+    // is refused (the plan leaves it out too: tiering's unit tests).
+    let volume = live[0]
+        .0
+        .parse::<hayloft_storage::BlobId>()
+        .unwrap()
+        .volume();
+    let moved = std::process::Command::new(support::BIN)
+        .args([
+            "tier",
+            "move",
+            "--volume",
+            &volume.0.to_string(),
+            "--to",
+            "cold",
+            "--bucket",
+            "archive",
+            "--directory",
+            &a.directory,
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&moved.stderr);
+    assert!(
+        !moved.status.success() && said.contains("kept by other regions"),
+        "{said}"
+    );
     // a follows b's log too (for deletes made in b) and takes nothing of
     // what came from itself.
     let text = metrics_of(&a).await;

@@ -257,82 +257,117 @@ pub fn billing_key(status: &hayloft_proto::VolumeStatus) -> String {
 }
 
 /// Decides what to do with every volume, at time `now` (Unix seconds).
+/// A volume other regions keep too stays in the local tiers: no move to
+/// the cold tier, no erasure coding (its copies' log is what the other
+/// regions follow; see ARCHITECTURE.md, "Shipping between regions").
 pub fn plan(policy: &Policy, volumes: &[VolumeRecord], now: u64) -> Plan {
     let mut plan = Plan::default();
     for record in volumes {
-        if encode::is_erasure_coded(record) {
-            // Its shards are billed as warm bytes; a cold rule moves it to
-            // the cold tier (one object), else a re-encode rule may act.
-            let logical = record.status.as_ref().map_or(0, |s| s.file_bytes);
-            let code = record.erasure.as_ref().map_or("", |e| e.code.as_str());
-            let stored = encode::stored_bytes(code, logical);
-            *plan.before.entry("warm".into()).or_default() += stored;
-            let action = encode::decide_cold(record, |status| decide(policy, record, status, now))
-                .or_else(|| encode::decide_reencode(&policy.encodes, record));
-            match &action {
-                Some(Action::Reencode { deleted_bytes, .. }) => {
-                    *plan.after.entry("warm".into()).or_default() +=
-                        encode::stored_bytes(code, logical.saturating_sub(*deleted_bytes));
-                }
-                Some(Action::EcToCold {
-                    storage_class,
-                    bytes,
-                    ..
-                }) => *plan.after.entry(storage_class.clone()).or_default() += bytes,
-                _ => *plan.after.entry("warm".into()).or_default() += stored,
-            }
-            plan.actions.extend(action);
+        if record.regions.len() < 2 {
+            plan_volume(policy, record, now, &mut plan);
             continue;
         }
-        if replicas::is_replicated(record) {
-            plan_replicated(policy, record, now, &mut plan);
-            continue;
+        let mut own = Plan::default();
+        plan_volume(policy, record, now, &mut own);
+        let planned = own.actions.len();
+        own.actions.retain(stays_local);
+        if own.actions.len() != planned {
+            own.after.clone_from(&own.before);
         }
-        let Some(status) = &record.status else {
-            continue;
-        };
-        let key = billing_key(status);
-        *plan.before.entry(key.clone()).or_default() += status.file_bytes;
-        let action = decide(policy, record, status, now).or_else(|| {
-            let copies = [status];
-            encode::decide(
-                &policy.encodes,
-                policy.min_observation,
-                record,
-                status,
-                &copies,
-                now,
-            )
-        });
-        match &action {
-            Some(Action::Move {
-                to, storage_class, ..
-            }) => {
-                let after_key = if *to == Tier::Cold {
-                    storage_class.clone()
-                } else {
-                    to.as_str().to_owned()
-                };
-                *plan.after.entry(after_key).or_default() += status.live_bytes.max(
-                    // A move copies the whole file (garbage included).
-                    status.file_bytes,
-                );
-            }
-            Some(Action::Encode { code, .. }) => {
-                *plan.after.entry(key).or_default() +=
-                    encode::stored_bytes(code, status.file_bytes);
-            }
-            Some(
-                Action::Delete { .. }
-                | Action::Drop { .. }
-                | Action::Reencode { .. }
-                | Action::EcToCold { .. },
-            ) => {}
-            None => *plan.after.entry(key).or_default() += status.file_bytes,
+        plan.actions.extend(own.actions);
+        for (key, bytes) in own.before {
+            *plan.before.entry(key).or_default() += bytes;
         }
-        plan.actions.extend(action);
+        for (key, bytes) in own.after {
+            *plan.after.entry(key).or_default() += bytes;
+        }
     }
     plan
+}
+
+/// Whether `action` keeps a volume in the local tiers (with its log).
+fn stays_local(action: &Action) -> bool {
+    !matches!(
+        action,
+        Action::Move { to: Tier::Cold, .. }
+            | Action::Encode { .. }
+            | Action::EcToCold { .. }
+            | Action::Reencode { .. }
+    )
+}
+
+/// Plans one volume into `plan`.
+fn plan_volume(policy: &Policy, record: &VolumeRecord, now: u64, plan: &mut Plan) {
+    if encode::is_erasure_coded(record) {
+        // Its shards are billed as warm bytes; a cold rule moves it to
+        // the cold tier (one object), else a re-encode rule may act.
+        let logical = record.status.as_ref().map_or(0, |s| s.file_bytes);
+        let code = record.erasure.as_ref().map_or("", |e| e.code.as_str());
+        let stored = encode::stored_bytes(code, logical);
+        *plan.before.entry("warm".into()).or_default() += stored;
+        let action = encode::decide_cold(record, |status| decide(policy, record, status, now))
+            .or_else(|| encode::decide_reencode(&policy.encodes, record));
+        match &action {
+            Some(Action::Reencode { deleted_bytes, .. }) => {
+                *plan.after.entry("warm".into()).or_default() +=
+                    encode::stored_bytes(code, logical.saturating_sub(*deleted_bytes));
+            }
+            Some(Action::EcToCold {
+                storage_class,
+                bytes,
+                ..
+            }) => *plan.after.entry(storage_class.clone()).or_default() += bytes,
+            _ => *plan.after.entry("warm".into()).or_default() += stored,
+        }
+        plan.actions.extend(action);
+        return;
+    }
+    if replicas::is_replicated(record) {
+        plan_replicated(policy, record, now, plan);
+        return;
+    }
+    let Some(status) = &record.status else {
+        return;
+    };
+    let key = billing_key(status);
+    *plan.before.entry(key.clone()).or_default() += status.file_bytes;
+    let action = decide(policy, record, status, now).or_else(|| {
+        let copies = [status];
+        encode::decide(
+            &policy.encodes,
+            policy.min_observation,
+            record,
+            status,
+            &copies,
+            now,
+        )
+    });
+    match &action {
+        Some(Action::Move {
+            to, storage_class, ..
+        }) => {
+            let after_key = if *to == Tier::Cold {
+                storage_class.clone()
+            } else {
+                to.as_str().to_owned()
+            };
+            *plan.after.entry(after_key).or_default() += status.live_bytes.max(
+                // A move copies the whole file (garbage included).
+                status.file_bytes,
+            );
+        }
+        Some(Action::Encode { code, .. }) => {
+            *plan.after.entry(key).or_default() += encode::stored_bytes(code, status.file_bytes);
+        }
+        Some(
+            Action::Delete { .. }
+            | Action::Drop { .. }
+            | Action::Reencode { .. }
+            | Action::EcToCold { .. },
+        ) => {}
+        None => *plan.after.entry(key).or_default() += status.file_bytes,
+    }
+    plan.actions.extend(action);
 }
 
 /// Plans a replicated volume (see [`replicas`]): a half-done move is
@@ -668,6 +703,39 @@ mod tests {
         assert_eq!(plan.after["GLACIER"], 1_000_000_000);
         let cost = policy.monthly_cost(&plan.after);
         assert!((cost["GLACIER"] - 0.004).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_volume_other_regions_keep_stays_in_the_local_tiers() {
+        let policy = Policy::parse(EXAMPLE).unwrap();
+        let now = 1000 * DAY;
+        let mut shipped = vec![
+            volume(2, ProtoTier::Hot, 10, 10.0),  // to warm: still planned
+            volume(3, ProtoTier::Warm, 200, 0.5), // to glacier: not while shipped
+        ];
+        for record in &mut shipped {
+            record.regions = vec!["eu".into(), "us".into()];
+        }
+        let plan = plan(&policy, &shipped, now);
+        let moved: Vec<_> = plan
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Move { volume, to, .. } => (*volume, *to),
+                other => panic!("only moves: {other:?}"),
+            })
+            .collect();
+        assert_eq!(moved, vec![(2, Tier::Warm)]);
+        assert_eq!(plan.after.get("GLACIER"), None);
+        assert_eq!(plan.after["warm"], 2_000_000_000);
+        // Kept by its own region only, it goes cold as before.
+        let mut alone = volume(3, ProtoTier::Warm, 200, 0.5);
+        alone.regions = vec!["eu".into()];
+        let plan = super::plan(&policy, &[alone], now);
+        assert!(matches!(
+            &plan.actions[..],
+            [Action::Move { to: Tier::Cold, .. }]
+        ));
     }
 
     #[test]

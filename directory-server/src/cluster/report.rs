@@ -88,6 +88,7 @@ impl Cluster {
                 stored_bytes: footprint(&inner, e).0,
                 logical_bytes: footprint(&inner, e).1,
                 deleted_bytes: Self::erasure_deleted_bytes(&inner, e),
+                regions: self.volume_regions(e),
             })
             .collect();
         let stored_bytes = volumes.iter().map(|v| v.stored_bytes).sum();

@@ -175,6 +175,9 @@ impl VolumeService {
     ) -> Result<Response<MoveVolumeResponse>, Status> {
         let request = request.into_inner();
         let id = VolumeId(request.volume_id);
+        if request.target == ProtoTier::Cold as i32 && request.share_cold_from.is_empty() {
+            self.stays_local_for_regions(id, "moved to the cold tier")?;
+        }
         if !request.share_cold_from.is_empty() && request.target == ProtoTier::Cold as i32 {
             // A cold copy catching up with another, or a new cold copy:
             // done before answering.
@@ -225,5 +228,24 @@ impl VolumeService {
         }
         self.replication.forget(request.get_ref().volume_id);
         Ok(Response::new(DeleteVolumeResponse {}))
+    }
+}
+
+impl VolumeService {
+    /// Refuses to take `volume` out of the local tiers (`what`) while other
+    /// regions keep it: its copies' log is what they follow, and a cold or
+    /// erasure-coded volume has none (ARCHITECTURE.md, "Shipping between
+    /// regions").
+    pub(super) fn stays_local_for_regions(
+        &self,
+        volume: VolumeId,
+        what: &str,
+    ) -> Result<(), Status> {
+        if !self.replication.shipped_between_regions(volume.0) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "volume {volume} is kept by other regions too: it cannot be {what} (other regions follow its copies' log, which a cold or erasure-coded volume does not keep); it stays in a local tier"
+        )))
     }
 }

@@ -28,6 +28,7 @@ impl VolumeService {
         request: Request<EcEncodeRequest>,
     ) -> Result<Response<EncodeStream>, Status> {
         let request = request.into_inner();
+        self.stays_local_for_regions(VolumeId(request.volume_id), "erasure-coded")?;
         let code: Code =
             request
                 .code

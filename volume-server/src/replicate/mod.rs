@@ -280,6 +280,14 @@ impl Replication {
         follows
     }
 
+    /// Whether another region keeps `volume` too (its copies here follow
+    /// a region's log, or the copy here that does).
+    pub fn shipped_between_regions(&self, volume: u32) -> bool {
+        self.known.read().values().any(|v| {
+            v.volume_id == volume && (!v.follow_regions.is_empty() || v.follow_server.is_some())
+        })
+    }
+
     /// Forgets a volume deleted here.
     pub fn forget(&self, volume: u32) {
         self.known.write().remove(&volume);
