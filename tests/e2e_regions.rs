@@ -321,6 +321,30 @@ async fn reads_all_from(region: &Region, live: &[(String, Bytes)], deleted: &[St
     }
 }
 
+/// Waits until `hayloft status --json` at `directory` shows the other
+/// region `other` with `field` (`lag` or `behind`) at 0 entries and some
+/// bytes shipped.
+async fn caught_up_in_status(directory: &str, other: &str, field: &str) {
+    eventually(secs(30), "a lag of 0 in the status", async || {
+        let status = std::process::Command::new(support::BIN)
+            .args(["status", "--json", "--directory", directory])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
+        let lag = &json["regions"][1][field];
+        if json["regions"][1]["name"] == other
+            && lag["entries"] == 0
+            && lag["shipped_bytes"].as_u64().is_some_and(|b| b > 0)
+        {
+            Ok(())
+        } else {
+            Err(format!("{field}: {}", json["regions"]))
+        }
+    })
+    .await;
+}
+
 /// Region a replicates to region b. Blobs uploaded and deleted in a reach
 /// b (its own copy: they read from b with a killed); b killed while a
 /// uploads and deletes more, then restarted, catches up from its position;
@@ -362,45 +386,11 @@ async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
     }
     let b = region_b(root.path(), &ports_a, &ports_b, "b-again", &[]);
     shipped(root.path(), &b, &["a"], 20.0, 5.0).await;
-    // b's status shows how far it is behind a: caught up, and what it cost.
-    eventually(secs(30), "b's lag in its status", async || {
-        let status = std::process::Command::new(support::BIN)
-            .args(["status", "--json", "--directory", &b.directory])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
-        let lag = &json["regions"][1]["lag"];
-        if json["regions"][1]["name"] == "a"
-            && lag["entries"] == 0
-            && lag["shipped_bytes"].as_u64().is_some_and(|b| b > 0)
-        {
-            Ok(())
-        } else {
-            Err(format!("{}", json["regions"]))
-        }
-    })
-    .await;
-    // a's status shows how far b is behind a's logs, as b's directory
+    // b's status shows how far it is behind a: caught up, and what it
+    // cost; a's shows how far b is behind a's logs, as b's directory
     // answers its probe: nothing left.
-    eventually(secs(30), "b's lag behind a in a's status", async || {
-        let status = std::process::Command::new(support::BIN)
-            .args(["status", "--json", "--directory", &a.directory])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
-        let behind = &json["regions"][1]["behind"];
-        if json["regions"][1]["name"] == "b"
-            && behind["entries"] == 0
-            && behind["shipped_bytes"].as_u64().is_some_and(|b| b > 0)
-        {
-            Ok(())
-        } else {
-            Err(format!("{}", json["regions"]))
-        }
-    })
-    .await;
+    caught_up_in_status(&b.directory, "a", "lag").await;
+    caught_up_in_status(&a.directory, "b", "behind").await;
     // a's operator page, in a real browser, shows both regions: b
     // reachable and caught up with a; and b's shows a with what b fetched.
     let png = root.path().join("page-a.png");

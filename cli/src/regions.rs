@@ -53,9 +53,9 @@ pub struct RegionArgs {
 /// `--replicate-to`: what the roles with a directory take.
 #[derive(Args, Debug, Default, Clone)]
 pub struct ReplicateToArgs {
-    /// The regions every collection's blobs are replicated to, unless the
-    /// collection's `replicate_to` says otherwise (checked at start; not
-    /// shipped yet, see README "Regions").
+    /// The regions every collection's blobs are replicated to,
+    /// asynchronously, unless the collection's `replicate_to` says
+    /// otherwise (checked at start; see README "Regions").
     #[arg(long, env = "HAYLOFT_REPLICATE_TO", value_name = "NAME[,NAME...]", value_parser = targets)]
     pub replicate_to: Option<TargetsFlag>,
 }

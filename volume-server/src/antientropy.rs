@@ -267,9 +267,19 @@ impl AntiEntropy {
     }
 }
 
+/// The metadata a copied needle is written with, as its source said.
+pub(crate) fn meta_of(info: &hayloft_proto::BlobInfo) -> NeedleMeta {
+    NeedleMeta {
+        content_type: info.content_type.clone(),
+        file_name: info.file_name.clone(),
+        last_modified: info.last_modified,
+        expires_at: (info.expires_at != 0).then_some(info.expires_at),
+    }
+}
+
 /// Copies one live needle from `source` into `volume`; returns its size (0
 /// if it went away meanwhile: deleted, or refused here as deleted). Used by
-/// anti-entropy and by followers of other regions' copies.
+/// anti-entropy (followers of other regions fetch batches: `shipping`).
 pub(crate) async fn copy_needle(
     volume: &Arc<Volume>,
     client: &mut hayloft_proto::volume_client::VolumeClient<hayloft_proto::AuthChannel>,
@@ -303,12 +313,7 @@ pub(crate) async fn copy_needle(
     let info = first
         .info
         .ok_or_else(|| Status::data_loss("fetched needle without metadata"))?;
-    let meta = NeedleMeta {
-        content_type: info.content_type.clone(),
-        file_name: info.file_name.clone(),
-        last_modified: info.last_modified,
-        expires_at: (info.expires_at != 0).then_some(info.expires_at),
-    };
+    let meta = meta_of(&info);
     let size = info.size;
     let writer = {
         let volume = Arc::clone(volume);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hayloft_proto::{BlobInfo, FetchNeedlesRequest, NeedleRef, ServerLocation};
-use hayloft_storage::{BlobId, Cookie, NeedleId, NeedleMeta, NeedleWriter, Volume};
+use hayloft_storage::{BlobId, Cookie, NeedleId, NeedleWriter, Volume};
 use tonic::Status;
 
 use crate::blocking::blocking;
@@ -139,12 +139,7 @@ pub(crate) async fn fetch_needles(
 
 /// Starts writing the needle `info` describes (none if deleted here).
 async fn begin(volume: &Arc<Volume>, blob: BlobId, info: BlobInfo) -> Result<Receiving, Status> {
-    let meta = NeedleMeta {
-        content_type: info.content_type.clone(),
-        file_name: info.file_name.clone(),
-        last_modified: info.last_modified,
-        expires_at: (info.expires_at != 0).then_some(info.expires_at),
-    };
+    let meta = crate::antientropy::meta_of(&info);
     let size = info.size;
     let target = Arc::clone(volume);
     let writer =
