@@ -35,8 +35,10 @@
 #
 # Usage: benches/regions.sh [SECONDS] [CONCURRENCY] [SIZE] [OUTAGE]
 #   (defaults: 30 s, 16 uploaders, 4096 bytes, 120 s of outage; the issue's
-#   10-minute outage is OUTAGE=600). DELAY_MS, RATE_MBIT and RATE (steady
-#   uploads a second, default 2000) from the environment.
+#   10-minute outage is OUTAGE=600; 0 skips step 4). DELAY_MS, RATE_MBIT,
+#   RATE (steady uploads a second, default 2000) and B_DATA (where b keeps
+#   its data, default with a's: B_DATA=/dev/shm keeps b's writes off a's
+#   disk) from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +57,8 @@ HAYLOFT=$PWD/target/release/hayloft
 PROXY=$PWD/target/release/delay-proxy
 LAG=$PWD/target/release/region-lag
 WORK=$(mktemp -d)
+B_DATA=${B_DATA:-$WORK}
+if [[ "$B_DATA" != "$WORK" ]]; then B_DATA=$(mktemp -d -p "$B_DATA"); fi
 source benches/lib.sh
 
 NS=hayloft-b
@@ -71,7 +75,7 @@ cleanup() {
   ip netns del "$NS" 2>/dev/null || true
   ip addr del "$A_IP/32" dev lo 2>/dev/null || true
   ip addr del "$B_IP/32" dev lo 2>/dev/null || true
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$B_DATA"
 }
 trap cleanup EXIT
 
@@ -123,7 +127,9 @@ TOML
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$HA/" && break; sleep 0.1; done
 }
 
-# start_b NAME: region b's server in its namespace, data in $WORK/NAME.
+# start_b NAME: region b's server in its namespace, data in
+# $B_DATA/NAME ($B_DATA: $WORK unless B_DATA is set, e.g. to a tmpfs to keep
+# b's writes off a's disk).
 start_b() {
   local name=$1
   cat > "$WORK/$name.toml" <<TOML
@@ -131,7 +137,7 @@ start_b() {
 public_grpc_addr = "$B_IP:$GB"
 public_http_addr = "$B_IP:$HB"
 TOML
-  in_b "$HAYLOFT" server --config "$WORK/$name.toml" --data-dir "$WORK/$name" \
+  in_b "$HAYLOFT" server --config "$WORK/$name.toml" --data-dir "$B_DATA/$name" \
     --directory-listen 0.0.0.0:$DB --grpc-listen 0.0.0.0:$GB --http-listen 0.0.0.0:$HB \
     --insecure --metrics-listen 0.0.0.0:$MB --region b:1 --regions "a:0=$A_IP:$DA" \
     > "$WORK/$name.log" 2>&1 &
@@ -140,8 +146,13 @@ TOML
   for _ in $(seq 100); do curl -s -o /dev/null "http://$B_LINK:$HB/" && break; sleep 0.1; done
 }
 
+# CPU seconds (user + system) the process PID has used so far.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# CPU microseconds per upload between two cpu_of readings.
+per_upload() { python3 -c "print(f'{($2 - $1) * 1e6 / max($3, 1):.0f}')"; }
+
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-kill_b() { in_b pkill -9 -f "data-dir $WORK/$1" || true; wait "$B_PID" 2>/dev/null || true; }
+kill_b() { in_b pkill -9 -f "data-dir $B_DATA/$1" || true; wait "$B_PID" 2>/dev/null || true; }
 value() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
 metric() { curl -s "http://$B_LINK:$MB/metrics" | sed -n "s/^$1 //p"; }
 
@@ -162,18 +173,23 @@ stop_pid "$A_PID"
 # 2. a alone.
 start_a alone
 sleep 2
+cpu0=$(cpu_of "$A_PID")
 alone=$("$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" \
   --concurrency "$CONCURRENCY" --size "$SIZE" | tee -a "$WORK/lag.txt" | tail -1)
 echo "a alone: $alone"
+cpu_alone=$(per_upload "$cpu0" "$(cpu_of "$A_PID")" "$(value uploads "$alone")")
 stop_pid "$A_PID"
 
 # 3. a replicating to b, b's copy watched.
 start_b b
 start_a replicating --replicate-to b
 sleep 2
+cpu0=$(cpu_of "$A_PID")
 shipping=$("$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" \
   --concurrency "$CONCURRENCY" --size "$SIZE" --watch "$B_LINK:$GB" | tee -a "$WORK/lag.txt" | tail -1)
 echo "a replicating to b: $shipping"
+cpu_shipping=$(per_upload "$cpu0" "$(cpu_of "$A_PID")" "$(value uploads "$shipping")")
+echo "a's own CPU per upload: ${cpu_alone} us alone, ${cpu_shipping} us replicating to b (its share of shipping: ReadLog, FetchNeedles)"
 ratio=$(python3 -c "print(f'{$(value uploads_per_s "$shipping") / $(value uploads_per_s "$alone"):.2f}')")
 echo "upload rate with replication / without: ${ratio}x (target >= 0.9x)"
 echo "lag p99 $(value lag_p99_ms "$shipping") ms (target <= 2000), p99.99 $(value lag_p9999_ms "$shipping") ms (target <= 60000), max $(value lag_max_ms "$shipping") ms"
@@ -201,7 +217,9 @@ print(f"reads in b right after the upload in a: {ok}/{len(rows)} answered 200, "
       f"median {times[len(times) // 2]:.0f} ms, max {times[-1]:.0f} ms")
 PY
 
-# 4. b down for OUTAGE seconds under 64 KiB uploads, then back.
+# 4. b down for OUTAGE seconds under 64 KiB uploads, then back (OUTAGE=0:
+#    not run).
+if [[ "$OUTAGE" == 0 ]]; then echo "no outage asked for"; exit 0; fi
 kill_b b
 echo "b killed; a takes 64 KiB uploads for ${OUTAGE}s"
 outage=$("$LAG" --directory 127.0.0.1:$DA --seconds "$OUTAGE" --concurrency "$CONCURRENCY" \
