@@ -865,3 +865,124 @@ async fn a_region_drill_stops_a_under_load_and_it_catches_up_when_it_returns() {
     all.extend(in_b);
     reads_all_from(&a, &all, &[gone]).await;
 }
+
+/// A target region with too few servers for its replication cannot keep
+/// copies of a volume: `AdoptVolumes` answers why, the creator's
+/// `region-adopt` job shows it as its last error, and nothing is made
+/// there. Once a second server joins the target, the volume is adopted
+/// and every blob shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_too_few_servers_adopts_once_it_has_them() {
+    let root = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", support::free_port());
+    let ports_a = [port(), port(), port(), port()];
+    let ports_b = [port(), port(), port(), port()];
+    let a = region_a(root.path(), &ports_a, &ports_b);
+    let config = root.path().join("b.toml");
+    std::fs::write(&config, "[directory]\nreplication = 2\n").unwrap();
+    let b = start_with(
+        root.path(),
+        "b",
+        "b:1",
+        &format!("a:0={}", ports_a[0]),
+        ports_b.clone(),
+        &["--config", config.to_str().unwrap()],
+        "b",
+    );
+    let client = client_of(&a.directory).await;
+    let mut live = Vec::new();
+    for seed in 0..10 {
+        live.push(upload_seeded(&client, 7_000 + seed, 2_000 + seed as usize * 509).await);
+    }
+    // a's adopter says why b keeps nothing yet.
+    eventually(
+        secs(60),
+        "the adoption's problem in a's status",
+        async || {
+            let status = std::process::Command::new(support::BIN)
+                .args(["status", "--json", "--directory", &a.directory])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let json: serde_json::Value =
+                serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
+            let adopt = json["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|j| j["name"] == "region-adopt")
+                .cloned()
+                .unwrap_or_default();
+            let error = adopt["last_error"].as_str().unwrap_or_default();
+            if error.starts_with("b: ") {
+                Ok(())
+            } else {
+                Err(format!("{adopt}\n{}", support::log_tails(root.path())))
+            }
+        },
+    )
+    .await;
+    let volume = live[0]
+        .0
+        .parse::<hayloft_storage::BlobId>()
+        .unwrap()
+        .volume();
+    let files = walk(&root.path().join("b"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{volume}.")))
+        })
+        .collect::<Vec<_>>();
+    assert!(files.is_empty(), "half-made copies in b: {files:?}");
+
+    // A second server in b: the volume is adopted, its blobs shipped.
+    let _second = support::spawn(
+        &[
+            "volume",
+            "--data-dir",
+            root.path().join("b2").to_str().unwrap(),
+            "--server-id",
+            "b2",
+            "--grpc-listen",
+            &port(),
+            "--http-listen",
+            &port(),
+            "--metrics-listen",
+            &port(),
+            "--directory",
+            &b.directory,
+            "--region",
+            "b:1",
+            "--regions",
+            &format!("a:0={}", ports_a[0]),
+        ]
+        .map(str::to_owned),
+        &root.path().join("b2.log"),
+    );
+    // Whichever of b's copies follows a, the other follows it: b's first
+    // server's copy ends up with every needle.
+    eventually(secs(60), "b's copy to hold every blob", async || {
+        let mut copy =
+            hayloft_proto::volume_client::VolumeClient::connect(format!("http://{}", ports_b[1]))
+                .await
+                .map_err(|e| e.to_string())?;
+        let log = copy
+            .read_log(hayloft_proto::ReadLogRequest {
+                volume_id: volume.0,
+                from: 0,
+                max: 4096,
+            })
+            .await
+            .map_err(|e| format!("{e}\n{}", support::log_tails(root.path())))?
+            .into_inner();
+        if log.total == 10 {
+            Ok(())
+        } else {
+            Err(format!("{} of 10", log.total))
+        }
+    })
+    .await;
+    a.server.kill();
+    reads_all_from(&b, &live, &[]).await;
+}

@@ -102,9 +102,12 @@ impl Worker for Adopter {
                     .await;
                 match answer {
                     Ok(answer) => {
+                        // Shown in the job's last error (`hayloft status`):
+                        // the operator's cue (e.g. too few servers there).
                         for problem in &answer.problems {
                             tracing::warn!(region = %region, %problem,
                                 "a region could not keep copies of a volume yet");
+                            failures.push(format!("{region}: {problem}"));
                         }
                         self.cluster
                             .adopted_by(region, answer.volumes.iter().map(|v| v.volume_id));
