@@ -11,13 +11,15 @@
 //!   `pause_volume`, `restart_volume`, `kill_node`, ...);
 //! - `eventually`: waiting for a state ([`eventually`]), never for a time;
 //! - `s3`: a real S3-compatible server (moto) for the cold tier;
-//! - `replicas`, `access`: what the replication and access tests share.
+//! - `replicas`, `access`, `regions`: what the replication, access and
+//!   regions tests share.
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of this
 
 pub mod access;
 mod cluster;
 mod eventually;
+pub mod regions;
 pub mod replicas;
 mod s3;
 
