@@ -38,7 +38,8 @@
 #   10-minute outage is OUTAGE=600; 0 skips step 4). DELAY_MS, RATE_MBIT,
 #   RATE (steady uploads a second, default 2000) and B_DATA (where b keeps
 #   its data, default with a's: B_DATA=/dev/shm keeps b's writes off a's
-#   disk) from the environment.
+#   disk) and PIN (1: each region on a core of its own, see below) from the
+#   environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +50,10 @@ OUTAGE=${4:-120}
 DELAY_MS=${DELAY_MS:-50}
 RATE_MBIT=${RATE_MBIT:-1000}
 RATE=${RATE:-2000}
+# PIN=1: a (and the uploaders) on CPU 0, b and the link's proxies on CPU 1,
+# as if each region had its own machine: a's upload rate is then what
+# shipping costs a, not what b's work takes from the shared cores.
+if [[ "${PIN:-0}" == 1 ]]; then ON_A="taskset -c 0"; ON_B="taskset -c 1"; else ON_A=""; ON_B=""; fi
 
 bash scripts/setup.sh
 cargo build --release -q -p hayloft --bin hayloft
@@ -101,11 +106,11 @@ PY
 )
 
 # The proxies: in b's namespace, a's address leads to a; here, b's to b.
-in_b "$PROXY" --delay-ms "$DELAY_MS" --rate-mbit "$RATE_MBIT" \
+in_b $ON_B "$PROXY" --delay-ms "$DELAY_MS" --rate-mbit "$RATE_MBIT" \
   "$A_IP:$DA=$A_LINK:$DA" "$A_IP:$GA=$A_LINK:$GA" "$A_IP:$HA=$A_LINK:$HA" \
   > "$WORK/proxy-b.log" 2>&1 &
 PIDS+=($!)
-"$PROXY" --delay-ms "$DELAY_MS" --rate-mbit "$RATE_MBIT" \
+$ON_B "$PROXY" --delay-ms "$DELAY_MS" --rate-mbit "$RATE_MBIT" \
   "$B_IP:$DB=$B_LINK:$DB" "$B_IP:$GB=$B_LINK:$GB" "$B_IP:$HB=$B_LINK:$HB" \
   > "$WORK/proxy-a.log" 2>&1 &
 PIDS+=($!)
@@ -118,7 +123,7 @@ start_a() {
 public_grpc_addr = "$A_IP:$GA"
 public_http_addr = "$A_IP:$HA"
 TOML
-  "$HAYLOFT" server --config "$WORK/$name.toml" --data-dir "$WORK/$name" \
+  $ON_A "$HAYLOFT" server --config "$WORK/$name.toml" --data-dir "$WORK/$name" \
     --directory-listen 0.0.0.0:$DA --grpc-listen 0.0.0.0:$GA --http-listen 0.0.0.0:$HA \
     --insecure --metrics-listen 127.0.0.1:$MA --region a:0 --regions "b:1=$B_IP:$DB" "$@" \
     > "$WORK/$name.log" 2>&1 &
@@ -137,7 +142,7 @@ start_b() {
 public_grpc_addr = "$B_IP:$GB"
 public_http_addr = "$B_IP:$HB"
 TOML
-  in_b "$HAYLOFT" server --config "$WORK/$name.toml" --data-dir "$B_DATA/$name" \
+  in_b $ON_B "$HAYLOFT" server --config "$WORK/$name.toml" --data-dir "$B_DATA/$name" \
     --directory-listen 0.0.0.0:$DB --grpc-listen 0.0.0.0:$GB --http-listen 0.0.0.0:$HB \
     --insecure --metrics-listen 0.0.0.0:$MB --region b:1 --regions "a:0=$A_IP:$DA" \
     > "$WORK/$name.log" 2>&1 &
@@ -174,10 +179,15 @@ stop_pid "$A_PID"
 start_a alone
 sleep 2
 cpu0=$(cpu_of "$A_PID")
-alone=$("$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" \
+alone=$($ON_A "$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" \
   --concurrency "$CONCURRENCY" --size "$SIZE" | tee -a "$WORK/lag.txt" | tail -1)
 echo "a alone: $alone"
 cpu_alone=$(per_upload "$cpu0" "$(cpu_of "$A_PID")" "$(value uploads "$alone")")
+# 2c. a alone at the steady RATE: its CPU per upload at the same rate as (3c).
+cpu0=$(cpu_of "$A_PID")
+steady_alone=$($ON_A "$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" --rate "$RATE" \
+  --concurrency "$CONCURRENCY" --size "$SIZE" | tail -1)
+cpu_steady_alone=$(per_upload "$cpu0" "$(cpu_of "$A_PID")" "$(value uploads "$steady_alone")")
 stop_pid "$A_PID"
 
 # 3. a replicating to b, b's copy watched.
@@ -185,7 +195,7 @@ start_b b
 start_a replicating --replicate-to b
 sleep 2
 cpu0=$(cpu_of "$A_PID")
-shipping=$("$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" \
+shipping=$($ON_A "$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" \
   --concurrency "$CONCURRENCY" --size "$SIZE" --watch "$B_LINK:$GB" | tee -a "$WORK/lag.txt" | tail -1)
 echo "a replicating to b: $shipping"
 cpu_shipping=$(per_upload "$cpu0" "$(cpu_of "$A_PID")" "$(value uploads "$shipping")")
@@ -196,9 +206,12 @@ echo "lag p99 $(value lag_p99_ms "$shipping") ms (target <= 2000), p99.99 $(valu
 
 # 3c. Steady uploads at RATE a second (what the region takes day to day),
 #     b's copy watched: the lag a steady load sees.
-steady=$("$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" --rate "$RATE" \
+cpu0=$(cpu_of "$A_PID")
+steady=$($ON_A "$LAG" --directory 127.0.0.1:$DA --seconds "$SECONDS_PER_PHASE" --rate "$RATE" \
   --concurrency "$CONCURRENCY" --size "$SIZE" --watch "$B_LINK:$GB" | tee -a "$WORK/lag.txt" | tail -1)
 echo "steady ${RATE}/s into a replicating to b: $steady"
+cpu_steady=$(per_upload "$cpu0" "$(cpu_of "$A_PID")" "$(value uploads "$steady")")
+echo "a's own CPU per upload at ${RATE}/s: ${cpu_steady_alone} us alone, ${cpu_steady} us replicating to b"
 echo "steady lag p50 $(value lag_p50_ms "$steady") ms, p99 $(value lag_p99_ms "$steady") ms (target <= 2000), p99.99 $(value lag_p9999_ms "$steady") ms (target <= 60000), max $(value lag_max_ms "$steady") ms"
 
 # 3b. Reads in b of blobs just uploaded in a (not shipped yet: b's copy
@@ -222,7 +235,7 @@ PY
 if [[ "$OUTAGE" == 0 ]]; then echo "no outage asked for"; exit 0; fi
 kill_b b
 echo "b killed; a takes 64 KiB uploads for ${OUTAGE}s"
-outage=$("$LAG" --directory 127.0.0.1:$DA --seconds "$OUTAGE" --concurrency "$CONCURRENCY" \
+outage=$($ON_A "$LAG" --directory 127.0.0.1:$DA --seconds "$OUTAGE" --concurrency "$CONCURRENCY" \
   --size 65536 | tail -1)
 echo "during the outage: $outage"
 start_b b

@@ -751,3 +751,51 @@ async fn a_target_with_too_few_servers_adopts_once_it_has_them() {
     a.server.kill();
     reads_all_from(&b, &live, &[]).await;
 }
+
+/// b fetches from a at its `ship_rate` at most, and everything arrives:
+/// once b follows a (a first blob shipped), 64 blobs of 16 KiB (1 MiB) at
+/// 128 KiB/s take b at least 7 s (8 s, less at most a second's worth of
+/// unused rate); unpaced, the same takes about a second here. A lower
+/// bound only: a slow machine makes it slower, never faster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_fetches_from_another_region_at_its_ship_rate() {
+    const BLOBS: u64 = 64;
+    const SIZE: usize = 16 * 1024;
+    const RATE: f64 = 128.0 * 1024.0;
+    let root = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", support::free_port());
+    let ports_a = [port(), port(), port(), port()];
+    let ports_b = [port(), port(), port(), port()];
+    let a = region_a(root.path(), &ports_a, &ports_b);
+    let config = root.path().join("b.toml");
+    std::fs::write(&config, "[volume]\nship_rate = \"128KiB\"\n").unwrap();
+    let b = start_with(
+        root.path(),
+        "b",
+        "b:1",
+        &format!("a:0={}", ports_a[0]),
+        ports_b.clone(),
+        &["--config", config.to_str().unwrap()],
+        "b",
+    );
+    let client = client_of(&a.directory).await;
+    let mut live = vec![upload_seeded(&client, 8_999, 100).await];
+    shipped(root.path(), &b, &["a"], 1.0, 0.0).await;
+    let started = std::time::Instant::now();
+    for seed in 0..BLOBS {
+        live.push(upload_seeded(&client, 9_000 + seed, SIZE).await);
+    }
+    shipped(root.path(), &b, &["a"], BLOBS as f64 + 1.0, 0.0).await;
+    let took = started.elapsed().as_secs_f64();
+    let bytes = (BLOBS as usize * SIZE) as f64;
+    let fastest = bytes / RATE - 1.0;
+    assert!(
+        took >= fastest * 0.95,
+        "{bytes} bytes shipped in {took:.2} s: faster than 128 KiB/s allows ({fastest:.2} s)"
+    );
+    let text = metrics_of(&b).await;
+    let shipped_bytes = metric(&text, "hayloft_region_shipped_bytes_total{from=\"a\"}").unwrap();
+    assert!(shipped_bytes >= bytes, "{shipped_bytes} of {bytes}");
+    a.server.kill();
+    reads_all_from(&b, &live, &[]).await;
+}

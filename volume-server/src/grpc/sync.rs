@@ -16,8 +16,13 @@ pub(super) type FetchNeedlesStream = std::pin::Pin<
 /// Most needles one `FetchNeedles` may ask for.
 const MAX_FETCH_NEEDLES: usize = 4096;
 
-/// Needles `FetchNeedles` reads ahead of the one being sent.
-const FETCH_READ_AHEAD: usize = 8;
+/// Needles `FetchNeedles` reads in one blocking call (one hand-off to a
+/// blocking thread per group, not per needle: for small needles the
+/// hand-off cost more than the read).
+const FETCH_GROUP: usize = 32;
+
+/// Groups `FetchNeedles` reads ahead of the one being sent.
+const FETCH_READ_AHEAD: usize = 2;
 
 impl VolumeService {
     pub(super) async fn needle_digests_inner(
@@ -145,37 +150,33 @@ impl VolumeService {
             .store
             .volume(VolumeId(request.volume_id))
             .map_err(|e| grpc_status(&e, None))?;
-        let stream = futures::stream::iter(request.needles)
-            .map(move |wanted| {
+        let mut groups = Vec::with_capacity(request.needles.len().div_ceil(FETCH_GROUP));
+        let mut needles = request.needles.into_iter().peekable();
+        while needles.peek().is_some() {
+            groups.push(needles.by_ref().take(FETCH_GROUP).collect::<Vec<_>>());
+        }
+        let stream = futures::stream::iter(groups)
+            .map(move |group| {
                 let volume = Arc::clone(&volume);
                 async move {
-                    let blob = BlobId {
-                        needle: NeedleId(wanted.needle_id),
-                        cookie: Cookie(wanted.cookie),
-                    };
-                    let read =
-                        blocking(move || volume.read_for_copy(blob.needle, blob.cookie)).await;
+                    let read = blocking(move || {
+                        group
+                            .into_iter()
+                            .map(|wanted| {
+                                let blob = BlobId {
+                                    needle: NeedleId(wanted.needle_id),
+                                    cookie: Cookie(wanted.cookie),
+                                };
+                                (blob, volume.read_for_copy(blob.needle, blob.cookie))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .await;
                     let messages: Vec<Result<FetchNeedlesResponse, Status>> = match read {
-                        Ok(Ok(needle)) => {
-                            let mut info = Some(blob_info(blob, &needle));
-                            let data = needle.data;
-                            let chunk_len = hayloft_proto::CHUNK_BYTES;
-                            (0..data.len().div_ceil(chunk_len).max(1))
-                                .map(|i| {
-                                    let start = i * chunk_len;
-                                    let stop = (start + chunk_len).min(data.len());
-                                    Ok(FetchNeedlesResponse {
-                                        info: info.take(),
-                                        chunk: data.slice(start..stop),
-                                        missing: String::new(),
-                                    })
-                                })
-                                .collect()
-                        }
-                        Ok(Err(e)) => vec![Ok(FetchNeedlesResponse {
-                            missing: grpc_status(&e, Some(blob)).message().to_owned(),
-                            ..Default::default()
-                        })],
+                        Ok(reads) => reads
+                            .into_iter()
+                            .flat_map(|(blob, read)| fetched_messages(blob, read))
+                            .collect(),
                         Err(status) => vec![Err(status)],
                     };
                     futures::stream::iter(messages)
@@ -239,5 +240,35 @@ impl VolumeService {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
+    }
+}
+
+/// The messages of one needle of a `FetchNeedles` answer: its info and
+/// data in chunks, or why it is `missing`.
+fn fetched_messages(
+    blob: BlobId,
+    read: hayloft_storage::Result<hayloft_storage::Needle>,
+) -> Vec<Result<FetchNeedlesResponse, Status>> {
+    match read {
+        Ok(needle) => {
+            let mut info = Some(blob_info(blob, &needle));
+            let data = needle.data;
+            let chunk_len = hayloft_proto::CHUNK_BYTES;
+            (0..data.len().div_ceil(chunk_len).max(1))
+                .map(|i| {
+                    let start = i * chunk_len;
+                    let stop = (start + chunk_len).min(data.len());
+                    Ok(FetchNeedlesResponse {
+                        info: info.take(),
+                        chunk: data.slice(start..stop),
+                        missing: String::new(),
+                    })
+                })
+                .collect()
+        }
+        Err(e) => vec![Ok(FetchNeedlesResponse {
+            missing: grpc_status(&e, Some(blob)).message().to_owned(),
+            ..Default::default()
+        })],
     }
 }

@@ -55,6 +55,16 @@ pub const LINKED_FORWARD_MAX: u64 = 64 << 10;
 /// Messages queued on a link before the primary waits.
 const LINK_QUEUE: usize = 256;
 
+/// HTTP/2 stream window of a connection to another region's server: a
+/// `FetchNeedles` part in flight (4 at once) keeps sending through a long
+/// round trip.
+pub const FAR_STREAM_WINDOW_BYTES: u32 = 16 << 20;
+
+/// HTTP/2 connection window to another region's server: at least a few
+/// times what a 1 Gbit/s link holds in flight at a 100 ms round trip
+/// (12.5 MB). What the receiver may have to buffer, per far connection.
+pub const FAR_CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+
 /// What this server knows of replication: who it is, the copies of its
 /// volumes (from the directory), and forwards that failed.
 ///
@@ -64,7 +74,9 @@ const LINK_QUEUE: usize = 256;
 pub struct Replication {
     server_id: String,
     timeout: Duration,
-    peers: Mutex<HashMap<String, Channel>>,
+    /// Connections to other volume servers, by address and whether they
+    /// are in another region (see [`Replication::far_client`]).
+    peers: Mutex<HashMap<(String, bool), Channel>>,
     /// Open `Replicate` streams, by copy address.
     links: Mutex<HashMap<String, Arc<Link>>>,
     known: RwLock<HashMap<u32, VolumeReplicas>>,
@@ -299,27 +311,52 @@ impl Replication {
         &self,
         location: &ServerLocation,
     ) -> Result<VolumeClient<AuthChannel>, Status> {
+        self.client_of(location, false)
+    }
+
+    /// A client of a volume server in another region: its connection's
+    /// HTTP/2 windows are [`FAR_STREAM_WINDOW_BYTES`] and
+    /// [`FAR_CONNECTION_WINDOW_BYTES`], so that a link with a long round
+    /// trip carries what it can (with the in-region 8 MiB a connection, a
+    /// 100 ms round trip carried at most 80 MB/s).
+    pub(crate) fn far_client(
+        &self,
+        location: &ServerLocation,
+    ) -> Result<VolumeClient<AuthChannel>, Status> {
+        self.client_of(location, true)
+    }
+
+    fn client_of(
+        &self,
+        location: &ServerLocation,
+        far: bool,
+    ) -> Result<VolumeClient<AuthChannel>, Status> {
+        let key = (location.grpc_addr.clone(), far);
         let channel = {
             let mut peers = self.peers.lock();
-            match peers.get(&location.grpc_addr) {
+            match peers.get(&key) {
                 Some(channel) => channel.clone(),
                 None => {
-                    let channel = self
-                        .credential
-                        .endpoint(&location.grpc_addr)
-                        .map_err(|e| {
+                    let mut endpoint =
+                        self.credential.endpoint(&location.grpc_addr).map_err(|e| {
                             Status::invalid_argument(format!(
                                 "copy on {}: {}",
                                 location.server_id,
                                 e.message()
                             ))
-                        })?
+                        })?;
+                    if far {
+                        endpoint = endpoint
+                            .initial_stream_window_size(FAR_STREAM_WINDOW_BYTES)
+                            .initial_connection_window_size(FAR_CONNECTION_WINDOW_BYTES);
+                    }
+                    let channel = endpoint
                         .connect_timeout(self.timeout)
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(self.timeout / 2)
                         .keep_alive_timeout(self.timeout)
                         .connect_lazy();
-                    peers.insert(location.grpc_addr.clone(), channel.clone());
+                    peers.insert(key, channel.clone());
                     channel
                 }
             }

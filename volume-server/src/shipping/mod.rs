@@ -349,7 +349,10 @@ impl Follower {
         let copies = self.copies(volume_id, source).await?;
         let mut last = None;
         for copy in &copies {
-            let mut client = self.replication.client(copy)?;
+            let mut client = match source {
+                Source::Region(_) => self.replication.far_client(copy)?,
+                Source::Copy(_) => self.replication.client(copy)?,
+            };
             loop {
                 let answer = tokio::time::timeout(
                     CALL_TIMEOUT,
@@ -397,28 +400,39 @@ impl Follower {
                 // PART_BYTES bytes, PARTS_IN_FLIGHT at once: one round trip
                 // a part, several overlapping (a region away, round trips
                 // are what a needle at a time waited for).
-                let mut parts: Vec<Vec<(NeedleId, Cookie)>> = Vec::new();
-                let mut part_bytes = 0u64;
+                // Parts: the needles to fetch and their bytes.
+                let mut parts: Vec<(Vec<(NeedleId, Cookie)>, u64)> = Vec::new();
                 for entry in answer.entries.iter().filter(|e| !e.deleted) {
                     let id = NeedleId(entry.needle_id);
                     if volume.holds(id) || volume.is_deleted(id) {
                         continue;
                     }
-                    let full = parts.last().is_none_or(|part| {
-                        part.len() >= PART_NEEDLES || part_bytes + entry.size > PART_BYTES
+                    let full = parts.last().is_none_or(|(part, bytes)| {
+                        part.len() >= PART_NEEDLES || bytes + entry.size > PART_BYTES
                     });
                     if full {
-                        parts.push(Vec::new());
-                        part_bytes = 0;
+                        parts.push((Vec::new(), 0));
                     }
-                    part_bytes += entry.size;
-                    if let Some(part) = parts.last_mut() {
+                    if let Some((part, bytes)) = parts.last_mut() {
                         part.push((id, Cookie(entry.cookie)));
+                        *bytes += entry.size;
                     }
                 }
-                let mut fetches = futures::stream::iter(parts.into_iter().map(|part| {
+                // Another region's egress is paced before each part is
+                // asked for (its bytes are known from the log); copies in
+                // this region follow as fast as anti-entropy would.
+                let paced = matches!(source, Source::Region(_));
+                let mut fetches = futures::stream::iter(parts.into_iter().map(|(part, bytes)| {
                     let mut client = client.clone();
-                    async move { fetch::fetch_needles(volume, &mut client, copy, &part).await }
+                    let wait = if paced {
+                        self.throttle.lock().delay_for(bytes)
+                    } else {
+                        Duration::ZERO
+                    };
+                    async move {
+                        tokio::time::sleep(wait).await;
+                        fetch::fetch_needles(volume, &mut client, copy, &part).await
+                    }
                 }))
                 .buffer_unordered(PARTS_IN_FLIGHT);
                 let mut failed = None;
@@ -427,12 +441,6 @@ impl Follower {
                         Ok((needles, bytes)) => {
                             applied.needles += needles;
                             applied.bytes += bytes;
-                            // Another region's egress; copies in this
-                            // region follow as fast as anti-entropy would.
-                            if matches!(source, Source::Region(_)) {
-                                let wait = self.throttle.lock().delay_for(bytes);
-                                tokio::time::sleep(wait).await;
-                            }
                         }
                         Err(status) => failed = Some(status),
                     }
