@@ -118,7 +118,7 @@ reads() {
   done
   if [[ "${PERF:-}" == "$name" ]]; then
     # Where vs0's time goes in this phase (perf report -i $WORK/perf.data).
-    perf record -F 499 -g -p "${VOL_PIDS[0]}" -o "$WORK/perf.data" -- sleep $((SECONDS_PER_RUN - 3)) \
+    perf record -F 499 ${PERF_ARGS:--g} -p "${VOL_PIDS[0]}" -o "$WORK/perf.data" -- sleep $((SECONDS_PER_RUN - 3)) \
       > /dev/null 2>&1
     echo "perf of vs0 during $name: $WORK/perf.data" >&2
   fi
@@ -205,10 +205,16 @@ check erasure-one-down 0
 
 # 5. Rebuild onto the others, reads meanwhile; the time to every volume
 #    healthy again is polled alongside.
+# "True" (every volume with blobs healthy), "Rebuilding" (a rebuild runs),
+# or "False".
 all_healthy() {
   "$HAYLOFT" status --json 2>/dev/null | python3 -c '
 import json, sys
-print(all(v["health"] == "ok" and v["repair_kind"] == "" for v in json.load(sys.stdin)["volumes"] if v["needles"] > 0))' 2>/dev/null || echo False
+volumes = [v for v in json.load(sys.stdin)["volumes"] if v["needles"] > 0]
+if any(v["repair_kind"] for v in volumes):
+    print("Rebuilding")
+else:
+    print(all(v["health"] == "ok" for v in volumes))' 2>/dev/null || echo False
 }
 kill "$DIR_PID"; wait "$DIR_PID" 2>/dev/null || true
 started=$(date +%s.%N)
@@ -219,6 +225,7 @@ start_directory --repair-after 2s
   for _ in $(seq 2400); do
     case "$(all_healthy)" in
       False) seen_down=1 ;;
+      Rebuilding) seen_down=1; [[ -s "$WORK/rebuild.at" ]] || date +%s.%N > "$WORK/rebuild.at" ;;
       True) if [[ -n "$seen_down" ]]; then date +%s.%N > "$WORK/healthy.at"; break; fi ;;
     esac
     sleep 0.25
@@ -229,7 +236,11 @@ echo "while rebuilding: $during"
 wait "$POLLER"
 [[ -s "$WORK/healthy.at" ]] || { echo "not healthy within 10 minutes"; exit 1; }
 took=$(python3 -c "print($(cat "$WORK/healthy.at") - $started)")
-echo "every volume healthy again $(python3 -c "print(f'{$took:.1f}')") s after the directory's restart: $(python3 -c "print(f'{$lost_bytes / 1048576 / $took:.1f}')") MiB/s of the lost server's bytes (a lower bound: the directory's start and repair-after's 2 s included)"
+echo "every volume healthy again $(python3 -c "print(f'{$took:.1f}')") s after the directory's restart: $(python3 -c "print(f'{$lost_bytes / 1048576 / $took:.1f}')") MiB/s of the lost server's bytes (the directory's start, finding the server dead and repair-after's 2 s included)"
+if [[ -s "$WORK/rebuild.at" ]]; then
+  rebuilt=$(python3 -c "print($(cat "$WORK/healthy.at") - $(cat "$WORK/rebuild.at"))")
+  echo "from the first rebuild seen in the status (polled every 0.25 s) to healthy: $(python3 -c "print(f'{$rebuilt:.1f}')") s, $(python3 -c "print(f'{$lost_bytes / 1048576 / max($rebuilt, 0.25):.1f}')") MiB/s of the lost server's bytes"
+fi
 check rebuilt 0
 
 python3 - "$replicated" "$healthy" "$degraded" "$during" <<'PY'

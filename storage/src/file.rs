@@ -189,6 +189,59 @@ pub(crate) fn read_to_vec(file: &File, len: usize, offset: u64) -> std::io::Resu
     Ok(buf)
 }
 
+/// [`read_to_vec`] if every byte is in the page cache now, with no wait
+/// for the disk (`preadv2` with `RWF_NOWAIT`): `None` if some is not (or
+/// the kernel cannot say), and the caller reads it on a blocking thread.
+/// Lets an async caller serve cached bytes inline, without handing the
+/// read to another thread.
+#[cfg(target_os = "linux")]
+pub(crate) fn read_cached_to_vec(
+    file: &File,
+    len: usize,
+    offset: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = Vec::with_capacity(len);
+    let at = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+    let spare = &mut buf.spare_capacity_mut()[..len];
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast::<libc::c_void>(),
+        iov_len: spare.len(),
+    };
+    // SAFETY: `iov` points at `spare`: writable memory owned by `buf`,
+    // `spare.len()` bytes long; preadv2 writes at most that many bytes into
+    // it (and reads none of it), on a descriptor `file` owns.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+    if n < 0 {
+        let error = std::io::Error::last_os_error();
+        return match error.raw_os_error() {
+            // Not cached, or RWF_NOWAIT not supported here.
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::EINTR) => {
+                Ok(None)
+            }
+            _ => Err(error),
+        };
+    }
+    if n as usize != len {
+        // Partly cached (or the end of the file): read it all the slow way.
+        return Ok(None);
+    }
+    // SAFETY: preadv2 returned `len`: it initialised the first `len` bytes
+    // of the spare capacity.
+    unsafe { buf.set_len(len) };
+    Ok(Some(buf))
+}
+
+/// Elsewhere: never known to be cached.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn read_cached_to_vec(
+    _file: &File,
+    _len: usize,
+    _offset: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    Ok(None)
+}
+
 /// Writes `contents` to `path` so that after a crash the file holds either
 /// the old contents or the new, never a mix:
 ///

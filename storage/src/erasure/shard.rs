@@ -380,6 +380,21 @@ impl ShardFile {
 
     /// Reads `len` body bytes at body offset `offset`.
     pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.check_read(offset, len)?;
+        read_to_vec(&self.file, len as usize, SHARD_HEADER_LEN + offset)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// [`ShardFile::read`] if the bytes are all in the page cache (no wait
+    /// for the disk: safe on an async thread); `Ok(None)` if not, to be read
+    /// with [`ShardFile::read`] on a blocking thread.
+    pub fn read_cached(&self, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        self.check_read(offset, len)?;
+        crate::file::read_cached_to_vec(&self.file, len as usize, SHARD_HEADER_LEN + offset)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    fn check_read(&self, offset: u64, len: u64) -> Result<()> {
         let body_len = self.header.layout.body_len();
         if offset.checked_add(len).is_none_or(|end| end > body_len) {
             return Err(Error::BadFile {
@@ -387,9 +402,7 @@ impl ShardFile {
                 reason: format!("read of {len} bytes at {offset} past the {body_len}-byte body"),
             });
         }
-        crate::failpoint::fail_at("shard-read").map_err(|e| Error::io(&self.path, e))?;
-        read_to_vec(&self.file, len as usize, SHARD_HEADER_LEN + offset)
-            .map_err(|e| Error::io(&self.path, e))
+        crate::failpoint::fail_at("shard-read").map_err(|e| Error::io(&self.path, e))
     }
 
     /// The chunks overlapping body bytes `offset..offset + len`.

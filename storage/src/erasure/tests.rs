@@ -568,3 +568,22 @@ fn a_staged_generation_is_unseen_until_swapped_and_a_crashed_swap_is_finished_on
     let (id, cookie, data) = &old_blobs[2];
     assert_eq!(&read(&held, *id, *cookie, &[0]).unwrap(), data);
 }
+
+#[test]
+fn a_cached_shard_read_gives_the_same_bytes_and_refuses_the_same_ranges() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let blobs = sealed_volume(src.path(), &[1000, 50_000, 20_000]);
+    let volume = encode(src.path(), dst.path(), Code::new(3, 2).unwrap(), 1 << 30);
+    let (id, _, _) = &blobs[1];
+    let piece = volume.locate(*id).unwrap().pieces[0];
+    let file = volume.shard(piece.shard).unwrap();
+    let read = file.read(piece.offset, piece.len).unwrap();
+    // Just read: in the page cache, so served without waiting.
+    let cached = file.read_cached(piece.offset, piece.len).unwrap();
+    assert_eq!(cached.as_deref(), Some(&read[..]));
+    let past = file.header().layout.body_len();
+    assert!(matches!(
+        file.read_cached(past, 1).unwrap_err(),
+        Error::BadFile { .. }
+    ));
+}

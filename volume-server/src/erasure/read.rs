@@ -96,13 +96,19 @@ impl ErasureReads {
         blob: BlobId,
     ) -> Result<(Needle, Served), Error> {
         let located = volume.locate(blob.needle)?;
-        let mut record = Vec::with_capacity((located.record.end - located.record.start) as usize);
+        let mut pieces = Vec::with_capacity(located.pieces.len());
         let mut served = Served::Here;
         for &piece in &located.pieces {
             let (bytes, from) = self.piece(volume, piece).await?;
             served = served.max_of(from);
-            record.extend_from_slice(&bytes);
+            pieces.push(bytes);
         }
+        // Most needles are one piece: used as read, not copied.
+        let record = if pieces.len() == 1 {
+            pieces.swap_remove(0)
+        } else {
+            pieces.concat()
+        };
         match volume.decode(blob.needle, blob.cookie, Bytes::from(record)) {
             Err(Error::Corrupt { .. }) => {
                 // A shard gave wrong bytes: restore every piece from the
@@ -145,6 +151,11 @@ impl ErasureReads {
         len: u64,
     ) -> Option<(Vec<u8>, bool)> {
         if let Some(file) = volume.shard(shard) {
+            // Cached bytes are read here, with no hand-off to a blocking
+            // thread.
+            if let Ok(Some(bytes)) = file.read_cached(offset, len) {
+                return Some((bytes, true));
+            }
             match blocking(move || file.read(offset, len)).await {
                 Ok(Ok(bytes)) => return Some((bytes, true)),
                 Ok(Err(error)) => {

@@ -191,18 +191,29 @@ impl VolumeService {
         let file = volume.shard(shard).ok_or_else(|| {
             Status::not_found(format!("shard {shard} of volume {id} is not here"))
         })?;
-        let data = blocking(move || {
-            if request.verified {
-                file.read_verified(file.chunks_of(request.offset, request.length))
-            } else {
-                file.read(request.offset, request.length)
-            }
-        })
-        .await?
-        .map_err(|e| match e {
+        let refused = |e: Error| match e {
             Error::BadFile { .. } => Status::out_of_range(e.to_string()),
             e => grpc_status(&e, None),
-        })?;
+        };
+        // Cached bytes are read here, with no hand-off to a blocking thread.
+        let cached = if request.verified {
+            None
+        } else {
+            file.read_cached(request.offset, request.length)
+                .map_err(refused)?
+        };
+        let data = match cached {
+            Some(data) => data,
+            None => blocking(move || {
+                if request.verified {
+                    file.read_verified(file.chunks_of(request.offset, request.length))
+                } else {
+                    file.read(request.offset, request.length)
+                }
+            })
+            .await?
+            .map_err(refused)?,
+        };
         Ok(Response::new(EcReadShardResponse { data: data.into() }))
     }
 
