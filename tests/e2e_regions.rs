@@ -643,16 +643,11 @@ async fn a_target_with_too_few_servers_adopts_once_it_has_them() {
     let ports_a = [port(), port(), port(), port()];
     let ports_b = [port(), port(), port(), port()];
     let a = region_a(root.path(), &ports_a, &ports_b);
-    let config = root.path().join("b.toml");
-    std::fs::write(&config, "[directory]\nreplication = 2\n").unwrap();
-    let b = start_with(
+    let b = region_b_configured(
         root.path(),
-        "b",
-        "b:1",
-        &format!("a:0={}", ports_a[0]),
-        ports_b.clone(),
-        &["--config", config.to_str().unwrap()],
-        "b",
+        &ports_a,
+        &ports_b,
+        "[directory]\nreplication = 2\n",
     );
     let client = client_of(&a.directory).await;
     let mut live = Vec::new();
@@ -767,16 +762,11 @@ async fn a_target_fetches_from_another_region_at_its_ship_rate() {
     let ports_a = [port(), port(), port(), port()];
     let ports_b = [port(), port(), port(), port()];
     let a = region_a(root.path(), &ports_a, &ports_b);
-    let config = root.path().join("b.toml");
-    std::fs::write(&config, "[volume]\nship_rate = \"128KiB\"\n").unwrap();
-    let b = start_with(
+    let b = region_b_configured(
         root.path(),
-        "b",
-        "b:1",
-        &format!("a:0={}", ports_a[0]),
-        ports_b.clone(),
-        &["--config", config.to_str().unwrap()],
-        "b",
+        &ports_a,
+        &ports_b,
+        "[volume]\nship_rate = \"128KiB\"\n",
     );
     let client = client_of(&a.directory).await;
     let mut live = vec![upload_seeded(&client, 8_999, 100).await];

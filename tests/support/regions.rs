@@ -181,6 +181,27 @@ pub fn region_b(
     )
 }
 
+/// Region b (number 1), told of region a, with `toml` as its config
+/// file, logging to `b.log`.
+pub fn region_b_configured(
+    root: &std::path::Path,
+    ports_a: &[String; 4],
+    ports_b: &[String; 4],
+    toml: &str,
+) -> Region {
+    let config = root.join("b.toml");
+    std::fs::write(&config, toml).unwrap();
+    start_with(
+        root,
+        "b",
+        "b:1",
+        &format!("a:0={}", ports_a[0]),
+        ports_b.clone(),
+        &["--config", &config.display().to_string()],
+        "b",
+    )
+}
+
 pub async fn client_of(directory: &str) -> hayloft_client::Client {
     eventually(secs(30), "a client", async || {
         hayloft_client::Client::connect(directory)
