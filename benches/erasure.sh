@@ -77,14 +77,7 @@ done
 echo "== $SERVERS volume servers in 3 zones, replication 3, then RS($CODE); $BLOBS blobs of $SIZE bytes; wrk -c$CONNECTIONS for ${SECONDS_PER_RUN}s a phase, $(nproc) cores"
 
 # The blobs: random files, uploaded 8 at a time.
-python3 - "$WORK/files" "$BLOBS" "$SIZE" <<'PY'
-import os, sys
-root, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-os.makedirs(root)
-for i in range(n):
-    with open(os.path.join(root, f"{i:06d}.bin"), "wb") as f:
-        f.write(os.urandom(size))
-PY
+write_blobs "$WORK/files" "$BLOBS" "$SIZE"
 started=$(date +%s.%N)
 # "name id" per blob, 8 uploads at once (one `hayloft put` a file: a
 # failed upload, e.g. refused by a volume sealing as it fills, is retried
@@ -112,9 +105,11 @@ reads() {
   local servers=("$@")
   [[ ${#servers[@]} -gt 0 ]] || servers=($(seq 0 $((SERVERS - 1))))
   local each=$(( (CONNECTIONS + ${#servers[@]} - 1) / ${#servers[@]} ))
+  local loads=()
   for i in "${servers[@]}"; do
     wrk -t1 -c"$each" -d"${SECONDS_PER_RUN}s" --latency -s "$WORK/random.lua" \
       "http://127.0.0.1:${HTTP[$i]}" -- "$WORK/paths.txt" "$i" > "$WORK/$name-$i.txt" &
+    loads+=($!)
   done
   if [[ "${PERF:-}" == "$name" ]]; then
     # Where vs0's time goes in this phase (perf report -i $WORK/perf.data).
@@ -122,7 +117,7 @@ reads() {
       > /dev/null 2>&1
     echo "perf of vs0 during $name: $WORK/perf.data" >&2
   fi
-  wait_wrk
+  wait "${loads[@]}"
   python3 - "$name" "$WORK"/"$name"-*.txt <<'PY'
 import re, sys
 name, files = sys.argv[1], sys.argv[2:]
@@ -144,7 +139,6 @@ for f in files:
 print(f"{name}: reads_per_s={rate:.0f} p50_ms={p50:.2f} p99_ms={p99:.2f} failed={bad:.0f}")
 PY
 }
-wait_wrk() { while pgrep -x wrk > /dev/null; do sleep 0.2; done; }
 
 # check NAME SERVER: 50 random blobs read from SERVER's origin, byte for byte.
 check() {

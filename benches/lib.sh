@@ -1,4 +1,4 @@
-# Shared by the benchmarks (compare.sh, cpu-per-request.sh, upload-cpu.sh,
+# Shared by the benchmarks (compare.sh, cpu-per-request.sh, upload-cpu.sh, erasure.sh, regions.sh,
 # replication.sh): source it after setting WORK (a scratch directory) and
 # HAYLOFT (the binary).
 
@@ -13,15 +13,16 @@ stop_all() {
 # A free TCP port on loopback.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# write_blobs DIR N: N files of 4 KiB of random bytes in DIR.
+# write_blobs DIR N [SIZE]: N files of SIZE (default 4 KiB) random bytes
+# in DIR.
 write_blobs() {
   mkdir -p "$1"
-  python3 - "$1" "$2" <<'PY'
+  python3 - "$1" "$2" "${3:-4096}" <<'PY'
 import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
+root, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
     with open(os.path.join(root, f"{i:06d}.bin"), "wb") as f:
-        f.write(os.urandom(4096))
+        f.write(os.urandom(size))
 PY
 }
 

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use hayloft_client::{Client, Failover, RegionDirectory, UploadOptions};
 use reqwest::StatusCode;
 use support::access::{K1, get, write_keyring};
+use support::regions::ports;
 use support::{content, eventually, secs, try_eventually_blocking};
 
 /// One region's `hayloft server`: its addresses, how to start it again,
@@ -120,9 +121,7 @@ impl TwoRegions {
     async fn start() -> TwoRegions {
         let root = tempfile::tempdir().unwrap();
         let ring = write_keyring(root.path(), false);
-        let port = || format!("127.0.0.1:{}", support::free_port());
-        let ports_a = [port(), port(), port(), port()];
-        let ports_b = [port(), port(), port(), port()];
+        let (ports_a, ports_b) = (ports(), ports());
         let a = Region::start(
             root.path(),
             "a",

@@ -16,9 +16,7 @@ use support::{content, eventually, secs};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_as_two_regions_read_each_others_blobs() {
     let root = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", support::free_port());
-    let ports_a = [port(), port(), port(), port()];
-    let ports_b = [port(), port(), port(), port()];
+    let (ports_a, ports_b) = (ports(), ports());
     let a = start(
         root.path(),
         "a",
@@ -33,20 +31,8 @@ async fn two_servers_as_two_regions_read_each_others_blobs() {
         &format!("a:0={}", ports_a[0]),
         ports_b,
     );
-    let upload = |directory: String, seed: u64| async move {
-        let client = hayloft_client::Client::connect(&directory).await.unwrap();
-        let data = Bytes::from(content(seed, 20_000));
-        let uploaded = eventually(secs(30), "an upload", async || {
-            client
-                .upload(data.clone(), &UploadOptions::default())
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        (uploaded.blob_id, data)
-    };
-    let (in_a, data_a) = upload(a.directory.clone(), 1).await;
-    let (in_b, _) = upload(b.directory.clone(), 2).await;
+    let (in_a, data_a) = upload_seeded(&client_of(&a.directory).await, 1, 20_000).await;
+    let (in_b, _) = upload_seeded(&client_of(&b.directory).await, 2, 20_000).await;
     let volume = |id: &str| id.parse::<hayloft_storage::BlobId>().unwrap().volume();
     assert_eq!(volume(&in_a).region().0, 0, "{in_a}");
     assert_eq!(volume(&in_b).region().0, 1, "{in_b}");
@@ -105,11 +91,11 @@ fn a_directory_told_to_replicate_to_an_unknown_region_does_not_start() {
         .args([
             "directory",
             "--listen",
-            &format!("127.0.0.1:{}", support::free_port()),
+            &addr(),
             "--data-dir",
             &root.path().join("d").display().to_string(),
             "--metrics-listen",
-            &format!("127.0.0.1:{}", support::free_port()),
+            &addr(),
             "--region",
             "eu:1",
             "--regions",
@@ -135,9 +121,7 @@ fn a_directory_told_to_replicate_to_an_unknown_region_does_not_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
     let root = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", support::free_port());
-    let ports_a = [port(), port(), port(), port()];
-    let ports_b = [port(), port(), port(), port()];
+    let (ports_a, ports_b) = (ports(), ports());
     let a = region_a(root.path(), &ports_a, &ports_b);
     let b = region_b(root.path(), &ports_a, &ports_b, "b", &[]);
     let client = client_of(&a.directory).await;
@@ -247,8 +231,7 @@ async fn a_region_ships_its_blobs_and_deletes_and_a_killed_target_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_regions_ship_each_blob_once_per_region_and_keep_what_stays_home() {
     let root = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", support::free_port());
-    let ports: Vec<[String; 4]> = (0..3).map(|_| [port(), port(), port(), port()]).collect();
+    let ports: Vec<[String; 4]> = (0..3).map(|_| ports()).collect();
     let names = ["a", "b", "c"];
     let table = |me: usize| {
         (0..3)
@@ -368,9 +351,7 @@ async fn three_regions_ship_each_blob_once_per_region_and_keep_what_stays_home()
 async fn a_follower_crashing_before_its_position_applies_the_entries_again_and_writes_nothing_twice()
  {
     let root = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", support::free_port());
-    let ports_a = [port(), port(), port(), port()];
-    let ports_b = [port(), port(), port(), port()];
+    let (ports_a, ports_b) = (ports(), ports());
     let a = region_a(root.path(), &ports_a, &ports_b);
     let failpoint = support::Failpoint::new("follow-before-position");
     failpoint.arm();
@@ -432,9 +413,7 @@ async fn a_follower_crashing_before_its_position_applies_the_entries_again_and_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_in_the_target_of_a_blob_not_shipped_yet_is_made_where_it_was_created() {
     let root = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", support::free_port());
-    let ports_a = [port(), port(), port(), port()];
-    let ports_b = [port(), port(), port(), port()];
+    let (ports_a, ports_b) = (ports(), ports());
     let a = region_a(root.path(), &ports_a, &ports_b);
     let paused = support::Failpoint::new("follow-paused");
     paused.arm();
@@ -512,9 +491,7 @@ async fn a_delete_in_the_target_of_a_blob_not_shipped_yet_is_made_where_it_was_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_drill_stops_a_under_load_and_it_catches_up_when_it_returns() {
     let root = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", support::free_port());
-    let ports_a = [port(), port(), port(), port()];
-    let ports_b = [port(), port(), port(), port()];
+    let (ports_a, ports_b) = (ports(), ports());
     let start_a = |log: &str| {
         start_with(
             root.path(),
@@ -639,9 +616,7 @@ async fn a_region_drill_stops_a_under_load_and_it_catches_up_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_with_too_few_servers_adopts_once_it_has_them() {
     let root = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", support::free_port());
-    let ports_a = [port(), port(), port(), port()];
-    let ports_b = [port(), port(), port(), port()];
+    let (ports_a, ports_b) = (ports(), ports());
     let a = region_a(root.path(), &ports_a, &ports_b);
     let b = region_b_configured(
         root.path(),
@@ -705,11 +680,11 @@ async fn a_target_with_too_few_servers_adopts_once_it_has_them() {
             "--server-id",
             "b2",
             "--grpc-listen",
-            &port(),
+            &addr(),
             "--http-listen",
-            &port(),
+            &addr(),
             "--metrics-listen",
-            &port(),
+            &addr(),
             "--directory",
             &b.directory,
             "--region",
@@ -758,9 +733,7 @@ async fn a_target_fetches_from_another_region_at_its_ship_rate() {
     const SIZE: usize = 16 * 1024;
     const RATE: f64 = 128.0 * 1024.0;
     let root = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", support::free_port());
-    let ports_a = [port(), port(), port(), port()];
-    let ports_b = [port(), port(), port(), port()];
+    let (ports_a, ports_b) = (ports(), ports());
     let a = region_a(root.path(), &ports_a, &ports_b);
     let b = region_b_configured(
         root.path(),

@@ -7,6 +7,16 @@ use hayloft_client::UploadOptions;
 
 use super::{content, eventually, secs};
 
+/// A free loopback address (`127.0.0.1:PORT`).
+pub fn addr() -> String {
+    format!("127.0.0.1:{}", super::free_port())
+}
+
+/// A region's four addresses: directory, gRPC, HTTP, metrics.
+pub fn ports() -> [String; 4] {
+    [addr(), addr(), addr(), addr()]
+}
+
 /// One region's `hayloft server`: its ports and process.
 pub struct Region {
     pub directory: String,

@@ -150,11 +150,11 @@ impl VolumeService {
             .store
             .volume(VolumeId(request.volume_id))
             .map_err(|e| grpc_status(&e, None))?;
-        let mut groups = Vec::with_capacity(request.needles.len().div_ceil(FETCH_GROUP));
-        let mut needles = request.needles.into_iter().peekable();
-        while needles.peek().is_some() {
-            groups.push(needles.by_ref().take(FETCH_GROUP).collect::<Vec<_>>());
-        }
+        let groups: Vec<Vec<_>> = request
+            .needles
+            .chunks(FETCH_GROUP)
+            .map(<[_]>::to_vec)
+            .collect();
         let stream = futures::stream::iter(groups)
             .map(move |group| {
                 let volume = Arc::clone(&volume);
